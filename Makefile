@@ -1,0 +1,61 @@
+# kvraft: build, test, run, benchmark.
+#   make test              the whole test suite (what CI runs)
+#   make cluster / stop    a local three-node cluster in the background (logs in data/)
+#   make run ID=2          node 2 of conf/cluster.conf in the foreground
+#   make sim SEED=n        replay one simulator seed;  make sim SEEDS=n  run n seeds
+#   make bench             the benchmarks (not part of test)
+CARGO  ?= cargo
+CONF   ?= conf/cluster.conf
+ID     ?= 1
+BIN    := target/release
+SEEDS  ?= 1000
+
+.PHONY: all build test sim run cluster stop status bench fmt lint clean setup soak
+
+all: build
+
+build:
+	$(CARGO) build --release --bins
+
+# Installs what the tests need that cargo does not fetch (redis-cli for the client-port test).
+setup:
+	@command -v redis-cli >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; \
+	  else echo "setup: redis-cli missing; install Debian's redis-tools" >&2; fi; }
+
+test: setup build
+	$(CARGO) test --release
+
+sim:
+ifdef SEED
+	SIM_SEED=$(SEED) $(CARGO) test --release --test sim -- --nocapture
+else
+	SIM_SEEDS=$(SEEDS) $(CARGO) test --release --test sim -- --nocapture
+endif
+
+run: build
+	$(BIN)/kvraftd --config $(CONF) --id $(ID)
+
+cluster: build
+	@tools/cluster.sh start $(CONF)
+
+stop:
+	@tools/cluster.sh stop $(CONF)
+
+status: build
+	@$(BIN)/kvctl status
+
+bench: build
+	@tools/bench.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf data

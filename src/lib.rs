@@ -1,0 +1,29 @@
+//! kvraft: a Raft-replicated key-value store.
+//!
+//! # Layout
+//!
+//! | module     | owns                                                                  | must not |
+//! |------------|-----------------------------------------------------------------------|----------|
+//! | [`raft`]   | the consensus protocol as a pure state machine: `step`/`tick`/`propose` → `Ready` | touch a socket, a file, the clock or a global RNG |
+//! | [`wire`]   | the peer frame codec (length-prefixed, byteorder, big-endian)         | allocate before checking a length |
+//! | [`timer`]  | the hashed timing wheel                                               | read the clock |
+//! | [`wal`]    | the mmap-backed segmented Raft log and the hard state (the design's `log/`, renamed so it never shadows the `log` crate) | know about Raft roles |
+//! | [`kv`]     | the skiplist state machine, its commands and snapshots                | know about Raft |
+//! | [`client`] | RESP2 parsing and encoding                                            | block |
+//! | [`node`]   | the only place effects happen: Poll, sockets, the clock, fork, fsync  | hold protocol logic |
+//! | [`config`] | the cluster config file, parsed by hand and validated                 | |
+//! | [`limits`] | every limit, with the relations between them asserted                 | |
+//!
+//! Only `node` ties the others together; `wire` reads `raft`'s message types.
+#![deny(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod kv;
+pub mod limits;
+pub mod node;
+pub mod prng;
+pub mod raft;
+pub mod timer;
+pub mod wal;
+pub mod wire;

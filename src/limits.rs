@@ -1,0 +1,104 @@
+//! Every limit in kvraft, in one place.
+//!
+//! Each is checked before the memory it bounds is allocated: a length read from a socket or a
+//! file is compared with its `*_MAX` first. The relations between limits are asserted at
+//! compile time below, so changing one cannot silently break another.
+//!
+//! Units are in the name: `*_SIZE_*` is bytes, `*_TICKS` is timer ticks, `*_COUNT_*` / `*_MSGS_*`
+//! is a count.
+
+/// Largest key a client may store, in bytes.
+pub const KEY_SIZE_MAX: usize = 64 * 1024;
+
+/// Largest value a client may store, in bytes.
+pub const VALUE_SIZE_MAX: usize = 1024 * 1024;
+
+/// Largest payload of one log entry (an encoded command, or a membership change), in bytes.
+/// An `MSET` whose encoding is larger is refused with an error, never split.
+pub const ENTRY_SIZE_MAX: usize = 4 * 1024 * 1024;
+
+/// Bytes of entry payload the leader packs into one AppendEntries message (at least one entry
+/// is always sent, so one entry up to `ENTRY_SIZE_MAX` still fits a frame).
+pub const APPEND_SIZE_MAX: usize = 1024 * 1024;
+
+/// Entries the leader packs into one AppendEntries message.
+pub const APPEND_ENTRIES_MAX: usize = 4096;
+
+/// AppendEntries messages in flight to one follower before the leader waits for acks.
+pub const INFLIGHT_MSGS_MAX: usize = 64;
+
+/// Largest peer frame, header included, in bytes.
+pub const FRAME_SIZE_MAX: usize = 8 * 1024 * 1024;
+
+/// Bytes of one peer frame header (see `wire::frame`): length u32, kind u8.
+pub const FRAME_HEADER_SIZE: usize = 5;
+
+/// Bytes of slack in a frame around an AppendEntries payload: message header and the
+/// per-entry framing (term, index, kind, length), generously.
+pub const FRAME_OVERHEAD_MAX: usize = 64 * 1024 + APPEND_ENTRIES_MAX * 32;
+
+/// Default and largest chunk of a snapshot sent in one InstallSnapshot frame, in bytes.
+pub const SNAPSHOT_CHUNK_SIZE_MAX: usize = 1024 * 1024;
+
+/// Snapshot chunks in flight to one follower.
+pub const SNAPSHOT_CHUNKS_INFLIGHT_MAX: usize = 4;
+
+/// Largest bulk string a client may send, in bytes (a value plus nothing).
+pub const CLIENT_BULK_SIZE_MAX: usize = VALUE_SIZE_MAX;
+
+/// Most elements in one client command array (`MSET k v k v ...`).
+pub const CLIENT_ARGS_MAX: usize = 64 * 1024;
+
+/// Largest inline (telnet-style) command line, in bytes.
+pub const CLIENT_INLINE_SIZE_MAX: usize = 64 * 1024;
+
+/// Largest whole client request (all of its bulk strings together), in bytes.
+pub const CLIENT_REQUEST_SIZE_MAX: usize = ENTRY_SIZE_MAX;
+
+/// Client connections served at once; further ones are accepted and closed with an error.
+pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
+
+/// Replies queued for one client and not yet read by it, in bytes; past this the client is
+/// disconnected rather than allowed to grow our memory.
+pub const CLIENT_OUTPUT_SIZE_MAX: usize = 64 * 1024 * 1024;
+
+/// Requests from one client that may wait for commit or a read round at once; a client that
+/// pipelines more is not read from until some are answered.
+pub const CLIENT_PENDING_MAX: usize = 1024;
+
+/// Bytes queued for one peer and not yet written; past this, further Raft messages to that
+/// peer are dropped (Raft tolerates loss; the peer catches up from the log).
+pub const PEER_OUTPUT_SIZE_MAX: usize = 64 * 1024 * 1024;
+
+/// Bytes read from one connection per readiness event before moving on to others.
+pub const READ_BUDGET_PER_EVENT: usize = 256 * 1024;
+
+/// Committed entries applied to the state machine per loop turn.
+pub const APPLY_ENTRIES_PER_TURN_MAX: usize = 8192;
+
+/// Client-forwarded requests a follower keeps waiting for the leader's reply.
+pub const FORWARDS_PENDING_MAX: usize = 64 * 1024;
+
+/// Slots in the timing wheel (a power of two).
+pub const WHEEL_SLOTS: usize = 512;
+
+/// Timers scheduled at once.
+pub const TIMERS_MAX: usize = 64 * 1024;
+
+/// Members of a cluster (voters and learners).
+pub const MEMBERS_MAX: usize = 64;
+
+/// Bytes of one config file line.
+pub const CONFIG_LINE_SIZE_MAX: usize = 4096;
+
+/// ReadIndex requests waiting at the leader at once.
+pub const READS_PENDING_MAX: usize = 64 * 1024;
+
+const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX + 64 <= ENTRY_SIZE_MAX);
+const _: () = assert!(ENTRY_SIZE_MAX + FRAME_OVERHEAD_MAX <= FRAME_SIZE_MAX);
+const _: () = assert!(APPEND_SIZE_MAX + FRAME_OVERHEAD_MAX <= FRAME_SIZE_MAX);
+const _: () = assert!(SNAPSHOT_CHUNK_SIZE_MAX + FRAME_OVERHEAD_MAX <= FRAME_SIZE_MAX);
+const _: () = assert!(CLIENT_BULK_SIZE_MAX >= VALUE_SIZE_MAX);
+const _: () = assert!(CLIENT_REQUEST_SIZE_MAX <= ENTRY_SIZE_MAX);
+const _: () = assert!(WHEEL_SLOTS.is_power_of_two());
+const _: () = assert!(FRAME_SIZE_MAX <= u32::MAX as usize);

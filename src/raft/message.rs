@@ -1,0 +1,108 @@
+//! The messages Raft peers exchange. Every reply carries what it answers (its term, and for
+//! appends the index range), so a late reply to an earlier request is recognised as stale and
+//! dropped, never read as the answer to a newer one (seed lesson 4).
+
+use super::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
+
+/// One message between two members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's term. Any message with a term newer than the receiver's makes the receiver
+    /// a follower of that term before the message is handled (§5.1) — except `PreVote` and a
+    /// granted `PreVoteResp`, whose term is the one the sender *would* campaign in.
+    pub term: Term,
+    pub body: MessageBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    /// Pre-vote (dissertation §9.6): "would you vote for me in `term`?" asked before the
+    /// candidate bumps its own term, so a node that cannot win never disrupts the cluster.
+    PreVote {
+        last: EntryId,
+    },
+    PreVoteResp {
+        granted: bool,
+    },
+    /// RequestVote (§5.2). `transfer` is set when campaigning on a leader's `TimeoutNow`, which
+    /// lets voters ignore their "heard from a leader recently" lease (§4.2.3, §6 of the thesis).
+    Vote {
+        last: EntryId,
+        transfer: bool,
+    },
+    VoteResp {
+        granted: bool,
+    },
+    /// AppendEntries (§5.3): `entries` follow `prev`; the follower commits up to `commit`
+    /// (bounded by what it knows matches).
+    Append {
+        prev: EntryId,
+        entries: Vec<Entry>,
+        commit: LogIndex,
+    },
+    AppendResp {
+        result: AppendResult,
+    },
+    /// A leader's heartbeat: keeps followers' election timers quiet, carries the commit index
+    /// (at most the follower's known match) and the leader's current read round (ReadIndex).
+    Heartbeat {
+        commit: LogIndex,
+        read_seq: u64,
+    },
+    HeartbeatResp {
+        read_seq: u64,
+    },
+    /// InstallSnapshot (§7). Between cores this is one logical message; between processes
+    /// the node streams the snapshot file in chunks (see `wire`) and hands the core this
+    /// message once the whole file has arrived and checked out.
+    Snapshot {
+        meta: SnapshotMeta,
+    },
+    /// Leadership transfer (thesis §3.10): "campaign now, skipping pre-vote".
+    TimeoutNow,
+}
+
+/// The outcome of an AppendEntries (or of installing a snapshot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendResult {
+    /// Every entry up to and including `match_index` is durable on the follower and matches the
+    /// leader's log. Sent only after those entries were synced.
+    Accepted { match_index: LogIndex },
+    /// The entry at `rejected` (the request's `prev.index`) did not match. `hint` lets the leader
+    /// skip a whole conflicting term in one round trip.
+    Rejected {
+        rejected: LogIndex,
+        hint: RejectHint,
+    },
+}
+
+/// The follower's side of a rejected append (the "term-aware conflict hint").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RejectHint {
+    /// The follower's last log index.
+    pub last_index: LogIndex,
+    /// When the follower holds an entry at the rejected index: that entry's term, and the first
+    /// index the follower holds with that term. The leader then retries from the end of that
+    /// term in its own log, or from its start if the leader has no entry of that term.
+    pub conflict: Option<EntryId>,
+}
+
+impl MessageBody {
+    /// A short name for logs and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MessageBody::PreVote { .. } => "pre-vote",
+            MessageBody::PreVoteResp { .. } => "pre-vote-resp",
+            MessageBody::Vote { .. } => "vote",
+            MessageBody::VoteResp { .. } => "vote-resp",
+            MessageBody::Append { .. } => "append",
+            MessageBody::AppendResp { .. } => "append-resp",
+            MessageBody::Heartbeat { .. } => "heartbeat",
+            MessageBody::HeartbeatResp { .. } => "heartbeat-resp",
+            MessageBody::Snapshot { .. } => "snapshot",
+            MessageBody::TimeoutNow => "timeout-now",
+        }
+    }
+}
