@@ -1,1 +1,4 @@
-//! (placeholder: built by its issue)
+//! The client port's protocol: RESP2 values, request parsing and reply encoding.
+pub mod value;
+
+pub use value::Value;
