@@ -1,1 +1,528 @@
-//! (placeholder: built by its issue)
+//! The node: the only place effects happen. One thread, one `mio::Poll`.
+//!
+//! Each loop turn:
+//! 1. wait for readiness (or the next timer deadline);
+//! 2. read the clock once; accept, read (a bounded budget per connection), and hand what
+//!    arrived to the core: peer messages to `Raft::step`, client writes to `Raft::propose`,
+//!    client reads to `Raft::read_index` — everything that arrived this turn becomes one batch;
+//! 3. fire due timers (Raft ticks, reconnects, housekeeping);
+//! 4. execute the core's `Ready` in the contract's order (see `driver.rs`);
+//! 5. flush every connection that has output, and re-derive its interest.
+//!
+//! Files: `peers.rs` (dialing, handshakes, peer frames, snapshot streams), `clients.rs` (the
+//! RESP port, waiting requests, forwarding), `driver.rs` (the Ready contract, apply,
+//! snapshots), `info.rs` (INFO and admin commands), `startup.rs` (recovery).
+
+pub mod clock;
+pub mod conn;
+pub mod snapshot;
+pub mod sys;
+
+mod clients;
+mod driver;
+mod info;
+mod peers;
+mod startup;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::kv::StateMachine;
+use crate::raft::{ConfState, EntryId, LogIndex, NodeId, Raft, SnapshotMeta, Term};
+use crate::timer::{TimerHandle, TimerWheel};
+use crate::wal::{HardStateStore, Wal};
+
+use self::clock::Clock;
+use self::conn::Conn;
+use self::snapshot::{SnapshotReceiver, SnapshotSender, Snapshotter};
+
+pub use self::startup::run;
+
+const PEER_LISTENER: Token = Token(0);
+const CLIENT_LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const SNAPSHOT_CHILD: Token = Token(3);
+/// Connection tokens are `CONN_BASE + slab key`.
+const CONN_BASE: usize = 16;
+
+/// Ticks between housekeeping passes (forward timeouts, snapshot triggers, child deadline).
+const HOUSEKEEPING_TICKS: u64 = 10;
+/// A forwarded request whose leader has not answered within this long gets an error.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A snapshot child still running after this long is killed (and retried later).
+const SNAPSHOT_CHILD_DEADLINE: Duration = Duration::from_secs(600);
+/// Reconnect backoff bounds for peers.
+const DIAL_BACKOFF_MIN_MS: u64 = 20;
+const DIAL_BACKOFF_MAX_MS: u64 = 1000;
+
+/// A fatal error: the node stops and the process exits non-zero.
+#[derive(Debug)]
+pub struct NodeError(pub String);
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+impl NodeError {
+    fn new(msg: impl Into<String>) -> NodeError {
+        NodeError(msg.into())
+    }
+}
+
+/// Timers the loop schedules on the wheel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerId {
+    RaftTick,
+    Dial(NodeId),
+    Housekeeping,
+}
+
+/// Who is waiting for a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplyTo {
+    /// A client connection (the generation tells a reused slab key apart) and the position of
+    /// the request in that client's pipeline.
+    Client { key: usize, gen: u64, seq: u64 },
+    /// A follower forwarded the request; answer it with a `ClientReply` frame.
+    Peer { node: NodeId, id: u64 },
+}
+
+/// What kind of connection a slab entry is.
+enum Role {
+    Client(ClientState),
+    /// Accepted from a peer; `from` is known once its Hello arrived.
+    PeerIn { from: Option<NodeId> },
+    /// Dialed by us to send to `to`; `hello_ok` once the peer's Hello came back.
+    PeerOut { to: NodeId, hello_ok: bool },
+}
+
+/// A client's pipeline: replies leave in request order.
+struct ClientState {
+    next_seq: u64,
+    /// Requests not yet answered, oldest first: (seq, reply once known).
+    pending: VecDeque<(u64, Option<Vec<u8>>)>,
+    addr: SocketAddr,
+}
+
+struct Connection {
+    conn: Conn,
+    role: Role,
+    gen: u64,
+    /// Listed in `Node::dirty` (has output to flush or interest to re-derive).
+    dirty: bool,
+    /// Input may remain unread (the per-event budget ran out): read again next turn.
+    more_input: bool,
+    registered: Interest,
+}
+
+/// A peer we send to.
+struct PeerLink {
+    addr: SocketAddr,
+    /// The slab key of the outbound connection, when one exists.
+    key: Option<usize>,
+    backoff_ms: u64,
+    dial_timer: Option<TimerHandle>,
+    /// The core was told the peer is unreachable since the last connection broke.
+    reported_unreachable: bool,
+    /// A snapshot being streamed to this peer.
+    sender: Option<SnapshotSender>,
+}
+
+/// A write proposed by this node as leader, waiting for its entry to be applied.
+struct Waiter {
+    term: Term,
+    to: ReplyTo,
+}
+
+/// A read waiting for its ReadIndex round, then for apply to reach its index.
+struct PendingRead {
+    to: ReplyTo,
+    query: Vec<u8>,
+}
+
+/// A client request forwarded to the leader.
+struct Forward {
+    to: ReplyTo,
+    deadline: Instant,
+}
+
+/// Member addresses, as the config file or a membership change gave them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MemberAddrs {
+    peer: SocketAddr,
+    client: SocketAddr,
+}
+
+/// Counters reported by INFO.
+#[derive(Default)]
+struct Stats {
+    started: Option<Instant>,
+    connections_received: u64,
+    commands_processed: u64,
+    rejected_connections: u64,
+    syncs: u64,
+    entries_applied: u64,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
+    last_snapshot_took: Duration,
+    last_snapshot_fork: Duration,
+    last_snapshot_bytes: u64,
+    last_snapshot_index: LogIndex,
+    snapshot_failures: u64,
+}
+
+pub struct Node<S: StateMachine> {
+    cfg: Config,
+    id: NodeId,
+    poll: Poll,
+    clock: Clock,
+    now: Instant,
+    now_tick: u64,
+    last_raft_tick: u64,
+    wheel: TimerWheel<TimerId>,
+    raft: Raft,
+    wal: Wal,
+    hard_state: HardStateStore,
+    sm: S,
+    peer_listener: TcpListener,
+    client_listener: TcpListener,
+    signals: OwnedFd,
+    conns: Slab<Connection>,
+    next_gen: u64,
+    dirty: Vec<usize>,
+    members: BTreeMap<NodeId, MemberAddrs>,
+    peers: HashMap<NodeId, PeerLink>,
+    /// The accepted connection each peer sends on (a newer one replaces an older).
+    peers_in: HashMap<NodeId, usize>,
+    cluster_id: u64,
+    waiters: BTreeMap<LogIndex, Waiter>,
+    reads: HashMap<u64, PendingRead>,
+    /// Reads whose round completed, waiting for apply to reach their index.
+    reads_ready: Vec<(LogIndex, u64)>,
+    next_read_ctx: u64,
+    forwards: HashMap<u64, Forward>,
+    next_forward_id: u64,
+    /// The last index known durable in the WAL.
+    durable_last: LogIndex,
+    /// The last index applied to the state machine, and its entry's term.
+    applied: LogIndex,
+    applied_term: Term,
+    /// The membership as of `applied` (what a snapshot taken now records).
+    conf_applied: ConfState,
+    /// Makes an empty state machine (to load a received snapshot into before swapping).
+    make_sm: Box<dyn FnMut() -> S>,
+    /// The snapshot the node has on disk (the latest), and what it stands for.
+    snapshot_path: Option<PathBuf>,
+    snapshot_meta: SnapshotMeta,
+    /// A snapshot received from the leader, verified, waiting for the core to install it.
+    received_snapshot: Option<(EntryId, PathBuf)>,
+    /// An admin asked for a snapshot (`SNAPSHOT`).
+    snapshot_requested: bool,
+    snapshotter: Snapshotter,
+    receiver: SnapshotReceiver,
+    /// Log bytes appended since the last snapshot (a trigger besides the entry count).
+    log_bytes_since_snapshot: u64,
+    /// Writes are refused after the disk filled up.
+    read_only: Option<String>,
+    stopping: bool,
+    stats: Stats,
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Run the loop until SIGTERM or SIGINT.
+    pub fn serve(&mut self) -> Result<(), NodeError> {
+        let mut events = Events::with_capacity(1024);
+        while !self.stopping {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(NodeError::new(format!("poll: {e}")));
+            }
+            self.now = self.clock.now();
+            self.now_tick = self.clock.tick_at(self.now);
+            for event in events.iter() {
+                self.handle_event(event.token(), event.is_readable() || event.is_read_closed());
+            }
+            self.read_leftovers();
+            self.fire_timers();
+            self.process_ready()?;
+            self.flush_dirty();
+        }
+        self.shutdown()
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if self.conns.iter().any(|(_, c)| c.more_input) {
+            return Duration::ZERO;
+        }
+        match self.wheel.next_deadline() {
+            Some(at) => self.clock.until_tick(self.clock.now(), at),
+            None => Duration::from_millis(100),
+        }
+    }
+
+    fn handle_event(&mut self, token: Token, readable: bool) {
+        match token {
+            PEER_LISTENER => self.accept(true),
+            CLIENT_LISTENER => self.accept(false),
+            SIGNALS => self.handle_signals(),
+            SNAPSHOT_CHILD => self.snapshot_child_ended(),
+            Token(t) if t >= CONN_BASE => {
+                let key = t - CONN_BASE;
+                if !self.conns.contains(key) {
+                    return;
+                }
+                self.conn_ready(key, readable);
+            }
+            Token(t) => unreachable!("unknown token {t}"),
+        }
+    }
+
+    fn accept(&mut self, peer: bool) {
+        loop {
+            let listener = if peer { &self.peer_listener } else { &self.client_listener };
+            let (stream, addr) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            };
+            self.stats.connections_received += 1;
+            let _ = stream.set_nodelay(true);
+            let clients = self.conns.iter().filter(|(_, c)| matches!(c.role, Role::Client(_))).count();
+            if !peer && clients >= self.cfg.max_clients {
+                self.stats.rejected_connections += 1;
+                let mut stream = stream;
+                let _ = io::Write::write(&mut stream, b"-ERR max number of clients reached\r\n");
+                continue;
+            }
+            let (conn, role) = if peer {
+                (
+                    Conn::new(stream, crate::limits::FRAME_SIZE_MAX * 2, crate::limits::PEER_OUTPUT_SIZE_MAX),
+                    Role::PeerIn { from: None },
+                )
+            } else {
+                let state = ClientState { next_seq: 0, pending: VecDeque::new(), addr };
+                (
+                    Conn::new(
+                        stream,
+                        crate::limits::CLIENT_REQUEST_SIZE_MAX + 1024 * 1024,
+                        crate::limits::CLIENT_OUTPUT_SIZE_MAX,
+                    ),
+                    Role::Client(state),
+                )
+            };
+            if let Err(e) = self.insert_conn(conn, role) {
+                warn!("registering a connection from {addr}: {e}");
+            }
+        }
+    }
+
+    fn insert_conn(&mut self, conn: Conn, role: Role) -> io::Result<usize> {
+        self.next_gen += 1;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let mut c = Connection {
+            conn,
+            role,
+            gen: self.next_gen,
+            dirty: false,
+            more_input: false,
+            registered: Interest::READABLE,
+        };
+        let interest = c.conn.interest();
+        self.poll.registry().register(&mut c.conn.stream, Token(CONN_BASE + key), interest)?;
+        c.registered = interest;
+        entry.insert(c);
+        Ok(key)
+    }
+
+    fn conn_ready(&mut self, key: usize, readable: bool) {
+        let c = &mut self.conns[key];
+        if c.conn.connecting {
+            self.dial_done(key);
+            if !self.conns.contains(key) {
+                return;
+            }
+        }
+        if readable {
+            self.read_conn(key);
+        }
+        if self.conns.contains(key) {
+            self.mark_dirty(key);
+        }
+    }
+
+    fn read_conn(&mut self, key: usize) {
+        match self.conns[key].role {
+            Role::Client(_) => self.read_client(key),
+            Role::PeerIn { .. } | Role::PeerOut { .. } => self.read_peer(key),
+        }
+    }
+
+    /// Connections whose budget ran out last turn are read again (edge-triggered readiness
+    /// will not repeat the event).
+    fn read_leftovers(&mut self) {
+        let keys: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| c.more_input).map(|(k, _)| k).collect();
+        for key in keys {
+            if self.conns.contains(key) {
+                self.conns[key].more_input = false;
+                self.read_conn(key);
+                if self.conns.contains(key) {
+                    self.mark_dirty(key);
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Write what each dirty connection has queued and re-derive its interest.
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in dirty {
+            let Some(c) = self.conns.get_mut(key) else { continue };
+            c.dirty = false;
+            if let Err(e) = c.conn.flush() {
+                self.close_conn(key, &format!("write: {e}"));
+                continue;
+            }
+            if c.conn.done() {
+                self.close_conn(key, "closed after reply");
+                continue;
+            }
+            let interest = c.conn.interest();
+            if interest != c.registered {
+                let token = Token(CONN_BASE + key);
+                if let Err(e) = self.poll.registry().reregister(&mut c.conn.stream, token, interest) {
+                    self.close_conn(key, &format!("reregister: {e}"));
+                    continue;
+                }
+                c.registered = interest;
+            }
+        }
+    }
+
+    fn close_conn(&mut self, key: usize, why: &str) {
+        let Some(mut c) = self.conns.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(&mut c.conn.stream);
+        match c.role {
+            Role::Client(ref st) => {
+                log::debug!("client {} closed: {why}", st.addr);
+            }
+            Role::PeerIn { from } => {
+                if let Some(from) = from {
+                    if self.peers_in.get(&from) == Some(&key) {
+                        self.peers_in.remove(&from);
+                    }
+                    log::debug!("inbound connection from node {from} closed: {why}");
+                }
+            }
+            Role::PeerOut { to, .. } => {
+                info!("connection to node {to} closed: {why}");
+                self.peer_down(to);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let mut fired = Vec::new();
+        self.wheel.advance(self.now_tick, &mut fired);
+        for id in fired {
+            match id {
+                TimerId::RaftTick => self.raft_ticks(),
+                TimerId::Dial(node) => {
+                    if let Some(link) = self.peers.get_mut(&node) {
+                        link.dial_timer = None;
+                    }
+                    self.dial(node);
+                }
+                TimerId::Housekeeping => self.housekeeping(),
+            }
+        }
+    }
+
+    /// Tick the core once per tick elapsed since the last call (bounded, so a loop that stalled
+    /// for a long time does not replay thousands of ticks at once).
+    fn raft_ticks(&mut self) {
+        let elapsed = self.now_tick.saturating_sub(self.last_raft_tick).clamp(1, 1000);
+        for _ in 0..elapsed {
+            self.raft.tick();
+        }
+        self.last_raft_tick = self.now_tick;
+        self.schedule(self.now_tick + 1, TimerId::RaftTick);
+    }
+
+    fn housekeeping(&mut self) {
+        self.expire_forwards();
+        self.maybe_snapshot();
+        if self.snapshotter.kill_if_overdue(self.now, SNAPSHOT_CHILD_DEADLINE) {
+            error!("snapshot child ran past {SNAPSHOT_CHILD_DEADLINE:?}; killed it");
+            self.stats.snapshot_failures += 1;
+        }
+        self.schedule(self.now_tick + HOUSEKEEPING_TICKS, TimerId::Housekeeping);
+    }
+
+    fn schedule(&mut self, at: u64, id: TimerId) -> Option<TimerHandle> {
+        match self.wheel.schedule(at, id) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                // Bounded by TIMERS_MAX; the loop schedules a handful per peer, so this is a bug.
+                panic!("timer wheel refused {id:?} at {at}: {e:?}");
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        match sys::read_signals(self.signals.as_raw_fd()) {
+            Ok(sigs) => {
+                if !sigs.is_empty() {
+                    info!("signal {sigs:?}: shutting down");
+                    self.stopping = true;
+                }
+            }
+            Err(e) => warn!("reading signals: {e}"),
+        }
+    }
+
+    /// Stop accepting, sync what is appended, answer nothing more, exit 0.
+    fn shutdown(&mut self) -> Result<(), NodeError> {
+        let _ = self.poll.registry().deregister(&mut self.peer_listener);
+        let _ = self.poll.registry().deregister(&mut self.client_listener);
+        self.wal.sync().map_err(|e| NodeError::new(format!("final sync: {e}")))?;
+        self.flush_dirty();
+        info!("node {} stopped", self.id);
+        Ok(())
+    }
+
+    fn register_fd(&self, fd: i32, token: Token) -> io::Result<()> {
+        self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE)
+    }
+}

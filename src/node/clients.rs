@@ -1,0 +1,293 @@
+//! The client port: RESP2 commands in, replies out in request order.
+//!
+//! A write becomes a log entry (on the leader) and is answered when that entry is applied; a
+//! read waits for a ReadIndex round and for apply to reach the index it recorded. A follower
+//! forwards the command to the leader over the peer connection and relays the reply, so any
+//! node serves any client. A forwarded command is never forwarded again (no loops): a node
+//! that is not the leader answers it with an error the client may retry.
+//!
+//! Invariants:
+//! 1. Replies leave in the order requests arrived on a connection (`ClientState::pending`).
+//! 2. A client has at most `CLIENT_PENDING_MAX` unanswered requests; beyond that it is not
+//!    read from until some are answered (back-pressure, not buffering).
+
+use log::debug;
+
+use super::conn::ReadStatus;
+use super::{ClientState, Forward, Node, PendingRead, ReplyTo, Role, Waiter, FORWARD_TIMEOUT};
+use crate::client::resp::{self, ParseError};
+use crate::client::Value;
+use crate::kv::{Request, StateMachine};
+use crate::limits;
+use crate::raft::{NodeId, ProposeError};
+use crate::wire::Frame;
+
+/// What a command turned into.
+pub(super) enum Dispatch {
+    /// The reply is known now.
+    Reply(Value),
+    /// The reply will come later through `deliver`.
+    Pending,
+    /// Reply, then close the connection (QUIT).
+    ReplyAndClose(Value),
+}
+
+/// The error a client gets while no leader is known; clients retry on it.
+pub(super) fn no_leader() -> Value {
+    Value::error("CLUSTERDOWN no leader elected yet, try again")
+}
+
+impl<S: StateMachine> Node<S> {
+    pub(super) fn read_client(&mut self, key: usize) {
+        let mut budget = limits::READ_BUDGET_PER_EVENT;
+        loop {
+            if self.client_paused(key) {
+                return;
+            }
+            let (status, got) = match self.conns[key].conn.read_some(budget) {
+                Ok(r) => r,
+                Err(e) => return self.close_conn(key, &format!("read: {e}")),
+            };
+            budget = budget.saturating_sub(got);
+            if !self.parse_client_input(key) {
+                return;
+            }
+            let Some(c) = self.conns.get_mut(key) else { return };
+            match status {
+                ReadStatus::WouldBlock => return,
+                ReadStatus::Closed => {
+                    // Answer what was asked (replies still owed are dropped with the socket).
+                    c.conn.close_after_flush = true;
+                    return;
+                }
+                ReadStatus::More if budget == 0 => {
+                    c.more_input = true;
+                    return;
+                }
+                ReadStatus::More => {
+                    if let Err(e) = c.conn.check_overflow() {
+                        return self.close_conn(key, &e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Back-pressure: too many requests of this client are unanswered.
+    fn client_paused(&mut self, key: usize) -> bool {
+        let c = &mut self.conns[key];
+        let Role::Client(st) = &c.role else { return false };
+        let paused = st.pending.len() >= limits::CLIENT_PENDING_MAX || c.conn.close_after_flush;
+        c.conn.read_paused = paused;
+        if paused {
+            c.more_input = false;
+        }
+        paused
+    }
+
+    /// Parse and dispatch every complete command buffered. False if the connection closed.
+    fn parse_client_input(&mut self, key: usize) -> bool {
+        loop {
+            if self.client_paused(key) {
+                return true;
+            }
+            let c = &mut self.conns[key];
+            let parsed = resp::parse_command(c.conn.input());
+            match parsed {
+                Ok(None) => return true,
+                Ok(Some((args, n))) => {
+                    c.conn.consume(n);
+                    let Role::Client(st) = &mut c.role else { unreachable!() };
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    st.pending.push_back((seq, None));
+                    let to = ReplyTo::Client { key, gen: c.gen, seq };
+                    self.stats.commands_processed += 1;
+                    match self.dispatch(to, args) {
+                        Dispatch::Reply(v) => self.deliver(to, v.to_bytes()),
+                        Dispatch::Pending => {}
+                        Dispatch::ReplyAndClose(v) => {
+                            self.deliver(to, v.to_bytes());
+                            if let Some(c) = self.conns.get_mut(key) {
+                                c.conn.close_after_flush = true;
+                            }
+                            return true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = match e {
+                        ParseError::Protocol(m) => m,
+                        other => format!("Protocol error: {other}"),
+                    };
+                    debug!("client protocol error: {msg}");
+                    let bytes = Value::error(format!("ERR {msg}")).to_bytes();
+                    let c = &mut self.conns[key];
+                    if c.conn.queue(&bytes).is_err() {
+                        self.close_conn(key, "output overflow");
+                        return false;
+                    }
+                    c.conn.close_after_flush = true;
+                    self.mark_dirty(key);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Route one command: node commands here, state-machine commands to the log or a read.
+    pub(super) fn dispatch(&mut self, to: ReplyTo, args: Vec<Vec<u8>>) -> Dispatch {
+        if let Some(d) = self.node_command(to, &args) {
+            return d;
+        }
+        match self.sm.parse(&args) {
+            None => Dispatch::Reply(unknown_command(&args)),
+            Some(Request::Reply(v)) => Dispatch::Reply(v),
+            Some(Request::Write(data)) => self.submit_write(to, data, args),
+            Some(Request::Read(query)) => self.submit_read(to, query, args),
+        }
+    }
+
+    fn submit_write(&mut self, to: ReplyTo, data: Vec<u8>, args: Vec<Vec<u8>>) -> Dispatch {
+        if let Some(why) = &self.read_only {
+            return Dispatch::Reply(Value::error(format!("READONLY writes are refused: {why}")));
+        }
+        match self.raft.propose(data) {
+            Ok(id) => {
+                self.waiters.insert(id.index, Waiter { term: id.term, to });
+                Dispatch::Pending
+            }
+            Err(e) => self.not_leader(to, e, args),
+        }
+    }
+
+    fn submit_read(&mut self, to: ReplyTo, query: Vec<u8>, args: Vec<Vec<u8>>) -> Dispatch {
+        if self.reads.len() >= limits::READS_PENDING_MAX {
+            return Dispatch::Reply(Value::error("TRYAGAIN too many reads pending"));
+        }
+        let ctx = self.next_read_ctx;
+        match self.raft.read_index(ctx) {
+            Ok(()) => {
+                self.next_read_ctx += 1;
+                self.reads.insert(ctx, PendingRead { to, query });
+                Dispatch::Pending
+            }
+            Err(e) => self.not_leader(to, e, args),
+        }
+    }
+
+    /// This node cannot serve the command itself: forward it to the leader (once), or say why.
+    fn not_leader(&mut self, to: ReplyTo, err: ProposeError, args: Vec<Vec<u8>>) -> Dispatch {
+        let leader = match err {
+            ProposeError::NotLeader { leader } => leader,
+            other => return Dispatch::Reply(Value::error(format!("TRYAGAIN {other}"))),
+        };
+        let Some(leader) = leader.filter(|&l| l != self.id) else {
+            return Dispatch::Reply(no_leader());
+        };
+        if matches!(to, ReplyTo::Peer { .. }) {
+            return Dispatch::Reply(Value::error(format!("TRYAGAIN leadership moved to node {leader}")));
+        }
+        if !self.cfg.forward_to_leader {
+            return match self.members.get(&leader) {
+                Some(m) => Dispatch::Reply(Value::error(format!("MOVED 0 {}", m.client))),
+                None => Dispatch::Reply(no_leader()),
+            };
+        }
+        if self.forwards.len() >= limits::FORWARDS_PENDING_MAX {
+            return Dispatch::Reply(Value::error("TRYAGAIN too many forwarded requests pending"));
+        }
+        let id = self.next_forward_id;
+        self.next_forward_id += 1;
+        if !self.send_frame(leader, &Frame::ClientRequest { id, args }) {
+            return Dispatch::Reply(no_leader());
+        }
+        self.forwards.insert(id, Forward { to, deadline: self.now + FORWARD_TIMEOUT });
+        Dispatch::Pending
+    }
+
+    /// A follower forwarded a client's command to us.
+    pub(super) fn handle_forwarded(&mut self, from: NodeId, id: u64, args: Vec<Vec<u8>>) {
+        let to = ReplyTo::Peer { node: from, id };
+        match self.dispatch(to, args) {
+            Dispatch::Reply(v) | Dispatch::ReplyAndClose(v) => self.deliver(to, v.to_bytes()),
+            Dispatch::Pending => {}
+        }
+    }
+
+    /// The leader answered a command we forwarded.
+    pub(super) fn forward_reply(&mut self, id: u64, reply: Vec<u8>) {
+        if let Some(f) = self.forwards.remove(&id) {
+            self.deliver(f.to, reply);
+        }
+    }
+
+    /// Forwarded requests whose leader never answered get an error (the command may or may
+    /// not have been applied, as with any timeout).
+    pub(super) fn expire_forwards(&mut self) {
+        let now = self.now;
+        let expired: Vec<u64> =
+            self.forwards.iter().filter(|(_, f)| f.deadline <= now).map(|(&id, _)| id).collect();
+        for id in expired {
+            if let Some(f) = self.forwards.remove(&id) {
+                let v = Value::error("TIMEOUT the leader did not answer; the command may or may not have been applied");
+                self.deliver(f.to, v.to_bytes());
+            }
+        }
+    }
+
+    /// Hand a reply to whoever waits for it; a client's replies leave in request order.
+    pub(super) fn deliver(&mut self, to: ReplyTo, reply: Vec<u8>) {
+        match to {
+            ReplyTo::Peer { node, id } => {
+                self.send_frame(node, &Frame::ClientReply { id, reply });
+            }
+            ReplyTo::Client { key, gen, seq } => {
+                let Some(c) = self.conns.get_mut(key) else { return };
+                if c.gen != gen {
+                    return; // the client left; the slab key belongs to someone else now
+                }
+                let Role::Client(st) = &mut c.role else { return };
+                fill_slot(st, seq, reply);
+                let mut overflow = false;
+                while let Some((_, Some(_))) = st.pending.front() {
+                    let (_, bytes) = st.pending.pop_front().expect("front exists");
+                    if c.conn.queue(&bytes.expect("filled")).is_err() {
+                        overflow = true;
+                        break;
+                    }
+                }
+                if overflow {
+                    return self.close_conn(key, "client does not read its replies");
+                }
+                let was_paused = c.conn.read_paused;
+                self.mark_dirty(key);
+                if was_paused {
+                    // Room in the pipeline again: resume reading what is buffered or pending.
+                    self.conns[key].more_input = true;
+                }
+            }
+        }
+    }
+}
+
+fn fill_slot(st: &mut ClientState, seq: u64, reply: Vec<u8>) {
+    let Some(&(front, _)) = st.pending.front() else { return };
+    if seq < front {
+        return;
+    }
+    if let Some(slot) = st.pending.get_mut((seq - front) as usize) {
+        assert_eq!(slot.0, seq, "pipeline slots out of order");
+        slot.1 = Some(reply);
+    }
+}
+
+fn unknown_command(args: &[Vec<u8>]) -> Value {
+    let name = args.first().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default();
+    let rest: Vec<String> =
+        args.iter().skip(1).take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
+    Value::error(format!(
+        "ERR unknown command '{name}', with args beginning with: {}",
+        rest.join(" ")
+    ))
+}

@@ -1,0 +1,311 @@
+//! The driver: executes the core's `Ready` in the contract's order, once per loop turn.
+//!
+//! The order (Raft §5, etcd's README), asserted where it can be:
+//! 1. send `messages` at once: the leader's appends and heartbeats go out before its own
+//!    sync, so followers write in parallel with it;
+//! 2. install a snapshot received from the leader (state machine, then the log reset);
+//! 3. persist the hard state (durable on return) and append the entries;
+//! 4. sync the log once for the whole turn (group commit) — a failed sync is fatal;
+//! 5. only then send `persisted_messages` (votes granted, append acks): nothing claims
+//!    durability before it is durable (seed lessons 5 and 6);
+//! 6. apply `committed` in index order, each exactly once, answering the waiting clients;
+//! 7. serve the reads whose round completed and whose index is applied;
+//! 8. `advance` the core with what is now durable and applied.
+
+use std::time::Instant;
+
+use log::{error, info, warn};
+
+use super::snapshot::{self, SnapshotHeader};
+use super::startup::{decode_member_context, decode_members, encode_members};
+use super::{Node, NodeError, SNAPSHOT_CHILD};
+use crate::client::Value;
+use crate::kv::StateMachine;
+use crate::raft::{ConfChange, ConfChangeOp, Entry, EntryKind, LogIndex, Ready, SnapshotMeta};
+use crate::wal::WalError;
+
+/// Ready rounds per turn: later rounds carry what earlier ones unlocked (a commit after the
+/// leader's own sync), without letting one turn run unbounded.
+const READY_ROUNDS_PER_TURN: usize = 4;
+
+impl<S: StateMachine> Node<S> {
+    pub(super) fn process_ready(&mut self) -> Result<(), NodeError> {
+        for _ in 0..READY_ROUNDS_PER_TURN {
+            if !self.raft.has_ready() {
+                break;
+            }
+            let rd = self.raft.ready();
+            self.handle_ready(rd)?;
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, rd: Ready) -> Result<(), NodeError> {
+        let Ready { hard_state, entries, snapshot, messages, persisted_messages, committed, read_states } = rd;
+        // 1.
+        for m in messages {
+            self.send_raft(m);
+        }
+        self.flush_dirty();
+        // 2.
+        if let Some(meta) = snapshot {
+            self.install_received_snapshot(meta)?;
+        }
+        // 3.
+        if let Some(hs) = hard_state {
+            self.hard_state.save(&hs).map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
+        }
+        if let Some(first) = entries.first() {
+            assert!(
+                first.index <= self.durable_last.next(),
+                "append at {} leaves a gap after the durable log ending at {}",
+                first.index,
+                self.durable_last
+            );
+            self.append(&entries)?;
+            // 4.
+            self.wal.sync().map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
+            self.stats.syncs += 1;
+            self.durable_last = entries.last().expect("non-empty").index;
+        }
+        // 5.
+        for m in persisted_messages {
+            self.send_raft(m);
+        }
+        // 6.
+        for e in committed {
+            self.apply_entry(e);
+        }
+        // 7.
+        for rs in read_states {
+            self.reads_ready.push((rs.index, rs.ctx));
+        }
+        self.serve_ready_reads();
+        // 8.
+        self.raft.advance(self.durable_last, self.applied);
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), NodeError> {
+        match self.wal.append(entries) {
+            Ok(()) => {
+                let bytes: usize = entries.iter().map(|e| e.data.len() + 32).sum();
+                self.log_bytes_since_snapshot += bytes as u64;
+                Ok(())
+            }
+            Err(WalError::NoSpace { .. }) => {
+                // The entries are not durable, so nothing may acknowledge them: stop here
+                // rather than serve with a core that believes otherwise.
+                Err(NodeError::new("no space left on the device for the log; stopping (the data on disk is intact)"))
+            }
+            Err(e) => Err(NodeError::new(format!("log append failed: {e}"))),
+        }
+    }
+
+    fn apply_entry(&mut self, e: Entry) {
+        assert_eq!(e.index, self.applied.next(), "entries applied out of order");
+        let reply = match e.kind {
+            EntryKind::Command => self.sm.apply(e.index, &e.data),
+            EntryKind::Noop => Value::ok(),
+            EntryKind::ConfChange => self.apply_conf_change(&e),
+        };
+        self.applied = e.index;
+        self.applied_term = e.term;
+        self.stats.entries_applied += 1;
+        // Every waiter at or below this index is settled now.
+        while let Some((&idx, _)) = self.waiters.first_key_value() {
+            if idx > e.index {
+                break;
+            }
+            let w = self.waiters.remove(&idx).expect("present");
+            let bytes = if idx == e.index && w.term == e.term {
+                reply.to_bytes()
+            } else {
+                Value::error("TRYAGAIN leadership changed before the command committed; it was not applied").to_bytes()
+            };
+            self.deliver(w.to, bytes);
+        }
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Value {
+        let cc = match ConfChange::decode(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                error!("conf change at {} does not decode: {err}", e.index);
+                return Value::error(format!("ERR bad membership change: {err}"));
+            }
+        };
+        self.conf_applied = cc.apply_to(&self.conf_applied);
+        let mut members = self.members.clone();
+        match cc.op {
+            ConfChangeOp::Remove => {
+                members.remove(&cc.node);
+            }
+            ConfChangeOp::AddLearner | ConfChangeOp::AddVoter => {
+                if let Some(addrs) = decode_member_context(&cc.context) {
+                    members.insert(cc.node, addrs);
+                } else if !members.contains_key(&cc.node) {
+                    warn!("membership change at {} adds node {} without addresses", e.index, cc.node);
+                }
+            }
+        }
+        info!("membership change at {}: {:?} node {}", e.index, cc.op, cc.node);
+        // Never drop our own addresses: a removed node keeps its listeners until stopped.
+        if let Some(me) = self.members.get(&self.id).cloned() {
+            members.entry(self.id).or_insert(me);
+        }
+        self.set_members(members);
+        Value::ok()
+    }
+
+    pub(super) fn serve_ready_reads(&mut self) {
+        let applied = self.applied;
+        let mut i = 0;
+        while i < self.reads_ready.len() {
+            let (index, ctx) = self.reads_ready[i];
+            if index > applied {
+                i += 1;
+                continue;
+            }
+            self.reads_ready.swap_remove(i);
+            if let Some(r) = self.reads.remove(&ctx) {
+                let v = self.sm.query(&r.query);
+                self.deliver(r.to, v.to_bytes());
+            }
+        }
+    }
+
+    /// Reads whose round can no longer complete (this node stepped down) are failed, so the
+    /// client retries instead of waiting forever.
+    pub(super) fn fail_stale_reads(&mut self) {
+        if self.reads.is_empty() || self.raft.status().role == crate::raft::Role::Leader {
+            return;
+        }
+        let waiting: Vec<u64> = self
+            .reads
+            .keys()
+            .filter(|ctx| !self.reads_ready.iter().any(|(_, c)| c == *ctx))
+            .copied()
+            .collect();
+        for ctx in waiting {
+            if let Some(r) = self.reads.remove(&ctx) {
+                let v = Value::error("TRYAGAIN leadership changed during the read");
+                self.deliver(r.to, v.to_bytes());
+            }
+        }
+    }
+
+    /// The leader sent us a snapshot (already received, verified and renamed into place by
+    /// the receiver): load it into a fresh state machine, then reset the log after it.
+    fn install_received_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), NodeError> {
+        let path = match self.received_snapshot.take() {
+            Some((id, path)) if id == meta.last => path,
+            other => {
+                return Err(NodeError::new(format!(
+                    "the core installs a snapshot at {} but the received file is {:?}",
+                    meta.last, other
+                )))
+            }
+        };
+        let mut fresh = (self.make_sm)();
+        let header = snapshot::load_snapshot_file(&path, &mut fresh)
+            .map(|(h, _)| h)
+            .map_err(|e| NodeError::new(format!("installing snapshot {}: {e}", path.display())))?;
+        self.sm = fresh;
+        if let Ok(members) = decode_members(&header.extra) {
+            let mut members = members;
+            if let Some(me) = self.members.get(&self.id).cloned() {
+                members.insert(self.id, me);
+            }
+            self.set_members(members);
+        }
+        self.wal.reset().map_err(|e| NodeError::new(format!("resetting the log: {e}")))?;
+        self.durable_last = meta.last.index;
+        self.applied = meta.last.index;
+        self.applied_term = meta.last.term;
+        self.conf_applied = meta.conf.clone();
+        self.snapshot_path = Some(path);
+        self.snapshot_meta = meta.clone();
+        self.log_bytes_since_snapshot = 0;
+        self.stats.snapshots_installed += 1;
+        self.stats.last_snapshot_index = meta.last.index;
+        // Waiters below the snapshot were answered by no apply here; they are settled.
+        let settled: Vec<LogIndex> = self.waiters.range(..=meta.last.index).map(|(&i, _)| i).collect();
+        for idx in settled {
+            let w = self.waiters.remove(&idx).expect("present");
+            let v = Value::error("TRYAGAIN this node installed a snapshot; the outcome is unknown");
+            self.deliver(w.to, v.to_bytes());
+        }
+        let _ = snapshot::remove_older_than(&self.cfg.data_dir, meta.last);
+        info!("installed snapshot at {} ({} keys)", meta.last, self.sm.len());
+        Ok(())
+    }
+
+    /// Start a snapshot when enough was applied since the last one (or when asked).
+    pub(super) fn maybe_snapshot(&mut self) {
+        if self.snapshotter.is_running() {
+            return;
+        }
+        let since = self.applied.0.saturating_sub(self.snapshot_meta.last.index.0);
+        let due = self.snapshot_requested
+            || since >= self.cfg.snapshot_entries
+            || self.log_bytes_since_snapshot >= self.cfg.snapshot_bytes;
+        if due && since > 0 {
+            self.start_snapshot();
+        }
+    }
+
+    pub(super) fn start_snapshot(&mut self) {
+        self.snapshot_requested = false;
+        let meta = SnapshotMeta {
+            last: crate::raft::EntryId::new(self.applied_term, self.applied),
+            conf: self.conf_applied.clone(),
+        };
+        let header = SnapshotHeader { meta, extra: encode_members(&self.members) };
+        match self.snapshotter.start(&self.cfg.data_dir, header, &self.sm, Instant::now()) {
+            Ok((fd, fork_time)) => {
+                self.stats.last_snapshot_fork = fork_time;
+                if let Err(e) = self.register_fd(fd, SNAPSHOT_CHILD) {
+                    warn!("registering the snapshot child's pipe: {e}");
+                }
+                info!("snapshot at {}: child started (fork took {:?})", self.applied, fork_time);
+            }
+            Err(e) => {
+                self.stats.snapshot_failures += 1;
+                warn!("snapshot: fork failed: {e}");
+            }
+        }
+    }
+
+    /// The snapshot child ended: check how, then compact.
+    pub(super) fn snapshot_child_ended(&mut self) {
+        let Some(outcome) = self.snapshotter.poll_child() else { return };
+        match outcome {
+            Ok(done) => {
+                let meta = done.header.meta.clone();
+                let keep = self.cfg.snapshot_keep_entries;
+                let compact_to = LogIndex(meta.last.index.0.saturating_sub(keep));
+                self.raft.snapshot_taken(meta.clone(), compact_to);
+                if let Err(e) = self.wal.discard_prefix(compact_to) {
+                    warn!("compacting the log to {compact_to}: {e}");
+                }
+                self.snapshot_path = Some(done.path.clone());
+                self.snapshot_meta = meta.clone();
+                self.log_bytes_since_snapshot = 0;
+                let _ = snapshot::remove_older_than(&self.cfg.data_dir, meta.last);
+                self.stats.snapshots_taken += 1;
+                self.stats.last_snapshot_took = done.took;
+                self.stats.last_snapshot_bytes = done.size_bytes;
+                self.stats.last_snapshot_index = meta.last.index;
+                info!(
+                    "snapshot at {} written: {} bytes in {:?} (fork {:?}); log compacted to {compact_to}",
+                    meta.last, done.size_bytes, done.took, done.fork_time
+                );
+            }
+            Err(why) => {
+                self.stats.snapshot_failures += 1;
+                error!("snapshot child failed: {why}");
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Commands the node answers itself (not the state machine): PING, ECHO, QUIT, INFO,
+//! COMMAND, CLIENT, SELECT, CONFIG GET, and the cluster commands MEMBER, TRANSFER, SNAPSHOT.
+//!
+//! `INFO` follows Redis's layout (`# Section` headers, `field:value` lines) so Redis tooling
+//! can read it; its `raft` section is what `kvctl status` prints.
+
+use std::fmt::Write as _;
+
+use super::clients::{no_leader, Dispatch};
+use super::{Node, ReplyTo, Role, Waiter};
+use crate::client::Value;
+use crate::kv::StateMachine;
+use crate::raft::{ConfChange, ConfChangeOp, NodeId, ProposeError, Role as RaftRole};
+
+const SECTIONS: [&str; 6] = ["server", "clients", "persistence", "stats", "raft", "keyspace"];
+
+impl<S: StateMachine> Node<S> {
+    /// `Some` when the command is the node's own; `None` hands it to the state machine.
+    pub(super) fn node_command(&mut self, to: ReplyTo, args: &[Vec<u8>]) -> Option<Dispatch> {
+        let name = args.first()?.to_ascii_uppercase();
+        let d = match name.as_slice() {
+            b"PING" => match args.len() {
+                1 => Dispatch::Reply(Value::Simple("PONG".into())),
+                2 => Dispatch::Reply(Value::Bulk(args[1].clone())),
+                _ => Dispatch::Reply(arity("ping")),
+            },
+            b"ECHO" if args.len() == 2 => Dispatch::Reply(Value::Bulk(args[1].clone())),
+            b"ECHO" => Dispatch::Reply(arity("echo")),
+            b"QUIT" => Dispatch::ReplyAndClose(Value::ok()),
+            b"COMMAND" => Dispatch::Reply(Value::Array(vec![])),
+            b"CLIENT" => Dispatch::Reply(Value::ok()),
+            b"SELECT" => Dispatch::Reply(match args.get(1).map(|a| a.as_slice()) {
+                Some(b"0") if args.len() == 2 => Value::ok(),
+                Some(_) if args.len() == 2 => Value::error("ERR DB index is out of range"),
+                _ => arity("select"),
+            }),
+            b"CONFIG" => Dispatch::Reply(Value::Array(vec![])),
+            b"INFO" => Dispatch::Reply(Value::Bulk(self.info(args.get(1)).into_bytes())),
+            b"MEMBER" => self.member_command(to, args),
+            b"TRANSFER" => self.transfer_command(args),
+            b"SNAPSHOT" | b"BGSAVE" => {
+                self.snapshot_requested = true;
+                Dispatch::Reply(Value::Simple("Background saving started".into()))
+            }
+            _ => return None,
+        };
+        Some(d)
+    }
+
+    fn member_command(&mut self, to: ReplyTo, args: &[Vec<u8>]) -> Dispatch {
+        let sub = args.get(1).map(|a| a.to_ascii_uppercase()).unwrap_or_default();
+        let text = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
+        let node = |i: usize| text(i).and_then(|t| t.parse::<u64>().ok()).filter(|&n| n > 0).map(NodeId);
+        let (op, id, context) = match sub.as_slice() {
+            b"LIST" => return Dispatch::Reply(self.member_list()),
+            b"ADD" if args.len() == 5 || args.len() == 6 => {
+                let Some(id) = node(2) else { return Dispatch::Reply(Value::error("ERR bad node id")) };
+                let (peer, client) = (text(3).unwrap_or_default(), text(4).unwrap_or_default());
+                if peer.parse::<std::net::SocketAddr>().is_err() || client.parse::<std::net::SocketAddr>().is_err() {
+                    return Dispatch::Reply(Value::error("ERR addresses must be host:port IP addresses"));
+                }
+                let learner = args.get(5).is_some_and(|a| a.eq_ignore_ascii_case(b"LEARNER"));
+                let op = if learner { ConfChangeOp::AddLearner } else { ConfChangeOp::AddVoter };
+                (op, id, format!("peer={peer} client={client}").into_bytes())
+            }
+            b"PROMOTE" if args.len() == 3 => match node(2) {
+                Some(id) => (ConfChangeOp::AddVoter, id, Vec::new()),
+                None => return Dispatch::Reply(Value::error("ERR bad node id")),
+            },
+            b"REMOVE" if args.len() == 3 => match node(2) {
+                Some(id) => (ConfChangeOp::Remove, id, Vec::new()),
+                None => return Dispatch::Reply(Value::error("ERR bad node id")),
+            },
+            _ => {
+                return Dispatch::Reply(Value::error(
+                    "ERR usage: MEMBER LIST | MEMBER ADD <id> <peer> <client> [LEARNER] | MEMBER PROMOTE <id> | MEMBER REMOVE <id>",
+                ))
+            }
+        };
+        let context = if context.is_empty() {
+            match self.members.get(&id) {
+                Some(m) => format!("peer={} client={}", m.peer, m.client).into_bytes(),
+                None => Vec::new(),
+            }
+        } else {
+            context
+        };
+        match self.raft.propose_conf_change(ConfChange { op, node: id, context }) {
+            Ok(entry) => {
+                self.waiters.insert(entry.index, Waiter { term: entry.term, to });
+                Dispatch::Pending
+            }
+            Err(ProposeError::NotLeader { leader }) => match leader.filter(|&l| l != self.id) {
+                Some(l) => Dispatch::Reply(Value::error(format!(
+                    "ERR not the leader; send membership changes to node {l} ({})",
+                    self.members.get(&l).map(|m| m.client.to_string()).unwrap_or_default()
+                ))),
+                None => Dispatch::Reply(no_leader()),
+            },
+            Err(e) => Dispatch::Reply(Value::error(format!("ERR {e}"))),
+        }
+    }
+
+    fn member_list(&self) -> Value {
+        let conf = &self.conf_applied;
+        let rows = self
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let role = if conf.is_voter(*id) {
+                    "voter"
+                } else if conf.is_learner(*id) {
+                    "learner"
+                } else {
+                    "none"
+                };
+                Value::Bulk(format!("{id} {} {} {role}", m.peer, m.client).into_bytes())
+            })
+            .collect();
+        Value::Array(rows)
+    }
+
+    fn transfer_command(&mut self, args: &[Vec<u8>]) -> Dispatch {
+        let target = args
+            .get(1)
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|t| t.parse::<u64>().ok())
+            .filter(|_| args.len() == 2);
+        let Some(target) = target else { return Dispatch::Reply(Value::error("ERR usage: TRANSFER <node id>")) };
+        match self.raft.transfer_leadership(NodeId(target)) {
+            Ok(()) => Dispatch::Reply(Value::ok()),
+            Err(e) => Dispatch::Reply(Value::error(format!("ERR {e}"))),
+        }
+    }
+
+    /// The INFO text: every section, or the one named.
+    fn info(&self, section: Option<&Vec<u8>>) -> String {
+        let want = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+        let mut out = String::new();
+        for name in SECTIONS {
+            let all = matches!(want.as_deref(), None | Some("all") | Some("everything") | Some("default"));
+            if all || want.as_deref() == Some(name) {
+                if !out.is_empty() {
+                    out.push_str("\r\n");
+                }
+                self.info_section(name, &mut out);
+            }
+        }
+        out
+    }
+
+    fn info_section(&self, name: &str, out: &mut String) {
+        let _ = writeln!(out, "# {}\r", capitalize(name));
+        let mut kv = |k: &str, v: String| {
+            let _ = write!(out, "{k}:{v}\r\n");
+        };
+        match name {
+            "server" => {
+                kv("kvraft_version", env!("CARGO_PKG_VERSION").into());
+                kv("process_id", std::process::id().to_string());
+                kv("node_id", self.id.to_string());
+                if let Some(m) = self.members.get(&self.id) {
+                    kv("tcp_port", m.client.port().to_string());
+                    kv("peer_addr", m.peer.to_string());
+                }
+                let up = self.stats.started.map(|s| self.now.duration_since(s).as_secs()).unwrap_or(0);
+                kv("uptime_in_seconds", up.to_string());
+                kv("tick_ms", self.cfg.tick_ms.to_string());
+            }
+            "clients" => {
+                let clients = self.conns.iter().filter(|(_, c)| matches!(c.role, Role::Client(_))).count();
+                kv("connected_clients", clients.to_string());
+                kv("peer_connections", (self.conns.len() - clients).to_string());
+                kv("maxclients", self.cfg.max_clients.to_string());
+                kv("forwarded_pending", self.forwards.len().to_string());
+                kv("reads_pending", self.reads.len().to_string());
+                kv("writes_pending", self.waiters.len().to_string());
+            }
+            "persistence" => {
+                kv("log_first_index", self.wal.first_index().map(|i| i.0).unwrap_or(0).to_string());
+                kv("log_last_index", self.wal.last_index().map(|i| i.0).unwrap_or(0).to_string());
+                kv("log_segments", self.wal.segment_count().to_string());
+                kv("log_disk_bytes", self.wal.disk_bytes().to_string());
+                kv("log_syncs", self.stats.syncs.to_string());
+                kv("snapshot_index", self.snapshot_meta.last.index.to_string());
+                kv("snapshot_term", self.snapshot_meta.last.term.to_string());
+                kv("snapshot_in_progress", u8::from(self.snapshotter.is_running()).to_string());
+                kv("snapshots_taken", self.stats.snapshots_taken.to_string());
+                kv("snapshots_installed", self.stats.snapshots_installed.to_string());
+                kv("snapshot_failures", self.stats.snapshot_failures.to_string());
+                kv("last_snapshot_ms", self.stats.last_snapshot_took.as_millis().to_string());
+                kv("last_snapshot_fork_us", self.stats.last_snapshot_fork.as_micros().to_string());
+                kv("last_snapshot_bytes", self.stats.last_snapshot_bytes.to_string());
+                kv("read_only", self.read_only.clone().unwrap_or_else(|| "no".into()));
+            }
+            "stats" => {
+                kv("total_connections_received", self.stats.connections_received.to_string());
+                kv("total_commands_processed", self.stats.commands_processed.to_string());
+                kv("rejected_connections", self.stats.rejected_connections.to_string());
+                kv("entries_applied", self.stats.entries_applied.to_string());
+            }
+            "raft" => self.info_raft(&mut kv),
+            "keyspace" => {
+                kv("keys", self.sm.len().to_string());
+                kv("state_hash", format!("{:016x}", self.sm.state_hash()));
+            }
+            _ => unreachable!("unknown section {name}"),
+        }
+    }
+
+    fn info_raft(&self, kv: &mut impl FnMut(&str, String)) {
+        let st = self.raft.status();
+        let role = match st.role {
+            RaftRole::Leader => "leader",
+            RaftRole::Follower => "follower",
+            RaftRole::Candidate => "candidate",
+            RaftRole::PreCandidate => "precandidate",
+        };
+        let role = if !st.conf.is_voter(self.id) && st.role == RaftRole::Follower {
+            if st.conf.is_learner(self.id) { "learner" } else { "none" }
+        } else {
+            role
+        };
+        kv("node_id", self.id.to_string());
+        kv("role", role.into());
+        kv("term", st.term.to_string());
+        kv("leader_id", st.leader.map(|l| l.0).unwrap_or(0).to_string());
+        let leader_client = st.leader.and_then(|l| self.members.get(&l)).map(|m| m.client.to_string());
+        kv("leader_client_addr", leader_client.unwrap_or_default());
+        kv("commit_index", st.commit.to_string());
+        kv("applied_index", self.applied.to_string());
+        kv("first_log_index", st.first_index.to_string());
+        kv("last_log_index", st.last_index.to_string());
+        kv("durable_index", self.durable_last.to_string());
+        let ids = |v: &[NodeId]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        kv("voters", ids(&st.conf.voters));
+        kv("learners", ids(&st.conf.learners));
+        kv("state_hash", format!("{:016x}", self.sm.state_hash()));
+        for p in &st.progress {
+            kv(&format!("peer_{}", p.id), format!("match={},next={}", p.match_index, p.next_index));
+        }
+    }
+}
+
+fn arity(cmd: &str) -> Value {
+    Value::error(format!("ERR wrong number of arguments for '{cmd}' command"))
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,401 @@
+//! Peer connections: each node dials every other member and sends on that connection; it
+//! receives on the connections the others dialed. Each side opens with a `Hello` (cluster id,
+//! sender, intended receiver, protocol version), so a node of another cluster or version, or
+//! a misconfigured address, is refused with a logged reason.
+//!
+//! A broken connection loses messages, nothing more: the core is told the peer is
+//! unreachable and falls back to probing; a reconnect follows with exponential backoff.
+//! Snapshots are streamed in chunks, a bounded number in flight, so heartbeats queued on the
+//! same connection are never stuck behind a whole file.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+
+use super::conn::{Conn, ReadStatus};
+use super::snapshot::SnapshotSender;
+use super::{MemberAddrs, Node, PeerLink, Role, TimerId, DIAL_BACKOFF_MAX_MS, DIAL_BACKOFF_MIN_MS};
+use crate::kv::StateMachine;
+use crate::limits;
+use crate::raft::{EntryId, Message, MessageBody, NodeId, SnapshotMeta, Term};
+use crate::wire::{self, DecodeError, Frame};
+
+impl<S: StateMachine> Node<S> {
+    /// Adopt a new member table: dial new peers, drop removed ones, redial moved ones.
+    pub(super) fn set_members(&mut self, members: BTreeMap<NodeId, MemberAddrs>) {
+        let removed: Vec<NodeId> =
+            self.peers.keys().filter(|id| !members.contains_key(id)).copied().collect();
+        for id in removed {
+            if let Some(link) = self.peers.remove(&id) {
+                info!("node {id} left the member table");
+                if let Some(key) = link.key {
+                    self.close_conn(key, "member removed");
+                }
+                if let Some(h) = link.dial_timer {
+                    self.wheel.cancel(h);
+                }
+            }
+        }
+        for (&id, m) in &members {
+            if id == self.id {
+                continue;
+            }
+            let moved = self.peers.get(&id).map(|l| l.addr != m.peer);
+            match moved {
+                Some(false) => {}
+                Some(true) => {
+                    let key = self.peers.get_mut(&id).and_then(|l| {
+                        l.addr = m.peer;
+                        l.key
+                    });
+                    if let Some(key) = key {
+                        self.close_conn(key, "member address changed");
+                    }
+                }
+                None => {
+                    self.peers.insert(
+                        id,
+                        PeerLink {
+                            addr: m.peer,
+                            key: None,
+                            backoff_ms: DIAL_BACKOFF_MIN_MS,
+                            dial_timer: None,
+                            reported_unreachable: false,
+                            sender: None,
+                        },
+                    );
+                    self.dial(id);
+                }
+            }
+        }
+        self.members = members;
+    }
+
+    /// Open the outbound connection to `to` (non-blocking; `dial_done` finishes it).
+    pub(super) fn dial(&mut self, to: NodeId) {
+        let Some(link) = self.peers.get(&to) else { return };
+        if link.key.is_some() || link.dial_timer.is_some() {
+            return;
+        }
+        let addr = link.addr;
+        let stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("dial node {to} at {addr}: {e}");
+                self.schedule_redial(to);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn::new(stream, limits::FRAME_SIZE_MAX * 2, limits::PEER_OUTPUT_SIZE_MAX);
+        conn.connecting = true;
+        let hello = Frame::Hello { cluster_id: self.cluster_id, from: self.id, to };
+        wire::encode(&hello, conn.output_buf());
+        match self.insert_conn(conn, Role::PeerOut { to, hello_ok: false }) {
+            Ok(key) => {
+                if let Some(link) = self.peers.get_mut(&to) {
+                    link.key = Some(key);
+                }
+            }
+            Err(e) => {
+                warn!("registering the connection to node {to}: {e}");
+                self.schedule_redial(to);
+            }
+        }
+    }
+
+    /// The non-blocking connect finished, one way or the other.
+    pub(super) fn dial_done(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        let failed = match c.conn.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match c.conn.stream.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // still connecting
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = failed {
+            self.close_conn(key, &format!("connect failed: {e}"));
+            return;
+        }
+        c.conn.connecting = false;
+        if let Role::PeerOut { to, .. } = c.role {
+            debug!("connected to node {to}");
+        }
+    }
+
+    fn schedule_redial(&mut self, to: NodeId) {
+        let Some(link) = self.peers.get_mut(&to) else { return };
+        if link.dial_timer.is_some() {
+            return;
+        }
+        let ticks = self.clock.ms_to_ticks(link.backoff_ms);
+        link.backoff_ms = (link.backoff_ms * 2).min(DIAL_BACKOFF_MAX_MS);
+        let at = self.now_tick + ticks;
+        let h = self.schedule(at, TimerId::Dial(to));
+        if let Some(link) = self.peers.get_mut(&to) {
+            link.dial_timer = h;
+        }
+    }
+
+    /// The outbound connection to `to` is gone: tell the core, stop any snapshot stream,
+    /// and redial later.
+    pub(super) fn peer_down(&mut self, to: NodeId) {
+        let Some(link) = self.peers.get_mut(&to) else { return };
+        link.key = None;
+        let had_sender = link.sender.take().is_some();
+        let report = !link.reported_unreachable;
+        link.reported_unreachable = true;
+        if had_sender {
+            self.raft.report_snapshot(to, false);
+        }
+        if report {
+            self.raft.report_unreachable(to);
+        }
+        self.schedule_redial(to);
+    }
+
+    /// Queue a frame on the outbound connection to `to`. Dropped (Raft tolerates loss) when
+    /// there is no connection or its queue is full.
+    pub(super) fn send_frame(&mut self, to: NodeId, frame: &Frame) -> bool {
+        let Some(key) = self.peers.get(&to).and_then(|l| l.key) else { return false };
+        let c = &mut self.conns[key];
+        if c.conn.pending_output() >= limits::PEER_OUTPUT_SIZE_MAX - limits::FRAME_SIZE_MAX {
+            debug!("output queue to node {to} full; dropping a frame");
+            return false;
+        }
+        wire::encode(frame, c.conn.output_buf());
+        self.mark_dirty(key);
+        true
+    }
+
+    /// Send a message from the core. A `Snapshot` message becomes a chunked stream.
+    pub(super) fn send_raft(&mut self, msg: Message) {
+        if let MessageBody::Snapshot { meta } = &msg.body {
+            let meta = meta.clone();
+            self.start_snapshot_stream(msg.to, msg.term, meta);
+            return;
+        }
+        let to = msg.to;
+        self.send_frame(to, &Frame::Raft(msg));
+    }
+
+    pub(super) fn read_peer(&mut self, key: usize) {
+        let mut budget = limits::READ_BUDGET_PER_EVENT;
+        loop {
+            let (status, got) = match self.conns[key].conn.read_some(budget) {
+                Ok(r) => r,
+                Err(e) => return self.close_conn(key, &format!("read: {e}")),
+            };
+            budget = budget.saturating_sub(got);
+            loop {
+                let Some(c) = self.conns.get_mut(key) else { return };
+                match wire::decode(c.conn.input()) {
+                    Ok((frame, n)) => {
+                        c.conn.consume(n);
+                        self.handle_frame(key, frame);
+                    }
+                    Err(DecodeError::Incomplete) => break,
+                    Err(e) => return self.close_conn(key, &format!("bad frame: {e}")),
+                }
+            }
+            let Some(c) = self.conns.get_mut(key) else { return };
+            match status {
+                ReadStatus::WouldBlock => return,
+                ReadStatus::Closed => return self.close_conn(key, "closed by peer"),
+                ReadStatus::More if budget == 0 => {
+                    c.more_input = true;
+                    return;
+                }
+                ReadStatus::More => {
+                    if let Err(e) = c.conn.check_overflow() {
+                        return self.close_conn(key, &e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, key: usize, frame: Frame) {
+        let peer = match (&self.conns[key].role, &frame) {
+            (Role::PeerIn { from: None }, Frame::Hello { .. })
+            | (Role::PeerOut { hello_ok: false, .. }, Frame::Hello { .. }) => {
+                return self.handle_hello(key, frame)
+            }
+            (Role::PeerIn { from: Some(f) }, _) => *f,
+            (Role::PeerOut { to, hello_ok: true }, _) => *to,
+            _ => return self.close_conn(key, "expected a Hello first"),
+        };
+        match frame {
+            Frame::Hello { .. } => self.close_conn(key, "a second Hello"),
+            Frame::Raft(msg) => {
+                if msg.from != peer || msg.to != self.id {
+                    warn!("dropping a {} from {} to {} on node {peer}'s connection", msg.body.name(), msg.from, msg.to);
+                    return;
+                }
+                self.raft.step(msg);
+            }
+            Frame::SnapshotChunk { term, from, to, meta, total_size, offset, data, done } => {
+                if from != peer || to != self.id {
+                    return self.close_conn(key, "snapshot chunk with wrong ids");
+                }
+                self.on_snapshot_chunk(peer, term, meta, total_size, offset, &data, done);
+            }
+            Frame::SnapshotAck { from, snapshot, next_offset, ok, .. } => {
+                if from == peer {
+                    self.on_snapshot_ack(peer, snapshot, next_offset, ok);
+                }
+            }
+            Frame::ClientRequest { id, args } => self.handle_forwarded(peer, id, args),
+            Frame::ClientReply { id, reply } => self.forward_reply(id, reply),
+        }
+    }
+
+    fn handle_hello(&mut self, key: usize, frame: Frame) {
+        let Frame::Hello { cluster_id, from, to } = frame else { unreachable!() };
+        if cluster_id != self.cluster_id {
+            return self.close_conn(key, &format!("Hello from node {from} of another cluster (id {cluster_id:#x}, ours {:#x})", self.cluster_id));
+        }
+        if to != self.id {
+            return self.close_conn(key, &format!("Hello from node {from} meant for node {to}, but this is node {}", self.id));
+        }
+        if from == self.id {
+            return self.close_conn(key, "Hello from a node with our own id");
+        }
+        match &mut self.conns[key].role {
+            Role::PeerIn { from: f } => {
+                *f = Some(from);
+                if let Some(old) = self.peers_in.insert(from, key) {
+                    if old != key {
+                        self.close_conn(old, "replaced by a newer connection");
+                    }
+                }
+                if !self.members.contains_key(&from) {
+                    info!("accepted a connection from node {from}, not (yet) a member");
+                }
+                let hello = Frame::Hello { cluster_id: self.cluster_id, from: self.id, to: from };
+                let c = &mut self.conns[key];
+                wire::encode(&hello, c.conn.output_buf());
+                self.mark_dirty(key);
+            }
+            Role::PeerOut { to: expected, hello_ok } => {
+                if from != *expected {
+                    let expected = *expected;
+                    return self.close_conn(key, &format!("dialed node {expected} but node {from} answered"));
+                }
+                *hello_ok = true;
+                if let Some(link) = self.peers.get_mut(&from) {
+                    link.backoff_ms = DIAL_BACKOFF_MIN_MS;
+                    link.reported_unreachable = false;
+                }
+                info!("connected to node {from}");
+            }
+            Role::Client(_) => unreachable!("hello on a client connection"),
+        }
+    }
+
+    fn start_snapshot_stream(&mut self, to: NodeId, term: Term, meta: SnapshotMeta) {
+        let Some(path) = self.snapshot_path.clone() else {
+            warn!("the core asked to send a snapshot to node {to} but there is none on disk");
+            return self.raft.report_snapshot(to, false);
+        };
+        let Some(link) = self.peers.get_mut(&to) else { return };
+        if link.sender.as_ref().is_some_and(|s| s.meta().last == meta.last) {
+            return; // already streaming this one
+        }
+        let chunk = self.cfg.snapshot_chunk_bytes as usize;
+        match SnapshotSender::new(path, meta, chunk, limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX) {
+            Ok(sender) => {
+                info!("streaming snapshot at {} ({} bytes) to node {to}", sender.meta().last, sender.total_size());
+                link.sender = Some(sender);
+                self.pump_snapshot(to, term);
+            }
+            Err(e) => {
+                warn!("opening the snapshot for node {to}: {e}");
+                self.raft.report_snapshot(to, false);
+            }
+        }
+    }
+
+    /// Send the next chunks the sender's window allows.
+    fn pump_snapshot(&mut self, to: NodeId, term: Term) {
+        loop {
+            let Some(link) = self.peers.get_mut(&to) else { return };
+            let Some(sender) = link.sender.as_mut() else { return };
+            let next = match sender.next_chunk() {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("reading the snapshot for node {to}: {e}");
+                    link.sender = None;
+                    return self.raft.report_snapshot(to, false);
+                }
+            };
+            let (offset, data, done) = next;
+            let frame = Frame::SnapshotChunk {
+                term,
+                from: self.id,
+                to,
+                meta: sender.meta().clone(),
+                total_size: sender.total_size(),
+                offset,
+                data,
+                done,
+            };
+            if !self.send_frame(to, &frame) {
+                if let Some(link) = self.peers.get_mut(&to) {
+                    link.sender = None;
+                }
+                return self.raft.report_snapshot(to, false);
+            }
+        }
+    }
+
+    fn on_snapshot_ack(&mut self, from: NodeId, snapshot: EntryId, next_offset: u64, ok: bool) {
+        let term = self.raft.status().term;
+        let Some(link) = self.peers.get_mut(&from) else { return };
+        let Some(sender) = link.sender.as_mut() else { return };
+        if sender.meta().last != snapshot {
+            return; // an ack for an earlier stream
+        }
+        sender.on_ack(next_offset, ok);
+        if sender.is_complete() {
+            info!("snapshot at {snapshot} delivered to node {from}");
+            link.sender = None;
+            return;
+        }
+        self.pump_snapshot(from, term);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        total_size: u64,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+    ) {
+        let (next_offset, ok, complete) = match self.receiver.on_chunk(&meta, total_size, offset, data, done) {
+            Ok(out) => (out.next_offset, out.ok, out.complete),
+            Err(e) => {
+                warn!("snapshot chunk from node {from}: {e}");
+                self.receiver.abort();
+                (0, false, None)
+            }
+        };
+        let ack = Frame::SnapshotAck { term, from: self.id, to: from, snapshot: meta.last, next_offset, ok };
+        self.send_frame(from, &ack);
+        if let Some((header, path)) = complete {
+            info!("received snapshot at {} from node {from}", header.meta.last);
+            self.received_snapshot = Some((header.meta.last, path));
+            let msg = Message { from, to: self.id, term, body: MessageBody::Snapshot { meta: header.meta } };
+            self.raft.step(msg);
+        }
+    }
+}
