@@ -706,7 +706,7 @@ fn a_snapshot_chunk_outside_its_file_is_malformed() {
         body.extend_from_slice(&offset.to_be_bytes());
         body.push(u8::from(done));
         body.extend_from_slice(&(len as u32).to_be_bytes());
-        body.extend(std::iter::repeat(7).take(len));
+        body.extend(std::iter::repeat_n(7, len));
         raw(KIND_SNAPSHOT_CHUNK, &body)
     };
     assert!(decode(&chunk(10, 6, 4, true)).is_ok());
