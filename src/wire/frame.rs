@@ -6,6 +6,17 @@
 //! Must not: allocate anything sized by a length it has not checked against both its limit and
 //! the bytes actually present; recurse; panic on any input.
 //!
+//! Invariants:
+//! 1. `decode` returns `Incomplete` only when `buf` is a proper prefix of a frame whose header
+//!    (once present) is acceptable; the frame's length and kind are judged from the header
+//!    alone (`peek_header`), before any body byte is awaited.
+//! 2. Every count is checked against its limit *and* against the bytes remaining (at the
+//!    item's minimum size) before a `Vec` is sized by it; every length against its limit and
+//!    the bytes present before it is copied.
+//! 3. The encoding is canonical: for any `buf` that decodes to `(f, n)`, `encode(f)` is exactly
+//!    `buf[..n]`; for any `f` that `encode` accepts, `decode(encode(f)) == (f, len)`. `encode`
+//!    asserts everything `decode` checks (node ids, limits, conf state and chunk ranges).
+//!
 //! # Byte layout
 //!
 //! All integers are big-endian (byteorder). A `bool` is one byte, 0 or 1 (anything else is
