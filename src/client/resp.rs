@@ -34,6 +34,10 @@ pub const REPLY_ARRAY_LEN_MAX: usize = 16 * 1024 * 1024;
 /// Longest simple-string, error or integer line in a reply, in bytes.
 pub const REPLY_LINE_SIZE_MAX: usize = 64 * 1024;
 
+/// What a parse gives: `Ok(None)` if the buffer is incomplete, else the parsed thing and the
+/// number of bytes it took from the front of the buffer.
+pub type Parsed<T> = Result<Option<(T, usize)>, ParseError>;
+
 /// Why bytes could not be parsed. Either way the connection cannot continue: Redis answers
 /// `-ERR <Display>` and closes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,7 +149,7 @@ fn read_int(buf: &[u8], start: usize, max: usize) -> Int {
 /// `Ok(Some((args, consumed)))`: drop `consumed` bytes. **`args` may be empty** (`*0\r\n`,
 /// `*-1\r\n`, a blank inline line), which Redis skips: execute nothing and parse on.
 /// `Err`: answer `err.reply()` and close the connection.
-pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ParseError> {
+pub fn parse_command(buf: &[u8]) -> Parsed<Vec<Vec<u8>>> {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => {
@@ -224,7 +228,7 @@ fn walk_multibulk(buf: &[u8], mut on_arg: impl FnMut(&[u8])) -> Result<Option<us
 }
 
 /// An inline command: one line, ended by `\n` (a `\r` before it is dropped).
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ParseError> {
+fn parse_inline(buf: &[u8]) -> Parsed<Vec<Vec<u8>>> {
     let window = &buf[..buf.len().min(CLIENT_INLINE_SIZE_MAX + 1)];
     let Some(newline) = window.iter().position(|&b| b == b'\n') else {
         if buf.len() > CLIENT_INLINE_SIZE_MAX {
@@ -373,7 +377,7 @@ enum Item<'a> {
 
 /// Parse one reply (any RESP2 value) from the front of `buf`: `Ok(None)` if incomplete,
 /// else the value and the bytes it took.
-pub fn parse_value(buf: &[u8]) -> Result<Option<(Value, usize)>, ParseError> {
+pub fn parse_value(buf: &[u8]) -> Parsed<Value> {
     let Some(end) = walk_value(buf, |_| {})? else {
         return Ok(None);
     };
