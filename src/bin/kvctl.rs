@@ -452,6 +452,7 @@ impl Client {
                 Ok(reply) => reply,
                 Err(Failure::Retry(e)) => {
                     last_problem = e;
+                    pause(&mut backoff, deadline);
                     continue;
                 }
                 Err(Failure::Fatal(e)) => return Err(e),
@@ -462,6 +463,8 @@ impl Client {
             if msg.starts_with("CLUSTERDOWN") || msg.starts_with("TRYAGAIN") {
                 last_problem = msg.clone();
                 redirected = false;
+                // This node may be cut off from the majority: ask the next one next time.
+                self.stream = None;
                 pause(&mut backoff, deadline);
                 if Instant::now() >= deadline {
                     return Ok(reply);
