@@ -782,6 +782,28 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
     }
 
     #[test]
+    fn the_example_conf_sets_every_key_to_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/example.conf");
+        let c = Config::load(&path, NodeId(1), None).unwrap();
+        let mut want = defaults();
+        want.id = NodeId(1);
+        want.members = c.members.clone();
+        want.data_dir = PathBuf::from("data/node1");
+        assert_eq!(c, want);
+        // Every key but `seed` (commented out there) appears in it.
+        let text = std::fs::read_to_string(&path).unwrap();
+        for key in KEYS
+            .iter()
+            .filter(|k| !k.starts_with("node.") && **k != "seed")
+        {
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "{key} missing from example.conf"
+            );
+        }
+    }
+
+    #[test]
     fn the_shipped_cluster_conf_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/cluster.conf");
         let members = load_members(&path).unwrap();
