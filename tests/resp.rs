@@ -74,6 +74,8 @@ fn unbalanced_quotes_in_an_inline_command_are_a_protocol_error() {
     );
     assert!(matches!(err(b"SET k \"a\"b\r\n"), ParseError::Protocol(_)));
     assert_eq!(split_args(b"'x'y"), None);
+    // An escape that is not one is the escaped character itself, as in Redis.
+    assert_eq!(split_args(b"\"\\xZZ\\q\""), Some(vec![b"xZZq".to_vec()]));
 }
 
 #[test]

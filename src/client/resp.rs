@@ -293,16 +293,13 @@ fn split_word(line: &[u8], mut pos: usize) -> Option<(Vec<u8>, usize)> {
             },
             Quote::Double => match b {
                 None => return None,
-                Some(b'\\') if pos + 3 < line.len() && line[pos + 1] == b'x' => {
-                    match (hex(line[pos + 2]), hex(line[pos + 3])) {
-                        (Some(h), Some(l)) => {
-                            word.push(h * 16 + l);
-                            pos += 3;
-                        }
-                        _ => {
-                            word.push(b'\\');
-                        }
-                    }
+                Some(b'\\')
+                    if pos + 3 < line.len()
+                        && line[pos + 1] == b'x'
+                        && hex_pair(line, pos + 2).is_some() =>
+                {
+                    word.extend(hex_pair(line, pos + 2));
+                    pos += 3;
                 }
                 Some(b'\\') if pos + 1 < line.len() => {
                     pos += 1;
@@ -344,8 +341,10 @@ fn split_word(line: &[u8], mut pos: usize) -> Option<(Vec<u8>, usize)> {
     }
 }
 
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
+/// The byte written as two hex digits at `line[at..at + 2]`.
+fn hex_pair(line: &[u8], at: usize) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    Some(digit(*line.get(at)?)? * 16 + digit(*line.get(at + 1)?)?)
 }
 
 /// Append `args` as a RESP array of bulk strings: what a client sends.
