@@ -15,7 +15,7 @@ use log::debug;
 
 use super::conn::ReadStatus;
 use super::{ClientState, Forward, Node, PendingRead, ReplyTo, Role, Waiter, FORWARD_TIMEOUT};
-use crate::client::resp::{self, ParseError};
+use crate::client::resp;
 use crate::client::Value;
 use crate::kv::{Request, StateMachine};
 use crate::limits;
@@ -97,6 +97,9 @@ impl<S: StateMachine> Node<S> {
                 Ok(None) => return true,
                 Ok(Some((args, n))) => {
                     c.conn.consume(n);
+                    if args.is_empty() {
+                        continue; // `*0`, `*-1` or a blank inline line: Redis skips them
+                    }
                     let Role::Client(st) = &mut c.role else { unreachable!() };
                     let seq = st.next_seq;
                     st.next_seq += 1;
@@ -116,12 +119,9 @@ impl<S: StateMachine> Node<S> {
                     }
                 }
                 Err(e) => {
-                    let msg = match e {
-                        ParseError::Protocol(m) => m,
-                        other => format!("Protocol error: {other}"),
-                    };
-                    debug!("client protocol error: {msg}");
-                    let bytes = Value::error(format!("ERR {msg}")).to_bytes();
+                    debug!("client protocol error: {e}");
+                    // Redis answers a protocol error, then closes the connection.
+                    let bytes = e.reply().to_bytes();
                     let c = &mut self.conns[key];
                     if c.conn.queue(&bytes).is_err() {
                         self.close_conn(key, "output overflow");
@@ -190,7 +190,7 @@ impl<S: StateMachine> Node<S> {
         }
         if !self.cfg.forward_to_leader {
             return match self.members.get(&leader) {
-                Some(m) => Dispatch::Reply(Value::error(format!("MOVED 0 {}", m.client))),
+                Some(m) => Dispatch::Reply(Value::error(format!("REDIRECT {}", m.client))),
                 None => Dispatch::Reply(no_leader()),
             };
         }

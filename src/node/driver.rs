@@ -37,7 +37,24 @@ impl<S: StateMachine> Node<S> {
             let rd = self.raft.ready();
             self.handle_ready(rd)?;
         }
+        self.notice_role_change();
         Ok(())
+    }
+
+    /// A leader that lost its leadership cannot say whether its pending writes will commit
+    /// (the next leader may keep or drop them): their clients get an error saying exactly that,
+    /// rather than waiting forever. Pending reads fail the same way.
+    fn notice_role_change(&mut self) {
+        let is_leader = self.raft.status().role == crate::raft::Role::Leader;
+        if self.was_leader && !is_leader {
+            let waiters = std::mem::take(&mut self.waiters);
+            for (_, w) in waiters {
+                let v = Value::error("TRYAGAIN leadership lost; the command may or may not have been applied");
+                self.deliver(w.to, v.to_bytes());
+            }
+            self.fail_stale_reads();
+        }
+        self.was_leader = is_leader;
     }
 
     fn handle_ready(&mut self, rd: Ready) -> Result<(), NodeError> {

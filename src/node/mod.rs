@@ -238,6 +238,8 @@ pub struct Node<S: StateMachine> {
     receiver: SnapshotReceiver,
     /// Log bytes appended since the last snapshot (a trigger besides the entry count).
     log_bytes_since_snapshot: u64,
+    /// This node was leader at the end of the last turn.
+    was_leader: bool,
     /// Writes are refused after the disk filled up.
     read_only: Option<String>,
     stopping: bool,

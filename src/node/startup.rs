@@ -206,6 +206,7 @@ impl<S: StateMachine> Node<S> {
             receiver: SnapshotReceiver::new(dir.clone()),
             log_bytes_since_snapshot: 0,
             read_only: None,
+            was_leader: false,
             stopping: false,
             stats: Stats { started: Some(now), last_snapshot_index: applied, ..Stats::default() },
             cfg,

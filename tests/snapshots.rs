@@ -1,0 +1,169 @@
+//! Real-process snapshot tests: fork()ed snapshots, log compaction, InstallSnapshot for a
+//! follower that fell behind the log, and restart from snapshot + log.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kvraft::client::Value;
+use support::{dir_size, parse_info, serial, wait_for, Cluster, Options};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Small thresholds so that a few thousand writes take several snapshots.
+fn snapshot_opts(entries: u64, keep: u64) -> Options {
+    Options {
+        nodes: 3,
+        extra: vec![
+            format!("snapshot_entries = {entries}"),
+            format!("snapshot_keep_entries = {keep}"),
+            "snapshot_chunk_bytes = 64KiB".into(),
+            "segment_bytes = 6MiB".into(),
+        ],
+    }
+}
+
+/// Write `keys` with values `val-<i>` through `via`, pipelining `batch` commands at a time;
+/// every reply must be OK.
+fn pipelined_sets(c: &Cluster, via: u64, keys: std::ops::Range<u64>, batch: usize) {
+    let mut cl = wait_for(LONG, "a client connection", || c.client(via).ok());
+    let keys: Vec<u64> = keys.collect();
+    for chunk in keys.chunks(batch) {
+        for &i in chunk {
+            cl.send(&[b"SET", format!("key-{i:06}").as_bytes(), format!("val-{i}").as_bytes()]).unwrap();
+        }
+        for &i in chunk {
+            let r = cl.read_reply().unwrap();
+            assert_eq!(r, Value::ok(), "SET key-{i:06}");
+        }
+    }
+}
+
+fn info(c: &Cluster, id: u64) -> HashMap<String, String> {
+    wait_for(LONG, &format!("INFO from node {id}"), || c.info(id))
+}
+
+fn num(i: &HashMap<String, String>, k: &str) -> u64 {
+    i.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("INFO has no numeric {k}: {i:?}"))
+}
+
+/// Wait until every node in `ids` applied what the leader applied, then compare state hashes.
+fn converged(c: &Cluster, ids: &[u64]) -> String {
+    let leader = c.wait_leader(LONG);
+    let target = num(&info(c, leader), "applied_index");
+    c.wait_applied(ids, target, LONG);
+    wait_for(LONG, "state hashes to agree", || {
+        let hashes: Vec<String> = ids.iter().map(|&id| info(c, id)["state_hash"].clone()).collect();
+        hashes.iter().all(|h| *h == hashes[0]).then(|| hashes[0].clone())
+    })
+}
+
+fn children_of(pid: u32) -> usize {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path).map(|s| s.split_whitespace().count()).unwrap_or(0)
+}
+
+#[test]
+fn a_follower_stopped_while_writes_go_by_catches_up_through_install_snapshot_and_holds_every_key() {
+    let _g = serial();
+    let mut c = Cluster::start(snapshot_opts(2000, 500));
+    let leader = c.wait_leader(LONG);
+    let lagger = (1..=3).find(|&i| i != leader).unwrap();
+    c.kill(lagger);
+    let n = 50_000;
+    pipelined_sets(&c, leader, 0..n, 500);
+    let li = info(&c, leader);
+    assert!(num(&li, "snapshots_taken") >= 2, "the leader took fewer than 2 snapshots: {li:?}");
+    assert!(num(&li, "log_first_index") > 1, "the leader's log was never compacted: {li:?}");
+    c.spawn(lagger);
+    converged(&c, &[1, 2, 3]);
+    let fi = info(&c, lagger);
+    assert!(num(&fi, "snapshots_installed") >= 1, "the follower caught up without InstallSnapshot: {fi:?}");
+    assert_eq!(num(&fi, "keys"), n, "the follower holds a different number of keys");
+    // Reads through the follower (forwarded, linearizable) see every key.
+    let mut cl = c.client(lagger).unwrap();
+    for i in (0..n).step_by(997) {
+        let v = cl.call_str(&["GET", &format!("key-{i:06}")]).unwrap();
+        assert_eq!(v, Value::Bulk(format!("val-{i}").into_bytes()));
+    }
+}
+
+#[test]
+fn a_cluster_restarts_from_snapshot_and_log_with_every_key() {
+    let _g = serial();
+    let mut c = Cluster::start(snapshot_opts(1000, 100));
+    let leader = c.wait_leader(LONG);
+    pipelined_sets(&c, leader, 0..3000, 200);
+    // An explicit snapshot on every node, then more writes that live only in the log.
+    for id in 1..=3 {
+        let mut cl = c.client(id).unwrap();
+        assert!(!cl.call_str(&["SNAPSHOT"]).unwrap().is_error());
+    }
+    wait_for(LONG, "snapshots on every node", || {
+        (1..=3).all(|id| num(&info(&c, id), "snapshot_index") > 0).then_some(())
+    });
+    pipelined_sets(&c, leader, 3000..3500, 100);
+    let before = converged(&c, &[1, 2, 3]);
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    let after = converged(&c, &[1, 2, 3]);
+    assert_eq!(before, after, "the state after a full restart differs");
+    let leader = c.wait_leader(LONG);
+    let mut cl = c.client(leader).unwrap();
+    for i in [0u64, 1500, 2999, 3000, 3499] {
+        let v = cl.call_str(&["GET", &format!("key-{i:06}")]).unwrap();
+        assert_eq!(v, Value::Bulk(format!("val-{i}").into_bytes()), "key-{i:06} after restart");
+    }
+    let li = parse_info(&cl.call_str(&["INFO", "persistence"]).unwrap());
+    assert!(num(&li, "snapshot_index") > 0);
+}
+
+#[test]
+fn the_log_directory_stays_bounded_during_a_long_write_run_and_no_snapshot_child_remains() {
+    let _g = serial();
+    let c = Cluster::start(snapshot_opts(3000, 300));
+    let leader = c.wait_leader(LONG);
+    let mut largest = 0;
+    let mut written = 0;
+    // 40 MB of values through a log of 6 MiB segments: without compaction it would hold 7+.
+    for round in 0..20 {
+        let mut cl = c.client(leader).unwrap();
+        let value = vec![b'v'; 2000];
+        for i in 0..1000u64 {
+            cl.send(&[b"SET", format!("big-{}", (round * 1000 + i) % 5000).as_bytes(), &value]).unwrap();
+        }
+        for _ in 0..1000 {
+            assert_eq!(cl.read_reply().unwrap(), Value::ok());
+        }
+        written += 1000 * 2000;
+        largest = largest.max(dir_size(&c.data_dir(leader).join("log")));
+    }
+    let li = info(&c, leader);
+    println!("wrote {written} bytes of values; the log directory peaked at {largest} bytes; {li:?}");
+    assert!(num(&li, "snapshots_taken") >= 3, "too few snapshots: {li:?}");
+    assert!(largest <= 4 * 6 * 1024 * 1024, "the log directory grew to {largest} bytes");
+    for id in 1..=3 {
+        let pid = c.pid(id).unwrap();
+        wait_for(LONG, "snapshot children to be reaped", || {
+            let i = info(&c, id);
+            (num(&i, "snapshot_in_progress") == 0 && children_of(pid) == 0).then_some(())
+        });
+    }
+    // Only the newest snapshot file is kept.
+    for id in 1..=3 {
+        let snaps = std::fs::read_dir(c.data_dir(id))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("snapshot-") && !name.ends_with(".tmp")
+            })
+            .count();
+        assert!(snaps <= 1, "node {id} keeps {snaps} snapshot files");
+    }
+}
