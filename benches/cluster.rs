@@ -1,0 +1,314 @@
+//! Cluster benchmark: a local three-node kvraft cluster driven by a closed-loop load generator
+//! over RESP (N connections, one request at a time each, 16-byte keys, 256-byte values,
+//! uniform over 100k keys), for SET and GET at 1, 8, 64 and 256 connections. Then, with 1M
+//! keys loaded, SET latency while a snapshot is being written versus while none is.
+//!
+//!     cargo bench --bench cluster            (make bench runs it)
+//!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
+//!
+//! Prints a table; numbers are only comparable within one run on one machine.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use kvraft::client::resp;
+use kvraft::client::Value;
+use kvraft::prng::Prng;
+
+const KEYSPACE: u64 = 100_000;
+const VALUE_SIZE: usize = 256;
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    children: Vec<Child>,
+    clients: Vec<SocketAddr>,
+}
+
+impl Cluster {
+    fn start(extra: &str) -> Cluster {
+        let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "target".into()))
+            .expect("tempdir");
+        let ports: Vec<u16> = (0..6)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let mut conf = format!("data_dir = {}/node{{id}}\n{extra}\n", dir.path().display());
+        let mut clients = Vec::new();
+        for i in 0..3 {
+            conf.push_str(&format!(
+                "node.{} = peer=127.0.0.1:{} client=127.0.0.1:{}\n",
+                i + 1,
+                ports[2 * i],
+                ports[2 * i + 1]
+            ));
+            clients.push(format!("127.0.0.1:{}", ports[2 * i + 1]).parse().unwrap());
+        }
+        let path = dir.path().join("bench.conf");
+        std::fs::write(&path, conf).unwrap();
+        let children = (1..=3)
+            .map(|id| {
+                let log = std::fs::File::create(dir.path().join(format!("node{id}.log"))).unwrap();
+                Command::new(env!("CARGO_BIN_EXE_kvraftd"))
+                    .args(["--config", path.to_str().unwrap(), "--id", &id.to_string()])
+                    .env("RUST_LOG", "warn")
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let c = Cluster { _dir: dir, children, clients };
+        c.wait_writable();
+        c
+    }
+
+    fn wait_writable(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = Conn::connect(self.clients[0]) {
+                if conn.call(&[b"SET", b"bench-ready", b"1"]).is_some_and(|v| v == Value::ok()) {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not accept a write within 30 s");
+    }
+
+    fn info(&self, i: usize, field: &str) -> Option<String> {
+        let mut c = Conn::connect(self.clients[i]).ok()?;
+        let Value::Bulk(b) = c.call(&[b"INFO"])? else { return None };
+        let text = String::from_utf8_lossy(&b).into_owned();
+        text.lines().find_map(|l| l.trim_end().strip_prefix(&format!("{field}:")).map(str::to_string))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn { s, buf: Vec::with_capacity(4096), out: Vec::with_capacity(512) })
+    }
+
+    fn call(&mut self, args: &[&[u8]]) -> Option<Value> {
+        self.out.clear();
+        resp::encode_command(args, &mut self.out);
+        self.s.write_all(&self.out).ok()?;
+        self.read()
+    }
+
+    fn read(&mut self) -> Option<Value> {
+        loop {
+            if let Ok(Some((v, n))) = resp::parse_value(&self.buf) {
+                self.buf.drain(..n);
+                return Some(v);
+            }
+            let mut chunk = [0u8; 16384];
+            let n = self.s.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+struct Result {
+    ops: u64,
+    errors: u64,
+    secs: f64,
+    lat_us: Vec<u32>,
+}
+
+impl Result {
+    fn pct(&self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.lat_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.lat_us[i]) / 1000.0
+    }
+}
+
+/// N closed-loop connections spread over the nodes, for `secs` after a 1 s warm-up.
+fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let addr = c.clients[t % c.clients.len()];
+            let (stop, measuring, barrier) = (stop.clone(), measuring.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut rng = Prng::new(t as u64 + 1);
+                let mut conn = Conn::connect(addr).expect("connect");
+                let value = vec![b'x'; VALUE_SIZE];
+                let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("key-{:012}", rng.range(0, KEYSPACE));
+                    let t0 = Instant::now();
+                    let reply = if op == "set" {
+                        conn.call(&[b"SET", key.as_bytes(), &value])
+                    } else {
+                        conn.call(&[b"GET", key.as_bytes()])
+                    };
+                    let us = t0.elapsed().as_micros() as u32;
+                    if measuring.load(Ordering::Relaxed) {
+                        match reply {
+                            Some(Value::Error(_)) | None => errors += 1,
+                            Some(_) => {
+                                ops += 1;
+                                lat.push(us);
+                            }
+                        }
+                    }
+                    if reply.is_none() {
+                        conn = match Conn::connect(addr) {
+                            Ok(c) => c,
+                            Err(_) => break,
+                        };
+                    }
+                }
+                (ops, errors, lat)
+            })
+        })
+        .collect();
+    barrier.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    measuring.store(false, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut r = Result { ops: 0, errors: 0, secs, lat_us: Vec::new() };
+    for t in threads {
+        let (ops, errors, lat) = t.join().unwrap();
+        r.ops += ops;
+        r.errors += errors;
+        r.lat_us.extend(lat);
+    }
+    r.lat_us.sort_unstable();
+    r
+}
+
+fn fill(c: &Cluster, keys: u64) {
+    let mut conn = Conn::connect(c.clients[0]).unwrap();
+    let value = vec![b'x'; VALUE_SIZE];
+    let batch = 1000u64;
+    let mut i = 0;
+    while i < keys {
+        let n = batch.min(keys - i);
+        let mut out = Vec::new();
+        for k in i..i + n {
+            resp::encode_command(&[b"SET", format!("key-{k:012}").as_bytes(), &value], &mut out);
+        }
+        conn.s.write_all(&out).unwrap();
+        for _ in 0..n {
+            conn.read().expect("fill reply");
+        }
+        i += n;
+    }
+}
+
+fn row(op: &str, clients: usize, r: &Result) {
+    println!(
+        "{op:<4} {clients:>7} | {:>10.0} | {:>8.2} {:>8.2} {:>8.2} | {:>6}",
+        r.ops as f64 / r.secs,
+        r.pct(0.50),
+        r.pct(0.99),
+        r.pct(0.999),
+        r.errors
+    );
+}
+
+fn main() {
+    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1 8 64 256".into())
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let snapshot_keys: u64 =
+        std::env::var("BENCH_SNAPSHOT_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+
+    println!("kvraft, 3 nodes on loopback, {VALUE_SIZE}-byte values, {KEYSPACE} keys, {secs} s per row");
+    println!("op   clients |      ops/s |  p50 ms   p99 ms  p999 ms | errors");
+    {
+        let c = Cluster::start("");
+        for op in ["set", "get"] {
+            if op == "get" {
+                fill(&c, KEYSPACE);
+            }
+            for &n in &clients {
+                row(op, n, &load(&c, op, n, secs));
+            }
+        }
+    }
+
+    if snapshot_keys == 0 {
+        return;
+    }
+    // Snapshots under load: a threshold no write run reaches, then explicit SNAPSHOTs.
+    println!("\nSET at 64 connections with {snapshot_keys} keys loaded, without and during snapshots");
+    let c = Cluster::start("snapshot_entries = 1000000000\nsnapshot_bytes = 1000GiB");
+    fill(&c, snapshot_keys);
+    let quiet = load(&c, "set", 64, secs);
+    row("set", 64, &quiet);
+    // Keep all three nodes snapshotting for the whole measurement.
+    let stop = Arc::new(AtomicBool::new(false));
+    let snapper = {
+        let (stop, addrs) = (stop.clone(), c.clients.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for &a in &addrs {
+                    if let Ok(mut conn) = Conn::connect(a) {
+                        conn.call(&[b"SNAPSHOT"]);
+                        n += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            n
+        })
+    };
+    let busy = load(&c, "set", 64, secs);
+    stop.store(true, Ordering::Relaxed);
+    snapper.join().unwrap();
+    row("set", 64, &busy);
+    let taken: Vec<String> = (0..3).filter_map(|i| c.info(i, "snapshots_taken")).collect();
+    let fork: Vec<String> = (0..3).filter_map(|i| c.info(i, "last_snapshot_fork_us")).collect();
+    let took: Vec<String> = (0..3).filter_map(|i| c.info(i, "last_snapshot_ms")).collect();
+    let size: Vec<String> = (0..3).filter_map(|i| c.info(i, "last_snapshot_bytes")).collect();
+    println!(
+        "p99 during snapshots / without: {:.2}x; throughput {:.2}x",
+        busy.pct(0.99) / quiet.pct(0.99).max(1e-9),
+        (busy.ops as f64 / busy.secs) / (quiet.ops as f64 / quiet.secs).max(1e-9)
+    );
+    println!("snapshots taken per node {taken:?}; last fork µs {fork:?}; last write ms {took:?}; bytes {size:?}");
+}
