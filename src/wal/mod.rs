@@ -41,11 +41,13 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> WalOptions {
-        // ZeroFill measured faster on ext4 for the per-batch sync (benches/wal.rs): the extents
-        // are already written, so fdatasync does not commit extent conversions.
+        // Fallocate: on ext4 (benches/wal.rs) the per-batch sync was no slower than after
+        // ZeroFill within the noise of a shared disk, while ZeroFill stalls the append that
+        // creates a segment for hundreds of milliseconds (64 MiB written and fsynced), which a
+        // single-threaded event loop cannot afford.
         WalOptions {
             segment_size: SEGMENT_SIZE_DEFAULT,
-            prefill: Prefill::ZeroFill,
+            prefill: Prefill::Fallocate,
         }
     }
 }
