@@ -63,6 +63,7 @@ fn run_wal(dir: &Path, prefill: Prefill, batch: usize, max: u64, budget: Duratio
     .unwrap();
     let mut next = 1u64;
     let mut append_cpu = Duration::ZERO;
+    let (mut appended, mut created) = (0u64, Duration::ZERO);
     let started = Instant::now();
     while next <= max && started.elapsed() < budget {
         let b = batch_of(next, batch);
@@ -78,10 +79,12 @@ fn run_wal(dir: &Path, prefill: Prefill, batch: usize, max: u64, budget: Duratio
         wal.sync().unwrap();
         next += batch as u64;
     }
+    let records = next - 1;
     Row {
-        records: next - 1,
+        records,
         elapsed: started.elapsed(),
-        append_cpu,
+        append_cpu: append_cpu.mul_f64(records as f64 / appended.max(1) as f64),
+        segments_created: created,
     }
 }
 
@@ -119,6 +122,7 @@ fn run_plain(dir: &Path, batch: usize, max: u64, budget: Duration) -> Row {
         records: next - 1,
         elapsed: started.elapsed(),
         append_cpu,
+        segments_created: Duration::ZERO,
     }
 }
 

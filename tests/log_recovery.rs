@@ -300,8 +300,7 @@ fn options_smaller_than_one_largest_entry_are_refused() {
     let mut wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
     let err = wal
         .append(&[entry(1, 1, ENTRY_SIZE_MAX + 1, 0)])
-        .err()
-        .expect("too large");
+        .expect_err("too large");
     assert!(matches!(err, WalError::EntryTooLarge { .. }));
     assert_eq!(wal.last_index(), None);
 }
@@ -389,14 +388,13 @@ fn check_matches(wal: &Wal, want: &[Entry], ctx: &str) {
     }
 }
 
+/// The expected log after a crash (None: recovery must refuse), and how to undo a flip.
+type CrashOutcome = (Option<Vec<Entry>>, Option<(PathBuf, usize, u8)>);
+
 /// Simulates a crash: the last segment loses everything from a random offset at or after its
 /// last durable byte, and maybe one byte somewhere flips. Returns the expected log, or None if
 /// recovery must refuse to start (then the flip is undone and the caller reopens).
-fn crash(
-    dir: &Path,
-    rng: &mut Prng,
-    m: &Model,
-) -> (Option<Vec<Entry>>, Option<(PathBuf, usize, u8)>) {
+fn crash(dir: &Path, rng: &mut Prng, m: &Model) -> CrashOutcome {
     let paths = segment_files(dir);
     let mut files: Vec<Vec<u8>> = paths.iter().map(|p| fs::read(p).unwrap()).collect();
     let Some(last) = files.len().checked_sub(1) else {
