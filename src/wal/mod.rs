@@ -9,7 +9,7 @@
 //! | `hard_state.rs`  | [`HardStateStore`]: term and vote in two alternating checksummed slots |
 //!
 //! Must not: know about Raft roles. The node driver calls `append` then `sync` once per loop
-//! turn, and treats `WalError::SyncFailed` as fatal for the process.
+//! turn (one fdatasync per dirty segment), and treats `WalError::SyncFailed` as fatal for the process.
 
 mod format;
 mod hard_state;

@@ -10,9 +10,8 @@
 //!    so it can never raise SIGBUS on a full disk.
 //! 2. Nothing in this process truncates or resizes a mapped segment; a segment is unmapped
 //!    (dropped) before its file is deleted.
-//! 3. No descriptor outlives creating or opening the mapping, and the ones we open are
-//!    close-on-exec (std opens with O_CLOEXEC); a forked snapshot child inherits the mapping
-//!    (MAP_SHARED) but never writes it.
+//! 3. The descriptor we keep (for fdatasync) is close-on-exec (std opens with O_CLOEXEC); a
+//!    forked snapshot child inherits it and the mapping (MAP_SHARED) but never writes either.
 #![allow(unsafe_code)]
 
 use std::fs::{self, File, OpenOptions};
@@ -59,7 +58,8 @@ pub fn parse_segment_file_name(name: &str) -> Option<LogIndex> {
 
 pub struct Segment {
     path: PathBuf,
-    /// The descriptor is closed once mapped: the mapping keeps the file's pages.
+    /// Kept for fdatasync (see `flush`); close-on-exec.
+    file: File,
     map: MmapMut,
 }
 
@@ -92,7 +92,7 @@ impl Segment {
         fs::rename(&tmp, &path).map_err(|e| io_error(&path, "rename", e))?;
         fsync_dir(dir)?;
         let map = map_file(&file, &path, size)?;
-        Ok(Segment { path, map })
+        Ok(Segment { path, file, map })
     }
 
     /// Opens and maps an existing segment (its header is checked by the caller).
@@ -119,6 +119,7 @@ impl Segment {
         let map = map_file(&file, path, len)?;
         Ok(Segment {
             path: path.to_path_buf(),
+            file,
             map,
         })
     }
@@ -139,8 +140,10 @@ impl Segment {
         &mut self.map
     }
 
-    /// Makes `[offset, offset + len)` of the mapping durable: msync(MS_SYNC), which on Linux
-    /// writes the dirty pages back and waits like fdatasync over that range.
+    /// Makes `[offset, offset + len)` of the mapping durable. fdatasync of the file: it writes
+    /// back the pages dirtied through the mapping too, and only the range we wrote since the
+    /// last flush is dirty. Measured faster than msync(MS_SYNC) of the range on ext4
+    /// (benches/wal.rs: 0.65x vs 0.40x of plain write+fdatasync at batch 256).
     pub fn flush(&self, offset: usize, len: usize) -> Result<(), WalError> {
         assert!(
             offset + len <= self.map.len(),
@@ -150,8 +153,8 @@ impl Segment {
         if len == 0 {
             return Ok(());
         }
-        self.map
-            .flush_range(offset, len)
+        self.file
+            .sync_data()
             .map_err(|e| sync_failed(&self.path, e))
     }
 }

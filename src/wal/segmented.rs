@@ -348,7 +348,7 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes everything appended so far durable: one msync per dirty segment (group commit).
+    /// Makes everything appended so far durable: one fdatasync per dirty segment (group commit).
     pub fn sync(&mut self) -> Result<(), WalError> {
         self.check_ok()?;
         let mut r = Ok(());
