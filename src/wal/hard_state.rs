@@ -1,0 +1,261 @@
+//! [`HardStateStore`]: the current term and vote, replaced atomically and durably.
+//!
+//! Owns: the file `hardstate` in the data directory. Must not: know what a term means.
+//!
+//! The file is `FILE_SIZE` = 1024 bytes, created at full size, holding two slots at offsets 0
+//! and `SLOT_STRIDE` = 512 (separate disk sectors, so a torn write damages at most one).
+//! Big-endian; one slot:
+//! ```text
+//! offset size field
+//!      0    8 magic "KVRFTHST"
+//!      8    4 format version (1)
+//!     12    4 reserved, zero
+//!     16    8 sequence number: grows by one per save
+//!     24    8 term
+//!     32    8 vote (node id; 0 = none)
+//!     40    4 crc32c of bytes 0..40
+//! ```
+//! A save writes the slot the previous save did not (`sequence % 2`) and fdatasyncs before it
+//! returns, so the other slot always holds the previous state whole. Loading picks the valid
+//! slot with the higher sequence.
+//!
+//! Invariants:
+//! 1. `save` is durable before it returns; a failed sync is sticky (every later save fails).
+//! 2. The slot a save writes is never the slot holding the newest durable state.
+//!
+//! NB: a flipped bit in the newest slot is indistinguishable from a torn write of it, so the
+//! previous state is loaded (one save older). Both slots bad with data in them is corruption.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::segment::fsync_dir;
+use super::{io_error, WalError};
+use crate::raft::{HardState, NodeId, Term};
+
+pub const HARD_STATE_FILE: &str = "hardstate";
+const MAGIC: [u8; 8] = *b"KVRFTHST";
+const VERSION: u32 = 1;
+
+const MAGIC_OFFSET: usize = 0;
+const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
+const RESERVED_OFFSET: usize = VERSION_OFFSET + 4;
+const SEQ_OFFSET: usize = RESERVED_OFFSET + 4;
+const TERM_OFFSET: usize = SEQ_OFFSET + 8;
+const VOTE_OFFSET: usize = TERM_OFFSET + 8;
+const CRC_OFFSET: usize = VOTE_OFFSET + 8;
+const SLOT_SIZE: usize = CRC_OFFSET + 4;
+const SLOT_STRIDE: usize = 512;
+const FILE_SIZE: usize = 2 * SLOT_STRIDE;
+const _: () = assert!(CRC_OFFSET == 40 && SLOT_SIZE == 44);
+const _: () = assert!(SLOT_SIZE <= SLOT_STRIDE);
+
+pub struct HardStateStore {
+    path: PathBuf,
+    file: File,
+    /// Sequence number of the newest durable slot (0 when none was ever written).
+    sequence: u64,
+    failed: Option<String>,
+}
+
+impl HardStateStore {
+    /// Opens (creating durably if missing) the hard state in `dir`; the default state when
+    /// nothing was ever saved.
+    pub fn open(dir: &Path) -> Result<(HardStateStore, HardState), WalError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
+        let path = dir.join(HARD_STATE_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_error(&path, "open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_error(&path, "stat", e))?
+            .len();
+        if len == 0 {
+            file.write_all_at(&[0u8; FILE_SIZE], 0)
+                .map_err(|e| io_error(&path, "write", e))?;
+            file.sync_all().map_err(|e| io_error(&path, "fsync", e))?;
+            fsync_dir(dir)?;
+        } else if len != FILE_SIZE as u64 {
+            return Err(corrupt(
+                &path,
+                0,
+                format!("file of {len} bytes, expected {FILE_SIZE}"),
+            ));
+        }
+        let mut buf = [0u8; FILE_SIZE];
+        file.read_exact_at(&mut buf, 0)
+            .map_err(|e| io_error(&path, "read", e))?;
+        let slots = [
+            decode_slot(&buf[..SLOT_STRIDE]),
+            decode_slot(&buf[SLOT_STRIDE..]),
+        ];
+        let best = slots.iter().flatten().max_by_key(|(seq, _)| *seq).copied();
+        let (sequence, hs) = match best {
+            Some(found) => found,
+            None if buf.iter().all(|&b| b == 0) => (0, HardState::default()),
+            None => return Err(corrupt(&path, 0, "neither hard-state slot checks".into())),
+        };
+        let store = HardStateStore {
+            path,
+            file,
+            sequence,
+            failed: None,
+        };
+        Ok((store, hs))
+    }
+
+    /// Replaces the hard state; durable before it returns (invariant 1).
+    pub fn save(&mut self, hs: &HardState) -> Result<(), WalError> {
+        if let Some(reason) = &self.failed {
+            return Err(WalError::SyncFailed {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let sequence = self.sequence + 1;
+        let slot = encode_slot(sequence, hs);
+        // Invariant 2: slot (sequence % 2) differs from the newest one's, (sequence - 1) % 2.
+        let at = (sequence % 2) as usize * SLOT_STRIDE;
+        let r = self
+            .file
+            .write_all_at(&slot, at as u64)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = r {
+            self.failed = Some(e.to_string());
+            return Err(WalError::SyncFailed {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            });
+        }
+        self.sequence = sequence;
+        Ok(())
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: String) -> WalError {
+    WalError::Corrupt {
+        file: path.to_path_buf(),
+        offset,
+        index: None,
+        reason,
+    }
+}
+
+fn encode_slot(sequence: u64, hs: &HardState) -> [u8; SLOT_SIZE] {
+    let mut b = [0u8; SLOT_SIZE];
+    b[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
+    b[VERSION_OFFSET..RESERVED_OFFSET].copy_from_slice(&VERSION.to_be_bytes());
+    b[SEQ_OFFSET..TERM_OFFSET].copy_from_slice(&sequence.to_be_bytes());
+    b[TERM_OFFSET..VOTE_OFFSET].copy_from_slice(&hs.term.0.to_be_bytes());
+    let vote = hs.vote.map_or(0, |n| n.0);
+    b[VOTE_OFFSET..CRC_OFFSET].copy_from_slice(&vote.to_be_bytes());
+    let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
+    b[CRC_OFFSET..SLOT_SIZE].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+fn decode_slot(b: &[u8]) -> Option<(u64, HardState)> {
+    let b = b.get(..SLOT_SIZE)?;
+    let u64_at = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+    let u32_at = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    if b[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC
+        || crc32c::crc32c(&b[..CRC_OFFSET]) != u32_at(CRC_OFFSET)
+    {
+        return None;
+    }
+    if u32_at(VERSION_OFFSET) != VERSION || u32_at(RESERVED_OFFSET) != 0 {
+        return None;
+    }
+    let vote = u64_at(VOTE_OFFSET);
+    let hs = HardState {
+        term: Term(u64_at(TERM_OFFSET)),
+        vote: (vote != 0).then_some(NodeId(vote)),
+    };
+    Some((u64_at(SEQ_OFFSET), hs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs(term: u64, vote: Option<u64>) -> HardState {
+        HardState {
+            term: Term(term),
+            vote: vote.map(NodeId),
+        }
+    }
+
+    #[test]
+    fn fresh_store_loads_the_default_and_keeps_the_last_save_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, h) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(h, HardState::default());
+        for t in 1..=5 {
+            s.save(&hs(t, Some(t % 3 + 1))).unwrap();
+            let (_, h) = HardStateStore::open(dir.path()).unwrap();
+            assert_eq!(h, hs(t, Some(t % 3 + 1)));
+        }
+        s.save(&hs(6, None)).unwrap();
+        drop(s);
+        let (_, h) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(h, hs(6, None));
+    }
+
+    #[test]
+    fn hard_state_descriptor_is_close_on_exec() {
+        use std::os::unix::io::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = HardStateStore::open(dir.path()).unwrap();
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", s.file.as_raw_fd())).unwrap();
+        let line = info.lines().find(|l| l.starts_with("flags:")).unwrap();
+        let flags = u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap();
+        assert_ne!(
+            flags & libc::O_CLOEXEC as u32,
+            0,
+            "hard-state fd without O_CLOEXEC"
+        );
+    }
+
+    #[test]
+    fn torn_newest_slot_falls_back_to_the_previous_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = HardStateStore::open(dir.path()).unwrap();
+        s.save(&hs(1, Some(1))).unwrap(); // sequence 1 -> slot 1
+        s.save(&hs(2, Some(2))).unwrap(); // sequence 2 -> slot 0
+        drop(s);
+        let path = dir.path().join(HARD_STATE_FILE);
+        let mut b = std::fs::read(&path).unwrap();
+        b[TERM_OFFSET] ^= 0x40; // damage slot 0
+        std::fs::write(&path, &b).unwrap();
+        let (mut s, h) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(h, hs(1, Some(1)));
+        // The next save overwrites the damaged slot, never the good one.
+        s.save(&hs(3, None)).unwrap();
+        let (_, h) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(h, hs(3, None));
+    }
+
+    #[test]
+    fn both_slots_damaged_is_reported_as_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = HardStateStore::open(dir.path()).unwrap();
+        s.save(&hs(1, Some(1))).unwrap();
+        s.save(&hs(2, Some(2))).unwrap();
+        drop(s);
+        let path = dir.path().join(HARD_STATE_FILE);
+        let mut b = std::fs::read(&path).unwrap();
+        b[TERM_OFFSET] ^= 1;
+        b[SLOT_STRIDE + TERM_OFFSET] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        let err = HardStateStore::open(dir.path()).err().expect("corrupt");
+        assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("hardstate"), "{err}");
+    }
+}

@@ -1,0 +1,262 @@
+//! One segment file, created at full size and mapped read-write: the only unsafe code in kvraft.
+//!
+//! Owns: creating a segment (temp name, preallocate, header, fdatasync, rename, fsync of the
+//! directory), opening and mapping one, and flushing a byte range of the mapping (msync).
+//! Must not: interpret records beyond the header (see `format.rs`, `log.rs`).
+//!
+//! Invariants:
+//! 1. The file is exactly `map.len()` bytes for the segment's whole life, and its blocks are
+//!    allocated (fallocate or written zeros): a store into the mapping can never hit a hole,
+//!    so it can never raise SIGBUS on a full disk.
+//! 2. Nothing in this process truncates or resizes a mapped segment; a segment is unmapped
+//!    (dropped) before its file is deleted.
+//! 3. The descriptor we keep (for fdatasync) is close-on-exec (std opens with O_CLOEXEC); a
+//!    forked snapshot child inherits it and the mapping (MAP_SHARED) but never writes either.
+#![allow(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapMut, MmapOptions};
+
+use super::format::{encode_segment_header, SEGMENT_HEADER_SIZE};
+use super::{io_error, WalError};
+use crate::raft::LogIndex;
+
+/// How a new segment's blocks are allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefill {
+    /// `fallocate` only: fast to create, but the extents stay "unwritten", so the first
+    /// fdatasync after writing into them also commits the extent conversion to the journal.
+    Fallocate,
+    /// `fallocate`, then write zeros over the whole file and fdatasync once: slower to create,
+    /// cheaper to sync afterwards (the extents are already written).
+    ZeroFill,
+}
+
+/// Suffix of a segment file's name.
+pub const SEGMENT_SUFFIX: &str = ".wal";
+/// Suffix of a segment being created; any left at start-up are deleted.
+pub const TEMP_SUFFIX: &str = ".wal.tmp";
+
+/// The file name of the segment whose first record has index `first`.
+pub fn segment_file_name(first: LogIndex) -> String {
+    format!("{:020}{SEGMENT_SUFFIX}", first.0)
+}
+
+/// The first index encoded in a segment file name, if the name is one.
+pub fn parse_segment_file_name(name: &str) -> Option<LogIndex> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(LogIndex)
+}
+
+pub struct Segment {
+    path: PathBuf,
+    /// Kept for fdatasync (see `flush`); close-on-exec.
+    file: File,
+    map: MmapMut,
+}
+
+impl Segment {
+    /// Creates the segment for `first` in `dir`, durably (file and directory entry).
+    pub fn create(
+        dir: &Path,
+        first: LogIndex,
+        size: u64,
+        prefill: Prefill,
+    ) -> Result<Segment, WalError> {
+        assert!(size as usize > SEGMENT_HEADER_SIZE, "segment size {size}");
+        let path = dir.join(segment_file_name(first));
+        let tmp = dir.join(format!("{:020}{TEMP_SUFFIX}", first.0));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io_error(&tmp, "create", e))?;
+        if let Err(e) = preallocate(&file, &tmp, size, prefill) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let header = encode_segment_header(first);
+        file.write_all_at(&header, 0)
+            .map_err(|e| io_error(&tmp, "write header", e))?;
+        file.sync_data().map_err(|e| sync_failed(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_error(&path, "rename", e))?;
+        fsync_dir(dir)?;
+        let map = map_file(&file, &path, size)?;
+        Ok(Segment { path, file, map })
+    }
+
+    /// Opens and maps an existing segment (its header is checked by the caller).
+    pub fn open(path: &Path) -> Result<Segment, WalError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_error(path, "open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_error(path, "stat", e))?
+            .len();
+        if len < SEGMENT_HEADER_SIZE as u64 || len > u32::MAX as u64 {
+            return Err(WalError::Corrupt {
+                file: path.to_path_buf(),
+                offset: 0,
+                index: None,
+                reason: format!(
+                    "segment file of {len} bytes (header is {SEGMENT_HEADER_SIZE}, at most 4 GiB)"
+                ),
+            });
+        }
+        let map = map_file(&file, path, len)?;
+        Ok(Segment {
+            path: path.to_path_buf(),
+            file,
+            map,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Makes `[offset, offset + len)` of the mapping durable. fdatasync of the file: it writes
+    /// back the pages dirtied through the mapping too, and only the range we wrote since the
+    /// last flush is dirty. Measured faster than msync(MS_SYNC) of the range on ext4
+    /// (benches/wal.rs: 0.65x vs 0.40x of plain write+fdatasync at batch 256).
+    pub fn flush(&self, offset: usize, len: usize) -> Result<(), WalError> {
+        assert!(
+            offset + len <= self.map.len(),
+            "flush {offset}+{len} beyond {}",
+            self.map.len()
+        );
+        if len == 0 {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| sync_failed(&self.path, e))
+    }
+}
+
+fn map_file(file: &File, path: &Path, len: u64) -> Result<MmapMut, WalError> {
+    // SAFETY: memmap2 requires that the file is not truncated or modified behind the mapping's
+    // back while it lives. The segment files belong to this process (one node per data
+    // directory); we never resize a mapped file (invariant 1, 2) and unmap before deleting,
+    // and the mapping covers exactly the file's current length, so every page is backed.
+    unsafe { MmapOptions::new().len(len as usize).map_mut(file) }
+        .map_err(|e| io_error(path, "mmap", e))
+}
+
+fn preallocate(file: &File, path: &Path, size: u64, prefill: Prefill) -> Result<(), WalError> {
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments; it touches no
+    // memory of ours.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    let fallocated = if rc == 0 {
+        true
+    } else {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                return Err(WalError::NoSpace {
+                    path: path.to_path_buf(),
+                })
+            }
+            // The filesystem cannot preallocate: writing zeros allocates the blocks instead.
+            Some(libc::EOPNOTSUPP) => false,
+            _ => return Err(io_error(path, "fallocate", e)),
+        }
+    };
+    if fallocated && prefill == Prefill::Fallocate {
+        return Ok(());
+    }
+    write_zeros(file, path, size)
+}
+
+fn write_zeros(file: &File, path: &Path, size: u64) -> Result<(), WalError> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], off).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                WalError::NoSpace {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io_error(path, "zero-fill", e)
+            }
+        })?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn sync_failed(path: &Path, e: io::Error) -> WalError {
+    WalError::SyncFailed {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// fsync of a directory, so the creation, rename or deletion of its entries is durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), WalError> {
+    let d = File::open(dir).map_err(|e| io_error(dir, "open directory", e))?;
+    d.sync_all().map_err(|e| sync_failed(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_sort_by_first_index_and_parse_back() {
+        let a = segment_file_name(LogIndex(9));
+        let b = segment_file_name(LogIndex(10));
+        assert!(a < b);
+        assert_eq!(parse_segment_file_name(&a), Some(LogIndex(9)));
+        assert_eq!(parse_segment_file_name("hardstate"), None);
+        assert_eq!(
+            parse_segment_file_name("00000000000000000009.wal.tmp"),
+            None
+        );
+        assert_eq!(parse_segment_file_name("0000000000000000000x.wal"), None);
+    }
+
+    #[test]
+    fn created_segment_is_full_size_mapped_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        for prefill in [Prefill::Fallocate, Prefill::ZeroFill] {
+            let first = LogIndex(if prefill == Prefill::Fallocate { 1 } else { 2 });
+            let mut s = Segment::create(dir.path(), first, 1 << 20, prefill).unwrap();
+            assert_eq!(s.len(), 1 << 20);
+            assert_eq!(fs::metadata(s.path()).unwrap().len(), 1 << 20);
+            s.bytes_mut()[100] = 7;
+            s.flush(100, 1).unwrap();
+            drop(s);
+            let again = Segment::open(&dir.path().join(segment_file_name(first))).unwrap();
+            assert_eq!(again.bytes()[100], 7);
+        }
+    }
+}

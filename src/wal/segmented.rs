@@ -1,0 +1,656 @@
+//! [`Wal`]: the segmented Raft log. Append into the mapping, group-commit sync, read, truncate
+//! a suffix durably, discard a prefix by deleting whole segments, and recover at start-up.
+//!
+//! Owns: the list of segments and the in-memory index (record offsets per segment). Must not:
+//! know about Raft roles, or touch the bytes of a mapping except through `format.rs`.
+//!
+//! Invariants (checked by `check_invariants` in debug builds and by tests):
+//! 1. Segments are ordered by first index and contiguous: `segments[k+1].first ==
+//!    segments[k].last() + 1`. Every segment holds at least one record.
+//! 2. `seg.offsets[i]` is the offset of index `seg.first + i`; offsets grow, the first is
+//!    `SEGMENT_HEADER_SIZE`, and `seg.end` is the end of the last record.
+//! 3. Every byte of a segment from `seg.end` on is zero in the mapping. Truncation zeroes what
+//!    it drops and syncs that before returning, so recovery can never resurrect a dropped
+//!    record, whether or not different entries were appended after it.
+//! 4. A non-last segment is durable in full before the next segment receives a record (the
+//!    roll syncs it), so after a crash only the last segment can have a torn tail.
+//! 5. Once a sync has failed (`failed` is set) every call fails: the page cache state is
+//!    unknown and nothing we write afterwards can be trusted to reach the disk.
+//!
+//! Recovery: segments are read in order of the index in their names. Records are checked one
+//! after the other; the first that does not check ends that segment's log. If a later record
+//! in the same segment checks and continues the sequence (index beyond the last good one, term
+//! not below it) the bad record was not a torn tail but corruption: refuse to start, naming the
+//! file, the offset and the index. Otherwise the garbage is zeroed (the torn tail is cut). A
+//! segment whose first index does not follow the previous one's last is corruption too.
+//!
+//! NB: the kernel may write dirty pages of the mapping back in any order before we msync, so
+//! a crash between syncs can, rarely, leave a later page of unsynced records on disk without an
+//! earlier one. Recovery cannot tell that from a flipped byte and refuses to start: the safe
+//! side (an operator decides), never a silently dropped committed entry.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::info;
+
+use super::format::{
+    self, check_record, encode_record, peek_index, record_size, RecordHeader, RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+};
+use super::segment::{fsync_dir, parse_segment_file_name, Segment, TEMP_SUFFIX};
+use super::{io_error, WalError, WalOptions};
+use crate::limits::ENTRY_SIZE_MAX;
+use crate::raft::{Entry, LogIndex, Term};
+
+/// Smallest segment: a header and one record of the largest entry.
+pub const SEGMENT_SIZE_MIN: u64 =
+    (SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE + ENTRY_SIZE_MAX) as u64;
+
+/// What start-up found, for the node's start-up log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments_scanned: usize,
+    pub records: u64,
+    /// Bytes of garbage after the last good record that were zeroed (a torn write).
+    pub torn_tail_bytes: u64,
+    /// Segments without a single good record that were deleted (a crash right after creation).
+    pub empty_segments_removed: usize,
+    pub first: Option<LogIndex>,
+    pub last: Option<LogIndex>,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idx = |i: Option<LogIndex>| i.map_or("-".to_string(), |i| i.to_string());
+        write!(
+            f,
+            "log recovered: {} segments, {} records [{}..{}], torn tail {} bytes cut, {} empty segments removed, in {:.3}s",
+            self.segments_scanned,
+            self.records,
+            idx(self.first),
+            idx(self.last),
+            self.torn_tail_bytes,
+            self.empty_segments_removed,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+struct Seg {
+    file: Segment,
+    first: LogIndex,
+    /// Invariant 2: offset of each record; `offsets[i]` holds index `first + i`.
+    offsets: Vec<u32>,
+    /// End of the last record: where the next one goes.
+    end: usize,
+    /// Start of the bytes written since the last flush (`end` when clean).
+    dirty_from: usize,
+}
+
+impl Seg {
+    fn last(&self) -> LogIndex {
+        assert!(
+            !self.offsets.is_empty(),
+            "segment {} without records",
+            self.first
+        );
+        self.first.plus(self.offsets.len() as u64 - 1)
+    }
+
+    fn offset_of(&self, index: LogIndex) -> usize {
+        assert!(
+            index >= self.first && index <= self.last(),
+            "index {index} outside segment"
+        );
+        self.offsets[(index.0 - self.first.0) as usize] as usize
+    }
+
+    fn flush_dirty(&mut self) -> Result<(), WalError> {
+        if self.dirty_from < self.end {
+            self.file
+                .flush(self.dirty_from, self.end - self.dirty_from)?;
+        }
+        self.dirty_from = self.end;
+        Ok(())
+    }
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    /// Invariant 1: ordered, contiguous, each non-empty.
+    segments: Vec<Seg>,
+    recovery: Recovery,
+    /// Invariant 5: the first fatal failure, repeated by every later call.
+    failed: Option<(PathBuf, String)>,
+}
+
+impl Wal {
+    /// Opens the log in `dir` (creating the directory if missing) and recovers it.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<Wal, WalError> {
+        if opts.segment_size < SEGMENT_SIZE_MIN || opts.segment_size > u32::MAX as u64 {
+            return Err(WalError::BadOptions {
+                reason: format!(
+                    "segment_size {} outside [{SEGMENT_SIZE_MIN}, {}]",
+                    opts.segment_size,
+                    u32::MAX
+                ),
+            });
+        }
+        let started = Instant::now();
+        fs::create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            segments: Vec::new(),
+            recovery: Recovery::default(),
+            failed: None,
+        };
+        let names = list_segments(dir)?;
+        let count = names.len();
+        for (k, (first, path)) in names.into_iter().enumerate() {
+            wal.recover_segment(first, &path, k + 1 == count)?;
+        }
+        wal.recovery.first = wal.first_index();
+        wal.recovery.last = wal.last_index();
+        wal.recovery.elapsed = started.elapsed();
+        wal.check_invariants();
+        info!("{}: {}", dir.display(), wal.recovery);
+        Ok(wal)
+    }
+
+    fn recover_segment(
+        &mut self,
+        name_first: LogIndex,
+        path: &Path,
+        is_last: bool,
+    ) -> Result<(), WalError> {
+        let corrupt = |offset: u64, index: Option<LogIndex>, reason: String| WalError::Corrupt {
+            file: path.to_path_buf(),
+            offset,
+            index,
+            reason,
+        };
+        let mut file = Segment::open(path)?;
+        self.recovery.segments_scanned += 1;
+        let first = format::decode_segment_header(file.bytes())
+            .map_err(|e| corrupt(0, None, e.to_string()))?;
+        if first != name_first || first.0 == 0 {
+            return Err(corrupt(
+                16,
+                Some(first),
+                format!("header says first index {first}, file name says {name_first}"),
+            ));
+        }
+        if let Some(last) = self.last_index() {
+            if first != last.next() {
+                return Err(corrupt(
+                    16,
+                    Some(first),
+                    format!("gap: the previous segment ends at index {last}"),
+                ));
+            }
+        }
+        let scan = scan_records(file.bytes(), first)
+            .map_err(|(off, idx, why)| corrupt(off as u64, Some(idx), why))?;
+        if scan.garbage_end > scan.end {
+            // A torn tail: zero it so later appends never sit next to stale bytes (invariant 3).
+            file.bytes_mut()[scan.end..scan.garbage_end].fill(0);
+            file.flush(scan.end, scan.garbage_end - scan.end)?;
+            self.recovery.torn_tail_bytes += (scan.garbage_end - scan.end) as u64;
+        }
+        if scan.offsets.is_empty() {
+            if !is_last {
+                return Err(corrupt(
+                    SEGMENT_HEADER_SIZE as u64,
+                    Some(first),
+                    "no valid record in a segment followed by others".into(),
+                ));
+            }
+            drop(file);
+            fs::remove_file(path).map_err(|e| io_error(path, "remove empty segment", e))?;
+            fsync_dir(&self.dir)?;
+            self.recovery.empty_segments_removed += 1;
+            return Ok(());
+        }
+        self.recovery.records += scan.offsets.len() as u64;
+        self.segments.push(Seg {
+            file,
+            first,
+            offsets: scan.offsets,
+            end: scan.end,
+            dirty_from: scan.end,
+        });
+        Ok(())
+    }
+
+    pub fn first_index(&self) -> Option<LogIndex> {
+        self.segments.first().map(|s| s.first)
+    }
+
+    pub fn last_index(&self) -> Option<LogIndex> {
+        self.segments.last().map(|s| s.last())
+    }
+
+    pub fn recovery_report(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.file.len() as u64).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn check_ok(&self) -> Result<(), WalError> {
+        match &self.failed {
+            None => Ok(()),
+            Some((path, reason)) => Err(WalError::SyncFailed {
+                path: path.clone(),
+                reason: format!("an earlier sync failed: {reason}"),
+            }),
+        }
+    }
+
+    /// Records a fatal error (everything but a full disk) so every later call fails too.
+    fn poison<T>(&mut self, r: Result<T, WalError>) -> Result<T, WalError> {
+        if let Err(e) = &r {
+            let path = match e {
+                WalError::Io { path, .. } | WalError::SyncFailed { path, .. } => Some(path.clone()),
+                _ => None,
+            };
+            if let Some(path) = path {
+                self.failed.get_or_insert((path, e.to_string()));
+            }
+        }
+        r
+    }
+
+    /// Appends a batch. If `entries[0].index <= last_index` the suffix from there is dropped
+    /// first (durably). Not durable until [`Wal::sync`].
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), WalError> {
+        self.check_ok()?;
+        let Some(head) = entries.first() else {
+            return Ok(());
+        };
+        assert!(head.index.0 > 0, "entry index 0");
+        for (k, e) in entries.iter().enumerate() {
+            assert_eq!(
+                e.index,
+                head.index.plus(k as u64),
+                "batch not contiguous at position {k}"
+            );
+            if e.data.len() > ENTRY_SIZE_MAX {
+                return Err(WalError::EntryTooLarge {
+                    index: e.index,
+                    len: e.data.len(),
+                });
+            }
+        }
+        if let (Some(first), Some(last)) = (self.first_index(), self.last_index()) {
+            assert!(
+                head.index >= first && head.index <= last.next(),
+                "append at {} to a log holding [{first}, {last}]",
+                head.index
+            );
+            if head.index <= last {
+                self.truncate_suffix(head.index.prev())?;
+            }
+        }
+        for e in entries {
+            let r = self.write_record(e);
+            self.poison(r)?;
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self, e: &Entry) -> Result<(), WalError> {
+        let size = record_size(e.data.len());
+        let fits = self
+            .segments
+            .last()
+            .is_some_and(|s| s.end + size <= s.file.len());
+        if !fits {
+            // Invariant 4: the old segment is durable before the new one gets a record.
+            if let Some(old) = self.segments.last_mut() {
+                old.flush_dirty()?;
+            }
+            let file = Segment::create(
+                &self.dir,
+                e.index,
+                self.opts.segment_size,
+                self.opts.prefill,
+            )?;
+            self.segments.push(Seg {
+                file,
+                first: e.index,
+                offsets: Vec::new(),
+                end: SEGMENT_HEADER_SIZE,
+                dirty_from: SEGMENT_HEADER_SIZE,
+            });
+        }
+        let seg = self.segments.last_mut().expect("a segment");
+        let at = seg.end;
+        encode_record(
+            &mut seg.file.bytes_mut()[at..at + size],
+            e.term,
+            e.index,
+            e.kind,
+            &e.data,
+        );
+        seg.offsets.push(at as u32);
+        seg.end = at + size;
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable: one fdatasync per dirty segment (group commit).
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.check_ok()?;
+        let mut r = Ok(());
+        for seg in &mut self.segments {
+            r = seg.flush_dirty();
+            if r.is_err() {
+                break;
+            }
+        }
+        self.poison(r)
+    }
+
+    /// Entries in `[lo, hi)`, stopping once `max_bytes` of payload would be exceeded (at least
+    /// one entry if the range is not empty). Payloads are checked against their CRC again.
+    pub fn entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, WalError> {
+        self.check_ok()?;
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let first = self.first_index();
+        if first.is_none_or(|f| lo < f) {
+            return Err(WalError::Compacted { index: lo, first });
+        }
+        let last = self.last_index().expect("non-empty");
+        assert!(
+            hi <= last.next(),
+            "entries up to {hi} from a log ending at {last}"
+        );
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut k = self.segment_of(lo);
+        let mut index = lo;
+        while index < hi {
+            let seg = &self.segments[k];
+            if index > seg.last() {
+                k += 1;
+                continue;
+            }
+            let off = seg.offset_of(index);
+            let b = seg.file.bytes();
+            let h = check_record(b, off).ok_or_else(|| WalError::Corrupt {
+                file: seg.file.path().to_path_buf(),
+                offset: off as u64,
+                index: Some(index),
+                reason: "record no longer checks in memory".into(),
+            })?;
+            assert_eq!(h.index, index, "index table points at the wrong record");
+            if !out.is_empty() && bytes + h.payload_len > max_bytes {
+                break;
+            }
+            bytes += h.payload_len;
+            let data_at = off + RECORD_HEADER_SIZE;
+            out.push(Entry {
+                term: h.term,
+                index,
+                kind: h.kind,
+                data: b[data_at..data_at + h.payload_len].to_vec(),
+            });
+            index = index.next();
+        }
+        Ok(out)
+    }
+
+    /// The term of the entry at `index`, if the log holds it.
+    pub fn term(&self, index: LogIndex) -> Option<Term> {
+        let (first, last) = (self.first_index()?, self.last_index()?);
+        if index < first || index > last {
+            return None;
+        }
+        let seg = &self.segments[self.segment_of(index)];
+        Some(format::record_term(seg.file.bytes(), seg.offset_of(index)))
+    }
+
+    fn segment_of(&self, index: LogIndex) -> usize {
+        let k = self.segments.partition_point(|s| s.first <= index);
+        assert!(k > 0, "index {index} before the log");
+        k - 1
+    }
+
+    /// Drops every entry after `after`, durably: later segments are deleted first (and the
+    /// directory synced), then the dropped records of the kept segment are zeroed and synced.
+    /// In that order a crash in between leaves the old suffix whole, never a gap.
+    pub fn truncate_suffix(&mut self, after: LogIndex) -> Result<(), WalError> {
+        self.check_ok()?;
+        let r = self.truncate_suffix_inner(after);
+        self.check_invariants();
+        self.poison(r)
+    }
+
+    fn truncate_suffix_inner(&mut self, after: LogIndex) -> Result<(), WalError> {
+        let Some(last) = self.last_index() else {
+            return Ok(());
+        };
+        if after >= last {
+            return Ok(());
+        }
+        let mut removed = false;
+        while self.segments.last().is_some_and(|s| s.first > after) {
+            let seg = self.segments.pop().expect("a segment");
+            let path = seg.file.path().to_path_buf();
+            drop(seg);
+            fs::remove_file(&path).map_err(|e| io_error(&path, "remove segment", e))?;
+            removed = true;
+        }
+        if removed {
+            fsync_dir(&self.dir)?;
+        }
+        let Some(seg) = self.segments.last_mut() else {
+            return Ok(());
+        };
+        if seg.last() <= after {
+            return Ok(());
+        }
+        let keep = (after.0 + 1 - seg.first.0) as usize;
+        let cut = seg.offsets[keep] as usize;
+        let end = seg.end;
+        seg.file.bytes_mut()[cut..end].fill(0);
+        let from = seg.dirty_from.min(cut);
+        seg.file.flush(from, end - from)?;
+        seg.offsets.truncate(keep);
+        seg.end = cut;
+        seg.dirty_from = cut;
+        Ok(())
+    }
+
+    /// Deletes the whole segments all of whose entries are `<= upto` (they are in a
+    /// snapshot), oldest first, so a crash midway leaves a contiguous log.
+    pub fn discard_prefix(&mut self, upto: LogIndex) -> Result<(), WalError> {
+        self.check_ok()?;
+        let n = self
+            .segments
+            .iter()
+            .take_while(|s| s.last() <= upto)
+            .count();
+        let r = self.remove_segments(0..n);
+        self.poison(r)
+    }
+
+    /// Drops the whole log (a snapshot from the leader replaces it); the next append may start
+    /// at any index.
+    pub fn reset(&mut self) -> Result<(), WalError> {
+        self.check_ok()?;
+        // Newest first: a crash midway leaves a shorter but contiguous log.
+        let mut r = Ok(());
+        while !self.segments.is_empty() && r.is_ok() {
+            let k = self.segments.len() - 1;
+            r = self.remove_segments(k..k + 1);
+        }
+        self.poison(r)
+    }
+
+    fn remove_segments(&mut self, range: std::ops::Range<usize>) -> Result<(), WalError> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        for seg in self.segments.drain(range) {
+            let path = seg.file.path().to_path_buf();
+            drop(seg);
+            fs::remove_file(&path).map_err(|e| io_error(&path, "remove segment", e))?;
+        }
+        fsync_dir(&self.dir)
+    }
+
+    fn check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        for pair in self.segments.windows(2) {
+            assert_eq!(
+                pair[1].first,
+                pair[0].last().next(),
+                "segments not contiguous"
+            );
+        }
+        for s in &self.segments {
+            assert!(!s.offsets.is_empty(), "empty segment {}", s.first);
+            assert_eq!(s.offsets[0] as usize, SEGMENT_HEADER_SIZE);
+            assert!(
+                s.offsets.windows(2).all(|w| w[0] < w[1]),
+                "offsets not increasing"
+            );
+            assert!(s.dirty_from <= s.end && s.end <= s.file.len());
+        }
+    }
+}
+
+/// What one segment's scan found.
+struct Scan {
+    offsets: Vec<u32>,
+    /// End of the last good record.
+    end: usize,
+    /// End of the non-zero bytes after it (== `end` when the tail is clean).
+    garbage_end: usize,
+}
+
+/// Checks the records of one segment in order (see the recovery notes at the top).
+/// Errors are (offset, index, reason) of the corruption.
+fn scan_records(b: &[u8], first: LogIndex) -> Result<Scan, (usize, LogIndex, String)> {
+    let mut offsets = Vec::new();
+    let mut off = SEGMENT_HEADER_SIZE;
+    let mut expect = first;
+    let mut last_term = Term(0);
+    while let Some(h) = check_record(b, off) {
+        if h.index != expect || h.term < last_term {
+            let why = format!(
+                "record {}/{} where index {expect} (term >= {last_term}) was expected",
+                h.term, h.index
+            );
+            return Err((off, h.index, why));
+        }
+        offsets.push(off as u32);
+        off += h.size();
+        expect = expect.next();
+        last_term = h.term;
+    }
+    let garbage_end = nonzero_end(b, off);
+    // The tell of corruption: a valid record after the bad one that continues the sequence.
+    for p in off + 1..garbage_end {
+        if peek_index(b, p).is_none_or(|i| i < expect) {
+            continue;
+        }
+        if let Some(RecordHeader { index, term, .. }) = check_record(b, p) {
+            if term >= last_term {
+                let why =
+                    format!("bad record followed by a valid record {term}/{index} at offset {p}");
+                return Err((off, expect, why));
+            }
+        }
+    }
+    Ok(Scan {
+        offsets,
+        end: off,
+        garbage_end,
+    })
+}
+
+/// One past the last non-zero byte of `b[from..]`, or `from` if all are zero.
+fn nonzero_end(b: &[u8], from: usize) -> usize {
+    let tail = &b[from.min(b.len())..];
+    let mut chunks = tail.rchunks_exact(64);
+    let rem_len = chunks.remainder().len();
+    let mut end = tail.len();
+    for c in chunks.by_ref() {
+        if c.iter().any(|&x| x != 0) {
+            return from + end - c.iter().rev().position(|&x| x != 0).expect("non-zero");
+        }
+        end -= 64;
+    }
+    assert_eq!(end, rem_len);
+    from + tail[..rem_len]
+        .iter()
+        .rposition(|&x| x != 0)
+        .map_or(0, |p| p + 1)
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(LogIndex, PathBuf)>, WalError> {
+    let mut out = Vec::new();
+    let mut removed_temp = false;
+    let rd = fs::read_dir(dir).map_err(|e| io_error(dir, "read directory", e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| io_error(dir, "read directory", e))?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(TEMP_SUFFIX) {
+            // A segment whose creation did not finish: it never held a record.
+            fs::remove_file(ent.path())
+                .map_err(|e| io_error(&ent.path(), "remove temp segment", e))?;
+            removed_temp = true;
+        } else if let Some(first) = parse_segment_file_name(name) {
+            out.push((first, ent.path()));
+        }
+    }
+    if removed_temp {
+        fsync_dir(dir)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonzero_end_finds_the_last_nonzero_byte() {
+        for len in [0usize, 1, 63, 64, 65, 200] {
+            let mut b = vec![0u8; len];
+            assert_eq!(nonzero_end(&b, 0), 0);
+            for p in 0..len {
+                b.fill(0);
+                b[p] = 1;
+                assert_eq!(nonzero_end(&b, 0), p + 1, "len {len} p {p}");
+                assert_eq!(nonzero_end(&b, p + 1), p + 1);
+                if p > 0 {
+                    assert_eq!(nonzero_end(&b, p - 1), p + 1);
+                }
+            }
+        }
+    }
+}
