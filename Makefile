@@ -10,7 +10,7 @@ ID     ?= 1
 BIN    := target/release
 SEEDS  ?= 1000
 
-.PHONY: all build test sim run cluster stop status bench fmt lint clean setup soak
+.PHONY: all build test sim run cluster stop status bench bench-etcd fmt lint clean setup
 
 all: build
 
@@ -48,6 +48,10 @@ status: build
 
 bench: build
 	@tools/bench.sh
+
+# kvraft and etcd 3.4 side by side (needs: apt-get install -y etcd-server protobuf-compiler).
+bench-etcd: build
+	@tools/bench.sh etcd
 
 fmt:
 	$(CARGO) fmt --all

@@ -45,7 +45,7 @@ impl<S: StateMachine> Node<S> {
     /// (the next leader may keep or drop them): their clients get an error saying exactly that,
     /// rather than waiting forever. Pending reads fail the same way.
     fn notice_role_change(&mut self) {
-        let is_leader = self.raft.status().role == crate::raft::Role::Leader;
+        let is_leader = self.raft.role() == crate::raft::Role::Leader;
         if self.was_leader && !is_leader {
             let waiters = std::mem::take(&mut self.waiters);
             for (_, w) in waiters {
@@ -195,7 +195,7 @@ impl<S: StateMachine> Node<S> {
     /// Reads whose round can no longer complete (this node stepped down) are failed, so the
     /// client retries instead of waiting forever.
     pub(super) fn fail_stale_reads(&mut self) {
-        if self.reads.is_empty() || self.raft.status().role == crate::raft::Role::Leader {
+        if self.reads.is_empty() || self.raft.role() == crate::raft::Role::Leader {
             return;
         }
         let waiting: Vec<u64> = self

@@ -355,7 +355,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn on_snapshot_ack(&mut self, from: NodeId, snapshot: EntryId, next_offset: u64, ok: bool) {
-        let term = self.raft.status().term;
+        let term = self.raft.term();
         let Some(link) = self.peers.get_mut(&from) else { return };
         let Some(sender) = link.sender.as_mut() else { return };
         if sender.meta().last != snapshot {

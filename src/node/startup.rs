@@ -112,7 +112,7 @@ impl<S: StateMachine> Node<S> {
 
         let t0 = Instant::now();
         let log_dir = dir.join("log");
-        let mut wal = Wal::open(&log_dir, WalOptions { segment_size: cfg.segment_bytes })
+        let mut wal = Wal::open(&log_dir, WalOptions { segment_size: cfg.segment_bytes, ..WalOptions::default() })
             .map_err(|e| NodeError::new(format!("log: {e}")))?;
         let entries = recovered_entries(&wal, &snap_meta)?;
         if entries.is_empty() && wal.last_index().is_some_and(|l| l != snap_meta.last.index) {
