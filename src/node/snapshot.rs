@@ -1176,8 +1176,9 @@ struct Partial {
 pub struct SnapshotReceiver {
     dir: PathBuf,
     partial: Option<Partial>,
-    /// The last snapshot completed here, so a late chunk of it is answered "complete".
-    installed: Option<(EntryId, u64)>,
+    /// The last snapshot completed (or loaded) here, so a late chunk of it is answered
+    /// "complete" rather than starting it again.
+    installed: Option<EntryId>,
 }
 
 impl SnapshotReceiver {
@@ -1202,7 +1203,7 @@ impl SnapshotReceiver {
     ) -> Result<ChunkOutcome, SnapshotFileError> {
         let tmp = tmp_path(&self.dir, meta.last, RECV_TMP_SUFFIX);
         check_chunk(&tmp, total_size, offset, data.len(), done)?;
-        if self.installed == Some((meta.last, total_size)) {
+        if self.installed == Some(meta.last) {
             return Ok(ChunkOutcome::expect(total_size));
         }
         let same = |p: &Partial| p.last == meta.last && p.total_size == total_size;
@@ -1251,7 +1252,7 @@ impl SnapshotReceiver {
         let tmp = p.tmp.clone();
         match finish_transfer(&self.dir, p, meta) {
             Ok(complete) => {
-                self.installed = Some((meta.last, total_size));
+                self.installed = Some(meta.last);
                 Ok(ChunkOutcome {
                     next_offset: total_size,
                     ok: true,
@@ -1263,6 +1264,12 @@ impl SnapshotReceiver {
                 Err(e)
             }
         }
+    }
+
+    /// Tells the receiver the node already holds snapshot `last` (e.g. loaded at start-up), so
+    /// chunks of it are answered "complete".
+    pub fn set_installed(&mut self, last: EntryId) {
+        self.installed = Some(last);
     }
 
     /// Drops the transfer under way, removing its temp file.
