@@ -19,6 +19,7 @@ impl std::fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
+#[allow(clippy::len_without_is_empty)]
 pub trait StateMachine {
     fn parse(&self, args: &[Vec<u8>]) -> Option<Request>;
     fn apply(&mut self, index: LogIndex, data: &[u8]) -> Value;

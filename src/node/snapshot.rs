@@ -887,7 +887,8 @@ impl Snapshotter {
         // returns, so only the child holds it and its exit is the pipe's EOF.
         let mut status = File::from(write);
         let header_ref = &header;
-        let pid = sys::fork_child(move || child_main(dir, header_ref, sm, &mut status))?;
+        let keep = [status.as_raw_fd()];
+        let pid = sys::fork_child(&keep, move || child_main(dir, header_ref, sm, &mut status))?;
         let fork_time = fork_started.elapsed();
         let pipe = File::from(read);
         let fd = pipe.as_raw_fd();
@@ -908,9 +909,11 @@ impl Snapshotter {
     /// child exists.
     pub fn poll_child(&mut self) -> Option<Result<SnapshotDone, String>> {
         let child = self.child.as_mut()?;
-        // EOF means the child is inside exit(): blocking for the last step is brief, and it
-        // must not be missed, since the edge-triggered pipe will not fire again.
-        let wait = if child.drain_pipe() {
+        // The child's status message is its last act before `_exit`, and EOF means it is
+        // inside exit(): either way blocking for the last step is brief, and the end must not
+        // be missed, since the edge-triggered pipe may not fire again.
+        let eof = child.drain_pipe();
+        let wait = if eof || !child.status.is_empty() {
             sys::Wait::Block
         } else {
             sys::Wait::NoHang
@@ -971,7 +974,8 @@ fn child_main<S: StateMachine + ?Sized>(
             msg[0] = CHILD_OK;
             BigEndian::write_u64(&mut msg[1..9], w.state_hash);
             BigEndian::write_u64(&mut msg[9..17], w.size_bytes);
-            // Under PIPE_BUF, into an empty pipe: one write, never blocks.
+            // Under PIPE_BUF, into an empty pipe: one atomic write that never blocks. It is
+            // the child's last act before `_exit` (poll_child relies on it).
             match status.write_all(&msg) {
                 Ok(()) => 0,
                 Err(_) => CHILD_EXIT_WRITE_FAILED,
@@ -982,7 +986,7 @@ fn child_main<S: StateMachine + ?Sized>(
             let mut cursor = io::Cursor::new(&mut msg[..]);
             let _ = write!(cursor, "{}{e}", CHILD_ERR as char);
             let len = cursor.position() as usize;
-            let _ = status.write_all(&msg[..len]);
+            let _ = status.write_all(&msg[..len]); // atomic, and the last act, as above
             CHILD_EXIT_WRITE_FAILED
         }
     }

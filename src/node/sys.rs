@@ -13,7 +13,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// A process id.
@@ -64,13 +64,15 @@ pub fn pipe_cloexec_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Forks. In the parent, returns the child's pid. In the child: asks the kernel to SIGKILL it
-/// when the parent dies (and exits at once if the parent is already gone), unblocks every
-/// signal, runs `child`, and `_exit`s with its return value — it never returns (invariant 1).
+/// when the parent dies (and exits at once if the parent is already gone), closes every fd
+/// above stderr except those in `keep` (so a socket the parent closes really closes, and the
+/// child can touch nothing it was not given), unblocks every signal, runs `child`, and
+/// `_exit`s with its return value — it never returns (invariant 1).
 ///
 /// Contract for `child`: it runs in a copy-on-write copy of the parent with only the calling
 /// thread alive. It must not take locks another thread of the parent might have held (the
 /// logger, stdout): the node is single-threaded, and tests that fork do so from a single test.
-pub fn fork_child(child: impl FnOnce() -> i32) -> io::Result<Pid> {
+pub fn fork_child(keep: &[RawFd], child: impl FnOnce() -> i32) -> io::Result<Pid> {
     let parent = getpid();
     // SAFETY: fork has no memory-safety preconditions by itself; what the child may do
     // afterwards is this function's documented contract, and the child never returns.
@@ -86,6 +88,7 @@ pub fn fork_child(child: impl FnOnce() -> i32) -> io::Result<Pid> {
         // The parent died between fork and prctl (we were reparented): nobody wants our work.
         exit_now(1);
     }
+    close_fds_except(keep);
     unblock_all_signals();
     let code = catch_unwind(AssertUnwindSafe(child)).unwrap_or(CHILD_PANIC_EXIT);
     exit_now(code)
@@ -96,6 +99,35 @@ pub fn fork_child(child: impl FnOnce() -> i32) -> io::Result<Pid> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is async-signal-safe and never returns.
     unsafe { libc::_exit(code) }
+}
+
+/// Fds the fallback loop of [`close_fds_except`] closes when close_range is unavailable.
+const FDS_CLOSED_MAX: i32 = 65_536;
+
+/// Closes every fd from 3 up, except those in `keep`.
+fn close_fds_except(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
+    keep.sort_unstable();
+    let mut first = 3;
+    for &fd in keep.iter().chain(std::iter::once(&RawFd::MAX)) {
+        if fd > first {
+            close_range(first, fd - 1);
+        }
+        first = fd.saturating_add(1);
+    }
+}
+
+fn close_range(first: RawFd, last: RawFd) {
+    // SAFETY: close_range only closes descriptors; nothing in this (child) process uses the
+    // ones closed here afterwards, by fork_child's contract.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
+    if rc == -1 {
+        // Kernels before 5.9: close one by one, up to a bound.
+        for fd in first..=last.min(FDS_CLOSED_MAX) {
+            // SAFETY: as above; EBADF for fds that are not open is harmless.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 fn unblock_all_signals() {
@@ -242,4 +274,28 @@ pub fn read_signals(fd: BorrowedFd<'_>) -> io::Result<Vec<i32>> {
         out.push(info.ssi_signo as i32);
     }
     Ok(out)
+}
+
+/// Waits up to `timeout` for `fd` to become readable (or hung up); true if it did. For
+/// tests and tools — the node waits in mio instead.
+pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    loop {
+        // SAFETY: `pfd` is one valid pollfd, and we pass a count of 1. An fd that is not open
+        // is reported in `revents` (POLLNVAL), not undefined behaviour.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(rc > 0);
+    }
 }
