@@ -1019,7 +1019,8 @@ pub struct SnapshotSender {
 }
 
 impl SnapshotSender {
-    /// Opens the file and checks that its header is the snapshot `meta` names.
+    /// Opens the file and checks that its header is the snapshot `meta` names. The open file
+    /// keeps its contents readable even if compaction removes its name meanwhile.
     pub fn new(
         path: PathBuf,
         meta: SnapshotMeta,
@@ -1194,9 +1195,10 @@ impl SnapshotReceiver {
         }
     }
 
-    /// Handles one chunk. `Err` is a chunk that breaks a limit or the protocol, an I/O error,
-    /// or a completed file that fails verification; the transfer is then abandoned (its temp
-    /// file removed) and the leader should be answered with offset 0, `ok = false`.
+    /// Handles one chunk. `Err` is a chunk that breaks a limit or the protocol (nothing is
+    /// written, the transfer under way is kept), or an I/O error or a completed file that
+    /// fails verification (the transfer is abandoned and its temp file removed). Either way
+    /// log it and answer the leader with offset 0, `ok = false` (or drop the connection).
     pub fn on_chunk(
         &mut self,
         meta: &SnapshotMeta,
