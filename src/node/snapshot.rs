@@ -1170,6 +1170,42 @@ struct Partial {
     written: u64,
 }
 
+impl Partial {
+    fn create(tmp: PathBuf, last: EntryId, total_size: u64) -> Result<Partial, SnapshotFileError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| SnapshotFileError::io(&tmp, e))?;
+        Ok(Partial {
+            last,
+            total_size,
+            file,
+            tmp,
+            written: 0,
+        })
+    }
+
+    /// Appends the part of the chunk at `offset` that extends what was written; a duplicate
+    /// or a chunk after a gap writes nothing.
+    fn write_in_order(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if offset <= self.written && end > self.written {
+            let skip = (self.written - offset) as usize;
+            self.file.write_all(&data[skip..])?;
+            self.written = end;
+        }
+        assert!(
+            self.written <= self.total_size,
+            "wrote {} of {}",
+            self.written,
+            self.total_size
+        );
+        Ok(())
+    }
+}
+
 /// Follower side: writes chunks, strictly in order, to `<name>.recv.tmp` in the data dir, and
 /// on the last one fsyncs, verifies the whole file and renames it into place (invariant 5).
 ///
@@ -1220,37 +1256,14 @@ impl SnapshotReceiver {
             None => {}
         }
         if self.partial.is_none() {
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| SnapshotFileError::io(&tmp, e))?;
-            self.partial = Some(Partial {
-                last: meta.last,
-                total_size,
-                file,
-                tmp,
-                written: 0,
-            });
+            self.partial = Some(Partial::create(tmp, meta.last, total_size)?);
         }
         let p = self.partial.as_mut().expect("created above");
-        let end = offset + data.len() as u64;
-        if offset <= p.written && end > p.written {
-            let skip = (p.written - offset) as usize;
-            if let Err(e) = p.file.write_all(&data[skip..]) {
-                let e = SnapshotFileError::io(&p.tmp, e);
-                self.abort();
-                return Err(e);
-            }
-            p.written = end;
+        if let Err(e) = p.write_in_order(offset, data) {
+            let e = SnapshotFileError::io(&p.tmp, e);
+            self.abort();
+            return Err(e);
         }
-        assert!(
-            p.written <= p.total_size,
-            "wrote {} of {}",
-            p.written,
-            p.total_size
-        );
         if p.written < p.total_size {
             return Ok(ChunkOutcome::expect(p.written));
         }
