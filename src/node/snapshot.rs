@@ -40,8 +40,10 @@
 //! 2. Nothing is allocated from a length read from a file or a peer before that length is
 //!    checked against its `*_MAX`.
 //! 3. The fork child touches only the snapshot's temporary file and its status pipe, and
-//!    leaves through `_exit` (seed lesson 11): no logging, no sockets, no destructors. Code
-//!    reachable from the child (`write_snapshot_file`) never logs.
+//!    leaves through `_exit` (seed lesson 11): no logging, no sockets (it closes every fd it
+//!    was not given, so a socket the parent closes really closes), no destructors. Code
+//!    reachable from the child (`write_snapshot_file`) never logs. Its status message is its
+//!    last act before `_exit`.
 //! 4. At most one snapshot child exists; it is always reaped (by `poll_child`,
 //!    `kill_if_overdue` or `Drop`), waiting only for its own pid.
 //! 5. The receiver writes chunks strictly in order; the file is renamed into place only after

@@ -217,9 +217,8 @@ pub fn has_child_processes() -> io::Result<bool> {
 }
 
 fn sigset_of(signals: &[i32]) -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the zeroed set; sigaddset only writes into it (an
-    // invalid signal number makes it return -1, which the caller's sigprocmask then ignores
-    // for that number; we assert the numbers are in range first).
+    // SAFETY: sigemptyset initialises the zeroed set and sigaddset only writes into it; the
+    // signal numbers are asserted in range first.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
