@@ -1,0 +1,80 @@
+//! Snapshot costs: writing a file, loading it (with the CRC pass), verifying it without a
+//! state machine, fork() pause, the whole fork-child snapshot, and an in-memory transfer.
+//! `cargo bench --bench snapshot` prints a table; nothing is asserted.
+
+#[path = "../tests/snapshot_support/mod.rs"]
+mod snapshot_support;
+
+use std::time::{Duration, Instant};
+
+use kvraft::node::snapshot::*;
+use kvraft::node::sys;
+use kvraft::raft::{ConfState, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
+use snapshot_support::TestSm;
+
+fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn main() {
+    println!(
+        "{:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>9}",
+        "pairs", "MB", "write", "load", "verify", "fork", "child", "transfer"
+    );
+    println!(
+        "{:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>9}",
+        "", "", "MB/s", "MB/s", "MB/s", "pause", "total", "MB/s"
+    );
+    for pairs in [10_000usize, 100_000, 500_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = TestSm::random(pairs as u64, pairs);
+        let header = SnapshotHeader {
+            meta: SnapshotMeta {
+                last: EntryId::new(Term(1), LogIndex(pairs as u64)),
+                conf: ConfState::new(vec![NodeId(1), NodeId(2), NodeId(3)], vec![]),
+            },
+            extra: Vec::new(),
+        };
+        let t = Instant::now();
+        let w = write_snapshot_file(dir.path(), &header, &sm).unwrap();
+        let write = t.elapsed();
+        let t = Instant::now();
+        load_snapshot_file(&w.path, &mut TestSm::default()).unwrap();
+        let load = t.elapsed();
+        let t = Instant::now();
+        verify_snapshot_file(&w.path).unwrap();
+        let verify = t.elapsed();
+        std::fs::remove_file(&w.path).unwrap();
+
+        let mut snap = Snapshotter::new();
+        let t = Instant::now();
+        let (fd, fork) = snap.start(dir.path(), header.clone(), &sm, t).unwrap();
+        assert!(sys::wait_readable(fd, Duration::from_secs(600)).unwrap());
+        let done = snap.poll_child().unwrap().unwrap();
+
+        let dst = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let mut tx =
+            SnapshotSender::new(done.path.clone(), header.meta.clone(), 1 << 20, 4).unwrap();
+        let mut rx = SnapshotReceiver::new(dst.path().to_path_buf());
+        while !tx.is_complete() {
+            let (off, data, last) = tx.next_chunk().unwrap().unwrap();
+            let out = rx
+                .on_chunk(&header.meta, tx.total_size(), off, &data, last)
+                .unwrap();
+            tx.on_ack(out.next_offset, out.ok);
+        }
+        let transfer = t.elapsed();
+        println!(
+            "{:>9} {:>9.1} | {:>9.0} {:>9.0} {:>9.0} | {:>10.2?} {:>10.2?} | {:>9.0}",
+            pairs,
+            w.size_bytes as f64 / 1e6,
+            mb_per_s(w.size_bytes, write),
+            mb_per_s(w.size_bytes, load),
+            mb_per_s(w.size_bytes, verify),
+            fork,
+            done.took,
+            mb_per_s(w.size_bytes, transfer),
+        );
+    }
+}
