@@ -1,0 +1,725 @@
+//! An ordered map from byte strings to byte strings: a skiplist in an arena, with index links.
+//!
+//! Owns the ordered storage of the KV state machine. Knows nothing of commands, Raft or files.
+//!
+//! # Layout
+//!
+//! Nodes live in one `Vec<Node>`; a link is a `u32` index into it. Node 0 is the head: it has
+//! the full height and no key, and nothing ever links to it, so index 0 doubles as "nil".
+//! A node's level-0 link is stored inline (scans touch nothing else); its links for levels
+//! `1..height` live in a separate arena `upper: Vec<u32>` at `upper[node.upper ..][..height-1]`,
+//! so the three quarters of nodes that have height 1 pay nothing for upper levels.
+//! Key and value share one boxed slice (`key ++ value`); the first 8 key bytes are also kept
+//! big-endian in `prefix`, so most comparisons are decided without touching the boxed bytes.
+//! Heights are drawn from a seeded `Prng` with p = 1/4, capped at `HEIGHT_MAX`.
+//! Removed nodes go on a free list threaded through `next0`; their upper-link spans go on a
+//! free list per height threaded through the span's first slot. Both are reused first.
+//!
+//! # Invariants (checked by `check_invariants`)
+//!
+//! 1. The level-0 chain from the head visits every live node exactly once, in strictly
+//!    increasing key order (bytewise, shorter-is-less), and its length is `len`.
+//! 2. For every level `l >= 1`, the level-`l` chain is the subsequence of the level-`l - 1`
+//!    chain made of exactly the nodes whose height is `> l`.
+//! 3. `1 <= height <= HEIGHT_MAX` for every live node, and `level` is at least the height of
+//!    every live node (the head's links at levels `>= level` are nil).
+//! 4. `prefix` equals the first 8 key bytes, big-endian, zero-padded; `key_len <= kv.len()`.
+//! 5. Every node is exactly one of: the head, live, or on the free list (with an empty `kv`);
+//!    `data_bytes` is the sum of live `kv` lengths.
+//! 6. Live upper-link spans and free spans never overlap.
+
+use crate::prng::Prng;
+use std::cmp::Ordering;
+
+/// Tallest node. With p = 1/4, 12 levels keep searches logarithmic up to ~4^12 = 16M keys.
+pub const HEIGHT_MAX: usize = 12;
+
+/// Most nodes (live, free and head) the arena may hold: links are `u32` and 0 is nil.
+pub const NODES_MAX: usize = u32::MAX as usize;
+
+const NIL: u32 = 0;
+const HEAD: u32 = 0;
+
+#[derive(Debug)]
+struct Node {
+    /// `key ++ value`; empty for a free node.
+    kv: Box<[u8]>,
+    /// The first 8 key bytes, big-endian, zero-padded: decides most comparisons.
+    prefix: u64,
+    key_len: u32,
+    /// Level-0 successor (or next free node when free).
+    next0: u32,
+    /// Offset in `upper` of this node's links for levels `1..height`.
+    upper: u32,
+    height: u8,
+}
+
+/// A key and value taken out of the list (replaced or removed), without copying.
+#[derive(Debug)]
+pub struct Entry {
+    kv: Box<[u8]>,
+    key_len: usize,
+}
+
+impl Entry {
+    pub fn key(&self) -> &[u8] {
+        &self.kv[..self.key_len]
+    }
+    pub fn value(&self) -> &[u8] {
+        &self.kv[self.key_len..]
+    }
+}
+
+/// The skiplist map.
+pub struct SkipList {
+    nodes: Vec<Node>,
+    upper: Vec<u32>,
+    /// Head of the free node list (0 = empty).
+    free_node: u32,
+    /// For each height h in 2..=HEIGHT_MAX, the first free span of h - 1 upper links (0 = none;
+    /// offset 0 is the head's span, which is never free).
+    free_upper: [u32; HEIGHT_MAX + 1],
+    /// Levels in use: every live node's height is <= level.
+    level: usize,
+    len: usize,
+    data_bytes: usize,
+    prng: Prng,
+}
+
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+impl SkipList {
+    /// An empty list whose node heights are drawn from a generator seeded with `seed`.
+    pub fn new(seed: u64) -> SkipList {
+        let head = Node {
+            kv: Box::default(),
+            prefix: 0,
+            key_len: 0,
+            next0: NIL,
+            upper: 0,
+            height: HEIGHT_MAX as u8,
+        };
+        SkipList {
+            nodes: vec![head],
+            upper: vec![NIL; HEIGHT_MAX - 1],
+            free_node: NIL,
+            free_upper: [0; HEIGHT_MAX + 1],
+            level: 1,
+            len: 0,
+            data_bytes: 0,
+            prng: Prng::new(seed),
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of keys and values stored.
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Heap bytes the list holds beyond the key and value bytes (node and link arenas,
+    /// counted by capacity).
+    pub fn overhead_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.upper.capacity() * std::mem::size_of::<u32>()
+    }
+
+    #[inline]
+    fn link(&self, x: u32, level: usize) -> u32 {
+        let n = &self.nodes[x as usize];
+        if level == 0 {
+            n.next0
+        } else {
+            self.upper[n.upper as usize + level - 1]
+        }
+    }
+
+    #[inline]
+    fn set_link(&mut self, x: u32, level: usize, to: u32) {
+        if level == 0 {
+            self.nodes[x as usize].next0 = to;
+        } else {
+            let at = self.nodes[x as usize].upper as usize + level - 1;
+            self.upper[at] = to;
+        }
+    }
+
+    #[inline]
+    fn node_key(&self, x: u32) -> &[u8] {
+        let n = &self.nodes[x as usize];
+        &n.kv[..n.key_len as usize]
+    }
+
+    /// Node `x`'s key compared with `key` (whose prefix is `prefix`).
+    #[inline]
+    fn cmp_node(&self, x: u32, key: &[u8], prefix: u64) -> Ordering {
+        let n = &self.nodes[x as usize];
+        match n.prefix.cmp(&prefix) {
+            Ordering::Equal => n.kv[..n.key_len as usize].cmp(key),
+            other => other,
+        }
+    }
+
+    /// The last node with a key < `key` at every level (the head where there is none), and
+    /// the first node with a key >= `key` (or nil).
+    fn find_prev(&self, key: &[u8], prev: &mut [u32; HEIGHT_MAX]) -> u32 {
+        let prefix = key_prefix(key);
+        let mut x = HEAD;
+        // A node already found >= key at a higher level need not be compared again.
+        let mut known_ge = NIL;
+        for level in (0..self.level).rev() {
+            loop {
+                let next = self.link(x, level);
+                if next == NIL || next == known_ge {
+                    break;
+                }
+                if self.cmp_node(next, key, prefix) == Ordering::Less {
+                    x = next;
+                } else {
+                    known_ge = next;
+                    break;
+                }
+            }
+            prev[level] = x;
+        }
+        self.link(x, 0)
+    }
+
+    /// The first node with key >= `key`, or nil.
+    fn seek_node(&self, key: &[u8]) -> u32 {
+        let prefix = key_prefix(key);
+        let mut x = HEAD;
+        let mut known_ge = NIL;
+        for level in (0..self.level).rev() {
+            loop {
+                let next = self.link(x, level);
+                if next == NIL || next == known_ge {
+                    break;
+                }
+                if self.cmp_node(next, key, prefix) == Ordering::Less {
+                    x = next;
+                } else {
+                    known_ge = next;
+                    break;
+                }
+            }
+        }
+        self.link(x, 0)
+    }
+
+    fn is_key(&self, x: u32, key: &[u8]) -> bool {
+        x != NIL && self.node_key(x) == key
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let x = self.seek_node(key);
+        if self.is_key(x, key) {
+            let n = &self.nodes[x as usize];
+            Some(&n.kv[n.key_len as usize..])
+        } else {
+            None
+        }
+    }
+
+    /// Store `value` under `key`, returning the entry it replaced.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+        let mut kv = Vec::with_capacity(key.len() + value.len());
+        kv.extend_from_slice(key);
+        kv.extend_from_slice(value);
+        self.insert_kv(kv.into_boxed_slice(), key.len())
+    }
+
+    /// Store an already joined `key ++ value` whose key is `key_len` bytes long.
+    pub fn insert_kv(&mut self, kv: Box<[u8]>, key_len: usize) -> Option<Entry> {
+        assert!(key_len <= kv.len(), "key_len {key_len} > kv {}", kv.len());
+        assert!(key_len <= u32::MAX as usize, "key of {key_len} bytes");
+        let mut prev = [HEAD; HEIGHT_MAX];
+        let at = self.find_prev(&kv[..key_len], &mut prev);
+        if self.is_key(at, &kv[..key_len]) {
+            self.data_bytes = self.data_bytes - self.nodes[at as usize].kv.len() + kv.len();
+            let old = std::mem::replace(&mut self.nodes[at as usize].kv, kv);
+            return Some(Entry { kv: old, key_len });
+        }
+        let height = self.random_height();
+        if height > self.level {
+            // prev[level..height] are already HEAD.
+            self.level = height;
+        }
+        let x = self.alloc_node(kv, key_len, height);
+        for (level, &p) in prev.iter().enumerate().take(height) {
+            let next = self.link(p, level);
+            self.set_link(x, level, next);
+            self.set_link(p, level, x);
+        }
+        self.len += 1;
+        None
+    }
+
+    /// Remove `key`, returning its entry.
+    pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let mut prev = [HEAD; HEIGHT_MAX];
+        let x = self.find_prev(key, &mut prev);
+        if !self.is_key(x, key) {
+            return None;
+        }
+        let height = self.nodes[x as usize].height as usize;
+        for (level, &p) in prev.iter().enumerate().take(height) {
+            debug_assert_eq!(self.link(p, level), x);
+            let next = self.link(x, level);
+            self.set_link(p, level, next);
+        }
+        while self.level > 1 && self.link(HEAD, self.level - 1) == NIL {
+            self.level -= 1;
+        }
+        self.len -= 1;
+        let key_len = self.nodes[x as usize].key_len as usize;
+        let kv = self.free_node(x);
+        self.data_bytes -= kv.len();
+        Some(Entry { kv, key_len })
+    }
+
+    /// Remove every key, keeping the generator's state.
+    pub fn clear(&mut self) {
+        let prng = self.prng.clone();
+        *self = SkipList::new(0);
+        self.prng = prng;
+    }
+
+    /// Entries with keys in `[start, end)` (`end = None`: unbounded), in key order.
+    pub fn range<'a>(&'a self, start: &[u8], end: Option<&'a [u8]>) -> Iter<'a> {
+        Iter {
+            list: self,
+            node: self.seek_node(start),
+            end,
+        }
+    }
+
+    /// Entries from the first key >= `bound` on, in key order.
+    pub fn seek(&self, bound: &[u8]) -> Iter<'_> {
+        self.range(bound, None)
+    }
+
+    /// All entries in key order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            list: self,
+            node: self.nodes[HEAD as usize].next0,
+            end: None,
+        }
+    }
+
+    /// Height h >= 1 with P(h > k) = 4^-k, capped: two random zero bits per extra level.
+    fn random_height(&mut self) -> usize {
+        let bits = self.prng.next_u64();
+        1 + ((bits.trailing_zeros() / 2) as usize).min(HEIGHT_MAX - 1)
+    }
+
+    fn alloc_node(&mut self, kv: Box<[u8]>, key_len: usize, height: usize) -> u32 {
+        let upper = self.alloc_upper(height);
+        self.data_bytes += kv.len();
+        let node = Node {
+            prefix: key_prefix(&kv[..key_len]),
+            kv,
+            key_len: key_len as u32,
+            next0: NIL,
+            upper,
+            height: height as u8,
+        };
+        if self.free_node != NIL {
+            let x = self.free_node;
+            self.free_node = self.nodes[x as usize].next0;
+            self.nodes[x as usize] = node;
+            x
+        } else {
+            assert!(self.nodes.len() < NODES_MAX, "skiplist arena full");
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        }
+    }
+
+    fn alloc_upper(&mut self, height: usize) -> u32 {
+        if height == 1 {
+            return 0;
+        }
+        let free = self.free_upper[height];
+        if free != 0 {
+            self.free_upper[height] = self.upper[free as usize];
+            return free;
+        }
+        let at = self.upper.len();
+        assert!(at + height <= u32::MAX as usize, "upper-link arena full");
+        self.upper.resize(at + height - 1, NIL);
+        at as u32
+    }
+
+    /// Put `x` on the free lists and return its key and value.
+    fn free_node(&mut self, x: u32) -> Box<[u8]> {
+        let (height, upper) = {
+            let n = &self.nodes[x as usize];
+            (n.height as usize, n.upper)
+        };
+        if height > 1 {
+            self.upper[upper as usize] = self.free_upper[height];
+            self.free_upper[height] = upper;
+        }
+        let n = &mut self.nodes[x as usize];
+        let kv = std::mem::take(&mut n.kv);
+        n.key_len = 0;
+        n.prefix = 0;
+        n.height = 0;
+        n.next0 = self.free_node;
+        self.free_node = x;
+        kv
+    }
+
+    /// Assert invariants 1-6 (see the file header). O(n); for tests and debug builds.
+    pub fn check_invariants(&self) {
+        let n_nodes = self.nodes.len();
+        let mut state = vec![0u8; n_nodes]; // 0 unseen, 1 live, 2 free
+        state[0] = 3;
+        let mut upper_used = vec![false; self.upper.len()];
+        upper_used[..HEIGHT_MAX - 1].fill(true);
+        let (mut count, mut bytes) = (0usize, 0usize);
+        let mut x = self.nodes[0].next0;
+        let mut prev_key: Option<&[u8]> = None;
+        while x != NIL {
+            assert_eq!(state[x as usize], 0, "node {x} reached twice at level 0");
+            state[x as usize] = 1;
+            let n = &self.nodes[x as usize];
+            let key = self.node_key(x);
+            if let Some(p) = prev_key {
+                assert!(p < key, "keys out of order at node {x}: {p:?} !< {key:?}");
+            }
+            let h = n.height as usize;
+            assert!(
+                (1..=self.level).contains(&h),
+                "node {x} height {h}, level {}",
+                self.level
+            );
+            assert_eq!(n.prefix, key_prefix(key), "node {x} prefix");
+            for i in 0..h - 1 {
+                let at = n.upper as usize + i;
+                assert!(!upper_used[at], "upper slot {at} shared (node {x})");
+                upper_used[at] = true;
+            }
+            prev_key = Some(key);
+            count += 1;
+            bytes += n.kv.len();
+            x = n.next0;
+        }
+        assert_eq!(count, self.len, "level-0 chain length vs len");
+        assert_eq!(bytes, self.data_bytes, "data_bytes");
+        for level in 1..HEIGHT_MAX {
+            self.check_level(level, &state);
+        }
+        self.check_free_lists(&mut state, &mut upper_used);
+        assert!(
+            state.iter().all(|&s| s != 0),
+            "a node is neither live, free nor head"
+        );
+    }
+
+    /// Invariants 2 and 3 at one level: the chain is the level below filtered by height.
+    fn check_level(&self, level: usize, state: &[u8]) {
+        let mut expect = self.nodes[0].next0;
+        let mut x = self.link(HEAD, level);
+        if level >= self.level {
+            assert_eq!(x, NIL, "head link at level {level} >= level {}", self.level);
+        }
+        loop {
+            while expect != NIL && (self.nodes[expect as usize].height as usize) <= level {
+                expect = self.nodes[expect as usize].next0;
+            }
+            assert_eq!(x, expect, "level {level} chain skips or adds a node");
+            if x == NIL {
+                break;
+            }
+            assert_eq!(state[x as usize], 1, "level {level} links to dead node {x}");
+            x = self.link(x, level);
+            expect = self.nodes[expect as usize].next0;
+        }
+    }
+
+    /// Invariants 5 and 6 for the free lists.
+    fn check_free_lists(&self, state: &mut [u8], upper_used: &mut [bool]) {
+        let mut x = self.free_node;
+        while x != NIL {
+            assert_eq!(state[x as usize], 0, "free node {x} also live or repeated");
+            state[x as usize] = 2;
+            assert!(
+                self.nodes[x as usize].kv.is_empty(),
+                "free node {x} holds bytes"
+            );
+            x = self.nodes[x as usize].next0;
+        }
+        for h in 2..=HEIGHT_MAX {
+            let mut span = self.free_upper[h];
+            while span != 0 {
+                for at in span as usize..span as usize + h - 1 {
+                    assert!(!upper_used[at], "free span {span} (h {h}) overlaps at {at}");
+                    upper_used[at] = true;
+                }
+                span = self.upper[span as usize];
+            }
+        }
+    }
+}
+
+/// Builds a list from entries given in strictly increasing key order, in O(1) per entry
+/// (the snapshot loader's path). The caller checks the order; `push` asserts it.
+pub struct Builder {
+    list: SkipList,
+    /// The last node at each level (the head where there is none yet).
+    tails: [u32; HEIGHT_MAX],
+    last: u32,
+}
+
+impl Builder {
+    pub fn new(seed: u64) -> Builder {
+        Builder {
+            list: SkipList::new(seed),
+            tails: [HEAD; HEIGHT_MAX],
+            last: NIL,
+        }
+    }
+
+    /// The key pushed last.
+    pub fn last_key(&self) -> Option<&[u8]> {
+        (self.last != NIL).then(|| self.list.node_key(self.last))
+    }
+
+    /// Append `key ++ value` (key `key_len` bytes), which must sort after every key so far.
+    pub fn push(&mut self, kv: Box<[u8]>, key_len: usize) {
+        assert!(key_len <= kv.len(), "key_len {key_len} > kv {}", kv.len());
+        if let Some(last) = self.last_key() {
+            assert!(last < &kv[..key_len], "Builder::push out of order");
+        }
+        let height = self.list.random_height();
+        self.list.level = self.list.level.max(height);
+        let x = self.list.alloc_node(kv, key_len, height);
+        for level in 0..height {
+            self.list.set_link(self.tails[level], level, x);
+            self.tails[level] = x;
+        }
+        self.list.len += 1;
+        self.last = x;
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.len == 0
+    }
+
+    pub fn finish(self) -> SkipList {
+        self.list
+    }
+}
+
+/// A forward iterator over `(key, value)` pairs in key order.
+pub struct Iter<'a> {
+    list: &'a SkipList,
+    node: u32,
+    end: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.node == NIL {
+            return None;
+        }
+        let n = &self.list.nodes[self.node as usize];
+        let (key, value) = n.kv.split_at(n.key_len as usize);
+        if let Some(end) = self.end {
+            if key >= end {
+                self.node = NIL;
+                return None;
+            }
+        }
+        self.node = n.next0;
+        Some((key, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn random_key(p: &mut Prng, space: u64) -> Vec<u8> {
+        // Small alphabets and lengths so that keys collide, share prefixes longer and shorter
+        // than 8 bytes, and include the empty key and zero bytes.
+        let len = p.range(0, 12) as usize;
+        let mut k: Vec<u8> = (0..len).map(|_| b"a\0b"[p.range(0, 3) as usize]).collect();
+        if p.chance(1, 2) {
+            k = format!("{}", p.range(0, space)).into_bytes();
+        }
+        k
+    }
+
+    #[test]
+    fn model_test_against_btreemap_over_many_random_operations() {
+        for seed in 1..=3u64 {
+            let mut p = Prng::new(seed);
+            let mut list = SkipList::new(seed);
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for step in 0..40_000u32 {
+                let key = random_key(&mut p, 3000);
+                match p.range(0, 10) {
+                    0..=3 => {
+                        let mut v = vec![0u8; p.range(0, 20) as usize];
+                        p.fill(&mut v);
+                        let old = list.insert(&key, &v);
+                        let want = model.insert(key.clone(), v);
+                        assert_eq!(
+                            old.as_ref().map(|e| e.value()),
+                            want.as_deref(),
+                            "step {step}"
+                        );
+                        if let Some(e) = old {
+                            assert_eq!(e.key(), &key[..]);
+                        }
+                    }
+                    4..=5 => {
+                        let got = list.remove(&key);
+                        let want = model.remove(&key);
+                        assert_eq!(
+                            got.as_ref().map(|e| e.value()),
+                            want.as_deref(),
+                            "step {step}"
+                        );
+                    }
+                    6..=7 => assert_eq!(list.get(&key), model.get(&key).map(|v| &v[..])),
+                    8 => {
+                        let got: Vec<_> = list.seek(&key).take(5).collect();
+                        let want: Vec<_> = model
+                            .range(key.clone()..)
+                            .take(5)
+                            .map(|(k, v)| (&k[..], &v[..]))
+                            .collect();
+                        assert_eq!(got, want, "seek at step {step}");
+                    }
+                    _ => {
+                        let end = random_key(&mut p, 3000);
+                        let got: Vec<_> = list.range(&key, Some(&end)).take(50).collect();
+                        let want: Vec<_> = if key < end {
+                            model
+                                .range(key.clone()..end.clone())
+                                .take(50)
+                                .map(|(k, v)| (&k[..], &v[..]))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        assert_eq!(got, want, "range at step {step}");
+                    }
+                }
+                assert_eq!(list.len(), model.len());
+                if step % 5000 == 0 {
+                    list.check_invariants();
+                }
+            }
+            list.check_invariants();
+            let all: Vec<_> = list.iter().collect();
+            let want: Vec<_> = model.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            assert_eq!(all, want, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn freed_nodes_and_link_spans_are_reused() {
+        let mut list = SkipList::new(9);
+        for i in 0..1000u32 {
+            list.insert(&i.to_be_bytes(), b"v");
+        }
+        let (nodes, upper) = (list.nodes.len(), list.upper.len());
+        for round in 0..5u32 {
+            for i in 0..1000u32 {
+                assert!(list.remove(&i.to_be_bytes()).is_some());
+            }
+            assert!(list.is_empty());
+            list.check_invariants();
+            for i in 0..1000u32 {
+                list.insert(&(i + round).to_be_bytes(), b"w");
+            }
+            list.check_invariants();
+            assert_eq!(list.nodes.len(), nodes, "node arena grew in round {round}");
+            // Heights are redrawn, so spans of one height may run short; growth stays small.
+            assert!(
+                list.upper.len() < upper * 2,
+                "{} vs {upper}",
+                list.upper.len()
+            );
+            for i in 0..1000u32 {
+                list.remove(&(i + round).to_be_bytes());
+            }
+            for i in 0..1000u32 {
+                list.insert(&i.to_be_bytes(), b"v");
+            }
+        }
+    }
+
+    #[test]
+    fn builder_makes_the_same_map_as_inserting() {
+        let mut b = Builder::new(4);
+        let mut list = SkipList::new(5);
+        for i in 0..5000u32 {
+            let key = (i * 7).to_be_bytes();
+            let mut kv = key.to_vec();
+            kv.extend_from_slice(b"val");
+            b.push(kv.into_boxed_slice(), 4);
+            list.insert(&key, b"val");
+        }
+        let built = b.finish();
+        built.check_invariants();
+        assert!(built.iter().eq(list.iter()));
+        assert_eq!(built.get(&70u32.to_be_bytes()), Some(&b"val"[..]));
+        assert_eq!(built.get(&71u32.to_be_bytes()), None);
+    }
+
+    #[test]
+    fn heights_follow_a_quarter_ratio_and_respect_the_cap() {
+        let mut list = SkipList::new(3);
+        let mut counts = [0usize; HEIGHT_MAX + 1];
+        for _ in 0..100_000 {
+            counts[list.random_height()] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        // Expect 75% height 1 and 18.75% height 2; allow generous slack.
+        assert!((73_000..77_000).contains(&counts[1]), "{counts:?}");
+        assert!((17_000..20_500).contains(&counts[2]), "{counts:?}");
+    }
+
+    #[test]
+    fn binary_keys_and_the_empty_key_are_ordered_bytewise() {
+        let mut list = SkipList::new(1);
+        let keys: [&[u8]; 6] = [b"", b"\0", b"\0\0", b"\xff", b"a\0b", b"a"];
+        for k in keys {
+            list.insert(k, k);
+        }
+        let got: Vec<&[u8]> = list.iter().map(|(k, _)| k).collect();
+        let mut want = keys.to_vec();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(list.get(b""), Some(&b""[..]));
+        list.check_invariants();
+    }
+}
