@@ -273,3 +273,146 @@ fn read_record(input: &mut CrcReader<'_>, builder: &mut Builder) -> Result<u64, 
     builder.push(kv, key_len);
     Ok(h)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Request;
+    use crate::prng::Prng;
+
+    fn store_with(n: usize, seed: u64) -> KvStore {
+        let mut kv = KvStore::new(seed);
+        let mut p = Prng::new(seed);
+        for i in 0..n {
+            let mut key = vec![0u8; p.range(0, 24) as usize];
+            p.fill(&mut key);
+            let mut value = vec![0u8; p.range(0, 100) as usize];
+            p.fill(&mut value);
+            let args = vec![b"SET".to_vec(), key, value];
+            let Some(Request::Write(e)) = kv.parse(&args) else {
+                panic!("SET did not parse")
+            };
+            kv.apply(LogIndex(i as u64 + 1), &e);
+        }
+        kv
+    }
+
+    fn snapshot_of(kv: &KvStore) -> (Vec<u8>, u64) {
+        let mut buf = Vec::new();
+        let h = kv.write_snapshot(&mut buf).expect("write to a Vec");
+        (buf, h)
+    }
+
+    fn assert_same(a: &KvStore, b: &KvStore) {
+        assert_eq!(a.applied_index(), b.applied_index());
+        assert_eq!(a.state_hash(), b.state_hash());
+        assert!(a.list().iter().eq(b.list().iter()), "contents differ");
+    }
+
+    #[test]
+    fn empty_small_and_large_states_round_trip_with_the_same_hash() {
+        for n in [0usize, 1, 100, 50_000] {
+            let kv = store_with(n, n as u64 + 1);
+            let (buf, h) = snapshot_of(&kv);
+            assert_eq!(h, kv.state_hash());
+            let mut loaded = store_with(3, 99); // previous contents must be replaced
+            let h2 = loaded.load_snapshot(&mut &buf[..]).expect("loads");
+            assert_eq!(h2, h);
+            assert_same(&kv, &loaded);
+            loaded.check_invariants();
+            // Writing the loaded store again gives the same bytes.
+            assert_eq!(snapshot_of(&loaded).0, buf, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_rejected_and_leaves_the_store_untouched() {
+        let (buf, _) = snapshot_of(&store_with(40, 3));
+        let mut target = store_with(5, 4);
+        let before = target.state_hash();
+        for cut in 0..buf.len() {
+            match target.load_snapshot(&mut &buf[..cut]) {
+                Err(SnapshotError::Truncated { offset }) => assert_eq!(offset, cut as u64),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+            assert_eq!(target.state_hash(), before);
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_rejected() {
+        let (buf, _) = snapshot_of(&store_with(30, 5));
+        let mut target = KvStore::new(1);
+        let before = target.state_hash();
+        for i in 0..buf.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = buf.clone();
+                bad[i] ^= bit;
+                let r = target.load_snapshot(&mut &bad[..]);
+                assert!(r.is_err(), "flip {bit:#x} at byte {i} accepted");
+                assert_eq!(target.state_hash(), before);
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_magic_version_order_and_trailing_bytes_get_clear_errors() {
+        let (buf, _) = snapshot_of(&store_with(3, 6));
+        let mut kv = KvStore::new(1);
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            kv.load_snapshot(&mut &bad[..]),
+            Err(SnapshotError::BadMagic)
+        ));
+        let mut bad = buf.clone();
+        bad[11] = 2;
+        assert!(matches!(
+            kv.load_snapshot(&mut &bad[..]),
+            Err(SnapshotError::Version(2))
+        ));
+        let mut bad = buf.clone();
+        bad.push(0);
+        let e = kv.load_snapshot(&mut &bad[..]).unwrap_err();
+        assert!(e.to_string().contains("after the trailer"), "{e}");
+        // Two records in the wrong order, with a valid CRC: caught by the order check.
+        let mut w = Vec::new();
+        w.extend_from_slice(&MAGIC);
+        w.extend_from_slice(&VERSION.to_be_bytes());
+        w.extend_from_slice(&7u64.to_be_bytes());
+        w.extend_from_slice(&2u64.to_be_bytes());
+        for k in [b"b", b"a"] {
+            w.extend_from_slice(&1u32.to_be_bytes());
+            w.extend_from_slice(&0u32.to_be_bytes());
+            w.extend_from_slice(k);
+        }
+        w.extend_from_slice(&0u64.to_be_bytes());
+        let crc = crc32c::crc32c(&w);
+        w.extend_from_slice(&crc.to_be_bytes());
+        let e = kv.load_snapshot(&mut &w[..]).unwrap_err();
+        assert!(
+            matches!(e, SnapshotError::Corrupt { offset: 37, .. }),
+            "{e}"
+        );
+        // A record claiming a value beyond the limit is refused before allocating it.
+        let mut w = buf[..HEADER_SIZE].to_vec();
+        w.extend_from_slice(&0u32.to_be_bytes());
+        w.extend_from_slice(&u32::MAX.to_be_bytes());
+        let e = kv.load_snapshot(&mut &w[..]).unwrap_err();
+        assert!(e.to_string().contains("VALUE_SIZE_MAX"), "{e}");
+    }
+
+    #[test]
+    fn a_valid_crc_over_a_wrong_state_hash_is_rejected() {
+        let (mut buf, _) = snapshot_of(&store_with(10, 7));
+        let n = buf.len();
+        buf[n - TRAILER_SIZE] ^= 1;
+        let crc = crc32c::crc32c(&buf[..n - 4]);
+        buf[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        let mut kv = KvStore::new(1);
+        assert!(matches!(
+            kv.load_snapshot(&mut &buf[..]),
+            Err(SnapshotError::StateHash { .. })
+        ));
+    }
+}

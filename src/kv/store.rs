@@ -311,3 +311,288 @@ impl StateMachine for KvStore {
         self.list.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run one command as the node would: parse, then apply (at the next index) or query.
+    fn run(kv: &mut KvStore, args: &[&[u8]]) -> Value {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        match kv.parse(&args).expect("a KV command") {
+            Request::Write(p) => {
+                let index = kv.applied_index().next();
+                kv.apply(index, &p)
+            }
+            Request::Read(q) => kv.query(&q),
+            Request::Reply(v) => v,
+        }
+    }
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::Bulk(b.to_vec())
+    }
+
+    fn err(s: &str) -> Value {
+        Value::error(s)
+    }
+
+    #[test]
+    fn set_and_get_follow_redis_including_nx_xx_and_get() {
+        let kv = &mut KvStore::new(1);
+        assert_eq!(run(kv, &[b"GET", b"k"]), Value::Nil);
+        assert_eq!(run(kv, &[b"SET", b"k", b"v", b"XX"]), Value::Nil);
+        assert_eq!(run(kv, &[b"GET", b"k"]), Value::Nil);
+        assert_eq!(run(kv, &[b"SET", b"k", b"v", b"NX"]), Value::ok());
+        assert_eq!(run(kv, &[b"SET", b"k", b"w", b"NX"]), Value::Nil);
+        assert_eq!(run(kv, &[b"GET", b"k"]), bulk(b"v"));
+        assert_eq!(run(kv, &[b"SET", b"k", b"w", b"xx"]), Value::ok());
+        assert_eq!(run(kv, &[b"SET", b"k", b"x", b"GET"]), bulk(b"w"));
+        assert_eq!(run(kv, &[b"SET", b"new", b"1", b"GET"]), Value::Nil);
+        assert_eq!(run(kv, &[b"GET", b"new"]), bulk(b"1"));
+        // NX GET on an existing key: not set, old value returned.
+        assert_eq!(run(kv, &[b"SET", b"k", b"y", b"NX", b"GET"]), bulk(b"x"));
+        assert_eq!(run(kv, &[b"GET", b"k"]), bulk(b"x"));
+        // XX GET on a missing key: not set, nil.
+        assert_eq!(run(kv, &[b"SET", b"zz", b"y", b"XX", b"GET"]), Value::Nil);
+        assert_eq!(run(kv, &[b"EXISTS", b"zz"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"SETNX", b"k", b"q"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"SETNX", b"q", b"q"]), Value::Integer(1));
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn del_exists_mget_mset_strlen_and_dbsize_count_like_redis() {
+        let kv = &mut KvStore::new(2);
+        assert_eq!(
+            run(kv, &[b"MSET", b"a", b"1", b"b", b"22", b"a", b"333"]),
+            Value::ok()
+        );
+        assert_eq!(run(kv, &[b"DBSIZE"]), Value::Integer(2));
+        assert_eq!(run(kv, &[b"GET", b"a"]), bulk(b"333"), "later pair wins");
+        assert_eq!(
+            run(kv, &[b"EXISTS", b"a", b"a", b"nope", b"b"]),
+            Value::Integer(3)
+        );
+        assert_eq!(
+            run(kv, &[b"MGET", b"a", b"nope", b"b"]),
+            Value::Array(vec![bulk(b"333"), Value::Nil, bulk(b"22")])
+        );
+        assert_eq!(run(kv, &[b"STRLEN", b"b"]), Value::Integer(2));
+        assert_eq!(run(kv, &[b"STRLEN", b"nope"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"DEL", b"a", b"a", b"nope"]), Value::Integer(1));
+        assert_eq!(run(kv, &[b"DEL", b"a"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"DBSIZE"]), Value::Integer(1));
+        assert_eq!(
+            run(kv, &[b"dbsize", b"x"]),
+            err("ERR wrong number of arguments for 'dbsize' command")
+        );
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn counters_follow_redis_integer_rules_and_overflow_errors() {
+        let kv = &mut KvStore::new(3);
+        assert_eq!(run(kv, &[b"INCR", b"n"]), Value::Integer(1));
+        assert_eq!(run(kv, &[b"INCRBY", b"n", b"41"]), Value::Integer(42));
+        assert_eq!(run(kv, &[b"DECR", b"n"]), Value::Integer(41));
+        assert_eq!(run(kv, &[b"DECRBY", b"n", b"-9"]), Value::Integer(50));
+        assert_eq!(run(kv, &[b"GET", b"n"]), bulk(b"50"));
+        assert_eq!(run(kv, &[b"DECRBY", b"m", b"5"]), Value::Integer(-5));
+        let not_int = err("ERR value is not an integer or out of range");
+        let overflow = err("ERR increment or decrement would overflow");
+        for v in [
+            &b"abc"[..],
+            b" 1",
+            b"1.5",
+            b"01",
+            b"",
+            b"99999999999999999999",
+        ] {
+            run(kv, &[b"SET", b"s", v]);
+            assert_eq!(run(kv, &[b"INCR", b"s"]), not_int, "{v:?}");
+            assert_eq!(run(kv, &[b"GET", b"s"]), bulk(v), "unchanged after error");
+        }
+        run(kv, &[b"SET", b"big", b"9223372036854775807"]);
+        assert_eq!(run(kv, &[b"INCR", b"big"]), overflow);
+        assert_eq!(
+            run(kv, &[b"INCRBY", b"big", b"0"]),
+            Value::Integer(i64::MAX)
+        );
+        run(kv, &[b"SET", b"small", b"-9223372036854775808"]);
+        assert_eq!(run(kv, &[b"DECR", b"small"]), overflow);
+        assert_eq!(run(kv, &[b"INCRBY", b"x", b"nope"]), not_int);
+        assert_eq!(
+            run(kv, &[b"INCR"]),
+            err("ERR wrong number of arguments for 'incr' command")
+        );
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn append_and_cas_behave_as_documented() {
+        let kv = &mut KvStore::new(4);
+        assert_eq!(run(kv, &[b"APPEND", b"k", b"ab"]), Value::Integer(2));
+        assert_eq!(run(kv, &[b"APPEND", b"k", b"\0\xff"]), Value::Integer(4));
+        assert_eq!(run(kv, &[b"GET", b"k"]), bulk(b"ab\0\xff"));
+        assert_eq!(run(kv, &[b"CAS", b"k", b"ab", b"z"]), Value::Integer(0));
+        assert_eq!(
+            run(kv, &[b"CAS", b"k", b"ab\0\xff", b"z"]),
+            Value::Integer(1)
+        );
+        assert_eq!(run(kv, &[b"GET", b"k"]), bulk(b"z"));
+        // A missing key never matches, not even the empty expected value.
+        assert_eq!(run(kv, &[b"CAS", b"gone", b"", b"z"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"EXISTS", b"gone"]), Value::Integer(0));
+        run(kv, &[b"SET", b"e", b""]);
+        assert_eq!(run(kv, &[b"CAS", b"e", b"", b"full"]), Value::Integer(1));
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn empty_keys_binary_bytes_and_megabyte_values_are_stored_exactly() {
+        let kv = &mut KvStore::new(5);
+        assert_eq!(run(kv, &[b"SET", b"", b"empty key"]), Value::ok());
+        assert_eq!(run(kv, &[b"GET", b""]), bulk(b"empty key"));
+        let binary: Vec<u8> = (0..=255u8).collect();
+        run(kv, &[b"SET", &binary, &binary]);
+        assert_eq!(run(kv, &[b"GET", &binary]), Value::Bulk(binary.clone()));
+        let mib = vec![0xa5u8; VALUE_SIZE_MAX];
+        assert_eq!(run(kv, &[b"SET", b"big", &mib]), Value::ok());
+        assert_eq!(
+            run(kv, &[b"STRLEN", b"big"]),
+            Value::Integer(VALUE_SIZE_MAX as i64)
+        );
+        assert_eq!(
+            run(kv, &[b"APPEND", b"big", b"x"]),
+            err("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+        );
+        assert_eq!(run(kv, &[b"GET", b"big"]), Value::Bulk(mib));
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn range_pages_in_key_order_with_limits_and_an_unbounded_end() {
+        let kv = &mut KvStore::new(6);
+        for i in 0..25u32 {
+            let k = format!("key{i:02}");
+            run(kv, &[b"SET", k.as_bytes(), &i.to_be_bytes()]);
+        }
+        run(kv, &[b"SET", b"other", b"o"]);
+        let keys = |v: Value| -> Vec<Vec<u8>> {
+            match v {
+                Value::Array(items) => items
+                    .chunks(2)
+                    .map(|p| match &p[0] {
+                        Value::Bulk(k) => k.clone(),
+                        x => panic!("{x:?}"),
+                    })
+                    .collect(),
+                x => panic!("{x:?}"),
+            }
+        };
+        let got = keys(run(kv, &[b"RANGE", b"key05", b"key08"]));
+        assert_eq!(
+            got,
+            vec![b"key05".to_vec(), b"key06".to_vec(), b"key07".to_vec()]
+        );
+        // Page through everything three at a time, continuing from last key + "\0".
+        let mut all = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            let page = keys(run(kv, &[b"RANGE", &start, b"", b"LIMIT", b"3"]));
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 3);
+            start = page.last().unwrap().clone();
+            start.push(0);
+            all.extend(page);
+        }
+        assert_eq!(all.len(), 26);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(run(kv, &[b"RANGE", b"z", b"a"]), Value::Array(vec![]));
+        let pair = run(kv, &[b"RANGE", b"key00", b"key01"]);
+        assert_eq!(
+            pair,
+            Value::Array(vec![bulk(b"key00"), bulk(&0u32.to_be_bytes())])
+        );
+    }
+
+    #[test]
+    fn range_replies_stop_near_the_byte_cap_but_always_make_progress() {
+        let kv = &mut KvStore::new(7);
+        let mib = vec![1u8; VALUE_SIZE_MAX];
+        for i in 0..12u8 {
+            run(kv, &[b"SET", &[i], &mib]);
+        }
+        match run(kv, &[b"RANGE", b"", b""]) {
+            Value::Array(items) => {
+                let pairs = items.len() / 2;
+                assert!(
+                    pairs >= 1 && pairs * VALUE_SIZE_MAX <= RANGE_REPLY_SIZE_MAX,
+                    "{pairs}"
+                );
+                assert!(pairs < 12);
+            }
+            x => panic!("{x:?}"),
+        }
+    }
+
+    #[test]
+    fn undecodable_entries_are_answered_with_errors_and_still_applied() {
+        let kv = &mut KvStore::new(8);
+        let v = kv.apply(LogIndex(1), &[9, 9, 9]);
+        assert!(v.is_error(), "{v:?}");
+        assert_eq!(kv.applied_index(), LogIndex(1));
+        assert!(kv.query(&[]).is_error());
+    }
+
+    #[test]
+    #[should_panic(expected = "apply at index 3 but applied is 5")]
+    fn applying_an_old_index_is_a_caller_bug() {
+        let kv = &mut KvStore::new(9);
+        let p = match command::parse(&[b"incr".to_vec(), b"n".to_vec()]) {
+            Some(Request::Write(p)) => p,
+            x => panic!("{x:?}"),
+        };
+        kv.apply(LogIndex(5), &p);
+        kv.apply(LogIndex(3), &p);
+    }
+
+    #[test]
+    fn replicas_applying_the_same_entries_agree_on_the_state_hash() {
+        let mut p = crate::prng::Prng::new(11);
+        let (mut a, mut b) = (KvStore::new(1), KvStore::new(2));
+        let mut entries = Vec::new();
+        for _ in 0..3000 {
+            let key = format!("k{}", p.range(0, 200)).into_bytes();
+            let args: Vec<Vec<u8>> = match p.range(0, 5) {
+                0 => vec![b"SET".to_vec(), key, p.next_u64().to_string().into_bytes()],
+                1 => vec![b"DEL".to_vec(), key],
+                2 => vec![b"INCRBY".to_vec(), key, b"7".to_vec()],
+                3 => vec![b"APPEND".to_vec(), key, b"x".to_vec()],
+                _ => vec![b"CAS".to_vec(), key, b"1".to_vec(), b"2".to_vec()],
+            };
+            if let Some(Request::Write(e)) = a.parse(&args) {
+                entries.push(e);
+            }
+        }
+        for (i, e) in entries.iter().enumerate() {
+            let index = LogIndex(i as u64 + 1);
+            assert_eq!(a.apply(index, e), b.apply(index, e), "reply at {index}");
+            assert_eq!(a.state_hash(), b.state_hash(), "hash at {index}");
+        }
+        a.check_invariants();
+        b.check_invariants();
+        // A single differing value changes the hash.
+        let h = a.state_hash();
+        let e = match a.parse(&[b"SET".to_vec(), b"k1".to_vec(), b"different".to_vec()]) {
+            Some(Request::Write(e)) => e,
+            x => panic!("{x:?}"),
+        };
+        let next = a.applied_index().next();
+        a.apply(next, &e);
+        assert_ne!(a.state_hash(), h);
+    }
+}
