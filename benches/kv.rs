@@ -124,6 +124,20 @@ fn main() {
         }
         black_box(total);
     });
+    let s_compact = time(|| list.compact());
+    let s_mem_compact = live() - base;
+    let s_hit_c = time(|| {
+        for &i in &order {
+            black_box(list.get(&ks[i]));
+        }
+    });
+    let s_scan_c = time(|| {
+        let mut total = 0usize;
+        for (k, v) in list.iter() {
+            total += k.len() + v[0] as usize;
+        }
+        black_box(total);
+    });
     let s_remove = time(|| {
         for &i in &order {
             black_box(list.remove(&ks[i]));
@@ -164,11 +178,41 @@ fn main() {
     });
     drop(map);
 
-    rows.push(Row { name: "insert", skip: s_insert, btree: b_insert });
-    rows.push(Row { name: "get (hit)", skip: s_hit, btree: b_hit });
-    rows.push(Row { name: "get (miss)", skip: s_miss, btree: b_miss });
-    rows.push(Row { name: "full ordered scan", skip: s_scan, btree: b_scan });
-    rows.push(Row { name: "remove", skip: s_remove, btree: b_remove });
+    rows.push(Row {
+        name: "insert",
+        skip: s_insert,
+        btree: b_insert,
+    });
+    rows.push(Row {
+        name: "get (hit)",
+        skip: s_hit,
+        btree: b_hit,
+    });
+    rows.push(Row {
+        name: "get (miss)",
+        skip: s_miss,
+        btree: b_miss,
+    });
+    rows.push(Row {
+        name: "full ordered scan",
+        skip: s_scan,
+        btree: b_scan,
+    });
+    rows.push(Row {
+        name: "get (hit), compacted",
+        skip: s_hit_c,
+        btree: b_hit,
+    });
+    rows.push(Row {
+        name: "scan, compacted",
+        skip: s_scan_c,
+        btree: b_scan,
+    });
+    rows.push(Row {
+        name: "remove",
+        skip: s_remove,
+        btree: b_remove,
+    });
 
     // --- the state machine: apply SETs, snapshot write and load (vs. the same format by hand
     // over a BTreeMap).
@@ -176,7 +220,11 @@ fn main() {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let args = vec![b"SET".to_vec(), k.to_vec(), value_for(i, &template).to_vec()];
+            let args = vec![
+                b"SET".to_vec(),
+                k.to_vec(),
+                value_for(i, &template).to_vec(),
+            ];
             match KvStore::new(0).parse(&args) {
                 Some(Request::Write(e)) => e,
                 other => panic!("{other:?}"),
@@ -202,8 +250,16 @@ fn main() {
     });
     drop(loaded);
     let (b_write, b_load) = btree_snapshot(&ks, &template, &snap);
-    rows.push(Row { name: "snapshot write", skip: s_write, btree: b_write });
-    rows.push(Row { name: "snapshot load", skip: s_load, btree: b_load });
+    rows.push(Row {
+        name: "snapshot write",
+        skip: s_write,
+        btree: b_write,
+    });
+    rows.push(Row {
+        name: "snapshot load",
+        skip: s_load,
+        btree: b_load,
+    });
 
     println!("kv bench: {n} random {KEY_SIZE}-byte keys, {VALUE_SIZE}-byte values");
     println!(
@@ -219,14 +275,27 @@ fn main() {
             r.skip / r.btree
         );
     }
-    println!("{:<20} {:>14.0}   (KvStore::apply of encoded SET entries)", "apply SET", n as f64 / apply);
+    println!(
+        "{:<20} {:>14.0}   (KvStore::apply of encoded SET entries)",
+        "apply SET",
+        n as f64 / apply
+    );
     println!(
         "memory beyond key+value bytes per entry: skiplist {:.1} B (own count: {:.1} B), BTreeMap {:.1} B",
         (s_mem as f64 - data_bytes as f64) / n as f64,
         s_self as f64 / n as f64,
         (b_mem as f64 - data_bytes as f64) / n as f64
     );
-    println!("snapshot size: {} bytes ({:.1} B/entry)", snap.len(), snap.len() as f64 / n as f64);
+    println!(
+        "after compact() ({:.0} ms): skiplist {:.1} B/entry beyond key+value",
+        s_compact * 1e3,
+        (s_mem_compact as f64 - data_bytes as f64) / n as f64
+    );
+    println!(
+        "snapshot size: {} bytes ({:.1} B/entry)",
+        snap.len(),
+        snap.len() as f64 / n as f64
+    );
 }
 
 /// The snapshot format written from and read into a BTreeMap by hand, for comparison.
@@ -261,7 +330,10 @@ fn btree_snapshot(ks: &[[u8; KEY_SIZE]], template: &[u8; VALUE_SIZE], snap: &[u8
             let kl = u32::from_be_bytes(snap[at..at + 4].try_into().unwrap()) as usize;
             let vl = u32::from_be_bytes(snap[at + 4..at + 8].try_into().unwrap()) as usize;
             at += 8;
-            m.insert(snap[at..at + kl].to_vec(), snap[at + kl..at + kl + vl].to_vec());
+            m.insert(
+                snap[at..at + kl].to_vec(),
+                snap[at + kl..at + kl + vl].to_vec(),
+            );
             at += kl + vl;
         }
         black_box(crc32c::crc32c(&snap[..end]));
