@@ -5,28 +5,36 @@
 //! # Layout
 //!
 //! Nodes live in one `Vec<Node>`; a link is a `u32` index into it. Node 0 is the head: it has
-//! the full height and no key, and nothing ever links to it, so index 0 doubles as "nil".
-//! A node's level-0 link is stored inline (scans touch nothing else); its links for levels
-//! `1..height` live in a separate arena `upper: Vec<u32>` at `upper[node.upper ..][..height-1]`,
-//! so the three quarters of nodes that have height 1 pay nothing for upper levels.
-//! Key and value share one boxed slice (`key ++ value`); the first 8 key bytes are also kept
-//! big-endian in `prefix`, so most comparisons are decided without touching the boxed bytes.
-//! Heights are drawn from a seeded `Prng` with p = 1/4, capped at `HEIGHT_MAX`.
-//! Removed nodes go on a free list threaded through `next0`; their upper-link spans go on a
-//! free list per height threaded through the span's first slot. Both are reused first.
+//! no key, and nothing ever links to it, so index 0 doubles as "nil". A node holds its key and
+//! value in one boxed slice (`key ++ value`), the first 8 key bytes big-endian in `prefix` (so
+//! most comparisons never touch the boxed bytes) and its level-0 link `next0` inline.
+//!
+//! The express lanes (levels `1..height`) live apart, in `upper: Vec<u32>`. A node of height
+//! h >= 2 owns a span there of h + 2 slots: `[node, prefix_hi, prefix_lo, link_1 .. link_{h-1}]`,
+//! and its upper links point at other nodes' *spans*. A search therefore runs the upper levels
+//! entirely inside this small, dense arena (a quarter of the nodes, ~4 bytes per key) and only
+//! touches `nodes` for the last steps at level 0. The head's span is at offset 0 (so span 0
+//! doubles as "nil" too); height-1 nodes (three quarters of them) have no span.
+//!
+//! Heights are drawn from a seeded `Prng` with p = 1/4, capped at `HEIGHT_MAX`. Removed nodes
+//! go on a free list threaded through `next0`, their spans on a free list per height threaded
+//! through the span's first slot; both are reused first. `compact` renumbers the arena in key
+//! order.
 //!
 //! # Invariants (checked by `check_invariants`)
 //!
 //! 1. The level-0 chain from the head visits every live node exactly once, in strictly
 //!    increasing key order (bytewise, shorter-is-less), and its length is `len`.
-//! 2. For every level `l >= 1`, the level-`l` chain is the subsequence of the level-`l - 1`
-//!    chain made of exactly the nodes whose height is `> l`.
-//! 3. `1 <= height <= HEIGHT_MAX` for every live node, and `level` is at least the height of
-//!    every live node (the head's links at levels `>= level` are nil).
-//! 4. `prefix` equals the first 8 key bytes, big-endian, zero-padded; `key_len <= kv.len()`.
+//! 2. For every level `l >= 1`, the level-`l` chain of spans from the head's span, mapped to
+//!    their nodes, is the subsequence of the level-0 chain made of exactly the nodes whose
+//!    height is `> l`.
+//! 3. `1 <= height <= level <= HEIGHT_MAX` for every live node; the head's links at levels
+//!    `>= level` are nil.
+//! 4. `prefix` (in the node, and in its span) equals the first 8 key bytes, big-endian,
+//!    zero-padded; a span's `node` slot names its owner.
 //! 5. Every node is exactly one of: the head, live, or on the free list (with an empty `kv`);
 //!    `data_bytes` is the sum of live `kv` lengths.
-//! 6. Live upper-link spans and free spans never overlap.
+//! 6. Live spans and free spans never overlap.
 
 use crate::prng::Prng;
 use std::cmp::Ordering;
@@ -39,6 +47,16 @@ pub const NODES_MAX: usize = u32::MAX as usize;
 
 const NIL: u32 = 0;
 const HEAD: u32 = 0;
+/// The head's span, and "no span".
+const HEAD_SPAN: u32 = 0;
+const SPAN_NODE: usize = 0;
+const SPAN_PREFIX: usize = 1;
+const SPAN_LINKS: usize = 3;
+
+/// Slots of the span of a node of `height` (>= 2).
+const fn span_len(height: usize) -> usize {
+    SPAN_LINKS + height - 1
+}
 
 #[derive(Debug)]
 struct Node {
@@ -49,8 +67,8 @@ struct Node {
     key_len: u32,
     /// Level-0 successor (or next free node when free).
     next0: u32,
-    /// Offset in `upper` of this node's links for levels `1..height`.
-    upper: u32,
+    /// Offset of this node's span in `upper` (height >= 2 only).
+    span: u32,
     height: u8,
 }
 
@@ -76,9 +94,8 @@ pub struct SkipList {
     upper: Vec<u32>,
     /// Head of the free node list (0 = empty).
     free_node: u32,
-    /// For each height h in 2..=HEIGHT_MAX, the first free span of h - 1 upper links (0 = none;
-    /// offset 0 is the head's span, which is never free).
-    free_upper: [u32; HEIGHT_MAX + 1],
+    /// For each height h in 2..=HEIGHT_MAX, the first free span for that height (0 = none).
+    free_span: [u32; HEIGHT_MAX + 1],
     /// Levels in use: every live node's height is <= level.
     level: usize,
     len: usize,
@@ -93,27 +110,37 @@ fn key_prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// Predecessors found by a search: `[0]` is a node index, `[1..]` are span offsets.
+type Prev = [u32; HEIGHT_MAX];
+
 impl SkipList {
     /// An empty list whose node heights are drawn from a generator seeded with `seed`.
     pub fn new(seed: u64) -> SkipList {
-        let head = Node {
-            kv: Box::default(),
-            prefix: 0,
-            key_len: 0,
-            next0: NIL,
-            upper: 0,
-            height: HEIGHT_MAX as u8,
-        };
-        SkipList {
-            nodes: vec![head],
-            upper: vec![NIL; HEIGHT_MAX - 1],
+        SkipList::with_capacity(seed, 0, 0)
+    }
+
+    fn with_capacity(seed: u64, nodes: usize, upper: usize) -> SkipList {
+        let mut list = SkipList {
+            nodes: Vec::with_capacity(nodes + 1),
+            upper: Vec::with_capacity(upper + span_len(HEIGHT_MAX)),
             free_node: NIL,
-            free_upper: [0; HEIGHT_MAX + 1],
+            free_span: [HEAD_SPAN; HEIGHT_MAX + 1],
             level: 1,
             len: 0,
             data_bytes: 0,
             prng: Prng::new(seed),
-        }
+        };
+        list.nodes.push(Node {
+            kv: Box::default(),
+            prefix: 0,
+            key_len: 0,
+            next0: NIL,
+            span: HEAD_SPAN,
+            height: HEIGHT_MAX as u8,
+        });
+        // The head span: node HEAD, prefix 0, all links nil.
+        list.upper.resize(span_len(HEIGHT_MAX), NIL);
+        list
     }
 
     /// Number of keys.
@@ -130,7 +157,7 @@ impl SkipList {
         self.data_bytes
     }
 
-    /// Heap bytes the list holds beyond the key and value bytes (node and link arenas,
+    /// Heap bytes the list holds beyond the key and value bytes (node and span arenas,
     /// counted by capacity).
     pub fn overhead_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
@@ -138,23 +165,13 @@ impl SkipList {
     }
 
     #[inline]
-    fn link(&self, x: u32, level: usize) -> u32 {
-        let n = &self.nodes[x as usize];
-        if level == 0 {
-            n.next0
-        } else {
-            self.upper[n.upper as usize + level - 1]
-        }
+    fn up_link(&self, span: u32, level: usize) -> u32 {
+        self.upper[span as usize + SPAN_LINKS + level - 1]
     }
 
     #[inline]
-    fn set_link(&mut self, x: u32, level: usize, to: u32) {
-        if level == 0 {
-            self.nodes[x as usize].next0 = to;
-        } else {
-            let at = self.nodes[x as usize].upper as usize + level - 1;
-            self.upper[at] = to;
-        }
+    fn set_up_link(&mut self, span: u32, level: usize, to: u32) {
+        self.upper[span as usize + SPAN_LINKS + level - 1] = to;
     }
 
     #[inline]
@@ -173,51 +190,63 @@ impl SkipList {
         }
     }
 
-    /// The last node with a key < `key` at every level (the head where there is none), and
-    /// the first node with a key >= `key` (or nil).
-    fn find_prev(&self, key: &[u8], prev: &mut [u32; HEIGHT_MAX]) -> u32 {
-        let prefix = key_prefix(key);
-        let mut x = HEAD;
-        // A node already found >= key at a higher level need not be compared again.
-        let mut known_ge = NIL;
-        for level in (0..self.level).rev() {
-            loop {
-                let next = self.link(x, level);
-                if next == NIL || next == known_ge {
-                    break;
-                }
-                if self.cmp_node(next, key, prefix) == Ordering::Less {
-                    x = next;
-                } else {
-                    known_ge = next;
-                    break;
-                }
-            }
-            prev[level] = x;
+    /// The key of span `s`'s node compared with `key`, from the span's copy of the prefix.
+    #[inline]
+    fn cmp_span(&self, s: u32, key: &[u8], prefix: u64) -> Ordering {
+        let at = s as usize;
+        let p = u64::from(self.upper[at + SPAN_PREFIX]) << 32
+            | u64::from(self.upper[at + SPAN_PREFIX + 1]);
+        match p.cmp(&prefix) {
+            Ordering::Equal => self.node_key(self.upper[at + SPAN_NODE]).cmp(key),
+            other => other,
         }
-        self.link(x, 0)
     }
 
-    /// The first node with key >= `key`, or nil.
-    fn seek_node(&self, key: &[u8]) -> u32 {
+    /// Walk down to `key`: fills `prev` (if given) with the last node/span < `key` at every
+    /// level in use, and returns the first node with a key >= `key` (or nil).
+    #[inline]
+    fn search(&self, key: &[u8], mut prev: Option<&mut Prev>) -> u32 {
         let prefix = key_prefix(key);
-        let mut x = HEAD;
-        let mut known_ge = NIL;
-        for level in (0..self.level).rev() {
+        let mut s = HEAD_SPAN;
+        // A span already found >= key at a higher level need not be compared again.
+        let mut known_ge = HEAD_SPAN;
+        for level in (1..self.level).rev() {
             loop {
-                let next = self.link(x, level);
-                if next == NIL || next == known_ge {
+                let next = self.up_link(s, level);
+                if next == HEAD_SPAN || next == known_ge {
                     break;
                 }
-                if self.cmp_node(next, key, prefix) == Ordering::Less {
-                    x = next;
+                if self.cmp_span(next, key, prefix) == Ordering::Less {
+                    s = next;
                 } else {
                     known_ge = next;
                     break;
                 }
             }
+            if let Some(p) = prev.as_deref_mut() {
+                p[level] = s;
+            }
         }
-        self.link(x, 0)
+        let mut x = self.upper[s as usize + SPAN_NODE];
+        let known_ge = match known_ge {
+            HEAD_SPAN => NIL,
+            span => self.upper[span as usize + SPAN_NODE],
+        };
+        loop {
+            let next = self.nodes[x as usize].next0;
+            if next == NIL || next == known_ge {
+                break;
+            }
+            if self.cmp_node(next, key, prefix) == Ordering::Less {
+                x = next;
+            } else {
+                break;
+            }
+        }
+        if let Some(p) = prev {
+            p[0] = x;
+        }
+        self.nodes[x as usize].next0
     }
 
     /// Whether node `x` holds exactly `key`; the inline prefix and length usually decide
@@ -229,12 +258,12 @@ impl SkipList {
         let n = &self.nodes[x as usize];
         n.key_len as usize == key.len()
             && n.prefix == key_prefix(key)
-            && (key.len() <= 8 || &n.kv[8..key.len()] == &key[8..])
+            && (key.len() <= 8 || n.kv[8..key.len()] == key[8..])
     }
 
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let x = self.seek_node(key);
+        let x = self.search(key, None);
         if self.is_key(x, key) {
             let n = &self.nodes[x as usize];
             Some(&n.kv[n.key_len as usize..])
@@ -255,24 +284,24 @@ impl SkipList {
     pub fn insert_kv(&mut self, kv: Box<[u8]>, key_len: usize) -> Option<Entry> {
         assert!(key_len <= kv.len(), "key_len {key_len} > kv {}", kv.len());
         assert!(key_len <= u32::MAX as usize, "key of {key_len} bytes");
-        let mut prev = [HEAD; HEIGHT_MAX];
-        let at = self.find_prev(&kv[..key_len], &mut prev);
+        let mut prev = [HEAD; HEIGHT_MAX]; // HEAD == HEAD_SPAN: right for unused levels
+        let at = self.search(&kv[..key_len], Some(&mut prev));
         if self.is_key(at, &kv[..key_len]) {
             self.data_bytes = self.data_bytes - self.nodes[at as usize].kv.len() + kv.len();
             let old = std::mem::replace(&mut self.nodes[at as usize].kv, kv);
             return Some(Entry { kv: old, key_len });
         }
         let height = self.random_height();
-        if height > self.level {
-            // prev[level..height] are already HEAD.
-            self.level = height;
-        }
+        self.level = self.level.max(height);
         let prefix = key_prefix(&kv[..key_len]);
         let x = self.alloc_node(kv, key_len, prefix, height);
-        for (level, &p) in prev.iter().enumerate().take(height) {
-            let next = self.link(p, level);
-            self.set_link(x, level, next);
-            self.set_link(p, level, x);
+        self.nodes[x as usize].next0 = self.nodes[prev[0] as usize].next0;
+        self.nodes[prev[0] as usize].next0 = x;
+        let span = self.nodes[x as usize].span;
+        for (level, &p) in prev.iter().enumerate().take(height).skip(1) {
+            let next = self.up_link(p, level);
+            self.set_up_link(span, level, next);
+            self.set_up_link(p, level, span);
         }
         self.len += 1;
         None
@@ -281,17 +310,21 @@ impl SkipList {
     /// Remove `key`, returning its entry.
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let mut prev = [HEAD; HEIGHT_MAX];
-        let x = self.find_prev(key, &mut prev);
+        let x = self.search(key, Some(&mut prev));
         if !self.is_key(x, key) {
             return None;
         }
-        let height = self.nodes[x as usize].height as usize;
-        for (level, &p) in prev.iter().enumerate().take(height) {
-            debug_assert_eq!(self.link(p, level), x);
-            let next = self.link(x, level);
-            self.set_link(p, level, next);
+        let (height, span) = {
+            let n = &self.nodes[x as usize];
+            (n.height as usize, n.span)
+        };
+        self.nodes[prev[0] as usize].next0 = self.nodes[x as usize].next0;
+        for (level, &p) in prev.iter().enumerate().take(height).skip(1) {
+            debug_assert_eq!(self.up_link(p, level), span);
+            let next = self.up_link(span, level);
+            self.set_up_link(p, level, next);
         }
-        while self.level > 1 && self.link(HEAD, self.level - 1) == NIL {
+        while self.level > 1 && self.up_link(HEAD_SPAN, self.level - 1) == HEAD_SPAN {
             self.level -= 1;
         }
         self.len -= 1;
@@ -312,7 +345,7 @@ impl SkipList {
     pub fn range<'a>(&'a self, start: &[u8], end: Option<&'a [u8]>) -> Iter<'a> {
         Iter {
             list: self,
-            node: self.seek_node(start),
+            node: self.search(start, None),
             end,
         }
     }
@@ -337,26 +370,12 @@ impl SkipList {
     pub fn compact(&mut self) {
         let mut old = std::mem::take(&mut self.nodes);
         let upper_len = self.upper.len();
-        self.upper = Vec::new();
         let mut b = Builder {
-            list: SkipList {
-                nodes: Vec::with_capacity(self.len + 1),
-                upper: Vec::with_capacity(upper_len.min((self.len / 2).max(16)) + HEIGHT_MAX),
-                prng: self.prng.clone(),
-                ..SkipList::new(0)
-            },
+            list: SkipList::with_capacity(0, self.len, upper_len),
             tails: [HEAD; HEIGHT_MAX],
             last: NIL,
         };
-        b.list.nodes.push(Node {
-            kv: Box::default(),
-            prefix: 0,
-            key_len: 0,
-            next0: NIL,
-            upper: 0,
-            height: HEIGHT_MAX as u8,
-        });
-        b.list.upper.resize(HEIGHT_MAX - 1, NIL);
+        b.list.prng = self.prng.clone();
         let mut x = old[HEAD as usize].next0;
         while x != NIL {
             let n = &mut old[x as usize];
@@ -375,60 +394,72 @@ impl SkipList {
         1 + ((bits.trailing_zeros() / 2) as usize).min(HEIGHT_MAX - 1)
     }
 
+    /// A node (and its span, filled in) with nil links.
     fn alloc_node(&mut self, kv: Box<[u8]>, key_len: usize, prefix: u64, height: usize) -> u32 {
         debug_assert_eq!(prefix, key_prefix(&kv[..key_len]));
-        let upper = self.alloc_upper(height);
         self.data_bytes += kv.len();
+        let x = if self.free_node != NIL {
+            self.free_node
+        } else {
+            assert!(self.nodes.len() < NODES_MAX, "skiplist arena full");
+            self.nodes.len() as u32
+        };
+        let span = self.alloc_span(height);
+        if span != HEAD_SPAN {
+            let at = span as usize;
+            self.upper[at + SPAN_NODE] = x;
+            self.upper[at + SPAN_PREFIX] = (prefix >> 32) as u32;
+            self.upper[at + SPAN_PREFIX + 1] = prefix as u32;
+            self.upper[at + SPAN_LINKS..at + span_len(height)].fill(HEAD_SPAN);
+        }
         let node = Node {
             prefix,
             kv,
             key_len: key_len as u32,
             next0: NIL,
-            upper,
+            span,
             height: height as u8,
         };
-        if self.free_node != NIL {
-            let x = self.free_node;
+        if x == self.free_node {
             self.free_node = self.nodes[x as usize].next0;
             self.nodes[x as usize] = node;
-            x
         } else {
-            assert!(self.nodes.len() < NODES_MAX, "skiplist arena full");
             self.nodes.push(node);
-            (self.nodes.len() - 1) as u32
         }
+        x
     }
 
-    fn alloc_upper(&mut self, height: usize) -> u32 {
+    fn alloc_span(&mut self, height: usize) -> u32 {
         if height == 1 {
-            return 0;
+            return HEAD_SPAN;
         }
-        let free = self.free_upper[height];
-        if free != 0 {
-            self.free_upper[height] = self.upper[free as usize];
+        let free = self.free_span[height];
+        if free != HEAD_SPAN {
+            self.free_span[height] = self.upper[free as usize];
             return free;
         }
         let at = self.upper.len();
-        assert!(at + height <= u32::MAX as usize, "upper-link arena full");
-        self.upper.resize(at + height - 1, NIL);
+        assert!(at + span_len(height) <= u32::MAX as usize, "span arena full");
+        self.upper.resize(at + span_len(height), NIL);
         at as u32
     }
 
     /// Put `x` on the free lists and return its key and value.
     fn free_node(&mut self, x: u32) -> Box<[u8]> {
-        let (height, upper) = {
+        let (height, span) = {
             let n = &self.nodes[x as usize];
-            (n.height as usize, n.upper)
+            (n.height as usize, n.span)
         };
         if height > 1 {
-            self.upper[upper as usize] = self.free_upper[height];
-            self.free_upper[height] = upper;
+            self.upper[span as usize] = self.free_span[height];
+            self.free_span[height] = span;
         }
         let n = &mut self.nodes[x as usize];
         let kv = std::mem::take(&mut n.kv);
         n.key_len = 0;
         n.prefix = 0;
         n.height = 0;
+        n.span = HEAD_SPAN;
         n.next0 = self.free_node;
         self.free_node = x;
         kv
@@ -436,13 +467,12 @@ impl SkipList {
 
     /// Assert invariants 1-6 (see the file header). O(n); for tests and debug builds.
     pub fn check_invariants(&self) {
-        let n_nodes = self.nodes.len();
-        let mut state = vec![0u8; n_nodes]; // 0 unseen, 1 live, 2 free
-        state[0] = 3;
-        let mut upper_used = vec![false; self.upper.len()];
-        upper_used[..HEIGHT_MAX - 1].fill(true);
+        let mut state = vec![0u8; self.nodes.len()]; // 0 unseen, 1 live, 2 free, 3 head
+        state[HEAD as usize] = 3;
+        let mut span_used = vec![false; self.upper.len()];
+        span_used[..span_len(HEIGHT_MAX)].fill(true);
         let (mut count, mut bytes) = (0usize, 0usize);
-        let mut x = self.nodes[0].next0;
+        let mut x = self.nodes[HEAD as usize].next0;
         let mut prev_key: Option<&[u8]> = None;
         while x != NIL {
             assert_eq!(state[x as usize], 0, "node {x} reached twice at level 0");
@@ -453,16 +483,13 @@ impl SkipList {
                 assert!(p < key, "keys out of order at node {x}: {p:?} !< {key:?}");
             }
             let h = n.height as usize;
-            assert!(
-                (1..=self.level).contains(&h),
-                "node {x} height {h}, level {}",
-                self.level
-            );
+            assert!((1..=self.level).contains(&h), "node {x} height {h}, level {}", self.level);
             assert_eq!(n.prefix, key_prefix(key), "node {x} prefix");
-            for i in 0..h - 1 {
-                let at = n.upper as usize + i;
-                assert!(!upper_used[at], "upper slot {at} shared (node {x})");
-                upper_used[at] = true;
+            if h > 1 {
+                let at = n.span as usize;
+                assert_eq!(self.upper[at + SPAN_NODE], x, "span {at} names another node");
+                assert_eq!(self.cmp_span(n.span, key, n.prefix), Ordering::Equal);
+                mark_span(&mut span_used, at, h);
             }
             prev_key = Some(key);
             count += 1;
@@ -474,56 +501,57 @@ impl SkipList {
         for level in 1..HEIGHT_MAX {
             self.check_level(level, &state);
         }
-        self.check_free_lists(&mut state, &mut upper_used);
-        assert!(
-            state.iter().all(|&s| s != 0),
-            "a node is neither live, free nor head"
-        );
+        self.check_free_lists(&mut state, &mut span_used);
+        assert!(state.iter().all(|&s| s != 0), "a node is neither live, free nor head");
     }
 
-    /// Invariants 2 and 3 at one level: the chain is the level below filtered by height.
+    /// Invariants 2 and 3 at one level: the chain is the level-0 chain filtered by height.
     fn check_level(&self, level: usize, state: &[u8]) {
-        let mut expect = self.nodes[0].next0;
-        let mut x = self.link(HEAD, level);
+        let mut expect = self.nodes[HEAD as usize].next0;
+        let mut s = self.up_link(HEAD_SPAN, level);
         if level >= self.level {
-            assert_eq!(x, NIL, "head link at level {level} >= level {}", self.level);
+            assert_eq!(s, HEAD_SPAN, "head link at level {level} >= level {}", self.level);
         }
         loop {
             while expect != NIL && (self.nodes[expect as usize].height as usize) <= level {
                 expect = self.nodes[expect as usize].next0;
             }
-            assert_eq!(x, expect, "level {level} chain skips or adds a node");
-            if x == NIL {
+            if s == HEAD_SPAN {
+                assert_eq!(expect, NIL, "level {level} chain ends early");
                 break;
             }
+            let x = self.upper[s as usize + SPAN_NODE];
+            assert_eq!(x, expect, "level {level} chain skips or adds a node");
             assert_eq!(state[x as usize], 1, "level {level} links to dead node {x}");
-            x = self.link(x, level);
+            s = self.up_link(s, level);
             expect = self.nodes[expect as usize].next0;
         }
     }
 
     /// Invariants 5 and 6 for the free lists.
-    fn check_free_lists(&self, state: &mut [u8], upper_used: &mut [bool]) {
+    fn check_free_lists(&self, state: &mut [u8], span_used: &mut [bool]) {
         let mut x = self.free_node;
         while x != NIL {
             assert_eq!(state[x as usize], 0, "free node {x} also live or repeated");
             state[x as usize] = 2;
-            assert!(
-                self.nodes[x as usize].kv.is_empty(),
-                "free node {x} holds bytes"
-            );
+            assert!(self.nodes[x as usize].kv.is_empty(), "free node {x} holds bytes");
             x = self.nodes[x as usize].next0;
         }
         for h in 2..=HEIGHT_MAX {
-            let mut span = self.free_upper[h];
-            while span != 0 {
-                for at in span as usize..span as usize + h - 1 {
-                    assert!(!upper_used[at], "free span {span} (h {h}) overlaps at {at}");
-                    upper_used[at] = true;
-                }
+            let mut span = self.free_span[h];
+            while span != HEAD_SPAN {
+                mark_span(span_used, span as usize, h);
                 span = self.upper[span as usize];
             }
         }
+    }
+}
+
+/// Mark the slots of the span at `at` for a node of `height`, asserting none was taken.
+fn mark_span(used: &mut [bool], at: usize, height: usize) {
+    for (i, slot) in used[at..at + span_len(height)].iter_mut().enumerate() {
+        assert!(!*slot, "span at {at} (height {height}) overlaps at slot {}", at + i);
+        *slot = true;
     }
 }
 
@@ -531,8 +559,8 @@ impl SkipList {
 /// (the snapshot loader's path). The caller checks the order; `push` asserts it.
 pub struct Builder {
     list: SkipList,
-    /// The last node at each level (the head where there is none yet).
-    tails: [u32; HEIGHT_MAX],
+    /// The last node (`[0]`) and span (`[1..]`) at each level; the head where none yet.
+    tails: Prev,
     last: u32,
 }
 
@@ -565,9 +593,12 @@ impl Builder {
     fn push_node(&mut self, kv: Box<[u8]>, key_len: usize, prefix: u64, height: usize) {
         self.list.level = self.list.level.max(height);
         let x = self.list.alloc_node(kv, key_len, prefix, height);
-        for level in 0..height {
-            self.list.set_link(self.tails[level], level, x);
-            self.tails[level] = x;
+        self.list.nodes[self.tails[0] as usize].next0 = x;
+        self.tails[0] = x;
+        let span = self.list.nodes[x as usize].span;
+        for level in 1..height {
+            self.list.set_up_link(self.tails[level], level, span);
+            self.tails[level] = span;
         }
         self.list.len += 1;
         self.last = x;
