@@ -791,8 +791,14 @@ mod tests {
         for _ in 0..20_000 {
             let mut buf = vec![0u8; p.range(0, 40) as usize];
             p.fill(&mut buf);
-            if !buf.is_empty() {
-                buf[0] = 1;
+            if buf.len() >= 2 {
+                const OPS: [u8; 13] = [1, 2, 3, 4, 5, 6, 7, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46];
+                buf[0] = FORMAT_VERSION;
+                buf[1] = OPS[p.range(0, OPS.len() as u64) as usize];
+                // Small lengths and counts, so that decoding gets past the first field.
+                if buf.len() >= 6 && p.chance(1, 2) {
+                    buf[2..6].copy_from_slice(&(p.range(0, 8) as u32).to_be_bytes());
+                }
             }
             let _ = decode_write(&buf);
             let _ = decode_read(&buf);

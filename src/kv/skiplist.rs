@@ -439,7 +439,10 @@ impl SkipList {
             return free;
         }
         let at = self.upper.len();
-        assert!(at + span_len(height) <= u32::MAX as usize, "span arena full");
+        assert!(
+            at + span_len(height) <= u32::MAX as usize,
+            "span arena full"
+        );
         self.upper.resize(at + span_len(height), NIL);
         at as u32
     }
@@ -483,11 +486,19 @@ impl SkipList {
                 assert!(p < key, "keys out of order at node {x}: {p:?} !< {key:?}");
             }
             let h = n.height as usize;
-            assert!((1..=self.level).contains(&h), "node {x} height {h}, level {}", self.level);
+            assert!(
+                (1..=self.level).contains(&h),
+                "node {x} height {h}, level {}",
+                self.level
+            );
             assert_eq!(n.prefix, key_prefix(key), "node {x} prefix");
             if h > 1 {
                 let at = n.span as usize;
-                assert_eq!(self.upper[at + SPAN_NODE], x, "span {at} names another node");
+                assert_eq!(
+                    self.upper[at + SPAN_NODE],
+                    x,
+                    "span {at} names another node"
+                );
                 assert_eq!(self.cmp_span(n.span, key, n.prefix), Ordering::Equal);
                 mark_span(&mut span_used, at, h);
             }
@@ -502,7 +513,10 @@ impl SkipList {
             self.check_level(level, &state);
         }
         self.check_free_lists(&mut state, &mut span_used);
-        assert!(state.iter().all(|&s| s != 0), "a node is neither live, free nor head");
+        assert!(
+            state.iter().all(|&s| s != 0),
+            "a node is neither live, free nor head"
+        );
     }
 
     /// Invariants 2 and 3 at one level: the chain is the level-0 chain filtered by height.
@@ -510,7 +524,11 @@ impl SkipList {
         let mut expect = self.nodes[HEAD as usize].next0;
         let mut s = self.up_link(HEAD_SPAN, level);
         if level >= self.level {
-            assert_eq!(s, HEAD_SPAN, "head link at level {level} >= level {}", self.level);
+            assert_eq!(
+                s, HEAD_SPAN,
+                "head link at level {level} >= level {}",
+                self.level
+            );
         }
         loop {
             while expect != NIL && (self.nodes[expect as usize].height as usize) <= level {
@@ -534,7 +552,10 @@ impl SkipList {
         while x != NIL {
             assert_eq!(state[x as usize], 0, "free node {x} also live or repeated");
             state[x as usize] = 2;
-            assert!(self.nodes[x as usize].kv.is_empty(), "free node {x} holds bytes");
+            assert!(
+                self.nodes[x as usize].kv.is_empty(),
+                "free node {x} holds bytes"
+            );
             x = self.nodes[x as usize].next0;
         }
         for h in 2..=HEIGHT_MAX {
@@ -550,7 +571,11 @@ impl SkipList {
 /// Mark the slots of the span at `at` for a node of `height`, asserting none was taken.
 fn mark_span(used: &mut [bool], at: usize, height: usize) {
     for (i, slot) in used[at..at + span_len(height)].iter_mut().enumerate() {
-        assert!(!*slot, "span at {at} (height {height}) overlaps at slot {}", at + i);
+        assert!(
+            !*slot,
+            "span at {at} (height {height}) overlaps at slot {}",
+            at + i
+        );
         *slot = true;
     }
 }

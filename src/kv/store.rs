@@ -72,12 +72,12 @@ pub fn hash64(seed: u64, bytes: &[u8]) -> u64 {
 
 /// The hash one stored pair contributes to the state hash.
 pub fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
-    hash64(hash64(0x6b65_79, key), value)
+    hash64(hash64(0x006b_6579, key), value)
 }
 
 /// The state hash of a store with these parts (shared with the snapshot loader).
 pub fn combine_state_hash(applied: LogIndex, keys: usize, entries_hash: u64) -> u64 {
-    fmix64(entries_hash ^ fmix64(applied.0 ^ 0x6170_706c_6965_64) ^ (keys as u64).wrapping_mul(K))
+    fmix64(entries_hash ^ fmix64(applied.0 ^ 0x0061_7070_6c69_6564) ^ (keys as u64).wrapping_mul(K))
 }
 
 impl KvStore {
