@@ -1,0 +1,352 @@
+//! `cargo bench --bench kv`: the skiplist against std's BTreeMap on the same data in the same
+//! run: 1M random 16-byte keys with 256-byte values. Prints ops/s, the ratio, and heap bytes
+//! per entry beyond the key and value bytes (counted by a counting global allocator).
+//! Set KV_BENCH_N to change the entry count.
+//!
+//! NB: the only unsafe code here is the counting allocator, which forwards to `System`.
+#![allow(unsafe_code)]
+
+use kvraft::kv::skiplist::SkipList;
+use kvraft::kv::{KvStore, Request, StateMachine};
+use kvraft::prng::Prng;
+use kvraft::raft::LogIndex;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call forwards to `System` with the caller's layout and pointer unchanged;
+// the counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System` with `layout`; `new_size` is the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const KEY_SIZE: usize = 16;
+const VALUE_SIZE: usize = 256;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn keys(n: usize, seed: u64) -> Vec<[u8; KEY_SIZE]> {
+    let mut p = Prng::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut k = [0u8; KEY_SIZE];
+            p.fill(&mut k);
+            k
+        })
+        .collect()
+}
+
+fn value_for(i: usize, template: &[u8; VALUE_SIZE]) -> [u8; VALUE_SIZE] {
+    let mut v = *template;
+    v[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    v
+}
+
+/// Seconds taken by `f`.
+fn time(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+struct Row {
+    name: &'static str,
+    skip: f64,
+    btree: f64,
+}
+
+fn main() {
+    let n: usize = std::env::var("KV_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let ks = keys(n, 1);
+    let misses = keys(n, 2);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut p = Prng::new(3);
+    for i in (1..n).rev() {
+        order.swap(i, p.range(0, i as u64 + 1) as usize);
+    }
+    let mut template = [0u8; VALUE_SIZE];
+    p.fill(&mut template);
+    let data_bytes = n * (KEY_SIZE + VALUE_SIZE);
+    let mut rows = Vec::new();
+
+    // Warm-up, untimed: fault in and free a heap of the same shape, so that neither
+    // structure is charged for the kernel's first touch of the pages.
+    let warm: Vec<Vec<u8>> = ks
+        .iter()
+        .enumerate()
+        .map(|(i, k)| [&k[..], &value_for(i, &template)[..]].concat())
+        .collect();
+    drop(black_box(warm));
+
+    // --- skiplist
+    let base = live();
+    let mut list = SkipList::new(42);
+    let s_insert = time(|| {
+        for (i, k) in ks.iter().enumerate() {
+            list.insert(k, &value_for(i, &template));
+        }
+    });
+    let s_mem = live() - base;
+    let s_self = list.overhead_bytes();
+    let s_hit = time(|| {
+        for &i in &order {
+            black_box(list.get(&ks[i]));
+        }
+    });
+    let s_miss = time(|| {
+        for k in &misses {
+            black_box(list.get(k));
+        }
+    });
+    let s_scan = time(|| {
+        let mut total = 0usize;
+        for (k, v) in list.iter() {
+            total += k.len() + v[0] as usize;
+        }
+        black_box(total);
+    });
+    let s_compact = time(|| list.compact());
+    let s_mem_compact = live() - base;
+    let s_hit_c = time(|| {
+        for &i in &order {
+            black_box(list.get(&ks[i]));
+        }
+    });
+    let s_scan_c = time(|| {
+        let mut total = 0usize;
+        for (k, v) in list.iter() {
+            total += k.len() + v[0] as usize;
+        }
+        black_box(total);
+    });
+    let s_remove = time(|| {
+        for &i in &order {
+            black_box(list.remove(&ks[i]));
+        }
+    });
+    drop(list);
+
+    // --- BTreeMap
+    let base = live();
+    let mut map: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let b_insert = time(|| {
+        for (i, k) in ks.iter().enumerate() {
+            map.insert(k.to_vec(), value_for(i, &template).to_vec());
+        }
+    });
+    let b_mem = live() - base;
+    let b_hit = time(|| {
+        for &i in &order {
+            black_box(map.get(&ks[i][..]));
+        }
+    });
+    let b_miss = time(|| {
+        for k in &misses {
+            black_box(map.get(&k[..]));
+        }
+    });
+    let b_scan = time(|| {
+        let mut total = 0usize;
+        for (k, v) in map.iter() {
+            total += k.len() + v[0] as usize;
+        }
+        black_box(total);
+    });
+    let b_remove = time(|| {
+        for &i in &order {
+            black_box(map.remove(&ks[i][..]));
+        }
+    });
+    drop(map);
+
+    rows.push(Row {
+        name: "insert",
+        skip: s_insert,
+        btree: b_insert,
+    });
+    rows.push(Row {
+        name: "get (hit)",
+        skip: s_hit,
+        btree: b_hit,
+    });
+    rows.push(Row {
+        name: "get (miss)",
+        skip: s_miss,
+        btree: b_miss,
+    });
+    rows.push(Row {
+        name: "full ordered scan",
+        skip: s_scan,
+        btree: b_scan,
+    });
+    rows.push(Row {
+        name: "get (hit), compacted",
+        skip: s_hit_c,
+        btree: b_hit,
+    });
+    rows.push(Row {
+        name: "scan, compacted",
+        skip: s_scan_c,
+        btree: b_scan,
+    });
+    rows.push(Row {
+        name: "remove",
+        skip: s_remove,
+        btree: b_remove,
+    });
+
+    // --- the state machine: apply SETs, snapshot write and load (vs. the same format by hand
+    // over a BTreeMap).
+    let entries: Vec<Vec<u8>> = ks
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let args = vec![
+                b"SET".to_vec(),
+                k.to_vec(),
+                value_for(i, &template).to_vec(),
+            ];
+            match KvStore::new(0).parse(&args) {
+                Some(Request::Write(e)) => e,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    let mut kv = KvStore::new(42);
+    let apply = time(|| {
+        for (i, e) in entries.iter().enumerate() {
+            black_box(kv.apply(LogIndex(i as u64 + 1), e));
+        }
+    });
+    drop(entries);
+    let mut snap = Vec::with_capacity(data_bytes + n * 8 + 64);
+    let s_write = time(|| {
+        kv.write_snapshot(&mut snap).unwrap();
+    });
+    let hash = kv.state_hash();
+    drop(kv);
+    let mut loaded = KvStore::new(43);
+    let s_load = time(|| {
+        assert_eq!(loaded.load_snapshot(&mut &snap[..]).unwrap(), hash);
+    });
+    drop(loaded);
+    let (b_write, b_load) = btree_snapshot(&ks, &template, &snap);
+    rows.push(Row {
+        name: "snapshot write",
+        skip: s_write,
+        btree: b_write,
+    });
+    rows.push(Row {
+        name: "snapshot load",
+        skip: s_load,
+        btree: b_load,
+    });
+
+    println!("kv bench: {n} random {KEY_SIZE}-byte keys, {VALUE_SIZE}-byte values");
+    println!(
+        "{:<20} {:>14} {:>14} {:>10}   (ratio = BTreeMap ops/s / skiplist ops/s; < 1 is better)",
+        "operation", "skiplist op/s", "BTreeMap op/s", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<20} {:>14.0} {:>14.0} {:>10.2}",
+            r.name,
+            n as f64 / r.skip,
+            n as f64 / r.btree,
+            r.skip / r.btree
+        );
+    }
+    println!(
+        "{:<20} {:>14.0}   (KvStore::apply of encoded SET entries)",
+        "apply SET",
+        n as f64 / apply
+    );
+    println!(
+        "memory beyond key+value bytes per entry: skiplist {:.1} B (own count: {:.1} B), BTreeMap {:.1} B",
+        (s_mem as f64 - data_bytes as f64) / n as f64,
+        s_self as f64 / n as f64,
+        (b_mem as f64 - data_bytes as f64) / n as f64
+    );
+    println!(
+        "after compact() ({:.0} ms): skiplist {:.1} B/entry beyond key+value",
+        s_compact * 1e3,
+        (s_mem_compact as f64 - data_bytes as f64) / n as f64
+    );
+    println!(
+        "snapshot size: {} bytes ({:.1} B/entry)",
+        snap.len(),
+        snap.len() as f64 / n as f64
+    );
+}
+
+/// The snapshot format written from and read into a BTreeMap by hand, for comparison.
+fn btree_snapshot(ks: &[[u8; KEY_SIZE]], template: &[u8; VALUE_SIZE], snap: &[u8]) -> (f64, f64) {
+    let map: BTreeMap<Vec<u8>, Vec<u8>> = ks
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_vec(), value_for(i, template).to_vec()))
+        .collect();
+    let mut out = Vec::with_capacity(snap.len());
+    let write = time(|| {
+        let mut crc = 0u32;
+        let mut put = |b: &[u8], out: &mut Vec<u8>| {
+            crc = crc32c::crc32c_append(crc, b);
+            out.extend_from_slice(b);
+        };
+        put(&[0u8; 28], &mut out);
+        for (k, v) in &map {
+            put(&(k.len() as u32).to_be_bytes(), &mut out);
+            put(&(v.len() as u32).to_be_bytes(), &mut out);
+            put(k, &mut out);
+            put(v, &mut out);
+        }
+        out.extend_from_slice(&crc.to_be_bytes());
+    });
+    drop(map);
+    let load = time(|| {
+        let mut m = BTreeMap::new();
+        let mut at = 28;
+        let end = snap.len() - 12;
+        while at < end {
+            let kl = u32::from_be_bytes(snap[at..at + 4].try_into().unwrap()) as usize;
+            let vl = u32::from_be_bytes(snap[at + 4..at + 8].try_into().unwrap()) as usize;
+            at += 8;
+            m.insert(
+                snap[at..at + kl].to_vec(),
+                snap[at + kl..at + kl + vl].to_vec(),
+            );
+            at += kl + vl;
+        }
+        black_box(crc32c::crc32c(&snap[..end]));
+        black_box(m.len());
+    });
+    (write, load)
+}

@@ -1,0 +1,807 @@
+//! Client commands of the KV: parsing RESP argument lists (with Redis's errors), and the
+//! compact binary encoding of writes (log entry payloads) and reads (ReadIndex queries).
+//!
+//! Owns: arity and option checking, key and value size limits, the entry format.
+//! Must not: touch the store; everything here is a pure function of its input.
+//!
+//! # Encoding (version 1), all integers big-endian (byteorder)
+//!
+//! ```text
+//! offset 0  u8   format version = 1
+//! offset 1  u8   op code
+//! offset 2  ...  fields of the op, in order:
+//!   bytes  = u32 length, then that many bytes (keys <= KEY_SIZE_MAX, values <= VALUE_SIZE_MAX)
+//!   list   = u32 count, then count items
+//!
+//! writes (log entries)                       reads (queries)
+//! 0x01 SET    u8 flags, key bytes, value     0x41 GET     key
+//!             flags: 1 NX, 2 XX, 4 GET        0x42 EXISTS  list of keys
+//! 0x02 SETNX  key, value                      0x43 MGET    list of keys
+//! 0x03 DEL    list of keys                    0x44 STRLEN  key
+//! 0x04 MSET   list of (key, value) pairs      0x45 RANGE   start, end (empty = unbounded),
+//! 0x05 INCRBY key, i64 delta                               u32 limit
+//! 0x06 APPEND key, value                      0x46 DBSIZE
+//! 0x07 CAS    key, expected, new
+//! ```
+//! Nothing may follow the last field. INCR, DECR and DECRBY are encoded as INCRBY.
+//!
+//! Invariants:
+//! 1. `decode(encode(c)) == c` for every command `parse` produces, and every payload `parse`
+//!    produces fits `ENTRY_SIZE_MAX`.
+//! 2. Decoding checks every length against the bytes remaining and its limit before
+//!    allocating, and fails with a `DecodeError` (never a panic) on any other input.
+
+use crate::client::value::Value;
+use crate::kv::Request;
+use crate::limits::{ENTRY_SIZE_MAX, KEY_SIZE_MAX, VALUE_SIZE_MAX};
+use byteorder::{BigEndian, ByteOrder};
+
+/// The entry format version written by this code.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Default number of pairs a RANGE returns without LIMIT.
+pub const RANGE_LIMIT_DEFAULT: u32 = 1000;
+/// Largest LIMIT a RANGE accepts.
+pub const RANGE_LIMIT_MAX: u32 = 100_000;
+
+/// Flags of SET (bit values in the encoding).
+pub const SET_NX: u8 = 1;
+pub const SET_XX: u8 = 2;
+pub const SET_GET: u8 = 4;
+
+/// A decoded write, borrowing from the payload (or from the client's arguments).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteCmd<'a> {
+    Set {
+        flags: u8,
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    SetNx {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Del {
+        keys: Vec<&'a [u8]>,
+    },
+    MSet {
+        pairs: Vec<(&'a [u8], &'a [u8])>,
+    },
+    IncrBy {
+        key: &'a [u8],
+        delta: i64,
+    },
+    Append {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected: &'a [u8],
+        new: &'a [u8],
+    },
+}
+
+/// A decoded read query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadCmd<'a> {
+    Get {
+        key: &'a [u8],
+    },
+    Exists {
+        keys: Vec<&'a [u8]>,
+    },
+    MGet {
+        keys: Vec<&'a [u8]>,
+    },
+    StrLen {
+        key: &'a [u8],
+    },
+    /// Keys in `[start, end)`; an empty `end` is unbounded.
+    Range {
+        start: &'a [u8],
+        end: &'a [u8],
+        limit: u32,
+    },
+    DbSize,
+}
+
+/// Why a payload did not decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Empty,
+    Version(u8),
+    Op(u8),
+    Truncated,
+    TooLarge { len: usize, max: usize },
+    Trailing { extra: usize },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Empty => write!(f, "empty payload"),
+            DecodeError::Version(v) => write!(f, "unknown format version {v}"),
+            DecodeError::Op(op) => write!(f, "unknown op code {op:#04x}"),
+            DecodeError::Truncated => write!(f, "truncated payload"),
+            DecodeError::TooLarge { len, max } => write!(f, "field of {len} bytes > {max}"),
+            DecodeError::Trailing { extra } => write!(f, "{extra} trailing bytes"),
+        }
+    }
+}
+
+mod op {
+    pub const SET: u8 = 0x01;
+    pub const SETNX: u8 = 0x02;
+    pub const DEL: u8 = 0x03;
+    pub const MSET: u8 = 0x04;
+    pub const INCRBY: u8 = 0x05;
+    pub const APPEND: u8 = 0x06;
+    pub const CAS: u8 = 0x07;
+    pub const GET: u8 = 0x41;
+    pub const EXISTS: u8 = 0x42;
+    pub const MGET: u8 = 0x43;
+    pub const STRLEN: u8 = 0x44;
+    pub const RANGE: u8 = 0x45;
+    pub const DBSIZE: u8 = 0x46;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing client arguments.
+
+/// Redis's reply for a wrong argument count.
+pub fn arity_error(name: &str) -> Value {
+    Value::error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+pub fn not_integer() -> Value {
+    Value::error("ERR value is not an integer or out of range")
+}
+pub fn string_too_large() -> Value {
+    Value::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+}
+fn syntax_error() -> Value {
+    Value::error("ERR syntax error")
+}
+fn key_too_large() -> Value {
+    Value::error(format!(
+        "ERR key exceeds maximum allowed size ({KEY_SIZE_MAX} bytes)"
+    ))
+}
+
+/// Classify a client command; `None` for a command the KV does not know.
+pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
+    let name = args.first()?.to_ascii_lowercase();
+    let name = std::str::from_utf8(&name).ok()?;
+    let req = match name {
+        "set" | "setnx" | "del" | "unlink" | "mset" | "incr" | "decr" | "incrby" | "decrby"
+        | "append" | "cas" => match parse_write(name, args) {
+            Ok(cmd) => encode_write_checked(&cmd),
+            Err(reply) => Request::Reply(reply),
+        },
+        "get" | "exists" | "mget" | "strlen" | "range" | "dbsize" => match parse_read(name, args) {
+            Ok(cmd) => Request::Read(encode_read(&cmd)),
+            Err(reply) => Request::Reply(reply),
+        },
+        _ => return None,
+    };
+    Some(req)
+}
+
+fn encode_write_checked(cmd: &WriteCmd<'_>) -> Request {
+    let payload = encode_write(cmd);
+    if payload.len() > ENTRY_SIZE_MAX {
+        return Request::Reply(Value::error(format!(
+            "ERR request exceeds the maximum entry size ({ENTRY_SIZE_MAX} bytes)"
+        )));
+    }
+    Request::Write(payload)
+}
+
+fn check_key(key: &[u8]) -> Result<&[u8], Value> {
+    if key.len() > KEY_SIZE_MAX {
+        return Err(key_too_large());
+    }
+    Ok(key)
+}
+
+fn check_value(value: &[u8]) -> Result<&[u8], Value> {
+    if value.len() > VALUE_SIZE_MAX {
+        return Err(string_too_large());
+    }
+    Ok(value)
+}
+
+fn check_keys(keys: &[Vec<u8>]) -> Result<Vec<&[u8]>, Value> {
+    keys.iter().map(|k| check_key(k)).collect()
+}
+
+/// Redis's `string2ll`: an optional '-', then digits with no leading zero (or exactly "0"),
+/// at most 20 characters, within i64. No '+', no spaces.
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    if s == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match s[0] {
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
+    }
+    let mut magnitude: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        magnitude = magnitude
+            .checked_mul(10)?
+            .checked_add(u64::from(d - b'0'))?;
+    }
+    if negative {
+        if magnitude > i64::MAX as u64 + 1 {
+            return None;
+        }
+        Some((magnitude as i64).wrapping_neg())
+    } else {
+        i64::try_from(magnitude).ok()
+    }
+}
+
+fn parse_write<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<WriteCmd<'a>, Value> {
+    let n = args.len();
+    let arity_ok = match name {
+        "set" => n >= 3,
+        "setnx" | "incrby" | "decrby" | "append" => n == 3,
+        "incr" | "decr" => n == 2,
+        "del" | "unlink" => n >= 2,
+        "mset" => n >= 3 && n % 2 == 1,
+        "cas" => n == 4,
+        _ => unreachable!("parse_write called for {name}"),
+    };
+    if !arity_ok {
+        return Err(arity_error(name));
+    }
+    let cmd = match name {
+        "set" => parse_set(args)?,
+        "setnx" => WriteCmd::SetNx {
+            key: check_key(&args[1])?,
+            value: check_value(&args[2])?,
+        },
+        "del" | "unlink" => WriteCmd::Del {
+            keys: check_keys(&args[1..])?,
+        },
+        "mset" => {
+            let mut pairs = Vec::with_capacity(n / 2);
+            for kv in args[1..].chunks_exact(2) {
+                pairs.push((check_key(&kv[0])?, check_value(&kv[1])?));
+            }
+            WriteCmd::MSet { pairs }
+        }
+        "incr" | "decr" => WriteCmd::IncrBy {
+            key: check_key(&args[1])?,
+            delta: if name == "incr" { 1 } else { -1 },
+        },
+        "incrby" | "decrby" => {
+            let by = parse_i64(&args[2]).ok_or_else(not_integer)?;
+            let delta = if name == "incrby" {
+                by
+            } else if by == i64::MIN {
+                return Err(Value::error("ERR decrement would overflow"));
+            } else {
+                -by
+            };
+            WriteCmd::IncrBy {
+                key: check_key(&args[1])?,
+                delta,
+            }
+        }
+        "append" => WriteCmd::Append {
+            key: check_key(&args[1])?,
+            value: check_value(&args[2])?,
+        },
+        _ => WriteCmd::Cas {
+            key: check_key(&args[1])?,
+            expected: check_value(&args[2])?,
+            new: check_value(&args[3])?,
+        },
+    };
+    Ok(cmd)
+}
+
+/// `SET key value [NX|XX] [GET]`. Expiry options are refused: this store has no expiry.
+fn parse_set(args: &[Vec<u8>]) -> Result<WriteCmd<'_>, Value> {
+    let mut flags = 0u8;
+    for opt in &args[3..] {
+        let o = opt.to_ascii_lowercase();
+        match o.as_slice() {
+            b"nx" if flags & SET_XX == 0 => flags |= SET_NX,
+            b"xx" if flags & SET_NX == 0 => flags |= SET_XX,
+            b"get" => flags |= SET_GET,
+            b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl" => {
+                return Err(Value::error(
+                    "ERR expiry options (EX, PX, EXAT, PXAT, KEEPTTL) are not supported",
+                ))
+            }
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(WriteCmd::Set {
+        flags,
+        key: check_key(&args[1])?,
+        value: check_value(&args[2])?,
+    })
+}
+
+fn parse_read<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<ReadCmd<'a>, Value> {
+    let n = args.len();
+    let arity_ok = match name {
+        "get" | "strlen" => n == 2,
+        "exists" | "mget" => n >= 2,
+        "range" => n == 3 || n == 5,
+        "dbsize" => n == 1,
+        _ => unreachable!("parse_read called for {name}"),
+    };
+    if !arity_ok {
+        return Err(arity_error(name));
+    }
+    let cmd = match name {
+        "get" => ReadCmd::Get {
+            key: check_key(&args[1])?,
+        },
+        "strlen" => ReadCmd::StrLen {
+            key: check_key(&args[1])?,
+        },
+        "exists" => ReadCmd::Exists {
+            keys: check_keys(&args[1..])?,
+        },
+        "mget" => ReadCmd::MGet {
+            keys: check_keys(&args[1..])?,
+        },
+        "range" => parse_range(args)?,
+        _ => ReadCmd::DbSize,
+    };
+    Ok(cmd)
+}
+
+/// `RANGE start end [LIMIT n]`.
+fn parse_range(args: &[Vec<u8>]) -> Result<ReadCmd<'_>, Value> {
+    let mut limit = RANGE_LIMIT_DEFAULT;
+    if args.len() == 5 {
+        if !args[3].eq_ignore_ascii_case(b"limit") {
+            return Err(syntax_error());
+        }
+        let n = parse_i64(&args[4]).ok_or_else(not_integer)?;
+        if n < 1 || n > i64::from(RANGE_LIMIT_MAX) {
+            return Err(Value::error(format!(
+                "ERR LIMIT must be between 1 and {RANGE_LIMIT_MAX}"
+            )));
+        }
+        limit = n as u32;
+    }
+    Ok(ReadCmd::Range {
+        start: check_key(&args[1])?,
+        end: check_key(&args[2])?,
+        limit,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding.
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    let mut b = [0u8; 4];
+    BigEndian::write_u32(&mut b, v);
+    out.extend_from_slice(&b);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u32(out, b.len() as u32);
+    out.extend_from_slice(b);
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[&[u8]]) {
+    put_u32(out, items.len() as u32);
+    for it in items {
+        put_bytes(out, it);
+    }
+}
+
+/// The log entry payload of a write.
+pub fn encode_write(cmd: &WriteCmd<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.push(FORMAT_VERSION);
+    match cmd {
+        WriteCmd::Set { flags, key, value } => {
+            out.extend_from_slice(&[op::SET, *flags]);
+            put_bytes(&mut out, key);
+            put_bytes(&mut out, value);
+        }
+        WriteCmd::SetNx { key, value } => {
+            out.push(op::SETNX);
+            put_bytes(&mut out, key);
+            put_bytes(&mut out, value);
+        }
+        WriteCmd::Del { keys } => {
+            out.push(op::DEL);
+            put_list(&mut out, keys);
+        }
+        WriteCmd::MSet { pairs } => {
+            out.push(op::MSET);
+            put_u32(&mut out, pairs.len() as u32);
+            for (k, v) in pairs {
+                put_bytes(&mut out, k);
+                put_bytes(&mut out, v);
+            }
+        }
+        WriteCmd::IncrBy { key, delta } => {
+            out.push(op::INCRBY);
+            put_bytes(&mut out, key);
+            out.extend_from_slice(&delta.to_be_bytes());
+        }
+        WriteCmd::Append { key, value } => {
+            out.push(op::APPEND);
+            put_bytes(&mut out, key);
+            put_bytes(&mut out, value);
+        }
+        WriteCmd::Cas { key, expected, new } => {
+            out.push(op::CAS);
+            put_bytes(&mut out, key);
+            put_bytes(&mut out, expected);
+            put_bytes(&mut out, new);
+        }
+    }
+    out
+}
+
+/// The query payload of a read.
+pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    match cmd {
+        ReadCmd::Get { key } => {
+            out.push(op::GET);
+            put_bytes(&mut out, key);
+        }
+        ReadCmd::Exists { keys } => {
+            out.push(op::EXISTS);
+            put_list(&mut out, keys);
+        }
+        ReadCmd::MGet { keys } => {
+            out.push(op::MGET);
+            put_list(&mut out, keys);
+        }
+        ReadCmd::StrLen { key } => {
+            out.push(op::STRLEN);
+            put_bytes(&mut out, key);
+        }
+        ReadCmd::Range { start, end, limit } => {
+            out.push(op::RANGE);
+            put_bytes(&mut out, start);
+            put_bytes(&mut out, end);
+            put_u32(&mut out, *limit);
+        }
+        ReadCmd::DbSize => out.push(op::DBSIZE),
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding: check-then-decode over a byte slice.
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(BigEndian::read_u32(self.take(4)?))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(BigEndian::read_i64(self.take(8)?))
+    }
+    fn bytes(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
+        let len = self.u32()? as usize;
+        if len > max {
+            return Err(DecodeError::TooLarge { len, max });
+        }
+        self.take(len)
+    }
+    fn key(&mut self) -> Result<&'a [u8], DecodeError> {
+        self.bytes(KEY_SIZE_MAX)
+    }
+    fn value(&mut self) -> Result<&'a [u8], DecodeError> {
+        self.bytes(VALUE_SIZE_MAX)
+    }
+    /// A count of items each at least `item_min` bytes long, checked against what remains.
+    fn count(&mut self, item_min: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(item_min) > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(n)
+    }
+    fn keys(&mut self) -> Result<Vec<&'a [u8]>, DecodeError> {
+        let n = self.count(4)?;
+        (0..n).map(|_| self.key()).collect()
+    }
+    fn finish(&self) -> Result<(), DecodeError> {
+        match self.buf.len() {
+            0 => Ok(()),
+            extra => Err(DecodeError::Trailing { extra }),
+        }
+    }
+}
+
+/// Version byte and op code.
+fn header(data: &[u8]) -> Result<(u8, Reader<'_>), DecodeError> {
+    match data {
+        [] => Err(DecodeError::Empty),
+        [FORMAT_VERSION, op, rest @ ..] => Ok((*op, Reader { buf: rest })),
+        [FORMAT_VERSION] => Err(DecodeError::Truncated),
+        [v, ..] => Err(DecodeError::Version(*v)),
+    }
+}
+
+/// Decode a log entry payload.
+pub fn decode_write(data: &[u8]) -> Result<WriteCmd<'_>, DecodeError> {
+    let (code, mut r) = header(data)?;
+    let cmd = match code {
+        op::SET => {
+            let flags = r.u8()?;
+            if flags & !(SET_NX | SET_XX | SET_GET) != 0
+                || flags & (SET_NX | SET_XX) == SET_NX | SET_XX
+            {
+                return Err(DecodeError::Op(code));
+            }
+            WriteCmd::Set {
+                flags,
+                key: r.key()?,
+                value: r.value()?,
+            }
+        }
+        op::SETNX => WriteCmd::SetNx {
+            key: r.key()?,
+            value: r.value()?,
+        },
+        op::DEL => WriteCmd::Del { keys: r.keys()? },
+        op::MSET => {
+            let n = r.count(8)?;
+            let mut pairs = Vec::with_capacity(n);
+            for _ in 0..n {
+                pairs.push((r.key()?, r.value()?));
+            }
+            WriteCmd::MSet { pairs }
+        }
+        op::INCRBY => WriteCmd::IncrBy {
+            key: r.key()?,
+            delta: r.i64()?,
+        },
+        op::APPEND => WriteCmd::Append {
+            key: r.key()?,
+            value: r.value()?,
+        },
+        op::CAS => WriteCmd::Cas {
+            key: r.key()?,
+            expected: r.value()?,
+            new: r.value()?,
+        },
+        other => return Err(DecodeError::Op(other)),
+    };
+    r.finish()?;
+    Ok(cmd)
+}
+
+/// Decode a read query.
+pub fn decode_read(data: &[u8]) -> Result<ReadCmd<'_>, DecodeError> {
+    let (code, mut r) = header(data)?;
+    let cmd = match code {
+        op::GET => ReadCmd::Get { key: r.key()? },
+        op::EXISTS => ReadCmd::Exists { keys: r.keys()? },
+        op::MGET => ReadCmd::MGet { keys: r.keys()? },
+        op::STRLEN => ReadCmd::StrLen { key: r.key()? },
+        op::RANGE => ReadCmd::Range {
+            start: r.key()?,
+            end: r.key()?,
+            limit: r.u32()?.min(RANGE_LIMIT_MAX),
+        },
+        op::DBSIZE => ReadCmd::DbSize,
+        other => return Err(DecodeError::Op(other)),
+    };
+    r.finish()?;
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(parts: &[&[u8]]) -> Vec<Vec<u8>> {
+        parts.iter().map(|p| p.to_vec()).collect()
+    }
+
+    #[test]
+    fn integers_follow_redis_string2ll() {
+        for (s, want) in [
+            (&b"0"[..], Some(0)),
+            (b"-1", Some(-1)),
+            (b"9223372036854775807", Some(i64::MAX)),
+            (b"-9223372036854775808", Some(i64::MIN)),
+            (b"9223372036854775808", None),
+            (b"-9223372036854775809", None),
+            (b"01", None),
+            (b"-0", None),
+            (b"+1", None),
+            (b" 1", None),
+            (b"1 ", None),
+            (b"", None),
+            (b"-", None),
+            (b"1.0", None),
+            (b"000000000000000000001", None),
+        ] {
+            assert_eq!(parse_i64(s), want, "{:?}", String::from_utf8_lossy(s));
+        }
+    }
+
+    #[test]
+    fn every_parsed_command_round_trips_through_its_encoding() {
+        let cases: Vec<Vec<Vec<u8>>> = vec![
+            args(&[b"SET", b"k", b"v"]),
+            args(&[b"set", b"", b"\0\xff", b"xx", b"GET"]),
+            args(&[b"setnx", b"k", b"v"]),
+            args(&[b"DEL", b"a", b"b", b"a"]),
+            args(&[b"mset", b"a", b"1", b"b", b"2"]),
+            args(&[b"incr", b"n"]),
+            args(&[b"decrby", b"n", b"-5"]),
+            args(&[b"append", b"k", b"more"]),
+            args(&[b"cas", b"k", b"old", b"new"]),
+            args(&[b"get", b"k"]),
+            args(&[b"exists", b"a", b"b"]),
+            args(&[b"mget", b"a", b""]),
+            args(&[b"strlen", b"k"]),
+            args(&[b"range", b"a", b"", b"limit", b"7"]),
+            args(&[b"dbsize"]),
+        ];
+        for a in &cases {
+            match parse(a) {
+                Some(Request::Write(p)) => {
+                    let cmd = decode_write(&p).expect("decodes");
+                    assert_eq!(encode_write(&cmd), p, "{a:?}");
+                    for cut in 0..p.len() {
+                        assert!(decode_write(&p[..cut]).is_err(), "{a:?} cut at {cut}");
+                    }
+                    let mut longer = p.clone();
+                    longer.push(0);
+                    assert!(decode_write(&longer).is_err());
+                }
+                Some(Request::Read(p)) => {
+                    let cmd = decode_read(&p).expect("decodes");
+                    assert_eq!(encode_read(&cmd), p, "{a:?}");
+                    for cut in 0..p.len() {
+                        assert!(decode_read(&p[..cut]).is_err(), "{a:?} cut at {cut}");
+                    }
+                }
+                other => panic!("{a:?} parsed as {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_arity_and_bad_options_are_answered_like_redis() {
+        let reply = |a: &[&[u8]]| match parse(&args(a)) {
+            Some(Request::Reply(Value::Error(e))) => e,
+            other => panic!("{a:?} gave {other:?}"),
+        };
+        assert_eq!(
+            reply(&[b"GET"]),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            reply(&[b"MSET", b"a", b"1", b"b"]),
+            "ERR wrong number of arguments for 'mset' command"
+        );
+        assert_eq!(
+            reply(&[b"del"]),
+            "ERR wrong number of arguments for 'del' command"
+        );
+        assert_eq!(
+            reply(&[b"set", b"k", b"v", b"nx", b"xx"]),
+            "ERR syntax error"
+        );
+        assert_eq!(reply(&[b"set", b"k", b"v", b"bogus"]), "ERR syntax error");
+        assert_eq!(
+            reply(&[b"incrby", b"k", b"1x"]),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            reply(&[b"decrby", b"k", b"-9223372036854775808"]),
+            "ERR decrement would overflow"
+        );
+        assert_eq!(
+            reply(&[b"range", b"a", b"b", b"limit", b"0"]),
+            "ERR LIMIT must be between 1 and 100000"
+        );
+        assert_eq!(
+            reply(&[b"range", b"a", b"b", b"lim", b"5"]),
+            "ERR syntax error"
+        );
+        assert!(parse(&args(&[b"ping"])).is_none());
+        assert!(parse(&[]).is_none());
+    }
+
+    #[test]
+    fn oversized_keys_values_and_entries_are_refused_at_parse_time() {
+        let big_key = vec![b'k'; KEY_SIZE_MAX + 1];
+        let big_value = vec![b'v'; VALUE_SIZE_MAX + 1];
+        let max_value = vec![b'v'; VALUE_SIZE_MAX];
+        assert!(matches!(
+            parse(&[b"set".to_vec(), big_key, b"v".to_vec()]),
+            Some(Request::Reply(Value::Error(e))) if e.contains("key exceeds")
+        ));
+        assert!(matches!(
+            parse(&[b"set".to_vec(), b"k".to_vec(), big_value]),
+            Some(Request::Reply(Value::Error(e))) if e.contains("proto-max-bulk-len")
+        ));
+        assert!(matches!(
+            parse(&[b"set".to_vec(), b"k".to_vec(), max_value.clone()]),
+            Some(Request::Write(_))
+        ));
+        let mut mset = vec![b"mset".to_vec()];
+        for i in 0..5u8 {
+            mset.push(vec![i]);
+            mset.push(max_value.clone());
+        }
+        assert!(matches!(
+            parse(&mset),
+            Some(Request::Reply(Value::Error(e))) if e.contains("maximum entry size")
+        ));
+    }
+
+    #[test]
+    fn hostile_payloads_are_errors_not_panics() {
+        assert_eq!(decode_write(&[]), Err(DecodeError::Empty));
+        assert_eq!(decode_write(&[9, 1]), Err(DecodeError::Version(9)));
+        assert_eq!(decode_write(&[1, 0x7f]), Err(DecodeError::Op(0x7f)));
+        // A count claiming 4 billion keys in a 10-byte payload.
+        assert_eq!(
+            decode_write(&[1, op::DEL, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]),
+            Err(DecodeError::Truncated)
+        );
+        // A key length past the limit.
+        assert!(matches!(
+            decode_write(&[1, op::SETNX, 0x7f, 0xff, 0xff, 0xff]),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        let mut p = crate::prng::Prng::new(5);
+        for _ in 0..20_000 {
+            let mut buf = vec![0u8; p.range(0, 40) as usize];
+            p.fill(&mut buf);
+            if buf.len() >= 2 {
+                const OPS: [u8; 13] = [1, 2, 3, 4, 5, 6, 7, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46];
+                buf[0] = FORMAT_VERSION;
+                buf[1] = OPS[p.range(0, OPS.len() as u64) as usize];
+                // Small lengths and counts, so that decoding gets past the first field.
+                if buf.len() >= 6 && p.chance(1, 2) {
+                    buf[2..6].copy_from_slice(&(p.range(0, 8) as u32).to_be_bytes());
+                }
+            }
+            let _ = decode_write(&buf);
+            let _ = decode_read(&buf);
+        }
+    }
+}

@@ -1,0 +1,873 @@
+//! An ordered map from byte strings to byte strings: a skiplist in an arena, with index links.
+//!
+//! Owns the ordered storage of the KV state machine. Knows nothing of commands, Raft or files.
+//!
+//! # Layout
+//!
+//! Nodes live in one `Vec<Node>`; a link is a `u32` index into it. Node 0 is the head: it has
+//! no key, and nothing ever links to it, so index 0 doubles as "nil". A node holds its key and
+//! value in one boxed slice (`key ++ value`), the first 8 key bytes big-endian in `prefix` (so
+//! most comparisons never touch the boxed bytes) and its level-0 link `next0` inline.
+//!
+//! The express lanes (levels `1..height`) live apart, in `upper: Vec<u32>`. A node of height
+//! h >= 2 owns a span there of h + 2 slots: `[node, prefix_hi, prefix_lo, link_1 .. link_{h-1}]`,
+//! and its upper links point at other nodes' *spans*. A search therefore runs the upper levels
+//! entirely inside this small, dense arena (a quarter of the nodes, ~4 bytes per key) and only
+//! touches `nodes` for the last steps at level 0. The head's span is at offset 0 (so span 0
+//! doubles as "nil" too); height-1 nodes (three quarters of them) have no span.
+//!
+//! Heights are drawn from a seeded `Prng` with p = 1/4, capped at `HEIGHT_MAX`. Removed nodes
+//! go on a free list threaded through `next0`, their spans on a free list per height threaded
+//! through the span's first slot; both are reused first. `compact` renumbers the arena in key
+//! order.
+//!
+//! # Invariants (checked by `check_invariants`)
+//!
+//! 1. The level-0 chain from the head visits every live node exactly once, in strictly
+//!    increasing key order (bytewise, shorter-is-less), and its length is `len`.
+//! 2. For every level `l >= 1`, the level-`l` chain of spans from the head's span, mapped to
+//!    their nodes, is the subsequence of the level-0 chain made of exactly the nodes whose
+//!    height is `> l`.
+//! 3. `1 <= height <= level <= HEIGHT_MAX` for every live node; the head's links at levels
+//!    `>= level` are nil.
+//! 4. `prefix` (in the node, and in its span) equals the first 8 key bytes, big-endian,
+//!    zero-padded; a span's `node` slot names its owner.
+//! 5. Every node is exactly one of: the head, live, or on the free list (with an empty `kv`);
+//!    `data_bytes` is the sum of live `kv` lengths.
+//! 6. Live spans and free spans never overlap.
+
+use crate::prng::Prng;
+use std::cmp::Ordering;
+
+/// Tallest node. With p = 1/4, 12 levels keep searches logarithmic up to ~4^12 = 16M keys.
+pub const HEIGHT_MAX: usize = 12;
+
+/// Most nodes (live, free and head) the arena may hold: links are `u32` and 0 is nil.
+pub const NODES_MAX: usize = u32::MAX as usize;
+
+const NIL: u32 = 0;
+const HEAD: u32 = 0;
+/// The head's span, and "no span".
+const HEAD_SPAN: u32 = 0;
+const SPAN_NODE: usize = 0;
+const SPAN_PREFIX: usize = 1;
+const SPAN_LINKS: usize = 3;
+
+/// Slots of the span of a node of `height` (>= 2).
+const fn span_len(height: usize) -> usize {
+    SPAN_LINKS + height - 1
+}
+
+#[derive(Debug)]
+struct Node {
+    /// `key ++ value`; empty for a free node.
+    kv: Box<[u8]>,
+    /// The first 8 key bytes, big-endian, zero-padded: decides most comparisons.
+    prefix: u64,
+    key_len: u32,
+    /// Level-0 successor (or next free node when free).
+    next0: u32,
+    /// Offset of this node's span in `upper` (height >= 2 only).
+    span: u32,
+    height: u8,
+}
+
+/// A key and value taken out of the list (replaced or removed), without copying.
+#[derive(Debug)]
+pub struct Entry {
+    kv: Box<[u8]>,
+    key_len: usize,
+}
+
+impl Entry {
+    pub fn key(&self) -> &[u8] {
+        &self.kv[..self.key_len]
+    }
+    pub fn value(&self) -> &[u8] {
+        &self.kv[self.key_len..]
+    }
+}
+
+/// The skiplist map.
+pub struct SkipList {
+    nodes: Vec<Node>,
+    upper: Vec<u32>,
+    /// Head of the free node list (0 = empty).
+    free_node: u32,
+    /// For each height h in 2..=HEIGHT_MAX, the first free span for that height (0 = none).
+    free_span: [u32; HEIGHT_MAX + 1],
+    /// Levels in use: every live node's height is <= level.
+    level: usize,
+    len: usize,
+    data_bytes: usize,
+    prng: Prng,
+}
+
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// Predecessors found by a search: `[0]` is a node index, `[1..]` are span offsets.
+type Prev = [u32; HEIGHT_MAX];
+
+impl SkipList {
+    /// An empty list whose node heights are drawn from a generator seeded with `seed`.
+    pub fn new(seed: u64) -> SkipList {
+        SkipList::with_capacity(seed, 0, 0)
+    }
+
+    fn with_capacity(seed: u64, nodes: usize, upper: usize) -> SkipList {
+        let mut list = SkipList {
+            nodes: Vec::with_capacity(nodes + 1),
+            upper: Vec::with_capacity(upper + span_len(HEIGHT_MAX)),
+            free_node: NIL,
+            free_span: [HEAD_SPAN; HEIGHT_MAX + 1],
+            level: 1,
+            len: 0,
+            data_bytes: 0,
+            prng: Prng::new(seed),
+        };
+        list.nodes.push(Node {
+            kv: Box::default(),
+            prefix: 0,
+            key_len: 0,
+            next0: NIL,
+            span: HEAD_SPAN,
+            height: HEIGHT_MAX as u8,
+        });
+        // The head span: node HEAD, prefix 0, all links nil.
+        list.upper.resize(span_len(HEIGHT_MAX), NIL);
+        list
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of keys and values stored.
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Heap bytes the list holds beyond the key and value bytes (node and span arenas,
+    /// counted by capacity).
+    pub fn overhead_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.upper.capacity() * std::mem::size_of::<u32>()
+    }
+
+    #[inline]
+    fn up_link(&self, span: u32, level: usize) -> u32 {
+        self.upper[span as usize + SPAN_LINKS + level - 1]
+    }
+
+    #[inline]
+    fn set_up_link(&mut self, span: u32, level: usize, to: u32) {
+        self.upper[span as usize + SPAN_LINKS + level - 1] = to;
+    }
+
+    #[inline]
+    fn node_key(&self, x: u32) -> &[u8] {
+        let n = &self.nodes[x as usize];
+        &n.kv[..n.key_len as usize]
+    }
+
+    /// Node `x`'s key compared with `key` (whose prefix is `prefix`).
+    #[inline]
+    fn cmp_node(&self, x: u32, key: &[u8], prefix: u64) -> Ordering {
+        let n = &self.nodes[x as usize];
+        match n.prefix.cmp(&prefix) {
+            Ordering::Equal => n.kv[..n.key_len as usize].cmp(key),
+            other => other,
+        }
+    }
+
+    /// The key of span `s`'s node compared with `key`, from the span's copy of the prefix.
+    #[inline]
+    fn cmp_span(&self, s: u32, key: &[u8], prefix: u64) -> Ordering {
+        let at = s as usize;
+        let p = u64::from(self.upper[at + SPAN_PREFIX]) << 32
+            | u64::from(self.upper[at + SPAN_PREFIX + 1]);
+        match p.cmp(&prefix) {
+            Ordering::Equal => self.node_key(self.upper[at + SPAN_NODE]).cmp(key),
+            other => other,
+        }
+    }
+
+    /// Walk down to `key`: fills `prev` (if given) with the last node/span < `key` at every
+    /// level in use, and returns the first node with a key >= `key` (or nil).
+    #[inline]
+    fn search(&self, key: &[u8], mut prev: Option<&mut Prev>) -> u32 {
+        let prefix = key_prefix(key);
+        let mut s = HEAD_SPAN;
+        // A span already found >= key at a higher level need not be compared again.
+        let mut known_ge = HEAD_SPAN;
+        for level in (1..self.level).rev() {
+            loop {
+                let next = self.up_link(s, level);
+                if next == HEAD_SPAN || next == known_ge {
+                    break;
+                }
+                if self.cmp_span(next, key, prefix) == Ordering::Less {
+                    s = next;
+                } else {
+                    known_ge = next;
+                    break;
+                }
+            }
+            if let Some(p) = prev.as_deref_mut() {
+                p[level] = s;
+            }
+        }
+        let mut x = self.upper[s as usize + SPAN_NODE];
+        let known_ge = match known_ge {
+            HEAD_SPAN => NIL,
+            span => self.upper[span as usize + SPAN_NODE],
+        };
+        loop {
+            let next = self.nodes[x as usize].next0;
+            if next == NIL || next == known_ge {
+                break;
+            }
+            if self.cmp_node(next, key, prefix) == Ordering::Less {
+                x = next;
+            } else {
+                break;
+            }
+        }
+        if let Some(p) = prev {
+            p[0] = x;
+        }
+        self.nodes[x as usize].next0
+    }
+
+    /// Whether node `x` holds exactly `key`; the inline prefix and length usually decide
+    /// without touching the boxed bytes (a cache miss).
+    fn is_key(&self, x: u32, key: &[u8]) -> bool {
+        if x == NIL {
+            return false;
+        }
+        let n = &self.nodes[x as usize];
+        n.key_len as usize == key.len()
+            && n.prefix == key_prefix(key)
+            && (key.len() <= 8 || n.kv[8..key.len()] == key[8..])
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let x = self.search(key, None);
+        if self.is_key(x, key) {
+            let n = &self.nodes[x as usize];
+            Some(&n.kv[n.key_len as usize..])
+        } else {
+            None
+        }
+    }
+
+    /// Store `value` under `key`, returning the entry it replaced.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+        let mut kv = Vec::with_capacity(key.len() + value.len());
+        kv.extend_from_slice(key);
+        kv.extend_from_slice(value);
+        self.insert_kv(kv.into_boxed_slice(), key.len())
+    }
+
+    /// Store an already joined `key ++ value` whose key is `key_len` bytes long.
+    pub fn insert_kv(&mut self, kv: Box<[u8]>, key_len: usize) -> Option<Entry> {
+        assert!(key_len <= kv.len(), "key_len {key_len} > kv {}", kv.len());
+        assert!(key_len <= u32::MAX as usize, "key of {key_len} bytes");
+        let mut prev = [HEAD; HEIGHT_MAX]; // HEAD == HEAD_SPAN: right for unused levels
+        let at = self.search(&kv[..key_len], Some(&mut prev));
+        if self.is_key(at, &kv[..key_len]) {
+            self.data_bytes = self.data_bytes - self.nodes[at as usize].kv.len() + kv.len();
+            let old = std::mem::replace(&mut self.nodes[at as usize].kv, kv);
+            return Some(Entry { kv: old, key_len });
+        }
+        let height = self.random_height();
+        self.level = self.level.max(height);
+        let prefix = key_prefix(&kv[..key_len]);
+        let x = self.alloc_node(kv, key_len, prefix, height);
+        self.nodes[x as usize].next0 = self.nodes[prev[0] as usize].next0;
+        self.nodes[prev[0] as usize].next0 = x;
+        let span = self.nodes[x as usize].span;
+        for (level, &p) in prev.iter().enumerate().take(height).skip(1) {
+            let next = self.up_link(p, level);
+            self.set_up_link(span, level, next);
+            self.set_up_link(p, level, span);
+        }
+        self.len += 1;
+        None
+    }
+
+    /// Remove `key`, returning its entry.
+    pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let mut prev = [HEAD; HEIGHT_MAX];
+        let x = self.search(key, Some(&mut prev));
+        if !self.is_key(x, key) {
+            return None;
+        }
+        let (height, span) = {
+            let n = &self.nodes[x as usize];
+            (n.height as usize, n.span)
+        };
+        self.nodes[prev[0] as usize].next0 = self.nodes[x as usize].next0;
+        for (level, &p) in prev.iter().enumerate().take(height).skip(1) {
+            debug_assert_eq!(self.up_link(p, level), span);
+            let next = self.up_link(span, level);
+            self.set_up_link(p, level, next);
+        }
+        while self.level > 1 && self.up_link(HEAD_SPAN, self.level - 1) == HEAD_SPAN {
+            self.level -= 1;
+        }
+        self.len -= 1;
+        let key_len = self.nodes[x as usize].key_len as usize;
+        let kv = self.free_node(x);
+        self.data_bytes -= kv.len();
+        Some(Entry { kv, key_len })
+    }
+
+    /// Remove every key, keeping the generator's state.
+    pub fn clear(&mut self) {
+        let prng = self.prng.clone();
+        *self = SkipList::new(0);
+        self.prng = prng;
+    }
+
+    /// Entries with keys in `[start, end)` (`end = None`: unbounded), in key order.
+    pub fn range<'a>(&'a self, start: &[u8], end: Option<&'a [u8]>) -> Iter<'a> {
+        Iter {
+            list: self,
+            node: self.search(start, None),
+            end,
+        }
+    }
+
+    /// Entries from the first key >= `bound` on, in key order.
+    pub fn seek(&self, bound: &[u8]) -> Iter<'_> {
+        self.range(bound, None)
+    }
+
+    /// All entries in key order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            list: self,
+            node: self.nodes[HEAD as usize].next0,
+            end: None,
+        }
+    }
+
+    /// Renumber the arena in key order (keeping every node's height and moving, not copying,
+    /// the key and value bytes), dropping free nodes and spans. Afterwards a scan walks memory
+    /// sequentially and neighbouring keys share cache lines. O(n); the caller picks the moment.
+    pub fn compact(&mut self) {
+        let mut old = std::mem::take(&mut self.nodes);
+        let upper_len = self.upper.len();
+        let mut b = Builder {
+            list: SkipList::with_capacity(0, self.len, upper_len),
+            tails: [HEAD; HEIGHT_MAX],
+            last: NIL,
+        };
+        b.list.prng = self.prng.clone();
+        let mut x = old[HEAD as usize].next0;
+        while x != NIL {
+            let n = &mut old[x as usize];
+            let kv = std::mem::take(&mut n.kv);
+            b.push_node(kv, n.key_len as usize, n.prefix, n.height as usize);
+            x = n.next0;
+        }
+        assert_eq!(b.list.len, self.len, "compaction lost nodes");
+        b.list.upper.shrink_to_fit();
+        *self = b.list;
+    }
+
+    /// Height h >= 1 with P(h > k) = 4^-k, capped: two random zero bits per extra level.
+    fn random_height(&mut self) -> usize {
+        let bits = self.prng.next_u64();
+        1 + ((bits.trailing_zeros() / 2) as usize).min(HEIGHT_MAX - 1)
+    }
+
+    /// A node (and its span, filled in) with nil links.
+    fn alloc_node(&mut self, kv: Box<[u8]>, key_len: usize, prefix: u64, height: usize) -> u32 {
+        debug_assert_eq!(prefix, key_prefix(&kv[..key_len]));
+        self.data_bytes += kv.len();
+        let x = if self.free_node != NIL {
+            self.free_node
+        } else {
+            assert!(self.nodes.len() < NODES_MAX, "skiplist arena full");
+            self.nodes.len() as u32
+        };
+        let span = self.alloc_span(height);
+        if span != HEAD_SPAN {
+            let at = span as usize;
+            self.upper[at + SPAN_NODE] = x;
+            self.upper[at + SPAN_PREFIX] = (prefix >> 32) as u32;
+            self.upper[at + SPAN_PREFIX + 1] = prefix as u32;
+            self.upper[at + SPAN_LINKS..at + span_len(height)].fill(HEAD_SPAN);
+        }
+        let node = Node {
+            prefix,
+            kv,
+            key_len: key_len as u32,
+            next0: NIL,
+            span,
+            height: height as u8,
+        };
+        if x == self.free_node {
+            self.free_node = self.nodes[x as usize].next0;
+            self.nodes[x as usize] = node;
+        } else {
+            self.nodes.push(node);
+        }
+        x
+    }
+
+    fn alloc_span(&mut self, height: usize) -> u32 {
+        if height == 1 {
+            return HEAD_SPAN;
+        }
+        let free = self.free_span[height];
+        if free != HEAD_SPAN {
+            self.free_span[height] = self.upper[free as usize];
+            return free;
+        }
+        let at = self.upper.len();
+        assert!(
+            at + span_len(height) <= u32::MAX as usize,
+            "span arena full"
+        );
+        self.upper.resize(at + span_len(height), NIL);
+        at as u32
+    }
+
+    /// Put `x` on the free lists and return its key and value.
+    fn free_node(&mut self, x: u32) -> Box<[u8]> {
+        let (height, span) = {
+            let n = &self.nodes[x as usize];
+            (n.height as usize, n.span)
+        };
+        if height > 1 {
+            self.upper[span as usize] = self.free_span[height];
+            self.free_span[height] = span;
+        }
+        let n = &mut self.nodes[x as usize];
+        let kv = std::mem::take(&mut n.kv);
+        n.key_len = 0;
+        n.prefix = 0;
+        n.height = 0;
+        n.span = HEAD_SPAN;
+        n.next0 = self.free_node;
+        self.free_node = x;
+        kv
+    }
+
+    /// Assert invariants 1-6 (see the file header). O(n); for tests and debug builds.
+    pub fn check_invariants(&self) {
+        let mut state = vec![0u8; self.nodes.len()]; // 0 unseen, 1 live, 2 free, 3 head
+        state[HEAD as usize] = 3;
+        let mut span_used = vec![false; self.upper.len()];
+        span_used[..span_len(HEIGHT_MAX)].fill(true);
+        let (mut count, mut bytes) = (0usize, 0usize);
+        let mut x = self.nodes[HEAD as usize].next0;
+        let mut prev_key: Option<&[u8]> = None;
+        while x != NIL {
+            assert_eq!(state[x as usize], 0, "node {x} reached twice at level 0");
+            state[x as usize] = 1;
+            let n = &self.nodes[x as usize];
+            let key = self.node_key(x);
+            if let Some(p) = prev_key {
+                assert!(p < key, "keys out of order at node {x}: {p:?} !< {key:?}");
+            }
+            let h = n.height as usize;
+            assert!(
+                (1..=self.level).contains(&h),
+                "node {x} height {h}, level {}",
+                self.level
+            );
+            assert_eq!(n.prefix, key_prefix(key), "node {x} prefix");
+            if h > 1 {
+                let at = n.span as usize;
+                assert_eq!(
+                    self.upper[at + SPAN_NODE],
+                    x,
+                    "span {at} names another node"
+                );
+                assert_eq!(self.cmp_span(n.span, key, n.prefix), Ordering::Equal);
+                mark_span(&mut span_used, at, h);
+            }
+            prev_key = Some(key);
+            count += 1;
+            bytes += n.kv.len();
+            x = n.next0;
+        }
+        assert_eq!(count, self.len, "level-0 chain length vs len");
+        assert_eq!(bytes, self.data_bytes, "data_bytes");
+        for level in 1..HEIGHT_MAX {
+            self.check_level(level, &state);
+        }
+        self.check_free_lists(&mut state, &mut span_used);
+        assert!(
+            state.iter().all(|&s| s != 0),
+            "a node is neither live, free nor head"
+        );
+    }
+
+    /// Invariants 2 and 3 at one level: the chain is the level-0 chain filtered by height.
+    fn check_level(&self, level: usize, state: &[u8]) {
+        let mut expect = self.nodes[HEAD as usize].next0;
+        let mut s = self.up_link(HEAD_SPAN, level);
+        if level >= self.level {
+            assert_eq!(
+                s, HEAD_SPAN,
+                "head link at level {level} >= level {}",
+                self.level
+            );
+        }
+        loop {
+            while expect != NIL && (self.nodes[expect as usize].height as usize) <= level {
+                expect = self.nodes[expect as usize].next0;
+            }
+            if s == HEAD_SPAN {
+                assert_eq!(expect, NIL, "level {level} chain ends early");
+                break;
+            }
+            let x = self.upper[s as usize + SPAN_NODE];
+            assert_eq!(x, expect, "level {level} chain skips or adds a node");
+            assert_eq!(state[x as usize], 1, "level {level} links to dead node {x}");
+            s = self.up_link(s, level);
+            expect = self.nodes[expect as usize].next0;
+        }
+    }
+
+    /// Invariants 5 and 6 for the free lists.
+    fn check_free_lists(&self, state: &mut [u8], span_used: &mut [bool]) {
+        let mut x = self.free_node;
+        while x != NIL {
+            assert_eq!(state[x as usize], 0, "free node {x} also live or repeated");
+            state[x as usize] = 2;
+            assert!(
+                self.nodes[x as usize].kv.is_empty(),
+                "free node {x} holds bytes"
+            );
+            x = self.nodes[x as usize].next0;
+        }
+        for h in 2..=HEIGHT_MAX {
+            let mut span = self.free_span[h];
+            while span != HEAD_SPAN {
+                mark_span(span_used, span as usize, h);
+                span = self.upper[span as usize];
+            }
+        }
+    }
+}
+
+/// Mark the slots of the span at `at` for a node of `height`, asserting none was taken.
+fn mark_span(used: &mut [bool], at: usize, height: usize) {
+    for (i, slot) in used[at..at + span_len(height)].iter_mut().enumerate() {
+        assert!(
+            !*slot,
+            "span at {at} (height {height}) overlaps at slot {}",
+            at + i
+        );
+        *slot = true;
+    }
+}
+
+/// Builds a list from entries given in strictly increasing key order, in O(1) per entry
+/// (the snapshot loader's path). The caller checks the order; `push` asserts it.
+pub struct Builder {
+    list: SkipList,
+    /// The last node (`[0]`) and span (`[1..]`) at each level; the head where none yet.
+    tails: Prev,
+    last: u32,
+}
+
+impl Builder {
+    pub fn new(seed: u64) -> Builder {
+        Builder {
+            list: SkipList::new(seed),
+            tails: [HEAD; HEIGHT_MAX],
+            last: NIL,
+        }
+    }
+
+    /// The key pushed last.
+    pub fn last_key(&self) -> Option<&[u8]> {
+        (self.last != NIL).then(|| self.list.node_key(self.last))
+    }
+
+    /// Append `key ++ value` (key `key_len` bytes), which must sort after every key so far.
+    pub fn push(&mut self, kv: Box<[u8]>, key_len: usize) {
+        assert!(key_len <= kv.len(), "key_len {key_len} > kv {}", kv.len());
+        if let Some(last) = self.last_key() {
+            assert!(last < &kv[..key_len], "Builder::push out of order");
+        }
+        let height = self.list.random_height();
+        let prefix = key_prefix(&kv[..key_len]);
+        self.push_node(kv, key_len, prefix, height);
+    }
+
+    /// Append a node of a known height and key prefix (the order is the caller's promise).
+    fn push_node(&mut self, kv: Box<[u8]>, key_len: usize, prefix: u64, height: usize) {
+        self.list.level = self.list.level.max(height);
+        let x = self.list.alloc_node(kv, key_len, prefix, height);
+        self.list.nodes[self.tails[0] as usize].next0 = x;
+        self.tails[0] = x;
+        let span = self.list.nodes[x as usize].span;
+        for level in 1..height {
+            self.list.set_up_link(self.tails[level], level, span);
+            self.tails[level] = span;
+        }
+        self.list.len += 1;
+        self.last = x;
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.len == 0
+    }
+
+    pub fn finish(self) -> SkipList {
+        self.list
+    }
+}
+
+/// A forward iterator over `(key, value)` pairs in key order.
+pub struct Iter<'a> {
+    list: &'a SkipList,
+    node: u32,
+    end: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.node == NIL {
+            return None;
+        }
+        let n = &self.list.nodes[self.node as usize];
+        let (key, value) = n.kv.split_at(n.key_len as usize);
+        if let Some(end) = self.end {
+            if key >= end {
+                self.node = NIL;
+                return None;
+            }
+        }
+        self.node = n.next0;
+        Some((key, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn random_key(p: &mut Prng, space: u64) -> Vec<u8> {
+        // Small alphabets and lengths so that keys collide, share prefixes longer and shorter
+        // than 8 bytes, and include the empty key and zero bytes.
+        let len = p.range(0, 12) as usize;
+        let mut k: Vec<u8> = (0..len).map(|_| b"a\0b"[p.range(0, 3) as usize]).collect();
+        if p.chance(1, 2) {
+            k = format!("{}", p.range(0, space)).into_bytes();
+        }
+        k
+    }
+
+    #[test]
+    fn model_test_against_btreemap_over_many_random_operations() {
+        for seed in 1..=3u64 {
+            let mut p = Prng::new(seed);
+            let mut list = SkipList::new(seed);
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for step in 0..40_000u32 {
+                let key = random_key(&mut p, 3000);
+                match p.range(0, 10) {
+                    0..=3 => {
+                        let mut v = vec![0u8; p.range(0, 20) as usize];
+                        p.fill(&mut v);
+                        let old = list.insert(&key, &v);
+                        let want = model.insert(key.clone(), v);
+                        assert_eq!(
+                            old.as_ref().map(|e| e.value()),
+                            want.as_deref(),
+                            "step {step}"
+                        );
+                        if let Some(e) = old {
+                            assert_eq!(e.key(), &key[..]);
+                        }
+                    }
+                    4..=5 => {
+                        let got = list.remove(&key);
+                        let want = model.remove(&key);
+                        assert_eq!(
+                            got.as_ref().map(|e| e.value()),
+                            want.as_deref(),
+                            "step {step}"
+                        );
+                    }
+                    6..=7 => assert_eq!(list.get(&key), model.get(&key).map(|v| &v[..])),
+                    8 => {
+                        let got: Vec<_> = list.seek(&key).take(5).collect();
+                        let want: Vec<_> = model
+                            .range(key.clone()..)
+                            .take(5)
+                            .map(|(k, v)| (&k[..], &v[..]))
+                            .collect();
+                        assert_eq!(got, want, "seek at step {step}");
+                    }
+                    _ => {
+                        let end = random_key(&mut p, 3000);
+                        let got: Vec<_> = list.range(&key, Some(&end)).take(50).collect();
+                        let want: Vec<_> = if key < end {
+                            model
+                                .range(key.clone()..end.clone())
+                                .take(50)
+                                .map(|(k, v)| (&k[..], &v[..]))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        assert_eq!(got, want, "range at step {step}");
+                    }
+                }
+                assert_eq!(list.len(), model.len());
+                if step % 5000 == 0 {
+                    list.check_invariants();
+                }
+                if step % 7000 == 3500 {
+                    list.compact();
+                }
+            }
+            list.check_invariants();
+            let all: Vec<_> = list.iter().collect();
+            let want: Vec<_> = model.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            assert_eq!(all, want, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn freed_nodes_and_link_spans_are_reused() {
+        let mut list = SkipList::new(9);
+        for i in 0..1000u32 {
+            list.insert(&i.to_be_bytes(), b"v");
+        }
+        let (nodes, upper) = (list.nodes.len(), list.upper.len());
+        for round in 0..5u32 {
+            for i in 0..1000u32 {
+                assert!(list.remove(&i.to_be_bytes()).is_some());
+            }
+            assert!(list.is_empty());
+            list.check_invariants();
+            for i in 0..1000u32 {
+                list.insert(&(i + round).to_be_bytes(), b"w");
+            }
+            list.check_invariants();
+            assert_eq!(list.nodes.len(), nodes, "node arena grew in round {round}");
+            // Heights are redrawn, so spans of one height may run short; growth stays small.
+            assert!(
+                list.upper.len() < upper * 2,
+                "{} vs {upper}",
+                list.upper.len()
+            );
+            for i in 0..1000u32 {
+                list.remove(&(i + round).to_be_bytes());
+            }
+            for i in 0..1000u32 {
+                list.insert(&i.to_be_bytes(), b"v");
+            }
+        }
+    }
+
+    #[test]
+    fn builder_makes_the_same_map_as_inserting() {
+        let mut b = Builder::new(4);
+        let mut list = SkipList::new(5);
+        for i in 0..5000u32 {
+            let key = (i * 7).to_be_bytes();
+            let mut kv = key.to_vec();
+            kv.extend_from_slice(b"val");
+            b.push(kv.into_boxed_slice(), 4);
+            list.insert(&key, b"val");
+        }
+        let built = b.finish();
+        built.check_invariants();
+        assert!(built.iter().eq(list.iter()));
+        assert_eq!(built.get(&70u32.to_be_bytes()), Some(&b"val"[..]));
+        assert_eq!(built.get(&71u32.to_be_bytes()), None);
+    }
+
+    #[test]
+    fn compaction_keeps_the_map_and_orders_the_arena_by_key() {
+        let mut list = SkipList::new(8);
+        let mut p = Prng::new(8);
+        for _ in 0..3000 {
+            let k = p.range(0, 2000).to_be_bytes();
+            if p.chance(1, 3) {
+                list.remove(&k);
+            } else {
+                list.insert(&k, &k[4..]);
+            }
+        }
+        let before: Vec<(Vec<u8>, Vec<u8>)> =
+            list.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        list.compact();
+        list.check_invariants();
+        assert_eq!(list.nodes.len(), list.len() + 1, "free nodes dropped");
+        let mut x = list.nodes[0].next0;
+        let mut expect = 1;
+        while x != NIL {
+            assert_eq!(x, expect, "arena not in key order");
+            x = list.nodes[x as usize].next0;
+            expect += 1;
+        }
+        let after: Vec<(Vec<u8>, Vec<u8>)> =
+            list.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(before, after);
+        list.insert(b"new", b"v");
+        assert_eq!(
+            list.remove(&before[0].0).map(|e| e.value().to_vec()),
+            Some(before[0].1.clone())
+        );
+        list.check_invariants();
+    }
+
+    #[test]
+    fn heights_follow_a_quarter_ratio_and_respect_the_cap() {
+        let mut list = SkipList::new(3);
+        let mut counts = [0usize; HEIGHT_MAX + 1];
+        for _ in 0..100_000 {
+            counts[list.random_height()] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        // Expect 75% height 1 and 18.75% height 2; allow generous slack.
+        assert!((73_000..77_000).contains(&counts[1]), "{counts:?}");
+        assert!((17_000..20_500).contains(&counts[2]), "{counts:?}");
+    }
+
+    #[test]
+    fn binary_keys_and_the_empty_key_are_ordered_bytewise() {
+        let mut list = SkipList::new(1);
+        let keys: [&[u8]; 6] = [b"", b"\0", b"\0\0", b"\xff", b"a\0b", b"a"];
+        for k in keys {
+            list.insert(k, k);
+        }
+        let got: Vec<&[u8]> = list.iter().map(|(k, _)| k).collect();
+        let mut want = keys.to_vec();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(list.get(b""), Some(&b""[..]));
+        list.check_invariants();
+    }
+}

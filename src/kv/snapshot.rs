@@ -1,0 +1,418 @@
+//! The KV snapshot format: the whole state streamed in key order, and its loader.
+//!
+//! Owns: the byte layout below, writing it from a `KvStore`, and rebuilding a store from it.
+//! Must not: open, sync or rename files (the node does), or log (the writer runs in a forked
+//! child).
+//!
+//! # Format (version 1), integers big-endian
+//!
+//! ```text
+//! offset          size  field
+//! 0               8     magic  b"KVRSNAP\0"
+//! 8               4     version = 1
+//! 12              8     applied index
+//! 20              8     entry count n
+//! 28              ...   n records, keys strictly increasing:
+//!                         u32 key length (<= KEY_SIZE_MAX), u32 value length (<= VALUE_SIZE_MAX),
+//!                         key bytes, value bytes
+//! end - 12        8     state hash (what `StateMachine::state_hash` returns for this state)
+//! end - 4         4     CRC32C of every byte before it
+//! ```
+//!
+//! Invariants:
+//! 1. `load(write(s))` rebuilds `s` exactly, and both return `s.state_hash()`.
+//! 2. The loader rejects, with a `SnapshotError` and the store untouched: a wrong magic or
+//!    version, any truncation, a record over its limits, keys out of order, a count that
+//!    does not match, trailing bytes, a CRC mismatch, and a recomputed state hash that
+//!    differs from the stored one. Lengths are checked before anything is allocated.
+
+use crate::kv::skiplist::Builder;
+use crate::kv::store::{combine_state_hash, entry_hash, KvStore};
+use crate::kv::StateMachine;
+use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
+use crate::raft::LogIndex;
+use byteorder::{BigEndian, ByteOrder};
+use std::fmt;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+
+pub const MAGIC: [u8; 8] = *b"KVRSNAP\0";
+pub const VERSION: u32 = 1;
+pub const HEADER_SIZE: usize = 28;
+pub const RECORD_HEADER_SIZE: usize = 8;
+pub const TRAILER_SIZE: usize = 12;
+const BUFFER_SIZE: usize = 64 * 1024;
+
+/// Why a snapshot was refused.
+#[derive(Debug)]
+pub enum SnapshotError {
+    Io(io::Error),
+    /// The input ended at `offset` before the format did.
+    Truncated {
+        offset: u64,
+    },
+    BadMagic,
+    Version(u32),
+    Corrupt {
+        offset: u64,
+        reason: &'static str,
+    },
+    Checksum {
+        stored: u32,
+        computed: u32,
+    },
+    StateHash {
+        stored: u64,
+        computed: u64,
+    },
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::Io(e) => write!(f, "snapshot read failed: {e}"),
+            SnapshotError::Truncated { offset } => {
+                write!(f, "snapshot truncated at byte {offset}")
+            }
+            SnapshotError::BadMagic => write!(f, "not a kvraft snapshot (bad magic)"),
+            SnapshotError::Version(v) => {
+                write!(
+                    f,
+                    "snapshot format version {v} unsupported (expected {VERSION})"
+                )
+            }
+            SnapshotError::Corrupt { offset, reason } => {
+                write!(f, "snapshot corrupt at byte {offset}: {reason}")
+            }
+            SnapshotError::Checksum { stored, computed } => write!(
+                f,
+                "snapshot checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+            ),
+            SnapshotError::StateHash { stored, computed } => write!(
+                f,
+                "snapshot state hash mismatch: stored {stored:#018x}, computed {computed:#018x}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+/// A writer that keeps the CRC32C of everything written through it.
+struct CrcWriter<'a> {
+    out: BufWriter<&'a mut dyn Write>,
+    crc: u32,
+}
+
+impl CrcWriter<'_> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.out.write_all(bytes)
+    }
+}
+
+/// Stream `store` to `w` in the format above; returns its state hash.
+pub fn write(store: &KvStore, w: &mut dyn Write) -> io::Result<u64> {
+    let list = store.list();
+    let mut out = CrcWriter {
+        out: BufWriter::with_capacity(BUFFER_SIZE, w),
+        crc: 0,
+    };
+    let mut header = [0u8; HEADER_SIZE];
+    header[0..8].copy_from_slice(&MAGIC);
+    BigEndian::write_u32(&mut header[8..12], VERSION);
+    BigEndian::write_u64(&mut header[12..20], store.applied_index().0);
+    BigEndian::write_u64(&mut header[20..28], list.len() as u64);
+    out.put(&header)?;
+    let mut written = 0usize;
+    for (key, value) in list.iter() {
+        let mut rec = [0u8; RECORD_HEADER_SIZE];
+        BigEndian::write_u32(&mut rec[0..4], key.len() as u32);
+        BigEndian::write_u32(&mut rec[4..8], value.len() as u32);
+        out.put(&rec)?;
+        out.put(key)?;
+        out.put(value)?;
+        written += 1;
+    }
+    assert_eq!(written, list.len(), "iteration count vs len");
+    let hash = store.state_hash();
+    out.put(&hash.to_be_bytes())?;
+    let crc = out.crc;
+    out.out.write_all(&crc.to_be_bytes())?;
+    out.out.flush()?;
+    Ok(hash)
+}
+
+/// A reader that counts bytes and keeps the CRC32C of everything read through it.
+struct CrcReader<'a> {
+    input: BufReader<&'a mut dyn Read>,
+    offset: u64,
+    crc: u32,
+}
+
+impl CrcReader<'_> {
+    fn get(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.raw(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        Ok(())
+    }
+
+    /// Read without adding to the CRC.
+    fn raw(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.input.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    return Err(SnapshotError::Truncated {
+                        offset: self.offset + filled as u64,
+                    })
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SnapshotError::Io(e)),
+            }
+        }
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    fn at_end(&mut self) -> Result<bool, SnapshotError> {
+        let mut one = [0u8; 1];
+        loop {
+            match self.input.read(&mut one) {
+                Ok(0) => return Ok(true),
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SnapshotError::Io(e)),
+            }
+        }
+    }
+}
+
+/// Replace `store`'s state with the snapshot read from `r`; on error `store` is unchanged.
+pub fn load(store: &mut KvStore, r: &mut dyn Read) -> Result<u64, SnapshotError> {
+    let mut input = CrcReader {
+        input: BufReader::with_capacity(BUFFER_SIZE, r),
+        offset: 0,
+        crc: 0,
+    };
+    let mut header = [0u8; HEADER_SIZE];
+    input.get(&mut header)?;
+    if header[0..8] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let version = BigEndian::read_u32(&header[8..12]);
+    if version != VERSION {
+        return Err(SnapshotError::Version(version));
+    }
+    let applied = LogIndex(BigEndian::read_u64(&header[12..20]));
+    let count = BigEndian::read_u64(&header[20..28]);
+    let mut builder = Builder::new(store.seed());
+    let mut entries_hash = 0u64;
+    for _ in 0..count {
+        entries_hash = entries_hash.wrapping_add(read_record(&mut input, &mut builder)?);
+    }
+    let computed_hash = combine_state_hash(applied, builder.len(), entries_hash);
+    let mut trailer = [0u8; TRAILER_SIZE];
+    input.get(&mut trailer[..8])?;
+    let computed_crc = input.crc;
+    input.raw(&mut trailer[8..])?;
+    let stored_crc = BigEndian::read_u32(&trailer[8..]);
+    if stored_crc != computed_crc {
+        return Err(SnapshotError::Checksum {
+            stored: stored_crc,
+            computed: computed_crc,
+        });
+    }
+    if !input.at_end()? {
+        return Err(SnapshotError::Corrupt {
+            offset: input.offset,
+            reason: "bytes after the trailer",
+        });
+    }
+    let stored_hash = BigEndian::read_u64(&trailer[..8]);
+    if stored_hash != computed_hash {
+        return Err(SnapshotError::StateHash {
+            stored: stored_hash,
+            computed: computed_hash,
+        });
+    }
+    store.replace_state(builder.finish(), applied, entries_hash);
+    debug_assert_eq!(store.state_hash(), computed_hash);
+    Ok(computed_hash)
+}
+
+/// Read one record into `builder`; returns its entry hash.
+fn read_record(input: &mut CrcReader<'_>, builder: &mut Builder) -> Result<u64, SnapshotError> {
+    let at = input.offset;
+    let mut rec = [0u8; RECORD_HEADER_SIZE];
+    input.get(&mut rec)?;
+    let key_len = BigEndian::read_u32(&rec[0..4]) as usize;
+    let value_len = BigEndian::read_u32(&rec[4..8]) as usize;
+    if key_len > KEY_SIZE_MAX {
+        return Err(SnapshotError::Corrupt {
+            offset: at,
+            reason: "key longer than KEY_SIZE_MAX",
+        });
+    }
+    if value_len > VALUE_SIZE_MAX {
+        return Err(SnapshotError::Corrupt {
+            offset: at,
+            reason: "value longer than VALUE_SIZE_MAX",
+        });
+    }
+    let mut kv = vec![0u8; key_len + value_len].into_boxed_slice();
+    input.get(&mut kv)?;
+    let (key, value) = kv.split_at(key_len);
+    if builder.last_key().is_some_and(|last| last >= key) {
+        return Err(SnapshotError::Corrupt {
+            offset: at,
+            reason: "keys out of order",
+        });
+    }
+    let h = entry_hash(key, value);
+    builder.push(kv, key_len);
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Request;
+    use crate::prng::Prng;
+
+    fn store_with(n: usize, seed: u64) -> KvStore {
+        let mut kv = KvStore::new(seed);
+        let mut p = Prng::new(seed);
+        for i in 0..n {
+            let mut key = vec![0u8; p.range(0, 24) as usize];
+            p.fill(&mut key);
+            let mut value = vec![0u8; p.range(0, 100) as usize];
+            p.fill(&mut value);
+            let args = vec![b"SET".to_vec(), key, value];
+            let Some(Request::Write(e)) = kv.parse(&args) else {
+                panic!("SET did not parse")
+            };
+            kv.apply(LogIndex(i as u64 + 1), &e);
+        }
+        kv
+    }
+
+    fn snapshot_of(kv: &KvStore) -> (Vec<u8>, u64) {
+        let mut buf = Vec::new();
+        let h = kv.write_snapshot(&mut buf).expect("write to a Vec");
+        (buf, h)
+    }
+
+    fn assert_same(a: &KvStore, b: &KvStore) {
+        assert_eq!(a.applied_index(), b.applied_index());
+        assert_eq!(a.state_hash(), b.state_hash());
+        assert!(a.list().iter().eq(b.list().iter()), "contents differ");
+    }
+
+    #[test]
+    fn empty_small_and_large_states_round_trip_with_the_same_hash() {
+        for n in [0usize, 1, 100, 50_000] {
+            let kv = store_with(n, n as u64 + 1);
+            let (buf, h) = snapshot_of(&kv);
+            assert_eq!(h, kv.state_hash());
+            let mut loaded = store_with(3, 99); // previous contents must be replaced
+            let h2 = loaded.load_snapshot(&mut &buf[..]).expect("loads");
+            assert_eq!(h2, h);
+            assert_same(&kv, &loaded);
+            loaded.check_invariants();
+            // Writing the loaded store again gives the same bytes.
+            assert_eq!(snapshot_of(&loaded).0, buf, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_rejected_and_leaves_the_store_untouched() {
+        let (buf, _) = snapshot_of(&store_with(40, 3));
+        let mut target = store_with(5, 4);
+        let before = target.state_hash();
+        for cut in 0..buf.len() {
+            match target.load_snapshot(&mut &buf[..cut]) {
+                Err(SnapshotError::Truncated { offset }) => assert_eq!(offset, cut as u64),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+            assert_eq!(target.state_hash(), before);
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_rejected() {
+        let (buf, _) = snapshot_of(&store_with(30, 5));
+        let mut target = KvStore::new(1);
+        let before = target.state_hash();
+        for i in 0..buf.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = buf.clone();
+                bad[i] ^= bit;
+                let r = target.load_snapshot(&mut &bad[..]);
+                assert!(r.is_err(), "flip {bit:#x} at byte {i} accepted");
+                assert_eq!(target.state_hash(), before);
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_magic_version_order_and_trailing_bytes_get_clear_errors() {
+        let (buf, _) = snapshot_of(&store_with(3, 6));
+        let mut kv = KvStore::new(1);
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            kv.load_snapshot(&mut &bad[..]),
+            Err(SnapshotError::BadMagic)
+        ));
+        let mut bad = buf.clone();
+        bad[11] = 2;
+        assert!(matches!(
+            kv.load_snapshot(&mut &bad[..]),
+            Err(SnapshotError::Version(2))
+        ));
+        let mut bad = buf.clone();
+        bad.push(0);
+        let e = kv.load_snapshot(&mut &bad[..]).unwrap_err();
+        assert!(e.to_string().contains("after the trailer"), "{e}");
+        // Two records in the wrong order, with a valid CRC: caught by the order check.
+        let mut w = Vec::new();
+        w.extend_from_slice(&MAGIC);
+        w.extend_from_slice(&VERSION.to_be_bytes());
+        w.extend_from_slice(&7u64.to_be_bytes());
+        w.extend_from_slice(&2u64.to_be_bytes());
+        for k in [b"b", b"a"] {
+            w.extend_from_slice(&1u32.to_be_bytes());
+            w.extend_from_slice(&0u32.to_be_bytes());
+            w.extend_from_slice(k);
+        }
+        w.extend_from_slice(&0u64.to_be_bytes());
+        let crc = crc32c::crc32c(&w);
+        w.extend_from_slice(&crc.to_be_bytes());
+        let e = kv.load_snapshot(&mut &w[..]).unwrap_err();
+        assert!(
+            matches!(e, SnapshotError::Corrupt { offset: 37, .. }),
+            "{e}"
+        );
+        // A record claiming a value beyond the limit is refused before allocating it.
+        let mut w = buf[..HEADER_SIZE].to_vec();
+        w.extend_from_slice(&0u32.to_be_bytes());
+        w.extend_from_slice(&u32::MAX.to_be_bytes());
+        let e = kv.load_snapshot(&mut &w[..]).unwrap_err();
+        assert!(e.to_string().contains("VALUE_SIZE_MAX"), "{e}");
+    }
+
+    #[test]
+    fn a_valid_crc_over_a_wrong_state_hash_is_rejected() {
+        let (mut buf, _) = snapshot_of(&store_with(10, 7));
+        let n = buf.len();
+        buf[n - TRAILER_SIZE] ^= 1;
+        let crc = crc32c::crc32c(&buf[..n - 4]);
+        buf[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        let mut kv = KvStore::new(1);
+        assert!(matches!(
+            kv.load_snapshot(&mut &buf[..]),
+            Err(SnapshotError::StateHash { .. })
+        ));
+    }
+}

@@ -1,0 +1,606 @@
+//! `KvStore`: the skiplist KV as a `StateMachine`, with Redis's reply shapes.
+//!
+//! Owns: applying decoded writes deterministically, answering queries, the state hash.
+//! Must not: know about Raft beyond `LogIndex`, log, or read the clock.
+//!
+//! The state hash is kept incrementally: each (key, value) pair hashes to a 64-bit
+//! `entry_hash`, and `entries_hash` is their wrapping sum, updated on every insert, replace
+//! and remove. It is thus independent of insertion order and heights, O(1) to read, and a
+//! snapshot load recomputes it record by record. `state_hash` mixes it with the applied index
+//! and the key count. NB: not cryptographic; it detects divergence, not malice.
+//!
+//! Invariants:
+//! 1. `entries_hash` == wrapping sum of `entry_hash(k, v)` over the stored pairs.
+//! 2. `applied` only grows; `apply` asserts `index > applied` (a caller's bug otherwise).
+//! 3. No stored key exceeds `KEY_SIZE_MAX` and no stored value exceeds `VALUE_SIZE_MAX`.
+
+use crate::client::value::Value;
+use crate::kv::command::{self, ReadCmd, WriteCmd, SET_GET, SET_NX, SET_XX};
+use crate::kv::skiplist::{Entry, SkipList};
+use crate::kv::{snapshot, Request, SnapshotError, StateMachine};
+use crate::limits::VALUE_SIZE_MAX;
+use crate::raft::LogIndex;
+
+/// Bytes of keys and values one RANGE reply carries at most: the reply stops before the pair
+/// that would cross it (but always holds at least one pair, so paging makes progress).
+pub const RANGE_REPLY_SIZE_MAX: usize = 8 * 1024 * 1024;
+
+/// Sizes of the store, for INFO and the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvStats {
+    pub keys: usize,
+    /// Bytes of keys plus values.
+    pub data_bytes: usize,
+    /// Heap bytes of the structure beyond the key and value bytes (arenas by capacity).
+    pub overhead_bytes: usize,
+}
+
+/// The skiplist key-value state machine.
+pub struct KvStore {
+    list: SkipList,
+    applied: LogIndex,
+    entries_hash: u64,
+    seed: u64,
+}
+
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// A fast, stable 64-bit hash of `bytes` (8 bytes per multiply), seeded.
+pub fn hash64(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(K).rotate_left(29);
+    }
+    fmix64(h)
+}
+
+/// The hash one stored pair contributes to the state hash.
+pub fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
+    hash64(hash64(0x006b_6579, key), value)
+}
+
+/// The state hash of a store with these parts (shared with the snapshot loader).
+pub fn combine_state_hash(applied: LogIndex, keys: usize, entries_hash: u64) -> u64 {
+    fmix64(entries_hash ^ fmix64(applied.0 ^ 0x0061_7070_6c69_6564) ^ (keys as u64).wrapping_mul(K))
+}
+
+impl KvStore {
+    /// An empty store; `seed` seeds the skiplist's heights (which never affect replies,
+    /// snapshots or the state hash).
+    pub fn new(seed: u64) -> KvStore {
+        KvStore {
+            list: SkipList::new(seed),
+            applied: LogIndex(0),
+            entries_hash: 0,
+            seed,
+        }
+    }
+
+    pub fn stats(&self) -> KvStats {
+        KvStats {
+            keys: self.list.len(),
+            data_bytes: self.list.data_bytes(),
+            overhead_bytes: self.list.overhead_bytes(),
+        }
+    }
+
+    /// Lay the skiplist's arena out in key order (see `SkipList::compact`): faster scans and
+    /// lookups afterwards, at the cost of an O(n) pause (about 0.1 s per million keys), so the
+    /// node calls it when it chooses (e.g. idle, or after a snapshot). Never changes replies,
+    /// snapshots or the state hash.
+    pub fn compact(&mut self) {
+        self.list.compact();
+    }
+
+    /// The value under `key` (for tests and the node's diagnostics).
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.list.get(key)
+    }
+
+    /// Assert the skiplist's and the hash's invariants. O(n).
+    pub fn check_invariants(&self) {
+        self.list.check_invariants();
+        let sum = self
+            .list
+            .iter()
+            .fold(0u64, |s, (k, v)| s.wrapping_add(entry_hash(k, v)));
+        assert_eq!(sum, self.entries_hash, "incremental entries hash drifted");
+    }
+
+    pub(crate) fn list(&self) -> &SkipList {
+        &self.list
+    }
+
+    /// Install a state built by the snapshot loader.
+    pub(crate) fn replace_state(&mut self, list: SkipList, applied: LogIndex, entries_hash: u64) {
+        self.list = list;
+        self.applied = applied;
+        self.entries_hash = entries_hash;
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+        self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
+        let old = self.list.insert(key, value);
+        if let Some(e) = &old {
+            self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+        }
+        old
+    }
+
+    fn delete(&mut self, key: &[u8]) -> bool {
+        match self.list.remove(key) {
+            Some(e) => {
+                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn apply_write(&mut self, cmd: WriteCmd<'_>) -> Value {
+        match cmd {
+            WriteCmd::Set { flags, key, value } => self.apply_set(flags, key, value),
+            WriteCmd::SetNx { key, value } => {
+                if self.list.get(key).is_some() {
+                    return Value::Integer(0);
+                }
+                self.put(key, value);
+                Value::Integer(1)
+            }
+            WriteCmd::Del { keys } => {
+                let removed = keys.iter().filter(|k| self.delete(k)).count();
+                Value::Integer(removed as i64)
+            }
+            WriteCmd::MSet { pairs } => {
+                for (k, v) in pairs {
+                    self.put(k, v);
+                }
+                Value::ok()
+            }
+            WriteCmd::IncrBy { key, delta } => self.apply_incrby(key, delta),
+            WriteCmd::Append { key, value } => {
+                let old = self.list.get(key).unwrap_or_default();
+                let new_len = old.len() + value.len();
+                if new_len > VALUE_SIZE_MAX {
+                    return command::string_too_large();
+                }
+                let mut joined = Vec::with_capacity(new_len);
+                joined.extend_from_slice(old);
+                joined.extend_from_slice(value);
+                self.put(key, &joined);
+                Value::Integer(new_len as i64)
+            }
+            WriteCmd::Cas { key, expected, new } => {
+                if self.list.get(key) == Some(expected) {
+                    self.put(key, new);
+                    Value::Integer(1)
+                } else {
+                    Value::Integer(0)
+                }
+            }
+        }
+    }
+
+    /// `SET` with NX/XX/GET: without GET, +OK or nil when the condition fails; with GET, the
+    /// old value (or nil) whether or not the condition held (Redis 7).
+    fn apply_set(&mut self, flags: u8, key: &[u8], value: &[u8]) -> Value {
+        let exists = self.list.get(key).is_some();
+        let allowed = !(flags & SET_NX != 0 && exists || flags & SET_XX != 0 && !exists);
+        if flags & SET_GET != 0 {
+            let old = self.list.get(key).map(<[u8]>::to_vec);
+            if allowed {
+                self.put(key, value);
+            }
+            return old.map_or(Value::Nil, Value::Bulk);
+        }
+        if !allowed {
+            return Value::Nil;
+        }
+        self.put(key, value);
+        Value::ok()
+    }
+
+    fn apply_incrby(&mut self, key: &[u8], delta: i64) -> Value {
+        let current = match self.list.get(key) {
+            None => 0,
+            Some(v) => match command::parse_i64(v) {
+                Some(n) => n,
+                None => return command::not_integer(),
+            },
+        };
+        match current.checked_add(delta) {
+            Some(n) => {
+                self.put(key, n.to_string().as_bytes());
+                Value::Integer(n)
+            }
+            None => Value::error("ERR increment or decrement would overflow"),
+        }
+    }
+
+    fn answer(&self, cmd: ReadCmd<'_>) -> Value {
+        let bulk = |v: Option<&[u8]>| v.map_or(Value::Nil, |v| Value::Bulk(v.to_vec()));
+        match cmd {
+            ReadCmd::Get { key } => bulk(self.list.get(key)),
+            ReadCmd::Exists { keys } => {
+                let n = keys.iter().filter(|k| self.list.get(k).is_some()).count();
+                Value::Integer(n as i64)
+            }
+            ReadCmd::MGet { keys } => {
+                Value::Array(keys.iter().map(|k| bulk(self.list.get(k))).collect())
+            }
+            ReadCmd::StrLen { key } => {
+                Value::Integer(self.list.get(key).map_or(0, <[u8]>::len) as i64)
+            }
+            ReadCmd::Range { start, end, limit } => self.answer_range(start, end, limit),
+            ReadCmd::DbSize => Value::Integer(self.list.len() as i64),
+        }
+    }
+
+    /// Flat array `k1 v1 k2 v2 ...` of keys in `[start, end)` (empty `end`: unbounded), at
+    /// most `limit` pairs and about `RANGE_REPLY_SIZE_MAX` bytes.
+    fn answer_range(&self, start: &[u8], end: &[u8], limit: u32) -> Value {
+        let end = if end.is_empty() { None } else { Some(end) };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (k, v) in self.list.range(start, end).take(limit as usize) {
+            bytes += k.len() + v.len();
+            if bytes > RANGE_REPLY_SIZE_MAX && !out.is_empty() {
+                break;
+            }
+            out.push(Value::Bulk(k.to_vec()));
+            out.push(Value::Bulk(v.to_vec()));
+        }
+        Value::Array(out)
+    }
+}
+
+impl StateMachine for KvStore {
+    fn parse(&self, args: &[Vec<u8>]) -> Option<Request> {
+        command::parse(args)
+    }
+
+    fn apply(&mut self, index: LogIndex, data: &[u8]) -> Value {
+        assert!(
+            index > self.applied,
+            "apply at index {index} but applied is {}",
+            self.applied
+        );
+        self.applied = index;
+        match command::decode_write(data) {
+            Ok(cmd) => self.apply_write(cmd),
+            Err(e) => Value::error(format!("ERR undecodable entry at index {index}: {e}")),
+        }
+    }
+
+    fn query(&self, data: &[u8]) -> Value {
+        match command::decode_read(data) {
+            Ok(cmd) => self.answer(cmd),
+            Err(e) => Value::error(format!("ERR undecodable query: {e}")),
+        }
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    fn write_snapshot(&self, w: &mut dyn std::io::Write) -> std::io::Result<u64> {
+        snapshot::write(self, w)
+    }
+
+    fn load_snapshot(&mut self, r: &mut dyn std::io::Read) -> Result<u64, SnapshotError> {
+        snapshot::load(self, r)
+    }
+
+    fn state_hash(&self) -> u64 {
+        combine_state_hash(self.applied, self.list.len(), self.entries_hash)
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run one command as the node would: parse, then apply (at the next index) or query.
+    fn run(kv: &mut KvStore, args: &[&[u8]]) -> Value {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        match kv.parse(&args).expect("a KV command") {
+            Request::Write(p) => {
+                let index = kv.applied_index().next();
+                kv.apply(index, &p)
+            }
+            Request::Read(q) => kv.query(&q),
+            Request::Reply(v) => v,
+        }
+    }
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::Bulk(b.to_vec())
+    }
+
+    fn err(s: &str) -> Value {
+        Value::error(s)
+    }
+
+    #[test]
+    fn set_and_get_follow_redis_including_nx_xx_and_get() {
+        let kv = &mut KvStore::new(1);
+        assert_eq!(run(kv, &[b"GET", b"k"]), Value::Nil);
+        assert_eq!(run(kv, &[b"SET", b"k", b"v", b"XX"]), Value::Nil);
+        assert_eq!(run(kv, &[b"GET", b"k"]), Value::Nil);
+        assert_eq!(run(kv, &[b"SET", b"k", b"v", b"NX"]), Value::ok());
+        assert_eq!(run(kv, &[b"SET", b"k", b"w", b"NX"]), Value::Nil);
+        assert_eq!(run(kv, &[b"GET", b"k"]), bulk(b"v"));
+        assert_eq!(run(kv, &[b"SET", b"k", b"w", b"xx"]), Value::ok());
+        assert_eq!(run(kv, &[b"SET", b"k", b"x", b"GET"]), bulk(b"w"));
+        assert_eq!(run(kv, &[b"SET", b"new", b"1", b"GET"]), Value::Nil);
+        assert_eq!(run(kv, &[b"GET", b"new"]), bulk(b"1"));
+        // NX GET on an existing key: not set, old value returned.
+        assert_eq!(run(kv, &[b"SET", b"k", b"y", b"NX", b"GET"]), bulk(b"x"));
+        assert_eq!(run(kv, &[b"GET", b"k"]), bulk(b"x"));
+        // XX GET on a missing key: not set, nil.
+        assert_eq!(run(kv, &[b"SET", b"zz", b"y", b"XX", b"GET"]), Value::Nil);
+        assert_eq!(run(kv, &[b"EXISTS", b"zz"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"SETNX", b"k", b"q"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"SETNX", b"q", b"q"]), Value::Integer(1));
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn del_exists_mget_mset_strlen_and_dbsize_count_like_redis() {
+        let kv = &mut KvStore::new(2);
+        assert_eq!(
+            run(kv, &[b"MSET", b"a", b"1", b"b", b"22", b"a", b"333"]),
+            Value::ok()
+        );
+        assert_eq!(run(kv, &[b"DBSIZE"]), Value::Integer(2));
+        assert_eq!(run(kv, &[b"GET", b"a"]), bulk(b"333"), "later pair wins");
+        assert_eq!(
+            run(kv, &[b"EXISTS", b"a", b"a", b"nope", b"b"]),
+            Value::Integer(3)
+        );
+        assert_eq!(
+            run(kv, &[b"MGET", b"a", b"nope", b"b"]),
+            Value::Array(vec![bulk(b"333"), Value::Nil, bulk(b"22")])
+        );
+        assert_eq!(run(kv, &[b"STRLEN", b"b"]), Value::Integer(2));
+        assert_eq!(run(kv, &[b"STRLEN", b"nope"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"DEL", b"a", b"a", b"nope"]), Value::Integer(1));
+        assert_eq!(run(kv, &[b"DEL", b"a"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"DBSIZE"]), Value::Integer(1));
+        assert_eq!(
+            run(kv, &[b"dbsize", b"x"]),
+            err("ERR wrong number of arguments for 'dbsize' command")
+        );
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn counters_follow_redis_integer_rules_and_overflow_errors() {
+        let kv = &mut KvStore::new(3);
+        assert_eq!(run(kv, &[b"INCR", b"n"]), Value::Integer(1));
+        assert_eq!(run(kv, &[b"INCRBY", b"n", b"41"]), Value::Integer(42));
+        assert_eq!(run(kv, &[b"DECR", b"n"]), Value::Integer(41));
+        assert_eq!(run(kv, &[b"DECRBY", b"n", b"-9"]), Value::Integer(50));
+        assert_eq!(run(kv, &[b"GET", b"n"]), bulk(b"50"));
+        assert_eq!(run(kv, &[b"DECRBY", b"m", b"5"]), Value::Integer(-5));
+        let not_int = err("ERR value is not an integer or out of range");
+        let overflow = err("ERR increment or decrement would overflow");
+        for v in [
+            &b"abc"[..],
+            b" 1",
+            b"1.5",
+            b"01",
+            b"",
+            b"99999999999999999999",
+        ] {
+            run(kv, &[b"SET", b"s", v]);
+            assert_eq!(run(kv, &[b"INCR", b"s"]), not_int, "{v:?}");
+            assert_eq!(run(kv, &[b"GET", b"s"]), bulk(v), "unchanged after error");
+        }
+        run(kv, &[b"SET", b"big", b"9223372036854775807"]);
+        assert_eq!(run(kv, &[b"INCR", b"big"]), overflow);
+        assert_eq!(
+            run(kv, &[b"INCRBY", b"big", b"0"]),
+            Value::Integer(i64::MAX)
+        );
+        run(kv, &[b"SET", b"small", b"-9223372036854775808"]);
+        assert_eq!(run(kv, &[b"DECR", b"small"]), overflow);
+        assert_eq!(run(kv, &[b"INCRBY", b"x", b"nope"]), not_int);
+        assert_eq!(
+            run(kv, &[b"INCR"]),
+            err("ERR wrong number of arguments for 'incr' command")
+        );
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn append_and_cas_behave_as_documented() {
+        let kv = &mut KvStore::new(4);
+        assert_eq!(run(kv, &[b"APPEND", b"k", b"ab"]), Value::Integer(2));
+        assert_eq!(run(kv, &[b"APPEND", b"k", b"\0\xff"]), Value::Integer(4));
+        assert_eq!(run(kv, &[b"GET", b"k"]), bulk(b"ab\0\xff"));
+        assert_eq!(run(kv, &[b"CAS", b"k", b"ab", b"z"]), Value::Integer(0));
+        assert_eq!(
+            run(kv, &[b"CAS", b"k", b"ab\0\xff", b"z"]),
+            Value::Integer(1)
+        );
+        assert_eq!(run(kv, &[b"GET", b"k"]), bulk(b"z"));
+        // A missing key never matches, not even the empty expected value.
+        assert_eq!(run(kv, &[b"CAS", b"gone", b"", b"z"]), Value::Integer(0));
+        assert_eq!(run(kv, &[b"EXISTS", b"gone"]), Value::Integer(0));
+        run(kv, &[b"SET", b"e", b""]);
+        assert_eq!(run(kv, &[b"CAS", b"e", b"", b"full"]), Value::Integer(1));
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn empty_keys_binary_bytes_and_megabyte_values_are_stored_exactly() {
+        let kv = &mut KvStore::new(5);
+        assert_eq!(run(kv, &[b"SET", b"", b"empty key"]), Value::ok());
+        assert_eq!(run(kv, &[b"GET", b""]), bulk(b"empty key"));
+        let binary: Vec<u8> = (0..=255u8).collect();
+        run(kv, &[b"SET", &binary, &binary]);
+        assert_eq!(run(kv, &[b"GET", &binary]), Value::Bulk(binary.clone()));
+        let mib = vec![0xa5u8; VALUE_SIZE_MAX];
+        assert_eq!(run(kv, &[b"SET", b"big", &mib]), Value::ok());
+        assert_eq!(
+            run(kv, &[b"STRLEN", b"big"]),
+            Value::Integer(VALUE_SIZE_MAX as i64)
+        );
+        assert_eq!(
+            run(kv, &[b"APPEND", b"big", b"x"]),
+            err("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+        );
+        assert_eq!(run(kv, &[b"GET", b"big"]), Value::Bulk(mib));
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn range_pages_in_key_order_with_limits_and_an_unbounded_end() {
+        let kv = &mut KvStore::new(6);
+        for i in 0..25u32 {
+            let k = format!("key{i:02}");
+            run(kv, &[b"SET", k.as_bytes(), &i.to_be_bytes()]);
+        }
+        run(kv, &[b"SET", b"other", b"o"]);
+        let keys = |v: Value| -> Vec<Vec<u8>> {
+            match v {
+                Value::Array(items) => items
+                    .chunks(2)
+                    .map(|p| match &p[0] {
+                        Value::Bulk(k) => k.clone(),
+                        x => panic!("{x:?}"),
+                    })
+                    .collect(),
+                x => panic!("{x:?}"),
+            }
+        };
+        let got = keys(run(kv, &[b"RANGE", b"key05", b"key08"]));
+        assert_eq!(
+            got,
+            vec![b"key05".to_vec(), b"key06".to_vec(), b"key07".to_vec()]
+        );
+        // Page through everything three at a time, continuing from last key + "\0".
+        let mut all = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            let page = keys(run(kv, &[b"RANGE", &start, b"", b"LIMIT", b"3"]));
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 3);
+            start = page.last().unwrap().clone();
+            start.push(0);
+            all.extend(page);
+        }
+        assert_eq!(all.len(), 26);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(run(kv, &[b"RANGE", b"z", b"a"]), Value::Array(vec![]));
+        let pair = run(kv, &[b"RANGE", b"key00", b"key01"]);
+        assert_eq!(
+            pair,
+            Value::Array(vec![bulk(b"key00"), bulk(&0u32.to_be_bytes())])
+        );
+    }
+
+    #[test]
+    fn range_replies_stop_near_the_byte_cap_but_always_make_progress() {
+        let kv = &mut KvStore::new(7);
+        let mib = vec![1u8; VALUE_SIZE_MAX];
+        for i in 0..12u8 {
+            run(kv, &[b"SET", &[i], &mib]);
+        }
+        match run(kv, &[b"RANGE", b"", b""]) {
+            Value::Array(items) => {
+                let pairs = items.len() / 2;
+                assert!(
+                    pairs >= 1 && pairs * VALUE_SIZE_MAX <= RANGE_REPLY_SIZE_MAX,
+                    "{pairs}"
+                );
+                assert!(pairs < 12);
+            }
+            x => panic!("{x:?}"),
+        }
+    }
+
+    #[test]
+    fn undecodable_entries_are_answered_with_errors_and_still_applied() {
+        let kv = &mut KvStore::new(8);
+        let v = kv.apply(LogIndex(1), &[9, 9, 9]);
+        assert!(v.is_error(), "{v:?}");
+        assert_eq!(kv.applied_index(), LogIndex(1));
+        assert!(kv.query(&[]).is_error());
+    }
+
+    #[test]
+    #[should_panic(expected = "apply at index 3 but applied is 5")]
+    fn applying_an_old_index_is_a_caller_bug() {
+        let kv = &mut KvStore::new(9);
+        let p = match command::parse(&[b"incr".to_vec(), b"n".to_vec()]) {
+            Some(Request::Write(p)) => p,
+            x => panic!("{x:?}"),
+        };
+        kv.apply(LogIndex(5), &p);
+        kv.apply(LogIndex(3), &p);
+    }
+
+    #[test]
+    fn replicas_applying_the_same_entries_agree_on_the_state_hash() {
+        let mut p = crate::prng::Prng::new(11);
+        let (mut a, mut b) = (KvStore::new(1), KvStore::new(2));
+        let mut entries = Vec::new();
+        for _ in 0..3000 {
+            let key = format!("k{}", p.range(0, 200)).into_bytes();
+            let args: Vec<Vec<u8>> = match p.range(0, 5) {
+                0 => vec![b"SET".to_vec(), key, p.next_u64().to_string().into_bytes()],
+                1 => vec![b"DEL".to_vec(), key],
+                2 => vec![b"INCRBY".to_vec(), key, b"7".to_vec()],
+                3 => vec![b"APPEND".to_vec(), key, b"x".to_vec()],
+                _ => vec![b"CAS".to_vec(), key, b"1".to_vec(), b"2".to_vec()],
+            };
+            if let Some(Request::Write(e)) = a.parse(&args) {
+                entries.push(e);
+            }
+        }
+        for (i, e) in entries.iter().enumerate() {
+            let index = LogIndex(i as u64 + 1);
+            assert_eq!(a.apply(index, e), b.apply(index, e), "reply at {index}");
+            assert_eq!(a.state_hash(), b.state_hash(), "hash at {index}");
+        }
+        a.check_invariants();
+        b.check_invariants();
+        // A single differing value changes the hash.
+        let h = a.state_hash();
+        let e = match a.parse(&[b"SET".to_vec(), b"k1".to_vec(), b"different".to_vec()]) {
+            Some(Request::Write(e)) => e,
+            x => panic!("{x:?}"),
+        };
+        let next = a.applied_index().next();
+        a.apply(next, &e);
+        assert_ne!(a.state_hash(), h);
+    }
+}
