@@ -393,7 +393,6 @@ impl Raft {
             progress,
             reads: ReadTracker::default(),
             transfer: None,
-            pending_conf_index: last,
             term_start: last.next(),
         }));
         self.leader = Some(self.id);

@@ -156,7 +156,12 @@ impl RaftLog {
     /// §5.3 positional append of `entries`, which follow `prev` (the caller checked that we
     /// hold `prev`). Entries we already hold are skipped; at the first conflict our suffix is
     /// dropped and the rest appended (seed lesson 3: never append at the tail regardless).
-    pub fn append_after(&mut self, prev: EntryId, entries: &[Entry]) -> Result<(), AppendError> {
+    /// Returns the first index written, if any.
+    pub fn append_after(
+        &mut self,
+        prev: EntryId,
+        entries: &[Entry],
+    ) -> Result<Option<LogIndex>, AppendError> {
         let mut expect = prev.index.next();
         let mut term = prev.term;
         for e in entries {
@@ -184,7 +189,7 @@ impl RaftLog {
         for e in &entries[k..] {
             self.push(e.clone());
         }
-        Ok(())
+        Ok(entries.get(k).map(|e| e.index))
     }
 
     fn truncate_from(&mut self, index: LogIndex) {
@@ -340,7 +345,7 @@ mod tests {
     #[test]
     fn positional_append_truncates_the_conflicting_suffix() {
         let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(1, 2), e(2, 3), e(2, 4)]);
-        log.append_after(id(1, 2), &[e(3, 3)]).unwrap();
+        assert_eq!(log.append_after(id(1, 2), &[e(3, 3)]), Ok(Some(LogIndex(3))));
         assert_eq!(terms(&log), vec![1, 1, 3]);
         assert_eq!(log.persisted(), LogIndex(2));
         assert_eq!(log.take_unstable(), vec![e(3, 3)]);
@@ -349,7 +354,7 @@ mod tests {
     #[test]
     fn positional_append_of_held_entries_keeps_the_longer_suffix() {
         let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(1, 2), e(1, 3)]);
-        log.append_after(id(1, 1), &[e(1, 2)]).unwrap();
+        assert_eq!(log.append_after(id(1, 1), &[e(1, 2)]), Ok(None));
         assert_eq!(terms(&log), vec![1, 1, 1]);
         assert!(!log.has_unstable());
     }

@@ -1,8 +1,11 @@
 //! Membership changes and leadership transfer.
 //!
-//! Single-server changes (thesis §4.1) carried in `EntryKind::ConfChange` entries. As in etcd,
-//! a change takes effect when it COMMITS, on every node alike, which keeps `conf` a function of
-//! the committed prefix. Learners receive the log but neither vote nor count toward quorum.
+//! Single-server changes (thesis §4.1) carried in `EntryKind::ConfChange` entries. A change
+//! takes effect as soon as the entry is in a server's log (committed or not), and is undone if
+//! the entry is truncated. (Taking effect at commit, as etcd does, is unsafe here: the commit
+//! index is not persisted, so a restarted node would campaign under a configuration several
+//! changes old; the simulator found two leaders in one term that way.) Learners receive the
+//! log but neither vote nor count toward quorum.
 //!
 //! Invariants:
 //! 1. At most one change is uncommitted, and a leader proposes one only after an entry of its
@@ -34,12 +37,7 @@ impl Raft {
         cc: ConfChange,
     ) -> Result<EntryId, ProposeError> {
         self.check_can_propose()?;
-        let commit = self.log.commit();
-        let committed = self.committed_in_term();
-        let RoleState::Leader(ls) = &self.role else {
-            unreachable!("checked leader");
-        };
-        if !committed || ls.pending_conf_index > commit {
+        if !self.committed_in_term() || !self.pending_confs.is_empty() {
             return Err(ProposeError::ConfChangePending);
         }
         if cc.context.len() > CONF_CONTEXT_SIZE_MAX {
@@ -52,36 +50,61 @@ impl Raft {
             return Err(ProposeError::InvalidConfChange);
         }
         let id = self.append_local(EntryKind::ConfChange, cc.encode());
-        if let RoleState::Leader(ls) = &mut self.role {
-            ls.pending_conf_index = id.index;
-        }
         ::log::info!("node {} proposed {:?} at {id}", self.id, cc);
         Ok(id)
     }
 
-    /// Applies every membership change committed in `(old, commit]` to `conf`.
-    pub(super) fn apply_committed_conf_changes(&mut self, old: LogIndex) {
-        let mut i = old.next();
-        while i <= self.log.commit() {
-            let e = self.log.entry(i).expect("newly committed entry is in the view");
+    /// Re-derives the configurations of the ConfChange entries at or after `from` (what was
+    /// recorded there was just replaced), and the configuration in force.
+    pub(super) fn scan_conf_entries_from(&mut self, from: LogIndex) {
+        self.pending_confs.retain(|(i, _)| *i < from);
+        let mut conf = match self.pending_confs.last() {
+            Some((_, c)) => c.clone(),
+            None => self.conf_committed.clone(),
+        };
+        let mut i = from.max(self.log.commit().next());
+        while i <= self.log.last_index() {
+            let e = self.log.entry(i).expect("entry in view");
             if e.kind == EntryKind::ConfChange {
                 match ConfChange::decode(&e.data) {
-                    Ok(cc) => self.apply_conf_change(&cc, i),
+                    Ok(cc) => {
+                        conf = cc.apply_to(&conf);
+                        self.pending_confs.push((i, conf.clone()));
+                    }
                     Err(err) => ::log::error!("node {}: bad conf change at {i}: {err}", self.id),
                 }
             }
             i = i.next();
         }
+        if conf != self.conf {
+            ::log::info!(
+                "node {}: membership now voters {:?} learners {:?} (log up to {})",
+                self.id,
+                conf.voters,
+                conf.learners,
+                self.log.last_index()
+            );
+            self.conf = conf;
+            self.sync_leader_progress();
+        }
     }
 
-    fn apply_conf_change(&mut self, cc: &ConfChange, index: LogIndex) {
-        self.conf = cc.apply_to(&self.conf);
-        ::log::info!(
-            "node {}: membership at {index} is now voters {:?} learners {:?}",
-            self.id,
-            self.conf.voters,
-            self.conf.learners
-        );
+    /// The commit index reached `commit`: the configurations up to it are committed. A leader
+    /// that is not a voter of the committed configuration steps down (thesis §4.2.2).
+    pub(super) fn conf_committed_to(&mut self, commit: LogIndex) {
+        while self.pending_confs.first().is_some_and(|(i, _)| *i <= commit) {
+            self.conf_committed = self.pending_confs.remove(0).1;
+        }
+        if matches!(self.role, RoleState::Leader(_)) && !self.conf_committed.is_voter(self.id) {
+            // Tell the others the change committed before leaving.
+            self.bcast_append();
+            ::log::info!("node {} stepping down: no longer a voter", self.id);
+            self.become_follower(self.term, None);
+        }
+    }
+
+    /// The leader tracks exactly the members of the configuration in force.
+    fn sync_leader_progress(&mut self) {
         let next = self.log.last_index().next();
         let cap = self.cfg.inflight_msgs_max;
         let RoleState::Leader(ls) = &mut self.role else {
@@ -96,12 +119,6 @@ impl Raft {
         ls.progress.retain(|&p, _| p == id || conf.contains(p));
         if ls.transfer.as_ref().is_some_and(|t| !conf.is_voter(t.to)) {
             ls.transfer = None;
-        }
-        if !self.conf.is_voter(self.id) {
-            // Tell the others the change committed before leaving.
-            self.bcast_append();
-            ::log::info!("node {} stepping down: no longer a voter", self.id);
-            self.become_follower(self.term, None);
         }
     }
 

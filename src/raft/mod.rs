@@ -14,8 +14,10 @@
 //! Invariants (checked by `check_invariants` after every input):
 //! 1. The log view's own invariants (see `log.rs`).
 //! 2. A leader or candidate has voted for itself in its term; a leader knows itself as leader.
-//! 3. `conf` is the configuration of the committed prefix: every committed ConfChange entry
-//!    has been applied to it, and none beyond the commit index.
+//! 3. `conf` is the configuration of the latest ConfChange entry in the log (thesis §4.1: a
+//!    server uses the latest configuration in its log, committed or not), `conf_committed`
+//!    that of the committed prefix, and `pending_confs` the configurations after each
+//!    ConfChange entry beyond the commit index, in log order.
 //! 4. Between `ready` and `advance` no other input arrives.
 
 mod election;
@@ -212,9 +214,6 @@ struct LeaderState {
     progress: BTreeMap<NodeId, Progress>,
     reads: ReadTracker,
     transfer: Option<Transfer>,
-    /// The index of the last membership change in the log (the last index when elected: any
-    /// change there may still be uncommitted).
-    pending_conf_index: LogIndex,
     /// The index of this leader's first entry (its no-op). Until it commits, the leader does
     /// not know the true commit index (§8), so reads and membership changes wait.
     term_start: LogIndex,
@@ -237,8 +236,12 @@ pub struct Raft {
     /// The leader of `term`, when known.
     leader: Option<NodeId>,
     log: RaftLog,
-    /// The configuration of the committed prefix (invariant 3).
+    /// The configuration in force: that of the latest ConfChange in the log (invariant 3).
     conf: ConfState,
+    /// The configuration of the committed prefix.
+    conf_committed: ConfState,
+    /// (index of a ConfChange entry beyond commit, the configuration after it), in log order.
+    pending_confs: Vec<(LogIndex, ConfState)>,
     role: RoleState,
     prng: Prng,
     election_elapsed_ticks: u64,
@@ -278,6 +281,8 @@ impl Raft {
             leader: None,
             log,
             conf: snapshot.conf.clone(),
+            conf_committed: snapshot.conf.clone(),
+            pending_confs: Vec::new(),
             role: RoleState::Follower,
             election_elapsed_ticks: 0,
             election_timeout_ticks: config.election_timeout_ticks,
@@ -293,6 +298,7 @@ impl Raft {
             cfg: config,
         };
         raft.reset_election_timer();
+        raft.scan_conf_entries_from(raft.log.first_index());
         ::log::info!(
             "node {} starting at term {} (log {}..={}, snapshot {})",
             raft.id,

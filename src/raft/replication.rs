@@ -28,6 +28,9 @@ impl Raft {
             kind,
             data,
         });
+        if kind == EntryKind::ConfChange {
+            self.scan_conf_entries_from(id.index);
+        }
         self.bcast_pending = true;
         id
     }
@@ -177,7 +180,8 @@ impl Raft {
         }
         let last_new = prev.index.plus(entries.len() as u64);
         match self.log.append_after(prev, &entries) {
-            Ok(()) => {}
+            Ok(Some(first_written)) => self.scan_conf_entries_from(first_written),
+            Ok(None) => {}
             Err(AppendError::NotContiguous) => {
                 ::log::error!("node {}: malformed append from {from}; dropped", self.id);
                 return;
@@ -232,6 +236,8 @@ impl Raft {
             );
             self.log.restore(last);
             self.conf = meta.conf.clone();
+            self.conf_committed = meta.conf.clone();
+            self.pending_confs.clear();
             self.snapshot = meta.clone();
             self.pending_snapshot = Some(meta);
         }
@@ -381,7 +387,7 @@ impl Raft {
         if !self.log.commit_to(index) {
             return;
         }
-        self.apply_committed_conf_changes(old);
+        self.conf_committed_to(index);
         let start = self.leader_term_start();
         if matches!(self.role, RoleState::Leader(_)) && old < start && index >= start {
             self.start_waiting_reads();
