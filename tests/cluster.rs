@@ -1,7 +1,7 @@
 //! Real-process tests: three `kvraftd` on 127.0.0.1, driven through the client port.
 //! Every wait is a poll with a deadline; failures dump the nodes' logs.
 
-mod support;
+mod harness;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvraft::client::Value;
-use support::{get, put_retry, serial, wait_for, Client, Cluster, Options};
+use harness::{get, put_retry, serial, wait_for, Client, Cluster, Options};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -45,7 +45,7 @@ fn three_nodes_elect_exactly_one_leader_and_a_write_through_any_node_is_readable
     }
     // Every replica applies the same entries to the same state.
     let mut cl = c.client(leader).unwrap();
-    let applied: u64 = support::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())["applied_index"].parse().unwrap();
+    let applied: u64 = harness::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())["applied_index"].parse().unwrap();
     c.wait_applied(&[1, 2, 3], applied, LONG);
     let hashes: Vec<String> = (1..=3).map(|id| c.info(id).unwrap()["state_hash"].clone()).collect();
     assert!(hashes.iter().all(|h| *h == hashes[0]), "state hashes differ: {hashes:?}");
@@ -69,7 +69,7 @@ fn killing_the_leader_elects_a_new_one_and_the_old_leader_catches_up_on_restart(
     }
     c.spawn(old);
     let mut cl = c.client(new).unwrap();
-    let applied: u64 = support::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())["applied_index"].parse().unwrap();
+    let applied: u64 = harness::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())["applied_index"].parse().unwrap();
     c.wait_applied(&[old], applied, LONG);
     for i in 0..20 {
         assert_eq!(get(&c, old, &format!("before-{i}")), Some(bulk("x")));

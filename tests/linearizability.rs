@@ -11,7 +11,7 @@
 //! error or a lost connection) may have happened at any time after it began: its response is
 //! infinitely late; if nobody read it, it is left out.
 
-mod support;
+mod harness;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use kvraft::client::Value;
 use kvraft::prng::Prng;
-use support::{serial, wait_for, Client, Cluster, Options};
+use harness::{serial, wait_for, Client, Cluster, Options};
 
 const LONG: Duration = Duration::from_secs(20);
 

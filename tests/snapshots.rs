@@ -1,13 +1,13 @@
 //! Real-process snapshot tests: fork()ed snapshots, log compaction, InstallSnapshot for a
 //! follower that fell behind the log, and restart from snapshot + log.
 
-mod support;
+mod harness;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use kvraft::client::Value;
-use support::{dir_size, parse_info, serial, wait_for, Cluster, Options};
+use harness::{dir_size, parse_info, serial, wait_for, Cluster, Options};
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -1,9 +1,586 @@
 //! The Raft consensus core: a pure state machine (no I/O, no clock, no global randomness).
+//!
+//! Inputs: [`Raft::step`] (a peer's message), [`Raft::tick`] (one timer tick), [`Raft::propose`],
+//! [`Raft::propose_conf_change`], [`Raft::read_index`], [`Raft::transfer_leadership`], and the
+//! driver's acknowledgements ([`Raft::advance`], [`Raft::snapshot_taken`],
+//! [`Raft::report_snapshot`], [`Raft::report_unreachable`]). Every output leaves through one
+//! [`Ready`], whose doc comment is the ordering contract.
+//!
+//! Files: `election.rs` (timers, pre-vote, votes, role changes), `replication.rs` (appends,
+//! heartbeats, snapshots, commit), `read.rs` (ReadIndex), `membership.rs` (configuration
+//! changes, leadership transfer), `log.rs` (the in-memory log view), `progress.rs`,
+//! `quorum.rs`, `ready.rs`.
+//!
+//! Invariants (checked by `check_invariants` after every input):
+//! 1. The log view's own invariants (see `log.rs`).
+//! 2. A leader or candidate has voted for itself in its term; a leader knows itself as leader.
+//! 3. `conf` is the configuration of the latest ConfChange entry in the log (thesis §4.1: a
+//!    server uses the latest configuration in its log, committed or not), `conf_committed`
+//!    that of the committed prefix, and `pending_confs` the configurations after each
+//!    ConfChange entry beyond the commit index, in log order.
+//! 4. Between `ready` and `advance` no other input arrives.
+
+mod election;
+mod log;
+mod membership;
 pub mod message;
+mod progress;
+mod quorum;
+mod read;
+mod ready;
+mod replication;
 pub mod types;
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 pub use message::{AppendResult, Message, MessageBody, RejectHint};
+pub use progress::ProgressState;
+pub use ready::{ReadState, Ready};
 pub use types::{
     ConfChange, ConfChangeOp, ConfState, Entry, EntryId, EntryKind, HardState, LogIndex, NodeId,
     SnapshotMeta, Term,
 };
+
+use crate::limits;
+use crate::prng::Prng;
+use log::RaftLog;
+use progress::Progress;
+use read::ReadTracker;
+
+/// The core's tuning. `Config::new` gives the defaults; tests override fields.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// T: every reset of the election timer draws a fresh timeout in [T, 2T) (seed lesson 12).
+    pub election_timeout_ticks: u64,
+    pub heartbeat_interval_ticks: u64,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    pub inflight_msgs_max: usize,
+    pub append_entries_max: usize,
+    /// Payload bytes per append (at least one entry always goes).
+    pub append_size_max: usize,
+    pub committed_per_ready_max: usize,
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn new(id: NodeId, seed: u64) -> Config {
+        Config {
+            id,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            inflight_msgs_max: limits::INFLIGHT_MSGS_MAX,
+            append_entries_max: limits::APPEND_ENTRIES_MAX,
+            append_size_max: limits::APPEND_SIZE_MAX,
+            committed_per_ready_max: limits::APPLY_ENTRIES_PER_TURN_MAX,
+            seed,
+        }
+    }
+
+    fn validate(&self) {
+        assert!(self.id.0 != 0, "node id 0 is reserved");
+        assert!(
+            self.heartbeat_interval_ticks > 0
+                && self.heartbeat_interval_ticks < self.election_timeout_ticks,
+            "heartbeat {} must be in (0, election timeout {})",
+            self.heartbeat_interval_ticks,
+            self.election_timeout_ticks
+        );
+        assert!(self.inflight_msgs_max > 0 && self.append_entries_max > 0);
+        assert!(self.append_size_max > 0 && self.committed_per_ready_max > 0);
+    }
+}
+
+/// What the node recovered from disk. A brand-new node: default hard state, `snapshot.last`
+/// = 0/0 with `snapshot.conf` = the initial members, no entries.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    pub hard_state: HardState,
+    pub snapshot: SnapshotMeta,
+    /// Contiguous, starting at `snapshot.last.index + 1`.
+    pub entries: Vec<Entry>,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    NotLeader { leader: Option<NodeId> },
+    TooLarge { size: usize },
+    TransferInProgress,
+    /// A membership change is uncommitted, or this leader has not committed an entry of its
+    /// term yet.
+    ConfChangePending,
+    /// The change would do nothing, or leave no voters.
+    InvalidConfChange,
+    /// The node is not a voter of the current configuration.
+    UnknownNode { node: NodeId },
+    TooManyReads,
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader: Some(l) } => write!(f, "not the leader (try {l})"),
+            ProposeError::NotLeader { leader: None } => write!(f, "not the leader (none known)"),
+            ProposeError::TooLarge { size } => write!(
+                f,
+                "entry of {size} bytes exceeds {}",
+                limits::ENTRY_SIZE_MAX
+            ),
+            ProposeError::TransferInProgress => write!(f, "leadership transfer in progress"),
+            ProposeError::ConfChangePending => write!(f, "a membership change is pending"),
+            ProposeError::InvalidConfChange => write!(f, "membership change has no effect"),
+            ProposeError::UnknownNode { node } => write!(f, "node {node} is not a voter"),
+            ProposeError::TooManyReads => write!(
+                f,
+                "more than {} reads pending",
+                limits::READS_PENDING_MAX
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+/// The role, as reported by [`Raft::status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One follower as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub match_index: LogIndex,
+    pub next_index: LogIndex,
+    pub state: ProgressState,
+}
+
+/// A snapshot of the core's state for the driver, `status` commands and tests.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub leader: Option<NodeId>,
+    pub commit: LogIndex,
+    pub applied: LogIndex,
+    pub first_index: LogIndex,
+    pub last_index: LogIndex,
+    pub conf: ConfState,
+    pub snapshot: SnapshotMeta,
+    /// Leader only: every other member.
+    pub progress: Vec<PeerStatus>,
+}
+
+/// Votes received in one (pre-)election: first answer per voter counts.
+#[derive(Debug, Default)]
+struct Votes {
+    answers: BTreeMap<NodeId, bool>,
+}
+
+/// A leadership transfer in progress.
+#[derive(Debug)]
+struct Transfer {
+    to: NodeId,
+    elapsed_ticks: u64,
+}
+
+/// State only a leader has (style 7: role-specific state lives in its variant).
+#[derive(Debug)]
+struct LeaderState {
+    /// Every member, this node included (its `match_index` is its durable last index).
+    progress: BTreeMap<NodeId, Progress>,
+    reads: ReadTracker,
+    transfer: Option<Transfer>,
+    /// The index of this leader's first entry (its no-op). Until it commits, the leader does
+    /// not know the true commit index (§8), so reads and membership changes wait.
+    term_start: LogIndex,
+}
+
+#[derive(Debug)]
+enum RoleState {
+    Follower,
+    PreCandidate(Votes),
+    Candidate(Votes),
+    Leader(Box<LeaderState>),
+}
+
+/// One Raft node's consensus state. See the module documentation.
+pub struct Raft {
+    cfg: Config,
+    id: NodeId,
+    term: Term,
+    vote: Option<NodeId>,
+    /// The leader of `term`, when known.
+    leader: Option<NodeId>,
+    log: RaftLog,
+    /// The configuration in force: that of the latest ConfChange in the log (invariant 3).
+    conf: ConfState,
+    /// The configuration of the committed prefix.
+    conf_committed: ConfState,
+    /// (index of a ConfChange entry beyond commit, the configuration after it), in log order.
+    pending_confs: Vec<(LogIndex, ConfState)>,
+    role: RoleState,
+    prng: Prng,
+    election_elapsed_ticks: u64,
+    /// The current randomized timeout, in [T, 2T).
+    election_timeout_ticks: u64,
+    heartbeat_elapsed_ticks: u64,
+    /// The latest durable local snapshot (taken or installed).
+    snapshot: SnapshotMeta,
+    /// A received snapshot the driver must install (next `Ready.snapshot`).
+    pending_snapshot: Option<SnapshotMeta>,
+    msgs: Vec<Message>,
+    persisted_msgs: Vec<Message>,
+    read_states: Vec<ReadState>,
+    /// The hard state last handed to the driver.
+    hard_state_emitted: HardState,
+    /// Entries were proposed since the last `ready`: broadcast them then (batching).
+    bcast_pending: bool,
+    awaiting_advance: bool,
+}
+
+impl Raft {
+    /// A node recovered from `restored`. Commit and applied start at the snapshot index: the
+    /// log is never trusted as committed (seed lesson 8).
+    pub fn new(config: Config, restored: Restored) -> Raft {
+        config.validate();
+        let Restored {
+            hard_state,
+            snapshot,
+            entries,
+        } = restored;
+        let log = RaftLog::new(snapshot.last, entries);
+        let mut raft = Raft {
+            id: config.id,
+            prng: Prng::new(config.seed),
+            term: hard_state.term,
+            vote: hard_state.vote,
+            leader: None,
+            log,
+            conf: snapshot.conf.clone(),
+            conf_committed: snapshot.conf.clone(),
+            pending_confs: Vec::new(),
+            role: RoleState::Follower,
+            election_elapsed_ticks: 0,
+            election_timeout_ticks: config.election_timeout_ticks,
+            heartbeat_elapsed_ticks: 0,
+            snapshot,
+            pending_snapshot: None,
+            msgs: Vec::new(),
+            persisted_msgs: Vec::new(),
+            read_states: Vec::new(),
+            hard_state_emitted: hard_state,
+            bcast_pending: false,
+            awaiting_advance: false,
+            cfg: config,
+        };
+        raft.reset_election_timer();
+        raft.scan_conf_entries_from(raft.log.first_index());
+        ::log::info!(
+            "node {} starting at term {} (log {}..={}, snapshot {})",
+            raft.id,
+            raft.term,
+            raft.log.first_index(),
+            raft.log.last_index(),
+            raft.snapshot.last
+        );
+        raft.check_invariants();
+        raft
+    }
+
+    /// One timer tick.
+    pub fn tick(&mut self) {
+        self.assert_not_awaiting_advance("tick");
+        match self.role {
+            RoleState::Leader(_) => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+        self.check_invariants();
+    }
+
+    /// A message from a peer.
+    pub fn step(&mut self, msg: Message) {
+        self.assert_not_awaiting_advance("step");
+        if msg.to != self.id || msg.from == self.id || msg.from.0 == 0 {
+            ::log::debug!("node {}: dropping misaddressed {:?}", self.id, msg);
+            return;
+        }
+        self.step_checked(msg);
+        self.check_invariants();
+    }
+
+    /// A client command. Fails on a non-leader (with the leader, if known).
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<EntryId, ProposeError> {
+        self.assert_not_awaiting_advance("propose");
+        self.check_can_propose()?;
+        if data.len() > limits::ENTRY_SIZE_MAX {
+            return Err(ProposeError::TooLarge { size: data.len() });
+        }
+        let id = self.append_local(EntryKind::Command, data);
+        self.check_invariants();
+        Ok(id)
+    }
+
+    /// A membership change (single-server; at most one uncommitted; see `membership.rs`).
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<EntryId, ProposeError> {
+        self.assert_not_awaiting_advance("propose_conf_change");
+        let id = self.propose_conf_change_checked(cc)?;
+        self.check_invariants();
+        Ok(id)
+    }
+
+    /// A linearizable read; answered through `Ready::read_states` with the same `ctx`.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        self.assert_not_awaiting_advance("read_index");
+        self.read_index_checked(ctx)?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Hands leadership to `to` (thesis §3.10).
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        self.assert_not_awaiting_advance("transfer_leadership");
+        self.transfer_leadership_checked(to)?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    pub fn has_ready(&self) -> bool {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+        } != self.hard_state_emitted
+            || self.bcast_pending
+            || self.log.has_unstable()
+            || self.pending_snapshot.is_some()
+            || !self.msgs.is_empty()
+            || !self.persisted_msgs.is_empty()
+            || !self.read_states.is_empty()
+            || self.log.has_committed_to_apply()
+    }
+
+    /// Takes all pending output. Must be followed by `advance` before any other input.
+    pub fn ready(&mut self) -> Ready {
+        self.assert_not_awaiting_advance("ready");
+        if self.bcast_pending {
+            self.bcast_pending = false;
+            self.bcast_append();
+        }
+        if let RoleState::Leader(ls) = &mut self.role {
+            ls.reads.close_round();
+        }
+        let hs = HardState {
+            term: self.term,
+            vote: self.vote,
+        };
+        let hard_state = (hs != self.hard_state_emitted).then_some(hs);
+        self.hard_state_emitted = hs;
+        self.awaiting_advance = true;
+        Ready {
+            hard_state,
+            entries: self.log.take_unstable(),
+            snapshot: self.pending_snapshot.take(),
+            messages: std::mem::take(&mut self.msgs),
+            persisted_messages: std::mem::take(&mut self.persisted_msgs),
+            committed: self.log.take_committed(self.cfg.committed_per_ready_max),
+            read_states: std::mem::take(&mut self.read_states),
+        }
+    }
+
+    /// The driver executed the last `Ready`: the log is durable up to `persisted` (its durable
+    /// last index) and the state machine has applied up to `applied`.
+    pub fn advance(&mut self, persisted: LogIndex, applied: LogIndex) {
+        assert!(self.awaiting_advance, "advance without a ready");
+        self.awaiting_advance = false;
+        self.log.persisted_to(persisted);
+        self.log.applied_to(applied);
+        if let RoleState::Leader(ls) = &mut self.role {
+            let me = ls.progress.get_mut(&self.id).expect("leader has its own progress");
+            if me.maybe_update(persisted) {
+                self.commit_and_broadcast();
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// A local snapshot at `meta` is durable; drop the log view up to `compact_to`.
+    pub fn snapshot_taken(&mut self, meta: SnapshotMeta, compact_to: LogIndex) {
+        self.assert_not_awaiting_advance("snapshot_taken");
+        assert!(
+            compact_to <= meta.last.index && meta.last.index <= self.log.applied(),
+            "snapshot {} / compact {compact_to} beyond applied {}",
+            meta.last,
+            self.log.applied()
+        );
+        assert!(
+            meta.last.index < self.log.first_index() || self.log.matches(meta.last),
+            "snapshot {} does not match the log",
+            meta.last
+        );
+        if meta.last.index > self.snapshot.last.index {
+            self.snapshot = meta;
+        }
+        self.log.compact(compact_to);
+        self.check_invariants();
+    }
+
+    /// The driver's snapshot stream to `to` finished (`ok`) or failed.
+    pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
+        self.assert_not_awaiting_advance("report_snapshot");
+        self.report_snapshot_checked(to, ok);
+        self.check_invariants();
+    }
+
+    /// The connection to `to` was lost: whatever was in flight is gone, so probe again.
+    pub fn report_unreachable(&mut self, to: NodeId) {
+        self.assert_not_awaiting_advance("report_unreachable");
+        if let RoleState::Leader(ls) = &mut self.role {
+            if let Some(pr) = ls.progress.get_mut(&to) {
+                if pr.state == ProgressState::Replicate {
+                    pr.become_probe();
+                }
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let progress = match &self.role {
+            RoleState::Leader(ls) => ls
+                .progress
+                .iter()
+                .filter(|(&id, _)| id != self.id)
+                .map(|(&id, pr)| PeerStatus {
+                    id,
+                    match_index: pr.match_index,
+                    next_index: pr.next_index,
+                    state: pr.state,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Status {
+            id: self.id,
+            role: self.role(),
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader,
+            commit: self.log.commit(),
+            applied: self.log.applied(),
+            first_index: self.log.first_index(),
+            last_index: self.log.last_index(),
+            conf: self.conf.clone(),
+            snapshot: self.snapshot.clone(),
+            progress,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self.role {
+            RoleState::Follower => Role::Follower,
+            RoleState::PreCandidate(_) => Role::PreCandidate,
+            RoleState::Candidate(_) => Role::Candidate,
+            RoleState::Leader(_) => Role::Leader,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit(&self) -> LogIndex {
+        self.log.commit()
+    }
+    pub fn last_id(&self) -> EntryId {
+        self.log.last_id()
+    }
+
+    /// The term of the entry at `index`, if the log view still holds it.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.log.term(index)
+    }
+
+    /// Entries in `[lo, hi)` from the in-memory view, or None when part of the range was
+    /// compacted or lies past the end.
+    pub fn entries(&self, lo: LogIndex, hi: LogIndex) -> Option<&[Entry]> {
+        if lo < self.log.first_index() || lo > hi || hi > self.log.last_index().next() {
+            return None;
+        }
+        Some(self.log.slice(lo, hi))
+    }
+
+    fn assert_not_awaiting_advance(&self, what: &str) {
+        assert!(
+            !self.awaiting_advance,
+            "node {}: {what} between ready and advance (see the Ready contract)",
+            self.id
+        );
+    }
+
+    fn check_invariants(&self) {
+        self.log.check();
+        match &self.role {
+            RoleState::Leader(ls) => {
+                assert_eq!(self.leader, Some(self.id), "leader does not know itself");
+                assert_eq!(self.vote, Some(self.id), "leader without its own vote");
+                assert!(ls.progress.contains_key(&self.id), "leader lacks own progress");
+                for (id, pr) in &ls.progress {
+                    assert!(
+                        pr.match_index < pr.next_index,
+                        "peer {id} match {} next {}",
+                        pr.match_index,
+                        pr.next_index
+                    );
+                }
+            }
+            RoleState::Candidate(_) => {
+                assert_eq!(self.vote, Some(self.id), "candidate without its own vote")
+            }
+            _ => {}
+        }
+    }
+}
+
+impl fmt::Debug for Raft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Raft{{id {} {} term {} vote {:?} leader {:?} log {}..={} commit {}}}",
+            self.id,
+            self.role(),
+            self.term,
+            self.vote,
+            self.leader,
+            self.log.first_index(),
+            self.log.last_index(),
+            self.log.commit()
+        )
+    }
+}

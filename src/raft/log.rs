@@ -1,0 +1,415 @@
+//! The in-memory log view: every entry after the last compaction point, plus the indexes that
+//! say how far the log is durable, committed, handed out for applying, and applied.
+//!
+//! Owns: positional append (an entry that conflicts with ours drops our suffix from there),
+//! compaction, snapshot restore, and the conflict hint of a rejected append. Does not own
+//! durability: the driver's write-ahead log is the durable copy; this view only records what
+//! the driver said it made durable.
+//!
+//! Invariants (checked by `check`):
+//! 1. `entries` are contiguous: `entries[k].index == offset.index + 1 + k`.
+//! 2. Terms never decrease along the log, starting from `offset.term`.
+//! 3. `offset.index <= applied <= applying <= commit <= last_index`.
+//! 4. `persisted <= last_index` and `unstable <= last_index + 1`: everything before
+//!    `unstable` has been handed to the driver in a `Ready`.
+//! 5. A committed entry is never truncated.
+
+use super::types::{Entry, EntryId, LogIndex, Term};
+
+/// The log view. See the module invariants.
+#[derive(Debug)]
+pub struct RaftLog {
+    /// The entry just before `entries[0]`: the compaction point. Its term is still known, so an
+    /// append whose `prev` is exactly here can be checked.
+    offset: EntryId,
+    entries: Vec<Entry>,
+    /// The last index the driver has reported durable (through `advance`).
+    persisted: LogIndex,
+    /// The first index not yet handed to the driver to persist.
+    unstable: LogIndex,
+    /// The highest index known committed.
+    commit: LogIndex,
+    /// The last index handed to the driver to apply.
+    applying: LogIndex,
+    /// The last index the driver reported applied.
+    applied: LogIndex,
+}
+
+/// Why a positional append was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AppendError {
+    /// The entries are not contiguous, or do not start right after `prev`.
+    NotContiguous,
+    /// An entry conflicts with one we hold at or below the commit index: the sender's log
+    /// disagrees with a committed prefix (a safety violation somewhere; never truncate it).
+    ConflictsWithCommitted { index: LogIndex },
+}
+
+impl RaftLog {
+    /// A view of `entries` following the snapshot point `offset`; all of it is durable and
+    /// nothing in it is known committed beyond the snapshot (seed lesson 8).
+    pub fn new(offset: EntryId, entries: Vec<Entry>) -> RaftLog {
+        let last = offset.index.plus(entries.len() as u64);
+        let log = RaftLog {
+            offset,
+            entries,
+            persisted: last,
+            unstable: last.next(),
+            commit: offset.index,
+            applying: offset.index,
+            applied: offset.index,
+        };
+        log.check();
+        log
+    }
+
+    pub fn check(&self) {
+        let mut term = self.offset.term;
+        for (k, e) in self.entries.iter().enumerate() {
+            let want = self.offset.index.plus(k as u64 + 1);
+            assert_eq!(e.index, want, "log entry {k} has index {} not {want}", e.index);
+            assert!(e.term >= term, "term falls to {} at {}", e.term, e.index);
+            term = e.term;
+        }
+        let last = self.last_index();
+        assert!(
+            self.offset.index <= self.applied
+                && self.applied <= self.applying
+                && self.applying <= self.commit
+                && self.commit <= last,
+            "offset {} applied {} applying {} commit {} last {}",
+            self.offset.index,
+            self.applied,
+            self.applying,
+            self.commit,
+            last
+        );
+        assert!(self.persisted <= last, "persisted {} > last {last}", self.persisted);
+        assert!(self.unstable <= last.next(), "unstable {} > last+1", self.unstable);
+    }
+
+    pub fn offset(&self) -> EntryId {
+        self.offset
+    }
+    pub fn first_index(&self) -> LogIndex {
+        self.offset.index.next()
+    }
+    pub fn last_index(&self) -> LogIndex {
+        self.offset.index.plus(self.entries.len() as u64)
+    }
+    pub fn last_id(&self) -> EntryId {
+        match self.entries.last() {
+            Some(e) => e.id(),
+            None => self.offset,
+        }
+    }
+    pub fn commit(&self) -> LogIndex {
+        self.commit
+    }
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+    pub fn persisted(&self) -> LogIndex {
+        self.persisted
+    }
+
+    /// The term of the entry at `index`, if this view still knows it.
+    pub fn term(&self, index: LogIndex) -> Option<Term> {
+        if index == self.offset.index {
+            return Some(self.offset.term);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        if index <= self.offset.index || index > self.last_index() {
+            return None;
+        }
+        Some(&self.entries[(index.0 - self.offset.index.0 - 1) as usize])
+    }
+
+    /// True when we hold `id` (same index, same term): by log matching, we then agree with its
+    /// author on everything up to it.
+    pub fn matches(&self, id: EntryId) -> bool {
+        self.term(id.index) == Some(id.term)
+    }
+
+    /// Entries in `[lo, hi)`; both ends must lie inside the view.
+    pub fn slice(&self, lo: LogIndex, hi: LogIndex) -> &[Entry] {
+        assert!(
+            lo > self.offset.index && lo <= hi && hi <= self.last_index().next(),
+            "slice [{lo}, {hi}) outside ({}, {}]",
+            self.offset.index,
+            self.last_index()
+        );
+        let base = self.offset.index.0 + 1;
+        &self.entries[(lo.0 - base) as usize..(hi.0 - base) as usize]
+    }
+
+    /// The leader's append at the tail.
+    pub fn push(&mut self, entry: Entry) {
+        assert_eq!(entry.index, self.last_index().next(), "push not at the tail");
+        assert!(entry.term >= self.last_id().term, "push of an older term");
+        self.entries.push(entry);
+    }
+
+    /// §5.3 positional append of `entries`, which follow `prev` (the caller checked that we
+    /// hold `prev`). Entries we already hold are skipped; at the first conflict our suffix is
+    /// dropped and the rest appended (seed lesson 3: never append at the tail regardless).
+    /// Returns the first index written, if any.
+    pub fn append_after(
+        &mut self,
+        prev: EntryId,
+        entries: &[Entry],
+    ) -> Result<Option<LogIndex>, AppendError> {
+        let mut expect = prev.index.next();
+        let mut term = prev.term;
+        for e in entries {
+            if e.index != expect || e.term < term {
+                return Err(AppendError::NotContiguous);
+            }
+            expect = expect.next();
+            term = e.term;
+        }
+        let mut k = 0;
+        while k < entries.len() {
+            let e = &entries[k];
+            if e.index <= self.offset.index || self.matches(e.id()) {
+                k += 1;
+                continue;
+            }
+            if e.index <= self.last_index() {
+                if e.index <= self.commit {
+                    return Err(AppendError::ConflictsWithCommitted { index: e.index });
+                }
+                self.truncate_from(e.index);
+            }
+            break;
+        }
+        for e in &entries[k..] {
+            self.push(e.clone());
+        }
+        Ok(entries.get(k).map(|e| e.index))
+    }
+
+    fn truncate_from(&mut self, index: LogIndex) {
+        assert!(index > self.commit, "truncating committed index {index}");
+        self.entries.truncate((index.0 - self.offset.index.0 - 1) as usize);
+        self.unstable = self.unstable.min(index);
+        self.persisted = self.persisted.min(index.prev());
+    }
+
+    /// Entries not yet handed to the driver to persist; marks them handed out.
+    pub fn take_unstable(&mut self) -> Vec<Entry> {
+        let last = self.last_index();
+        if self.unstable > last {
+            return Vec::new();
+        }
+        let out = self.slice(self.unstable, last.next()).to_vec();
+        self.unstable = last.next();
+        out
+    }
+
+    pub fn has_unstable(&self) -> bool {
+        self.unstable <= self.last_index()
+    }
+
+    /// The driver made the log durable up to `index` (everything handed out so far).
+    pub fn persisted_to(&mut self, index: LogIndex) {
+        assert!(
+            index <= self.last_index() && index < self.unstable,
+            "persisted {index} beyond what was handed out (last {}, unstable {})",
+            self.last_index(),
+            self.unstable
+        );
+        self.persisted = index;
+    }
+
+    pub fn commit_to(&mut self, index: LogIndex) -> bool {
+        assert!(
+            index <= self.last_index(),
+            "commit {index} beyond last index {}",
+            self.last_index()
+        );
+        if index <= self.commit {
+            return false;
+        }
+        self.commit = index;
+        true
+    }
+
+    pub fn has_committed_to_apply(&self) -> bool {
+        self.applying < self.commit
+    }
+
+    /// Up to `max` committed entries not yet handed out for applying, in index order.
+    pub fn take_committed(&mut self, max: usize) -> Vec<Entry> {
+        if self.applying >= self.commit {
+            return Vec::new();
+        }
+        let lo = self.applying.next();
+        let hi = self.commit.next().min(lo.plus(max as u64));
+        let out = self.slice(lo, hi).to_vec();
+        self.applying = hi.prev();
+        out
+    }
+
+    pub fn applied_to(&mut self, index: LogIndex) {
+        assert!(
+            index >= self.applied && index <= self.applying,
+            "applied {index} outside [{}, {}]",
+            self.applied,
+            self.applying
+        );
+        self.applied = index;
+    }
+
+    /// Drops entries up to and including `index` (a durable snapshot covers them).
+    pub fn compact(&mut self, index: LogIndex) {
+        if index <= self.offset.index {
+            return;
+        }
+        assert!(
+            index <= self.applied,
+            "compact to {index} beyond applied {}",
+            self.applied
+        );
+        let term = self.term(index).expect("applied entry is in the view");
+        self.entries.drain(..(index.0 - self.offset.index.0) as usize);
+        self.offset = EntryId::new(term, index);
+    }
+
+    /// Replaces the whole view with a snapshot at `last` (InstallSnapshot, §7).
+    pub fn restore(&mut self, last: EntryId) {
+        assert!(last.index > self.commit, "restore to {last} at or below commit");
+        self.entries.clear();
+        self.offset = last;
+        self.persisted = last.index;
+        self.unstable = last.index.next();
+        self.commit = last.index;
+        self.applying = last.index;
+        self.applied = last.index;
+    }
+
+    /// The first index of the term held at `index` (for a rejection's conflict hint). Terms are
+    /// monotone along the log, so this is a binary search.
+    pub fn first_index_of_term_at(&self, index: LogIndex) -> Option<EntryId> {
+        let term = self.term(index)?;
+        if index == self.offset.index {
+            return Some(self.offset);
+        }
+        let upto = (index.0 - self.offset.index.0) as usize; // entries[..upto] end at index
+        let k = self.entries[..upto].partition_point(|e| e.term < term);
+        if k == 0 && self.offset.term == term {
+            return Some(self.offset);
+        }
+        Some(EntryId::new(term, self.offset.index.plus(k as u64 + 1)))
+    }
+
+    /// The last index at or before `upto` whose term is at most `term`, if the view knows it.
+    pub fn last_index_with_term_at_most(&self, term: Term, upto: LogIndex) -> Option<EntryId> {
+        let upto = upto.min(self.last_index());
+        if upto < self.offset.index || self.offset.term > term {
+            return None;
+        }
+        let n = (upto.0 - self.offset.index.0) as usize;
+        let k = self.entries[..n].partition_point(|e| e.term <= term);
+        if k == 0 {
+            return Some(self.offset);
+        }
+        Some(self.entries[k - 1].id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::EntryKind;
+
+    fn e(term: u64, index: u64) -> Entry {
+        Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            kind: EntryKind::Command,
+            data: vec![index as u8],
+        }
+    }
+    fn id(term: u64, index: u64) -> EntryId {
+        EntryId::new(Term(term), LogIndex(index))
+    }
+
+    fn terms(log: &RaftLog) -> Vec<u64> {
+        log.entries.iter().map(|e| e.term.0).collect()
+    }
+
+    #[test]
+    fn positional_append_truncates_the_conflicting_suffix() {
+        let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(1, 2), e(2, 3), e(2, 4)]);
+        assert_eq!(log.append_after(id(1, 2), &[e(3, 3)]), Ok(Some(LogIndex(3))));
+        assert_eq!(terms(&log), vec![1, 1, 3]);
+        assert_eq!(log.persisted(), LogIndex(2));
+        assert_eq!(log.take_unstable(), vec![e(3, 3)]);
+    }
+
+    #[test]
+    fn positional_append_of_held_entries_keeps_the_longer_suffix() {
+        let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(1, 2), e(1, 3)]);
+        assert_eq!(log.append_after(id(1, 1), &[e(1, 2)]), Ok(None));
+        assert_eq!(terms(&log), vec![1, 1, 1]);
+        assert!(!log.has_unstable());
+    }
+
+    #[test]
+    fn positional_append_never_truncates_committed_entries() {
+        let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(1, 2)]);
+        log.commit_to(LogIndex(2));
+        assert_eq!(
+            log.append_after(id(1, 1), &[e(2, 2)]),
+            Err(AppendError::ConflictsWithCommitted {
+                index: LogIndex(2)
+            })
+        );
+        assert_eq!(
+            log.append_after(id(1, 1), &[e(2, 3)]),
+            Err(AppendError::NotContiguous)
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_the_term_of_the_compaction_point() {
+        let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(2, 2), e(2, 3)]);
+        log.commit_to(LogIndex(3));
+        assert_eq!(log.take_committed(10).len(), 3);
+        log.applied_to(LogIndex(3));
+        log.compact(LogIndex(2));
+        assert_eq!(log.first_index(), LogIndex(3));
+        assert_eq!(log.term(LogIndex(2)), Some(Term(2)));
+        assert_eq!(log.term(LogIndex(1)), None);
+        assert!(log.matches(id(2, 3)));
+    }
+
+    #[test]
+    fn conflict_hint_finds_the_first_index_of_a_term() {
+        let log = RaftLog::new(id(0, 0), vec![e(1, 1), e(3, 2), e(3, 3), e(3, 4), e(5, 5)]);
+        assert_eq!(log.first_index_of_term_at(LogIndex(4)), Some(id(3, 2)));
+        assert_eq!(log.first_index_of_term_at(LogIndex(5)), Some(id(5, 5)));
+        assert_eq!(log.first_index_of_term_at(LogIndex(6)), None);
+        assert_eq!(
+            log.last_index_with_term_at_most(Term(4), LogIndex(5)),
+            Some(id(3, 4))
+        );
+        assert_eq!(
+            log.last_index_with_term_at_most(Term(0), LogIndex(5)),
+            Some(id(0, 0))
+        );
+    }
+
+    #[test]
+    fn committed_entries_are_handed_out_once_and_in_batches() {
+        let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(1, 2), e(1, 3)]);
+        log.commit_to(LogIndex(3));
+        assert_eq!(log.take_committed(2), vec![e(1, 1), e(1, 2)]);
+        assert_eq!(log.take_committed(2), vec![e(1, 3)]);
+        assert!(log.take_committed(2).is_empty());
+    }
+}

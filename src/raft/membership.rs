@@ -1,0 +1,186 @@
+//! Membership changes and leadership transfer.
+//!
+//! Single-server changes (thesis §4.1) carried in `EntryKind::ConfChange` entries. A change
+//! takes effect as soon as the entry is in a server's log (committed or not), and is undone if
+//! the entry is truncated. (Taking effect at commit, as etcd does, is unsafe here: the commit
+//! index is not persisted, so a restarted node would campaign under a configuration several
+//! changes old; the simulator found two leaders in one term that way.) Learners receive the
+//! log but neither vote nor count toward quorum.
+//!
+//! Invariants:
+//! 1. At most one change is uncommitted, and a leader proposes one only after an entry of its
+//!    own term committed (the fix for the single-server change bug, Ongaro 2015).
+//! 2. A leader that is no longer a voter steps down once its removal commits.
+//! 3. During a transfer the leader accepts no proposals; the transfer is abandoned after an
+//!    election timeout.
+
+use super::message::MessageBody;
+use super::progress::Progress;
+use super::types::{ConfChange, EntryId, EntryKind, LogIndex, NodeId, CONF_CONTEXT_SIZE_MAX};
+use super::{ProposeError, Raft, RoleState, Transfer};
+
+impl Raft {
+    pub(super) fn check_can_propose(&self) -> Result<(), ProposeError> {
+        let RoleState::Leader(ls) = &self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if ls.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        Ok(())
+    }
+
+    pub(super) fn propose_conf_change_checked(
+        &mut self,
+        cc: ConfChange,
+    ) -> Result<EntryId, ProposeError> {
+        self.check_can_propose()?;
+        if !self.committed_in_term() || !self.pending_confs.is_empty() {
+            return Err(ProposeError::ConfChangePending);
+        }
+        if cc.context.len() > CONF_CONTEXT_SIZE_MAX {
+            return Err(ProposeError::TooLarge {
+                size: cc.context.len(),
+            });
+        }
+        let next = cc.apply_to(&self.conf);
+        if next == self.conf || next.voters.is_empty() {
+            return Err(ProposeError::InvalidConfChange);
+        }
+        let id = self.append_local(EntryKind::ConfChange, cc.encode());
+        ::log::info!("node {} proposed {:?} at {id}", self.id, cc);
+        Ok(id)
+    }
+
+    /// Re-derives the configurations of the ConfChange entries at or after `from` (what was
+    /// recorded there was just replaced), and the configuration in force.
+    pub(super) fn scan_conf_entries_from(&mut self, from: LogIndex) {
+        self.pending_confs.retain(|(i, _)| *i < from);
+        let mut conf = match self.pending_confs.last() {
+            Some((_, c)) => c.clone(),
+            None => self.conf_committed.clone(),
+        };
+        let mut i = from.max(self.log.commit().next());
+        while i <= self.log.last_index() {
+            let e = self.log.entry(i).expect("entry in view");
+            if e.kind == EntryKind::ConfChange {
+                match ConfChange::decode(&e.data) {
+                    Ok(cc) => {
+                        conf = cc.apply_to(&conf);
+                        self.pending_confs.push((i, conf.clone()));
+                    }
+                    Err(err) => ::log::error!("node {}: bad conf change at {i}: {err}", self.id),
+                }
+            }
+            i = i.next();
+        }
+        if conf != self.conf {
+            ::log::info!(
+                "node {}: membership now voters {:?} learners {:?} (log up to {})",
+                self.id,
+                conf.voters,
+                conf.learners,
+                self.log.last_index()
+            );
+            self.conf = conf;
+            self.sync_leader_progress();
+        }
+    }
+
+    /// The commit index reached `commit`: the configurations up to it are committed. A leader
+    /// that is not a voter of the committed configuration steps down (thesis §4.2.2).
+    pub(super) fn conf_committed_to(&mut self, commit: LogIndex) {
+        while self.pending_confs.first().is_some_and(|(i, _)| *i <= commit) {
+            self.conf_committed = self.pending_confs.remove(0).1;
+        }
+        if matches!(self.role, RoleState::Leader(_)) && !self.conf_committed.is_voter(self.id) {
+            // Tell the others the change committed before leaving.
+            self.bcast_append();
+            ::log::info!("node {} stepping down: no longer a voter", self.id);
+            self.become_follower(self.term, None);
+        }
+    }
+
+    /// The leader tracks exactly the members of the configuration in force.
+    fn sync_leader_progress(&mut self) {
+        let next = self.log.last_index().next();
+        let cap = self.cfg.inflight_msgs_max;
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        for m in self.conf.members() {
+            ls.progress
+                .entry(m)
+                .or_insert_with(|| Progress::new(next, cap));
+        }
+        let (id, conf) = (self.id, &self.conf);
+        ls.progress.retain(|&p, _| p == id || conf.contains(p));
+        if ls.transfer.as_ref().is_some_and(|t| !conf.is_voter(t.to)) {
+            ls.transfer = None;
+        }
+    }
+
+    pub(super) fn transfer_leadership_checked(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        let last = self.log.last_index();
+        let RoleState::Leader(ls) = &mut self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if to == self.id {
+            return Ok(());
+        }
+        if !self.conf.is_voter(to) || !ls.progress.contains_key(&to) {
+            return Err(ProposeError::UnknownNode { node: to });
+        }
+        if ls.transfer.as_ref().is_some_and(|t| t.to == to) {
+            return Ok(());
+        }
+        ls.transfer = Some(Transfer {
+            to,
+            elapsed_ticks: 0,
+        });
+        ::log::info!("node {} transferring leadership to {to}", self.id);
+        let caught_up = ls.progress[&to].match_index == last;
+        if caught_up {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.send_appends(to, true);
+        }
+        Ok(())
+    }
+
+    /// Once the transfer target holds our whole log, tell it to campaign now.
+    pub(super) fn maybe_send_timeout_now(&mut self, from: NodeId) {
+        let last = self.log.last_index();
+        let RoleState::Leader(ls) = &self.role else {
+            return;
+        };
+        let ready = ls.transfer.as_ref().is_some_and(|t| t.to == from)
+            && ls.progress.get(&from).is_some_and(|pr| pr.match_index == last);
+        if ready {
+            self.send(from, MessageBody::TimeoutNow);
+        }
+    }
+
+    /// Abandons a transfer that did not finish within an election timeout.
+    pub(super) fn tick_transfer(&mut self) {
+        let timeout = self.cfg.election_timeout_ticks;
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        if let Some(t) = &mut ls.transfer {
+            t.elapsed_ticks += 1;
+            if t.elapsed_ticks >= timeout {
+                ::log::info!(
+                    "node {}: leadership transfer to {} timed out",
+                    self.id,
+                    t.to
+                );
+                ls.transfer = None;
+            }
+        }
+    }
+}

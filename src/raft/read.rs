@@ -1,0 +1,137 @@
+//! Linearizable reads by ReadIndex (thesis §6.4).
+//!
+//! A read records the commit index when it arrives and joins a heartbeat round; it is released
+//! (as a `ReadState`) once a majority of voters answered a heartbeat of that round or a later
+//! one. Reads share a round while its heartbeats have not yet left the core (until the next
+//! `ready`), so every answer counted was to a heartbeat sent after the read arrived. A leader
+//! whose no-op has not committed yet does not know the commit index (§8), so its reads wait.
+//!
+//! Invariants:
+//! 1. `pending` is in arrival order, with non-decreasing `seq` and `index`.
+//! 2. A read is released only by answers to a round begun at or after its arrival.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::ready::ReadState;
+use super::types::{LogIndex, NodeId};
+use super::{quorum, ProposeError, Raft, RoleState};
+use crate::limits;
+
+#[derive(Debug)]
+struct PendingRead {
+    ctx: u64,
+    index: LogIndex,
+    seq: u64,
+}
+
+/// The leader's reads in progress.
+#[derive(Debug, Default)]
+pub struct ReadTracker {
+    /// The current round; heartbeats carry it.
+    seq: u64,
+    /// The current round's heartbeats are still in the outbox: new reads may join it.
+    round_open: bool,
+    pending: VecDeque<PendingRead>,
+    /// The highest round each voter answered.
+    acked: BTreeMap<NodeId, u64>,
+    /// Reads waiting for this leader's first commit.
+    waiting: Vec<u64>,
+}
+
+impl ReadTracker {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    pub fn close_round(&mut self) {
+        self.round_open = false;
+    }
+    pub fn acked(&mut self, from: NodeId, seq: u64) {
+        let a = self.acked.entry(from).or_insert(0);
+        *a = (*a).max(seq);
+    }
+    fn len(&self) -> usize {
+        self.pending.len() + self.waiting.len()
+    }
+    /// Adds a read at `index`; returns true when it opened a new round (whose heartbeats the
+    /// caller must send).
+    fn add(&mut self, ctx: u64, index: LogIndex) -> bool {
+        let opened = !self.round_open;
+        if opened {
+            self.seq += 1;
+            self.round_open = true;
+        }
+        self.pending.push_back(PendingRead {
+            ctx,
+            index,
+            seq: self.seq,
+        });
+        opened
+    }
+}
+
+impl Raft {
+    pub(super) fn read_index_checked(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        let committed = self.committed_in_term();
+        let commit = self.log.commit();
+        let single = self.conf.voters.len() == 1;
+        let RoleState::Leader(ls) = &mut self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if ls.reads.len() >= limits::READS_PENDING_MAX {
+            return Err(ProposeError::TooManyReads);
+        }
+        if !committed {
+            ls.reads.waiting.push(ctx);
+        } else if single {
+            self.read_states.push(ReadState { ctx, index: commit });
+        } else if ls.reads.add(ctx, commit) {
+            self.bcast_heartbeat();
+        }
+        Ok(())
+    }
+
+    /// This leader's first entry committed: the reads that waited for it start a round.
+    pub(super) fn start_waiting_reads(&mut self) {
+        let commit = self.log.commit();
+        let single = self.conf.voters.len() == 1;
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let waiting = std::mem::take(&mut ls.reads.waiting);
+        let mut opened = false;
+        for ctx in waiting {
+            if single {
+                self.read_states.push(ReadState { ctx, index: commit });
+            } else {
+                opened |= ls.reads.add(ctx, commit);
+            }
+        }
+        if opened {
+            self.bcast_heartbeat();
+        }
+    }
+
+    /// Releases every read whose round a majority of voters has answered.
+    pub(super) fn release_reads(&mut self) {
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let voters = &self.conf.voters;
+        while let Some(front) = ls.reads.pending.front() {
+            let answered = voters
+                .iter()
+                .filter(|&&v| v == self.id || ls.reads.acked.get(&v).is_some_and(|&s| s >= front.seq))
+                .count();
+            if !quorum::is_majority(answered, voters.len()) {
+                break;
+            }
+            let r = ls.reads.pending.pop_front().expect("front exists");
+            self.read_states.push(ReadState {
+                ctx: r.ctx,
+                index: r.index,
+            });
+        }
+    }
+}

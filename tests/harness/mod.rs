@@ -1,0 +1,320 @@
+//! Real-process test support: a cluster of `kvraftd` processes on 127.0.0.1 with temporary
+//! data directories, a small blocking RESP client, and polling with deadlines (never sleeps
+//! standing in for conditions).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kvraft::client::resp;
+use kvraft::client::Value;
+
+/// Cluster tests run one at a time: two clusters electing on a 2-core machine would measure
+/// each other's scheduling, not Raft.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Free loopback ports (bound to port 0, then released for the daemon to take).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// A blocking RESP client.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client { stream, buf: Vec::new() })
+    }
+
+    pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        resp::encode_command(args, &mut out);
+        self.stream.write_all(&out)
+    }
+
+    pub fn read_reply(&mut self) -> std::io::Result<Value> {
+        loop {
+            match resp::parse_value(&self.buf) {
+                Ok(Some((v, n))) => {
+                    self.buf.drain(..n);
+                    return Ok(v);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")))
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Value> {
+        self.send(args)?;
+        self.read_reply()
+    }
+
+    pub fn call_str(&mut self, args: &[&str]) -> std::io::Result<Value> {
+        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+        self.call(&a)
+    }
+}
+
+/// `field:value` lines of an INFO reply.
+pub fn parse_info(v: &Value) -> HashMap<String, String> {
+    let Value::Bulk(b) = v else { return HashMap::new() };
+    String::from_utf8_lossy(b)
+        .lines()
+        .filter_map(|l| l.trim_end().split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub client: SocketAddr,
+    pub child: Option<Child>,
+    pub stopped: bool,
+}
+
+/// A cluster of kvraftd processes sharing one config file in a temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub nodes: Vec<NodeProc>,
+}
+
+pub struct Options {
+    pub nodes: usize,
+    /// Extra config lines (tuning keys).
+    pub extra: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { nodes: 3, extra: Vec::new() }
+    }
+}
+
+impl Cluster {
+    pub fn start(opts: Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(opts.nodes * 2);
+        let mut conf = format!("data_dir = {}/node{{id}}\n", dir.path().display());
+        let mut nodes = Vec::new();
+        for i in 0..opts.nodes {
+            let id = i as u64 + 1;
+            let peer: SocketAddr = format!("127.0.0.1:{}", ports[2 * i]).parse().unwrap();
+            let client: SocketAddr = format!("127.0.0.1:{}", ports[2 * i + 1]).parse().unwrap();
+            conf.push_str(&format!("node.{id} = peer={peer} client={client}\n"));
+            nodes.push(NodeProc { id, peer, client, child: None, stopped: false });
+        }
+        for line in &opts.extra {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = dir.path().join("cluster.conf");
+        fs::write(&conf_path, conf).expect("write config");
+        let mut c = Cluster { dir, conf: conf_path, nodes };
+        for id in 1..=opts.nodes as u64 {
+            c.spawn(id);
+        }
+        c
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Start (or restart) node `id`.
+    pub fn spawn(&mut self, id: u64) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kvraftd"))
+            .arg("--config")
+            .arg(&self.conf)
+            .arg("--id")
+            .arg(id.to_string())
+            .env("RUST_LOG", std::env::var("KVRAFT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kvraftd");
+        let n = self.node_mut(id);
+        n.child = Some(child);
+        n.stopped = false;
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn signal(&mut self, id: u64, sig: i32) {
+        if let Some(child) = &self.node(id).child {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+        }
+        self.node_mut(id).stopped = sig == libc::SIGSTOP;
+    }
+
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(|c| c.id())
+    }
+
+    pub fn client(&self, id: u64) -> std::io::Result<Client> {
+        Client::connect(self.node(id).client)
+    }
+
+    pub fn info(&self, id: u64) -> Option<HashMap<String, String>> {
+        let mut c = self.client(id).ok()?;
+        c.stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let v = c.call_str(&["INFO"]).ok()?;
+        Some(parse_info(&v))
+    }
+
+    /// The id of the node that reports itself leader, if exactly one live node does in the
+    /// highest term reported.
+    pub fn leader(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for n in &self.nodes {
+            if n.child.is_none() || n.stopped {
+                continue;
+            }
+            let Some(info) = self.info(n.id) else { continue };
+            if info.get("role").map(String::as_str) == Some("leader") {
+                let term: u64 = info.get("term")?.parse().ok()?;
+                if best.is_none_or(|(t, _)| term > t) {
+                    best = Some((term, n.id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> u64 {
+        wait_for(timeout, "a leader", || self.leader())
+    }
+
+    /// Every live node applied at least `index`.
+    pub fn wait_applied(&self, ids: &[u64], index: u64, timeout: Duration) {
+        wait_for(timeout, &format!("nodes {ids:?} to apply index {index}"), || {
+            ids.iter()
+                .all(|&id| {
+                    self.info(id)
+                        .and_then(|i| i.get("applied_index")?.parse::<u64>().ok())
+                        .is_some_and(|a| a >= index)
+                })
+                .then_some(())
+        });
+    }
+
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            if let Ok(s) = fs::read_to_string(self.log_path(n.id)) {
+                let tail: Vec<&str> = s.lines().rev().take(40).collect();
+                eprintln!("--- node {} log (last 40 lines) ---", n.id);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                if n.stopped {
+                    let _ = Command::new("kill").arg("-CONT").arg(c.id().to_string()).status();
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Write through any node, retrying while the cluster has no leader. Returns the reply.
+pub fn put_retry(c: &Cluster, via: u64, key: &str, val: &str, timeout: Duration) -> Value {
+    wait_for(timeout, &format!("SET {key} through node {via}"), || {
+        let mut cl = c.client(via).ok()?;
+        match cl.call_str(&["SET", key, val]) {
+            Ok(Value::Simple(s)) if s == "OK" => Some(Value::Simple(s)),
+            _ => None,
+        }
+    })
+}
+
+pub fn get(c: &Cluster, via: u64, key: &str) -> Option<Value> {
+    let mut cl = c.client(via).ok()?;
+    cl.call_str(&["GET", key]).ok()
+}
+
+pub fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            let md = match e.metadata() {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            total += if md.is_dir() { dir_size(&e.path()) } else { md.len() };
+        }
+    }
+    total
+}
