@@ -30,8 +30,9 @@ struct Cluster {
 
 impl Cluster {
     fn start(extra: &str) -> Cluster {
-        let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "target".into()))
-            .expect("tempdir");
+        let dir =
+            tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "target".into()))
+                .expect("tempdir");
         let ports: Vec<u16> = (0..6)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect::<Vec<_>>()
@@ -64,7 +65,11 @@ impl Cluster {
                     .unwrap()
             })
             .collect();
-        let c = Cluster { _dir: dir, children, clients };
+        let c = Cluster {
+            _dir: dir,
+            children,
+            clients,
+        };
         c.wait_writable();
         c
     }
@@ -73,7 +78,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(mut conn) = Conn::connect(self.clients[0]) {
-                if conn.call(&[b"SET", b"bench-ready", b"1"]).is_some_and(|v| v == Value::ok()) {
+                if conn
+                    .call(&[b"SET", b"bench-ready", b"1"])
+                    .is_some_and(|v| v == Value::ok())
+                {
                     return;
                 }
             }
@@ -84,9 +92,15 @@ impl Cluster {
 
     fn info(&self, i: usize, field: &str) -> Option<String> {
         let mut c = Conn::connect(self.clients[i]).ok()?;
-        let Value::Bulk(b) = c.call(&[b"INFO"])? else { return None };
+        let Value::Bulk(b) = c.call(&[b"INFO"])? else {
+            return None;
+        };
         let text = String::from_utf8_lossy(&b).into_owned();
-        text.lines().find_map(|l| l.trim_end().strip_prefix(&format!("{field}:")).map(str::to_string))
+        text.lines().find_map(|l| {
+            l.trim_end()
+                .strip_prefix(&format!("{field}:"))
+                .map(str::to_string)
+        })
     }
 }
 
@@ -110,7 +124,11 @@ impl Conn {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Conn { s, buf: Vec::with_capacity(4096), out: Vec::with_capacity(512) })
+        Ok(Conn {
+            s,
+            buf: Vec::with_capacity(4096),
+            out: Vec::with_capacity(512),
+        })
     }
 
     fn call(&mut self, args: &[&[u8]]) -> Option<Value> {
@@ -205,7 +223,12 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
     measuring.store(false, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    let mut r = Result { ops: 0, errors: 0, secs, lat_us: Vec::new() };
+    let mut r = Result {
+        ops: 0,
+        errors: 0,
+        secs,
+        lat_us: Vec::new(),
+    };
     for t in threads {
         let (ops, errors, lat) = t.join().unwrap();
         r.ops += ops;
@@ -225,7 +248,10 @@ fn fill(c: &Cluster, keys: u64) {
         let n = batch.min(keys - i);
         let mut out = Vec::new();
         for k in i..i + n {
-            resp::encode_command(&[b"SET", format!("key-{k:012}").as_bytes(), &value], &mut out);
+            resp::encode_command(
+                &[b"SET", format!("key-{k:012}").as_bytes(), &value],
+                &mut out,
+            );
         }
         conn.s.write_all(&out).unwrap();
         for _ in 0..n {
@@ -247,16 +273,23 @@ fn row(op: &str, clients: usize, r: &Result) {
 }
 
 fn main() {
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
     let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
         .unwrap_or_else(|_| "1 8 64 256".into())
         .split_whitespace()
         .filter_map(|s| s.parse().ok())
         .collect();
-    let snapshot_keys: u64 =
-        std::env::var("BENCH_SNAPSHOT_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let snapshot_keys: u64 = std::env::var("BENCH_SNAPSHOT_KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
 
-    println!("kvraft, 3 nodes on loopback, {VALUE_SIZE}-byte values, {KEYSPACE} keys, {secs} s per row");
+    println!(
+        "kvraft, 3 nodes on loopback, {VALUE_SIZE}-byte values, {KEYSPACE} keys, {secs} s per row"
+    );
     println!("op   clients |      ops/s |  p50 ms   p99 ms  p999 ms | errors");
     {
         let c = Cluster::start("");
@@ -274,7 +307,9 @@ fn main() {
         return;
     }
     // Snapshots under load: a threshold no write run reaches, then explicit SNAPSHOTs.
-    println!("\nSET at 64 connections with {snapshot_keys} keys loaded, without and during snapshots");
+    println!(
+        "\nSET at 64 connections with {snapshot_keys} keys loaded, without and during snapshots"
+    );
     let c = Cluster::start("snapshot_entries = 1000000000\nsnapshot_bytes = 1000GiB");
     fill(&c, snapshot_keys);
     let quiet = load(&c, "set", 64, secs);
@@ -301,10 +336,18 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     snapper.join().unwrap();
     row("set", 64, &busy);
-    let taken: Vec<String> = (0..3).filter_map(|i| c.info(i, "snapshots_taken")).collect();
-    let fork: Vec<String> = (0..3).filter_map(|i| c.info(i, "last_snapshot_fork_us")).collect();
-    let took: Vec<String> = (0..3).filter_map(|i| c.info(i, "last_snapshot_ms")).collect();
-    let size: Vec<String> = (0..3).filter_map(|i| c.info(i, "last_snapshot_bytes")).collect();
+    let taken: Vec<String> = (0..3)
+        .filter_map(|i| c.info(i, "snapshots_taken"))
+        .collect();
+    let fork: Vec<String> = (0..3)
+        .filter_map(|i| c.info(i, "last_snapshot_fork_us"))
+        .collect();
+    let took: Vec<String> = (0..3)
+        .filter_map(|i| c.info(i, "last_snapshot_ms"))
+        .collect();
+    let size: Vec<String> = (0..3)
+        .filter_map(|i| c.info(i, "last_snapshot_bytes"))
+        .collect();
     println!(
         "p99 during snapshots / without: {:.2}x; throughput {:.2}x",
         busy.pct(0.99) / quiet.pct(0.99).max(1e-9),

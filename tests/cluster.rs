@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvraft::client::Value;
 use harness::{get, put_retry, serial, wait_for, Client, Cluster, Options};
+use kvraft::client::Value;
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -20,17 +20,28 @@ fn bulk(s: &str) -> Value {
 }
 
 #[test]
-fn three_nodes_elect_exactly_one_leader_and_a_write_through_any_node_is_readable_through_every_node() {
+fn three_nodes_elect_exactly_one_leader_and_a_write_through_any_node_is_readable_through_every_node(
+) {
     let _g = serial();
     let c = Cluster::start(Options::default());
     let leader = c.wait_leader(LONG);
     // Exactly one node says leader, and the others agree on who it is.
-    let infos: Vec<_> = (1..=3).map(|id| wait_for(LONG, "INFO", || c.info(id))).collect();
+    let infos: Vec<_> = (1..=3)
+        .map(|id| wait_for(LONG, "INFO", || c.info(id)))
+        .collect();
     let leaders = infos.iter().filter(|i| i["role"] == "leader").count();
-    assert_eq!(leaders, 1, "roles: {:?}", infos.iter().map(|i| i["role"].clone()).collect::<Vec<_>>());
+    assert_eq!(
+        leaders,
+        1,
+        "roles: {:?}",
+        infos.iter().map(|i| i["role"].clone()).collect::<Vec<_>>()
+    );
     wait_for(LONG, "followers to learn the leader", || {
         (1..=3)
-            .all(|id| c.info(id).is_some_and(|i| i["leader_id"] == leader.to_string()))
+            .all(|id| {
+                c.info(id)
+                    .is_some_and(|i| i["leader_id"] == leader.to_string())
+            })
             .then_some(())
     });
     for via in 1..=3u64 {
@@ -40,15 +51,27 @@ fn three_nodes_elect_exactly_one_leader_and_a_write_through_any_node_is_readable
     for via in 1..=3u64 {
         for from in 1..=3u64 {
             let key = format!("key-via-{from}");
-            assert_eq!(get(&c, via, &key), Some(bulk(&format!("value-{from}"))), "GET {key} via node {via}");
+            assert_eq!(
+                get(&c, via, &key),
+                Some(bulk(&format!("value-{from}"))),
+                "GET {key} via node {via}"
+            );
         }
     }
     // Every replica applies the same entries to the same state.
     let mut cl = c.client(leader).unwrap();
-    let applied: u64 = harness::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())["applied_index"].parse().unwrap();
+    let applied: u64 = harness::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())
+        ["applied_index"]
+        .parse()
+        .unwrap();
     c.wait_applied(&[1, 2, 3], applied, LONG);
-    let hashes: Vec<String> = (1..=3).map(|id| c.info(id).unwrap()["state_hash"].clone()).collect();
-    assert!(hashes.iter().all(|h| *h == hashes[0]), "state hashes differ: {hashes:?}");
+    let hashes: Vec<String> = (1..=3)
+        .map(|id| c.info(id).unwrap()["state_hash"].clone())
+        .collect();
+    assert!(
+        hashes.iter().all(|h| *h == hashes[0]),
+        "state hashes differ: {hashes:?}"
+    );
 }
 
 #[test]
@@ -69,14 +92,23 @@ fn killing_the_leader_elects_a_new_one_and_the_old_leader_catches_up_on_restart(
     }
     c.spawn(old);
     let mut cl = c.client(new).unwrap();
-    let applied: u64 = harness::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())["applied_index"].parse().unwrap();
+    let applied: u64 = harness::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())
+        ["applied_index"]
+        .parse()
+        .unwrap();
     c.wait_applied(&[old], applied, LONG);
     for i in 0..20 {
         assert_eq!(get(&c, old, &format!("before-{i}")), Some(bulk("x")));
         assert_eq!(get(&c, old, &format!("after-{i}")), Some(bulk("y")));
     }
-    let hashes: Vec<String> = [old, new].iter().map(|&id| c.info(id).unwrap()["state_hash"].clone()).collect();
-    assert_eq!(hashes[0], hashes[1], "the restarted node's state differs from the leader's");
+    let hashes: Vec<String> = [old, new]
+        .iter()
+        .map(|&id| c.info(id).unwrap()["state_hash"].clone())
+        .collect();
+    assert_eq!(
+        hashes[0], hashes[1],
+        "the restarted node's state differs from the leader's"
+    );
 }
 
 #[test]
@@ -92,7 +124,9 @@ fn killing_every_node_during_a_stream_of_acknowledged_writes_loses_none_of_them(
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut cl) = Client::connect(addr) else { continue };
+                let Ok(mut cl) = Client::connect(addr) else {
+                    continue;
+                };
                 loop {
                     let key = format!("k{i}");
                     match cl.call_str(&["SET", &key, &format!("v{i}")]) {
@@ -108,7 +142,9 @@ fn killing_every_node_during_a_stream_of_acknowledged_writes_loses_none_of_them(
             }
         })
     };
-    wait_for(LONG, "200 acknowledged writes", || (acked.lock().unwrap().len() >= 200).then_some(()));
+    wait_for(LONG, "200 acknowledged writes", || {
+        (acked.lock().unwrap().len() >= 200).then_some(())
+    });
     for id in 1..=3 {
         c.kill(id);
     }
@@ -120,14 +156,24 @@ fn killing_every_node_during_a_stream_of_acknowledged_writes_loses_none_of_them(
     }
     let leader = c.wait_leader(LONG);
     for &i in &acked {
-        let v = wait_for(LONG, "a read after restart", || get(&c, leader, &format!("k{i}")));
-        assert_eq!(v, bulk(&format!("v{i}")), "acknowledged write k{i} lost after a full-cluster crash");
+        let v = wait_for(LONG, "a read after restart", || {
+            get(&c, leader, &format!("k{i}"))
+        });
+        assert_eq!(
+            v,
+            bulk(&format!("v{i}")),
+            "acknowledged write k{i} lost after a full-cluster crash"
+        );
     }
-    println!("{} acknowledged writes all survived kill -9 of every node", acked.len());
+    println!(
+        "{} acknowledged writes all survived kill -9 of every node",
+        acked.len()
+    );
 }
 
 #[test]
-fn a_stopped_minority_does_not_stop_progress_and_a_stopped_majority_stops_writes_until_it_returns() {
+fn a_stopped_minority_does_not_stop_progress_and_a_stopped_majority_stops_writes_until_it_returns()
+{
     let _g = serial();
     let mut c = Cluster::start(Options::default());
     let leader = c.wait_leader(LONG);
@@ -139,7 +185,9 @@ fn a_stopped_minority_does_not_stop_progress_and_a_stopped_majority_stops_writes
     c.signal(followers[1], libc::SIGSTOP);
     // The leader alone cannot commit: the write is refused with an error, not acknowledged.
     let mut cl = c.client(leader).unwrap();
-    let reply = cl.call_str(&["SET", "majority-down", "1"]).expect("a reply");
+    let reply = cl
+        .call_str(&["SET", "majority-down", "1"])
+        .expect("a reply");
     match &reply {
         Value::Error(e) => println!("with a majority stopped, SET answered: {e}"),
         other => panic!("a write was acknowledged without a majority: {other:?}"),
@@ -187,10 +235,17 @@ fn garbage_on_the_client_and_peer_ports_leaves_the_daemon_serving_everyone_else(
         put_retry(&c, leader, &format!("after-garbage-{i}"), "ok", LONG);
     }
     for id in 1..=3 {
-        assert_eq!(get(&c, id, "after-garbage-9"), Some(bulk("ok")), "node {id} stopped serving");
+        assert_eq!(
+            get(&c, id, "after-garbage-9"),
+            Some(bulk("ok")),
+            "node {id} stopped serving"
+        );
         let n = &mut c.nodes[(id - 1) as usize];
         let status = n.child.as_mut().unwrap().try_wait().unwrap();
-        assert!(status.is_none(), "node {id} exited after garbage: {status:?}");
+        assert!(
+            status.is_none(),
+            "node {id} exited after garbage: {status:?}"
+        );
     }
 }
 
@@ -209,7 +264,9 @@ fn redis_cli_can_set_and_get_against_the_cluster() {
             .expect("redis-cli (Debian's redis-tools; `make setup` installs it)");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    wait_for(LONG, "redis-cli SET to succeed", || (run(&["SET", "greeting", "hello world"]) == "OK").then_some(()));
+    wait_for(LONG, "redis-cli SET to succeed", || {
+        (run(&["SET", "greeting", "hello world"]) == "OK").then_some(())
+    });
     assert_eq!(run(&["GET", "greeting"]), "hello world");
     assert_eq!(run(&["INCR", "counter"]), "1");
     assert_eq!(run(&["INCR", "counter"]), "2");
@@ -227,14 +284,23 @@ fn pipelined_commands_on_one_connection_are_answered_in_order() {
     let mut cl = c.client(follower).unwrap();
     // Writes, reads and node-local commands interleaved: replies must come back in order.
     for i in 0..200 {
-        cl.send(&[b"SET", format!("p{i}").as_bytes(), format!("{i}").as_bytes()]).unwrap();
+        cl.send(&[
+            b"SET",
+            format!("p{i}").as_bytes(),
+            format!("{i}").as_bytes(),
+        ])
+        .unwrap();
         cl.send(&[b"GET", format!("p{i}").as_bytes()]).unwrap();
         cl.send(&[b"PING"]).unwrap();
     }
     for i in 0..200 {
         assert_eq!(cl.read_reply().unwrap(), Value::ok(), "SET p{i}");
         assert_eq!(cl.read_reply().unwrap(), bulk(&i.to_string()), "GET p{i}");
-        assert_eq!(cl.read_reply().unwrap(), Value::Simple("PONG".into()), "PING {i}");
+        assert_eq!(
+            cl.read_reply().unwrap(),
+            Value::Simple("PONG".into()),
+            "PING {i}"
+        );
     }
 }
 
@@ -242,15 +308,25 @@ fn pipelined_commands_on_one_connection_are_answered_in_order() {
 fn a_bad_config_is_refused_naming_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("bad.conf");
-    std::fs::write(&conf, "node.1 = peer=127.0.0.1:1 client=127.0.0.1:2\nelecton_timeout_ms = 5\n").unwrap();
+    std::fs::write(
+        &conf,
+        "node.1 = peer=127.0.0.1:1 client=127.0.0.1:2\nelecton_timeout_ms = 5\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kvraftd"))
         .args(["--config", conf.to_str().unwrap(), "--id", "1"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.conf:2"), "stderr does not name the line: {err}");
-    assert!(err.contains("electon_timeout_ms"), "stderr does not name the key: {err}");
+    assert!(
+        err.contains("bad.conf:2"),
+        "stderr does not name the line: {err}"
+    );
+    assert!(
+        err.contains("electon_timeout_ms"),
+        "stderr does not name the key: {err}"
+    );
 }
 
 #[test]
@@ -261,14 +337,20 @@ fn an_unusable_data_directory_is_a_clear_start_up_error() {
     let conf = dir.path().join("c.conf");
     std::fs::write(
         &conf,
-        format!("data_dir = {}/sub\nnode.1 = peer=127.0.0.1:1 client=127.0.0.1:2\n", file.display()),
+        format!(
+            "data_dir = {}/sub\nnode.1 = peer=127.0.0.1:1 client=127.0.0.1:2\n",
+            file.display()
+        ),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kvraftd"))
         .args(["--config", conf.to_str().unwrap(), "--id", "1"])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "started on an unusable data directory");
+    assert!(
+        !out.status.success(),
+        "started on an unusable data directory"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("data directory"), "unclear error: {err}");
 }

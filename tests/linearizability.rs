@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use harness::{serial, wait_for, Client, Cluster, Options};
 use kvraft::client::Value;
 use kvraft::prng::Prng;
-use harness::{serial, wait_for, Client, Cluster, Options};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -51,7 +51,10 @@ fn check_register(ops: &[Op]) -> Result<(), String> {
     for op in ops {
         if let Kind::Write(v) = &op.kind {
             let prev = write_invoke.insert(Some(v.clone()), op.invoke);
-            assert!(prev.is_none(), "value {v} written twice: the test must write unique values");
+            assert!(
+                prev.is_none(),
+                "value {v} written twice: the test must write unique values"
+            );
             clusters.insert(Some(v.clone()), (op.response, op.invoke, 0));
         }
     }
@@ -61,7 +64,9 @@ fn check_register(ops: &[Op]) -> Result<(), String> {
                 return Err(format!("read of {v:?} that no write produced: {op:?}"));
             };
             if op.response < w_invoke {
-                return Err(format!("read {op:?} ended before its write began at {w_invoke}"));
+                return Err(format!(
+                    "read {op:?} ended before its write began at {w_invoke}"
+                ));
             }
             let c = clusters.get_mut(v).expect("cluster exists");
             c.0 = c.0.min(op.response);
@@ -90,7 +95,9 @@ fn check_register(ops: &[Op]) -> Result<(), String> {
     for b in &backward {
         for fz in &forward {
             if fz.0 < b.0 && b.1 < fz.1 {
-                return Err(format!("backward zone {b:?} lies inside forward zone {fz:?}"));
+                return Err(format!(
+                    "backward zone {b:?} lies inside forward zone {fz:?}"
+                ));
             }
         }
     }
@@ -110,8 +117,18 @@ fn check_history(ops: &[Op]) -> Result<(), String> {
 
 #[test]
 fn the_checker_rejects_a_stale_read_and_accepts_a_concurrent_one() {
-    let w = |v: &str, i, r| Op { key: "k".into(), kind: Kind::Write(v.into()), invoke: i, response: r };
-    let rd = |v: Option<&str>, i, r| Op { key: "k".into(), kind: Kind::Read(v.map(String::from)), invoke: i, response: r };
+    let w = |v: &str, i, r| Op {
+        key: "k".into(),
+        kind: Kind::Write(v.into()),
+        invoke: i,
+        response: r,
+    };
+    let rd = |v: Option<&str>, i, r| Op {
+        key: "k".into(),
+        kind: Kind::Read(v.map(String::from)),
+        invoke: i,
+        response: r,
+    };
     // a written, then b written, then a read of a: stale.
     let stale = vec![w("a", 1, 2), w("b", 3, 4), rd(Some("a"), 5, 6)];
     assert!(check_history(&stale).is_err());
@@ -119,7 +136,13 @@ fn the_checker_rejects_a_stale_read_and_accepts_a_concurrent_one() {
     assert!(check_history(&[w("a", 1, 2), w("b", 3, 6), rd(Some("a"), 4, 5)]).is_ok());
     assert!(check_history(&[w("a", 1, 2), w("b", 3, 6), rd(Some("b"), 4, 5)]).is_ok());
     // reading b, then later reading a again (a's write long done): not linearizable.
-    assert!(check_history(&[w("a", 1, 2), w("b", 3, 10), rd(Some("b"), 4, 5), rd(Some("a"), 6, 7)]).is_err());
+    assert!(check_history(&[
+        w("a", 1, 2),
+        w("b", 3, 10),
+        rd(Some("b"), 4, 5),
+        rd(Some("a"), 6, 7)
+    ])
+    .is_err());
     // reading the initial value after a write completed: stale.
     assert!(check_history(&[w("a", 1, 2), rd(None, 3, 4)]).is_err());
     // an unknown write that is read later is fine; one never read is ignored.
@@ -147,7 +170,9 @@ fn concurrent_reads_and_writes_through_every_node_stay_linearizable_across_leade
                 let mut seq = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let addr = addrs[rng.range(0, addrs.len() as u64) as usize];
-                    let Ok(mut cl) = Client::connect(addr) else { continue };
+                    let Ok(mut cl) = Client::connect(addr) else {
+                        continue;
+                    };
                     for _ in 0..20 {
                         let key = format!("reg{}", rng.range(0, 3));
                         let op = if rng.chance(1, 2) {
@@ -156,7 +181,12 @@ fn concurrent_reads_and_writes_through_every_node_stay_linearizable_across_leade
                             let invoke = now();
                             let r = cl.call_str(&["SET", &key, &v]);
                             let ok = matches!(&r, Ok(Value::Simple(s)) if s == "OK");
-                            Op { key, kind: Kind::Write(v), invoke, response: if ok { now() } else { u64::MAX } }
+                            Op {
+                                key,
+                                kind: Kind::Write(v),
+                                invoke,
+                                response: if ok { now() } else { u64::MAX },
+                            }
                         } else {
                             let invoke = now();
                             let value = match cl.call_str(&["GET", &key]) {
@@ -164,7 +194,12 @@ fn concurrent_reads_and_writes_through_every_node_stay_linearizable_across_leade
                                 Ok(Value::Nil) => None,
                                 _ => break, // a failed read has no effect; reconnect
                             };
-                            Op { key, kind: Kind::Read(value), invoke, response: now() }
+                            Op {
+                                key,
+                                kind: Kind::Read(value),
+                                invoke,
+                                response: now(),
+                            }
                         };
                         let failed = op.response == u64::MAX;
                         history.lock().unwrap().push(op);
@@ -179,7 +214,9 @@ fn concurrent_reads_and_writes_through_every_node_stay_linearizable_across_leade
     // The nemesis: kill the leader, bring it back, pause a follower, resume it.
     for round in 0..3 {
         let before = history.lock().unwrap().len();
-        wait_for(LONG, "progress", || (history.lock().unwrap().len() >= before + 100).then_some(()));
+        wait_for(LONG, "progress", || {
+            (history.lock().unwrap().len() >= before + 100).then_some(())
+        });
         let leader = c.wait_leader(LONG);
         if round % 2 == 0 {
             c.kill(leader);
@@ -189,20 +226,30 @@ fn concurrent_reads_and_writes_through_every_node_stay_linearizable_across_leade
             let f = (1..=3).find(|&i| i != leader).unwrap();
             c.signal(f, libc::SIGSTOP);
             let before = history.lock().unwrap().len();
-            wait_for(LONG, "progress with a node paused", || (history.lock().unwrap().len() >= before + 50).then_some(()));
+            wait_for(LONG, "progress with a node paused", || {
+                (history.lock().unwrap().len() >= before + 50).then_some(())
+            });
             c.signal(f, libc::SIGCONT);
         }
     }
     let before = history.lock().unwrap().len();
-    wait_for(LONG, "progress after healing", || (history.lock().unwrap().len() >= before + 100).then_some(()));
+    wait_for(LONG, "progress after healing", || {
+        (history.lock().unwrap().len() >= before + 100).then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
     }
     let ops = history.lock().unwrap().clone();
-    let reads = ops.iter().filter(|o| matches!(o.kind, Kind::Read(_))).count();
+    let reads = ops
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::Read(_)))
+        .count();
     let unknown = ops.iter().filter(|o| o.response == u64::MAX).count();
-    println!("history: {} operations ({reads} reads, {unknown} writes of unknown outcome)", ops.len());
+    println!(
+        "history: {} operations ({reads} reads, {unknown} writes of unknown outcome)",
+        ops.len()
+    );
     if let Err(e) = check_history(&ops) {
         panic!("not linearizable: {e}");
     }

@@ -6,8 +6,8 @@ mod harness;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kvraft::client::Value;
 use harness::{dir_size, parse_info, serial, wait_for, Cluster, Options};
+use kvraft::client::Value;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -31,7 +31,12 @@ fn pipelined_sets(c: &Cluster, via: u64, keys: std::ops::Range<u64>, batch: usiz
     let keys: Vec<u64> = keys.collect();
     for chunk in keys.chunks(batch) {
         for &i in chunk {
-            cl.send(&[b"SET", format!("key-{i:06}").as_bytes(), format!("val-{i}").as_bytes()]).unwrap();
+            cl.send(&[
+                b"SET",
+                format!("key-{i:06}").as_bytes(),
+                format!("val-{i}").as_bytes(),
+            ])
+            .unwrap();
         }
         for &i in chunk {
             let r = cl.read_reply().unwrap();
@@ -45,7 +50,9 @@ fn info(c: &Cluster, id: u64) -> HashMap<String, String> {
 }
 
 fn num(i: &HashMap<String, String>, k: &str) -> u64 {
-    i.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("INFO has no numeric {k}: {i:?}"))
+    i.get(k)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("INFO has no numeric {k}: {i:?}"))
 }
 
 /// Wait until every node in `ids` applied what the leader applied, then compare state hashes.
@@ -54,14 +61,22 @@ fn converged(c: &Cluster, ids: &[u64]) -> String {
     let target = num(&info(c, leader), "applied_index");
     c.wait_applied(ids, target, LONG);
     wait_for(LONG, "state hashes to agree", || {
-        let hashes: Vec<String> = ids.iter().map(|&id| info(c, id)["state_hash"].clone()).collect();
-        hashes.iter().all(|h| *h == hashes[0]).then(|| hashes[0].clone())
+        let hashes: Vec<String> = ids
+            .iter()
+            .map(|&id| info(c, id)["state_hash"].clone())
+            .collect();
+        hashes
+            .iter()
+            .all(|h| *h == hashes[0])
+            .then(|| hashes[0].clone())
     })
 }
 
 fn children_of(pid: u32) -> usize {
     let path = format!("/proc/{pid}/task/{pid}/children");
-    std::fs::read_to_string(path).map(|s| s.split_whitespace().count()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .map(|s| s.split_whitespace().count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -74,13 +89,26 @@ fn a_follower_stopped_while_writes_go_by_catches_up_through_install_snapshot_and
     let n = 50_000;
     pipelined_sets(&c, leader, 0..n, 500);
     let li = info(&c, leader);
-    assert!(num(&li, "snapshots_taken") >= 2, "the leader took fewer than 2 snapshots: {li:?}");
-    assert!(num(&li, "log_first_index") > 1, "the leader's log was never compacted: {li:?}");
+    assert!(
+        num(&li, "snapshots_taken") >= 2,
+        "the leader took fewer than 2 snapshots: {li:?}"
+    );
+    assert!(
+        num(&li, "log_first_index") > 1,
+        "the leader's log was never compacted: {li:?}"
+    );
     c.spawn(lagger);
     converged(&c, &[1, 2, 3]);
     let fi = info(&c, lagger);
-    assert!(num(&fi, "snapshots_installed") >= 1, "the follower caught up without InstallSnapshot: {fi:?}");
-    assert_eq!(num(&fi, "keys"), n, "the follower holds a different number of keys");
+    assert!(
+        num(&fi, "snapshots_installed") >= 1,
+        "the follower caught up without InstallSnapshot: {fi:?}"
+    );
+    assert_eq!(
+        num(&fi, "keys"),
+        n,
+        "the follower holds a different number of keys"
+    );
     // Reads through the follower (forwarded, linearizable) see every key.
     let mut cl = c.client(lagger).unwrap();
     for i in (0..n).step_by(997) {
@@ -101,7 +129,9 @@ fn a_cluster_restarts_from_snapshot_and_log_with_every_key() {
         assert!(!cl.call_str(&["SNAPSHOT"]).unwrap().is_error());
     }
     wait_for(LONG, "snapshots on every node", || {
-        (1..=3).all(|id| num(&info(&c, id), "snapshot_index") > 0).then_some(())
+        (1..=3)
+            .all(|id| num(&info(&c, id), "snapshot_index") > 0)
+            .then_some(())
     });
     pipelined_sets(&c, leader, 3000..3500, 100);
     let before = converged(&c, &[1, 2, 3]);
@@ -117,7 +147,11 @@ fn a_cluster_restarts_from_snapshot_and_log_with_every_key() {
     let mut cl = c.client(leader).unwrap();
     for i in [0u64, 1500, 2999, 3000, 3499] {
         let v = cl.call_str(&["GET", &format!("key-{i:06}")]).unwrap();
-        assert_eq!(v, Value::Bulk(format!("val-{i}").into_bytes()), "key-{i:06} after restart");
+        assert_eq!(
+            v,
+            Value::Bulk(format!("val-{i}").into_bytes()),
+            "key-{i:06} after restart"
+        );
     }
     let li = parse_info(&cl.call_str(&["INFO", "persistence"]).unwrap());
     assert!(num(&li, "snapshot_index") > 0);
@@ -135,7 +169,12 @@ fn the_log_directory_stays_bounded_during_a_long_write_run_and_no_snapshot_child
         let mut cl = c.client(leader).unwrap();
         let value = vec![b'v'; 2000];
         for i in 0..1000u64 {
-            cl.send(&[b"SET", format!("big-{}", (round * 1000 + i) % 5000).as_bytes(), &value]).unwrap();
+            cl.send(&[
+                b"SET",
+                format!("big-{}", (round * 1000 + i) % 5000).as_bytes(),
+                &value,
+            ])
+            .unwrap();
         }
         for _ in 0..1000 {
             assert_eq!(cl.read_reply().unwrap(), Value::ok());
@@ -144,9 +183,17 @@ fn the_log_directory_stays_bounded_during_a_long_write_run_and_no_snapshot_child
         largest = largest.max(dir_size(&c.data_dir(leader).join("log")));
     }
     let li = info(&c, leader);
-    println!("wrote {written} bytes of values; the log directory peaked at {largest} bytes; {li:?}");
-    assert!(num(&li, "snapshots_taken") >= 3, "too few snapshots: {li:?}");
-    assert!(largest <= 4 * 6 * 1024 * 1024, "the log directory grew to {largest} bytes");
+    println!(
+        "wrote {written} bytes of values; the log directory peaked at {largest} bytes; {li:?}"
+    );
+    assert!(
+        num(&li, "snapshots_taken") >= 3,
+        "too few snapshots: {li:?}"
+    );
+    assert!(
+        largest <= 4 * 6 * 1024 * 1024,
+        "the log directory grew to {largest} bytes"
+    );
     for id in 1..=3 {
         let pid = c.pid(id).unwrap();
         wait_for(LONG, "snapshot children to be reaped", || {

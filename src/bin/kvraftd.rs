@@ -38,7 +38,9 @@ fn parse_args() -> Result<Args, String> {
             "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
             "--id" => {
                 let v = value("--id")?;
-                let n: u64 = v.parse().map_err(|_| format!("--id {v:?} is not a positive integer"))?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--id {v:?} is not a positive integer"))?;
                 if n == 0 {
                     return Err("--id must be positive".into());
                 }
@@ -72,7 +74,13 @@ fn main() -> ExitCode {
     let id = args.id;
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
-            writeln!(buf, "{} [node {id}] {:5} {}", buf.timestamp_millis(), record.level(), record.args())
+            writeln!(
+                buf,
+                "{} [node {id}] {:5} {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.args()
+            )
         })
         .init();
     let cfg = match Config::load(&args.config, id, args.data_dir.as_deref()) {

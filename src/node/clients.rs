@@ -52,7 +52,9 @@ impl<S: StateMachine> Node<S> {
             if !self.parse_client_input(key) {
                 return;
             }
-            let Some(c) = self.conns.get_mut(key) else { return };
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
             match status {
                 ReadStatus::WouldBlock => return,
                 ReadStatus::Closed => {
@@ -76,7 +78,9 @@ impl<S: StateMachine> Node<S> {
     /// Back-pressure: too many requests of this client are unanswered.
     fn client_paused(&mut self, key: usize) -> bool {
         let c = &mut self.conns[key];
-        let Role::Client(st) = &c.role else { return false };
+        let Role::Client(st) = &c.role else {
+            return false;
+        };
         let paused = st.pending.len() >= limits::CLIENT_PENDING_MAX || c.conn.close_after_flush;
         c.conn.read_paused = paused;
         if paused {
@@ -100,11 +104,17 @@ impl<S: StateMachine> Node<S> {
                     if args.is_empty() {
                         continue; // `*0`, `*-1` or a blank inline line: Redis skips them
                     }
-                    let Role::Client(st) = &mut c.role else { unreachable!() };
+                    let Role::Client(st) = &mut c.role else {
+                        unreachable!()
+                    };
                     let seq = st.next_seq;
                     st.next_seq += 1;
                     st.pending.push_back((seq, None));
-                    let to = ReplyTo::Client { key, gen: c.gen, seq };
+                    let to = ReplyTo::Client {
+                        key,
+                        gen: c.gen,
+                        seq,
+                    };
                     self.stats.commands_processed += 1;
                     match self.dispatch(to, args) {
                         Dispatch::Reply(v) => self.deliver(to, v.to_bytes()),
@@ -186,7 +196,9 @@ impl<S: StateMachine> Node<S> {
             return Dispatch::Reply(no_leader());
         };
         if matches!(to, ReplyTo::Peer { .. }) {
-            return Dispatch::Reply(Value::error(format!("TRYAGAIN leadership moved to node {leader}")));
+            return Dispatch::Reply(Value::error(format!(
+                "TRYAGAIN leadership moved to node {leader}"
+            )));
         }
         if !self.cfg.forward_to_leader {
             return match self.members.get(&leader) {
@@ -202,7 +214,13 @@ impl<S: StateMachine> Node<S> {
         if !self.send_frame(leader, &Frame::ClientRequest { id, args }) {
             return Dispatch::Reply(no_leader());
         }
-        self.forwards.insert(id, Forward { to, deadline: self.now + FORWARD_TIMEOUT });
+        self.forwards.insert(
+            id,
+            Forward {
+                to,
+                deadline: self.now + FORWARD_TIMEOUT,
+            },
+        );
         Dispatch::Pending
     }
 
@@ -226,8 +244,12 @@ impl<S: StateMachine> Node<S> {
     /// not have been applied, as with any timeout).
     pub(super) fn expire_forwards(&mut self) {
         let now = self.now;
-        let expired: Vec<u64> =
-            self.forwards.iter().filter(|(_, f)| f.deadline <= now).map(|(&id, _)| id).collect();
+        let expired: Vec<u64> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
         for id in expired {
             if let Some(f) = self.forwards.remove(&id) {
                 let v = Value::error("TIMEOUT the leader did not answer; the command may or may not have been applied");
@@ -243,11 +265,15 @@ impl<S: StateMachine> Node<S> {
                 self.send_frame(node, &Frame::ClientReply { id, reply });
             }
             ReplyTo::Client { key, gen, seq } => {
-                let Some(c) = self.conns.get_mut(key) else { return };
+                let Some(c) = self.conns.get_mut(key) else {
+                    return;
+                };
                 if c.gen != gen {
                     return; // the client left; the slab key belongs to someone else now
                 }
-                let Role::Client(st) = &mut c.role else { return };
+                let Role::Client(st) = &mut c.role else {
+                    return;
+                };
                 fill_slot(st, seq, reply);
                 let mut overflow = false;
                 while let Some((_, Some(_))) = st.pending.front() {
@@ -272,7 +298,9 @@ impl<S: StateMachine> Node<S> {
 }
 
 fn fill_slot(st: &mut ClientState, seq: u64, reply: Vec<u8>) {
-    let Some(&(front, _)) = st.pending.front() else { return };
+    let Some(&(front, _)) = st.pending.front() else {
+        return;
+    };
     if seq < front {
         return;
     }
@@ -283,9 +311,16 @@ fn fill_slot(st: &mut ClientState, seq: u64, reply: Vec<u8>) {
 }
 
 fn unknown_command(args: &[Vec<u8>]) -> Value {
-    let name = args.first().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default();
-    let rest: Vec<String> =
-        args.iter().skip(1).take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
+    let name = args
+        .first()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .unwrap_or_default();
+    let rest: Vec<String> = args
+        .iter()
+        .skip(1)
+        .take(8)
+        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+        .collect();
     Value::error(format!(
         "ERR unknown command '{name}', with args beginning with: {}",
         rest.join(" ")

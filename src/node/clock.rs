@@ -13,7 +13,10 @@ pub struct Clock {
 impl Clock {
     pub fn new(tick: Duration) -> Clock {
         assert!(!tick.is_zero(), "tick must be positive");
-        Clock { start: Instant::now(), tick }
+        Clock {
+            start: Instant::now(),
+            tick,
+        }
     }
 
     /// The current time; one call per loop turn.

@@ -29,9 +29,15 @@ pub enum ReadStatus {
 pub enum ConnError {
     Io(io::Error),
     /// More unparsed input than one request or frame may take.
-    ReadOverflow { len: usize, cap: usize },
+    ReadOverflow {
+        len: usize,
+        cap: usize,
+    },
     /// More queued output than the reader takes.
-    WriteOverflow { len: usize, cap: usize },
+    WriteOverflow {
+        len: usize,
+        cap: usize,
+    },
 }
 
 impl std::fmt::Display for ConnError {
@@ -116,7 +122,10 @@ impl Conn {
     /// After parsing: a buffer still full means one request or frame is larger than the cap.
     pub fn check_overflow(&self) -> Result<(), ConnError> {
         if self.rbuf.len() - self.rpos >= self.read_cap {
-            return Err(ConnError::ReadOverflow { len: self.rbuf.len() - self.rpos, cap: self.read_cap });
+            return Err(ConnError::ReadOverflow {
+                len: self.rbuf.len() - self.rpos,
+                cap: self.read_cap,
+            });
         }
         Ok(())
     }
@@ -141,7 +150,10 @@ impl Conn {
     pub fn queue(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         let pending = self.pending_output() + bytes.len();
         if pending > self.write_cap {
-            return Err(ConnError::WriteOverflow { len: pending, cap: self.write_cap });
+            return Err(ConnError::WriteOverflow {
+                len: pending,
+                cap: self.write_cap,
+            });
         }
         if self.wpos > 0 && self.wpos == self.wbuf.len() {
             self.wbuf.clear();
@@ -164,7 +176,10 @@ impl Conn {
     pub fn commit_output(&self) -> Result<(), ConnError> {
         let pending = self.pending_output();
         if pending > self.write_cap {
-            return Err(ConnError::WriteOverflow { len: pending, cap: self.write_cap });
+            return Err(ConnError::WriteOverflow {
+                len: pending,
+                cap: self.write_cap,
+            });
         }
         Ok(())
     }
@@ -181,7 +196,10 @@ impl Conn {
         while self.wpos < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => {
-                    return Err(ConnError::Io(io::Error::new(io::ErrorKind::WriteZero, "write 0")))
+                    return Err(ConnError::Io(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "write 0",
+                    )))
                 }
                 Ok(n) => self.wpos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -49,7 +49,9 @@ impl<S: StateMachine> Node<S> {
         if self.was_leader && !is_leader {
             let waiters = std::mem::take(&mut self.waiters);
             for (_, w) in waiters {
-                let v = Value::error("TRYAGAIN leadership lost; the command may or may not have been applied");
+                let v = Value::error(
+                    "TRYAGAIN leadership lost; the command may or may not have been applied",
+                );
                 self.deliver(w.to, v.to_bytes());
             }
             self.fail_stale_reads();
@@ -58,7 +60,15 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn handle_ready(&mut self, rd: Ready) -> Result<(), NodeError> {
-        let Ready { hard_state, entries, snapshot, messages, persisted_messages, committed, read_states } = rd;
+        let Ready {
+            hard_state,
+            entries,
+            snapshot,
+            messages,
+            persisted_messages,
+            committed,
+            read_states,
+        } = rd;
         // 1.
         for m in messages {
             self.send_raft(m);
@@ -70,7 +80,9 @@ impl<S: StateMachine> Node<S> {
         }
         // 3.
         if let Some(hs) = hard_state {
-            self.hard_state.save(&hs).map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
+            self.hard_state
+                .save(&hs)
+                .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
         }
         if let Some(first) = entries.first() {
             assert!(
@@ -81,7 +93,9 @@ impl<S: StateMachine> Node<S> {
             );
             self.append(&entries)?;
             // 4.
-            self.wal.sync().map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
+            self.wal
+                .sync()
+                .map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
             self.stats.syncs += 1;
             self.durable_last = entries.last().expect("non-empty").index;
         }
@@ -138,7 +152,10 @@ impl<S: StateMachine> Node<S> {
             let bytes = if idx == e.index && w.term == e.term {
                 reply.to_bytes()
             } else {
-                Value::error("TRYAGAIN leadership changed before the command committed; it was not applied").to_bytes()
+                Value::error(
+                    "TRYAGAIN leadership changed before the command committed; it was not applied",
+                )
+                .to_bytes()
             };
             self.deliver(w.to, bytes);
         }
@@ -162,11 +179,17 @@ impl<S: StateMachine> Node<S> {
                 if let Some(addrs) = decode_member_context(&cc.context) {
                     members.insert(cc.node, addrs);
                 } else if !members.contains_key(&cc.node) {
-                    warn!("membership change at {} adds node {} without addresses", e.index, cc.node);
+                    warn!(
+                        "membership change at {} adds node {} without addresses",
+                        e.index, cc.node
+                    );
                 }
             }
         }
-        info!("membership change at {}: {:?} node {}", e.index, cc.op, cc.node);
+        info!(
+            "membership change at {}: {:?} node {}",
+            e.index, cc.op, cc.node
+        );
         // Never drop our own addresses: a removed node keeps its listeners until stopped.
         if let Some(me) = self.members.get(&self.id).cloned() {
             members.entry(self.id).or_insert(me);
@@ -236,7 +259,9 @@ impl<S: StateMachine> Node<S> {
             }
             self.set_members(members);
         }
-        self.wal.reset().map_err(|e| NodeError::new(format!("resetting the log: {e}")))?;
+        self.wal
+            .reset()
+            .map_err(|e| NodeError::new(format!("resetting the log: {e}")))?;
         self.durable_last = meta.last.index;
         self.applied = meta.last.index;
         self.applied_term = meta.last.term;
@@ -247,14 +272,22 @@ impl<S: StateMachine> Node<S> {
         self.stats.snapshots_installed += 1;
         self.stats.last_snapshot_index = meta.last.index;
         // Waiters below the snapshot were answered by no apply here; they are settled.
-        let settled: Vec<LogIndex> = self.waiters.range(..=meta.last.index).map(|(&i, _)| i).collect();
+        let settled: Vec<LogIndex> = self
+            .waiters
+            .range(..=meta.last.index)
+            .map(|(&i, _)| i)
+            .collect();
         for idx in settled {
             let w = self.waiters.remove(&idx).expect("present");
             let v = Value::error("TRYAGAIN this node installed a snapshot; the outcome is unknown");
             self.deliver(w.to, v.to_bytes());
         }
         let _ = snapshot::remove_older_than(&self.cfg.data_dir, meta.last);
-        info!("installed snapshot at {} ({} keys)", meta.last, self.sm.len());
+        info!(
+            "installed snapshot at {} ({} keys)",
+            meta.last,
+            self.sm.len()
+        );
         Ok(())
     }
 
@@ -263,7 +296,10 @@ impl<S: StateMachine> Node<S> {
         if self.snapshotter.is_running() {
             return;
         }
-        let since = self.applied.0.saturating_sub(self.snapshot_meta.last.index.0);
+        let since = self
+            .applied
+            .0
+            .saturating_sub(self.snapshot_meta.last.index.0);
         let due = self.snapshot_requested
             || since >= self.cfg.snapshot_entries
             || self.log_bytes_since_snapshot >= self.cfg.snapshot_bytes;
@@ -278,14 +314,23 @@ impl<S: StateMachine> Node<S> {
             last: crate::raft::EntryId::new(self.applied_term, self.applied),
             conf: self.conf_applied.clone(),
         };
-        let header = SnapshotHeader { meta, extra: encode_members(&self.members) };
-        match self.snapshotter.start(&self.cfg.data_dir, header, &self.sm, Instant::now()) {
+        let header = SnapshotHeader {
+            meta,
+            extra: encode_members(&self.members),
+        };
+        match self
+            .snapshotter
+            .start(&self.cfg.data_dir, header, &self.sm, Instant::now())
+        {
             Ok((fd, fork_time)) => {
                 self.stats.last_snapshot_fork = fork_time;
                 if let Err(e) = self.register_fd(fd, SNAPSHOT_CHILD) {
                     warn!("registering the snapshot child's pipe: {e}");
                 }
-                info!("snapshot at {}: child started (fork took {:?})", self.applied, fork_time);
+                info!(
+                    "snapshot at {}: child started (fork took {:?})",
+                    self.applied, fork_time
+                );
             }
             Err(e) => {
                 self.stats.snapshot_failures += 1;
@@ -296,7 +341,9 @@ impl<S: StateMachine> Node<S> {
 
     /// The snapshot child ended: check how, then compact.
     pub(super) fn snapshot_child_ended(&mut self) {
-        let Some(outcome) = self.snapshotter.poll_child() else { return };
+        let Some(outcome) = self.snapshotter.poll_child() else {
+            return;
+        };
         match outcome {
             Ok(done) => {
                 let meta = done.header.meta.clone();

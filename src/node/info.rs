@@ -12,7 +12,14 @@ use crate::client::Value;
 use crate::kv::StateMachine;
 use crate::raft::{ConfChange, ConfChangeOp, NodeId, ProposeError, Role as RaftRole};
 
-const SECTIONS: [&str; 6] = ["server", "clients", "persistence", "stats", "raft", "keyspace"];
+const SECTIONS: [&str; 6] = [
+    "server",
+    "clients",
+    "persistence",
+    "stats",
+    "raft",
+    "keyspace",
+];
 
 impl<S: StateMachine> Node<S> {
     /// `Some` when the command is the node's own; `None` hands it to the state machine.
@@ -48,9 +55,17 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn member_command(&mut self, to: ReplyTo, args: &[Vec<u8>]) -> Dispatch {
-        let sub = args.get(1).map(|a| a.to_ascii_uppercase()).unwrap_or_default();
+        let sub = args
+            .get(1)
+            .map(|a| a.to_ascii_uppercase())
+            .unwrap_or_default();
         let text = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
-        let node = |i: usize| text(i).and_then(|t| t.parse::<u64>().ok()).filter(|&n| n > 0).map(NodeId);
+        let node = |i: usize| {
+            text(i)
+                .and_then(|t| t.parse::<u64>().ok())
+                .filter(|&n| n > 0)
+                .map(NodeId)
+        };
         let (op, id, context) = match sub.as_slice() {
             b"LIST" => return Dispatch::Reply(self.member_list()),
             b"ADD" if args.len() == 5 || args.len() == 6 => {
@@ -85,15 +100,28 @@ impl<S: StateMachine> Node<S> {
         } else {
             context
         };
-        match self.raft.propose_conf_change(ConfChange { op, node: id, context }) {
+        match self.raft.propose_conf_change(ConfChange {
+            op,
+            node: id,
+            context,
+        }) {
             Ok(entry) => {
-                self.waiters.insert(entry.index, Waiter { term: entry.term, to });
+                self.waiters.insert(
+                    entry.index,
+                    Waiter {
+                        term: entry.term,
+                        to,
+                    },
+                );
                 Dispatch::Pending
             }
             Err(ProposeError::NotLeader { leader }) => match leader.filter(|&l| l != self.id) {
                 Some(l) => Dispatch::Reply(Value::error(format!(
                     "ERR not the leader; send membership changes to node {l} ({})",
-                    self.members.get(&l).map(|m| m.client.to_string()).unwrap_or_default()
+                    self.members
+                        .get(&l)
+                        .map(|m| m.client.to_string())
+                        .unwrap_or_default()
                 ))),
                 None => Dispatch::Reply(no_leader()),
             },
@@ -126,7 +154,9 @@ impl<S: StateMachine> Node<S> {
             .and_then(|a| std::str::from_utf8(a).ok())
             .and_then(|t| t.parse::<u64>().ok())
             .filter(|_| args.len() == 2);
-        let Some(target) = target else { return Dispatch::Reply(Value::error("ERR usage: TRANSFER <node id>")) };
+        let Some(target) = target else {
+            return Dispatch::Reply(Value::error("ERR usage: TRANSFER <node id>"));
+        };
         match self.raft.transfer_leadership(NodeId(target)) {
             Ok(()) => Dispatch::Reply(Value::ok()),
             Err(e) => Dispatch::Reply(Value::error(format!("ERR {e}"))),
@@ -138,7 +168,10 @@ impl<S: StateMachine> Node<S> {
         let want = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
         let mut out = String::new();
         for name in SECTIONS {
-            let all = matches!(want.as_deref(), None | Some("all") | Some("everything") | Some("default"));
+            let all = matches!(
+                want.as_deref(),
+                None | Some("all") | Some("everything") | Some("default")
+            );
             if all || want.as_deref() == Some(name) {
                 if !out.is_empty() {
                     out.push_str("\r\n");
@@ -163,12 +196,20 @@ impl<S: StateMachine> Node<S> {
                     kv("tcp_port", m.client.port().to_string());
                     kv("peer_addr", m.peer.to_string());
                 }
-                let up = self.stats.started.map(|s| self.now.duration_since(s).as_secs()).unwrap_or(0);
+                let up = self
+                    .stats
+                    .started
+                    .map(|s| self.now.duration_since(s).as_secs())
+                    .unwrap_or(0);
                 kv("uptime_in_seconds", up.to_string());
                 kv("tick_ms", self.cfg.tick_ms.to_string());
             }
             "clients" => {
-                let clients = self.conns.iter().filter(|(_, c)| matches!(c.role, Role::Client(_))).count();
+                let clients = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| matches!(c.role, Role::Client(_)))
+                    .count();
                 kv("connected_clients", clients.to_string());
                 kv("peer_connections", (self.conns.len() - clients).to_string());
                 kv("maxclients", self.cfg.max_clients.to_string());
@@ -177,26 +218,62 @@ impl<S: StateMachine> Node<S> {
                 kv("writes_pending", self.waiters.len().to_string());
             }
             "persistence" => {
-                kv("log_first_index", self.wal.first_index().map(|i| i.0).unwrap_or(0).to_string());
-                kv("log_last_index", self.wal.last_index().map(|i| i.0).unwrap_or(0).to_string());
+                kv(
+                    "log_first_index",
+                    self.wal.first_index().map(|i| i.0).unwrap_or(0).to_string(),
+                );
+                kv(
+                    "log_last_index",
+                    self.wal.last_index().map(|i| i.0).unwrap_or(0).to_string(),
+                );
                 kv("log_segments", self.wal.segment_count().to_string());
                 kv("log_disk_bytes", self.wal.disk_bytes().to_string());
                 kv("log_syncs", self.stats.syncs.to_string());
                 kv("snapshot_index", self.snapshot_meta.last.index.to_string());
                 kv("snapshot_term", self.snapshot_meta.last.term.to_string());
-                kv("snapshot_in_progress", u8::from(self.snapshotter.is_running()).to_string());
+                kv(
+                    "snapshot_in_progress",
+                    u8::from(self.snapshotter.is_running()).to_string(),
+                );
                 kv("snapshots_taken", self.stats.snapshots_taken.to_string());
-                kv("snapshots_installed", self.stats.snapshots_installed.to_string());
-                kv("snapshot_failures", self.stats.snapshot_failures.to_string());
-                kv("last_snapshot_ms", self.stats.last_snapshot_took.as_millis().to_string());
-                kv("last_snapshot_fork_us", self.stats.last_snapshot_fork.as_micros().to_string());
-                kv("last_snapshot_bytes", self.stats.last_snapshot_bytes.to_string());
-                kv("read_only", self.read_only.clone().unwrap_or_else(|| "no".into()));
+                kv(
+                    "snapshots_installed",
+                    self.stats.snapshots_installed.to_string(),
+                );
+                kv(
+                    "snapshot_failures",
+                    self.stats.snapshot_failures.to_string(),
+                );
+                kv(
+                    "last_snapshot_ms",
+                    self.stats.last_snapshot_took.as_millis().to_string(),
+                );
+                kv(
+                    "last_snapshot_fork_us",
+                    self.stats.last_snapshot_fork.as_micros().to_string(),
+                );
+                kv(
+                    "last_snapshot_bytes",
+                    self.stats.last_snapshot_bytes.to_string(),
+                );
+                kv(
+                    "read_only",
+                    self.read_only.clone().unwrap_or_else(|| "no".into()),
+                );
             }
             "stats" => {
-                kv("total_connections_received", self.stats.connections_received.to_string());
-                kv("total_commands_processed", self.stats.commands_processed.to_string());
-                kv("rejected_connections", self.stats.rejected_connections.to_string());
+                kv(
+                    "total_connections_received",
+                    self.stats.connections_received.to_string(),
+                );
+                kv(
+                    "total_commands_processed",
+                    self.stats.commands_processed.to_string(),
+                );
+                kv(
+                    "rejected_connections",
+                    self.stats.rejected_connections.to_string(),
+                );
                 kv("entries_applied", self.stats.entries_applied.to_string());
             }
             "raft" => self.info_raft(&mut kv),
@@ -217,7 +294,11 @@ impl<S: StateMachine> Node<S> {
             RaftRole::PreCandidate => "precandidate",
         };
         let role = if !st.conf.is_voter(self.id) && st.role == RaftRole::Follower {
-            if st.conf.is_learner(self.id) { "learner" } else { "none" }
+            if st.conf.is_learner(self.id) {
+                "learner"
+            } else {
+                "none"
+            }
         } else {
             role
         };
@@ -225,19 +306,30 @@ impl<S: StateMachine> Node<S> {
         kv("role", role.into());
         kv("term", st.term.to_string());
         kv("leader_id", st.leader.map(|l| l.0).unwrap_or(0).to_string());
-        let leader_client = st.leader.and_then(|l| self.members.get(&l)).map(|m| m.client.to_string());
+        let leader_client = st
+            .leader
+            .and_then(|l| self.members.get(&l))
+            .map(|m| m.client.to_string());
         kv("leader_client_addr", leader_client.unwrap_or_default());
         kv("commit_index", st.commit.to_string());
         kv("applied_index", self.applied.to_string());
         kv("first_log_index", st.first_index.to_string());
         kv("last_log_index", st.last_index.to_string());
         kv("durable_index", self.durable_last.to_string());
-        let ids = |v: &[NodeId]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let ids = |v: &[NodeId]| {
+            v.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         kv("voters", ids(&st.conf.voters));
         kv("learners", ids(&st.conf.learners));
         kv("state_hash", format!("{:016x}", self.sm.state_hash()));
         for p in &st.progress {
-            kv(&format!("peer_{}", p.id), format!("match={},next={}", p.match_index, p.next_index));
+            kv(
+                &format!("peer_{}", p.id),
+                format!("match={},next={}", p.match_index, p.next_index),
+            );
         }
     }
 }

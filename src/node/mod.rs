@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -107,9 +107,14 @@ enum ReplyTo {
 enum Role {
     Client(ClientState),
     /// Accepted from a peer; `from` is known once its Hello arrived.
-    PeerIn { from: Option<NodeId> },
+    PeerIn {
+        from: Option<NodeId>,
+    },
     /// Dialed by us to send to `to`; `hello_ok` once the peer's Hello came back.
-    PeerOut { to: NodeId, hello_ok: bool },
+    PeerOut {
+        to: NodeId,
+        hello_ok: bool,
+    },
 }
 
 /// A client's pipeline: replies leave in request order.
@@ -300,7 +305,11 @@ impl<S: StateMachine> Node<S> {
 
     fn accept(&mut self, peer: bool) {
         loop {
-            let listener = if peer { &self.peer_listener } else { &self.client_listener };
+            let listener = if peer {
+                &self.peer_listener
+            } else {
+                &self.client_listener
+            };
             let (stream, addr) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -311,7 +320,11 @@ impl<S: StateMachine> Node<S> {
             };
             self.stats.connections_received += 1;
             let _ = stream.set_nodelay(true);
-            let clients = self.conns.iter().filter(|(_, c)| matches!(c.role, Role::Client(_))).count();
+            let clients = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.role, Role::Client(_)))
+                .count();
             if !peer && clients >= self.cfg.max_clients {
                 self.stats.rejected_connections += 1;
                 let mut stream = stream;
@@ -320,11 +333,19 @@ impl<S: StateMachine> Node<S> {
             }
             let (conn, role) = if peer {
                 (
-                    Conn::new(stream, crate::limits::FRAME_SIZE_MAX * 2, crate::limits::PEER_OUTPUT_SIZE_MAX),
+                    Conn::new(
+                        stream,
+                        crate::limits::FRAME_SIZE_MAX * 2,
+                        crate::limits::PEER_OUTPUT_SIZE_MAX,
+                    ),
                     Role::PeerIn { from: None },
                 )
             } else {
-                let state = ClientState { next_seq: 0, pending: VecDeque::new(), addr };
+                let state = ClientState {
+                    next_seq: 0,
+                    pending: VecDeque::new(),
+                    addr,
+                };
                 (
                     Conn::new(
                         stream,
@@ -353,7 +374,9 @@ impl<S: StateMachine> Node<S> {
             registered: Interest::READABLE,
         };
         let interest = c.conn.interest();
-        self.poll.registry().register(&mut c.conn.stream, Token(CONN_BASE + key), interest)?;
+        self.poll
+            .registry()
+            .register(&mut c.conn.stream, Token(CONN_BASE + key), interest)?;
         c.registered = interest;
         entry.insert(c);
         Ok(key)
@@ -385,8 +408,12 @@ impl<S: StateMachine> Node<S> {
     /// Connections whose budget ran out last turn are read again (edge-triggered readiness
     /// will not repeat the event).
     fn read_leftovers(&mut self) {
-        let keys: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.more_input).map(|(k, _)| k).collect();
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.more_input)
+            .map(|(k, _)| k)
+            .collect();
         for key in keys {
             if self.conns.contains(key) {
                 self.conns[key].more_input = false;
@@ -410,7 +437,9 @@ impl<S: StateMachine> Node<S> {
     fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for key in dirty {
-            let Some(c) = self.conns.get_mut(key) else { continue };
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
             c.dirty = false;
             if let Err(e) = c.conn.flush() {
                 self.close_conn(key, &format!("write: {e}"));
@@ -423,7 +452,11 @@ impl<S: StateMachine> Node<S> {
             let interest = c.conn.interest();
             if interest != c.registered {
                 let token = Token(CONN_BASE + key);
-                if let Err(e) = self.poll.registry().reregister(&mut c.conn.stream, token, interest) {
+                if let Err(e) = self
+                    .poll
+                    .registry()
+                    .reregister(&mut c.conn.stream, token, interest)
+                {
                     self.close_conn(key, &format!("reregister: {e}"));
                     continue;
                 }
@@ -433,7 +466,9 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn close_conn(&mut self, key: usize, why: &str) {
-        let Some(mut c) = self.conns.try_remove(key) else { return };
+        let Some(mut c) = self.conns.try_remove(key) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut c.conn.stream);
         match c.role {
             Role::Client(ref st) => {
@@ -474,7 +509,10 @@ impl<S: StateMachine> Node<S> {
     /// Tick the core once per tick elapsed since the last call (bounded, so a loop that stalled
     /// for a long time does not replay thousands of ticks at once).
     fn raft_ticks(&mut self) {
-        let elapsed = self.now_tick.saturating_sub(self.last_raft_tick).clamp(1, 1000);
+        let elapsed = self
+            .now_tick
+            .saturating_sub(self.last_raft_tick)
+            .clamp(1, 1000);
         for _ in 0..elapsed {
             self.raft.tick();
         }
@@ -485,7 +523,10 @@ impl<S: StateMachine> Node<S> {
     fn housekeeping(&mut self) {
         self.expire_forwards();
         self.maybe_snapshot();
-        if self.snapshotter.kill_if_overdue(self.now, SNAPSHOT_CHILD_DEADLINE) {
+        if self
+            .snapshotter
+            .kill_if_overdue(self.now, SNAPSHOT_CHILD_DEADLINE)
+        {
             error!("snapshot child ran past {SNAPSHOT_CHILD_DEADLINE:?}; killed it");
             self.stats.snapshot_failures += 1;
         }
@@ -503,7 +544,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn handle_signals(&mut self) {
-        match sys::read_signals(self.signals.as_raw_fd()) {
+        match sys::read_signals(self.signals.as_fd()) {
             Ok(sigs) => {
                 if !sigs.is_empty() {
                     info!("signal {sigs:?}: shutting down");
@@ -518,13 +559,17 @@ impl<S: StateMachine> Node<S> {
     fn shutdown(&mut self) -> Result<(), NodeError> {
         let _ = self.poll.registry().deregister(&mut self.peer_listener);
         let _ = self.poll.registry().deregister(&mut self.client_listener);
-        self.wal.sync().map_err(|e| NodeError::new(format!("final sync: {e}")))?;
+        self.wal
+            .sync()
+            .map_err(|e| NodeError::new(format!("final sync: {e}")))?;
         self.flush_dirty();
         info!("node {} stopped", self.id);
         Ok(())
     }
 
     fn register_fd(&self, fd: i32, token: Token) -> io::Result<()> {
-        self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE)
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
     }
 }

@@ -25,8 +25,12 @@ use crate::wire::{self, DecodeError, Frame};
 impl<S: StateMachine> Node<S> {
     /// Adopt a new member table: dial new peers, drop removed ones, redial moved ones.
     pub(super) fn set_members(&mut self, members: BTreeMap<NodeId, MemberAddrs>) {
-        let removed: Vec<NodeId> =
-            self.peers.keys().filter(|id| !members.contains_key(id)).copied().collect();
+        let removed: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|id| !members.contains_key(id))
+            .copied()
+            .collect();
         for id in removed {
             if let Some(link) = self.peers.remove(&id) {
                 info!("node {id} left the member table");
@@ -75,7 +79,9 @@ impl<S: StateMachine> Node<S> {
 
     /// Open the outbound connection to `to` (non-blocking; `dial_done` finishes it).
     pub(super) fn dial(&mut self, to: NodeId) {
-        let Some(link) = self.peers.get(&to) else { return };
+        let Some(link) = self.peers.get(&to) else {
+            return;
+        };
         if link.key.is_some() || link.dial_timer.is_some() {
             return;
         }
@@ -89,11 +95,25 @@ impl<S: StateMachine> Node<S> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut conn = Conn::new(stream, limits::FRAME_SIZE_MAX * 2, limits::PEER_OUTPUT_SIZE_MAX);
+        let mut conn = Conn::new(
+            stream,
+            limits::FRAME_SIZE_MAX * 2,
+            limits::PEER_OUTPUT_SIZE_MAX,
+        );
         conn.connecting = true;
-        let hello = Frame::Hello { cluster_id: self.cluster_id, from: self.id, to };
+        let hello = Frame::Hello {
+            cluster_id: self.cluster_id,
+            from: self.id,
+            to,
+        };
         wire::encode(&hello, conn.output_buf());
-        match self.insert_conn(conn, Role::PeerOut { to, hello_ok: false }) {
+        match self.insert_conn(
+            conn,
+            Role::PeerOut {
+                to,
+                hello_ok: false,
+            },
+        ) {
             Ok(key) => {
                 if let Some(link) = self.peers.get_mut(&to) {
                     link.key = Some(key);
@@ -128,7 +148,9 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn schedule_redial(&mut self, to: NodeId) {
-        let Some(link) = self.peers.get_mut(&to) else { return };
+        let Some(link) = self.peers.get_mut(&to) else {
+            return;
+        };
         if link.dial_timer.is_some() {
             return;
         }
@@ -144,7 +166,9 @@ impl<S: StateMachine> Node<S> {
     /// The outbound connection to `to` is gone: tell the core, stop any snapshot stream,
     /// and redial later.
     pub(super) fn peer_down(&mut self, to: NodeId) {
-        let Some(link) = self.peers.get_mut(&to) else { return };
+        let Some(link) = self.peers.get_mut(&to) else {
+            return;
+        };
         link.key = None;
         let had_sender = link.sender.take().is_some();
         let report = !link.reported_unreachable;
@@ -161,7 +185,9 @@ impl<S: StateMachine> Node<S> {
     /// Queue a frame on the outbound connection to `to`. Dropped (Raft tolerates loss) when
     /// there is no connection or its queue is full.
     pub(super) fn send_frame(&mut self, to: NodeId, frame: &Frame) -> bool {
-        let Some(key) = self.peers.get(&to).and_then(|l| l.key) else { return false };
+        let Some(key) = self.peers.get(&to).and_then(|l| l.key) else {
+            return false;
+        };
         let c = &mut self.conns[key];
         if c.conn.pending_output() >= limits::PEER_OUTPUT_SIZE_MAX - limits::FRAME_SIZE_MAX {
             debug!("output queue to node {to} full; dropping a frame");
@@ -192,7 +218,9 @@ impl<S: StateMachine> Node<S> {
             };
             budget = budget.saturating_sub(got);
             loop {
-                let Some(c) = self.conns.get_mut(key) else { return };
+                let Some(c) = self.conns.get_mut(key) else {
+                    return;
+                };
                 match wire::decode(c.conn.input()) {
                     Ok((frame, n)) => {
                         c.conn.consume(n);
@@ -202,7 +230,9 @@ impl<S: StateMachine> Node<S> {
                     Err(e) => return self.close_conn(key, &format!("bad frame: {e}")),
                 }
             }
-            let Some(c) = self.conns.get_mut(key) else { return };
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
             match status {
                 ReadStatus::WouldBlock => return,
                 ReadStatus::Closed => return self.close_conn(key, "closed by peer"),
@@ -222,9 +252,12 @@ impl<S: StateMachine> Node<S> {
     fn handle_frame(&mut self, key: usize, frame: Frame) {
         let peer = match (&self.conns[key].role, &frame) {
             (Role::PeerIn { from: None }, Frame::Hello { .. })
-            | (Role::PeerOut { hello_ok: false, .. }, Frame::Hello { .. }) => {
-                return self.handle_hello(key, frame)
-            }
+            | (
+                Role::PeerOut {
+                    hello_ok: false, ..
+                },
+                Frame::Hello { .. },
+            ) => return self.handle_hello(key, frame),
             (Role::PeerIn { from: Some(f) }, _) => *f,
             (Role::PeerOut { to, hello_ok: true }, _) => *to,
             _ => return self.close_conn(key, "expected a Hello first"),
@@ -233,18 +266,38 @@ impl<S: StateMachine> Node<S> {
             Frame::Hello { .. } => self.close_conn(key, "a second Hello"),
             Frame::Raft(msg) => {
                 if msg.from != peer || msg.to != self.id {
-                    warn!("dropping a {} from {} to {} on node {peer}'s connection", msg.body.name(), msg.from, msg.to);
+                    warn!(
+                        "dropping a {} from {} to {} on node {peer}'s connection",
+                        msg.body.name(),
+                        msg.from,
+                        msg.to
+                    );
                     return;
                 }
                 self.raft.step(msg);
             }
-            Frame::SnapshotChunk { term, from, to, meta, total_size, offset, data, done } => {
+            Frame::SnapshotChunk {
+                term,
+                from,
+                to,
+                meta,
+                total_size,
+                offset,
+                data,
+                done,
+            } => {
                 if from != peer || to != self.id {
                     return self.close_conn(key, "snapshot chunk with wrong ids");
                 }
                 self.on_snapshot_chunk(peer, term, meta, total_size, offset, &data, done);
             }
-            Frame::SnapshotAck { from, snapshot, next_offset, ok, .. } => {
+            Frame::SnapshotAck {
+                from,
+                snapshot,
+                next_offset,
+                ok,
+                ..
+            } => {
                 if from == peer {
                     self.on_snapshot_ack(peer, snapshot, next_offset, ok);
                 }
@@ -255,12 +308,31 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn handle_hello(&mut self, key: usize, frame: Frame) {
-        let Frame::Hello { cluster_id, from, to } = frame else { unreachable!() };
+        let Frame::Hello {
+            cluster_id,
+            from,
+            to,
+        } = frame
+        else {
+            unreachable!()
+        };
         if cluster_id != self.cluster_id {
-            return self.close_conn(key, &format!("Hello from node {from} of another cluster (id {cluster_id:#x}, ours {:#x})", self.cluster_id));
+            return self.close_conn(
+                key,
+                &format!(
+                    "Hello from node {from} of another cluster (id {cluster_id:#x}, ours {:#x})",
+                    self.cluster_id
+                ),
+            );
         }
         if to != self.id {
-            return self.close_conn(key, &format!("Hello from node {from} meant for node {to}, but this is node {}", self.id));
+            return self.close_conn(
+                key,
+                &format!(
+                    "Hello from node {from} meant for node {to}, but this is node {}",
+                    self.id
+                ),
+            );
         }
         if from == self.id {
             return self.close_conn(key, "Hello from a node with our own id");
@@ -276,15 +348,25 @@ impl<S: StateMachine> Node<S> {
                 if !self.members.contains_key(&from) {
                     info!("accepted a connection from node {from}, not (yet) a member");
                 }
-                let hello = Frame::Hello { cluster_id: self.cluster_id, from: self.id, to: from };
+                let hello = Frame::Hello {
+                    cluster_id: self.cluster_id,
+                    from: self.id,
+                    to: from,
+                };
                 let c = &mut self.conns[key];
                 wire::encode(&hello, c.conn.output_buf());
                 self.mark_dirty(key);
             }
-            Role::PeerOut { to: expected, hello_ok } => {
+            Role::PeerOut {
+                to: expected,
+                hello_ok,
+            } => {
                 if from != *expected {
                     let expected = *expected;
-                    return self.close_conn(key, &format!("dialed node {expected} but node {from} answered"));
+                    return self.close_conn(
+                        key,
+                        &format!("dialed node {expected} but node {from} answered"),
+                    );
                 }
                 *hello_ok = true;
                 if let Some(link) = self.peers.get_mut(&from) {
@@ -302,14 +384,24 @@ impl<S: StateMachine> Node<S> {
             warn!("the core asked to send a snapshot to node {to} but there is none on disk");
             return self.raft.report_snapshot(to, false);
         };
-        let Some(link) = self.peers.get_mut(&to) else { return };
-        if link.sender.as_ref().is_some_and(|s| s.meta().last == meta.last) {
+        let Some(link) = self.peers.get_mut(&to) else {
+            return;
+        };
+        if link
+            .sender
+            .as_ref()
+            .is_some_and(|s| s.meta().last == meta.last)
+        {
             return; // already streaming this one
         }
         let chunk = self.cfg.snapshot_chunk_bytes as usize;
         match SnapshotSender::new(path, meta, chunk, limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX) {
             Ok(sender) => {
-                info!("streaming snapshot at {} ({} bytes) to node {to}", sender.meta().last, sender.total_size());
+                info!(
+                    "streaming snapshot at {} ({} bytes) to node {to}",
+                    sender.meta().last,
+                    sender.total_size()
+                );
                 link.sender = Some(sender);
                 self.pump_snapshot(to, term);
             }
@@ -323,8 +415,12 @@ impl<S: StateMachine> Node<S> {
     /// Send the next chunks the sender's window allows.
     fn pump_snapshot(&mut self, to: NodeId, term: Term) {
         loop {
-            let Some(link) = self.peers.get_mut(&to) else { return };
-            let Some(sender) = link.sender.as_mut() else { return };
+            let Some(link) = self.peers.get_mut(&to) else {
+                return;
+            };
+            let Some(sender) = link.sender.as_mut() else {
+                return;
+            };
             let next = match sender.next_chunk() {
                 Ok(Some(c)) => c,
                 Ok(None) => return,
@@ -356,8 +452,12 @@ impl<S: StateMachine> Node<S> {
 
     fn on_snapshot_ack(&mut self, from: NodeId, snapshot: EntryId, next_offset: u64, ok: bool) {
         let term = self.raft.term();
-        let Some(link) = self.peers.get_mut(&from) else { return };
-        let Some(sender) = link.sender.as_mut() else { return };
+        let Some(link) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let Some(sender) = link.sender.as_mut() else {
+            return;
+        };
         if sender.meta().last != snapshot {
             return; // an ack for an earlier stream
         }
@@ -381,7 +481,10 @@ impl<S: StateMachine> Node<S> {
         data: &[u8],
         done: bool,
     ) {
-        let (next_offset, ok, complete) = match self.receiver.on_chunk(&meta, total_size, offset, data, done) {
+        let (next_offset, ok, complete) = match self
+            .receiver
+            .on_chunk(&meta, total_size, offset, data, done)
+        {
             Ok(out) => (out.next_offset, out.ok, out.complete),
             Err(e) => {
                 warn!("snapshot chunk from node {from}: {e}");
@@ -389,12 +492,24 @@ impl<S: StateMachine> Node<S> {
                 (0, false, None)
             }
         };
-        let ack = Frame::SnapshotAck { term, from: self.id, to: from, snapshot: meta.last, next_offset, ok };
+        let ack = Frame::SnapshotAck {
+            term,
+            from: self.id,
+            to: from,
+            snapshot: meta.last,
+            next_offset,
+            ok,
+        };
         self.send_frame(from, &ack);
         if let Some((header, path)) = complete {
             info!("received snapshot at {} from node {from}", header.meta.last);
             self.received_snapshot = Some((header.meta.last, path));
-            let msg = Message { from, to: self.id, term, body: MessageBody::Snapshot { meta: header.meta } };
+            let msg = Message {
+                from,
+                to: self.id,
+                term,
+                body: MessageBody::Snapshot { meta: header.meta },
+            };
             self.raft.step(msg);
         }
     }

@@ -78,7 +78,10 @@ pub(super) fn decode_member_context(b: &[u8]) -> Option<MemberAddrs> {
             client = v.parse().ok();
         }
     }
-    Some(MemberAddrs { peer: peer?, client: client? })
+    Some(MemberAddrs {
+        peer: peer?,
+        client: client?,
+    })
 }
 
 impl<S: StateMachine> Node<S> {
@@ -92,34 +95,63 @@ impl<S: StateMachine> Node<S> {
         let members: BTreeMap<NodeId, MemberAddrs> = cfg
             .members
             .iter()
-            .map(|m| (m.id, MemberAddrs { peer: m.peer, client: m.client }))
+            .map(|m| {
+                (
+                    m.id,
+                    MemberAddrs {
+                        peer: m.peer,
+                        client: m.client,
+                    },
+                )
+            })
             .collect();
         info!(
             "config loaded: node {id} of members [{}]{}",
-            members.iter().map(|(i, m)| format!("{i}@{}", m.peer)).collect::<Vec<_>>().join(", "),
+            members
+                .iter()
+                .map(|(i, m)| format!("{i}@{}", m.peer))
+                .collect::<Vec<_>>()
+                .join(", "),
             if join { " (joining)" } else { "" }
         );
         let dir = cfg.data_dir.clone();
         fs::create_dir_all(&dir).map_err(|e| {
-            NodeError::new(format!("cannot create data directory {}: {e}", dir.display()))
+            NodeError::new(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
-        let (hard_state_store, hard_state) = HardStateStore::open(&dir)
-            .map_err(|e| NodeError::new(format!("hard state: {e}")))?;
-        info!("hard state: term {}, vote {}", hard_state.term, fmt_vote(hard_state));
+        let (hard_state_store, hard_state) =
+            HardStateStore::open(&dir).map_err(|e| NodeError::new(format!("hard state: {e}")))?;
+        info!(
+            "hard state: term {}, vote {}",
+            hard_state.term,
+            fmt_vote(hard_state)
+        );
 
         let (snap_meta, members, sm, snapshot_path) =
             load_snapshot(&cfg, join, members, &mut make_sm)?;
 
         let t0 = Instant::now();
         let log_dir = dir.join("log");
-        let mut wal = Wal::open(&log_dir, WalOptions { segment_size: cfg.segment_bytes, ..WalOptions::default() })
-            .map_err(|e| NodeError::new(format!("log: {e}")))?;
+        let mut wal = Wal::open(
+            &log_dir,
+            WalOptions {
+                segment_size: cfg.segment_bytes,
+                ..WalOptions::default()
+            },
+        )
+        .map_err(|e| NodeError::new(format!("log: {e}")))?;
         let entries = recovered_entries(&wal, &snap_meta)?;
         if entries.is_empty() && wal.last_index().is_some_and(|l| l != snap_meta.last.index) {
             // Nothing usable follows the snapshot; start the log afresh after it.
-            wal.reset().map_err(|e| NodeError::new(format!("log: {e}")))?;
+            wal.reset()
+                .map_err(|e| NodeError::new(format!("log: {e}")))?;
         }
-        let durable_last = entries.last().map(|e| e.index).unwrap_or(snap_meta.last.index);
+        let durable_last = entries
+            .last()
+            .map(|e| e.index)
+            .unwrap_or(snap_meta.last.index);
         info!(
             "log recovered: {} entries ({}..{}), {} segments, {} bytes, in {:?}",
             entries.len(),
@@ -141,23 +173,34 @@ impl<S: StateMachine> Node<S> {
             append_entries_max: limits::APPEND_ENTRIES_MAX,
             append_size_max: limits::APPEND_SIZE_MAX,
             committed_per_ready_max: limits::APPLY_ENTRIES_PER_TURN_MAX,
-            seed: cfg.seed.unwrap_or_else(|| id.0 ^ u64::from(std::process::id()) << 20),
+            seed: cfg
+                .seed
+                .unwrap_or_else(|| id.0 ^ u64::from(std::process::id()) << 20),
         };
         let applied = snap_meta.last.index;
         let snapshot_meta = snap_meta.clone();
-        let restored = Restored { hard_state, snapshot: snap_meta, entries };
+        let restored = Restored {
+            hard_state,
+            snapshot: snap_meta,
+            entries,
+        };
         let raft = Raft::new(raft_cfg, restored);
 
         let poll = Poll::new().map_err(|e| NodeError::new(format!("poll: {e}")))?;
         let me = members
             .get(&id)
-            .ok_or_else(|| NodeError::new(format!("node {id} has no addresses in the member table")))?
+            .ok_or_else(|| {
+                NodeError::new(format!("node {id} has no addresses in the member table"))
+            })?
             .clone();
         let mut peer_listener = bind(me.peer, "peer")?;
         let mut client_listener = bind(me.client, "client")?;
         poll.registry()
             .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)
-            .and_then(|_| poll.registry().register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE))
+            .and_then(|_| {
+                poll.registry()
+                    .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
+            })
             .map_err(|e| NodeError::new(format!("registering listeners: {e}")))?;
         let signals = sys::signal_fd(&[libc::SIGTERM, libc::SIGINT])
             .map_err(|e| NodeError::new(format!("signalfd: {e}")))?;
@@ -208,11 +251,18 @@ impl<S: StateMachine> Node<S> {
             read_only: None,
             was_leader: false,
             stopping: false,
-            stats: Stats { started: Some(now), last_snapshot_index: applied, ..Stats::default() },
+            stats: Stats {
+                started: Some(now),
+                last_snapshot_index: applied,
+                ..Stats::default()
+            },
             cfg,
         };
         node.register_fd(node.signals.as_raw_fd(), SIGNALS)
             .map_err(|e| NodeError::new(format!("registering signals: {e}")))?;
+        if node.snapshot_path.is_some() {
+            node.receiver.set_installed(node.snapshot_meta.last);
+        }
         node.set_members(members);
         node.schedule(now_tick + 1, TimerId::RaftTick);
         node.schedule(now_tick + 1, TimerId::Housekeeping);
@@ -221,10 +271,17 @@ impl<S: StateMachine> Node<S> {
 }
 
 fn fmt_vote(hs: HardState) -> String {
-    hs.vote.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+    hs.vote
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "none".into())
 }
 
-type Loaded<S> = (SnapshotMeta, BTreeMap<NodeId, MemberAddrs>, S, Option<std::path::PathBuf>);
+type Loaded<S> = (
+    SnapshotMeta,
+    BTreeMap<NodeId, MemberAddrs>,
+    S,
+    Option<std::path::PathBuf>,
+);
 
 /// The newest valid snapshot, or the initial state: every configured member a voter (none,
 /// for a joining node, which waits to be added).
@@ -234,6 +291,16 @@ fn load_snapshot<S: StateMachine>(
     members: BTreeMap<NodeId, MemberAddrs>,
     make_sm: &mut impl FnMut() -> S,
 ) -> Result<Loaded<S>, NodeError> {
+    match snapshot::remove_stale_temp_files(&cfg.data_dir) {
+        Ok(0) => {}
+        Ok(n) => info!("removed {n} unfinished snapshot files"),
+        Err(e) => {
+            return Err(NodeError::new(format!(
+                "cleaning {}: {e}",
+                cfg.data_dir.display()
+            )))
+        }
+    }
     let loaded = snapshot::load_newest(&cfg.data_dir, &mut *make_sm)
         .map_err(|e| NodeError::new(format!("snapshot: {e}")))?;
     match loaded {
@@ -257,8 +324,15 @@ fn load_snapshot<S: StateMachine>(
         }
         None => {
             info!("snapshot: none");
-            let voters = if join { Vec::new() } else { members.keys().copied().collect() };
-            let meta = SnapshotMeta { last: Default::default(), conf: ConfState::new(voters, vec![]) };
+            let voters = if join {
+                Vec::new()
+            } else {
+                members.keys().copied().collect()
+            };
+            let meta = SnapshotMeta {
+                last: Default::default(),
+                conf: ConfState::new(voters, vec![]),
+            };
             Ok((meta, members, make_sm(), None))
         }
     }
@@ -301,5 +375,6 @@ fn recovered_entries(wal: &Wal, snap: &SnapshotMeta) -> Result<Vec<raft::Entry>,
 }
 
 fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr).map_err(|e| NodeError::new(format!("cannot listen for {what}s on {addr}: {e}")))
+    TcpListener::bind(addr)
+        .map_err(|e| NodeError::new(format!("cannot listen for {what}s on {addr}: {e}")))
 }

@@ -39,9 +39,13 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 
 /// Free loopback ports (bound to port 0, then released for the daemon to take).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// A blocking RESP client.
@@ -55,7 +59,10 @@ impl Client {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         stream.set_read_timeout(Some(Duration::from_secs(15)))?;
         stream.set_nodelay(true)?;
-        Ok(Client { stream, buf: Vec::new() })
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
@@ -73,7 +80,10 @@ impl Client {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")))
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{e:?}"),
+                    ))
                 }
             }
             let mut chunk = [0u8; 65536];
@@ -98,7 +108,9 @@ impl Client {
 
 /// `field:value` lines of an INFO reply.
 pub fn parse_info(v: &Value) -> HashMap<String, String> {
-    let Value::Bulk(b) = v else { return HashMap::new() };
+    let Value::Bulk(b) = v else {
+        return HashMap::new();
+    };
     String::from_utf8_lossy(b)
         .lines()
         .filter_map(|l| l.trim_end().split_once(':'))
@@ -129,7 +141,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { nodes: 3, extra: Vec::new() }
+        Options {
+            nodes: 3,
+            extra: Vec::new(),
+        }
     }
 }
 
@@ -144,7 +159,13 @@ impl Cluster {
             let peer: SocketAddr = format!("127.0.0.1:{}", ports[2 * i]).parse().unwrap();
             let client: SocketAddr = format!("127.0.0.1:{}", ports[2 * i + 1]).parse().unwrap();
             conf.push_str(&format!("node.{id} = peer={peer} client={client}\n"));
-            nodes.push(NodeProc { id, peer, client, child: None, stopped: false });
+            nodes.push(NodeProc {
+                id,
+                peer,
+                client,
+                child: None,
+                stopped: false,
+            });
         }
         for line in &opts.extra {
             conf.push_str(line);
@@ -152,7 +173,11 @@ impl Cluster {
         }
         let conf_path = dir.path().join("cluster.conf");
         fs::write(&conf_path, conf).expect("write config");
-        let mut c = Cluster { dir, conf: conf_path, nodes };
+        let mut c = Cluster {
+            dir,
+            conf: conf_path,
+            nodes,
+        };
         for id in 1..=opts.nodes as u64 {
             c.spawn(id);
         }
@@ -177,13 +202,20 @@ impl Cluster {
 
     /// Start (or restart) node `id`.
     pub fn spawn(&mut self, id: u64) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kvraftd"))
             .arg("--config")
             .arg(&self.conf)
             .arg("--id")
             .arg(id.to_string())
-            .env("RUST_LOG", std::env::var("KVRAFT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("KVRAFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -203,7 +235,10 @@ impl Cluster {
 
     pub fn signal(&mut self, id: u64, sig: i32) {
         if let Some(child) = &self.node(id).child {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
         }
         self.node_mut(id).stopped = sig == libc::SIGSTOP;
     }
@@ -218,7 +253,9 @@ impl Cluster {
 
     pub fn info(&self, id: u64) -> Option<HashMap<String, String>> {
         let mut c = self.client(id).ok()?;
-        c.stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .ok()?;
         let v = c.call_str(&["INFO"]).ok()?;
         Some(parse_info(&v))
     }
@@ -231,7 +268,9 @@ impl Cluster {
             if n.child.is_none() || n.stopped {
                 continue;
             }
-            let Some(info) = self.info(n.id) else { continue };
+            let Some(info) = self.info(n.id) else {
+                continue;
+            };
             if info.get("role").map(String::as_str) == Some("leader") {
                 let term: u64 = info.get("term")?.parse().ok()?;
                 if best.is_none_or(|(t, _)| term > t) {
@@ -248,15 +287,19 @@ impl Cluster {
 
     /// Every live node applied at least `index`.
     pub fn wait_applied(&self, ids: &[u64], index: u64, timeout: Duration) {
-        wait_for(timeout, &format!("nodes {ids:?} to apply index {index}"), || {
-            ids.iter()
-                .all(|&id| {
-                    self.info(id)
-                        .and_then(|i| i.get("applied_index")?.parse::<u64>().ok())
-                        .is_some_and(|a| a >= index)
-                })
-                .then_some(())
-        });
+        wait_for(
+            timeout,
+            &format!("nodes {ids:?} to apply index {index}"),
+            || {
+                ids.iter()
+                    .all(|&id| {
+                        self.info(id)
+                            .and_then(|i| i.get("applied_index")?.parse::<u64>().ok())
+                            .is_some_and(|a| a >= index)
+                    })
+                    .then_some(())
+            },
+        );
     }
 
     pub fn dump_logs(&self) {
@@ -280,7 +323,10 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 if n.stopped {
-                    let _ = Command::new("kill").arg("-CONT").arg(c.id().to_string()).status();
+                    let _ = Command::new("kill")
+                        .arg("-CONT")
+                        .arg(c.id().to_string())
+                        .status();
                 }
                 let _ = c.kill();
                 let _ = c.wait();
@@ -313,7 +359,11 @@ pub fn dir_size(p: &Path) -> u64 {
                 Ok(m) => m,
                 Err(_) => continue,
             };
-            total += if md.is_dir() { dir_size(&e.path()) } else { md.len() };
+            total += if md.is_dir() {
+                dir_size(&e.path())
+            } else {
+                md.len()
+            };
         }
     }
     total

@@ -72,22 +72,37 @@ fn hash_of(applied: LogIndex, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> u64 {
 
 fn read_u64(r: &mut dyn Read) -> Result<u64, SnapshotError> {
     let mut b = [0u8; 8];
-    r.read_exact(&mut b)
-        .map_err(|e| SnapshotError(format!("read: {e}")))?;
+    r.read_exact(&mut b).map_err(|e| {
+        SnapshotError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("read: {e}"),
+        ))
+    })?;
     Ok(u64::from_be_bytes(b))
 }
 
 fn read_part(r: &mut dyn Read) -> Result<Vec<u8>, SnapshotError> {
     let mut b = [0u8; 4];
-    r.read_exact(&mut b)
-        .map_err(|e| SnapshotError(format!("read: {e}")))?;
+    r.read_exact(&mut b).map_err(|e| {
+        SnapshotError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("read: {e}"),
+        ))
+    })?;
     let len = u32::from_be_bytes(b);
     if len > PART_SIZE_MAX {
-        return Err(SnapshotError(format!("part of {len} bytes")));
+        return Err(SnapshotError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("part of {len} bytes"),
+        )));
     }
     let mut part = vec![0u8; len as usize];
-    r.read_exact(&mut part)
-        .map_err(|e| SnapshotError(format!("read: {e}")))?;
+    r.read_exact(&mut part).map_err(|e| {
+        SnapshotError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("read: {e}"),
+        ))
+    })?;
     Ok(part)
 }
 
