@@ -176,10 +176,11 @@ impl<S: StateMachine> Node<S> {
             return Dispatch::Reply(Value::error("TRYAGAIN too many reads pending"));
         }
         let ctx = self.next_read_ctx;
+        let floor = self.raft.last_id().index;
         match self.raft.read_index(ctx) {
             Ok(()) => {
                 self.next_read_ctx += 1;
-                self.reads.insert(ctx, PendingRead { to, query });
+                self.reads.insert(ctx, PendingRead { to, query, floor });
                 Dispatch::Pending
             }
             Err(e) => self.not_leader(to, e, args),

@@ -109,7 +109,8 @@ impl<S: StateMachine> Node<S> {
         }
         // 7.
         for rs in read_states {
-            self.reads_ready.push((rs.index, rs.ctx));
+            let floor = self.reads.get(&rs.ctx).map_or(rs.index, |r| r.floor);
+            self.reads_ready.push((rs.index.max(floor), rs.ctx));
         }
         self.serve_ready_reads();
         // 8.

@@ -159,6 +159,10 @@ struct Waiter {
 struct PendingRead {
     to: ReplyTo,
     query: Vec<u8>,
+    /// The leader's last index when the read arrived: the read is served only after every
+    /// write accepted before it is applied, so a pipeline reads its own writes (Redis's
+    /// per-connection order), not merely a linearizable point before them.
+    floor: LogIndex,
 }
 
 /// A client request forwarded to the leader.
