@@ -94,7 +94,7 @@ fn a_follower_stopped_while_writes_go_by_catches_up_through_install_snapshot_and
         "the leader took fewer than 2 snapshots: {li:?}"
     );
     assert!(
-        num(&li, "log_first_index") > 1,
+        num(&li, "first_log_index") > 1,
         "the leader's log was never compacted: {li:?}"
     );
     c.spawn(lagger);
