@@ -130,16 +130,16 @@ impl<S: StateMachine> Node<S> {
                 }
                 Err(e) => {
                     debug!("client protocol error: {e}");
-                    // Redis answers a protocol error, then closes the connection.
-                    let bytes = e.reply().to_bytes();
-                    let c = &mut self.conns[key];
-                    if c.conn.queue(&bytes).is_err() {
-                        self.close_conn(key, "output overflow");
-                        return false;
-                    }
+                    // Redis answers a protocol error, then closes the connection; the error
+                    // takes its place after the replies still owed.
+                    let Role::Client(st) = &mut c.role else { unreachable!() };
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    st.pending.push_back((seq, None));
                     c.conn.close_after_flush = true;
-                    self.mark_dirty(key);
-                    return true;
+                    let to = ReplyTo::Client { key, gen: c.gen, seq };
+                    self.deliver(to, e.reply().to_bytes());
+                    return self.conns.contains(key);
                 }
             }
         }

@@ -449,7 +449,8 @@ impl<S: StateMachine> Node<S> {
                 self.close_conn(key, &format!("write: {e}"));
                 continue;
             }
-            if c.conn.done() {
+            let owed = matches!(&c.role, Role::Client(st) if !st.pending.is_empty());
+            if c.conn.done() && !owed {
                 self.close_conn(key, "closed after reply");
                 continue;
             }

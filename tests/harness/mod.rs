@@ -71,6 +71,10 @@ impl Client {
         self.stream.write_all(&out)
     }
 
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     pub fn read_reply(&mut self) -> std::io::Result<Value> {
         loop {
             match resp::parse_value(&self.buf) {
