@@ -124,6 +124,9 @@ pub fn parse_info(v: &Value) -> HashMap<String, String> {
 
 pub struct NodeProc {
     pub id: u64,
+    /// The config file this node is started with, and whether it joins (`--join`).
+    pub conf: PathBuf,
+    pub join: bool,
     pub peer: SocketAddr,
     pub client: SocketAddr,
     pub child: Option<Child>,
@@ -165,6 +168,8 @@ impl Cluster {
             conf.push_str(&format!("node.{id} = peer={peer} client={client}\n"));
             nodes.push(NodeProc {
                 id,
+                conf: dir.path().join("cluster.conf"),
+                join: false,
                 peer,
                 client,
                 child: None,
@@ -211,11 +216,13 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kvraftd"))
-            .arg("--config")
-            .arg(&self.conf)
-            .arg("--id")
-            .arg(id.to_string())
+        let n = self.node(id);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvraftd"));
+        cmd.arg("--config").arg(&n.conf).arg("--id").arg(id.to_string());
+        if n.join {
+            cmd.arg("--join");
+        }
+        let child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("KVRAFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -228,6 +235,22 @@ impl Cluster {
         let n = self.node_mut(id);
         n.child = Some(child);
         n.stopped = false;
+    }
+
+    /// Start a new node outside the membership (`--join`), with a config of its own that lists
+    /// the cluster and itself. Returns its id; `MEMBER ADD` brings it in.
+    pub fn add_joiner(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let ports = free_ports(2);
+        let peer: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
+        let client: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
+        let mut text = fs::read_to_string(&self.conf).unwrap();
+        text.push_str(&format!("node.{id} = peer={peer} client={client}\n"));
+        let conf = self.dir.path().join(format!("join{id}.conf"));
+        fs::write(&conf, text).unwrap();
+        self.nodes.push(NodeProc { id, conf, join: true, peer, client, child: None, stopped: false });
+        self.spawn(id);
+        id
     }
 
     pub fn kill(&mut self, id: u64) {
