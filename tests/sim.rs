@@ -24,10 +24,10 @@ use kvraft::prng::Prng;
 use kvraft::raft::{ConfChange, ConfChangeOp, EntryId, LogIndex, Message, Term};
 use support::{Cluster, CrashPoint, NodeId};
 
-const CHAOS_TICKS: u64 = 300;
+const CHAOS_TICKS: u64 = 1000;
 /// Ticks after healing within which a leader must be elected and a proposal commit
-/// (20 minimum election timeouts).
-const HEAL_BOUND_TICKS: u64 = 200;
+/// (50 minimum election timeouts: small-batch seeds replicate a backlog slowly).
+const HEAL_BOUND_TICKS: u64 = 500;
 const TRACE_EVENTS_MAX: usize = 200;
 const DEFAULT_SEEDS: u64 = 1000;
 
@@ -46,6 +46,10 @@ struct Params {
     read: u64,
     membership: bool,
     transfers: bool,
+    append_entries_max: usize,
+    append_size_max: usize,
+    inflight_msgs_max: usize,
+    pre_vote: bool,
 }
 
 impl Params {
@@ -62,6 +66,10 @@ impl Params {
             read: rng.range(0, 300),
             membership: rng.chance(1, 4),
             transfers: rng.chance(1, 4),
+            append_entries_max: [1, 3, 16, 4096][rng.range(0, 4) as usize],
+            append_size_max: [16, 200, 1 << 20][rng.range(0, 3) as usize],
+            inflight_msgs_max: [2, 4, 8, 64][rng.range(0, 4) as usize],
+            pre_vote: rng.chance(3, 4),
         }
     }
 }
@@ -128,7 +136,12 @@ impl Sim {
         let p = Params::draw(&mut rng);
         let voters: Vec<u64> = (1..=p.voters).collect();
         let extra = [p.voters + 1];
-        let mut cl = Cluster::new(&voters, &extra, seed, |_| {});
+        let mut cl = Cluster::new(&voters, &extra, seed, |c| {
+            c.append_entries_max = p.append_entries_max;
+            c.append_size_max = p.append_size_max;
+            c.inflight_msgs_max = p.inflight_msgs_max;
+            c.pre_vote = p.pre_vote;
+        });
         cl.record_delivered = false;
         Sim {
             cl,
@@ -325,6 +338,8 @@ impl Sim {
     fn tick(&mut self) {
         self.now += 1;
         self.stats.ticks += 1;
+        let now = self.now;
+        self.cl.note(|| format!("---- tick {now}"));
         for id in self.live() {
             self.cl.tick(id);
             self.step_done();
@@ -456,10 +471,18 @@ impl Sim {
                 }
             }
         }
+        let status: Vec<String> = self
+            .cl
+            .nodes
+            .values()
+            .filter_map(|n| n.raft.as_ref())
+            .map(|r| format!("{:?} progress {:?}", r, r.status().progress))
+            .collect();
         panic!(
             "LIVENESS: no leader committed a new proposal within {HEAL_BOUND_TICKS} ticks of healing \
-             (leaders {:?})",
-            self.cl.leaders()
+             (leaders {:?})\n{}",
+            self.cl.leaders(),
+            status.join("\n")
         );
     }
 

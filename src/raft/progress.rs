@@ -51,6 +51,11 @@ impl Inflights {
             self.ring.pop_front();
         }
     }
+    /// Forgets the oldest append (after a heartbeat answer: if it was lost, the next append
+    /// exposes the gap and the follower's rejection sends us back to probing).
+    pub fn free_first_one(&mut self) {
+        self.ring.pop_front();
+    }
     pub fn full(&self) -> bool {
         self.ring.len() >= self.cap
     }

@@ -334,8 +334,11 @@ impl Raft {
             return;
         };
         pr.recent_active = true;
-        if pr.state == ProgressState::Probe {
-            pr.probe_sent = false;
+        match pr.state {
+            ProgressState::Probe => pr.probe_sent = false,
+            // A full pipeline with a lost append would stall forever otherwise.
+            ProgressState::Replicate if pr.inflights.full() => pr.inflights.free_first_one(),
+            _ => {}
         }
         let behind = pr.match_index < last;
         if self.conf.is_voter(from) {
@@ -343,7 +346,9 @@ impl Raft {
             self.release_reads();
         }
         if behind {
-            self.send_appends(from, false);
+            // Empty if everything was sent already: should an append have been lost, the
+            // follower's rejection of this one brings us back to probing.
+            self.send_appends(from, true);
         }
     }
 

@@ -179,7 +179,7 @@ impl Cluster {
         self.nodes.keys().copied().collect()
     }
 
-    fn note(&mut self, s: impl FnOnce() -> String) {
+    pub fn note(&mut self, s: impl FnOnce() -> String) {
         if let Some(t) = &mut self.trace {
             t(s());
         }
