@@ -364,18 +364,29 @@ fn quit_or_a_protocol_error_after_pipelined_writes_answers_every_write_before_cl
     put_retry(&c, follower, "warm", "up", LONG);
     for (tail, last) in [
         (&b"*1\r\n$4\r\nQUIT\r\n"[..], Value::ok()),
-        (&b"*1\r\n$-7\r\n"[..], Value::error("ERR Protocol error: invalid bulk length")),
+        (
+            &b"*1\r\n$-7\r\n"[..],
+            Value::error("ERR Protocol error: invalid bulk length"),
+        ),
     ] {
         let mut cl = c.client(follower).unwrap();
         for i in 0..50 {
-            cl.send(&[b"SET", format!("q{i}").as_bytes(), b"v"]).unwrap();
+            cl.send(&[b"SET", format!("q{i}").as_bytes(), b"v"])
+                .unwrap();
         }
         cl.send_raw(tail).unwrap();
         for i in 0..50 {
-            assert_eq!(cl.read_reply().unwrap(), Value::ok(), "SET q{i} before {last:?}");
+            assert_eq!(
+                cl.read_reply().unwrap(),
+                Value::ok(),
+                "SET q{i} before {last:?}"
+            );
         }
         assert_eq!(cl.read_reply().unwrap(), last);
         let eof = cl.read_reply();
-        assert!(eof.is_err(), "the connection stayed open after {last:?}: {eof:?}");
+        assert!(
+            eof.is_err(),
+            "the connection stayed open after {last:?}: {eof:?}"
+        );
     }
 }

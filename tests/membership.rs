@@ -58,21 +58,36 @@ fn a_joining_node_is_added_as_a_learner_catches_up_is_promoted_and_an_old_voter_
     member(&c, &["MEMBER", "REMOVE", &victim.to_string()]);
     let rest: Vec<u64> = (1..=4).filter(|&n| n != victim).collect();
     wait_for(LONG, "the removal to reach every remaining node", || {
-        rest.iter().all(|&n| !voters(&c, n).split(',').any(|v| v == victim.to_string())).then_some(())
+        rest.iter()
+            .all(|&n| !voters(&c, n).split(',').any(|v| v == victim.to_string()))
+            .then_some(())
     });
     put_retry(&c, new, "after-remove", "3", LONG);
     for &n in &rest {
-        assert_eq!(get(&c, n, "before-join-99"), Some(Value::Bulk(b"1".to_vec())), "node {n}");
-        assert_eq!(get(&c, n, "after-remove"), Some(Value::Bulk(b"3".to_vec())), "node {n}");
+        assert_eq!(
+            get(&c, n, "before-join-99"),
+            Some(Value::Bulk(b"1".to_vec())),
+            "node {n}"
+        );
+        assert_eq!(
+            get(&c, n, "after-remove"),
+            Some(Value::Bulk(b"3".to_vec())),
+            "node {n}"
+        );
     }
     let list = call(&c, new, &["MEMBER", "LIST"]);
-    let Value::Array(rows) = list else { panic!("MEMBER LIST: {list:?}") };
+    let Value::Array(rows) = list else {
+        panic!("MEMBER LIST: {list:?}")
+    };
     assert_eq!(rows.len(), 3, "{rows:?}");
     // The newcomer holds exactly the state of the others.
     let leader = c.wait_leader(LONG);
     let target: u64 = c.info(leader).unwrap()["applied_index"].parse().unwrap();
     c.wait_applied(&rest, target, LONG);
-    let hashes: Vec<String> = rest.iter().map(|&n| c.info(n).unwrap()["state_hash"].clone()).collect();
+    let hashes: Vec<String> = rest
+        .iter()
+        .map(|&n| c.info(n).unwrap()["state_hash"].clone())
+        .collect();
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
 }
 
@@ -83,10 +98,21 @@ fn a_membership_change_is_refused_while_another_is_pending_or_when_it_changes_no
     let leader = c.wait_leader(LONG);
     put_retry(&c, leader, "x", "1", LONG);
     let v = call(&c, leader, &["MEMBER", "PROMOTE", "2"]);
-    assert!(v.is_error(), "promoting an existing voter was accepted: {v:?}");
-    let v = call(&c, leader, &["MEMBER", "ADD", "0", "127.0.0.1:1", "127.0.0.1:2"]);
+    assert!(
+        v.is_error(),
+        "promoting an existing voter was accepted: {v:?}"
+    );
+    let v = call(
+        &c,
+        leader,
+        &["MEMBER", "ADD", "0", "127.0.0.1:1", "127.0.0.1:2"],
+    );
     assert!(v.is_error(), "node id 0 was accepted: {v:?}");
-    let v = call(&c, leader, &["MEMBER", "ADD", "9", "not-an-address", "127.0.0.1:2"]);
+    let v = call(
+        &c,
+        leader,
+        &["MEMBER", "ADD", "9", "not-an-address", "127.0.0.1:2"],
+    );
     assert!(v.is_error(), "a bad address was accepted: {v:?}");
 }
 
@@ -99,23 +125,37 @@ fn leadership_transfer_moves_the_leader_to_the_named_node_without_losing_writes(
         put_retry(&c, leader, &format!("t{i}"), "v", LONG);
     }
     let target = (1..=3).find(|&n| n != leader).unwrap();
-    assert_eq!(call(&c, leader, &["TRANSFER", &target.to_string()]), Value::ok());
-    wait_for(LONG, "the named node to lead", || (c.leader() == Some(target)).then_some(()));
+    assert_eq!(
+        call(&c, leader, &["TRANSFER", &target.to_string()]),
+        Value::ok()
+    );
+    wait_for(LONG, "the named node to lead", || {
+        (c.leader() == Some(target)).then_some(())
+    });
     let old = parse_info(&call(&c, leader, &["INFO", "raft"]));
     assert_eq!(old["role"], "follower");
     assert_eq!(old["leader_id"], target.to_string());
     put_retry(&c, leader, "after-transfer", "w", LONG);
     for i in 0..50 {
-        assert_eq!(get(&c, target, &format!("t{i}")), Some(Value::Bulk(b"v".to_vec())));
+        assert_eq!(
+            get(&c, target, &format!("t{i}")),
+            Some(Value::Bulk(b"v".to_vec()))
+        );
     }
     let v = call(&c, target, &["TRANSFER", "99"]);
-    assert!(v.is_error(), "a transfer to a non-member was accepted: {v:?}");
+    assert!(
+        v.is_error(),
+        "a transfer to a non-member was accepted: {v:?}"
+    );
 }
 
 #[test]
 fn a_five_node_cluster_keeps_serving_with_two_nodes_down() {
     let _g = serial();
-    let mut c = Cluster::start(Options { nodes: 5, ..Options::default() });
+    let mut c = Cluster::start(Options {
+        nodes: 5,
+        ..Options::default()
+    });
     let leader = c.wait_leader(LONG);
     put_retry(&c, leader, "five", "1", LONG);
     let follower = (1..=5).find(|&n| n != leader).unwrap();

@@ -132,12 +132,18 @@ impl<S: StateMachine> Node<S> {
                     debug!("client protocol error: {e}");
                     // Redis answers a protocol error, then closes the connection; the error
                     // takes its place after the replies still owed.
-                    let Role::Client(st) = &mut c.role else { unreachable!() };
+                    let Role::Client(st) = &mut c.role else {
+                        unreachable!()
+                    };
                     let seq = st.next_seq;
                     st.next_seq += 1;
                     st.pending.push_back((seq, None));
                     c.conn.close_after_flush = true;
-                    let to = ReplyTo::Client { key, gen: c.gen, seq };
+                    let to = ReplyTo::Client {
+                        key,
+                        gen: c.gen,
+                        seq,
+                    };
                     self.deliver(to, e.reply().to_bytes());
                     return self.conns.contains(key);
                 }

@@ -121,7 +121,7 @@ impl<S: StateMachine> Node<S> {
                 dir.display()
             ))
         })?;
-        let (hard_state_store, hard_state) =
+        let (mut hard_state_store, hard_state) =
             HardStateStore::open(&dir).map_err(|e| NodeError::new(format!("hard state: {e}")))?;
         info!(
             "hard state: term {}, vote {}",
@@ -142,11 +142,28 @@ impl<S: StateMachine> Node<S> {
             },
         )
         .map_err(|e| NodeError::new(format!("log: {e}")))?;
-        let entries = recovered_entries(&wal, &snap_meta)?;
+        let mut entries = recovered_entries(&wal, &snap_meta)?;
         if entries.is_empty() && wal.last_index().is_some_and(|l| l != snap_meta.last.index) {
             // Nothing usable follows the snapshot; start the log afresh after it.
             wal.reset()
                 .map_err(|e| NodeError::new(format!("log: {e}")))?;
+        }
+        if !join && snapshot_path.is_none() && wal.last_index().is_none() {
+            entries = bootstrap(&mut wal, &members)?;
+        }
+        let mut hard_state = hard_state;
+        if let Some(last) = entries.last() {
+            if hard_state.term < last.term {
+                // The log is ahead of the recorded term (a crash between writing the bootstrap
+                // entries and the hard state): adopt the log's term, with no vote.
+                hard_state = HardState {
+                    term: last.term,
+                    vote: None,
+                };
+                hard_state_store
+                    .save(&hard_state)
+                    .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
+            }
         }
         let durable_last = entries
             .last()
@@ -336,6 +353,41 @@ fn load_snapshot<S: StateMachine>(
             Ok((meta, members, make_sm(), None))
         }
     }
+}
+
+/// A new cluster's log begins with one `AddVoter` entry per configured member (term 1,
+/// indexes 1..=n, in id order, addresses in the context), written and synced before anything
+/// else. Every member builds the same entries from the same config file, so their logs agree;
+/// a node that joins later replays them and learns the whole membership from the log alone
+/// (a membership known only from a config file would let a promoted joiner believe it is
+/// alone and elect itself).
+fn bootstrap(
+    wal: &mut Wal,
+    members: &BTreeMap<NodeId, MemberAddrs>,
+) -> Result<Vec<raft::Entry>, NodeError> {
+    let entries: Vec<raft::Entry> = members
+        .iter()
+        .enumerate()
+        .map(|(i, (&id, m))| raft::Entry {
+            term: raft::Term(1),
+            index: LogIndex(i as u64 + 1),
+            kind: raft::EntryKind::ConfChange,
+            data: raft::ConfChange {
+                op: raft::ConfChangeOp::AddVoter,
+                node: id,
+                context: format!("peer={} client={}", m.peer, m.client).into_bytes(),
+            }
+            .encode(),
+        })
+        .collect();
+    wal.append(&entries)
+        .and_then(|_| wal.sync())
+        .map_err(|e| NodeError::new(format!("writing the bootstrap entries: {e}")))?;
+    info!(
+        "bootstrapped a new cluster log with {} members",
+        entries.len()
+    );
+    Ok(entries)
 }
 
 /// The log entries after the snapshot. A log that starts after the snapshot's next index has

@@ -218,7 +218,10 @@ impl Cluster {
             .unwrap();
         let n = self.node(id);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvraftd"));
-        cmd.arg("--config").arg(&n.conf).arg("--id").arg(id.to_string());
+        cmd.arg("--config")
+            .arg(&n.conf)
+            .arg("--id")
+            .arg(id.to_string());
         if n.join {
             cmd.arg("--join");
         }
@@ -248,7 +251,15 @@ impl Cluster {
         text.push_str(&format!("node.{id} = peer={peer} client={client}\n"));
         let conf = self.dir.path().join(format!("join{id}.conf"));
         fs::write(&conf, text).unwrap();
-        self.nodes.push(NodeProc { id, conf, join: true, peer, client, child: None, stopped: false });
+        self.nodes.push(NodeProc {
+            id,
+            conf,
+            join: true,
+            peer,
+            client,
+            child: None,
+            stopped: false,
+        });
         self.spawn(id);
         id
     }
