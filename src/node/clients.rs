@@ -281,16 +281,19 @@ impl<S: StateMachine> Node<S> {
                 let Role::Client(st) = &mut c.role else {
                     return;
                 };
-                fill_slot(st, seq, reply);
+                st.held_bytes += fill_slot(st, seq, reply);
                 let mut overflow = false;
                 while let Some((_, Some(_))) = st.pending.front() {
                     let (_, bytes) = st.pending.pop_front().expect("front exists");
-                    if c.conn.queue(&bytes.expect("filled")).is_err() {
+                    let bytes = bytes.expect("filled");
+                    st.held_bytes -= bytes.len();
+                    if c.conn.queue(&bytes).is_err() {
                         overflow = true;
                         break;
                     }
                 }
-                if overflow {
+                let held = st.held_bytes + c.conn.pending_output();
+                if overflow || held > limits::CLIENT_OUTPUT_SIZE_MAX {
                     return self.close_conn(key, "client does not read its replies");
                 }
                 let was_paused = c.conn.read_paused;
@@ -304,17 +307,22 @@ impl<S: StateMachine> Node<S> {
     }
 }
 
-fn fill_slot(st: &mut ClientState, seq: u64, reply: Vec<u8>) {
+/// Put a reply in its pipeline slot; returns the bytes stored (0 if the slot is gone).
+fn fill_slot(st: &mut ClientState, seq: u64, reply: Vec<u8>) -> usize {
     let Some(&(front, _)) = st.pending.front() else {
-        return;
+        return 0;
     };
     if seq < front {
-        return;
+        return 0;
     }
-    if let Some(slot) = st.pending.get_mut((seq - front) as usize) {
-        assert_eq!(slot.0, seq, "pipeline slots out of order");
-        slot.1 = Some(reply);
-    }
+    let Some(slot) = st.pending.get_mut((seq - front) as usize) else {
+        return 0;
+    };
+    assert_eq!(slot.0, seq, "pipeline slots out of order");
+    assert!(slot.1.is_none(), "request {seq} answered twice");
+    let n = reply.len();
+    slot.1 = Some(reply);
+    n
 }
 
 fn unknown_command(args: &[Vec<u8>]) -> Value {

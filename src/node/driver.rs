@@ -199,16 +199,18 @@ impl<S: StateMachine> Node<S> {
         Value::ok()
     }
 
+    /// Serve, in the order they arrived, the reads whose index is applied.
     pub(super) fn serve_ready_reads(&mut self) {
         let applied = self.applied;
-        let mut i = 0;
-        while i < self.reads_ready.len() {
-            let (index, ctx) = self.reads_ready[i];
-            if index > applied {
-                i += 1;
-                continue;
-            }
-            self.reads_ready.swap_remove(i);
+        if !self.reads_ready.iter().any(|&(index, _)| index <= applied) {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .reads_ready
+            .drain(..)
+            .partition(|&(index, _)| index <= applied);
+        self.reads_ready = later;
+        for (_, ctx) in due {
             if let Some(r) = self.reads.remove(&ctx) {
                 let v = self.sm.query(&r.query);
                 self.deliver(r.to, v.to_bytes());

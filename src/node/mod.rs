@@ -122,6 +122,9 @@ struct ClientState {
     next_seq: u64,
     /// Requests not yet answered, oldest first: (seq, reply once known).
     pending: VecDeque<(u64, Option<Vec<u8>>)>,
+    /// Bytes of replies held in `pending` behind an unanswered one; they count toward the
+    /// output cap like queued bytes do.
+    held_bytes: usize,
     addr: SocketAddr,
 }
 
@@ -348,6 +351,7 @@ impl<S: StateMachine> Node<S> {
                 let state = ClientState {
                     next_seq: 0,
                     pending: VecDeque::new(),
+                    held_bytes: 0,
                     addr,
                 };
                 (

@@ -316,26 +316,24 @@ impl<S: StateMachine> Node<S> {
         else {
             unreachable!()
         };
-        if cluster_id != self.cluster_id {
-            return self.close_conn(
-                key,
-                &format!(
-                    "Hello from node {from} of another cluster (id {cluster_id:#x}, ours {:#x})",
-                    self.cluster_id
-                ),
-            );
-        }
-        if to != self.id {
-            return self.close_conn(
-                key,
-                &format!(
-                    "Hello from node {from} meant for node {to}, but this is node {}",
-                    self.id
-                ),
-            );
-        }
-        if from == self.id {
-            return self.close_conn(key, "Hello from a node with our own id");
+        let refused = if cluster_id != self.cluster_id {
+            Some(format!(
+                "Hello from node {from} of another cluster (id {cluster_id:#x}, ours {:#x})",
+                self.cluster_id
+            ))
+        } else if to != self.id {
+            Some(format!(
+                "Hello from node {from} meant for node {to}, but this is node {}",
+                self.id
+            ))
+        } else if from == self.id {
+            Some("Hello from a node with our own id".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            warn!("refusing a peer connection: {why}");
+            return self.close_conn(key, &why);
         }
         match &mut self.conns[key].role {
             Role::PeerIn { from: f } => {
