@@ -390,3 +390,25 @@ fn quit_or_a_protocol_error_after_pipelined_writes_answers_every_write_before_cl
         );
     }
 }
+
+#[test]
+fn a_pipeline_longer_than_the_pending_limit_is_paused_and_resumed_and_fully_answered() {
+    let _g = serial();
+    let c = Cluster::start(Options::default());
+    let leader = c.wait_leader(LONG);
+    put_retry(&c, leader, "warm", "up", LONG);
+    let n = 5 * kvraft::limits::CLIENT_PENDING_MAX;
+    let mut out = Vec::new();
+    for i in 0..n {
+        kvraft::client::resp::encode_command(
+            &[b"SET", format!("deep{i}").as_bytes(), b"v"],
+            &mut out,
+        );
+    }
+    let mut cl = c.client(leader).unwrap();
+    cl.send_raw(&out).unwrap();
+    for i in 0..n {
+        assert_eq!(cl.read_reply().unwrap(), Value::ok(), "SET deep{i}");
+    }
+    assert_eq!(get(&c, leader, &format!("deep{}", n - 1)), Some(bulk("v")));
+}

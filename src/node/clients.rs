@@ -13,7 +13,6 @@
 
 use log::debug;
 
-use super::conn::ReadStatus;
 use super::{ClientState, Forward, Node, PendingRead, ReplyTo, Role, Waiter, FORWARD_TIMEOUT};
 use crate::client::resp;
 use crate::client::Value;
@@ -39,44 +38,11 @@ pub(super) fn no_leader() -> Value {
 
 impl<S: StateMachine> Node<S> {
     pub(super) fn read_client(&mut self, key: usize) {
-        let mut budget = limits::READ_BUDGET_PER_EVENT;
-        loop {
-            if self.client_paused(key) {
-                return;
-            }
-            let (status, got) = match self.conns[key].conn.read_some(budget) {
-                Ok(r) => r,
-                Err(e) => return self.close_conn(key, &format!("read: {e}")),
-            };
-            budget = budget.saturating_sub(got);
-            if !self.parse_client_input(key) {
-                return;
-            }
-            let Some(c) = self.conns.get_mut(key) else {
-                return;
-            };
-            match status {
-                ReadStatus::WouldBlock => return,
-                ReadStatus::Closed => {
-                    // Answer what was asked (replies still owed are dropped with the socket).
-                    c.conn.close_after_flush = true;
-                    return;
-                }
-                ReadStatus::More if budget == 0 => {
-                    c.more_input = true;
-                    return;
-                }
-                ReadStatus::More => {
-                    if let Err(e) = c.conn.check_overflow() {
-                        return self.close_conn(key, &e.to_string());
-                    }
-                }
-            }
-        }
+        self.read_budgeted(key, Self::parse_client_input);
     }
 
     /// Back-pressure: too many requests of this client are unanswered.
-    fn client_paused(&mut self, key: usize) -> bool {
+    pub(super) fn client_paused(&mut self, key: usize) -> bool {
         let c = &mut self.conns[key];
         let Role::Client(st) = &c.role else {
             return false;

@@ -45,7 +45,7 @@ use crate::timer::{TimerHandle, TimerWheel};
 use crate::wal::{HardStateStore, Wal};
 
 use self::clock::Clock;
-use self::conn::Conn;
+use self::conn::{Conn, ReadStatus};
 use self::snapshot::{SnapshotReceiver, SnapshotSender, Snapshotter};
 
 pub use self::startup::run;
@@ -410,6 +410,48 @@ impl<S: StateMachine> Node<S> {
         match self.conns[key].role {
             Role::Client(_) => self.read_client(key),
             Role::PeerIn { .. } | Role::PeerOut { .. } => self.read_peer(key),
+        }
+    }
+
+    /// Read a connection within the per-event budget, handing what arrived to `parse` after
+    /// every read (`parse` returns false once it closed the connection). Edge-triggered
+    /// readiness is not repeated, so a connection whose budget ran out is marked to be read
+    /// again next turn. A client that closed its end still gets the replies it is owed; a
+    /// peer's connection closes at once.
+    fn read_budgeted(&mut self, key: usize, parse: fn(&mut Self, usize) -> bool) {
+        let mut budget = crate::limits::READ_BUDGET_PER_EVENT;
+        loop {
+            if matches!(self.conns[key].role, Role::Client(_)) && self.client_paused(key) {
+                return;
+            }
+            let (status, got) = match self.conns[key].conn.read_some(budget) {
+                Ok(r) => r,
+                Err(e) => return self.close_conn(key, &format!("read: {e}")),
+            };
+            budget = budget.saturating_sub(got);
+            if !parse(self, key) {
+                return;
+            }
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            match status {
+                ReadStatus::WouldBlock => return,
+                ReadStatus::Closed if matches!(c.role, Role::Client(_)) => {
+                    c.conn.close_after_flush = true;
+                    return;
+                }
+                ReadStatus::Closed => return self.close_conn(key, "closed by peer"),
+                ReadStatus::More if budget == 0 => {
+                    c.more_input = true;
+                    return;
+                }
+                ReadStatus::More => {
+                    if let Err(e) = c.conn.check_overflow() {
+                        return self.close_conn(key, &e.to_string());
+                    }
+                }
+            }
         }
     }
 

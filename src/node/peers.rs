@@ -14,7 +14,7 @@ use std::io;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 
-use super::conn::{Conn, ReadStatus};
+use super::conn::Conn;
 use super::snapshot::SnapshotSender;
 use super::{MemberAddrs, Node, PeerLink, Role, TimerId, DIAL_BACKOFF_MAX_MS, DIAL_BACKOFF_MIN_MS};
 use crate::kv::StateMachine;
@@ -210,40 +210,24 @@ impl<S: StateMachine> Node<S> {
     }
 
     pub(super) fn read_peer(&mut self, key: usize) {
-        let mut budget = limits::READ_BUDGET_PER_EVENT;
+        self.read_budgeted(key, Self::parse_frames);
+    }
+
+    /// Decode and handle every complete frame buffered. False if the connection closed.
+    fn parse_frames(&mut self, key: usize) -> bool {
         loop {
-            let (status, got) = match self.conns[key].conn.read_some(budget) {
-                Ok(r) => r,
-                Err(e) => return self.close_conn(key, &format!("read: {e}")),
-            };
-            budget = budget.saturating_sub(got);
-            loop {
-                let Some(c) = self.conns.get_mut(key) else {
-                    return;
-                };
-                match wire::decode(c.conn.input()) {
-                    Ok((frame, n)) => {
-                        c.conn.consume(n);
-                        self.handle_frame(key, frame);
-                    }
-                    Err(DecodeError::Incomplete) => break,
-                    Err(e) => return self.close_conn(key, &format!("bad frame: {e}")),
-                }
-            }
             let Some(c) = self.conns.get_mut(key) else {
-                return;
+                return false;
             };
-            match status {
-                ReadStatus::WouldBlock => return,
-                ReadStatus::Closed => return self.close_conn(key, "closed by peer"),
-                ReadStatus::More if budget == 0 => {
-                    c.more_input = true;
-                    return;
+            match wire::decode(c.conn.input()) {
+                Ok((frame, n)) => {
+                    c.conn.consume(n);
+                    self.handle_frame(key, frame);
                 }
-                ReadStatus::More => {
-                    if let Err(e) = c.conn.check_overflow() {
-                        return self.close_conn(key, &e.to_string());
-                    }
+                Err(DecodeError::Incomplete) => return true,
+                Err(e) => {
+                    self.close_conn(key, &format!("bad frame: {e}"));
+                    return false;
                 }
             }
         }

@@ -22,7 +22,6 @@ use super::{
 };
 use crate::config::Config;
 use crate::kv::{KvStore, StateMachine};
-use crate::limits;
 use crate::raft::{self, ConfState, HardState, LogIndex, NodeId, Raft, Restored, SnapshotMeta};
 use crate::timer::TimerWheel;
 use crate::wal::{HardStateStore, Wal, WalOptions};
@@ -180,19 +179,13 @@ impl<S: StateMachine> Node<S> {
         );
 
         let clock = Clock::new(Duration::from_millis(cfg.tick_ms));
+        let seed = cfg
+            .seed
+            .unwrap_or_else(|| id.0 ^ u64::from(std::process::id()) << 20);
         let raft_cfg = raft::Config {
-            id,
             election_timeout_ticks: clock.ms_to_ticks(cfg.election_timeout_ms),
             heartbeat_interval_ticks: clock.ms_to_ticks(cfg.heartbeat_interval_ms),
-            pre_vote: true,
-            check_quorum: true,
-            inflight_msgs_max: limits::INFLIGHT_MSGS_MAX,
-            append_entries_max: limits::APPEND_ENTRIES_MAX,
-            append_size_max: limits::APPEND_SIZE_MAX,
-            committed_per_ready_max: limits::APPLY_ENTRIES_PER_TURN_MAX,
-            seed: cfg
-                .seed
-                .unwrap_or_else(|| id.0 ^ u64::from(std::process::id()) << 20),
+            ..raft::Config::new(id, seed)
         };
         let applied = snap_meta.last.index;
         let snapshot_meta = snap_meta.clone();
