@@ -266,7 +266,7 @@ impl<S: StateMachine> Node<S> {
                 self.mark_dirty(key);
                 if was_paused {
                     // Room in the pipeline again: resume reading what is buffered or pending.
-                    self.conns[key].more_input = true;
+                    self.read_again(key);
                 }
             }
         }

@@ -134,7 +134,8 @@ struct Connection {
     gen: u64,
     /// Listed in `Node::dirty` (has output to flush or interest to re-derive).
     dirty: bool,
-    /// Input may remain unread (the per-event budget ran out): read again next turn.
+    /// Input may remain unread (the per-event budget ran out): read again next turn. Listed
+    /// in `Node::leftover` while set.
     more_input: bool,
     registered: Interest,
 }
@@ -218,6 +219,9 @@ pub struct Node<S: StateMachine> {
     conns: Slab<Connection>,
     next_gen: u64,
     dirty: Vec<usize>,
+    /// Connections to read again next turn (their budget ran out, or a paused client may
+    /// continue), with the generation that asked.
+    leftover: Vec<(usize, u64)>,
     members: BTreeMap<NodeId, MemberAddrs>,
     peers: HashMap<NodeId, PeerLink>,
     /// The accepted connection each peer sends on (a newer one replaces an older).
@@ -284,7 +288,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn poll_timeout(&self) -> Duration {
-        if self.conns.iter().any(|(_, c)| c.more_input) {
+        if !self.leftover.is_empty() {
             return Duration::ZERO;
         }
         match self.wheel.next_deadline() {
@@ -442,10 +446,7 @@ impl<S: StateMachine> Node<S> {
                     return;
                 }
                 ReadStatus::Closed => return self.close_conn(key, "closed by peer"),
-                ReadStatus::More if budget == 0 => {
-                    c.more_input = true;
-                    return;
-                }
+                ReadStatus::More if budget == 0 => return self.read_again(key),
                 ReadStatus::More => {
                     if let Err(e) = c.conn.check_overflow() {
                         return self.close_conn(key, &e.to_string());
@@ -458,20 +459,27 @@ impl<S: StateMachine> Node<S> {
     /// Connections whose budget ran out last turn are read again (edge-triggered readiness
     /// will not repeat the event).
     fn read_leftovers(&mut self) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.more_input)
-            .map(|(k, _)| k)
-            .collect();
-        for key in keys {
-            if self.conns.contains(key) {
-                self.conns[key].more_input = false;
-                self.read_conn(key);
-                if self.conns.contains(key) {
-                    self.mark_dirty(key);
-                }
+        for (key, gen) in std::mem::take(&mut self.leftover) {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.gen != gen || !c.more_input {
+                continue;
             }
+            c.more_input = false;
+            self.read_conn(key);
+            if self.conns.contains(key) {
+                self.mark_dirty(key);
+            }
+        }
+    }
+
+    /// Read `key` again next turn, without waiting for readiness.
+    fn read_again(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if !c.more_input {
+            c.more_input = true;
+            self.leftover.push((key, c.gen));
         }
     }
 

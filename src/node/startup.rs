@@ -237,6 +237,7 @@ impl<S: StateMachine> Node<S> {
             conns: Slab::new(),
             next_gen: 0,
             dirty: Vec::new(),
+            leftover: Vec::new(),
             members: BTreeMap::new(),
             peers: HashMap::new(),
             peers_in: HashMap::new(),
