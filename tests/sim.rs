@@ -29,6 +29,8 @@ const CHAOS_TICKS: u64 = 1000;
 /// (50 minimum election timeouts: small-batch seeds replicate a backlog slowly).
 const HEAL_BOUND_TICKS: u64 = 500;
 const TRACE_EVENTS_MAX: usize = 200;
+/// A seed normally takes well under 1M steps; far more means a message storm or a livelock.
+const STEPS_PER_SEED_MAX: u64 = 5_000_000;
 const DEFAULT_SEEDS: u64 = 1000;
 
 /// The fault mix of one seed.
@@ -490,6 +492,11 @@ impl Sim {
     /// The global checks, after every step.
     fn step_done(&mut self) {
         self.stats.steps += 1;
+        assert!(
+            self.stats.steps <= STEPS_PER_SEED_MAX,
+            "RUNAWAY: more than {STEPS_PER_SEED_MAX} steps ({} messages in flight)",
+            self.net.len()
+        );
         for (id, term) in self.cl.leaders() {
             match self.leaders_by_term.get(&term) {
                 Some(&other) => assert_eq!(
