@@ -418,7 +418,10 @@ impl Sim {
     /// Executes `id`'s pending Readies, crashing it mid-Ready if that was scheduled.
     fn process_node(&mut self, id: NodeId) {
         for _ in 0..16 {
-            let has = self.cl.nodes[&id].raft.as_ref().is_some_and(|r| r.has_ready());
+            let has = self.cl.nodes[&id]
+                .raft
+                .as_ref()
+                .is_some_and(|r| r.has_ready());
             if !has {
                 return;
             }

@@ -67,7 +67,11 @@ impl RaftLog {
         let mut term = self.offset.term;
         for (k, e) in self.entries.iter().enumerate() {
             let want = self.offset.index.plus(k as u64 + 1);
-            assert_eq!(e.index, want, "log entry {k} has index {} not {want}", e.index);
+            assert_eq!(
+                e.index, want,
+                "log entry {k} has index {} not {want}",
+                e.index
+            );
             assert!(e.term >= term, "term falls to {} at {}", e.term, e.index);
             term = e.term;
         }
@@ -84,8 +88,16 @@ impl RaftLog {
             self.commit,
             last
         );
-        assert!(self.persisted <= last, "persisted {} > last {last}", self.persisted);
-        assert!(self.unstable <= last.next(), "unstable {} > last+1", self.unstable);
+        assert!(
+            self.persisted <= last,
+            "persisted {} > last {last}",
+            self.persisted
+        );
+        assert!(
+            self.unstable <= last.next(),
+            "unstable {} > last+1",
+            self.unstable
+        );
     }
 
     pub fn offset(&self) -> EntryId {
@@ -148,7 +160,11 @@ impl RaftLog {
 
     /// The leader's append at the tail.
     pub fn push(&mut self, entry: Entry) {
-        assert_eq!(entry.index, self.last_index().next(), "push not at the tail");
+        assert_eq!(
+            entry.index,
+            self.last_index().next(),
+            "push not at the tail"
+        );
         assert!(entry.term >= self.last_id().term, "push of an older term");
         self.entries.push(entry);
     }
@@ -194,7 +210,8 @@ impl RaftLog {
 
     fn truncate_from(&mut self, index: LogIndex) {
         assert!(index > self.commit, "truncating committed index {index}");
-        self.entries.truncate((index.0 - self.offset.index.0 - 1) as usize);
+        self.entries
+            .truncate((index.0 - self.offset.index.0 - 1) as usize);
         self.unstable = self.unstable.min(index);
         self.persisted = self.persisted.min(index.prev());
     }
@@ -275,13 +292,17 @@ impl RaftLog {
             self.applied
         );
         let term = self.term(index).expect("applied entry is in the view");
-        self.entries.drain(..(index.0 - self.offset.index.0) as usize);
+        self.entries
+            .drain(..(index.0 - self.offset.index.0) as usize);
         self.offset = EntryId::new(term, index);
     }
 
     /// Replaces the whole view with a snapshot at `last` (InstallSnapshot, §7).
     pub fn restore(&mut self, last: EntryId) {
-        assert!(last.index > self.commit, "restore to {last} at or below commit");
+        assert!(
+            last.index > self.commit,
+            "restore to {last} at or below commit"
+        );
         self.entries.clear();
         self.offset = last;
         self.persisted = last.index;
@@ -345,7 +366,10 @@ mod tests {
     #[test]
     fn positional_append_truncates_the_conflicting_suffix() {
         let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(1, 2), e(2, 3), e(2, 4)]);
-        assert_eq!(log.append_after(id(1, 2), &[e(3, 3)]), Ok(Some(LogIndex(3))));
+        assert_eq!(
+            log.append_after(id(1, 2), &[e(3, 3)]),
+            Ok(Some(LogIndex(3)))
+        );
         assert_eq!(terms(&log), vec![1, 1, 3]);
         assert_eq!(log.persisted(), LogIndex(2));
         assert_eq!(log.take_unstable(), vec![e(3, 3)]);
@@ -365,9 +389,7 @@ mod tests {
         log.commit_to(LogIndex(2));
         assert_eq!(
             log.append_after(id(1, 1), &[e(2, 2)]),
-            Err(AppendError::ConflictsWithCommitted {
-                index: LogIndex(2)
-            })
+            Err(AppendError::ConflictsWithCommitted { index: LogIndex(2) })
         );
         assert_eq!(
             log.append_after(id(1, 1), &[e(2, 3)]),

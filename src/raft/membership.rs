@@ -92,7 +92,11 @@ impl Raft {
     /// The commit index reached `commit`: the configurations up to it are committed. A leader
     /// that is not a voter of the committed configuration steps down (thesis §4.2.2).
     pub(super) fn conf_committed_to(&mut self, commit: LogIndex) {
-        while self.pending_confs.first().is_some_and(|(i, _)| *i <= commit) {
+        while self
+            .pending_confs
+            .first()
+            .is_some_and(|(i, _)| *i <= commit)
+        {
             self.conf_committed = self.pending_confs.remove(0).1;
         }
         if matches!(self.role, RoleState::Leader(_)) && !self.conf_committed.is_voter(self.id) {
@@ -159,7 +163,10 @@ impl Raft {
             return;
         };
         let ready = ls.transfer.as_ref().is_some_and(|t| t.to == from)
-            && ls.progress.get(&from).is_some_and(|pr| pr.match_index == last);
+            && ls
+                .progress
+                .get(&from)
+                .is_some_and(|pr| pr.match_index == last);
         if ready {
             self.send(from, MessageBody::TimeoutNow);
         }

@@ -108,8 +108,12 @@ pub struct Restored {
 /// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposeError {
-    NotLeader { leader: Option<NodeId> },
-    TooLarge { size: usize },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    TooLarge {
+        size: usize,
+    },
     TransferInProgress,
     /// A membership change is uncommitted, or this leader has not committed an entry of its
     /// term yet.
@@ -117,7 +121,9 @@ pub enum ProposeError {
     /// The change would do nothing, or leave no voters.
     InvalidConfChange,
     /// The node is not a voter of the current configuration.
-    UnknownNode { node: NodeId },
+    UnknownNode {
+        node: NodeId,
+    },
     TooManyReads,
 }
 
@@ -135,11 +141,9 @@ impl fmt::Display for ProposeError {
             ProposeError::ConfChangePending => write!(f, "a membership change is pending"),
             ProposeError::InvalidConfChange => write!(f, "membership change has no effect"),
             ProposeError::UnknownNode { node } => write!(f, "node {node} is not a voter"),
-            ProposeError::TooManyReads => write!(
-                f,
-                "more than {} reads pending",
-                limits::READS_PENDING_MAX
-            ),
+            ProposeError::TooManyReads => {
+                write!(f, "more than {} reads pending", limits::READS_PENDING_MAX)
+            }
         }
     }
 }
@@ -418,7 +422,10 @@ impl Raft {
         self.log.persisted_to(persisted);
         self.log.applied_to(applied);
         if let RoleState::Leader(ls) = &mut self.role {
-            let me = ls.progress.get_mut(&self.id).expect("leader has its own progress");
+            let me = ls
+                .progress
+                .get_mut(&self.id)
+                .expect("leader has its own progress");
             if me.maybe_update(persisted) {
                 self.commit_and_broadcast();
             }
@@ -550,7 +557,10 @@ impl Raft {
             RoleState::Leader(ls) => {
                 assert_eq!(self.leader, Some(self.id), "leader does not know itself");
                 assert_eq!(self.vote, Some(self.id), "leader without its own vote");
-                assert!(ls.progress.contains_key(&self.id), "leader lacks own progress");
+                assert!(
+                    ls.progress.contains_key(&self.id),
+                    "leader lacks own progress"
+                );
                 for (id, pr) in &ls.progress {
                     assert!(
                         pr.match_index < pr.next_index,

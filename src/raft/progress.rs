@@ -215,7 +215,10 @@ mod tests {
         let mut pr = Progress::new(LogIndex(10), 4);
         pr.sent(LogIndex(9), 1); // probe with prev 9
         assert!(pr.is_paused());
-        assert!(!pr.maybe_decr_to(LogIndex(7), LogIndex(3)), "prev 7 was not asked");
+        assert!(
+            !pr.maybe_decr_to(LogIndex(7), LogIndex(3)),
+            "prev 7 was not asked"
+        );
         assert!(pr.maybe_decr_to(LogIndex(9), LogIndex(4)));
         assert_eq!(pr.next_index, LogIndex(4));
         assert!(!pr.is_paused());

@@ -122,7 +122,9 @@ impl Raft {
         while let Some(front) = ls.reads.pending.front() {
             let answered = voters
                 .iter()
-                .filter(|&&v| v == self.id || ls.reads.acked.get(&v).is_some_and(|&s| s >= front.seq))
+                .filter(|&&v| {
+                    v == self.id || ls.reads.acked.get(&v).is_some_and(|&s| s >= front.seq)
+                })
                 .count();
             if !quorum::is_majority(answered, voters.len()) {
                 break;

@@ -20,7 +20,10 @@ impl Raft {
     /// The leader appends one entry of its term at the tail; it goes out at the next `ready`
     /// (so the proposals of one turn share appends).
     pub(super) fn append_local(&mut self, kind: EntryKind, data: Vec<u8>) -> EntryId {
-        assert!(matches!(self.role, RoleState::Leader(_)), "append on non-leader");
+        assert!(
+            matches!(self.role, RoleState::Leader(_)),
+            "append on non-leader"
+        );
         let id = EntryId::new(self.term, self.log.last_index().next());
         self.log.push(Entry {
             term: id.term,
@@ -269,8 +272,7 @@ impl Raft {
                     return;
                 }
                 let updated = pr.maybe_update(match_index);
-                let probe_acked =
-                    pr.state == ProgressState::Probe && match_index == pr.match_index;
+                let probe_acked = pr.state == ProgressState::Probe && match_index == pr.match_index;
                 if !updated && !probe_acked {
                     return; // a stale or duplicate ack
                 }

@@ -17,11 +17,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
+pub use kvraft::raft::NodeId;
 use kvraft::raft::{
     ConfChange, ConfState, Config, Entry, EntryId, EntryKind, HardState, LogIndex, Message,
     MessageBody, Raft, ReadState, Restored, Role, SnapshotMeta, Term,
 };
-pub use kvraft::raft::NodeId;
 
 /// The applied prefix of a state machine: entry ids in index order.
 pub type SmState = Vec<EntryId>;
@@ -170,7 +170,10 @@ impl Cluster {
         self.nodes[&NodeId(id)].raft()
     }
     pub fn node_mut(&mut self, id: u64) -> &mut Raft {
-        self.nodes.get_mut(&NodeId(id)).expect("node exists").raft_mut()
+        self.nodes
+            .get_mut(&NodeId(id))
+            .expect("node exists")
+            .raft_mut()
     }
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
@@ -191,7 +194,7 @@ impl Cluster {
             .filter(|r| r.role() == Role::Leader)
             .map(|r| (r.id(), r.term()))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|l| std::cmp::Reverse(l.1));
         v
     }
 
@@ -248,14 +251,20 @@ impl Cluster {
                 let p = e.index.0 - 1;
                 let from_rd = rd.snapshot.as_ref().filter(|m| m.last.index.0 == p);
                 from_rd.map(|m| m.last.term).or_else(|| {
-                    raft.term_at(LogIndex(p))
-                        .or_else(|| (node.durable.snapshot.last.index.0 == p).then_some(node.durable.snapshot.last.term))
+                    raft.term_at(LogIndex(p)).or_else(|| {
+                        (node.durable.snapshot.last.index.0 == p)
+                            .then_some(node.durable.snapshot.last.term)
+                    })
                 })
             })
             .unwrap_or(None);
         for (k, e) in rd.entries.iter().enumerate() {
             if k > 0 {
-                assert_eq!(e.index, rd.entries[k - 1].index.next(), "node {id}: Ready entries not contiguous");
+                assert_eq!(
+                    e.index,
+                    rd.entries[k - 1].index.next(),
+                    "node {id}: Ready entries not contiguous"
+                );
             }
             let sum = checksum(&e.data, e.kind);
             let pt = prev_term.unwrap_or(Term(u64::MAX));
@@ -290,7 +299,11 @@ impl Cluster {
             }
             let snapshot_ok = match &rd.snapshot {
                 Some(meta) if c.keep_snapshot => {
-                    let sm = self.snapshots.get(&meta.last).expect("snapshot content").clone();
+                    let sm = self
+                        .snapshots
+                        .get(&meta.last)
+                        .expect("snapshot content")
+                        .clone();
                     install_durable(d, meta, sm);
                     true
                 }
@@ -307,7 +320,11 @@ impl Cluster {
             return;
         }
         if let Some(meta) = &rd.snapshot {
-            let sm = self.snapshots.get(&meta.last).expect("snapshot content").clone();
+            let sm = self
+                .snapshots
+                .get(&meta.last)
+                .expect("snapshot content")
+                .clone();
             install_durable(&mut node.durable, meta, sm.clone());
             node.sm = (*sm).clone();
             node.sm_conf = meta.conf.clone();
@@ -413,12 +430,24 @@ impl Cluster {
             }
             return;
         }
-        self.note(|| format!("deliver {} -> {} t{} {:?}", msg.from, msg.to, msg.term.0, short(&msg.body)));
+        self.note(|| {
+            format!(
+                "deliver {} -> {} t{} {:?}",
+                msg.from,
+                msg.to,
+                msg.term.0,
+                short(&msg.body)
+            )
+        });
         if self.record_delivered {
             self.delivered.push(msg.clone());
         }
         let (from, to) = (msg.from, msg.to);
-        self.nodes.get_mut(&to).expect("node exists").raft_mut().step(msg);
+        self.nodes
+            .get_mut(&to)
+            .expect("node exists")
+            .raft_mut()
+            .step(msg);
         if is_snapshot {
             self.report_snapshot(from, to, true);
         }
@@ -465,17 +494,23 @@ impl Cluster {
         panic!("no leader after {max} ticks");
     }
 
-    /// Makes `id` campaign now (ticks only it until it starts an election), then stabilizes.
+    /// Makes `id` start a new (pre-)election (ticks only it until it does), then stabilizes.
     pub fn campaign(&mut self, id: u64) {
+        let term = self.node(id).term();
         for _ in 0..1000 {
             self.tick(NodeId(id));
-            let role = self.node(id).role();
-            if role != Role::Follower {
+            let r = self.node(id);
+            if r.role() == Role::PreCandidate || r.term() > term {
                 self.stabilize();
                 return;
             }
         }
         panic!("node {id} never campaigned");
+    }
+
+    /// The live leader of `term`, if any.
+    pub fn leader_of_term(&self, term: Term) -> Option<u64> {
+        self.leaders().iter().find(|l| l.1 == term).map(|l| l.0 .0)
     }
 
     pub fn isolate(&mut self, id: u64) {
@@ -492,7 +527,9 @@ impl Cluster {
     }
 
     pub fn propose(&mut self, id: u64, data: &[u8]) -> EntryId {
-        self.node_mut(id).propose(data.to_vec()).expect("leader accepts the proposal")
+        self.node_mut(id)
+            .propose(data.to_vec())
+            .expect("leader accepts the proposal")
     }
 
     /// Crash `id` (keeping only what was synced).
@@ -559,7 +596,10 @@ impl Cluster {
 
 fn restored(d: &Durable) -> Restored {
     let from = d.snapshot.last.index;
-    assert!(d.last_index() >= from || d.log.is_empty(), "durable log ends before the snapshot");
+    assert!(
+        d.last_index() >= from || d.log.is_empty(),
+        "durable log ends before the snapshot"
+    );
     Restored {
         hard_state: d.hard_state,
         snapshot: d.snapshot.clone(),
@@ -585,14 +625,19 @@ fn append_durable(d: &mut Durable, entries: &[Entry]) {
         d.log_offset,
         d.last_index()
     );
-    d.log.truncate((first.index.0 - d.log_offset.0 - 1) as usize);
+    d.log
+        .truncate((first.index.0 - d.log_offset.0 - 1) as usize);
     d.log.extend_from_slice(entries);
 }
 
 /// A compact rendering of a message body for traces.
 pub fn short(b: &MessageBody) -> String {
     match b {
-        MessageBody::Append { prev, entries, commit } => format!(
+        MessageBody::Append {
+            prev,
+            entries,
+            commit,
+        } => format!(
             "append prev={prev} n={} last={} commit={commit}",
             entries.len(),
             entries.last().map_or(prev.index, |e| e.index)
