@@ -9,6 +9,16 @@
 //! it checks that a leader is elected and a new proposal commits within a bounded number of
 //! ticks.
 //!
+//! Measured (release, shared 2-core machine): 1000 seeds in 8.2 s (21.8M steps, 11.6M
+//! messages, 4,050 crashes of which 1,654 mid-Ready, 8,830 partitions, 20,172 snapshots,
+//! 2,200 membership changes, 2,327 transfers, 4,763 elections); 20,000 seeds in 150 s.
+//! Planted bugs it caught: the up-to-date check comparing indexes only (LEADER COMPLETENESS,
+//! seed 66); granting a second vote in a term (the core's own invariant, seed 0); a leader
+//! ignoring newer terms (RUNAWAY message storm, seed 4). Commit-time membership (etcd style,
+//! without a persisted commit index) gave two leaders in one term (ELECTION SAFETY, seed
+//! 1548). Counting an old term's entries toward commit (Figure 8) was NOT hit in 3,000 seeds;
+//! `figure_8_...` in raft_scenarios.rs catches it.
+//!
 //! `SIM_SEED=n` replays one seed (printing a trace of its last events on failure);
 //! `SIM_SEEDS=n` runs seeds 0..n; the default is 1000 seeds. `make sim SEED=n` / `SEEDS=n`.
 
@@ -29,6 +39,8 @@ const CHAOS_TICKS: u64 = 1000;
 /// (50 minimum election timeouts: small-batch seeds replicate a backlog slowly).
 const HEAL_BOUND_TICKS: u64 = 500;
 const TRACE_EVENTS_MAX: usize = 200;
+/// A seed normally takes well under 1M steps; far more means a message storm or a livelock.
+const STEPS_PER_SEED_MAX: u64 = 5_000_000;
 const DEFAULT_SEEDS: u64 = 1000;
 
 /// The fault mix of one seed.
@@ -493,6 +505,11 @@ impl Sim {
     /// The global checks, after every step.
     fn step_done(&mut self) {
         self.stats.steps += 1;
+        assert!(
+            self.stats.steps <= STEPS_PER_SEED_MAX,
+            "RUNAWAY: more than {STEPS_PER_SEED_MAX} steps ({} messages in flight)",
+            self.net.len()
+        );
         for (id, term) in self.cl.leaders() {
             match self.leaders_by_term.get(&term) {
                 Some(&other) => assert_eq!(

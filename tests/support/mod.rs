@@ -194,7 +194,7 @@ impl Cluster {
             .filter(|r| r.role() == Role::Leader)
             .map(|r| (r.id(), r.term()))
             .collect();
-        v.sort_by_key(|e| std::cmp::Reverse(e.1));
+        v.sort_by_key(|l| std::cmp::Reverse(l.1));
         v
     }
 
@@ -494,17 +494,23 @@ impl Cluster {
         panic!("no leader after {max} ticks");
     }
 
-    /// Makes `id` campaign now (ticks only it until it starts an election), then stabilizes.
+    /// Makes `id` start a new (pre-)election (ticks only it until it does), then stabilizes.
     pub fn campaign(&mut self, id: u64) {
+        let term = self.node(id).term();
         for _ in 0..1000 {
             self.tick(NodeId(id));
-            let role = self.node(id).role();
-            if role != Role::Follower {
+            let r = self.node(id);
+            if r.role() == Role::PreCandidate || r.term() > term {
                 self.stabilize();
                 return;
             }
         }
         panic!("node {id} never campaigned");
+    }
+
+    /// The live leader of `term`, if any.
+    pub fn leader_of_term(&self, term: Term) -> Option<u64> {
+        self.leaders().iter().find(|l| l.1 == term).map(|l| l.0 .0)
     }
 
     pub fn isolate(&mut self, id: u64) {
