@@ -179,7 +179,10 @@ fn fs_type(dir: &Path) -> String {
             continue;
         }
         if best.as_ref().is_none_or(|(n, _)| f[1].len() >= *n) {
-            best = Some((f[1].len(), format!("{} on {} ({}, {})", f[0], f[1], f[2], f[3])));
+            best = Some((
+                f[1].len(),
+                format!("{} on {} ({}, {})", f[0], f[1], f[2], f[3]),
+            ));
         }
     }
     best.map_or("unknown".into(), |(_, s)| s)

@@ -194,7 +194,7 @@ impl Cluster {
             .filter(|r| r.role() == Role::Leader)
             .map(|r| (r.id(), r.term()))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|b| std::cmp::Reverse(b.1));
         v
     }
 
