@@ -305,6 +305,108 @@ fn options_smaller_than_one_largest_entry_are_refused() {
     assert_eq!(wal.last_index(), None);
 }
 
+/// A small tmpfs mounted for one test and unmounted when dropped (even if the test panics).
+struct SmallFs {
+    mount_point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` (e.g. "24m"), or says why it cannot (not root, no mount).
+    fn mount(size: &str) -> Result<SmallFs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mount_point = dir.path().join("fs");
+        fs::create_dir(&mount_point).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount_point)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallFs {
+            mount_point,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("could not unmount {}", self.mount_point.display());
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_when_creating_a_segment_is_no_space_and_the_log_stays_readable_and_reopens() {
+    const SEGMENT: u64 = 10 << 20; // two fit in the 24 MiB filesystem, the third does not
+    const PAYLOAD: usize = 256 << 10;
+    for prefill in [Prefill::Fallocate, Prefill::ZeroFill] {
+        let small = match SmallFs::mount("24m") {
+            Ok(m) => m,
+            Err(why) => {
+                eprintln!("skipped (needs root to mount a small tmpfs): {why}");
+                return;
+            }
+        };
+        let dir = small.mount_point.join("log");
+        let o = WalOptions {
+            segment_size: SEGMENT,
+            prefill,
+        };
+        let mut wal = Wal::open(&dir, o).unwrap();
+        let mut model = Vec::new();
+        let err = loop {
+            let e = entry(1, model.len() as u64 + 1, PAYLOAD, model.len() as u8);
+            match wal.append(std::slice::from_ref(&e)) {
+                Ok(()) => model.push(e),
+                Err(err) => break err,
+            }
+            wal.sync().unwrap();
+            assert!(model.len() < 200, "{prefill:?}: 24 MiB never filled up");
+        };
+        assert!(
+            matches!(&err, WalError::NoSpace { path } if path.starts_with(&dir)),
+            "{prefill:?}: expected NoSpace, got {err}"
+        );
+        assert!(err.to_string().contains("no space left"), "{err}");
+        assert_eq!(wal.segment_count(), 2, "{prefill:?}");
+        // Not sticky and not poisoning: reads and syncs work, a retry fails the same clear way.
+        assert_eq!(all(&wal), model, "{prefill:?}");
+        wal.sync().unwrap();
+        let retry = entry(1, model.len() as u64 + 1, PAYLOAD, 0);
+        assert!(matches!(
+            wal.append(&[retry]),
+            Err(WalError::NoSpace { .. })
+        ));
+        drop(wal);
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.ends_with(".tmp")),
+            "{prefill:?}: leftover temp segment in {names:?}"
+        );
+        let wal = Wal::open(&dir, o).unwrap();
+        assert_eq!(all(&wal), model, "{prefill:?} after reopen");
+        assert_eq!(wal.recovery_report().torn_tail_bytes, 0);
+        drop(wal);
+        drop(small);
+    }
+}
+
 // ---- the model-based randomized test ----
 
 /// One record as found on disk by this test's own independent reader of the format.

@@ -1,5 +1,7 @@
-//! [`Wal`]: the segmented Raft log. Append into the mapping, group-commit sync, read, truncate
-//! a suffix durably, discard a prefix by deleting whole segments, and recover at start-up.
+//! [`Wal`]: the segmented Raft log. Append (records encoded into a buffer, written at the tail
+//! of the last segment with one pwrite per batch; see `segment.rs` for why not stores into the
+//! mapping), group-commit sync, read from the mapping, truncate a suffix durably, discard a
+//! prefix by deleting whole segments, and recover at start-up.
 //!
 //! Owns: the list of segments and the in-memory index (record offsets per segment). Must not:
 //! know about Raft roles, or touch the bytes of a mapping except through `format.rs`.
@@ -24,7 +26,7 @@
 //! file, the offset and the index. Otherwise the garbage is zeroed (the torn tail is cut). A
 //! segment whose first index does not follow the previous one's last is corruption too.
 //!
-//! NB: the kernel may write dirty pages of the mapping back in any order before we msync, so
+//! NB: the kernel may write dirty pages of a segment back in any order before we sync, so
 //! a crash between syncs can, rarely, leave a later page of unsynced records on disk without an
 //! earlier one. Recovery cannot tell that from a flipped byte and refuses to start: the safe
 //! side (an operator decides), never a silently dropped committed entry.
@@ -45,6 +47,9 @@ use crate::limits::ENTRY_SIZE_MAX;
 use crate::raft::{Entry, LogIndex, Term};
 
 /// Smallest segment: a header and one record of the largest entry.
+/// Most bytes of encoded records buffered before they are written to the segment.
+const WRITE_BUF_MAX: usize = 1 << 20;
+
 pub const SEGMENT_SIZE_MIN: u64 =
     (SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE + ENTRY_SIZE_MAX) as u64;
 
@@ -126,6 +131,8 @@ pub struct Wal {
     recovery: Recovery,
     /// Invariant 5: the first fatal failure, repeated by every later call.
     failed: Option<(PathBuf, String)>,
+    /// Scratch for the records of one `append`, written with one pwrite.
+    buf: Vec<u8>,
 }
 
 impl Wal {
@@ -148,6 +155,7 @@ impl Wal {
             segments: Vec::new(),
             recovery: Recovery::default(),
             failed: None,
+            buf: Vec::new(),
         };
         let names = list_segments(dir)?;
         let count = names.len();
@@ -302,49 +310,74 @@ impl Wal {
                 self.truncate_suffix(head.index.prev())?;
             }
         }
-        for e in entries {
-            let r = self.write_record(e);
-            self.poison(r)?;
-        }
-        Ok(())
+        let r = self.write_records(entries);
+        self.poison(r)
     }
 
-    fn write_record(&mut self, e: &Entry) -> Result<(), WalError> {
-        let size = record_size(e.data.len());
-        let fits = self
-            .segments
-            .last()
-            .is_some_and(|s| s.end + size <= s.file.len());
-        if !fits {
-            // Invariant 4: the old segment is durable before the new one gets a record.
-            if let Some(old) = self.segments.last_mut() {
-                old.flush_dirty()?;
+    /// Encodes the batch into `buf` and writes it at the tail of the last segment with pwrite,
+    /// in one call per segment (or per `WRITE_BUF_MAX` bytes).
+    fn write_records(&mut self, entries: &[Entry]) -> Result<(), WalError> {
+        self.buf.clear();
+        for e in entries {
+            let size = record_size(e.data.len());
+            let fits = self
+                .segments
+                .last()
+                .is_some_and(|s| s.end + size <= s.file.len());
+            if !fits || self.buf.len() + size > WRITE_BUF_MAX {
+                self.write_pending()?;
             }
-            let file = Segment::create(
-                &self.dir,
-                e.index,
-                self.opts.segment_size,
-                self.opts.prefill,
-            )?;
-            self.segments.push(Seg {
-                file,
-                first: e.index,
-                offsets: Vec::new(),
-                end: SEGMENT_HEADER_SIZE,
-                dirty_from: SEGMENT_HEADER_SIZE,
-            });
+            if !fits {
+                self.roll(e.index)?;
+            }
+            let start = self.buf.len();
+            self.buf.resize(start + size, 0);
+            encode_record(&mut self.buf[start..], e.term, e.index, e.kind, &e.data);
+            let seg = self.segments.last_mut().expect("a segment");
+            seg.offsets.push(seg.end as u32);
+            seg.end += size;
+        }
+        self.write_pending()
+    }
+
+    /// Writes `buf`, the records that end at the last segment's `end`, into the file.
+    fn write_pending(&mut self) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
         let seg = self.segments.last_mut().expect("a segment");
-        let at = seg.end;
-        encode_record(
-            &mut seg.file.bytes_mut()[at..at + size],
-            e.term,
-            e.index,
-            e.kind,
-            &e.data,
-        );
-        seg.offsets.push(at as u32);
-        seg.end = at + size;
+        let at = seg.end - self.buf.len();
+        let r = seg.file.write_at(at, &self.buf);
+        self.buf.clear();
+        if r.is_err() {
+            // Forget the records that may not be in the file (the error poisons the log, but
+            // `first_index`, `last_index` and `term` must still describe only written records).
+            let keep = seg.offsets.partition_point(|&o| (o as usize) < at);
+            seg.offsets.truncate(keep);
+            seg.end = at;
+            seg.dirty_from = seg.dirty_from.min(at);
+            if keep == 0 {
+                // Invariant 1 (no empty segment): recovery deletes an empty last segment.
+                self.segments.pop();
+            }
+        }
+        r
+    }
+
+    /// Makes the last segment durable and starts a new one whose first record is `first`.
+    fn roll(&mut self, first: LogIndex) -> Result<(), WalError> {
+        // Invariant 4: the old segment is durable before the new one gets a record.
+        if let Some(old) = self.segments.last_mut() {
+            old.flush_dirty()?;
+        }
+        let file = Segment::create(&self.dir, first, self.opts.segment_size, self.opts.prefill)?;
+        self.segments.push(Seg {
+            file,
+            first,
+            offsets: Vec::new(),
+            end: SEGMENT_HEADER_SIZE,
+            dirty_from: SEGMENT_HEADER_SIZE,
+        });
         Ok(())
     }
 
