@@ -447,7 +447,9 @@ impl<S: StateMachine> Node<S> {
         if sender.is_complete() {
             info!("snapshot at {snapshot} delivered to node {from}");
             link.sender = None;
-            return;
+            // The follower has the file; the core probes from just after it (and does not
+            // wait forever if the follower's own acknowledgement is lost).
+            return self.raft.report_snapshot(from, true);
         }
         self.pump_snapshot(from, term);
     }
