@@ -57,7 +57,10 @@ impl Cluster {
                 let log = std::fs::File::create(dir.path().join(format!("node{id}.log"))).unwrap();
                 Command::new(env!("CARGO_BIN_EXE_kvraftd"))
                     .args(["--config", path.to_str().unwrap(), "--id", &id.to_string()])
-                    .env("RUST_LOG", "warn")
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                    )
                     .stdin(Stdio::null())
                     .stdout(log.try_clone().unwrap())
                     .stderr(log)
@@ -109,6 +112,17 @@ impl Drop for Cluster {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // BENCH_LOGS=DIR keeps the nodes' logs.
+        if let Ok(keep) = std::env::var("BENCH_LOGS") {
+            let _ = std::fs::create_dir_all(&keep);
+            for id in 1..=3 {
+                let name = format!("node{id}.log");
+                let _ = std::fs::copy(
+                    self._dir.path().join(&name),
+                    std::path::Path::new(&keep).join(&name),
+                );
+            }
         }
     }
 }
@@ -239,6 +253,21 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
     r
 }
 
+/// A numeric field of a node's INFO.
+fn info_field(addr: SocketAddr, field: &str) -> Option<u64> {
+    let mut c = Conn::connect(addr).ok()?;
+    let Value::Bulk(b) = c.call(&[b"INFO"])? else {
+        return None;
+    };
+    let text = String::from_utf8_lossy(&b).into_owned();
+    text.lines().find_map(|l| {
+        l.trim_end()
+            .strip_prefix(&format!("{field}:"))?
+            .parse()
+            .ok()
+    })
+}
+
 fn fill(c: &Cluster, keys: u64) {
     let mut conn = Conn::connect(c.clients[0]).unwrap();
     let value = vec![b'x'; VALUE_SIZE];
@@ -314,22 +343,47 @@ fn main() {
     fill(&c, snapshot_keys);
     let quiet = load(&c, "set", 64, secs);
     row("set", 64, &quiet);
-    // Keep all three nodes snapshotting for the whole measurement.
+    // Keep snapshots going for the whole measurement (BENCH_SNAPSHOT_MODE):
+    //   staggered (default): back to back, one node at a time in rotation, as members' staggered
+    //              snapshot points make them (the busiest such schedule: one always running);
+    //   all | leader | followers: those nodes continuously and at once (worst cases).
+    let mode = std::env::var("BENCH_SNAPSHOT_MODE").unwrap_or_else(|_| "staggered".into());
+    let leader = (0..3).find(|&i| c.info(i, "role").as_deref() == Some("leader"));
+    let targets: Vec<usize> = (0..3)
+        .filter(|&i| match mode.as_str() {
+            "leader" => Some(i) == leader,
+            "followers" => Some(i) != leader,
+            _ => true,
+        })
+        .collect();
+    println!("snapshots: {mode} on nodes {targets:?} (leader is {leader:?})");
     let stop = Arc::new(AtomicBool::new(false));
     let snapper = {
-        let (stop, addrs) = (stop.clone(), c.clients.clone());
+        let (stop, addrs, staggered) = (stop.clone(), c.clients.clone(), mode == "staggered");
         std::thread::spawn(move || {
-            let mut n = 0;
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                for &a in &addrs {
-                    if let Ok(mut conn) = Conn::connect(a) {
+                if staggered {
+                    let node = targets[(n % targets.len() as u64) as usize];
+                    let before = info_field(addrs[node], "snapshots_taken").unwrap_or(0);
+                    if let Ok(mut conn) = Conn::connect(addrs[node]) {
                         conn.call(&[b"SNAPSHOT"]);
-                        n += 1;
                     }
+                    while !stop.load(Ordering::Relaxed)
+                        && info_field(addrs[node], "snapshots_taken").unwrap_or(0) <= before
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                } else {
+                    for &i in &targets {
+                        if let Ok(mut conn) = Conn::connect(addrs[i]) {
+                            conn.call(&[b"SNAPSHOT"]);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                n += 1;
             }
-            n
         })
     };
     let busy = load(&c, "set", 64, secs);

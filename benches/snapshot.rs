@@ -48,9 +48,14 @@ fn main() {
 
         let mut snap = Snapshotter::new();
         let t = Instant::now();
-        let (fd, fork) = snap.start(dir.path(), header.clone(), &sm, t).unwrap();
+        let (fd, fork) = snap.start(dir.path(), header.clone(), &sm, t, &[]).unwrap();
         assert!(sys::wait_readable(fd, Duration::from_secs(600)).unwrap());
-        let done = snap.poll_child().unwrap().unwrap();
+        let done = loop {
+            if let Some(done) = snap.poll_child() {
+                break done.unwrap();
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
 
         let dst = tempfile::tempdir().unwrap();
         let t = Instant::now();

@@ -76,6 +76,9 @@ pub const READ_BUDGET_PER_EVENT: usize = 256 * 1024;
 /// Committed entries applied to the state machine per loop turn.
 pub const APPLY_ENTRIES_PER_TURN_MAX: usize = 8192;
 
+/// Log entries the core drops per step while compacting behind a snapshot.
+pub const COMPACT_ENTRIES_PER_STEP: usize = 4096;
+
 /// Client-forwarded requests a follower keeps waiting for the leader's reply.
 pub const FORWARDS_PENDING_MAX: usize = 64 * 1024;
 

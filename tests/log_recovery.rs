@@ -201,6 +201,41 @@ fn discarding_all_of_the_log_leaves_it_empty_and_appendable_anywhere() {
 }
 
 #[test]
+fn retired_segments_go_one_at_a_time_are_never_read_back_and_vanish_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+    // Two 2 MB entries per segment: 8 entries fill 4 segments.
+    let es: Vec<Entry> = (1..=8).map(|i| entry(1, i, 2_000_000, i as u8)).collect();
+    wal.append(&es).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.segment_count(), 4);
+    assert!(
+        wal.discard_prefix_some(LogIndex(6), 1).unwrap(),
+        "more segments remain to retire"
+    );
+    assert_eq!(wal.first_index(), Some(LogIndex(3)));
+    assert_eq!(wal.obsolete_files().len(), 1);
+    assert!(
+        !wal.discard_prefix_some(LogIndex(6), 5).unwrap(),
+        "nothing left to retire"
+    );
+    assert_eq!(wal.first_index(), Some(LogIndex(7)));
+    assert_eq!(wal.obsolete_files().len(), 3);
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "retired segments still named *.wal"
+    );
+    drop(wal);
+    let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+    assert_eq!(all(&wal), es[6..].to_vec());
+    assert!(
+        wal.obsolete_files().is_empty(),
+        "open left retired segments behind"
+    );
+}
+
+#[test]
 fn torn_tail_is_cut_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let mut wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();

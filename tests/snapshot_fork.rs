@@ -35,13 +35,21 @@ fn assert_no_children(case: &str) {
     );
 }
 
-/// Waits for the child's pipe, then reaps it: readable must mean `poll_child` has the outcome.
+/// Waits for the child's pipe, then polls until it is reaped.
 fn finish(snap: &mut Snapshotter, fd: i32) -> Result<SnapshotDone, String> {
     assert!(
         sys::wait_readable(fd, WAIT_MAX).unwrap(),
         "child pipe never became readable"
     );
-    let outcome = snap.poll_child().expect("pipe readable but no outcome");
+    // Readable: the child wrote its status or exited; reaping follows once it has gone.
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    let outcome = loop {
+        if let Some(outcome) = snap.poll_child() {
+            break outcome;
+        }
+        assert!(std::time::Instant::now() < deadline, "child never reaped");
+        std::thread::sleep(Duration::from_millis(1));
+    };
     assert!(!snap.is_running());
     assert!(
         snap.poll_child().is_none(),
@@ -64,9 +72,13 @@ fn child_writes_the_state_at_fork_time_while_the_parent_keeps_mutating() {
     let mut sm = TestSm::random(1, 20_000);
     sm.slow = Some(Duration::from_millis(100)); // the parent mutates while the child writes
     let at_fork = sm.clone();
+    // A retired log segment the child is asked to unlink once the snapshot is durable.
+    let trash = tempfile::tempdir().unwrap();
+    let cleanup = vec![trash.path().join("00000000000000000001.wal.obsolete")];
+    fs::write(&cleanup[0], b"old segment").unwrap();
     let mut snap = Snapshotter::new();
     let (fd, fork_time) = snap
-        .start(dir.path(), header(20_000), &sm, Instant::now())
+        .start(dir.path(), header(20_000), &sm, Instant::now(), &cleanup)
         .unwrap();
     assert!(snap.is_running());
     for i in 0..5_000u32 {
@@ -75,6 +87,10 @@ fn child_writes_the_state_at_fork_time_while_the_parent_keeps_mutating() {
     sm.map.retain(|k, _| k.len() != 4 || k[3] % 2 == 0);
     assert_ne!(sm.state_hash(), at_fork.state_hash());
     let done = finish(&mut snap, fd).expect("child succeeded");
+    assert!(
+        !cleanup[0].exists(),
+        "the child left the retired file behind"
+    );
     assert_eq!(done.fork_time, fork_time);
     assert_eq!(done.header, header(20_000));
     assert_eq!(done.state_hash, at_fork.state_hash());
@@ -104,7 +120,13 @@ fn a_child_that_cannot_write_is_reported_as_an_error() {
     let missing = dir.path().join("no-such-dir");
     let mut snap = Snapshotter::new();
     let (fd, _) = snap
-        .start(&missing, header(5), &TestSm::random(2, 10), Instant::now())
+        .start(
+            &missing,
+            header(5),
+            &TestSm::random(2, 10),
+            Instant::now(),
+            &[],
+        )
         .unwrap();
     let err = finish(&mut snap, fd).expect_err("child wrote into a missing dir");
     assert!(err.contains("exit status 1"), "{err}");
@@ -118,7 +140,7 @@ fn a_child_that_panics_is_reported_as_an_error() {
     sm.panic_in_write = true;
     let mut snap = Snapshotter::new();
     let (fd, _) = snap
-        .start(dir.path(), header(6), &sm, Instant::now())
+        .start(dir.path(), header(6), &sm, Instant::now(), &[])
         .unwrap();
     let err = finish(&mut snap, fd).expect_err("panicking child succeeded");
     assert!(
@@ -136,7 +158,9 @@ fn an_overdue_child_is_killed_and_reaped() {
     let mut snap = Snapshotter::new();
     let started = Instant::now();
     let (other_read, other_write) = sys::pipe_cloexec_nonblocking().unwrap();
-    let (fd, _) = snap.start(dir.path(), header(7), &sm, started).unwrap();
+    let (fd, _) = snap
+        .start(dir.path(), header(7), &sm, started, &[])
+        .unwrap();
     // The child closed its copy of every fd it was not given: when the parent closes one
     // (say a peer socket), it really closes, even while the child runs.
     drop(other_write);
@@ -166,7 +190,7 @@ fn dropping_the_snapshotter_kills_and_reaps_its_child() {
     let mut sm = TestSm::random(5, 10);
     sm.slow = Some(Duration::from_secs(600));
     let mut snap = Snapshotter::new();
-    snap.start(dir.path(), header(8), &sm, Instant::now())
+    snap.start(dir.path(), header(8), &sm, Instant::now(), &[])
         .unwrap();
     drop(snap);
     assert_no_children("dropped snapshotter");
@@ -180,14 +204,16 @@ fn consecutive_snapshots_each_reap_their_child() {
         sm.set(&i.to_be_bytes(), b"v");
         let expected = sm.state_hash();
         let (fd, _) = snap
-            .start(dir.path(), header(100 + i), &sm, Instant::now())
+            .start(dir.path(), header(100 + i), &sm, Instant::now(), &[])
             .unwrap();
         let done = finish(&mut snap, fd).unwrap();
         assert_eq!(done.state_hash, expected);
         assert_no_children("consecutive snapshots");
     }
+    // Each child removed the snapshots before its own: only the newest is left.
     let keep = header(104).meta.last;
-    assert_eq!(remove_older_than(dir.path(), keep).unwrap(), 4);
+    assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);
+    assert_eq!(remove_older_than(dir.path(), keep).unwrap(), 0);
     let (h, loaded, _) = load_newest(dir.path(), TestSm::default).unwrap().unwrap();
     assert_eq!((h.meta.last, loaded.state_hash()), (keep, sm.state_hash()));
 }

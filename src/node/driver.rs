@@ -24,6 +24,9 @@ use crate::kv::StateMachine;
 use crate::raft::{ConfChange, ConfChangeOp, Entry, EntryKind, LogIndex, Ready, SnapshotMeta};
 use crate::wal::WalError;
 
+/// A snapshot completion that holds the loop longer than this is logged.
+const COMPLETION_SLOW: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Ready rounds per turn: later rounds carry what earlier ones unlocked (a commit after the
 /// leader's own sync), without letting one turn run unbounded.
 const READY_ROUNDS_PER_TURN: usize = 4;
@@ -35,7 +38,13 @@ impl<S: StateMachine> Node<S> {
                 break;
             }
             let rd = self.raft.ready();
-            self.handle_ready(rd)?;
+            self.in_ready = true;
+            let done = self.handle_ready(rd);
+            self.in_ready = false;
+            done?;
+            for (kind, peer, ok) in std::mem::take(&mut self.deferred_reports) {
+                self.report_to_core(kind, peer, ok);
+            }
         }
         self.notice_role_change();
         Ok(())
@@ -294,21 +303,48 @@ impl<S: StateMachine> Node<S> {
         Ok(())
     }
 
-    /// Start a snapshot when enough was applied since the last one (or when asked).
-    pub(super) fn maybe_snapshot(&mut self) {
-        if self.snapshotter.is_running() {
+    /// Delete at most one WAL segment that a snapshot made unnecessary.
+    pub(super) fn discard_some_log(&mut self) {
+        if self.wal_discard_to == LogIndex(0) {
             return;
         }
-        let since = self
-            .applied
-            .0
-            .saturating_sub(self.snapshot_meta.last.index.0);
-        let due = self.snapshot_requested
-            || since >= self.cfg.snapshot_entries
-            || self.log_bytes_since_snapshot >= self.cfg.snapshot_bytes;
-        if due && since > 0 {
+        match self.wal.discard_prefix_some(self.wal_discard_to, 1) {
+            Ok(true) => {}
+            Ok(false) => self.wal_discard_to = LogIndex(0),
+            Err(e) => {
+                warn!("compacting the log to {}: {e}", self.wal_discard_to);
+                self.wal_discard_to = LogIndex(0);
+            }
+        }
+    }
+
+    /// Start a snapshot when enough was applied since the last one (or when asked).
+    pub(super) fn maybe_snapshot(&mut self) {
+        if !self.snapshotter.is_running() && self.snapshot_due() {
             self.start_snapshot();
         }
+    }
+
+    /// A snapshot is due when asked for, when the log since the last one passed
+    /// `snapshot_bytes`, or when `applied` reached this member's next snapshot point.
+    ///
+    /// Members take snapshots at staggered points: every `snapshot_entries` entries, offset by
+    /// their position in the membership (phase = position × interval / members). All replicas
+    /// apply the same entries, so without the offset they would all fork and write at once;
+    /// with it, while one member writes its snapshot the others still form a quorum at full
+    /// speed (a snapshot slows its own node's disk and CPU).
+    fn snapshot_due(&self) -> bool {
+        let last = self.snapshot_meta.last.index.0;
+        let applied = self.applied.0;
+        if applied <= last {
+            return false;
+        }
+        if self.snapshot_requested || self.log_bytes_since_snapshot >= self.cfg.snapshot_bytes {
+            return true;
+        }
+        let members: Vec<_> = self.conf_applied.members().collect();
+        let position = members.iter().position(|&m| m == self.id).unwrap_or(0);
+        applied >= next_snapshot_point(last, self.cfg.snapshot_entries, position, members.len())
     }
 
     pub(super) fn start_snapshot(&mut self) {
@@ -321,9 +357,11 @@ impl<S: StateMachine> Node<S> {
             meta,
             extra: encode_members(&self.members),
         };
+        let cleanup = self.wal.obsolete_files();
+        let now = Instant::now();
         match self
             .snapshotter
-            .start(&self.cfg.data_dir, header, &self.sm, Instant::now())
+            .start(&self.cfg.data_dir, header, &self.sm, now, &cleanup)
         {
             Ok((fd, fork_time)) => {
                 self.stats.last_snapshot_fork = fork_time;
@@ -344,6 +382,7 @@ impl<S: StateMachine> Node<S> {
 
     /// The snapshot child ended: check how, then compact.
     pub(super) fn snapshot_child_ended(&mut self) {
+        let t0 = Instant::now();
         let Some(outcome) = self.snapshotter.poll_child() else {
             return;
         };
@@ -353,13 +392,21 @@ impl<S: StateMachine> Node<S> {
                 let keep = self.cfg.snapshot_keep_entries;
                 let compact_to = LogIndex(meta.last.index.0.saturating_sub(keep));
                 self.raft.snapshot_taken(meta.clone(), compact_to);
-                if let Err(e) = self.wal.discard_prefix(compact_to) {
-                    warn!("compacting the log to {compact_to}: {e}");
-                }
+                // The WAL's whole segments before `compact_to` go one per housekeeping pass.
+                self.wal_discard_to = self.wal_discard_to.max(compact_to);
+                self.discard_some_log();
                 self.snapshot_path = Some(done.path.clone());
                 self.snapshot_meta = meta.clone();
                 self.log_bytes_since_snapshot = 0;
-                let _ = snapshot::remove_older_than(&self.cfg.data_dir, meta.last);
+                // Everything slow (unlinking, compaction, reaping) is deferred or bounded; a
+                // completion that still stalls the loop is worth a line.
+                if t0.elapsed() > COMPLETION_SLOW {
+                    warn!(
+                        "finishing snapshot {} held the loop for {:?}",
+                        meta.last,
+                        t0.elapsed()
+                    );
+                }
                 self.stats.snapshots_taken += 1;
                 self.stats.last_snapshot_took = done.took;
                 self.stats.last_snapshot_bytes = done.size_bytes;
@@ -372,6 +419,64 @@ impl<S: StateMachine> Node<S> {
             Err(why) => {
                 self.stats.snapshot_failures += 1;
                 error!("snapshot child failed: {why}");
+            }
+        }
+    }
+}
+
+/// The first index after `last` at which the member at `position` of `members` takes its
+/// next snapshot: the points `k × interval + phase`, `phase = position × interval / members`.
+fn next_snapshot_point(last: u64, interval: u64, position: usize, members: usize) -> u64 {
+    let interval = interval.max(1);
+    let phase = position as u64 * interval / members.max(1) as u64;
+    if last < phase {
+        phase
+    } else {
+        (last - phase) / interval * interval + interval + phase
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_snapshot_point;
+
+    #[test]
+    fn snapshot_points_are_one_interval_apart_and_staggered_across_members() {
+        let interval = 90_000;
+        for members in 1..=7usize {
+            let mut firsts = Vec::new();
+            for position in 0..members {
+                let first = next_snapshot_point(0, interval, position, members);
+                let second = next_snapshot_point(first, interval, position, members);
+                assert_eq!(second - first, interval, "member {position} of {members}");
+                // A point is never at or before `last`, and never more than an interval after.
+                for last in [
+                    first,
+                    first + 1,
+                    first + interval - 1,
+                    first + 5 * interval + 7,
+                ] {
+                    let next = next_snapshot_point(last, interval, position, members);
+                    assert!(
+                        next > last && next - last <= interval,
+                        "last {last} next {next}"
+                    );
+                }
+                firsts.push(first % interval);
+            }
+            firsts.sort_unstable();
+            firsts.dedup();
+            assert_eq!(
+                firsts.len(),
+                members,
+                "two of {members} members share a phase"
+            );
+            for w in firsts.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(
+                    gap >= interval / members as u64 - 1,
+                    "phases {firsts:?} bunch up"
+                );
             }
         }
     }

@@ -93,6 +93,15 @@ enum TimerId {
     Housekeeping,
 }
 
+/// What the node tells the core about a peer, outside any message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CoreReport {
+    /// A snapshot stream to the peer finished (`ok`) or failed.
+    Snapshot,
+    /// The connection to the peer broke.
+    Unreachable,
+}
+
 /// Who is waiting for a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReplyTo {
@@ -252,8 +261,15 @@ pub struct Node<S: StateMachine> {
     snapshot_requested: bool,
     snapshotter: Snapshotter,
     receiver: SnapshotReceiver,
+    /// WAL segments wholly before this index are deleted, one per housekeeping pass
+    /// (0: nothing to delete).
+    wal_discard_to: LogIndex,
     /// Log bytes appended since the last snapshot (a trigger besides the entry count).
     log_bytes_since_snapshot: u64,
+    /// Executing a Ready: the core takes no input until `advance` (its contract), so reports
+    /// made meanwhile (a send that found a dead connection) wait in `deferred_reports`.
+    in_ready: bool,
+    deferred_reports: Vec<(CoreReport, NodeId, bool)>,
     /// This node was leader at the end of the last turn.
     was_leader: bool,
     /// Writes are refused after the disk filled up.
@@ -581,6 +597,11 @@ impl<S: StateMachine> Node<S> {
 
     fn housekeeping(&mut self) {
         self.expire_forwards();
+        if self.snapshotter.is_running() {
+            // The child may have written its status and still be exiting: reap it when gone.
+            self.snapshot_child_ended();
+        }
+        self.discard_some_log();
         self.maybe_snapshot();
         if self
             .snapshotter
@@ -599,6 +620,18 @@ impl<S: StateMachine> Node<S> {
                 // Bounded by TIMERS_MAX; the loop schedules a handful per peer, so this is a bug.
                 panic!("timer wheel refused {id:?} at {at}: {e:?}");
             }
+        }
+    }
+
+    /// Tell the core about a peer now, or right after the Ready being executed.
+    fn report_to_core(&mut self, kind: CoreReport, peer: NodeId, ok: bool) {
+        if self.in_ready {
+            self.deferred_reports.push((kind, peer, ok));
+            return;
+        }
+        match kind {
+            CoreReport::Snapshot => self.raft.report_snapshot(peer, ok),
+            CoreReport::Unreachable => self.raft.report_unreachable(peer),
         }
     }
 

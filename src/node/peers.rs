@@ -16,7 +16,10 @@ use mio::net::TcpStream;
 
 use super::conn::Conn;
 use super::snapshot::SnapshotSender;
-use super::{MemberAddrs, Node, PeerLink, Role, TimerId, DIAL_BACKOFF_MAX_MS, DIAL_BACKOFF_MIN_MS};
+use super::{
+    CoreReport, MemberAddrs, Node, PeerLink, Role, TimerId, DIAL_BACKOFF_MAX_MS,
+    DIAL_BACKOFF_MIN_MS,
+};
 use crate::kv::StateMachine;
 use crate::limits;
 use crate::raft::{EntryId, Message, MessageBody, NodeId, SnapshotMeta, Term};
@@ -174,10 +177,10 @@ impl<S: StateMachine> Node<S> {
         let report = !link.reported_unreachable;
         link.reported_unreachable = true;
         if had_sender {
-            self.raft.report_snapshot(to, false);
+            self.report_to_core(CoreReport::Snapshot, to, false);
         }
         if report {
-            self.raft.report_unreachable(to);
+            self.report_to_core(CoreReport::Unreachable, to, false);
         }
         self.schedule_redial(to);
     }
@@ -364,7 +367,7 @@ impl<S: StateMachine> Node<S> {
     fn start_snapshot_stream(&mut self, to: NodeId, term: Term, meta: SnapshotMeta) {
         let Some(path) = self.snapshot_path.clone() else {
             warn!("the core asked to send a snapshot to node {to} but there is none on disk");
-            return self.raft.report_snapshot(to, false);
+            return self.report_to_core(CoreReport::Snapshot, to, false);
         };
         let Some(link) = self.peers.get_mut(&to) else {
             return;
@@ -389,7 +392,7 @@ impl<S: StateMachine> Node<S> {
             }
             Err(e) => {
                 warn!("opening the snapshot for node {to}: {e}");
-                self.raft.report_snapshot(to, false);
+                self.report_to_core(CoreReport::Snapshot, to, false);
             }
         }
     }
@@ -409,7 +412,7 @@ impl<S: StateMachine> Node<S> {
                 Err(e) => {
                     warn!("reading the snapshot for node {to}: {e}");
                     link.sender = None;
-                    return self.raft.report_snapshot(to, false);
+                    return self.report_to_core(CoreReport::Snapshot, to, false);
                 }
             };
             let (offset, data, done) = next;
@@ -427,7 +430,7 @@ impl<S: StateMachine> Node<S> {
                 if let Some(link) = self.peers.get_mut(&to) {
                     link.sender = None;
                 }
-                return self.raft.report_snapshot(to, false);
+                return self.report_to_core(CoreReport::Snapshot, to, false);
             }
         }
     }
@@ -449,7 +452,7 @@ impl<S: StateMachine> Node<S> {
             link.sender = None;
             // The follower has the file; the core probes from just after it (and does not
             // wait forever if the follower's own acknowledgement is lost).
-            return self.raft.report_snapshot(from, true);
+            return self.report_to_core(CoreReport::Snapshot, from, true);
         }
         self.pump_snapshot(from, term);
     }

@@ -258,9 +258,12 @@ impl<S: StateMachine> Node<S> {
             snapshot_requested: false,
             snapshotter: Snapshotter::new(),
             receiver: SnapshotReceiver::new(dir.clone()),
+            wal_discard_to: LogIndex(0),
             log_bytes_since_snapshot: 0,
             read_only: None,
             was_leader: false,
+            in_ready: false,
+            deferred_reports: Vec::new(),
             stopping: false,
             stats: Stats {
                 started: Some(now),

@@ -90,8 +90,59 @@ pub fn fork_child(keep: &[RawFd], child: impl FnOnce() -> i32) -> io::Result<Pid
     }
     close_fds_except(keep);
     unblock_all_signals();
+    become_background();
     let code = catch_unwind(AssertUnwindSafe(child)).unwrap_or(CHILD_PANIC_EXIT);
     exit_now(code)
+}
+
+/// Makes the calling (child) process yield to everything else: nice 19 for the CPU, and the
+/// lowest best-effort I/O priority. Not the idle I/O class: under a steady stream of log syncs
+/// the disk is never idle, an idle-class snapshot would starve, and the log it should compact
+/// would grow without bound. Best effort: a kernel that refuses leaves the defaults.
+pub fn become_background() {
+    // SAFETY: setpriority only reads its integer arguments.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    const IOPRIO_LEVEL_LOWEST: libc::c_long = 7;
+    let prio = IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT | IOPRIO_LEVEL_LOWEST;
+    // SAFETY: ioprio_set takes three integers and touches no memory of ours.
+    unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            prio,
+        )
+    };
+}
+
+/// Which part of `sync_file_range` to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writeback {
+    /// Start writing the range's dirty pages back; do not wait.
+    Start,
+    /// Write the range back and wait until it is on the device (no metadata, no cache flush:
+    /// the final fsync still makes the file durable).
+    Wait,
+}
+
+/// `sync_file_range` on `fd`: lets a large sequential writer push its pages to the disk as it
+/// goes, instead of leaving one huge dirty backlog that stalls every other fsync on the disk.
+pub fn writeback(fd: RawFd, offset: u64, len: u64, how: Writeback) -> io::Result<()> {
+    let flags = match how {
+        Writeback::Start => libc::SYNC_FILE_RANGE_WRITE,
+        Writeback::Wait => {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        }
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; a bad fd is EBADF.
+    let rc =
+        unsafe { libc::sync_file_range(fd, offset as libc::off64_t, len as libc::off64_t, flags) };
+    check(rc).map(|_| ())
 }
 
 /// `_exit(code)`: ends the process without running destructors, atexit handlers or flushing

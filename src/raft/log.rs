@@ -15,6 +15,7 @@
 //! 5. A committed entry is never truncated.
 
 use super::types::{Entry, EntryId, LogIndex, Term};
+use std::collections::VecDeque;
 
 /// The log view. See the module invariants.
 #[derive(Debug)]
@@ -22,7 +23,8 @@ pub struct RaftLog {
     /// The entry just before `entries[0]`: the compaction point. Its term is still known, so an
     /// append whose `prev` is exactly here can be checked.
     offset: EntryId,
-    entries: Vec<Entry>,
+    /// A deque: compaction drops from the front in O(dropped), never moving what stays.
+    entries: VecDeque<Entry>,
     /// The last index the driver has reported durable (through `advance`).
     persisted: LogIndex,
     /// The first index not yet handed to the driver to persist.
@@ -52,18 +54,21 @@ impl RaftLog {
         let last = offset.index.plus(entries.len() as u64);
         let log = RaftLog {
             offset,
-            entries,
+            entries: VecDeque::from(entries),
             persisted: last,
             unstable: last.next(),
             commit: offset.index,
             applying: offset.index,
             applied: offset.index,
         };
+        log.check_entries();
         log.check();
         log
     }
 
-    pub fn check(&self) {
+    /// Every entry follows the offset contiguously with terms that never fall. O(entries):
+    /// run once on entries restored from disk; afterwards `push` (the only way in) keeps it.
+    fn check_entries(&self) {
         let mut term = self.offset.term;
         for (k, e) in self.entries.iter().enumerate() {
             let want = self.offset.index.plus(k as u64 + 1);
@@ -74,6 +79,33 @@ impl RaftLog {
             );
             assert!(e.term >= term, "term falls to {} at {}", e.term, e.index);
             term = e.term;
+        }
+    }
+
+    /// The invariants checked after every step, in O(1): the ends of the view agree with the
+    /// offset (the middle is kept by `push`, truncation and compaction), and the indexes are
+    /// ordered. A check that walked the whole view would make every message cost O(log).
+    pub fn check(&self) {
+        if let (Some(first), Some(last)) = (self.entries.front(), self.entries.back()) {
+            assert_eq!(
+                first.index,
+                self.offset.index.next(),
+                "first entry after offset {}",
+                self.offset
+            );
+            assert!(
+                first.term >= self.offset.term,
+                "term falls after offset {}",
+                self.offset
+            );
+            assert_eq!(
+                last.index,
+                self.offset.index.plus(self.entries.len() as u64),
+                "{} entries after offset {} end at {}",
+                self.entries.len(),
+                self.offset,
+                last.index
+            );
         }
         let last = self.last_index();
         assert!(
@@ -110,7 +142,7 @@ impl RaftLog {
         self.offset.index.plus(self.entries.len() as u64)
     }
     pub fn last_id(&self) -> EntryId {
-        match self.entries.last() {
+        match self.entries.back() {
             Some(e) => e.id(),
             None => self.offset,
         }
@@ -147,7 +179,11 @@ impl RaftLog {
     }
 
     /// Entries in `[lo, hi)`; both ends must lie inside the view.
-    pub fn slice(&self, lo: LogIndex, hi: LogIndex) -> &[Entry] {
+    pub fn slice(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+    ) -> std::collections::vec_deque::Iter<'_, Entry> {
         assert!(
             lo > self.offset.index && lo <= hi && hi <= self.last_index().next(),
             "slice [{lo}, {hi}) outside ({}, {}]",
@@ -155,7 +191,8 @@ impl RaftLog {
             self.last_index()
         );
         let base = self.offset.index.0 + 1;
-        &self.entries[(lo.0 - base) as usize..(hi.0 - base) as usize]
+        self.entries
+            .range((lo.0 - base) as usize..(hi.0 - base) as usize)
     }
 
     /// The leader's append at the tail.
@@ -166,7 +203,7 @@ impl RaftLog {
             "push not at the tail"
         );
         assert!(entry.term >= self.last_id().term, "push of an older term");
-        self.entries.push(entry);
+        self.entries.push_back(entry);
     }
 
     /// §5.3 positional append of `entries`, which follow `prev` (the caller checked that we
@@ -222,7 +259,7 @@ impl RaftLog {
         if self.unstable > last {
             return Vec::new();
         }
-        let out = self.slice(self.unstable, last.next()).to_vec();
+        let out: Vec<Entry> = self.slice(self.unstable, last.next()).cloned().collect();
         self.unstable = last.next();
         out
     }
@@ -266,7 +303,7 @@ impl RaftLog {
         }
         let lo = self.applying.next();
         let hi = self.commit.next().min(lo.plus(max as u64));
-        let out = self.slice(lo, hi).to_vec();
+        let out: Vec<Entry> = self.slice(lo, hi).cloned().collect();
         self.applying = hi.prev();
         out
     }
@@ -320,7 +357,9 @@ impl RaftLog {
             return Some(self.offset);
         }
         let upto = (index.0 - self.offset.index.0) as usize; // entries[..upto] end at index
-        let k = self.entries[..upto].partition_point(|e| e.term < term);
+                                                             // Terms never fall along the log and the entry at `index` has `term`, so the search
+                                                             // over the whole deque ends within `entries[..upto]`.
+        let k = self.entries.partition_point(|e| e.term < term).min(upto);
         if k == 0 && self.offset.term == term {
             return Some(self.offset);
         }
@@ -334,7 +373,8 @@ impl RaftLog {
             return None;
         }
         let n = (upto.0 - self.offset.index.0) as usize;
-        let k = self.entries[..n].partition_point(|e| e.term <= term);
+        // Terms never fall: the prefix's partition point is the whole deque's, capped at n.
+        let k = self.entries.partition_point(|e| e.term <= term).min(n);
         if k == 0 {
             return Some(self.offset);
         }

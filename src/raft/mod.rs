@@ -254,6 +254,8 @@ pub struct Raft {
     heartbeat_elapsed_ticks: u64,
     /// The latest durable local snapshot (taken or installed).
     snapshot: SnapshotMeta,
+    /// The log view is being compacted up to here, a bounded step per `advance`.
+    compact_target: LogIndex,
     /// A received snapshot the driver must install (next `Ready.snapshot`).
     pending_snapshot: Option<SnapshotMeta>,
     msgs: Vec<Message>,
@@ -292,6 +294,7 @@ impl Raft {
             election_timeout_ticks: config.election_timeout_ticks,
             heartbeat_elapsed_ticks: 0,
             snapshot,
+            compact_target: LogIndex(0),
             pending_snapshot: None,
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
@@ -421,6 +424,7 @@ impl Raft {
         self.awaiting_advance = false;
         self.log.persisted_to(persisted);
         self.log.applied_to(applied);
+        self.compact_some();
         if let RoleState::Leader(ls) = &mut self.role {
             let me = ls
                 .progress
@@ -450,8 +454,24 @@ impl Raft {
         if meta.last.index > self.snapshot.last.index {
             self.snapshot = meta;
         }
-        self.log.compact(compact_to);
+        self.compact_target = self.compact_target.max(compact_to);
+        self.compact_some();
         self.check_invariants();
+    }
+
+    /// Drop up to `COMPACT_ENTRIES_PER_STEP` entries toward `compact_target`. Dropping a whole
+    /// snapshot interval at once frees tens of thousands of entries in one turn (measured:
+    /// 7-19 ms per snapshot, 200 ms after a bulk load), so compaction proceeds a bounded step
+    /// at a time; entries not yet dropped can still be sent to followers.
+    fn compact_some(&mut self) {
+        let first = self.log.first_index();
+        if self.compact_target < first {
+            return;
+        }
+        let upto = self
+            .compact_target
+            .min(first.plus(limits::COMPACT_ENTRIES_PER_STEP as u64 - 1));
+        self.log.compact(upto);
     }
 
     /// The driver's snapshot stream to `to` finished (`ok`) or failed.
@@ -536,11 +556,11 @@ impl Raft {
 
     /// Entries in `[lo, hi)` from the in-memory view, or None when part of the range was
     /// compacted or lies past the end.
-    pub fn entries(&self, lo: LogIndex, hi: LogIndex) -> Option<&[Entry]> {
+    pub fn entries(&self, lo: LogIndex, hi: LogIndex) -> Option<Vec<Entry>> {
         if lo < self.log.first_index() || lo > hi || hi > self.log.last_index().next() {
             return None;
         }
-        Some(self.log.slice(lo, hi))
+        Some(self.log.slice(lo, hi).cloned().collect())
     }
 
     fn assert_not_awaiting_advance(&self, what: &str) {

@@ -56,6 +56,9 @@ pub enum Prefill {
 pub const SEGMENT_SUFFIX: &str = ".wal";
 /// Suffix of a segment being created; any left at start-up are deleted.
 pub const TEMP_SUFFIX: &str = ".wal.tmp";
+/// A segment no longer part of the log (behind a snapshot), waiting to be unlinked by a
+/// background process; never read, and removed at the next open.
+pub const OBSOLETE_SUFFIX: &str = ".wal.obsolete";
 
 /// The file name of the segment whose first record has index `first`.
 pub fn segment_file_name(first: LogIndex) -> String {

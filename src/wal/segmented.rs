@@ -41,7 +41,9 @@ use super::format::{
     self, check_record, encode_record, peek_index, record_size, RecordHeader, RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
 };
-use super::segment::{fsync_dir, parse_segment_file_name, Segment, TEMP_SUFFIX};
+use super::segment::{
+    fsync_dir, parse_segment_file_name, Segment, OBSOLETE_SUFFIX, SEGMENT_SUFFIX, TEMP_SUFFIX,
+};
 use super::{io_error, WalError, WalOptions};
 use crate::limits::ENTRY_SIZE_MAX;
 use crate::raft::{Entry, LogIndex, Term};
@@ -515,14 +517,60 @@ impl Wal {
     /// Deletes the whole segments all of whose entries are `<= upto` (they are in a
     /// snapshot), oldest first, so a crash midway leaves a contiguous log.
     pub fn discard_prefix(&mut self, upto: LogIndex) -> Result<(), WalError> {
+        while self.discard_prefix_some(upto, usize::MAX)? {}
+        Ok(())
+    }
+
+    /// Like `discard_prefix`, deleting at most `max_segments` segments; returns whether more
+    /// remain to delete. Unmapping and unlinking a segment can take tens of ms (more on a
+    /// filesystem mounted with `discard`), so an event loop deletes one at a time.
+    pub fn discard_prefix_some(
+        &mut self,
+        upto: LogIndex,
+        max_segments: usize,
+    ) -> Result<bool, WalError> {
         self.check_ok()?;
         let n = self
             .segments
             .iter()
             .take_while(|s| s.last() <= upto)
             .count();
-        let r = self.remove_segments(0..n);
-        self.poison(r)
+        let k = n.min(max_segments);
+        let r = self.retire_segments(k);
+        self.poison(r)?;
+        Ok(n > k)
+    }
+
+    /// Segments this log retired and that are not unlinked yet: a background process (the
+    /// snapshot child) removes them, since unlinking tens of MiB can take tens of ms.
+    pub fn obsolete_files(&self) -> Vec<PathBuf> {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.ends_with(OBSOLETE_SUFFIX))
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Take the first `k` segments out of the log by renaming them to `*.wal.obsolete`
+    /// (cheap, unlike unlinking them); recovery never reads such files.
+    fn retire_segments(&mut self, k: usize) -> Result<(), WalError> {
+        if k == 0 {
+            return Ok(());
+        }
+        for seg in self.segments.drain(..k) {
+            let path = seg.file.path().to_path_buf();
+            drop(seg);
+            let mut retired = path.clone().into_os_string();
+            retired.push(&OBSOLETE_SUFFIX[SEGMENT_SUFFIX.len()..]);
+            fs::rename(&path, &retired).map_err(|e| io_error(&path, "retire segment", e))?;
+        }
+        fsync_dir(&self.dir)
     }
 
     /// Drops the whole log (a snapshot from the leader replaces it); the next append may start
@@ -650,8 +698,9 @@ fn list_segments(dir: &Path) -> Result<Vec<(LogIndex, PathBuf)>, WalError> {
         let ent = ent.map_err(|e| io_error(dir, "read directory", e))?;
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(TEMP_SUFFIX) {
-            // A segment whose creation did not finish: it never held a record.
+        if name.ends_with(TEMP_SUFFIX) || name.ends_with(OBSOLETE_SUFFIX) {
+            // A segment whose creation did not finish (it never held a record), or one retired
+            // behind a snapshot that nobody unlinked yet.
             fs::remove_file(ent.path())
                 .map_err(|e| io_error(&ent.path(), "remove temp segment", e))?;
             removed_temp = true;
