@@ -51,17 +51,21 @@ fn sigterm_stops_a_node_with_exit_status_zero_and_its_writes_survive_the_restart
 fn connections_beyond_max_clients_are_refused_with_an_error_and_the_rest_keep_working() {
     let _g = serial();
     let c = Cluster::start(Options {
-        nodes: 3,
         extra: vec!["max_clients = 3".into()],
+        ..Options::default()
     });
     let leader = c.wait_leader(LONG);
-    let mut held: Vec<_> = (0..3).map(|_| c.client(leader).unwrap()).collect();
-    for cl in &mut held {
-        assert_eq!(
-            cl.call_str(&["PING"]).unwrap(),
-            Value::Simple("PONG".into())
-        );
-    }
+    // The INFO connections that found the leader may take a moment to be closed on the
+    // node's side: take the three slots one by one, each confirmed by a PING.
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            wait_for(LONG, "a client slot", || {
+                let mut cl = c.client(leader).ok()?;
+                (cl.call_str(&["PING"]).ok()? == Value::Simple("PONG".into())).then_some(cl)
+            })
+        })
+        .collect();
+    let mut held = held;
     let mut extra = TcpStream::connect(c.node(leader).client).unwrap();
     extra
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -215,4 +219,108 @@ fn kvctl_puts_gets_reports_status_and_reads_commands_from_a_pipe() {
     assert_eq!(lines[0], "OK");
     assert_eq!(lines[1], "q");
     assert!(lines.contains(&"a\t2") && lines.contains(&"p\tq"), "{out}");
+}
+
+/// Unmounts a test's tmpfs when dropped (after the cluster using it is gone).
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_node_whose_disk_fills_keeps_serving_refuses_nothing_it_cannot_keep_and_catches_up_when_space_returns(
+) {
+    let _g = serial();
+    // Node 3's data directory is a 24 MiB tmpfs holding an 8 MiB ballast file: its log fits
+    // two 6 MiB segments, and the third does not.
+    let mounted: std::rc::Rc<std::cell::RefCell<Option<Mount>>> = Default::default();
+    let m = mounted.clone();
+    let prepare = move |dir: &std::path::Path| {
+        let data = dir.join("node3");
+        std::fs::create_dir_all(&data).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+            .arg(&data)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            std::fs::write(data.join("ballast"), vec![0u8; 8 << 20]).unwrap();
+            *m.borrow_mut() = Some(Mount(data));
+        }
+    };
+    let opts = Options {
+        extra: vec![
+            "segment_bytes = 6MiB".into(),
+            "snapshot_entries = 1000000000".into(),
+            "snapshot_bytes = 1000GiB".into(),
+        ],
+        prepare: Some(Box::new(prepare)),
+        ..Options::default()
+    };
+    let mut c = Cluster::start(opts);
+    let Some(mount) = mounted.borrow_mut().take() else {
+        println!("skipped: cannot mount a tmpfs here (needs root); CI runs this test as root");
+        return;
+    };
+    let _unmount = mount;
+    let leader = c.wait_leader(LONG);
+    if leader == 3 {
+        let mut cl = c.client(3).unwrap();
+        assert_eq!(cl.call_str(&["TRANSFER", "1"]).unwrap(), Value::ok());
+        wait_for(LONG, "node 1 to lead", || {
+            (c.leader() == Some(1)).then_some(())
+        });
+    }
+    let leader = c.wait_leader(LONG);
+    let read_only = |c: &Cluster| c.info(3).map(|i| i["read_only"] != "no").unwrap_or(false);
+    let value = vec![b'd'; 2000];
+    let mut written = 0u64;
+    let mut cl = c.client(leader).unwrap();
+    while !read_only(&c) {
+        assert!(written < 20_000, "node 3 never ran out of space");
+        for i in written..written + 500 {
+            cl.send(&[b"SET", format!("full-{i}").as_bytes(), &value])
+                .unwrap();
+        }
+        for i in written..written + 500 {
+            assert_eq!(
+                cl.read_reply().unwrap(),
+                Value::ok(),
+                "SET full-{i} with node 3's disk full"
+            );
+        }
+        written += 500;
+    }
+    println!("node 3 ran out of space after {written} writes");
+    // It stays up: forwarded writes and linearizable reads through it work.
+    put_retry(&c, 3, "via-full-node", "ok", LONG);
+    assert_eq!(get(&c, 3, "full-0"), Some(Value::Bulk(value.clone())));
+    let n3 = &mut c.nodes[2];
+    assert!(
+        n3.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "node 3 exited on a full disk"
+    );
+    let log = std::fs::read_to_string(c.log_path(3)).unwrap();
+    assert!(
+        log.contains("no space left"),
+        "no clear error in node 3's log"
+    );
+    // Space comes back: node 3 persists what it held back and catches up.
+    std::fs::remove_file(c.data_dir(3).join("ballast")).unwrap();
+    let target: u64 = c.info(leader).unwrap()["applied_index"].parse().unwrap();
+    wait_for(LONG, "node 3 to accept writes again and catch up", || {
+        let i = c.info(3)?;
+        (i["read_only"] == "no" && i["durable_index"].parse::<u64>().ok()? >= target).then_some(())
+    });
+    c.wait_applied(&[1, 2, 3], target, LONG);
+    let hash = |c: &Cluster, id| c.info(id).unwrap()["state_hash"].clone();
+    assert_eq!(hash(&c, 3), hash(&c, leader));
+    // What it wrote after the full disk is intact: a restart recovers to the same state.
+    c.kill(3);
+    c.spawn(3);
+    c.wait_applied(&[3], target, LONG);
+    assert_eq!(hash(&c, 3), hash(&c, leader));
 }

@@ -21,6 +21,7 @@ fn snapshot_opts(entries: u64, keep: u64) -> Options {
             "snapshot_chunk_bytes = 64KiB".into(),
             "segment_bytes = 6MiB".into(),
         ],
+        ..Options::default()
     }
 }
 

@@ -131,7 +131,8 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn submit_write(&mut self, to: ReplyTo, data: Vec<u8>, args: Vec<Vec<u8>>) -> Dispatch {
-        if let Some(why) = &self.read_only {
+        // A follower with a full disk still forwards writes: the leader and the others hold them.
+        if let (Some(why), crate::raft::Role::Leader) = (&self.read_only, self.raft.role()) {
             return Dispatch::Reply(Value::error(format!("READONLY writes are refused: {why}")));
         }
         match self.raft.propose(data) {

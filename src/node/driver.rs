@@ -24,6 +24,9 @@ use crate::kv::StateMachine;
 use crate::raft::{ConfChange, ConfChangeOp, Entry, EntryKind, LogIndex, Ready, SnapshotMeta};
 use crate::wal::WalError;
 
+/// How often a node whose disk is full tries to append again.
+const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A snapshot completion that holds the loop longer than this is logged.
 const COMPLETION_SLOW: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -44,6 +47,9 @@ impl<S: StateMachine> Node<S> {
             done?;
             for (kind, peer, ok) in std::mem::take(&mut self.deferred_reports) {
                 self.report_to_core(kind, peer, ok);
+            }
+            if self.read_only.is_some() {
+                break; // the unpersisted entries come back next turn (or at the next retry)
             }
         }
         self.notice_role_change();
@@ -93,6 +99,7 @@ impl<S: StateMachine> Node<S> {
                 .save(&hs)
                 .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
         }
+        let mut durable = true;
         if let Some(first) = entries.first() {
             assert!(
                 first.index <= self.durable_last.next(),
@@ -100,17 +107,36 @@ impl<S: StateMachine> Node<S> {
                 first.index,
                 self.durable_last
             );
-            self.append(&entries)?;
+            durable = self.append(&entries)?;
             // 4.
             self.wal
                 .sync()
                 .map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
             self.stats.syncs += 1;
-            self.durable_last = entries.last().expect("non-empty").index;
+            self.durable_last = match durable {
+                true => entries.last().expect("non-empty").index,
+                // What did fit is durable now (the WAL drops a conflicting suffix before it
+                // appends), and the core hands the rest out again. When the append was not even
+                // tried, the WAL may still hold an older suffix from `first.index` on: only what
+                // precedes it agrees with the core.
+                false => {
+                    let wal_last = self
+                        .wal
+                        .last_index()
+                        .unwrap_or(self.snapshot_meta.last.index);
+                    match self.appended_partly {
+                        true => wal_last,
+                        false => wal_last.min(first.index.prev()),
+                    }
+                }
+            };
         }
-        // 5.
-        for m in persisted_messages {
-            self.send_raft(m);
+        // 5. Not after a failed append: these acks and votes may promise what is not on disk
+        // (Raft takes their loss like any lost message).
+        if durable {
+            for m in persisted_messages {
+                self.send_raft(m);
+            }
         }
         // 6.
         for e in committed {
@@ -127,17 +153,36 @@ impl<S: StateMachine> Node<S> {
         Ok(())
     }
 
-    fn append(&mut self, entries: &[Entry]) -> Result<(), NodeError> {
+    /// Append to the WAL. `Ok(false)`: the disk is full; this node refuses client writes and
+    /// retries (every `DISK_FULL_RETRY`) until space returns, serving what it can meanwhile.
+    fn append(&mut self, entries: &[Entry]) -> Result<bool, NodeError> {
+        self.appended_partly = false;
+        if self.read_only.is_some() && self.now < self.disk_retry_at {
+            return Ok(false);
+        }
         match self.wal.append(entries) {
             Ok(()) => {
                 let bytes: usize = entries.iter().map(|e| e.data.len() + 32).sum();
                 self.log_bytes_since_snapshot += bytes as u64;
-                Ok(())
+                if self.read_only.take().is_some() {
+                    info!("the log has room again: writes are accepted");
+                }
+                Ok(true)
             }
-            Err(WalError::NoSpace { .. }) => {
-                // The entries are not durable, so nothing may acknowledge them: stop here
-                // rather than serve with a core that believes otherwise.
-                Err(NodeError::new("no space left on the device for the log; stopping (the data on disk is intact)"))
+            Err(WalError::NoSpace { path }) => {
+                self.appended_partly = true;
+                if self.read_only.is_none() {
+                    error!(
+                        "no space left for the log ({}): refusing writes until there is",
+                        path.display()
+                    );
+                }
+                self.read_only = Some(format!(
+                    "no space left on the device for the log ({})",
+                    path.display()
+                ));
+                self.disk_retry_at = self.now + DISK_FULL_RETRY;
+                Ok(false)
             }
             Err(e) => Err(NodeError::new(format!("log append failed: {e}"))),
         }

@@ -272,8 +272,11 @@ pub struct Node<S: StateMachine> {
     deferred_reports: Vec<(CoreReport, NodeId, bool)>,
     /// This node was leader at the end of the last turn.
     was_leader: bool,
-    /// Writes are refused after the disk filled up.
+    /// Why writes are refused (the disk is full), and when to try appending again.
     read_only: Option<String>,
+    disk_retry_at: Instant,
+    /// The last append was tried and failed part way (the WAL holds the new entries it took).
+    appended_partly: bool,
     stopping: bool,
     stats: Stats,
 }

@@ -261,6 +261,8 @@ impl<S: StateMachine> Node<S> {
             wal_discard_to: LogIndex(0),
             log_bytes_since_snapshot: 0,
             read_only: None,
+            disk_retry_at: now,
+            appended_partly: false,
             was_leader: false,
             in_ready: false,
             deferred_reports: Vec::new(),

@@ -268,7 +268,8 @@ impl RaftLog {
         self.unstable <= self.last_index()
     }
 
-    /// The driver made the log durable up to `index` (everything handed out so far).
+    /// The driver made the log durable up to `index`. Entries handed out beyond it were not
+    /// persisted (the disk was full): they are handed out again with the next `Ready`.
     pub fn persisted_to(&mut self, index: LogIndex) {
         assert!(
             index <= self.last_index() && index < self.unstable,
@@ -277,6 +278,9 @@ impl RaftLog {
             self.unstable
         );
         self.persisted = index;
+        self.unstable = self
+            .unstable
+            .min(index.next().max(self.offset.index.next()));
     }
 
     pub fn commit_to(&mut self, index: LogIndex) -> bool {

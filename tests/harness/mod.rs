@@ -144,13 +144,19 @@ pub struct Options {
     pub nodes: usize,
     /// Extra config lines (tuning keys).
     pub extra: Vec<String>,
+    /// Runs with the cluster's directory before any node starts (to prepare a data dir).
+    pub prepare: Option<Prepare>,
 }
+
+/// A step run on the cluster's directory before the nodes start.
+pub type Prepare = Box<dyn Fn(&Path)>;
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             nodes: 3,
             extra: Vec::new(),
+            prepare: None,
         }
     }
 }
@@ -182,6 +188,9 @@ impl Cluster {
         }
         let conf_path = dir.path().join("cluster.conf");
         fs::write(&conf_path, conf).expect("write config");
+        if let Some(prepare) = &opts.prepare {
+            prepare(dir.path());
+        }
         let mut c = Cluster {
             dir,
             conf: conf_path,
