@@ -3,6 +3,7 @@
 #   make cluster / stop    a local three-node cluster in the background (logs in data/)
 #   make run ID=2          node 2 of conf/cluster.conf in the foreground
 #   make sim SEED=n        replay one simulator seed;  make sim SEEDS=n  run n seeds
+#   make soak              long runs: 20,000 simulator seeds, then rounds of process fault tests
 #   make bench             the benchmarks (not part of test)
 CARGO  ?= cargo
 CONF   ?= conf/cluster.conf
@@ -10,7 +11,7 @@ ID     ?= 1
 BIN    := target/release
 SEEDS  ?= 1000
 
-.PHONY: all build test sim run cluster stop status bench bench-etcd fmt lint clean setup
+.PHONY: all build test sim soak run cluster stop status bench bench-etcd fmt lint clean setup
 
 all: build
 
@@ -33,6 +34,10 @@ ifdef SEED
 else
 	SIM_SEEDS=$(SEEDS) $(CARGO) test --release --test sim -- --nocapture
 endif
+
+# Long runs, not part of `make test` (SEEDS=.. ROUNDS=.. to scale).
+soak: setup build
+	@tools/soak.sh
 
 run: build
 	$(BIN)/kvraftd --config $(CONF) --id $(ID)
