@@ -230,12 +230,10 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn a_node_whose_disk_fills_keeps_serving_refuses_nothing_it_cannot_keep_and_catches_up_when_space_returns(
-) {
-    let _g = serial();
-    // Node 3's data directory is a 24 MiB tmpfs holding an 8 MiB ballast file: its log fits
-    // two 6 MiB segments, and the third does not.
+/// A cluster whose node 3 keeps its data on a 24 MiB tmpfs holding an 8 MiB ballast file:
+/// its log fits two 6 MiB segments, and the third does not. `None` where a tmpfs cannot be
+/// mounted (not root); CI runs as root.
+fn cluster_with_a_small_disk_for_node_3() -> Option<(Cluster, Mount)> {
     let mounted: std::rc::Rc<std::cell::RefCell<Option<Mount>>> = Default::default();
     let m = mounted.clone();
     let prepare = move |dir: &std::path::Path| {
@@ -260,44 +258,87 @@ fn a_node_whose_disk_fills_keeps_serving_refuses_nothing_it_cannot_keep_and_catc
         prepare: Some(Box::new(prepare)),
         ..Options::default()
     };
-    let mut c = Cluster::start(opts);
-    let Some(mount) = mounted.borrow_mut().take() else {
-        println!("skipped: cannot mount a tmpfs here (needs root); CI runs this test as root");
-        return;
-    };
-    let _unmount = mount;
-    let leader = c.wait_leader(LONG);
-    if leader == 3 {
-        let mut cl = c.client(3).unwrap();
-        assert_eq!(cl.call_str(&["TRANSFER", "1"]).unwrap(), Value::ok());
-        wait_for(LONG, "node 1 to lead", || {
-            (c.leader() == Some(1)).then_some(())
-        });
+    let c = Cluster::start(opts);
+    let mount = mounted.borrow_mut().take();
+    match mount {
+        Some(m) => Some((c, m)),
+        None => {
+            println!("skipped: cannot mount a tmpfs here (needs root); CI runs this test as root");
+            None
+        }
     }
-    let leader = c.wait_leader(LONG);
+}
+
+fn transfer_to(c: &Cluster, target: u64) {
+    wait_for(LONG, &format!("node {target} to lead"), || {
+        if c.leader() == Some(target) {
+            return Some(());
+        }
+        let mut cl = c.client(c.leader()?).ok()?;
+        let _ = cl.call_str(&["TRANSFER", &target.to_string()]);
+        None
+    });
+}
+
+/// Write 2 KB values through `via` until node 3 reports its disk full; every write must be
+/// acknowledged all the same (the other two members hold it). Returns how many were written.
+fn fill_node_3(c: &Cluster) -> u64 {
     let read_only = |c: &Cluster| c.info(3).map(|i| i["read_only"] != "no").unwrap_or(false);
     let value = vec![b'd'; 2000];
     let mut written = 0u64;
-    let mut cl = c.client(leader).unwrap();
-    while !read_only(&c) {
+    while !read_only(c) {
         assert!(written < 20_000, "node 3 never ran out of space");
+        let via = c.wait_leader(LONG);
+        let mut cl = c.client(via).unwrap();
         for i in written..written + 500 {
             cl.send(&[b"SET", format!("full-{i}").as_bytes(), &value])
                 .unwrap();
         }
         for i in written..written + 500 {
-            assert_eq!(
-                cl.read_reply().unwrap(),
-                Value::ok(),
-                "SET full-{i} with node 3's disk full"
-            );
+            let r = cl.read_reply().unwrap();
+            // The leader itself may be node 3, losing its disk mid-batch: it answers with an
+            // error and hands leadership over; the write is retried below.
+            if r != Value::ok() {
+                put_retry(c, via, &format!("full-{i}"), "d", LONG);
+            }
         }
         written += 500;
     }
     println!("node 3 ran out of space after {written} writes");
+    written
+}
+
+/// Space comes back: node 3 persists what it held back, catches up, and a restart recovers
+/// the same state.
+fn free_space_and_check_node_3_catches_up(c: &mut Cluster) {
+    std::fs::remove_file(c.data_dir(3).join("ballast")).unwrap();
+    let leader = c.wait_leader(LONG);
+    let target: u64 = c.info(leader).unwrap()["applied_index"].parse().unwrap();
+    wait_for(LONG, "node 3 to accept writes again and catch up", || {
+        let i = c.info(3)?;
+        (i["read_only"] == "no" && i["durable_index"].parse::<u64>().ok()? >= target).then_some(())
+    });
+    c.wait_applied(&[1, 2, 3], target, LONG);
+    let hash = |c: &Cluster, id| c.info(id).unwrap()["state_hash"].clone();
+    assert_eq!(hash(c, 3), hash(c, leader));
+    c.kill(3);
+    c.spawn(3);
+    c.wait_applied(&[3], target, LONG);
+    assert_eq!(hash(c, 3), hash(c, leader));
+}
+
+#[test]
+fn a_follower_whose_disk_fills_keeps_serving_and_catches_up_when_space_returns() {
+    let _g = serial();
+    let Some((mut c, _unmount)) = cluster_with_a_small_disk_for_node_3() else {
+        return;
+    };
+    c.wait_leader(LONG);
+    transfer_to(&c, 1);
+    fill_node_3(&c);
     // It stays up: forwarded writes and linearizable reads through it work.
     put_retry(&c, 3, "via-full-node", "ok", LONG);
-    assert_eq!(get(&c, 3, "full-0"), Some(Value::Bulk(value.clone())));
+    assert_eq!(get(&c, 3, "full-0"), Some(Value::Bulk(vec![b'd'; 2000])));
     let n3 = &mut c.nodes[2];
     assert!(
         n3.child.as_mut().unwrap().try_wait().unwrap().is_none(),
@@ -308,19 +349,33 @@ fn a_node_whose_disk_fills_keeps_serving_refuses_nothing_it_cannot_keep_and_catc
         log.contains("no space left"),
         "no clear error in node 3's log"
     );
-    // Space comes back: node 3 persists what it held back and catches up.
-    std::fs::remove_file(c.data_dir(3).join("ballast")).unwrap();
-    let target: u64 = c.info(leader).unwrap()["applied_index"].parse().unwrap();
-    wait_for(LONG, "node 3 to accept writes again and catch up", || {
-        let i = c.info(3)?;
-        (i["read_only"] == "no" && i["durable_index"].parse::<u64>().ok()? >= target).then_some(())
+    free_space_and_check_node_3_catches_up(&mut c);
+}
+
+#[test]
+fn a_leader_whose_disk_fills_hands_leadership_over_and_the_cluster_stays_writable() {
+    let _g = serial();
+    let Some((mut c, _unmount)) = cluster_with_a_small_disk_for_node_3() else {
+        return;
+    };
+    c.wait_leader(LONG);
+    transfer_to(&c, 3);
+    fill_node_3(&c);
+    let new = wait_for(LONG, "a leader other than node 3", || {
+        c.leader().filter(|&l| l != 3)
     });
-    c.wait_applied(&[1, 2, 3], target, LONG);
-    let hash = |c: &Cluster, id| c.info(id).unwrap()["state_hash"].clone();
-    assert_eq!(hash(&c, 3), hash(&c, leader));
-    // What it wrote after the full disk is intact: a restart recovers to the same state.
-    c.kill(3);
-    c.spawn(3);
-    c.wait_applied(&[3], target, LONG);
-    assert_eq!(hash(&c, 3), hash(&c, leader));
+    let log = std::fs::read_to_string(c.log_path(3)).unwrap();
+    assert!(
+        log.contains("handing leadership to node"),
+        "node 3 did not say why it stepped aside"
+    );
+    // Writes through every node, the full one included, are accepted.
+    for via in 1..=3 {
+        put_retry(&c, via, &format!("after-handoff-{via}"), "ok", LONG);
+    }
+    assert_eq!(
+        get(&c, new, "after-handoff-3"),
+        Some(Value::Bulk(b"ok".to_vec()))
+    );
+    free_space_and_check_node_3_catches_up(&mut c);
 }

@@ -348,6 +348,26 @@ impl<S: StateMachine> Node<S> {
         Ok(())
     }
 
+    /// A leader whose disk is full cannot make new entries durable: it hands leadership to
+    /// its most up-to-date voter, so the cluster stays writable while this node waits for
+    /// space (it still serves reads and forwards writes as a follower).
+    pub(super) fn hand_off_if_disk_full(&mut self) {
+        if self.read_only.is_none() || self.raft.role() != crate::raft::Role::Leader {
+            return;
+        }
+        let st = self.raft.status();
+        let best = st
+            .progress
+            .iter()
+            .filter(|p| p.id != self.id && st.conf.is_voter(p.id))
+            .max_by_key(|p| p.match_index);
+        if let Some(p) = best {
+            if self.raft.transfer_leadership(p.id).is_ok() {
+                warn!("the disk is full: handing leadership to node {}", p.id);
+            }
+        }
+    }
+
     /// Delete at most one WAL segment that a snapshot made unnecessary.
     pub(super) fn discard_some_log(&mut self) {
         if self.wal_discard_to == LogIndex(0) {

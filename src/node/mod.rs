@@ -605,6 +605,7 @@ impl<S: StateMachine> Node<S> {
             self.snapshot_child_ended();
         }
         self.discard_some_log();
+        self.hand_off_if_disk_full();
         self.maybe_snapshot();
         if self
             .snapshotter
