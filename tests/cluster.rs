@@ -36,6 +36,11 @@ fn three_nodes_elect_exactly_one_leader_and_a_write_through_any_node_is_readable
         "roles: {:?}",
         infos.iter().map(|i| i["role"].clone()).collect::<Vec<_>>()
     );
+    wait_for(LONG, "one connection per pair of members", || {
+        (1..=3)
+            .all(|id| c.info(id).is_some_and(|i| i["peer_connections"] == "2"))
+            .then_some(())
+    });
     wait_for(LONG, "followers to learn the leader", || {
         (1..=3)
             .all(|id| {
@@ -91,6 +96,13 @@ fn killing_the_leader_elects_a_new_one_and_the_old_leader_catches_up_on_restart(
         put_retry(&c, new, &format!("after-{i}"), "y", LONG);
     }
     c.spawn(old);
+    // One connection per pair of members, in both directions: the restarted node's new
+    // connections replace the dead ones.
+    wait_for(LONG, "one peer connection per pair again", || {
+        (1..=3)
+            .all(|id| c.info(id).is_some_and(|i| i["peer_connections"] == "2"))
+            .then_some(())
+    });
     let mut cl = c.client(new).unwrap();
     let applied: u64 = harness::parse_info(&cl.call_str(&["INFO", "raft"]).unwrap())
         ["applied_index"]

@@ -149,10 +149,11 @@ struct Connection {
     registered: Interest,
 }
 
-/// A peer we send to.
+/// A peer, and the one connection we share with it.
 struct PeerLink {
+    /// Where to dial it (used only on the dialing side: the lower id).
     addr: SocketAddr,
-    /// The slab key of the outbound connection, when one exists.
+    /// The slab key of the connection (dialed by us or accepted), when one exists.
     key: Option<usize>,
     backoff_ms: u64,
     dial_timer: Option<TimerHandle>,
@@ -233,8 +234,6 @@ pub struct Node<S: StateMachine> {
     leftover: Vec<(usize, u64)>,
     members: BTreeMap<NodeId, MemberAddrs>,
     peers: HashMap<NodeId, PeerLink>,
-    /// The accepted connection each peer sends on (a newer one replaces an older).
-    peers_in: HashMap<NodeId, usize>,
     cluster_id: u64,
     waiters: BTreeMap<LogIndex, Waiter>,
     reads: HashMap<u64, PendingRead>,
@@ -554,15 +553,13 @@ impl<S: StateMachine> Node<S> {
             }
             Role::PeerIn { from } => {
                 if let Some(from) = from {
-                    if self.peers_in.get(&from) == Some(&key) {
-                        self.peers_in.remove(&from);
-                    }
-                    log::debug!("inbound connection from node {from} closed: {why}");
+                    info!("connection from node {from} closed: {why}");
+                    self.peer_down(from, key);
                 }
             }
             Role::PeerOut { to, .. } => {
                 info!("connection to node {to} closed: {why}");
-                self.peer_down(to);
+                self.peer_down(to, key);
             }
         }
     }

@@ -1,12 +1,13 @@
-//! Peer connections: each node dials every other member and sends on that connection; it
-//! receives on the connections the others dialed. Each side opens with a `Hello` (cluster id,
-//! sender, intended receiver, protocol version), so a node of another cluster or version, or
-//! a misconfigured address, is refused with a logged reason.
+//! Peer connections: one TCP connection per pair of members, used in both directions. The
+//! member with the lower id dials, the other accepts; each side opens with a `Hello` (cluster
+//! id, sender, intended receiver, protocol version), so a node of another cluster or version,
+//! or a misconfigured address, is refused with a logged reason. A newer connection from the
+//! same peer (it restarted) replaces the older one.
 //!
 //! A broken connection loses messages, nothing more: the core is told the peer is
-//! unreachable and falls back to probing; a reconnect follows with exponential backoff.
-//! Snapshots are streamed in chunks, a bounded number in flight, so heartbeats queued on the
-//! same connection are never stuck behind a whole file.
+//! unreachable and falls back to probing; the dialing side reconnects with exponential
+//! backoff. Snapshots are streamed in chunks, a bounded number in flight, so heartbeats
+//! queued on the same connection are never stuck behind a whole file.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -57,7 +58,7 @@ impl<S: StateMachine> Node<S> {
                         l.addr = m.peer;
                         l.key
                     });
-                    if let Some(key) = key {
+                    if let (Some(key), true) = (key, self.dials(id)) {
                         self.close_conn(key, "member address changed");
                     }
                 }
@@ -80,8 +81,16 @@ impl<S: StateMachine> Node<S> {
         self.members = members;
     }
 
-    /// Open the outbound connection to `to` (non-blocking; `dial_done` finishes it).
+    /// Of each pair of members, the one with the lower id dials.
+    pub(super) fn dials(&self, peer: NodeId) -> bool {
+        self.id < peer
+    }
+
+    /// Open the connection to `to` (non-blocking; `dial_done` finishes it), if this side dials.
     pub(super) fn dial(&mut self, to: NodeId) {
+        if !self.dials(to) {
+            return;
+        }
         let Some(link) = self.peers.get(&to) else {
             return;
         };
@@ -166,12 +175,15 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    /// The outbound connection to `to` is gone: tell the core, stop any snapshot stream,
-    /// and redial later.
-    pub(super) fn peer_down(&mut self, to: NodeId) {
+    /// Connection `key` to `to` closed. If it was the current one: tell the core, stop any
+    /// snapshot stream, and (on the dialing side) redial later.
+    pub(super) fn peer_down(&mut self, to: NodeId, key: usize) {
         let Some(link) = self.peers.get_mut(&to) else {
             return;
         };
+        if link.key != Some(key) {
+            return; // an older connection, already replaced
+        }
         link.key = None;
         let had_sender = link.sender.take().is_some();
         let report = !link.reported_unreachable;
@@ -182,10 +194,12 @@ impl<S: StateMachine> Node<S> {
         if report {
             self.report_to_core(CoreReport::Unreachable, to, false);
         }
-        self.schedule_redial(to);
+        if self.dials(to) {
+            self.schedule_redial(to);
+        }
     }
 
-    /// Queue a frame on the outbound connection to `to`. Dropped (Raft tolerates loss) when
+    /// Queue a frame on the connection to `to`. Dropped (Raft tolerates loss) when
     /// there is no connection or its queue is full.
     pub(super) fn send_frame(&mut self, to: NodeId, frame: &Frame) -> bool {
         let Some(key) = self.peers.get(&to).and_then(|l| l.key) else {
@@ -325,14 +339,7 @@ impl<S: StateMachine> Node<S> {
         match &mut self.conns[key].role {
             Role::PeerIn { from: f } => {
                 *f = Some(from);
-                if let Some(old) = self.peers_in.insert(from, key) {
-                    if old != key {
-                        self.close_conn(old, "replaced by a newer connection");
-                    }
-                }
-                if !self.members.contains_key(&from) {
-                    info!("accepted a connection from node {from}, not (yet) a member");
-                }
+                self.adopt_inbound(from, key);
                 let hello = Frame::Hello {
                     cluster_id: self.cluster_id,
                     from: self.id,
@@ -362,6 +369,36 @@ impl<S: StateMachine> Node<S> {
             }
             Role::Client(_) => unreachable!("hello on a client connection"),
         }
+    }
+
+    /// A peer dialed us and said who it is: its connection becomes the one we send on, replacing
+    /// an older one (the peer restarted and the old socket has not noticed yet).
+    fn adopt_inbound(&mut self, from: NodeId, key: usize) {
+        let addr = match self.members.get(&from) {
+            Some(m) => m.peer,
+            None => {
+                info!("accepted a connection from node {from}, not (yet) a member");
+                self.conns[key]
+                    .conn
+                    .stream
+                    .peer_addr()
+                    .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+            }
+        };
+        let link = self.peers.entry(from).or_insert_with(|| PeerLink {
+            addr,
+            key: None,
+            backoff_ms: DIAL_BACKOFF_MIN_MS,
+            dial_timer: None,
+            reported_unreachable: false,
+            sender: None,
+        });
+        let old = link.key.replace(key);
+        link.reported_unreachable = false;
+        if let Some(old) = old.filter(|&old| old != key) {
+            self.close_conn(old, "replaced by a newer connection");
+        }
+        info!("connected to node {from} (it dialed)");
     }
 
     fn start_snapshot_stream(&mut self, to: NodeId, term: Term, meta: SnapshotMeta) {

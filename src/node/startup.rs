@@ -240,7 +240,6 @@ impl<S: StateMachine> Node<S> {
             leftover: Vec::new(),
             members: BTreeMap::new(),
             peers: HashMap::new(),
-            peers_in: HashMap::new(),
             waiters: BTreeMap::new(),
             reads: HashMap::new(),
             reads_ready: Vec::new(),
