@@ -227,3 +227,54 @@ fn the_log_directory_stays_bounded_during_a_long_write_run_and_no_snapshot_child
         assert!(snaps <= 1, "node {id} keeps {snaps} snapshot files");
     }
 }
+
+#[test]
+fn a_corrupt_snapshot_stops_the_node_with_an_error_naming_the_file_never_an_empty_state() {
+    let _g = serial();
+    let mut c = Cluster::start(snapshot_opts(1000, 100));
+    let leader = c.wait_leader(LONG);
+    pipelined_sets(&c, leader, 0..3000, 200);
+    let victim = (1..=3).find(|&i| i != leader).unwrap();
+    wait_for(LONG, "a snapshot on the victim", || {
+        (num(&info(&c, victim), "snapshot_index") > 0).then_some(())
+    });
+    c.kill(victim);
+    let snap = std::fs::read_dir(c.data_dir(victim))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("snapshot-") && !name.ends_with(".tmp")
+        })
+        .expect("a snapshot file");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&snap, &bytes).unwrap();
+    c.spawn(victim);
+    let status = wait_for(LONG, "the node to refuse to start", || {
+        c.nodes[(victim - 1) as usize]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+    });
+    assert!(!status.success(), "started on a corrupt snapshot");
+    let log = std::fs::read_to_string(c.log_path(victim)).unwrap();
+    let name = snap.file_name().unwrap().to_string_lossy().into_owned();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(&name))
+    {
+        println!("{line}");
+    }
+    assert!(log.contains(&name), "the error does not name {name}");
+    // The others carry on.
+    let mut cl = c.client(leader).unwrap();
+    assert_eq!(
+        cl.call_str(&["SET", "after", "corruption"]).unwrap(),
+        Value::ok()
+    );
+}
