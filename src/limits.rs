@@ -58,6 +58,11 @@ pub const CLIENT_REQUEST_SIZE_MAX: usize = ENTRY_SIZE_MAX;
 /// Client connections served at once; further ones are accepted and closed with an error.
 pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
 
+/// Peer connections (accepted or dialed) held at once: a member keeps one per other member;
+/// the slack covers restarts that have not closed the old sockets yet. Beyond it, connections
+/// to the peer port are refused.
+pub const PEER_CONNECTIONS_MAX: usize = 4 * MEMBERS_MAX;
+
 /// Replies queued for one client and not yet read by it, in bytes; past this the client is
 /// disconnected rather than allowed to grow our memory.
 pub const CLIENT_OUTPUT_SIZE_MAX: usize = 64 * 1024 * 1024;

@@ -137,6 +137,8 @@ fn killing_every_node_during_a_stream_of_acknowledged_writes_loses_none_of_them(
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let Ok(mut cl) = Client::connect(addr) else {
+                    // The node is down: pace the retries until it is back or the test stops.
+                    std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
                 loop {

@@ -145,8 +145,11 @@ fn a_peer_of_another_cluster_or_speaking_to_the_wrong_id_is_refused() {
         );
         s.write_all(&out).unwrap();
         let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap_or(0);
-        assert_eq!(n, 0, "the node answered a Hello it should refuse");
+        let r = s.read(&mut buf);
+        assert!(
+            matches!(r, Ok(0)),
+            "the node did not close a Hello it should refuse: {r:?}"
+        );
     }
     let log = std::fs::read_to_string(c.log_path(leader)).unwrap();
     assert!(
@@ -378,4 +381,34 @@ fn a_leader_whose_disk_fills_hands_leadership_over_and_the_cluster_stays_writabl
         Some(Value::Bulk(b"ok".to_vec()))
     );
     free_space_and_check_node_3_catches_up(&mut c);
+}
+
+#[test]
+fn idle_sockets_cannot_hold_the_peer_port_past_the_cap_nor_past_the_hello_deadline() {
+    let _g = serial();
+    let c = Cluster::start(Options::default());
+    let leader = c.wait_leader(LONG);
+    let addr = c.node(leader).peer;
+    // As many as the cap: with the two members' connections, the last ones are refused.
+    let mut idle: Vec<TcpStream> = (0..kvraft::limits::PEER_CONNECTIONS_MAX)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    wait_for(LONG, "the node to refuse connections past the cap", || {
+        let log = std::fs::read_to_string(c.log_path(leader)).ok()?;
+        log.contains("refusing a peer connection").then_some(())
+    });
+    // None of them said Hello: every one is closed by the deadline, refused or not.
+    for s in &mut idle {
+        s.set_read_timeout(Some(LONG)).unwrap();
+        let mut buf = [0u8; 16];
+        let r = s.read(&mut buf);
+        assert!(
+            matches!(r, Ok(0)),
+            "an idle peer socket was not closed: {r:?}"
+        );
+    }
+    wait_for(LONG, "only the members' connections to remain", || {
+        (c.info(leader)?["peer_connections"] == "2").then_some(())
+    });
+    put_retry(&c, leader, "after-idle-sockets", "ok", LONG);
 }

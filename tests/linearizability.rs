@@ -171,6 +171,8 @@ fn concurrent_reads_and_writes_through_every_node_stay_linearizable_across_leade
                 while !stop.load(Ordering::Relaxed) {
                     let addr = addrs[rng.range(0, addrs.len() as u64) as usize];
                     let Ok(mut cl) = Client::connect(addr) else {
+                        // That node is down (the nemesis): pace the retries, pick another.
+                        std::thread::sleep(Duration::from_millis(10));
                         continue;
                     };
                     for _ in 0..20 {

@@ -35,10 +35,6 @@ impl Clock {
         due.saturating_duration_since(now)
     }
 
-    pub fn tick_duration(&self) -> Duration {
-        self.tick
-    }
-
     /// Milliseconds converted to whole ticks, at least one.
     pub fn ms_to_ticks(&self, ms: u64) -> u64 {
         (ms / self.tick.as_millis().max(1) as u64).max(1)

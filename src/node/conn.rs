@@ -11,6 +11,8 @@
 use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
+
+use crate::limits;
 use mio::Interest;
 
 /// What one read attempt found.
@@ -72,7 +74,26 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, read_cap: usize, write_cap: usize) -> Conn {
+    /// A peer connection: room for one largest frame (twice, so a frame and the start of the
+    /// next fit), and a peer's whole output queue.
+    pub fn peer(stream: TcpStream) -> Conn {
+        Conn::new(
+            stream,
+            limits::FRAME_SIZE_MAX * 2,
+            limits::PEER_OUTPUT_SIZE_MAX,
+        )
+    }
+
+    /// A client connection: room for one largest request and its framing.
+    pub fn client(stream: TcpStream) -> Conn {
+        Conn::new(
+            stream,
+            limits::CLIENT_REQUEST_SIZE_MAX + 1024 * 1024,
+            limits::CLIENT_OUTPUT_SIZE_MAX,
+        )
+    }
+
+    fn new(stream: TcpStream, read_cap: usize, write_cap: usize) -> Conn {
         Conn {
             stream,
             rbuf: Vec::new(),
@@ -155,33 +176,18 @@ impl Conn {
                 cap: self.write_cap,
             });
         }
-        if self.wpos > 0 && self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-        }
-        self.wbuf.extend_from_slice(bytes);
+        self.output_buf().extend_from_slice(bytes);
         Ok(())
     }
 
-    /// A buffer to encode straight into (avoids a copy); `commit_output` checks the cap after.
+    /// The output buffer, to encode straight into (no copy). The caller checks the room it
+    /// needs against `pending_output` first.
     pub fn output_buf(&mut self) -> &mut Vec<u8> {
         if self.wpos > 0 && self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
         }
         &mut self.wbuf
-    }
-
-    /// Check the output cap after writing into `output_buf`.
-    pub fn commit_output(&self) -> Result<(), ConnError> {
-        let pending = self.pending_output();
-        if pending > self.write_cap {
-            return Err(ConnError::WriteOverflow {
-                len: pending,
-                cap: self.write_cap,
-            });
-        }
-        Ok(())
     }
 
     pub fn pending_output(&self) -> usize {

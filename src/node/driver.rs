@@ -275,13 +275,12 @@ impl<S: StateMachine> Node<S> {
     /// Reads whose round can no longer complete (this node stepped down) are failed, so the
     /// client retries instead of waiting forever.
     pub(super) fn fail_stale_reads(&mut self) {
-        if self.reads.is_empty() || self.raft.role() == crate::raft::Role::Leader {
-            return;
-        }
+        let ready: std::collections::HashSet<u64> =
+            self.reads_ready.iter().map(|&(_, ctx)| ctx).collect();
         let waiting: Vec<u64> = self
             .reads
             .keys()
-            .filter(|ctx| !self.reads_ready.iter().any(|(_, c)| c == *ctx))
+            .filter(|ctx| !ready.contains(ctx))
             .copied()
             .collect();
         for ctx in waiting {

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::clients::{no_leader, Dispatch};
-use super::{Node, ReplyTo, Role, Waiter};
+use super::{Node, ReplyTo, Waiter};
 use crate::client::Value;
 use crate::kv::StateMachine;
 use crate::raft::{ConfChange, ConfChangeOp, NodeId, ProposeError, Role as RaftRole};
@@ -205,13 +205,8 @@ impl<S: StateMachine> Node<S> {
                 kv("tick_ms", self.cfg.tick_ms.to_string());
             }
             "clients" => {
-                let clients = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| matches!(c.role, Role::Client(_)))
-                    .count();
-                kv("connected_clients", clients.to_string());
-                kv("peer_connections", (self.conns.len() - clients).to_string());
+                kv("connected_clients", self.client_conns.to_string());
+                kv("peer_connections", self.peer_conns.to_string());
                 kv("maxclients", self.cfg.max_clients.to_string());
                 kv("forwarded_pending", self.forwards.len().to_string());
                 kv("reads_pending", self.reads.len().to_string());

@@ -63,6 +63,9 @@ const HOUSEKEEPING_TICKS: u64 = 10;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A snapshot child still running after this long is killed (and retried later).
 const SNAPSHOT_CHILD_DEADLINE: Duration = Duration::from_secs(600);
+/// An accepted peer connection that has not said Hello within this long is closed, so idle
+/// sockets cannot hold the peer port's slots (`PEER_CONNECTIONS_MAX`) against real members.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnect backoff bounds for peers.
 const DIAL_BACKOFF_MIN_MS: u64 = 20;
 const DIAL_BACKOFF_MAX_MS: u64 = 1000;
@@ -149,6 +152,19 @@ struct Connection {
     registered: Interest,
 }
 
+impl PeerLink {
+    fn new(addr: SocketAddr) -> PeerLink {
+        PeerLink {
+            addr,
+            key: None,
+            backoff_ms: DIAL_BACKOFF_MIN_MS,
+            dial_timer: None,
+            reported_unreachable: false,
+            sender: None,
+        }
+    }
+}
+
 /// A peer, and the one connection we share with it.
 struct PeerLink {
     /// Where to dial it (used only on the dialing side: the lower id).
@@ -227,6 +243,12 @@ pub struct Node<S: StateMachine> {
     client_listener: TcpListener,
     signals: OwnedFd,
     conns: Slab<Connection>,
+    /// Accepted peer connections waiting for their Hello: (key, generation, deadline), oldest
+    /// first.
+    awaiting_hello: VecDeque<(usize, u64, Instant)>,
+    /// How many of `conns` are clients, and how many peers.
+    client_conns: usize,
+    peer_conns: usize,
     next_gen: u64,
     dirty: Vec<usize>,
     /// Connections to read again next turn (their budget ran out, or a paused client may
@@ -349,44 +371,41 @@ impl<S: StateMachine> Node<S> {
             };
             self.stats.connections_received += 1;
             let _ = stream.set_nodelay(true);
-            let clients = self
-                .conns
-                .iter()
-                .filter(|(_, c)| matches!(c.role, Role::Client(_)))
-                .count();
-            if !peer && clients >= self.cfg.max_clients {
+            let (count, max) = match peer {
+                true => (self.peer_conns, crate::limits::PEER_CONNECTIONS_MAX),
+                false => (self.client_conns, self.cfg.max_clients),
+            };
+            if count >= max {
                 self.stats.rejected_connections += 1;
-                let mut stream = stream;
-                let _ = io::Write::write(&mut stream, b"-ERR max number of clients reached\r\n");
+                if !peer {
+                    let mut stream = stream;
+                    let _ =
+                        io::Write::write(&mut stream, b"-ERR max number of clients reached\r\n");
+                } else {
+                    warn!("refusing a peer connection from {addr}: {max} already open");
+                }
                 continue;
             }
-            let (conn, role) = if peer {
-                (
-                    Conn::new(
-                        stream,
-                        crate::limits::FRAME_SIZE_MAX * 2,
-                        crate::limits::PEER_OUTPUT_SIZE_MAX,
-                    ),
-                    Role::PeerIn { from: None },
-                )
-            } else {
-                let state = ClientState {
-                    next_seq: 0,
-                    pending: VecDeque::new(),
-                    held_bytes: 0,
-                    addr,
-                };
-                (
-                    Conn::new(
-                        stream,
-                        crate::limits::CLIENT_REQUEST_SIZE_MAX + 1024 * 1024,
-                        crate::limits::CLIENT_OUTPUT_SIZE_MAX,
-                    ),
-                    Role::Client(state),
-                )
+            let (conn, role) = match peer {
+                true => (Conn::peer(stream), Role::PeerIn { from: None }),
+                false => {
+                    let state = ClientState {
+                        next_seq: 0,
+                        pending: VecDeque::new(),
+                        held_bytes: 0,
+                        addr,
+                    };
+                    (Conn::client(stream), Role::Client(state))
+                }
             };
-            if let Err(e) = self.insert_conn(conn, role) {
-                warn!("registering a connection from {addr}: {e}");
+            match self.insert_conn(conn, role) {
+                Ok(key) if peer => {
+                    let gen = self.conns[key].gen;
+                    self.awaiting_hello
+                        .push_back((key, gen, self.now + HELLO_TIMEOUT));
+                }
+                Ok(_) => {}
+                Err(e) => warn!("registering a connection from {addr}: {e}"),
             }
         }
     }
@@ -408,6 +427,10 @@ impl<S: StateMachine> Node<S> {
             .registry()
             .register(&mut c.conn.stream, Token(CONN_BASE + key), interest)?;
         c.registered = interest;
+        match c.role {
+            Role::Client(_) => self.client_conns += 1,
+            Role::PeerIn { .. } | Role::PeerOut { .. } => self.peer_conns += 1,
+        }
         entry.insert(c);
         Ok(key)
     }
@@ -548,6 +571,10 @@ impl<S: StateMachine> Node<S> {
         };
         let _ = self.poll.registry().deregister(&mut c.conn.stream);
         match c.role {
+            Role::Client(_) => self.client_conns -= 1,
+            Role::PeerIn { .. } | Role::PeerOut { .. } => self.peer_conns -= 1,
+        }
+        match c.role {
             Role::Client(ref st) => {
                 log::debug!("client {} closed: {why}", st.addr);
             }
@@ -597,6 +624,7 @@ impl<S: StateMachine> Node<S> {
 
     fn housekeeping(&mut self) {
         self.expire_forwards();
+        self.expire_silent_peers();
         if self.snapshotter.is_running() {
             // The child may have written its status and still be exiting: reap it when gone.
             self.snapshot_child_ended();
@@ -612,6 +640,23 @@ impl<S: StateMachine> Node<S> {
             self.stats.snapshot_failures += 1;
         }
         self.schedule(self.now_tick + HOUSEKEEPING_TICKS, TimerId::Housekeeping);
+    }
+
+    /// Close accepted peer connections that never said who they are.
+    fn expire_silent_peers(&mut self) {
+        while let Some(&(key, gen, deadline)) = self.awaiting_hello.front() {
+            if deadline > self.now {
+                break;
+            }
+            self.awaiting_hello.pop_front();
+            let silent = self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.gen == gen && matches!(c.role, Role::PeerIn { from: None }));
+            if silent {
+                self.close_conn(key, "no Hello in time");
+            }
+        }
     }
 
     fn schedule(&mut self, at: u64, id: TimerId) -> Option<TimerHandle> {

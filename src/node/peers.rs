@@ -63,17 +63,7 @@ impl<S: StateMachine> Node<S> {
                     }
                 }
                 None => {
-                    self.peers.insert(
-                        id,
-                        PeerLink {
-                            addr: m.peer,
-                            key: None,
-                            backoff_ms: DIAL_BACKOFF_MIN_MS,
-                            dial_timer: None,
-                            reported_unreachable: false,
-                            sender: None,
-                        },
-                    );
+                    self.peers.insert(id, PeerLink::new(m.peer));
                     self.dial(id);
                 }
             }
@@ -107,11 +97,7 @@ impl<S: StateMachine> Node<S> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let mut conn = Conn::new(
-            stream,
-            limits::FRAME_SIZE_MAX * 2,
-            limits::PEER_OUTPUT_SIZE_MAX,
-        );
+        let mut conn = Conn::peer(stream);
         conn.connecting = true;
         let hello = Frame::Hello {
             cluster_id: self.cluster_id,
@@ -385,14 +371,10 @@ impl<S: StateMachine> Node<S> {
                     .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
             }
         };
-        let link = self.peers.entry(from).or_insert_with(|| PeerLink {
-            addr,
-            key: None,
-            backoff_ms: DIAL_BACKOFF_MIN_MS,
-            dial_timer: None,
-            reported_unreachable: false,
-            sender: None,
-        });
+        let link = self
+            .peers
+            .entry(from)
+            .or_insert_with(|| PeerLink::new(addr));
         let old = link.key.replace(key);
         link.reported_unreachable = false;
         if let Some(old) = old.filter(|&old| old != key) {

@@ -914,11 +914,6 @@ impl Snapshotter {
         self.child.is_some()
     }
 
-    /// The running child's snapshot, if any.
-    pub fn running(&self) -> Option<&SnapshotHeader> {
-        self.child.as_ref().map(|c| &c.header)
-    }
-
     /// Forks a child that writes `sm` (its copy-on-write view at the moment of the fork) as
     /// the snapshot `header` into `dir`, then `_exit`s. Returns the read end of a pipe
     /// (close-on-exec, nonblocking) that becomes readable when the child has ended — register

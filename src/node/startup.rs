@@ -4,7 +4,7 @@
 //! Commit starts at the snapshot index, never at the end of the log: what the log holds beyond
 //! the snapshot is committed only when the protocol says so again (seed lesson 8).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -235,6 +235,9 @@ impl<S: StateMachine> Node<S> {
             client_listener,
             signals,
             conns: Slab::new(),
+            awaiting_hello: VecDeque::new(),
+            client_conns: 0,
+            peer_conns: 0,
             next_gen: 0,
             dirty: Vec::new(),
             leftover: Vec::new(),
