@@ -550,3 +550,32 @@ fn read_line(buf: &[u8], start: usize) -> Result<Option<(&[u8], usize)>, ParseEr
         None => Ok(None),
     }
 }
+
+/// Longest command name `command_name` folds; longer names are no known command.
+pub const COMMAND_NAME_SIZE_MAX: usize = 16;
+
+/// A command name folded to lowercase in `buf`, without allocating (it runs for every
+/// command); `None` when it is longer than any known command.
+pub fn command_name<'a>(name: &[u8], buf: &'a mut [u8; COMMAND_NAME_SIZE_MAX]) -> Option<&'a str> {
+    let folded = buf.get_mut(..name.len())?;
+    folded.copy_from_slice(name);
+    folded.make_ascii_lowercase();
+    std::str::from_utf8(folded).ok()
+}
+
+#[cfg(test)]
+mod command_name_tests {
+    use super::*;
+
+    #[test]
+    fn command_names_fold_to_lowercase_and_overlong_ones_are_none() {
+        let mut buf = [0u8; COMMAND_NAME_SIZE_MAX];
+        assert_eq!(command_name(b"GeT", &mut buf), Some("get"));
+        assert_eq!(
+            command_name(&[b'A'; 16], &mut buf),
+            Some("aaaaaaaaaaaaaaaa")
+        );
+        assert_eq!(command_name(&[b'A'; 17], &mut buf), None);
+        assert_eq!(command_name(b"\xff", &mut buf), None);
+    }
+}

@@ -31,6 +31,7 @@
 //! 2. Decoding checks every length against the bytes remaining and its limit before
 //!    allocating, and fails with a `DecodeError` (never a panic) on any other input.
 
+use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::value::Value;
 use crate::kv::Request;
 use crate::limits::{ENTRY_SIZE_MAX, KEY_SIZE_MAX, VALUE_SIZE_MAX};
@@ -172,8 +173,8 @@ fn key_too_large() -> Value {
 
 /// Classify a client command; `None` for a command the KV does not know.
 pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
-    let name = args.first()?.to_ascii_lowercase();
-    let name = std::str::from_utf8(&name).ok()?;
+    let mut buf = [0u8; COMMAND_NAME_SIZE_MAX];
+    let name = command_name(args.first()?, &mut buf)?;
     let req = match name {
         "set" | "setnx" | "del" | "unlink" | "mset" | "incr" | "decr" | "incrby" | "decrby"
         | "append" | "cas" => match parse_write(name, args) {

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use super::clients::{no_leader, Dispatch};
 use super::{Node, ReplyTo, Waiter};
+use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::Value;
 use crate::kv::StateMachine;
 use crate::raft::{ConfChange, ConfChangeOp, NodeId, ProposeError, Role as RaftRole};
@@ -24,28 +25,28 @@ const SECTIONS: [&str; 6] = [
 impl<S: StateMachine> Node<S> {
     /// `Some` when the command is the node's own; `None` hands it to the state machine.
     pub(super) fn node_command(&mut self, to: ReplyTo, args: &[Vec<u8>]) -> Option<Dispatch> {
-        let name = args.first()?.to_ascii_uppercase();
-        let d = match name.as_slice() {
-            b"PING" => match args.len() {
+        let mut buf = [0u8; COMMAND_NAME_SIZE_MAX];
+        let d = match command_name(args.first()?, &mut buf)? {
+            "ping" => match args.len() {
                 1 => Dispatch::Reply(Value::Simple("PONG".into())),
                 2 => Dispatch::Reply(Value::Bulk(args[1].clone())),
                 _ => Dispatch::Reply(arity("ping")),
             },
-            b"ECHO" if args.len() == 2 => Dispatch::Reply(Value::Bulk(args[1].clone())),
-            b"ECHO" => Dispatch::Reply(arity("echo")),
-            b"QUIT" => Dispatch::ReplyAndClose(Value::ok()),
-            b"COMMAND" => Dispatch::Reply(Value::Array(vec![])),
-            b"CLIENT" => Dispatch::Reply(Value::ok()),
-            b"SELECT" => Dispatch::Reply(match args.get(1).map(|a| a.as_slice()) {
+            "echo" if args.len() == 2 => Dispatch::Reply(Value::Bulk(args[1].clone())),
+            "echo" => Dispatch::Reply(arity("echo")),
+            "quit" => Dispatch::ReplyAndClose(Value::ok()),
+            "command" => Dispatch::Reply(Value::Array(vec![])),
+            "client" => Dispatch::Reply(Value::ok()),
+            "select" => Dispatch::Reply(match args.get(1).map(|a| a.as_slice()) {
                 Some(b"0") if args.len() == 2 => Value::ok(),
                 Some(_) if args.len() == 2 => Value::error("ERR DB index is out of range"),
                 _ => arity("select"),
             }),
-            b"CONFIG" => Dispatch::Reply(Value::Array(vec![])),
-            b"INFO" => Dispatch::Reply(Value::Bulk(self.info(args.get(1)).into_bytes())),
-            b"MEMBER" => self.member_command(to, args),
-            b"TRANSFER" => self.transfer_command(args),
-            b"SNAPSHOT" | b"BGSAVE" => {
+            "config" => Dispatch::Reply(Value::Array(vec![])),
+            "info" => Dispatch::Reply(Value::Bulk(self.info(args.get(1)).into_bytes())),
+            "member" => self.member_command(to, args),
+            "transfer" => self.transfer_command(args),
+            "snapshot" | "bgsave" => {
                 self.snapshot_requested = true;
                 Dispatch::Reply(Value::Simple("Background saving started".into()))
             }
