@@ -113,22 +113,17 @@ impl<S: StateMachine> Node<S> {
                 .sync()
                 .map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
             self.stats.syncs += 1;
+            // After a failed append only what precedes this Ready's entries is known to agree
+            // with the core (the WAL may hold part of them, or an older suffix when the retry
+            // was paced): claim no more; the core hands the rest out again and the next append
+            // rewrites them in place.
             self.durable_last = match durable {
                 true => entries.last().expect("non-empty").index,
-                // What did fit is durable now (the WAL drops a conflicting suffix before it
-                // appends), and the core hands the rest out again. When the append was not even
-                // tried, the WAL may still hold an older suffix from `first.index` on: only what
-                // precedes it agrees with the core.
-                false => {
-                    let wal_last = self
-                        .wal
-                        .last_index()
-                        .unwrap_or(self.snapshot_meta.last.index);
-                    match self.appended_partly {
-                        true => wal_last,
-                        false => wal_last.min(first.index.prev()),
-                    }
-                }
+                false => self
+                    .wal
+                    .last_index()
+                    .unwrap_or(self.snapshot_meta.last.index)
+                    .min(first.index.prev()),
             };
         }
         // 5. Not after a failed append: these acks and votes may promise what is not on disk
@@ -156,7 +151,6 @@ impl<S: StateMachine> Node<S> {
     /// Append to the WAL. `Ok(false)`: the disk is full; this node refuses client writes and
     /// retries (every `DISK_FULL_RETRY`) until space returns, serving what it can meanwhile.
     fn append(&mut self, entries: &[Entry]) -> Result<bool, NodeError> {
-        self.appended_partly = false;
         if self.read_only.is_some() && self.now < self.disk_retry_at {
             return Ok(false);
         }
@@ -170,7 +164,6 @@ impl<S: StateMachine> Node<S> {
                 Ok(true)
             }
             Err(WalError::NoSpace { path }) => {
-                self.appended_partly = true;
                 if self.read_only.is_none() {
                     error!(
                         "no space left for the log ({}): refusing writes until there is",

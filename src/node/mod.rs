@@ -296,8 +296,6 @@ pub struct Node<S: StateMachine> {
     /// Why writes are refused (the disk is full), and when to try appending again.
     read_only: Option<String>,
     disk_retry_at: Instant,
-    /// The last append was tried and failed part way (the WAL holds the new entries it took).
-    appended_partly: bool,
     stopping: bool,
     stats: Stats,
 }

@@ -264,7 +264,6 @@ impl<S: StateMachine> Node<S> {
             log_bytes_since_snapshot: 0,
             read_only: None,
             disk_retry_at: now,
-            appended_partly: false,
             was_leader: false,
             in_ready: false,
             deferred_reports: Vec::new(),
