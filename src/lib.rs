@@ -19,8 +19,10 @@
 
 pub mod client;
 pub mod config;
+pub mod http;
 pub mod kv;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod prng;
 pub mod raft;

@@ -15,6 +15,7 @@
 
 pub mod clock;
 pub mod conn;
+pub mod notify;
 pub mod snapshot;
 pub mod sys;
 
