@@ -18,6 +18,7 @@ pub mod conn;
 pub mod notify;
 pub mod snapshot;
 pub mod sys;
+pub mod tls;
 
 mod clients;
 mod driver;
