@@ -17,6 +17,7 @@
 //! Only `node` ties the others together; `wire` reads `raft`'s message types.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod http;
