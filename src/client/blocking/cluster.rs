@@ -117,7 +117,7 @@ impl ClusterClient {
     }
 
     fn connect_to(&mut self, addr: &str) -> Result<(), ClientError> {
-        self.conn = None;
+        self.conn = None; // closed now, even if the new connection fails
         self.conn = Some(Connection::connect(addr, self.options)?);
         Ok(())
     }

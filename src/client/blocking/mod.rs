@@ -150,11 +150,6 @@ impl Connection {
         })
     }
 
-    /// The server's address.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.peer_addr()
-    }
-
     /// Change the timeout of later calls (`call`, `read_reply`, writes).
     pub fn set_io_timeout(&mut self, timeout: Duration) {
         self.options.io_timeout = timeout;
