@@ -2,11 +2,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::cluster::idempotent;
+use super::cluster::{idempotent, ClusterClient};
 use super::{ClientError, Connection, Options};
 use crate::client::resp::parse_command;
 use crate::client::value::Value;
@@ -208,6 +209,94 @@ fn connecting_to_a_closed_port_names_the_address() {
     };
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
     assert!(err.to_string().starts_with(&addr.to_string()), "{err}");
+}
+
+/// Serve every connection to `listener`: the script gets the number of commands seen so far
+/// (over all connections) and the command, and answers it, or closes the connection (`None`).
+/// Returns the count of commands seen.
+fn member(
+    listener: TcpListener,
+    script: impl Fn(usize, &[Vec<u8>]) -> Option<Value> + Send + Sync + 'static,
+) -> Arc<AtomicUsize> {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (script, counter) = (Arc::new(script), seen.clone());
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let (script, counter) = (script.clone(), counter.clone());
+            thread::spawn(move || loop {
+                let mut one = Vec::new();
+                let mut byte = [0u8; 1];
+                // Byte by byte, so that no command is read past the one being answered.
+                while parse_command(&one).ok().flatten().is_none() {
+                    match conn.read(&mut byte) {
+                        Ok(1) => one.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let (args, _) = parse_command(&one).unwrap().unwrap();
+                let Some(reply) = script(counter.fetch_add(1, Ordering::SeqCst), &args) else {
+                    return; // drops the connection unanswered
+                };
+                if conn.write_all(&reply.to_bytes()).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    seen
+}
+
+fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+#[test]
+fn a_command_whose_connection_broke_after_sending_is_resent_only_if_idempotent() {
+    for (command, resent) in [("GET k", true), ("INCR k", false)] {
+        let (l, addr) = listener();
+        // The first command is dropped unanswered; any later one is answered.
+        let seen = member(l, |n, _| (n > 0).then_some(Value::Integer(1)));
+        let mut client = ClusterClient::new(vec![addr], OPTIONS);
+        let reply = client.call(&words(command));
+        if resent {
+            assert_eq!(reply, Ok(Value::Integer(1)), "{command}");
+            assert_eq!(seen.load(Ordering::SeqCst), 2, "{command}");
+        } else {
+            let err = reply.unwrap_err();
+            assert!(err.contains("closed"), "{command}: {err}");
+            assert_eq!(seen.load(Ordering::SeqCst), 1, "{command} was resent");
+        }
+    }
+}
+
+#[test]
+fn clusterdown_moves_to_the_next_member_and_a_redirect_is_followed_only_once() {
+    let (down, down_addr) = listener();
+    let (up, up_addr) = listener();
+    let down_seen = member(down, |_, _| Some(Value::error("CLUSTERDOWN no leader")));
+    let up_seen = member(up, |_, _| Some(Value::ok()));
+    let mut client = ClusterClient::new(vec![down_addr, up_addr], OPTIONS);
+    assert_eq!(client.call(&words("SET k v")), Ok(Value::ok()));
+    assert_eq!(down_seen.load(Ordering::SeqCst), 1);
+    assert_eq!(up_seen.load(Ordering::SeqCst), 1);
+
+    // Two members that redirect to each other: the second redirect is the answer.
+    let (a, a_addr) = listener();
+    let (b, b_addr) = listener();
+    let to_b = format!("REDIRECT {b_addr}");
+    let to_a = format!("REDIRECT {a_addr}");
+    let a_seen = member(a, move |_, _| Some(Value::error(to_b.clone())));
+    let b_seen = member(b, move |_, _| Some(Value::error(to_a.clone())));
+    let mut client = ClusterClient::new(vec![a_addr.clone()], OPTIONS);
+    let reply = client.call(&words("GET k"));
+    assert_eq!(reply, Ok(Value::error(format!("REDIRECT {a_addr}"))));
+    assert_eq!(
+        (a_seen.load(Ordering::SeqCst), b_seen.load(Ordering::SeqCst)),
+        (1, 1)
+    );
 }
 
 #[test]
