@@ -128,7 +128,8 @@ impl ClusterClient {
             return Err(Failure::Retry("not connected".to_string()));
         };
         let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        if let Err(e) = conn.send(&refs) {
+        conn.queue(&refs);
+        if let Err(e) = conn.flush_by(deadline) {
             self.conn = None;
             return Err(Failure::Retry(e.to_string()));
         }

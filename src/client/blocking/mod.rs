@@ -179,10 +179,15 @@ impl Connection {
         encode_command(args, &mut self.out);
     }
 
-    /// Write the queued commands.
+    /// Write the queued commands, waiting at most the io timeout.
     pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.flush_by(Instant::now() + self.options.io_timeout)
+    }
+
+    /// Write the queued commands, waiting until `deadline` at most.
+    pub fn flush_by(&mut self, deadline: Instant) -> Result<(), ClientError> {
         let out = std::mem::take(&mut self.out);
-        let written = self.write_by(&out, Instant::now() + self.options.io_timeout);
+        let written = self.write_by(&out, deadline);
         self.out = out;
         self.out.clear();
         written
@@ -195,16 +200,33 @@ impl Connection {
         self.write_by(bytes, Instant::now() + self.options.io_timeout)
     }
 
-    fn write_by(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), ClientError> {
-        if bytes.is_empty() {
-            return Ok(());
+    /// `write_all`, with each write's timeout cut to the time left (invariant 3).
+    fn write_by(&mut self, mut bytes: &[u8], deadline: Instant) -> Result<(), ClientError> {
+        let timed_out = || ClientError::Write(io::ErrorKind::TimedOut.into());
+        while !bytes.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            self.stream
+                .set_write_timeout(Some(left))
+                .map_err(ClientError::Write)?;
+            match self.stream.write(bytes) {
+                Ok(0) => return Err(ClientError::Write(io::ErrorKind::WriteZero.into())),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(timed_out())
+                }
+                Err(e) => return Err(ClientError::Write(e)),
+            }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let left = left.max(Duration::from_millis(1)); // a zero timeout is an error to std
-        self.stream
-            .set_write_timeout(Some(left))
-            .map_err(ClientError::Write)?;
-        self.stream.write_all(bytes).map_err(ClientError::Write)
+        Ok(())
     }
 
     /// Read the next reply, waiting at most the io timeout.

@@ -145,6 +145,24 @@ fn a_server_that_never_answers_makes_the_read_time_out() {
 }
 
 #[test]
+fn a_server_that_never_reads_makes_a_large_write_time_out() {
+    let (done, wait) = mpsc::channel::<()>();
+    let (addr, srv) = server(move |_s| {
+        let _ = wait.recv(); // hold the connection open, reading nothing
+    });
+    let options = Options::new(Duration::from_secs(5), Duration::from_millis(200));
+    let mut c = Connection::connect(addr, options).unwrap();
+    // Far more than the kernel's socket buffers on both ends can take.
+    let err = c.send_raw(&vec![b'x'; 64 * 1024 * 1024]).unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Write(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "{err:?}"
+    );
+    done.send(()).unwrap();
+    srv.join().unwrap();
+}
+
+#[test]
 fn bytes_that_are_not_resp_are_a_protocol_error_not_a_panic() {
     for garbage in [&b"@@@\r\n"[..], b"$99999999999999\r\n", b":12x\r\n"] {
         let (addr, srv) = server(move |mut s| {
