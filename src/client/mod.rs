@@ -1,4 +1,5 @@
 //! The client port's protocol: RESP2 values, request parsing and reply encoding.
+pub mod blocking;
 pub mod resp;
 pub mod value;
 
