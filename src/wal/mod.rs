@@ -7,12 +7,14 @@
 //! | `segment.rs`     | one preallocated, mapped segment file: the only unsafe code      |
 //! | `segmented.rs`   | [`Wal`]: append, group-commit sync, read, truncate, discard, recovery |
 //! | `hard_state.rs`  | [`HardStateStore`]: term and vote in two alternating checksummed slots |
+//! | `identity.rs`    | [`Identity`]: the cluster id and this member's incarnation id |
 //!
 //! Must not: know about Raft roles. The node driver calls `append` then `sync` once per loop
 //! turn (one fdatasync per dirty segment), and treats `WalError::SyncFailed` as fatal for the process.
 
 mod format;
 mod hard_state;
+mod identity;
 mod segment;
 mod segmented;
 
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use crate::raft::LogIndex;
 
 pub use hard_state::HardStateStore;
+pub use identity::{ClusterId, Identity, IdentityError, IncarnationId, IDENTITY_FILE};
 pub use segment::Prefill;
 pub use segmented::{Recovery, Wal, SEGMENT_SIZE_MIN};
 
