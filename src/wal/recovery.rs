@@ -277,8 +277,8 @@ impl Wal {
                     index: None,
                     reason: format!(
                         "log format version {version}; this kvraftd reads only version \
-                         {SEGMENT_VERSION} (no upgrade in place: rebuild this member from an \
-                         empty data directory, see the README)"
+                         {SEGMENT_VERSION} (no upgrade in place: run the kvraftd that wrote \
+                         it, or rebuild this member from an empty data directory)"
                     ),
                 })
             }

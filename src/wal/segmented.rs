@@ -19,13 +19,11 @@
 //! 5. Once a sync has failed (`failed` is set) every call fails: the page cache state is
 //!    unknown and nothing we write afterwards can be trusted to reach the disk.
 //!
-//! Recovery (`recovery.rs`) tells a torn tail from damage to synced data by the batch every
-//! record carries (`format.rs`): records written between two points at which the whole log was
-//! durable form one batch (invariant 6).
-//!
-//! 6. `next_batch` is above the batch of every record in the log. Only the last segment can
-//!    have an open batch (`Seg::batch`); it is closed, and the next write opens a new one,
-//!    whenever everything written is durable: after a sync, a roll, a truncation.
+//! 6. Records written between two points at which the whole log was durable form one batch
+//!    (`format.rs`). `next_batch` is above the batch of every record in the log. Only the last
+//!    segment can have an open batch (`Seg::batch`); it is closed, and the next write opens a
+//!    new one, whenever everything written is durable: after a sync, a roll, a truncation.
+//!    Recovery (`recovery.rs`) relies on it to tell a torn tail from damage to synced data.
 
 use std::fs;
 use std::path::{Path, PathBuf};
