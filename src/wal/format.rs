@@ -215,13 +215,6 @@ pub fn encode_record(
     hdr[REC_CRC_OFFSET..REC_LEN_OFFSET].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// Whether a record magic starts at `off`: a cheap filter for the forward scan before the
-/// checksum is computed.
-pub fn has_record_magic(b: &[u8], off: usize) -> bool {
-    off.checked_add(4)
-        .is_some_and(|end| end <= b.len() && b[off..end] == RECORD_MAGIC)
-}
-
 /// The record at `b[off..]` if it checks completely (magic, length, reserved bytes, kind,
 /// batch, checksum).
 pub fn check_record(b: &[u8], off: usize) -> Option<RecordHeader> {

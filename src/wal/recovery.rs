@@ -42,8 +42,7 @@ use log::warn;
 
 use super::damage::{self, Damage};
 use super::format::{
-    self, check_record, has_record_magic, BatchTag, HeaderError, RecordHeader, SEGMENT_HEADER_SIZE,
-    SEGMENT_VERSION,
+    self, check_record, BatchTag, HeaderError, RecordHeader, SEGMENT_HEADER_SIZE, SEGMENT_VERSION,
 };
 use super::segment::{fsync_dir, Segment};
 use super::segmented::{Seg, Wal};
@@ -132,7 +131,7 @@ fn scan_segment(b: &[u8], first: LogIndex) -> Scan {
             break;
         };
         p += k;
-        match check_record(b, p).filter(|_| has_record_magic(b, p)) {
+        match check_record(b, p) {
             Some(h) => {
                 after.add(&h);
                 p += h.size();
@@ -478,6 +477,107 @@ pub(super) fn nonzero_end(b: &[u8], from: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::{EntryKind, Term};
+
+    /// A segment body of 100-byte records, `(index, batch, batch first)` each, from the header.
+    fn segment(records: &[(u64, u64, u64)]) -> (Vec<u8>, Vec<usize>) {
+        let mut b = vec![0u8; 64 * 1024];
+        let mut offs = Vec::new();
+        let mut off = SEGMENT_HEADER_SIZE;
+        for &(index, batch, first) in records {
+            let size = format::record_size(100);
+            let tag = BatchTag {
+                batch,
+                first: LogIndex(first),
+            };
+            let payload = [index as u8; 100];
+            format::encode_record(
+                &mut b[off..off + size],
+                Term(1),
+                LogIndex(index),
+                EntryKind::Command,
+                tag,
+                &payload,
+            );
+            offs.push(off);
+            off += size;
+        }
+        (b, offs)
+    }
+
+    fn verdict(b: &[u8], next_first: Option<LogIndex>) -> Result<usize, String> {
+        let scan = scan_segment(b, LogIndex(1));
+        match judge(&scan, LogIndex(1), next_first) {
+            Verdict::Cut { keep } => Ok(keep),
+            Verdict::Damaged { reason } => Err(reason),
+        }
+    }
+
+    // Batches: 1 = [1, 2], 2 = [3, 4, 5], 3 = [6, 7].
+    const LOG: [(u64, u64, u64); 7] = [
+        (1, 1, 1),
+        (2, 1, 1),
+        (3, 2, 3),
+        (4, 2, 3),
+        (5, 2, 3),
+        (6, 3, 6),
+        (7, 3, 6),
+    ];
+
+    #[test]
+    fn a_clean_segment_keeps_everything() {
+        let (b, _) = segment(&LOG);
+        assert_eq!(verdict(&b, None), Ok(7));
+        assert_eq!(verdict(&b, Some(LogIndex(8))), Ok(7));
+        assert!(
+            verdict(&b, Some(LogIndex(9))).is_err(),
+            "a gap to the next segment"
+        );
+    }
+
+    #[test]
+    fn damage_in_the_last_batch_with_a_valid_record_after_it_cuts_at_the_batch_start() {
+        let (mut b, offs) = segment(&LOG);
+        b[offs[5] + 60] ^= 1; // index 6, the first of batch 3
+        assert_eq!(verdict(&b, None), Ok(5));
+        let (mut b, offs) = segment(&LOG);
+        b[offs[6] + 60] ^= 1; // index 7, the last record: nothing valid after it
+        assert_eq!(verdict(&b, None), Ok(6));
+    }
+
+    #[test]
+    fn damage_followed_by_a_record_of_a_later_batch_is_damage() {
+        for k in 0..5 {
+            let (mut b, offs) = segment(&LOG);
+            b[offs[k] + 70] ^= 0x80;
+            let why = verdict(&b, None).unwrap_err();
+            assert!(why.contains(&format!("index {}", k + 1)), "{why}");
+        }
+    }
+
+    #[test]
+    fn damage_in_a_segment_followed_by_another_is_damage_even_in_its_last_batch() {
+        let (mut b, offs) = segment(&LOG);
+        b[offs[5] + 60] ^= 1;
+        assert!(verdict(&b, Some(LogIndex(8))).is_err());
+    }
+
+    #[test]
+    fn the_forward_scan_finds_a_record_behind_garbage_at_any_offset() {
+        let (b, offs) = segment(&LOG[..3]);
+        for shift in 1..9 {
+            // Records 1, 2 good, then garbage, then record 3 (batch 2) moved by `shift`.
+            let mut c = b.clone();
+            let rec = b[offs[2]..offs[2] + format::record_size(100)].to_vec();
+            c[offs[2]..offs[2] + shift].fill(0x4B); // 'K', the magic's first byte
+            c[offs[2] + shift..offs[2] + shift + rec.len()].copy_from_slice(&rec);
+            let scan = scan_segment(&c, LogIndex(1));
+            assert_eq!(scan.offsets.len(), 2, "shift {shift}");
+            assert_eq!(scan.after.max_index, Some(LogIndex(3)), "shift {shift}");
+            // Batch 2 opens at index 3, where the damage is: torn, keep 1 and 2.
+            assert_eq!(verdict(&c, None), Ok(2), "shift {shift}");
+        }
+    }
 
     #[test]
     fn nonzero_end_finds_the_last_nonzero_byte() {
