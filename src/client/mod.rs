@@ -1,6 +1,6 @@
-//! The client port's protocol: RESP2 values, request parsing and reply encoding.
+//! The client port's protocol: RESP2 and RESP3 values, request parsing and reply encoding.
 pub mod resp;
 pub mod value;
 
 pub use resp::{encode_command, parse_command, parse_value, split_args, ParseError};
-pub use value::Value;
+pub use value::{Protocol, Value};
