@@ -296,7 +296,6 @@ mod tests {
         let bytes = v.to_bytes_as(Protocol::Resp3);
         assert_eq!(bytes.len(), 100_000 * 4 + 4);
         // Dropping a deep value recursively would overflow the stack; unwind it by hand.
-        let mut v = v;
         while let Value::Array(mut items) = v {
             v = items.pop().unwrap_or(Value::Nil);
         }

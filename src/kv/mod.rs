@@ -15,6 +15,7 @@
 //!    a failed load leaves the previous state untouched.
 
 pub mod command;
+pub mod hash;
 pub mod skiplist;
 pub mod snapshot;
 pub mod store;

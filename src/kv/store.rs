@@ -16,6 +16,7 @@
 
 use crate::client::value::Value;
 use crate::kv::command::{self, ReadCmd, WriteCmd, SET_GET, SET_NX, SET_XX};
+use crate::kv::hash::{combine_state_hash, entry_hash};
 use crate::kv::skiplist::{Entry, SkipList};
 use crate::kv::{snapshot, Request, SnapshotError, StateMachine};
 use crate::limits::VALUE_SIZE_MAX;
@@ -41,43 +42,6 @@ pub struct KvStore {
     applied: LogIndex,
     entries_hash: u64,
     seed: u64,
-}
-
-const K: u64 = 0x9e37_79b9_7f4a_7c15;
-
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-/// A fast, stable 64-bit hash of `bytes` (8 bytes per multiply), seeded.
-pub fn hash64(seed: u64, bytes: &[u8]) -> u64 {
-    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h ^ w).wrapping_mul(K).rotate_left(29);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(K).rotate_left(29);
-    }
-    fmix64(h)
-}
-
-/// The hash one stored pair contributes to the state hash.
-pub fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
-    hash64(hash64(0x006b_6579, key), value)
-}
-
-/// The state hash of a store with these parts (shared with the snapshot loader).
-pub fn combine_state_hash(applied: LogIndex, keys: usize, entries_hash: u64) -> u64 {
-    fmix64(entries_hash ^ fmix64(applied.0 ^ 0x0061_7070_6c69_6564) ^ (keys as u64).wrapping_mul(K))
 }
 
 impl KvStore {
@@ -123,19 +87,16 @@ impl KvStore {
         assert_eq!(sum, self.entries_hash, "incremental entries hash drifted");
     }
 
+    #[cfg(test)]
     pub(crate) fn list(&self) -> &SkipList {
         &self.list
     }
 
     /// Install a state built by the snapshot loader.
-    pub(crate) fn replace_state(&mut self, list: SkipList, applied: LogIndex, entries_hash: u64) {
+    fn replace_state(&mut self, list: SkipList, applied: LogIndex, entries_hash: u64) {
         self.list = list;
         self.applied = applied;
         self.entries_hash = entries_hash;
-    }
-
-    pub(crate) fn seed(&self) -> u64 {
-        self.seed
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
@@ -304,11 +265,14 @@ impl StateMachine for KvStore {
     }
 
     fn write_snapshot(&self, w: &mut dyn std::io::Write) -> std::io::Result<u64> {
-        snapshot::write(self, w)
+        snapshot::write(&self.list, self.applied, self.state_hash(), w)
     }
 
     fn load_snapshot(&mut self, r: &mut dyn std::io::Read) -> Result<u64, SnapshotError> {
-        snapshot::load(self, r)
+        let loaded = snapshot::load(self.seed, r)?;
+        self.replace_state(loaded.list, loaded.applied, loaded.entries_hash);
+        debug_assert_eq!(self.state_hash(), loaded.state_hash);
+        Ok(loaded.state_hash)
     }
 
     fn state_hash(&self) -> u64 {
