@@ -1,5 +1,7 @@
 //! The client port's protocol: RESP2 and RESP3 values, request parsing and reply encoding.
 pub mod resp;
+pub mod server_cmds;
+pub mod session;
 pub mod value;
 
 pub use resp::{encode_command, parse_command, parse_value, split_args, ParseError};

@@ -9,18 +9,32 @@
 //! snapshot load recomputes it record by record. `state_hash` mixes it with the applied index
 //! and the key count. NB: not cryptographic; it detects divergence, not malice.
 //!
+//! # Scan order
+//! `SCAN` walks the keys in the order of a fixed 64-bit hash of each key (`scan_hash`, never
+//! 0), kept in `scan_index`. Its cursor is the hash to resume from, so it means the same on
+//! every replica and after any leader change (it depends on the keys alone, not on one node's
+//! memory layout), and a key present for the whole scan is returned: every key whose hash is
+//! below the cursor was already returned, and the scan only moves up. A call stops only
+//! between two different hashes, so keys that collide are returned together.
+//! NB: the index holds a second copy of every key (memory ~ 2x the key bytes).
+//!
 //! Invariants:
 //! 1. `entries_hash` == wrapping sum of `entry_hash(k, v)` over the stored pairs.
+//! 4. `scan_index` holds exactly `(scan_hash(k), k)` for every stored key `k`.
 //! 2. `applied` only grows; `apply` asserts `index > applied` (a caller's bug otherwise).
 //! 3. No stored key exceeds `KEY_SIZE_MAX` and no stored value exceeds `VALUE_SIZE_MAX`.
 
 use crate::client::value::Value;
-use crate::kv::command::{self, ReadCmd, WriteCmd, SET_GET, SET_NX, SET_XX};
+use crate::kv::command::{self, ReadCmd, TypeFilter, WriteCmd, SET_GET, SET_NX, SET_XX};
+use crate::kv::hash::hash64;
 use crate::kv::hash::{combine_state_hash, entry_hash};
 use crate::kv::skiplist::{Entry, SkipList};
 use crate::kv::{snapshot, Request, SnapshotError, StateMachine};
+use crate::limits::KEYS_KEYS_MAX;
 use crate::limits::VALUE_SIZE_MAX;
 use crate::raft::LogIndex;
+use std::cell::Cell;
+use std::collections::BTreeSet;
 
 /// Bytes of keys and values one RANGE reply carries at most: the reply stops before the pair
 /// that would cross it (but always holds at least one pair, so paging makes progress).
@@ -42,6 +56,16 @@ pub struct KvStore {
     applied: LogIndex,
     entries_hash: u64,
     seed: u64,
+    /// Every key by its scan hash (see "Scan order").
+    scan_index: BTreeSet<(u64, Vec<u8>)>,
+    /// RANDOMKEY's generator state: local to this replica, it never affects the state.
+    random: Cell<u64>,
+}
+
+/// The scan order's hash of a key: fixed (not the store's seed), so that cursors mean the same
+/// on every replica; never 0, which is the cursor that starts and ends a scan.
+pub fn scan_hash(key: &[u8]) -> u64 {
+    hash64(0x7363_616e, key).max(1)
 }
 
 impl KvStore {
@@ -53,6 +77,8 @@ impl KvStore {
             applied: LogIndex(0),
             entries_hash: 0,
             seed,
+            scan_index: BTreeSet::new(),
+            random: Cell::new(seed | 1),
         }
     }
 
@@ -85,6 +111,13 @@ impl KvStore {
             .iter()
             .fold(0u64, |s, (k, v)| s.wrapping_add(entry_hash(k, v)));
         assert_eq!(sum, self.entries_hash, "incremental entries hash drifted");
+        assert_eq!(self.scan_index.len(), self.list.len(), "scan index size");
+        for (k, _) in self.list.iter() {
+            assert!(
+                self.scan_index.contains(&(scan_hash(k), k.to_vec())),
+                "key {k:?} missing from the scan index"
+            );
+        }
     }
 
     #[cfg(test)]
@@ -94,6 +127,10 @@ impl KvStore {
 
     /// Install a state built by the snapshot loader.
     fn replace_state(&mut self, list: SkipList, applied: LogIndex, entries_hash: u64) {
+        self.scan_index = list
+            .iter()
+            .map(|(k, _)| (scan_hash(k), k.to_vec()))
+            .collect();
         self.list = list;
         self.applied = applied;
         self.entries_hash = entries_hash;
@@ -102,8 +139,13 @@ impl KvStore {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
         self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
         let old = self.list.insert(key, value);
-        if let Some(e) = &old {
-            self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+        match &old {
+            Some(e) => {
+                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()))
+            }
+            None => {
+                self.scan_index.insert((scan_hash(key), key.to_vec()));
+            }
         }
         old
     }
@@ -112,6 +154,7 @@ impl KvStore {
         match self.list.remove(key) {
             Some(e) => {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+                self.scan_index.remove(&(scan_hash(key), key.to_vec()));
                 true
             }
             None => false,
@@ -159,7 +202,100 @@ impl KvStore {
                     Value::Integer(0)
                 }
             }
+            other => self.apply_write_more(other),
         }
+    }
+
+    /// The writes added for Redis compatibility, with Redis 7's replies.
+    fn apply_write_more(&mut self, cmd: WriteCmd<'_>) -> Value {
+        match cmd {
+            WriteCmd::GetDel { key } => match self.list.get(key).map(<[u8]>::to_vec) {
+                Some(v) => {
+                    self.delete(key);
+                    Value::Bulk(v)
+                }
+                None => Value::Nil,
+            },
+            WriteCmd::MSetNx { pairs } => {
+                if pairs.iter().any(|(k, _)| self.list.get(k).is_some()) {
+                    return Value::Integer(0);
+                }
+                for (k, v) in pairs {
+                    self.put(k, v);
+                }
+                Value::Integer(1)
+            }
+            WriteCmd::SetRange { key, offset, value } => self.apply_setrange(key, offset, value),
+            WriteCmd::IncrByFloat { key, incr } => {
+                match crate::kv::float::incr_by_float(self.list.get(key), incr) {
+                    Ok(text) => {
+                        self.put(key, text.as_bytes());
+                        Value::Bulk(text.into_bytes())
+                    }
+                    Err(e) => e,
+                }
+            }
+            WriteCmd::Rename { from, to, nx } => {
+                let Some(v) = self.list.get(from).map(<[u8]>::to_vec) else {
+                    return Value::error("ERR no such key");
+                };
+                if from == to {
+                    return if nx { Value::Integer(0) } else { Value::ok() };
+                }
+                if nx && self.list.get(to).is_some() {
+                    return Value::Integer(0);
+                }
+                self.delete(from);
+                self.put(to, &v);
+                if nx {
+                    Value::Integer(1)
+                } else {
+                    Value::ok()
+                }
+            }
+            WriteCmd::Copy { from, to, replace } => {
+                if from == to {
+                    return Value::error("ERR source and destination objects are the same");
+                }
+                let Some(v) = self.list.get(from).map(<[u8]>::to_vec) else {
+                    return Value::Integer(0);
+                };
+                if !replace && self.list.get(to).is_some() {
+                    return Value::Integer(0);
+                }
+                self.put(to, &v);
+                Value::Integer(1)
+            }
+            WriteCmd::FlushAll => {
+                self.list.clear();
+                self.scan_index.clear();
+                self.entries_hash = 0;
+                Value::ok()
+            }
+            other => unreachable!("apply_write handles {other:?}"),
+        }
+    }
+
+    /// `SETRANGE`, in Redis's order of checks: an empty value changes nothing (and creates
+    /// no key); otherwise the result must fit `VALUE_SIZE_MAX`; the gap is zero-filled.
+    fn apply_setrange(&mut self, key: &[u8], offset: u64, value: &[u8]) -> Value {
+        let old = self.list.get(key);
+        if value.is_empty() {
+            return Value::Integer(old.map_or(0, <[u8]>::len) as i64);
+        }
+        let end = offset.saturating_add(value.len() as u64);
+        if end > VALUE_SIZE_MAX as u64 {
+            return command::string_too_large();
+        }
+        let (offset, end) = (offset as usize, end as usize);
+        let mut new = old.unwrap_or_default().to_vec();
+        if new.len() < end {
+            new.resize(end, 0);
+        }
+        new[offset..end].copy_from_slice(value);
+        let len = new.len();
+        self.put(key, &new);
+        Value::Integer(len as i64)
     }
 
     /// `SET` with NX/XX/GET: without GET, +OK or nil when the condition fails; with GET, the
@@ -214,7 +350,90 @@ impl KvStore {
             }
             ReadCmd::Range { start, end, limit } => self.answer_range(start, end, limit),
             ReadCmd::DbSize => Value::Integer(self.list.len() as i64),
+            ReadCmd::GetRange { key, start, end } => {
+                Value::Bulk(substring(self.list.get(key).unwrap_or_default(), start, end).to_vec())
+            }
+            ReadCmd::Type { key } => Value::Simple(
+                if self.list.get(key).is_some() {
+                    "string"
+                } else {
+                    "none"
+                }
+                .into(),
+            ),
+            ReadCmd::Scan {
+                cursor,
+                count,
+                pattern,
+                kind,
+            } => self.answer_scan(cursor, count, pattern, kind),
+            ReadCmd::Keys { pattern } => self.answer_keys(pattern),
+            ReadCmd::RandomKey => self.random_key(),
         }
+    }
+
+    /// One SCAN step: examine about `count` keys from `cursor` in scan order (see "Scan
+    /// order"), stopping only between two different hashes; reply `[next cursor, keys]`.
+    fn answer_scan(
+        &self,
+        cursor: u64,
+        count: u32,
+        pattern: Option<&[u8]>,
+        kind: TypeFilter,
+    ) -> Value {
+        let mut keys = Vec::new();
+        let mut next = 0u64;
+        let mut last_hash = None;
+        let from = self.scan_index.range((cursor, Vec::new())..);
+        for (examined, (h, key)) in from.enumerate() {
+            if examined >= count as usize && last_hash != Some(*h) {
+                next = *h;
+                break;
+            }
+            last_hash = Some(*h);
+            let matched = pattern.is_none_or(|p| crate::kv::glob::matches(p, key, false));
+            if matched && kind != TypeFilter::Other {
+                keys.push(Value::Bulk(key.clone()));
+            }
+        }
+        Value::Array(vec![
+            Value::Bulk(next.to_string().into_bytes()),
+            Value::Array(keys),
+        ])
+    }
+
+    /// `KEYS`, in key order; refused past `KEYS_KEYS_MAX` keys, since it walks them all.
+    fn answer_keys(&self, pattern: &[u8]) -> Value {
+        if self.list.len() > KEYS_KEYS_MAX {
+            return Value::error(format!(
+                "ERR KEYS would walk {} keys, more than the limit of {KEYS_KEYS_MAX}; use SCAN",
+                self.list.len()
+            ));
+        }
+        let all = pattern == b"*";
+        let keys = self
+            .list
+            .iter()
+            .filter(|(k, _)| all || crate::kv::glob::matches(pattern, k, false))
+            .map(|(k, _)| Value::Bulk(k.to_vec()))
+            .collect();
+        Value::Array(keys)
+    }
+
+    /// A key picked at random in O(log n): the first in scan order at or after a random hash.
+    /// (Keys after a wide gap of hashes are a little likelier; Redis is not uniform either.)
+    fn random_key(&self) -> Value {
+        let mut x = self.random.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random.set(x);
+        let pick = self
+            .scan_index
+            .range((x, Vec::new())..)
+            .next()
+            .or_else(|| self.scan_index.iter().next());
+        pick.map_or(Value::Nil, |(_, k)| Value::Bulk(k.clone()))
     }
 
     /// Flat array `k1 v1 k2 v2 ...` of keys in `[start, end)` (empty `end`: unbounded), at
@@ -233,6 +452,20 @@ impl KvStore {
         }
         Value::Array(out)
     }
+}
+
+/// `GETRANGE`'s slice of `s`, with Redis's rules for negative and out-of-range indexes.
+pub fn substring(s: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = s.len() as i64;
+    if start < 0 && end < 0 && start > end {
+        return &[];
+    }
+    let start = if start < 0 { len + start } else { start }.max(0);
+    let end = if end < 0 { len + end } else { end }.max(0).min(len - 1);
+    if start > end || len == 0 {
+        return &[];
+    }
+    &s[start as usize..=end as usize]
 }
 
 impl StateMachine for KvStore {
