@@ -29,7 +29,10 @@ fn available(what: &str, probe: &mut Command) -> bool {
     let ok = probe.output().map(|o| o.status.success()).unwrap_or(false);
     if !ok {
         let msg = format!("{what} is not installed (make setup)");
-        assert!(std::env::var_os("KVRAFT_REQUIRE_CLIENTS").is_none(), "{msg}");
+        assert!(
+            std::env::var_os("KVRAFT_REQUIRE_CLIENTS").is_none(),
+            "{msg}"
+        );
         eprintln!("{msg}; skipping its row of the client matrix");
     }
     ok
@@ -47,12 +50,17 @@ fn run_row(c: &Cluster, name: &str, program: &str, args: &[&str]) {
         let run = format!("{}-{via}", name.replace(' ', "-"));
         let mut cmd = Command::new(program);
         cmd.args(args).arg(&port).arg(&run).current_dir(tools());
-        let out = cmd.output().unwrap_or_else(|e| panic!("{name}: cannot run {program}: {e}"));
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{name}: cannot run {program}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() || !stdout.contains("OK ") {
             c.dump_logs();
-            panic!("{name} through the {via} failed ({}):\n{stdout}\n{stderr}", out.status);
+            panic!(
+                "{name} through the {via} failed ({}):\n{stdout}\n{stderr}",
+                out.status
+            );
         }
         eprintln!("{name} through the {via}: {}", stdout.trim());
     }
@@ -82,7 +90,12 @@ fn redis_py_default_and_resp2_pass_the_matrix() {
     let _g = serial();
     let c = Cluster::start(Options::default());
     run_row(&c, "redis-py default", "python3", &["matrix.py"]);
-    run_row(&c, "redis-py resp2", "python3", &["matrix.py", "--proto", "2"]);
+    run_row(
+        &c,
+        "redis-py resp2",
+        "python3",
+        &["matrix.py", "--proto", "2"],
+    );
 }
 
 #[test]
@@ -91,8 +104,18 @@ fn node_redis_resp2_and_resp3_and_ioredis_pass_the_matrix() {
     let _g = serial();
     let c = Cluster::start(Options::default());
     if node_redis {
-        run_row(&c, "node-redis resp2", "node", &["matrix.js", "node-redis", "2"]);
-        run_row(&c, "node-redis resp3", "node", &["matrix.js", "node-redis", "3"]);
+        run_row(
+            &c,
+            "node-redis resp2",
+            "node",
+            &["matrix.js", "node-redis", "2"],
+        );
+        run_row(
+            &c,
+            "node-redis resp3",
+            "node",
+            &["matrix.js", "node-redis", "3"],
+        );
     }
     if ioredis {
         run_row(&c, "ioredis", "node", &["matrix.js", "ioredis", "2"]);
@@ -102,7 +125,10 @@ fn node_redis_resp2_and_resp3_and_ioredis_pass_the_matrix() {
 #[test]
 fn redis_cli_and_redis_benchmark_pass_the_matrix() {
     if !available("redis-cli", Command::new("redis-cli").arg("--version"))
-        || !available("redis-benchmark", Command::new("redis-benchmark").arg("--version"))
+        || !available(
+            "redis-benchmark",
+            Command::new("redis-benchmark").arg("--version"),
+        )
     {
         return;
     }
