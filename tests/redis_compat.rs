@@ -483,3 +483,98 @@ fn multi_refuses_every_command_until_exec_and_applies_nothing() {
     );
     assert_eq!(kv.call_str(&["SET", "a", "1"]).unwrap(), Value::ok());
 }
+
+/// Read exactly `want.len()` bytes from `s` (the reply to one command).
+fn read_exact_reply(s: &mut std::net::TcpStream, want: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).expect("a reply");
+    got
+}
+
+/// A follower forwards reads and writes to the leader with the client's protocol, so a
+/// RESP3 client behind a follower gets RESP3's null, and a RESP2 client RESP2's; and a SCAN
+/// started on one node continues on another after the leader changed, missing no key.
+#[test]
+fn followers_forward_the_protocol_and_scans_survive_a_leader_change() {
+    use std::io::Write;
+    let _g = serial();
+    let c = Cluster::start(Options::default());
+    let leader = c.wait_leader(LONG);
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let mut s = std::net::TcpStream::connect(c.node(follower).client).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(b"GET missing\r\nSET k v\r\n").unwrap();
+    assert_eq!(
+        read_exact_reply(&mut s, b"$-1\r\n+OK\r\n"),
+        b"$-1\r\n+OK\r\n"
+    );
+    s.write_all(b"HELLO 3\r\n").unwrap();
+    let mut buf = Vec::new();
+    while kvraft::client::parse_value(&buf).unwrap().is_none() {
+        let mut chunk = [0u8; 4096];
+        let n = std::io::Read::read(&mut s, &mut chunk).unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        buf.starts_with(b"%7\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Forwarded read (GET), forwarded write (SET ... GET), both nulls in RESP3.
+    s.write_all(b"GET missing\r\nSET new v GET\r\nGET k\r\n")
+        .unwrap();
+    let want = b"_\r\n_\r\n$1\r\nv\r\n";
+    assert_eq!(read_exact_reply(&mut s, want), want);
+
+    // 2,000 keys; half a scan on the leader, a leader change, the rest on another node.
+    let mut kv = c.client(leader).unwrap();
+    let mut mset: Vec<String> = vec!["MSET".into()];
+    for i in 0..2000 {
+        mset.push(format!("scan:{i}"));
+        mset.push("v".into());
+    }
+    let args: Vec<&str> = mset.iter().map(String::as_str).collect();
+    assert_eq!(kv.call_str(&args).unwrap(), Value::ok());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let step = |cl: &mut Client, cursor: &str, seen: &mut std::collections::BTreeSet<Vec<u8>>| {
+        let reply = cl
+            .call_str(&["SCAN", cursor, "MATCH", "scan:*", "COUNT", "100"])
+            .unwrap();
+        let Value::Array(parts) = reply else {
+            panic!("{reply:?}")
+        };
+        let (Value::Bulk(next), Value::Array(keys)) = (&parts[0], &parts[1]) else {
+            panic!("{parts:?}")
+        };
+        for k in keys {
+            let Value::Bulk(k) = k else { panic!() };
+            seen.insert(k.clone());
+        }
+        String::from_utf8(next.clone()).unwrap()
+    };
+    for _ in 0..5 {
+        cursor = step(&mut kv, &cursor, &mut seen);
+    }
+    assert_ne!(cursor, "0");
+    let target = follower;
+    assert_eq!(
+        kv.call_str(&["TRANSFER", &target.to_string()]).unwrap(),
+        Value::ok()
+    );
+    wait_for(LONG, "the leader to move", || {
+        (c.leader() == Some(target)).then_some(())
+    });
+    let other = (1..=3).find(|&id| id != target).unwrap();
+    let mut rest = c.client(other).unwrap();
+    for _ in 0..10_000 {
+        cursor = step(&mut rest, &cursor, &mut seen);
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(cursor, "0");
+    assert_eq!(seen.len(), 2000, "keys missed across the leader change");
+}

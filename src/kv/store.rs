@@ -744,6 +744,92 @@ mod tests {
         }
     }
 
+    /// One SCAN call's (next cursor, keys).
+    fn scan_step(kv: &mut KvStore, cursor: u64, count: u32) -> (u64, Vec<Vec<u8>>) {
+        let c = cursor.to_string();
+        let n = count.to_string();
+        let Value::Array(parts) = run(kv, &[b"SCAN", c.as_bytes(), b"COUNT", n.as_bytes()]) else {
+            panic!("SCAN reply")
+        };
+        let (Value::Bulk(next), Value::Array(keys)) = (&parts[0], &parts[1]) else {
+            panic!("{parts:?}")
+        };
+        let keys = keys
+            .iter()
+            .map(|k| match k {
+                Value::Bulk(k) => k.clone(),
+                x => panic!("{x:?}"),
+            })
+            .collect();
+        (String::from_utf8_lossy(next).parse().unwrap(), keys)
+    }
+
+    #[test]
+    fn scan_returns_every_key_present_throughout_despite_concurrent_writes() {
+        let mut p = crate::prng::Prng::new(21);
+        for round in 0..20 {
+            let kv = &mut KvStore::new(round);
+            let stable: Vec<Vec<u8>> = (0..300).map(|i| format!("s{i}").into_bytes()).collect();
+            for k in &stable {
+                run(kv, &[b"SET", k, b"v"]);
+            }
+            let mut seen = std::collections::HashSet::new();
+            let mut cursor = 0;
+            for step in 0.. {
+                assert!(step < 10_000, "scan did not finish");
+                // Churn: other keys come and go between calls.
+                for _ in 0..p.range(0, 20) {
+                    let k = format!("c{}", p.range(0, 500)).into_bytes();
+                    if p.chance(1, 2) {
+                        run(kv, &[b"SET", &k, b"x"]);
+                    } else {
+                        run(kv, &[b"DEL", &k]);
+                    }
+                }
+                let (next, keys) = scan_step(kv, cursor, p.range(1, 30) as u32);
+                seen.extend(keys);
+                if next == 0 {
+                    break;
+                }
+                assert!(next > cursor, "the cursor only moves up");
+                cursor = next;
+            }
+            for k in &stable {
+                assert!(seen.contains(k), "round {round}: {k:?} missed");
+            }
+            kv.check_invariants();
+        }
+    }
+
+    #[test]
+    fn a_scan_without_changes_returns_each_key_exactly_once_and_survives_a_snapshot() {
+        let kv = &mut KvStore::new(3);
+        for i in 0..1000 {
+            run(kv, &[b"SET", format!("k{i}").as_bytes(), b"v"]);
+        }
+        let mut all = Vec::new();
+        let (mut cursor, keys) = scan_step(kv, 0, 100);
+        all.extend(keys);
+        // Continue on a replica rebuilt from a snapshot: the cursor means the same there.
+        let mut snap = Vec::new();
+        kv.write_snapshot(&mut snap).unwrap();
+        let other = &mut KvStore::new(99);
+        other.load_snapshot(&mut snap.as_slice()).unwrap();
+        while cursor != 0 {
+            let (next, keys) = scan_step(other, cursor, 77);
+            all.extend(keys);
+            cursor = next;
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!((n, all.len()), (1000, 1000));
+        assert!(matches!(run(other, &[b"RANDOMKEY"]), Value::Bulk(_)));
+        run(other, &[b"FLUSHALL"]);
+        assert_eq!(run(other, &[b"RANDOMKEY"]), Value::Nil);
+        other.check_invariants();
+    }
+
     #[test]
     fn undecodable_entries_are_answered_with_errors_and_still_applied() {
         let kv = &mut KvStore::new(8);
