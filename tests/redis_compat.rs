@@ -578,3 +578,28 @@ fn followers_forward_the_protocol_and_scans_survive_a_leader_change() {
     assert_eq!(cursor, "0");
     assert_eq!(seen.len(), 2000, "keys missed across the leader change");
 }
+
+/// Random INCRBYFLOAT sums, from tiny to huge and with many digits, checked against
+/// redis-server digit for digit.
+#[test]
+fn random_incrbyfloat_sums_match_redis_digit_for_digit() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    let mut rng = kvraft::prng::Prng::new(15);
+    let mut script = String::from("FLUSHALL\n");
+    for i in 0..400 {
+        let mut num = || {
+            let sign = if rng.chance(1, 2) { "-" } else { "" };
+            let int = rng.next_u64() % 10u64.pow(rng.range(0, 12) as u32);
+            let frac = rng.next_u64() % 10u64.pow(rng.range(0, 10) as u32);
+            match rng.range(0, 3) {
+                0 => format!("{sign}{int}.{frac}"),
+                1 => format!("{sign}{int}.{frac}e{}", rng.range(0, 80) as i64 - 40),
+                _ => format!("{sign}{int}"),
+            }
+        };
+        let (a, b) = (num(), num());
+        script.push_str(&format!("SET f{i} {a}\nINCRBYFLOAT f{i} {b}\nGET f{i}\n"));
+    }
+    p.run(&script);
+}
