@@ -73,7 +73,8 @@ impl Session {
         self.last_at = now;
         self.last_cmd = name.unwrap_or("unknown").to_string();
         let name = name.unwrap_or("");
-        if self.in_multi {
+        // QUIT still closes the connection inside MULTI, as in Redis.
+        if self.in_multi && name != "quit" {
             return Some(self.gate_multi(name));
         }
         let reply = match name {
@@ -374,6 +375,7 @@ mod tests {
             }
         }
         assert_eq!(s.proto, Protocol::Resp2);
+        assert_eq!(s.gate(&args(&["QUIT"]), now), None, "QUIT is not refused");
         match s.gate(&args(&["EXEC"]), now) {
             Some(Value::Error(e)) => assert!(e.starts_with("EXECABORT"), "{e}"),
             other => panic!("{other:?}"),
