@@ -57,7 +57,7 @@ pub struct KvStore {
     entries_hash: u64,
     seed: u64,
     /// Every key by its scan hash (see "Scan order").
-    scan_index: BTreeSet<(u64, Vec<u8>)>,
+    scan_index: BTreeSet<(u64, Box<[u8]>)>,
     /// RANDOMKEY's generator state: local to this replica, it never affects the state.
     random: Cell<u64>,
 }
@@ -114,7 +114,7 @@ impl KvStore {
         assert_eq!(self.scan_index.len(), self.list.len(), "scan index size");
         for (k, _) in self.list.iter() {
             assert!(
-                self.scan_index.contains(&(scan_hash(k), k.to_vec())),
+                self.scan_index.contains(&(scan_hash(k), k.into())),
                 "key {k:?} missing from the scan index"
             );
         }
@@ -127,10 +127,7 @@ impl KvStore {
 
     /// Install a state built by the snapshot loader.
     fn replace_state(&mut self, list: SkipList, applied: LogIndex, entries_hash: u64) {
-        self.scan_index = list
-            .iter()
-            .map(|(k, _)| (scan_hash(k), k.to_vec()))
-            .collect();
+        self.scan_index = list.iter().map(|(k, _)| (scan_hash(k), k.into())).collect();
         self.list = list;
         self.applied = applied;
         self.entries_hash = entries_hash;
@@ -144,7 +141,7 @@ impl KvStore {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()))
             }
             None => {
-                self.scan_index.insert((scan_hash(key), key.to_vec()));
+                self.scan_index.insert((scan_hash(key), key.into()));
             }
         }
         old
@@ -154,7 +151,7 @@ impl KvStore {
         match self.list.remove(key) {
             Some(e) => {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
-                self.scan_index.remove(&(scan_hash(key), key.to_vec()));
+                self.scan_index.remove(&(scan_hash(key), key.into()));
                 true
             }
             None => false,
@@ -384,7 +381,7 @@ impl KvStore {
         let mut keys = Vec::new();
         let mut next = 0u64;
         let mut last_hash = None;
-        let from = self.scan_index.range((cursor, Vec::new())..);
+        let from = self.scan_index.range((cursor, Box::default())..);
         for (examined, (h, key)) in from.enumerate() {
             if examined >= count as usize && last_hash != Some(*h) {
                 next = *h;
@@ -393,7 +390,7 @@ impl KvStore {
             last_hash = Some(*h);
             let matched = pattern.is_none_or(|p| crate::kv::glob::matches(p, key, false));
             if matched && kind != TypeFilter::Other {
-                keys.push(Value::Bulk(key.clone()));
+                keys.push(Value::Bulk(key.to_vec()));
             }
         }
         Value::Array(vec![
@@ -430,10 +427,10 @@ impl KvStore {
         self.random.set(x);
         let pick = self
             .scan_index
-            .range((x, Vec::new())..)
+            .range((x, Box::default())..)
             .next()
             .or_else(|| self.scan_index.iter().next());
-        pick.map_or(Value::Nil, |(_, k)| Value::Bulk(k.clone()))
+        pick.map_or(Value::Nil, |(_, k)| Value::Bulk(k.to_vec()))
     }
 
     /// Flat array `k1 v1 k2 v2 ...` of keys in `[start, end)` (empty `end`: unbounded), at
