@@ -291,6 +291,21 @@ WAIT x 0
 ECHO hi
 PING
 PING hello
+CLIENT GETNAME
+CLIENT SETNAME app
+CLIENT GETNAME
+CLIENT SETNAME "a b"
+CLIENT GETNAME
+CLIENT NOSUCH
+CLIENT GETNAME x
+CLIENT
+COMMAND NOSUCH
+COMMAND COUNT x
+CONFIG NOSUCH
+CONFIG GET
+CONFIG
+CONFIG GET save
+CONFIG GET nosuchparam
 MULTI
 DISCARD
 EXEC
@@ -378,6 +393,16 @@ fn scan_returns_every_key_once_and_command_info_matches() {
         let got = full_scan(&mut p.kv, pattern, count);
         assert_eq!(got, want, "SCAN MATCH {pattern} COUNT {count}");
     }
+    // TIME: two decimal strings, seconds and microseconds, close to Redis's own.
+    let (r, k) = p.both(&[b"TIME".to_vec()]);
+    let secs = |v: &Value| match v {
+        Value::Array(parts) if parts.len() == 2 => match &parts[0] {
+            Value::Bulk(s) => String::from_utf8_lossy(s).parse::<i64>().unwrap(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("TIME gave {other:?}"),
+    };
+    assert!((secs(&r) - secs(&k)).abs() <= 5, "TIME {r:?} vs {k:?}");
     let all = full_scan(&mut p.kv, "*", "33");
     assert_eq!(all.len(), 1000);
     assert!(full_scan_typed(&mut p.kv, "hash").is_empty());

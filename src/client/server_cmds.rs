@@ -5,6 +5,7 @@
 //! group, summary) and Redis 7's reply shapes and errors for these commands.
 //! Must not: read the clock or the node's state (the node passes `now` and the voter count).
 
+use crate::client::session::unknown_subcommand;
 use crate::client::value::Value;
 use crate::kv::glob;
 
@@ -182,10 +183,11 @@ pub fn command(args: &[Vec<u8>]) -> Value {
                     .collect(),
             )
         }
-        _ => Value::error(format!(
-            "ERR unknown subcommand or wrong number of arguments for '{}'. Try COMMAND HELP.",
-            String::from_utf8_lossy(sub)
+        s @ (b"count" | b"list") => Value::error(format!(
+            "ERR wrong number of arguments for 'command|{}' command",
+            String::from_utf8_lossy(s)
         )),
+        _ => unknown_subcommand("COMMAND", sub),
     }
 }
 
@@ -215,10 +217,8 @@ pub fn config(args: &[Vec<u8>]) -> Value {
             Value::Map(pairs)
         }
         Some(b"get") => Value::error("ERR wrong number of arguments for 'config|get' command"),
-        _ => Value::error(format!(
-            "ERR unknown subcommand or wrong number of arguments for '{}'. Try CONFIG HELP.",
-            String::from_utf8_lossy(args.get(1).map(Vec::as_slice).unwrap_or_default())
-        )),
+        None => Value::error("ERR wrong number of arguments for 'config' command"),
+        Some(_) => unknown_subcommand("CONFIG", &args[1]),
     }
 }
 

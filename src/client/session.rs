@@ -201,10 +201,8 @@ impl Session {
                 text: self.info_line(now).into_bytes(),
             },
             "list" => return None,
-            _ => Value::error(format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
-                String::from_utf8_lossy(&args[1])
-            )),
+            "id" | "getname" | "setname" | "setinfo" | "info" => arity(&format!("client|{sub}")),
+            _ => unknown_subcommand("CLIENT", &args[1]),
         };
         Some(reply)
     }
@@ -266,6 +264,14 @@ impl Session {
 fn arity(name: &str) -> Value {
     Value::error(format!(
         "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+/// Redis 7's reply to a subcommand it does not know.
+pub fn unknown_subcommand(command: &str, sub: &[u8]) -> Value {
+    Value::error(format!(
+        "ERR unknown subcommand '{}'. Try {command} HELP.",
+        String::from_utf8_lossy(sub)
     ))
 }
 
