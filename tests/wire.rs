@@ -744,6 +744,10 @@ fn client_request_counts_are_checked_against_the_bytes_present() {
     let mut arg_len = ok.clone();
     arg_len[17..21].copy_from_slice(&u32::MAX.to_be_bytes());
     assert_eq!(malformed_what(&arg_len), "argument");
+    // The trailing RESP protocol byte is 2 or 3.
+    let mut proto = ok.clone();
+    *proto.last_mut().unwrap() = 4;
+    assert_eq!(malformed_what(&proto), "protocol");
     let mut reply = encoded(&Frame::ClientReply {
         id: 1,
         reply: b"+OK\r\n".to_vec(),
