@@ -188,6 +188,7 @@ fn frame(rng: &mut Prng) -> Frame {
             Frame::ClientRequest {
                 id: any_u64(rng),
                 args: (0..argc).map(|_| bytes(rng, 512)).collect(),
+                proto: if rng.chance(1, 2) { 2 } else { 3 },
             }
         }
         _ => Frame::ClientReply {
@@ -554,10 +555,13 @@ fn a_hello_with_the_wrong_magic_or_version_is_a_handshake_error() {
     assert!(matches!(decode(&http), Err(DecodeError::Handshake { .. })));
     // A future version with a longer Hello is refused for its version, not its length.
     let mut v2 = good[5..].to_vec();
-    v2[4..6].copy_from_slice(&2u16.to_be_bytes());
+    let future = PROTOCOL_VERSION + 1;
+    v2[4..6].copy_from_slice(&future.to_be_bytes());
     v2.extend_from_slice(&[0; 16]);
     match decode(&raw(KIND_HELLO, &v2)) {
-        Err(DecodeError::Handshake { what }) => assert!(what.contains("version 2"), "{what}"),
+        Err(DecodeError::Handshake { what }) => {
+            assert!(what.contains(&format!("version {future}")), "{what}")
+        }
         other => panic!("{other:?}"),
     }
     let mut zero_from = good.clone();
@@ -727,6 +731,7 @@ fn client_request_counts_are_checked_against_the_bytes_present() {
     let ok = encoded(&Frame::ClientRequest {
         id: 1,
         args: vec![b"GET".to_vec(), b"k".to_vec()],
+        proto: 2,
     });
     let mut count = ok.clone();
     // 12 body bytes follow the count: room for at most 3 four-byte lengths.
@@ -739,6 +744,10 @@ fn client_request_counts_are_checked_against_the_bytes_present() {
     let mut arg_len = ok.clone();
     arg_len[17..21].copy_from_slice(&u32::MAX.to_be_bytes());
     assert_eq!(malformed_what(&arg_len), "argument");
+    // The trailing RESP protocol byte is 2 or 3.
+    let mut proto = ok.clone();
+    *proto.last_mut().unwrap() = 4;
+    assert_eq!(malformed_what(&proto), "protocol");
     let mut reply = encoded(&Frame::ClientReply {
         id: 1,
         reply: b"+OK\r\n".to_vec(),

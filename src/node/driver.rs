@@ -198,7 +198,7 @@ impl<S: StateMachine> Node<S> {
             }
             let w = self.waiters.remove(&idx).expect("present");
             let bytes = if idx == e.index && w.term == e.term {
-                reply.to_bytes()
+                self.encode_reply(w.to, &reply)
             } else {
                 Value::error(
                     "TRYAGAIN leadership changed before the command committed; it was not applied",
@@ -260,7 +260,7 @@ impl<S: StateMachine> Node<S> {
         for (_, ctx) in due {
             if let Some(r) = self.reads.remove(&ctx) {
                 let v = self.sm.query(&r.query);
-                self.deliver(r.to, v.to_bytes());
+                self.deliver(r.to, self.encode_reply(r.to, &v));
             }
         }
     }

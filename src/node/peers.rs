@@ -289,7 +289,9 @@ impl<S: StateMachine> Node<S> {
                     self.on_snapshot_ack(peer, snapshot, next_offset, ok);
                 }
             }
-            Frame::ClientRequest { id, args } => self.handle_forwarded(peer, id, args),
+            Frame::ClientRequest { id, args, proto } => {
+                self.handle_forwarded(peer, id, proto, args)
+            }
             Frame::ClientReply { id, reply } => self.forward_reply(id, reply),
         }
     }

@@ -49,6 +49,8 @@
 //!      0    8 request id (u64, the follower's)
 //!      8    4 argument count c (u32), c <= CLIENT_ARGS_MAX
 //!     12      c times: length l (u32), then l bytes
+//!      m    1 the client's RESP protocol (u8): 2 or 3, so the leader encodes the reply in
+//!             it (added in protocol version 2; m is the offset after the arguments)
 //!
 //! kind 6 ClientReply (the leader's RESP-encoded reply to a forwarded command):
 //!      0    8 request id (u64)
@@ -67,7 +69,8 @@ use crate::raft::types::{EntryId, NodeId, SnapshotMeta, Term};
 /// The first four bytes of every Hello body: "KVRF".
 pub const MAGIC: u32 = u32::from_be_bytes(*b"KVRF");
 /// The version of this layout; a peer with another version is refused at the Hello.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: ClientRequest carries the client's RESP protocol.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 pub const KIND_HELLO: u8 = 1;
 pub const KIND_RAFT: u8 = 2;
@@ -114,8 +117,13 @@ pub enum Frame {
         next_offset: u64,
         ok: bool,
     },
-    /// A client command forwarded by a follower to the leader (args as the client sent them).
-    ClientRequest { id: u64, args: Vec<Vec<u8>> },
+    /// A client command forwarded by a follower to the leader (args as the client sent them),
+    /// with the client's RESP protocol number (2 or 3).
+    ClientRequest {
+        id: u64,
+        args: Vec<Vec<u8>>,
+        proto: u8,
+    },
     /// The leader's RESP-encoded reply to a forwarded command.
     ClientReply { id: u64, reply: Vec<u8> },
 }
@@ -237,7 +245,7 @@ pub fn encoded_len(frame: &Frame) -> usize {
             }
             Frame::SnapshotAck { .. } => super::peer::SNAPSHOT_ACK_BODY_SIZE,
             Frame::ClientRequest { args, .. } => {
-                12 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
+                13 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
             }
             Frame::ClientReply { reply, .. } => 12 + reply.len(),
         }
@@ -274,13 +282,15 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::SnapshotChunk { .. } | Frame::SnapshotAck { .. } => {
             super::peer::encode_snapshot_frame(frame, out)
         }
-        Frame::ClientRequest { id, args } => {
+        Frame::ClientRequest { id, args, proto } => {
             assert!(args.len() <= CLIENT_ARGS_MAX, "{} args", args.len());
+            assert!(matches!(proto, 2 | 3), "RESP protocol {proto}");
             put_u64(out, *id);
             put_u32(out, args.len() as u32);
             for a in args {
                 put_bytes(out, a);
             }
+            out.push(*proto);
         }
         Frame::ClientReply { id, reply } => {
             put_u64(out, *id);
@@ -324,7 +334,11 @@ fn decode_client_request(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
     for _ in 0..count {
         args.push(r.bytes("argument", BODY_SIZE_MAX)?.to_vec());
     }
-    Ok(Frame::ClientRequest { id, args })
+    let proto = r.u8("protocol")?;
+    if !matches!(proto, 2 | 3) {
+        return Err(r.malformed("protocol"));
+    }
+    Ok(Frame::ClientRequest { id, args, proto })
 }
 
 fn decode_client_reply(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {

@@ -116,6 +116,16 @@ pub fn format_value(value: &Value, indent: usize) -> String {
         Value::Bulk(b) => format!("{}\n", quote(b)),
         Value::Nil | Value::NilArray => "(nil)\n".to_string(),
         Value::Array(items) if items.is_empty() => "(empty array)\n".to_string(),
+        Value::Double(d) => format!("(double) {}\n", d.text()),
+        Value::Boolean(b) => format!("({b})\n"),
+        Value::BigNumber(n) => format!("(big number) {n}\n"),
+        Value::Verbatim { text, .. } => format!("{}\n", quote(text)),
+        // A kvctl connection speaks RESP2, which has no maps or sets; show them flat.
+        Value::Set(items) => format_value(&Value::Array(items.clone()), indent),
+        Value::Map(pairs) => {
+            let flat = pairs.iter().flat_map(|(k, v)| [k.clone(), v.clone()]);
+            format_value(&Value::Array(flat.collect()), indent)
+        }
         Value::Array(items) => {
             let width = items.len().to_string().len();
             let mut out = String::new();
