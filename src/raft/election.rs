@@ -356,6 +356,11 @@ impl Raft {
 
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         let was = self.role();
+        if let RoleState::Leader(ls) = &mut self.role {
+            // Reads waiting for a round or for our first commit can no longer be confirmed:
+            // hand them back so the node answers them (read.rs invariant 3).
+            self.failed_reads.extend(ls.reads.drain_unreleased());
+        }
         if term > self.term {
             self.term = term;
             self.vote = None;

@@ -2,7 +2,7 @@
 //! appends the index range), so a late reply to an earlier request is recognised as stale and
 //! dropped, never read as the answer to a newer one (seed lesson 4).
 
-use super::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
+use super::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term, INDEX_MAX, TERM_MAX};
 
 /// One message between two members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,4 +105,38 @@ impl MessageBody {
             MessageBody::TimeoutNow => "timeout-now",
         }
     }
+}
+
+/// Whether every term and index in `msg` is within `TERM_MAX` / `INDEX_MAX`, so that the core
+/// can do arithmetic on them without overflowing. A message is input from the network: a
+/// buggy or malicious peer can put anything in it, and the core drops what fails this check.
+pub(super) fn in_range(msg: &Message) -> bool {
+    let id_ok = |id: &EntryId| id.term <= TERM_MAX && id.index <= INDEX_MAX;
+    let fields_ok = match &msg.body {
+        MessageBody::PreVote { last } | MessageBody::Vote { last, .. } => id_ok(last),
+        MessageBody::Append {
+            prev,
+            entries,
+            commit,
+        } => {
+            // Entries follow `prev` contiguously (the decoder checks it, and the log refuses
+            // anything else), and terms never fall, so the last entry bounds them all.
+            id_ok(prev) && *commit <= INDEX_MAX && entries.last().is_none_or(|e| id_ok(&e.id()))
+        }
+        MessageBody::AppendResp { result } => match result {
+            AppendResult::Accepted { match_index } => *match_index <= INDEX_MAX,
+            AppendResult::Rejected { rejected, hint } => {
+                *rejected <= INDEX_MAX
+                    && hint.last_index <= INDEX_MAX
+                    && hint.conflict.as_ref().is_none_or(id_ok)
+            }
+        },
+        MessageBody::Heartbeat { commit, .. } => *commit <= INDEX_MAX,
+        MessageBody::Snapshot { meta } => id_ok(&meta.last),
+        MessageBody::PreVoteResp { .. }
+        | MessageBody::VoteResp { .. }
+        | MessageBody::HeartbeatResp { .. }
+        | MessageBody::TimeoutNow => true,
+    };
+    msg.term <= TERM_MAX && fields_ok
 }

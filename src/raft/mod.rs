@@ -125,6 +125,10 @@ pub enum ProposeError {
         node: NodeId,
     },
     TooManyReads,
+    /// The change would leave `count` members (voters and learners), above `MEMBERS_MAX`.
+    TooManyMembers {
+        count: usize,
+    },
 }
 
 impl fmt::Display for ProposeError {
@@ -144,6 +148,11 @@ impl fmt::Display for ProposeError {
             ProposeError::TooManyReads => {
                 write!(f, "more than {} reads pending", limits::READS_PENDING_MAX)
             }
+            ProposeError::TooManyMembers { count } => write!(
+                f,
+                "the change would make {count} members, above the limit of {}",
+                limits::MEMBERS_MAX
+            ),
         }
     }
 }
@@ -261,6 +270,8 @@ pub struct Raft {
     msgs: Vec<Message>,
     persisted_msgs: Vec<Message>,
     read_states: Vec<ReadState>,
+    /// Reads this node accepted as leader and could not confirm before stepping down.
+    failed_reads: Vec<u64>,
     /// The hard state last handed to the driver.
     hard_state_emitted: HardState,
     /// Entries were proposed since the last `ready`: broadcast them then (batching).
@@ -299,6 +310,7 @@ impl Raft {
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             read_states: Vec::new(),
+            failed_reads: Vec::new(),
             hard_state_emitted: hard_state,
             bcast_pending: false,
             awaiting_advance: false,
@@ -333,6 +345,17 @@ impl Raft {
         self.assert_not_awaiting_advance("step");
         if msg.to != self.id || msg.from == self.id || msg.from.0 == 0 {
             ::log::debug!("node {}: dropping misaddressed {:?}", self.id, msg);
+            return;
+        }
+        if !message::in_range(&msg) {
+            ::log::debug!(
+                "node {}: dropping {} from {}: a term or index beyond {} / {}",
+                self.id,
+                msg.body.name(),
+                msg.from,
+                types::TERM_MAX,
+                types::INDEX_MAX
+            );
             return;
         }
         self.step_checked(msg);
@@ -386,6 +409,7 @@ impl Raft {
             || !self.msgs.is_empty()
             || !self.persisted_msgs.is_empty()
             || !self.read_states.is_empty()
+            || !self.failed_reads.is_empty()
             || self.log.has_committed_to_apply()
     }
 
@@ -414,6 +438,7 @@ impl Raft {
             persisted_messages: std::mem::take(&mut self.persisted_msgs),
             committed: self.log.take_committed(self.cfg.committed_per_ready_max),
             read_states: std::mem::take(&mut self.read_states),
+            failed_reads: std::mem::take(&mut self.failed_reads),
         }
     }
 
@@ -437,9 +462,23 @@ impl Raft {
         self.check_invariants();
     }
 
-    /// A local snapshot at `meta` is durable; drop the log view up to `compact_to`.
-    pub fn snapshot_taken(&mut self, meta: SnapshotMeta, compact_to: LogIndex) {
+    /// A local snapshot at `meta` is durable; drop the log view up to `compact_to`. Returns
+    /// whether the core adopted it: a snapshot at or before the current one (a fork that
+    /// finished after a newer snapshot was installed from the leader) is ignored, so the
+    /// snapshot metadata and the log view never move backwards.
+    pub fn snapshot_taken(&mut self, meta: SnapshotMeta, compact_to: LogIndex) -> bool {
         self.assert_not_awaiting_advance("snapshot_taken");
+        if meta.last.index <= self.snapshot.last.index {
+            ::log::debug!(
+                "node {}: ignoring snapshot {}, not newer than {}",
+                self.id,
+                meta.last,
+                self.snapshot.last
+            );
+            return false;
+        }
+        // The driver snapshots what it applied, and applied entries never change: anything
+        // else is the driver's bug.
         assert!(
             compact_to <= meta.last.index && meta.last.index <= self.log.applied(),
             "snapshot {} / compact {compact_to} beyond applied {}",
@@ -451,12 +490,11 @@ impl Raft {
             "snapshot {} does not match the log",
             meta.last
         );
-        if meta.last.index > self.snapshot.last.index {
-            self.snapshot = meta;
-        }
+        self.snapshot = meta;
         self.compact_target = self.compact_target.max(compact_to);
         self.compact_some();
         self.check_invariants();
+        true
     }
 
     /// Drop up to `COMPACT_ENTRIES_PER_STEP` entries toward `compact_target`. Dropping a whole
@@ -581,10 +619,11 @@ impl Raft {
                     ls.progress.contains_key(&self.id),
                     "leader lacks own progress"
                 );
+                let last = self.log.last_index();
                 for (id, pr) in &ls.progress {
                     assert!(
-                        pr.match_index < pr.next_index,
-                        "peer {id} match {} next {}",
+                        pr.match_index < pr.next_index && pr.next_index <= last.next(),
+                        "peer {id} match {} next {} last {last}",
                         pr.match_index,
                         pr.next_index
                     );

@@ -291,6 +291,16 @@ impl Raft {
                 self.maybe_send_timeout_now(from);
             }
             AppendResult::Rejected { rejected, hint } => {
+                if rejected > last {
+                    // We never sent an append after an entry we do not have: a confused or
+                    // malicious peer. Acting on it would point `next_index` past our log.
+                    ::log::debug!(
+                        "node {}: {from} rejected an append after {rejected}, beyond our last \
+                         {last}; dropped",
+                        self.id
+                    );
+                    return;
+                }
                 let next = self.next_from_hint(rejected, hint);
                 let RoleState::Leader(ls) = &mut self.role else {
                     return;
@@ -308,12 +318,14 @@ impl Raft {
         }
     }
 
-    /// Where to retry after a rejection of the append after `rejected`: with a conflict term,
-    /// just past our last entry of that term (or at the follower's first entry of it when we
-    /// have none), so a whole conflicting term is skipped in one round trip.
+    /// Where to retry after a rejection of the append after `rejected` (at most our last
+    /// index): with a conflict term, just past our last entry of that term (or at the
+    /// follower's first entry of it when we have none), so a whole conflicting term is skipped
+    /// in one round trip. The hint is the follower's word, so it is only a hint: whatever it
+    /// names, the answer is clamped to `[1, rejected]`, inside our log.
     fn next_from_hint(&self, rejected: LogIndex, hint: RejectHint) -> LogIndex {
         let next = match hint.conflict {
-            None => hint.last_index.next(),
+            None => LogIndex(hint.last_index.0.saturating_add(1)),
             Some(conflict) => match self
                 .log
                 .last_index_with_term_at_most(conflict.term, rejected)

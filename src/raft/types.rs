@@ -17,6 +17,16 @@ pub struct Term(pub u64);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogIndex(pub u64);
 
+/// The largest term a peer's message may carry. Half the u64 range: no cluster runs 2^63
+/// elections, and bounding what we accept means `Term::next` on any term we hold cannot
+/// overflow (a message at `u64::MAX` would otherwise wrap our term on the next campaign).
+pub const TERM_MAX: Term = Term(u64::MAX / 2);
+
+/// The largest log index a peer's message may carry, for the same reason as `TERM_MAX`:
+/// `next` and `plus` on any index we accept (plus at most one message of entries) cannot
+/// overflow.
+pub const INDEX_MAX: LogIndex = LogIndex(u64::MAX / 2);
+
 impl Term {
     pub fn next(self) -> Term {
         Term(self.0 + 1)
