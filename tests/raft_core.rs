@@ -291,6 +291,28 @@ fn terms_and_indexes_beyond_the_bounds_are_dropped() {
     }
 }
 
+/// A heartbeat answer for a read round the leader has not begun yet must not count for that
+/// round later: before the fix, a peer answering round 1000 up front confirmed every later
+/// read without ever seeing its heartbeat.
+#[test]
+fn an_answer_to_a_read_round_not_yet_begun_confirms_nothing() {
+    let mut net = Net::new(&[1, 2, 3], &[]);
+    net.elect(1);
+    net.cut.extend([2, 3]);
+    let term = net.raft(1).term().0;
+    let resp = |read_seq| msg(2, 1, term, MessageBody::HeartbeatResp { read_seq });
+    net.raft(1).step(resp(1000));
+    net.raft(1).read_index(4).unwrap();
+    net.stabilize();
+    net.raft(1).step(resp(0)); // any later answer makes the leader count again
+    net.stabilize();
+    assert!(
+        net.node(1).read_states.is_empty(),
+        "read confirmed by a forged answer: {:?}",
+        net.node(1).read_states
+    );
+}
+
 // ---- items 4 and 5: reads ----
 
 #[test]

@@ -5,7 +5,9 @@
 //! the entry is truncated. (Taking effect at commit, as etcd does, is unsafe here: the commit
 //! index is not persisted, so a restarted node would campaign under a configuration several
 //! changes old; the simulator found two leaders in one term that way.) Learners receive the
-//! log but neither vote nor count toward quorum.
+//! log but neither vote nor count toward quorum. A change that would leave more than
+//! `MEMBERS_MAX` members is refused when proposed (`ProposeError::TooManyMembers`) and, should
+//! one reach a log anyway, has no effect on any node, like one that does not decode.
 //!
 //! Invariants:
 //! 1. At most one change is uncommitted, and a leader proposes one only after an entry of its

@@ -1,6 +1,10 @@
-//! The messages Raft peers exchange. Every reply carries what it answers (its term, and for
-//! appends the index range), so a late reply to an earlier request is recognised as stale and
-//! dropped, never read as the answer to a newer one (seed lesson 4).
+//! The messages Raft peers exchange. Every reply carries what it answers (its term; for an
+//! append, the index it matched or the `prev` it rejected; for a heartbeat, the read round), so
+//! a late reply to an earlier request is recognised as stale and dropped, never read as the
+//! answer to a newer one (seed lesson 4).
+//!
+//! Every field is input from the network. `in_range` bounds the terms and indexes before the
+//! core does arithmetic on them; the handlers check the rest against the core's own state.
 
 use super::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term, INDEX_MAX, TERM_MAX};
 

@@ -6,19 +6,30 @@
 //! [`Raft::report_snapshot`], [`Raft::report_unreachable`]). Every output leaves through one
 //! [`Ready`], whose doc comment is the ordering contract.
 //!
-//! Files: `election.rs` (timers, pre-vote, votes, role changes), `replication.rs` (appends,
-//! heartbeats, snapshots, commit), `read.rs` (ReadIndex), `membership.rs` (configuration
-//! changes, leadership transfer), `log.rs` (the in-memory log view), `progress.rs`,
-//! `quorum.rs`, `ready.rs`.
+//! Files: `election.rs` (timers, the step dispatch, pre-vote, votes, role changes),
+//! `replication.rs` (appends, heartbeats, snapshots, commit), `read.rs` (ReadIndex),
+//! `membership.rs` (configuration changes, leadership transfer), `log.rs` (the in-memory log
+//! view), `progress.rs` (the leader's view of each follower), `quorum.rs`, `ready.rs` (the
+//! output and its ordering contract), `message.rs` and `types.rs` (the vocabulary, public).
 //!
-//! Invariants (checked by `check_invariants` after every input):
+//! A message is input from the network: whatever a buggy or malicious peer puts in it is
+//! dropped (with a debug line) or clamped, never asserted on. `step` drops messages whose
+//! terms or indexes exceed `TERM_MAX` / `INDEX_MAX`, and each handler checks the fields it
+//! uses against our own state. Assertions are for our own invariants and the driver's.
+//!
+//! Invariants (1 and 2 checked by `check_invariants` after every input):
 //! 1. The log view's own invariants (see `log.rs`).
-//! 2. A leader or candidate has voted for itself in its term; a leader knows itself as leader.
-//! 3. `conf` is the configuration of the latest ConfChange entry in the log (thesis §4.1: a
-//!    server uses the latest configuration in its log, committed or not), `conf_committed`
-//!    that of the committed prefix, and `pending_confs` the configurations after each
-//!    ConfChange entry beyond the commit index, in log order.
+//! 2. A leader or candidate has voted for itself in its term; a leader knows itself as leader
+//!    and, for every member, `match_index < next_index <= last_index + 1`.
+//! 3. `conf` is the configuration after the latest ConfChange entry in the log that takes
+//!    effect (thesis §4.1: a server uses the latest configuration in its log, committed or
+//!    not; see `membership.rs` for the entries that take none), or the snapshot's when the log
+//!    holds none; `conf_committed` is that of the committed prefix, and `pending_confs` the
+//!    configurations after each ConfChange entry beyond the commit index, in log order.
 //! 4. Between `ready` and `advance` no other input arrives.
+//! 5. The snapshot metadata never moves backwards: `snapshot_taken` ignores a snapshot at or
+//!    before the current one, and an InstallSnapshot at or before the commit index is only
+//!    acknowledged.
 
 mod election;
 mod log;

@@ -9,6 +9,10 @@
 //!    whenever a match index changes (seed lesson 10), and only an entry of the current term is
 //!    committed by counting (§5.4.2, Figure 8).
 //! 3. The leader counts its own log only up to what the driver reported durable.
+//! 4. A follower's answer is its word, not ours: an ack beyond our last index, a rejection of
+//!    an append we never sent (after an index past our log) and a heartbeat answer to a read
+//!    round we have not begun are dropped; a rejection's hint is clamped into our log, so
+//!    `next_index` never passes `last_index + 1`.
 
 use super::log::AppendError;
 use super::message::{AppendResult, MessageBody, RejectHint};
@@ -353,7 +357,15 @@ impl Raft {
             _ => {}
         }
         let behind = pr.match_index < last;
-        if self.conf.is_voter(from) {
+        if read_seq > ls.reads.seq() {
+            // An answer to a round we have not begun: counting it would release reads that
+            // round has not confirmed (read.rs invariant 2).
+            ::log::debug!(
+                "node {}: {from} answered read round {read_seq}, beyond ours {}; ignored",
+                self.id,
+                ls.reads.seq()
+            );
+        } else if self.conf.is_voter(from) {
             ls.reads.acked(from, read_seq);
             self.release_reads();
         }

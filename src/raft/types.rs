@@ -1,6 +1,8 @@
 //! The vocabulary of the protocol: typed ids, terms and indexes, entries, hard state,
-//! membership. Typed so that a term can never be passed where an index is expected (the C++
-//! original compared a term with an index in RequestVote and let any candidate win).
+//! membership (and the byte layout of a `ConfChange` entry payload), snapshot metadata, and the
+//! bounds a peer's terms and indexes must respect (`TERM_MAX`, `INDEX_MAX`). Typed so that a
+//! term can never be passed where an index is expected (the C++ original compared a term with
+//! an index in RequestVote and let any candidate win).
 
 use std::fmt;
 
