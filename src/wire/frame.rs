@@ -27,6 +27,8 @@
 //!
 //! All integers are big-endian (byteorder). A `bool` is one byte, 0 or 1 (anything else is
 //! malformed), so the encoding is canonical: decoding then re-encoding gives the same bytes.
+//! `NodeId`, `EntryId` and `SnapshotMeta` are laid out as `codec.rs` says. `PROTOCOL_VERSION`
+//! covers the layouts of all three files.
 //!
 //! Every frame:
 //! ```text
@@ -94,7 +96,8 @@ use crate::raft::types::{EntryId, NodeId, SnapshotMeta, Term};
 
 /// The first four bytes of every Hello body: "KVRF".
 pub const MAGIC: u32 = u32::from_be_bytes(*b"KVRF");
-/// The version of this layout; a peer with another version is refused at the Hello.
+/// The version of this layout (and of peer.rs's and codec.rs's); a peer with another version
+/// is refused at the Hello.
 pub const PROTOCOL_VERSION: u16 = 1;
 
 pub const KIND_HELLO: u8 = 1;
