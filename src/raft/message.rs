@@ -112,12 +112,16 @@ impl MessageBody {
 }
 
 /// Whether every term and index in `msg` is within `TERM_MAX` / `INDEX_MAX`, so that the core
-/// can do arithmetic on them without overflowing. A message is input from the network: a
-/// buggy or malicious peer can put anything in it, and the core drops what fails this check.
+/// can do arithmetic on them without overflowing, and no log entry a leader sends (appended
+/// entries, their `prev`, a snapshot's last entry) is of a term above the message's: a leader
+/// holds no entry newer than its term, and a follower that took one would, once leader at a
+/// lower term, append behind it. A message is input from the network: a buggy or malicious
+/// peer can put anything in it, and the core drops what fails this check.
 pub(super) fn in_range(msg: &Message) -> bool {
-    let id_ok = |id: &EntryId| id.term <= TERM_MAX && id.index <= INDEX_MAX;
+    let bounded = |id: &EntryId| id.term <= TERM_MAX && id.index <= INDEX_MAX;
+    let id_ok = |id: &EntryId| bounded(id) && id.term <= msg.term;
     let fields_ok = match &msg.body {
-        MessageBody::PreVote { last } | MessageBody::Vote { last, .. } => id_ok(last),
+        MessageBody::PreVote { last } | MessageBody::Vote { last, .. } => bounded(last),
         MessageBody::Append {
             prev,
             entries,
@@ -132,7 +136,7 @@ pub(super) fn in_range(msg: &Message) -> bool {
             AppendResult::Rejected { rejected, hint } => {
                 *rejected <= INDEX_MAX
                     && hint.last_index <= INDEX_MAX
-                    && hint.conflict.as_ref().is_none_or(id_ok)
+                    && hint.conflict.as_ref().is_none_or(bounded)
             }
         },
         MessageBody::Heartbeat { commit, .. } => *commit <= INDEX_MAX,

@@ -14,8 +14,9 @@
 //!
 //! A message is input from the network: whatever a buggy or malicious peer puts in it is
 //! dropped (with a debug line) or clamped, never asserted on. `step` drops messages whose
-//! terms or indexes exceed `TERM_MAX` / `INDEX_MAX`, and each handler checks the fields it
-//! uses against our own state. Assertions are for our own invariants and the driver's.
+//! terms or indexes exceed `TERM_MAX` / `INDEX_MAX` or that carry log entries of a term above
+//! the message's (`message::in_range`), and each handler checks the fields it uses against
+//! our own state. Assertions are for our own invariants and the driver's.
 //!
 //! Invariants (1 and 2 checked by `check_invariants` after every input):
 //! 1. The log view's own invariants (see `log.rs`).
