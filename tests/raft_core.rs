@@ -149,6 +149,21 @@ impl Net {
         assert_eq!(self.raft(id).role(), Role::Leader, "node {id} not elected");
     }
 
+    /// Node `id` snapshots what it applied (keeping two entries), as the driver's fork does.
+    fn snapshot(&mut self, id: u64) {
+        let applied = self.node(id).applied;
+        let st = self.raft(id).status();
+        let Some(term) = self.raft(id).term_at(applied) else {
+            return; // compacted already: the current snapshot is at least as new
+        };
+        let meta = SnapshotMeta {
+            last: EntryId::new(term, applied),
+            conf: st.conf,
+        };
+        let compact_to = LogIndex(applied.0.saturating_sub(2));
+        self.raft(id).snapshot_taken(meta, compact_to);
+    }
+
     fn propose(&mut self, leader: u64, n: usize) -> LogIndex {
         let mut last = LogIndex(0);
         for i in 0..n {
@@ -719,7 +734,8 @@ fn any_conf_change(rng: &mut Prng) -> Vec<u8> {
 
 /// The bar: no peer message can crash a node. Cores of a live cluster take forged
 /// messages of every kind with edge values in every field, between rounds of real traffic,
-/// ticks and proposals; every step runs the core's invariant checks. Nothing may panic.
+/// ticks, proposals and local snapshots; every step runs the core's invariant checks.
+/// Nothing may panic.
 #[test]
 fn no_message_a_peer_can_send_panics_a_core() {
     for seed in 1..=4u64 {
@@ -750,11 +766,12 @@ fn no_message_a_peer_can_send_panics_a_core() {
                     net.process(to);
                     return;
                 }
-                match rng.range(0, 4) {
+                match rng.range(0, 5) {
                     0 | 1 => {
                         net.round();
                     }
                     2 => net.raft(rng.range(1, 4)).tick(),
+                    3 => net.snapshot(rng.range(1, 4)),
                     _ => {
                         let leader = (1..=3).find(|&n| net.raft(n).role() == Role::Leader);
                         if let Some(l) = leader {
