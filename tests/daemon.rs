@@ -146,7 +146,8 @@ fn a_peer_of_another_cluster_or_speaking_to_the_wrong_id_is_refused() {
                 to,
             },
             &mut out,
-        );
+        )
+        .unwrap();
         s.write_all(&out).unwrap();
         let mut buf = [0u8; 64];
         let r = s.read(&mut buf);

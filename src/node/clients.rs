@@ -11,7 +11,7 @@
 //! 2. A client has at most `CLIENT_PENDING_MAX` unanswered requests; beyond that it is not
 //!    read from until some are answered (back-pressure, not buffering).
 
-use log::debug;
+use log::{debug, warn};
 
 use super::{ClientState, Forward, Node, PendingRead, ReplyTo, Role, Waiter, FORWARD_TIMEOUT};
 use crate::client::resp;
@@ -19,7 +19,7 @@ use crate::client::{Protocol, Value};
 use crate::kv::{Request, StateMachine};
 use crate::limits;
 use crate::raft::{NodeId, ProposeError};
-use crate::wire::Frame;
+use crate::wire::{self, Frame};
 
 /// What a command turned into.
 pub(super) enum Dispatch {
@@ -276,6 +276,23 @@ impl<S: StateMachine> Node<S> {
     pub(super) fn deliver(&mut self, to: ReplyTo, reply: Vec<u8>) {
         match to {
             ReplyTo::Peer { node, id, .. } => {
+                // A reply that cannot fit one frame (an MGET of large values) becomes an error
+                // the follower hands to its client, rather than a frame encode refuses.
+                let reply = if reply.len() > wire::CLIENT_REPLY_SIZE_MAX {
+                    warn!(
+                        "reply of {} bytes to a command forwarded by node {node} exceeds {}",
+                        reply.len(),
+                        wire::CLIENT_REPLY_SIZE_MAX
+                    );
+                    Value::error(format!(
+                        "ERR reply too large to forward ({} bytes, limit {}); send the command to the leader",
+                        reply.len(),
+                        wire::CLIENT_REPLY_SIZE_MAX
+                    ))
+                    .to_bytes()
+                } else {
+                    reply
+                };
                 self.send_frame(node, &Frame::ClientReply { id, reply });
             }
             ReplyTo::Client { key, gen, seq } => {
