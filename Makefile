@@ -1,5 +1,6 @@
 # kvraft: build, test, run, benchmark.
 #   make test              the whole test suite (what CI runs)
+#   make test-clients      the client matrix: redis-py, node-redis, ioredis, redis-cli
 #   make cluster / stop    a local three-node cluster in the background (logs in data/)
 #   make run ID=2          node 2 of conf/cluster.conf in the foreground
 #   make sim SEED=n        replay one simulator seed;  make sim SEEDS=n  run n seeds
@@ -11,22 +12,33 @@ ID     ?= 1
 BIN    := target/release
 SEEDS  ?= 1000
 
-.PHONY: all build test sim soak run cluster stop status bench bench-etcd fmt lint clean setup
+.PHONY: all build test test-clients sim soak run cluster stop status bench bench-etcd fmt lint clean setup
 
 all: build
 
 build:
 	$(CARGO) build --release --bins
 
-# Installs what the tests need that cargo does not fetch (redis-cli for the client-port test).
+# Installs what the tests need that cargo does not fetch: redis-server (the differential
+# tests), redis-cli and redis-benchmark, redis-py, and node-redis and ioredis (the client
+# matrix, installed in tools/clients/node_modules).
 setup:
-	@command -v redis-cli >/dev/null 2>&1 || { \
+	@{ command -v redis-cli >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; \
-	  else echo "setup: redis-cli missing; install Debian's redis-tools" >&2; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	  else echo "setup: install Debian's redis-server and redis-tools" >&2; fi; }
+	@python3 -c 'import redis' 2>/dev/null || pip install -q redis 2>/dev/null \
+	  || pip install -q --break-system-packages redis || echo "setup: pip install redis failed" >&2
+	@[ -d tools/clients/node_modules/ioredis ] && [ -d tools/clients/node_modules/redis ] \
+	  || (cd tools/clients && npm install --no-audit --no-fund --silent) \
+	  || echo "setup: npm install in tools/clients failed (needs node and npm)" >&2
 
 test: setup build
 	$(CARGO) test --release
+
+# The client matrix alone (tests/clients.rs), every row required.
+test-clients: setup build
+	KVRAFT_REQUIRE_CLIENTS=1 $(CARGO) test --release --test clients -- --nocapture
 
 sim:
 ifdef SEED

@@ -8,14 +8,13 @@
 //!
 //! Prints a table; numbers are only comparable within one run on one machine.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use kvraft::client::resp;
+use kvraft::client::blocking::{ClientError, Connection, Options};
 use kvraft::client::Value;
 use kvraft::prng::Prng;
 
@@ -80,10 +79,10 @@ impl Cluster {
     fn wait_writable(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(mut conn) = Conn::connect(self.clients[0]) {
+            if let Ok(mut conn) = connect(self.clients[0]) {
                 if conn
                     .call(&[b"SET", b"bench-ready", b"1"])
-                    .is_some_and(|v| v == Value::ok())
+                    .is_ok_and(|v| v == Value::ok())
                 {
                     return;
                 }
@@ -94,8 +93,8 @@ impl Cluster {
     }
 
     fn info(&self, i: usize, field: &str) -> Option<String> {
-        let mut c = Conn::connect(self.clients[i]).ok()?;
-        let Value::Bulk(b) = c.call(&[b"INFO"])? else {
+        let mut c = connect(self.clients[i]).ok()?;
+        let Value::Bulk(b) = c.call(&[b"INFO"]).ok()? else {
             return None;
         };
         let text = String::from_utf8_lossy(&b).into_owned();
@@ -127,45 +126,12 @@ impl Drop for Cluster {
     }
 }
 
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-    out: Vec<u8>,
-}
+/// Connect and reply timeouts of the load generator's connections: a reply slower than this
+/// is a failure worth seeing, not a sample.
+const CONN_OPTIONS: Options = Options::new(Duration::from_secs(5), Duration::from_secs(30));
 
-impl Conn {
-    fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = TcpStream::connect(addr)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Conn {
-            s,
-            buf: Vec::with_capacity(4096),
-            out: Vec::with_capacity(512),
-        })
-    }
-
-    fn call(&mut self, args: &[&[u8]]) -> Option<Value> {
-        self.out.clear();
-        resp::encode_command(args, &mut self.out);
-        self.s.write_all(&self.out).ok()?;
-        self.read()
-    }
-
-    fn read(&mut self) -> Option<Value> {
-        loop {
-            if let Ok(Some((v, n))) = resp::parse_value(&self.buf) {
-                self.buf.drain(..n);
-                return Some(v);
-            }
-            let mut chunk = [0u8; 16384];
-            let n = self.s.read(&mut chunk).ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
+fn connect(addr: SocketAddr) -> std::result::Result<Connection, ClientError> {
+    Connection::connect(addr, CONN_OPTIONS)
 }
 
 struct Result {
@@ -196,7 +162,7 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
             let (stop, measuring, barrier) = (stop.clone(), measuring.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let mut rng = Prng::new(t as u64 + 1);
-                let mut conn = Conn::connect(addr).expect("connect");
+                let mut conn = connect(addr).expect("connect");
                 let value = vec![b'x'; VALUE_SIZE];
                 let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
                 barrier.wait();
@@ -211,15 +177,15 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
                     let us = t0.elapsed().as_micros() as u32;
                     if measuring.load(Ordering::Relaxed) {
                         match reply {
-                            Some(Value::Error(_)) | None => errors += 1,
-                            Some(_) => {
+                            Ok(Value::Error(_)) | Err(_) => errors += 1,
+                            Ok(_) => {
                                 ops += 1;
                                 lat.push(us);
                             }
                         }
                     }
-                    if reply.is_none() {
-                        conn = match Conn::connect(addr) {
+                    if reply.is_err() {
+                        conn = match connect(addr) {
                             Ok(c) => c,
                             Err(_) => break,
                         };
@@ -255,8 +221,8 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
 
 /// A numeric field of a node's INFO.
 fn info_field(addr: SocketAddr, field: &str) -> Option<u64> {
-    let mut c = Conn::connect(addr).ok()?;
-    let Value::Bulk(b) = c.call(&[b"INFO"])? else {
+    let mut c = connect(addr).ok()?;
+    let Value::Bulk(b) = c.call(&[b"INFO"]).ok()? else {
         return None;
     };
     let text = String::from_utf8_lossy(&b).into_owned();
@@ -269,22 +235,18 @@ fn info_field(addr: SocketAddr, field: &str) -> Option<u64> {
 }
 
 fn fill(c: &Cluster, keys: u64) {
-    let mut conn = Conn::connect(c.clients[0]).unwrap();
+    let mut conn = connect(c.clients[0]).unwrap();
     let value = vec![b'x'; VALUE_SIZE];
     let batch = 1000u64;
     let mut i = 0;
     while i < keys {
         let n = batch.min(keys - i);
-        let mut out = Vec::new();
         for k in i..i + n {
-            resp::encode_command(
-                &[b"SET", format!("key-{k:012}").as_bytes(), &value],
-                &mut out,
-            );
+            conn.queue(&[b"SET", format!("key-{k:012}").as_bytes(), &value]);
         }
-        conn.s.write_all(&out).unwrap();
+        conn.flush().unwrap();
         for _ in 0..n {
-            conn.read().expect("fill reply");
+            conn.read_reply().expect("fill reply");
         }
         i += n;
     }
@@ -366,8 +328,8 @@ fn main() {
                 if staggered {
                     let node = targets[(n % targets.len() as u64) as usize];
                     let before = info_field(addrs[node], "snapshots_taken").unwrap_or(0);
-                    if let Ok(mut conn) = Conn::connect(addrs[node]) {
-                        conn.call(&[b"SNAPSHOT"]);
+                    if let Ok(mut conn) = connect(addrs[node]) {
+                        let _ = conn.call(&[b"SNAPSHOT"]);
                     }
                     while !stop.load(Ordering::Relaxed)
                         && info_field(addrs[node], "snapshots_taken").unwrap_or(0) <= before
@@ -376,8 +338,8 @@ fn main() {
                     }
                 } else {
                     for &i in &targets {
-                        if let Ok(mut conn) = Conn::connect(addrs[i]) {
-                            conn.call(&[b"SNAPSHOT"]);
+                        if let Ok(mut conn) = connect(addrs[i]) {
+                            let _ = conn.call(&[b"SNAPSHOT"]);
                         }
                     }
                     std::thread::sleep(Duration::from_millis(100));

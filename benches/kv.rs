@@ -240,12 +240,15 @@ fn main() {
             }
         })
         .collect();
+    let before_kv = LIVE.load(Ordering::Relaxed);
     let mut kv = KvStore::new(42);
     let apply = time(|| {
         for (i, e) in entries.iter().enumerate() {
             black_box(kv.apply(LogIndex(i as u64 + 1), e));
         }
     });
+    // The whole store, skiplist and SCAN index together.
+    let kv_mem = LIVE.load(Ordering::Relaxed) - before_kv;
     drop(entries);
     let mut snap = Vec::with_capacity(data_bytes + n * 8 + 64);
     let s_write = time(|| {
@@ -288,6 +291,10 @@ fn main() {
         "{:<20} {:>14.0}   (KvStore::apply of encoded SET entries)",
         "apply SET",
         n as f64 / apply
+    );
+    println!(
+        "KvStore memory beyond key+value bytes per entry (skiplist + SCAN index): {:.1} B",
+        (kv_mem as f64 - data_bytes as f64) / n as f64
     );
     println!(
         "memory beyond key+value bytes per entry: skiplist {:.1} B (own count: {:.1} B), BTreeMap {:.1} B",

@@ -7,8 +7,8 @@
 //! `WAL_BENCH_RECORDS` records (default 1,000,000) or after `WAL_BENCH_SECS` seconds (default
 //! 3), whichever comes first, so batch 1 and 16 run fewer records (printed).
 //!
-//! The plain baseline encodes the same records (header + crc32c) and appends them with one
-//! write(2) and one fdatasync(2) per batch. Both logs live in fresh directories under
+//! The plain baseline encodes the same records (the 48-byte header of format version 2 +
+//! crc32c) and appends them with one write(2) and one fdatasync(2) per batch. Both logs live in fresh directories under
 //! `WAL_BENCH_DIR` (default: the system temp dir), so on the same filesystem; its type is
 //! printed. `WAL_BENCH_BATCHES=1,16` picks the batch sizes, `WAL_BENCH_PREFILL=zero` makes the
 //! log zero-fill its segments instead of only fallocating them.
@@ -135,12 +135,17 @@ fn run_plain(dir: &Path, batch: usize, p: &Params) -> Run {
         let t = Instant::now();
         buf.clear();
         for e in &b {
-            let mut hdr = [0u8; 32];
-            hdr[4..8].copy_from_slice(&(e.data.len() as u32).to_be_bytes());
-            hdr[8..16].copy_from_slice(&e.term.0.to_be_bytes());
-            hdr[16..24].copy_from_slice(&e.index.0.to_be_bytes());
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[4..]), &e.data);
-            hdr[..4].copy_from_slice(&crc.to_be_bytes());
+            // The log's record header (format version 2): magic, crc, length, kind, term,
+            // index, batch, batch first index; so both write the same bytes per record.
+            let mut hdr = [0u8; 48];
+            hdr[..4].copy_from_slice(b"KVRC");
+            hdr[8..12].copy_from_slice(&(e.data.len() as u32).to_be_bytes());
+            hdr[16..24].copy_from_slice(&e.term.0.to_be_bytes());
+            hdr[24..32].copy_from_slice(&e.index.0.to_be_bytes());
+            hdr[32..40].copy_from_slice(&next.to_be_bytes());
+            hdr[40..48].copy_from_slice(&b[0].index.0.to_be_bytes());
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[8..]), &e.data);
+            hdr[4..8].copy_from_slice(&crc.to_be_bytes());
             buf.extend_from_slice(&hdr);
             buf.extend_from_slice(&e.data);
         }

@@ -9,7 +9,7 @@
 //! | [`timer`]  | the hashed timing wheel                                               | read the clock |
 //! | [`wal`]    | the mmap-backed segmented Raft log and the hard state (the design's `log/`, renamed so it never shadows the `log` crate) | know about Raft roles |
 //! | [`kv`]     | the skiplist state machine, its commands and snapshots                | know about Raft |
-//! | [`client`] | RESP2 parsing and encoding                                            | block |
+//! | [`client`] | RESP2 parsing and encoding; `client::blocking`, the one blocking client for kvctl, tests and benches | block (except `client::blocking`, which the node never uses) |
 //! | [`node`]   | the only place effects happen: Poll, sockets, the clock, fork, fsync  | hold protocol logic |
 //! | [`config`] | the cluster config file, parsed by hand and validated                 | |
 //! | [`limits`] | every limit, with the relations between them asserted                 | |

@@ -110,3 +110,9 @@ const _: () = assert!(CLIENT_BULK_SIZE_MAX >= VALUE_SIZE_MAX);
 const _: () = assert!(CLIENT_REQUEST_SIZE_MAX <= ENTRY_SIZE_MAX);
 const _: () = assert!(WHEEL_SLOTS.is_power_of_two());
 const _: () = assert!(FRAME_SIZE_MAX <= u32::MAX as usize);
+
+/// Most keys a `SCAN` call examines (its COUNT is lowered to this): the work of one call.
+pub const SCAN_COUNT_MAX: u32 = 100_000;
+
+/// Largest keyspace `KEYS` walks; past it `KEYS` is refused with an error naming `SCAN`.
+pub const KEYS_KEYS_MAX: usize = 1_000_000;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{get, put_retry, serial, wait_for, Client, Cluster, Options};
+use harness::{get, put_retry, serial, wait_for, Cluster, Options};
 use kvraft::client::Value;
 
 const LONG: Duration = Duration::from_secs(20);
@@ -136,7 +136,7 @@ fn killing_every_node_during_a_stream_of_acknowledged_writes_loses_none_of_them(
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut cl) = Client::connect(addr) else {
+                let Ok(mut cl) = harness::connect(addr) else {
                     // The node is down: pace the retries until it is back or the test stops.
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
@@ -220,6 +220,12 @@ fn garbage_on_the_client_and_peer_ports_leaves_the_daemon_serving_everyone_else(
     let mut c = Cluster::start(Options::default());
     let leader = c.wait_leader(LONG);
     let mut prng = kvraft::prng::Prng::new(7);
+    // The client port through the client's raw sender; the peer port speaks frames, not RESP.
+    let garbage_client = |addr, payload: &[u8]| {
+        if let Ok(mut s) = harness::connect(addr) {
+            let _ = s.send_raw(payload);
+        }
+    };
     let garbage = |addr, payload: &[u8]| {
         if let Ok(mut s) = TcpStream::connect(addr) {
             let _ = s.write_all(payload);
@@ -238,7 +244,7 @@ fn garbage_on_the_client_and_peer_ports_leaves_the_daemon_serving_everyone_else(
             b"*2\r\n$3\r\nSET\r\n$1\r\n",
             b"$\r\n\r\n\r\n+++",
         ] {
-            garbage(client, payload);
+            garbage_client(client, payload);
             garbage(peer, payload);
         }
         // A frame header claiming 4 GiB, and half a frame.

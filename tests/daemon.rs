@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{get, put_retry, serial, wait_for, Cluster, Options};
+use harness::{get, put_retry, serial, wait_for, ClientError, Cluster, Options};
 use kvraft::client::Value;
 use kvraft::raft::NodeId;
 use kvraft::wire::{self, Frame};
@@ -66,15 +66,17 @@ fn connections_beyond_max_clients_are_refused_with_an_error_and_the_rest_keep_wo
         })
         .collect();
     let mut held = held;
-    let mut extra = TcpStream::connect(c.node(leader).client).unwrap();
-    extra
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut got = String::new();
-    let _ = extra.read_to_string(&mut got);
+    let mut extra = c.client(leader).unwrap();
+    extra.set_io_timeout(Duration::from_secs(5));
+    let got = extra.read_reply();
     assert!(
-        got.starts_with("-ERR max number of clients reached"),
+        matches!(&got, Ok(Value::Error(e)) if e.starts_with("ERR max number of clients reached")),
         "got {got:?}"
+    );
+    let after = extra.read_reply();
+    assert!(
+        matches!(after, Err(ClientError::Closed)),
+        "the refused connection stayed open: {after:?}"
     );
     assert_eq!(
         held[0].call_str(&["SET", "still", "here"]).unwrap(),
@@ -99,10 +101,12 @@ fn a_client_that_never_reads_its_replies_is_disconnected_instead_of_growing_memo
     let baseline = c.info(leader).unwrap()["connected_clients"].clone();
     assert_eq!(baseline, "2");
     // 200 pipelined GETs of 1 MiB: 200 MiB of replies, far past the 64 MiB output cap.
-    let mut s = TcpStream::connect(c.node(leader).client).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(200);
-    let _ = s.write_all(&get);
+    let mut s = c.client(leader).unwrap();
+    s.set_io_timeout(Duration::from_secs(10));
+    for _ in 0..200 {
+        s.queue(&[b"GET", b"big"]);
+    }
+    let _ = s.flush();
     wait_for(LONG, "the node to drop the client", || {
         let info = c.info(leader)?;
         (info["connected_clients"] == baseline).then_some(())
@@ -142,7 +146,8 @@ fn a_peer_of_another_cluster_or_speaking_to_the_wrong_id_is_refused() {
                 to,
             },
             &mut out,
-        );
+        )
+        .unwrap();
         s.write_all(&out).unwrap();
         let mut buf = [0u8; 64];
         let r = s.read(&mut buf);

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{serial, wait_for, Client, Cluster, Options};
+use harness::{serial, wait_for, Cluster, Options};
 use kvraft::client::Value;
 use kvraft::prng::Prng;
 
@@ -170,7 +170,7 @@ fn concurrent_reads_and_writes_through_every_node_stay_linearizable_across_leade
                 let mut seq = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let addr = addrs[rng.range(0, addrs.len() as u64) as usize];
-                    let Ok(mut cl) = Client::connect(addr) else {
+                    let Ok(mut cl) = harness::connect(addr) else {
                         // That node is down (the nemesis): pace the retries, pick another.
                         std::thread::sleep(Duration::from_millis(10));
                         continue;

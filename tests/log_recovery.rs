@@ -1,6 +1,7 @@
-//! Recovery of the segmented log (`kvraft::wal`): boundary cases, and a model-based randomized
-//! test with crashes simulated by cutting the last segment after its last sync point and by
-//! flipping bytes.
+//! Recovery of the segmented log (`kvraft::wal`): boundary cases, torn batches with every subset
+//! of their pages lost, damage to synced data (reported, intact prefix kept, files set aside),
+//! and a model-based randomized test with power cuts (the unsynced batch cut at an offset or
+//! losing an arbitrary subset of its pages) and flipped bytes anywhere.
 //!
 //! `WAL_SEEDS=n` runs n seeds (default 12); `WAL_SEED=s` replays one. A failure prints its seed.
 //! The randomized test works in /dev/shm when it exists (msync is free there; the byte-level
@@ -12,12 +13,27 @@ use std::path::{Path, PathBuf};
 use kvraft::limits::ENTRY_SIZE_MAX;
 use kvraft::prng::Prng;
 use kvraft::raft::{Entry, EntryKind, LogIndex, Term};
-use kvraft::wal::{Prefill, Wal, WalError, WalOptions, SEGMENT_SIZE_MIN};
+use kvraft::wal::{
+    OnDamage, Prefill, Wal, WalError, WalOptions, DAMAGED_SUFFIX, DAMAGE_FILE, SEGMENT_SIZE_MIN,
+};
+
+/// Bytes of a segment header and of a record header (format.rs).
+const SEG_HDR: usize = 32;
+const REC_HDR: usize = 48;
+const PAGE: usize = 4096;
 
 fn opts(prefill: Prefill) -> WalOptions {
     WalOptions {
         segment_size: SEGMENT_SIZE_MIN,
         prefill,
+        on_damage: OnDamage::KeepIntactPrefix,
+    }
+}
+
+fn refusing() -> WalOptions {
+    WalOptions {
+        on_damage: OnDamage::Refuse,
+        ..opts(Prefill::Fallocate)
     }
 }
 
@@ -245,13 +261,14 @@ fn torn_tail_is_cut_and_reported() {
     drop(wal);
     let path = &segment_files(dir.path())[0];
     let mut b = fs::read(path).unwrap();
-    let rec = 32 + 100;
-    b[32 + 2 * rec + 40] ^= 0xFF; // inside the last record's payload
-    b[32 + 3 * rec + 7] = 0x55; // garbage in the preallocated space
+    let rec = REC_HDR + 100;
+    b[SEG_HDR + 2 * rec + 60] ^= 0xFF; // inside the last record's payload
+    b[SEG_HDR + 3 * rec + 7] = 0x55; // garbage in the preallocated space
     fs::write(path, &b).unwrap();
     let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
     assert_eq!(wal.last_index(), Some(LogIndex(2)));
     assert_eq!(wal.recovery_report().torn_tail_bytes, (rec + 8) as u64);
+    assert_eq!(wal.damage(), None, "a torn tail is not damage");
     drop(wal);
     let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
     assert_eq!(
@@ -261,20 +278,223 @@ fn torn_tail_is_cut_and_reported() {
     );
 }
 
+/// One record as this test's own reader of the documented format sees it.
+#[derive(Clone, Copy, Debug)]
+struct DiskRecord {
+    start: usize,
+    end: usize,
+    index: u64,
+    batch: u64,
+    batch_first: u64,
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// The record at `off` if it checks: magic "KVRC", length, crc32c over bytes 8.. of the
+/// record (header and payload), batch first index not after the index.
+fn read_record(b: &[u8], off: usize) -> Option<DiskRecord> {
+    if off + REC_HDR > b.len() || &b[off..off + 4] != b"KVRC" {
+        return None;
+    }
+    let len = be32(b, off + 8) as usize;
+    if len > ENTRY_SIZE_MAX || off + REC_HDR + len > b.len() {
+        return None;
+    }
+    if crc32c::crc32c(&b[off + 8..off + REC_HDR + len]) != be32(b, off + 4) {
+        return None;
+    }
+    let r = DiskRecord {
+        start: off,
+        end: off + REC_HDR + len,
+        index: be64(b, off + 24),
+        batch: be64(b, off + 32),
+        batch_first: be64(b, off + 40),
+    };
+    (r.batch_first <= r.index).then_some(r)
+}
+
+/// The records of one segment, in order, while they check.
+fn walk_segment(b: &[u8]) -> Vec<DiskRecord> {
+    let mut out = Vec::new();
+    let mut off = SEG_HDR;
+    while let Some(r) = read_record(b, off) {
+        out.push(r);
+        off = r.end;
+    }
+    out
+}
+
+fn damaged_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_str().unwrap().contains(DAMAGED_SUFFIX))
+        .collect();
+    v.sort();
+    v
+}
+
+fn entries(range: std::ops::RangeInclusive<u64>, len: usize) -> Vec<Entry> {
+    range.map(|i| entry(1, i, len, i as u8)).collect()
+}
+
 #[test]
-fn corruption_followed_by_valid_records_refuses_to_start_naming_file_offset_and_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
-    wal.append(&(1..=5).map(|i| entry(1, i, 100, 1)).collect::<Vec<_>>())
-        .unwrap();
+fn a_torn_last_batch_is_cut_at_its_start_whatever_subset_of_its_pages_survived() {
+    let src = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(src.path(), opts(Prefill::Fallocate)).unwrap();
+    let synced = entries(1..=3, 700);
+    wal.append(&synced).unwrap();
     wal.sync().unwrap();
+    // The unsynced batch: two appends before one sync, 20 records over six pages.
+    let torn = entries(4..=23, 1000);
+    wal.append(&torn[..5]).unwrap();
+    wal.append(&torn[5..]).unwrap();
     drop(wal);
-    let path = &segment_files(dir.path())[0];
-    let mut b = fs::read(path).unwrap();
-    let rec = 32 + 100;
-    b[32 + 2 * rec + 50] ^= 1;
-    fs::write(path, &b).unwrap();
-    let err = Wal::open(dir.path(), opts(Prefill::Fallocate))
+    let name = segment_files(src.path())[0].file_name().unwrap().to_owned();
+    let original = fs::read(src.path().join(&name)).unwrap();
+    let recs = walk_segment(&original);
+    assert_eq!(recs.len(), 23);
+    assert!(recs[3..]
+        .iter()
+        .all(|r| r.batch == recs[3].batch && r.batch_first == 4));
+    assert!(recs[2].batch < recs[3].batch);
+    let (lo, hi) = (recs[3].start, recs[22].end);
+    let pages: Vec<usize> = (lo / PAGE..hi.div_ceil(PAGE)).collect();
+    assert_eq!(pages.len(), 6, "batch spans [{lo}, {hi})");
+    let mut cut_at_batch_start_with_later_page_kept = 0;
+    for mask in 0u32..1 << pages.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = original.clone();
+        for (j, p) in pages.iter().enumerate() {
+            if mask & (1 << j) == 0 {
+                let (from, to) = ((p * PAGE).max(lo), ((p + 1) * PAGE).min(hi));
+                b[from..to].fill(0);
+            }
+        }
+        fs::write(dir.path().join(&name), &b).unwrap();
+        // Expected, by the documented rule: the first torn record D; a valid record after it
+        // (all are of this batch) means the batch is cut at its start, else the log ends at D.
+        let intact: Vec<bool> = recs[3..]
+            .iter()
+            .map(|r| read_record(&b, r.start).is_some())
+            .collect();
+        let want_last = match intact.iter().position(|&ok| !ok) {
+            None => 23,
+            Some(d) if intact[d..].iter().any(|&ok| ok) => {
+                cut_at_batch_start_with_later_page_kept += 1;
+                3
+            }
+            Some(d) => 3 + d as u64,
+        };
+        let ctx = format!("pages kept {mask:06b}");
+        let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+        assert_eq!(wal.last_index(), Some(LogIndex(want_last)), "{ctx}");
+        assert_eq!(wal.damage(), None, "{ctx}: a torn batch is not damage");
+        let mut want = synced.clone();
+        want.extend(torn.iter().filter(|e| e.index.0 <= want_last).cloned());
+        assert_eq!(all(&wal), want, "{ctx}");
+        drop(wal);
+        // The cut was durable: nothing of the torn batch comes back, even behind new entries.
+        let mut wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+        assert_eq!(wal.recovery_report().torn_tail_bytes, 0, "{ctx}");
+        let more = entry(2, want_last + 1, 10, 0xEE);
+        wal.append(std::slice::from_ref(&more)).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+        want.push(more);
+        assert_eq!(all(&wal), want, "{ctx} after a new append");
+        assert!(damaged_files(dir.path()).is_empty(), "{ctx}");
+    }
+    assert!(cut_at_batch_start_with_later_page_kept > 20);
+}
+
+/// Five synced batches of four 200-byte records (indices 1..=20) in one segment.
+fn five_synced_batches(dir: &Path) -> (PathBuf, Vec<u8>, Vec<Entry>) {
+    let mut wal = Wal::open(dir, opts(Prefill::Fallocate)).unwrap();
+    let es = entries(1..=20, 200);
+    for batch in es.chunks(4) {
+        wal.append(batch).unwrap();
+        wal.sync().unwrap();
+    }
+    drop(wal);
+    let path = segment_files(dir)[0].clone();
+    let bytes = fs::read(&path).unwrap();
+    (path, bytes, es)
+}
+
+#[test]
+fn a_flipped_byte_in_any_earlier_batch_is_damage_keeping_the_intact_prefix_and_the_evidence() {
+    let src = tempfile::tempdir().unwrap();
+    let (path, original, es) = five_synced_batches(src.path());
+    let name = path.file_name().unwrap().to_owned();
+    let recs = walk_segment(&original);
+    for r in &recs[..16] {
+        for at in [r.start + 1, r.start + 20, r.start + REC_HDR + 100] {
+            let ctx = format!("byte {at} of index {}", r.index);
+            let dir = tempfile::tempdir().unwrap();
+            let seg = dir.path().join(&name);
+            let mut b = original.clone();
+            b[at] ^= 0x10;
+            fs::write(&seg, &b).unwrap();
+            let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+            assert_eq!(all(&wal), es[..r.index as usize - 1].to_vec(), "{ctx}");
+            let d = wal.damage().expect("damage").clone();
+            assert_eq!(d.segment, seg, "{ctx}");
+            assert_eq!(d.offset, r.start as u64, "{ctx}");
+            assert_eq!(d.first_lost_index, LogIndex(r.index), "{ctx}");
+            assert_eq!(d.last_index_seen_after, Some(LogIndex(20)), "{ctx}");
+            let copy = PathBuf::from(format!("{}{DAMAGED_SUFFIX}", seg.display()));
+            assert_eq!(d.set_aside, vec![copy.clone()], "{ctx}");
+            assert_eq!(
+                fs::read(&copy).unwrap(),
+                b,
+                "{ctx}: the evidence was changed"
+            );
+            drop(wal);
+            // Remembered across restarts until cleared, with the log still the intact prefix.
+            let mut wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+            let again = wal.damage().expect("remembered");
+            assert_eq!(again.first_lost_index, LogIndex(r.index), "{ctx}");
+            assert_eq!(again.last_index_seen_after, Some(LogIndex(20)), "{ctx}");
+            let prefix_last = (r.index > 1).then(|| LogIndex(r.index - 1));
+            assert_eq!(wal.last_index(), prefix_last, "{ctx}");
+            wal.clear_damage().unwrap();
+            drop(wal);
+            let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+            assert_eq!(wal.damage(), None, "{ctx}");
+            assert_eq!(wal.last_index(), prefix_last, "{ctx}");
+        }
+    }
+    // The last batch: indistinguishable from a torn one, cut at its start (or at the last
+    // record, when nothing valid follows the flip).
+    for r in &recs[16..] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = original.clone();
+        b[r.start + REC_HDR + 5] ^= 0x01;
+        fs::write(dir.path().join(&name), &b).unwrap();
+        let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+        let want = if r.index == 20 { 19 } else { 16 };
+        assert_eq!(wal.last_index(), Some(LogIndex(want)), "index {}", r.index);
+        assert_eq!(wal.damage(), None);
+    }
+}
+
+#[test]
+fn with_refuse_damage_fails_the_open_naming_file_offset_and_index_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, original, _) = five_synced_batches(dir.path());
+    let r = walk_segment(&original)[6];
+    let mut b = original.clone();
+    b[r.start + REC_HDR + 3] ^= 1;
+    fs::write(&path, &b).unwrap();
+    let err = Wal::open(dir.path(), refusing())
         .err()
         .expect("must refuse");
     match &err {
@@ -284,41 +504,150 @@ fn corruption_followed_by_valid_records_refuses_to_start_naming_file_offset_and_
             index,
             ..
         } => {
-            assert_eq!(file, path);
-            assert_eq!(*offset, (32 + 2 * rec) as u64);
-            assert_eq!(*index, Some(LogIndex(3)));
+            assert_eq!(file, &path);
+            assert_eq!(*offset, r.start as u64);
+            assert_eq!(*index, Some(LogIndex(7)));
         }
         other => panic!("expected Corrupt, got {other}"),
     }
     let msg = err.to_string();
     assert!(
-        msg.contains("00000000000000000001.wal") && msg.contains("offset 296"),
+        msg.contains("00000000000000000001.wal") && msg.contains(&format!("offset {}", r.start)),
         "{msg}"
     );
+    assert_eq!(fs::read(&path).unwrap(), b, "refusing changed the segment");
+    assert!(damaged_files(dir.path()).is_empty());
+    assert!(!dir.path().join(DAMAGE_FILE).exists());
+    // Kept once, then a refusing start still refuses: the damage is not repaired yet.
+    drop(Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap());
+    let err = Wal::open(dir.path(), refusing()).err().expect("marker");
+    assert!(err.to_string().contains("index 7"), "{err}");
+}
+
+/// Six 2 MB entries: two per segment, three segments.
+fn three_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut wal = Wal::open(dir, opts(Prefill::Fallocate)).unwrap();
+    wal.append(&entries(1..=6, 2_000_000)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let files = segment_files(dir);
+    assert_eq!(files.len(), 3);
+    files
 }
 
 #[test]
-fn a_missing_middle_segment_is_a_gap_and_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
-    wal.append(
-        &(1..=6)
-            .map(|i| entry(1, i, 2_000_000, 1))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    wal.sync().unwrap();
-    drop(wal);
-    let files = segment_files(dir.path());
-    assert_eq!(files.len(), 3);
-    fs::remove_file(&files[1]).unwrap();
-    let err = Wal::open(dir.path(), opts(Prefill::Fallocate))
-        .err()
-        .expect("gap");
-    assert!(
-        matches!(&err, WalError::Corrupt { file, .. } if file == &files[2]),
-        "{err}"
-    );
+fn a_segment_cut_short_or_missing_before_a_later_one_is_damage_not_a_refusal() {
+    const REC: usize = REC_HDR + 2_000_000;
+    type Cut = fn(&Path);
+    // (what, how, first lost index, whether segment 2 itself is set aside)
+    let cases: [(&str, Cut, u64, bool); 4] = [
+        (
+            "truncated mid-record",
+            |p| {
+                fs::File::options()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len((SEG_HDR + REC + 999) as u64)
+                    .unwrap()
+            },
+            4,
+            true,
+        ),
+        (
+            "zeroed from its second record",
+            |p| {
+                let mut b = fs::read(p).unwrap();
+                b[SEG_HDR + REC..].fill(0);
+                fs::write(p, b).unwrap();
+            },
+            4,
+            false,
+        ),
+        ("missing", |p| fs::remove_file(p).unwrap(), 3, false),
+        (
+            "shorter than its header",
+            |p| {
+                fs::File::options()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(10)
+                    .unwrap()
+            },
+            3,
+            true,
+        ),
+    ];
+    for (what, cut, first_lost, seg2_aside) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let files = three_segments(dir.path());
+        cut(&files[1]);
+        let wal = Wal::open(dir.path(), opts(Prefill::Fallocate))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(wal.last_index(), Some(LogIndex(first_lost - 1)), "{what}");
+        let d = wal.damage().unwrap_or_else(|| panic!("{what}: no damage"));
+        assert_eq!(d.first_lost_index, LogIndex(first_lost), "{what}");
+        assert_eq!(d.last_index_seen_after, Some(LogIndex(6)), "{what}");
+        let aside = |p: &PathBuf| PathBuf::from(format!("{}{DAMAGED_SUFFIX}", p.display()));
+        assert!(d.set_aside.contains(&aside(&files[2])), "{what}: {d}");
+        assert_eq!(
+            d.set_aside.contains(&aside(&files[1])),
+            seg2_aside,
+            "{what}: {d}"
+        );
+        assert_eq!(damaged_files(dir.path()).len(), d.set_aside.len(), "{what}");
+        drop(wal);
+        let mut wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+        assert_eq!(wal.last_index(), Some(LogIndex(first_lost - 1)), "{what}");
+        assert!(wal.damage().is_some(), "{what}: forgotten");
+        // The log goes on from the intact prefix.
+        let next = entry(2, first_lost, 10, 1);
+        wal.append(std::slice::from_ref(&next)).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+        assert_eq!(wal.last_index(), Some(LogIndex(first_lost)), "{what}");
+        assert_eq!(wal.term(LogIndex(first_lost)), Some(Term(2)), "{what}");
+    }
+}
+
+#[test]
+fn a_log_of_format_version_1_is_refused_with_a_clear_error_and_left_alone() {
+    // Version 1: the same segment header with version 1, then 32-byte record headers
+    // (crc32c of bytes 4.., length, term, index, kind, 7 reserved bytes).
+    let mut b = vec![0u8; SEGMENT_SIZE_MIN as usize];
+    b[..8].copy_from_slice(b"KVRFTWAL");
+    b[8..12].copy_from_slice(&1u32.to_be_bytes());
+    b[16..24].copy_from_slice(&1u64.to_be_bytes());
+    let crc = crc32c::crc32c(&b[..24]);
+    b[24..28].copy_from_slice(&crc.to_be_bytes());
+    let rec = &mut b[32..32 + 32 + 3];
+    rec[4..8].copy_from_slice(&3u32.to_be_bytes());
+    rec[8..16].copy_from_slice(&1u64.to_be_bytes());
+    rec[16..24].copy_from_slice(&1u64.to_be_bytes());
+    rec[32..35].copy_from_slice(b"abc");
+    let crc = crc32c::crc32c(&rec[4..]);
+    rec[..4].copy_from_slice(&crc.to_be_bytes());
+    for o in [opts(Prefill::Fallocate), refusing()] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000001.wal");
+        fs::write(&path, &b).unwrap();
+        let err = Wal::open(dir.path(), o).err().expect("must refuse");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, WalError::Corrupt { .. })
+                && msg.contains("version 1")
+                && msg.contains("only version 2"),
+            "{msg}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b,
+            "{o:?}: the old log was changed"
+        );
+        assert!(damaged_files(dir.path()).is_empty());
+    }
 }
 
 #[test]
@@ -326,7 +655,7 @@ fn options_smaller_than_one_largest_entry_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let o = WalOptions {
         segment_size: SEGMENT_SIZE_MIN - 1,
-        prefill: Prefill::Fallocate,
+        ..opts(Prefill::Fallocate)
     };
     assert!(matches!(
         Wal::open(dir.path(), o),
@@ -398,7 +727,7 @@ fn a_full_disk_when_creating_a_segment_is_no_space_and_the_log_stays_readable_an
         let dir = small.mount_point.join("log");
         let o = WalOptions {
             segment_size: SEGMENT,
-            prefill,
+            ..opts(prefill)
         };
         let mut wal = Wal::open(&dir, o).unwrap();
         let mut model = Vec::new();
@@ -444,48 +773,70 @@ fn a_full_disk_when_creating_a_segment_is_no_space_and_the_log_stays_readable_an
 
 // ---- the model-based randomized test ----
 
-/// One record as found on disk by this test's own independent reader of the format.
-#[derive(Clone, Debug)]
-struct DiskRecord {
-    file: usize,
-    start: usize,
-    end: usize,
-    index: u64,
-}
-
-/// Walks each segment's records in order while they check (crc32c over bytes 4.. of the
-/// record), as the format documents. No forward scan: this is what a correct log holds.
-fn walk(files: &[Vec<u8>]) -> Vec<DiskRecord> {
-    let mut out = Vec::new();
-    for (f, b) in files.iter().enumerate() {
-        let mut off = 32;
-        while off + 32 <= b.len() {
-            let len = u32::from_be_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
-            if len > ENTRY_SIZE_MAX || off + 32 + len > b.len() {
-                break;
-            }
-            let crc = u32::from_be_bytes(b[off..off + 4].try_into().unwrap());
-            if crc32c::crc32c(&b[off + 4..off + 32 + len]) != crc {
-                break;
-            }
-            let index = u64::from_be_bytes(b[off + 16..off + 24].try_into().unwrap());
-            out.push(DiskRecord {
-                file: f,
-                start: off,
-                end: off + 32 + len,
-                index,
-            });
-            off += 32 + len;
-        }
-    }
-    out
-}
-
 struct Model {
     /// Everything appended (the log if nothing crashes).
     all: Vec<Entry>,
-    /// How many of `all` are durable (synced or made durable by truncation).
+    /// How many of `all` are durable (synced, made durable by a truncation, or recovered).
     synced: usize,
+    /// Where in `all` the writer's batches start: a batch is closed by a sync, a truncation
+    /// that drops something, or a restart (the log also closes one at a segment roll, which
+    /// the model does not see: its batches can only be larger than the log's).
+    batch_starts: Vec<usize>,
+    open_batch: bool,
+}
+
+impl Model {
+    fn appended(&mut self, keep: usize, batch: Vec<Entry>) {
+        if keep < self.all.len() {
+            self.truncated(keep); // the positional truncation made the prefix durable
+        }
+        if !self.open_batch {
+            self.batch_starts.push(self.all.len());
+            self.open_batch = true;
+        }
+        self.all.extend(batch);
+    }
+
+    fn durable(&mut self) {
+        self.synced = self.all.len();
+        self.open_batch = false;
+    }
+
+    fn truncated(&mut self, len: usize) {
+        self.all.truncate(len);
+        self.batch_starts.retain(|&s| s < len);
+        self.durable();
+    }
+
+    fn discarded(&mut self, dropped: usize) {
+        self.all.drain(..dropped);
+        self.synced = self.synced.saturating_sub(dropped);
+        for s in &mut self.batch_starts {
+            *s = s.saturating_sub(dropped);
+        }
+        self.batch_starts.dedup();
+    }
+
+    fn reset(&mut self) {
+        self.all.clear();
+        self.batch_starts.clear();
+        self.durable();
+    }
+
+    fn recovered(&mut self, log: Vec<Entry>) {
+        self.truncated(log.len());
+        self.all = log;
+    }
+
+    /// Where the newest synced batch starts: a flipped byte from there on is indistinguishable
+    /// from a torn batch and may lose entries without a damage report (recovery.rs NB).
+    fn newest_synced_batch_start(&self) -> usize {
+        let k = self
+            .batch_starts
+            .len()
+            .saturating_sub(1 + self.open_batch as usize);
+        self.batch_starts.get(k).copied().unwrap_or(0)
+    }
 }
 
 fn random_payload(rng: &mut Prng) -> Vec<u8> {
@@ -525,77 +876,171 @@ fn check_matches(wal: &Wal, want: &[Entry], ctx: &str) {
     }
 }
 
-/// The expected log after a crash (None: recovery must refuse), and how to undo a flip.
-type CrashOutcome = (Option<Vec<Entry>>, Option<(PathBuf, usize, u8)>);
+/// What recovery must do after a crash, by the documented rules applied with this test's own
+/// reader: the log ends before `end_before`, and damage is reported from there or not.
+#[derive(Debug, PartialEq, Eq)]
+struct Expect {
+    end_before: Option<u64>,
+    damage: bool,
+}
 
-/// Simulates a crash: the last segment loses everything from a random offset at or after its
-/// last durable byte, and maybe one byte somewhere flips. Returns the expected log, or None if
-/// recovery must refuse to start (then the flip is undone and the caller reopens).
-fn crash(dir: &Path, rng: &mut Prng, m: &Model) -> CrashOutcome {
+/// Applies the recovery rules to the crashed `files`, whose records (before the crash) were
+/// `before`: per file, the first record that no longer checks, and what checks after it.
+fn expect_after_crash(files: &[Vec<u8>], before: &[Vec<DiskRecord>], seg_first: &[u64]) -> Expect {
+    let last = files.len() - 1;
+    for (f, b) in files.iter().enumerate() {
+        let header_ok = &b[..8] == b"KVRFTWAL"
+            && crc32c::crc32c(&b[..24]) == be32(b, 24)
+            && be32(b, 8) == 2
+            && be32(b, 12) == 0
+            && be32(b, 28) == 0;
+        if !header_ok {
+            return Expect {
+                end_before: Some(seg_first[f]),
+                damage: true,
+            };
+        }
+        let ok: Vec<bool> = before[f]
+            .iter()
+            .map(|r| read_record(b, r.start).is_some_and(|now| now.end == r.end))
+            .collect();
+        let Some(d) = ok.iter().position(|&x| !x) else {
+            continue;
+        };
+        let bad = before[f][d];
+        let valid_after: Vec<&DiskRecord> = before[f][d + 1..]
+            .iter()
+            .zip(&ok[d + 1..])
+            .filter_map(|(r, &x)| x.then_some(r))
+            .collect();
+        if f < last {
+            return Expect {
+                end_before: Some(bad.index),
+                damage: true,
+            };
+        }
+        let Some(first_after) = valid_after.first() else {
+            return Expect {
+                end_before: Some(bad.index),
+                damage: false,
+            };
+        };
+        let one_batch = valid_after
+            .iter()
+            .all(|r| (r.batch, r.batch_first) == (first_after.batch, first_after.batch_first));
+        // The batch D is in: the last good record's, or one starting at D.
+        let d_batch_start = if d > 0 && before[f][d - 1].batch == bad.batch {
+            bad.batch_first
+        } else {
+            bad.index
+        };
+        if one_batch && first_after.batch_first == d_batch_start {
+            return Expect {
+                end_before: Some(first_after.batch_first),
+                damage: false,
+            };
+        }
+        return Expect {
+            end_before: Some(bad.index),
+            damage: true,
+        };
+    }
+    Expect {
+        end_before: None,
+        damage: false,
+    }
+}
+
+/// Simulates a power cut: the unsynced batch at the end of the last segment either loses
+/// everything from a random offset or an arbitrary subset of its pages; and maybe one byte
+/// flips anywhere (synced or not, header or record or the free space after). Returns what
+/// recovery must do and whether a byte flipped.
+fn crash(dir: &Path, rng: &mut Prng, m: &Model) -> (Expect, bool) {
     let paths = segment_files(dir);
     let mut files: Vec<Vec<u8>> = paths.iter().map(|p| fs::read(p).unwrap()).collect();
     let Some(last) = files.len().checked_sub(1) else {
-        return (Some(Vec::new()), None);
+        let none = Expect {
+            end_before: None,
+            damage: false,
+        };
+        return (none, false);
     };
-    let recs = walk(&files);
+    let before: Vec<Vec<DiskRecord>> = files.iter().map(|b| walk_segment(b)).collect();
+    let seg_first: Vec<u64> = files.iter().map(|b| be64(b, 16)).collect();
     let synced_last = m.synced.checked_sub(1).map(|k| m.all[k].index.0);
-    let durable_end = recs
+    let in_last = &before[last];
+    let durable_end = in_last
         .iter()
-        .filter(|r| r.file == last && Some(r.index) <= synced_last)
+        .filter(|r| Some(r.index) <= synced_last)
         .map(|r| r.end)
         .max()
-        .unwrap_or(32);
-    let written_end = recs
+        .unwrap_or(SEG_HDR);
+    let written_end = in_last.last().map_or(SEG_HDR, |r| r.end);
+    if rng.chance(1, 2) {
+        let cut = rng.range(durable_end as u64, written_end as u64 + 1) as usize;
+        files[last][cut..written_end].fill(0);
+    } else {
+        for p in durable_end / PAGE..written_end.div_ceil(PAGE) {
+            if rng.chance(1, 2) {
+                let (from, to) = (
+                    (p * PAGE).max(durable_end),
+                    ((p + 1) * PAGE).min(written_end),
+                );
+                files[last][from..to].fill(0);
+            }
+        }
+    }
+    let flipped = rng.chance(1, 3);
+    if flipped {
+        let f = rng.range(0, files.len() as u64) as usize;
+        let f_end = before[f].last().map_or(SEG_HDR, |r| r.end);
+        let at = rng.range(0, (f_end + 64).min(files[f].len()) as u64) as usize;
+        files[f][at] ^= rng.range(1, 256) as u8;
+    }
+    for (p, b) in paths.iter().zip(&files) {
+        fs::write(p, b).unwrap();
+    }
+    (expect_after_crash(&files, &before, &seg_first), flipped)
+}
+
+/// Reopens after a crash and checks recovery against the rules and the model.
+fn reopen_after_crash(
+    dir: &Path,
+    rng: &mut Prng,
+    m: &Model,
+    o: WalOptions,
+    ctx: &str,
+) -> (Wal, Vec<Entry>) {
+    let (expect, flipped) = crash(dir, rng, m);
+    let mut wal = Wal::open(dir, o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    let want: Vec<Entry> = m
+        .all
         .iter()
-        .filter(|r| r.file == last)
-        .map(|r| r.end)
-        .max()
-        .unwrap_or(32);
-    let cut = rng.range(durable_end as u64, written_end as u64 + 1) as usize;
-    files[last][cut..].fill(0);
-    fs::write(&paths[last], &files[last]).unwrap();
-    let recs = walk(&files);
-    let first_idx = m.all.first().map_or(0, |e| e.index.0);
-    let upto = |k: u64| {
-        m.all
-            .iter()
-            .filter(|e| e.index.0 < k && e.index.0 >= first_idx)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    let disk_last = recs.last().map_or(0, |r| r.index);
-    assert!(
-        synced_last.is_none_or(|s| disk_last >= s),
-        "cut removed synced data"
+        .filter(|e| expect.end_before.is_none_or(|x| e.index.0 < x))
+        .cloned()
+        .collect();
+    check_matches(&wal, &want, ctx);
+    assert_eq!(
+        wal.damage().is_some(),
+        expect.damage,
+        "{ctx}: {expect:?} {:?}",
+        wal.damage()
     );
-    if !rng.chance(1, 3) {
-        return (Some(upto(disk_last + 1)), None);
+    if let Some(d) = wal.damage() {
+        assert_eq!(Some(d.first_lost_index.0), expect.end_before, "{ctx}");
+        assert!(!d.set_aside.is_empty() || d.offset > 0, "{ctx}: {d}");
+        wal.clear_damage().unwrap();
+    } else if want.len() < m.synced {
+        // Never a silent loss of synced entries, but for a flip in the newest synced batch.
+        assert!(
+            flipped && want.len() >= m.newest_synced_batch_start(),
+            "{ctx}: synced entry {} lost without a damage report (synced {}, newest batch from {})",
+            want.len(),
+            m.synced,
+            m.newest_synced_batch_start()
+        );
     }
-    // Flip one byte of some segment, in its header, its records or just past them.
-    let f = rng.range(0, files.len() as u64) as usize;
-    let f_end = recs
-        .iter()
-        .filter(|r| r.file == f)
-        .map(|r| r.end)
-        .max()
-        .unwrap_or(32);
-    let at = rng.range(0, (f_end + 64).min(files[f].len()) as u64) as usize;
-    let old = files[f][at];
-    files[f][at] ^= rng.range(1, 256) as u8;
-    fs::write(&paths[f], &files[f]).unwrap();
-    let undo = Some((paths[f].clone(), at, old));
-    if at < 32 {
-        return (None, undo);
-    }
-    match recs
-        .iter()
-        .find(|r| r.file == f && r.start <= at && at < r.end)
-    {
-        // A damaged record with any record after it is corruption; the last one is a torn tail.
-        Some(r) if r.index < disk_last => (None, undo),
-        Some(r) => (Some(upto(r.index)), undo),
-        None => (Some(upto(disk_last + 1)), undo),
-    }
+    (wal, want)
 }
 
 fn run_seed(seed: u64, root: &Path) {
@@ -606,10 +1051,13 @@ fn run_seed(seed: u64, root: &Path) {
     } else {
         Prefill::ZeroFill
     };
-    let mut wal = Wal::open(&dir, opts(prefill)).unwrap();
+    let o = opts(prefill);
+    let mut wal = Wal::open(&dir, o).unwrap();
     let mut m = Model {
         all: Vec::new(),
         synced: 0,
+        batch_starts: Vec::new(),
+        open_batch: false,
     };
     let mut term = 1u64;
     for step in 0..250 {
@@ -636,22 +1084,23 @@ fn run_seed(seed: u64, root: &Path) {
                     .collect();
                 wal.append(&batch).unwrap();
                 let keep = m.all.iter().take_while(|e| e.index.0 < start).count();
-                if keep < m.all.len() {
-                    m.all.truncate(keep);
-                    m.synced = keep; // the positional truncation made the prefix durable
-                }
-                m.all.extend(batch);
+                m.appended(keep, batch);
             }
             55..=74 => {
                 wal.sync().unwrap();
-                m.synced = m.all.len();
+                m.durable();
             }
             75..=82 if !m.all.is_empty() => {
                 let lo = m.all[0].index.0 - 1;
-                let after = rng.range(lo, m.all.last().unwrap().index.0 + 1);
+                let last = m.all.last().unwrap().index.0;
+                let after = rng.range(lo, last + 1);
                 wal.truncate_suffix(LogIndex(after)).unwrap();
-                m.all.retain(|e| e.index.0 <= after);
-                m.synced = m.all.len();
+                if after < last {
+                    // A truncation that drops something leaves the rest durable; one that
+                    // drops nothing changes nothing.
+                    let keep = m.all.iter().take_while(|e| e.index.0 <= after).count();
+                    m.truncated(keep);
+                }
             }
             83..=89 if !m.all.is_empty() => {
                 let upto = rng.range(m.all[0].index.0, m.all.last().unwrap().index.0 + 1);
@@ -663,40 +1112,24 @@ fn run_seed(seed: u64, root: &Path) {
                 );
                 let dropped = m.all.iter().take_while(|e| e.index.0 < first).count();
                 assert!(m.all[..dropped].iter().all(|e| e.index.0 <= upto), "{ctx}");
-                m.all.drain(..dropped);
-                m.synced = m.synced.saturating_sub(dropped);
+                m.discarded(dropped);
             }
             90..=91 => {
                 wal.reset().unwrap();
-                m.all.clear();
-                m.synced = 0;
+                m.reset();
             }
             _ => {
                 drop(wal);
                 let want = if rng.chance(1, 2) {
-                    let (want, undo) = crash(&dir, &mut rng, &m);
-                    match want {
-                        Some(want) => want,
-                        None => {
-                            let err = Wal::open(&dir, opts(prefill)).err();
-                            assert!(
-                                matches!(err, Some(WalError::Corrupt { .. })),
-                                "{ctx}: corruption accepted: {err:?}"
-                            );
-                            let (p, at, old) = undo.expect("a flip");
-                            let mut b = fs::read(&p).unwrap();
-                            b[at] = old;
-                            fs::write(&p, &b).unwrap();
-                            crash_expectation_after_undo(&m, &dir)
-                        }
-                    }
+                    let (w, want) = reopen_after_crash(&dir, &mut rng, &m, o, &ctx);
+                    wal = w;
+                    want
                 } else {
+                    wal = Wal::open(&dir, o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
                     m.all.clone()
                 };
-                wal = Wal::open(&dir, opts(prefill)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 check_matches(&wal, &want, &ctx);
-                m.all = want;
-                m.synced = m.all.len();
+                m.recovered(want);
             }
         }
         check_matches(&wal, &m.all, &format!("seed {seed} step {step} live"));
@@ -705,22 +1138,8 @@ fn run_seed(seed: u64, root: &Path) {
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// After undoing a flip the files hold exactly what the cut left: the walk says what.
-fn crash_expectation_after_undo(m: &Model, dir: &Path) -> Vec<Entry> {
-    let files: Vec<Vec<u8>> = segment_files(dir)
-        .iter()
-        .map(|p| fs::read(p).unwrap())
-        .collect();
-    let disk_last = walk(&files).last().map_or(0, |r| r.index);
-    m.all
-        .iter()
-        .filter(|e| e.index.0 <= disk_last)
-        .cloned()
-        .collect()
-}
-
 #[test]
-fn random_operations_with_crashes_and_flipped_bytes_match_the_model() {
+fn random_operations_with_power_cuts_and_flipped_bytes_match_the_model() {
     let root = if Path::new("/dev/shm").is_dir() {
         tempfile::tempdir_in("/dev/shm").unwrap()
     } else {

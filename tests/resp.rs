@@ -1,6 +1,9 @@
-//! RESP2 request and reply parsing: round trips, truncation, limits, and random bad input.
+//! RESP2 and RESP3 request and reply parsing: round trips, truncation, limits, and random bad input.
 
-use kvraft::client::{encode_command, parse_command, parse_value, split_args, ParseError, Value};
+use kvraft::client::value::Double;
+use kvraft::client::{
+    encode_command, parse_command, parse_value, split_args, ParseError, Protocol, Value,
+};
 use kvraft::limits::{CLIENT_ARGS_MAX, CLIENT_BULK_SIZE_MAX, CLIENT_INLINE_SIZE_MAX};
 use kvraft::prng::Prng;
 
@@ -235,8 +238,10 @@ fn check_outcome(buf: &[u8]) {
         Ok(None) | Err(_) => {}
         Ok(Some((value, n))) => {
             assert!(n > 0 && n <= buf.len());
-            // Simple strings are read lossily, so only valid UTF-8 keeps its length.
-            if std::str::from_utf8(&buf[..n]).is_ok() {
+            // Simple strings are read lossily, so only valid UTF-8 keeps its length; RESP3
+            // types have more than one spelling (`,1.0`), so only RESP2 bytes do.
+            let resp3 = buf[..n].iter().any(|b| b"_,#(!=%~>".contains(b));
+            if std::str::from_utf8(&buf[..n]).is_ok() && !resp3 {
                 assert_eq!(value.to_bytes().len(), n, "{value:?} from {buf:?}");
             }
         }
@@ -362,4 +367,100 @@ fn malformed_replies_are_protocol_errors() {
             "{buf:?}"
         );
     }
+}
+
+/// A value of any RESP3 type, in the form it reads back as (RESP3 has one null: `Nil`).
+fn random_value3(rng: &mut Prng, depth: usize) -> Value {
+    let kinds = if depth >= 3 { 9 } else { 12 };
+    match rng.range(0, kinds) {
+        0 => Value::Simple("OK then".into()),
+        1 => Value::Error("WRONGTYPE nope".into()),
+        2 => Value::Integer(rng.next_u64() as i64),
+        3 => {
+            let mut b = vec![0u8; rng.range(0, 12) as usize];
+            rng.fill(&mut b);
+            Value::Bulk(b)
+        }
+        4 => Value::Nil,
+        5 => Value::Double(Double(f64::from_bits(rng.next_u64()))),
+        6 => Value::Boolean(rng.chance(1, 2)),
+        7 => Value::Verbatim {
+            format: *b"txt",
+            text: b"a:b\r\nc".to_vec(),
+        },
+        8 => Value::BigNumber(format!("-{}{}", rng.next_u64(), rng.next_u64())),
+        9 => Value::Array(
+            (0..rng.range(0, 4))
+                .map(|_| random_value3(rng, depth + 1))
+                .collect(),
+        ),
+        10 => Value::Set(
+            (0..rng.range(0, 4))
+                .map(|_| random_value3(rng, depth + 1))
+                .collect(),
+        ),
+        _ => Value::Map(
+            (0..rng.range(0, 3))
+                .map(|_| (random_value3(rng, depth + 1), random_value3(rng, depth + 1)))
+                .collect(),
+        ),
+    }
+}
+
+#[test]
+fn resp3_replies_round_trip_and_every_truncation_is_incomplete() {
+    let mut rng = Prng::new(33);
+    for _ in 0..2_000 {
+        let value = random_value3(&mut rng, 0);
+        let buf = value.to_bytes_as(Protocol::Resp3);
+        for cut in 0..buf.len() {
+            assert_eq!(parse_value(&buf[..cut]), Ok(None), "cut {cut} of {value:?}");
+        }
+        assert_eq!(parse_value(&buf), Ok(Some((value, buf.len()))));
+    }
+}
+
+#[test]
+fn resp3_nulls_pushes_and_blob_errors_read_as_their_resp2_counterparts() {
+    let one = |b: &[u8]| parse_value(b).unwrap().unwrap().0;
+    assert_eq!(one(b"_\r\n"), Value::Nil);
+    assert_eq!(
+        one(b">2\r\n+a\r\n:1\r\n"),
+        Value::Array(vec![Value::Simple("a".into()), Value::Integer(1)])
+    );
+    assert_eq!(
+        one(b"!8\r\nERR a\r\nb\r\n"),
+        Value::Error("ERR a\r\nb".into())
+    );
+    assert_eq!(one(b",-inf\r\n"), Value::Double(Double(f64::NEG_INFINITY)));
+    assert_eq!(one(b"%0\r\n"), Value::Map(vec![]));
+}
+
+#[test]
+fn malformed_resp3_replies_are_protocol_errors() {
+    for buf in [
+        &b"#x\r\n"[..],
+        b",1.2.3\r\n",
+        b"(12a\r\n",
+        b"(\r\n",
+        b"_x\r\n",
+        b"=3\r\ntxt\r\n",
+        b"=5\r\ntxt-a\r\n",
+        b"%-1\r\n",
+        b"~-1\r\n",
+        b"!-1\r\n",
+    ] {
+        assert!(
+            matches!(parse_value(buf), Err(ParseError::Protocol(_))),
+            "{:?} gave {:?}",
+            String::from_utf8_lossy(buf),
+            parse_value(buf)
+        );
+    }
+    // A map's pair count is judged against the element limit from its header alone.
+    let huge = format!("%{}\r\n", kvraft::client::resp::REPLY_ARRAY_LEN_MAX / 2 + 1);
+    assert!(matches!(
+        parse_value(huge.as_bytes()),
+        Err(ParseError::TooLarge { .. })
+    ));
 }

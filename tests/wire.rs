@@ -13,9 +13,9 @@ use kvraft::raft::types::{
     ConfState, Entry, EntryId, EntryKind, LogIndex, NodeId, SnapshotMeta, Term,
 };
 use kvraft::wire::{
-    cluster_id, decode, encode, encoded_len, peek_header, DecodeError, Frame, KIND_CLIENT_REPLY,
-    KIND_CLIENT_REQUEST, KIND_HELLO, KIND_RAFT, KIND_SNAPSHOT_ACK, KIND_SNAPSHOT_CHUNK, MAGIC,
-    PROTOCOL_VERSION,
+    cluster_id, decode, encode, encoded_len, peek_header, DecodeError, EncodeError, Frame,
+    CLIENT_REPLY_SIZE_MAX, KIND_CLIENT_REPLY, KIND_CLIENT_REQUEST, KIND_HELLO, KIND_RAFT,
+    KIND_SNAPSHOT_ACK, KIND_SNAPSHOT_CHUNK, MAGIC, PROTOCOL_VERSION,
 };
 
 // ---- random frames ----
@@ -188,6 +188,7 @@ fn frame(rng: &mut Prng) -> Frame {
             Frame::ClientRequest {
                 id: any_u64(rng),
                 args: (0..argc).map(|_| bytes(rng, 512)).collect(),
+                proto: if rng.chance(1, 2) { 2 } else { 3 },
             }
         }
         _ => Frame::ClientReply {
@@ -199,12 +200,12 @@ fn frame(rng: &mut Prng) -> Frame {
 
 fn encoded(f: &Frame) -> Vec<u8> {
     let mut out = Vec::new();
-    encode(f, &mut out);
+    encode(f, &mut out).unwrap_or_else(|e| panic!("{e} for {f:?}"));
     out
 }
 
 /// Decoding arbitrary bytes never panics; whatever it accepts re-encodes to exactly the bytes
-/// it consumed (the encoding is canonical, and `encode`'s asserts prove the frame is valid).
+/// it consumed (the encoding is canonical, and `encode` accepting it proves the frame is valid).
 fn check_decode_is_sound(buf: &[u8], ctx: &str) -> Result<Frame, DecodeError> {
     let result = decode(buf);
     match &result {
@@ -256,7 +257,7 @@ fn random_frames_of_every_kind_round_trip_exactly() {
         let f = frame(&mut rng);
         buf.clear();
         buf.extend_from_slice(&[0xAB; 3]); // encode appends: keep what was there
-        encode(&f, &mut buf);
+        encode(&f, &mut buf).unwrap_or_else(|e| panic!("case {case}: {e}"));
         let body = &buf[3..];
         assert_eq!(body.len(), encoded_len(&f), "case {case}: {f:?}");
         assert_eq!(
@@ -296,7 +297,7 @@ fn back_to_back_frames_decode_one_at_a_time() {
     let frames: Vec<Frame> = (0..500).map(|_| frame(&mut rng)).collect();
     let mut stream = Vec::new();
     for f in &frames {
-        encode(f, &mut stream);
+        encode(f, &mut stream).unwrap();
     }
     let mut at = 0;
     for (i, f) in frames.iter().enumerate() {
@@ -554,10 +555,13 @@ fn a_hello_with_the_wrong_magic_or_version_is_a_handshake_error() {
     assert!(matches!(decode(&http), Err(DecodeError::Handshake { .. })));
     // A future version with a longer Hello is refused for its version, not its length.
     let mut v2 = good[5..].to_vec();
-    v2[4..6].copy_from_slice(&2u16.to_be_bytes());
+    let future = PROTOCOL_VERSION + 1;
+    v2[4..6].copy_from_slice(&future.to_be_bytes());
     v2.extend_from_slice(&[0; 16]);
     match decode(&raw(KIND_HELLO, &v2)) {
-        Err(DecodeError::Handshake { what }) => assert!(what.contains("version 2"), "{what}"),
+        Err(DecodeError::Handshake { what }) => {
+            assert!(what.contains(&format!("version {future}")), "{what}")
+        }
         other => panic!("{other:?}"),
     }
     let mut zero_from = good.clone();
@@ -727,6 +731,7 @@ fn client_request_counts_are_checked_against_the_bytes_present() {
     let ok = encoded(&Frame::ClientRequest {
         id: 1,
         args: vec![b"GET".to_vec(), b"k".to_vec()],
+        proto: 2,
     });
     let mut count = ok.clone();
     // 12 body bytes follow the count: room for at most 3 four-byte lengths.
@@ -739,6 +744,10 @@ fn client_request_counts_are_checked_against_the_bytes_present() {
     let mut arg_len = ok.clone();
     arg_len[17..21].copy_from_slice(&u32::MAX.to_be_bytes());
     assert_eq!(malformed_what(&arg_len), "argument");
+    // The trailing RESP protocol byte is 2 or 3.
+    let mut proto = ok.clone();
+    *proto.last_mut().unwrap() = 4;
+    assert_eq!(malformed_what(&proto), "protocol");
     let mut reply = encoded(&Frame::ClientReply {
         id: 1,
         reply: b"+OK\r\n".to_vec(),
@@ -779,4 +788,112 @@ fn cluster_ids_are_fnv1a_and_differ_between_names() {
     assert_eq!(cluster_id("a"), 0xaf63_dc4c_8601_ec8c);
     assert_eq!(cluster_id("foobar"), 0x8594_4171_f739_67e8);
     assert_ne!(cluster_id("prod"), cluster_id("staging"));
+}
+
+// ---- encoding sizes that came from outside ----
+
+/// `encode` of `f` must fail with `TooLarge { kind, what, .. }` and leave `out` untouched.
+fn assert_refused(f: &Frame, what: &str) -> EncodeError {
+    let mut out = vec![0xAB; 3];
+    let err = encode(f, &mut out).expect_err("an oversize frame was encoded");
+    let EncodeError::TooLarge {
+        kind,
+        what: w,
+        len,
+        max,
+    } = &err;
+    assert_eq!((*kind, *w), (f.kind(), what), "{err}");
+    assert!(len > max, "{err}");
+    assert_eq!(out, vec![0xAB; 3], "a refused frame wrote bytes");
+    err
+}
+
+fn raft_msg(body: MessageBody) -> Frame {
+    Frame::Raft(Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(3),
+        body,
+    })
+}
+
+/// Issue 12: a leader answering an MGET of ten ~1 MiB values forwarded by a follower built a
+/// 10 MiB ClientReply, and `encode` panicked ("frame of 10484902 bytes exceeds 8388608").
+#[test]
+fn a_reply_larger_than_a_frame_is_an_encode_error_not_a_panic() {
+    let reply = vec![b'x'; 10 * 1024 * 1024];
+    let err = assert_refused(&Frame::ClientReply { id: 9, reply }, "frame bytes");
+    let shown = err.to_string();
+    assert!(
+        shown.contains(&FRAME_SIZE_MAX.to_string()) && shown.contains("kind 6"),
+        "{shown}"
+    );
+    // The advertised limit is exact: the largest reply fits, one byte more does not.
+    let fits = Frame::ClientReply {
+        id: 9,
+        reply: vec![b'y'; CLIENT_REPLY_SIZE_MAX],
+    };
+    let b = encoded(&fits);
+    assert_eq!(b.len(), FRAME_SIZE_MAX);
+    assert_eq!(decode(&b), Ok((fits, FRAME_SIZE_MAX)));
+    let over = Frame::ClientReply {
+        id: 9,
+        reply: vec![b'y'; CLIENT_REPLY_SIZE_MAX + 1],
+    };
+    assert_refused(&over, "frame bytes");
+}
+
+#[test]
+fn every_count_decode_refuses_is_an_encode_error() {
+    let args = vec![Vec::new(); CLIENT_ARGS_MAX + 1];
+    assert_refused(
+        &Frame::ClientRequest {
+            id: 1,
+            args,
+            proto: 2,
+        },
+        "arguments",
+    );
+    let members = ConfState::new((1..=MEMBERS_MAX as u64 + 1).map(NodeId).collect(), vec![]);
+    let meta = SnapshotMeta {
+        last: EntryId::new(Term(2), LogIndex(10)),
+        conf: members,
+    };
+    assert_refused(
+        &raft_msg(MessageBody::Snapshot { meta: meta.clone() }),
+        "members",
+    );
+    let chunk = |meta: SnapshotMeta, len: usize| Frame::SnapshotChunk {
+        term: Term(2),
+        from: NodeId(1),
+        to: NodeId(2),
+        meta,
+        total_size: len as u64,
+        offset: 0,
+        data: vec![0; len],
+        done: true,
+    };
+    assert_refused(&chunk(meta, 1), "members");
+    let small = SnapshotMeta {
+        last: EntryId::new(Term(2), LogIndex(10)),
+        conf: ConfState::new(vec![NodeId(1)], vec![]),
+    };
+    assert_refused(&chunk(small, SNAPSHOT_CHUNK_SIZE_MAX + 1), "chunk bytes");
+    let entries = |n: u64, size: usize| MessageBody::Append {
+        prev: EntryId::new(Term(3), LogIndex(0)),
+        entries: (1..=n)
+            .map(|i| Entry {
+                term: Term(3),
+                index: LogIndex(i),
+                kind: EntryKind::Command,
+                data: vec![1; size],
+            })
+            .collect(),
+        commit: LogIndex(0),
+    };
+    assert_refused(
+        &raft_msg(entries(APPEND_ENTRIES_MAX as u64 + 1, 0)),
+        "entries",
+    );
+    assert_refused(&raft_msg(entries(1, ENTRY_SIZE_MAX + 1)), "entry bytes");
 }

@@ -1,4 +1,7 @@
-//! RESP2 request parsing, reply parsing and command encoding.
+//! RESP request parsing, reply parsing (RESP2 and RESP3) and command encoding.
+//!
+//! Clients send commands the same way in both protocols (arrays of bulk strings, or inline
+//! lines), so one request parser serves both; replies are parsed with every RESP3 type.
 //!
 //! Owns the byte-level reading of what arrives on a client connection (`parse_command`) and of
 //! what a server replies (`parse_value`, used by `kvctl` and tests). It must not block, keep
@@ -17,7 +20,7 @@
 
 use std::fmt;
 
-use crate::client::value::Value;
+use crate::client::value::{Double, Value};
 use crate::limits::{
     CLIENT_ARGS_MAX, CLIENT_BULK_SIZE_MAX, CLIENT_INLINE_SIZE_MAX, CLIENT_REQUEST_SIZE_MAX,
 };
@@ -361,21 +364,39 @@ pub fn encode_command(args: &[&[u8]], out: &mut Vec<u8>) {
     }
 }
 
+/// Aggregate reply types: what an open aggregate becomes once its elements are in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Agg {
+    /// `*`, and a RESP3 push `>` (read as an array).
+    Array,
+    /// `%`: its element count is twice its pair count.
+    Map,
+    /// `~`.
+    Set,
+}
+
 /// One header-level piece of a reply, borrowed from the buffer.
 enum Item<'a> {
     Simple(&'a [u8]),
+    /// `-` line or `!` blob error.
     Error(&'a [u8]),
     Integer(i64),
     Bulk(&'a [u8]),
+    /// `$-1`, and the RESP3 null `_`.
     Nil,
     NilArray,
-    /// An array header with this many elements (> 0) to follow.
-    Array(usize),
-    EmptyArray,
+    /// An aggregate header with this many elements (> 0) to follow.
+    Open(Agg, usize),
+    Empty(Agg),
+    Double(f64),
+    Boolean(bool),
+    /// A verbatim string's `fmt:text` payload (at least 4 bytes, checked).
+    Verbatim(&'a [u8]),
+    BigNumber(&'a [u8]),
 }
 
-/// Parse one reply (any RESP2 value) from the front of `buf`: `Ok(None)` if incomplete,
-/// else the value and the bytes it took.
+/// Parse one reply (any RESP2 or RESP3 value) from the front of `buf`: `Ok(None)` if
+/// incomplete, else the value and the bytes it took.
 pub fn parse_value(buf: &[u8]) -> Parsed<Value> {
     let Some(end) = walk_value(buf, |_| {})? else {
         return Ok(None);
@@ -389,31 +410,55 @@ pub fn parse_value(buf: &[u8]) -> Parsed<Value> {
     }
 }
 
-/// Assembles `Item`s into a `Value` with an explicit stack of open arrays.
+/// Assembles `Item`s into a `Value` with an explicit stack of open aggregates.
 #[derive(Default)]
 struct Builder {
-    /// Open arrays, innermost last, each with the element count it still expects.
-    open: Vec<(Vec<Value>, usize)>,
+    /// Open aggregates, innermost last, each with the element count it still expects.
+    open: Vec<(Agg, Vec<Value>, usize)>,
     done: Option<Value>,
+}
+
+/// The value of a completed aggregate (a map's elements alternate key, value).
+fn close(agg: Agg, items: Vec<Value>) -> Value {
+    match agg {
+        Agg::Array => Value::Array(items),
+        Agg::Set => Value::Set(items),
+        Agg::Map => {
+            let mut pairs = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            Value::Map(pairs)
+        }
+    }
 }
 
 impl Builder {
     fn add(&mut self, item: Item<'_>) {
+        let text = |s: &[u8]| String::from_utf8_lossy(s).into_owned();
         let mut value = match item {
-            Item::Array(n) => {
-                self.open.push((Vec::with_capacity(n), n));
+            Item::Open(agg, n) => {
+                self.open.push((agg, Vec::with_capacity(n), n));
                 return;
             }
-            Item::Simple(s) => Value::Simple(String::from_utf8_lossy(s).into_owned()),
-            Item::Error(s) => Value::Error(String::from_utf8_lossy(s).into_owned()),
+            Item::Simple(s) => Value::Simple(text(s)),
+            Item::Error(s) => Value::Error(text(s)),
             Item::Integer(n) => Value::Integer(n),
             Item::Bulk(b) => Value::Bulk(b.to_vec()),
             Item::Nil => Value::Nil,
             Item::NilArray => Value::NilArray,
-            Item::EmptyArray => Value::Array(Vec::new()),
+            Item::Empty(agg) => close(agg, Vec::new()),
+            Item::Double(d) => Value::Double(Double(d)),
+            Item::Boolean(b) => Value::Boolean(b),
+            Item::Verbatim(b) => Value::Verbatim {
+                format: [b[0], b[1], b[2]],
+                text: b[4..].to_vec(),
+            },
+            Item::BigNumber(b) => Value::BigNumber(text(b)),
         };
         loop {
-            let Some((items, want)) = self.open.last_mut() else {
+            let Some((_, items, want)) = self.open.last_mut() else {
                 self.done = Some(value);
                 return;
             };
@@ -421,15 +466,17 @@ impl Builder {
             if items.len() < *want {
                 return;
             }
-            let (items, _) = self.open.pop().unwrap_or_default();
-            value = Value::Array(items);
+            let Some((agg, items, _)) = self.open.pop() else {
+                unreachable!("an aggregate was just seen open")
+            };
+            value = close(agg, items);
         }
     }
 }
 
 /// Walk one reply, handing each item to `sink` in order; returns the position after it.
 fn walk_value(buf: &[u8], mut sink: impl FnMut(Item<'_>)) -> Result<Option<usize>, ParseError> {
-    // Elements still expected by each open array, innermost last.
+    // Elements still expected by each open aggregate, innermost last.
     let mut open: Vec<usize> = Vec::new();
     let mut pos = 0;
     loop {
@@ -437,8 +484,8 @@ fn walk_value(buf: &[u8], mut sink: impl FnMut(Item<'_>)) -> Result<Option<usize
             return Ok(None);
         };
         pos = next;
-        let opens = matches!(item, Item::Array(_));
-        if let Item::Array(n) = item {
+        let opens = matches!(item, Item::Open(..));
+        if let Item::Open(_, n) = item {
             if open.len() == REPLY_DEPTH_MAX {
                 return Err(ParseError::TooLarge {
                     what: "reply nesting depth",
@@ -452,7 +499,7 @@ fn walk_value(buf: &[u8], mut sink: impl FnMut(Item<'_>)) -> Result<Option<usize
         if opens {
             continue;
         }
-        // A complete value: it may complete its enclosing arrays too.
+        // A complete value: it may complete its enclosing aggregates too.
         loop {
             match open.last_mut() {
                 None => return Ok(Some(pos)),
@@ -475,46 +522,106 @@ fn read_item(buf: &[u8], pos: usize) -> Result<Option<(Item<'_>, usize)>, ParseE
     };
     let start = pos + 1;
     match tag {
-        b'+' | b'-' => {
-            let Some((line, next)) = read_line(buf, start)? else {
-                return Ok(None);
-            };
-            let item = if tag == b'+' {
-                Item::Simple(line)
-            } else {
-                Item::Error(line)
-            };
-            Ok(Some((item, next)))
-        }
+        b'+' | b'-' | b',' | b'#' | b'(' | b'_' => read_line_item(buf, tag, start),
         b':' => match read_int(buf, start, i64::MAX as usize) {
             Int::Done(n, next) => Ok(Some((Item::Integer(n), next))),
             Int::Incomplete => Ok(None),
             Int::Invalid | Int::TooLarge(_) => Err(ParseError::protocol("invalid integer")),
         },
-        b'$' => match read_length(buf, start, "bulk length", REPLY_BULK_SIZE_MAX)? {
-            None => Ok(None),
-            Some((None, next)) => Ok(Some((Item::Nil, next))),
-            Some((Some(len), data)) => {
-                if buf.len() < data + len + 2 {
-                    return Ok(None);
-                }
-                if &buf[data + len..data + len + 2] != b"\r\n" {
-                    return Err(ParseError::protocol("expected CRLF after bulk string"));
-                }
-                Ok(Some((Item::Bulk(&buf[data..data + len]), data + len + 2)))
+        b'$' | b'!' | b'=' => read_blob_item(buf, tag, start),
+        b'*' | b'>' | b'%' | b'~' => {
+            let (agg, per) = match tag {
+                b'%' => (Agg::Map, 2),
+                b'~' => (Agg::Set, 1),
+                _ => (Agg::Array, 1),
+            };
+            let max = REPLY_ARRAY_LEN_MAX / per;
+            match read_length(buf, start, "multibulk length", max)? {
+                None => Ok(None),
+                Some((None, next)) if tag == b'*' => Ok(Some((Item::NilArray, next))),
+                Some((None, _)) => Err(ParseError::protocol("invalid aggregate length")),
+                Some((Some(0), next)) => Ok(Some((Item::Empty(agg), next))),
+                Some((Some(n), next)) => Ok(Some((Item::Open(agg, n * per), next))),
             }
-        },
-        b'*' => match read_length(buf, start, "multibulk length", REPLY_ARRAY_LEN_MAX)? {
-            None => Ok(None),
-            Some((None, next)) => Ok(Some((Item::NilArray, next))),
-            Some((Some(0), next)) => Ok(Some((Item::EmptyArray, next))),
-            Some((Some(n), next)) => Ok(Some((Item::Array(n), next))),
-        },
+        }
         other => Err(ParseError::Protocol(format!(
             "Protocol error: unexpected reply type '{}'",
             char::from(other)
         ))),
     }
+}
+
+/// A one-line item: simple string, error, double, boolean, big number or null.
+fn read_line_item(
+    buf: &[u8],
+    tag: u8,
+    start: usize,
+) -> Result<Option<(Item<'_>, usize)>, ParseError> {
+    let Some((line, next)) = read_line(buf, start)? else {
+        return Ok(None);
+    };
+    let item = match tag {
+        b'+' => Item::Simple(line),
+        b'-' => Item::Error(line),
+        b'_' if line.is_empty() => Item::Nil,
+        b'#' if line == b"t" => Item::Boolean(true),
+        b'#' if line == b"f" => Item::Boolean(false),
+        b',' => {
+            Item::Double(parse_double(line).ok_or_else(|| ParseError::protocol("invalid double"))?)
+        }
+        b'(' if is_big_number(line) => Item::BigNumber(line),
+        _ => {
+            return Err(ParseError::Protocol(format!(
+                "Protocol error: invalid '{}' line",
+                char::from(tag)
+            )))
+        }
+    };
+    Ok(Some((item, next)))
+}
+
+/// A length-prefixed item: bulk string, blob error or verbatim string.
+fn read_blob_item(
+    buf: &[u8],
+    tag: u8,
+    start: usize,
+) -> Result<Option<(Item<'_>, usize)>, ParseError> {
+    match read_length(buf, start, "bulk length", REPLY_BULK_SIZE_MAX)? {
+        None => Ok(None),
+        Some((None, next)) if tag == b'$' => Ok(Some((Item::Nil, next))),
+        Some((None, _)) => Err(ParseError::protocol("invalid bulk length")),
+        Some((Some(len), data)) => {
+            if buf.len() < data + len + 2 {
+                return Ok(None);
+            }
+            if &buf[data + len..data + len + 2] != b"\r\n" {
+                return Err(ParseError::protocol("expected CRLF after bulk string"));
+            }
+            let body = &buf[data..data + len];
+            let item = match tag {
+                b'$' => Item::Bulk(body),
+                b'!' => Item::Error(body),
+                _ if len >= 4 && body[3] == b':' => Item::Verbatim(body),
+                _ => return Err(ParseError::protocol("invalid verbatim string")),
+            };
+            Ok(Some((item, data + len + 2)))
+        }
+    }
+}
+
+/// A RESP3 double's text: `inf`, `-inf`, `nan` or a decimal Rust reads.
+fn parse_double(line: &[u8]) -> Option<f64> {
+    match line {
+        b"inf" | b"+inf" => Some(f64::INFINITY),
+        b"-inf" => Some(f64::NEG_INFINITY),
+        b"nan" | b"-nan" => Some(f64::NAN),
+        _ => std::str::from_utf8(line).ok()?.parse().ok(),
+    }
+}
+
+fn is_big_number(line: &[u8]) -> bool {
+    let digits = line.strip_prefix(b"-").unwrap_or(line);
+    !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
 }
 
 /// A `$` or `*` length: `Some((None, next))` for -1 (nil), `Some((Some(len), next))`.

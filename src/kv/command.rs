@@ -21,9 +21,20 @@
 //! 0x04 MSET   list of (key, value) pairs      0x45 RANGE   start, end (empty = unbounded),
 //! 0x05 INCRBY key, i64 delta                               u32 limit
 //! 0x06 APPEND key, value                      0x46 DBSIZE
-//! 0x07 CAS    key, expected, new
+//! 0x07 CAS    key, expected, new              0x47 GETRANGE key, i64 start, i64 end
+//! 0x08 GETDEL key                             0x48 TYPE    key
+//! 0x09 MSETNX list of (key, value) pairs      0x49 SCAN    u64 cursor, u32 count,
+//! 0x0a SETRANGE key, u64 offset, value                     u8 has pattern, [pattern bytes],
+//! 0x0b INCRBYFLOAT key, increment bytes                    u8 type (0 any, 1 string, 2 other)
+//!      (the text the client sent; parsed at    0x4a KEYS    pattern
+//!      apply, identically on every replica)    0x4b RANDOMKEY
+//! 0x0c RENAME key, new key, u8 nx (0 or 1)
+//! 0x0d COPY   key, destination, u8 replace (0 or 1)
+//! 0x0e FLUSHALL
 //! ```
-//! Nothing may follow the last field. INCR, DECR and DECRBY are encoded as INCRBY.
+//! Nothing may follow the last field. INCR, DECR and DECRBY are encoded as INCRBY; GETSET as
+//! SET with the GET flag; UNLINK as DEL; TOUCH as EXISTS; SUBSTR as GETRANGE; RENAMENX as
+//! RENAME with nx = 1; FLUSHDB as FLUSHALL.
 //!
 //! Invariants:
 //! 1. `decode(encode(c)) == c` for every command `parse` produces, and every payload `parse`
@@ -34,7 +45,7 @@
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::value::Value;
 use crate::kv::Request;
-use crate::limits::{ENTRY_SIZE_MAX, KEY_SIZE_MAX, VALUE_SIZE_MAX};
+use crate::limits::{ENTRY_SIZE_MAX, KEY_SIZE_MAX, SCAN_COUNT_MAX, VALUE_SIZE_MAX};
 use byteorder::{BigEndian, ByteOrder};
 
 /// The entry format version written by this code.
@@ -81,6 +92,41 @@ pub enum WriteCmd<'a> {
         expected: &'a [u8],
         new: &'a [u8],
     },
+    GetDel {
+        key: &'a [u8],
+    },
+    MSetNx {
+        pairs: Vec<(&'a [u8], &'a [u8])>,
+    },
+    SetRange {
+        key: &'a [u8],
+        offset: u64,
+        value: &'a [u8],
+    },
+    IncrByFloat {
+        key: &'a [u8],
+        incr: &'a [u8],
+    },
+    Rename {
+        from: &'a [u8],
+        to: &'a [u8],
+        nx: bool,
+    },
+    Copy {
+        from: &'a [u8],
+        to: &'a [u8],
+        replace: bool,
+    },
+    FlushAll,
+}
+
+/// What `SCAN ... TYPE t` keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TypeFilter {
+    Any,
+    String,
+    /// A type this store never holds: nothing passes.
+    Other,
 }
 
 /// A decoded read query.
@@ -105,6 +151,25 @@ pub enum ReadCmd<'a> {
         limit: u32,
     },
     DbSize,
+    GetRange {
+        key: &'a [u8],
+        start: i64,
+        end: i64,
+    },
+    Type {
+        key: &'a [u8],
+    },
+    /// Keys in scan order (see `KvStore`) from `cursor`, examining at most about `count`.
+    Scan {
+        cursor: u64,
+        count: u32,
+        pattern: Option<&'a [u8]>,
+        kind: TypeFilter,
+    },
+    Keys {
+        pattern: &'a [u8],
+    },
+    RandomKey,
 }
 
 /// Why a payload did not decode.
@@ -139,12 +204,24 @@ mod op {
     pub const INCRBY: u8 = 0x05;
     pub const APPEND: u8 = 0x06;
     pub const CAS: u8 = 0x07;
+    pub const GETDEL: u8 = 0x08;
+    pub const MSETNX: u8 = 0x09;
+    pub const SETRANGE: u8 = 0x0a;
+    pub const INCRBYFLOAT: u8 = 0x0b;
+    pub const RENAME: u8 = 0x0c;
+    pub const COPY: u8 = 0x0d;
+    pub const FLUSHALL: u8 = 0x0e;
     pub const GET: u8 = 0x41;
     pub const EXISTS: u8 = 0x42;
     pub const MGET: u8 = 0x43;
     pub const STRLEN: u8 = 0x44;
     pub const RANGE: u8 = 0x45;
     pub const DBSIZE: u8 = 0x46;
+    pub const GETRANGE: u8 = 0x47;
+    pub const TYPE: u8 = 0x48;
+    pub const SCAN: u8 = 0x49;
+    pub const KEYS: u8 = 0x4a;
+    pub const RANDOMKEY: u8 = 0x4b;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,7 +239,7 @@ pub fn not_integer() -> Value {
 pub fn string_too_large() -> Value {
     Value::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
 }
-fn syntax_error() -> Value {
+pub fn syntax_error() -> Value {
     Value::error("ERR syntax error")
 }
 fn key_too_large() -> Value {
@@ -181,10 +258,21 @@ pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
             Ok(cmd) => encode_write_checked(&cmd),
             Err(reply) => Request::Reply(reply),
         },
+        "getdel" | "getset" | "msetnx" | "setrange" | "incrbyfloat" | "rename" | "renamenx"
+        | "copy" | "flushdb" | "flushall" => match parse_write_more(name, args) {
+            Ok(cmd) => encode_write_checked(&cmd),
+            Err(reply) => Request::Reply(reply),
+        },
         "get" | "exists" | "mget" | "strlen" | "range" | "dbsize" => match parse_read(name, args) {
             Ok(cmd) => Request::Read(encode_read(&cmd)),
             Err(reply) => Request::Reply(reply),
         },
+        "touch" | "getrange" | "substr" | "type" | "scan" | "keys" | "randomkey" => {
+            match parse_read_more(name, args) {
+                Ok(cmd) => Request::Read(encode_read(&cmd)),
+                Err(reply) => Request::Reply(reply),
+            }
+        }
         _ => return None,
     };
     Some(req)
@@ -370,6 +458,196 @@ fn parse_read<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<ReadCmd<'a>, Value>
     Ok(cmd)
 }
 
+/// Key-value pairs borrowed from a command or a payload.
+type Pairs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+fn parse_pairs(args: &[Vec<u8>]) -> Result<Pairs<'_>, Value> {
+    let mut pairs = Vec::with_capacity(args.len() / 2);
+    for kv in args.chunks_exact(2) {
+        pairs.push((check_key(&kv[0])?, check_value(&kv[1])?));
+    }
+    Ok(pairs)
+}
+
+/// The writes added for Redis compatibility (issue 15).
+fn parse_write_more<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<WriteCmd<'a>, Value> {
+    let n = args.len();
+    let arity_ok = match name {
+        "getdel" => n == 2,
+        "getset" | "incrbyfloat" | "rename" | "renamenx" => n == 3,
+        "setrange" => n == 4,
+        "msetnx" => n >= 3 && n % 2 == 1,
+        "copy" => n >= 3,
+        "flushdb" | "flushall" => n <= 2,
+        _ => unreachable!("parse_write_more called for {name}"),
+    };
+    if !arity_ok {
+        return Err(arity_error(name));
+    }
+    let cmd = match name {
+        "getdel" => WriteCmd::GetDel {
+            key: check_key(&args[1])?,
+        },
+        "getset" => WriteCmd::Set {
+            flags: SET_GET,
+            key: check_key(&args[1])?,
+            value: check_value(&args[2])?,
+        },
+        "msetnx" => WriteCmd::MSetNx {
+            pairs: parse_pairs(&args[1..])?,
+        },
+        "setrange" => {
+            let offset = parse_i64(&args[2]).ok_or_else(not_integer)?;
+            if offset < 0 {
+                return Err(Value::error("ERR offset is out of range"));
+            }
+            WriteCmd::SetRange {
+                key: check_key(&args[1])?,
+                offset: offset as u64,
+                value: check_value(&args[3])?,
+            }
+        }
+        "incrbyfloat" => {
+            if crate::kv::float::LongDouble::parse(&args[2]).is_none() {
+                return Err(crate::kv::float::not_a_float());
+            }
+            WriteCmd::IncrByFloat {
+                key: check_key(&args[1])?,
+                incr: &args[2],
+            }
+        }
+        "rename" | "renamenx" => WriteCmd::Rename {
+            from: check_key(&args[1])?,
+            to: check_key(&args[2])?,
+            nx: name == "renamenx",
+        },
+        "copy" => parse_copy(args)?,
+        _ => {
+            if let Some(mode) = args.get(1) {
+                if !mode.eq_ignore_ascii_case(b"sync") && !mode.eq_ignore_ascii_case(b"async") {
+                    return Err(syntax_error());
+                }
+            }
+            WriteCmd::FlushAll
+        }
+    };
+    Ok(cmd)
+}
+
+/// `COPY source destination [DB 0] [REPLACE]`: one database, so `DB` takes only 0.
+fn parse_copy(args: &[Vec<u8>]) -> Result<WriteCmd<'_>, Value> {
+    let mut replace = false;
+    let mut j = 3;
+    while j < args.len() {
+        let opt = &args[j];
+        if opt.eq_ignore_ascii_case(b"replace") {
+            replace = true;
+        } else if opt.eq_ignore_ascii_case(b"db") && j + 1 < args.len() {
+            let db = parse_i64(&args[j + 1]).ok_or_else(not_integer)?;
+            if db != 0 {
+                return Err(Value::error("ERR DB index is out of range"));
+            }
+            j += 1;
+        } else {
+            return Err(syntax_error());
+        }
+        j += 1;
+    }
+    Ok(WriteCmd::Copy {
+        from: check_key(&args[1])?,
+        to: check_key(&args[2])?,
+        replace,
+    })
+}
+
+/// The reads added for Redis compatibility (issue 15).
+fn parse_read_more<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<ReadCmd<'a>, Value> {
+    let n = args.len();
+    let arity_ok = match name {
+        "touch" => n >= 2,
+        "getrange" | "substr" => n == 4,
+        "type" | "keys" => n == 2,
+        "scan" => n >= 2,
+        "randomkey" => n == 1,
+        _ => unreachable!("parse_read_more called for {name}"),
+    };
+    if !arity_ok {
+        return Err(arity_error(name));
+    }
+    let cmd = match name {
+        "touch" => ReadCmd::Exists {
+            keys: check_keys(&args[1..])?,
+        },
+        "getrange" | "substr" => {
+            let start = parse_i64(&args[2]).ok_or_else(not_integer)?;
+            let end = parse_i64(&args[3]).ok_or_else(not_integer)?;
+            ReadCmd::GetRange {
+                key: check_key(&args[1])?,
+                start,
+                end,
+            }
+        }
+        "type" => ReadCmd::Type {
+            key: check_key(&args[1])?,
+        },
+        "keys" => ReadCmd::Keys {
+            pattern: check_key(&args[1])?,
+        },
+        "scan" => parse_scan(args)?,
+        _ => ReadCmd::RandomKey,
+    };
+    Ok(cmd)
+}
+
+/// Redis's default `SCAN` COUNT.
+pub const SCAN_COUNT_DEFAULT: u32 = 10;
+
+/// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`, with Redis's errors. A COUNT above
+/// `SCAN_COUNT_MAX` is lowered to it (COUNT is a hint), which bounds the work of one call.
+fn parse_scan(args: &[Vec<u8>]) -> Result<ReadCmd<'_>, Value> {
+    let cursor = parse_cursor(&args[1]).ok_or_else(|| Value::error("ERR invalid cursor"))?;
+    let (mut count, mut pattern, mut kind) = (SCAN_COUNT_DEFAULT, None, TypeFilter::Any);
+    let mut j = 2;
+    while j < args.len() {
+        let (opt, arg) = (&args[j], args.get(j + 1));
+        match arg {
+            Some(a) if opt.eq_ignore_ascii_case(b"count") => {
+                let n = parse_i64(a).ok_or_else(not_integer)?;
+                if n < 1 {
+                    return Err(syntax_error());
+                }
+                count = n.min(i64::from(SCAN_COUNT_MAX)) as u32;
+            }
+            Some(a) if opt.eq_ignore_ascii_case(b"match") => {
+                pattern = (a.as_slice() != b"*").then_some(check_key(a)?);
+            }
+            Some(a) if opt.eq_ignore_ascii_case(b"type") => {
+                kind = if a.eq_ignore_ascii_case(b"string") {
+                    TypeFilter::String
+                } else {
+                    TypeFilter::Other
+                };
+            }
+            _ => return Err(syntax_error()),
+        }
+        j += 2;
+    }
+    Ok(ReadCmd::Scan {
+        cursor,
+        count,
+        pattern,
+        kind,
+    })
+}
+
+/// A SCAN cursor: decimal digits within u64 (what redis-py and go-redis send back).
+fn parse_cursor(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
 /// `RANGE start end [LIMIT n]`.
 fn parse_range(args: &[Vec<u8>]) -> Result<ReadCmd<'_>, Value> {
     let mut limit = RANGE_LIMIT_DEFAULT;
@@ -456,8 +734,51 @@ pub fn encode_write(cmd: &WriteCmd<'_>) -> Vec<u8> {
             put_bytes(&mut out, expected);
             put_bytes(&mut out, new);
         }
+        _ => encode_write_more(cmd, &mut out),
     }
     out
+}
+
+fn encode_write_more(cmd: &WriteCmd<'_>, out: &mut Vec<u8>) {
+    match cmd {
+        WriteCmd::GetDel { key } => {
+            out.push(op::GETDEL);
+            put_bytes(out, key);
+        }
+        WriteCmd::MSetNx { pairs } => {
+            out.push(op::MSETNX);
+            put_u32(out, pairs.len() as u32);
+            for (k, v) in pairs {
+                put_bytes(out, k);
+                put_bytes(out, v);
+            }
+        }
+        WriteCmd::SetRange { key, offset, value } => {
+            out.push(op::SETRANGE);
+            put_bytes(out, key);
+            out.extend_from_slice(&offset.to_be_bytes());
+            put_bytes(out, value);
+        }
+        WriteCmd::IncrByFloat { key, incr } => {
+            out.push(op::INCRBYFLOAT);
+            put_bytes(out, key);
+            put_bytes(out, incr);
+        }
+        WriteCmd::Rename { from, to, nx } => {
+            out.push(op::RENAME);
+            put_bytes(out, from);
+            put_bytes(out, to);
+            out.push(u8::from(*nx));
+        }
+        WriteCmd::Copy { from, to, replace } => {
+            out.push(op::COPY);
+            put_bytes(out, from);
+            put_bytes(out, to);
+            out.push(u8::from(*replace));
+        }
+        WriteCmd::FlushAll => out.push(op::FLUSHALL),
+        _ => unreachable!("encode_write handles {cmd:?}"),
+    }
 }
 
 /// The query payload of a read.
@@ -487,6 +808,43 @@ pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
             put_u32(&mut out, *limit);
         }
         ReadCmd::DbSize => out.push(op::DBSIZE),
+        ReadCmd::GetRange { key, start, end } => {
+            out.push(op::GETRANGE);
+            put_bytes(&mut out, key);
+            out.extend_from_slice(&start.to_be_bytes());
+            out.extend_from_slice(&end.to_be_bytes());
+        }
+        ReadCmd::Type { key } => {
+            out.push(op::TYPE);
+            put_bytes(&mut out, key);
+        }
+        ReadCmd::Scan {
+            cursor,
+            count,
+            pattern,
+            kind,
+        } => {
+            out.push(op::SCAN);
+            out.extend_from_slice(&cursor.to_be_bytes());
+            put_u32(&mut out, *count);
+            match pattern {
+                Some(p) => {
+                    out.push(1);
+                    put_bytes(&mut out, p);
+                }
+                None => out.push(0),
+            }
+            out.push(match kind {
+                TypeFilter::Any => 0,
+                TypeFilter::String => 1,
+                TypeFilter::Other => 2,
+            });
+        }
+        ReadCmd::Keys { pattern } => {
+            out.push(op::KEYS);
+            put_bytes(&mut out, pattern);
+        }
+        ReadCmd::RandomKey => out.push(op::RANDOMKEY),
     }
     out
 }
@@ -536,6 +894,25 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::Truncated);
         }
         Ok(n)
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(BigEndian::read_u64(self.take(8)?))
+    }
+    /// A byte that must be 0 or 1.
+    fn flag(&mut self, code: u8) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Op(code)),
+        }
+    }
+    fn pairs(&mut self) -> Result<Pairs<'a>, DecodeError> {
+        let n = self.count(8)?;
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
+            pairs.push((self.key()?, self.value()?));
+        }
+        Ok(pairs)
     }
     fn keys(&mut self) -> Result<Vec<&'a [u8]>, DecodeError> {
         let n = self.count(4)?;
@@ -602,6 +979,28 @@ pub fn decode_write(data: &[u8]) -> Result<WriteCmd<'_>, DecodeError> {
             expected: r.value()?,
             new: r.value()?,
         },
+        op::GETDEL => WriteCmd::GetDel { key: r.key()? },
+        op::MSETNX => WriteCmd::MSetNx { pairs: r.pairs()? },
+        op::SETRANGE => WriteCmd::SetRange {
+            key: r.key()?,
+            offset: r.u64()?,
+            value: r.value()?,
+        },
+        op::INCRBYFLOAT => WriteCmd::IncrByFloat {
+            key: r.key()?,
+            incr: r.value()?,
+        },
+        op::RENAME => WriteCmd::Rename {
+            from: r.key()?,
+            to: r.key()?,
+            nx: r.flag(code)?,
+        },
+        op::COPY => WriteCmd::Copy {
+            from: r.key()?,
+            to: r.key()?,
+            replace: r.flag(code)?,
+        },
+        op::FLUSHALL => WriteCmd::FlushAll,
         other => return Err(DecodeError::Op(other)),
     };
     r.finish()?;
@@ -622,6 +1021,31 @@ pub fn decode_read(data: &[u8]) -> Result<ReadCmd<'_>, DecodeError> {
             limit: r.u32()?.min(RANGE_LIMIT_MAX),
         },
         op::DBSIZE => ReadCmd::DbSize,
+        op::GETRANGE => ReadCmd::GetRange {
+            key: r.key()?,
+            start: r.i64()?,
+            end: r.i64()?,
+        },
+        op::TYPE => ReadCmd::Type { key: r.key()? },
+        op::SCAN => {
+            let cursor = r.u64()?;
+            let count = r.u32()?.clamp(1, SCAN_COUNT_MAX);
+            let pattern = if r.flag(code)? { Some(r.key()?) } else { None };
+            let kind = match r.u8()? {
+                0 => TypeFilter::Any,
+                1 => TypeFilter::String,
+                2 => TypeFilter::Other,
+                _ => return Err(DecodeError::Op(code)),
+            };
+            ReadCmd::Scan {
+                cursor,
+                count,
+                pattern,
+                kind,
+            }
+        }
+        op::KEYS => ReadCmd::Keys { pattern: r.key()? },
+        op::RANDOMKEY => ReadCmd::RandomKey,
         other => return Err(DecodeError::Op(other)),
     };
     r.finish()?;
@@ -677,6 +1101,32 @@ mod tests {
             args(&[b"strlen", b"k"]),
             args(&[b"range", b"a", b"", b"limit", b"7"]),
             args(&[b"dbsize"]),
+            args(&[b"getdel", b"k"]),
+            args(&[b"getset", b"k", b"v"]),
+            args(&[b"msetnx", b"a", b"1", b"b", b"2"]),
+            args(&[b"setrange", b"k", b"5", b"xy"]),
+            args(&[b"incrbyfloat", b"k", b"-1.5e3"]),
+            args(&[b"rename", b"a", b"b"]),
+            args(&[b"renamenx", b"a", b"b"]),
+            args(&[b"copy", b"a", b"b", b"db", b"0", b"replace"]),
+            args(&[b"flushdb", b"async"]),
+            args(&[b"touch", b"a", b"b"]),
+            args(&[b"getrange", b"k", b"-3", b"-1"]),
+            args(&[b"substr", b"k", b"0", b"2"]),
+            args(&[b"type", b"k"]),
+            args(&[b"scan", b"0"]),
+            args(&[
+                b"scan",
+                b"18446744073709551615",
+                b"match",
+                b"k*",
+                b"count",
+                b"5",
+                b"type",
+                b"string",
+            ]),
+            args(&[b"keys", b"*"]),
+            args(&[b"randomkey"]),
         ];
         for a in &cases {
             match parse(a) {
@@ -741,6 +1191,26 @@ mod tests {
             reply(&[b"range", b"a", b"b", b"lim", b"5"]),
             "ERR syntax error"
         );
+        assert_eq!(reply(&[b"scan", b"-1"]), "ERR invalid cursor");
+        assert_eq!(
+            reply(&[b"scan", b"18446744073709551616"]),
+            "ERR invalid cursor"
+        );
+        assert_eq!(reply(&[b"scan", b"0", b"count", b"0"]), "ERR syntax error");
+        assert_eq!(reply(&[b"scan", b"0", b"count"]), "ERR syntax error");
+        assert_eq!(
+            reply(&[b"setrange", b"k", b"-1", b"x"]),
+            "ERR offset is out of range"
+        );
+        assert_eq!(
+            reply(&[b"incrbyfloat", b"k", b"1x"]),
+            "ERR value is not a valid float"
+        );
+        assert_eq!(
+            reply(&[b"copy", b"a", b"b", b"db", b"1"]),
+            "ERR DB index is out of range"
+        );
+        assert_eq!(reply(&[b"flushall", b"now"]), "ERR syntax error");
         assert!(parse(&args(&[b"ping"])).is_none());
         assert!(parse(&[]).is_none());
     }
@@ -793,7 +1263,10 @@ mod tests {
             let mut buf = vec![0u8; p.range(0, 40) as usize];
             p.fill(&mut buf);
             if buf.len() >= 2 {
-                const OPS: [u8; 13] = [1, 2, 3, 4, 5, 6, 7, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46];
+                const OPS: [u8; 25] = [
+                    1, 2, 3, 4, 5, 6, 7, 8, 9, 0xa, 0xb, 0xc, 0xd, 0xe, 0x41, 0x42, 0x43, 0x44,
+                    0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x4b,
+                ];
                 buf[0] = FORMAT_VERSION;
                 buf[1] = OPS[p.range(0, OPS.len() as u64) as usize];
                 // Small lengths and counts, so that decoding gets past the first field.

@@ -15,6 +15,9 @@
 //!    a failed load leaves the previous state untouched.
 
 pub mod command;
+pub mod float;
+pub mod glob;
+pub mod hash;
 pub mod skiplist;
 pub mod snapshot;
 pub mod store;

@@ -1,6 +1,8 @@
 //! The KV snapshot format: the whole state streamed in key order, and its loader.
 //!
-//! Owns: the byte layout below, writing it from a `KvStore`, and rebuilding a store from it.
+//! Owns: the byte layout below, writing it from a skiplist, and rebuilding a skiplist from it.
+//! It works on the skiplist and the applied index, not on `KvStore`, so the store may call it
+//! without the two modules importing each other.
 //! Must not: open, sync or rename files (the node does), or log (the writer runs in a forked
 //! child).
 //!
@@ -26,9 +28,8 @@
 //!    does not match, trailing bytes, a CRC mismatch, and a recomputed state hash that
 //!    differs from the stored one. Lengths are checked before anything is allocated.
 
-use crate::kv::skiplist::Builder;
-use crate::kv::store::{combine_state_hash, entry_hash, KvStore};
-use crate::kv::StateMachine;
+use crate::kv::hash::{combine_state_hash, entry_hash};
+use crate::kv::skiplist::{Builder, SkipList};
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::raft::LogIndex;
 use byteorder::{BigEndian, ByteOrder};
@@ -110,9 +111,14 @@ impl CrcWriter<'_> {
     }
 }
 
-/// Stream `store` to `w` in the format above; returns its state hash.
-pub fn write(store: &KvStore, w: &mut dyn Write) -> io::Result<u64> {
-    let list = store.list();
+/// Stream the state (`list` as of `applied`, whose state hash is `state_hash`) to `w` in the
+/// format above; returns `state_hash`.
+pub fn write(
+    list: &SkipList,
+    applied: LogIndex,
+    state_hash: u64,
+    w: &mut dyn Write,
+) -> io::Result<u64> {
     let mut out = CrcWriter {
         out: BufWriter::with_capacity(BUFFER_SIZE, w),
         crc: 0,
@@ -120,7 +126,7 @@ pub fn write(store: &KvStore, w: &mut dyn Write) -> io::Result<u64> {
     let mut header = [0u8; HEADER_SIZE];
     header[0..8].copy_from_slice(&MAGIC);
     BigEndian::write_u32(&mut header[8..12], VERSION);
-    BigEndian::write_u64(&mut header[12..20], store.applied_index().0);
+    BigEndian::write_u64(&mut header[12..20], applied.0);
     BigEndian::write_u64(&mut header[20..28], list.len() as u64);
     out.put(&header)?;
     let mut written = 0usize;
@@ -134,7 +140,7 @@ pub fn write(store: &KvStore, w: &mut dyn Write) -> io::Result<u64> {
         written += 1;
     }
     assert_eq!(written, list.len(), "iteration count vs len");
-    let hash = store.state_hash();
+    let hash = state_hash;
     out.put(&hash.to_be_bytes())?;
     let crc = out.crc;
     out.out.write_all(&crc.to_be_bytes())?;
@@ -188,8 +194,17 @@ impl CrcReader<'_> {
     }
 }
 
-/// Replace `store`'s state with the snapshot read from `r`; on error `store` is unchanged.
-pub fn load(store: &mut KvStore, r: &mut dyn Read) -> Result<u64, SnapshotError> {
+/// A state rebuilt from a snapshot, verified against its checksum and state hash.
+pub struct Loaded {
+    pub list: SkipList,
+    pub applied: LogIndex,
+    /// The wrapping sum of the records' entry hashes (see `hash::entry_hash`).
+    pub entries_hash: u64,
+    pub state_hash: u64,
+}
+
+/// Read and verify the snapshot in `r`; `seed` seeds the rebuilt skiplist's heights.
+pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
     let mut input = CrcReader {
         input: BufReader::with_capacity(BUFFER_SIZE, r),
         offset: 0,
@@ -206,7 +221,7 @@ pub fn load(store: &mut KvStore, r: &mut dyn Read) -> Result<u64, SnapshotError>
     }
     let applied = LogIndex(BigEndian::read_u64(&header[12..20]));
     let count = BigEndian::read_u64(&header[20..28]);
-    let mut builder = Builder::new(store.seed());
+    let mut builder = Builder::new(seed);
     let mut entries_hash = 0u64;
     for _ in 0..count {
         entries_hash = entries_hash.wrapping_add(read_record(&mut input, &mut builder)?);
@@ -236,9 +251,12 @@ pub fn load(store: &mut KvStore, r: &mut dyn Read) -> Result<u64, SnapshotError>
             computed: computed_hash,
         });
     }
-    store.replace_state(builder.finish(), applied, entries_hash);
-    debug_assert_eq!(store.state_hash(), computed_hash);
-    Ok(computed_hash)
+    Ok(Loaded {
+        list: builder.finish(),
+        applied,
+        entries_hash,
+        state_hash: computed_hash,
+    })
 }
 
 /// Read one record into `builder`; returns its entry hash.
@@ -277,7 +295,8 @@ fn read_record(input: &mut CrcReader<'_>, builder: &mut Builder) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::Request;
+    use crate::kv::store::KvStore;
+    use crate::kv::{Request, StateMachine};
     use crate::prng::Prng;
 
     fn store_with(n: usize, seed: u64) -> KvStore {

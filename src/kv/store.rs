@@ -9,17 +9,32 @@
 //! snapshot load recomputes it record by record. `state_hash` mixes it with the applied index
 //! and the key count. NB: not cryptographic; it detects divergence, not malice.
 //!
+//! # Scan order
+//! `SCAN` walks the keys in the order of a fixed 64-bit hash of each key (`scan_hash`, never
+//! 0), kept in `scan_index`. Its cursor is the hash to resume from, so it means the same on
+//! every replica and after any leader change (it depends on the keys alone, not on one node's
+//! memory layout), and a key present for the whole scan is returned: every key whose hash is
+//! below the cursor was already returned, and the scan only moves up. A call stops only
+//! between two different hashes, so keys that collide are returned together.
+//! NB: the index holds a second copy of every key (memory ~ 2x the key bytes).
+//!
 //! Invariants:
 //! 1. `entries_hash` == wrapping sum of `entry_hash(k, v)` over the stored pairs.
+//! 4. `scan_index` holds exactly `(scan_hash(k), k)` for every stored key `k`.
 //! 2. `applied` only grows; `apply` asserts `index > applied` (a caller's bug otherwise).
 //! 3. No stored key exceeds `KEY_SIZE_MAX` and no stored value exceeds `VALUE_SIZE_MAX`.
 
 use crate::client::value::Value;
-use crate::kv::command::{self, ReadCmd, WriteCmd, SET_GET, SET_NX, SET_XX};
+use crate::kv::command::{self, ReadCmd, TypeFilter, WriteCmd, SET_GET, SET_NX, SET_XX};
+use crate::kv::hash::hash64;
+use crate::kv::hash::{combine_state_hash, entry_hash};
 use crate::kv::skiplist::{Entry, SkipList};
 use crate::kv::{snapshot, Request, SnapshotError, StateMachine};
+use crate::limits::KEYS_KEYS_MAX;
 use crate::limits::VALUE_SIZE_MAX;
 use crate::raft::LogIndex;
+use std::cell::Cell;
+use std::collections::BTreeSet;
 
 /// Bytes of keys and values one RANGE reply carries at most: the reply stops before the pair
 /// that would cross it (but always holds at least one pair, so paging makes progress).
@@ -41,43 +56,16 @@ pub struct KvStore {
     applied: LogIndex,
     entries_hash: u64,
     seed: u64,
+    /// Every key by its scan hash (see "Scan order").
+    scan_index: BTreeSet<(u64, Box<[u8]>)>,
+    /// RANDOMKEY's generator state: local to this replica, it never affects the state.
+    random: Cell<u64>,
 }
 
-const K: u64 = 0x9e37_79b9_7f4a_7c15;
-
-fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-/// A fast, stable 64-bit hash of `bytes` (8 bytes per multiply), seeded.
-pub fn hash64(seed: u64, bytes: &[u8]) -> u64 {
-    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h ^ w).wrapping_mul(K).rotate_left(29);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(K).rotate_left(29);
-    }
-    fmix64(h)
-}
-
-/// The hash one stored pair contributes to the state hash.
-pub fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
-    hash64(hash64(0x006b_6579, key), value)
-}
-
-/// The state hash of a store with these parts (shared with the snapshot loader).
-pub fn combine_state_hash(applied: LogIndex, keys: usize, entries_hash: u64) -> u64 {
-    fmix64(entries_hash ^ fmix64(applied.0 ^ 0x0061_7070_6c69_6564) ^ (keys as u64).wrapping_mul(K))
+/// The scan order's hash of a key: fixed (not the store's seed), so that cursors mean the same
+/// on every replica; never 0, which is the cursor that starts and ends a scan.
+pub fn scan_hash(key: &[u8]) -> u64 {
+    hash64(0x7363_616e, key).max(1)
 }
 
 impl KvStore {
@@ -89,6 +77,8 @@ impl KvStore {
             applied: LogIndex(0),
             entries_hash: 0,
             seed,
+            scan_index: BTreeSet::new(),
+            random: Cell::new(seed | 1),
         }
     }
 
@@ -121,28 +111,38 @@ impl KvStore {
             .iter()
             .fold(0u64, |s, (k, v)| s.wrapping_add(entry_hash(k, v)));
         assert_eq!(sum, self.entries_hash, "incremental entries hash drifted");
+        assert_eq!(self.scan_index.len(), self.list.len(), "scan index size");
+        for (k, _) in self.list.iter() {
+            assert!(
+                self.scan_index.contains(&(scan_hash(k), k.into())),
+                "key {k:?} missing from the scan index"
+            );
+        }
     }
 
+    #[cfg(test)]
     pub(crate) fn list(&self) -> &SkipList {
         &self.list
     }
 
     /// Install a state built by the snapshot loader.
-    pub(crate) fn replace_state(&mut self, list: SkipList, applied: LogIndex, entries_hash: u64) {
+    fn replace_state(&mut self, list: SkipList, applied: LogIndex, entries_hash: u64) {
+        self.scan_index = list.iter().map(|(k, _)| (scan_hash(k), k.into())).collect();
         self.list = list;
         self.applied = applied;
         self.entries_hash = entries_hash;
     }
 
-    pub(crate) fn seed(&self) -> u64 {
-        self.seed
-    }
-
     fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
         self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
         let old = self.list.insert(key, value);
-        if let Some(e) = &old {
-            self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+        match &old {
+            Some(e) => {
+                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()))
+            }
+            None => {
+                self.scan_index.insert((scan_hash(key), key.into()));
+            }
         }
         old
     }
@@ -151,6 +151,7 @@ impl KvStore {
         match self.list.remove(key) {
             Some(e) => {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+                self.scan_index.remove(&(scan_hash(key), key.into()));
                 true
             }
             None => false,
@@ -198,7 +199,100 @@ impl KvStore {
                     Value::Integer(0)
                 }
             }
+            other => self.apply_write_more(other),
         }
+    }
+
+    /// The writes added for Redis compatibility, with Redis 7's replies.
+    fn apply_write_more(&mut self, cmd: WriteCmd<'_>) -> Value {
+        match cmd {
+            WriteCmd::GetDel { key } => match self.list.get(key).map(<[u8]>::to_vec) {
+                Some(v) => {
+                    self.delete(key);
+                    Value::Bulk(v)
+                }
+                None => Value::Nil,
+            },
+            WriteCmd::MSetNx { pairs } => {
+                if pairs.iter().any(|(k, _)| self.list.get(k).is_some()) {
+                    return Value::Integer(0);
+                }
+                for (k, v) in pairs {
+                    self.put(k, v);
+                }
+                Value::Integer(1)
+            }
+            WriteCmd::SetRange { key, offset, value } => self.apply_setrange(key, offset, value),
+            WriteCmd::IncrByFloat { key, incr } => {
+                match crate::kv::float::incr_by_float(self.list.get(key), incr) {
+                    Ok(text) => {
+                        self.put(key, text.as_bytes());
+                        Value::Bulk(text.into_bytes())
+                    }
+                    Err(e) => e,
+                }
+            }
+            WriteCmd::Rename { from, to, nx } => {
+                let Some(v) = self.list.get(from).map(<[u8]>::to_vec) else {
+                    return Value::error("ERR no such key");
+                };
+                if from == to {
+                    return if nx { Value::Integer(0) } else { Value::ok() };
+                }
+                if nx && self.list.get(to).is_some() {
+                    return Value::Integer(0);
+                }
+                self.delete(from);
+                self.put(to, &v);
+                if nx {
+                    Value::Integer(1)
+                } else {
+                    Value::ok()
+                }
+            }
+            WriteCmd::Copy { from, to, replace } => {
+                if from == to {
+                    return Value::error("ERR source and destination objects are the same");
+                }
+                let Some(v) = self.list.get(from).map(<[u8]>::to_vec) else {
+                    return Value::Integer(0);
+                };
+                if !replace && self.list.get(to).is_some() {
+                    return Value::Integer(0);
+                }
+                self.put(to, &v);
+                Value::Integer(1)
+            }
+            WriteCmd::FlushAll => {
+                self.list.clear();
+                self.scan_index.clear();
+                self.entries_hash = 0;
+                Value::ok()
+            }
+            other => unreachable!("apply_write handles {other:?}"),
+        }
+    }
+
+    /// `SETRANGE`, in Redis's order of checks: an empty value changes nothing (and creates
+    /// no key); otherwise the result must fit `VALUE_SIZE_MAX`; the gap is zero-filled.
+    fn apply_setrange(&mut self, key: &[u8], offset: u64, value: &[u8]) -> Value {
+        let old = self.list.get(key);
+        if value.is_empty() {
+            return Value::Integer(old.map_or(0, <[u8]>::len) as i64);
+        }
+        let end = offset.saturating_add(value.len() as u64);
+        if end > VALUE_SIZE_MAX as u64 {
+            return command::string_too_large();
+        }
+        let (offset, end) = (offset as usize, end as usize);
+        let mut new = old.unwrap_or_default().to_vec();
+        if new.len() < end {
+            new.resize(end, 0);
+        }
+        new[offset..end].copy_from_slice(value);
+        let len = new.len();
+        self.put(key, &new);
+        Value::Integer(len as i64)
     }
 
     /// `SET` with NX/XX/GET: without GET, +OK or nil when the condition fails; with GET, the
@@ -253,7 +347,90 @@ impl KvStore {
             }
             ReadCmd::Range { start, end, limit } => self.answer_range(start, end, limit),
             ReadCmd::DbSize => Value::Integer(self.list.len() as i64),
+            ReadCmd::GetRange { key, start, end } => {
+                Value::Bulk(substring(self.list.get(key).unwrap_or_default(), start, end).to_vec())
+            }
+            ReadCmd::Type { key } => Value::Simple(
+                if self.list.get(key).is_some() {
+                    "string"
+                } else {
+                    "none"
+                }
+                .into(),
+            ),
+            ReadCmd::Scan {
+                cursor,
+                count,
+                pattern,
+                kind,
+            } => self.answer_scan(cursor, count, pattern, kind),
+            ReadCmd::Keys { pattern } => self.answer_keys(pattern),
+            ReadCmd::RandomKey => self.random_key(),
         }
+    }
+
+    /// One SCAN step: examine about `count` keys from `cursor` in scan order (see "Scan
+    /// order"), stopping only between two different hashes; reply `[next cursor, keys]`.
+    fn answer_scan(
+        &self,
+        cursor: u64,
+        count: u32,
+        pattern: Option<&[u8]>,
+        kind: TypeFilter,
+    ) -> Value {
+        let mut keys = Vec::new();
+        let mut next = 0u64;
+        let mut last_hash = None;
+        let from = self.scan_index.range((cursor, Box::default())..);
+        for (examined, (h, key)) in from.enumerate() {
+            if examined >= count as usize && last_hash != Some(*h) {
+                next = *h;
+                break;
+            }
+            last_hash = Some(*h);
+            let matched = pattern.is_none_or(|p| crate::kv::glob::matches(p, key, false));
+            if matched && kind != TypeFilter::Other {
+                keys.push(Value::Bulk(key.to_vec()));
+            }
+        }
+        Value::Array(vec![
+            Value::Bulk(next.to_string().into_bytes()),
+            Value::Array(keys),
+        ])
+    }
+
+    /// `KEYS`, in key order; refused past `KEYS_KEYS_MAX` keys, since it walks them all.
+    fn answer_keys(&self, pattern: &[u8]) -> Value {
+        if self.list.len() > KEYS_KEYS_MAX {
+            return Value::error(format!(
+                "ERR KEYS would walk {} keys, more than the limit of {KEYS_KEYS_MAX}; use SCAN",
+                self.list.len()
+            ));
+        }
+        let all = pattern == b"*";
+        let keys = self
+            .list
+            .iter()
+            .filter(|(k, _)| all || crate::kv::glob::matches(pattern, k, false))
+            .map(|(k, _)| Value::Bulk(k.to_vec()))
+            .collect();
+        Value::Array(keys)
+    }
+
+    /// A key picked at random in O(log n): the first in scan order at or after a random hash.
+    /// (Keys after a wide gap of hashes are a little likelier; Redis is not uniform either.)
+    fn random_key(&self) -> Value {
+        let mut x = self.random.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random.set(x);
+        let pick = self
+            .scan_index
+            .range((x, Box::default())..)
+            .next()
+            .or_else(|| self.scan_index.iter().next());
+        pick.map_or(Value::Nil, |(_, k)| Value::Bulk(k.to_vec()))
     }
 
     /// Flat array `k1 v1 k2 v2 ...` of keys in `[start, end)` (empty `end`: unbounded), at
@@ -272,6 +449,20 @@ impl KvStore {
         }
         Value::Array(out)
     }
+}
+
+/// `GETRANGE`'s slice of `s`, with Redis's rules for negative and out-of-range indexes.
+pub fn substring(s: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = s.len() as i64;
+    if start < 0 && end < 0 && start > end {
+        return &[];
+    }
+    let start = if start < 0 { len + start } else { start }.max(0);
+    let end = if end < 0 { len + end } else { end }.max(0).min(len - 1);
+    if start > end || len == 0 {
+        return &[];
+    }
+    &s[start as usize..=end as usize]
 }
 
 impl StateMachine for KvStore {
@@ -304,11 +495,14 @@ impl StateMachine for KvStore {
     }
 
     fn write_snapshot(&self, w: &mut dyn std::io::Write) -> std::io::Result<u64> {
-        snapshot::write(self, w)
+        snapshot::write(&self.list, self.applied, self.state_hash(), w)
     }
 
     fn load_snapshot(&mut self, r: &mut dyn std::io::Read) -> Result<u64, SnapshotError> {
-        snapshot::load(self, r)
+        let loaded = snapshot::load(self.seed, r)?;
+        self.replace_state(loaded.list, loaded.applied, loaded.entries_hash);
+        debug_assert_eq!(self.state_hash(), loaded.state_hash);
+        Ok(loaded.state_hash)
     }
 
     fn state_hash(&self) -> u64 {
@@ -545,6 +739,92 @@ mod tests {
             }
             x => panic!("{x:?}"),
         }
+    }
+
+    /// One SCAN call's (next cursor, keys).
+    fn scan_step(kv: &mut KvStore, cursor: u64, count: u32) -> (u64, Vec<Vec<u8>>) {
+        let c = cursor.to_string();
+        let n = count.to_string();
+        let Value::Array(parts) = run(kv, &[b"SCAN", c.as_bytes(), b"COUNT", n.as_bytes()]) else {
+            panic!("SCAN reply")
+        };
+        let (Value::Bulk(next), Value::Array(keys)) = (&parts[0], &parts[1]) else {
+            panic!("{parts:?}")
+        };
+        let keys = keys
+            .iter()
+            .map(|k| match k {
+                Value::Bulk(k) => k.clone(),
+                x => panic!("{x:?}"),
+            })
+            .collect();
+        (String::from_utf8_lossy(next).parse().unwrap(), keys)
+    }
+
+    #[test]
+    fn scan_returns_every_key_present_throughout_despite_concurrent_writes() {
+        let mut p = crate::prng::Prng::new(21);
+        for round in 0..20 {
+            let kv = &mut KvStore::new(round);
+            let stable: Vec<Vec<u8>> = (0..300).map(|i| format!("s{i}").into_bytes()).collect();
+            for k in &stable {
+                run(kv, &[b"SET", k, b"v"]);
+            }
+            let mut seen = std::collections::HashSet::new();
+            let mut cursor = 0;
+            for step in 0.. {
+                assert!(step < 10_000, "scan did not finish");
+                // Churn: other keys come and go between calls.
+                for _ in 0..p.range(0, 20) {
+                    let k = format!("c{}", p.range(0, 500)).into_bytes();
+                    if p.chance(1, 2) {
+                        run(kv, &[b"SET", &k, b"x"]);
+                    } else {
+                        run(kv, &[b"DEL", &k]);
+                    }
+                }
+                let (next, keys) = scan_step(kv, cursor, p.range(1, 30) as u32);
+                seen.extend(keys);
+                if next == 0 {
+                    break;
+                }
+                assert!(next > cursor, "the cursor only moves up");
+                cursor = next;
+            }
+            for k in &stable {
+                assert!(seen.contains(k), "round {round}: {k:?} missed");
+            }
+            kv.check_invariants();
+        }
+    }
+
+    #[test]
+    fn a_scan_without_changes_returns_each_key_exactly_once_and_survives_a_snapshot() {
+        let kv = &mut KvStore::new(3);
+        for i in 0..1000 {
+            run(kv, &[b"SET", format!("k{i}").as_bytes(), b"v"]);
+        }
+        let mut all = Vec::new();
+        let (mut cursor, keys) = scan_step(kv, 0, 100);
+        all.extend(keys);
+        // Continue on a replica rebuilt from a snapshot: the cursor means the same there.
+        let mut snap = Vec::new();
+        kv.write_snapshot(&mut snap).unwrap();
+        let other = &mut KvStore::new(99);
+        other.load_snapshot(&mut snap.as_slice()).unwrap();
+        while cursor != 0 {
+            let (next, keys) = scan_step(other, cursor, 77);
+            all.extend(keys);
+            cursor = next;
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!((n, all.len()), (1000, 1000));
+        assert!(matches!(run(other, &[b"RANDOMKEY"]), Value::Bulk(_)));
+        run(other, &[b"FLUSHALL"]);
+        assert_eq!(run(other, &[b"RANDOMKEY"]), Value::Nil);
+        other.check_invariants();
     }
 
     #[test]

@@ -11,15 +11,15 @@
 //! 2. A client has at most `CLIENT_PENDING_MAX` unanswered requests; beyond that it is not
 //!    read from until some are answered (back-pressure, not buffering).
 
-use log::debug;
+use log::{debug, warn};
 
 use super::{ClientState, Forward, Node, PendingRead, ReplyTo, Role, Waiter, FORWARD_TIMEOUT};
 use crate::client::resp;
-use crate::client::Value;
+use crate::client::{Protocol, Value};
 use crate::kv::{Request, StateMachine};
 use crate::limits;
 use crate::raft::{NodeId, ProposeError};
-use crate::wire::Frame;
+use crate::wire::{self, Frame};
 
 /// What a command turned into.
 pub(super) enum Dispatch {
@@ -82,11 +82,17 @@ impl<S: StateMachine> Node<S> {
                         seq,
                     };
                     self.stats.commands_processed += 1;
-                    match self.dispatch(to, args) {
-                        Dispatch::Reply(v) => self.deliver(to, v.to_bytes()),
+                    let gated = st.session.gate(&args, self.now);
+                    let proto = st.session.proto;
+                    let dispatched = match gated {
+                        Some(v) => Dispatch::Reply(v),
+                        None => self.dispatch(to, args),
+                    };
+                    match dispatched {
+                        Dispatch::Reply(v) => self.deliver(to, v.to_bytes_as(proto)),
                         Dispatch::Pending => {}
                         Dispatch::ReplyAndClose(v) => {
-                            self.deliver(to, v.to_bytes());
+                            self.deliver(to, v.to_bytes_as(proto));
                             if let Some(c) = self.conns.get_mut(key) {
                                 c.conn.close_after_flush = true;
                             }
@@ -185,7 +191,8 @@ impl<S: StateMachine> Node<S> {
         }
         let id = self.next_forward_id;
         self.next_forward_id += 1;
-        if !self.send_frame(leader, &Frame::ClientRequest { id, args }) {
+        let proto = self.protocol_of(to).number();
+        if !self.send_frame(leader, &Frame::ClientRequest { id, args, proto }) {
             return Dispatch::Reply(no_leader());
         }
         self.forwards.insert(
@@ -199,10 +206,24 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// A follower forwarded a client's command to us.
-    pub(super) fn handle_forwarded(&mut self, from: NodeId, id: u64, args: Vec<Vec<u8>>) {
-        let to = ReplyTo::Peer { node: from, id };
+    pub(super) fn handle_forwarded(
+        &mut self,
+        from: NodeId,
+        id: u64,
+        proto: u8,
+        args: Vec<Vec<u8>>,
+    ) {
+        // The frame decoder let only 2 and 3 through.
+        let proto = Protocol::from_number(proto).unwrap_or_default();
+        let to = ReplyTo::Peer {
+            node: from,
+            id,
+            proto,
+        };
         match self.dispatch(to, args) {
-            Dispatch::Reply(v) | Dispatch::ReplyAndClose(v) => self.deliver(to, v.to_bytes()),
+            Dispatch::Reply(v) | Dispatch::ReplyAndClose(v) => {
+                self.deliver(to, v.to_bytes_as(proto))
+            }
             Dispatch::Pending => {}
         }
     }
@@ -232,10 +253,46 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// The protocol the waiting client speaks (RESP2 if it has left).
+    pub(super) fn protocol_of(&self, to: ReplyTo) -> Protocol {
+        match to {
+            ReplyTo::Peer { proto, .. } => proto,
+            ReplyTo::Client { key, gen, .. } => match self.conns.get(key) {
+                Some(c) if c.gen == gen => match &c.role {
+                    Role::Client(st) => st.session.proto,
+                    _ => Protocol::Resp2,
+                },
+                _ => Protocol::Resp2,
+            },
+        }
+    }
+
+    /// `v` encoded in the protocol of whoever waits for it.
+    pub(super) fn encode_reply(&self, to: ReplyTo, v: &Value) -> Vec<u8> {
+        v.to_bytes_as(self.protocol_of(to))
+    }
+
     /// Hand a reply to whoever waits for it; a client's replies leave in request order.
     pub(super) fn deliver(&mut self, to: ReplyTo, reply: Vec<u8>) {
         match to {
-            ReplyTo::Peer { node, id } => {
+            ReplyTo::Peer { node, id, .. } => {
+                // A reply that cannot fit one frame (an MGET of large values) becomes an error
+                // the follower hands to its client, rather than a frame encode refuses.
+                let reply = if reply.len() > wire::CLIENT_REPLY_SIZE_MAX {
+                    warn!(
+                        "reply of {} bytes to a command forwarded by node {node} exceeds {}",
+                        reply.len(),
+                        wire::CLIENT_REPLY_SIZE_MAX
+                    );
+                    Value::error(format!(
+                        "ERR reply too large to forward ({} bytes, limit {}); send the command to the leader",
+                        reply.len(),
+                        wire::CLIENT_REPLY_SIZE_MAX
+                    ))
+                    .to_bytes()
+                } else {
+                    reply
+                };
                 self.send_frame(node, &Frame::ClientReply { id, reply });
             }
             ReplyTo::Client { key, gen, seq } => {
@@ -297,14 +354,20 @@ fn unknown_command(args: &[Vec<u8>]) -> Value {
         .first()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .unwrap_or_default();
-    let rest: Vec<String> = args
-        .iter()
-        .skip(1)
-        .take(8)
-        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
-        .collect();
+    // Redis's text exactly: each argument quoted and followed by a space, the whole list cut
+    // at 128 bytes.
+    let mut rest = Vec::new();
+    for a in args.iter().skip(1) {
+        if rest.len() >= 128 {
+            break;
+        }
+        let room = 128 - rest.len();
+        rest.push(b'\'');
+        rest.extend_from_slice(&a[..a.len().min(room)]);
+        rest.extend_from_slice(b"' ");
+    }
     Value::error(format!(
         "ERR unknown command '{name}', with args beginning with: {}",
-        rest.join(" ")
+        String::from_utf8_lossy(&rest)
     ))
 }

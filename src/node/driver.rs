@@ -58,7 +58,7 @@ impl<S: StateMachine> Node<S> {
 
     /// A leader that lost its leadership cannot say whether its pending writes will commit
     /// (the next leader may keep or drop them): their clients get an error saying exactly that,
-    /// rather than waiting forever. Pending reads fail the same way.
+    /// rather than waiting forever. Pending reads are failed by the core (`Ready::failed_reads`).
     fn notice_role_change(&mut self) {
         let is_leader = self.raft.role() == crate::raft::Role::Leader;
         if self.was_leader && !is_leader {
@@ -69,7 +69,6 @@ impl<S: StateMachine> Node<S> {
                 );
                 self.deliver(w.to, v.to_bytes());
             }
-            self.fail_stale_reads();
         }
         self.was_leader = is_leader;
     }
@@ -83,6 +82,7 @@ impl<S: StateMachine> Node<S> {
             persisted_messages,
             committed,
             read_states,
+            failed_reads,
         } = rd;
         // 1.
         for m in messages {
@@ -143,6 +143,7 @@ impl<S: StateMachine> Node<S> {
             self.reads_ready.push((rs.index.max(floor), rs.ctx));
         }
         self.serve_ready_reads();
+        self.fail_reads(failed_reads);
         // 8.
         self.raft.advance(self.durable_last, self.applied);
         Ok(())
@@ -198,7 +199,7 @@ impl<S: StateMachine> Node<S> {
             }
             let w = self.waiters.remove(&idx).expect("present");
             let bytes = if idx == e.index && w.term == e.term {
-                reply.to_bytes()
+                self.encode_reply(w.to, &reply)
             } else {
                 Value::error(
                     "TRYAGAIN leadership changed before the command committed; it was not applied",
@@ -260,23 +261,15 @@ impl<S: StateMachine> Node<S> {
         for (_, ctx) in due {
             if let Some(r) = self.reads.remove(&ctx) {
                 let v = self.sm.query(&r.query);
-                self.deliver(r.to, v.to_bytes());
+                self.deliver(r.to, self.encode_reply(r.to, &v));
             }
         }
     }
 
-    /// Reads whose round can no longer complete (this node stepped down) are failed, so the
-    /// client retries instead of waiting forever.
-    pub(super) fn fail_stale_reads(&mut self) {
-        let ready: std::collections::HashSet<u64> =
-            self.reads_ready.iter().map(|&(_, ctx)| ctx).collect();
-        let waiting: Vec<u64> = self
-            .reads
-            .keys()
-            .filter(|ctx| !ready.contains(ctx))
-            .copied()
-            .collect();
-        for ctx in waiting {
+    /// Reads the core could not confirm (it stepped down first) are failed, so the client
+    /// retries instead of waiting forever.
+    fn fail_reads(&mut self, ctxs: Vec<u64>) {
+        for ctx in ctxs {
             if let Some(r) = self.reads.remove(&ctx) {
                 let v = Value::error("TRYAGAIN leadership changed during the read");
                 self.deliver(r.to, v.to_bytes());
@@ -448,7 +441,14 @@ impl<S: StateMachine> Node<S> {
                 let meta = done.header.meta.clone();
                 let keep = self.cfg.snapshot_keep_entries;
                 let compact_to = LogIndex(meta.last.index.0.saturating_sub(keep));
-                self.raft.snapshot_taken(meta.clone(), compact_to);
+                if !self.raft.snapshot_taken(meta.clone(), compact_to) {
+                    // A newer snapshot was installed from the leader while the child ran.
+                    info!(
+                        "snapshot at {} finished behind the current {}; not used",
+                        meta.last, self.snapshot_meta.last
+                    );
+                    return;
+                }
                 // The WAL's whole segments before `compact_to` go one per housekeeping pass.
                 self.wal_discard_to = self.wal_discard_to.max(compact_to);
                 self.discard_some_log();

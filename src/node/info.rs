@@ -1,5 +1,7 @@
 //! Commands the node answers itself (not the state machine): PING, ECHO, QUIT, INFO,
-//! COMMAND, CLIENT, SELECT, CONFIG GET, and the cluster commands MEMBER, TRANSFER, SNAPSHOT.
+//! COMMAND, CLIENT LIST, SELECT, CONFIG GET, TIME, WAIT, and the cluster commands MEMBER,
+//! TRANSFER, SNAPSHOT. (HELLO, MULTI and the other CLIENT subcommands are per connection:
+//! `client::session`; COMMAND, CONFIG, TIME and WAIT replies: `client::server_cmds`.)
 //!
 //! `INFO` follows Redis's layout (`# Section` headers, `field:value` lines) so Redis tooling
 //! can read it; its `raft` section is what `kvctl status` prints.
@@ -9,7 +11,9 @@ use std::fmt::Write as _;
 use super::clients::{no_leader, Dispatch};
 use super::{Node, ReplyTo, Waiter};
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
+use crate::client::server_cmds;
 use crate::client::Value;
+use crate::kv::command::parse_i64;
 use crate::kv::StateMachine;
 use crate::raft::{ConfChange, ConfChangeOp, NodeId, ProposeError, Role as RaftRole};
 
@@ -35,15 +39,23 @@ impl<S: StateMachine> Node<S> {
             "echo" if args.len() == 2 => Dispatch::Reply(Value::Bulk(args[1].clone())),
             "echo" => Dispatch::Reply(arity("echo")),
             "quit" => Dispatch::ReplyAndClose(Value::ok()),
-            "command" => Dispatch::Reply(Value::Array(vec![])),
-            "client" => Dispatch::Reply(Value::ok()),
-            "select" => Dispatch::Reply(match args.get(1).map(|a| a.as_slice()) {
-                Some(b"0") if args.len() == 2 => Value::ok(),
-                Some(_) if args.len() == 2 => Value::error("ERR DB index is out of range"),
-                _ => arity("select"),
+            "command" => Dispatch::Reply(server_cmds::command(args)),
+            // The other CLIENT subcommands are the connection's own (`client::session`).
+            "client" => Dispatch::Reply(self.client_list(args)),
+            "time" => Dispatch::Reply(server_cmds::time(args, wall_clock())),
+            "wait" => Dispatch::Reply(server_cmds::wait(args, self.conf_applied.voters.len())),
+            "select" if args.len() == 2 => Dispatch::Reply(match parse_i64(&args[1]) {
+                Some(0) => Value::ok(),
+                Some(_) => Value::error("ERR DB index is out of range"),
+                None => Value::error("ERR value is not an integer or out of range"),
             }),
-            "config" => Dispatch::Reply(Value::Array(vec![])),
-            "info" => Dispatch::Reply(Value::Bulk(self.info(args.get(1)).into_bytes())),
+            "select" => Dispatch::Reply(arity("select")),
+            "config" => Dispatch::Reply(server_cmds::config(args)),
+            // RESP3 clients get INFO as a verbatim string, as from Redis 7.
+            "info" => Dispatch::Reply(Value::Verbatim {
+                format: *b"txt",
+                text: self.info(args.get(1)).into_bytes(),
+            }),
             "member" => self.member_command(to, args),
             "transfer" => self.transfer_command(args),
             "snapshot" | "bgsave" => {
@@ -127,6 +139,23 @@ impl<S: StateMachine> Node<S> {
                 None => Dispatch::Reply(no_leader()),
             },
             Err(e) => Dispatch::Reply(Value::error(format!("ERR {e}"))),
+        }
+    }
+
+    /// `CLIENT LIST`: one line per client connection of this node.
+    fn client_list(&self, args: &[Vec<u8>]) -> Value {
+        if args.len() != 2 || !args[1].eq_ignore_ascii_case(b"list") {
+            return Value::error("ERR syntax error");
+        }
+        let mut text = String::new();
+        for (_, c) in &self.conns {
+            if let super::Role::Client(st) = &c.role {
+                text.push_str(&st.session.info_line(self.now));
+            }
+        }
+        Value::Verbatim {
+            format: *b"txt",
+            text: text.into_bytes(),
         }
     }
 
@@ -328,6 +357,13 @@ impl<S: StateMachine> Node<S> {
             );
         }
     }
+}
+
+/// Wall-clock time for `TIME` (the one command that reports it; nothing else depends on it).
+fn wall_clock() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn arity(cmd: &str) -> Value {

@@ -40,6 +40,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::client::session::Session;
+use crate::client::Protocol;
 use crate::config::Config;
 use crate::kv::StateMachine;
 use crate::raft::{ConfState, EntryId, LogIndex, NodeId, Raft, SnapshotMeta, Term};
@@ -113,8 +115,13 @@ enum ReplyTo {
     /// A client connection (the generation tells a reused slab key apart) and the position of
     /// the request in that client's pipeline.
     Client { key: usize, gen: u64, seq: u64 },
-    /// A follower forwarded the request; answer it with a `ClientReply` frame.
-    Peer { node: NodeId, id: u64 },
+    /// A follower forwarded the request; answer it with a `ClientReply` frame, encoded in the
+    /// client's protocol.
+    Peer {
+        node: NodeId,
+        id: u64,
+        proto: Protocol,
+    },
 }
 
 /// What kind of connection a slab entry is.
@@ -140,6 +147,8 @@ struct ClientState {
     /// output cap like queued bytes do.
     held_bytes: usize,
     addr: SocketAddr,
+    /// Protocol, name and MULTI gate (`client::session`), boxed to keep `Role` small.
+    session: Box<Session>,
 }
 
 struct Connection {
@@ -389,11 +398,19 @@ impl<S: StateMachine> Node<S> {
             let (conn, role) = match peer {
                 true => (Conn::peer(stream), Role::PeerIn { from: None }),
                 false => {
+                    let laddr = stream
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    // The id is the generation `insert_conn` gives it: unique on this node.
+                    let session =
+                        Session::new(self.next_gen + 1, addr.to_string(), laddr, self.now);
                     let state = ClientState {
                         next_seq: 0,
                         pending: VecDeque::new(),
                         held_bytes: 0,
                         addr,
+                        session: Box::new(session),
                     };
                     (Conn::client(stream), Role::Client(state))
                 }

@@ -104,7 +104,7 @@ impl<S: StateMachine> Node<S> {
             from: self.id,
             to,
         };
-        wire::encode(&hello, conn.output_buf());
+        wire::encode(&hello, conn.output_buf()).expect("a Hello has a fixed size");
         match self.insert_conn(
             conn,
             Role::PeerOut {
@@ -196,7 +196,12 @@ impl<S: StateMachine> Node<S> {
             debug!("output queue to node {to} full; dropping a frame");
             return false;
         }
-        wire::encode(frame, c.conn.output_buf());
+        if let Err(e) = wire::encode(frame, c.conn.output_buf()) {
+            // Nothing was queued; Raft tolerates the loss, and callers whose frame carries a
+            // client's data answer that client themselves.
+            warn!("dropping a frame to node {to}: {e}");
+            return false;
+        }
         self.mark_dirty(key);
         true
     }
@@ -289,7 +294,9 @@ impl<S: StateMachine> Node<S> {
                     self.on_snapshot_ack(peer, snapshot, next_offset, ok);
                 }
             }
-            Frame::ClientRequest { id, args } => self.handle_forwarded(peer, id, args),
+            Frame::ClientRequest { id, args, proto } => {
+                self.handle_forwarded(peer, id, proto, args)
+            }
             Frame::ClientReply { id, reply } => self.forward_reply(id, reply),
         }
     }
@@ -332,7 +339,7 @@ impl<S: StateMachine> Node<S> {
                     to: from,
                 };
                 let c = &mut self.conns[key];
-                wire::encode(&hello, c.conn.output_buf());
+                wire::encode(&hello, c.conn.output_buf()).expect("a Hello has a fixed size");
                 self.mark_dirty(key);
             }
             Role::PeerOut {

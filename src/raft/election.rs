@@ -1,8 +1,9 @@
 //! Timers, terms, pre-vote, votes and role changes (§5.1, §5.2, §5.4.1; thesis §9.6 pre-vote,
 //! §6.2 check-quorum and the leader lease on votes).
 //!
-//! Owns: the step dispatch (every message with a newer term makes us a follower before it is
-//! handled: seed lesson 2), the election timer (a fresh random timeout in [T, 2T) at every
+//! Owns: the step dispatch (a message with a newer term makes us a follower before it is
+//! handled, seed lesson 2, except a pre-vote and its grant, whose term nobody has started, and
+//! a vote request inside our leader lease, which is ignored), the election timer (a fresh random timeout in [T, 2T) at every
 //! reset: seed lesson 12), and the vote rules (one vote per term, durable before it is sent:
 //! seed lesson 5; the up-to-date check on typed (term, index): seed lesson 1).
 
@@ -29,7 +30,7 @@ impl Raft {
         self.election_timeout_ticks = self.prng.range(t, 2 * t);
     }
 
-    /// Only voters of the committed configuration campaign.
+    /// Only voters of the configuration in force (the latest in the log) campaign.
     pub(super) fn promotable(&self) -> bool {
         self.conf.is_voter(self.id)
     }
@@ -356,6 +357,11 @@ impl Raft {
 
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         let was = self.role();
+        if let RoleState::Leader(ls) = &mut self.role {
+            // Reads waiting for a round or for our first commit can no longer be confirmed:
+            // hand them back so the node answers them (read.rs invariant 3).
+            self.failed_reads.extend(ls.reads.drain_unreleased());
+        }
         if term > self.term {
             self.term = term;
             self.vote = None;

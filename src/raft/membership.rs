@@ -5,7 +5,9 @@
 //! the entry is truncated. (Taking effect at commit, as etcd does, is unsafe here: the commit
 //! index is not persisted, so a restarted node would campaign under a configuration several
 //! changes old; the simulator found two leaders in one term that way.) Learners receive the
-//! log but neither vote nor count toward quorum.
+//! log but neither vote nor count toward quorum. A change that would leave more than
+//! `MEMBERS_MAX` members is refused when proposed (`ProposeError::TooManyMembers`) and, should
+//! one reach a log anyway, has no effect on any node, like one that does not decode.
 //!
 //! Invariants:
 //! 1. At most one change is uncommitted, and a leader proposes one only after an entry of its
@@ -16,8 +18,11 @@
 
 use super::message::MessageBody;
 use super::progress::Progress;
-use super::types::{ConfChange, EntryId, EntryKind, LogIndex, NodeId, CONF_CONTEXT_SIZE_MAX};
+use super::types::{
+    ConfChange, ConfState, EntryId, EntryKind, LogIndex, NodeId, CONF_CONTEXT_SIZE_MAX,
+};
 use super::{ProposeError, Raft, RoleState, Transfer};
+use crate::limits::MEMBERS_MAX;
 
 impl Raft {
     pub(super) fn check_can_propose(&self) -> Result<(), ProposeError> {
@@ -49,6 +54,11 @@ impl Raft {
         if next == self.conf || next.voters.is_empty() {
             return Err(ProposeError::InvalidConfChange);
         }
+        let count = next.voters.len() + next.learners.len();
+        if count > MEMBERS_MAX {
+            // Every list of members (peer frames, snapshot headers) is bounded by this limit.
+            return Err(ProposeError::TooManyMembers { count });
+        }
         let id = self.append_local(EntryKind::ConfChange, cc.encode());
         ::log::info!("node {} proposed {:?} at {id}", self.id, cc);
         Ok(id)
@@ -68,7 +78,7 @@ impl Raft {
             if e.kind == EntryKind::ConfChange {
                 match ConfChange::decode(&e.data) {
                     Ok(cc) => {
-                        conf = cc.apply_to(&conf);
+                        conf = Self::apply_conf_change(self.id, i, &cc, &conf);
                         self.pending_confs.push((i, conf.clone()));
                     }
                     Err(err) => ::log::error!("node {}: bad conf change at {i}: {err}", self.id),
@@ -87,6 +97,26 @@ impl Raft {
             self.conf = conf;
             self.sync_leader_progress();
         }
+    }
+
+    /// The configuration after the change at `index`. A change that would exceed
+    /// `MEMBERS_MAX` (which our leader refuses to propose, but a log entry comes from the
+    /// network) has no effect, like one that does not decode: every node reads the same log
+    /// the same way, so all of them agree on the configuration.
+    fn apply_conf_change(
+        id: NodeId,
+        index: LogIndex,
+        cc: &ConfChange,
+        conf: &ConfState,
+    ) -> ConfState {
+        let next = cc.apply_to(conf);
+        if next.voters.len() + next.learners.len() > MEMBERS_MAX {
+            ::log::error!(
+                "node {id}: ignoring conf change at {index}: {cc:?} exceeds {MEMBERS_MAX} members"
+            );
+            return conf.clone();
+        }
+        next
     }
 
     /// The commit index reached `commit`: the configurations up to it are committed. A leader

@@ -1,8 +1,12 @@
-//! The messages Raft peers exchange. Every reply carries what it answers (its term, and for
-//! appends the index range), so a late reply to an earlier request is recognised as stale and
-//! dropped, never read as the answer to a newer one (seed lesson 4).
+//! The messages Raft peers exchange. Every reply carries what it answers (its term; for an
+//! append, the index it matched or the `prev` it rejected; for a heartbeat, the read round), so
+//! a late reply to an earlier request is recognised as stale and dropped, never read as the
+//! answer to a newer one (seed lesson 4).
+//!
+//! Every field is input from the network. `in_range` bounds the terms and indexes before the
+//! core does arithmetic on them; the handlers check the rest against the core's own state.
 
-use super::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
+use super::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term, INDEX_MAX, TERM_MAX};
 
 /// One message between two members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,4 +109,42 @@ impl MessageBody {
             MessageBody::TimeoutNow => "timeout-now",
         }
     }
+}
+
+/// Whether every term and index in `msg` is within `TERM_MAX` / `INDEX_MAX`, so that the core
+/// can do arithmetic on them without overflowing, and no log entry a leader sends (appended
+/// entries, their `prev`, a snapshot's last entry) is of a term above the message's: a leader
+/// holds no entry newer than its term, and a follower that took one would, once leader at a
+/// lower term, append behind it. A message is input from the network: a buggy or malicious
+/// peer can put anything in it, and the core drops what fails this check.
+pub(super) fn in_range(msg: &Message) -> bool {
+    let bounded = |id: &EntryId| id.term <= TERM_MAX && id.index <= INDEX_MAX;
+    let id_ok = |id: &EntryId| bounded(id) && id.term <= msg.term;
+    let fields_ok = match &msg.body {
+        MessageBody::PreVote { last } | MessageBody::Vote { last, .. } => bounded(last),
+        MessageBody::Append {
+            prev,
+            entries,
+            commit,
+        } => {
+            // Entries follow `prev` contiguously (the decoder checks it, and the log refuses
+            // anything else), and terms never fall, so the last entry bounds them all.
+            id_ok(prev) && *commit <= INDEX_MAX && entries.last().is_none_or(|e| id_ok(&e.id()))
+        }
+        MessageBody::AppendResp { result } => match result {
+            AppendResult::Accepted { match_index } => *match_index <= INDEX_MAX,
+            AppendResult::Rejected { rejected, hint } => {
+                *rejected <= INDEX_MAX
+                    && hint.last_index <= INDEX_MAX
+                    && hint.conflict.as_ref().is_none_or(bounded)
+            }
+        },
+        MessageBody::Heartbeat { commit, .. } => *commit <= INDEX_MAX,
+        MessageBody::Snapshot { meta } => id_ok(&meta.last),
+        MessageBody::PreVoteResp { .. }
+        | MessageBody::VoteResp { .. }
+        | MessageBody::HeartbeatResp { .. }
+        | MessageBody::TimeoutNow => true,
+    };
+    msg.term <= TERM_MAX && fields_ok
 }

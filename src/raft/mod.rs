@@ -6,19 +6,31 @@
 //! [`Raft::report_snapshot`], [`Raft::report_unreachable`]). Every output leaves through one
 //! [`Ready`], whose doc comment is the ordering contract.
 //!
-//! Files: `election.rs` (timers, pre-vote, votes, role changes), `replication.rs` (appends,
-//! heartbeats, snapshots, commit), `read.rs` (ReadIndex), `membership.rs` (configuration
-//! changes, leadership transfer), `log.rs` (the in-memory log view), `progress.rs`,
-//! `quorum.rs`, `ready.rs`.
+//! Files: `election.rs` (timers, the step dispatch, pre-vote, votes, role changes),
+//! `replication.rs` (appends, heartbeats, snapshots, commit), `read.rs` (ReadIndex),
+//! `membership.rs` (configuration changes, leadership transfer), `log.rs` (the in-memory log
+//! view), `progress.rs` (the leader's view of each follower), `quorum.rs`, `ready.rs` (the
+//! output and its ordering contract), `message.rs` and `types.rs` (the vocabulary, public).
 //!
-//! Invariants (checked by `check_invariants` after every input):
+//! A message is input from the network: whatever a buggy or malicious peer puts in it is
+//! dropped (with a debug line) or clamped, never asserted on. `step` drops messages whose
+//! terms or indexes exceed `TERM_MAX` / `INDEX_MAX` or that carry log entries of a term above
+//! the message's (`message::in_range`), and each handler checks the fields it uses against
+//! our own state. Assertions are for our own invariants and the driver's.
+//!
+//! Invariants (1 and 2 checked by `check_invariants` after every input):
 //! 1. The log view's own invariants (see `log.rs`).
-//! 2. A leader or candidate has voted for itself in its term; a leader knows itself as leader.
-//! 3. `conf` is the configuration of the latest ConfChange entry in the log (thesis §4.1: a
-//!    server uses the latest configuration in its log, committed or not), `conf_committed`
-//!    that of the committed prefix, and `pending_confs` the configurations after each
-//!    ConfChange entry beyond the commit index, in log order.
+//! 2. A leader or candidate has voted for itself in its term; a leader knows itself as leader
+//!    and, for every member, `match_index < next_index <= last_index + 1`.
+//! 3. `conf` is the configuration after the latest ConfChange entry in the log that takes
+//!    effect (thesis §4.1: a server uses the latest configuration in its log, committed or
+//!    not; see `membership.rs` for the entries that take none), or the snapshot's when the log
+//!    holds none; `conf_committed` is that of the committed prefix, and `pending_confs` the
+//!    configurations after each ConfChange entry beyond the commit index, in log order.
 //! 4. Between `ready` and `advance` no other input arrives.
+//! 5. The snapshot metadata never moves backwards: `snapshot_taken` ignores a snapshot at or
+//!    before the current one, and an InstallSnapshot at or before the commit index is only
+//!    acknowledged.
 
 mod election;
 mod log;
@@ -125,6 +137,10 @@ pub enum ProposeError {
         node: NodeId,
     },
     TooManyReads,
+    /// The change would leave `count` members (voters and learners), above `MEMBERS_MAX`.
+    TooManyMembers {
+        count: usize,
+    },
 }
 
 impl fmt::Display for ProposeError {
@@ -144,6 +160,11 @@ impl fmt::Display for ProposeError {
             ProposeError::TooManyReads => {
                 write!(f, "more than {} reads pending", limits::READS_PENDING_MAX)
             }
+            ProposeError::TooManyMembers { count } => write!(
+                f,
+                "the change would make {count} members, above the limit of {}",
+                limits::MEMBERS_MAX
+            ),
         }
     }
 }
@@ -261,6 +282,8 @@ pub struct Raft {
     msgs: Vec<Message>,
     persisted_msgs: Vec<Message>,
     read_states: Vec<ReadState>,
+    /// Reads this node accepted as leader and could not confirm before stepping down.
+    failed_reads: Vec<u64>,
     /// The hard state last handed to the driver.
     hard_state_emitted: HardState,
     /// Entries were proposed since the last `ready`: broadcast them then (batching).
@@ -299,6 +322,7 @@ impl Raft {
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             read_states: Vec::new(),
+            failed_reads: Vec::new(),
             hard_state_emitted: hard_state,
             bcast_pending: false,
             awaiting_advance: false,
@@ -333,6 +357,17 @@ impl Raft {
         self.assert_not_awaiting_advance("step");
         if msg.to != self.id || msg.from == self.id || msg.from.0 == 0 {
             ::log::debug!("node {}: dropping misaddressed {:?}", self.id, msg);
+            return;
+        }
+        if !message::in_range(&msg) {
+            ::log::debug!(
+                "node {}: dropping {} from {}: a term or index beyond {} / {}",
+                self.id,
+                msg.body.name(),
+                msg.from,
+                types::TERM_MAX,
+                types::INDEX_MAX
+            );
             return;
         }
         self.step_checked(msg);
@@ -386,6 +421,7 @@ impl Raft {
             || !self.msgs.is_empty()
             || !self.persisted_msgs.is_empty()
             || !self.read_states.is_empty()
+            || !self.failed_reads.is_empty()
             || self.log.has_committed_to_apply()
     }
 
@@ -414,6 +450,7 @@ impl Raft {
             persisted_messages: std::mem::take(&mut self.persisted_msgs),
             committed: self.log.take_committed(self.cfg.committed_per_ready_max),
             read_states: std::mem::take(&mut self.read_states),
+            failed_reads: std::mem::take(&mut self.failed_reads),
         }
     }
 
@@ -437,9 +474,23 @@ impl Raft {
         self.check_invariants();
     }
 
-    /// A local snapshot at `meta` is durable; drop the log view up to `compact_to`.
-    pub fn snapshot_taken(&mut self, meta: SnapshotMeta, compact_to: LogIndex) {
+    /// A local snapshot at `meta` is durable; drop the log view up to `compact_to`. Returns
+    /// whether the core adopted it: a snapshot at or before the current one (a fork that
+    /// finished after a newer snapshot was installed from the leader) is ignored, so the
+    /// snapshot metadata and the log view never move backwards.
+    pub fn snapshot_taken(&mut self, meta: SnapshotMeta, compact_to: LogIndex) -> bool {
         self.assert_not_awaiting_advance("snapshot_taken");
+        if meta.last.index <= self.snapshot.last.index {
+            ::log::debug!(
+                "node {}: ignoring snapshot {}, not newer than {}",
+                self.id,
+                meta.last,
+                self.snapshot.last
+            );
+            return false;
+        }
+        // The driver snapshots what it applied, and applied entries never change: anything
+        // else is the driver's bug.
         assert!(
             compact_to <= meta.last.index && meta.last.index <= self.log.applied(),
             "snapshot {} / compact {compact_to} beyond applied {}",
@@ -451,12 +502,11 @@ impl Raft {
             "snapshot {} does not match the log",
             meta.last
         );
-        if meta.last.index > self.snapshot.last.index {
-            self.snapshot = meta;
-        }
+        self.snapshot = meta;
         self.compact_target = self.compact_target.max(compact_to);
         self.compact_some();
         self.check_invariants();
+        true
     }
 
     /// Drop up to `COMPACT_ENTRIES_PER_STEP` entries toward `compact_target`. Dropping a whole
@@ -581,10 +631,11 @@ impl Raft {
                     ls.progress.contains_key(&self.id),
                     "leader lacks own progress"
                 );
+                let last = self.log.last_index();
                 for (id, pr) in &ls.progress {
                     assert!(
-                        pr.match_index < pr.next_index,
-                        "peer {id} match {} next {}",
+                        pr.match_index < pr.next_index && pr.next_index <= last.next(),
+                        "peer {id} match {} next {} last {last}",
                         pr.match_index,
                         pr.next_index
                     );

@@ -6,6 +6,8 @@
 //! 2. In `Replicate`, every in-flight append ends after `match_index`, in increasing order,
 //!    and at most `Inflights::cap` are outstanding.
 //! 3. In `Snapshot`, no appends are sent (heartbeats still are).
+//! 4. `next_index <= ` the leader's last index + 1: every index it is set from (an ack, a
+//!    hint, an append sent) was checked against the leader's log first (`replication.rs`).
 
 use std::collections::VecDeque;
 

@@ -5,10 +5,17 @@
 //! one. Reads share a round while its heartbeats have not yet left the core (until the next
 //! `ready`), so every answer counted was to a heartbeat sent after the read arrived. A leader
 //! whose no-op has not committed yet does not know the commit index (§8), so its reads wait.
+//! When the voters are exactly this node, it is a quorum by itself and a read is released at
+//! once, with no round; a leader that is not among the voters (its removal is in the log but
+//! not committed) must hear from them like any other. When the leader steps down, every read
+//! still pending is handed back as failed (`Ready::failed_reads`) so the node can answer it.
 //!
 //! Invariants:
 //! 1. `pending` is in arrival order, with non-decreasing `seq` and `index`.
-//! 2. A read is released only by answers to a round begun at or after its arrival.
+//! 2. A read is released only by answers to a round begun at or after its arrival, or at once
+//!    when this node alone is the voters.
+//! 3. Every read accepted by `read_index` leaves exactly once: as a `ReadState`, or as a failed
+//!    context when this node stops being leader first.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -52,6 +59,12 @@ impl ReadTracker {
     fn len(&self) -> usize {
         self.pending.len() + self.waiting.len()
     }
+    /// Every read not yet released, in arrival order among the released-later ones.
+    pub fn drain_unreleased(&mut self) -> Vec<u64> {
+        let mut ctxs: Vec<u64> = self.pending.drain(..).map(|r| r.ctx).collect();
+        ctxs.append(&mut self.waiting);
+        ctxs
+    }
     /// Adds a read at `index`; returns true when it opened a new round (whose heartbeats the
     /// caller must send).
     fn add(&mut self, ctx: u64, index: LogIndex) -> bool {
@@ -73,7 +86,7 @@ impl Raft {
     pub(super) fn read_index_checked(&mut self, ctx: u64) -> Result<(), ProposeError> {
         let committed = self.committed_in_term();
         let commit = self.log.commit();
-        let single = self.conf.voters.len() == 1;
+        let single = self.sole_voter();
         let RoleState::Leader(ls) = &mut self.role else {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -92,10 +105,17 @@ impl Raft {
         Ok(())
     }
 
+    /// The voters are exactly this node: it alone is a quorum, so a read needs no round.
+    /// Not when the one voter is another node (our removal is in the log), which must confirm
+    /// our leadership: it may already lead on its own. Learners do not vote and do not count.
+    fn sole_voter(&self) -> bool {
+        self.conf.voters == [self.id]
+    }
+
     /// This leader's first entry committed: the reads that waited for it start a round.
     pub(super) fn start_waiting_reads(&mut self) {
         let commit = self.log.commit();
-        let single = self.conf.voters.len() == 1;
+        let single = self.sole_voter();
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };

@@ -25,6 +25,8 @@ pub struct ReadState {
 /// 4. Only then send `persisted_messages` (votes, append acknowledgements: seed lessons 5, 6).
 /// 5. Apply `committed` in index order, each exactly once (after the snapshot, if any).
 /// 6. Serve each of `read_states` once the state machine has applied up to its index.
+///    Answer each of `failed_reads` with an error: this node stopped being leader before
+///    the read was confirmed (the client may retry at the new leader).
 /// 7. Call [`Raft::advance`](super::Raft::advance) with the durable last index and the
 ///    applied index, before giving the core any other input.
 ///
@@ -38,6 +40,9 @@ pub struct Ready {
     pub persisted_messages: Vec<Message>,
     pub committed: Vec<Entry>,
     pub read_states: Vec<ReadState>,
+    /// Contexts of reads accepted by `read_index` that will never become a `ReadState`:
+    /// the leader stepped down first. Each read leaves once, here or in `read_states`.
+    pub failed_reads: Vec<u64>,
 }
 
 impl Ready {

@@ -9,6 +9,10 @@
 //!    whenever a match index changes (seed lesson 10), and only an entry of the current term is
 //!    committed by counting (§5.4.2, Figure 8).
 //! 3. The leader counts its own log only up to what the driver reported durable.
+//! 4. A follower's answer is its word, not ours: an ack beyond our last index, a rejection of
+//!    an append we never sent (after an index past our log) and a heartbeat answer to a read
+//!    round we have not begun are dropped; a rejection's hint is clamped into our log, so
+//!    `next_index` never passes `last_index + 1`.
 
 use super::log::AppendError;
 use super::message::{AppendResult, MessageBody, RejectHint};
@@ -291,6 +295,16 @@ impl Raft {
                 self.maybe_send_timeout_now(from);
             }
             AppendResult::Rejected { rejected, hint } => {
+                if rejected > last {
+                    // We never sent an append after an entry we do not have: a confused or
+                    // malicious peer. Acting on it would point `next_index` past our log.
+                    ::log::debug!(
+                        "node {}: {from} rejected an append after {rejected}, beyond our last \
+                         {last}; dropped",
+                        self.id
+                    );
+                    return;
+                }
                 let next = self.next_from_hint(rejected, hint);
                 let RoleState::Leader(ls) = &mut self.role else {
                     return;
@@ -308,12 +322,14 @@ impl Raft {
         }
     }
 
-    /// Where to retry after a rejection of the append after `rejected`: with a conflict term,
-    /// just past our last entry of that term (or at the follower's first entry of it when we
-    /// have none), so a whole conflicting term is skipped in one round trip.
+    /// Where to retry after a rejection of the append after `rejected` (at most our last
+    /// index): with a conflict term, just past our last entry of that term (or at the
+    /// follower's first entry of it when we have none), so a whole conflicting term is skipped
+    /// in one round trip. The hint is the follower's word, so it is only a hint: whatever it
+    /// names, the answer is clamped to `[1, rejected]`, inside our log.
     fn next_from_hint(&self, rejected: LogIndex, hint: RejectHint) -> LogIndex {
         let next = match hint.conflict {
-            None => hint.last_index.next(),
+            None => LogIndex(hint.last_index.0.saturating_add(1)),
             Some(conflict) => match self
                 .log
                 .last_index_with_term_at_most(conflict.term, rejected)
@@ -341,7 +357,15 @@ impl Raft {
             _ => {}
         }
         let behind = pr.match_index < last;
-        if self.conf.is_voter(from) {
+        if read_seq > ls.reads.seq() {
+            // An answer to a round we have not begun: counting it would release reads that
+            // round has not confirmed (read.rs invariant 2).
+            ::log::debug!(
+                "node {}: {from} answered read round {read_seq}, beyond ours {}; ignored",
+                self.id,
+                ls.reads.seq()
+            );
+        } else if self.conf.is_voter(from) {
             ls.reads.acked(from, read_seq);
             self.release_reads();
         }

@@ -1,6 +1,8 @@
 //! The vocabulary of the protocol: typed ids, terms and indexes, entries, hard state,
-//! membership. Typed so that a term can never be passed where an index is expected (the C++
-//! original compared a term with an index in RequestVote and let any candidate win).
+//! membership (and the byte layout of a `ConfChange` entry payload), snapshot metadata, and the
+//! bounds a peer's terms and indexes must respect (`TERM_MAX`, `INDEX_MAX`). Typed so that a
+//! term can never be passed where an index is expected (the C++ original compared a term with
+//! an index in RequestVote and let any candidate win).
 
 use std::fmt;
 
@@ -16,6 +18,16 @@ pub struct Term(pub u64);
 /// A position in the log. Index 0 is the empty prefix before the first entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogIndex(pub u64);
+
+/// The largest term a peer's message may carry. Half the u64 range: no cluster runs 2^63
+/// elections, and bounding what we accept means `Term::next` on any term we hold cannot
+/// overflow (a message at `u64::MAX` would otherwise wrap our term on the next campaign).
+pub const TERM_MAX: Term = Term(u64::MAX / 2);
+
+/// The largest log index a peer's message may carry, for the same reason as `TERM_MAX`:
+/// `next` and `plus` on any index we accept (plus at most one message of entries) cannot
+/// overflow.
+pub const INDEX_MAX: LogIndex = LogIndex(u64::MAX / 2);
 
 impl Term {
     pub fn next(self) -> Term {

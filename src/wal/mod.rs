@@ -5,14 +5,20 @@
 //! |------------------|------------------------------------------------------------------|
 //! | `format.rs`      | the segment byte layout, record encode/check (pure)              |
 //! | `segment.rs`     | one preallocated, mapped segment file: the only unsafe code      |
-//! | `segmented.rs`   | [`Wal`]: append, group-commit sync, read, truncate, discard, recovery |
+//! | `segmented.rs`   | [`Wal`]: append, group-commit sync, read, truncate, discard |
+//! | `recovery.rs`    | start-up recovery: torn tail cut, damage to synced data reported and set aside |
+//! | `damage.rs`      | [`Damage`] and the marker file that remembers it until repaired |
 //! | `hard_state.rs`  | [`HardStateStore`]: term and vote in two alternating checksummed slots |
+//! | `identity.rs`    | [`Identity`]: the cluster id and this member's incarnation id |
 //!
 //! Must not: know about Raft roles. The node driver calls `append` then `sync` once per loop
 //! turn (one fdatasync per dirty segment), and treats `WalError::SyncFailed` as fatal for the process.
 
+mod damage;
 mod format;
 mod hard_state;
+mod identity;
+mod recovery;
 mod segment;
 mod segmented;
 
@@ -22,7 +28,10 @@ use std::path::{Path, PathBuf};
 
 use crate::raft::LogIndex;
 
+pub use damage::{Damage, DAMAGE_FILE};
 pub use hard_state::HardStateStore;
+pub use identity::{ClusterId, Identity, IdentityError, IncarnationId, IDENTITY_FILE};
+pub use recovery::DAMAGED_SUFFIX;
 pub use segment::Prefill;
 pub use segmented::{Recovery, Wal, SEGMENT_SIZE_MIN};
 
@@ -37,6 +46,22 @@ pub struct WalOptions {
     pub segment_size: u64,
     /// How a new segment's blocks are allocated.
     pub prefill: Prefill,
+    /// What `Wal::open` does when synced data is damaged.
+    pub on_damage: OnDamage,
+}
+
+/// What `Wal::open` does on damage to synced data (never on a torn tail, which is always cut).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDamage {
+    /// Change nothing and fail with `WalError::Corrupt` naming the file, the offset and the
+    /// first lost index; also when an earlier start recorded damage not cleared yet. The
+    /// default until the node can keep out of votes and quorums for a damaged range: starting
+    /// on a shorter log without knowing would let it vote as if it never held those entries.
+    #[default]
+    Refuse,
+    /// Record the damage (a marker file), set the damaged files aside, continue with the intact
+    /// prefix, and report it in `Recovery::damage` / `Wal::damage` until `Wal::clear_damage`.
+    KeepIntactPrefix,
 }
 
 impl Default for WalOptions {
@@ -48,6 +73,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_size: SEGMENT_SIZE_DEFAULT,
             prefill: Prefill::Fallocate,
+            on_damage: OnDamage::default(),
         }
     }
 }
@@ -61,7 +87,8 @@ pub enum WalError {
         op: &'static str,
         source: io::Error,
     },
-    /// The bytes on disk are not what we wrote: refuse to start (never drop data silently).
+    /// The bytes on disk are not what we wrote (with `OnDamage::Refuse`, or in a way recovery
+    /// cannot set aside, such as an unknown format version): refuse to start.
     Corrupt {
         file: PathBuf,
         offset: u64,

@@ -19,17 +19,11 @@
 //! 5. Once a sync has failed (`failed` is set) every call fails: the page cache state is
 //!    unknown and nothing we write afterwards can be trusted to reach the disk.
 //!
-//! Recovery: segments are read in order of the index in their names. Records are checked one
-//! after the other; the first that does not check ends that segment's log. If a later record
-//! in the same segment checks and continues the sequence (index beyond the last good one, term
-//! not below it) the bad record was not a torn tail but corruption: refuse to start, naming the
-//! file, the offset and the index. Otherwise the garbage is zeroed (the torn tail is cut). A
-//! segment whose first index does not follow the previous one's last is corruption too.
-//!
-//! NB: the kernel may write dirty pages of a segment back in any order before we sync, so
-//! a crash between syncs can, rarely, leave a later page of unsynced records on disk without an
-//! earlier one. Recovery cannot tell that from a flipped byte and refuses to start: the safe
-//! side (an operator decides), never a silently dropped committed entry.
+//! 6. Records written between two points at which the whole log was durable form one batch
+//!    (`format.rs`). `next_batch` is above the batch of every record in the log. Only the last
+//!    segment can have an open batch (`Seg::batch`); it is closed, and the next write opens a
+//!    new one, whenever everything written is durable: after a sync, a roll, a truncation.
+//!    Recovery (`recovery.rs`) relies on it to tell a torn tail from damage to synced data.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
+use super::damage::{self, Damage};
 use super::format::{
-    self, check_record, encode_record, peek_index, record_size, RecordHeader, RECORD_HEADER_SIZE,
+    self, check_record, encode_record, record_size, BatchTag, RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
 };
 use super::segment::{
@@ -67,6 +62,9 @@ pub struct Recovery {
     pub first: Option<LogIndex>,
     pub last: Option<LogIndex>,
     pub elapsed: Duration,
+    /// Damage to synced data: found now, or recorded by an earlier start and not cleared yet
+    /// (`Wal::clear_damage`). The log ends at the intact prefix.
+    pub damage: Option<Damage>,
 }
 
 impl std::fmt::Display for Recovery {
@@ -82,11 +80,15 @@ impl std::fmt::Display for Recovery {
             self.torn_tail_bytes,
             self.empty_segments_removed,
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        if let Some(d) = &self.damage {
+            write!(f, "; {d}")?;
+        }
+        Ok(())
     }
 }
 
-struct Seg {
+pub(super) struct Seg {
     file: Segment,
     first: LogIndex,
     /// Invariant 2: offset of each record; `offsets[i]` holds index `first + i`.
@@ -95,9 +97,23 @@ struct Seg {
     end: usize,
     /// Start of the bytes written since the last flush (`end` when clean).
     dirty_from: usize,
+    /// Invariant 6: the batch records written into this segment now belong to, if one is open.
+    batch: Option<BatchTag>,
 }
 
 impl Seg {
+    /// A segment recovered with `offsets` good records ending at `end`, all of them durable.
+    pub(super) fn recovered(file: Segment, first: LogIndex, offsets: Vec<u32>, end: usize) -> Seg {
+        Seg {
+            file,
+            first,
+            offsets,
+            end,
+            dirty_from: end,
+            batch: None,
+        }
+    }
+
     fn last(&self) -> LogIndex {
         assert!(
             !self.offsets.is_empty(),
@@ -126,11 +142,13 @@ impl Seg {
 }
 
 pub struct Wal {
-    dir: PathBuf,
-    opts: WalOptions,
+    pub(super) dir: PathBuf,
+    pub(super) opts: WalOptions,
     /// Invariant 1: ordered, contiguous, each non-empty.
-    segments: Vec<Seg>,
-    recovery: Recovery,
+    pub(super) segments: Vec<Seg>,
+    pub(super) recovery: Recovery,
+    /// Invariant 6: the number of the next batch opened.
+    pub(super) next_batch: u64,
     /// Invariant 5: the first fatal failure, repeated by every later call.
     failed: Option<(PathBuf, String)>,
     /// Scratch for the records of one `append`, written with one pwrite.
@@ -158,11 +176,15 @@ impl Wal {
             recovery: Recovery::default(),
             failed: None,
             buf: Vec::new(),
+            next_batch: 1,
         };
         let names = list_segments(dir)?;
-        let count = names.len();
-        for (k, (first, path)) in names.into_iter().enumerate() {
-            wal.recover_segment(first, &path, k + 1 == count)?;
+        wal.recover(&names)?;
+        if let Some(seg) = wal.segments.last() {
+            // What recovery read may still be only in the page cache (a process crash, not a
+            // power cut): make it durable before the node treats it as such, and before a new
+            // batch is written after it (a later batch proves earlier ones synced).
+            seg.file.flush(0, seg.end)?;
         }
         wal.recovery.first = wal.first_index();
         wal.recovery.last = wal.last_index();
@@ -170,71 +192,6 @@ impl Wal {
         wal.check_invariants();
         info!("{}: {}", dir.display(), wal.recovery);
         Ok(wal)
-    }
-
-    fn recover_segment(
-        &mut self,
-        name_first: LogIndex,
-        path: &Path,
-        is_last: bool,
-    ) -> Result<(), WalError> {
-        let corrupt = |offset: u64, index: Option<LogIndex>, reason: String| WalError::Corrupt {
-            file: path.to_path_buf(),
-            offset,
-            index,
-            reason,
-        };
-        let mut file = Segment::open(path)?;
-        self.recovery.segments_scanned += 1;
-        let first = format::decode_segment_header(file.bytes())
-            .map_err(|e| corrupt(0, None, e.to_string()))?;
-        if first != name_first || first.0 == 0 {
-            return Err(corrupt(
-                16,
-                Some(first),
-                format!("header says first index {first}, file name says {name_first}"),
-            ));
-        }
-        if let Some(last) = self.last_index() {
-            if first != last.next() {
-                return Err(corrupt(
-                    16,
-                    Some(first),
-                    format!("gap: the previous segment ends at index {last}"),
-                ));
-            }
-        }
-        let scan = scan_records(file.bytes(), first)
-            .map_err(|(off, idx, why)| corrupt(off as u64, Some(idx), why))?;
-        if scan.garbage_end > scan.end {
-            // A torn tail: zero it so later appends never sit next to stale bytes (invariant 3).
-            file.bytes_mut()[scan.end..scan.garbage_end].fill(0);
-            file.flush(scan.end, scan.garbage_end - scan.end)?;
-            self.recovery.torn_tail_bytes += (scan.garbage_end - scan.end) as u64;
-        }
-        if scan.offsets.is_empty() {
-            if !is_last {
-                return Err(corrupt(
-                    SEGMENT_HEADER_SIZE as u64,
-                    Some(first),
-                    "no valid record in a segment followed by others".into(),
-                ));
-            }
-            drop(file);
-            fs::remove_file(path).map_err(|e| io_error(path, "remove empty segment", e))?;
-            fsync_dir(&self.dir)?;
-            self.recovery.empty_segments_removed += 1;
-            return Ok(());
-        }
-        self.recovery.records += scan.offsets.len() as u64;
-        self.segments.push(Seg {
-            file,
-            first,
-            offsets: scan.offsets,
-            end: scan.end,
-            dirty_from: scan.end,
-        });
-        Ok(())
     }
 
     pub fn first_index(&self) -> Option<LogIndex> {
@@ -247,6 +204,20 @@ impl Wal {
 
     pub fn recovery_report(&self) -> &Recovery {
         &self.recovery
+    }
+
+    /// Damage to synced data recovery found (or an earlier start recorded), not cleared yet.
+    pub fn damage(&self) -> Option<&Damage> {
+        self.recovery.damage.as_ref()
+    }
+
+    /// Forgets the damage, durably: the node calls this once it has repaired the damaged
+    /// range (or rejoined as a new incarnation). The files set aside stay for an operator.
+    pub fn clear_damage(&mut self) -> Result<(), WalError> {
+        self.check_ok()?;
+        damage::clear(&self.dir)?;
+        self.recovery.damage = None;
+        Ok(())
     }
 
     pub fn disk_bytes(&self) -> u64 {
@@ -334,8 +305,23 @@ impl Wal {
             }
             let start = self.buf.len();
             self.buf.resize(start + size, 0);
-            encode_record(&mut self.buf[start..], e.term, e.index, e.kind, &e.data);
             let seg = self.segments.last_mut().expect("a segment");
+            let tag = *seg.batch.get_or_insert_with(|| {
+                let tag = BatchTag {
+                    batch: self.next_batch,
+                    first: e.index,
+                };
+                self.next_batch += 1;
+                tag
+            });
+            encode_record(
+                &mut self.buf[start..],
+                e.term,
+                e.index,
+                e.kind,
+                tag,
+                &e.data,
+            );
             seg.offsets.push(seg.end as u32);
             seg.end += size;
         }
@@ -371,6 +357,7 @@ impl Wal {
         // Invariant 4: the old segment is durable before the new one gets a record.
         if let Some(old) = self.segments.last_mut() {
             old.flush_dirty()?;
+            old.batch = None;
         }
         let file = Segment::create(&self.dir, first, self.opts.segment_size, self.opts.prefill)?;
         self.segments.push(Seg {
@@ -379,6 +366,7 @@ impl Wal {
             offsets: Vec::new(),
             end: SEGMENT_HEADER_SIZE,
             dirty_from: SEGMENT_HEADER_SIZE,
+            batch: None,
         });
         Ok(())
     }
@@ -391,6 +379,11 @@ impl Wal {
             r = seg.flush_dirty();
             if r.is_err() {
                 break;
+            }
+        }
+        if r.is_ok() {
+            if let Some(seg) = self.segments.last_mut() {
+                seg.batch = None;
             }
         }
         self.poison(r)
@@ -511,6 +504,8 @@ impl Wal {
         seg.offsets.truncate(keep);
         seg.end = cut;
         seg.dirty_from = cut;
+        // Everything left is durable now: the next write opens a new batch (invariant 6).
+        seg.batch = None;
         Ok(())
     }
 
@@ -617,77 +612,24 @@ impl Wal {
                 "offsets not increasing"
             );
             assert!(s.dirty_from <= s.end && s.end <= s.file.len());
-        }
-    }
-}
-
-/// What one segment's scan found.
-struct Scan {
-    offsets: Vec<u32>,
-    /// End of the last good record.
-    end: usize,
-    /// End of the non-zero bytes after it (== `end` when the tail is clean).
-    garbage_end: usize,
-}
-
-/// Checks the records of one segment in order (see the recovery notes at the top).
-/// Errors are (offset, index, reason) of the corruption.
-fn scan_records(b: &[u8], first: LogIndex) -> Result<Scan, (usize, LogIndex, String)> {
-    let mut offsets = Vec::new();
-    let mut off = SEGMENT_HEADER_SIZE;
-    let mut expect = first;
-    let mut last_term = Term(0);
-    while let Some(h) = check_record(b, off) {
-        if h.index != expect || h.term < last_term {
-            let why = format!(
-                "record {}/{} where index {expect} (term >= {last_term}) was expected",
-                h.term, h.index
+            assert!(
+                s.batch
+                    .is_none_or(|b| b.batch < self.next_batch && b.first >= s.first),
+                "open batch {:?} of segment {} (next batch {})",
+                s.batch,
+                s.first,
+                self.next_batch
             );
-            return Err((off, h.index, why));
         }
-        offsets.push(off as u32);
-        off += h.size();
-        expect = expect.next();
-        last_term = h.term;
+        let n = self.segments.len();
+        assert!(
+            self.segments
+                .iter()
+                .take(n.saturating_sub(1))
+                .all(|s| s.batch.is_none()),
+            "an open batch before the last segment"
+        );
     }
-    let garbage_end = nonzero_end(b, off);
-    // The tell of corruption: a valid record after the bad one that continues the sequence.
-    for p in off + 1..garbage_end {
-        if peek_index(b, p).is_none_or(|i| i < expect) {
-            continue;
-        }
-        if let Some(RecordHeader { index, term, .. }) = check_record(b, p) {
-            if term >= last_term {
-                let why =
-                    format!("bad record followed by a valid record {term}/{index} at offset {p}");
-                return Err((off, expect, why));
-            }
-        }
-    }
-    Ok(Scan {
-        offsets,
-        end: off,
-        garbage_end,
-    })
-}
-
-/// One past the last non-zero byte of `b[from..]`, or `from` if all are zero.
-fn nonzero_end(b: &[u8], from: usize) -> usize {
-    let tail = &b[from.min(b.len())..];
-    let mut chunks = tail.rchunks_exact(64);
-    let rem_len = chunks.remainder().len();
-    let mut end = tail.len();
-    for c in chunks.by_ref() {
-        if c.iter().any(|&x| x != 0) {
-            return from + end - c.iter().rev().position(|&x| x != 0).expect("non-zero");
-        }
-        end -= 64;
-    }
-    assert_eq!(end, rem_len);
-    from + tail[..rem_len]
-        .iter()
-        .rposition(|&x| x != 0)
-        .map_or(0, |p| p + 1)
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(LogIndex, PathBuf)>, WalError> {
@@ -713,26 +655,4 @@ fn list_segments(dir: &Path) -> Result<Vec<(LogIndex, PathBuf)>, WalError> {
     }
     out.sort();
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nonzero_end_finds_the_last_nonzero_byte() {
-        for len in [0usize, 1, 63, 64, 65, 200] {
-            let mut b = vec![0u8; len];
-            assert_eq!(nonzero_end(&b, 0), 0);
-            for p in 0..len {
-                b.fill(0);
-                b[p] = 1;
-                assert_eq!(nonzero_end(&b, 0), p + 1, "len {len} p {p}");
-                assert_eq!(nonzero_end(&b, p + 1), p + 1);
-                if p > 0 {
-                    assert_eq!(nonzero_end(&b, p - 1), p + 1);
-                }
-            }
-        }
-    }
 }

@@ -1,10 +1,13 @@
-//! Peer frames: the header, the check-then-decode entry points, `DecodeError`, and the bodies
-//! that carry no Raft types (Hello, ClientRequest, ClientReply). The Raft, SnapshotChunk and
-//! SnapshotAck bodies are in `peer.rs`.
+//! Peer frames: the header, the `Frame` enum, the check-then-decode entry points, the encoder,
+//! and every body except the Raft message's (Hello, SnapshotChunk, SnapshotAck,
+//! ClientRequest, ClientReply). The Raft body is in `peer.rs`; the field primitives, `Reader`,
+//! `DecodeError`, `EncodeError` and the `SnapshotMeta` layout are in `codec.rs`. This file
+//! depends on both; neither depends on it.
 //!
 //! Owns: the byte layout of everything two kvraft processes say to each other.
 //! Must not: allocate anything sized by a length it has not checked against both its limit and
-//! the bytes actually present; recurse; panic on any input.
+//! the bytes actually present; recurse; panic on any input, whether bytes to decode or a frame
+//! whose sizes came from outside (a client's arguments, a reply, a membership list).
 //!
 //! Invariants:
 //! 1. `decode` returns `Incomplete` only when `buf` is a proper prefix of a frame whose header
@@ -14,13 +17,18 @@
 //!    item's minimum size) before a `Vec` is sized by it; every length against its limit and
 //!    the bytes present before it is copied.
 //! 3. The encoding is canonical: for any `buf` that decodes to `(f, n)`, `encode(f)` is exactly
-//!    `buf[..n]`; for any `f` that `encode` accepts, `decode(encode(f)) == (f, len)`. `encode`
-//!    asserts everything `decode` checks (node ids, limits, conf state and chunk ranges).
+//!    `buf[..n]`; for any `f` that `encode` accepts, `decode(encode(f)) == (f, len)`.
+//! 4. `encode` refuses with an `EncodeError`, writing nothing, every size or count that
+//!    `decode` would refuse (the frame's length, client arguments, entries, members, chunk
+//!    data). What the core and the node guarantee themselves (node ids non-zero, conf states
+//!    sorted, entries contiguous, chunk ranges inside the file) is asserted.
 //!
 //! # Byte layout
 //!
 //! All integers are big-endian (byteorder). A `bool` is one byte, 0 or 1 (anything else is
 //! malformed), so the encoding is canonical: decoding then re-encoding gives the same bytes.
+//! `NodeId`, `EntryId` and `SnapshotMeta` are laid out as `codec.rs` says. `PROTOCOL_VERSION`
+//! covers the layouts of all three files.
 //!
 //! Every frame:
 //! ```text
@@ -41,14 +49,34 @@
 //!   The magic and version are checked before the length, so a peer speaking another version
 //!   (whose Hello may be longer) is refused as a Handshake error, not as malformed.
 //!
-//! kind 2 Raft: a raft::Message, see peer.rs.
-//! kind 3 SnapshotChunk: see peer.rs.
-//! kind 4 SnapshotAck: see peer.rs.
+//! kind 2 Raft: a raft::Message, layout in peer.rs.
+//! kind 3 SnapshotChunk (m = size of the SnapshotMeta, layout in codec.rs):
+//!      0    8 term
+//!      8    8 from: NodeId, != 0
+//!     16    8 to: NodeId, != 0
+//!     24    m meta
+//!   24+m    8 total_size (bytes of the whole snapshot file)
+//!   32+m    8 offset of this chunk in the file
+//!   40+m    1 done bool (this is the last chunk)
+//!   41+m    4 data length d (<= SNAPSHOT_CHUNK_SIZE_MAX)
+//!   45+m    d data
+//!   offset + d <= total_size, and done implies offset + d == total_size.
+//!
+//! kind 4 SnapshotAck, 49 bytes:
+//!      0    8 term
+//!      8    8 from: NodeId, != 0
+//!     16    8 to: NodeId, != 0
+//!     24    8 snapshot.term
+//!     32    8 snapshot.index
+//!     40    8 next_offset
+//!     48    1 ok bool
 //!
 //! kind 5 ClientRequest (a follower forwards a client command to the leader):
 //!      0    8 request id (u64, the follower's)
 //!      8    4 argument count c (u32), c <= CLIENT_ARGS_MAX
 //!     12      c times: length l (u32), then l bytes
+//!      m    1 the client's RESP protocol (u8): 2 or 3, so the leader encodes the reply in
+//!             it (added in protocol version 2; m is the offset after the arguments)
 //!
 //! kind 6 ClientReply (the leader's RESP-encoded reply to a forwarded command):
 //!      0    8 request id (u64)
@@ -56,18 +84,23 @@
 //!     12    l RESP bytes (opaque here)
 //! ```
 
-use std::fmt;
-
 use byteorder::{BigEndian, ByteOrder};
 
-use crate::limits::{CLIENT_ARGS_MAX, FRAME_HEADER_SIZE, FRAME_SIZE_MAX};
+use super::codec::{
+    check_limit, check_meta, meta_len, put_bool, put_bytes, put_entry_id, put_meta, put_node,
+    put_u16, put_u32, put_u64, Reader,
+};
+pub use super::codec::{DecodeError, EncodeError, BODY_SIZE_MAX};
+use super::peer;
+use crate::limits::{CLIENT_ARGS_MAX, FRAME_HEADER_SIZE, FRAME_SIZE_MAX, SNAPSHOT_CHUNK_SIZE_MAX};
 use crate::raft::message::Message;
 use crate::raft::types::{EntryId, NodeId, SnapshotMeta, Term};
 
 /// The first four bytes of every Hello body: "KVRF".
 pub const MAGIC: u32 = u32::from_be_bytes(*b"KVRF");
-/// The version of this layout; a peer with another version is refused at the Hello.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The version of this layout (and of peer.rs's and codec.rs's); a peer with another version
+/// is refused at the Hello. Version 2: ClientRequest carries the client's RESP protocol.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 pub const KIND_HELLO: u8 = 1;
 pub const KIND_RAFT: u8 = 2;
@@ -76,9 +109,16 @@ pub const KIND_SNAPSHOT_ACK: u8 = 4;
 pub const KIND_CLIENT_REQUEST: u8 = 5;
 pub const KIND_CLIENT_REPLY: u8 = 6;
 
-/// Largest frame body, in bytes.
-pub const BODY_SIZE_MAX: usize = FRAME_SIZE_MAX - FRAME_HEADER_SIZE;
+/// Bytes of a ClientReply body before the reply itself: request id, reply length.
+const CLIENT_REPLY_FIXED_SIZE: usize = 12;
+/// The largest RESP reply one ClientReply frame carries, in bytes. A leader checks a reply
+/// to a forwarded command against it before building the frame (an `MGET` of ten 1 MiB
+/// values is larger) and answers an error in its place.
+pub const CLIENT_REPLY_SIZE_MAX: usize = BODY_SIZE_MAX - CLIENT_REPLY_FIXED_SIZE;
 const HELLO_BODY_SIZE: usize = 30;
+const SNAPSHOT_ACK_BODY_SIZE: usize = 49;
+/// term, from, to | total_size, offset, done, data length.
+const SNAPSHOT_CHUNK_FIXED_SIZE: usize = 24 + 21;
 
 const _: () = assert!(FRAME_HEADER_SIZE == 5);
 
@@ -114,8 +154,13 @@ pub enum Frame {
         next_offset: u64,
         ok: bool,
     },
-    /// A client command forwarded by a follower to the leader (args as the client sent them).
-    ClientRequest { id: u64, args: Vec<Vec<u8>> },
+    /// A client command forwarded by a follower to the leader (args as the client sent them),
+    /// with the client's RESP protocol number (2 or 3).
+    ClientRequest {
+        id: u64,
+        args: Vec<Vec<u8>>,
+        proto: u8,
+    },
     /// The leader's RESP-encoded reply to a forwarded command.
     ClientReply { id: u64, reply: Vec<u8> },
 }
@@ -133,49 +178,6 @@ impl Frame {
         }
     }
 }
-
-/// A frame that cannot be decoded. Every variant except `Incomplete` means the connection is
-/// speaking nonsense (or another protocol) and should be closed with the error logged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecodeError {
-    /// Not an error: the buffer holds only part of a frame; read more and retry.
-    Incomplete,
-    /// The header announces a frame of `len` bytes (header included) above `max`.
-    TooLarge {
-        len: usize,
-        max: usize,
-    },
-    UnknownKind {
-        kind: u8,
-    },
-    /// The body of a frame of `kind` does not parse exactly; `what` names the field.
-    Malformed {
-        kind: u8,
-        what: &'static str,
-    },
-    /// A Hello with the wrong magic or protocol version.
-    Handshake {
-        what: String,
-    },
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::Incomplete => write!(f, "incomplete frame"),
-            DecodeError::TooLarge { len, max } => {
-                write!(f, "frame of {len} bytes exceeds the limit of {max}")
-            }
-            DecodeError::UnknownKind { kind } => write!(f, "unknown frame kind {kind}"),
-            DecodeError::Malformed { kind, what } => {
-                write!(f, "malformed frame of kind {kind}: {what}")
-            }
-            DecodeError::Handshake { what } => write!(f, "handshake refused: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 fn known_kind(kind: u8) -> bool {
     (KIND_HELLO..=KIND_CLIENT_REPLY).contains(&kind)
@@ -215,9 +217,9 @@ pub fn decode(buf: &[u8]) -> Result<(Frame, usize), DecodeError> {
     let mut r = Reader::new(kind, &buf[FRAME_HEADER_SIZE..end]);
     let frame = match kind {
         KIND_HELLO => decode_hello(&mut r)?,
-        KIND_RAFT => Frame::Raft(super::peer::decode_message(&mut r)?),
-        KIND_SNAPSHOT_CHUNK => super::peer::decode_snapshot_chunk(&mut r)?,
-        KIND_SNAPSHOT_ACK => super::peer::decode_snapshot_ack(&mut r)?,
+        KIND_RAFT => Frame::Raft(peer::decode_message(&mut r)?),
+        KIND_SNAPSHOT_CHUNK => decode_snapshot_chunk(&mut r)?,
+        KIND_SNAPSHOT_ACK => decode_snapshot_ack(&mut r)?,
         KIND_CLIENT_REQUEST => decode_client_request(&mut r)?,
         KIND_CLIENT_REPLY => decode_client_reply(&mut r)?,
         _ => unreachable!("peek_header let through kind {kind}"),
@@ -226,34 +228,52 @@ pub fn decode(buf: &[u8]) -> Result<(Frame, usize), DecodeError> {
     Ok((frame, end))
 }
 
-/// The encoded size of `frame`, header included.
+/// The encoded size of `frame`, header included, whether or not `encode` would accept it
+/// (compare with `FRAME_SIZE_MAX`, or just call `encode` and handle its error).
 pub fn encoded_len(frame: &Frame) -> usize {
     FRAME_HEADER_SIZE
         + match frame {
             Frame::Hello { .. } => HELLO_BODY_SIZE,
-            Frame::Raft(m) => super::peer::message_body_len(m),
+            Frame::Raft(m) => peer::message_body_len(m),
             Frame::SnapshotChunk { meta, data, .. } => {
-                super::peer::snapshot_chunk_body_len(meta, data.len())
+                SNAPSHOT_CHUNK_FIXED_SIZE + meta_len(meta) + data.len()
             }
-            Frame::SnapshotAck { .. } => super::peer::SNAPSHOT_ACK_BODY_SIZE,
+            Frame::SnapshotAck { .. } => SNAPSHOT_ACK_BODY_SIZE,
             Frame::ClientRequest { args, .. } => {
-                12 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
+                13 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
             }
-            Frame::ClientReply { reply, .. } => 12 + reply.len(),
+            Frame::ClientReply { reply, .. } => CLIENT_REPLY_FIXED_SIZE + reply.len(),
         }
+}
+
+/// Every limit `decode` enforces on a size or count, checked before anything is written
+/// (invariant 4); returns the frame's encoded length.
+fn check_limits(frame: &Frame) -> Result<usize, EncodeError> {
+    let kind = frame.kind();
+    match frame {
+        Frame::Raft(m) => peer::check_message(m)?,
+        Frame::SnapshotChunk { meta, data, .. } => {
+            check_meta(kind, meta)?;
+            check_limit(kind, "chunk bytes", data.len(), SNAPSHOT_CHUNK_SIZE_MAX)?;
+        }
+        Frame::ClientRequest { args, .. } => {
+            check_limit(kind, "arguments", args.len(), CLIENT_ARGS_MAX)?;
+        }
+        Frame::Hello { .. } | Frame::SnapshotAck { .. } | Frame::ClientReply { .. } => {}
+    }
+    let len = encoded_len(frame);
+    check_limit(kind, "frame bytes", len, FRAME_SIZE_MAX)?;
+    Ok(len)
 }
 
 /// Appends `frame` (header and body) to `out`, reserving its exact size once.
 ///
-/// The frame must be one `decode` accepts: within `FRAME_SIZE_MAX`, node ids non-zero, counts
-/// and sizes within their limits. Breaking that is the caller's bug and panics with the values;
-/// check `encoded_len` first when the size depends on outside input.
-pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
-    let len = encoded_len(frame);
-    assert!(
-        len <= FRAME_SIZE_MAX,
-        "frame of {len} bytes exceeds {FRAME_SIZE_MAX}"
-    );
+/// A size or count beyond its limit (the frame's length, a client's arguments, a membership
+/// list...) is refused with `EncodeError::TooLarge` and nothing is appended: those sizes can
+/// come from outside. What the caller guarantees itself (node ids non-zero, a sorted conf
+/// state, contiguous entries, a chunk inside its file) is asserted.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let len = check_limits(frame)?;
     out.reserve(len);
     let start = out.len();
     put_u32(out, (len - FRAME_HEADER_SIZE) as u32);
@@ -270,17 +290,19 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             put_node(out, *from);
             put_node(out, *to);
         }
-        Frame::Raft(m) => super::peer::encode_message(m, out),
+        Frame::Raft(m) => peer::encode_message(m, out),
         Frame::SnapshotChunk { .. } | Frame::SnapshotAck { .. } => {
-            super::peer::encode_snapshot_frame(frame, out)
+            encode_snapshot_frame(frame, out)
         }
-        Frame::ClientRequest { id, args } => {
-            assert!(args.len() <= CLIENT_ARGS_MAX, "{} args", args.len());
+        Frame::ClientRequest { id, args, proto } => {
+            // The node sets the protocol from a connection's HELLO: only 2 or 3 exist.
+            assert!(matches!(proto, 2 | 3), "RESP protocol {proto}");
             put_u64(out, *id);
             put_u32(out, args.len() as u32);
             for a in args {
                 put_bytes(out, a);
             }
+            out.push(*proto);
         }
         Frame::ClientReply { id, reply } => {
             put_u64(out, *id);
@@ -292,6 +314,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         written, len,
         "encoded {written} bytes of a {len}-byte frame"
     );
+    Ok(())
 }
 
 fn decode_hello(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
@@ -324,7 +347,11 @@ fn decode_client_request(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
     for _ in 0..count {
         args.push(r.bytes("argument", BODY_SIZE_MAX)?.to_vec());
     }
-    Ok(Frame::ClientRequest { id, args })
+    let proto = r.u8("protocol")?;
+    if !matches!(proto, 2 | 3) {
+        return Err(r.malformed("protocol"));
+    }
+    Ok(Frame::ClientRequest { id, args, proto })
 }
 
 fn decode_client_reply(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
@@ -342,144 +369,101 @@ pub fn cluster_id(name: &str) -> u64 {
         .fold(OFFSET_BASIS, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
-// ---- writing (infallible: `out` was reserved by `encode`) ----
+// ---- snapshot transfer bodies ----
 
-pub(super) fn put_u16(out: &mut Vec<u8>, v: u16) {
-    let mut b = [0u8; 2];
-    BigEndian::write_u16(&mut b, v);
-    out.extend_from_slice(&b);
+/// Encodes the body of a SnapshotChunk or SnapshotAck frame.
+fn encode_snapshot_frame(frame: &Frame, out: &mut Vec<u8>) {
+    match frame {
+        Frame::SnapshotChunk {
+            term,
+            from,
+            to,
+            meta,
+            total_size,
+            offset,
+            data,
+            done,
+        } => {
+            assert!(
+                chunk_is_valid(*total_size, *offset, data.len(), *done),
+                "invalid snapshot chunk: total {total_size} offset {offset} len {} done {done}",
+                data.len()
+            );
+            put_u64(out, term.0);
+            put_node(out, *from);
+            put_node(out, *to);
+            put_meta(out, meta);
+            put_u64(out, *total_size);
+            put_u64(out, *offset);
+            put_bool(out, *done);
+            put_bytes(out, data);
+        }
+        Frame::SnapshotAck {
+            term,
+            from,
+            to,
+            snapshot,
+            next_offset,
+            ok,
+        } => {
+            put_u64(out, term.0);
+            put_node(out, *from);
+            put_node(out, *to);
+            put_entry_id(out, *snapshot);
+            put_u64(out, *next_offset);
+            put_bool(out, *ok);
+        }
+        _ => unreachable!("not a snapshot frame: kind {}", frame.kind()),
+    }
 }
 
-pub(super) fn put_u32(out: &mut Vec<u8>, v: u32) {
-    let mut b = [0u8; 4];
-    BigEndian::write_u32(&mut b, v);
-    out.extend_from_slice(&b);
+fn chunk_is_valid(total_size: u64, offset: u64, len: usize, done: bool) -> bool {
+    if len > SNAPSHOT_CHUNK_SIZE_MAX {
+        return false;
+    }
+    match offset.checked_add(len as u64) {
+        Some(end) => end <= total_size && (!done || end == total_size),
+        None => false,
+    }
 }
 
-pub(super) fn put_u64(out: &mut Vec<u8>, v: u64) {
-    let mut b = [0u8; 8];
-    BigEndian::write_u64(&mut b, v);
-    out.extend_from_slice(&b);
+fn decode_snapshot_chunk(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
+    let term = Term(r.u64("chunk term")?);
+    let from = r.node("chunk from")?;
+    let to = r.node("chunk to")?;
+    let meta = r.meta()?;
+    let total_size = r.u64("chunk total size")?;
+    let offset = r.u64("chunk offset")?;
+    let done = r.bool("chunk done")?;
+    let data = r.bytes("chunk data", SNAPSHOT_CHUNK_SIZE_MAX)?;
+    if !chunk_is_valid(total_size, offset, data.len(), done) {
+        return Err(r.malformed("chunk range outside the snapshot, or done before its end"));
+    }
+    Ok(Frame::SnapshotChunk {
+        term,
+        from,
+        to,
+        meta,
+        total_size,
+        offset,
+        data: data.to_vec(),
+        done,
+    })
 }
 
-pub(super) fn put_bool(out: &mut Vec<u8>, v: bool) {
-    out.push(u8::from(v));
-}
-
-/// Node ids are never 0 on the wire (0 means "none" and is refused by `decode`).
-pub(super) fn put_node(out: &mut Vec<u8>, id: NodeId) {
-    assert!(id.0 != 0, "encoding node id 0");
-    put_u64(out, id.0);
-}
-
-/// A u32 length, then the bytes.
-pub(super) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    assert!(b.len() <= BODY_SIZE_MAX, "{} bytes", b.len());
-    put_u32(out, b.len() as u32);
-    out.extend_from_slice(b);
-}
-
-// ---- reading ----
-
-/// A cursor over one complete frame body. Every read checks the bytes remaining first and
-/// reports a short body as `Malformed` (the frame is complete, so missing bytes are not
-/// `Incomplete`).
-pub(super) struct Reader<'a> {
-    kind: u8,
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    pub(super) fn new(kind: u8, buf: &'a [u8]) -> Self {
-        Reader { kind, buf, pos: 0 }
-    }
-
-    pub(super) fn malformed(&self, what: &'static str) -> DecodeError {
-        DecodeError::Malformed {
-            kind: self.kind,
-            what,
-        }
-    }
-
-    pub(super) fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        if self.remaining() < n {
-            return Err(self.malformed(what));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    pub(super) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    pub(super) fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
-        Ok(BigEndian::read_u16(self.take(2, what)?))
-    }
-
-    pub(super) fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        Ok(BigEndian::read_u32(self.take(4, what)?))
-    }
-
-    pub(super) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        Ok(BigEndian::read_u64(self.take(8, what)?))
-    }
-
-    pub(super) fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(self.malformed(what)),
-        }
-    }
-
-    /// A node id, refusing 0.
-    pub(super) fn node(&mut self, what: &'static str) -> Result<NodeId, DecodeError> {
-        match self.u64(what)? {
-            0 => Err(self.malformed(what)),
-            id => Ok(NodeId(id)),
-        }
-    }
-
-    /// A u32 count of items of at least `item_size` bytes each: refused if above `max` or if
-    /// the remaining bytes cannot hold that many items, so `Vec::with_capacity(count)` is safe.
-    pub(super) fn count(
-        &mut self,
-        what: &'static str,
-        item_size: usize,
-        max: usize,
-    ) -> Result<usize, DecodeError> {
-        let count = self.u32(what)? as usize;
-        if count > max || count.saturating_mul(item_size) > self.remaining() {
-            return Err(self.malformed(what));
-        }
-        Ok(count)
-    }
-
-    /// A u32 length (at most `max`) and that many bytes.
-    pub(super) fn bytes(
-        &mut self,
-        what: &'static str,
-        max: usize,
-    ) -> Result<&'a [u8], DecodeError> {
-        let len = self.u32(what)? as usize;
-        if len > max {
-            return Err(self.malformed(what));
-        }
-        self.take(len, what)
-    }
-
-    /// The body must be used up exactly.
-    pub(super) fn finish(&self) -> Result<(), DecodeError> {
-        if self.remaining() != 0 {
-            return Err(self.malformed("trailing bytes after the body"));
-        }
-        Ok(())
-    }
+fn decode_snapshot_ack(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
+    let term = Term(r.u64("ack term")?);
+    let from = r.node("ack from")?;
+    let to = r.node("ack to")?;
+    let snapshot = r.entry_id("ack snapshot")?;
+    let next_offset = r.u64("ack next offset")?;
+    let ok = r.bool("ack ok")?;
+    Ok(Frame::SnapshotAck {
+        term,
+        from,
+        to,
+        snapshot,
+        next_offset,
+        ok,
+    })
 }

@@ -1,8 +1,11 @@
-//! The frame bodies that carry Raft types: `raft::Message` (kind 2), SnapshotChunk (kind 3)
-//! and SnapshotAck (kind 4). The header, `Reader` and `DecodeError` are in `frame.rs`.
+//! The body of a Raft frame (kind 2): a `raft::Message`, its size, its limits and its bytes.
+//! The frame header, the other kinds and the dispatch on the kind byte are in `frame.rs`; the
+//! field primitives, `Reader`, the error types and the `SnapshotMeta` layout are in `codec.rs`.
+//! This file depends on `codec.rs` only (never on `frame.rs`).
 //!
 //! Must not: recurse, or allocate a `Vec` whose capacity comes from a count not yet checked
-//! against its limit and against the bytes remaining.
+//! against its limit and against the bytes remaining; panic on a size that came from outside
+//! (`check_message` turns those into an `EncodeError` before anything is written).
 //!
 //! # Byte layout (big-endian; offsets from the start of the frame body)
 //!
@@ -28,45 +31,20 @@
 //!                                     conflict.index u64 if has_conflict]   18 or 34 bytes
 //!   tag 6 Heartbeat     commit u64, read_seq u64                               16 bytes
 //!   tag 7 HeartbeatResp read_seq u64                                            8 bytes
-//!   tag 8 Snapshot      SnapshotMeta (below)
+//!   tag 8 Snapshot      SnapshotMeta (layout in codec.rs)
 //!   tag 9 TimeoutNow    nothing                                                 0 bytes
-//!
-//! SnapshotMeta (20 + 8 * (v + l) bytes):
-//!      0    8 last.term
-//!      8    8 last.index
-//!     16    4 voter count v
-//!     20  8*v voters (NodeId u64, != 0, strictly ascending)
-//!      .    4 learner count l; v + l <= MEMBERS_MAX
-//!      .  8*l learners (strictly ascending, none of them a voter)
-//!
-//! kind 3 SnapshotChunk (m = size of the SnapshotMeta):
-//!      0    8 term
-//!      8    8 from: NodeId, != 0
-//!     16    8 to: NodeId, != 0
-//!     24    m meta
-//!   24+m    8 total_size (bytes of the whole snapshot file)
-//!   32+m    8 offset of this chunk in the file
-//!   40+m    1 done bool (this is the last chunk)
-//!   41+m    4 data length d (<= SNAPSHOT_CHUNK_SIZE_MAX)
-//!   45+m    d data
-//!   offset + d <= total_size, and done implies offset + d == total_size.
-//!
-//! kind 4 SnapshotAck (49 bytes):
-//!      0    8 term
-//!      8    8 from: NodeId, != 0
-//!     16    8 to: NodeId, != 0
-//!     24    8 snapshot.term
-//!     32    8 snapshot.index
-//!     40    8 next_offset
-//!     48    1 ok bool
 //! ```
 
-use super::frame::{put_bool, put_bytes, put_node, put_u32, put_u64, DecodeError, Frame, Reader};
-use crate::limits::{APPEND_ENTRIES_MAX, ENTRY_SIZE_MAX, MEMBERS_MAX, SNAPSHOT_CHUNK_SIZE_MAX};
-use crate::raft::message::{AppendResult, Message, MessageBody, RejectHint};
-use crate::raft::types::{
-    ConfState, Entry, EntryId, EntryKind, LogIndex, NodeId, SnapshotMeta, Term,
+use super::codec::{
+    check_limit, check_meta, meta_len, put_bool, put_bytes, put_entry_id, put_meta, put_node,
+    put_u32, put_u64, DecodeError, EncodeError, Reader, ENTRY_ID_SIZE,
 };
+use crate::limits::{APPEND_ENTRIES_MAX, ENTRY_SIZE_MAX};
+use crate::raft::message::{AppendResult, Message, MessageBody, RejectHint};
+use crate::raft::types::{Entry, EntryId, EntryKind, LogIndex, Term};
+
+/// The frame kind whose body this file encodes (`frame::KIND_RAFT`), for error reports.
+const KIND: u8 = 2;
 
 const TAG_PRE_VOTE: u8 = 0;
 const TAG_PRE_VOTE_RESP: u8 = 1;
@@ -86,17 +64,10 @@ const RESULT_REJECTED: u8 = 1;
 const MESSAGE_HEADER_SIZE: usize = 25;
 /// term, index, kind, data length.
 const ENTRY_HEADER_SIZE: usize = 21;
-const ENTRY_ID_SIZE: usize = 16;
-pub(super) const SNAPSHOT_ACK_BODY_SIZE: usize = 49;
-/// term, from, to | total_size, offset, done, data length.
-const SNAPSHOT_CHUNK_FIXED_SIZE: usize = 24 + 21;
 
-// ---- sizes ----
+// ---- sizes and limits ----
 
-fn meta_len(meta: &SnapshotMeta) -> usize {
-    ENTRY_ID_SIZE + 8 + 8 * (meta.conf.voters.len() + meta.conf.learners.len())
-}
-
+/// Encoded size of `m`'s body.
 pub(super) fn message_body_len(m: &Message) -> usize {
     MESSAGE_HEADER_SIZE
         + match &m.body {
@@ -128,34 +99,25 @@ pub(super) fn message_body_len(m: &Message) -> usize {
         }
 }
 
-pub(super) fn snapshot_chunk_body_len(meta: &SnapshotMeta, data_len: usize) -> usize {
-    SNAPSHOT_CHUNK_FIXED_SIZE + meta_len(meta) + data_len
+/// Every count and size in `m` that `decode_message` would refuse. Checked before anything is
+/// written, so a refused message leaves the output buffer as it was.
+pub(super) fn check_message(m: &Message) -> Result<(), EncodeError> {
+    match &m.body {
+        MessageBody::Append { entries, .. } => {
+            check_limit(KIND, "entries", entries.len(), APPEND_ENTRIES_MAX)?;
+            for e in entries {
+                check_limit(KIND, "entry bytes", e.data.len(), ENTRY_SIZE_MAX)?;
+            }
+            Ok(())
+        }
+        MessageBody::Snapshot { meta } => check_meta(KIND, meta),
+        _ => Ok(()),
+    }
 }
 
 // ---- encoding ----
 
-fn put_entry_id(out: &mut Vec<u8>, id: EntryId) {
-    put_u64(out, id.term.0);
-    put_u64(out, id.index.0);
-}
-
-fn put_meta(out: &mut Vec<u8>, meta: &SnapshotMeta) {
-    let conf = &meta.conf;
-    assert!(
-        conf_is_valid(conf),
-        "encoding an invalid conf state {conf:?}"
-    );
-    put_entry_id(out, meta.last);
-    put_u32(out, conf.voters.len() as u32);
-    for v in &conf.voters {
-        put_node(out, *v);
-    }
-    put_u32(out, conf.learners.len() as u32);
-    for l in &conf.learners {
-        put_node(out, *l);
-    }
-}
-
+/// Writes `m`'s body; `check_message` passed.
 pub(super) fn encode_message(m: &Message, out: &mut Vec<u8>) {
     put_node(out, m.from);
     put_node(out, m.to);
@@ -204,23 +166,13 @@ pub(super) fn encode_message(m: &Message, out: &mut Vec<u8>) {
     }
 }
 
+/// The entries' contiguity is the core's own invariant (its log view), hence asserted.
 fn encode_append(prev: EntryId, entries: &[Entry], commit: LogIndex, out: &mut Vec<u8>) {
-    assert!(
-        entries.len() <= APPEND_ENTRIES_MAX,
-        "append of {} entries exceeds {APPEND_ENTRIES_MAX}",
-        entries.len()
-    );
     out.push(TAG_APPEND);
     put_entry_id(out, prev);
     put_u64(out, commit.0);
     put_u32(out, entries.len() as u32);
     for (i, e) in entries.iter().enumerate() {
-        assert!(
-            e.data.len() <= ENTRY_SIZE_MAX,
-            "entry {} of {} bytes exceeds {ENTRY_SIZE_MAX}",
-            e.index,
-            e.data.len()
-        );
         assert_eq!(
             Some(e.index.0),
             prev.index.0.checked_add(1 + i as u64),
@@ -251,105 +203,7 @@ fn encode_append_result(result: &AppendResult, out: &mut Vec<u8>) {
     }
 }
 
-/// Encodes the body of a SnapshotChunk or SnapshotAck frame.
-pub(super) fn encode_snapshot_frame(frame: &Frame, out: &mut Vec<u8>) {
-    match frame {
-        Frame::SnapshotChunk {
-            term,
-            from,
-            to,
-            meta,
-            total_size,
-            offset,
-            data,
-            done,
-        } => {
-            assert!(
-                chunk_is_valid(*total_size, *offset, data.len(), *done),
-                "invalid snapshot chunk: total {total_size} offset {offset} len {} done {done}",
-                data.len()
-            );
-            put_u64(out, term.0);
-            put_node(out, *from);
-            put_node(out, *to);
-            put_meta(out, meta);
-            put_u64(out, *total_size);
-            put_u64(out, *offset);
-            put_bool(out, *done);
-            put_bytes(out, data);
-        }
-        Frame::SnapshotAck {
-            term,
-            from,
-            to,
-            snapshot,
-            next_offset,
-            ok,
-        } => {
-            put_u64(out, term.0);
-            put_node(out, *from);
-            put_node(out, *to);
-            put_entry_id(out, *snapshot);
-            put_u64(out, *next_offset);
-            put_bool(out, *ok);
-        }
-        _ => unreachable!("not a snapshot frame: kind {}", frame.kind()),
-    }
-}
-
-// ---- validation shared by both directions ----
-
-/// `ConfState`'s invariant: sorted, no duplicates, disjoint, no node 0, at most MEMBERS_MAX.
-fn conf_is_valid(conf: &ConfState) -> bool {
-    let ascending = |ids: &[NodeId]| ids.windows(2).all(|w| w[0] < w[1]);
-    conf.voters.len() + conf.learners.len() <= MEMBERS_MAX
-        && ascending(&conf.voters)
-        && ascending(&conf.learners)
-        && conf.members().all(|id| id.0 != 0)
-        && conf.learners.iter().all(|l| !conf.is_voter(*l))
-}
-
-fn chunk_is_valid(total_size: u64, offset: u64, len: usize, done: bool) -> bool {
-    if len > SNAPSHOT_CHUNK_SIZE_MAX {
-        return false;
-    }
-    match offset.checked_add(len as u64) {
-        Some(end) => end <= total_size && (!done || end == total_size),
-        None => false,
-    }
-}
-
 // ---- decoding ----
-
-fn entry_id(r: &mut Reader<'_>, what: &'static str) -> Result<EntryId, DecodeError> {
-    let term = Term(r.u64(what)?);
-    let index = LogIndex(r.u64(what)?);
-    Ok(EntryId::new(term, index))
-}
-
-fn node_list(
-    r: &mut Reader<'_>,
-    what: &'static str,
-    max: usize,
-) -> Result<Vec<NodeId>, DecodeError> {
-    let count = r.count(what, 8, max)?;
-    let mut ids = Vec::with_capacity(count);
-    for _ in 0..count {
-        ids.push(r.node(what)?);
-    }
-    Ok(ids)
-}
-
-fn meta(r: &mut Reader<'_>) -> Result<SnapshotMeta, DecodeError> {
-    let last = entry_id(r, "snapshot last entry")?;
-    let voters = node_list(r, "voters", MEMBERS_MAX)?;
-    let learners = node_list(r, "learners", MEMBERS_MAX - voters.len())?;
-    let conf = ConfState { voters, learners };
-    if !conf_is_valid(&conf) {
-        return Err(r.malformed("conf state not sorted, duplicated or overlapping"));
-    }
-    Ok(SnapshotMeta { last, conf })
-}
 
 pub(super) fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     let from = r.node("message from")?;
@@ -357,13 +211,13 @@ pub(super) fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError>
     let term = Term(r.u64("term")?);
     let body = match r.u8("message tag")? {
         TAG_PRE_VOTE => MessageBody::PreVote {
-            last: entry_id(r, "pre-vote last")?,
+            last: r.entry_id("pre-vote last")?,
         },
         TAG_PRE_VOTE_RESP => MessageBody::PreVoteResp {
             granted: r.bool("pre-vote granted")?,
         },
         TAG_VOTE => MessageBody::Vote {
-            last: entry_id(r, "vote last")?,
+            last: r.entry_id("vote last")?,
             transfer: r.bool("vote transfer")?,
         },
         TAG_VOTE_RESP => MessageBody::VoteResp {
@@ -380,7 +234,7 @@ pub(super) fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError>
         TAG_HEARTBEAT_RESP => MessageBody::HeartbeatResp {
             read_seq: r.u64("heartbeat-resp read seq")?,
         },
-        TAG_SNAPSHOT => MessageBody::Snapshot { meta: meta(r)? },
+        TAG_SNAPSHOT => MessageBody::Snapshot { meta: r.meta()? },
         TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
         _ => return Err(r.malformed("unknown message tag")),
     };
@@ -393,7 +247,7 @@ pub(super) fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError>
 }
 
 fn decode_append(r: &mut Reader<'_>) -> Result<MessageBody, DecodeError> {
-    let prev = entry_id(r, "append prev")?;
+    let prev = r.entry_id("append prev")?;
     let commit = LogIndex(r.u64("append commit")?);
     let count = r.count("entry count", ENTRY_HEADER_SIZE, APPEND_ENTRIES_MAX)?;
     let mut entries = Vec::with_capacity(count);
@@ -430,7 +284,7 @@ fn decode_append_result(r: &mut Reader<'_>) -> Result<AppendResult, DecodeError>
             let rejected = LogIndex(r.u64("rejected index")?);
             let last_index = LogIndex(r.u64("hint last index")?);
             let conflict = if r.bool("hint has conflict")? {
-                Some(entry_id(r, "hint conflict")?)
+                Some(r.entry_id("hint conflict")?)
             } else {
                 None
             };
@@ -444,45 +298,4 @@ fn decode_append_result(r: &mut Reader<'_>) -> Result<AppendResult, DecodeError>
         }
         _ => Err(r.malformed("unknown append result tag")),
     }
-}
-
-pub(super) fn decode_snapshot_chunk(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
-    let term = Term(r.u64("chunk term")?);
-    let from = r.node("chunk from")?;
-    let to = r.node("chunk to")?;
-    let meta = meta(r)?;
-    let total_size = r.u64("chunk total size")?;
-    let offset = r.u64("chunk offset")?;
-    let done = r.bool("chunk done")?;
-    let data = r.bytes("chunk data", SNAPSHOT_CHUNK_SIZE_MAX)?;
-    if !chunk_is_valid(total_size, offset, data.len(), done) {
-        return Err(r.malformed("chunk range outside the snapshot, or done before its end"));
-    }
-    Ok(Frame::SnapshotChunk {
-        term,
-        from,
-        to,
-        meta,
-        total_size,
-        offset,
-        data: data.to_vec(),
-        done,
-    })
-}
-
-pub(super) fn decode_snapshot_ack(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
-    let term = Term(r.u64("ack term")?);
-    let from = r.node("ack from")?;
-    let to = r.node("ack to")?;
-    let snapshot = entry_id(r, "ack snapshot")?;
-    let next_offset = r.u64("ack next offset")?;
-    let ok = r.bool("ack ok")?;
-    Ok(Frame::SnapshotAck {
-        term,
-        from,
-        to,
-        snapshot,
-        next_offset,
-        ok,
-    })
 }

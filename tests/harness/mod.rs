@@ -1,18 +1,19 @@
 //! Real-process test support: a cluster of `kvraftd` processes on 127.0.0.1 with temporary
-//! data directories, a small blocking RESP client, and polling with deadlines (never sleeps
-//! standing in for conditions).
+//! data directories, connections through the library's blocking client
+//! (`kvraft::client::blocking`), and polling with deadlines (never sleeps standing in for
+//! conditions).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kvraft::client::resp;
+use kvraft::client::blocking::Options as ClientOptions;
+pub use kvraft::client::blocking::{ClientError, Connection};
 use kvraft::client::Value;
 
 /// Cluster tests run one at a time: two clusters electing on a 2-core machine would measure
@@ -48,66 +49,14 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// A blocking RESP client.
-pub struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
+/// How long a test client waits for a connection, and for one reply: generous, since the
+/// machine is shared and a slow answer is not what these tests measure.
+pub const CLIENT_OPTIONS: ClientOptions =
+    ClientOptions::new(Duration::from_millis(500), Duration::from_secs(15));
 
-impl Client {
-    pub fn connect(addr: SocketAddr) -> std::io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-        stream.set_nodelay(true)?;
-        Ok(Client {
-            stream,
-            buf: Vec::new(),
-        })
-    }
-
-    pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        let mut out = Vec::new();
-        resp::encode_command(args, &mut out);
-        self.stream.write_all(&out)
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
-    }
-
-    pub fn read_reply(&mut self) -> std::io::Result<Value> {
-        loop {
-            match resp::parse_value(&self.buf) {
-                Ok(Some((v, n))) => {
-                    self.buf.drain(..n);
-                    return Ok(v);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{e:?}"),
-                    ))
-                }
-            }
-            let mut chunk = [0u8; 65536];
-            let n = self.stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    pub fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Value> {
-        self.send(args)?;
-        self.read_reply()
-    }
-
-    pub fn call_str(&mut self, args: &[&str]) -> std::io::Result<Value> {
-        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.call(&a)
-    }
+/// A client connection to `addr` (the library's one blocking client).
+pub fn connect(addr: SocketAddr) -> Result<Connection, ClientError> {
+    Connection::connect(addr, CLIENT_OPTIONS)
 }
 
 /// `field:value` lines of an INFO reply.
@@ -294,15 +243,13 @@ impl Cluster {
         self.node(id).child.as_ref().map(|c| c.id())
     }
 
-    pub fn client(&self, id: u64) -> std::io::Result<Client> {
-        Client::connect(self.node(id).client)
+    pub fn client(&self, id: u64) -> Result<Connection, ClientError> {
+        connect(self.node(id).client)
     }
 
     pub fn info(&self, id: u64) -> Option<HashMap<String, String>> {
         let mut c = self.client(id).ok()?;
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .ok()?;
+        c.set_io_timeout(Duration::from_secs(2));
         let v = c.call_str(&["INFO"]).ok()?;
         Some(parse_info(&v))
     }
