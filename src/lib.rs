@@ -17,10 +17,13 @@
 //! Only `node` ties the others together; `wire` reads `raft`'s message types.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod client;
 pub mod config;
+pub mod http;
 pub mod kv;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod prng;
 pub mod raft;

@@ -15,8 +15,10 @@
 
 pub mod clock;
 pub mod conn;
+pub mod notify;
 pub mod snapshot;
 pub mod sys;
+pub mod tls;
 
 mod clients;
 mod driver;
