@@ -13,7 +13,9 @@
 
 use log::debug;
 
-use super::{ClientState, Forward, Node, PendingRead, ReplyTo, Role, Waiter, FORWARD_TIMEOUT};
+use super::net::Net;
+use super::storage::Disk;
+use super::{ClientState, ConnKind, Forward, Node, PendingRead, ReplyTo, Waiter, FORWARD_TIMEOUT};
 use crate::client::resp;
 use crate::client::Value;
 use crate::kv::{Request, StateMachine};
@@ -36,7 +38,7 @@ pub(super) fn no_leader() -> Value {
     Value::error("CLUSTERDOWN no leader elected yet, try again")
 }
 
-impl<S: StateMachine> Node<S> {
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn read_client(&mut self, key: usize) {
         self.read_budgeted(key, Self::parse_client_input);
     }
@@ -44,7 +46,7 @@ impl<S: StateMachine> Node<S> {
     /// Back-pressure: too many requests of this client are unanswered.
     pub(super) fn client_paused(&mut self, key: usize) -> bool {
         let c = &mut self.conns[key];
-        let Role::Client(st) = &c.role else {
+        let ConnKind::Client(st) = &c.kind else {
             return false;
         };
         let paused = st.pending.len() >= limits::CLIENT_PENDING_MAX || c.conn.close_after_flush;
@@ -70,7 +72,7 @@ impl<S: StateMachine> Node<S> {
                     if args.is_empty() {
                         continue; // `*0`, `*-1` or a blank inline line: Redis skips them
                     }
-                    let Role::Client(st) = &mut c.role else {
+                    let ConnKind::Client(st) = &mut c.kind else {
                         unreachable!()
                     };
                     let seq = st.next_seq;
@@ -98,7 +100,7 @@ impl<S: StateMachine> Node<S> {
                     debug!("client protocol error: {e}");
                     // Redis answers a protocol error, then closes the connection; the error
                     // takes its place after the replies still owed.
-                    let Role::Client(st) = &mut c.role else {
+                    let ConnKind::Client(st) = &mut c.kind else {
                         unreachable!()
                     };
                     let seq = st.next_seq;
@@ -245,7 +247,7 @@ impl<S: StateMachine> Node<S> {
                 if c.gen != gen {
                     return; // the client left; the slab key belongs to someone else now
                 }
-                let Role::Client(st) = &mut c.role else {
+                let ConnKind::Client(st) = &mut c.kind else {
                     return;
                 };
                 st.held_bytes += fill_slot(st, seq, reply);

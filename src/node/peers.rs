@@ -9,16 +9,14 @@
 //! backoff. Snapshots are streamed in chunks, a bounded number in flight, so heartbeats
 //! queued on the same connection are never stuck behind a whole file.
 
-use std::collections::BTreeMap;
-use std::io;
-
 use log::{debug, info, warn};
-use mio::net::TcpStream;
+use std::collections::BTreeMap;
 
 use super::conn::Conn;
-use super::snapshot::SnapshotSender;
+use super::net::{ConnectState, Net};
+use super::storage::Disk;
 use super::{
-    CoreReport, MemberAddrs, Node, PeerLink, Role, TimerId, DIAL_BACKOFF_MAX_MS,
+    ConnKind, CoreReport, MemberAddrs, Node, PeerLink, TimerId, DIAL_BACKOFF_MAX_MS,
     DIAL_BACKOFF_MIN_MS,
 };
 use crate::kv::StateMachine;
@@ -26,7 +24,7 @@ use crate::limits;
 use crate::raft::{EntryId, Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::wire::{self, DecodeError, Frame};
 
-impl<S: StateMachine> Node<S> {
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Adopt a new member table: dial new peers, drop removed ones, redial moved ones.
     pub(super) fn set_members(&mut self, members: BTreeMap<NodeId, MemberAddrs>) {
         let removed: Vec<NodeId> = self
@@ -88,7 +86,7 @@ impl<S: StateMachine> Node<S> {
             return;
         }
         let addr = link.addr;
-        let stream = match TcpStream::connect(addr) {
+        let stream = match self.net.connect(addr) {
             Ok(s) => s,
             Err(e) => {
                 debug!("dial node {to} at {addr}: {e}");
@@ -96,7 +94,6 @@ impl<S: StateMachine> Node<S> {
                 return;
             }
         };
-        let _ = stream.set_nodelay(true);
         let mut conn = Conn::peer(stream);
         conn.connecting = true;
         let hello = Frame::Hello {
@@ -107,7 +104,7 @@ impl<S: StateMachine> Node<S> {
         wire::encode(&hello, conn.output_buf());
         match self.insert_conn(
             conn,
-            Role::PeerOut {
+            ConnKind::PeerOut {
                 to,
                 hello_ok: false,
             },
@@ -127,20 +124,16 @@ impl<S: StateMachine> Node<S> {
     /// The non-blocking connect finished, one way or the other.
     pub(super) fn dial_done(&mut self, key: usize) {
         let c = &mut self.conns[key];
-        let failed = match c.conn.stream.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match c.conn.stream.peer_addr() {
-                Ok(_) => None,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // still connecting
-                Err(e) => Some(e),
-            },
-        };
-        if let Some(e) = failed {
-            self.close_conn(key, &format!("connect failed: {e}"));
-            return;
+        match self.net.connect_state(&c.conn.stream) {
+            ConnectState::Pending => return,
+            ConnectState::Failed(e) => {
+                self.close_conn(key, &format!("connect failed: {e}"));
+                return;
+            }
+            ConnectState::Connected => {}
         }
         c.conn.connecting = false;
-        if let Role::PeerOut { to, .. } = c.role {
+        if let ConnKind::PeerOut { to, .. } = c.kind {
             debug!("connected to node {to}");
         }
     }
@@ -237,16 +230,16 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn handle_frame(&mut self, key: usize, frame: Frame) {
-        let peer = match (&self.conns[key].role, &frame) {
-            (Role::PeerIn { from: None }, Frame::Hello { .. })
+        let peer = match (&self.conns[key].kind, &frame) {
+            (ConnKind::PeerIn { from: None }, Frame::Hello { .. })
             | (
-                Role::PeerOut {
+                ConnKind::PeerOut {
                     hello_ok: false, ..
                 },
                 Frame::Hello { .. },
             ) => return self.handle_hello(key, frame),
-            (Role::PeerIn { from: Some(f) }, _) => *f,
-            (Role::PeerOut { to, hello_ok: true }, _) => *to,
+            (ConnKind::PeerIn { from: Some(f) }, _) => *f,
+            (ConnKind::PeerOut { to, hello_ok: true }, _) => *to,
             _ => return self.close_conn(key, "expected a Hello first"),
         };
         match frame {
@@ -322,8 +315,8 @@ impl<S: StateMachine> Node<S> {
             warn!("refusing a peer connection: {why}");
             return self.close_conn(key, &why);
         }
-        match &mut self.conns[key].role {
-            Role::PeerIn { from: f } => {
+        match &mut self.conns[key].kind {
+            ConnKind::PeerIn { from: f } => {
                 *f = Some(from);
                 self.adopt_inbound(from, key);
                 let hello = Frame::Hello {
@@ -335,7 +328,7 @@ impl<S: StateMachine> Node<S> {
                 wire::encode(&hello, c.conn.output_buf());
                 self.mark_dirty(key);
             }
-            Role::PeerOut {
+            ConnKind::PeerOut {
                 to: expected,
                 hello_ok,
             } => {
@@ -353,7 +346,7 @@ impl<S: StateMachine> Node<S> {
                 }
                 info!("connected to node {from}");
             }
-            Role::Client(_) => unreachable!("hello on a client connection"),
+            ConnKind::Client(_) => unreachable!("hello on a client connection"),
         }
     }
 
@@ -364,11 +357,9 @@ impl<S: StateMachine> Node<S> {
             Some(m) => m.peer,
             None => {
                 info!("accepted a connection from node {from}, not (yet) a member");
-                self.conns[key]
-                    .conn
-                    .stream
-                    .peer_addr()
-                    .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+                self.net
+                    .peer_addr(&self.conns[key].conn.stream)
+                    .unwrap_or_else(|| ([0, 0, 0, 0], 0).into())
             }
         };
         let link = self
@@ -384,11 +375,11 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn start_snapshot_stream(&mut self, to: NodeId, term: Term, meta: SnapshotMeta) {
-        let Some(path) = self.snapshot_path.clone() else {
+        if !self.snapshot_on_disk {
             warn!("the core asked to send a snapshot to node {to} but there is none on disk");
             return self.report_to_core(CoreReport::Snapshot, to, false);
-        };
-        let Some(link) = self.peers.get_mut(&to) else {
+        }
+        let Some(link) = self.peers.get(&to) else {
             return;
         };
         if link
@@ -399,7 +390,13 @@ impl<S: StateMachine> Node<S> {
             return; // already streaming this one
         }
         let chunk = self.cfg.snapshot_chunk_bytes as usize;
-        match SnapshotSender::new(path, meta, chunk, limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX) {
+        let opened = self
+            .disk
+            .snapshot_open(&meta, chunk, limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX);
+        let Some(link) = self.peers.get_mut(&to) else {
+            return;
+        };
+        match opened {
             Ok(sender) => {
                 info!(
                     "streaming snapshot at {} ({} bytes) to node {to}",
@@ -508,8 +505,12 @@ impl<S: StateMachine> Node<S> {
         };
         self.send_frame(from, &ack);
         if let Some((header, path)) = complete {
-            info!("received snapshot at {} from node {from}", header.meta.last);
-            self.received_snapshot = Some((header.meta.last, path));
+            info!(
+                "received snapshot at {} from node {from} ({})",
+                header.meta.last,
+                path.display()
+            );
+            self.received_snapshot = Some(header.meta.last);
             let msg = Message {
                 from,
                 to: self.id,
