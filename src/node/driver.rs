@@ -432,10 +432,29 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             return;
         };
         match outcome {
+            Ok(done) if done.header.meta.last.index <= self.snapshot_meta.last.index => {
+                // A snapshot received from the leader meanwhile is newer: the metadata never
+                // moves backwards (the log after it may already be gone). Found by the
+                // simulator: a follower's own snapshot finishing after an install.
+                info!(
+                    "snapshot at {} written, but {} is newer: dropping it",
+                    done.header.meta.last, self.snapshot_meta.last
+                );
+                if let Err(e) = self.disk.snapshot_remove_older(self.snapshot_meta.last) {
+                    warn!(
+                        "removing snapshots older than {}: {e}",
+                        self.snapshot_meta.last
+                    );
+                }
+            }
             Ok(done) => {
                 let meta = done.header.meta.clone();
                 let keep = self.cfg.snapshot_keep_entries;
-                let compact_to = LogIndex(meta.last.index.0.saturating_sub(keep));
+                // Never past what is durable here: a follower whose disk is full applies
+                // entries the leader committed but this node has not persisted, and the core
+                // must still hand those out to be appended (found by the simulator).
+                let compact_to =
+                    LogIndex(meta.last.index.0.saturating_sub(keep)).min(self.durable_last);
                 self.raft.snapshot_taken(meta.clone(), compact_to);
                 // The WAL's whole segments before `compact_to` go one per housekeeping pass.
                 self.wal_discard_to = self.wal_discard_to.max(compact_to);

@@ -57,6 +57,7 @@ pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
         MioNet::new(registry),
         start,
         start,
+        first_forward_id(),
     )?;
     Shell::new(poll, node)?.serve()
 }
@@ -185,6 +186,14 @@ impl<S: StateMachine> Shell<S> {
             .registry()
             .register(&mut SourceFd(&fd), token, Interest::READABLE)
     }
+}
+
+/// Microseconds since the Unix epoch: larger at every start (see `Node::start`), and far
+/// from wrapping the forwarded-request ids counted up from it.
+fn first_forward_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
 }
 
 fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, NodeError> {

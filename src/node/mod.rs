@@ -681,6 +681,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub fn applied(&self) -> LogIndex {
         self.applied
     }
+    /// The last index known durable, and the snapshot on disk.
+    pub fn durable(&self) -> (LogIndex, EntryId) {
+        (self.durable_last, self.snapshot_meta.last)
+    }
     pub fn disk(&self) -> &D {
         &self.disk
     }

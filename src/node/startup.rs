@@ -74,7 +74,11 @@ pub(super) fn decode_member_context(b: &[u8]) -> Option<MemberAddrs> {
 impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Recover the node from `disk`. `join`: this node is not in the initial membership; it
     /// waits to be added (`MEMBER ADD`). `start`: the instant tick 0 stands for; `now`: the
-    /// time now (both from the caller: the node reads no clock).
+    /// time now (both from the caller: the node reads no clock). `first_forward_id`: a number
+    /// larger at every start of this node (the shell uses the wall clock, the simulator counts
+    /// starts): forwarded request ids begin there, so a leader's late reply to a request
+    /// forwarded before a restart can never match a request forwarded after it.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: Config,
         join: bool,
@@ -83,6 +87,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         net: N,
         start: Instant,
         now: Instant,
+        first_forward_id: u64,
     ) -> Result<Node<S, D, N>, NodeError> {
         let id = cfg.id;
         let members = config_members(&cfg, join);
@@ -179,7 +184,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             reads_ready: Vec::new(),
             next_read_ctx: 1,
             forwards: HashMap::new(),
-            next_forward_id: 1,
+            next_forward_id: first_forward_id.max(1),
             durable_last,
             applied,
             applied_term: snapshot_meta.last.term,
