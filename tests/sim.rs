@@ -849,6 +849,7 @@ fn run_seed(seed: u64) -> Stats {
                     m.image.borrow().snapshots.keys().collect::<Vec<_>>(),
                     m.faults.borrow()
                 );
+                eprintln!("    conf {:?} progress {:?}", st.conf, st.progress);
             }
         }
         eprintln!("replay: make sim SEED={seed}");

@@ -238,6 +238,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn deliver(&mut self, to: ReplyTo, reply: Vec<u8>) {
         match to {
             ReplyTo::Peer { node, id } => {
+                let reply = fit_forwarded_reply(reply);
                 self.send_frame(node, &Frame::ClientReply { id, reply });
             }
             ReplyTo::Client { key, gen, seq } => {
@@ -274,6 +275,26 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         }
     }
+}
+
+/// The largest reply relayed to a follower in one `ClientReply` frame.
+pub(super) const FORWARDED_REPLY_SIZE_MAX: usize =
+    limits::FRAME_SIZE_MAX - limits::FRAME_OVERHEAD_MAX;
+const _: () = assert!(limits::VALUE_SIZE_MAX < FORWARDED_REPLY_SIZE_MAX);
+
+/// A reply too large for one frame (an MGET of many large values through a follower) is
+/// replaced by an error the client can act on: it cannot be framed, and must never take the
+/// leader down (issue 12). Direct clients get such replies whole (`CLIENT_OUTPUT_SIZE_MAX`).
+fn fit_forwarded_reply(reply: Vec<u8>) -> Vec<u8> {
+    if reply.len() <= FORWARDED_REPLY_SIZE_MAX {
+        return reply;
+    }
+    Value::error(format!(
+        "ERR reply too large to forward ({} bytes, at most {FORWARDED_REPLY_SIZE_MAX} through a \
+         follower); send the command to the leader or ask for fewer keys",
+        reply.len()
+    ))
+    .to_bytes()
 }
 
 /// Put a reply in its pipeline slot; returns the bytes stored (0 if the slot is gone).

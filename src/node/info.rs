@@ -13,6 +13,7 @@ use super::{Node, ReplyTo, Waiter};
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::Value;
 use crate::kv::StateMachine;
+use crate::limits::MEMBERS_MAX;
 use crate::raft::{ConfChange, ConfChangeOp, NodeId, ProposeError, Role as RaftRole};
 
 const SECTIONS: [&str; 6] = [
@@ -95,6 +96,17 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 ))
             }
         };
+        if op != ConfChangeOp::Remove {
+            let conf = self.raft.status().conf;
+            let known = conf.is_voter(id) || conf.is_learner(id);
+            if !known && conf.members().count() >= MEMBERS_MAX {
+                // Checked before proposing: a membership past the limit cannot be encoded in
+                // a snapshot or a frame (issue 12: it panicked).
+                return Dispatch::Reply(Value::error(format!(
+                    "ERR the cluster has {MEMBERS_MAX} members, the most it may have"
+                )));
+            }
+        }
         let context = if context.is_empty() {
             match self.members.get(&id) {
                 Some(m) => format!("peer={} client={}", m.peer, m.client).into_bytes(),

@@ -154,7 +154,7 @@ struct Connection<T> {
 }
 
 impl<F: snapshot::ChunkSource> PeerLink<F> {
-    fn new(addr: SocketAddr) -> PeerLink<F> {
+    fn new(addr: SocketAddr, now: Instant) -> PeerLink<F> {
         PeerLink {
             addr,
             key: None,
@@ -162,6 +162,8 @@ impl<F: snapshot::ChunkSource> PeerLink<F> {
             dial_timer: None,
             reported_unreachable: false,
             sender: None,
+            snapshot_retry_at: None,
+            snapshot_heard_at: now,
         }
     }
 }
@@ -178,6 +180,10 @@ struct PeerLink<F: snapshot::ChunkSource> {
     reported_unreachable: bool,
     /// A snapshot being streamed to this peer.
     sender: Option<SnapshotSender<F>>,
+    /// Opening a snapshot for this peer failed; not before this time again.
+    snapshot_retry_at: Option<Instant>,
+    /// When the snapshot stream last started or heard an ack.
+    snapshot_heard_at: Instant,
 }
 
 /// A write proposed by this node as leader, waiting for its entry to be applied.
@@ -253,6 +259,8 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     /// continue), with the generation that asked.
     leftover: Vec<(usize, u64)>,
     members: BTreeMap<NodeId, MemberAddrs>,
+    /// Addresses of members removed from `members` (to reach one that still leads).
+    retired: BTreeMap<NodeId, MemberAddrs>,
     peers: HashMap<NodeId, PeerLink<D::Source>>,
     cluster_id: u64,
     waiters: BTreeMap<LogIndex, Waiter>,
@@ -599,6 +607,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     fn housekeeping(&mut self) {
         self.expire_forwards();
         self.expire_silent_peers();
+        self.resend_stalled_snapshots();
+        self.relink_leader();
         if self.disk.snapshot_running() {
             // The child may have written its status and still be exiting: reap it when gone.
             self.snapshot_child_ended();

@@ -13,6 +13,12 @@ use log::{debug, info, warn};
 use std::collections::BTreeMap;
 
 use super::conn::Conn;
+use super::snapshot::SnapshotHeader;
+
+/// After a snapshot could not be opened for a follower, how long until the next try.
+const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// A snapshot stream that heard no ack for this long resends from its last acked offset.
+const SNAPSHOT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 use super::net::{ConnectState, Net};
 use super::storage::Disk;
 use super::{
@@ -34,8 +40,16 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             .copied()
             .collect();
         for id in removed {
+            if let Some(m) = self.members.get(&id) {
+                self.retired.insert(id, m.clone());
+            }
             if let Some(link) = self.peers.remove(&id) {
                 info!("node {id} left the member table");
+                if link.sender.is_some() {
+                    // The core waits for the stream's end: tell it, or it waits forever
+                    // (found by the simulator).
+                    self.report_to_core(CoreReport::Snapshot, id, false);
+                }
                 if let Some(key) = link.key {
                     self.close_conn(key, "member removed");
                 }
@@ -61,12 +75,31 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     }
                 }
                 None => {
-                    self.peers.insert(id, PeerLink::new(m.peer));
+                    self.peers.insert(id, PeerLink::new(m.peer, self.now));
                     self.dial(id);
                 }
             }
         }
         self.members = members;
+    }
+
+    /// A leader this node no longer lists (it applied the leader's removal, and lags behind a
+    /// log in which the leader came back, or is still being removed) must still be reachable:
+    /// of the pair only the lower id dials, so without this a lagging member with the lower
+    /// id and its leader never connect again (found by the simulator: a cluster stalled).
+    pub(super) fn relink_leader(&mut self) {
+        let Some(leader) = self.raft.leader() else {
+            return;
+        };
+        if leader == self.id || self.peers.contains_key(&leader) {
+            return;
+        }
+        if let Some(m) = self.retired.get(&leader) {
+            info!("node {leader} leads but left our member table: connecting to it again");
+            let link = PeerLink::new(m.peer, self.now);
+            self.peers.insert(leader, link);
+            self.dial(leader);
+        }
     }
 
     /// Of each pair of members, the one with the lower id dials.
@@ -362,10 +395,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     .unwrap_or_else(|| ([0, 0, 0, 0], 0).into())
             }
         };
+        let now = self.now;
         let link = self
             .peers
             .entry(from)
-            .or_insert_with(|| PeerLink::new(addr));
+            .or_insert_with(|| PeerLink::new(addr, now));
         let old = link.key.replace(key);
         link.reported_unreachable = false;
         if let Some(old) = old.filter(|&old| old != key) {
@@ -380,7 +414,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             return self.report_to_core(CoreReport::Snapshot, to, false);
         }
         let Some(link) = self.peers.get(&to) else {
-            return;
+            return self.report_to_core(CoreReport::Snapshot, to, false);
         };
         if link
             .sender
@@ -389,10 +423,21 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         {
             return; // already streaming this one
         }
+        if link.snapshot_retry_at.is_some_and(|at| self.now < at) {
+            // Opening failed a moment ago: fail fast and quietly rather than retrying (and
+            // logging) at every probe of the core (issue 12: a busy loop of "No such file").
+            return self.report_to_core(CoreReport::Snapshot, to, false);
+        }
         let chunk = self.cfg.snapshot_chunk_bytes as usize;
-        let opened = self
-            .disk
-            .snapshot_open(&meta, chunk, limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX);
+        let inflight = limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX;
+        let mut opened = self.disk.snapshot_open(&meta, chunk, inflight);
+        if opened.is_err() && self.snapshot_meta.last != meta.last {
+            // The file asked for is gone (a newer one replaced it): the current one serves the
+            // follower as well, and it is the one on disk.
+            let current = self.snapshot_meta.clone();
+            opened = self.disk.snapshot_open(&current, chunk, inflight);
+        }
+        let now = self.now;
         let Some(link) = self.peers.get_mut(&to) else {
             return;
         };
@@ -403,13 +448,42 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     sender.meta().last,
                     sender.total_size()
                 );
+                link.snapshot_retry_at = None;
+                link.snapshot_heard_at = now;
                 link.sender = Some(sender);
                 self.pump_snapshot(to, term);
             }
             Err(e) => {
-                warn!("opening the snapshot for node {to}: {e}");
+                warn!(
+                    "opening the snapshot {} for node {to}: {e}; retrying in {SNAPSHOT_RETRY:?}",
+                    meta.last
+                );
+                link.snapshot_retry_at = Some(now + SNAPSHOT_RETRY);
                 self.report_to_core(CoreReport::Snapshot, to, false);
             }
+        }
+    }
+
+    /// Streams whose follower has not acknowledged anything for `SNAPSHOT_ACK_TIMEOUT` resend
+    /// from the last acknowledged offset: chunks or acks were lost on a connection that stayed
+    /// up, or the follower dropped chunks of a term it had left behind.
+    pub(super) fn resend_stalled_snapshots(&mut self) {
+        let term = self.raft.term();
+        let now = self.now;
+        let mut stalled = Vec::new();
+        for (&id, link) in self.peers.iter_mut() {
+            let Some(sender) = link.sender.as_mut() else {
+                continue;
+            };
+            if now.saturating_duration_since(link.snapshot_heard_at) >= SNAPSHOT_ACK_TIMEOUT {
+                sender.on_timeout();
+                link.snapshot_heard_at = now;
+                stalled.push(id);
+            }
+        }
+        for id in stalled {
+            debug!("snapshot stream to node {id} stalled; resending from its last ack");
+            self.pump_snapshot(id, term);
         }
     }
 
@@ -463,6 +537,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             return; // an ack for an earlier stream
         }
         sender.on_ack(next_offset, ok);
+        link.snapshot_heard_at = self.now;
         if sender.is_complete() {
             info!("snapshot at {snapshot} delivered to node {from}");
             link.sender = None;
@@ -471,6 +546,26 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             return self.report_to_core(CoreReport::Snapshot, from, true);
         }
         self.pump_snapshot(from, term);
+    }
+
+    /// Hand a chunk to the receiver: (next offset, ok, the completed file).
+    fn receive_chunk(
+        &mut self,
+        from: NodeId,
+        meta: &SnapshotMeta,
+        total_size: u64,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+    ) -> (u64, bool, Option<(SnapshotHeader, std::path::PathBuf)>) {
+        match self.receiver.on_chunk(meta, total_size, offset, data, done) {
+            Ok(out) => (out.next_offset, out.ok, out.complete),
+            Err(e) => {
+                warn!("snapshot chunk from node {from}: {e}");
+                self.receiver.abort();
+                (0, false, None)
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -484,16 +579,18 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         data: &[u8],
         done: bool,
     ) {
-        let (next_offset, ok, complete) = match self
-            .receiver
-            .on_chunk(&meta, total_size, offset, data, done)
-        {
-            Ok(out) => (out.next_offset, out.ok, out.complete),
-            Err(e) => {
-                warn!("snapshot chunk from node {from}: {e}");
-                self.receiver.abort();
-                (0, false, None)
-            }
+        if term < self.raft.term() {
+            // A deposed leader's stream: writing it could only waste the disk, and its ack
+            // would mislead nobody; drop it (issue 12).
+            debug!("dropping a snapshot chunk of term {term} from node {from}");
+            return;
+        }
+        let (next_offset, ok, complete) = if meta.last.index <= self.snapshot_meta.last.index {
+            // We hold this snapshot or a newer one: never write an older one (the metadata
+            // never moves backwards); tell the sender it is complete so it stops.
+            (total_size, true, None)
+        } else {
+            self.receive_chunk(from, &meta, total_size, offset, data, done)
         };
         let ack = Frame::SnapshotAck {
             term,

@@ -178,6 +178,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             dirty: Vec::new(),
             leftover: Vec::new(),
             members: BTreeMap::new(),
+            retired: BTreeMap::new(),
             peers: HashMap::new(),
             waiters: BTreeMap::new(),
             reads: HashMap::new(),
