@@ -773,9 +773,17 @@ impl Sim {
     /// Every acknowledged write is in the leader's state once it applied all it committed.
     fn check_acked_writes(&mut self) {
         for _ in 0..HEAL_BOUND_TICKS {
+            // A new leader's commit may lag what others applied until it commits an entry of
+            // its own term: wait for it to catch up with every node.
+            let applied_max = self
+                .members
+                .values()
+                .filter_map(|m| m.node.as_ref().map(|n| n.applied()))
+                .max()
+                .unwrap_or_default();
             if let Some(l) = self.leader() {
                 let n = self.members[&l].node.as_ref().expect("up");
-                if n.applied() == n.raft().commit() {
+                if n.applied() == n.raft().commit() && n.applied() >= applied_max {
                     break;
                 }
             }

@@ -608,7 +608,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.expire_forwards();
         self.expire_silent_peers();
         self.resend_stalled_snapshots();
-        self.relink_leader();
+        self.relink_known_nodes();
         if self.disk.snapshot_running() {
             // The child may have written its status and still be exiting: reap it when gone.
             self.snapshot_child_ended();

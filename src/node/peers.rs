@@ -83,22 +83,24 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.members = members;
     }
 
-    /// A leader this node no longer lists (it applied the leader's removal, and lags behind a
-    /// log in which the leader came back, or is still being removed) must still be reachable:
-    /// of the pair only the lower id dials, so without this a lagging member with the lower
-    /// id and its leader never connect again (found by the simulator: a cluster stalled).
-    pub(super) fn relink_leader(&mut self) {
-        let Some(leader) = self.raft.leader() else {
-            return;
-        };
-        if leader == self.id || self.peers.contains_key(&leader) {
-            return;
-        }
-        if let Some(m) = self.retired.get(&leader) {
-            info!("node {leader} leads but left our member table: connecting to it again");
-            let link = PeerLink::new(m.peer, self.now);
-            self.peers.insert(leader, link);
-            self.dial(leader);
+    /// A node this node no longer lists but must still reach: the leader, or a member of the
+    /// core's configuration (this node applied a removal and lags behind a log in which the
+    /// node came back, or the removal is not committed yet). Of a pair only the lower id
+    /// dials, so without this a lagging member and such a node never connect again (found by
+    /// the simulator: clusters that stalled after membership changes).
+    pub(super) fn relink_known_nodes(&mut self) {
+        let mut wanted: Vec<NodeId> = self.raft.leader().into_iter().collect();
+        wanted.extend(self.raft.status().conf.members());
+        for id in wanted {
+            if id == self.id || self.peers.contains_key(&id) {
+                continue;
+            }
+            if let Some(m) = self.retired.get(&id) {
+                info!("node {id} left our member table but is still needed: reconnecting");
+                let link = PeerLink::new(m.peer, self.now);
+                self.peers.insert(id, link);
+                self.dial(id);
+            }
         }
     }
 
