@@ -164,6 +164,7 @@ impl<F: snapshot::ChunkSource> PeerLink<F> {
             sender: None,
             snapshot_retry_at: None,
             snapshot_heard_at: now,
+            down_since: now,
         }
     }
 }
@@ -184,6 +185,8 @@ struct PeerLink<F: snapshot::ChunkSource> {
     snapshot_retry_at: Option<Instant>,
     /// When the snapshot stream last started or heard an ack.
     snapshot_heard_at: Instant,
+    /// Since when there is no connection (or when we last dialed as the higher id).
+    down_since: Instant,
 }
 
 /// A write proposed by this node as leader, waiting for its entry to be applied.
@@ -609,6 +612,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.expire_silent_peers();
         self.resend_stalled_snapshots();
         self.relink_known_nodes();
+        self.dial_silent_peers();
         if self.disk.snapshot_running() {
             // The child may have written its status and still be exiting: reap it when gone.
             self.snapshot_child_ended();

@@ -17,6 +17,8 @@ use super::snapshot::SnapshotHeader;
 
 /// After a snapshot could not be opened for a follower, how long until the next try.
 const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The higher id of a pair dials when the lower has not connected for this long.
+const DIAL_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
 /// A snapshot stream that heard no ack for this long resends from its last acked offset.
 const SNAPSHOT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 use super::net::{ConnectState, Net};
@@ -111,9 +113,34 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// Open the connection to `to` (non-blocking; `dial_done` finishes it), if this side dials.
     pub(super) fn dial(&mut self, to: NodeId) {
-        if !self.dials(to) {
-            return;
+        if self.dials(to) {
+            self.connect_to(to);
         }
+    }
+
+    /// The higher id of a pair dials too when no connection came for `DIAL_FALLBACK`: the
+    /// lower one may have dropped us from its member table (it lags behind a membership
+    /// change) while we need it, e.g. for its vote (found by the simulator: a cluster with
+    /// no leader after healing). A connection it accepts from us serves it as well.
+    pub(super) fn dial_silent_peers(&mut self) {
+        let now = self.now;
+        let silent: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(&id, l)| !self.dials(id) && l.key.is_none() && l.dial_timer.is_none())
+            .filter(|(_, l)| now.saturating_duration_since(l.down_since) >= DIAL_FALLBACK)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in silent {
+            if let Some(link) = self.peers.get_mut(&id) {
+                link.down_since = now; // the next try, if this one fails, after another wait
+            }
+            debug!("no connection from node {id} for {DIAL_FALLBACK:?}: dialing it");
+            self.connect_to(id);
+        }
+    }
+
+    fn connect_to(&mut self, to: NodeId) {
         let Some(link) = self.peers.get(&to) else {
             return;
         };
@@ -199,6 +226,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             return; // an older connection, already replaced
         }
         link.key = None;
+        link.down_since = self.now;
         let had_sender = link.sender.take().is_some();
         let report = !link.reported_unreachable;
         link.reported_unreachable = true;
