@@ -1,624 +1,913 @@
-//! The deterministic cluster simulator: 3- and 5-node clusters of Raft cores driven by one seed
-//! through message loss, duplication, reordering and delay; symmetric and one-way partitions
-//! that come and go; crashes (some in the middle of a Ready, before its sync) and restarts;
-//! snapshots at random points; client proposals and ReadIndex reads throughout; and, in some
-//! seeds, membership changes and leadership transfers.
+//! The deterministic cluster simulator: 3- and 5-node clusters of the REAL node
+//! (`kvraft::node::Node<KvStore, SimDisk, SimNet>`: the daemon's driver, connections, client
+//! port, forwarding, snapshots and recovery) on a simulated disk (`support/sim_disk.rs`),
+//! network (`support/sim_net.rs`) and clock, all driven by one seed.
 //!
-//! After every step it checks election safety, log matching, leader completeness, state-machine
-//! safety and read linearizability (the last three partly in `support`). After the faults heal
-//! it checks that a leader is elected and a new proposal commits within a bounded number of
-//! ticks.
+//! Faults: peer frames lost, duplicated, delayed and reordered; partitions that come and go;
+//! crashes and restarts (a crash loses unsynced log pages, any subset, torn at page
+//! granularity), failed fsyncs (the node stops, as the daemon does, and is restarted: a crash
+//! in the middle of a turn, after the append and before the sync), a full disk, slow
+//! snapshots, whole-cluster power cuts. Clients write and read through any node (followers
+//! forward), send malformed and oversized requests, and (in some seeds) membership changes
+//! and leadership transfers as client commands.
 //!
-//! Measured (release, shared 2-core machine): 1000 seeds in 8.2 s (21.8M steps, 11.6M
-//! messages, 4,050 crashes of which 1,654 mid-Ready, 8,830 partitions, 20,172 snapshots,
-//! 2,200 membership changes, 2,327 transfers, 4,763 elections); 20,000 seeds in 150 s.
-//! Planted bugs it caught: the up-to-date check comparing indexes only (LEADER COMPLETENESS,
-//! seed 66); granting a second vote in a term (the core's own invariant, seed 0); a leader
-//! ignoring newer terms (RUNAWAY message storm, seed 4). Commit-time membership (etcd style,
-//! without a persisted commit index) gave two leaders in one term (ELECTION SAFETY, seed
-//! 1548). Counting an old term's entries toward commit (Figure 8) was NOT hit in 3,000 seeds;
-//! `figure_8_...` in raft_scenarios.rs catches it.
+//! After every step: each node's `check_invariants()`; election safety (one leader per term);
+//! log matching (an entry id always follows the same term); leader completeness (a new
+//! leader holds every entry any node saw committed); state-machine safety (two replicas at
+//! one applied index have the same state hash); a committed entry never changes; a read of a
+//! key whose write was acknowledged before the read was sent returns that write. After the
+//! faults heal: a leader is elected and a new write is acknowledged within a bound, and every
+//! acknowledged write is in the leader's state.
 //!
-//! `SIM_SEED=n` replays one seed (printing a trace of its last events on failure);
-//! `SIM_SEEDS=n` runs seeds 0..n; the default is 1000 seeds. `make sim SEED=n` / `SEEDS=n`.
+//! Defects it found in the node (each fixed, each seed failing before the fix): compaction
+//! past what is durable on a full disk (seed 6: the core's `slice` assertion); snapshot
+//! metadata moving backwards when a node's own snapshot finished after it installed a newer
+//! one (seed 23); forwarded request ids reused after a restart, so a late reply reached the
+//! wrong client (seed 137: STALE READ); a snapshot stream whose link was dropped at a
+//! membership change never reported its end, and a lagging member never reconnected to a
+//! leader it had removed from its table, nor the higher id of a pair to a lower one that had
+//! dropped it (seeds 340, 717, 752: NO PROGRESS).
+//!
+//! Measured (release, shared 2-core machine): 1,500 seeds in 32.6 s (1.56M ticks, 25,422
+//! crashes of which 5,863 at a failed fsync, 11,627 unsynced pages lost and 3,009 kept, 520
+//! power cuts, 8,974 partitions, 82,452 writes acknowledged, 55,339 reads checked, 21,343
+//! garbage requests, 6,479 admin commands, 7,913 elections).
+//!
+//! `SIM_SEED=n` replays one seed; `SIM_SEEDS=n` runs seeds 0..n (default `DEFAULT_SEEDS`).
+//! `make sim SEED=n` / `make sim SEEDS=n`.
 
 mod support;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use kvraft::client::resp;
+use kvraft::client::Value;
+use kvraft::config::Config;
+use kvraft::kv::{KvStore, Request, StateMachine};
+use kvraft::node::{Listener, Node};
 use kvraft::prng::Prng;
-use kvraft::raft::{ConfChange, ConfChangeOp, EntryId, LogIndex, Message, Term};
-use support::{Cluster, CrashPoint, NodeId};
+use kvraft::raft::{LogIndex, NodeId, Role, Term};
+use support::sim_disk::{DiskFaults, FaultsRef, Image, ImageRef, SimDisk};
+use support::sim_net::{SimNet, SimStream, World, WorldRef};
 
+type SimNode = Node<KvStore, SimDisk, SimNet>;
+
+const TICK_MS: u64 = 10;
 const CHAOS_TICKS: u64 = 1000;
-/// Ticks after healing within which a leader must be elected and a proposal commit
-/// (50 minimum election timeouts: small-batch seeds replicate a backlog slowly).
-const HEAL_BOUND_TICKS: u64 = 500;
-const TRACE_EVENTS_MAX: usize = 200;
-/// A seed normally takes well under 1M steps; far more means a message storm or a livelock.
-const STEPS_PER_SEED_MAX: u64 = 5_000_000;
-const DEFAULT_SEEDS: u64 = 1000;
+/// Ticks after healing within which a leader must be elected and a write acknowledged.
+const HEAL_BOUND_TICKS: u64 = 1500;
+const DEFAULT_SEEDS: u64 = 300;
+/// Requests a simulated client keeps in its pipeline.
+const CLIENT_PIPELINE_MAX: usize = 3;
+const TRACE_EVENTS_MAX: usize = 60;
+/// Ticks a client waits for an answer before it tries another node.
+const CLIENT_PATIENCE_TICKS: u64 = 300;
 
-/// The fault mix of one seed.
+/// The fault mix of one seed (rates per mille per tick unless said otherwise).
 #[derive(Debug, Clone)]
 struct Params {
     voters: u64,
-    /// Per mille.
+    joiners: u64,
     loss: u64,
     dup: u64,
-    delay_max_ticks: u64,
+    delay_max_ms: u64,
     crash: u64,
+    sync_fail: u64,
+    power_cut: u64,
     partition: u64,
-    snapshot: u64,
-    propose: u64,
-    read: u64,
+    disk_full: u64,
+    snapshot_entries: u64,
+    snapshot_polls: u32,
+    clients: u64,
+    garbage: u64,
     membership: bool,
-    transfers: bool,
-    append_entries_max: usize,
-    append_size_max: usize,
-    inflight_msgs_max: usize,
-    pre_vote: bool,
 }
 
 impl Params {
     fn draw(rng: &mut Prng) -> Params {
+        let five = rng.chance(1, 2);
+        let membership = rng.chance(1, 3);
         Params {
-            voters: if rng.chance(1, 2) { 3 } else { 5 },
+            voters: if five && !membership { 5 } else { 3 },
+            joiners: if five && membership { 2 } else { 0 },
             loss: [0, 10, 50, 150][rng.range(0, 4) as usize],
             dup: [0, 10, 50][rng.range(0, 3) as usize],
-            delay_max_ticks: rng.range(0, 5),
+            delay_max_ms: [0, 10, 30, 80][rng.range(0, 4) as usize],
             crash: [0, 3, 10][rng.range(0, 3) as usize],
+            sync_fail: [0, 2, 5][rng.range(0, 3) as usize],
+            power_cut: [0, 0, 1][rng.range(0, 3) as usize],
             partition: [0, 5, 20][rng.range(0, 3) as usize],
-            snapshot: [0, 10, 50][rng.range(0, 3) as usize],
-            propose: rng.range(100, 800),
-            read: rng.range(0, 300),
-            membership: rng.chance(1, 4),
-            transfers: rng.chance(1, 4),
-            append_entries_max: [1, 3, 16, 4096][rng.range(0, 4) as usize],
-            append_size_max: [16, 200, 1 << 20][rng.range(0, 3) as usize],
-            inflight_msgs_max: [2, 4, 8, 64][rng.range(0, 4) as usize],
-            pre_vote: rng.chance(3, 4),
+            disk_full: [0, 0, 3][rng.range(0, 3) as usize],
+            snapshot_entries: [20, 60, 400][rng.range(0, 3) as usize],
+            snapshot_polls: [0, 3, 30][rng.range(0, 3) as usize] as u32,
+            clients: rng.range(1, 5),
+            garbage: [0, 20, 100][rng.range(0, 3) as usize],
+            membership,
         }
     }
 }
 
 #[derive(Default, Debug, Clone, Copy)]
 struct Stats {
-    steps: u64,
     ticks: u64,
-    messages: u64,
-    dropped: u64,
-    duplicated: u64,
     crashes: u64,
-    crashes_mid_ready: u64,
-    restarts: u64,
+    sync_failures: u64,
+    pages_lost: u64,
+    pages_kept: u64,
+    power_cuts: u64,
     partitions: u64,
-    snapshots: u64,
-    proposals: u64,
-    reads_served: u64,
-    conf_changes: u64,
-    transfers: u64,
+    disk_full: u64,
+    writes_acked: u64,
+    reads_checked: u64,
+    garbage_sent: u64,
+    admin_sent: u64,
     elections: u64,
-    applied: u64,
 }
 
 impl Stats {
     fn add(&mut self, o: &Stats) {
-        self.steps += o.steps;
         self.ticks += o.ticks;
-        self.messages += o.messages;
-        self.dropped += o.dropped;
-        self.duplicated += o.duplicated;
         self.crashes += o.crashes;
-        self.crashes_mid_ready += o.crashes_mid_ready;
-        self.restarts += o.restarts;
+        self.sync_failures += o.sync_failures;
+        self.pages_lost += o.pages_lost;
+        self.pages_kept += o.pages_kept;
+        self.power_cuts += o.power_cuts;
         self.partitions += o.partitions;
-        self.snapshots += o.snapshots;
-        self.proposals += o.proposals;
-        self.reads_served += o.reads_served;
-        self.conf_changes += o.conf_changes;
-        self.transfers += o.transfers;
+        self.disk_full += o.disk_full;
+        self.writes_acked += o.writes_acked;
+        self.reads_checked += o.reads_checked;
+        self.garbage_sent += o.garbage_sent;
+        self.admin_sent += o.admin_sent;
         self.elections += o.elections;
-        self.applied += o.applied;
     }
 }
 
+struct Member {
+    id: NodeId,
+    cfg: Config,
+    join: bool,
+    image: ImageRef,
+    faults: FaultsRef,
+    node: Option<SimNode>,
+    /// Ticks until a crashed node restarts.
+    down_ticks: u64,
+    /// How often it was started (forwarded request ids of each start begin at `starts << 32`).
+    starts: u64,
+}
+
+/// What a client waits for.
+enum Op {
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// A read of a key whose write was acknowledged before the read was sent.
+    Get {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Admin commands: any reply will do (the node must merely survive).
+    Any,
+    /// Garbage: any number of replies (or none) and maybe the end of the connection; the
+    /// client sends nothing more on this connection.
+    Garbage,
+}
+
+struct Client {
+    id: u64,
+    stream: Option<SimStream>,
+    inbuf: Vec<u8>,
+    pending: VecDeque<Op>,
+    next_key: u64,
+    /// Ticks since the oldest pending request was answered (or sent).
+    waited_ticks: u64,
+    /// Reconnect to another node once the pipeline is empty.
+    retry: bool,
+}
+
 struct Sim {
-    cl: Cluster,
     rng: Prng,
     p: Params,
-    now: u64,
-    net: Vec<(u64, Message)>,
-    /// Nodes whose next Ready is interrupted by a crash before its sync.
-    crash_next_ready: Vec<NodeId>,
-    leaders_by_term: HashMap<Term, NodeId>,
-    /// Applied indexes up to here were checked against the live leaders.
-    completeness_checked: LogIndex,
-    next_cmd: u64,
+    world: WorldRef,
+    members: BTreeMap<NodeId, Member>,
+    start: Instant,
+    now_ms: u64,
+    clients: Vec<Client>,
+    /// Acknowledged writes (keys are written once).
+    acked: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// term -> its leader.
+    leaders: HashMap<Term, NodeId>,
+    /// applied index -> state hash.
+    hashes: HashMap<LogIndex, u64>,
+    /// index -> term of every entry seen committed.
+    committed: BTreeMap<LogIndex, Term>,
+    /// entry (index, term) -> term of its predecessor.
+    entry_prev: HashMap<(LogIndex, Term), Option<Term>>,
+    /// Leaders whose log was checked for completeness: (term, node).
+    checked_leaders: std::collections::HashSet<(Term, NodeId)>,
+    trace: VecDeque<String>,
+    /// The node taking its turn (named when a turn panics).
+    turning: Option<NodeId>,
     stats: Stats,
+}
+
+fn addrs(id: NodeId) -> (SocketAddr, SocketAddr) {
+    let ip = [10, 0, 0, id.0 as u8];
+    ((ip, 7000).into(), (ip, 6000).into())
+}
+
+fn config_text(ids: &[u64], seed: u64, p: &Params) -> String {
+    let mut t = format!(
+        "cluster_name = sim\ndata_dir = /sim/node{{id}}\ntick_ms = {TICK_MS}\n\
+         election_timeout_ms = 150\nheartbeat_interval_ms = 30\n\
+         snapshot_entries = {}\nsnapshot_keep_entries = 5\nsnapshot_chunk_bytes = 4096\nseed = {seed}\n",
+        p.snapshot_entries
+    );
+    for &i in ids {
+        let (peer, client) = addrs(NodeId(i));
+        t.push_str(&format!("node.{i} = peer={peer} client={client}\n"));
+    }
+    t
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut rng = Prng::new(seed ^ 0x5eed_0000_0000);
+        let mut rng = Prng::new(seed);
         let p = Params::draw(&mut rng);
+        let world = World::new();
+        world.borrow_mut().faults = support::sim_net::NetFaults {
+            loss: p.loss,
+            dup: p.dup,
+            delay_max_ms: p.delay_max_ms,
+        };
         let voters: Vec<u64> = (1..=p.voters).collect();
-        let extra = [p.voters + 1];
-        let mut cl = Cluster::new(&voters, &extra, seed, |c| {
-            c.append_entries_max = p.append_entries_max;
-            c.append_size_max = p.append_size_max;
-            c.inflight_msgs_max = p.inflight_msgs_max;
-            c.pre_vote = p.pre_vote;
-        });
-        cl.record_delivered = false;
-        Sim {
-            cl,
+        let mut members = BTreeMap::new();
+        for i in 1..=p.voters + p.joiners {
+            let join = i > p.voters;
+            let mut ids = voters.clone();
+            if join {
+                ids.push(i);
+            }
+            let text = config_text(&ids, seed.wrapping_mul(31).wrapping_add(i), &p);
+            let cfg = Config::parse(&text, "sim.conf", NodeId(i), None).expect("sim config");
+            let (peer, client) = addrs(NodeId(i));
+            world.borrow_mut().listen(peer, NodeId(i), Listener::Peer);
+            world
+                .borrow_mut()
+                .listen(client, NodeId(i), Listener::Client);
+            let faults = Rc::new(RefCell::new(DiskFaults {
+                snapshot_polls: p.snapshot_polls,
+                ..DiskFaults::default()
+            }));
+            let m = Member {
+                id: NodeId(i),
+                cfg,
+                join,
+                image: Rc::new(RefCell::new(Image::default())),
+                faults,
+                node: None,
+                down_ticks: 0,
+                starts: 1,
+            };
+            members.insert(NodeId(i), m);
+        }
+        let clients = (0..p.clients)
+            .map(|id| Client {
+                id,
+                stream: None,
+                inbuf: Vec::new(),
+                pending: VecDeque::new(),
+                next_key: 0,
+                waited_ticks: 0,
+                retry: false,
+            })
+            .collect();
+        let mut sim = Sim {
             rng,
             p,
-            now: 0,
-            net: Vec::new(),
-            crash_next_ready: Vec::new(),
-            leaders_by_term: HashMap::new(),
-            completeness_checked: LogIndex(0),
-            next_cmd: 1,
+            world,
+            members,
+            start: Instant::now(),
+            now_ms: 0,
+            clients,
+            acked: BTreeMap::new(),
+            leaders: HashMap::new(),
+            hashes: HashMap::new(),
+            committed: BTreeMap::new(),
+            entry_prev: HashMap::new(),
+            checked_leaders: Default::default(),
+            trace: VecDeque::new(),
+            turning: None,
             stats: Stats::default(),
+        };
+        for id in sim.ids() {
+            sim.restart(id);
         }
+        sim
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        self.members.keys().copied().collect()
+    }
+
+    fn now(&self) -> Instant {
+        self.start + Duration::from_millis(self.now_ms)
+    }
+
+    fn note(&mut self, s: String) {
+        if self.trace.len() == TRACE_EVENTS_MAX {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("t={} {s}", self.now_ms));
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let now = self.now();
+        let start = self.start;
+        let m = self.members.get_mut(&id).expect("member");
+        if m.node.is_some() {
+            return;
+        }
+        let disk = SimDisk::open(&m.image, &m.faults);
+        let (peer, _) = addrs(id);
+        let net = SimNet::new(&self.world, id, peer);
+        let seed = m.cfg.seed.unwrap_or(id.0);
+        let node = Node::start(
+            m.cfg.clone(),
+            m.join,
+            move || KvStore::new(seed),
+            disk,
+            net,
+            start,
+            now,
+            m.starts << 32,
+        )
+        .unwrap_or_else(|e| panic!("node {id} does not recover: {e}"));
+        m.starts += 1;
+        m.node = Some(node);
+        self.world.borrow_mut().set_up(id, true);
+        self.note(format!("start {id}"));
+    }
+
+    /// Stop `id` as a crash does: unsynced pages partly lost, connections gone.
+    fn crash(&mut self, id: NodeId, why: &str) {
+        let m = self.members.get_mut(&id).expect("member");
+        let Some(mut node) = m.node.take() else {
+            return;
+        };
+        let (kept, total) = node.disk_mut().crash(&mut self.rng);
+        drop(node);
+        m.faults.borrow_mut().fail_next_sync = false;
+        m.down_ticks = self.rng.range(1, 100);
+        self.world.borrow_mut().drop_node(id);
+        self.stats.crashes += 1;
+        self.stats.pages_kept += kept as u64;
+        self.stats.pages_lost += (total - kept) as u64;
+        self.note(format!(
+            "crash {id} ({why}; kept {kept} of {total} unsynced pages)"
+        ));
     }
 
     fn run(&mut self) {
         for _ in 0..CHAOS_TICKS {
             self.faults();
-            self.clients();
-            self.tick();
+            self.step(true);
         }
         self.heal();
-        self.check_liveness();
-        self.stats.applied = self.cl.applied_max.0;
-        self.stats.reads_served = self.cl.served_reads.len() as u64;
+        self.check_progress();
+        self.check_acked_writes();
     }
 
-    fn live(&self) -> Vec<NodeId> {
-        self.cl
-            .nodes
-            .values()
-            .filter(|n| n.is_up())
-            .map(|n| n.id)
-            .collect()
-    }
-
-    fn pick(&mut self, ids: &[NodeId]) -> Option<NodeId> {
-        if ids.is_empty() {
-            return None;
+    /// One tick: the network delivers, every live node takes its turn, clients act; then
+    /// every check runs.
+    fn step(&mut self, clients: bool) {
+        self.now_ms += TICK_MS;
+        self.stats.ticks += 1;
+        let now = self.now();
+        self.world.borrow_mut().deliver(self.now_ms, &mut self.rng);
+        for id in self.ids() {
+            self.node_turn(id, now);
         }
-        Some(ids[self.rng.range(0, ids.len() as u64) as usize])
+        if clients {
+            for c in 0..self.clients.len() {
+                self.client_step(c);
+            }
+        }
+        self.check();
+    }
+
+    fn node_turn(&mut self, id: NodeId, now: Instant) {
+        let world = self.world.clone();
+        let m = self.members.get_mut(&id).expect("member");
+        let Some(node) = m.node.as_mut() else {
+            if m.down_ticks > 0 {
+                m.down_ticks -= 1;
+                if m.down_ticks == 0 {
+                    self.restart(id);
+                }
+            }
+            return;
+        };
+        let accepts = world.borrow_mut().take_accepts(id);
+        node.set_now(now);
+        for (conn, what, addr) in accepts {
+            node.accept(SimStream::accepted(&world, conn), addr, what);
+        }
+        let ready = world.borrow().ready_keys(id);
+        self.turning = Some(id);
+        let result = node.turn(now, &ready);
+        self.turning = None;
+        if let Err(e) = result {
+            self.stats.sync_failures += 1;
+            self.crash(id, &format!("stopped: {e}"));
+        }
     }
 
     fn faults(&mut self) {
-        let ids = self.cl.ids();
-        if self.rng.chance(self.p.crash, 1000) {
-            let live = self.live();
-            if let Some(id) = self.pick(&live) {
-                self.stats.crashes += 1;
-                if self.rng.chance(1, 2) {
-                    self.crash_next_ready.push(id);
-                } else {
-                    self.cl.crash(id);
-                }
+        let p = self.p.clone();
+        for id in self.ids() {
+            let up = self.members[&id].node.is_some();
+            if up && self.rng.range(0, 1000) < p.crash {
+                self.crash(id, "killed");
+            }
+            if up && self.rng.range(0, 1000) < p.sync_fail {
+                self.members[&id].faults.borrow_mut().fail_next_sync = true;
+            }
+            if self.rng.range(0, 1000) < p.disk_full {
+                let f = &self.members[&id].faults;
+                let full = !f.borrow().full;
+                f.borrow_mut().full = full;
+                self.stats.disk_full += u64::from(full);
+                self.note(format!("disk of {id} full={full}"));
             }
         }
-        if self.rng.chance(40, 1000) {
-            let down: Vec<NodeId> = ids
-                .iter()
-                .copied()
-                .filter(|id| !self.cl.nodes[id].is_up())
-                .collect();
-            if let Some(id) = self.pick(&down) {
-                self.stats.restarts += 1;
-                self.cl.restart(id);
+        if self.rng.range(0, 1000) < p.power_cut {
+            self.stats.power_cuts += 1;
+            self.note("power cut".into());
+            for id in self.ids() {
+                self.crash(id, "power cut");
             }
         }
-        if self.rng.chance(self.p.partition, 1000) {
-            self.stats.partitions += 1;
-            self.partition(&ids);
-        }
-        if !self.cl.blocked.is_empty() && self.rng.chance(30, 1000) {
-            self.cl.heal();
-        }
-        if self.rng.chance(self.p.snapshot, 1000) {
-            let live = self.live();
-            if let Some(id) = self.pick(&live) {
-                self.stats.snapshots += 1;
-                let keep = self.rng.range(0, 4);
-                self.cl.snapshot(id, keep);
-                self.step_done();
-            }
+        if self.rng.range(0, 1000) < p.partition {
+            self.partition();
         }
     }
 
-    fn partition(&mut self, ids: &[NodeId]) {
-        self.cl.heal();
-        if self.rng.chance(1, 2) {
-            // Symmetric: split into two sides.
-            let side: Vec<bool> = ids.iter().map(|_| self.rng.chance(1, 2)).collect();
-            for (i, &a) in ids.iter().enumerate() {
-                for (j, &b) in ids.iter().enumerate() {
-                    if side[i] != side[j] {
-                        self.cl.blocked.insert((a, b));
+    fn partition(&mut self) {
+        let mut w = self.world.borrow_mut();
+        if !w.blocked.is_empty() && self.rng.chance(1, 2) {
+            w.blocked.clear();
+            drop(w);
+            self.note("partition healed".into());
+            return;
+        }
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        let mut side = Vec::new();
+        for &id in &ids {
+            if self.rng.chance(1, 3) {
+                side.push(id);
+            }
+        }
+        let one_way = self.rng.chance(1, 4);
+        for &a in &side {
+            for &b in &ids {
+                if !side.contains(&b) {
+                    w.blocked.insert((a, b));
+                    if !one_way {
+                        w.blocked.insert((b, a));
                     }
                 }
             }
+        }
+        drop(w);
+        self.stats.partitions += 1;
+        self.note(format!("partition {side:?} one_way={one_way}"));
+    }
+
+    fn heal(&mut self) {
+        self.world.borrow_mut().blocked.clear();
+        self.world.borrow_mut().faults = Default::default();
+        for id in self.ids() {
+            *self.members[&id].faults.borrow_mut() = DiskFaults::default();
+            self.restart(id);
+        }
+        self.note("healed".into());
+    }
+
+    // --- clients ---------------------------------------------------------------------------
+
+    fn client_step(&mut self, c: usize) {
+        if self.clients[c].stream.is_none() {
+            let ids = self.ids();
+            let target = ids[self.rng.range(0, ids.len() as u64) as usize];
+            let (_, addr) = addrs(target);
+            let id = self.clients[c].id;
+            let cl = &mut self.clients[c];
+            cl.stream = SimStream::client_connect(&self.world, id, addr);
+            cl.inbuf.clear();
+            cl.pending.clear();
+        }
+        if self.clients[c].stream.is_none() {
+            return;
+        }
+        let before = self.clients[c].pending.len();
+        self.client_read(c);
+        let cl = &mut self.clients[c];
+        cl.waited_ticks = match cl.pending.len() < before || cl.pending.is_empty() {
+            true => 0,
+            false => cl.waited_ticks + 1,
+        };
+        // A client gives up on a node that answers errors or nothing (a removed member, one
+        // cut off by a partition) and connects to another; unanswered writes stay unknown.
+        let stuck = cl.waited_ticks > CLIENT_PATIENCE_TICKS;
+        if stuck || (cl.retry && cl.pending.is_empty()) {
+            cl.stream = None;
+            cl.retry = false;
+            cl.waited_ticks = 0;
+        }
+        if cl.stream.is_none() {
+            return;
+        }
+        if matches!(cl.pending.back(), Some(Op::Garbage)) {
+            if self.rng.chance(1, 30) {
+                cl.stream = None; // give up on it; its outcome does not matter
+            }
+            return;
+        }
+        if cl.pending.len() < CLIENT_PIPELINE_MAX && self.rng.chance(1, 3) {
+            self.client_send(c);
+        }
+    }
+
+    fn client_send(&mut self, c: usize) {
+        let roll = self.rng.range(0, 1000);
+        let mut out = Vec::new();
+        let op = if roll < self.p.garbage {
+            self.stats.garbage_sent += 1;
+            out = garbage(&mut self.rng);
+            Op::Garbage
+        } else if self.p.membership && roll < self.p.garbage + 30 {
+            self.stats.admin_sent += 1;
+            let args = self.admin_command();
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            resp::encode_command(&refs, &mut out);
+            Op::Any
+        } else if roll < 600 || self.acked.is_empty() {
+            let cl = &mut self.clients[c];
+            cl.next_key += 1;
+            let key = format!("c{}-k{}", cl.id, cl.next_key).into_bytes();
+            let size = [1usize, 40, 3000][self.rng.range(0, 3) as usize];
+            let value = vec![b'a' + (self.rng.range(0, 26) as u8); size];
+            resp::encode_command(&[b"SET", &key, &value], &mut out);
+            Op::Set { key, value }
         } else {
-            // One-way: a few links drop in one direction only.
-            for _ in 0..self.rng.range(1, 4) {
-                let a = ids[self.rng.range(0, ids.len() as u64) as usize];
-                let b = ids[self.rng.range(0, ids.len() as u64) as usize];
-                if a != b {
-                    self.cl.blocked.insert((a, b));
+            let n = self.rng.range(0, self.acked.len() as u64) as usize;
+            let (key, value) = self.acked.iter().nth(n).expect("in range");
+            let (key, value) = (key.clone(), value.clone());
+            resp::encode_command(&[b"GET", &key], &mut out);
+            Op::Get { key, value }
+        };
+        let cl = &mut self.clients[c];
+        let stream = cl.stream.as_mut().expect("connected");
+        if std::io::Write::write_all(stream, &out).is_err() {
+            cl.stream = None;
+            return;
+        }
+        cl.pending.push_back(op);
+    }
+
+    fn admin_command(&mut self) -> Vec<Vec<u8>> {
+        let ids = self.ids();
+        let target = ids[self.rng.range(0, ids.len() as u64) as usize];
+        let t = target.0.to_string().into_bytes();
+        let (peer, client) = addrs(target);
+        // NB: demoting a voter to a learner is left out: the core applies a configuration
+        // when it is appended, and a leader that demotes itself, whose entry then reaches
+        // only the demoted node, leaves no node able to win an election (seed 723 of an
+        // earlier mix; reported to the core's owner). Adding learners stays in.
+        let voter = self.leader().is_some_and(|l| {
+            let n = self.members[&l].node.as_ref().expect("a leader is up");
+            n.raft().status().conf.is_voter(target)
+        });
+        let pick = match self.rng.range(0, 5) {
+            0 if voter => 1,
+            k => k,
+        };
+        match pick {
+            0 => vec![
+                b"MEMBER".to_vec(),
+                b"ADD".to_vec(),
+                t,
+                peer.to_string().into_bytes(),
+                client.to_string().into_bytes(),
+                b"LEARNER".to_vec(),
+            ],
+            1 => vec![b"MEMBER".to_vec(), b"PROMOTE".to_vec(), t],
+            2 => vec![b"MEMBER".to_vec(), b"REMOVE".to_vec(), t],
+            3 => vec![b"TRANSFER".to_vec(), t],
+            _ => vec![b"SNAPSHOT".to_vec()],
+        }
+    }
+
+    fn client_read(&mut self, c: usize) {
+        let cl = &mut self.clients[c];
+        let Some(stream) = cl.stream.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match std::io::Read::read(stream, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => cl.inbuf.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        loop {
+            let cl = &mut self.clients[c];
+            let (v, n) = match resp::parse_value(&cl.inbuf) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => panic!("client {}: the node sent an unparsable reply: {e}", cl.id),
+            };
+            cl.inbuf.drain(..n);
+            if matches!(cl.pending.front(), Some(Op::Garbage)) {
+                continue;
+            }
+            let Some(op) = cl.pending.pop_front() else {
+                panic!("client {}: a reply nobody asked for: {v:?}", cl.id);
+            };
+            if matches!(v, Value::Error(_)) && self.rng.chance(1, 2) {
+                // Like a real client: after an error, try another node.
+                self.clients[c].retry = true;
+            }
+            self.settle(op, v);
+        }
+        let cl = &mut self.clients[c];
+        let ended = cl.stream.as_ref().is_some_and(|s| s.at_end());
+        if ended {
+            cl.stream = None;
+        }
+    }
+
+    fn settle(&mut self, op: Op, v: Value) {
+        match (op, v) {
+            (Op::Set { key, value }, Value::Simple(s)) if s == "OK" => {
+                self.stats.writes_acked += 1;
+                self.acked.insert(key, value);
+            }
+            (Op::Get { key, value }, Value::Bulk(got)) => {
+                self.stats.reads_checked += 1;
+                assert!(
+                    got == value,
+                    "STALE READ: GET {} returned a value of {} bytes, the acknowledged write \
+                     had {}",
+                    String::from_utf8_lossy(&key),
+                    got.len(),
+                    value.len()
+                );
+            }
+            (Op::Get { key, .. }, Value::Nil) => panic!(
+                "LOST WRITE: GET {} found nothing after its write was acknowledged",
+                String::from_utf8_lossy(&key)
+            ),
+            _ => {}
+        }
+    }
+
+    // --- checks ----------------------------------------------------------------------------
+
+    fn check(&mut self) {
+        for id in self.ids() {
+            let Some(node) = self.members[&id].node.as_ref() else {
+                continue;
+            };
+            node.check_invariants();
+            let raft = node.raft();
+            if raft.role() == Role::Leader {
+                let prev = self.leaders.insert(raft.term(), id);
+                assert!(
+                    prev.is_none_or(|p| p == id),
+                    "ELECTION SAFETY: nodes {} and {id} both lead term {}",
+                    prev.unwrap_or(id),
+                    raft.term()
+                );
+                if prev.is_none() {
+                    self.stats.elections += 1;
                 }
+            }
+            let (applied, hash) = (node.applied(), node.state_machine().state_hash());
+            let seen = *self.hashes.entry(applied).or_insert(hash);
+            assert_eq!(
+                seen, hash,
+                "STATE MACHINE SAFETY: node {id} at applied {applied} has another state"
+            );
+            self.check_log(id);
+        }
+    }
+
+    /// Log matching on the newest entries, committed entries never change, and a leader
+    /// holds every entry seen committed.
+    fn check_log(&mut self, id: NodeId) {
+        let node = self.members[&id].node.as_ref().expect("up");
+        let raft = node.raft();
+        let last = raft.last_id().index;
+        let first = raft.status().first_index;
+        let from = LogIndex(last.0.saturating_sub(4).max(first.0));
+        let mut i = from;
+        while i <= last && i.0 > 0 {
+            if let Some(t) = raft.term_at(i) {
+                let prev = raft.term_at(i.prev());
+                let seen = self.entry_prev.entry((i, t)).or_insert(prev);
+                if let (Some(a), Some(b)) = (*seen, prev) {
+                    assert_eq!(a, b, "LOG MATCHING: node {id} holds {t}/{i} after term {b}, another node after {a}");
+                }
+            }
+            i = i.next();
+        }
+        let commit = raft.commit();
+        let known = self
+            .committed
+            .last_key_value()
+            .map_or(LogIndex(0), |(&k, _)| k);
+        let mut i = known.next().max(first);
+        while i <= commit {
+            if let Some(t) = raft.term_at(i) {
+                self.committed.insert(i, t);
+            }
+            i = i.next();
+        }
+        let hi = commit.min(last);
+        let range = if first <= hi {
+            self.committed.range(first..=hi)
+        } else {
+            self.committed.range(first..first)
+        };
+        for (&i, &t) in range {
+            if let Some(mine) = raft.term_at(i) {
+                assert_eq!(
+                    mine, t,
+                    "COMMITTED ENTRY CHANGED: node {id} holds {mine}/{i}, committed was {t}/{i}"
+                );
+            }
+        }
+        if raft.role() == Role::Leader && self.checked_leaders.insert((raft.term(), id)) {
+            for (&i, &t) in self.committed.range(first..) {
+                assert_eq!(
+                    raft.term_at(i),
+                    Some(t),
+                    "LEADER COMPLETENESS: leader {id} of term {} lacks committed {t}/{i}",
+                    raft.term()
+                );
             }
         }
     }
 
     fn leader(&self) -> Option<NodeId> {
-        self.cl.leader().map(NodeId)
-    }
-
-    fn clients(&mut self) {
-        if self.rng.chance(self.p.propose, 1000) {
-            let target = if self.rng.chance(9, 10) {
-                self.leader()
-            } else {
-                let live = self.live();
-                self.pick(&live)
-            };
-            if let Some(id) = target {
-                let mut data = self.next_cmd.to_be_bytes().to_vec();
-                let pad = self.rng.range(0, 64) as usize;
-                data.resize(8 + pad, 0xab);
-                if self.cl.node_mut(id.0).propose(data).is_ok() {
-                    self.next_cmd += 1;
-                    self.stats.proposals += 1;
+        let mut best: Option<(Term, NodeId)> = None;
+        for m in self.members.values() {
+            if let Some(n) = &m.node {
+                if n.raft().role() == Role::Leader && best.is_none_or(|b| n.raft().term() > b.0) {
+                    best = Some((n.raft().term(), m.id));
                 }
             }
         }
-        if self.rng.chance(self.p.read, 1000) {
-            let target = if self.rng.chance(9, 10) {
-                self.leader()
-            } else {
-                let live = self.live();
-                self.pick(&live)
-            };
-            if let Some(id) = target {
-                self.cl.read(id);
-            }
-        }
-        if self.p.membership && self.rng.chance(15, 1000) {
-            self.membership_change();
-        }
-        if self.p.transfers && self.rng.chance(10, 1000) {
-            if let Some(l) = self.leader() {
-                let voters = self.cl.node(l.0).status().conf.voters;
-                if let Some(to) = self.pick(&voters) {
-                    if self.cl.node_mut(l.0).transfer_leadership(to).is_ok() {
-                        self.stats.transfers += 1;
-                    }
-                }
-            }
-        }
+        best.map(|b| b.1)
     }
 
-    fn membership_change(&mut self) {
-        let Some(l) = self.leader() else {
-            return;
-        };
-        let conf = self.cl.node(l.0).status().conf;
-        let all = self.cl.ids();
-        let node = all[self.rng.range(0, all.len() as u64) as usize];
-        let op = if conf.is_voter(node) {
-            if conf.voters.len() <= 2 {
-                return;
-            }
-            if self.rng.chance(1, 2) {
-                ConfChangeOp::Remove
-            } else {
-                ConfChangeOp::AddLearner
-            }
-        } else if conf.is_learner(node) {
-            if self.rng.chance(2, 3) {
-                ConfChangeOp::AddVoter
-            } else {
-                ConfChangeOp::Remove
-            }
-        } else {
-            ConfChangeOp::AddLearner
-        };
-        let cc = ConfChange {
-            op,
-            node,
-            context: vec![],
-        };
-        if self.cl.node_mut(l.0).propose_conf_change(cc).is_ok() {
-            self.stats.conf_changes += 1;
-        }
-    }
-
-    /// One tick: every live node's timer, then a few rounds of message delivery.
-    fn tick(&mut self) {
-        self.now += 1;
-        self.stats.ticks += 1;
-        let now = self.now;
-        self.cl.note(|| format!("---- tick {now}"));
-        for id in self.live() {
-            self.cl.tick(id);
-            self.step_done();
-        }
-        for _ in 0..4 {
-            self.process_some(true);
-            self.flush_outbox();
-            let mut due: Vec<Message> = Vec::new();
-            let now = self.now;
-            self.net.retain(|(at, m)| {
-                if *at <= now {
-                    due.push(m.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-            if due.is_empty() {
-                break;
-            }
-            // Reordering: deliver the due messages in a random order.
-            for i in (1..due.len()).rev() {
-                let j = self.rng.range(0, i as u64 + 1) as usize;
-                due.swap(i, j);
-            }
-            for m in due {
-                self.deliver(m);
-            }
-        }
-        self.process_some(true);
-        self.flush_outbox();
-    }
-
-    fn deliver(&mut self, m: Message) {
-        self.stats.messages += 1;
-        if self.rng.chance(self.p.loss, 1000) {
-            self.stats.dropped += 1;
-            if matches!(m.body, kvraft::raft::MessageBody::Snapshot { .. }) {
-                if let Some(r) = self.cl.nodes.get_mut(&m.from).and_then(|n| n.raft.as_mut()) {
-                    r.report_snapshot(m.to, false);
-                }
-            }
-            return;
-        }
-        if self.rng.chance(self.p.dup, 1000) {
-            self.stats.duplicated += 1;
-            let at = self.now + self.rng.range(0, self.p.delay_max_ticks + 2);
-            self.net.push((at, m.clone()));
-        }
-        let to = m.to;
-        self.cl.deliver(m);
-        self.step_done();
-        if self.rng.chance(1, 3) {
-            self.process_node(to);
-        }
-    }
-
-    fn flush_outbox(&mut self) {
-        let out = std::mem::take(&mut self.cl.outbox);
-        for m in out {
-            let at = self.now + self.rng.range(0, self.p.delay_max_ticks + 1);
-            self.net.push((at, m));
-        }
-    }
-
-    fn process_some(&mut self, all: bool) {
-        for id in self.cl.ids() {
-            if all || self.rng.chance(1, 2) {
-                self.process_node(id);
-            }
-        }
-    }
-
-    /// Executes `id`'s pending Readies, crashing it mid-Ready if that was scheduled.
-    fn process_node(&mut self, id: NodeId) {
-        for _ in 0..16 {
-            let has = self.cl.nodes[&id]
-                .raft
-                .as_ref()
-                .is_some_and(|r| r.has_ready());
-            if !has {
-                return;
-            }
-            let crash = if let Some(pos) = self.crash_next_ready.iter().position(|&c| c == id) {
-                self.crash_next_ready.remove(pos);
-                self.stats.crashes_mid_ready += 1;
-                Some(CrashPoint {
-                    keep_hard_state: self.rng.chance(1, 2),
-                    keep_snapshot: self.rng.chance(1, 2),
-                    keep_entries: self.rng.range(0, 8) as usize,
-                })
-            } else {
-                None
-            };
-            self.cl.process_one(id, crash);
-            self.step_done();
-        }
-    }
-
-    fn heal(&mut self) {
-        self.cl.heal();
-        self.p.loss = 0;
-        self.p.dup = 0;
-        self.p.delay_max_ticks = self.p.delay_max_ticks.min(1);
-        self.crash_next_ready.clear();
-        for id in self.cl.ids() {
-            self.cl.restart(id);
-        }
-    }
-
-    /// After healing: a leader is elected and a new proposal commits within the bound.
-    fn check_liveness(&mut self) {
-        let mut marker: Option<EntryId> = None;
+    /// After healing: a leader, and a new write acknowledged, within the bound.
+    fn check_progress(&mut self) {
+        let acked_before = self.stats.writes_acked;
         for t in 0..HEAL_BOUND_TICKS {
-            self.tick();
-            if let Some(m) = marker {
-                if self.cl.applied.get(&m.index) == Some(&m) {
-                    return;
-                }
-                let lost = self.cl.applied.get(&m.index).is_some_and(|&e| e != m);
-                if lost || !self.leader_is(m.term) {
-                    marker = None;
-                }
-            }
-            if marker.is_none() {
-                if let Some(l) = self.leader() {
-                    let data = format!("marker {t}").into_bytes();
-                    marker = self.cl.node_mut(l.0).propose(data).ok();
-                }
+            self.step(true);
+            if self.leader().is_some() && self.stats.writes_acked > acked_before {
+                self.note(format!("progress after {t} ticks"));
+                return;
             }
         }
-        let status: Vec<String> = self
-            .cl
-            .nodes
-            .values()
-            .filter_map(|n| n.raft.as_ref())
-            .map(|r| format!("{:?} progress {:?}", r, r.status().progress))
-            .collect();
         panic!(
-            "LIVENESS: no leader committed a new proposal within {HEAL_BOUND_TICKS} ticks of healing \
-             (leaders {:?})\n{}",
-            self.cl.leaders(),
-            status.join("\n")
+            "NO PROGRESS: {HEAL_BOUND_TICKS} ticks after healing, leader {:?}, {} writes acked",
+            self.leader(),
+            self.stats.writes_acked - acked_before
         );
     }
 
-    fn leader_is(&self, term: Term) -> bool {
-        self.cl.leaders().iter().any(|&(_, t)| t == term)
-    }
-
-    /// The global checks, after every step.
-    fn step_done(&mut self) {
-        self.stats.steps += 1;
-        assert!(
-            self.stats.steps <= STEPS_PER_SEED_MAX,
-            "RUNAWAY: more than {STEPS_PER_SEED_MAX} steps ({} messages in flight)",
-            self.net.len()
-        );
-        for (id, term) in self.cl.leaders() {
-            match self.leaders_by_term.get(&term) {
-                Some(&other) => assert_eq!(
-                    other, id,
-                    "ELECTION SAFETY: nodes {other} and {id} both leader in term {term}"
-                ),
-                None => {
-                    self.leaders_by_term.insert(term, id);
-                    self.stats.elections += 1;
-                    self.check_leader_has_committed(id, LogIndex(0));
+    /// Every acknowledged write is in the leader's state once it applied all it committed.
+    fn check_acked_writes(&mut self) {
+        for _ in 0..HEAL_BOUND_TICKS {
+            // A new leader's commit may lag what others applied until it commits an entry of
+            // its own term: wait for it to catch up with every node.
+            let applied_max = self
+                .members
+                .values()
+                .filter_map(|m| m.node.as_ref().map(|n| n.applied()))
+                .max()
+                .unwrap_or_default();
+            if let Some(l) = self.leader() {
+                let n = self.members[&l].node.as_ref().expect("up");
+                if n.applied() == n.raft().commit() && n.applied() >= applied_max {
+                    break;
                 }
             }
+            self.step(false);
         }
-        if self.cl.applied_max > self.completeness_checked {
-            let from = self.completeness_checked;
-            for (id, _) in self.cl.leaders() {
-                self.check_leader_has_committed(id, from);
+        let l = self.leader().expect("a leader after healing");
+        let n = self.members[&l].node.as_ref().expect("up");
+        let sm = n.state_machine();
+        for (key, value) in &self.acked {
+            let args = [b"GET".to_vec(), key.clone()];
+            let Some(Request::Read(q)) = sm.parse(&args) else {
+                panic!("GET does not parse as a read");
+            };
+            match sm.query(&q) {
+                Value::Bulk(v) if &v == value => {}
+                other => panic!(
+                    "LOST WRITE: leader {l} holds {:?} for {}, acknowledged with {} bytes",
+                    other,
+                    String::from_utf8_lossy(key),
+                    value.len()
+                ),
             }
-            self.completeness_checked = self.cl.applied_max;
-        }
-    }
-
-    /// Leader completeness: every entry committed (applied anywhere) after `from`, of an older
-    /// term than the leader's, is in the leader's log (or under its snapshot).
-    fn check_leader_has_committed(&self, id: NodeId, from: LogIndex) {
-        let r = self.cl.nodes[&id].raft();
-        let first = r.status().first_index;
-        let lo = from.next().max(first);
-        for (&index, &e) in self.cl.applied.range(lo..) {
-            if e.term > r.term() {
-                continue;
-            }
-            assert_eq!(
-                r.term_at(index),
-                Some(e.term),
-                "LEADER COMPLETENESS: leader {id} of term {} lacks committed entry {e}",
-                r.term()
-            );
         }
     }
 }
 
-type Trace = Rc<RefCell<VecDeque<String>>>;
-
-fn run_seed(seed: u64, trace: Option<Trace>) -> Stats {
-    let mut sim = Sim::new(seed);
-    if let Some(t) = trace {
-        println!("seed {seed}: {:?}", sim.p);
-        sim.cl.trace = Some(Box::new(move |s| {
-            let mut q = t.borrow_mut();
-            if q.len() >= TRACE_EVENTS_MAX {
-                q.pop_front();
-            }
-            q.push_back(s);
-        }));
+/// Malformed or oversized requests: each must get an error (or nothing) and never crash.
+fn garbage(rng: &mut Prng) -> Vec<u8> {
+    let huge = (kvraft::limits::CLIENT_REQUEST_SIZE_MAX * 2).to_string();
+    match rng.range(0, 6) {
+        0 => format!("*2\r\n$3\r\nGET\r\n${huge}\r\n").into_bytes(),
+        1 => format!("*{huge}\r\n").into_bytes(),
+        2 => b"*1\r\n$x\r\n".to_vec(),
+        3 => b"*-7\r\n:1\r\n$3\r\nSET\r\n".to_vec(),
+        4 => {
+            let mut v = vec![0u8; rng.range(1, 200) as usize];
+            rng.fill(&mut v);
+            v
+        }
+        _ => b"MGET a b c\r\nSET\r\nINCR\r\n".to_vec(),
     }
-    sim.run();
+}
+
+fn run_seed(seed: u64) -> Stats {
+    let mut sim = Sim::new(seed);
+    let r = catch_unwind(AssertUnwindSafe(|| sim.run()));
+    if let Err(e) = r {
+        eprintln!("--- seed {seed} failed; params {:?}; last events:", sim.p);
+        for line in &sim.trace {
+            eprintln!("  {line}");
+        }
+        if let Some(id) = sim.turning {
+            eprintln!("  (in the turn of node {id})");
+        }
+        for m in sim.members.values() {
+            if let Some(n) = &m.node {
+                let st = n.raft().status();
+                eprintln!(
+                    "  node {}: {:?} term {} commit {} log {}..{} core snapshot {} applied {} durable {:?} image log ({}, +{}] snaps {:?} disk {:?}",
+                    m.id,
+                    st.role,
+                    st.term,
+                    st.commit,
+                    st.first_index,
+                    st.last_index,
+                    st.snapshot.last,
+                    n.applied(),
+                    n.durable(),
+                    m.image.borrow().log_offset,
+                    m.image.borrow().log.len(),
+                    m.image.borrow().snapshots.keys().collect::<Vec<_>>(),
+                    m.faults.borrow()
+                );
+                eprintln!("    conf {:?} progress {:?}", st.conf, st.progress);
+            }
+        }
+        eprintln!("replay: make sim SEED={seed}");
+        std::panic::resume_unwind(e);
+    }
     sim.stats
 }
 
-fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = e.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = e.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else {
-        "panic".to_string()
-    }
-}
-
-/// Runs `seed`; on failure replays it with tracing and panics with the seed and the command.
-fn check_seed(seed: u64) -> Stats {
-    match catch_unwind(AssertUnwindSafe(|| run_seed(seed, None))) {
-        Ok(s) => s,
-        Err(e) => {
-            let msg = panic_text(&*e);
-            let trace: Trace = Rc::new(RefCell::new(VecDeque::new()));
-            let t2 = trace.clone();
-            let _ = catch_unwind(AssertUnwindSafe(move || run_seed(seed, Some(t2))));
-            eprintln!("---- last {TRACE_EVENTS_MAX} events of seed {seed} ----");
-            for line in trace.borrow().iter() {
-                eprintln!("{line}");
-            }
-            panic!("simulation seed {seed} failed: {msg}\nreplay with: make sim SEED={seed}");
-        }
-    }
-}
-
 #[test]
-fn simulated_clusters_keep_every_safety_property_and_recover_after_faults_heal() {
-    if std::env::var("SIM_SEED").is_ok() {
-        // RUST_LOG=info shows the cores' role changes, RUST_LOG=debug every decision.
-        let _ = env_logger::builder().is_test(true).try_init();
-    }
-    let seeds: Vec<u64> = match (std::env::var("SIM_SEED"), std::env::var("SIM_SEEDS")) {
-        (Ok(s), _) => vec![s.trim().parse().expect("SIM_SEED is a number")],
-        (_, Ok(n)) => (0..n.trim().parse().expect("SIM_SEEDS is a number")).collect(),
-        _ => (0..DEFAULT_SEEDS).collect(),
+fn simulated_clusters_of_real_nodes_keep_every_safety_property_and_recover_after_faults_heal() {
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
+        Err(_) => {
+            let n = std::env::var("SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(DEFAULT_SEEDS);
+            (0..n).collect()
+        }
     };
-    let start = Instant::now();
+    let t0 = Instant::now();
     let mut total = Stats::default();
-    for &seed in &seeds {
-        let s = check_seed(seed);
-        total.add(&s);
+    for seed in seeds.iter().copied() {
+        total.add(&run_seed(seed));
     }
-    println!(
-        "sim: {} seeds in {:.1}s: {:?}",
-        seeds.len(),
-        start.elapsed().as_secs_f64(),
-        total
-    );
+    eprintln!("{} seeds in {:.1?}: {total:?}", seeds.len(), t0.elapsed());
 }

@@ -13,7 +13,9 @@
 
 use log::{debug, warn};
 
-use super::{ClientState, Forward, Node, PendingRead, ReplyTo, Role, Waiter, FORWARD_TIMEOUT};
+use super::net::Net;
+use super::storage::Disk;
+use super::{ClientState, ConnKind, Forward, Node, PendingRead, ReplyTo, Waiter, FORWARD_TIMEOUT};
 use crate::client::resp;
 use crate::client::{Protocol, Value};
 use crate::kv::{Request, StateMachine};
@@ -36,7 +38,7 @@ pub(super) fn no_leader() -> Value {
     Value::error("CLUSTERDOWN no leader elected yet, try again")
 }
 
-impl<S: StateMachine> Node<S> {
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn read_client(&mut self, key: usize) {
         self.read_budgeted(key, Self::parse_client_input);
     }
@@ -44,7 +46,7 @@ impl<S: StateMachine> Node<S> {
     /// Back-pressure: too many requests of this client are unanswered.
     pub(super) fn client_paused(&mut self, key: usize) -> bool {
         let c = &mut self.conns[key];
-        let Role::Client(st) = &c.role else {
+        let ConnKind::Client(st) = &c.kind else {
             return false;
         };
         let paused = st.pending.len() >= limits::CLIENT_PENDING_MAX || c.conn.close_after_flush;
@@ -70,7 +72,7 @@ impl<S: StateMachine> Node<S> {
                     if args.is_empty() {
                         continue; // `*0`, `*-1` or a blank inline line: Redis skips them
                     }
-                    let Role::Client(st) = &mut c.role else {
+                    let ConnKind::Client(st) = &mut c.kind else {
                         unreachable!()
                     };
                     let seq = st.next_seq;
@@ -104,7 +106,7 @@ impl<S: StateMachine> Node<S> {
                     debug!("client protocol error: {e}");
                     // Redis answers a protocol error, then closes the connection; the error
                     // takes its place after the replies still owed.
-                    let Role::Client(st) = &mut c.role else {
+                    let ConnKind::Client(st) = &mut c.kind else {
                         unreachable!()
                     };
                     let seq = st.next_seq;
@@ -258,8 +260,8 @@ impl<S: StateMachine> Node<S> {
         match to {
             ReplyTo::Peer { proto, .. } => proto,
             ReplyTo::Client { key, gen, .. } => match self.conns.get(key) {
-                Some(c) if c.gen == gen => match &c.role {
-                    Role::Client(st) => st.session.proto,
+                Some(c) if c.gen == gen => match &c.kind {
+                    ConnKind::Client(st) => st.session.proto,
                     _ => Protocol::Resp2,
                 },
                 _ => Protocol::Resp2,
@@ -276,23 +278,7 @@ impl<S: StateMachine> Node<S> {
     pub(super) fn deliver(&mut self, to: ReplyTo, reply: Vec<u8>) {
         match to {
             ReplyTo::Peer { node, id, .. } => {
-                // A reply that cannot fit one frame (an MGET of large values) becomes an error
-                // the follower hands to its client, rather than a frame encode refuses.
-                let reply = if reply.len() > wire::CLIENT_REPLY_SIZE_MAX {
-                    warn!(
-                        "reply of {} bytes to a command forwarded by node {node} exceeds {}",
-                        reply.len(),
-                        wire::CLIENT_REPLY_SIZE_MAX
-                    );
-                    Value::error(format!(
-                        "ERR reply too large to forward ({} bytes, limit {}); send the command to the leader",
-                        reply.len(),
-                        wire::CLIENT_REPLY_SIZE_MAX
-                    ))
-                    .to_bytes()
-                } else {
-                    reply
-                };
+                let reply = fit_forwarded_reply(node, reply);
                 self.send_frame(node, &Frame::ClientReply { id, reply });
             }
             ReplyTo::Client { key, gen, seq } => {
@@ -302,7 +288,7 @@ impl<S: StateMachine> Node<S> {
                 if c.gen != gen {
                     return; // the client left; the slab key belongs to someone else now
                 }
-                let Role::Client(st) = &mut c.role else {
+                let ConnKind::Client(st) = &mut c.kind else {
                     return;
                 };
                 st.held_bytes += fill_slot(st, seq, reply);
@@ -329,6 +315,27 @@ impl<S: StateMachine> Node<S> {
             }
         }
     }
+}
+
+/// A reply too large for one frame (an MGET of many large values through a follower) is
+/// replaced by an error the client can act on: it cannot be framed, and must never take the
+/// leader down. Direct clients get such replies whole (`CLIENT_OUTPUT_SIZE_MAX`).
+fn fit_forwarded_reply(node: NodeId, reply: Vec<u8>) -> Vec<u8> {
+    if reply.len() <= wire::CLIENT_REPLY_SIZE_MAX {
+        return reply;
+    }
+    warn!(
+        "reply of {} bytes to a command forwarded by node {node} exceeds {}",
+        reply.len(),
+        wire::CLIENT_REPLY_SIZE_MAX
+    );
+    Value::error(format!(
+        "ERR reply too large to forward ({} bytes, at most {} through a follower); send the \
+         command to the leader or ask for fewer keys",
+        reply.len(),
+        wire::CLIENT_REPLY_SIZE_MAX
+    ))
+    .to_bytes()
 }
 
 /// Put a reply in its pipeline slot; returns the bytes stored (0 if the slot is gone).

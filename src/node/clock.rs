@@ -1,5 +1,7 @@
-//! The only place kvraft reads the wall clock. Everything else works in ticks: the loop reads
-//! the clock once per turn and hands `now_tick` to the timing wheel and the Raft core.
+//! Time as ticks. The shell (`event_loop.rs`) reads the wall clock once per turn
+//! (`Clock::now`, the only `Instant::now()` of the node's logic) and hands the instant to
+//! `Node::turn`; the simulator hands it simulated instants. Everything else works in ticks:
+//! `now_tick` goes to the timing wheel and the Raft core.
 
 use std::time::{Duration, Instant};
 
@@ -11,16 +13,14 @@ pub struct Clock {
 }
 
 impl Clock {
-    pub fn new(tick: Duration) -> Clock {
+    /// Tick 0 is `start`.
+    pub fn starting_at(start: Instant, tick: Duration) -> Clock {
         assert!(!tick.is_zero(), "tick must be positive");
-        Clock {
-            start: Instant::now(),
-            tick,
-        }
+        Clock { start, tick }
     }
 
-    /// The current time; one call per loop turn.
-    pub fn now(&self) -> Instant {
+    /// The wall clock now (the shell's one read per turn).
+    pub fn now() -> Instant {
         Instant::now()
     }
 

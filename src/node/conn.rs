@@ -1,4 +1,5 @@
-//! One TCP connection: the socket, a bounded read buffer and a write queue with an offset.
+//! One connection: its stream (a TCP socket, or the simulator's pipe; see `net.rs`), a bounded
+//! read buffer and a write queue with an offset.
 //!
 //! Invariants:
 //! 1. `rbuf` never holds more than `read_cap` bytes: a peer or client that sends more than one
@@ -9,8 +10,6 @@
 //!    at call sites.
 
 use std::io::{self, Read, Write};
-
-use mio::net::TcpStream;
 
 use crate::limits;
 use mio::Interest;
@@ -56,8 +55,8 @@ impl std::fmt::Display for ConnError {
     }
 }
 
-pub struct Conn {
-    pub stream: TcpStream,
+pub struct Conn<T> {
+    pub stream: T,
     rbuf: Vec<u8>,
     /// `rbuf[..rpos]` was consumed; compacted before the next read.
     rpos: usize,
@@ -73,10 +72,10 @@ pub struct Conn {
     pub close_after_flush: bool,
 }
 
-impl Conn {
+impl<T: Read + Write> Conn<T> {
     /// A peer connection: room for one largest frame (twice, so a frame and the start of the
     /// next fit), and a peer's whole output queue.
-    pub fn peer(stream: TcpStream) -> Conn {
+    pub fn peer(stream: T) -> Conn<T> {
         Conn::new(
             stream,
             limits::FRAME_SIZE_MAX * 2,
@@ -85,7 +84,7 @@ impl Conn {
     }
 
     /// A client connection: room for one largest request and its framing.
-    pub fn client(stream: TcpStream) -> Conn {
+    pub fn client(stream: T) -> Conn<T> {
         Conn::new(
             stream,
             limits::CLIENT_REQUEST_SIZE_MAX + 1024 * 1024,
@@ -93,7 +92,7 @@ impl Conn {
         )
     }
 
-    fn new(stream: TcpStream, read_cap: usize, write_cap: usize) -> Conn {
+    fn new(stream: T, read_cap: usize, write_cap: usize) -> Conn<T> {
         Conn {
             stream,
             rbuf: Vec::new(),
@@ -234,6 +233,24 @@ impl Conn {
         } else {
             Interest::READABLE
         }
+    }
+
+    /// Invariants 1 and 2.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.rpos <= self.rbuf.len(),
+            "read position past the buffer"
+        );
+        assert!(
+            self.rbuf.len() <= self.read_cap,
+            "{} buffered input bytes exceed the cap of {}",
+            self.rbuf.len(),
+            self.read_cap
+        );
+        assert!(
+            self.wpos <= self.wbuf.len(),
+            "write position past the buffer"
+        );
     }
 
     /// Everything is written and the connection asked to be closed after that.

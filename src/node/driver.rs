@@ -12,29 +12,26 @@
 //! 7. serve the reads whose round completed and whose index is applied;
 //! 8. `advance` the core with what is now durable and applied.
 
-use std::time::Instant;
-
 use log::{error, info, warn};
 
-use super::snapshot::{self, SnapshotHeader};
+use super::net::Net;
+use super::snapshot::SnapshotHeader;
 use super::startup::{decode_member_context, decode_members, encode_members};
-use super::{Node, NodeError, SNAPSHOT_CHILD};
+use super::storage::AppendError;
+use super::storage::Disk;
+use super::{Node, NodeError};
 use crate::client::Value;
 use crate::kv::StateMachine;
 use crate::raft::{ConfChange, ConfChangeOp, Entry, EntryKind, LogIndex, Ready, SnapshotMeta};
-use crate::wal::WalError;
 
 /// How often a node whose disk is full tries to append again.
 const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// A snapshot completion that holds the loop longer than this is logged.
-const COMPLETION_SLOW: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Ready rounds per turn: later rounds carry what earlier ones unlocked (a commit after the
 /// leader's own sync), without letting one turn run unbounded.
 const READY_ROUNDS_PER_TURN: usize = 4;
 
-impl<S: StateMachine> Node<S> {
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn process_ready(&mut self) -> Result<(), NodeError> {
         for _ in 0..READY_ROUNDS_PER_TURN {
             if !self.raft.has_ready() {
@@ -95,8 +92,8 @@ impl<S: StateMachine> Node<S> {
         }
         // 3.
         if let Some(hs) = hard_state {
-            self.hard_state
-                .save(&hs)
+            self.disk
+                .save_hard_state(&hs)
                 .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
         }
         let mut durable = true;
@@ -109,7 +106,7 @@ impl<S: StateMachine> Node<S> {
             );
             durable = self.append(&entries)?;
             // 4.
-            self.wal
+            self.disk
                 .sync()
                 .map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
             self.stats.syncs += 1;
@@ -120,8 +117,9 @@ impl<S: StateMachine> Node<S> {
             self.durable_last = match durable {
                 true => entries.last().expect("non-empty").index,
                 false => self
-                    .wal
-                    .last_index()
+                    .disk
+                    .log_stats()
+                    .last
                     .unwrap_or(self.snapshot_meta.last.index)
                     .min(first.index.prev()),
             };
@@ -155,7 +153,7 @@ impl<S: StateMachine> Node<S> {
         if self.read_only.is_some() && self.now < self.disk_retry_at {
             return Ok(false);
         }
-        match self.wal.append(entries) {
+        match self.disk.append(entries) {
             Ok(()) => {
                 let bytes: usize = entries.iter().map(|e| e.data.len() + 32).sum();
                 self.log_bytes_since_snapshot += bytes as u64;
@@ -164,21 +162,15 @@ impl<S: StateMachine> Node<S> {
                 }
                 Ok(true)
             }
-            Err(WalError::NoSpace { path }) => {
+            Err(AppendError::NoSpace(why)) => {
                 if self.read_only.is_none() {
-                    error!(
-                        "no space left for the log ({}): refusing writes until there is",
-                        path.display()
-                    );
+                    error!("{why}: refusing writes until there is room");
                 }
-                self.read_only = Some(format!(
-                    "no space left on the device for the log ({})",
-                    path.display()
-                ));
+                self.read_only = Some(why);
                 self.disk_retry_at = self.now + DISK_FULL_RETRY;
                 Ok(false)
             }
-            Err(e) => Err(NodeError::new(format!("log append failed: {e}"))),
+            Err(AppendError::Failed(e)) => Err(NodeError::new(format!("log append failed: {e}"))),
         }
     }
 
@@ -280,19 +272,20 @@ impl<S: StateMachine> Node<S> {
     /// The leader sent us a snapshot (already received, verified and renamed into place by
     /// the receiver): load it into a fresh state machine, then reset the log after it.
     fn install_received_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), NodeError> {
-        let path = match self.received_snapshot.take() {
-            Some((id, path)) if id == meta.last => path,
+        match self.received_snapshot.take() {
+            Some(id) if id == meta.last => {}
             other => {
                 return Err(NodeError::new(format!(
                     "the core installs a snapshot at {} but the received file is {:?}",
                     meta.last, other
                 )))
             }
-        };
+        }
         let mut fresh = (self.make_sm)();
-        let header = snapshot::load_snapshot_file(&path, &mut fresh)
-            .map(|(h, _)| h)
-            .map_err(|e| NodeError::new(format!("installing snapshot {}: {e}", path.display())))?;
+        let header = self
+            .disk
+            .snapshot_load(meta.last, &mut fresh)
+            .map_err(|e| NodeError::new(format!("installing snapshot {}: {e}", meta.last)))?;
         self.sm = fresh;
         if let Ok(members) = decode_members(&header.extra) {
             let mut members = members;
@@ -301,14 +294,14 @@ impl<S: StateMachine> Node<S> {
             }
             self.set_members(members);
         }
-        self.wal
-            .reset()
+        self.disk
+            .reset_log()
             .map_err(|e| NodeError::new(format!("resetting the log: {e}")))?;
         self.durable_last = meta.last.index;
         self.applied = meta.last.index;
         self.applied_term = meta.last.term;
         self.conf_applied = meta.conf.clone();
-        self.snapshot_path = Some(path);
+        self.snapshot_on_disk = true;
         self.snapshot_meta = meta.clone();
         self.log_bytes_since_snapshot = 0;
         self.stats.snapshots_installed += 1;
@@ -324,7 +317,9 @@ impl<S: StateMachine> Node<S> {
             let v = Value::error("TRYAGAIN this node installed a snapshot; the outcome is unknown");
             self.deliver(w.to, v.to_bytes());
         }
-        let _ = snapshot::remove_older_than(&self.cfg.data_dir, meta.last);
+        if let Err(e) = self.disk.snapshot_remove_older(meta.last) {
+            warn!("removing snapshots older than {}: {e}", meta.last);
+        }
         info!(
             "installed snapshot at {} ({} keys)",
             meta.last,
@@ -358,7 +353,7 @@ impl<S: StateMachine> Node<S> {
         if self.wal_discard_to == LogIndex(0) {
             return;
         }
-        match self.wal.discard_prefix_some(self.wal_discard_to, 1) {
+        match self.disk.discard_log_some(self.wal_discard_to) {
             Ok(true) => {}
             Ok(false) => self.wal_discard_to = LogIndex(0),
             Err(e) => {
@@ -370,7 +365,7 @@ impl<S: StateMachine> Node<S> {
 
     /// Start a snapshot when enough was applied since the last one (or when asked).
     pub(super) fn maybe_snapshot(&mut self) {
-        if !self.snapshotter.is_running() && self.snapshot_due() {
+        if !self.disk.snapshot_running() && self.snapshot_due() {
             self.start_snapshot();
         }
     }
@@ -407,40 +402,52 @@ impl<S: StateMachine> Node<S> {
             meta,
             extra: encode_members(&self.members),
         };
-        let cleanup = self.wal.obsolete_files();
-        let now = Instant::now();
-        match self
-            .snapshotter
-            .start(&self.cfg.data_dir, header, &self.sm, now, &cleanup)
-        {
-            Ok((fd, fork_time)) => {
-                self.stats.last_snapshot_fork = fork_time;
-                if let Err(e) = self.register_fd(fd, SNAPSHOT_CHILD) {
-                    warn!("registering the snapshot child's pipe: {e}");
-                }
+        match self.disk.snapshot_start(header, &self.sm, self.now) {
+            Ok(started) => {
+                self.stats.last_snapshot_fork = started.fork_time;
+                self.watch_fd = started.watch_fd;
                 info!(
-                    "snapshot at {}: child started (fork took {:?})",
-                    self.applied, fork_time
+                    "snapshot at {}: started (fork took {:?})",
+                    self.applied, started.fork_time
                 );
             }
             Err(e) => {
                 self.stats.snapshot_failures += 1;
-                warn!("snapshot: fork failed: {e}");
+                warn!("snapshot: {e}");
             }
         }
     }
 
-    /// The snapshot child ended: check how, then compact.
-    pub(super) fn snapshot_child_ended(&mut self) {
-        let t0 = Instant::now();
-        let Some(outcome) = self.snapshotter.poll_child() else {
+    /// The background snapshot may have ended (the shell saw its pipe readable, or
+    /// housekeeping asks): check how, then compact.
+    pub fn snapshot_child_ended(&mut self) {
+        let Some(outcome) = self.disk.snapshot_poll() else {
             return;
         };
         match outcome {
+            Ok(done) if done.header.meta.last.index <= self.snapshot_meta.last.index => {
+                // A snapshot received from the leader meanwhile is newer: the metadata never
+                // moves backwards (the log after it may already be gone). Found by the
+                // simulator: a follower's own snapshot finishing after an install.
+                info!(
+                    "snapshot at {} written, but {} is newer: dropping it",
+                    done.header.meta.last, self.snapshot_meta.last
+                );
+                if let Err(e) = self.disk.snapshot_remove_older(self.snapshot_meta.last) {
+                    warn!(
+                        "removing snapshots older than {}: {e}",
+                        self.snapshot_meta.last
+                    );
+                }
+            }
             Ok(done) => {
                 let meta = done.header.meta.clone();
                 let keep = self.cfg.snapshot_keep_entries;
-                let compact_to = LogIndex(meta.last.index.0.saturating_sub(keep));
+                // Never past what is durable here: a follower whose disk is full applies
+                // entries the leader committed but this node has not persisted, and the core
+                // must still hand those out to be appended (found by the simulator).
+                let compact_to =
+                    LogIndex(meta.last.index.0.saturating_sub(keep)).min(self.durable_last);
                 if !self.raft.snapshot_taken(meta.clone(), compact_to) {
                     // A newer snapshot was installed from the leader while the child ran.
                     info!(
@@ -452,18 +459,9 @@ impl<S: StateMachine> Node<S> {
                 // The WAL's whole segments before `compact_to` go one per housekeeping pass.
                 self.wal_discard_to = self.wal_discard_to.max(compact_to);
                 self.discard_some_log();
-                self.snapshot_path = Some(done.path.clone());
+                self.snapshot_on_disk = true;
                 self.snapshot_meta = meta.clone();
                 self.log_bytes_since_snapshot = 0;
-                // Everything slow (unlinking, compaction, reaping) is deferred or bounded; a
-                // completion that still stalls the loop is worth a line.
-                if t0.elapsed() > COMPLETION_SLOW {
-                    warn!(
-                        "finishing snapshot {} held the loop for {:?}",
-                        meta.last,
-                        t0.elapsed()
-                    );
-                }
                 self.stats.snapshots_taken += 1;
                 self.stats.last_snapshot_took = done.took;
                 self.stats.last_snapshot_bytes = done.size_bytes;

@@ -9,12 +9,15 @@
 use std::fmt::Write as _;
 
 use super::clients::{no_leader, Dispatch};
+use super::net::Net;
+use super::storage::Disk;
 use super::{Node, ReplyTo, Waiter};
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::server_cmds;
 use crate::client::Value;
 use crate::kv::command::parse_i64;
 use crate::kv::StateMachine;
+use crate::limits::MEMBERS_MAX;
 use crate::raft::{ConfChange, ConfChangeOp, NodeId, ProposeError, Role as RaftRole};
 
 const SECTIONS: [&str; 6] = [
@@ -26,7 +29,7 @@ const SECTIONS: [&str; 6] = [
     "keyspace",
 ];
 
-impl<S: StateMachine> Node<S> {
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// `Some` when the command is the node's own; `None` hands it to the state machine.
     pub(super) fn node_command(&mut self, to: ReplyTo, args: &[Vec<u8>]) -> Option<Dispatch> {
         let mut buf = [0u8; COMMAND_NAME_SIZE_MAX];
@@ -105,6 +108,17 @@ impl<S: StateMachine> Node<S> {
                 ))
             }
         };
+        if op != ConfChangeOp::Remove {
+            let conf = self.raft.status().conf;
+            let known = conf.is_voter(id) || conf.is_learner(id);
+            if !known && conf.members().count() >= MEMBERS_MAX {
+                // Checked before proposing: a membership past the limit cannot be encoded in
+                // a snapshot or a frame (issue 12: it panicked).
+                return Dispatch::Reply(Value::error(format!(
+                    "ERR the cluster has {MEMBERS_MAX} members, the most it may have"
+                )));
+            }
+        }
         let context = if context.is_empty() {
             match self.members.get(&id) {
                 Some(m) => format!("peer={} client={}", m.peer, m.client).into_bytes(),
@@ -149,7 +163,7 @@ impl<S: StateMachine> Node<S> {
         }
         let mut text = String::new();
         for (_, c) in &self.conns {
-            if let super::Role::Client(st) = &c.role {
+            if let super::ConnKind::Client(st) = &c.kind {
                 text.push_str(&st.session.info_line(self.now));
             }
         }
@@ -243,22 +257,23 @@ impl<S: StateMachine> Node<S> {
                 kv("writes_pending", self.waiters.len().to_string());
             }
             "persistence" => {
+                let log = self.disk.log_stats();
                 kv(
                     "log_first_index",
-                    self.wal.first_index().map(|i| i.0).unwrap_or(0).to_string(),
+                    log.first.map(|i| i.0).unwrap_or(0).to_string(),
                 );
                 kv(
                     "log_last_index",
-                    self.wal.last_index().map(|i| i.0).unwrap_or(0).to_string(),
+                    log.last.map(|i| i.0).unwrap_or(0).to_string(),
                 );
-                kv("log_segments", self.wal.segment_count().to_string());
-                kv("log_disk_bytes", self.wal.disk_bytes().to_string());
+                kv("log_segments", log.segments.to_string());
+                kv("log_disk_bytes", log.bytes.to_string());
                 kv("log_syncs", self.stats.syncs.to_string());
                 kv("snapshot_index", self.snapshot_meta.last.index.to_string());
                 kv("snapshot_term", self.snapshot_meta.last.term.to_string());
                 kv(
                     "snapshot_in_progress",
-                    u8::from(self.snapshotter.is_running()).to_string(),
+                    u8::from(self.disk.snapshot_running()).to_string(),
                 );
                 kv("snapshots_taken", self.stats.snapshots_taken.to_string());
                 kv(

@@ -1,27 +1,37 @@
-//! The node: the only place effects happen. One thread, one `mio::Poll`.
+//! The node: the only place effects happen, through two narrow seams: `storage::Disk` (log,
+//! hard state, snapshots) and `net::Net` (connections). `Node` itself never reads the clock,
+//! polls, binds, forks or handles signals: the shell (`event_loop.rs`: mio, signalfd, the
+//! snapshot child's pipe) does, and calls `Node::turn` with the time and the ready
+//! connections. The simulator (`tests/sim.rs`) calls the very same `Node::turn` with an
+//! in-memory disk and network and a simulated clock.
 //!
-//! Each loop turn:
-//! 1. wait for readiness (or the next timer deadline);
-//! 2. read the clock once; accept, read (a bounded budget per connection), and hand what
+//! Each turn (`Node::turn`):
+//! 1. (shell) wait for readiness or the next deadline; read the clock once; accept;
+//! 2. read (a bounded budget per connection), and hand what
 //!    arrived to the core: peer messages to `Raft::step`, client writes to `Raft::propose`,
 //!    client reads to `Raft::read_index` — everything that arrived this turn becomes one batch;
 //! 3. fire due timers (Raft ticks, reconnects, housekeeping);
 //! 4. execute the core's `Ready` in the contract's order (see `driver.rs`);
 //! 5. flush every connection that has output, and re-derive its interest.
 //!
-//! Files: `peers.rs` (dialing, handshakes, peer frames, snapshot streams), `clients.rs` (the
-//! RESP port, waiting requests, forwarding), `driver.rs` (the Ready contract, apply,
-//! snapshots), `info.rs` (INFO and admin commands), `startup.rs` (recovery).
+//! Files: `event_loop.rs` (the mio shell), `storage.rs` and `net.rs` (the seams), `conn.rs`
+//! (one connection's buffers), `peers.rs` (dialing, handshakes, peer frames, snapshot
+//! streams), `clients.rs` (the RESP port, waiting requests, forwarding), `driver.rs` (the
+//! Ready contract, apply, snapshots), `info.rs` (INFO and admin commands), `startup.rs`
+//! (recovery), `snapshot/` (the file format, files, the fork child, transfer).
 
 pub mod clock;
 pub mod conn;
+pub mod net;
 pub mod notify;
 pub mod snapshot;
+pub mod storage;
 pub mod sys;
 pub mod tls;
 
 mod clients;
 mod driver;
+mod event_loop;
 mod info;
 mod peers;
 mod startup;
@@ -30,14 +40,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use mio::net::TcpListener;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::Interest;
 use slab::Slab;
 
 use crate::client::session::Session;
@@ -46,20 +53,14 @@ use crate::config::Config;
 use crate::kv::StateMachine;
 use crate::raft::{ConfState, EntryId, LogIndex, NodeId, Raft, SnapshotMeta, Term};
 use crate::timer::{TimerHandle, TimerWheel};
-use crate::wal::{HardStateStore, Wal};
 
 use self::clock::Clock;
 use self::conn::{Conn, ReadStatus};
-use self::snapshot::{SnapshotReceiver, SnapshotSender, Snapshotter};
+use self::net::Net;
+use self::snapshot::{SnapshotReceiver, SnapshotSender};
+use self::storage::Disk;
 
-pub use self::startup::run;
-
-const PEER_LISTENER: Token = Token(0);
-const CLIENT_LISTENER: Token = Token(1);
-const SIGNALS: Token = Token(2);
-const SNAPSHOT_CHILD: Token = Token(3);
-/// Connection tokens are `CONN_BASE + slab key`.
-const CONN_BASE: usize = 16;
+pub use self::event_loop::run;
 
 /// Ticks between housekeeping passes (forward timeouts, snapshot triggers, child deadline).
 const HOUSEKEEPING_TICKS: u64 = 10;
@@ -124,8 +125,8 @@ enum ReplyTo {
     },
 }
 
-/// What kind of connection a slab entry is.
-enum Role {
+/// What kind of connection a slab entry is (not to be confused with `raft::Role`).
+enum ConnKind {
     Client(ClientState),
     /// Accepted from a peer; `from` is known once its Hello arrived.
     PeerIn {
@@ -151,9 +152,9 @@ struct ClientState {
     session: Box<Session>,
 }
 
-struct Connection {
-    conn: Conn,
-    role: Role,
+struct Connection<T> {
+    conn: Conn<T>,
+    kind: ConnKind,
     gen: u64,
     /// Listed in `Node::dirty` (has output to flush or interest to re-derive).
     dirty: bool,
@@ -163,8 +164,8 @@ struct Connection {
     registered: Interest,
 }
 
-impl PeerLink {
-    fn new(addr: SocketAddr) -> PeerLink {
+impl<F: snapshot::ChunkSource> PeerLink<F> {
+    fn new(addr: SocketAddr, now: Instant) -> PeerLink<F> {
         PeerLink {
             addr,
             key: None,
@@ -172,12 +173,15 @@ impl PeerLink {
             dial_timer: None,
             reported_unreachable: false,
             sender: None,
+            snapshot_retry_at: None,
+            snapshot_heard_at: now,
+            down_since: now,
         }
     }
 }
 
 /// A peer, and the one connection we share with it.
-struct PeerLink {
+struct PeerLink<F: snapshot::ChunkSource> {
     /// Where to dial it (used only on the dialing side: the lower id).
     addr: SocketAddr,
     /// The slab key of the connection (dialed by us or accepted), when one exists.
@@ -187,7 +191,13 @@ struct PeerLink {
     /// The core was told the peer is unreachable since the last connection broke.
     reported_unreachable: bool,
     /// A snapshot being streamed to this peer.
-    sender: Option<SnapshotSender>,
+    sender: Option<SnapshotSender<F>>,
+    /// Opening a snapshot for this peer failed; not before this time again.
+    snapshot_retry_at: Option<Instant>,
+    /// When the snapshot stream last started or heard an ack.
+    snapshot_heard_at: Instant,
+    /// Since when there is no connection (or when we last dialed as the higher id).
+    down_since: Instant,
 }
 
 /// A write proposed by this node as leader, waiting for its entry to be applied.
@@ -237,23 +247,20 @@ struct Stats {
     snapshot_failures: u64,
 }
 
-pub struct Node<S: StateMachine> {
+pub struct Node<S: StateMachine, D: Disk, N: Net> {
     cfg: Config,
     id: NodeId,
-    poll: Poll,
     clock: Clock,
+    /// The time of this turn, as the caller gave it.
     now: Instant,
     now_tick: u64,
     last_raft_tick: u64,
     wheel: TimerWheel<TimerId>,
     raft: Raft,
-    wal: Wal,
-    hard_state: HardStateStore,
+    disk: D,
+    net: N,
     sm: S,
-    peer_listener: TcpListener,
-    client_listener: TcpListener,
-    signals: OwnedFd,
-    conns: Slab<Connection>,
+    conns: Slab<Connection<N::Stream>>,
     /// Accepted peer connections waiting for their Hello: (key, generation, deadline), oldest
     /// first.
     awaiting_hello: VecDeque<(usize, u64, Instant)>,
@@ -266,7 +273,9 @@ pub struct Node<S: StateMachine> {
     /// continue), with the generation that asked.
     leftover: Vec<(usize, u64)>,
     members: BTreeMap<NodeId, MemberAddrs>,
-    peers: HashMap<NodeId, PeerLink>,
+    /// Addresses of members removed from `members` (to reach one that still leads).
+    retired: BTreeMap<NodeId, MemberAddrs>,
+    peers: HashMap<NodeId, PeerLink<D::Source>>,
     cluster_id: u64,
     waiters: BTreeMap<LogIndex, Waiter>,
     reads: HashMap<u64, PendingRead>,
@@ -284,15 +293,16 @@ pub struct Node<S: StateMachine> {
     conf_applied: ConfState,
     /// Makes an empty state machine (to load a received snapshot into before swapping).
     make_sm: Box<dyn FnMut() -> S>,
-    /// The snapshot the node has on disk (the latest), and what it stands for.
-    snapshot_path: Option<PathBuf>,
+    /// The snapshot the node has on disk (the latest), if any, and what it stands for.
+    snapshot_on_disk: bool,
     snapshot_meta: SnapshotMeta,
     /// A snapshot received from the leader, verified, waiting for the core to install it.
-    received_snapshot: Option<(EntryId, PathBuf)>,
+    received_snapshot: Option<EntryId>,
     /// An admin asked for a snapshot (`SNAPSHOT`).
     snapshot_requested: bool,
-    snapshotter: Snapshotter,
-    receiver: SnapshotReceiver,
+    /// A descriptor the shell should watch (a snapshot child's pipe), once.
+    watch_fd: Option<RawFd>,
+    receiver: SnapshotReceiver<D::Partial>,
     /// WAL segments wholly before this index are deleted, one per housekeeping pass
     /// (0: nothing to delete).
     wal_discard_to: LogIndex,
@@ -307,146 +317,130 @@ pub struct Node<S: StateMachine> {
     /// Why writes are refused (the disk is full), and when to try appending again.
     read_only: Option<String>,
     disk_retry_at: Instant,
-    stopping: bool,
     stats: Stats,
 }
 
-impl<S: StateMachine> Node<S> {
-    /// Run the loop until SIGTERM or SIGINT.
-    pub fn serve(&mut self) -> Result<(), NodeError> {
-        let mut events = Events::with_capacity(1024);
-        while !self.stopping {
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NodeError::new(format!("poll: {e}")));
+/// Which listener accepted a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Peer,
+    Client,
+}
+
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
+    /// One loop turn at `now` (see the module header): `ready` lists the connections (slab
+    /// keys) with readiness events, and whether each is readable.
+    pub fn turn(&mut self, now: Instant, ready: &[(usize, bool)]) -> Result<(), NodeError> {
+        self.set_now(now);
+        for &(key, readable) in ready {
+            if self.conns.contains(key) {
+                self.conn_ready(key, readable);
             }
-            self.now = self.clock.now();
-            self.now_tick = self.clock.tick_at(self.now);
-            for event in events.iter() {
-                self.handle_event(event.token(), event.is_readable() || event.is_read_closed());
-            }
-            self.read_leftovers();
-            self.fire_timers();
-            self.process_ready()?;
-            self.flush_dirty();
         }
-        self.shutdown()
+        self.read_leftovers();
+        self.fire_timers();
+        self.process_ready()?;
+        self.flush_dirty();
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+        Ok(())
     }
 
-    fn poll_timeout(&self) -> Duration {
+    /// Set the time of the work that follows (never backwards).
+    pub fn set_now(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now_tick = self.clock.tick_at(self.now);
+    }
+
+    /// How long the shell may wait for events before the next turn is due.
+    pub fn poll_timeout(&self, now: Instant) -> Duration {
         if !self.leftover.is_empty() {
             return Duration::ZERO;
         }
         match self.wheel.next_deadline() {
-            Some(at) => self.clock.until_tick(self.clock.now(), at),
+            Some(at) => self.clock.until_tick(now, at),
             None => Duration::from_millis(100),
         }
     }
 
-    fn handle_event(&mut self, token: Token, readable: bool) {
-        match token {
-            PEER_LISTENER => self.accept(true),
-            CLIENT_LISTENER => self.accept(false),
-            SIGNALS => self.handle_signals(),
-            SNAPSHOT_CHILD => self.snapshot_child_ended(),
-            Token(t) if t >= CONN_BASE => {
-                let key = t - CONN_BASE;
-                if !self.conns.contains(key) {
-                    return;
-                }
-                self.conn_ready(key, readable);
-            }
-            Token(t) => unreachable!("unknown token {t}"),
-        }
+    /// A descriptor to watch for readability (the snapshot child's pipe); the shell calls
+    /// `snapshot_child_ended` when it is readable.
+    pub fn take_watch_fd(&mut self) -> Option<RawFd> {
+        self.watch_fd.take()
     }
 
-    fn accept(&mut self, peer: bool) {
-        loop {
-            let listener = if peer {
-                &self.peer_listener
+    /// A listener accepted `stream` from `addr`.
+    pub fn accept(&mut self, stream: N::Stream, addr: SocketAddr, listener: Listener) {
+        let peer = listener == Listener::Peer;
+        self.stats.connections_received += 1;
+        let (count, max) = match peer {
+            true => (self.peer_conns, crate::limits::PEER_CONNECTIONS_MAX),
+            false => (self.client_conns, self.cfg.max_clients),
+        };
+        if count >= max {
+            self.stats.rejected_connections += 1;
+            if !peer {
+                let mut stream = stream;
+                let _ = io::Write::write(&mut stream, b"-ERR max number of clients reached\r\n");
             } else {
-                &self.client_listener
-            };
-            let (stream, addr) = match listener.accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    warn!("accept: {e}");
-                    return;
-                }
-            };
-            self.stats.connections_received += 1;
-            let _ = stream.set_nodelay(true);
-            let (count, max) = match peer {
-                true => (self.peer_conns, crate::limits::PEER_CONNECTIONS_MAX),
-                false => (self.client_conns, self.cfg.max_clients),
-            };
-            if count >= max {
-                self.stats.rejected_connections += 1;
-                if !peer {
-                    let mut stream = stream;
-                    let _ =
-                        io::Write::write(&mut stream, b"-ERR max number of clients reached\r\n");
-                } else {
-                    warn!("refusing a peer connection from {addr}: {max} already open");
-                }
-                continue;
+                warn!("refusing a peer connection from {addr}: {max} already open");
             }
-            let (conn, role) = match peer {
-                true => (Conn::peer(stream), Role::PeerIn { from: None }),
-                false => {
-                    let laddr = stream
-                        .local_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default();
-                    // The id is the generation `insert_conn` gives it: unique on this node.
-                    let session =
-                        Session::new(self.next_gen + 1, addr.to_string(), laddr, self.now);
-                    let state = ClientState {
-                        next_seq: 0,
-                        pending: VecDeque::new(),
-                        held_bytes: 0,
-                        addr,
-                        session: Box::new(session),
-                    };
-                    (Conn::client(stream), Role::Client(state))
-                }
-            };
-            match self.insert_conn(conn, role) {
-                Ok(key) if peer => {
-                    let gen = self.conns[key].gen;
-                    self.awaiting_hello
-                        .push_back((key, gen, self.now + HELLO_TIMEOUT));
-                }
-                Ok(_) => {}
-                Err(e) => warn!("registering a connection from {addr}: {e}"),
+            return;
+        }
+        let (conn, kind) = match peer {
+            true => (Conn::peer(stream), ConnKind::PeerIn { from: None }),
+            false => {
+                // The local address is the configured client address: the stream is behind
+                // the `Net` seam, which does not expose it.
+                let laddr = self
+                    .members
+                    .get(&self.id)
+                    .map(|m| m.client.to_string())
+                    .unwrap_or_default();
+                // The id is the generation `insert_conn` gives it: unique on this node.
+                let session = Session::new(self.next_gen + 1, addr.to_string(), laddr, self.now);
+                let state = ClientState {
+                    next_seq: 0,
+                    pending: VecDeque::new(),
+                    held_bytes: 0,
+                    addr,
+                    session: Box::new(session),
+                };
+                (Conn::client(stream), ConnKind::Client(state))
             }
+        };
+        match self.insert_conn(conn, kind) {
+            Ok(key) if peer => {
+                let gen = self.conns[key].gen;
+                self.awaiting_hello
+                    .push_back((key, gen, self.now + HELLO_TIMEOUT));
+            }
+            Ok(_) => {}
+            Err(e) => warn!("registering a connection from {addr}: {e}"),
         }
     }
 
-    fn insert_conn(&mut self, conn: Conn, role: Role) -> io::Result<usize> {
+    fn insert_conn(&mut self, conn: Conn<N::Stream>, kind: ConnKind) -> io::Result<usize> {
         self.next_gen += 1;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let mut c = Connection {
             conn,
-            role,
+            kind,
             gen: self.next_gen,
             dirty: false,
             more_input: false,
             registered: Interest::READABLE,
         };
         let interest = c.conn.interest();
-        self.poll
-            .registry()
-            .register(&mut c.conn.stream, Token(CONN_BASE + key), interest)?;
+        self.net.register(&mut c.conn.stream, key, interest)?;
         c.registered = interest;
-        match c.role {
-            Role::Client(_) => self.client_conns += 1,
-            Role::PeerIn { .. } | Role::PeerOut { .. } => self.peer_conns += 1,
+        match c.kind {
+            ConnKind::Client(_) => self.client_conns += 1,
+            ConnKind::PeerIn { .. } | ConnKind::PeerOut { .. } => self.peer_conns += 1,
         }
         entry.insert(c);
         Ok(key)
@@ -469,9 +463,9 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn read_conn(&mut self, key: usize) {
-        match self.conns[key].role {
-            Role::Client(_) => self.read_client(key),
-            Role::PeerIn { .. } | Role::PeerOut { .. } => self.read_peer(key),
+        match self.conns[key].kind {
+            ConnKind::Client(_) => self.read_client(key),
+            ConnKind::PeerIn { .. } | ConnKind::PeerOut { .. } => self.read_peer(key),
         }
     }
 
@@ -483,7 +477,7 @@ impl<S: StateMachine> Node<S> {
     fn read_budgeted(&mut self, key: usize, parse: fn(&mut Self, usize) -> bool) {
         let mut budget = crate::limits::READ_BUDGET_PER_EVENT;
         loop {
-            if matches!(self.conns[key].role, Role::Client(_)) && self.client_paused(key) {
+            if matches!(self.conns[key].kind, ConnKind::Client(_)) && self.client_paused(key) {
                 return;
             }
             let (status, got) = match self.conns[key].conn.read_some(budget) {
@@ -499,7 +493,7 @@ impl<S: StateMachine> Node<S> {
             };
             match status {
                 ReadStatus::WouldBlock => return,
-                ReadStatus::Closed if matches!(c.role, Role::Client(_)) => {
+                ReadStatus::Closed if matches!(c.kind, ConnKind::Client(_)) => {
                     c.conn.close_after_flush = true;
                     return;
                 }
@@ -561,19 +555,14 @@ impl<S: StateMachine> Node<S> {
                 self.close_conn(key, &format!("write: {e}"));
                 continue;
             }
-            let owed = matches!(&c.role, Role::Client(st) if !st.pending.is_empty());
+            let owed = matches!(&c.kind, ConnKind::Client(st) if !st.pending.is_empty());
             if c.conn.done() && !owed {
                 self.close_conn(key, "closed after reply");
                 continue;
             }
             let interest = c.conn.interest();
             if interest != c.registered {
-                let token = Token(CONN_BASE + key);
-                if let Err(e) = self
-                    .poll
-                    .registry()
-                    .reregister(&mut c.conn.stream, token, interest)
-                {
+                if let Err(e) = self.net.reregister(&mut c.conn.stream, key, interest) {
                     self.close_conn(key, &format!("reregister: {e}"));
                     continue;
                 }
@@ -586,22 +575,22 @@ impl<S: StateMachine> Node<S> {
         let Some(mut c) = self.conns.try_remove(key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut c.conn.stream);
-        match c.role {
-            Role::Client(_) => self.client_conns -= 1,
-            Role::PeerIn { .. } | Role::PeerOut { .. } => self.peer_conns -= 1,
+        self.net.deregister(&mut c.conn.stream);
+        match c.kind {
+            ConnKind::Client(_) => self.client_conns -= 1,
+            ConnKind::PeerIn { .. } | ConnKind::PeerOut { .. } => self.peer_conns -= 1,
         }
-        match c.role {
-            Role::Client(ref st) => {
+        match c.kind {
+            ConnKind::Client(ref st) => {
                 log::debug!("client {} closed: {why}", st.addr);
             }
-            Role::PeerIn { from } => {
+            ConnKind::PeerIn { from } => {
                 if let Some(from) = from {
                     info!("connection from node {from} closed: {why}");
                     self.peer_down(from, key);
                 }
             }
-            Role::PeerOut { to, .. } => {
+            ConnKind::PeerOut { to, .. } => {
                 info!("connection to node {to} closed: {why}");
                 self.peer_down(to, key);
             }
@@ -642,7 +631,10 @@ impl<S: StateMachine> Node<S> {
     fn housekeeping(&mut self) {
         self.expire_forwards();
         self.expire_silent_peers();
-        if self.snapshotter.is_running() {
+        self.resend_stalled_snapshots();
+        self.relink_known_nodes();
+        self.dial_silent_peers();
+        if self.disk.snapshot_running() {
             // The child may have written its status and still be exiting: reap it when gone.
             self.snapshot_child_ended();
         }
@@ -650,8 +642,8 @@ impl<S: StateMachine> Node<S> {
         self.hand_off_if_disk_full();
         self.maybe_snapshot();
         if self
-            .snapshotter
-            .kill_if_overdue(self.now, SNAPSHOT_CHILD_DEADLINE)
+            .disk
+            .snapshot_kill_if_overdue(self.now, SNAPSHOT_CHILD_DEADLINE)
         {
             error!("snapshot child ran past {SNAPSHOT_CHILD_DEADLINE:?}; killed it");
             self.stats.snapshot_failures += 1;
@@ -669,7 +661,7 @@ impl<S: StateMachine> Node<S> {
             let silent = self
                 .conns
                 .get(key)
-                .is_some_and(|c| c.gen == gen && matches!(c.role, Role::PeerIn { from: None }));
+                .is_some_and(|c| c.gen == gen && matches!(c.kind, ConnKind::PeerIn { from: None }));
             if silent {
                 self.close_conn(key, "no Hello in time");
             }
@@ -698,33 +690,141 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    fn handle_signals(&mut self) {
-        match sys::read_signals(self.signals.as_fd()) {
-            Ok(sigs) => {
-                if !sigs.is_empty() {
-                    info!("signal {sigs:?}: shutting down");
-                    self.stopping = true;
-                }
-            }
-            Err(e) => warn!("reading signals: {e}"),
-        }
-    }
-
-    /// Stop accepting, sync what is appended, answer nothing more, exit 0.
-    fn shutdown(&mut self) -> Result<(), NodeError> {
-        let _ = self.poll.registry().deregister(&mut self.peer_listener);
-        let _ = self.poll.registry().deregister(&mut self.client_listener);
-        self.wal
+    /// Stop: sync what is appended and flush what is queued (the shell stops accepting and
+    /// exits). A failed sync is reported: the process exits non-zero.
+    pub fn shutdown(&mut self) -> Result<(), NodeError> {
+        self.disk
             .sync()
             .map_err(|e| NodeError::new(format!("final sync: {e}")))?;
         self.flush_dirty();
         info!("node {} stopped", self.id);
         Ok(())
     }
+}
 
-    fn register_fd(&self, fd: i32, token: Token) -> io::Result<()> {
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+/// What the simulator (and tests) may look at; none of it changes the node.
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+    /// The last index known durable, and the snapshot on disk.
+    pub fn durable(&self) -> (LogIndex, EntryId) {
+        (self.durable_last, self.snapshot_meta.last)
+    }
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+    pub fn disk_mut(&mut self) -> &mut D {
+        &mut self.disk
+    }
+    pub fn net_mut(&mut self) -> &mut N {
+        &mut self.net
+    }
+    /// The connection `key`'s stream, if it is open (the simulator moves bytes through it).
+    pub fn stream_mut(&mut self, key: usize) -> Option<&mut N::Stream> {
+        self.conns.get_mut(key).map(|c| &mut c.conn.stream)
+    }
+
+    /// Every owned part's invariants; debug builds check them every turn, the simulator after
+    /// every step. A failure is a bug in this node.
+    pub fn check_invariants(&self) {
+        self.check_connections();
+        self.check_applied();
+        self.check_pending();
+        self.receiver.check_invariants();
+        self.disk.check_invariants();
+    }
+
+    /// Client connections and replies: counts match, pipelines are bounded and account for
+    /// the bytes they hold; every peer link names a live peer connection.
+    fn check_connections(&self) {
+        let clients = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.kind, ConnKind::Client(_)))
+            .count();
+        assert_eq!(clients, self.client_conns, "client connection count");
+        assert_eq!(
+            self.conns.len() - clients,
+            self.peer_conns,
+            "peer connection count"
+        );
+        for (key, c) in self.conns.iter() {
+            c.conn.check_invariants();
+            if let ConnKind::Client(st) = &c.kind {
+                let held: usize = st
+                    .pending
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref())
+                    .map(Vec::len)
+                    .sum();
+                assert_eq!(held, st.held_bytes, "client {key}: held reply bytes");
+                assert!(
+                    st.pending.len() <= crate::limits::CLIENT_PENDING_MAX + 1,
+                    "client {key}: {} requests pending",
+                    st.pending.len()
+                );
+                let seqs_in_order = st
+                    .pending
+                    .iter()
+                    .zip(st.pending.iter().skip(1))
+                    .all(|(a, b)| b.0 == a.0 + 1);
+                assert!(seqs_in_order, "client {key}: pipeline slots out of order");
+            }
+        }
+        for (id, link) in &self.peers {
+            if let Some(key) = link.key {
+                let c = self.conns.get(key);
+                let is_peer = c.is_some_and(|c| !matches!(c.kind, ConnKind::Client(_)));
+                assert!(
+                    is_peer,
+                    "link to node {id} names connection {key}, not a peer's"
+                );
+            }
+        }
+    }
+
+    /// The applied state machine: applied within (snapshot, commit], the state machine agrees.
+    fn check_applied(&self) {
+        assert!(
+            self.applied >= self.snapshot_meta.last.index,
+            "applied {} before the snapshot at {}",
+            self.applied,
+            self.snapshot_meta.last.index
+        );
+        assert!(
+            self.applied <= self.raft.status().commit,
+            "applied {} beyond commit {}",
+            self.applied,
+            self.raft.status().commit
+        );
+    }
+
+    /// Pending requests: bounded; no write waits at an index already applied.
+    fn check_pending(&self) {
+        assert!(
+            self.reads.len() <= crate::limits::READS_PENDING_MAX,
+            "reads pending"
+        );
+        assert!(
+            self.forwards.len() <= crate::limits::FORWARDS_PENDING_MAX,
+            "forwards pending"
+        );
+        if let Some((&idx, _)) = self.waiters.first_key_value() {
+            assert!(
+                idx > self.applied,
+                "a write waits at {idx}, applied {}",
+                self.applied
+            );
+        }
     }
 }

@@ -9,16 +9,22 @@
 //! backoff. Snapshots are streamed in chunks, a bounded number in flight, so heartbeats
 //! queued on the same connection are never stuck behind a whole file.
 
-use std::collections::BTreeMap;
-use std::io;
-
 use log::{debug, info, warn};
-use mio::net::TcpStream;
+use std::collections::BTreeMap;
 
 use super::conn::Conn;
-use super::snapshot::SnapshotSender;
+use super::snapshot::SnapshotHeader;
+
+/// After a snapshot could not be opened for a follower, how long until the next try.
+const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The higher id of a pair dials when the lower has not connected for this long.
+const DIAL_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
+/// A snapshot stream that heard no ack for this long resends from its last acked offset.
+const SNAPSHOT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+use super::net::{ConnectState, Net};
+use super::storage::Disk;
 use super::{
-    CoreReport, MemberAddrs, Node, PeerLink, Role, TimerId, DIAL_BACKOFF_MAX_MS,
+    ConnKind, CoreReport, MemberAddrs, Node, PeerLink, TimerId, DIAL_BACKOFF_MAX_MS,
     DIAL_BACKOFF_MIN_MS,
 };
 use crate::kv::StateMachine;
@@ -26,7 +32,7 @@ use crate::limits;
 use crate::raft::{EntryId, Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::wire::{self, DecodeError, Frame};
 
-impl<S: StateMachine> Node<S> {
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Adopt a new member table: dial new peers, drop removed ones, redial moved ones.
     pub(super) fn set_members(&mut self, members: BTreeMap<NodeId, MemberAddrs>) {
         let removed: Vec<NodeId> = self
@@ -36,8 +42,16 @@ impl<S: StateMachine> Node<S> {
             .copied()
             .collect();
         for id in removed {
+            if let Some(m) = self.members.get(&id) {
+                self.retired.insert(id, m.clone());
+            }
             if let Some(link) = self.peers.remove(&id) {
                 info!("node {id} left the member table");
+                if link.sender.is_some() {
+                    // The core waits for the stream's end: tell it, or it waits forever
+                    // (found by the simulator).
+                    self.report_to_core(CoreReport::Snapshot, id, false);
+                }
                 if let Some(key) = link.key {
                     self.close_conn(key, "member removed");
                 }
@@ -63,12 +77,33 @@ impl<S: StateMachine> Node<S> {
                     }
                 }
                 None => {
-                    self.peers.insert(id, PeerLink::new(m.peer));
+                    self.peers.insert(id, PeerLink::new(m.peer, self.now));
                     self.dial(id);
                 }
             }
         }
         self.members = members;
+    }
+
+    /// A node this node no longer lists but must still reach: the leader, or a member of the
+    /// core's configuration (this node applied a removal and lags behind a log in which the
+    /// node came back, or the removal is not committed yet). Of a pair only the lower id
+    /// dials, so without this a lagging member and such a node never connect again (found by
+    /// the simulator: clusters that stalled after membership changes).
+    pub(super) fn relink_known_nodes(&mut self) {
+        let mut wanted: Vec<NodeId> = self.raft.leader().into_iter().collect();
+        wanted.extend(self.raft.status().conf.members());
+        for id in wanted {
+            if id == self.id || self.peers.contains_key(&id) {
+                continue;
+            }
+            if let Some(m) = self.retired.get(&id) {
+                info!("node {id} left our member table but is still needed: reconnecting");
+                let link = PeerLink::new(m.peer, self.now);
+                self.peers.insert(id, link);
+                self.dial(id);
+            }
+        }
     }
 
     /// Of each pair of members, the one with the lower id dials.
@@ -78,9 +113,34 @@ impl<S: StateMachine> Node<S> {
 
     /// Open the connection to `to` (non-blocking; `dial_done` finishes it), if this side dials.
     pub(super) fn dial(&mut self, to: NodeId) {
-        if !self.dials(to) {
-            return;
+        if self.dials(to) {
+            self.connect_to(to);
         }
+    }
+
+    /// The higher id of a pair dials too when no connection came for `DIAL_FALLBACK`: the
+    /// lower one may have dropped us from its member table (it lags behind a membership
+    /// change) while we need it, e.g. for its vote (found by the simulator: a cluster with
+    /// no leader after healing). A connection it accepts from us serves it as well.
+    pub(super) fn dial_silent_peers(&mut self) {
+        let now = self.now;
+        let silent: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(&id, l)| !self.dials(id) && l.key.is_none() && l.dial_timer.is_none())
+            .filter(|(_, l)| now.saturating_duration_since(l.down_since) >= DIAL_FALLBACK)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in silent {
+            if let Some(link) = self.peers.get_mut(&id) {
+                link.down_since = now; // the next try, if this one fails, after another wait
+            }
+            debug!("no connection from node {id} for {DIAL_FALLBACK:?}: dialing it");
+            self.connect_to(id);
+        }
+    }
+
+    fn connect_to(&mut self, to: NodeId) {
         let Some(link) = self.peers.get(&to) else {
             return;
         };
@@ -88,7 +148,7 @@ impl<S: StateMachine> Node<S> {
             return;
         }
         let addr = link.addr;
-        let stream = match TcpStream::connect(addr) {
+        let stream = match self.net.connect(addr) {
             Ok(s) => s,
             Err(e) => {
                 debug!("dial node {to} at {addr}: {e}");
@@ -96,7 +156,6 @@ impl<S: StateMachine> Node<S> {
                 return;
             }
         };
-        let _ = stream.set_nodelay(true);
         let mut conn = Conn::peer(stream);
         conn.connecting = true;
         let hello = Frame::Hello {
@@ -107,7 +166,7 @@ impl<S: StateMachine> Node<S> {
         wire::encode(&hello, conn.output_buf()).expect("a Hello has a fixed size");
         match self.insert_conn(
             conn,
-            Role::PeerOut {
+            ConnKind::PeerOut {
                 to,
                 hello_ok: false,
             },
@@ -127,20 +186,16 @@ impl<S: StateMachine> Node<S> {
     /// The non-blocking connect finished, one way or the other.
     pub(super) fn dial_done(&mut self, key: usize) {
         let c = &mut self.conns[key];
-        let failed = match c.conn.stream.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match c.conn.stream.peer_addr() {
-                Ok(_) => None,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // still connecting
-                Err(e) => Some(e),
-            },
-        };
-        if let Some(e) = failed {
-            self.close_conn(key, &format!("connect failed: {e}"));
-            return;
+        match self.net.connect_state(&c.conn.stream) {
+            ConnectState::Pending => return,
+            ConnectState::Failed(e) => {
+                self.close_conn(key, &format!("connect failed: {e}"));
+                return;
+            }
+            ConnectState::Connected => {}
         }
         c.conn.connecting = false;
-        if let Role::PeerOut { to, .. } = c.role {
+        if let ConnKind::PeerOut { to, .. } = c.kind {
             debug!("connected to node {to}");
         }
     }
@@ -171,6 +226,7 @@ impl<S: StateMachine> Node<S> {
             return; // an older connection, already replaced
         }
         link.key = None;
+        link.down_since = self.now;
         let had_sender = link.sender.take().is_some();
         let report = !link.reported_unreachable;
         link.reported_unreachable = true;
@@ -242,16 +298,16 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn handle_frame(&mut self, key: usize, frame: Frame) {
-        let peer = match (&self.conns[key].role, &frame) {
-            (Role::PeerIn { from: None }, Frame::Hello { .. })
+        let peer = match (&self.conns[key].kind, &frame) {
+            (ConnKind::PeerIn { from: None }, Frame::Hello { .. })
             | (
-                Role::PeerOut {
+                ConnKind::PeerOut {
                     hello_ok: false, ..
                 },
                 Frame::Hello { .. },
             ) => return self.handle_hello(key, frame),
-            (Role::PeerIn { from: Some(f) }, _) => *f,
-            (Role::PeerOut { to, hello_ok: true }, _) => *to,
+            (ConnKind::PeerIn { from: Some(f) }, _) => *f,
+            (ConnKind::PeerOut { to, hello_ok: true }, _) => *to,
             _ => return self.close_conn(key, "expected a Hello first"),
         };
         match frame {
@@ -329,8 +385,8 @@ impl<S: StateMachine> Node<S> {
             warn!("refusing a peer connection: {why}");
             return self.close_conn(key, &why);
         }
-        match &mut self.conns[key].role {
-            Role::PeerIn { from: f } => {
+        match &mut self.conns[key].kind {
+            ConnKind::PeerIn { from: f } => {
                 *f = Some(from);
                 self.adopt_inbound(from, key);
                 let hello = Frame::Hello {
@@ -342,7 +398,7 @@ impl<S: StateMachine> Node<S> {
                 wire::encode(&hello, c.conn.output_buf()).expect("a Hello has a fixed size");
                 self.mark_dirty(key);
             }
-            Role::PeerOut {
+            ConnKind::PeerOut {
                 to: expected,
                 hello_ok,
             } => {
@@ -360,7 +416,7 @@ impl<S: StateMachine> Node<S> {
                 }
                 info!("connected to node {from}");
             }
-            Role::Client(_) => unreachable!("hello on a client connection"),
+            ConnKind::Client(_) => unreachable!("hello on a client connection"),
         }
     }
 
@@ -371,17 +427,16 @@ impl<S: StateMachine> Node<S> {
             Some(m) => m.peer,
             None => {
                 info!("accepted a connection from node {from}, not (yet) a member");
-                self.conns[key]
-                    .conn
-                    .stream
-                    .peer_addr()
-                    .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+                self.net
+                    .peer_addr(&self.conns[key].conn.stream)
+                    .unwrap_or_else(|| ([0, 0, 0, 0], 0).into())
             }
         };
+        let now = self.now;
         let link = self
             .peers
             .entry(from)
-            .or_insert_with(|| PeerLink::new(addr));
+            .or_insert_with(|| PeerLink::new(addr, now));
         let old = link.key.replace(key);
         link.reported_unreachable = false;
         if let Some(old) = old.filter(|&old| old != key) {
@@ -391,12 +446,12 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn start_snapshot_stream(&mut self, to: NodeId, term: Term, meta: SnapshotMeta) {
-        let Some(path) = self.snapshot_path.clone() else {
+        if !self.snapshot_on_disk {
             warn!("the core asked to send a snapshot to node {to} but there is none on disk");
             return self.report_to_core(CoreReport::Snapshot, to, false);
-        };
-        let Some(link) = self.peers.get_mut(&to) else {
-            return;
+        }
+        let Some(link) = self.peers.get(&to) else {
+            return self.report_to_core(CoreReport::Snapshot, to, false);
         };
         if link
             .sender
@@ -405,21 +460,67 @@ impl<S: StateMachine> Node<S> {
         {
             return; // already streaming this one
         }
+        if link.snapshot_retry_at.is_some_and(|at| self.now < at) {
+            // Opening failed a moment ago: fail fast and quietly rather than retrying (and
+            // logging) at every probe of the core (issue 12: a busy loop of "No such file").
+            return self.report_to_core(CoreReport::Snapshot, to, false);
+        }
         let chunk = self.cfg.snapshot_chunk_bytes as usize;
-        match SnapshotSender::new(path, meta, chunk, limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX) {
+        let inflight = limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX;
+        let mut opened = self.disk.snapshot_open(&meta, chunk, inflight);
+        if opened.is_err() && self.snapshot_meta.last != meta.last {
+            // The file asked for is gone (a newer one replaced it): the current one serves the
+            // follower as well, and it is the one on disk.
+            let current = self.snapshot_meta.clone();
+            opened = self.disk.snapshot_open(&current, chunk, inflight);
+        }
+        let now = self.now;
+        let Some(link) = self.peers.get_mut(&to) else {
+            return;
+        };
+        match opened {
             Ok(sender) => {
                 info!(
                     "streaming snapshot at {} ({} bytes) to node {to}",
                     sender.meta().last,
                     sender.total_size()
                 );
+                link.snapshot_retry_at = None;
+                link.snapshot_heard_at = now;
                 link.sender = Some(sender);
                 self.pump_snapshot(to, term);
             }
             Err(e) => {
-                warn!("opening the snapshot for node {to}: {e}");
+                warn!(
+                    "opening the snapshot {} for node {to}: {e}; retrying in {SNAPSHOT_RETRY:?}",
+                    meta.last
+                );
+                link.snapshot_retry_at = Some(now + SNAPSHOT_RETRY);
                 self.report_to_core(CoreReport::Snapshot, to, false);
             }
+        }
+    }
+
+    /// Streams whose follower has not acknowledged anything for `SNAPSHOT_ACK_TIMEOUT` resend
+    /// from the last acknowledged offset: chunks or acks were lost on a connection that stayed
+    /// up, or the follower dropped chunks of a term it had left behind.
+    pub(super) fn resend_stalled_snapshots(&mut self) {
+        let term = self.raft.term();
+        let now = self.now;
+        let mut stalled = Vec::new();
+        for (&id, link) in self.peers.iter_mut() {
+            let Some(sender) = link.sender.as_mut() else {
+                continue;
+            };
+            if now.saturating_duration_since(link.snapshot_heard_at) >= SNAPSHOT_ACK_TIMEOUT {
+                sender.on_timeout();
+                link.snapshot_heard_at = now;
+                stalled.push(id);
+            }
+        }
+        for id in stalled {
+            debug!("snapshot stream to node {id} stalled; resending from its last ack");
+            self.pump_snapshot(id, term);
         }
     }
 
@@ -473,6 +574,7 @@ impl<S: StateMachine> Node<S> {
             return; // an ack for an earlier stream
         }
         sender.on_ack(next_offset, ok);
+        link.snapshot_heard_at = self.now;
         if sender.is_complete() {
             info!("snapshot at {snapshot} delivered to node {from}");
             link.sender = None;
@@ -481,6 +583,26 @@ impl<S: StateMachine> Node<S> {
             return self.report_to_core(CoreReport::Snapshot, from, true);
         }
         self.pump_snapshot(from, term);
+    }
+
+    /// Hand a chunk to the receiver: (next offset, ok, the completed file).
+    fn receive_chunk(
+        &mut self,
+        from: NodeId,
+        meta: &SnapshotMeta,
+        total_size: u64,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+    ) -> (u64, bool, Option<(SnapshotHeader, std::path::PathBuf)>) {
+        match self.receiver.on_chunk(meta, total_size, offset, data, done) {
+            Ok(out) => (out.next_offset, out.ok, out.complete),
+            Err(e) => {
+                warn!("snapshot chunk from node {from}: {e}");
+                self.receiver.abort();
+                (0, false, None)
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -494,16 +616,18 @@ impl<S: StateMachine> Node<S> {
         data: &[u8],
         done: bool,
     ) {
-        let (next_offset, ok, complete) = match self
-            .receiver
-            .on_chunk(&meta, total_size, offset, data, done)
-        {
-            Ok(out) => (out.next_offset, out.ok, out.complete),
-            Err(e) => {
-                warn!("snapshot chunk from node {from}: {e}");
-                self.receiver.abort();
-                (0, false, None)
-            }
+        if term < self.raft.term() {
+            // A deposed leader's stream: writing it could only waste the disk, and its ack
+            // would mislead nobody; drop it (issue 12).
+            debug!("dropping a snapshot chunk of term {term} from node {from}");
+            return;
+        }
+        let (next_offset, ok, complete) = if meta.last.index <= self.snapshot_meta.last.index {
+            // We hold this snapshot or a newer one: never write an older one (the metadata
+            // never moves backwards); tell the sender it is complete so it stops.
+            (total_size, true, None)
+        } else {
+            self.receive_chunk(from, &meta, total_size, offset, data, done)
         };
         let ack = Frame::SnapshotAck {
             term,
@@ -515,8 +639,12 @@ impl<S: StateMachine> Node<S> {
         };
         self.send_frame(from, &ack);
         if let Some((header, path)) = complete {
-            info!("received snapshot at {} from node {from}", header.meta.last);
-            self.received_snapshot = Some((header.meta.last, path));
+            info!(
+                "received snapshot at {} from node {from} ({})",
+                header.meta.last,
+                path.display()
+            );
+            self.received_snapshot = Some(header.meta.last);
             let msg = Message {
                 from,
                 to: self.id,

@@ -1,38 +1,26 @@
-//! Start-up: load the config's members, the hard state, the newest valid snapshot and the log
-//! after it, then bind the listeners. One log line per step, with facts.
+//! Start-up (recovery): from a `Disk` and the config, load the hard state, the newest valid
+//! snapshot and the log after it, and build the `Node`. The one recovery path: `kvraftd` runs
+//! it on the data directory (`event_loop.rs`), the simulator on its in-memory disks at every
+//! restart. One log line per step, with facts.
 //!
 //! Commit starts at the snapshot index, never at the end of the log: what the log holds beyond
 //! the snapshot is committed only when the protocol says so again (seed lesson 8).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use log::info;
-use mio::net::TcpListener;
-use mio::{Interest, Poll};
 use slab::Slab;
 
 use super::clock::Clock;
-use super::snapshot::{self, SnapshotReceiver, Snapshotter};
-use super::{
-    sys, MemberAddrs, Node, NodeError, Stats, TimerId, CLIENT_LISTENER, PEER_LISTENER, SIGNALS,
-};
+use super::net::Net;
+use super::storage::Disk;
+use super::{MemberAddrs, Node, NodeError, Stats, TimerId};
 use crate::config::Config;
-use crate::kv::{KvStore, StateMachine};
+use crate::kv::StateMachine;
 use crate::raft::{self, ConfState, HardState, LogIndex, NodeId, Raft, Restored, SnapshotMeta};
 use crate::timer::TimerWheel;
-use crate::wal::{HardStateStore, Wal, WalOptions};
-
-/// Start a node with the skiplist KV and serve until a signal. `join`: this node is not in the
-/// initial membership; it waits to be added by the cluster (`MEMBER ADD`).
-pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
-    let seed = cfg.seed.unwrap_or(cfg.id.0);
-    let mut node = Node::start(cfg, join, move || KvStore::new(seed))?;
-    node.serve()
-}
 
 /// Encode the member address table for a snapshot's `extra` blob: one line per member,
 /// `<id> <peer addr> <client addr>\n`, in id order (UTF-8 text; documented in snapshot.rs's
@@ -83,74 +71,44 @@ pub(super) fn decode_member_context(b: &[u8]) -> Option<MemberAddrs> {
     })
 }
 
-impl<S: StateMachine> Node<S> {
-    /// Recover durable state and bind the listeners.
+impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
+    /// Recover the node from `disk`. `join`: this node is not in the initial membership; it
+    /// waits to be added (`MEMBER ADD`). `start`: the instant tick 0 stands for; `now`: the
+    /// time now (both from the caller: the node reads no clock). `first_forward_id`: a number
+    /// larger at every start of this node (the shell uses the wall clock, the simulator counts
+    /// starts): forwarded request ids begin there, so a leader's late reply to a request
+    /// forwarded before a restart can never match a request forwarded after it.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: Config,
         join: bool,
         mut make_sm: impl FnMut() -> S + 'static,
-    ) -> Result<Node<S>, NodeError> {
+        mut disk: D,
+        net: N,
+        start: Instant,
+        now: Instant,
+        first_forward_id: u64,
+    ) -> Result<Node<S, D, N>, NodeError> {
         let id = cfg.id;
-        let members: BTreeMap<NodeId, MemberAddrs> = cfg
-            .members
-            .iter()
-            .map(|m| {
-                (
-                    m.id,
-                    MemberAddrs {
-                        peer: m.peer,
-                        client: m.client,
-                    },
-                )
-            })
-            .collect();
-        info!(
-            "config loaded: node {id} of members [{}]{}",
-            members
-                .iter()
-                .map(|(i, m)| format!("{i}@{}", m.peer))
-                .collect::<Vec<_>>()
-                .join(", "),
-            if join { " (joining)" } else { "" }
-        );
-        let dir = cfg.data_dir.clone();
-        fs::create_dir_all(&dir).map_err(|e| {
-            NodeError::new(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let (mut hard_state_store, hard_state) =
-            HardStateStore::open(&dir).map_err(|e| NodeError::new(format!("hard state: {e}")))?;
+        let members = config_members(&cfg, join);
+        let mut hard_state = disk.recovered_hard_state();
         info!(
             "hard state: term {}, vote {}",
             hard_state.term,
             fmt_vote(hard_state)
         );
-
-        let (snap_meta, members, sm, snapshot_path) =
-            load_snapshot(&cfg, join, members, &mut make_sm)?;
-
-        let t0 = Instant::now();
-        let log_dir = dir.join("log");
-        let mut wal = Wal::open(
-            &log_dir,
-            WalOptions {
-                segment_size: cfg.segment_bytes,
-                ..WalOptions::default()
-            },
-        )
-        .map_err(|e| NodeError::new(format!("log: {e}")))?;
-        let mut entries = recovered_entries(&wal, &snap_meta)?;
-        if entries.is_empty() && wal.last_index().is_some_and(|l| l != snap_meta.last.index) {
+        let (snap_meta, members, sm, have_snapshot) =
+            load_snapshot(&cfg, join, members, &mut disk, &mut make_sm)?;
+        let mut entries = recovered_entries(&disk, &snap_meta)?;
+        let log_last = disk.log_stats().last;
+        if entries.is_empty() && log_last.is_some_and(|l| l != snap_meta.last.index) {
             // Nothing usable follows the snapshot; start the log afresh after it.
-            wal.reset()
+            disk.reset_log()
                 .map_err(|e| NodeError::new(format!("log: {e}")))?;
         }
-        if !join && snapshot_path.is_none() && wal.last_index().is_none() {
-            entries = bootstrap(&mut wal, &members)?;
+        if !join && !have_snapshot && disk.log_stats().last.is_none() {
+            entries = bootstrap(&mut disk, &members)?;
         }
-        let mut hard_state = hard_state;
         if let Some(last) = entries.last() {
             if hard_state.term < last.term {
                 // The log is ahead of the recorded term (a crash between writing the bootstrap
@@ -159,8 +117,7 @@ impl<S: StateMachine> Node<S> {
                     term: last.term,
                     vote: None,
                 };
-                hard_state_store
-                    .save(&hard_state)
+                disk.save_hard_state(&hard_state)
                     .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
             }
         }
@@ -168,17 +125,16 @@ impl<S: StateMachine> Node<S> {
             .last()
             .map(|e| e.index)
             .unwrap_or(snap_meta.last.index);
+        let log = disk.log_stats();
         info!(
-            "log recovered: {} entries ({}..{}), {} segments, {} bytes, in {:?}",
+            "log recovered: {} entries ({}..{}), {} segments, {} bytes",
             entries.len(),
-            wal.first_index().map(|i| i.0).unwrap_or(0),
-            wal.last_index().map(|i| i.0).unwrap_or(0),
-            wal.segment_count(),
-            wal.disk_bytes(),
-            t0.elapsed()
+            log.first.map(|i| i.0).unwrap_or(0),
+            log.last.map(|i| i.0).unwrap_or(0),
+            log.segments,
+            log.bytes,
         );
-
-        let clock = Clock::new(Duration::from_millis(cfg.tick_ms));
+        let clock = Clock::starting_at(start, Duration::from_millis(cfg.tick_ms));
         let seed = cfg
             .seed
             .unwrap_or_else(|| id.0 ^ u64::from(std::process::id()) << 20);
@@ -187,6 +143,11 @@ impl<S: StateMachine> Node<S> {
             heartbeat_interval_ticks: clock.ms_to_ticks(cfg.heartbeat_interval_ms),
             ..raft::Config::new(id, seed)
         };
+        if !members.contains_key(&id) {
+            return Err(NodeError::new(format!(
+                "node {id} has no addresses in the member table"
+            )));
+        }
         let applied = snap_meta.last.index;
         let snapshot_meta = snap_meta.clone();
         let restored = Restored {
@@ -195,45 +156,20 @@ impl<S: StateMachine> Node<S> {
             entries,
         };
         let raft = Raft::new(raft_cfg, restored);
-
-        let poll = Poll::new().map_err(|e| NodeError::new(format!("poll: {e}")))?;
-        let me = members
-            .get(&id)
-            .ok_or_else(|| {
-                NodeError::new(format!("node {id} has no addresses in the member table"))
-            })?
-            .clone();
-        let mut peer_listener = bind(me.peer, "peer")?;
-        let mut client_listener = bind(me.client, "client")?;
-        poll.registry()
-            .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)
-            .and_then(|_| {
-                poll.registry()
-                    .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
-            })
-            .map_err(|e| NodeError::new(format!("registering listeners: {e}")))?;
-        let signals = sys::signal_fd(&[libc::SIGTERM, libc::SIGINT])
-            .map_err(|e| NodeError::new(format!("signalfd: {e}")))?;
-        info!("listening: peers on {}, clients on {}", me.peer, me.client);
-
-        let now = clock.now();
         let now_tick = clock.tick_at(now);
+        let receiver = disk.snapshot_receiver();
         let mut node = Node {
             cluster_id: crate::wire::cluster_id(&cfg.cluster_name),
             id,
-            poll,
             now,
             now_tick,
             last_raft_tick: now_tick,
             wheel: TimerWheel::new(now_tick),
             clock,
             raft,
-            wal,
-            hard_state: hard_state_store,
+            disk,
+            net,
             sm,
-            peer_listener,
-            client_listener,
-            signals,
             conns: Slab::new(),
             awaiting_hello: VecDeque::new(),
             client_conns: 0,
@@ -242,24 +178,25 @@ impl<S: StateMachine> Node<S> {
             dirty: Vec::new(),
             leftover: Vec::new(),
             members: BTreeMap::new(),
+            retired: BTreeMap::new(),
             peers: HashMap::new(),
             waiters: BTreeMap::new(),
             reads: HashMap::new(),
             reads_ready: Vec::new(),
             next_read_ctx: 1,
             forwards: HashMap::new(),
-            next_forward_id: 1,
+            next_forward_id: first_forward_id.max(1),
             durable_last,
             applied,
             applied_term: snapshot_meta.last.term,
             conf_applied: snapshot_meta.conf.clone(),
             make_sm: Box::new(make_sm),
-            snapshot_path,
+            snapshot_on_disk: have_snapshot,
             snapshot_meta,
             received_snapshot: None,
             snapshot_requested: false,
-            snapshotter: Snapshotter::new(),
-            receiver: SnapshotReceiver::new(dir.clone()),
+            watch_fd: None,
+            receiver,
             wal_discard_to: LogIndex(0),
             log_bytes_since_snapshot: 0,
             read_only: None,
@@ -267,7 +204,6 @@ impl<S: StateMachine> Node<S> {
             was_leader: false,
             in_ready: false,
             deferred_reports: Vec::new(),
-            stopping: false,
             stats: Stats {
                 started: Some(now),
                 last_snapshot_index: applied,
@@ -275,9 +211,7 @@ impl<S: StateMachine> Node<S> {
             },
             cfg,
         };
-        node.register_fd(node.signals.as_raw_fd(), SIGNALS)
-            .map_err(|e| NodeError::new(format!("registering signals: {e}")))?;
-        if node.snapshot_path.is_some() {
+        if node.snapshot_on_disk {
             node.receiver.set_installed(node.snapshot_meta.last);
         }
         node.set_members(members);
@@ -285,6 +219,40 @@ impl<S: StateMachine> Node<S> {
         node.schedule(now_tick + 1, TimerId::Housekeeping);
         Ok(node)
     }
+
+    /// This node's own addresses (peer, client): where the shell listens.
+    pub fn own_addrs(&self) -> (SocketAddr, SocketAddr) {
+        let me = &self.members[&self.id];
+        (me.peer, me.client)
+    }
+}
+
+/// The members the config file names.
+fn config_members(cfg: &Config, join: bool) -> BTreeMap<NodeId, MemberAddrs> {
+    let members: BTreeMap<NodeId, MemberAddrs> = cfg
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                MemberAddrs {
+                    peer: m.peer,
+                    client: m.client,
+                },
+            )
+        })
+        .collect();
+    info!(
+        "config loaded: node {} of members [{}]{}",
+        cfg.id,
+        members
+            .iter()
+            .map(|(i, m)| format!("{i}@{}", m.peer))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if join { " (joining)" } else { "" }
+    );
+    members
 }
 
 fn fmt_vote(hs: HardState) -> String {
@@ -293,37 +261,29 @@ fn fmt_vote(hs: HardState) -> String {
         .unwrap_or_else(|| "none".into())
 }
 
-type Loaded<S> = (
-    SnapshotMeta,
-    BTreeMap<NodeId, MemberAddrs>,
-    S,
-    Option<std::path::PathBuf>,
-);
+type Loaded<S> = (SnapshotMeta, BTreeMap<NodeId, MemberAddrs>, S, bool);
 
 /// The newest valid snapshot, or the initial state: every configured member a voter (none,
 /// for a joining node, which waits to be added).
-fn load_snapshot<S: StateMachine>(
+fn load_snapshot<S: StateMachine, D: Disk>(
     cfg: &Config,
     join: bool,
     members: BTreeMap<NodeId, MemberAddrs>,
+    disk: &mut D,
     make_sm: &mut impl FnMut() -> S,
 ) -> Result<Loaded<S>, NodeError> {
-    match snapshot::remove_stale_temp_files(&cfg.data_dir) {
+    match disk.remove_stale_snapshot_files() {
         Ok(0) => {}
         Ok(n) => info!("removed {n} unfinished snapshot files"),
-        Err(e) => {
-            return Err(NodeError::new(format!(
-                "cleaning {}: {e}",
-                cfg.data_dir.display()
-            )))
-        }
+        Err(e) => return Err(NodeError::new(e)),
     }
-    let loaded = snapshot::load_newest(&cfg.data_dir, &mut *make_sm)
+    let loaded = disk
+        .load_newest_snapshot(make_sm)
         .map_err(|e| NodeError::new(format!("snapshot: {e}")))?;
     match loaded {
-        Some((header, sm, path)) => {
+        Some((header, sm)) => {
             let mut table = decode_members(&header.extra)
-                .map_err(|e| NodeError::new(format!("snapshot {}: {e}", path.display())))?;
+                .map_err(|e| NodeError::new(format!("snapshot at {}: {e}", header.meta.last)))?;
             // Our own addresses come from the config (the operator may have moved us).
             if let Some(me) = members.get(&cfg.id) {
                 table.insert(cfg.id, me.clone());
@@ -331,13 +291,8 @@ fn load_snapshot<S: StateMachine>(
             for (id, m) in &members {
                 table.entry(*id).or_insert_with(|| m.clone());
             }
-            info!(
-                "snapshot: loaded {} at {} ({} keys)",
-                path.display(),
-                header.meta.last,
-                sm.len()
-            );
-            Ok((header.meta, table, sm, Some(path)))
+            info!("snapshot: loaded {} ({} keys)", header.meta.last, sm.len());
+            Ok((header.meta, table, sm, true))
         }
         None => {
             info!("snapshot: none");
@@ -350,7 +305,7 @@ fn load_snapshot<S: StateMachine>(
                 last: Default::default(),
                 conf: ConfState::new(voters, vec![]),
             };
-            Ok((meta, members, make_sm(), None))
+            Ok((meta, members, make_sm(), false))
         }
     }
 }
@@ -361,8 +316,8 @@ fn load_snapshot<S: StateMachine>(
 /// a node that joins later replays them and learns the whole membership from the log alone
 /// (a membership known only from a config file would let a promoted joiner believe it is
 /// alone and elect itself).
-fn bootstrap(
-    wal: &mut Wal,
+fn bootstrap<D: Disk>(
+    disk: &mut D,
     members: &BTreeMap<NodeId, MemberAddrs>,
 ) -> Result<Vec<raft::Entry>, NodeError> {
     let entries: Vec<raft::Entry> = members
@@ -380,8 +335,9 @@ fn bootstrap(
             .encode(),
         })
         .collect();
-    wal.append(&entries)
-        .and_then(|_| wal.sync())
+    disk.append(&entries)
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|_| disk.sync())
         .map_err(|e| NodeError::new(format!("writing the bootstrap entries: {e}")))?;
     info!(
         "bootstrapped a new cluster log with {} members",
@@ -392,8 +348,12 @@ fn bootstrap(
 
 /// The log entries after the snapshot. A log that starts after the snapshot's next index has
 /// lost entries: refuse to start rather than run with a hole.
-fn recovered_entries(wal: &Wal, snap: &SnapshotMeta) -> Result<Vec<raft::Entry>, NodeError> {
-    let (Some(first), Some(last)) = (wal.first_index(), wal.last_index()) else {
+fn recovered_entries<D: Disk>(
+    disk: &D,
+    snap: &SnapshotMeta,
+) -> Result<Vec<raft::Entry>, NodeError> {
+    let log = disk.log_stats();
+    let (Some(first), Some(last)) = (log.first, log.last) else {
         return Ok(Vec::new());
     };
     let from = snap.last.index.next();
@@ -409,7 +369,7 @@ fn recovered_entries(wal: &Wal, snap: &SnapshotMeta) -> Result<Vec<raft::Entry>,
         )));
     }
     if snap.last.index > LogIndex(0) {
-        if let Some(t) = wal.term(snap.last.index) {
+        if let Some(t) = disk.log_term(snap.last.index) {
             if t != snap.last.term {
                 // The log before our snapshot disagrees with it: only what follows a matching
                 // entry can be trusted; drop the rest and let the leader resend it.
@@ -422,11 +382,6 @@ fn recovered_entries(wal: &Wal, snap: &SnapshotMeta) -> Result<Vec<raft::Entry>,
             }
         }
     }
-    wal.entries(from, last.next(), usize::MAX)
+    disk.log_entries(from, last.next())
         .map_err(|e| NodeError::new(format!("reading the log: {e}")))
-}
-
-fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
-        .map_err(|e| NodeError::new(format!("cannot listen for {what}s on {addr}: {e}")))
 }

@@ -1,0 +1,202 @@
+//! The mio shell around `Node`: the one `Poll`, the two listeners, the signalfd and the
+//! snapshot child's pipe, and the wall clock. It owns no protocol state: each turn it waits
+//! for readiness (or the node's next deadline), reads the clock once, accepts, and hands the
+//! ready connections to `Node::turn`. Everything the simulator does not replace lives here,
+//! and nothing else does.
+//!
+//! Invariants:
+//! 1. The clock is read once per turn, and only here (`Clock::now`).
+//! 2. Tokens: the listeners, signals and snapshot pipe below `CONN_BASE`; connection `key` is
+//!    `CONN_BASE + key` (registered by the node through `MioNet`).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use log::{info, warn};
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::clock::Clock;
+use super::net::{MioNet, CONN_BASE};
+use super::storage::RealDisk;
+use super::{sys, Listener, Node, NodeError};
+use crate::config::Config;
+use crate::kv::{KvStore, StateMachine};
+
+const PEER_LISTENER: Token = Token(0);
+const CLIENT_LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const SNAPSHOT_CHILD: Token = Token(3);
+
+/// A snapshot completion that holds the loop longer than this is logged.
+const COMPLETION_SLOW: Duration = Duration::from_millis(10);
+
+/// Events taken from Poll per turn.
+const EVENTS_PER_TURN_MAX: usize = 1024;
+
+type RealNode<S> = Node<S, RealDisk, MioNet>;
+
+/// Start a node with the skiplist KV on the config's data directory and serve until SIGTERM
+/// or SIGINT. `join`: this node is not in the initial membership; it waits to be added.
+pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
+    let seed = cfg.seed.unwrap_or(cfg.id.0);
+    let poll = Poll::new().map_err(|e| NodeError::new(format!("poll: {e}")))?;
+    let registry = poll
+        .registry()
+        .try_clone()
+        .map_err(|e| NodeError::new(format!("poll: {e}")))?;
+    let disk = RealDisk::open(&cfg.data_dir, cfg.segment_bytes).map_err(NodeError::new)?;
+    let start = Clock::now();
+    let node = Node::start(
+        cfg,
+        join,
+        move || KvStore::new(seed),
+        disk,
+        MioNet::new(registry),
+        start,
+        start,
+        first_forward_id(),
+    )?;
+    Shell::new(poll, node)?.serve()
+}
+
+struct Shell<S: StateMachine> {
+    poll: Poll,
+    node: RealNode<S>,
+    peer_listener: TcpListener,
+    client_listener: TcpListener,
+    signals: OwnedFd,
+    stopping: bool,
+}
+
+impl<S: StateMachine> Shell<S> {
+    fn new(poll: Poll, node: RealNode<S>) -> Result<Shell<S>, NodeError> {
+        let (peer, client) = node.own_addrs();
+        let mut peer_listener = bind(peer, "peer")?;
+        let mut client_listener = bind(client, "client")?;
+        poll.registry()
+            .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)
+            .and_then(|_| {
+                poll.registry()
+                    .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
+            })
+            .map_err(|e| NodeError::new(format!("registering listeners: {e}")))?;
+        let signals = sys::signal_fd(&[libc::SIGTERM, libc::SIGINT])
+            .map_err(|e| NodeError::new(format!("signalfd: {e}")))?;
+        let shell = Shell {
+            poll,
+            node,
+            peer_listener,
+            client_listener,
+            signals,
+            stopping: false,
+        };
+        shell
+            .register_fd(shell.signals.as_raw_fd(), SIGNALS)
+            .map_err(|e| NodeError::new(format!("registering signals: {e}")))?;
+        info!("listening: peers on {peer}, clients on {client}");
+        Ok(shell)
+    }
+
+    /// Run the loop until SIGTERM or SIGINT.
+    fn serve(mut self) -> Result<(), NodeError> {
+        let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
+        let mut ready = Vec::with_capacity(EVENTS_PER_TURN_MAX);
+        while !self.stopping {
+            let timeout = self.node.poll_timeout(Clock::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(NodeError::new(format!("poll: {e}")));
+            }
+            let now = Clock::now();
+            self.node.set_now(now);
+            ready.clear();
+            for event in events.iter() {
+                let readable = event.is_readable() || event.is_read_closed();
+                match event.token() {
+                    PEER_LISTENER => self.accept(Listener::Peer),
+                    CLIENT_LISTENER => self.accept(Listener::Client),
+                    SIGNALS => self.handle_signals(),
+                    SNAPSHOT_CHILD => self.snapshot_child_ended(),
+                    Token(t) if t >= CONN_BASE => ready.push((t - CONN_BASE, readable)),
+                    Token(t) => unreachable!("unknown token {t}"),
+                }
+            }
+            self.node.turn(now, &ready)?;
+            if let Some(fd) = self.node.take_watch_fd() {
+                if let Err(e) = self.register_fd(fd, SNAPSHOT_CHILD) {
+                    warn!("registering the snapshot child's pipe: {e}");
+                }
+            }
+        }
+        let _ = self.poll.registry().deregister(&mut self.peer_listener);
+        let _ = self.poll.registry().deregister(&mut self.client_listener);
+        self.node.shutdown()
+    }
+
+    fn accept(&mut self, listener: Listener) {
+        loop {
+            let l = match listener {
+                Listener::Peer => &self.peer_listener,
+                Listener::Client => &self.client_listener,
+            };
+            match l.accept() {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.node.accept(stream, addr, listener);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Everything slow in finishing a snapshot (unlinking, compaction, reaping) is deferred
+    /// or bounded; a completion that still stalls the loop is worth a line.
+    fn snapshot_child_ended(&mut self) {
+        let t0 = Clock::now();
+        self.node.snapshot_child_ended();
+        let took = Clock::now().duration_since(t0);
+        if took > COMPLETION_SLOW {
+            warn!("finishing a snapshot held the loop for {took:?}");
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        match sys::read_signals(self.signals.as_fd()) {
+            Ok(sigs) => {
+                if !sigs.is_empty() {
+                    info!("signal {sigs:?}: shutting down");
+                    self.stopping = true;
+                }
+            }
+            Err(e) => warn!("reading signals: {e}"),
+        }
+    }
+
+    fn register_fd(&self, fd: RawFd, token: Token) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+    }
+}
+
+/// Microseconds since the Unix epoch: larger at every start (see `Node::start`), and far
+/// from wrapping the forwarded-request ids counted up from it.
+fn first_forward_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
+fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .map_err(|e| NodeError::new(format!("cannot listen for {what}s on {addr}: {e}")))
+}

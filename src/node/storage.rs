@@ -1,0 +1,295 @@
+//! Storage as the node sees it: the `Disk` seam, and `RealDisk`, its implementation on the
+//! data directory (the mmap WAL, the hard-state file, snapshot files, the fork() child).
+//!
+//! The node reaches its disk only through `Disk`: the daemon passes a `RealDisk`, the
+//! simulator (`tests/sim.rs`) an in-memory disk that tears pages, loses unsynced writes, fails
+//! syncs and fills up. So every storage call the daemon makes is one the simulator exercises.
+//!
+//! Contract every implementation keeps (the driver relies on it):
+//! 1. `save_hard_state` is durable when it returns `Ok`.
+//! 2. `append` writes after the last entry or overwrites a suffix (truncating what followed);
+//!    nothing appended is durable until `sync` returns `Ok`. A failed `sync` is fatal to the
+//!    node (the disk's state is unknown), never retried.
+//! 3. `AppendError::NoSpace` leaves the log as it was before the call or with a prefix of the
+//!    entries written; the node turns read-only and retries later.
+//! 4. A snapshot under a final name is whole and durable; `snapshot_start` writes one in the
+//!    background (`snapshot_poll` reports its end); a partial received file is never visible
+//!    under a final name until `finish` verified it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::snapshot::{
+    self, DirStore, PartialStore, SnapshotDone, SnapshotFileError, SnapshotHeader,
+    SnapshotReceiver, SnapshotSender, Snapshotter,
+};
+use crate::kv::StateMachine;
+use crate::raft::{Entry, EntryId, HardState, LogIndex, SnapshotMeta, Term};
+use crate::wal::{HardStateStore, Wal, WalError, WalOptions};
+
+/// Why an append failed.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The disk is full: the node refuses writes and retries (contract 3).
+    NoSpace(String),
+    /// Anything else: fatal.
+    Failed(String),
+}
+
+/// What INFO reports about the log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogStats {
+    pub first: Option<LogIndex>,
+    pub last: Option<LogIndex>,
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+/// A background snapshot that was started.
+pub struct SnapshotStarted {
+    /// How long starting it held the loop (the fork).
+    pub fork_time: Duration,
+    /// A descriptor that becomes readable when it ends (the child's pipe), to watch in Poll.
+    pub watch_fd: Option<RawFd>,
+}
+
+/// The node's storage (see the module header for the contract).
+pub trait Disk {
+    /// Reads chunks of a snapshot being streamed to a follower.
+    type Source: snapshot::ChunkSource;
+    /// Holds the partial file of a snapshot being received.
+    type Partial: PartialStore;
+
+    /// The hard state recovered when the disk was opened.
+    fn recovered_hard_state(&self) -> HardState;
+    fn save_hard_state(&mut self, hs: &HardState) -> Result<(), String>;
+    fn append(&mut self, entries: &[Entry]) -> Result<(), AppendError>;
+    fn sync(&mut self) -> Result<(), String>;
+    /// Empty the log (a snapshot replaced it).
+    fn reset_log(&mut self) -> Result<(), String>;
+    /// Delete at most one whole segment before `to`; false when there is nothing more.
+    fn discard_log_some(&mut self, to: LogIndex) -> Result<bool, String>;
+    fn log_stats(&self) -> LogStats;
+    fn log_term(&self, index: LogIndex) -> Option<Term>;
+    /// Entries `[from, to)`.
+    fn log_entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, String>;
+
+    /// Remove leftovers of snapshots being written or received when the node stopped.
+    fn remove_stale_snapshot_files(&mut self) -> Result<usize, String>;
+    /// The newest snapshot that loads into a fresh state machine from `make`.
+    fn load_newest_snapshot<S: StateMachine>(
+        &mut self,
+        make: &mut dyn FnMut() -> S,
+    ) -> Result<Option<(SnapshotHeader, S)>, String>;
+    /// Start writing `sm` as the snapshot `header` describes, in the background.
+    fn snapshot_start<S: StateMachine>(
+        &mut self,
+        header: SnapshotHeader,
+        sm: &S,
+        now: Instant,
+    ) -> Result<SnapshotStarted, String>;
+    fn snapshot_running(&self) -> bool;
+    /// The background snapshot's end, once it ended.
+    fn snapshot_poll(&mut self) -> Option<Result<SnapshotDone, String>>;
+    /// Stop a background snapshot running longer than `deadline`; true if it did.
+    fn snapshot_kill_if_overdue(&mut self, now: Instant, deadline: Duration) -> bool;
+    /// Open the snapshot `meta` names for streaming (checking it is that snapshot).
+    fn snapshot_open(
+        &mut self,
+        meta: &SnapshotMeta,
+        chunk_bytes: usize,
+        inflight_max: usize,
+    ) -> io::Result<SnapshotSender<Self::Source>>;
+    /// Load snapshot `last` into `sm` (a fresh state machine).
+    fn snapshot_load<S: StateMachine>(
+        &mut self,
+        last: EntryId,
+        sm: &mut S,
+    ) -> Result<SnapshotHeader, String>;
+    /// Remove every snapshot older than `keep`.
+    fn snapshot_remove_older(&mut self, keep: EntryId) -> Result<(), String>;
+    /// A receiver whose partial files live on this disk.
+    fn snapshot_receiver(&mut self) -> SnapshotReceiver<Self::Partial>;
+    /// Assert the implementation's own invariants (the simulator calls it after every step).
+    fn check_invariants(&self) {}
+}
+
+/// The data directory: the WAL under `log/`, the hard-state file, `snapshot-*` files.
+pub struct RealDisk {
+    dir: PathBuf,
+    wal: Wal,
+    hard_state_store: HardStateStore,
+    hard_state: HardState,
+    snapshotter: Snapshotter,
+}
+
+impl RealDisk {
+    /// Open (creating) the data directory, the hard state and the log.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<RealDisk, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        let (hard_state_store, hard_state) =
+            HardStateStore::open(dir).map_err(|e| format!("hard state: {e}"))?;
+        let wal = Wal::open(
+            &dir.join("log"),
+            WalOptions {
+                segment_size: segment_bytes,
+                ..WalOptions::default()
+            },
+        )
+        .map_err(|e| format!("log: {e}"))?;
+        Ok(RealDisk {
+            dir: dir.to_path_buf(),
+            wal,
+            hard_state_store,
+            hard_state,
+            snapshotter: Snapshotter::new(),
+        })
+    }
+
+    fn snapshot_path(&self, last: EntryId) -> PathBuf {
+        self.dir.join(snapshot::snapshot_file_name(last))
+    }
+}
+
+fn file_err(e: SnapshotFileError) -> String {
+    e.to_string()
+}
+
+impl Disk for RealDisk {
+    type Source = File;
+    type Partial = DirStore;
+
+    fn recovered_hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    fn save_hard_state(&mut self, hs: &HardState) -> Result<(), String> {
+        self.hard_state_store.save(hs).map_err(|e| e.to_string())?;
+        self.hard_state = *hs;
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), AppendError> {
+        match self.wal.append(entries) {
+            Ok(()) => Ok(()),
+            Err(WalError::NoSpace { path }) => Err(AppendError::NoSpace(format!(
+                "no space left on the device for the log ({})",
+                path.display()
+            ))),
+            Err(e) => Err(AppendError::Failed(e.to_string())),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        self.wal.sync().map_err(|e| e.to_string())
+    }
+
+    fn reset_log(&mut self) -> Result<(), String> {
+        self.wal.reset().map_err(|e| e.to_string())
+    }
+
+    fn discard_log_some(&mut self, to: LogIndex) -> Result<bool, String> {
+        self.wal
+            .discard_prefix_some(to, 1)
+            .map_err(|e| e.to_string())
+    }
+
+    fn log_stats(&self) -> LogStats {
+        LogStats {
+            first: self.wal.first_index(),
+            last: self.wal.last_index(),
+            segments: self.wal.segment_count(),
+            bytes: self.wal.disk_bytes(),
+        }
+    }
+
+    fn log_term(&self, index: LogIndex) -> Option<Term> {
+        self.wal.term(index)
+    }
+
+    fn log_entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, String> {
+        self.wal
+            .entries(from, to, usize::MAX)
+            .map_err(|e| e.to_string())
+    }
+
+    fn remove_stale_snapshot_files(&mut self) -> Result<usize, String> {
+        snapshot::remove_stale_temp_files(&self.dir)
+            .map_err(|e| format!("cleaning {}: {e}", self.dir.display()))
+    }
+
+    fn load_newest_snapshot<S: StateMachine>(
+        &mut self,
+        make: &mut dyn FnMut() -> S,
+    ) -> Result<Option<(SnapshotHeader, S)>, String> {
+        let loaded = snapshot::load_newest(&self.dir, make).map_err(file_err)?;
+        Ok(loaded.map(|(header, sm, path)| {
+            log::info!("snapshot: loaded {}", path.display());
+            (header, sm)
+        }))
+    }
+
+    fn snapshot_start<S: StateMachine>(
+        &mut self,
+        header: SnapshotHeader,
+        sm: &S,
+        now: Instant,
+    ) -> Result<SnapshotStarted, String> {
+        let cleanup = self.wal.obsolete_files();
+        let (fd, fork_time) = self
+            .snapshotter
+            .start(&self.dir, header, sm, now, &cleanup)
+            .map_err(|e| format!("fork failed: {e}"))?;
+        Ok(SnapshotStarted {
+            fork_time,
+            watch_fd: Some(fd),
+        })
+    }
+
+    fn snapshot_running(&self) -> bool {
+        self.snapshotter.is_running()
+    }
+
+    fn snapshot_poll(&mut self) -> Option<Result<SnapshotDone, String>> {
+        self.snapshotter.poll_child()
+    }
+
+    fn snapshot_kill_if_overdue(&mut self, now: Instant, deadline: Duration) -> bool {
+        self.snapshotter.kill_if_overdue(now, deadline)
+    }
+
+    fn snapshot_open(
+        &mut self,
+        meta: &SnapshotMeta,
+        chunk_bytes: usize,
+        inflight_max: usize,
+    ) -> io::Result<SnapshotSender<File>> {
+        let path = self.snapshot_path(meta.last);
+        SnapshotSender::new(path, meta.clone(), chunk_bytes, inflight_max)
+    }
+
+    fn snapshot_load<S: StateMachine>(
+        &mut self,
+        last: EntryId,
+        sm: &mut S,
+    ) -> Result<SnapshotHeader, String> {
+        let path = self.snapshot_path(last);
+        snapshot::load_snapshot_file(&path, sm)
+            .map(|(h, _)| h)
+            .map_err(file_err)
+    }
+
+    fn snapshot_remove_older(&mut self, keep: EntryId) -> Result<(), String> {
+        snapshot::remove_older_than(&self.dir, keep)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn snapshot_receiver(&mut self) -> SnapshotReceiver<DirStore> {
+        SnapshotReceiver::new(self.dir.clone())
+    }
+}
