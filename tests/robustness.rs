@@ -346,6 +346,7 @@ fn no_client_command_at_or_past_the_limits_crashes_a_node_through_any_node() {
             let r = call_fresh(c.node(via).client, &args);
             println!("{name} via the {role}: {}", brief(&r));
             assert_all_up(&mut c, &format!("{name} via the {role}"));
+            assert_replicas_agree(&c, &format!("{name} via the {role}"));
         }
         for frame in malformed_frames() {
             for hello in [&b""[..], b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"] {
