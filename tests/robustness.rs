@@ -355,8 +355,29 @@ fn no_client_command_at_or_past_the_limits_crashes_a_node_through_any_node() {
             }
         }
         assert_all_up(&mut c, &format!("malformed RESP frames via the {role}"));
+        // A client that pipelines large reads and never reads a reply (its output passes
+        // CLIENT_OUTPUT_SIZE_MAX), and clients that stop in the middle of a request, hold
+        // their connections open while everyone else is served.
+        let mut silent = c.client(via).unwrap();
+        for _ in 0..10 {
+            silent.queue(&mget.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        }
+        let _ = silent.flush();
+        let stalled: Vec<TcpStream> = [
+            &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1048576\r\nabc"[..],
+            b"GET k",
+        ]
+        .iter()
+        .filter_map(|bytes| {
+            let mut s = TcpStream::connect(c.node(via).client).ok()?;
+            s.write_all(bytes).ok()?;
+            Some(s)
+        })
+        .collect();
+        assert_eq!(stalled.len(), 2, "stalled clients connected");
         assert_commits(&c, &format!("client-{role}"));
         assert_replicas_agree(&c, &format!("the commands via the {role}"));
+        drop((silent, stalled));
     }
     println!("hostile commands took {:?}", started.elapsed());
 }
@@ -708,12 +729,25 @@ fn no_peer_message_crashes_a_node_and_the_cluster_keeps_committing() {
             // Garbage in place of a Hello.
             send_raw_and_hang_up(c.node(to).peer, &[0x00, 0x00, 0x00, 0x1e, 0x01, 0xde, 0xad]);
         }
+        // Peer connections that stop in the middle of a frame (one announcing the largest
+        // frame) stay open while the cluster commits.
+        let stalled: Vec<TcpStream> = IDS
+            .iter()
+            .filter_map(|&to| {
+                let mut s = peer_conn(&c, to, 99)?;
+                let mut partial = ((FRAME_SIZE_MAX - 5) as u32).to_be_bytes().to_vec();
+                partial.extend_from_slice(&[2, 0, 0, 0]);
+                s.write_all(&partial).ok()?;
+                Some(s)
+            })
+            .collect();
         assert_all_up(
             &mut c,
             &format!("hostile peer messages (round {round}, leader {leader})"),
         );
         assert_commits(&c, &format!("after-peer-{round}"));
         assert_replicas_agree(&c, &format!("hostile peer messages (round {round})"));
+        drop(stalled);
     }
     println!("{sent} hostile peer connections in {:?}", started.elapsed());
 }
