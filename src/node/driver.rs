@@ -55,7 +55,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// A leader that lost its leadership cannot say whether its pending writes will commit
     /// (the next leader may keep or drop them): their clients get an error saying exactly that,
-    /// rather than waiting forever. Pending reads are failed by the core (`Ready::failed_reads`).
+    /// rather than waiting forever. Reads still in their round are failed by the core
+    /// (`Ready::failed_reads`); reads past their round but not yet applied are failed here.
     fn notice_role_change(&mut self) {
         let is_leader = self.raft.role() == crate::raft::Role::Leader;
         if self.was_leader && !is_leader {
@@ -66,6 +67,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 );
                 self.deliver(w.to, v.to_bytes());
             }
+            // A read whose round completed waits for its index, which may be one of this
+            // leader's uncommitted entries (the read's floor): it may never be applied now.
+            self.serve_ready_reads();
+            let waiting = std::mem::take(&mut self.reads_ready);
+            self.fail_reads(waiting.into_iter().map(|(_, ctx)| ctx).collect());
         }
         self.was_leader = is_leader;
     }

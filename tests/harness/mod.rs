@@ -239,6 +239,20 @@ impl Cluster {
         self.node_mut(id).stopped = sig == libc::SIGSTOP;
     }
 
+    /// How node `id`'s process ended, if it has (a crash shows here even when the node's
+    /// port was taken over by nothing).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.node_mut(id).child.as_mut()?.try_wait().ok()?
+    }
+
+    /// The first line of node `id`'s log that reports a panic, if any.
+    pub fn panic_line(&self, id: u64) -> Option<String> {
+        let log = fs::read_to_string(self.log_path(id)).ok()?;
+        log.lines()
+            .find(|l| l.contains("panicked"))
+            .map(str::to_string)
+    }
+
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.node(id).child.as_ref().map(|c| c.id())
     }
