@@ -15,6 +15,7 @@
 use log::{error, info, warn};
 
 use super::net::Net;
+use super::pending::Settled;
 use super::snapshot::SnapshotHeader;
 use super::startup::{decode_member_context, decode_members, encode_members};
 use super::storage::AppendError;
@@ -59,12 +60,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     fn notice_role_change(&mut self) {
         let is_leader = self.raft.role() == crate::raft::Role::Leader;
         if self.was_leader && !is_leader {
-            let waiters = std::mem::take(&mut self.waiters);
-            for (_, w) in waiters {
+            for to in self.pending.take_waiters() {
                 let v = Value::error(
                     "TRYAGAIN leadership lost; the command may or may not have been applied",
                 );
-                self.deliver(w.to, v.to_bytes());
+                self.deliver(to, v.to_bytes());
             }
         }
         self.was_leader = is_leader;
@@ -137,8 +137,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         // 7.
         for rs in read_states {
-            let floor = self.reads.get(&rs.ctx).map_or(rs.index, |r| r.floor);
-            self.reads_ready.push((rs.index.max(floor), rs.ctx));
+            self.pending.read_confirmed(rs.ctx, rs.index);
         }
         self.serve_ready_reads();
         self.fail_reads(failed_reads);
@@ -185,20 +184,18 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.applied_term = e.term;
         self.stats.entries_applied += 1;
         // Every waiter at or below this index is settled now.
-        while let Some((&idx, _)) = self.waiters.first_key_value() {
-            if idx > e.index {
-                break;
-            }
-            let w = self.waiters.remove(&idx).expect("present");
-            let bytes = if idx == e.index && w.term == e.term {
-                self.encode_reply(w.to, &reply)
-            } else {
-                Value::error(
-                    "TRYAGAIN leadership changed before the command committed; it was not applied",
-                )
-                .to_bytes()
+        for settled in self.pending.settle_waiters(e.index, e.term) {
+            let (to, bytes) = match settled {
+                Settled::Applied(to) => (to, self.encode_reply(to, &reply)),
+                Settled::Replaced(to) => (
+                    to,
+                    Value::error(
+                        "TRYAGAIN leadership changed before the command committed; it was not applied",
+                    )
+                    .to_bytes(),
+                ),
             };
-            self.deliver(w.to, bytes);
+            self.deliver(to, bytes);
         }
     }
 
@@ -241,20 +238,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// Serve, in the order they arrived, the reads whose index is applied.
     pub(super) fn serve_ready_reads(&mut self) {
-        let applied = self.applied;
-        if !self.reads_ready.iter().any(|&(index, _)| index <= applied) {
-            return;
-        }
-        let (due, later): (Vec<_>, Vec<_>) = self
-            .reads_ready
-            .drain(..)
-            .partition(|&(index, _)| index <= applied);
-        self.reads_ready = later;
-        for (_, ctx) in due {
-            if let Some(r) = self.reads.remove(&ctx) {
-                let v = self.sm.query(&r.query);
-                self.deliver(r.to, self.encode_reply(r.to, &v));
-            }
+        for r in self.pending.take_due_reads(self.applied) {
+            let v = self.sm.query(&r.query);
+            self.deliver(r.to, self.encode_reply(r.to, &v));
         }
     }
 
@@ -262,9 +248,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// retries instead of waiting forever.
     fn fail_reads(&mut self, ctxs: Vec<u64>) {
         for ctx in ctxs {
-            if let Some(r) = self.reads.remove(&ctx) {
+            if let Some(to) = self.pending.take_read(ctx) {
                 let v = Value::error("TRYAGAIN leadership changed during the read");
-                self.deliver(r.to, v.to_bytes());
+                self.deliver(to, v.to_bytes());
             }
         }
     }
@@ -307,15 +293,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stats.snapshots_installed += 1;
         self.stats.last_snapshot_index = meta.last.index;
         // Waiters below the snapshot were answered by no apply here; they are settled.
-        let settled: Vec<LogIndex> = self
-            .waiters
-            .range(..=meta.last.index)
-            .map(|(&i, _)| i)
-            .collect();
-        for idx in settled {
-            let w = self.waiters.remove(&idx).expect("present");
+        for to in self.pending.take_waiters_through(meta.last.index) {
             let v = Value::error("TRYAGAIN this node installed a snapshot; the outcome is unknown");
-            self.deliver(w.to, v.to_bytes());
+            self.deliver(to, v.to_bytes());
         }
         if let Err(e) = self.disk.snapshot_remove_older(meta.last) {
             warn!("removing snapshots older than {}: {e}", meta.last);

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use super::clients::{no_leader, Dispatch};
 use super::net::Net;
 use super::storage::Disk;
-use super::{Node, ReplyTo, Waiter};
+use super::{Node, ReplyTo};
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::server_cmds;
 use crate::client::Value;
@@ -133,13 +133,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             context,
         }) {
             Ok(entry) => {
-                self.waiters.insert(
-                    entry.index,
-                    Waiter {
-                        term: entry.term,
-                        to,
-                    },
-                );
+                self.pending.add_waiter(entry.index, entry.term, to);
                 Dispatch::Pending
             }
             Err(ProposeError::NotLeader { leader }) => match leader.filter(|&l| l != self.id) {
@@ -252,9 +246,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 kv("connected_clients", self.client_conns.to_string());
                 kv("peer_connections", self.peer_conns.to_string());
                 kv("maxclients", self.cfg.max_clients.to_string());
-                kv("forwarded_pending", self.forwards.len().to_string());
-                kv("reads_pending", self.reads.len().to_string());
-                kv("writes_pending", self.waiters.len().to_string());
+                let (forwards, reads, writes) = self.pending.counts();
+                kv("forwarded_pending", forwards.to_string());
+                kv("reads_pending", reads.to_string());
+                kv("writes_pending", writes.to_string());
             }
             "persistence" => {
                 let log = self.disk.log_stats();

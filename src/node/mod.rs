@@ -34,6 +34,7 @@ mod driver;
 mod event_loop;
 mod info;
 mod peers;
+mod pending;
 mod startup;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -57,6 +58,7 @@ use crate::timer::{TimerHandle, TimerWheel};
 use self::clock::Clock;
 use self::conn::{Conn, ReadStatus};
 use self::net::Net;
+use self::pending::Pending;
 use self::snapshot::{SnapshotReceiver, SnapshotSender};
 use self::storage::Disk;
 
@@ -200,28 +202,6 @@ struct PeerLink<F: snapshot::ChunkSource> {
     down_since: Instant,
 }
 
-/// A write proposed by this node as leader, waiting for its entry to be applied.
-struct Waiter {
-    term: Term,
-    to: ReplyTo,
-}
-
-/// A read waiting for its ReadIndex round, then for apply to reach its index.
-struct PendingRead {
-    to: ReplyTo,
-    query: Vec<u8>,
-    /// The leader's last index when the read arrived: the read is served only after every
-    /// write accepted before it is applied, so a pipeline reads its own writes (Redis's
-    /// per-connection order), not merely a linearizable point before them.
-    floor: LogIndex,
-}
-
-/// A client request forwarded to the leader.
-struct Forward {
-    to: ReplyTo,
-    deadline: Instant,
-}
-
 /// Member addresses, as the config file or a membership change gave them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct MemberAddrs {
@@ -277,13 +257,8 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     retired: BTreeMap<NodeId, MemberAddrs>,
     peers: HashMap<NodeId, PeerLink<D::Source>>,
     cluster_id: u64,
-    waiters: BTreeMap<LogIndex, Waiter>,
-    reads: HashMap<u64, PendingRead>,
-    /// Reads whose round completed, waiting for apply to reach their index.
-    reads_ready: Vec<(LogIndex, u64)>,
-    next_read_ctx: u64,
-    forwards: HashMap<u64, Forward>,
-    next_forward_id: u64,
+    /// Client requests accepted and not yet answered (`pending.rs`).
+    pending: Pending,
     /// The last index known durable in the WAL.
     durable_last: LogIndex,
     /// The last index applied to the state machine, and its entry's term.
@@ -739,7 +714,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub fn check_invariants(&self) {
         self.check_connections();
         self.check_applied();
-        self.check_pending();
+        self.pending.check_invariants(self.applied);
         self.receiver.check_invariants();
         self.disk.check_invariants();
     }
@@ -807,24 +782,5 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             self.applied,
             self.raft.status().commit
         );
-    }
-
-    /// Pending requests: bounded; no write waits at an index already applied.
-    fn check_pending(&self) {
-        assert!(
-            self.reads.len() <= crate::limits::READS_PENDING_MAX,
-            "reads pending"
-        );
-        assert!(
-            self.forwards.len() <= crate::limits::FORWARDS_PENDING_MAX,
-            "forwards pending"
-        );
-        if let Some((&idx, _)) = self.waiters.first_key_value() {
-            assert!(
-                idx > self.applied,
-                "a write waits at {idx}, applied {}",
-                self.applied
-            );
-        }
     }
 }

@@ -15,6 +15,7 @@ use slab::Slab;
 
 use super::clock::Clock;
 use super::net::Net;
+use super::pending::Pending;
 use super::storage::Disk;
 use super::{MemberAddrs, Node, NodeError, Stats, TimerId};
 use crate::config::Config;
@@ -180,12 +181,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             members: BTreeMap::new(),
             retired: BTreeMap::new(),
             peers: HashMap::new(),
-            waiters: BTreeMap::new(),
-            reads: HashMap::new(),
-            reads_ready: Vec::new(),
-            next_read_ctx: 1,
-            forwards: HashMap::new(),
-            next_forward_id: first_forward_id.max(1),
+            pending: Pending::new(first_forward_id),
             durable_last,
             applied,
             applied_term: snapshot_meta.last.term,
