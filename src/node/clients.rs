@@ -130,7 +130,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if let Some(d) = self.node_command(to, &args) {
             return d;
         }
-        match self.sm.parse(&args) {
+        match self.applied.sm().parse(&args) {
             None => Dispatch::Reply(unknown_command(&args)),
             Some(Request::Reply(v)) => Dispatch::Reply(v),
             Some(Request::Write(data)) => self.submit_write(to, data, args),

@@ -14,6 +14,7 @@
 
 use log::{error, info, warn};
 
+use super::applied::Outcome;
 use super::net::Net;
 use super::pending::Settled;
 use super::snapshot::SnapshotHeader;
@@ -23,7 +24,7 @@ use super::storage::Disk;
 use super::{Node, NodeError};
 use crate::client::Value;
 use crate::kv::StateMachine;
-use crate::raft::{ConfChange, ConfChangeOp, Entry, EntryKind, LogIndex, Ready, SnapshotMeta};
+use crate::raft::{ConfChange, ConfChangeOp, Entry, LogIndex, Ready, SnapshotMeta};
 
 /// How often a node whose disk is full tries to append again.
 const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -142,7 +143,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.serve_ready_reads();
         self.fail_reads(failed_reads);
         // 8.
-        self.raft.advance(self.durable_last, self.applied);
+        self.raft.advance(self.durable_last, self.applied.index());
         Ok(())
     }
 
@@ -174,14 +175,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn apply_entry(&mut self, e: Entry) {
-        assert_eq!(e.index, self.applied.next(), "entries applied out of order");
-        let reply = match e.kind {
-            EntryKind::Command => self.sm.apply(e.index, &e.data),
-            EntryKind::Noop => Value::ok(),
-            EntryKind::ConfChange => self.apply_conf_change(&e),
+        let reply = match self.applied.apply(&e) {
+            Outcome::Reply(v) => v,
+            Outcome::ConfChanged(cc) => self.apply_conf_change(e.index, cc),
         };
-        self.applied = e.index;
-        self.applied_term = e.term;
         self.stats.entries_applied += 1;
         // Every waiter at or below this index is settled now.
         for settled in self.pending.settle_waiters(e.index, e.term) {
@@ -199,15 +196,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) -> Value {
-        let cc = match ConfChange::decode(&e.data) {
-            Ok(cc) => cc,
-            Err(err) => {
-                error!("conf change at {} does not decode: {err}", e.index);
-                return Value::error(format!("ERR bad membership change: {err}"));
-            }
-        };
-        self.conf_applied = cc.apply_to(&self.conf_applied);
+    /// A membership change applied at `index` (to `Applied`'s membership already): update
+    /// the address table.
+    fn apply_conf_change(&mut self, index: LogIndex, cc: ConfChange) -> Value {
         let mut members = self.members.clone();
         match cc.op {
             ConfChangeOp::Remove => {
@@ -219,14 +210,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 } else if !members.contains_key(&cc.node) {
                     warn!(
                         "membership change at {} adds node {} without addresses",
-                        e.index, cc.node
+                        index, cc.node
                     );
                 }
             }
         }
         info!(
             "membership change at {}: {:?} node {}",
-            e.index, cc.op, cc.node
+            index, cc.op, cc.node
         );
         // Never drop our own addresses: a removed node keeps its listeners until stopped.
         if let Some(me) = self.members.get(&self.id).cloned() {
@@ -238,8 +229,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// Serve, in the order they arrived, the reads whose index is applied.
     pub(super) fn serve_ready_reads(&mut self) {
-        for r in self.pending.take_due_reads(self.applied) {
-            let v = self.sm.query(&r.query);
+        for r in self.pending.take_due_reads(self.applied.index()) {
+            let v = self.applied.sm().query(&r.query);
             self.deliver(r.to, self.encode_reply(r.to, &v));
         }
     }
@@ -267,12 +258,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 )))
             }
         }
-        let mut fresh = (self.make_sm)();
+        let mut fresh = self.applied.fresh_sm();
         let header = self
             .disk
             .snapshot_load(meta.last, &mut fresh)
             .map_err(|e| NodeError::new(format!("installing snapshot {}: {e}", meta.last)))?;
-        self.sm = fresh;
         if let Ok(members) = decode_members(&header.extra) {
             let mut members = members;
             if let Some(me) = self.members.get(&self.id).cloned() {
@@ -284,9 +274,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             .reset_log()
             .map_err(|e| NodeError::new(format!("resetting the log: {e}")))?;
         self.durable_last = meta.last.index;
-        self.applied = meta.last.index;
-        self.applied_term = meta.last.term;
-        self.conf_applied = meta.conf.clone();
+        self.applied.install(fresh, &meta);
         self.snapshot_on_disk = true;
         self.snapshot_meta = meta.clone();
         self.log_bytes_since_snapshot = 0;
@@ -303,7 +291,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         info!(
             "installed snapshot at {} ({} keys)",
             meta.last,
-            self.sm.len()
+            self.applied.sm().len()
         );
         Ok(())
     }
@@ -360,14 +348,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// speed (a snapshot slows its own node's disk and CPU).
     fn snapshot_due(&self) -> bool {
         let last = self.snapshot_meta.last.index.0;
-        let applied = self.applied.0;
+        let applied = self.applied.index().0;
         if applied <= last {
             return false;
         }
         if self.snapshot_requested || self.log_bytes_since_snapshot >= self.cfg.snapshot_bytes {
             return true;
         }
-        let members: Vec<_> = self.conf_applied.members().collect();
+        let members: Vec<_> = self.applied.conf().members().collect();
         let position = members.iter().position(|&m| m == self.id).unwrap_or(0);
         applied >= next_snapshot_point(last, self.cfg.snapshot_entries, position, members.len())
     }
@@ -375,20 +363,24 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn start_snapshot(&mut self) {
         self.snapshot_requested = false;
         let meta = SnapshotMeta {
-            last: crate::raft::EntryId::new(self.applied_term, self.applied),
-            conf: self.conf_applied.clone(),
+            last: self.applied.last(),
+            conf: self.applied.conf().clone(),
         };
         let header = SnapshotHeader {
             meta,
             extra: encode_members(&self.members),
         };
-        match self.disk.snapshot_start(header, &self.sm, self.now) {
+        match self
+            .disk
+            .snapshot_start(header, self.applied.sm(), self.now)
+        {
             Ok(started) => {
                 self.stats.last_snapshot_fork = started.fork_time;
                 self.watch_fd = started.watch_fd;
                 info!(
                     "snapshot at {}: started (fork took {:?})",
-                    self.applied, started.fork_time
+                    self.applied.index(),
+                    started.fork_time
                 );
             }
             Err(e) => {

@@ -46,7 +46,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             // The other CLIENT subcommands are the connection's own (`client::session`).
             "client" => Dispatch::Reply(self.client_list(args)),
             "time" => Dispatch::Reply(server_cmds::time(args, wall_clock())),
-            "wait" => Dispatch::Reply(server_cmds::wait(args, self.conf_applied.voters.len())),
+            "wait" => Dispatch::Reply(server_cmds::wait(args, self.applied.conf().voters.len())),
             "select" if args.len() == 2 => Dispatch::Reply(match parse_i64(&args[1]) {
                 Some(0) => Value::ok(),
                 Some(_) => Value::error("ERR DB index is out of range"),
@@ -168,7 +168,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn member_list(&self) -> Value {
-        let conf = &self.conf_applied;
+        let conf = self.applied.conf();
         let rows = self
             .members
             .iter()
@@ -313,8 +313,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
             "raft" => self.info_raft(&mut kv),
             "keyspace" => {
-                kv("keys", self.sm.len().to_string());
-                kv("state_hash", format!("{:016x}", self.sm.state_hash()));
+                kv("keys", self.applied.sm().len().to_string());
+                kv(
+                    "state_hash",
+                    format!("{:016x}", self.applied.sm().state_hash()),
+                );
             }
             _ => unreachable!("unknown section {name}"),
         }
@@ -347,7 +350,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             .map(|m| m.client.to_string());
         kv("leader_client_addr", leader_client.unwrap_or_default());
         kv("commit_index", st.commit.to_string());
-        kv("applied_index", self.applied.to_string());
+        kv("applied_index", self.applied.index().to_string());
         kv("first_log_index", st.first_index.to_string());
         kv("last_log_index", st.last_index.to_string());
         kv("durable_index", self.durable_last.to_string());
@@ -359,7 +362,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         };
         kv("voters", ids(&st.conf.voters));
         kv("learners", ids(&st.conf.learners));
-        kv("state_hash", format!("{:016x}", self.sm.state_hash()));
+        kv(
+            "state_hash",
+            format!("{:016x}", self.applied.sm().state_hash()),
+        );
         for p in &st.progress {
             kv(
                 &format!("peer_{}", p.id),

@@ -29,6 +29,7 @@ pub mod storage;
 pub mod sys;
 pub mod tls;
 
+mod applied;
 mod clients;
 mod driver;
 mod event_loop;
@@ -52,9 +53,10 @@ use crate::client::session::Session;
 use crate::client::Protocol;
 use crate::config::Config;
 use crate::kv::StateMachine;
-use crate::raft::{ConfState, EntryId, LogIndex, NodeId, Raft, SnapshotMeta, Term};
+use crate::raft::{EntryId, LogIndex, NodeId, Raft, SnapshotMeta};
 use crate::timer::{TimerHandle, TimerWheel};
 
+use self::applied::Applied;
 use self::clock::Clock;
 use self::conn::{Conn, ReadStatus};
 use self::net::Net;
@@ -239,7 +241,6 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     raft: Raft,
     disk: D,
     net: N,
-    sm: S,
     conns: Slab<Connection<N::Stream>>,
     /// Accepted peer connections waiting for their Hello: (key, generation, deadline), oldest
     /// first.
@@ -261,13 +262,8 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     pending: Pending,
     /// The last index known durable in the WAL.
     durable_last: LogIndex,
-    /// The last index applied to the state machine, and its entry's term.
-    applied: LogIndex,
-    applied_term: Term,
-    /// The membership as of `applied` (what a snapshot taken now records).
-    conf_applied: ConfState,
-    /// Makes an empty state machine (to load a received snapshot into before swapping).
-    make_sm: Box<dyn FnMut() -> S>,
+    /// The state machine and how far it is applied (`applied.rs`).
+    applied: Applied<S>,
     /// The snapshot the node has on disk (the latest), if any, and what it stands for.
     snapshot_on_disk: bool,
     snapshot_meta: SnapshotMeta,
@@ -686,10 +682,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         &self.raft
     }
     pub fn state_machine(&self) -> &S {
-        &self.sm
+        self.applied.sm()
     }
     pub fn applied(&self) -> LogIndex {
-        self.applied
+        self.applied.index()
     }
     /// The last index known durable, and the snapshot on disk.
     pub fn durable(&self) -> (LogIndex, EntryId) {
@@ -713,8 +709,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// every step. A failure is a bug in this node.
     pub fn check_invariants(&self) {
         self.check_connections();
-        self.check_applied();
-        self.pending.check_invariants(self.applied);
+        self.pending.check_invariants(self.applied.index());
+        self.applied
+            .check_invariants(self.snapshot_meta.last.index, self.raft.status().commit);
         self.receiver.check_invariants();
         self.disk.check_invariants();
     }
@@ -766,21 +763,5 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 );
             }
         }
-    }
-
-    /// The applied state machine: applied within (snapshot, commit], the state machine agrees.
-    fn check_applied(&self) {
-        assert!(
-            self.applied >= self.snapshot_meta.last.index,
-            "applied {} before the snapshot at {}",
-            self.applied,
-            self.snapshot_meta.last.index
-        );
-        assert!(
-            self.applied <= self.raft.status().commit,
-            "applied {} beyond commit {}",
-            self.applied,
-            self.raft.status().commit
-        );
     }
 }

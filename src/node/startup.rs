@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use log::info;
 use slab::Slab;
 
+use super::applied::Applied;
 use super::clock::Clock;
 use super::net::Net;
 use super::pending::Pending;
@@ -170,7 +171,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             raft,
             disk,
             net,
-            sm,
             conns: Slab::new(),
             awaiting_hello: VecDeque::new(),
             client_conns: 0,
@@ -183,10 +183,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             peers: HashMap::new(),
             pending: Pending::new(first_forward_id),
             durable_last,
-            applied,
-            applied_term: snapshot_meta.last.term,
-            conf_applied: snapshot_meta.conf.clone(),
-            make_sm: Box::new(make_sm),
+            applied: Applied::new(sm, &snapshot_meta, Box::new(make_sm)),
             snapshot_on_disk: have_snapshot,
             snapshot_meta,
             received_snapshot: None,
