@@ -140,7 +140,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     fn submit_write(&mut self, to: ReplyTo, data: Vec<u8>, args: Vec<Vec<u8>>) -> Dispatch {
         // A follower with a full disk still forwards writes: the leader and the others hold them.
-        if let (Some(why), crate::raft::Role::Leader) = (&self.read_only, self.raft.role()) {
+        if let (Some(why), crate::raft::Role::Leader) = (self.stored.read_only(), self.raft.role())
+        {
             return Dispatch::Reply(Value::error(format!("READONLY writes are refused: {why}")));
         }
         match self.raft.propose(data) {

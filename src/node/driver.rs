@@ -19,7 +19,6 @@ use super::net::Net;
 use super::pending::Settled;
 use super::snapshot::SnapshotHeader;
 use super::startup::{decode_member_context, decode_members, encode_members};
-use super::storage::AppendError;
 use super::storage::Disk;
 use super::{Node, NodeError};
 use crate::client::Value;
@@ -47,7 +46,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             for (kind, peer, ok) in std::mem::take(&mut self.deferred_reports) {
                 self.report_to_core(kind, peer, ok);
             }
-            if self.read_only.is_some() {
+            if self.stored.read_only().is_some() {
                 break; // the unpersisted entries come back next turn (or at the next retry)
             }
         }
@@ -93,37 +92,22 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         // 3.
         if let Some(hs) = hard_state {
-            self.disk
+            self.stored
+                .disk_mut()
                 .save_hard_state(&hs)
                 .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
         }
         let mut durable = true;
         if let Some(first) = entries.first() {
-            assert!(
-                first.index <= self.durable_last.next(),
-                "append at {} leaves a gap after the durable log ending at {}",
-                first.index,
-                self.durable_last
-            );
             durable = self.append(&entries)?;
             // 4.
-            self.disk
+            self.stored
+                .disk_mut()
                 .sync()
                 .map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
             self.stats.syncs += 1;
-            // After a failed append only what precedes this Ready's entries is known to agree
-            // with the core (the WAL may hold part of them, or an older suffix when the retry
-            // was paced): claim no more; the core hands the rest out again and the next append
-            // rewrites them in place.
-            self.durable_last = match durable {
-                true => entries.last().expect("non-empty").index,
-                false => self
-                    .disk
-                    .log_stats()
-                    .last
-                    .unwrap_or(self.snapshot_meta.last.index)
-                    .min(first.index.prev()),
-            };
+            let last = entries.last().expect("non-empty").index;
+            self.stored.synced(first.index, last, durable);
         }
         // 5. Not after a failed append: these acks and votes may promise what is not on disk
         // (Raft takes their loss like any lost message).
@@ -143,35 +127,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.serve_ready_reads();
         self.fail_reads(failed_reads);
         // 8.
-        self.raft.advance(self.durable_last, self.applied.index());
+        self.raft
+            .advance(self.stored.durable_last(), self.applied.index());
         Ok(())
     }
 
     /// Append to the WAL. `Ok(false)`: the disk is full; this node refuses client writes and
     /// retries (every `DISK_FULL_RETRY`) until space returns, serving what it can meanwhile.
     fn append(&mut self, entries: &[Entry]) -> Result<bool, NodeError> {
-        if self.read_only.is_some() && self.now < self.disk_retry_at {
-            return Ok(false);
-        }
-        match self.disk.append(entries) {
-            Ok(()) => {
-                let bytes: usize = entries.iter().map(|e| e.data.len() + 32).sum();
-                self.log_bytes_since_snapshot += bytes as u64;
-                if self.read_only.take().is_some() {
-                    info!("the log has room again: writes are accepted");
-                }
-                Ok(true)
-            }
-            Err(AppendError::NoSpace(why)) => {
-                if self.read_only.is_none() {
-                    error!("{why}: refusing writes until there is room");
-                }
-                self.read_only = Some(why);
-                self.disk_retry_at = self.now + DISK_FULL_RETRY;
-                Ok(false)
-            }
-            Err(AppendError::Failed(e)) => Err(NodeError::new(format!("log append failed: {e}"))),
-        }
+        self.stored.append(entries, self.now, DISK_FULL_RETRY)
     }
 
     fn apply_entry(&mut self, e: Entry) {
@@ -260,7 +224,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         let mut fresh = self.applied.fresh_sm();
         let header = self
-            .disk
+            .stored
+            .disk_mut()
             .snapshot_load(meta.last, &mut fresh)
             .map_err(|e| NodeError::new(format!("installing snapshot {}: {e}", meta.last)))?;
         if let Ok(members) = decode_members(&header.extra) {
@@ -270,14 +235,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
             self.set_members(members);
         }
-        self.disk
+        self.stored
+            .disk_mut()
             .reset_log()
             .map_err(|e| NodeError::new(format!("resetting the log: {e}")))?;
-        self.durable_last = meta.last.index;
         self.applied.install(fresh, &meta);
-        self.snapshot_on_disk = true;
-        self.snapshot_meta = meta.clone();
-        self.log_bytes_since_snapshot = 0;
+        self.stored.snapshot_installed(meta.clone());
         self.stats.snapshots_installed += 1;
         self.stats.last_snapshot_index = meta.last.index;
         // Waiters below the snapshot were answered by no apply here; they are settled.
@@ -285,7 +248,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             let v = Value::error("TRYAGAIN this node installed a snapshot; the outcome is unknown");
             self.deliver(to, v.to_bytes());
         }
-        if let Err(e) = self.disk.snapshot_remove_older(meta.last) {
+        if let Err(e) = self.stored.disk_mut().snapshot_remove_older(meta.last) {
             warn!("removing snapshots older than {}: {e}", meta.last);
         }
         info!(
@@ -300,7 +263,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// its most up-to-date voter, so the cluster stays writable while this node waits for
     /// space (it still serves reads and forwards writes as a follower).
     pub(super) fn hand_off_if_disk_full(&mut self) {
-        if self.read_only.is_none() || self.raft.role() != crate::raft::Role::Leader {
+        if self.stored.read_only().is_none() || self.raft.role() != crate::raft::Role::Leader {
             return;
         }
         let st = self.raft.status();
@@ -316,24 +279,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
-    /// Delete at most one WAL segment that a snapshot made unnecessary.
-    pub(super) fn discard_some_log(&mut self) {
-        if self.wal_discard_to == LogIndex(0) {
-            return;
-        }
-        match self.disk.discard_log_some(self.wal_discard_to) {
-            Ok(true) => {}
-            Ok(false) => self.wal_discard_to = LogIndex(0),
-            Err(e) => {
-                warn!("compacting the log to {}: {e}", self.wal_discard_to);
-                self.wal_discard_to = LogIndex(0);
-            }
-        }
-    }
-
     /// Start a snapshot when enough was applied since the last one (or when asked).
     pub(super) fn maybe_snapshot(&mut self) {
-        if !self.disk.snapshot_running() && self.snapshot_due() {
+        if !self.stored.disk().snapshot_running() && self.snapshot_due() {
             self.start_snapshot();
         }
     }
@@ -347,12 +295,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// with it, while one member writes its snapshot the others still form a quorum at full
     /// speed (a snapshot slows its own node's disk and CPU).
     fn snapshot_due(&self) -> bool {
-        let last = self.snapshot_meta.last.index.0;
+        let last = self.stored.snapshot_meta().last.index.0;
         let applied = self.applied.index().0;
         if applied <= last {
             return false;
         }
-        if self.snapshot_requested || self.log_bytes_since_snapshot >= self.cfg.snapshot_bytes {
+        if self.snapshot_requested
+            || self.stored.log_bytes_since_snapshot() >= self.cfg.snapshot_bytes
+        {
             return true;
         }
         let members: Vec<_> = self.applied.conf().members().collect();
@@ -371,7 +321,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             extra: encode_members(&self.members),
         };
         match self
-            .disk
+            .stored
+            .disk_mut()
             .snapshot_start(header, self.applied.sm(), self.now)
         {
             Ok(started) => {
@@ -393,23 +344,21 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// The background snapshot may have ended (the shell saw its pipe readable, or
     /// housekeeping asks): check how, then compact.
     pub fn snapshot_child_ended(&mut self) {
-        let Some(outcome) = self.disk.snapshot_poll() else {
+        let Some(outcome) = self.stored.disk_mut().snapshot_poll() else {
             return;
         };
         match outcome {
-            Ok(done) if done.header.meta.last.index <= self.snapshot_meta.last.index => {
+            Ok(done) if done.header.meta.last.index <= self.stored.snapshot_meta().last.index => {
+                let current = self.stored.snapshot_meta().last;
                 // A snapshot received from the leader meanwhile is newer: the metadata never
                 // moves backwards (the log after it may already be gone). Found by the
                 // simulator: a follower's own snapshot finishing after an install.
                 info!(
                     "snapshot at {} written, but {} is newer: dropping it",
-                    done.header.meta.last, self.snapshot_meta.last
+                    done.header.meta.last, current
                 );
-                if let Err(e) = self.disk.snapshot_remove_older(self.snapshot_meta.last) {
-                    warn!(
-                        "removing snapshots older than {}: {e}",
-                        self.snapshot_meta.last
-                    );
+                if let Err(e) = self.stored.disk_mut().snapshot_remove_older(current) {
+                    warn!("removing snapshots older than {current}: {e}");
                 }
             }
             Ok(done) => {
@@ -418,22 +367,20 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 // Never past what is durable here: a follower whose disk is full applies
                 // entries the leader committed but this node has not persisted, and the core
                 // must still hand those out to be appended (found by the simulator).
-                let compact_to =
-                    LogIndex(meta.last.index.0.saturating_sub(keep)).min(self.durable_last);
+                let compact_to = LogIndex(meta.last.index.0.saturating_sub(keep))
+                    .min(self.stored.durable_last());
                 if !self.raft.snapshot_taken(meta.clone(), compact_to) {
                     // A newer snapshot was installed from the leader while the child ran.
                     info!(
                         "snapshot at {} finished behind the current {}; not used",
-                        meta.last, self.snapshot_meta.last
+                        meta.last,
+                        self.stored.snapshot_meta().last
                     );
                     return;
                 }
                 // The WAL's whole segments before `compact_to` go one per housekeeping pass.
-                self.wal_discard_to = self.wal_discard_to.max(compact_to);
-                self.discard_some_log();
-                self.snapshot_on_disk = true;
-                self.snapshot_meta = meta.clone();
-                self.log_bytes_since_snapshot = 0;
+                self.stored.snapshot_taken(meta.clone(), compact_to);
+                self.stored.discard_some_log();
                 self.stats.snapshots_taken += 1;
                 self.stats.last_snapshot_took = done.took;
                 self.stats.last_snapshot_bytes = done.size_bytes;

@@ -252,7 +252,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 kv("writes_pending", writes.to_string());
             }
             "persistence" => {
-                let log = self.disk.log_stats();
+                let log = self.stored.disk().log_stats();
                 kv(
                     "log_first_index",
                     log.first.map(|i| i.0).unwrap_or(0).to_string(),
@@ -264,11 +264,17 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 kv("log_segments", log.segments.to_string());
                 kv("log_disk_bytes", log.bytes.to_string());
                 kv("log_syncs", self.stats.syncs.to_string());
-                kv("snapshot_index", self.snapshot_meta.last.index.to_string());
-                kv("snapshot_term", self.snapshot_meta.last.term.to_string());
+                kv(
+                    "snapshot_index",
+                    self.stored.snapshot_meta().last.index.to_string(),
+                );
+                kv(
+                    "snapshot_term",
+                    self.stored.snapshot_meta().last.term.to_string(),
+                );
                 kv(
                     "snapshot_in_progress",
-                    u8::from(self.disk.snapshot_running()).to_string(),
+                    u8::from(self.stored.disk().snapshot_running()).to_string(),
                 );
                 kv("snapshots_taken", self.stats.snapshots_taken.to_string());
                 kv(
@@ -293,7 +299,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 );
                 kv(
                     "read_only",
-                    self.read_only.clone().unwrap_or_else(|| "no".into()),
+                    self.stored.read_only().unwrap_or("no").to_string(),
                 );
             }
             "stats" => {
@@ -353,7 +359,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         kv("applied_index", self.applied.index().to_string());
         kv("first_log_index", st.first_index.to_string());
         kv("last_log_index", st.last_index.to_string());
-        kv("durable_index", self.durable_last.to_string());
+        kv("durable_index", self.stored.durable_last().to_string());
         let ids = |v: &[NodeId]| {
             v.iter()
                 .map(|i| i.to_string())

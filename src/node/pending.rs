@@ -225,3 +225,79 @@ impl Pending {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(seq: u64) -> ReplyTo {
+        ReplyTo::Client {
+            key: 0,
+            gen: 1,
+            seq,
+        }
+    }
+
+    #[test]
+    fn applying_an_index_settles_every_waiter_at_or_below_it() {
+        let mut p = Pending::new(1);
+        p.add_waiter(LogIndex(3), Term(2), client(0));
+        p.add_waiter(LogIndex(4), Term(2), client(1));
+        p.add_waiter(LogIndex(5), Term(2), client(2));
+        // Index 4 applied from a later term: 3 was overtaken, 4 was replaced, 5 still waits.
+        let settled = p.settle_waiters(LogIndex(4), Term(3));
+        let replaced: Vec<_> = settled
+            .iter()
+            .map(|s| match s {
+                Settled::Replaced(to) => Some(*to),
+                Settled::Applied(_) => None,
+            })
+            .collect();
+        assert_eq!(replaced, vec![Some(client(0)), Some(client(1))]);
+        p.check_invariants(LogIndex(4));
+        let settled = p.settle_waiters(LogIndex(5), Term(2));
+        assert!(matches!(settled[..], [Settled::Applied(to)] if to == client(2)));
+        assert_eq!(p.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_read_waits_for_its_floor_and_reads_leave_in_confirmation_order() {
+        let mut p = Pending::new(1);
+        let a = p.next_read_ctx();
+        p.add_read(a, client(0), b"a".to_vec(), LogIndex(7));
+        let b = p.next_read_ctx();
+        p.add_read(b, client(1), b"b".to_vec(), LogIndex(2));
+        p.read_confirmed(a, LogIndex(5));
+        p.read_confirmed(b, LogIndex(5));
+        // `a` arrived after writes up to 7 were accepted: it waits for them.
+        let due: Vec<_> = p.take_due_reads(LogIndex(6)).iter().map(|r| r.to).collect();
+        assert_eq!(due, vec![client(1)]);
+        let due: Vec<_> = p.take_due_reads(LogIndex(7)).iter().map(|r| r.to).collect();
+        assert_eq!(due, vec![client(0)]);
+        assert!(p.take_read(a).is_none(), "a served read is gone");
+    }
+
+    #[test]
+    fn forward_ids_start_where_the_caller_says_and_expire_by_deadline() {
+        let now = Instant::now();
+        let mut p = Pending::new(1_000);
+        let id = p.new_forward_id();
+        assert_eq!(id, 1_000);
+        p.add_forward(id, client(0), now + std::time::Duration::from_secs(1));
+        assert!(p.take_expired_forwards(now).is_empty());
+        assert_eq!(
+            p.take_expired_forwards(now + std::time::Duration::from_secs(1)),
+            vec![client(0)]
+        );
+        assert!(p.take_forward(id).is_none());
+        p.check_invariants(LogIndex(0));
+    }
+
+    #[test]
+    #[should_panic(expected = "a write waits at 3, applied 3")]
+    fn a_waiter_at_an_applied_index_breaks_an_invariant() {
+        let mut p = Pending::new(1);
+        p.add_waiter(LogIndex(3), Term(1), client(0));
+        p.check_invariants(LogIndex(3));
+    }
+}

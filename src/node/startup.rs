@@ -18,6 +18,7 @@ use super::clock::Clock;
 use super::net::Net;
 use super::pending::Pending;
 use super::storage::Disk;
+use super::stored::Stored;
 use super::{MemberAddrs, Node, NodeError, Stats, TimerId};
 use crate::config::Config;
 use crate::kv::StateMachine;
@@ -169,7 +170,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             wheel: TimerWheel::new(now_tick),
             clock,
             raft,
-            disk,
+            stored: Stored::new(
+                disk,
+                durable_last,
+                have_snapshot.then(|| snapshot_meta.clone()),
+                snapshot_meta.clone(),
+                now,
+            ),
             net,
             conns: Slab::new(),
             awaiting_hello: VecDeque::new(),
@@ -182,18 +189,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             retired: BTreeMap::new(),
             peers: HashMap::new(),
             pending: Pending::new(first_forward_id),
-            durable_last,
             applied: Applied::new(sm, &snapshot_meta, Box::new(make_sm)),
-            snapshot_on_disk: have_snapshot,
-            snapshot_meta,
             received_snapshot: None,
             snapshot_requested: false,
             watch_fd: None,
             receiver,
-            wal_discard_to: LogIndex(0),
-            log_bytes_since_snapshot: 0,
-            read_only: None,
-            disk_retry_at: now,
             was_leader: false,
             in_ready: false,
             deferred_reports: Vec::new(),
@@ -204,8 +204,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             },
             cfg,
         };
-        if node.snapshot_on_disk {
-            node.receiver.set_installed(node.snapshot_meta.last);
+        if let Some(meta) = node.stored.snapshot_on_disk() {
+            node.receiver.set_installed(meta.last);
         }
         node.set_members(members);
         node.schedule(now_tick + 1, TimerId::RaftTick);
