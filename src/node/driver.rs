@@ -213,15 +213,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// The leader sent us a snapshot (already received, verified and renamed into place by
     /// the receiver): load it into a fresh state machine, then reset the log after it.
     fn install_received_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), NodeError> {
-        match self.received_snapshot.take() {
-            Some(id) if id == meta.last => {}
-            other => {
-                return Err(NodeError::new(format!(
-                    "the core installs a snapshot at {} but the received file is {:?}",
-                    meta.last, other
-                )))
-            }
-        }
+        self.incoming
+            .take_received(meta.last)
+            .map_err(NodeError::new)?;
         let mut fresh = self.applied.fresh_sm();
         let header = self
             .stored

@@ -22,6 +22,8 @@
 //!   for apply, requests forwarded to the leader, and the ids that name them;
 //! - `Applied` (`applied.rs`): the state machine, the last applied entry, the membership as
 //!   of it;
+//! - `Incoming` (`incoming.rs`): a snapshot being received from the leader, and the one
+//!   received that waits for the core to install it;
 //! - `Stored` (`stored.rs`): the `Disk`, the durable index, the snapshot on disk (never
 //!   moving backwards), log compaction, and the read-only state of a full disk.
 //!
@@ -49,6 +51,7 @@ mod applied;
 mod clients;
 mod driver;
 mod event_loop;
+mod incoming;
 mod info;
 mod peers;
 mod pending;
@@ -76,9 +79,10 @@ use crate::timer::{TimerHandle, TimerWheel};
 use self::applied::Applied;
 use self::clock::Clock;
 use self::conn::{Conn, ReadStatus};
+use self::incoming::Incoming;
 use self::net::Net;
 use self::pending::Pending;
-use self::snapshot::{SnapshotReceiver, SnapshotSender};
+use self::snapshot::SnapshotSender;
 use self::storage::Disk;
 use self::stored::Stored;
 
@@ -281,13 +285,12 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     pending: Pending,
     /// The state machine and how far it is applied (`applied.rs`).
     applied: Applied<S>,
-    /// A snapshot received from the leader, verified, waiting for the core to install it.
-    received_snapshot: Option<EntryId>,
     /// An admin asked for a snapshot (`SNAPSHOT`).
     snapshot_requested: bool,
     /// A descriptor the shell should watch (a snapshot child's pipe), once.
     watch_fd: Option<RawFd>,
-    receiver: SnapshotReceiver<D::Partial>,
+    /// A snapshot coming from the leader (`incoming.rs`).
+    incoming: Incoming<D::Partial>,
     /// Executing a Ready: the core takes no input until `advance` (its contract), so reports
     /// made meanwhile (a send that found a dead connection) wait in `deferred_reports`.
     in_ready: bool,
@@ -722,7 +725,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             self.stored.snapshot_meta().last.index,
             self.raft.status().commit,
         );
-        self.receiver.check_invariants();
+        self.incoming.check_invariants();
         self.stored.check_invariants();
     }
 

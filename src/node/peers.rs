@@ -13,7 +13,6 @@ use log::{debug, info, warn};
 use std::collections::BTreeMap;
 
 use super::conn::Conn;
-use super::snapshot::SnapshotHeader;
 
 /// After a snapshot could not be opened for a follower, how long until the next try.
 const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -588,26 +587,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.pump_snapshot(from, term);
     }
 
-    /// Hand a chunk to the receiver: (next offset, ok, the completed file).
-    fn receive_chunk(
-        &mut self,
-        from: NodeId,
-        meta: &SnapshotMeta,
-        total_size: u64,
-        offset: u64,
-        data: &[u8],
-        done: bool,
-    ) -> (u64, bool, Option<(SnapshotHeader, std::path::PathBuf)>) {
-        match self.receiver.on_chunk(meta, total_size, offset, data, done) {
-            Ok(out) => (out.next_offset, out.ok, out.complete),
-            Err(e) => {
-                warn!("snapshot chunk from node {from}: {e}");
-                self.receiver.abort();
-                (0, false, None)
-            }
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn on_snapshot_chunk(
         &mut self,
@@ -631,7 +610,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 // never moves backwards); tell the sender it is complete so it stops.
                 (total_size, true, None)
             } else {
-                self.receive_chunk(from, &meta, total_size, offset, data, done)
+                self.incoming
+                    .on_chunk(from, &meta, total_size, offset, data, done)
             };
         let ack = Frame::SnapshotAck {
             term,
@@ -648,7 +628,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 header.meta.last,
                 path.display()
             );
-            self.received_snapshot = Some(header.meta.last);
             let msg = Message {
                 from,
                 to: self.id,

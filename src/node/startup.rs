@@ -15,6 +15,7 @@ use slab::Slab;
 
 use super::applied::Applied;
 use super::clock::Clock;
+use super::incoming::Incoming;
 use super::net::Net;
 use super::pending::Pending;
 use super::storage::Disk;
@@ -190,10 +191,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             peers: HashMap::new(),
             pending: Pending::new(first_forward_id),
             applied: Applied::new(sm, &snapshot_meta, Box::new(make_sm)),
-            received_snapshot: None,
             snapshot_requested: false,
             watch_fd: None,
-            receiver,
+            incoming: Incoming::new(receiver, have_snapshot.then_some(snapshot_meta.last)),
             was_leader: false,
             in_ready: false,
             deferred_reports: Vec::new(),
@@ -204,9 +204,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             },
             cfg,
         };
-        if let Some(meta) = node.stored.snapshot_on_disk() {
-            node.receiver.set_installed(meta.last);
-        }
         node.set_members(members);
         node.schedule(now_tick + 1, TimerId::RaftTick);
         node.schedule(now_tick + 1, TimerId::Housekeeping);
