@@ -15,7 +15,7 @@ use log::{debug, warn};
 
 use super::net::Net;
 use super::storage::Disk;
-use super::{ClientState, ConnKind, Forward, Node, PendingRead, ReplyTo, Waiter, FORWARD_TIMEOUT};
+use super::{ClientState, ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
 use crate::client::resp;
 use crate::client::{Protocol, Value};
 use crate::kv::{Request, StateMachine};
@@ -130,7 +130,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if let Some(d) = self.node_command(to, &args) {
             return d;
         }
-        match self.sm.parse(&args) {
+        match self.applied.sm().parse(&args) {
             None => Dispatch::Reply(unknown_command(&args)),
             Some(Request::Reply(v)) => Dispatch::Reply(v),
             Some(Request::Write(data)) => self.submit_write(to, data, args),
@@ -140,12 +140,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     fn submit_write(&mut self, to: ReplyTo, data: Vec<u8>, args: Vec<Vec<u8>>) -> Dispatch {
         // A follower with a full disk still forwards writes: the leader and the others hold them.
-        if let (Some(why), crate::raft::Role::Leader) = (&self.read_only, self.raft.role()) {
+        if let (Some(why), crate::raft::Role::Leader) = (self.stored.read_only(), self.raft.role())
+        {
             return Dispatch::Reply(Value::error(format!("READONLY writes are refused: {why}")));
         }
         match self.raft.propose(data) {
             Ok(id) => {
-                self.waiters.insert(id.index, Waiter { term: id.term, to });
+                self.pending.add_waiter(id.index, id.term, to);
                 Dispatch::Pending
             }
             Err(e) => self.not_leader(to, e, args),
@@ -153,15 +154,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn submit_read(&mut self, to: ReplyTo, query: Vec<u8>, args: Vec<Vec<u8>>) -> Dispatch {
-        if self.reads.len() >= limits::READS_PENDING_MAX {
+        if self.pending.reads_full() {
             return Dispatch::Reply(Value::error("TRYAGAIN too many reads pending"));
         }
-        let ctx = self.next_read_ctx;
+        let ctx = self.pending.next_read_ctx();
         let floor = self.raft.last_id().index;
         match self.raft.read_index(ctx) {
             Ok(()) => {
-                self.next_read_ctx += 1;
-                self.reads.insert(ctx, PendingRead { to, query, floor });
+                self.pending.add_read(ctx, to, query, floor);
                 Dispatch::Pending
             }
             Err(e) => self.not_leader(to, e, args),
@@ -188,22 +188,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 None => Dispatch::Reply(no_leader()),
             };
         }
-        if self.forwards.len() >= limits::FORWARDS_PENDING_MAX {
+        if self.pending.forwards_full() {
             return Dispatch::Reply(Value::error("TRYAGAIN too many forwarded requests pending"));
         }
-        let id = self.next_forward_id;
-        self.next_forward_id += 1;
+        let id = self.pending.new_forward_id();
         let proto = self.protocol_of(to).number();
         if !self.send_frame(leader, &Frame::ClientRequest { id, args, proto }) {
             return Dispatch::Reply(no_leader());
         }
-        self.forwards.insert(
-            id,
-            Forward {
-                to,
-                deadline: self.now + FORWARD_TIMEOUT,
-            },
-        );
+        self.pending.add_forward(id, to, self.now + FORWARD_TIMEOUT);
         Dispatch::Pending
     }
 
@@ -232,26 +225,19 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// The leader answered a command we forwarded.
     pub(super) fn forward_reply(&mut self, id: u64, reply: Vec<u8>) {
-        if let Some(f) = self.forwards.remove(&id) {
-            self.deliver(f.to, reply);
+        if let Some(to) = self.pending.take_forward(id) {
+            self.deliver(to, reply);
         }
     }
 
     /// Forwarded requests whose leader never answered get an error (the command may or may
     /// not have been applied, as with any timeout).
     pub(super) fn expire_forwards(&mut self) {
-        let now = self.now;
-        let expired: Vec<u64> = self
-            .forwards
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            if let Some(f) = self.forwards.remove(&id) {
-                let v = Value::error("TIMEOUT the leader did not answer; the command may or may not have been applied");
-                self.deliver(f.to, v.to_bytes());
-            }
+        for to in self.pending.take_expired_forwards(self.now) {
+            let v = Value::error(
+                "TIMEOUT the leader did not answer; the command may or may not have been applied",
+            );
+            self.deliver(to, v.to_bytes());
         }
     }
 

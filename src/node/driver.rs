@@ -14,15 +14,16 @@
 
 use log::{error, info, warn};
 
+use super::applied::Outcome;
 use super::net::Net;
+use super::pending::Settled;
 use super::snapshot::SnapshotHeader;
 use super::startup::{decode_member_context, decode_members, encode_members};
-use super::storage::AppendError;
 use super::storage::Disk;
 use super::{Node, NodeError};
 use crate::client::Value;
 use crate::kv::StateMachine;
-use crate::raft::{ConfChange, ConfChangeOp, Entry, EntryKind, LogIndex, Ready, SnapshotMeta};
+use crate::raft::{ConfChange, ConfChangeOp, Entry, LogIndex, Ready, SnapshotMeta};
 
 /// How often a node whose disk is full tries to append again.
 const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -45,7 +46,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             for (kind, peer, ok) in std::mem::take(&mut self.deferred_reports) {
                 self.report_to_core(kind, peer, ok);
             }
-            if self.read_only.is_some() {
+            if self.stored.read_only().is_some() {
                 break; // the unpersisted entries come back next turn (or at the next retry)
             }
         }
@@ -60,12 +61,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     fn notice_role_change(&mut self) {
         let is_leader = self.raft.role() == crate::raft::Role::Leader;
         if self.was_leader && !is_leader {
-            let waiters = std::mem::take(&mut self.waiters);
-            for (_, w) in waiters {
+            for to in self.pending.take_waiters() {
                 let v = Value::error(
                     "TRYAGAIN leadership lost; the command may or may not have been applied",
                 );
-                self.deliver(w.to, v.to_bytes());
+                self.deliver(to, v.to_bytes());
             }
             // A read whose round completed waits for its index, which may be one of this
             // leader's uncommitted entries (the read's floor): it may never be applied now.
@@ -98,37 +98,22 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         // 3.
         if let Some(hs) = hard_state {
-            self.disk
+            self.stored
+                .disk_mut()
                 .save_hard_state(&hs)
                 .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
         }
         let mut durable = true;
         if let Some(first) = entries.first() {
-            assert!(
-                first.index <= self.durable_last.next(),
-                "append at {} leaves a gap after the durable log ending at {}",
-                first.index,
-                self.durable_last
-            );
             durable = self.append(&entries)?;
             // 4.
-            self.disk
+            self.stored
+                .disk_mut()
                 .sync()
                 .map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
             self.stats.syncs += 1;
-            // After a failed append only what precedes this Ready's entries is known to agree
-            // with the core (the WAL may hold part of them, or an older suffix when the retry
-            // was paced): claim no more; the core hands the rest out again and the next append
-            // rewrites them in place.
-            self.durable_last = match durable {
-                true => entries.last().expect("non-empty").index,
-                false => self
-                    .disk
-                    .log_stats()
-                    .last
-                    .unwrap_or(self.snapshot_meta.last.index)
-                    .min(first.index.prev()),
-            };
+            let last = entries.last().expect("non-empty").index;
+            self.stored.synced(first.index, last, durable);
         }
         // 5. Not after a failed append: these acks and votes may promise what is not on disk
         // (Raft takes their loss like any lost message).
@@ -143,80 +128,47 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         // 7.
         for rs in read_states {
-            let floor = self.reads.get(&rs.ctx).map_or(rs.index, |r| r.floor);
-            self.reads_ready.push((rs.index.max(floor), rs.ctx));
+            self.pending.read_confirmed(rs.ctx, rs.index);
         }
         self.serve_ready_reads();
         self.fail_reads(failed_reads);
         // 8.
-        self.raft.advance(self.durable_last, self.applied);
+        self.raft
+            .advance(self.stored.durable_last(), self.applied.index());
         Ok(())
     }
 
     /// Append to the WAL. `Ok(false)`: the disk is full; this node refuses client writes and
     /// retries (every `DISK_FULL_RETRY`) until space returns, serving what it can meanwhile.
     fn append(&mut self, entries: &[Entry]) -> Result<bool, NodeError> {
-        if self.read_only.is_some() && self.now < self.disk_retry_at {
-            return Ok(false);
-        }
-        match self.disk.append(entries) {
-            Ok(()) => {
-                let bytes: usize = entries.iter().map(|e| e.data.len() + 32).sum();
-                self.log_bytes_since_snapshot += bytes as u64;
-                if self.read_only.take().is_some() {
-                    info!("the log has room again: writes are accepted");
-                }
-                Ok(true)
-            }
-            Err(AppendError::NoSpace(why)) => {
-                if self.read_only.is_none() {
-                    error!("{why}: refusing writes until there is room");
-                }
-                self.read_only = Some(why);
-                self.disk_retry_at = self.now + DISK_FULL_RETRY;
-                Ok(false)
-            }
-            Err(AppendError::Failed(e)) => Err(NodeError::new(format!("log append failed: {e}"))),
-        }
+        self.stored.append(entries, self.now, DISK_FULL_RETRY)
     }
 
     fn apply_entry(&mut self, e: Entry) {
-        assert_eq!(e.index, self.applied.next(), "entries applied out of order");
-        let reply = match e.kind {
-            EntryKind::Command => self.sm.apply(e.index, &e.data),
-            EntryKind::Noop => Value::ok(),
-            EntryKind::ConfChange => self.apply_conf_change(&e),
+        let reply = match self.applied.apply(&e) {
+            Outcome::Reply(v) => v,
+            Outcome::ConfChanged(cc) => self.apply_conf_change(e.index, cc),
         };
-        self.applied = e.index;
-        self.applied_term = e.term;
         self.stats.entries_applied += 1;
         // Every waiter at or below this index is settled now.
-        while let Some((&idx, _)) = self.waiters.first_key_value() {
-            if idx > e.index {
-                break;
-            }
-            let w = self.waiters.remove(&idx).expect("present");
-            let bytes = if idx == e.index && w.term == e.term {
-                self.encode_reply(w.to, &reply)
-            } else {
-                Value::error(
-                    "TRYAGAIN leadership changed before the command committed; it was not applied",
-                )
-                .to_bytes()
+        for settled in self.pending.settle_waiters(e.index, e.term) {
+            let (to, bytes) = match settled {
+                Settled::Applied(to) => (to, self.encode_reply(to, &reply)),
+                Settled::Replaced(to) => (
+                    to,
+                    Value::error(
+                        "TRYAGAIN leadership changed before the command committed; it was not applied",
+                    )
+                    .to_bytes(),
+                ),
             };
-            self.deliver(w.to, bytes);
+            self.deliver(to, bytes);
         }
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) -> Value {
-        let cc = match ConfChange::decode(&e.data) {
-            Ok(cc) => cc,
-            Err(err) => {
-                error!("conf change at {} does not decode: {err}", e.index);
-                return Value::error(format!("ERR bad membership change: {err}"));
-            }
-        };
-        self.conf_applied = cc.apply_to(&self.conf_applied);
+    /// A membership change applied at `index` (to `Applied`'s membership already): update
+    /// the address table.
+    fn apply_conf_change(&mut self, index: LogIndex, cc: ConfChange) -> Value {
         let mut members = self.members.clone();
         match cc.op {
             ConfChangeOp::Remove => {
@@ -228,14 +180,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 } else if !members.contains_key(&cc.node) {
                     warn!(
                         "membership change at {} adds node {} without addresses",
-                        e.index, cc.node
+                        index, cc.node
                     );
                 }
             }
         }
         info!(
             "membership change at {}: {:?} node {}",
-            e.index, cc.op, cc.node
+            index, cc.op, cc.node
         );
         // Never drop our own addresses: a removed node keeps its listeners until stopped.
         if let Some(me) = self.members.get(&self.id).cloned() {
@@ -247,20 +199,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// Serve, in the order they arrived, the reads whose index is applied.
     pub(super) fn serve_ready_reads(&mut self) {
-        let applied = self.applied;
-        if !self.reads_ready.iter().any(|&(index, _)| index <= applied) {
-            return;
-        }
-        let (due, later): (Vec<_>, Vec<_>) = self
-            .reads_ready
-            .drain(..)
-            .partition(|&(index, _)| index <= applied);
-        self.reads_ready = later;
-        for (_, ctx) in due {
-            if let Some(r) = self.reads.remove(&ctx) {
-                let v = self.sm.query(&r.query);
-                self.deliver(r.to, self.encode_reply(r.to, &v));
-            }
+        for r in self.pending.take_due_reads(self.applied.index()) {
+            let v = self.applied.sm().query(&r.query);
+            self.deliver(r.to, self.encode_reply(r.to, &v));
         }
     }
 
@@ -268,9 +209,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// retries instead of waiting forever.
     fn fail_reads(&mut self, ctxs: Vec<u64>) {
         for ctx in ctxs {
-            if let Some(r) = self.reads.remove(&ctx) {
+            if let Some(to) = self.pending.take_read(ctx) {
                 let v = Value::error("TRYAGAIN leadership changed during the read");
-                self.deliver(r.to, v.to_bytes());
+                self.deliver(to, v.to_bytes());
             }
         }
     }
@@ -278,21 +219,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// The leader sent us a snapshot (already received, verified and renamed into place by
     /// the receiver): load it into a fresh state machine, then reset the log after it.
     fn install_received_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), NodeError> {
-        match self.received_snapshot.take() {
-            Some(id) if id == meta.last => {}
-            other => {
-                return Err(NodeError::new(format!(
-                    "the core installs a snapshot at {} but the received file is {:?}",
-                    meta.last, other
-                )))
-            }
-        }
-        let mut fresh = (self.make_sm)();
+        self.incoming
+            .take_received(meta.last)
+            .map_err(NodeError::new)?;
+        let mut fresh = self.applied.fresh_sm();
         let header = self
-            .disk
+            .stored
+            .disk_mut()
             .snapshot_load(meta.last, &mut fresh)
             .map_err(|e| NodeError::new(format!("installing snapshot {}: {e}", meta.last)))?;
-        self.sm = fresh;
         if let Ok(members) = decode_members(&header.extra) {
             let mut members = members;
             if let Some(me) = self.members.get(&self.id).cloned() {
@@ -300,36 +235,26 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
             self.set_members(members);
         }
-        self.disk
+        self.stored
+            .disk_mut()
             .reset_log()
             .map_err(|e| NodeError::new(format!("resetting the log: {e}")))?;
-        self.durable_last = meta.last.index;
-        self.applied = meta.last.index;
-        self.applied_term = meta.last.term;
-        self.conf_applied = meta.conf.clone();
-        self.snapshot_on_disk = true;
-        self.snapshot_meta = meta.clone();
-        self.log_bytes_since_snapshot = 0;
+        self.applied.install(fresh, &meta);
+        self.stored.snapshot_installed(meta.clone());
         self.stats.snapshots_installed += 1;
         self.stats.last_snapshot_index = meta.last.index;
         // Waiters below the snapshot were answered by no apply here; they are settled.
-        let settled: Vec<LogIndex> = self
-            .waiters
-            .range(..=meta.last.index)
-            .map(|(&i, _)| i)
-            .collect();
-        for idx in settled {
-            let w = self.waiters.remove(&idx).expect("present");
+        for to in self.pending.take_waiters_through(meta.last.index) {
             let v = Value::error("TRYAGAIN this node installed a snapshot; the outcome is unknown");
-            self.deliver(w.to, v.to_bytes());
+            self.deliver(to, v.to_bytes());
         }
-        if let Err(e) = self.disk.snapshot_remove_older(meta.last) {
+        if let Err(e) = self.stored.disk_mut().snapshot_remove_older(meta.last) {
             warn!("removing snapshots older than {}: {e}", meta.last);
         }
         info!(
             "installed snapshot at {} ({} keys)",
             meta.last,
-            self.sm.len()
+            self.applied.sm().len()
         );
         Ok(())
     }
@@ -338,7 +263,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// its most up-to-date voter, so the cluster stays writable while this node waits for
     /// space (it still serves reads and forwards writes as a follower).
     pub(super) fn hand_off_if_disk_full(&mut self) {
-        if self.read_only.is_none() || self.raft.role() != crate::raft::Role::Leader {
+        if self.stored.read_only().is_none() || self.raft.role() != crate::raft::Role::Leader {
             return;
         }
         let st = self.raft.status();
@@ -354,24 +279,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
-    /// Delete at most one WAL segment that a snapshot made unnecessary.
-    pub(super) fn discard_some_log(&mut self) {
-        if self.wal_discard_to == LogIndex(0) {
-            return;
-        }
-        match self.disk.discard_log_some(self.wal_discard_to) {
-            Ok(true) => {}
-            Ok(false) => self.wal_discard_to = LogIndex(0),
-            Err(e) => {
-                warn!("compacting the log to {}: {e}", self.wal_discard_to);
-                self.wal_discard_to = LogIndex(0);
-            }
-        }
-    }
-
     /// Start a snapshot when enough was applied since the last one (or when asked).
     pub(super) fn maybe_snapshot(&mut self) {
-        if !self.disk.snapshot_running() && self.snapshot_due() {
+        if !self.stored.disk().snapshot_running() && self.snapshot_due() {
             self.start_snapshot();
         }
     }
@@ -385,15 +295,17 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// with it, while one member writes its snapshot the others still form a quorum at full
     /// speed (a snapshot slows its own node's disk and CPU).
     fn snapshot_due(&self) -> bool {
-        let last = self.snapshot_meta.last.index.0;
-        let applied = self.applied.0;
+        let last = self.stored.snapshot_meta().last.index.0;
+        let applied = self.applied.index().0;
         if applied <= last {
             return false;
         }
-        if self.snapshot_requested || self.log_bytes_since_snapshot >= self.cfg.snapshot_bytes {
+        if self.snapshot_requested
+            || self.stored.log_bytes_since_snapshot() >= self.cfg.snapshot_bytes
+        {
             return true;
         }
-        let members: Vec<_> = self.conf_applied.members().collect();
+        let members: Vec<_> = self.applied.conf().members().collect();
         let position = members.iter().position(|&m| m == self.id).unwrap_or(0);
         applied >= next_snapshot_point(last, self.cfg.snapshot_entries, position, members.len())
     }
@@ -401,20 +313,25 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn start_snapshot(&mut self) {
         self.snapshot_requested = false;
         let meta = SnapshotMeta {
-            last: crate::raft::EntryId::new(self.applied_term, self.applied),
-            conf: self.conf_applied.clone(),
+            last: self.applied.last(),
+            conf: self.applied.conf().clone(),
         };
         let header = SnapshotHeader {
             meta,
             extra: encode_members(&self.members),
         };
-        match self.disk.snapshot_start(header, &self.sm, self.now) {
+        match self
+            .stored
+            .disk_mut()
+            .snapshot_start(header, self.applied.sm(), self.now)
+        {
             Ok(started) => {
                 self.stats.last_snapshot_fork = started.fork_time;
                 self.watch_fd = started.watch_fd;
                 info!(
                     "snapshot at {}: started (fork took {:?})",
-                    self.applied, started.fork_time
+                    self.applied.index(),
+                    started.fork_time
                 );
             }
             Err(e) => {
@@ -427,23 +344,21 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// The background snapshot may have ended (the shell saw its pipe readable, or
     /// housekeeping asks): check how, then compact.
     pub fn snapshot_child_ended(&mut self) {
-        let Some(outcome) = self.disk.snapshot_poll() else {
+        let Some(outcome) = self.stored.disk_mut().snapshot_poll() else {
             return;
         };
         match outcome {
-            Ok(done) if done.header.meta.last.index <= self.snapshot_meta.last.index => {
+            Ok(done) if done.header.meta.last.index <= self.stored.snapshot_meta().last.index => {
+                let current = self.stored.snapshot_meta().last;
                 // A snapshot received from the leader meanwhile is newer: the metadata never
                 // moves backwards (the log after it may already be gone). Found by the
                 // simulator: a follower's own snapshot finishing after an install.
                 info!(
                     "snapshot at {} written, but {} is newer: dropping it",
-                    done.header.meta.last, self.snapshot_meta.last
+                    done.header.meta.last, current
                 );
-                if let Err(e) = self.disk.snapshot_remove_older(self.snapshot_meta.last) {
-                    warn!(
-                        "removing snapshots older than {}: {e}",
-                        self.snapshot_meta.last
-                    );
+                if let Err(e) = self.stored.disk_mut().snapshot_remove_older(current) {
+                    warn!("removing snapshots older than {current}: {e}");
                 }
             }
             Ok(done) => {
@@ -452,22 +367,20 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 // Never past what is durable here: a follower whose disk is full applies
                 // entries the leader committed but this node has not persisted, and the core
                 // must still hand those out to be appended (found by the simulator).
-                let compact_to =
-                    LogIndex(meta.last.index.0.saturating_sub(keep)).min(self.durable_last);
+                let compact_to = LogIndex(meta.last.index.0.saturating_sub(keep))
+                    .min(self.stored.durable_last());
                 if !self.raft.snapshot_taken(meta.clone(), compact_to) {
                     // A newer snapshot was installed from the leader while the child ran.
                     info!(
                         "snapshot at {} finished behind the current {}; not used",
-                        meta.last, self.snapshot_meta.last
+                        meta.last,
+                        self.stored.snapshot_meta().last
                     );
                     return;
                 }
                 // The WAL's whole segments before `compact_to` go one per housekeeping pass.
-                self.wal_discard_to = self.wal_discard_to.max(compact_to);
-                self.discard_some_log();
-                self.snapshot_on_disk = true;
-                self.snapshot_meta = meta.clone();
-                self.log_bytes_since_snapshot = 0;
+                self.stored.snapshot_taken(meta.clone(), compact_to);
+                self.stored.discard_some_log();
                 self.stats.snapshots_taken += 1;
                 self.stats.last_snapshot_took = done.took;
                 self.stats.last_snapshot_bytes = done.size_bytes;

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use super::clients::{no_leader, Dispatch};
 use super::net::Net;
 use super::storage::Disk;
-use super::{Node, ReplyTo, Waiter};
+use super::{Node, ReplyTo};
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::server_cmds;
 use crate::client::Value;
@@ -46,7 +46,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             // The other CLIENT subcommands are the connection's own (`client::session`).
             "client" => Dispatch::Reply(self.client_list(args)),
             "time" => Dispatch::Reply(server_cmds::time(args, wall_clock())),
-            "wait" => Dispatch::Reply(server_cmds::wait(args, self.conf_applied.voters.len())),
+            "wait" => Dispatch::Reply(server_cmds::wait(args, self.applied.conf().voters.len())),
             "select" if args.len() == 2 => Dispatch::Reply(match parse_i64(&args[1]) {
                 Some(0) => Value::ok(),
                 Some(_) => Value::error("ERR DB index is out of range"),
@@ -133,13 +133,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             context,
         }) {
             Ok(entry) => {
-                self.waiters.insert(
-                    entry.index,
-                    Waiter {
-                        term: entry.term,
-                        to,
-                    },
-                );
+                self.pending.add_waiter(entry.index, entry.term, to);
                 Dispatch::Pending
             }
             Err(ProposeError::NotLeader { leader }) => match leader.filter(|&l| l != self.id) {
@@ -174,7 +168,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn member_list(&self) -> Value {
-        let conf = &self.conf_applied;
+        let conf = self.applied.conf();
         let rows = self
             .members
             .iter()
@@ -252,12 +246,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 kv("connected_clients", self.client_conns.to_string());
                 kv("peer_connections", self.peer_conns.to_string());
                 kv("maxclients", self.cfg.max_clients.to_string());
-                kv("forwarded_pending", self.forwards.len().to_string());
-                kv("reads_pending", self.reads.len().to_string());
-                kv("writes_pending", self.waiters.len().to_string());
+                let (forwards, reads, writes) = self.pending.counts();
+                kv("forwarded_pending", forwards.to_string());
+                kv("reads_pending", reads.to_string());
+                kv("writes_pending", writes.to_string());
             }
             "persistence" => {
-                let log = self.disk.log_stats();
+                let log = self.stored.disk().log_stats();
                 kv(
                     "log_first_index",
                     log.first.map(|i| i.0).unwrap_or(0).to_string(),
@@ -269,11 +264,17 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 kv("log_segments", log.segments.to_string());
                 kv("log_disk_bytes", log.bytes.to_string());
                 kv("log_syncs", self.stats.syncs.to_string());
-                kv("snapshot_index", self.snapshot_meta.last.index.to_string());
-                kv("snapshot_term", self.snapshot_meta.last.term.to_string());
+                kv(
+                    "snapshot_index",
+                    self.stored.snapshot_meta().last.index.to_string(),
+                );
+                kv(
+                    "snapshot_term",
+                    self.stored.snapshot_meta().last.term.to_string(),
+                );
                 kv(
                     "snapshot_in_progress",
-                    u8::from(self.disk.snapshot_running()).to_string(),
+                    u8::from(self.stored.disk().snapshot_running()).to_string(),
                 );
                 kv("snapshots_taken", self.stats.snapshots_taken.to_string());
                 kv(
@@ -298,7 +299,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 );
                 kv(
                     "read_only",
-                    self.read_only.clone().unwrap_or_else(|| "no".into()),
+                    self.stored.read_only().unwrap_or("no").to_string(),
                 );
             }
             "stats" => {
@@ -318,8 +319,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
             "raft" => self.info_raft(&mut kv),
             "keyspace" => {
-                kv("keys", self.sm.len().to_string());
-                kv("state_hash", format!("{:016x}", self.sm.state_hash()));
+                kv("keys", self.applied.sm().len().to_string());
+                kv(
+                    "state_hash",
+                    format!("{:016x}", self.applied.sm().state_hash()),
+                );
             }
             _ => unreachable!("unknown section {name}"),
         }
@@ -352,10 +356,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             .map(|m| m.client.to_string());
         kv("leader_client_addr", leader_client.unwrap_or_default());
         kv("commit_index", st.commit.to_string());
-        kv("applied_index", self.applied.to_string());
+        kv("applied_index", self.applied.index().to_string());
         kv("first_log_index", st.first_index.to_string());
         kv("last_log_index", st.last_index.to_string());
-        kv("durable_index", self.durable_last.to_string());
+        kv("durable_index", self.stored.durable_last().to_string());
         let ids = |v: &[NodeId]| {
             v.iter()
                 .map(|i| i.to_string())
@@ -364,7 +368,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         };
         kv("voters", ids(&st.conf.voters));
         kv("learners", ids(&st.conf.learners));
-        kv("state_hash", format!("{:016x}", self.sm.state_hash()));
+        kv(
+            "state_hash",
+            format!("{:016x}", self.applied.sm().state_hash()),
+        );
         for p in &st.progress {
             kv(
                 &format!("peer_{}", p.id),

@@ -14,11 +14,29 @@
 //! 4. execute the core's `Ready` in the contract's order (see `driver.rs`);
 //! 5. flush every connection that has output, and re-derive its interest.
 //!
+//! Owned parts. `Node` holds the core and the connections, and a few parts that each own
+//! their state and keep their own invariants behind methods (each part's fields are private
+//! to its file; each has a `check_invariants`, which `Node::check_invariants` calls — debug
+//! builds every turn, the simulator after every step):
+//! - `Pending` (`pending.rs`): writes waiting for apply, reads waiting for their round and
+//!   for apply, requests forwarded to the leader, and the ids that name them;
+//! - `Applied` (`applied.rs`): the state machine, the last applied entry, the membership as
+//!   of it;
+//! - `Incoming` (`incoming.rs`): a snapshot being received from the leader, and the one
+//!   received that waits for the core to install it;
+//! - `Stored` (`stored.rs`): the `Disk`, the durable index, the snapshot on disk (never
+//!   moving backwards), log compaction, and the read-only state of a full disk.
+//!
+//! NB: connections (the slab, client pipelines, counts) and peer links (the address table,
+//! dial backoff, snapshot senders) are still fields of `Node`, checked by
+//! `check_connections`; they are the next parts to split out.
+//!
 //! Files: `event_loop.rs` (the mio shell), `storage.rs` and `net.rs` (the seams), `conn.rs`
 //! (one connection's buffers), `peers.rs` (dialing, handshakes, peer frames, snapshot
-//! streams), `clients.rs` (the RESP port, waiting requests, forwarding), `driver.rs` (the
-//! Ready contract, apply, snapshots), `info.rs` (INFO and admin commands), `startup.rs`
-//! (recovery), `snapshot/` (the file format, files, the fork child, transfer).
+//! streams), `clients.rs` (the RESP port, dispatch, forwarding), `driver.rs` (the Ready
+//! contract, apply, snapshots), `info.rs` (INFO and admin commands), `startup.rs`
+//! (recovery), the parts above, and `snapshot/` (the file format, files, the fork child,
+//! transfer).
 
 pub mod clock;
 pub mod conn;
@@ -29,12 +47,16 @@ pub mod storage;
 pub mod sys;
 pub mod tls;
 
+mod applied;
 mod clients;
 mod driver;
 mod event_loop;
+mod incoming;
 mod info;
 mod peers;
+mod pending;
 mod startup;
+mod stored;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -51,14 +73,18 @@ use crate::client::session::Session;
 use crate::client::Protocol;
 use crate::config::Config;
 use crate::kv::StateMachine;
-use crate::raft::{ConfState, EntryId, LogIndex, NodeId, Raft, SnapshotMeta, Term};
+use crate::raft::{EntryId, LogIndex, NodeId, Raft};
 use crate::timer::{TimerHandle, TimerWheel};
 
+use self::applied::Applied;
 use self::clock::Clock;
 use self::conn::{Conn, ReadStatus};
+use self::incoming::Incoming;
 use self::net::Net;
-use self::snapshot::{SnapshotReceiver, SnapshotSender};
+use self::pending::Pending;
+use self::snapshot::SnapshotSender;
 use self::storage::Disk;
+use self::stored::Stored;
 
 pub use self::event_loop::run;
 
@@ -200,28 +226,6 @@ struct PeerLink<F: snapshot::ChunkSource> {
     down_since: Instant,
 }
 
-/// A write proposed by this node as leader, waiting for its entry to be applied.
-struct Waiter {
-    term: Term,
-    to: ReplyTo,
-}
-
-/// A read waiting for its ReadIndex round, then for apply to reach its index.
-struct PendingRead {
-    to: ReplyTo,
-    query: Vec<u8>,
-    /// The leader's last index when the read arrived: the read is served only after every
-    /// write accepted before it is applied, so a pipeline reads its own writes (Redis's
-    /// per-connection order), not merely a linearizable point before them.
-    floor: LogIndex,
-}
-
-/// A client request forwarded to the leader.
-struct Forward {
-    to: ReplyTo,
-    deadline: Instant,
-}
-
 /// Member addresses, as the config file or a membership change gave them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct MemberAddrs {
@@ -257,9 +261,9 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     last_raft_tick: u64,
     wheel: TimerWheel<TimerId>,
     raft: Raft,
-    disk: D,
+    /// The disk and what it holds (`stored.rs`).
+    stored: Stored<D>,
     net: N,
-    sm: S,
     conns: Slab<Connection<N::Stream>>,
     /// Accepted peer connections waiting for their Hello: (key, generation, deadline), oldest
     /// first.
@@ -277,46 +281,22 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     retired: BTreeMap<NodeId, MemberAddrs>,
     peers: HashMap<NodeId, PeerLink<D::Source>>,
     cluster_id: u64,
-    waiters: BTreeMap<LogIndex, Waiter>,
-    reads: HashMap<u64, PendingRead>,
-    /// Reads whose round completed, waiting for apply to reach their index.
-    reads_ready: Vec<(LogIndex, u64)>,
-    next_read_ctx: u64,
-    forwards: HashMap<u64, Forward>,
-    next_forward_id: u64,
-    /// The last index known durable in the WAL.
-    durable_last: LogIndex,
-    /// The last index applied to the state machine, and its entry's term.
-    applied: LogIndex,
-    applied_term: Term,
-    /// The membership as of `applied` (what a snapshot taken now records).
-    conf_applied: ConfState,
-    /// Makes an empty state machine (to load a received snapshot into before swapping).
-    make_sm: Box<dyn FnMut() -> S>,
-    /// The snapshot the node has on disk (the latest), if any, and what it stands for.
-    snapshot_on_disk: bool,
-    snapshot_meta: SnapshotMeta,
-    /// A snapshot received from the leader, verified, waiting for the core to install it.
-    received_snapshot: Option<EntryId>,
+    /// Client requests accepted and not yet answered (`pending.rs`).
+    pending: Pending,
+    /// The state machine and how far it is applied (`applied.rs`).
+    applied: Applied<S>,
     /// An admin asked for a snapshot (`SNAPSHOT`).
     snapshot_requested: bool,
     /// A descriptor the shell should watch (a snapshot child's pipe), once.
     watch_fd: Option<RawFd>,
-    receiver: SnapshotReceiver<D::Partial>,
-    /// WAL segments wholly before this index are deleted, one per housekeeping pass
-    /// (0: nothing to delete).
-    wal_discard_to: LogIndex,
-    /// Log bytes appended since the last snapshot (a trigger besides the entry count).
-    log_bytes_since_snapshot: u64,
+    /// A snapshot coming from the leader (`incoming.rs`).
+    incoming: Incoming<D::Partial>,
     /// Executing a Ready: the core takes no input until `advance` (its contract), so reports
     /// made meanwhile (a send that found a dead connection) wait in `deferred_reports`.
     in_ready: bool,
     deferred_reports: Vec<(CoreReport, NodeId, bool)>,
     /// This node was leader at the end of the last turn.
     was_leader: bool,
-    /// Why writes are refused (the disk is full), and when to try appending again.
-    read_only: Option<String>,
-    disk_retry_at: Instant,
     stats: Stats,
 }
 
@@ -634,15 +614,16 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.resend_stalled_snapshots();
         self.relink_known_nodes();
         self.dial_silent_peers();
-        if self.disk.snapshot_running() {
+        if self.stored.disk().snapshot_running() {
             // The child may have written its status and still be exiting: reap it when gone.
             self.snapshot_child_ended();
         }
-        self.discard_some_log();
+        self.stored.discard_some_log();
         self.hand_off_if_disk_full();
         self.maybe_snapshot();
         if self
-            .disk
+            .stored
+            .disk_mut()
             .snapshot_kill_if_overdue(self.now, SNAPSHOT_CHILD_DEADLINE)
         {
             error!("snapshot child ran past {SNAPSHOT_CHILD_DEADLINE:?}; killed it");
@@ -693,7 +674,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Stop: sync what is appended and flush what is queued (the shell stops accepting and
     /// exits). A failed sync is reported: the process exits non-zero.
     pub fn shutdown(&mut self) -> Result<(), NodeError> {
-        self.disk
+        self.stored
+            .disk_mut()
             .sync()
             .map_err(|e| NodeError::new(format!("final sync: {e}")))?;
         self.flush_dirty();
@@ -711,20 +693,20 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         &self.raft
     }
     pub fn state_machine(&self) -> &S {
-        &self.sm
+        self.applied.sm()
     }
     pub fn applied(&self) -> LogIndex {
-        self.applied
+        self.applied.index()
     }
     /// The last index known durable, and the snapshot on disk.
     pub fn durable(&self) -> (LogIndex, EntryId) {
-        (self.durable_last, self.snapshot_meta.last)
+        (self.stored.durable_last(), self.stored.snapshot_meta().last)
     }
     pub fn disk(&self) -> &D {
-        &self.disk
+        self.stored.disk()
     }
     pub fn disk_mut(&mut self) -> &mut D {
-        &mut self.disk
+        self.stored.disk_mut()
     }
     pub fn net_mut(&mut self) -> &mut N {
         &mut self.net
@@ -738,10 +720,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// every step. A failure is a bug in this node.
     pub fn check_invariants(&self) {
         self.check_connections();
-        self.check_applied();
-        self.check_pending();
-        self.receiver.check_invariants();
-        self.disk.check_invariants();
+        self.pending.check_invariants(self.applied.index());
+        self.applied.check_invariants(
+            self.stored.snapshot_meta().last.index,
+            self.raft.status().commit,
+        );
+        self.incoming.check_invariants();
+        self.stored.check_invariants();
     }
 
     /// Client connections and replies: counts match, pipelines are bounded and account for
@@ -790,41 +775,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     "link to node {id} names connection {key}, not a peer's"
                 );
             }
-        }
-    }
-
-    /// The applied state machine: applied within (snapshot, commit], the state machine agrees.
-    fn check_applied(&self) {
-        assert!(
-            self.applied >= self.snapshot_meta.last.index,
-            "applied {} before the snapshot at {}",
-            self.applied,
-            self.snapshot_meta.last.index
-        );
-        assert!(
-            self.applied <= self.raft.status().commit,
-            "applied {} beyond commit {}",
-            self.applied,
-            self.raft.status().commit
-        );
-    }
-
-    /// Pending requests: bounded; no write waits at an index already applied.
-    fn check_pending(&self) {
-        assert!(
-            self.reads.len() <= crate::limits::READS_PENDING_MAX,
-            "reads pending"
-        );
-        assert!(
-            self.forwards.len() <= crate::limits::FORWARDS_PENDING_MAX,
-            "forwards pending"
-        );
-        if let Some((&idx, _)) = self.waiters.first_key_value() {
-            assert!(
-                idx > self.applied,
-                "a write waits at {idx}, applied {}",
-                self.applied
-            );
         }
     }
 }

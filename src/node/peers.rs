@@ -13,7 +13,6 @@ use log::{debug, info, warn};
 use std::collections::BTreeMap;
 
 use super::conn::Conn;
-use super::snapshot::SnapshotHeader;
 
 /// After a snapshot could not be opened for a follower, how long until the next try.
 const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -446,7 +445,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn start_snapshot_stream(&mut self, to: NodeId, term: Term, meta: SnapshotMeta) {
-        if !self.snapshot_on_disk {
+        if self.stored.snapshot_on_disk().is_none() {
             warn!("the core asked to send a snapshot to node {to} but there is none on disk");
             return self.report_to_core(CoreReport::Snapshot, to, false);
         }
@@ -467,12 +466,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         let chunk = self.cfg.snapshot_chunk_bytes as usize;
         let inflight = limits::SNAPSHOT_CHUNKS_INFLIGHT_MAX;
-        let mut opened = self.disk.snapshot_open(&meta, chunk, inflight);
-        if opened.is_err() && self.snapshot_meta.last != meta.last {
+        let mut opened = self.stored.disk_mut().snapshot_open(&meta, chunk, inflight);
+        if opened.is_err() && self.stored.snapshot_meta().last != meta.last {
             // The file asked for is gone (a newer one replaced it): the current one serves the
             // follower as well, and it is the one on disk.
-            let current = self.snapshot_meta.clone();
-            opened = self.disk.snapshot_open(&current, chunk, inflight);
+            let current = self.stored.snapshot_meta().clone();
+            opened = self
+                .stored
+                .disk_mut()
+                .snapshot_open(&current, chunk, inflight);
         }
         let now = self.now;
         let Some(link) = self.peers.get_mut(&to) else {
@@ -585,26 +587,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.pump_snapshot(from, term);
     }
 
-    /// Hand a chunk to the receiver: (next offset, ok, the completed file).
-    fn receive_chunk(
-        &mut self,
-        from: NodeId,
-        meta: &SnapshotMeta,
-        total_size: u64,
-        offset: u64,
-        data: &[u8],
-        done: bool,
-    ) -> (u64, bool, Option<(SnapshotHeader, std::path::PathBuf)>) {
-        match self.receiver.on_chunk(meta, total_size, offset, data, done) {
-            Ok(out) => (out.next_offset, out.ok, out.complete),
-            Err(e) => {
-                warn!("snapshot chunk from node {from}: {e}");
-                self.receiver.abort();
-                (0, false, None)
-            }
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn on_snapshot_chunk(
         &mut self,
@@ -622,13 +604,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             debug!("dropping a snapshot chunk of term {term} from node {from}");
             return;
         }
-        let (next_offset, ok, complete) = if meta.last.index <= self.snapshot_meta.last.index {
-            // We hold this snapshot or a newer one: never write an older one (the metadata
-            // never moves backwards); tell the sender it is complete so it stops.
-            (total_size, true, None)
-        } else {
-            self.receive_chunk(from, &meta, total_size, offset, data, done)
-        };
+        let (next_offset, ok, complete) =
+            if meta.last.index <= self.stored.snapshot_meta().last.index {
+                // We hold this snapshot or a newer one: never write an older one (the metadata
+                // never moves backwards); tell the sender it is complete so it stops.
+                (total_size, true, None)
+            } else {
+                self.incoming
+                    .on_chunk(from, &meta, total_size, offset, data, done)
+            };
         let ack = Frame::SnapshotAck {
             term,
             from: self.id,
@@ -644,7 +628,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 header.meta.last,
                 path.display()
             );
-            self.received_snapshot = Some(header.meta.last);
             let msg = Message {
                 from,
                 to: self.id,

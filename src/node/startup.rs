@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 use log::info;
 use slab::Slab;
 
+use super::applied::Applied;
 use super::clock::Clock;
+use super::incoming::Incoming;
 use super::net::Net;
+use super::pending::Pending;
 use super::storage::Disk;
+use super::stored::Stored;
 use super::{MemberAddrs, Node, NodeError, Stats, TimerId};
 use crate::config::Config;
 use crate::kv::StateMachine;
@@ -167,9 +171,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             wheel: TimerWheel::new(now_tick),
             clock,
             raft,
-            disk,
+            stored: Stored::new(
+                disk,
+                durable_last,
+                have_snapshot.then(|| snapshot_meta.clone()),
+                snapshot_meta.clone(),
+                now,
+            ),
             net,
-            sm,
             conns: Slab::new(),
             awaiting_hello: VecDeque::new(),
             client_conns: 0,
@@ -180,27 +189,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             members: BTreeMap::new(),
             retired: BTreeMap::new(),
             peers: HashMap::new(),
-            waiters: BTreeMap::new(),
-            reads: HashMap::new(),
-            reads_ready: Vec::new(),
-            next_read_ctx: 1,
-            forwards: HashMap::new(),
-            next_forward_id: first_forward_id.max(1),
-            durable_last,
-            applied,
-            applied_term: snapshot_meta.last.term,
-            conf_applied: snapshot_meta.conf.clone(),
-            make_sm: Box::new(make_sm),
-            snapshot_on_disk: have_snapshot,
-            snapshot_meta,
-            received_snapshot: None,
+            pending: Pending::new(first_forward_id),
+            applied: Applied::new(sm, &snapshot_meta, Box::new(make_sm)),
             snapshot_requested: false,
             watch_fd: None,
-            receiver,
-            wal_discard_to: LogIndex(0),
-            log_bytes_since_snapshot: 0,
-            read_only: None,
-            disk_retry_at: now,
+            incoming: Incoming::new(receiver, have_snapshot.then_some(snapshot_meta.last)),
             was_leader: false,
             in_ready: false,
             deferred_reports: Vec::new(),
@@ -211,9 +204,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             },
             cfg,
         };
-        if node.snapshot_on_disk {
-            node.receiver.set_installed(node.snapshot_meta.last);
-        }
         node.set_members(members);
         node.schedule(now_tick + 1, TimerId::RaftTick);
         node.schedule(now_tick + 1, TimerId::Housekeeping);

@@ -419,6 +419,11 @@ impl<P: PartialStore> SnapshotReceiver<P> {
         self.installed = Some(last);
     }
 
+    /// The snapshot the node holds or last received whole, if any.
+    pub fn installed(&self) -> Option<EntryId> {
+        self.installed
+    }
+
     /// Drops the transfer under way, removing its temp file.
     pub fn abort(&mut self) {
         if let Some(p) = self.partial.take() {

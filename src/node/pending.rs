@@ -1,0 +1,303 @@
+//! `Pending`: the client requests this node has accepted and not yet answered — writes waiting
+//! for their entry to apply, reads waiting for their ReadIndex round and then for apply, and
+//! requests forwarded to the leader waiting for its reply — with the ids that name them.
+//!
+//! It owns only the bookkeeping: it never answers anyone itself. Every method that settles a
+//! request hands back who is waiting (`ReplyTo`), and the node delivers the reply, so the
+//! order of replies stays the node's business (`clients.rs`).
+//!
+//! Invariants (checked by `check_invariants`):
+//! 1. No write waits at an index already applied: applying index `i` settles every waiter at
+//!    or below `i` (the caller passes the applied index).
+//! 2. At most `READS_PENDING_MAX` reads and `FORWARDS_PENDING_MAX` forwards are pending; the
+//!    node checks `reads_full` / `forwards_full` before adding one.
+//! 3. Every pending read's context is below `next_read_ctx`, every forward's id below
+//!    `next_forward_id`: ids are handed out once and never reused while this node runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use super::ReplyTo;
+use crate::limits;
+use crate::raft::{LogIndex, Term};
+
+/// A write proposed by this node as leader, waiting for its entry to be applied.
+struct Waiter {
+    term: Term,
+    to: ReplyTo,
+}
+
+/// A read waiting for its ReadIndex round, then for apply to reach its index.
+pub(super) struct PendingRead {
+    pub(super) to: ReplyTo,
+    pub(super) query: Vec<u8>,
+    /// The leader's last index when the read arrived: the read is served only after every
+    /// write accepted before it is applied, so a pipeline reads its own writes (Redis's
+    /// per-connection order), not merely a linearizable point before them.
+    floor: LogIndex,
+}
+
+/// A client request forwarded to the leader.
+struct Forward {
+    to: ReplyTo,
+    deadline: Instant,
+}
+
+/// How a waiting write was settled by the apply of an index.
+pub(super) enum Settled {
+    /// Its own entry applied: answer with the entry's result.
+    Applied(ReplyTo),
+    /// Another entry took its index (leadership changed): it was not applied.
+    Replaced(ReplyTo),
+}
+
+pub(super) struct Pending {
+    /// Writes by the index of their entry. Invariant 1.
+    waiters: BTreeMap<LogIndex, Waiter>,
+    /// Reads by context. Invariants 2, 3.
+    reads: HashMap<u64, PendingRead>,
+    /// Reads whose round completed: (the index apply must reach, context), in arrival order.
+    reads_ready: Vec<(LogIndex, u64)>,
+    next_read_ctx: u64,
+    /// Forwarded requests by id. Invariants 2, 3.
+    forwards: HashMap<u64, Forward>,
+    next_forward_id: u64,
+}
+
+impl Pending {
+    /// `first_forward_id` comes from the caller, so ids differ across restarts of this node
+    /// (a leader may still answer a forward sent before the restart).
+    pub(super) fn new(first_forward_id: u64) -> Pending {
+        Pending {
+            waiters: BTreeMap::new(),
+            reads: HashMap::new(),
+            reads_ready: Vec::new(),
+            next_read_ctx: 1,
+            forwards: HashMap::new(),
+            next_forward_id: first_forward_id.max(1),
+        }
+    }
+
+    /// (forwarded, reads, writes) pending, for INFO.
+    pub(super) fn counts(&self) -> (usize, usize, usize) {
+        (self.forwards.len(), self.reads.len(), self.waiters.len())
+    }
+
+    pub(super) fn add_waiter(&mut self, index: LogIndex, term: Term, to: ReplyTo) {
+        self.waiters.insert(index, Waiter { term, to });
+    }
+
+    /// Every waiting write, oldest first (leadership was lost: none can be vouched for).
+    pub(super) fn take_waiters(&mut self) -> Vec<ReplyTo> {
+        std::mem::take(&mut self.waiters)
+            .into_values()
+            .map(|w| w.to)
+            .collect()
+    }
+
+    /// The entry `id` applied: every waiter at or below its index is settled (invariant 1).
+    pub(super) fn settle_waiters(&mut self, index: LogIndex, term: Term) -> Vec<Settled> {
+        let later = self.waiters.split_off(&index.next());
+        let settled = std::mem::replace(&mut self.waiters, later);
+        settled
+            .into_iter()
+            .map(|(idx, w)| match idx == index && w.term == term {
+                true => Settled::Applied(w.to),
+                false => Settled::Replaced(w.to),
+            })
+            .collect()
+    }
+
+    /// Waiters at or below a snapshot's index: no apply will answer them here.
+    pub(super) fn take_waiters_through(&mut self, index: LogIndex) -> Vec<ReplyTo> {
+        let later = self.waiters.split_off(&index.next());
+        std::mem::replace(&mut self.waiters, later)
+            .into_values()
+            .map(|w| w.to)
+            .collect()
+    }
+
+    pub(super) fn reads_full(&self) -> bool {
+        self.reads.len() >= limits::READS_PENDING_MAX
+    }
+
+    /// The context the next read will use (pass it to the core, then `add_read` on success).
+    pub(super) fn next_read_ctx(&self) -> u64 {
+        self.next_read_ctx
+    }
+
+    pub(super) fn add_read(&mut self, ctx: u64, to: ReplyTo, query: Vec<u8>, floor: LogIndex) {
+        assert_eq!(ctx, self.next_read_ctx, "read context out of turn");
+        assert!(!self.reads_full(), "a read added beyond the limit");
+        self.next_read_ctx += 1;
+        self.reads.insert(ctx, PendingRead { to, query, floor });
+    }
+
+    /// The core confirmed read `ctx` at `index`: it waits for apply to reach that index (or
+    /// its floor, whichever is later).
+    pub(super) fn read_confirmed(&mut self, ctx: u64, index: LogIndex) {
+        let floor = self.reads.get(&ctx).map_or(index, |r| r.floor);
+        self.reads_ready.push((index.max(floor), ctx));
+    }
+
+    /// The confirmed reads that `applied` now covers, in the order they were confirmed.
+    pub(super) fn take_due_reads(&mut self, applied: LogIndex) -> Vec<PendingRead> {
+        if !self.reads_ready.iter().any(|&(index, _)| index <= applied) {
+            return Vec::new();
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .reads_ready
+            .drain(..)
+            .partition(|&(index, _)| index <= applied);
+        self.reads_ready = later;
+        due.into_iter()
+            .filter_map(|(_, ctx)| self.reads.remove(&ctx))
+            .collect()
+    }
+
+    /// Read `ctx` failed (the core could not confirm it); who waited for it, if anyone.
+    pub(super) fn take_read(&mut self, ctx: u64) -> Option<ReplyTo> {
+        self.reads.remove(&ctx).map(|r| r.to)
+    }
+
+    pub(super) fn forwards_full(&self) -> bool {
+        self.forwards.len() >= limits::FORWARDS_PENDING_MAX
+    }
+
+    /// An id for a request about to be forwarded (used once, even if the send fails).
+    pub(super) fn new_forward_id(&mut self) -> u64 {
+        let id = self.next_forward_id;
+        self.next_forward_id += 1;
+        id
+    }
+
+    pub(super) fn add_forward(&mut self, id: u64, to: ReplyTo, deadline: Instant) {
+        assert!(id < self.next_forward_id, "forward id {id} not handed out");
+        assert!(!self.forwards_full(), "a forward added beyond the limit");
+        self.forwards.insert(id, Forward { to, deadline });
+    }
+
+    /// The leader answered forward `id`; who waited for it, if anyone still does.
+    pub(super) fn take_forward(&mut self, id: u64) -> Option<ReplyTo> {
+        self.forwards.remove(&id).map(|f| f.to)
+    }
+
+    /// Forwards whose leader did not answer by `now`.
+    pub(super) fn take_expired_forwards(&mut self, now: Instant) -> Vec<ReplyTo> {
+        let expired: Vec<u64> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| self.forwards.remove(&id).map(|f| f.to))
+            .collect()
+    }
+
+    /// The invariants in the module header; `applied` is the node's applied index.
+    pub(super) fn check_invariants(&self, applied: LogIndex) {
+        assert!(
+            self.reads.len() <= limits::READS_PENDING_MAX,
+            "{} reads pending",
+            self.reads.len()
+        );
+        assert!(
+            self.forwards.len() <= limits::FORWARDS_PENDING_MAX,
+            "{} forwards pending",
+            self.forwards.len()
+        );
+        if let Some((&idx, _)) = self.waiters.first_key_value() {
+            assert!(idx > applied, "a write waits at {idx}, applied {applied}");
+        }
+        if let Some(&ctx) = self.reads.keys().find(|&&c| c >= self.next_read_ctx) {
+            panic!(
+                "read context {ctx} not handed out (next {})",
+                self.next_read_ctx
+            );
+        }
+        if let Some(&id) = self.forwards.keys().find(|&&i| i >= self.next_forward_id) {
+            panic!(
+                "forward id {id} not handed out (next {})",
+                self.next_forward_id
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(seq: u64) -> ReplyTo {
+        ReplyTo::Client {
+            key: 0,
+            gen: 1,
+            seq,
+        }
+    }
+
+    #[test]
+    fn applying_an_index_settles_every_waiter_at_or_below_it() {
+        let mut p = Pending::new(1);
+        p.add_waiter(LogIndex(3), Term(2), client(0));
+        p.add_waiter(LogIndex(4), Term(2), client(1));
+        p.add_waiter(LogIndex(5), Term(2), client(2));
+        // Index 4 applied from a later term: 3 was overtaken, 4 was replaced, 5 still waits.
+        let settled = p.settle_waiters(LogIndex(4), Term(3));
+        let replaced: Vec<_> = settled
+            .iter()
+            .map(|s| match s {
+                Settled::Replaced(to) => Some(*to),
+                Settled::Applied(_) => None,
+            })
+            .collect();
+        assert_eq!(replaced, vec![Some(client(0)), Some(client(1))]);
+        p.check_invariants(LogIndex(4));
+        let settled = p.settle_waiters(LogIndex(5), Term(2));
+        assert!(matches!(settled[..], [Settled::Applied(to)] if to == client(2)));
+        assert_eq!(p.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_read_waits_for_its_floor_and_reads_leave_in_confirmation_order() {
+        let mut p = Pending::new(1);
+        let a = p.next_read_ctx();
+        p.add_read(a, client(0), b"a".to_vec(), LogIndex(7));
+        let b = p.next_read_ctx();
+        p.add_read(b, client(1), b"b".to_vec(), LogIndex(2));
+        p.read_confirmed(a, LogIndex(5));
+        p.read_confirmed(b, LogIndex(5));
+        // `a` arrived after writes up to 7 were accepted: it waits for them.
+        let due: Vec<_> = p.take_due_reads(LogIndex(6)).iter().map(|r| r.to).collect();
+        assert_eq!(due, vec![client(1)]);
+        let due: Vec<_> = p.take_due_reads(LogIndex(7)).iter().map(|r| r.to).collect();
+        assert_eq!(due, vec![client(0)]);
+        assert!(p.take_read(a).is_none(), "a served read is gone");
+    }
+
+    #[test]
+    fn forward_ids_start_where_the_caller_says_and_expire_by_deadline() {
+        let now = Instant::now();
+        let mut p = Pending::new(1_000);
+        let id = p.new_forward_id();
+        assert_eq!(id, 1_000);
+        p.add_forward(id, client(0), now + std::time::Duration::from_secs(1));
+        assert!(p.take_expired_forwards(now).is_empty());
+        assert_eq!(
+            p.take_expired_forwards(now + std::time::Duration::from_secs(1)),
+            vec![client(0)]
+        );
+        assert!(p.take_forward(id).is_none());
+        p.check_invariants(LogIndex(0));
+    }
+
+    #[test]
+    #[should_panic(expected = "a write waits at 3, applied 3")]
+    fn a_waiter_at_an_applied_index_breaks_an_invariant() {
+        let mut p = Pending::new(1);
+        p.add_waiter(LogIndex(3), Term(1), client(0));
+        p.check_invariants(LogIndex(3));
+    }
+}
