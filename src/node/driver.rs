@@ -70,8 +70,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             // A read whose round completed waits for its index, which may be one of this
             // leader's uncommitted entries (the read's floor): it may never be applied now.
             self.serve_ready_reads();
-            let waiting = std::mem::take(&mut self.reads_ready);
-            self.fail_reads(waiting.into_iter().map(|(_, ctx)| ctx).collect());
+            let waiting = self.pending.take_confirmed_contexts();
+            self.fail_reads(waiting);
         }
         self.was_leader = is_leader;
     }

@@ -155,6 +155,12 @@ impl Pending {
             .collect()
     }
 
+    /// The contexts of every confirmed read still waiting for apply (a leader stepping down
+    /// cannot promise their index will be applied: it may be its own uncommitted entry).
+    pub(super) fn take_confirmed_contexts(&mut self) -> Vec<u64> {
+        self.reads_ready.drain(..).map(|(_, ctx)| ctx).collect()
+    }
+
     /// Read `ctx` failed (the core could not confirm it); who waited for it, if anyone.
     pub(super) fn take_read(&mut self, ctx: u64) -> Option<ReplyTo> {
         self.reads.remove(&ctx).map(|r| r.to)
