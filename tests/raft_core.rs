@@ -858,6 +858,15 @@ fn a_leader_whose_unseen_entry_demotes_or_removes_it_does_not_leave_the_cluster_
     for op in [ConfChangeOp::AddLearner, ConfChangeOp::Remove] {
         for pre_vote in [false, true] {
             let (mut net, change) = leader_changes_itself_out_unseen(op, |c| c.pre_vote = pre_vote);
+            // Node 1's own vote does not count in a configuration it is not a voter of: cut
+            // off from node 2 it campaigns but never wins.
+            net.cut.insert(2);
+            let alone = tick_until(&mut net, 100, |n| leads(n, 1));
+            assert!(
+                !alone,
+                "{op:?} pre_vote={pre_vote}: node 1 won without node 2"
+            );
+            net.cut.clear();
             let elected = tick_until(&mut net, 200, |n| leads(n, 1) || leads(n, 2));
             assert!(elected, "{op:?} pre_vote={pre_vote}: no leader");
             // Whoever led first, the change commits and node 2, the only voter left, leads.
@@ -871,6 +880,16 @@ fn a_leader_whose_unseen_entry_demotes_or_removes_it_does_not_leave_the_cluster_
                 st.commit
             );
             assert!(!leads(&net, 1));
+            // Node 1 knows its change committed: it stays out of elections for good (a
+            // removed node hears from nobody, and without pre-vote its campaign would depose
+            // node 2).
+            let term = net.raft(2).term();
+            let quiet = |n: &Net| n.node(1).raft.role() != Role::Follower || !leads(n, 2);
+            assert!(
+                !tick_until(&mut net, 100, quiet),
+                "{op:?} pre_vote={pre_vote}"
+            );
+            assert_eq!(net.raft(2).term(), term);
         }
     }
 }
