@@ -33,6 +33,11 @@ const ROUNDS_MAX: usize = 200;
 
 impl Net {
     fn new(voters: &[u64], learners: &[u64]) -> Net {
+        Net::with(voters, learners, |_| {})
+    }
+
+    /// Like `new`, with `tweak` applied to each node's config after the defaults above.
+    fn with(voters: &[u64], learners: &[u64], tweak: impl Fn(&mut Config)) -> Net {
         let conf = ConfState::new(
             voters.iter().map(|&v| NodeId(v)).collect(),
             learners.iter().map(|&l| NodeId(l)).collect(),
@@ -43,6 +48,7 @@ impl Net {
                 let mut cfg = Config::new(id, id.0);
                 cfg.pre_vote = false;
                 cfg.check_quorum = false;
+                tweak(&mut cfg);
                 let restored = Restored {
                     snapshot: SnapshotMeta {
                         last: EntryId::default(),
@@ -783,6 +789,107 @@ fn no_message_a_peer_can_send_panics_a_core() {
             if stepped.is_err() {
                 panic!("seed {seed} case {case}: a core panicked; forged message: {shown}");
             }
+        }
+    }
+}
+
+// ---- issue 12: a node whose uncommitted tail removes or demotes it (sim seeds 723, 2903) ----
+
+/// Ticks every node (all messages delivered after each tick) until `done` holds, at most
+/// `ticks_max` ticks; returns whether it did.
+fn tick_until(net: &mut Net, ticks_max: u64, done: impl Fn(&Net) -> bool) -> bool {
+    let ids: Vec<u64> = net.nodes.keys().copied().collect();
+    for _ in 0..ticks_max {
+        for &id in &ids {
+            net.raft(id).tick();
+        }
+        net.stabilize();
+        if done(net) {
+            return true;
+        }
+    }
+    false
+}
+
+fn leads(net: &Net, id: u64) -> bool {
+    net.node(id).raft.role() == Role::Leader
+}
+
+/// Voters {1, 2}; leader 1 appends a change that takes itself out of the voters while node 2
+/// is cut off, then loses its leadership to node 2's higher term (seed 2903's stuck state). Node 1 holds the longest
+/// log, so node 2 can never win its vote. Returns the net, leaderless, and the change's index.
+fn leader_changes_itself_out_unseen(
+    op: ConfChangeOp,
+    tweak: impl Fn(&mut Config),
+) -> (Net, LogIndex) {
+    let mut net = Net::with(&[1, 2], &[], tweak);
+    net.elect(1);
+    net.cut.insert(2);
+    let change = net
+        .raft(1)
+        .propose_conf_change(ConfChange {
+            op,
+            node: NodeId(1),
+            context: vec![],
+        })
+        .unwrap();
+    net.stabilize();
+    assert!(!net.raft(1).status().conf.is_voter(NodeId(1)));
+    assert!(net.raft(2).status().conf.is_voter(NodeId(1)));
+    // Node 2 campaigns and deposes node 1. (A stale TimeoutNow, delivered late, makes it
+    // skip pre-vote, which node 1 would refuse while still leading; a crash and restart of
+    // node 1 does the same in the simulator.)
+    net.cut.clear();
+    let term = net.raft(2).term();
+    net.raft(2).step(msg(1, 2, term.0, MessageBody::TimeoutNow));
+    net.stabilize();
+    assert!(net.raft(1).term() > term);
+    assert_eq!(net.raft(1).role(), Role::Follower);
+    assert!(net.raft(1).last_id().index > net.raft(2).last_id().index);
+    (net, change.index)
+}
+
+/// Before the fix no node was ever elected: node 1 would not campaign (not a voter of its
+/// newest configuration) and node 2 could not win node 1's vote. Now node 1 campaigns as a
+/// voter of its committed configuration, wins the newest one's voters (node 2), commits its
+/// own change and steps down (thesis §4.2.2); node 2 then leads alone.
+#[test]
+fn a_leader_whose_unseen_entry_demotes_or_removes_it_does_not_leave_the_cluster_leaderless() {
+    for op in [ConfChangeOp::AddLearner, ConfChangeOp::Remove] {
+        for pre_vote in [false, true] {
+            let (mut net, change) = leader_changes_itself_out_unseen(op, |c| c.pre_vote = pre_vote);
+            // Node 1's own vote does not count in a configuration it is not a voter of: cut
+            // off from node 2 it campaigns but never wins.
+            net.cut.insert(2);
+            let alone = tick_until(&mut net, 100, |n| leads(n, 1));
+            assert!(
+                !alone,
+                "{op:?} pre_vote={pre_vote}: node 1 won without node 2"
+            );
+            net.cut.clear();
+            let elected = tick_until(&mut net, 200, |n| leads(n, 1) || leads(n, 2));
+            assert!(elected, "{op:?} pre_vote={pre_vote}: no leader");
+            // Whoever led first, the change commits and node 2, the only voter left, leads.
+            let done = tick_until(&mut net, 400, |n| leads(n, 2));
+            assert!(done, "{op:?} pre_vote={pre_vote}: node 2 never led");
+            let st = net.raft(2).status();
+            assert_eq!(st.conf.voters, vec![NodeId(2)], "{op:?}");
+            assert!(
+                st.commit >= change,
+                "{op:?}: commit {} < {change}",
+                st.commit
+            );
+            assert!(!leads(&net, 1));
+            // Node 1 knows its change committed: it stays out of elections for good (a
+            // removed node hears from nobody, and without pre-vote its campaign would depose
+            // node 2).
+            let term = net.raft(2).term();
+            let quiet = |n: &Net| n.node(1).raft.role() != Role::Follower || !leads(n, 2);
+            assert!(
+                !tick_until(&mut net, 100, quiet),
+                "{op:?} pre_vote={pre_vote}"
+            );
+            assert_eq!(net.raft(2).term(), term);
         }
     }
 }

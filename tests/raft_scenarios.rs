@@ -358,6 +358,45 @@ fn a_learner_is_added_promoted_and_a_voter_removed() {
     assert_eq!(c.applied.get(&e.index), Some(&e));
 }
 
+/// Simulator seeds 723 and 2903, with the defaults (pre-vote, check-quorum): the leader of
+/// voters {l, o} demotes itself while o is cut off, then crashes and restarts. Its durable
+/// log is the longest and its newest configuration leaves it a learner; o cannot win its
+/// vote. Before the fix no node was ever elected. Now l, a voter of its committed
+/// configuration, campaigns under the newest one (o's vote alone decides), commits its
+/// demotion and steps down, and o leads the voters it is the only one of.
+#[test]
+fn a_leader_that_demoted_itself_unseen_and_restarted_is_elected_then_steps_down() {
+    let mut c = Cluster::new(&[1, 2], &[], 11, |_| {});
+    let l = c.run_until_leader(100);
+    let o = 3 - l;
+    c.isolate(o);
+    let demote = ConfChange {
+        op: ConfChangeOp::AddLearner,
+        node: NodeId(l),
+        context: vec![],
+    };
+    let change = c.node_mut(l).propose_conf_change(demote).unwrap();
+    c.stabilize();
+    c.crash(NodeId(l));
+    c.restart(NodeId(l));
+    c.heal();
+    assert!(c.node(l).last_id().index > c.node(o).last_id().index);
+    let mut settled = false;
+    for _ in 0..2000 {
+        c.tick_all();
+        c.stabilize();
+        let st = c.node(o).status();
+        if st.role == Role::Leader && st.commit >= change.index {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "node {o} never led with the demotion committed");
+    assert_eq!(c.node(o).status().conf.voters, vec![NodeId(o)]);
+    assert!(c.node(o).status().conf.is_learner(NodeId(l)));
+    assert_eq!(c.applied.get(&change.index), Some(&change));
+}
+
 // ---- seed lessons ----
 
 #[test]

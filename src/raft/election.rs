@@ -10,7 +10,7 @@
 use super::message::{Message, MessageBody};
 use super::progress::Progress;
 use super::read::ReadTracker;
-use super::types::{EntryKind, LogIndex, NodeId, Term};
+use super::types::{ConfState, EntryKind, LogIndex, NodeId, Term};
 use super::{quorum, LeaderState, Raft, RoleState, Votes};
 
 /// What kind of election to run.
@@ -30,9 +30,12 @@ impl Raft {
         self.election_timeout_ticks = self.prng.range(t, 2 * t);
     }
 
-    /// Only voters of the configuration in force (the latest in the log) campaign.
+    /// A voter of the configuration in force (the latest in the log) campaigns; so does a voter
+    /// of the committed one whose uncommitted tail takes it out of the voters, since it may be
+    /// the only node able to win (see "Campaigning while changed out" in `membership.rs`).
+    /// Either way the votes are counted in the configuration in force.
     pub(super) fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id)
+        self.conf.is_voter(self.id) || self.conf_committed.is_voter(self.id)
     }
 
     pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
@@ -266,7 +269,8 @@ impl Raft {
             }
         };
         self.reset_election_timer();
-        if quorum::is_majority(1, self.conf.voters.len()) {
+        let own = usize::from(self.conf.is_voter(self.id));
+        if quorum::is_majority(own, self.conf.voters.len()) {
             self.won_election(kind);
             return;
         }
@@ -334,8 +338,7 @@ impl Raft {
             _ => return,
         };
         votes.answers.entry(from).or_insert(granted);
-        let yes = votes.answers.values().filter(|&&g| g).count();
-        let no = votes.answers.len() - yes;
+        let (yes, no) = tally(&self.conf, votes);
         let voters = self.conf.voters.len();
         if quorum::is_majority(yes, voters) {
             self.won_election(kind);
@@ -425,4 +428,12 @@ impl Raft {
             _ => LogIndex(0),
         }
     }
+}
+
+/// The granted and refused answers of the voters of `conf`, the configuration in force. A
+/// candidate's own answer counts only while it is one of them.
+fn tally(conf: &ConfState, votes: &Votes) -> (usize, usize) {
+    let counted = votes.answers.iter().filter(|(&id, _)| conf.is_voter(id));
+    let (yes, no): (Vec<_>, Vec<_>) = counted.partition(|(_, &granted)| granted);
+    (yes.len(), no.len())
 }

@@ -9,6 +9,36 @@
 //! `MEMBERS_MAX` members is refused when proposed (`ProposeError::TooManyMembers`) and, should
 //! one reach a log anyway, has no effect on any node, like one that does not decode.
 //!
+//! Campaigning while changed out. A configuration in force before it commits has a cost: a
+//! node whose uncommitted tail removes or demotes it may hold the longest log, so no other
+//! node can win its vote (§5.4.1), and if it did not campaign no leader would ever be elected
+//! (simulator seeds 723 and 2903: a leader of voters {1, 2} demotes itself, only it holds the
+//! entry, it loses leadership to node 2's higher term). So a node campaigns when it is a voter
+//! of the configuration in force OR of the committed one (the thesis, §4.1, makes the same
+//! point: a server left out of its own latest configuration may be needed to elect a leader
+//! until that entry commits, so it keeps starting elections). Votes are always counted in the
+//! configuration in force, the candidate's own vote only while it is one of its voters; a
+//! voter grants a vote without consulting any configuration. Why this is safe:
+//! - Election safety and leader completeness rest on quorum overlap alone: a candidate wins
+//!   with a majority of the latest configuration in its log, and the single-server argument
+//!   (§4.1, with invariant 1 below) says any two configurations a leader can be elected under
+//!   in one term, or commit under, are equal or differ by one server, so their majorities
+//!   share a server. That server votes once per term, and by the up-to-date check votes only
+//!   for a log holding everything it holds. Whether the candidate is itself in the
+//!   configuration appears nowhere in that argument; only which configuration counts does,
+//!   and it is the same one every node would use.
+//! - Counting under the committed configuration instead would not be: it may be two changes
+//!   behind another candidate's latest one (the disjoint majorities of §4.2 the single-server
+//!   rule exists to prevent).
+//! - The leader so elected manages a cluster it is not a voter of (thesis §4.2.2): its commit
+//!   index counts only the voters' match indexes, check-quorum and reads count only voters,
+//!   and once its removal or demotion commits it steps down (invariant 2), after which the
+//!   remaining voters, whose logs it just brought up to date, elect one of themselves.
+//! - A node learns its change committed from the commit index; from then on it stops
+//!   campaigning. Until then, a removed node disturbs nobody who has moved on: pre-vote and
+//!   the leader lease (§4.2.3) refuse it, and if its log is complete enough to win it is a
+//!   legitimate leader by the argument above.
+//!
 //! Invariants:
 //! 1. At most one change is uncommitted, and a leader proposes one only after an entry of its
 //!    own term committed (the fix for the single-server change bug, Ongaro 2015).
