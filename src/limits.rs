@@ -116,3 +116,19 @@ pub const SCAN_COUNT_MAX: u32 = 100_000;
 
 /// Largest keyspace `KEYS` walks; past it `KEYS` is refused with an error naming `SCAN`.
 pub const KEYS_KEYS_MAX: usize = 1_000_000;
+
+/// Commands one transaction (`MULTI` ... `EXEC`) may queue; one more is refused with an error
+/// naming this limit, and `EXEC` then aborts the transaction.
+pub const TX_COMMANDS_MAX: usize = 10_000;
+
+/// Bytes of one transaction's log entry body: its queued commands' encodings and its watched
+/// keys. Checked before each command is queued; it leaves room under `ENTRY_SIZE_MAX` for the
+/// entry's own header and envelope.
+pub const TX_SIZE_MAX: usize = ENTRY_SIZE_MAX - 64 * 1024;
+
+/// Keys one connection may `WATCH` at once.
+pub const WATCH_KEYS_MAX: usize = 1024;
+
+// A transaction holds at least one command of the largest size.
+const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX + 64 <= TX_SIZE_MAX);
+const _: () = assert!(TX_SIZE_MAX + 1024 <= ENTRY_SIZE_MAX);

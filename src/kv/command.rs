@@ -31,6 +31,8 @@
 //! 0x0c RENAME key, new key, u8 nx (0 or 1)
 //! 0x0d COPY   key, destination, u8 replace (0 or 1)
 //! 0x0e FLUSHALL
+//! 0x20 EXEC   a whole transaction: watches and queued commands   0x60 WATCH  list of keys
+//!             (layout in `kv::tx`)                                (answers the applied index)
 //! ```
 //! Nothing may follow the last field. INCR, DECR and DECRBY are encoded as INCRBY; GETSET as
 //! SET with the GET flag; UNLINK as DEL; TOUCH as EXISTS; SUBSTR as GETRANGE; RENAMENX as
@@ -196,7 +198,7 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-mod op {
+pub(super) mod op {
     pub const SET: u8 = 0x01;
     pub const SETNX: u8 = 0x02;
     pub const DEL: u8 = 0x03;
@@ -211,6 +213,8 @@ mod op {
     pub const RENAME: u8 = 0x0c;
     pub const COPY: u8 = 0x0d;
     pub const FLUSHALL: u8 = 0x0e;
+    /// A transaction (`kv::tx`); apart from the others so that new ops do not collide.
+    pub const EXEC: u8 = 0x20;
     pub const GET: u8 = 0x41;
     pub const EXISTS: u8 = 0x42;
     pub const MGET: u8 = 0x43;
@@ -222,6 +226,8 @@ mod op {
     pub const SCAN: u8 = 0x49;
     pub const KEYS: u8 = 0x4a;
     pub const RANDOMKEY: u8 = 0x4b;
+    /// WATCH's read of the applied index (`kv::tx`).
+    pub const WATCH: u8 = 0x60;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,6 +273,8 @@ pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
             Ok(cmd) => Request::Read(encode_read(&cmd)),
             Err(reply) => Request::Reply(reply),
         },
+        "watch" => crate::kv::tx::parse_watch(args),
+        crate::kv::tx::EXEC_COMMAND => crate::kv::tx::parse_exec(args),
         "touch" | "getrange" | "substr" | "type" | "scan" | "keys" | "randomkey" => {
             match parse_read_more(name, args) {
                 Ok(cmd) => Request::Read(encode_read(&cmd)),
@@ -852,12 +860,12 @@ pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Decoding: check-then-decode over a byte slice.
 
-struct Reader<'a> {
-    buf: &'a [u8],
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -865,37 +873,37 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(super) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(super) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(BigEndian::read_u32(self.take(4)?))
     }
     fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(BigEndian::read_i64(self.take(8)?))
     }
-    fn bytes(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn bytes(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u32()? as usize;
         if len > max {
             return Err(DecodeError::TooLarge { len, max });
         }
         self.take(len)
     }
-    fn key(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn key(&mut self) -> Result<&'a [u8], DecodeError> {
         self.bytes(KEY_SIZE_MAX)
     }
     fn value(&mut self) -> Result<&'a [u8], DecodeError> {
         self.bytes(VALUE_SIZE_MAX)
     }
     /// A count of items each at least `item_min` bytes long, checked against what remains.
-    fn count(&mut self, item_min: usize) -> Result<usize, DecodeError> {
+    pub(super) fn count(&mut self, item_min: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(item_min) > self.buf.len() {
             return Err(DecodeError::Truncated);
         }
         Ok(n)
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(BigEndian::read_u64(self.take(8)?))
     }
     /// A byte that must be 0 or 1.
@@ -914,11 +922,11 @@ impl<'a> Reader<'a> {
         }
         Ok(pairs)
     }
-    fn keys(&mut self) -> Result<Vec<&'a [u8]>, DecodeError> {
+    pub(super) fn keys(&mut self) -> Result<Vec<&'a [u8]>, DecodeError> {
         let n = self.count(4)?;
         (0..n).map(|_| self.key()).collect()
     }
-    fn finish(&self) -> Result<(), DecodeError> {
+    pub(super) fn finish(&self) -> Result<(), DecodeError> {
         match self.buf.len() {
             0 => Ok(()),
             extra => Err(DecodeError::Trailing { extra }),
@@ -927,7 +935,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Version byte and op code.
-fn header(data: &[u8]) -> Result<(u8, Reader<'_>), DecodeError> {
+pub(super) fn header(data: &[u8]) -> Result<(u8, Reader<'_>), DecodeError> {
     match data {
         [] => Err(DecodeError::Empty),
         [FORMAT_VERSION, op, rest @ ..] => Ok((*op, Reader { buf: rest })),

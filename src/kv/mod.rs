@@ -21,6 +21,7 @@ pub mod hash;
 pub mod skiplist;
 pub mod snapshot;
 pub mod store;
+pub mod tx;
 
 use crate::client::value::Value;
 use crate::raft::LogIndex;
