@@ -280,7 +280,8 @@ pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
 
 fn encode_write_checked(cmd: &WriteCmd<'_>) -> Request {
     let payload = encode_write(cmd);
-    if payload.len() > ENTRY_SIZE_MAX {
+    // The leader wraps the payload in an envelope before proposing it: leave room for it.
+    if payload.len() + crate::kv::envelope::ENVELOPE_SIZE_MAX > ENTRY_SIZE_MAX {
         return Request::Reply(Value::error(format!(
             "ERR request exceeds the maximum entry size ({ENTRY_SIZE_MAX} bytes)"
         )));

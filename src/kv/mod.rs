@@ -3,7 +3,8 @@
 //!
 //! Owns: classifying client commands into log writes, reads and immediate replies
 //! (`command.rs`), applying committed entries deterministically (`store.rs`), the ordered
-//! storage (`skiplist.rs`) and the snapshot format (`snapshot.rs`).
+//! storage (`skiplist.rs`), the snapshot format (`snapshot.rs`) and the envelope the leader
+//! puts around each write (`envelope.rs`: its time stamp and client session).
 //! Must not: know about Raft beyond `LogIndex`, touch sockets, files or the clock.
 //!
 //! Invariants every `StateMachine` keeps:
@@ -15,6 +16,7 @@
 //!    a failed load leaves the previous state untouched.
 
 pub mod command;
+pub mod envelope;
 pub mod float;
 pub mod glob;
 pub mod hash;

@@ -29,7 +29,7 @@ use crate::kv::command::{self, ReadCmd, TypeFilter, WriteCmd, SET_GET, SET_NX, S
 use crate::kv::hash::hash64;
 use crate::kv::hash::{combine_state_hash, entry_hash};
 use crate::kv::skiplist::{Entry, SkipList};
-use crate::kv::{snapshot, Request, SnapshotError, StateMachine};
+use crate::kv::{envelope, snapshot, Request, SnapshotError, StateMachine};
 use crate::limits::KEYS_KEYS_MAX;
 use crate::limits::VALUE_SIZE_MAX;
 use crate::raft::LogIndex;
@@ -54,6 +54,9 @@ pub struct KvStats {
 pub struct KvStore {
     list: SkipList,
     applied: LogIndex,
+    /// The largest leader stamp applied so far (ms since the Unix epoch): apply's "now".
+    /// Part of the replicated state. Invariant: only grows.
+    stamp_ms: u64,
     entries_hash: u64,
     seed: u64,
     /// Every key by its scan hash (see "Scan order").
@@ -75,6 +78,7 @@ impl KvStore {
         KvStore {
             list: SkipList::new(seed),
             applied: LogIndex(0),
+            stamp_ms: 0,
             entries_hash: 0,
             seed,
             scan_index: BTreeSet::new(),
@@ -96,6 +100,11 @@ impl KvStore {
     /// snapshots or the state hash.
     pub fn compact(&mut self) {
         self.list.compact();
+    }
+
+    /// The largest leader stamp applied so far, ms since the Unix epoch (0 before any).
+    pub fn applied_stamp_ms(&self) -> u64 {
+        self.stamp_ms
     }
 
     /// The value under `key` (for tests and the node's diagnostics).
@@ -477,6 +486,14 @@ impl StateMachine for KvStore {
             self.applied
         );
         self.applied = index;
+        let (env, data) = match envelope::open(data) {
+            Ok(opened) => opened,
+            Err(e) => return Value::error(format!("ERR undecodable entry at index {index}: {e}")),
+        };
+        if let Some(env) = env {
+            // Apply's "now": never backwards, whatever the proposing leader's clock said.
+            self.stamp_ms = self.stamp_ms.max(env.stamp_ms);
+        }
         match command::decode_write(data) {
             Ok(cmd) => self.apply_write(cmd),
             Err(e) => Value::error(format!("ERR undecodable entry at index {index}: {e}")),
@@ -834,6 +851,52 @@ mod tests {
         assert!(v.is_error(), "{v:?}");
         assert_eq!(kv.applied_index(), LogIndex(1));
         assert!(kv.query(&[]).is_error());
+    }
+
+    fn write_payload(args: &[&[u8]]) -> Vec<u8> {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        match command::parse(&args) {
+            Some(Request::Write(p)) => p,
+            x => panic!("{x:?}"),
+        }
+    }
+
+    #[test]
+    fn enveloped_writes_apply_and_the_applied_stamp_never_goes_backwards() {
+        use crate::kv::envelope::{wrap, Envelope};
+        let kv = &mut KvStore::new(10);
+        let at = |stamp_ms| Envelope {
+            stamp_ms,
+            session: None,
+        };
+        let incr = write_payload(&[b"INCR", b"n"]);
+        assert_eq!(
+            kv.apply(LogIndex(1), &wrap(&at(500), &incr)),
+            Value::Integer(1)
+        );
+        assert_eq!(kv.applied_stamp_ms(), 500);
+        // A later leader with a slower clock: "now" stays at 500.
+        assert_eq!(
+            kv.apply(LogIndex(2), &wrap(&at(200), &incr)),
+            Value::Integer(2)
+        );
+        assert_eq!(kv.applied_stamp_ms(), 500);
+        // A bare version-1 payload applies with the previous stamp.
+        assert_eq!(kv.apply(LogIndex(3), &incr), Value::Integer(3));
+        assert_eq!(kv.applied_stamp_ms(), 500);
+        assert_eq!(
+            kv.apply(LogIndex(4), &wrap(&at(900), &incr)),
+            Value::Integer(4)
+        );
+        assert_eq!(kv.applied_stamp_ms(), 900);
+        // A damaged envelope is an error reply, counted as applied, state unchanged.
+        let mut bad = wrap(&at(5000), &incr);
+        bad[9] = 0x80;
+        let v = kv.apply(LogIndex(5), &bad);
+        assert!(v.is_error(), "{v:?}");
+        assert_eq!(kv.applied_index(), LogIndex(5));
+        assert_eq!(kv.applied_stamp_ms(), 900);
+        assert_eq!(run(kv, &[b"GET", b"n"]), bulk(b"4"));
     }
 
     #[test]
