@@ -17,6 +17,7 @@
 
 pub mod command;
 pub mod envelope;
+pub mod expiry;
 pub mod float;
 pub mod glob;
 pub mod hash;

@@ -23,11 +23,13 @@
 //! 4. `scan_index` holds exactly `(scan_hash(k), k)` for every stored key `k`.
 //! 2. `applied` only grows; `apply` asserts `index > applied` (a caller's bug otherwise).
 //! 3. No stored key exceeds `KEY_SIZE_MAX` and no stored value exceeds `VALUE_SIZE_MAX`.
+//! 5. Every key in `expiries` is stored (deleting a key drops its expiry).
 
 use crate::client::value::Value;
 use crate::kv::command::{self, ReadCmd, TypeFilter, WriteCmd, SET_GET, SET_NX, SET_XX};
+use crate::kv::expiry::Expiries;
 use crate::kv::hash::hash64;
-use crate::kv::hash::{combine_state_hash, entry_hash};
+use crate::kv::hash::{combine_state_hash, entry_hash, mix_extra_parts, ExtraParts};
 use crate::kv::skiplist::{Entry, SkipList};
 use crate::kv::{envelope, snapshot, Request, SnapshotError, StateMachine};
 use crate::limits::KEYS_KEYS_MAX;
@@ -57,6 +59,8 @@ pub struct KvStore {
     /// The largest leader stamp applied so far (ms since the Unix epoch): apply's "now".
     /// Part of the replicated state. Invariant: only grows.
     stamp_ms: u64,
+    /// Expiry times of the keys with a TTL. Invariant 5.
+    expiries: Expiries,
     entries_hash: u64,
     seed: u64,
     /// Every key by its scan hash (see "Scan order").
@@ -79,6 +83,7 @@ impl KvStore {
             list: SkipList::new(seed),
             applied: LogIndex(0),
             stamp_ms: 0,
+            expiries: Expiries::new(),
             entries_hash: 0,
             seed,
             scan_index: BTreeSet::new(),
@@ -121,6 +126,13 @@ impl KvStore {
             .fold(0u64, |s, (k, v)| s.wrapping_add(entry_hash(k, v)));
         assert_eq!(sum, self.entries_hash, "incremental entries hash drifted");
         assert_eq!(self.scan_index.len(), self.list.len(), "scan index size");
+        self.expiries.check_invariants();
+        for (k, at) in self.expiries.iter() {
+            assert!(
+                self.list.get(k).is_some(),
+                "expiry {at} for {k:?}, not stored"
+            );
+        }
         for (k, _) in self.list.iter() {
             assert!(
                 self.scan_index.contains(&(scan_hash(k), k.into())),
@@ -129,17 +141,32 @@ impl KvStore {
         }
     }
 
+    /// Keys with a TTL.
+    pub fn expiry_count(&self) -> usize {
+        self.expiries.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test_set_expiry(&mut self, key: &[u8], at_ms: u64) {
+        assert!(self.list.get(key).is_some());
+        self.expiries.set(key, at_ms);
+        self.stamp_ms = self.stamp_ms.max(at_ms / 2);
+    }
+
     #[cfg(test)]
     pub(crate) fn list(&self) -> &SkipList {
         &self.list
     }
 
     /// Install a state built by the snapshot loader.
-    fn replace_state(&mut self, list: SkipList, applied: LogIndex, entries_hash: u64) {
+    fn replace_state(&mut self, loaded: snapshot::Loaded) {
+        let list = loaded.list;
         self.scan_index = list.iter().map(|(k, _)| (scan_hash(k), k.into())).collect();
         self.list = list;
-        self.applied = applied;
-        self.entries_hash = entries_hash;
+        self.applied = loaded.applied;
+        self.stamp_ms = loaded.stamp_ms;
+        self.expiries = loaded.expiries;
+        self.entries_hash = loaded.entries_hash;
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
@@ -161,6 +188,7 @@ impl KvStore {
             Some(e) => {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
                 self.scan_index.remove(&(scan_hash(key), key.into()));
+                self.expiries.remove(key);
                 true
             }
             None => false,
@@ -275,6 +303,7 @@ impl KvStore {
             WriteCmd::FlushAll => {
                 self.list.clear();
                 self.scan_index.clear();
+                self.expiries.clear();
                 self.entries_hash = 0;
                 Value::ok()
             }
@@ -512,18 +541,33 @@ impl StateMachine for KvStore {
     }
 
     fn write_snapshot(&self, w: &mut dyn std::io::Write) -> std::io::Result<u64> {
-        snapshot::write(&self.list, self.applied, self.state_hash(), w)
+        let state = snapshot::State {
+            list: &self.list,
+            applied: self.applied,
+            stamp_ms: self.stamp_ms,
+            expiries: &self.expiries,
+        };
+        snapshot::write(&state, self.state_hash(), w)
     }
 
     fn load_snapshot(&mut self, r: &mut dyn std::io::Read) -> Result<u64, SnapshotError> {
         let loaded = snapshot::load(self.seed, r)?;
-        self.replace_state(loaded.list, loaded.applied, loaded.entries_hash);
-        debug_assert_eq!(self.state_hash(), loaded.state_hash);
-        Ok(loaded.state_hash)
+        let hash = loaded.state_hash;
+        self.replace_state(loaded);
+        debug_assert_eq!(self.state_hash(), hash);
+        Ok(hash)
     }
 
     fn state_hash(&self) -> u64 {
-        combine_state_hash(self.applied, self.list.len(), self.entries_hash)
+        let extra = ExtraParts {
+            stamp_ms: self.stamp_ms,
+            expiries_hash: self.expiries.hash(),
+            sessions_hash: 0,
+        };
+        mix_extra_parts(
+            combine_state_hash(self.applied, self.list.len(), self.entries_hash),
+            &extra,
+        )
     }
 
     fn len(&self) -> usize {
