@@ -282,6 +282,16 @@ impl SkipList {
         }
     }
 
+    /// Set the stamp of a stored `key`; false if it is absent.
+    pub fn set_modified(&mut self, key: &[u8], modified: u64) -> bool {
+        let x = self.search(key, None);
+        if !self.is_key(x, key) {
+            return false;
+        }
+        self.nodes[x as usize].modified = modified;
+        true
+    }
+
     /// Store `value` under `key` with stamp 0, returning the entry it replaced.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
         self.insert_at(key, value, 0)
