@@ -81,6 +81,7 @@ struct Node {
 pub struct Entry {
     kv: Box<[u8]>,
     key_len: usize,
+    modified: u64,
 }
 
 impl Entry {
@@ -89,6 +90,10 @@ impl Entry {
     }
     pub fn value(&self) -> &[u8] {
         &self.kv[self.key_len..]
+    }
+    /// Its `modified` stamp.
+    pub fn modified(&self) -> u64 {
+        self.modified
     }
 }
 
@@ -282,14 +287,16 @@ impl SkipList {
         }
     }
 
-    /// Set the stamp of a stored `key`; false if it is absent.
-    pub fn set_modified(&mut self, key: &[u8], modified: u64) -> bool {
+    /// Set the stamp of a stored `key`, returning the old one (`None` if it is absent).
+    pub fn set_modified(&mut self, key: &[u8], modified: u64) -> Option<u64> {
         let x = self.search(key, None);
         if !self.is_key(x, key) {
-            return false;
+            return None;
         }
-        self.nodes[x as usize].modified = modified;
-        true
+        Some(std::mem::replace(
+            &mut self.nodes[x as usize].modified,
+            modified,
+        ))
     }
 
     /// Store `value` under `key` with stamp 0, returning the entry it replaced.
@@ -319,9 +326,13 @@ impl SkipList {
         let at = self.search(&kv[..key_len], Some(&mut prev));
         if self.is_key(at, &kv[..key_len]) {
             self.data_bytes = self.data_bytes - self.nodes[at as usize].kv.len() + kv.len();
-            self.nodes[at as usize].modified = modified;
+            let old_modified = std::mem::replace(&mut self.nodes[at as usize].modified, modified);
             let old = std::mem::replace(&mut self.nodes[at as usize].kv, kv);
-            return Some(Entry { kv: old, key_len });
+            return Some(Entry {
+                kv: old,
+                key_len,
+                modified: old_modified,
+            });
         }
         let height = self.random_height();
         self.level = self.level.max(height);
@@ -362,9 +373,14 @@ impl SkipList {
         }
         self.len -= 1;
         let key_len = self.nodes[x as usize].key_len as usize;
+        let modified = self.nodes[x as usize].modified;
         let kv = self.free_node(x);
         self.data_bytes -= kv.len();
-        Some(Entry { kv, key_len })
+        Some(Entry {
+            kv,
+            key_len,
+            modified,
+        })
     }
 
     /// Remove every key, keeping the generator's state.

@@ -32,19 +32,23 @@
 //! 2. `applied` only grows; `apply` asserts `index > applied` (a caller's bug otherwise).
 //! 3. No stored key exceeds `KEY_SIZE_MAX` and no stored value exceeds `VALUE_SIZE_MAX`.
 //! 5. Every key in `expiries` is stored (deleting a key drops its expiry).
+//! 6. `modified_sum` == wrapping sum of `modified_hash(k, stamp)` over the stored keys, and
+//!    no stamp exceeds `applied`.
 
 use crate::client::value::Value;
 use crate::kv::command::{self, ReadCmd, TypeFilter, WriteCmd, SET_GET, SET_NX, SET_XX};
 use crate::kv::expiry;
 use crate::kv::expiry::Expiries;
 use crate::kv::hash::hash64;
-use crate::kv::hash::{combine_state_hash, entry_hash, mix_extra_parts, ExtraParts};
+use crate::kv::hash::{
+    combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
+};
 use crate::kv::skiplist::{Entry, SkipList};
-use crate::kv::tx::{self, Item, Tx};
 use crate::kv::ttl::{
     invalid_expire_time, ExpireName, SetName, Ttl, TtlName, TtlWrite, EXPIRE_GT, EXPIRE_LT,
     EXPIRE_NX, EXPIRE_XX,
 };
+use crate::kv::tx::{self, Item, Tx};
 use crate::kv::{envelope, snapshot, Request, SnapshotError, StateMachine, TtlStats};
 use crate::limits::KEYS_KEYS_MAX;
 use crate::limits::VALUE_SIZE_MAX;
@@ -85,6 +89,8 @@ pub struct KvStore {
     random: Cell<u64>,
     /// The index of the last entry that removed a key (see "Modification indexes").
     last_deletion: LogIndex,
+    /// Wrapping sum of `modified_hash(k, stamp)` over the stored keys (invariant 6).
+    modified_sum: u64,
 }
 
 /// The scan order's hash of a key: fixed (not the store's seed), so that cursors mean the same
@@ -108,6 +114,7 @@ impl KvStore {
             scan_index: BTreeSet::new(),
             random: Cell::new(seed | 1),
             last_deletion: LogIndex(0),
+            modified_sum: 0,
         }
     }
 
@@ -145,6 +152,20 @@ impl KvStore {
             .iter()
             .fold(0u64, |s, (k, v)| s.wrapping_add(entry_hash(k, v)));
         assert_eq!(sum, self.entries_hash, "incremental entries hash drifted");
+        let mut modified_sum = 0u64;
+        let mut it = self.list.iter();
+        while let Some((k, _, m)) = it.next_modified() {
+            assert!(
+                m <= self.applied.0,
+                "{k:?} stamped {m} > applied {}",
+                self.applied
+            );
+            modified_sum = modified_sum.wrapping_add(modified_hash(k, m));
+        }
+        assert_eq!(
+            modified_sum, self.modified_sum,
+            "incremental modified sum drifted"
+        );
         assert_eq!(self.scan_index.len(), self.list.len(), "scan index size");
         self.expiries.check_invariants();
         for (k, at) in self.expiries.iter() {
@@ -187,14 +208,22 @@ impl KvStore {
         self.stamp_ms = loaded.stamp_ms;
         self.expiries = loaded.expiries;
         self.entries_hash = loaded.entries_hash;
+        self.last_deletion = loaded.last_deletion;
+        self.modified_sum = loaded.modified_sum;
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
         self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
         let old = self.list.insert_at(key, value, self.applied.0);
+        self.modified_sum = self
+            .modified_sum
+            .wrapping_add(modified_hash(key, self.applied.0));
         match &old {
             Some(e) => {
-                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()))
+                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+                self.modified_sum = self
+                    .modified_sum
+                    .wrapping_sub(modified_hash(key, e.modified()));
             }
             None => {
                 self.scan_index.insert((scan_hash(key), key.into()));
@@ -207,6 +236,9 @@ impl KvStore {
         match self.list.remove(key) {
             Some(e) => {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+                self.modified_sum = self
+                    .modified_sum
+                    .wrapping_sub(modified_hash(key, e.modified()));
                 self.scan_index.remove(&(scan_hash(key), key.into()));
                 self.last_deletion = self.applied;
                 self.expiries.remove(key);
@@ -380,6 +412,7 @@ impl KvStore {
                 self.scan_index.clear();
                 self.expiries.clear();
                 self.entries_hash = 0;
+                self.modified_sum = 0;
                 Value::ok()
             }
             WriteCmd::Ttl(t) => self.apply_ttl(t),
@@ -413,9 +446,7 @@ impl KvStore {
     /// (conservative; once reclaimed, the deletion index decides).
     fn changed_since(&self, key: &[u8], seen: LogIndex) -> bool {
         match self.list.get_modified(key) {
-            Some((_, modified)) => {
-                modified > seen.0 || self.expiries.expired(key, self.stamp_ms)
-            }
+            Some((_, modified)) => modified > seen.0 || self.expiries.expired(key, self.stamp_ms),
             None => self.last_deletion > seen,
         }
     }
@@ -423,7 +454,12 @@ impl KvStore {
     /// Stamp a stored key as changed by the entry being applied, without rewriting it (its
     /// TTL changed): WATCH sees a TTL change as Redis does.
     fn touch(&mut self, key: &[u8]) {
-        self.list.set_modified(key, self.applied.0);
+        if let Some(old) = self.list.set_modified(key, self.applied.0) {
+            self.modified_sum = self
+                .modified_sum
+                .wrapping_sub(modified_hash(key, old))
+                .wrapping_add(modified_hash(key, self.applied.0));
+        }
     }
 
     /// `SETRANGE`, in Redis's order of checks: an empty value changes nothing (and creates
@@ -859,6 +895,7 @@ impl StateMachine for KvStore {
             applied: self.applied,
             stamp_ms: self.stamp_ms,
             expiries: &self.expiries,
+            last_deletion: self.last_deletion,
         };
         snapshot::write(&state, self.state_hash(), w)
     }
@@ -876,6 +913,7 @@ impl StateMachine for KvStore {
             stamp_ms: self.stamp_ms,
             expiries_hash: self.expiries.hash(),
             sessions_hash: 0,
+            watch_hash: watch_hash(self.modified_sum, self.last_deletion),
         };
         mix_extra_parts(
             combine_state_hash(self.applied, self.list.len(), self.entries_hash),
