@@ -35,12 +35,12 @@
 //! leader it had removed from its table, nor the higher id of a pair to a lower one that had
 //! dropped it (seeds 340, 717, 752: NO PROGRESS).
 //!
-//! Measured (release, shared 2-core machine): 1,500 seeds in 41.5 s (1.56M ticks, 25,065
-//! crashes of which 5,633 at a failed fsync, 11,974 unsynced pages lost and 2,893 kept, 475
-//! power cuts, 8,897 partitions, 17,483 slow syncs taking 208,234 ticks, 62,589 writes
-//! acknowledged, 41,308 reads checked, 21,473 garbage requests, 6,410 admin commands, 9,235
+//! Measured (release, shared 2-core machine): 1,500 seeds in 40.3 s (1.56M ticks, 25,063
+//! crashes of which 5,630 at a failed fsync, 11,973 unsynced pages lost and 2,892 kept, 475
+//! power cuts, 8,902 partitions, 17,484 slow syncs taking 208,250 ticks, 62,524 writes
+//! acknowledged, 41,293 reads checked, 21,464 garbage requests, 6,404 admin commands, 9,235
 //! elections). Slow syncs cost elections (7,929 without them) and acknowledged writes
-//! (81,722 without them).
+//! (81,722 without them). A seed runs the same every time (the node iterates no hash map).
 //!
 //! `SIM_SEED=n` replays one seed; `SIM_SEEDS=n` runs seeds 0..n (default `DEFAULT_SEEDS`).
 //! `make sim SEED=n` / `make sim SEEDS=n`.

@@ -14,7 +14,7 @@
 //!    or accepted from it after its Hello).
 //! 3. A link's dial backoff lies within `DIAL_BACKOFF_MIN_MS..=DIAL_BACKOFF_MAX_MS`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -89,7 +89,7 @@ pub(super) struct Peers<F: ChunkSource> {
     members: BTreeMap<NodeId, MemberAddrs>,
     /// Addresses of members removed from `members` (to reach one that still leads).
     retired: BTreeMap<NodeId, MemberAddrs>,
-    links: HashMap<NodeId, PeerLink<F>>,
+    links: BTreeMap<NodeId, PeerLink<F>>,
 }
 
 impl<F: ChunkSource> Peers<F> {
@@ -97,7 +97,7 @@ impl<F: ChunkSource> Peers<F> {
         Peers {
             members: BTreeMap::new(),
             retired: BTreeMap::new(),
-            links: HashMap::new(),
+            links: BTreeMap::new(),
         }
     }
 
