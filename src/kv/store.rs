@@ -50,8 +50,8 @@ use crate::kv::ttl::{
 };
 use crate::kv::tx::{self, Item, Tx};
 use crate::kv::{envelope, snapshot, Request, SnapshotError, StateMachine, TtlStats};
-use crate::limits::KEYS_KEYS_MAX;
 use crate::limits::VALUE_SIZE_MAX;
+use crate::limits::{KEYS_KEYS_MAX, RECLAIM_ENTRY_SIZE_MAX};
 use crate::raft::LogIndex;
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -627,8 +627,18 @@ impl KvStore {
     }
 
     /// The leader's reclaim entry for keys due at `now_ms` (see `StateMachine::expired_batch`).
+    /// At most `keys_max` keys and about `RECLAIM_ENTRY_SIZE_MAX` bytes of them (at least one).
     fn reclaim_entry(&self, now_ms: u64, keys_max: usize) -> Option<Vec<u8>> {
-        let keys: Vec<(&[u8], u64)> = self.expiries.due(now_ms).take(keys_max).collect();
+        let mut bytes = 0usize;
+        let keys: Vec<(&[u8], u64)> = self
+            .expiries
+            .due(now_ms)
+            .take(keys_max)
+            .take_while(|(k, _)| {
+                bytes += k.len();
+                bytes <= RECLAIM_ENTRY_SIZE_MAX || bytes == k.len()
+            })
+            .collect();
         if keys.is_empty() {
             return None;
         }
@@ -1815,6 +1825,40 @@ mod tests {
             }
         );
         kv.check_invariants();
+    }
+
+    #[test]
+    fn a_reclaim_entry_is_bounded_by_keys_and_bytes_and_takes_the_earliest() {
+        let kv = &mut KvStore::new(29);
+        let big = vec![b'k'; crate::limits::KEY_SIZE_MAX - 1];
+        for i in 0..10u8 {
+            let mut k = big.clone();
+            k.push(i);
+            run_at(kv, T0, &[b"SET", &k, b"v", b"PX", &[b'1' + i]]);
+        }
+        run_at(kv, T0, &[b"SET", b"small", b"v", b"PX", b"1"]);
+        let keys = |p: Vec<u8>| match command::decode_write(&p) {
+            Ok(WriteCmd::Ttl(TtlWrite::Reclaim { keys })) => keys
+                .iter()
+                .map(|(k, at)| (k.len(), *at))
+                .collect::<Vec<_>>(),
+            x => panic!("{x:?}"),
+        };
+        let now = T0 + 100;
+        let got = keys(kv.expired_batch(now, 2).unwrap());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1, T0 + 1, "earliest first");
+        let got = keys(kv.expired_batch(now, 100).unwrap());
+        let bytes: usize = got.iter().map(|(n, _)| n).sum();
+        assert!(
+            got.len() < 11 && bytes <= RECLAIM_ENTRY_SIZE_MAX,
+            "{} keys",
+            got.len()
+        );
+        assert_eq!(
+            got.len(),
+            RECLAIM_ENTRY_SIZE_MAX / crate::limits::KEY_SIZE_MAX
+        );
     }
 
     #[test]

@@ -48,9 +48,16 @@
 
 use crate::client::value::Value;
 use crate::kv::command::{self, arity_error, op, DecodeError, ReadCmd, WriteCmd};
+use crate::kv::envelope::ENVELOPE_SIZE_MAX;
 use crate::kv::Request;
 use crate::limits::{ENTRY_SIZE_MAX, KEY_SIZE_MAX, TX_COMMANDS_MAX, TX_SIZE_MAX, WATCH_KEYS_MAX};
 use crate::raft::LogIndex;
+
+/// Bytes of an EXEC entry besides its watches and items: version, op and the two counts.
+pub const EXEC_HEADER_SIZE: usize = 2 + 4 + 4;
+
+// Whatever the session queues within TX_SIZE_MAX, enveloped, fits one entry (invariant 1).
+const _: () = assert!(TX_SIZE_MAX + EXEC_HEADER_SIZE + ENVELOPE_SIZE_MAX <= ENTRY_SIZE_MAX);
 
 /// The internal command that carries an encoded transaction (lowercase, as `command_name`
 /// gives it).
@@ -242,7 +249,7 @@ pub fn parse_exec(args: &[Vec<u8>]) -> Request {
         return Request::Reply(arity_error(EXEC_COMMAND));
     }
     let entry = &args[1];
-    if entry.len() > ENTRY_SIZE_MAX {
+    if entry.len() + ENVELOPE_SIZE_MAX > ENTRY_SIZE_MAX {
         return Request::Reply(Value::error(format!(
             "ERR transaction of {} bytes exceeds the maximum entry size ({ENTRY_SIZE_MAX} bytes)",
             entry.len()
