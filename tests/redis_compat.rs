@@ -603,6 +603,32 @@ fn watch_aborts_exec_after_another_connection_changes_the_key_as_redis_does() {
     p.run("MULTI\nSET out 1\nEXEC\nEXISTS out");
 }
 
+/// COMMAND INFO's first six fields (name, arity, flags, key positions) for the transaction
+/// commands.
+#[test]
+fn transaction_commands_are_described_as_redis_does() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    for name in ["multi", "exec", "discard", "watch", "unwatch"] {
+        let (r, k) = p.both(&[
+            b"COMMAND".to_vec(),
+            b"INFO".to_vec(),
+            name.as_bytes().to_vec(),
+        ]);
+        let head = |v: &Value| match v {
+            Value::Array(outer) => match &outer[0] {
+                Value::Array(fields) => fields[..6].to_vec(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let (mut r, mut k) = (head(&r), head(&k));
+        sort_array(&mut r[2]);
+        sort_array(&mut k[2]);
+        assert_eq!(k, r, "COMMAND INFO {name}");
+    }
+}
+
 /// The same transactions in RESP3: EXEC's null is RESP3's null, its array holds RESP3 replies.
 #[test]
 fn transactions_answer_in_resp3_as_redis_does() {
