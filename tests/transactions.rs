@@ -91,6 +91,16 @@ fn a_transaction_through_a_follower_is_one_entry_applied_atomically_on_every_rep
         other => panic!("{other:?}"),
     }
     assert_eq!(a.call_str(&["EXISTS", "never"]).unwrap(), Value::Integer(0));
+    // The internal command EXEC becomes is checked like any input, through either node.
+    for conn in [&mut a, &mut l] {
+        for junk in [&b"x"[..], b"\x01\x20\xff\xff\xff\xff", b""] {
+            match conn.call(&[b"KVRAFT.EXEC", junk]).unwrap() {
+                Value::Error(e) => assert!(e.starts_with("ERR malformed transaction"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(l.call_str(&["PING"]).unwrap(), Value::Simple("PONG".into()));
 }
 
 #[test]
