@@ -637,7 +637,7 @@ pub fn decode_read<'a>(code: u8, r: &mut Fields<'a>) -> Option<Result<TtlRead<'a
 
 #[cfg(test)]
 mod tests {
-    use crate::kv::command::{decode_read, decode_write, FORMAT_VERSION};
+    use crate::kv::command::{decode_read, decode_write};
     use crate::kv::envelope::{wrap, Envelope};
     use crate::kv::{KvStore, StateMachine};
     use crate::raft::LogIndex;
