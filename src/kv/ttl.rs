@@ -31,8 +31,8 @@
 
 use crate::client::value::Value;
 use crate::kv::command::{
-    arity_error, not_integer, parse_i64, syntax_error, DecodeError, WriteCmd, SET_GET, SET_NX,
-    SET_XX,
+    arity_error, check_key, check_value, not_integer, parse_i64, syntax_error, DecodeError,
+    WriteCmd, SET_GET, SET_NX, SET_XX,
 };
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use byteorder::{BigEndian, ByteOrder};
@@ -179,22 +179,6 @@ impl TtlWrite<'_> {
 /// Redis's reply for an expire time out of range.
 pub fn invalid_expire_time(name: &str) -> Value {
     Value::error(format!("ERR invalid expire time in '{name}' command"))
-}
-
-fn check_key(key: &[u8]) -> Result<&[u8], Value> {
-    if key.len() > KEY_SIZE_MAX {
-        return Err(Value::error(format!(
-            "ERR key exceeds maximum allowed size ({KEY_SIZE_MAX} bytes)"
-        )));
-    }
-    Ok(key)
-}
-
-fn check_value(value: &[u8]) -> Result<&[u8], Value> {
-    if value.len() > VALUE_SIZE_MAX {
-        return Err(crate::kv::command::string_too_large());
-    }
-    Ok(value)
 }
 
 /// The expire options of SET and GETEX, as Redis's `parseExtendedStringArgumentsOrReply`
