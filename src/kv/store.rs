@@ -1862,6 +1862,40 @@ mod tests {
     }
 
     #[test]
+    fn ttls_set_by_commands_survive_a_snapshot_and_answer_alike_on_the_copy() {
+        let kv = &mut KvStore::new(30);
+        run_at(kv, T0, &[b"SET", b"a", b"1", b"PX", b"500"]);
+        run_at(kv, T0 + 10, &[b"SET", b"b", b"2"]);
+        run_at(kv, T0 + 20, &[b"EXPIRE", b"b", b"9"]);
+        run_at(kv, T0 + 30, &[b"SET", b"c", b"3", b"PXAT", b"1"]);
+        let mut snap = Vec::new();
+        let h = kv.write_snapshot(&mut snap).unwrap();
+        let copy = &mut KvStore::new(31);
+        assert_eq!(copy.load_snapshot(&mut snap.as_slice()).unwrap(), h);
+        assert_eq!(copy.applied_stamp_ms(), T0 + 30);
+        for now in [T0 + 40, T0 + 600, T0 + 10_000] {
+            for cmd in [&b"PTTL"[..], b"PEXPIRETIME", b"GET"] {
+                for key in [&b"a"[..], b"b", b"c"] {
+                    let want = run_at(kv, now, &[cmd, key]);
+                    assert_eq!(
+                        run_at(copy, now, &[cmd, key]),
+                        want,
+                        "{cmd:?} {key:?} at {now}"
+                    );
+                }
+            }
+            assert_eq!(
+                run_at(copy, now, &[b"DBSIZE"]),
+                run_at(kv, now, &[b"DBSIZE"])
+            );
+        }
+        // The same reclaim entry applies alike on both.
+        let batch = kv.expired_batch(T0 + 10_000, 100).unwrap();
+        assert_eq!(copy.expired_batch(T0 + 10_000, 100).unwrap(), batch);
+        copy.check_invariants();
+    }
+
+    #[test]
     fn ttl_commands_round_trip_through_their_encoding() {
         for a in [
             &[&b"SET"[..], b"k", b"v", b"EX", b"5", b"NX", b"GET"][..],
