@@ -18,7 +18,7 @@ use super::net::Net;
 use super::storage::Disk;
 use super::{ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
 use crate::client::resp;
-use crate::client::session::Gate;
+use crate::client::session::{unknown_command, Gate};
 use crate::client::{Protocol, Value};
 use crate::kv::{Request, StateMachine};
 use crate::limits;
@@ -331,27 +331,4 @@ fn fit_forwarded_reply(node: NodeId, reply: Vec<u8>) -> Vec<u8> {
         wire::CLIENT_REPLY_SIZE_MAX
     ))
     .to_bytes()
-}
-
-fn unknown_command(args: &[Vec<u8>]) -> Value {
-    let name = args
-        .first()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .unwrap_or_default();
-    // Redis's text exactly: each argument quoted and followed by a space, the whole list cut
-    // at 128 bytes.
-    let mut rest = Vec::new();
-    for a in args.iter().skip(1) {
-        if rest.len() >= 128 {
-            break;
-        }
-        let room = 128 - rest.len();
-        rest.push(b'\'');
-        rest.extend_from_slice(&a[..a.len().min(room)]);
-        rest.extend_from_slice(b"' ");
-    }
-    Value::error(format!(
-        "ERR unknown command '{name}', with args beginning with: {}",
-        String::from_utf8_lossy(&rest)
-    ))
 }
