@@ -116,3 +116,18 @@ pub const SCAN_COUNT_MAX: u32 = 100_000;
 
 /// Largest keyspace `KEYS` walks; past it `KEYS` is refused with an error naming `SCAN`.
 pub const KEYS_KEYS_MAX: usize = 1_000_000;
+
+/// Keys one reclaim entry deletes at most: the leader proposes deletions of expired keys in
+/// batches of up to this many (and of up to `RECLAIM_ENTRY_SIZE_MAX` bytes).
+pub const RECLAIM_KEYS_MAX: usize = 256;
+
+/// Bytes of keys one reclaim entry names at most (one key always fits: it is at most
+/// `KEY_SIZE_MAX`).
+pub const RECLAIM_ENTRY_SIZE_MAX: usize = 256 * 1024;
+
+/// Reclaim entries the leader proposes per second at most, so that a mass expiry becomes a
+/// bounded trickle of log entries rather than a flood that delays client writes.
+pub const RECLAIM_ENTRIES_PER_SEC_MAX: u64 = 10;
+
+const _: () = assert!(KEY_SIZE_MAX <= RECLAIM_ENTRY_SIZE_MAX);
+const _: () = assert!(RECLAIM_ENTRY_SIZE_MAX + RECLAIM_KEYS_MAX * 16 + 64 <= ENTRY_SIZE_MAX);

@@ -135,6 +135,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         {
             return Dispatch::Reply(Value::error(format!("READONLY writes are refused: {why}")));
         }
+        // The leader stamps what it proposes (a follower forwards the arguments instead).
+        let data = match self.raft.role() {
+            crate::raft::Role::Leader => self.stamp_write(&data, None),
+            _ => data,
+        };
         match self.raft.propose(data) {
             Ok(id) => {
                 self.pending.add_waiter(id.index, id.term, to);
