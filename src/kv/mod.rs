@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod float;
 pub mod glob;
 pub mod hash;
+pub mod session;
 pub mod skiplist;
 pub mod snapshot;
 pub mod store;
