@@ -32,9 +32,10 @@
 //! 0x0d COPY   key, destination, u8 replace (0 or 1)
 //! 0x0e FLUSHALL
 //! 0x30 SESSION OPEN (no fields; reply: the session id, which is the index of this entry)
+//! 0x10..=0x14 and 0x4c: the TTL commands, laid out in `ttl.rs`
 //! ```
 //! Nothing may follow the last field. INCR, DECR and DECRBY are encoded as INCRBY; GETSET as
-//! SET with the GET flag; UNLINK as DEL; TOUCH as EXISTS; SUBSTR as GETRANGE; RENAMENX as
+//! SET with the GET flag; SET with a TTL option as op 0x10 (`ttl.rs`); UNLINK as DEL; TOUCH as EXISTS; SUBSTR as GETRANGE; RENAMENX as
 //! RENAME with nx = 1; FLUSHDB as FLUSHALL.
 //!
 //! Invariants:
@@ -45,6 +46,7 @@
 
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::value::Value;
+use crate::kv::ttl::{self, TtlRead, TtlWrite};
 use crate::kv::Request;
 use crate::limits::{ENTRY_SIZE_MAX, KEY_SIZE_MAX, SCAN_COUNT_MAX, VALUE_SIZE_MAX};
 use byteorder::{BigEndian, ByteOrder};
@@ -121,6 +123,8 @@ pub enum WriteCmd<'a> {
     FlushAll,
     /// `SESSION OPEN`: a new exactly-once session (see `session.rs`).
     SessionOpen,
+    /// The TTL commands (see `ttl.rs`).
+    Ttl(TtlWrite<'a>),
 }
 
 /// What `SCAN ... TYPE t` keeps.
@@ -173,6 +177,8 @@ pub enum ReadCmd<'a> {
         pattern: &'a [u8],
     },
     RandomKey,
+    /// TTL, PTTL, EXPIRETIME, PEXPIRETIME (see `ttl.rs`).
+    Ttl(TtlRead<'a>),
 }
 
 /// Why a payload did not decode.
@@ -281,9 +287,24 @@ pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
                 Err(reply) => Request::Reply(reply),
             }
         }
-        _ => return None,
+        _ => return parse_ttl(name, args),
     };
     Some(req)
+}
+
+/// The TTL commands other than SET, or `None`.
+fn parse_ttl(name: &str, args: &[Vec<u8>]) -> Option<Request> {
+    if let Some(parsed) = ttl::parse_write(name, args) {
+        return Some(match parsed {
+            Ok(cmd) => encode_write_checked(&cmd),
+            Err(reply) => Request::Reply(reply),
+        });
+    }
+    let parsed = ttl::parse_read(name, args)?;
+    Some(match parsed {
+        Ok(cmd) => Request::Read(encode_read(&ReadCmd::Ttl(cmd))),
+        Err(reply) => Request::Reply(reply),
+    })
 }
 
 fn encode_write_checked(cmd: &WriteCmd<'_>) -> Request {
@@ -366,7 +387,7 @@ fn parse_write<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<WriteCmd<'a>, Valu
         return Err(arity_error(name));
     }
     let cmd = match name {
-        "set" => parse_set(args)?,
+        "set" => crate::kv::ttl::parse_set(args)?,
         "setnx" => WriteCmd::SetNx {
             key: check_key(&args[1])?,
             value: check_value(&args[2])?,
@@ -410,30 +431,6 @@ fn parse_write<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<WriteCmd<'a>, Valu
         },
     };
     Ok(cmd)
-}
-
-/// `SET key value [NX|XX] [GET]`. Expiry options are refused: this store has no expiry.
-fn parse_set(args: &[Vec<u8>]) -> Result<WriteCmd<'_>, Value> {
-    let mut flags = 0u8;
-    for opt in &args[3..] {
-        let o = opt.to_ascii_lowercase();
-        match o.as_slice() {
-            b"nx" if flags & SET_XX == 0 => flags |= SET_NX,
-            b"xx" if flags & SET_NX == 0 => flags |= SET_XX,
-            b"get" => flags |= SET_GET,
-            b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl" => {
-                return Err(Value::error(
-                    "ERR expiry options (EX, PX, EXAT, PXAT, KEEPTTL) are not supported",
-                ))
-            }
-            _ => return Err(syntax_error()),
-        }
-    }
-    Ok(WriteCmd::Set {
-        flags,
-        key: check_key(&args[1])?,
-        value: check_value(&args[2])?,
-    })
 }
 
 fn parse_read<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<ReadCmd<'a>, Value> {
@@ -810,6 +807,7 @@ fn encode_write_more(cmd: &WriteCmd<'_>, out: &mut Vec<u8>) {
         }
         WriteCmd::FlushAll => out.push(op::FLUSHALL),
         WriteCmd::SessionOpen => out.push(op::SESSION_OPEN),
+        WriteCmd::Ttl(t) => ttl::encode_write(t, out),
         _ => unreachable!("encode_write handles {cmd:?}"),
     }
 }
@@ -878,6 +876,7 @@ pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
             put_bytes(&mut out, pattern);
         }
         ReadCmd::RandomKey => out.push(op::RANDOMKEY),
+        ReadCmd::Ttl(t) => ttl::encode_read(t, &mut out),
     }
     out
 }
@@ -1035,7 +1034,13 @@ pub fn decode_write(data: &[u8]) -> Result<WriteCmd<'_>, DecodeError> {
         },
         op::FLUSHALL => WriteCmd::FlushAll,
         op::SESSION_OPEN => WriteCmd::SessionOpen,
-        other => return Err(DecodeError::Op(other)),
+        other => {
+            let fields = &mut ttl::Fields { buf: r.buf };
+            return match ttl::decode_write(other, fields) {
+                Some(decoded) => decoded.map(WriteCmd::Ttl),
+                None => Err(DecodeError::Op(other)),
+            };
+        }
     };
     r.finish()?;
     Ok(cmd)
@@ -1080,7 +1085,13 @@ pub fn decode_read(data: &[u8]) -> Result<ReadCmd<'_>, DecodeError> {
         }
         op::KEYS => ReadCmd::Keys { pattern: r.key()? },
         op::RANDOMKEY => ReadCmd::RandomKey,
-        other => return Err(DecodeError::Op(other)),
+        other => {
+            let fields = &mut ttl::Fields { buf: r.buf };
+            return match ttl::decode_read(other, fields) {
+                Some(decoded) => decoded.map(ReadCmd::Ttl),
+                None => Err(DecodeError::Op(other)),
+            };
+        }
     };
     r.finish()?;
     Ok(cmd)

@@ -15,7 +15,7 @@
 //! # Snapshot section (written inside the kv snapshot, integers big-endian)
 //!
 //! ```text
-//! u32   session count n (<= SESSIONS_MAX)
+//! u64   session count n (<= SESSIONS_MAX)
 //! n times, ids strictly increasing:
 //!   u64  session id
 //!   u64  last active: the applied stamp (ms) of its latest entry
@@ -310,7 +310,7 @@ impl Sessions {
 
     /// Write the snapshot section (format above) through `put`.
     pub fn write_section(&self, put: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
-        put(&(self.by_id.len() as u32).to_be_bytes())?;
+        put(&(self.by_id.len() as u64).to_be_bytes())?;
         for (&id, s) in &self.by_id {
             let mut rec = [0u8; SESSION_RECORD_SIZE];
             BigEndian::write_u64(&mut rec[0..8], id);
@@ -332,10 +332,10 @@ impl Sessions {
     /// Read a snapshot section written by `write_section`, checking every count and length
     /// against its limit before allocating, and the order of ids and sequences.
     pub fn read_section(src: &mut dyn SectionSource) -> Result<Sessions, SnapshotError> {
-        let mut count = [0u8; 4];
+        let mut count = [0u8; 8];
         src.get(&mut count)?;
-        let count = BigEndian::read_u32(&count) as usize;
-        if count > SESSIONS_MAX {
+        let count = BigEndian::read_u64(&count);
+        if count > SESSIONS_MAX as u64 {
             return Err(src.corrupt("more sessions than SESSIONS_MAX"));
         }
         let mut table = Sessions::new();
@@ -663,7 +663,7 @@ mod tests {
     #[test]
     fn the_snapshot_section_round_trips_and_refuses_damage() {
         let mut t = Sessions::new();
-        assert_eq!(section(&t), [0, 0, 0, 0]);
+        assert_eq!(section(&t), [0u8; 8]);
         for id in [4u64, 9, 12] {
             t.open(id, id * 10);
             for seq in 1..=id % 5 {
@@ -687,12 +687,12 @@ mod tests {
         }
         // A count over the limit is refused before anything is allocated.
         let mut bad = buf.clone();
-        bad[0..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        bad[0..8].copy_from_slice(&u64::MAX.to_be_bytes());
         let e = Sessions::read_section(&mut Slice(&bad, 0)).unwrap_err();
         assert!(e.to_string().contains("SESSIONS_MAX"), "{e}");
         // Ids out of order.
         let mut bad = buf.clone();
-        bad[4..12].copy_from_slice(&100u64.to_be_bytes());
+        bad[8..16].copy_from_slice(&100u64.to_be_bytes());
         let e = Sessions::read_section(&mut Slice(&bad, 0)).unwrap_err();
         assert!(e.to_string().contains("out of order"), "{e}");
     }
