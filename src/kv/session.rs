@@ -405,6 +405,9 @@ fn read_session(src: &mut dyn SectionSource) -> Result<(u64, Session), SnapshotE
     Ok((id, s))
 }
 
+/// Arguments before the command in `SESSION RUN <id> <seq> <lowest> <command> ...`.
+pub const RUN_PREFIX_ARGS: usize = 5;
+
 /// A `SESSION RUN`'s tag and the command it carries (`args[0]` is the command's name).
 pub type TaggedCommand<'a> = (SessionTag, &'a [Vec<u8>]);
 
@@ -442,7 +445,10 @@ pub fn parse_run(args: &[Vec<u8>]) -> Option<Result<TaggedCommand<'_>, Value>> {
             "ERR SESSION commands cannot run inside a session",
         )));
     }
-    Some(Ok((SessionTag { id, seq, lowest }, &args[5..])))
+    Some(Ok((
+        SessionTag { id, seq, lowest },
+        &args[RUN_PREFIX_ARGS..],
+    )))
 }
 
 /// A saved reply back as a value (the loader checked each one parses whole).
