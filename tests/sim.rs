@@ -1000,6 +1000,11 @@ struct SessionClient {
     acked: u64,
     waited_ticks: u64,
     key: Vec<u8>,
+    /// The newest applied stamp in the cluster at the last acknowledgement: a session may
+    /// expire (legitimately) only once the stamps moved past it by the session timeout.
+    acked_stamp_ms: u64,
+    /// Stopped after its session expired legitimately (clocks jumped past the timeout).
+    retired: bool,
 }
 
 impl Sim {
@@ -1017,6 +1022,8 @@ impl Sim {
                 acked: 0,
                 waited_ticks: 0,
                 key: format!("session-counter-{i}").into_bytes(),
+                acked_stamp_ms: 0,
+                retired: false,
             });
         }
     }
@@ -1028,6 +1035,9 @@ impl Sim {
     }
 
     fn session_client_step(&mut self, c: usize) {
+        if self.session_clients[c].retired {
+            return;
+        }
         if self.session_clients[c].stream.is_none() {
             let ids = self.ids();
             let target = ids[self.session_rng.range(0, ids.len() as u64) as usize];
@@ -1083,8 +1093,16 @@ impl Sim {
         }
     }
 
+    /// The newest applied stamp among the running nodes.
+    fn newest_stamp_ms(&self) -> u64 {
+        let nodes = self.members.values().filter_map(|m| m.node.as_ref());
+        let stamps = nodes.map(|n| n.state_machine().applied_stamp_ms());
+        stamps.max().unwrap_or(0)
+    }
+
     /// Read the answer to the outstanding request, if it came.
     fn session_client_read(&mut self, c: usize) {
+        let newest_ms = self.newest_stamp_ms();
         let sc = &mut self.session_clients[c];
         let Some(stream) = sc.stream.as_mut() else {
             return;
@@ -1101,7 +1119,10 @@ impl Sim {
         sc.inbuf.drain(..n);
         let seq = sc.outstanding.expect("a reply to a request sent");
         match (seq, v) {
-            (0, Value::Integer(id)) => sc.session = Some(id as u64),
+            (0, Value::Integer(id)) => {
+                sc.session = Some(id as u64);
+                sc.acked_stamp_ms = newest_ms;
+            }
             (0, _) => {
                 sc.stream = None; // open one through another node
                 return;
@@ -1113,10 +1134,19 @@ impl Sim {
                     sc.session
                 );
                 sc.acked = seq;
+                sc.acked_stamp_ms = newest_ms;
                 self.stats.session_incrs_acked += 1;
             }
             (_, Value::Error(e)) if e.starts_with("SESSIONEXPIRED") => {
-                panic!("SESSION LOST: session {:?} seq {seq}: {e}", sc.session)
+                let idle_ms = newest_ms.saturating_sub(sc.acked_stamp_ms);
+                assert!(
+                    idle_ms > kvraft::limits::SESSION_TIMEOUT_MS,
+                    "SESSION LOST: session {:?} seq {seq} after {idle_ms} ms of stamps: {e}",
+                    sc.session
+                );
+                sc.retired = true; // its last INCR stays unknown; the final check allows it
+                sc.stream = None;
+                return;
             }
             (_, Value::Error(_)) => {
                 // Not applied, or not known to be: resend the same sequence elsewhere.
