@@ -136,3 +136,18 @@ pub const SESSION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 // What the session table may hold in saved replies at most: 64 MiB.
 const _: () =
     assert!(SESSIONS_MAX * SESSION_RESULTS_MAX * SESSION_REPLY_SIZE_MAX <= 64 * 1024 * 1024);
+
+/// Keys one reclaim entry deletes at most: the leader proposes deletions of expired keys in
+/// batches of up to this many (and of up to `RECLAIM_ENTRY_SIZE_MAX` bytes).
+pub const RECLAIM_KEYS_MAX: usize = 256;
+
+/// Bytes of keys one reclaim entry names at most (one key always fits: it is at most
+/// `KEY_SIZE_MAX`).
+pub const RECLAIM_ENTRY_SIZE_MAX: usize = 256 * 1024;
+
+/// Reclaim entries the leader proposes per second at most, so that a mass expiry becomes a
+/// bounded trickle of log entries rather than a flood that delays client writes.
+pub const RECLAIM_ENTRIES_PER_SEC_MAX: u64 = 10;
+
+const _: () = assert!(KEY_SIZE_MAX <= RECLAIM_ENTRY_SIZE_MAX);
+const _: () = assert!(RECLAIM_ENTRY_SIZE_MAX + RECLAIM_KEYS_MAX * 16 + 64 <= ENTRY_SIZE_MAX);

@@ -16,7 +16,9 @@
 //! (`World::hold_output`), and its next turn catches up the ticks it missed. A crash during
 //! those ticks strikes as the sync returns: what it synced stays, the held output is lost. Clients write and read through any node (followers
 //! forward), send malformed and oversized requests, and (in some seeds) membership changes
-//! and leadership transfers as client commands.
+//! and leadership transfers as client commands. Each node has its own wall clock (fed through
+//! `Node::set_wall_ms`) that starts apart from the others, drifts (±5%) and jumps (±3 s,
+//! either way); in half the seeds clients also send TTL commands (`Clocks`).
 //!
 //! After every step: each node's `check_invariants()`; election safety (one leader per term);
 //! log matching (an entry id always follows the same term); leader completeness (a leader
@@ -149,6 +151,10 @@ struct Stats {
     /// Session workload: tagged INCRs acknowledged, and resends of one.
     session_incrs_acked: u64,
     session_resends: u64,
+    /// TTL commands sent, clock jumps, and keys expired (the most any replica counted).
+    ttl_sent: u64,
+    clock_jumps: u64,
+    keys_expired: u64,
 }
 
 impl Stats {
@@ -170,6 +176,9 @@ impl Stats {
         self.slow_sync_ticks += o.slow_sync_ticks;
         self.session_incrs_acked += o.session_incrs_acked;
         self.session_resends += o.session_resends;
+        self.ttl_sent += o.ttl_sent;
+        self.clock_jumps += o.clock_jumps;
+        self.keys_expired += o.keys_expired;
     }
 }
 
@@ -249,6 +258,8 @@ struct Sim {
     /// The session workload's clients (see `SessionClient`), with their own generator.
     session_clients: Vec<SessionClient>,
     session_rng: Prng,
+    /// Per-node wall clocks and TTL commands (kvttl).
+    clocks: Clocks,
 }
 
 fn addrs(id: NodeId) -> (SocketAddr, SocketAddr) {
@@ -313,6 +324,7 @@ impl Sim {
             };
             members.insert(NodeId(i), m);
         }
+        let voters_and_joiners: Vec<NodeId> = members.keys().copied().collect();
         let clients = (0..p.clients)
             .map(|id| Client {
                 id,
@@ -344,6 +356,7 @@ impl Sim {
             stats: Stats::default(),
             session_clients: Vec::new(),
             session_rng: Prng::new(seed ^ 0x5e55_1045),
+            clocks: Clocks::new(seed, &voters_and_joiners),
         };
         sim.add_session_clients();
         for id in sim.ids() {
@@ -427,6 +440,13 @@ impl Sim {
         self.check_progress();
         self.check_acked_writes();
         self.check_session_counters();
+        self.stats.keys_expired = self
+            .members
+            .values()
+            .filter_map(|m| m.node.as_ref())
+            .map(|n| n.state_machine().ttl_stats(0).expired_keys)
+            .max()
+            .unwrap_or(0);
     }
 
     /// One tick: the network delivers, every live node takes its turn, clients act; then
@@ -450,6 +470,7 @@ impl Sim {
 
     fn node_turn(&mut self, id: NodeId, now: Instant) {
         let world = self.world.clone();
+        let wall_ms = self.clocks.wall_ms(id, self.now_ms);
         let m = self.members.get_mut(&id).expect("member");
         let Some(node) = m.node.as_mut() else {
             if m.down_ticks > 0 {
@@ -465,6 +486,7 @@ impl Sim {
         }
         let accepts = world.borrow_mut().take_accepts(id);
         node.set_now(now);
+        node.set_wall_ms(wall_ms);
         for (conn, what, addr) in accepts {
             node.accept(SimStream::accepted(&world, conn), addr, what);
         }
@@ -487,6 +509,10 @@ impl Sim {
     }
 
     fn faults(&mut self) {
+        if let Some((id, by)) = self.clocks.maybe_jump() {
+            self.stats.clock_jumps += 1;
+            self.note(format!("clock {id} jumps {by} ms"));
+        }
         let p = self.p.clone();
         for id in self.ids() {
             let up = self.members[&id].node.is_some();
@@ -609,7 +635,12 @@ impl Sim {
     fn client_send(&mut self, c: usize) {
         let roll = self.rng.range(0, 1000);
         let mut out = Vec::new();
-        let op = if roll < self.p.garbage {
+        let op = if let Some(args) = self.clocks.ttl_command() {
+            self.stats.ttl_sent += 1;
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            resp::encode_command(&refs, &mut out);
+            Op::Any
+        } else if roll < self.p.garbage {
             self.stats.garbage_sent += 1;
             out = garbage(&mut self.rng);
             Op::Garbage
@@ -899,6 +930,84 @@ impl Sim {
 }
 
 /// Malformed or oversized requests: each must get an error (or nothing) and never crash.
+/// Simulated time 0 as a wall clock: ms since the Unix epoch.
+const SIM_EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// Per-node wall clocks that start apart, drift apart and jump (both ways), fed to each node
+/// through `set_wall_ms`; and, in some seeds, TTL commands on a small set of shared keys
+/// (SET PX, PEXPIRE with conditions, PERSIST, GETEX, INCR, reads). The checker's equal state
+/// hashes at equal applied indexes then show that expiry does not depend on any replica's
+/// clock. It draws from its own generator, so a seed's other draws are unchanged.
+struct Clocks {
+    rng: Prng,
+    /// Per node: offset from simulated time (ms) and drift (parts per million).
+    skew: BTreeMap<NodeId, (i64, i64)>,
+    ttl_commands: bool,
+}
+
+impl Clocks {
+    fn new(seed: u64, ids: &[NodeId]) -> Clocks {
+        let mut rng = Prng::new(seed ^ 0x7474_6c5f_636c_6b73);
+        let skew = ids
+            .iter()
+            .map(|&id| {
+                let offset = rng.range(0, 4000) as i64 - 2000;
+                let drift_ppm = rng.range(0, 100_001) as i64 - 50_000;
+                (id, (offset, drift_ppm))
+            })
+            .collect();
+        let ttl_commands = rng.chance(1, 2);
+        Clocks {
+            rng,
+            skew,
+            ttl_commands,
+        }
+    }
+
+    fn wall_ms(&self, id: NodeId, now_ms: u64) -> u64 {
+        let (offset, drift_ppm) = self.skew.get(&id).copied().unwrap_or((0, 0));
+        let t = now_ms as i64;
+        (SIM_EPOCH_MS as i64 + t + offset + t * drift_ppm / 1_000_000) as u64
+    }
+
+    /// Now and then a node's clock jumps, forwards or back: (node, ms).
+    fn maybe_jump(&mut self) -> Option<(NodeId, i64)> {
+        if !self.rng.chance(3, 1000) || self.skew.is_empty() {
+            return None;
+        }
+        let n = self.rng.range(0, self.skew.len() as u64) as usize;
+        let (&id, skew) = self.skew.iter_mut().nth(n).expect("in range");
+        let by = self.rng.range(0, 6001) as i64 - 3000;
+        skew.0 += by;
+        Some((id, by))
+    }
+
+    /// A TTL command for a client to send instead of its usual one, about one time in three.
+    fn ttl_command(&mut self) -> Option<Vec<Vec<u8>>> {
+        if !self.ttl_commands || !self.rng.chance(1, 3) {
+            return None;
+        }
+        let key = format!("ttl{}", self.rng.range(0, 8)).into_bytes();
+        let ms = self.rng.range(1, 2000).to_string().into_bytes();
+        let v = |s: &str| s.as_bytes().to_vec();
+        let cmd = match self.rng.range(0, 10) {
+            0 | 1 => vec![v("SET"), key, v("x"), v("PX"), ms],
+            2 => vec![v("PEXPIRE"), key, ms],
+            3 => {
+                let cond = ["NX", "XX", "GT", "LT"][self.rng.range(0, 4) as usize];
+                vec![v("PEXPIRE"), key, ms, v(cond)]
+            }
+            4 => vec![v("PERSIST"), key],
+            5 => vec![v("GETEX"), key, v("PX"), ms],
+            6 => vec![v("INCR"), key],
+            7 => vec![v("PTTL"), key],
+            8 => vec![v("GET"), key],
+            _ => vec![v("SET"), key, v("y"), v("KEEPTTL")],
+        };
+        Some(cmd)
+    }
+}
+
 fn garbage(rng: &mut Prng) -> Vec<u8> {
     let huge = (kvraft::limits::CLIENT_REQUEST_SIZE_MAX * 2).to_string();
     match rng.range(0, 6) {

@@ -318,14 +318,14 @@ fn encode_write_checked(cmd: &WriteCmd<'_>) -> Request {
     Request::Write(payload)
 }
 
-fn check_key(key: &[u8]) -> Result<&[u8], Value> {
+pub(crate) fn check_key(key: &[u8]) -> Result<&[u8], Value> {
     if key.len() > KEY_SIZE_MAX {
         return Err(key_too_large());
     }
     Ok(key)
 }
 
-fn check_value(value: &[u8]) -> Result<&[u8], Value> {
+pub(crate) fn check_value(value: &[u8]) -> Result<&[u8], Value> {
     if value.len() > VALUE_SIZE_MAX {
         return Err(string_too_large());
     }

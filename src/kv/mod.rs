@@ -38,7 +38,8 @@ pub use store::{KvStats, KvStore};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TtlStats {
     /// Keys deleted because their TTL passed (by a write finding them expired, or by the
-    /// leader's reclaim entries), since this replica started or loaded a snapshot.
+    /// leader's reclaim entries), counted as this replica applied them since it started
+    /// (local: a snapshot does not carry it).
     pub expired_keys: u64,
     /// Keys with a TTL.
     pub expires: usize,

@@ -39,8 +39,8 @@ use crate::kv::ttl::{
     EXPIRE_NX, EXPIRE_XX,
 };
 use crate::kv::{envelope, snapshot, Request, SnapshotError, StateMachine, TtlStats};
-use crate::limits::KEYS_KEYS_MAX;
 use crate::limits::VALUE_SIZE_MAX;
+use crate::limits::{KEYS_KEYS_MAX, RECLAIM_ENTRY_SIZE_MAX};
 use crate::raft::LogIndex;
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -579,8 +579,18 @@ impl KvStore {
     }
 
     /// The leader's reclaim entry for keys due at `now_ms` (see `StateMachine::expired_batch`).
+    /// At most `keys_max` keys and about `RECLAIM_ENTRY_SIZE_MAX` bytes of them (at least one).
     fn reclaim_entry(&self, now_ms: u64, keys_max: usize) -> Option<Vec<u8>> {
-        let keys: Vec<(&[u8], u64)> = self.expiries.due(now_ms).take(keys_max).collect();
+        let mut bytes = 0usize;
+        let keys: Vec<(&[u8], u64)> = self
+            .expiries
+            .due(now_ms)
+            .take(keys_max)
+            .take_while(|(k, _)| {
+                bytes += k.len();
+                bytes <= RECLAIM_ENTRY_SIZE_MAX || bytes == k.len()
+            })
+            .collect();
         if keys.is_empty() {
             return None;
         }
@@ -1638,6 +1648,74 @@ mod tests {
             }
         );
         kv.check_invariants();
+    }
+
+    #[test]
+    fn a_reclaim_entry_is_bounded_by_keys_and_bytes_and_takes_the_earliest() {
+        let kv = &mut KvStore::new(29);
+        let big = vec![b'k'; crate::limits::KEY_SIZE_MAX - 1];
+        for i in 0..10u8 {
+            let mut k = big.clone();
+            k.push(i);
+            run_at(kv, T0, &[b"SET", &k, b"v", b"PX", &[b'1' + i]]);
+        }
+        run_at(kv, T0, &[b"SET", b"small", b"v", b"PX", b"1"]);
+        let keys = |p: Vec<u8>| match command::decode_write(&p) {
+            Ok(WriteCmd::Ttl(TtlWrite::Reclaim { keys })) => keys
+                .iter()
+                .map(|(k, at)| (k.len(), *at))
+                .collect::<Vec<_>>(),
+            x => panic!("{x:?}"),
+        };
+        let now = T0 + 100;
+        let got = keys(kv.expired_batch(now, 2).unwrap());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1, T0 + 1, "earliest first");
+        let got = keys(kv.expired_batch(now, 100).unwrap());
+        let bytes: usize = got.iter().map(|(n, _)| n).sum();
+        assert!(
+            got.len() < 11 && bytes <= RECLAIM_ENTRY_SIZE_MAX,
+            "{} keys",
+            got.len()
+        );
+        assert_eq!(
+            got.len(),
+            RECLAIM_ENTRY_SIZE_MAX / crate::limits::KEY_SIZE_MAX
+        );
+    }
+
+    #[test]
+    fn ttls_set_by_commands_survive_a_snapshot_and_answer_alike_on_the_copy() {
+        let kv = &mut KvStore::new(30);
+        run_at(kv, T0, &[b"SET", b"a", b"1", b"PX", b"500"]);
+        run_at(kv, T0 + 10, &[b"SET", b"b", b"2"]);
+        run_at(kv, T0 + 20, &[b"EXPIRE", b"b", b"9"]);
+        run_at(kv, T0 + 30, &[b"SET", b"c", b"3", b"PXAT", b"1"]);
+        let mut snap = Vec::new();
+        let h = kv.write_snapshot(&mut snap).unwrap();
+        let copy = &mut KvStore::new(31);
+        assert_eq!(copy.load_snapshot(&mut snap.as_slice()).unwrap(), h);
+        assert_eq!(copy.applied_stamp_ms(), T0 + 30);
+        for now in [T0 + 40, T0 + 600, T0 + 10_000] {
+            for cmd in [&b"PTTL"[..], b"PEXPIRETIME", b"GET"] {
+                for key in [&b"a"[..], b"b", b"c"] {
+                    let want = run_at(kv, now, &[cmd, key]);
+                    assert_eq!(
+                        run_at(copy, now, &[cmd, key]),
+                        want,
+                        "{cmd:?} {key:?} at {now}"
+                    );
+                }
+            }
+            assert_eq!(
+                run_at(copy, now, &[b"DBSIZE"]),
+                run_at(kv, now, &[b"DBSIZE"])
+            );
+        }
+        // The same reclaim entry applies alike on both.
+        let batch = kv.expired_batch(T0 + 10_000, 100).unwrap();
+        assert_eq!(copy.expired_batch(T0 + 10_000, 100).unwrap(), batch);
+        copy.check_invariants();
     }
 
     #[test]

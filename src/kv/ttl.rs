@@ -31,8 +31,8 @@
 
 use crate::client::value::Value;
 use crate::kv::command::{
-    arity_error, not_integer, parse_i64, syntax_error, DecodeError, WriteCmd, SET_GET, SET_NX,
-    SET_XX,
+    arity_error, check_key, check_value, not_integer, parse_i64, syntax_error, DecodeError,
+    WriteCmd, SET_GET, SET_NX, SET_XX,
 };
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use byteorder::{BigEndian, ByteOrder};
@@ -179,22 +179,6 @@ impl TtlWrite<'_> {
 /// Redis's reply for an expire time out of range.
 pub fn invalid_expire_time(name: &str) -> Value {
     Value::error(format!("ERR invalid expire time in '{name}' command"))
-}
-
-fn check_key(key: &[u8]) -> Result<&[u8], Value> {
-    if key.len() > KEY_SIZE_MAX {
-        return Err(Value::error(format!(
-            "ERR key exceeds maximum allowed size ({KEY_SIZE_MAX} bytes)"
-        )));
-    }
-    Ok(key)
-}
-
-fn check_value(value: &[u8]) -> Result<&[u8], Value> {
-    if value.len() > VALUE_SIZE_MAX {
-        return Err(crate::kv::command::string_too_large());
-    }
-    Ok(value)
 }
 
 /// The expire options of SET and GETEX, as Redis's `parseExtendedStringArgumentsOrReply`
@@ -633,4 +617,73 @@ pub fn decode_read<'a>(code: u8, r: &mut Fields<'a>) -> Option<Result<TtlRead<'a
         Ok(TtlRead { which, key })
     })();
     Some(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kv::command::{decode_read, decode_write};
+    use crate::kv::envelope::{wrap, Envelope};
+    use crate::kv::{KvStore, StateMachine};
+    use crate::raft::LogIndex;
+
+    fn payload(args: &[&str]) -> Vec<u8> {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        match crate::kv::command::parse(&args) {
+            Some(crate::kv::Request::Write(p)) => p,
+            x => panic!("{x:?}"),
+        }
+    }
+
+    #[test]
+    fn hostile_ttl_payloads_are_errors_or_harmless_writes_never_panics() {
+        let mut valid = vec![
+            payload(&["SET", "k", "v", "PX", "100", "NX", "GET"]),
+            payload(&["SET", "k", "v", "KEEPTTL"]),
+            payload(&["SETEX", "k", "5", "v"]),
+            payload(&["PEXPIRE", "k", "-5", "XX", "GT"]),
+            payload(&["EXPIREAT", "k", "5", "LT"]),
+            payload(&["PERSIST", "k"]),
+            payload(&["GETEX", "k", "PXAT", "7"]),
+            payload(&["GETEX", "k", "PERSIST"]),
+        ];
+        let mut seed = KvStore::new(1);
+        let env = |stamp_ms| Envelope {
+            stamp_ms,
+            session: None,
+        };
+        seed.apply(LogIndex(1), &wrap(&env(10), &valid[0]));
+        valid.push(seed.expired_batch(1_000, 10).expect("k is due"));
+        let mut p = crate::prng::Prng::new(14);
+        let kv = &mut KvStore::new(1);
+        let (mut index, mut decoded) = (0, 0);
+        for i in 0..30_000u64 {
+            let mut buf = valid[p.range(0, valid.len() as u64) as usize].clone();
+            for _ in 0..p.range(1, 4) {
+                let at = p.range(1, buf.len() as u64) as usize;
+                buf[at] = if p.chance(1, 2) {
+                    p.range(0, 5) as u8
+                } else {
+                    p.next_u64() as u8
+                };
+            }
+            if p.chance(1, 4) {
+                buf.truncate(p.range(2, buf.len() as u64 + 1) as usize);
+            }
+            decoded += usize::from(decode_write(&buf).is_ok());
+            let mut q = buf.clone();
+            q[1] = 0x4c;
+            let _ = decode_read(&q);
+            let _ = kv.query_at(&q, p.next_u64());
+            index += 1;
+            let _ = kv.apply(LogIndex(index), &wrap(&env(1_000 + i), &buf));
+            if index % 1000 == 0 {
+                kv.check_invariants();
+            }
+        }
+        kv.check_invariants();
+        assert!(
+            decoded > 3000,
+            "only {decoded} of the payloads decoded: not exercising apply"
+        );
+    }
 }

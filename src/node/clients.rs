@@ -20,7 +20,7 @@ use super::storage::Disk;
 use super::{ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
 use crate::client::resp;
 use crate::client::{Protocol, Value};
-use crate::kv::envelope::{self, Envelope, SessionTag};
+use crate::kv::envelope::SessionTag;
 use crate::kv::{session, Request, StateMachine};
 use crate::limits;
 use crate::raft::{NodeId, ProposeError};
@@ -165,20 +165,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
-    /// The payload of the entry for a write: a session write goes in an envelope carrying its
-    /// tag, stamped with the applied stamp (so apply's "now" does not move; the leader's own
-    /// stamp on every entry is the TTL work's); other writes go as they are.
-    fn entry_payload(&self, data: Vec<u8>, session: Option<SessionTag>) -> Vec<u8> {
-        let Some(tag) = session else {
-            return data;
-        };
-        let env = Envelope {
-            stamp_ms: self.applied.sm().applied_stamp_ms(),
-            session: Some(tag),
-        };
-        envelope::wrap(&env, &data)
-    }
-
     fn submit_write(
         &mut self,
         to: ReplyTo,
@@ -195,7 +181,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             Some(_) => Resend::Yes { read: false },
             None => Resend::No,
         };
-        match self.raft.propose(self.entry_payload(data, session)) {
+        // The leader stamps what it proposes, with the session's tag if any (a follower
+        // forwards the arguments instead).
+        let data = match self.raft.role() {
+            crate::raft::Role::Leader => self.stamp_write(&data, session),
+            _ => data,
+        };
+        match self.raft.propose(data) {
             Ok(id) => {
                 self.pending.add_waiter(id.index, id.term, to);
                 Dispatch::Pending

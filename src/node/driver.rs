@@ -202,7 +202,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Serve, in the order they arrived, the reads whose index is applied.
     pub(super) fn serve_ready_reads(&mut self) {
         for r in self.pending.take_due_reads(self.applied.index()) {
-            let v = self.applied.sm().query(&r.query);
+            // As of the leader's time: keys whose TTL has passed are gone.
+            let now_ms = self.leader_now_ms();
+            let v = self.applied.sm().query_at(&r.query, now_ms);
             self.deliver(r.to, self.encode_reply(r.to, &v));
         }
     }

@@ -61,6 +61,7 @@ mod peers;
 mod pending;
 mod startup;
 mod stored;
+mod ttl;
 
 use std::fmt;
 use std::io;
@@ -202,6 +203,8 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     /// This node was leader at the end of the last turn.
     was_leader: bool,
     stats: Stats,
+    /// The leader's time for TTLs and the reclaim of expired keys (`ttl.rs`).
+    ttl: ttl::TtlClock,
 }
 
 /// Which listener accepted a connection.
@@ -479,6 +482,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stored.discard_some_log();
         self.hand_off_if_disk_full();
         self.maybe_snapshot();
+        self.maybe_reclaim_expired();
         if self
             .stored
             .disk_mut()
@@ -576,5 +580,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         );
         self.incoming.check_invariants();
         self.stored.check_invariants();
+        self.ttl.check_invariants();
     }
 }
