@@ -118,6 +118,7 @@ fn a_plain_write_through_a_follower_is_answered_within_two_seconds_of_the_leader
         }
         _ => false,
     };
+    println!("a write through a follower answered {took:?} after the leader stopped: {reply:?}");
     assert!(ok, "{reply:?}");
     assert!(
         took < Duration::from_secs(2),
