@@ -117,6 +117,26 @@ pub const SCAN_COUNT_MAX: u32 = 100_000;
 /// Largest keyspace `KEYS` walks; past it `KEYS` is refused with an error naming `SCAN`.
 pub const KEYS_KEYS_MAX: usize = 1_000_000;
 
+/// Client sessions the state machine keeps at once (exactly-once writes); opening one more
+/// drops the least recently active.
+pub const SESSIONS_MAX: usize = 4096;
+
+/// Replies one session keeps for resends: writes it sent whose lowest outstanding sequence
+/// has not passed them yet. One more is refused (not applied) until the client raises it.
+pub const SESSION_RESULTS_MAX: usize = 32;
+
+/// Bytes of one saved session reply (RESP2-encoded); a larger reply is saved as a short error
+/// saying the command applied.
+pub const SESSION_REPLY_SIZE_MAX: usize = 512;
+
+/// A session with no entry for longer than this, by the leader stamps of applied entries
+/// (never a local clock), expires; its writes then get `-SESSIONEXPIRED`. In milliseconds.
+pub const SESSION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+// What the session table may hold in saved replies at most: 64 MiB.
+const _: () =
+    assert!(SESSIONS_MAX * SESSION_RESULTS_MAX * SESSION_REPLY_SIZE_MAX <= 64 * 1024 * 1024);
+
 /// Keys one reclaim entry deletes at most: the leader proposes deletions of expired keys in
 /// batches of up to this many (and of up to `RECLAIM_ENTRY_SIZE_MAX` bytes).
 pub const RECLAIM_KEYS_MAX: usize = 256;

@@ -155,6 +155,9 @@ struct Stats {
     /// Syncs that took time, and the ticks they took.
     slow_syncs: u64,
     slow_sync_ticks: u64,
+    /// Session workload: tagged INCRs acknowledged, and resends of one.
+    session_incrs_acked: u64,
+    session_resends: u64,
     /// TTL commands sent, clock jumps, and keys expired (the most any replica counted).
     ttl_sent: u64,
     clock_jumps: u64,
@@ -180,6 +183,8 @@ impl Stats {
         self.elections += o.elections;
         self.slow_syncs += o.slow_syncs;
         self.slow_sync_ticks += o.slow_sync_ticks;
+        self.session_incrs_acked += o.session_incrs_acked;
+        self.session_resends += o.session_resends;
         self.ttl_sent += o.ttl_sent;
         self.clock_jumps += o.clock_jumps;
         self.keys_expired += o.keys_expired;
@@ -275,6 +280,9 @@ struct Sim {
     /// The node taking its turn (named when a turn panics).
     turning: Option<NodeId>,
     stats: Stats,
+    /// The session workload's clients (see `SessionClient`), with their own generator.
+    session_clients: Vec<SessionClient>,
+    session_rng: Prng,
     /// Per-node wall clocks and TTL commands (kvttl).
     clocks: Clocks,
 }
@@ -373,8 +381,11 @@ impl Sim {
             trace: VecDeque::new(),
             turning: None,
             stats: Stats::default(),
+            session_clients: Vec::new(),
+            session_rng: Prng::new(seed ^ 0x5e55_1045),
             clocks: Clocks::new(seed, &voters_and_joiners),
         };
+        sim.add_session_clients();
         for id in sim.ids() {
             sim.restart(id);
         }
@@ -455,6 +466,7 @@ impl Sim {
         self.heal();
         self.check_progress();
         self.check_acked_writes();
+        self.check_session_counters();
         self.stats.keys_expired = self
             .members
             .values()
@@ -478,6 +490,7 @@ impl Sim {
             for c in 0..self.clients.len() {
                 self.client_step(c);
             }
+            self.session_clients_step();
         }
         self.check();
     }
@@ -1222,4 +1235,218 @@ fn simulated_clusters_of_real_nodes_keep_every_safety_property_and_recover_after
         total.add(&run_seed(seed));
     }
     eprintln!("{} seeds in {:.1?}: {total:?}", seeds.len(), t0.elapsed());
+}
+
+// --- the session workload ------------------------------------------------------------------
+//
+// Session clients open an exactly-once session and send `SESSION RUN <id> <seq> <seq> INCR
+// <own key>` one sequence at a time, through any node. Whatever goes wrong (an error reply
+// other than SESSIONEXPIRED, no answer within their patience, a connection lost) they resend
+// the SAME sequence through another node. The counter is theirs alone, so each INCR reply
+// must equal its sequence: a write applied twice (or a session lost, e.g. by a snapshot)
+// shows at once. At the end the leader's counter is the last acknowledged sequence, or one
+// more if the last write is still unanswered.
+
+/// One session client of the workload above.
+struct SessionClient {
+    /// Connection owner id in the simulated network (apart from the plain clients').
+    id: u64,
+    stream: Option<SimStream>,
+    inbuf: Vec<u8>,
+    session: Option<u64>,
+    /// The request not yet answered: 0 is `SESSION OPEN`, n > 0 is the INCR of sequence n.
+    outstanding: Option<u64>,
+    /// Whether `outstanding` was sent on the current connection.
+    sent: bool,
+    /// How often `outstanding` was sent so far.
+    sends: u64,
+    acked: u64,
+    waited_ticks: u64,
+    key: Vec<u8>,
+    /// The newest applied stamp in the cluster at the last acknowledgement: a session may
+    /// expire (legitimately) only once the stamps moved past it by the session timeout.
+    acked_stamp_ms: u64,
+    /// Stopped after its session expired legitimately (clocks jumped past the timeout).
+    retired: bool,
+}
+
+impl Sim {
+    fn add_session_clients(&mut self) {
+        let n = self.session_rng.range(1, 3);
+        for i in 0..n {
+            self.session_clients.push(SessionClient {
+                id: 100 + i,
+                stream: None,
+                inbuf: Vec::new(),
+                session: None,
+                outstanding: None,
+                sent: false,
+                sends: 0,
+                acked: 0,
+                waited_ticks: 0,
+                key: format!("session-counter-{i}").into_bytes(),
+                acked_stamp_ms: 0,
+                retired: false,
+            });
+        }
+    }
+
+    fn session_clients_step(&mut self) {
+        for c in 0..self.session_clients.len() {
+            self.session_client_step(c);
+        }
+    }
+
+    fn session_client_step(&mut self, c: usize) {
+        if self.session_clients[c].retired {
+            return;
+        }
+        if self.session_clients[c].stream.is_none() {
+            let ids = self.ids();
+            let target = ids[self.session_rng.range(0, ids.len() as u64) as usize];
+            let (_, addr) = addrs(target);
+            let sc = &mut self.session_clients[c];
+            sc.stream = SimStream::client_connect(&self.world, sc.id, addr);
+            sc.inbuf.clear();
+            sc.sent = false;
+            sc.waited_ticks = 0;
+            if sc.stream.is_none() {
+                return;
+            }
+        }
+        self.session_client_read(c);
+        let sc = &mut self.session_clients[c];
+        if sc.sent {
+            sc.waited_ticks += 1;
+        }
+        let ended = sc.stream.as_ref().is_none_or(|s| s.at_end());
+        if ended || sc.waited_ticks > CLIENT_PATIENCE_TICKS {
+            sc.stream = None; // resend through another node
+            return;
+        }
+        if sc.outstanding.is_none() && self.session_rng.chance(1, 3) {
+            sc.outstanding = Some(if sc.session.is_none() {
+                0
+            } else {
+                sc.acked + 1
+            });
+        }
+        if let (Some(seq), false) = (sc.outstanding, sc.sent) {
+            let mut out = Vec::new();
+            match sc.session {
+                None => resp::encode_command(&[b"SESSION", b"OPEN"], &mut out),
+                Some(id) => {
+                    let (id, seq) = (id.to_string(), seq.to_string());
+                    let (id, seq) = (id.as_bytes(), seq.as_bytes());
+                    let cmd: [&[u8]; 7] = [b"SESSION", b"RUN", id, seq, seq, b"INCR", &sc.key];
+                    resp::encode_command(&cmd, &mut out);
+                }
+            }
+            let stream = sc.stream.as_mut().expect("connected");
+            if std::io::Write::write_all(stream, &out).is_err() {
+                sc.stream = None;
+                return;
+            }
+            if seq > 0 && sc.sends > 0 {
+                self.stats.session_resends += 1;
+            }
+            sc.sends += 1;
+            sc.sent = true;
+            sc.waited_ticks = 0;
+        }
+    }
+
+    /// The newest applied stamp among the running nodes.
+    fn newest_stamp_ms(&self) -> u64 {
+        let nodes = self.members.values().filter_map(|m| m.node.as_ref());
+        let stamps = nodes.map(|n| n.state_machine().applied_stamp_ms());
+        stamps.max().unwrap_or(0)
+    }
+
+    /// Read the answer to the outstanding request, if it came.
+    fn session_client_read(&mut self, c: usize) {
+        let newest_ms = self.newest_stamp_ms();
+        let sc = &mut self.session_clients[c];
+        let Some(stream) = sc.stream.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(stream, &mut buf) {
+            sc.inbuf.extend_from_slice(&buf[..n]);
+        }
+        let (v, n) = match resp::parse_value(&sc.inbuf) {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => panic!("session client {}: unparsable reply: {e}", sc.id),
+        };
+        sc.inbuf.drain(..n);
+        let seq = sc.outstanding.expect("a reply to a request sent");
+        match (seq, v) {
+            (0, Value::Integer(id)) => {
+                sc.session = Some(id as u64);
+                sc.acked_stamp_ms = newest_ms;
+            }
+            (0, _) => {
+                sc.stream = None; // open one through another node
+                return;
+            }
+            (_, Value::Integer(n)) => {
+                assert_eq!(
+                    n, seq as i64,
+                    "EXACTLY ONCE: session {:?} INCR of sequence {seq} answered {n}",
+                    sc.session
+                );
+                sc.acked = seq;
+                sc.acked_stamp_ms = newest_ms;
+                self.stats.session_incrs_acked += 1;
+            }
+            (_, Value::Error(e)) if e.starts_with("SESSIONEXPIRED") => {
+                let idle_ms = newest_ms.saturating_sub(sc.acked_stamp_ms);
+                assert!(
+                    idle_ms > kvraft::limits::SESSION_TIMEOUT_MS,
+                    "SESSION LOST: session {:?} seq {seq} after {idle_ms} ms of stamps: {e}",
+                    sc.session
+                );
+                sc.retired = true; // its last INCR stays unknown; the final check allows it
+                sc.stream = None;
+                return;
+            }
+            (_, Value::Error(_)) => {
+                // Not applied, or not known to be: resend the same sequence elsewhere.
+                sc.stream = None;
+                return;
+            }
+            (_, other) => panic!("session client {}: INCR answered {other:?}", sc.id),
+        }
+        sc.outstanding = None;
+        sc.sent = false;
+        sc.sends = 0;
+        sc.waited_ticks = 0;
+    }
+
+    /// After healing: each counter is the last acknowledged sequence (or one more if the
+    /// last INCR is unanswered): no INCR applied twice, none acknowledged and lost.
+    fn check_session_counters(&mut self) {
+        let l = self.leader().expect("a leader after healing");
+        let n = self.members[&l].node.as_ref().expect("up");
+        let sm = n.state_machine();
+        for sc in &self.session_clients {
+            let args = [b"GET".to_vec(), sc.key.clone()];
+            let Some(Request::Read(q)) = sm.parse(&args) else {
+                panic!("GET does not parse as a read");
+            };
+            let value = match sm.query(&q) {
+                Value::Bulk(v) => String::from_utf8_lossy(&v).parse().expect("a counter"),
+                Value::Nil => 0u64,
+                other => panic!("counter {other:?}"),
+            };
+            let unanswered = u64::from(sc.outstanding.is_some_and(|s| s > 0));
+            assert!(
+                value == sc.acked || value == sc.acked + unanswered,
+                "EXACTLY ONCE: counter {} is {value}, {} INCRs acknowledged",
+                String::from_utf8_lossy(&sc.key),
+                sc.acked
+            );
+        }
+    }
 }

@@ -31,6 +31,7 @@
 //! 0x0c RENAME key, new key, u8 nx (0 or 1)
 //! 0x0d COPY   key, destination, u8 replace (0 or 1)
 //! 0x0e FLUSHALL
+//! 0x30 SESSION OPEN (no fields; reply: the session id, which is the index of this entry)
 //! 0x10..=0x14 and 0x4c: the TTL commands, laid out in `ttl.rs`
 //! 0x20 EXEC   a whole transaction: watches and queued commands   0x60 WATCH  list of keys
 //!             (layout in `kv::tx`)                                (answers the applied index)
@@ -122,6 +123,8 @@ pub enum WriteCmd<'a> {
         replace: bool,
     },
     FlushAll,
+    /// `SESSION OPEN`: a new exactly-once session (see `session.rs`).
+    SessionOpen,
     /// The TTL commands (see `ttl.rs`).
     Ttl(TtlWrite<'a>),
 }
@@ -221,6 +224,7 @@ pub(super) mod op {
     pub const FLUSHALL: u8 = 0x0e;
     /// A transaction (`kv::tx`); apart from the others so that new ops do not collide.
     pub const EXEC: u8 = 0x20;
+    pub const SESSION_OPEN: u8 = 0x30;
     pub const GET: u8 = 0x41;
     pub const EXISTS: u8 = 0x42;
     pub const MGET: u8 = 0x43;
@@ -272,6 +276,10 @@ pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
         },
         "getdel" | "getset" | "msetnx" | "setrange" | "incrbyfloat" | "rename" | "renamenx"
         | "copy" | "flushdb" | "flushall" => match parse_write_more(name, args) {
+            Ok(cmd) => encode_write_checked(&cmd),
+            Err(reply) => Request::Reply(reply),
+        },
+        "session" => match parse_session(args) {
             Ok(cmd) => encode_write_checked(&cmd),
             Err(reply) => Request::Reply(reply),
         },
@@ -540,6 +548,29 @@ fn parse_write_more<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<WriteCmd<'a>,
     Ok(cmd)
 }
 
+/// `SESSION OPEN`. (`SESSION RUN` is taken apart by the node before the state machine
+/// parses its command: see `session::parse_run`.)
+fn parse_session(args: &[Vec<u8>]) -> Result<WriteCmd<'_>, Value> {
+    let Some(sub) = args.get(1) else {
+        return Err(arity_error("session"));
+    };
+    if sub.eq_ignore_ascii_case(b"open") {
+        if args.len() != 2 {
+            return Err(arity_error("session|open"));
+        }
+        return Ok(WriteCmd::SessionOpen);
+    }
+    if sub.eq_ignore_ascii_case(b"run") {
+        return Err(Value::error(
+            "ERR SESSION RUN cannot be nested or used inside a transaction",
+        ));
+    }
+    Err(Value::error(format!(
+        "ERR unknown subcommand '{}'. Try SESSION OPEN or SESSION RUN.",
+        String::from_utf8_lossy(sub)
+    )))
+}
+
 /// `COPY source destination [DB 0] [REPLACE]`: one database, so `DB` takes only 0.
 fn parse_copy(args: &[Vec<u8>]) -> Result<WriteCmd<'_>, Value> {
     let mut replace = false;
@@ -783,6 +814,7 @@ fn encode_write_more(cmd: &WriteCmd<'_>, out: &mut Vec<u8>) {
             out.push(u8::from(*replace));
         }
         WriteCmd::FlushAll => out.push(op::FLUSHALL),
+        WriteCmd::SessionOpen => out.push(op::SESSION_OPEN),
         WriteCmd::Ttl(t) => ttl::encode_write(t, out),
         _ => unreachable!("encode_write handles {cmd:?}"),
     }
@@ -1009,6 +1041,7 @@ pub fn decode_write(data: &[u8]) -> Result<WriteCmd<'_>, DecodeError> {
             replace: r.flag(code)?,
         },
         op::FLUSHALL => WriteCmd::FlushAll,
+        op::SESSION_OPEN => WriteCmd::SessionOpen,
         other => {
             let fields = &mut ttl::Fields { buf: r.buf };
             return match ttl::decode_write(other, fields) {
@@ -1130,6 +1163,7 @@ mod tests {
             args(&[b"renamenx", b"a", b"b"]),
             args(&[b"copy", b"a", b"b", b"db", b"0", b"replace"]),
             args(&[b"flushdb", b"async"]),
+            args(&[b"session", b"open"]),
             args(&[b"touch", b"a", b"b"]),
             args(&[b"getrange", b"k", b"-3", b"-1"]),
             args(&[b"substr", b"k", b"0", b"2"]),

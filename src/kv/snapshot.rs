@@ -25,8 +25,8 @@
 //!                 ...   m expiry records, keys strictly increasing, each a key stored above:
 //!                         u32 key length (<= KEY_SIZE_MAX), u64 expiry (ms since the epoch),
 //!                         key bytes
-//! then            8     session count s (0: the sessions section is reserved for client
-//!                       sessions; a snapshot with s > 0 is refused by this version)
+//! then            ...   the client sessions section, laid out in `session.rs`: u64 session
+//!                       count (<= SESSIONS_MAX), then each session and its saved replies
 //! end - 12        8     state hash (what `StateMachine::state_hash` returns for this state)
 //! end - 4         4     CRC32C of every byte before it
 //! ```
@@ -49,6 +49,7 @@ use crate::kv::expiry::Expiries;
 use crate::kv::hash::{
     combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
 };
+use crate::kv::session::{SectionSource, Sessions};
 use crate::kv::skiplist::{Builder, SkipList};
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::raft::LogIndex;
@@ -145,6 +146,7 @@ pub struct State<'a> {
     pub stamp_ms: u64,
     pub expiries: &'a Expiries,
     pub last_deletion: LogIndex,
+    pub sessions: &'a Sessions,
 }
 
 /// Stream `state`, whose state hash is `state_hash`, to `w` in the format above; returns
@@ -184,7 +186,7 @@ pub fn write(state: &State<'_>, state_hash: u64, w: &mut dyn Write) -> io::Resul
         out.put(&rec)?;
         out.put(key)?;
     }
-    out.put(&0u64.to_be_bytes())?; // sessions: none yet
+    state.sessions.write_section(&mut |b| out.put(b))?;
     let hash = state_hash;
     out.put(&hash.to_be_bytes())?;
     let crc = out.crc;
@@ -246,6 +248,7 @@ pub struct Loaded {
     pub stamp_ms: u64,
     pub expiries: Expiries,
     pub last_deletion: LogIndex,
+    pub sessions: Sessions,
     /// The wrapping sum of the records' entry hashes (see `hash::entry_hash`).
     pub entries_hash: u64,
     /// The wrapping sum of the records' `hash::modified_hash`.
@@ -296,14 +299,15 @@ pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
     }
     let list = builder.finish();
     let mut expiries = Expiries::new();
+    let mut sessions = Sessions::new();
     if version == VERSION {
         read_expiries(&mut input, &list, &mut expiries)?;
-        read_sessions(&mut input)?;
+        sessions = Sessions::read_section(&mut input)?;
     }
     let extra = ExtraParts {
         stamp_ms,
         expiries_hash: expiries.hash(),
-        sessions_hash: 0,
+        sessions_hash: sessions.hash(),
         watch_hash: watch_hash(modified_sum, last_deletion),
     };
     let computed_hash = mix_extra_parts(
@@ -317,6 +321,7 @@ pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
         stamp_ms,
         expiries,
         last_deletion,
+        sessions,
         entries_hash,
         modified_sum,
         state_hash: computed_hash,
@@ -396,18 +401,18 @@ fn read_expiries(
     Ok(())
 }
 
-/// Read the sessions section, which this version only writes empty.
-fn read_sessions(input: &mut CrcReader<'_>) -> Result<(), SnapshotError> {
-    let at = input.offset;
-    let mut count = [0u8; 8];
-    input.get(&mut count)?;
-    if BigEndian::read_u64(&count) != 0 {
-        return Err(SnapshotError::Corrupt {
-            offset: at,
-            reason: "client sessions, which this version does not know",
-        });
+/// The sessions section is read through the checksummed reader (`session.rs` lays it out).
+impl SectionSource for CrcReader<'_> {
+    fn get(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        CrcReader::get(self, buf)
     }
-    Ok(())
+
+    fn corrupt(&self, reason: &'static str) -> SnapshotError {
+        SnapshotError::Corrupt {
+            offset: self.offset,
+            reason,
+        }
+    }
 }
 
 /// Read one record of a `version` snapshot into `builder`; returns its entry hash and its
@@ -592,6 +597,49 @@ mod tests {
     }
 
     /// `w` with a valid CRC32C recomputed over everything before it.
+    #[test]
+    fn sessions_and_their_saved_replies_survive_a_snapshot_and_still_deduplicate() {
+        use crate::kv::envelope::{wrap, Envelope, SessionTag};
+        let mut kv = store_with(20, 11);
+        let at = |stamp_ms, session| Envelope { stamp_ms, session };
+        let payload = |args: &[&[u8]]| {
+            let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+            match kv_parse(&args) {
+                Request::Write(p) => p,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (open, incr) = (payload(&[b"SESSION", b"OPEN"]), payload(&[b"INCR", b"n"]));
+        let id = kv.applied_index().next();
+        assert_eq!(
+            kv.apply(id, &wrap(&at(50, None), &open)),
+            crate::client::Value::Integer(id.0 as i64)
+        );
+        let tag = Some(SessionTag {
+            id: id.0,
+            seq: 1,
+            lowest: 1,
+        });
+        let next = kv.applied_index().next();
+        kv.apply(next, &wrap(&at(60, tag), &incr));
+        let (buf, h) = snapshot_of(&kv);
+        let mut loaded = KvStore::new(5);
+        assert_eq!(loaded.load_snapshot(&mut &buf[..]).unwrap(), h);
+        assert_same(&kv, &loaded);
+        assert_eq!(loaded.session_stats(), kv.session_stats());
+        assert_eq!(loaded.session_stats().0, 1);
+        loaded.check_invariants();
+        // The resend after the snapshot is answered from the saved reply, not applied again.
+        let next = loaded.applied_index().next();
+        let v = loaded.apply(next, &wrap(&at(70, tag), &incr));
+        assert_eq!(v, crate::client::Value::Integer(1));
+        assert_eq!(loaded.get(b"n"), Some(&b"1"[..]));
+    }
+
+    fn kv_parse(args: &[Vec<u8>]) -> Request {
+        crate::kv::command::parse(args).expect("a KV command")
+    }
+
     fn recrc(mut w: Vec<u8>) -> Vec<u8> {
         let n = w.len();
         let crc = crc32c::crc32c(&w[..n - 4]);
@@ -643,10 +691,17 @@ mod tests {
         let sessions_at = buf.len() - TRAILER_SIZE - 8;
         let mut bad = buf.clone();
         bad[sessions_at + 7] = 1;
+        // One session claimed, none there: the trailer is too short to be its record.
         let e = KvStore::new(1)
             .load_snapshot(&mut &recrc(bad)[..])
             .unwrap_err();
-        assert!(e.to_string().contains("sessions"), "{e}");
+        assert!(matches!(e, SnapshotError::Truncated { .. }), "{e}");
+        let mut bad = buf.clone();
+        bad[sessions_at..sessions_at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(e.to_string().contains("SESSIONS_MAX"), "{e}");
         // A count larger than the number of keys.
         let mut bad = buf.clone();
         bad[exp_at..exp_at + 8].copy_from_slice(&u64::MAX.to_be_bytes());

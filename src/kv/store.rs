@@ -37,12 +37,14 @@
 
 use crate::client::value::Value;
 use crate::kv::command::{self, ReadCmd, TypeFilter, WriteCmd, SET_GET, SET_NX, SET_XX};
+use crate::kv::envelope::SessionTag;
 use crate::kv::expiry;
 use crate::kv::expiry::Expiries;
 use crate::kv::hash::hash64;
 use crate::kv::hash::{
     combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
 };
+use crate::kv::session::{Admission, Sessions};
 use crate::kv::skiplist::{Entry, SkipList};
 use crate::kv::ttl::{
     invalid_expire_time, ExpireName, SetName, Ttl, TtlName, TtlWrite, EXPIRE_GT, EXPIRE_LT,
@@ -91,6 +93,8 @@ pub struct KvStore {
     last_deletion: LogIndex,
     /// Wrapping sum of `modified_hash(k, stamp)` over the stored keys (invariant 6).
     modified_sum: u64,
+    /// Exactly-once client sessions (`session.rs`): replicated state, in the state hash.
+    sessions: Sessions,
 }
 
 /// The scan order's hash of a key: fixed (not the store's seed), so that cursors mean the same
@@ -115,6 +119,7 @@ impl KvStore {
             random: Cell::new(seed | 1),
             last_deletion: LogIndex(0),
             modified_sum: 0,
+            sessions: Sessions::new(),
         }
     }
 
@@ -147,6 +152,7 @@ impl KvStore {
     /// Assert the skiplist's and the hash's invariants. O(n).
     pub fn check_invariants(&self) {
         self.list.check_invariants();
+        self.sessions.check_invariants();
         let sum = self
             .list
             .iter()
@@ -210,6 +216,7 @@ impl KvStore {
         self.entries_hash = loaded.entries_hash;
         self.last_deletion = loaded.last_deletion;
         self.modified_sum = loaded.modified_sum;
+        self.sessions = loaded.sessions;
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
@@ -284,7 +291,7 @@ impl KvStore {
                     purge(self, key)
                 }
             }
-            WriteCmd::FlushAll => {}
+            WriteCmd::FlushAll | WriteCmd::SessionOpen => {}
         }
     }
 
@@ -460,6 +467,64 @@ impl KvStore {
                 .wrapping_sub(modified_hash(key, old))
                 .wrapping_add(modified_hash(key, self.applied.0));
         }
+    }
+
+    /// Apply a command payload at `index`; a write tagged with a session goes through the
+    /// session table first, so a resent sequence answers its saved reply and applies once
+    /// (Raft dissertation §6.3). Sessions idle past their timeout by the applied stamp expire
+    /// first, identically on every replica.
+    fn apply_in_session(
+        &mut self,
+        index: LogIndex,
+        session: Option<SessionTag>,
+        data: &[u8],
+    ) -> Value {
+        self.sessions.expire(self.stamp_ms);
+        if tx::is_exec(data) {
+            return match tx::decode(data) {
+                Ok(t) => self.in_session(session, |kv| kv.apply_tx(t)),
+                Err(e) => Value::error(format!("ERR undecodable entry at index {index}: {e}")),
+            };
+        }
+        let cmd = match command::decode_write(data) {
+            Ok(cmd) => cmd,
+            Err(e) => return Value::error(format!("ERR undecodable entry at index {index}: {e}")),
+        };
+        match (session, cmd) {
+            (None, WriteCmd::SessionOpen) => {
+                // The id is the entry's index: unique, and the same on every replica.
+                self.sessions.open(index.0, self.stamp_ms);
+                Value::Integer(index.0 as i64)
+            }
+            (Some(_), WriteCmd::SessionOpen) => {
+                Value::error("ERR SESSION commands cannot run inside a session")
+            }
+            (session, cmd) => self.in_session(session, |kv| kv.apply_write(cmd)),
+        }
+    }
+
+    /// Apply through `apply` once per session sequence: a duplicate gets the saved reply.
+    fn in_session(
+        &mut self,
+        session: Option<SessionTag>,
+        apply: impl FnOnce(&mut KvStore) -> Value,
+    ) -> Value {
+        let Some(tag) = session else {
+            return apply(self);
+        };
+        match self.sessions.admit(tag, self.stamp_ms) {
+            Admission::Fresh => {
+                let reply = apply(self);
+                self.sessions.record(tag, &reply);
+                reply
+            }
+            Admission::Duplicate(reply) | Admission::Refused(reply) => reply,
+        }
+    }
+
+    /// Open sessions, and the bytes of replies they keep for resends (for INFO).
+    pub fn session_stats(&self) -> (usize, usize) {
+        (self.sessions.len(), self.sessions.saved_bytes())
     }
 
     /// `SETRANGE`, in Redis's order of checks: an empty value changes nothing (and creates
@@ -850,16 +915,7 @@ impl StateMachine for KvStore {
             // Apply's "now": never backwards, whatever the proposing leader's clock said.
             self.stamp_ms = self.stamp_ms.max(env.stamp_ms);
         }
-        if tx::is_exec(data) {
-            return match tx::decode(data) {
-                Ok(t) => self.apply_tx(t),
-                Err(e) => Value::error(format!("ERR undecodable entry at index {index}: {e}")),
-            };
-        }
-        match command::decode_write(data) {
-            Ok(cmd) => self.apply_write(cmd),
-            Err(e) => Value::error(format!("ERR undecodable entry at index {index}: {e}")),
-        }
+        self.apply_in_session(index, env.and_then(|e| e.session), data)
     }
 
     fn query(&self, data: &[u8]) -> Value {
@@ -906,6 +962,7 @@ impl StateMachine for KvStore {
             stamp_ms: self.stamp_ms,
             expiries: &self.expiries,
             last_deletion: self.last_deletion,
+            sessions: &self.sessions,
         };
         snapshot::write(&state, self.state_hash(), w)
     }
@@ -922,7 +979,7 @@ impl StateMachine for KvStore {
         let extra = ExtraParts {
             stamp_ms: self.stamp_ms,
             expiries_hash: self.expiries.hash(),
-            sessions_hash: 0,
+            sessions_hash: self.sessions.hash(),
             watch_hash: watch_hash(self.modified_sum, self.last_deletion),
         };
         mix_extra_parts(
@@ -1987,5 +2044,85 @@ mod tests {
         let next = a.applied_index().next();
         a.apply(next, &e);
         assert_ne!(a.state_hash(), h);
+    }
+
+    /// The payload `args` parses to, tagged (or not) and stamped as a leader would.
+    fn enveloped(args: &[&[u8]], stamp_ms: u64, session: Option<SessionTag>) -> Vec<u8> {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        let Some(Request::Write(p)) = command::parse(&args) else {
+            panic!("{args:?} is not a write")
+        };
+        envelope::wrap(&envelope::Envelope { stamp_ms, session }, &p)
+    }
+
+    #[test]
+    fn a_tagged_write_applies_once_however_often_it_is_resent() {
+        let kv = &mut KvStore::new(12);
+        let open = enveloped(&[b"SESSION", b"OPEN"], 1_000, None);
+        assert_eq!(
+            kv.apply(LogIndex(1), &open),
+            Value::Integer(1),
+            "id = index"
+        );
+        let tag = |seq, lowest| Some(SessionTag { id: 1, seq, lowest });
+        let incr = |seq, lowest, at| enveloped(&[b"INCR", b"n"], at, tag(seq, lowest));
+        assert_eq!(kv.apply(LogIndex(2), &incr(1, 1, 1_001)), Value::Integer(1));
+        // Resent through another leader after a failure: the saved reply, no second INCR.
+        assert_eq!(kv.apply(LogIndex(3), &incr(1, 1, 1_002)), Value::Integer(1));
+        assert_eq!(kv.apply(LogIndex(4), &incr(2, 2, 1_003)), Value::Integer(2));
+        assert_eq!(kv.apply(LogIndex(5), &incr(2, 2, 1_004)), Value::Integer(2));
+        assert_eq!(run(kv, &[b"GET", b"n"]), bulk(b"2"));
+        // An untagged INCR is at-least-once, as with any Redis client.
+        let plain = enveloped(&[b"INCR", b"n"], 1_005, None);
+        assert_eq!(kv.apply(LogIndex(6), &plain), Value::Integer(3));
+        // A session inside a session is refused; so is an unknown one, without applying.
+        let nested = enveloped(&[b"SESSION", b"OPEN"], 1_006, tag(3, 3));
+        assert!(kv.apply(LogIndex(7), &nested).is_error());
+        let stranger = Some(SessionTag {
+            id: 6,
+            seq: 1,
+            lowest: 1,
+        });
+        let v = kv.apply(LogIndex(8), &enveloped(&[b"INCR", b"n"], 1_007, stranger));
+        assert!(
+            matches!(&v, Value::Error(e) if e.starts_with("SESSIONEXPIRED")),
+            "{v:?}"
+        );
+        assert_eq!(run(kv, &[b"GET", b"n"]), bulk(b"3"));
+        assert_eq!(kv.session_stats().0, 1);
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn sessions_expire_by_the_entries_stamps_and_replicas_agree_on_the_hash() {
+        let (mut a, mut b) = (KvStore::new(1), KvStore::new(2));
+        let open = enveloped(&[b"SESSION", b"OPEN"], 5_000, None);
+        let tag = Some(SessionTag {
+            id: 1,
+            seq: 1,
+            lowest: 1,
+        });
+        let set = enveloped(&[b"SET", b"k", b"v"], 5_000, tag);
+        let late = 5_001 + crate::limits::SESSION_TIMEOUT_MS;
+        let other = enveloped(&[b"SET", b"x", b"y"], late, None);
+        let resend = enveloped(&[b"SET", b"k", b"w"], late, tag);
+        let mut hashes = Vec::new();
+        for (i, e) in [open, set, other, resend].iter().enumerate() {
+            let index = LogIndex(i as u64 + 1);
+            let (ra, rb) = (a.apply(index, e), b.apply(index, e));
+            assert_eq!(ra, rb, "reply at {index}");
+            assert_eq!(a.state_hash(), b.state_hash(), "hash at {index}");
+            hashes.push((a.state_hash(), ra));
+        }
+        // The unrelated write's stamp expired the session: the resend is refused, not applied.
+        assert!(matches!(&hashes[3].1, Value::Error(e) if e.starts_with("SESSIONEXPIRED")));
+        assert_eq!(a.get(b"k"), Some(&b"v"[..]));
+        assert_eq!(a.session_stats().0, 0);
+        a.check_invariants();
+        // Sessions are in the state hash: an open session alone tells two stores apart.
+        let (mut c, mut d) = (KvStore::new(3), KvStore::new(3));
+        c.apply(LogIndex(1), &enveloped(&[b"SESSION", b"OPEN"], 9, None));
+        d.apply(LogIndex(1), &enveloped(&[b"DEL", b"nothing"], 9, None));
+        assert_ne!(c.state_hash(), d.state_hash());
     }
 }

@@ -51,6 +51,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         }
         self.notice_role_change();
+        self.reforward_orphans();
         Ok(())
     }
 
@@ -63,7 +64,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if self.was_leader && !is_leader {
             for to in self.pending.take_waiters() {
                 let v = Value::error(
-                    "TRYAGAIN leadership lost; the command may or may not have been applied",
+                    "UNKNOWN leadership lost with the command in flight; the command may or may \
+                     not have been applied",
                 );
                 self.deliver(to, v.to_bytes());
             }
@@ -247,7 +249,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stats.last_snapshot_index = meta.last.index;
         // Waiters below the snapshot were answered by no apply here; they are settled.
         for to in self.pending.take_waiters_through(meta.last.index) {
-            let v = Value::error("TRYAGAIN this node installed a snapshot; the outcome is unknown");
+            let v = Value::error(
+                "UNKNOWN this node installed a snapshot while the command waited; the command \
+                 may or may not have been applied",
+            );
             self.deliver(to, v.to_bytes());
         }
         if let Err(e) = self.stored.disk_mut().snapshot_remove_older(meta.last) {
