@@ -151,3 +151,19 @@ pub const RECLAIM_ENTRIES_PER_SEC_MAX: u64 = 10;
 
 const _: () = assert!(KEY_SIZE_MAX <= RECLAIM_ENTRY_SIZE_MAX);
 const _: () = assert!(RECLAIM_ENTRY_SIZE_MAX + RECLAIM_KEYS_MAX * 16 + 64 <= ENTRY_SIZE_MAX);
+
+/// Commands one transaction (`MULTI` ... `EXEC`) may queue; one more is refused with an error
+/// naming this limit, and `EXEC` then aborts the transaction.
+pub const TX_COMMANDS_MAX: usize = 10_000;
+
+/// Bytes of one transaction's log entry body: its queued commands' encodings and its watched
+/// keys. Checked before each command is queued; it leaves room under `ENTRY_SIZE_MAX` for the
+/// entry's own header and envelope.
+pub const TX_SIZE_MAX: usize = ENTRY_SIZE_MAX - 64 * 1024;
+
+/// Keys one connection may `WATCH` at once.
+pub const WATCH_KEYS_MAX: usize = 1024;
+
+// A transaction holds at least one command of the largest size.
+const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX + 64 <= TX_SIZE_MAX);
+const _: () = assert!(TX_SIZE_MAX + 1024 <= ENTRY_SIZE_MAX);

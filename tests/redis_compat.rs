@@ -474,39 +474,175 @@ fn scan_loop(c: &mut Connection, opts: &[&str]) -> Vec<Vec<u8>> {
     panic!("SCAN did not finish");
 }
 
-/// Until MULTI/EXEC exists (issue 14) the commands after MULTI are refused, not run one by
-/// one: Redis would answer QUEUED, so this is kvraft alone. EXEC answers -EXECABORT, as Redis
-/// does when a command failed to queue.
+// --- Transactions (MULTI/EXEC/DISCARD/WATCH/UNWATCH) --------------------------------------
+
+const TRANSACTIONS: &str = r#"
+FLUSHALL
+MULTI
+SET k v
+INCR k
+SET k v bogus
+GET k
+MGET k nokey
+PING
+PING hello
+ECHO hi
+SELECT 0
+UNWATCH
+EXEC
+GET k
+MULTI
+SET discarded 1
+DISCARD
+EXISTS discarded
+EXEC
+DISCARD
+MULTI
+MULTI
+SET a 1
+WATCH a
+EXEC
+GET a
+MULTI
+SET never 1
+GET
+SET never 2
+EXEC
+EXISTS never
+MULTI
+SET never 1
+FOO a
+EXEC
+EXISTS never
+MULTI
+EXEC
+MULTI x
+WATCH
+UNWATCH x
+UNWATCH
+MULTI
+SET never 1
+EXEC x
+EXEC
+EXISTS never
+MULTI
+INCRBY n notanumber
+INCRBY n 5
+APPEND n x
+INCR n
+DECR n
+GETDEL n
+EXEC
+"#;
+
+/// Queued replies, EXECABORT after a command that failed to queue, runtime errors that fail
+/// their command alone, DISCARD, nested MULTI, and the errors outside a transaction.
 #[test]
-fn multi_refuses_every_command_until_exec_and_applies_nothing() {
+fn transactions_queue_abort_and_exec_as_redis_does() {
     let _g = serial();
-    let c = Cluster::start(Options {
-        nodes: 1,
-        ..Options::default()
-    });
-    let leader = c.wait_leader(LONG);
-    let mut kv = c.client(leader).unwrap();
-    assert_eq!(kv.call_str(&["MULTI"]).unwrap(), Value::ok());
-    for cmd in [
-        &["SET", "a", "1"][..],
-        &["INCR", "n"],
-        &["GET", "a"],
-        &["FLUSHALL"],
-    ] {
-        match kv.call_str(cmd).unwrap() {
-            Value::Error(e) => assert!(e.contains("not queued"), "{cmd:?}: {e}"),
-            other => panic!("{cmd:?} after MULTI gave {other:?}"),
+    let Some(mut p) = start_pair() else { return };
+    p.run(TRANSACTIONS);
+}
+
+/// A second connection to each server (the leader's, for kvraft).
+fn other_connections(p: &Pair) -> (Connection, Connection) {
+    let r = connect(p._redis.addr).expect("connect to redis-server");
+    let leader = p.cluster.wait_leader(LONG);
+    let k = p.cluster.client(leader).expect("connect to kvraft");
+    (r, k)
+}
+
+/// WATCH as Redis 7 does it: a write (even of the same value), a deletion, a creation and
+/// deletion of a missing key, a TTL change or an expiry by another connection after WATCH
+/// makes EXEC answer a null array and apply nothing; reads, no-op writes and UNWATCH do not.
+#[test]
+fn watch_aborts_exec_after_another_connection_changes_the_key_as_redis_does() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    let (mut r2, mut k2) = other_connections(&p);
+    let mut other = |line: &str| {
+        let args = split_args(line.as_bytes()).unwrap();
+        let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let (r, k) = (r2.call(&a).unwrap(), k2.call(&a).unwrap());
+        assert_eq!(
+            k, r,
+            "kvraft (left) and redis-server (right) differ on: {line}"
+        );
+    };
+    // Each case: what this connection does first, what the other one does, then a
+    // transaction; both servers must agree on every reply (EXEC's null array included).
+    let cases: &[(&str, &str)] = &[
+        ("SET w 1\nWATCH w", "SET w 2"),
+        ("SET w 1\nWATCH w", "SET w 1"),
+        ("SET w 1\nWATCH w", "GET w"),
+        ("SET w 1\nWATCH w", "DEL w"),
+        ("DEL w\nWATCH w", "SET w 1\nDEL w"),
+        ("DEL w\nWATCH w", "DEL w"),
+        ("SET w 1\nWATCH w", "EXPIRE w 100"),
+        ("SET w 1\nWATCH w", "PERSIST w"),
+        ("SET w 1\nWATCH w", "INCR notw\nSET w 1 NX"),
+        ("SET w 1\nWATCH w\nUNWATCH", "SET w 9"),
+        ("SET w 1\nWATCH w x y\nWATCH z", "SET z 1"),
+        ("SET w 1\nWATCH w\nMULTI\nDISCARD", "SET w 3"),
+        ("SET w 1\nWATCH w\nEXEC", "SET w 4"),
+    ];
+    for (mine, theirs) in cases {
+        p.run(mine);
+        for line in theirs.lines() {
+            other(line);
         }
+        p.run("MULTI\nINCR w\nGET w\nSET out done\nEXEC\nGET out\nDEL out\nGET w");
     }
-    match kv.call_str(&["EXEC"]).unwrap() {
-        Value::Error(e) => assert!(e.starts_with("EXECABORT"), "{e}"),
-        other => panic!("EXEC gave {other:?}"),
+    // A key that expires after WATCH counts as changed (Redis 7).
+    p.run("SET e 1 PX 200\nWATCH e");
+    for c in [&mut p.redis, &mut p.kv] {
+        wait_for(LONG, "the watched key to expire", || {
+            (c.call_str(&["PTTL", "e"]).ok()? == Value::Integer(-2)).then_some(())
+        });
     }
-    assert_eq!(
-        kv.call_str(&["EXISTS", "a", "n"]).unwrap(),
-        Value::Integer(0)
-    );
-    assert_eq!(kv.call_str(&["SET", "a", "1"]).unwrap(), Value::ok());
+    p.run("MULTI\nSET out 1\nEXEC\nEXISTS out");
+}
+
+/// COMMAND INFO's first six fields (name, arity, flags, key positions) for the transaction
+/// commands.
+#[test]
+fn transaction_commands_are_described_as_redis_does() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    for name in ["multi", "exec", "discard", "watch", "unwatch"] {
+        let (r, k) = p.both(&[
+            b"COMMAND".to_vec(),
+            b"INFO".to_vec(),
+            name.as_bytes().to_vec(),
+        ]);
+        let head = |v: &Value| match v {
+            Value::Array(outer) => match &outer[0] {
+                Value::Array(fields) => fields[..6].to_vec(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let (mut r, mut k) = (head(&r), head(&k));
+        sort_array(&mut r[2]);
+        sort_array(&mut k[2]);
+        assert_eq!(k, r, "COMMAND INFO {name}");
+    }
+}
+
+/// The same transactions in RESP3: EXEC's null is RESP3's null, its array holds RESP3 replies.
+#[test]
+fn transactions_answer_in_resp3_as_redis_does() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    let (mut r2, mut k2) = other_connections(&p);
+    // HELLO's map differs (ids, versions): switch both without comparing it.
+    p.redis.call_str(&["HELLO", "3"]).unwrap();
+    p.kv.call_str(&["HELLO", "3"]).unwrap();
+    p.run("SET w 1\nWATCH w\nMULTI\nGET w\nGET nokey\nINCR w\nEXEC");
+    p.run("WATCH w");
+    r2.call_str(&["SET", "w", "x"]).unwrap();
+    k2.call_str(&["SET", "w", "x"]).unwrap();
+    p.run("MULTI\nGET w\nEXEC");
 }
 
 /// Read exactly `want.len()` bytes from `s` (the reply to one command).

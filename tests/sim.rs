@@ -26,7 +26,10 @@
 //! one applied index have the same state hash); a committed entry never changes; a read of a
 //! key whose write was acknowledged before the read was sent returns that write. After the
 //! faults heal: a leader is elected and a new write is acknowledged within a bound, and every
-//! acknowledged write is in the leader's state.
+//! acknowledged write is in the leader's state. Clients also run check-and-increment
+//! transactions on two shared keys (`send_transaction`: WATCH and GET, then MULTI, INCR, INCR,
+//! MGET, EXEC): an applied EXEC shows both counters equal (applied whole), and one above the
+//! GET when its WATCH held (no missed change; a planted WATCH that never aborts fails seed 2).
 //!
 //! Defects it found in the node (each fixed, each seed failing before the fix): compaction
 //! past what is durable on a full disk (seed 6: the core's `slice` assertion); snapshot
@@ -76,6 +79,8 @@ const DEFAULT_SEEDS: u64 = 300;
 /// Requests a simulated client keeps in its pipeline.
 const CLIENT_PIPELINE_MAX: usize = 3;
 const TRACE_EVENTS_MAX: usize = 400;
+/// Per mille of client requests that are a pipelined transaction (`send_transaction`).
+const TX_PER_MILLE: u64 = 60;
 /// Ticks a client waits for an answer before it tries another node.
 const CLIENT_PATIENCE_TICKS: u64 = 300;
 
@@ -142,6 +147,8 @@ struct Stats {
     disk_full: u64,
     writes_acked: u64,
     reads_checked: u64,
+    txs_applied: u64,
+    txs_aborted: u64,
     garbage_sent: u64,
     admin_sent: u64,
     elections: u64,
@@ -168,6 +175,8 @@ impl Stats {
         self.partitions += o.partitions;
         self.disk_full += o.disk_full;
         self.writes_acked += o.writes_acked;
+        self.txs_applied += o.txs_applied;
+        self.txs_aborted += o.txs_aborted;
         self.reads_checked += o.reads_checked;
         self.garbage_sent += o.garbage_sent;
         self.admin_sent += o.admin_sent;
@@ -213,6 +222,18 @@ enum Op {
     /// Garbage: any number of replies (or none) and maybe the end of the connection; the
     /// client sends nothing more on this connection.
     Garbage,
+    /// One reply of a pipelined transaction (see `send_transaction`).
+    Tx(TxStep),
+}
+
+/// The replies of the pipeline `send_transaction` sends, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxStep {
+    Watch,
+    Get,
+    Multi,
+    Queued,
+    Exec,
 }
 
 struct Client {
@@ -225,6 +246,10 @@ struct Client {
     waited_ticks: u64,
     /// Reconnect to another node once the pipeline is empty.
     retry: bool,
+    /// The transaction whose replies are arriving: whether its WATCH was answered +OK, and
+    /// the value its GET read (see `settle_tx`).
+    tx_watched: bool,
+    tx_before: Option<i64>,
 }
 
 struct Sim {
@@ -334,6 +359,8 @@ impl Sim {
                 next_key: 0,
                 waited_ticks: 0,
                 retry: false,
+                tx_watched: false,
+                tx_before: None,
             })
             .collect();
         let mut sim = Sim {
@@ -650,6 +677,8 @@ impl Sim {
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
             resp::encode_command(&refs, &mut out);
             Op::Any
+        } else if roll >= 1000 - TX_PER_MILLE && !self.transaction_open(c) {
+            return self.send_transaction(c);
         } else if roll < 600 || self.acked.is_empty() {
             let cl = &mut self.clients[c];
             cl.next_key += 1;
@@ -672,6 +701,127 @@ impl Sim {
             return;
         }
         cl.pending.push_back(op);
+    }
+
+    // --- transactions (MULTI/EXEC/WATCH) ----------------------------------------------------
+
+    /// Start one check-and-increment transaction on the two keys every client shares:
+    /// `WATCH tx-a` and `GET tx-a` pipelined (the node reads the GET only after the WATCH's
+    /// read: the session's barrier), then, once the GET is answered, `MULTI`, `INCR tx-a`,
+    /// `INCR tx-b`, `MGET tx-a tx-b`, `EXEC` (`send_transaction_body`). Nothing else writes
+    /// these keys, so an applied EXEC must show both counters equal (the entry applied whole)
+    /// and, when its WATCH held, `tx-a` one above what the GET read: a change after the WATCH
+    /// that did not abort the EXEC is a missed change.
+    fn send_transaction(&mut self, c: usize) {
+        let cmds: [&[&[u8]]; 2] = [&[b"WATCH", b"tx-a"], &[b"GET", b"tx-a"]];
+        self.send_pipeline(c, &cmds, &[TxStep::Watch, TxStep::Get]);
+    }
+
+    /// Whether a transaction of this client awaits replies (one at a time: two interleaved
+    /// on one connection would share its watches).
+    fn transaction_open(&self, c: usize) -> bool {
+        self.clients[c]
+            .pending
+            .iter()
+            .any(|op| matches!(op, Op::Tx(_)))
+    }
+
+    /// The transaction itself, sent after its GET was answered (the GET must not race it).
+    fn send_transaction_body(&mut self, c: usize) {
+        let cmds: [&[&[u8]]; 5] = [
+            &[b"MULTI"],
+            &[b"INCR", b"tx-a"],
+            &[b"INCR", b"tx-b"],
+            &[b"MGET", b"tx-a", b"tx-b"],
+            &[b"EXEC"],
+        ];
+        use TxStep::*;
+        self.send_pipeline(c, &cmds, &[Multi, Queued, Queued, Queued, Exec]);
+    }
+
+    fn send_pipeline(&mut self, c: usize, cmds: &[&[&[u8]]], steps: &[TxStep]) {
+        let mut out = Vec::new();
+        for cmd in cmds {
+            resp::encode_command(cmd, &mut out);
+        }
+        let cl = &mut self.clients[c];
+        let Some(stream) = cl.stream.as_mut() else {
+            return;
+        };
+        if std::io::Write::write_all(stream, &out).is_err() {
+            cl.stream = None;
+            return;
+        }
+        cl.pending.extend(steps.iter().map(|&s| Op::Tx(s)));
+    }
+
+    /// Check one reply of a transaction pipeline (see `send_transaction`).
+    fn settle_tx(&mut self, c: usize, step: TxStep, v: Value) {
+        let cl = &mut self.clients[c];
+        let client = cl.id;
+        match (step, v) {
+            (TxStep::Watch, v) => {
+                cl.tx_watched = v == Value::ok();
+                cl.tx_before = None;
+            }
+            (TxStep::Get, v) => {
+                cl.tx_before = match v {
+                    Value::Nil => Some(0),
+                    Value::Bulk(b) => String::from_utf8_lossy(&b).parse().ok(),
+                    _ => None,
+                };
+                self.send_transaction_body(c);
+            }
+            (TxStep::Multi, v) => assert_eq!(v, Value::ok(), "client {client}: MULTI"),
+            (TxStep::Queued, v) => {
+                assert_eq!(
+                    v,
+                    Value::Simple("QUEUED".into()),
+                    "client {client}: queueing"
+                )
+            }
+            (TxStep::Exec, Value::NilArray) => {
+                assert!(
+                    cl.tx_watched,
+                    "client {client}: EXEC aborted though its WATCH failed (nothing watched)"
+                );
+                self.stats.txs_aborted += 1;
+            }
+            (TxStep::Exec, Value::Array(items)) => {
+                let (watched, before) = (cl.tx_watched, cl.tx_before);
+                self.check_tx_reply(client, &items, watched.then_some(before).flatten());
+                self.stats.txs_applied += 1;
+            }
+            (TxStep::Exec, _) => {} // an error (no leader, ...): it may or may not have applied
+        }
+    }
+
+    /// An applied transaction's replies: `[a, b, [a, b]]` with `a == b`, and `a` one above the
+    /// value read after a WATCH that held.
+    fn check_tx_reply(&self, client: u64, items: &[Value], before: Option<i64>) {
+        let int = |v: &Value| match v {
+            Value::Integer(n) => *n,
+            other => panic!("client {client}: a transaction's INCR answered {other:?}"),
+        };
+        assert_eq!(items.len(), 3, "client {client}: EXEC replies {items:?}");
+        let (a, b) = (int(&items[0]), int(&items[1]));
+        assert_eq!(
+            a, b,
+            "TX NOT ATOMIC: client {client} saw tx-a {a} and tx-b {b}"
+        );
+        let read = Value::Array(vec![
+            Value::Bulk(a.to_string().into_bytes()),
+            Value::Bulk(b.to_string().into_bytes()),
+        ]);
+        assert_eq!(items[2], read, "client {client}: MGET inside EXEC");
+        if let Some(before) = before {
+            assert_eq!(
+                a,
+                before + 1,
+                "WATCH MISSED A CHANGE: client {client} read tx-a = {before} after its WATCH, \
+                 and its EXEC applied with tx-a = {a}"
+            );
+        }
     }
 
     fn admin_command(&mut self) -> Vec<Vec<u8>> {
@@ -730,6 +880,10 @@ impl Sim {
             if matches!(v, Value::Error(_)) && self.rng.chance(1, 2) {
                 // Like a real client: after an error, try another node.
                 self.clients[c].retry = true;
+            }
+            if let Op::Tx(step) = op {
+                self.settle_tx(c, step, v);
+                continue;
             }
             self.settle(op, v);
         }

@@ -33,6 +33,8 @@
 //! 0x0e FLUSHALL
 //! 0x30 SESSION OPEN (no fields; reply: the session id, which is the index of this entry)
 //! 0x10..=0x14 and 0x4c: the TTL commands, laid out in `ttl.rs`
+//! 0x20 EXEC   a whole transaction: watches and queued commands   0x60 WATCH  list of keys
+//!             (layout in `kv::tx`)                                (answers the applied index)
 //! ```
 //! Nothing may follow the last field. INCR, DECR and DECRBY are encoded as INCRBY; GETSET as
 //! SET with the GET flag; SET with a TTL option as op 0x10 (`ttl.rs`); UNLINK as DEL; TOUCH as EXISTS; SUBSTR as GETRANGE; RENAMENX as
@@ -205,7 +207,7 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-mod op {
+pub(super) mod op {
     pub const SET: u8 = 0x01;
     pub const SETNX: u8 = 0x02;
     pub const DEL: u8 = 0x03;
@@ -220,6 +222,8 @@ mod op {
     pub const RENAME: u8 = 0x0c;
     pub const COPY: u8 = 0x0d;
     pub const FLUSHALL: u8 = 0x0e;
+    /// A transaction (`kv::tx`); apart from the others so that new ops do not collide.
+    pub const EXEC: u8 = 0x20;
     pub const SESSION_OPEN: u8 = 0x30;
     pub const GET: u8 = 0x41;
     pub const EXISTS: u8 = 0x42;
@@ -232,6 +236,8 @@ mod op {
     pub const SCAN: u8 = 0x49;
     pub const KEYS: u8 = 0x4a;
     pub const RANDOMKEY: u8 = 0x4b;
+    /// WATCH's read of the applied index (`kv::tx`).
+    pub const WATCH: u8 = 0x60;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,6 +287,8 @@ pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
             Ok(cmd) => Request::Read(encode_read(&cmd)),
             Err(reply) => Request::Reply(reply),
         },
+        "watch" => crate::kv::tx::parse_watch(args),
+        crate::kv::tx::EXEC_COMMAND => crate::kv::tx::parse_exec(args),
         "touch" | "getrange" | "substr" | "type" | "scan" | "keys" | "randomkey" => {
             match parse_read_more(name, args) {
                 Ok(cmd) => Request::Read(encode_read(&cmd)),
@@ -884,12 +892,12 @@ pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Decoding: check-then-decode over a byte slice.
 
-struct Reader<'a> {
-    buf: &'a [u8],
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -897,37 +905,37 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(super) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(super) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(BigEndian::read_u32(self.take(4)?))
     }
     fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(BigEndian::read_i64(self.take(8)?))
     }
-    fn bytes(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn bytes(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u32()? as usize;
         if len > max {
             return Err(DecodeError::TooLarge { len, max });
         }
         self.take(len)
     }
-    fn key(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn key(&mut self) -> Result<&'a [u8], DecodeError> {
         self.bytes(KEY_SIZE_MAX)
     }
     fn value(&mut self) -> Result<&'a [u8], DecodeError> {
         self.bytes(VALUE_SIZE_MAX)
     }
     /// A count of items each at least `item_min` bytes long, checked against what remains.
-    fn count(&mut self, item_min: usize) -> Result<usize, DecodeError> {
+    pub(super) fn count(&mut self, item_min: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(item_min) > self.buf.len() {
             return Err(DecodeError::Truncated);
         }
         Ok(n)
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(BigEndian::read_u64(self.take(8)?))
     }
     /// A byte that must be 0 or 1.
@@ -946,11 +954,11 @@ impl<'a> Reader<'a> {
         }
         Ok(pairs)
     }
-    fn keys(&mut self) -> Result<Vec<&'a [u8]>, DecodeError> {
+    pub(super) fn keys(&mut self) -> Result<Vec<&'a [u8]>, DecodeError> {
         let n = self.count(4)?;
         (0..n).map(|_| self.key()).collect()
     }
-    fn finish(&self) -> Result<(), DecodeError> {
+    pub(super) fn finish(&self) -> Result<(), DecodeError> {
         match self.buf.len() {
             0 => Ok(()),
             extra => Err(DecodeError::Trailing { extra }),
@@ -959,7 +967,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Version byte and op code.
-fn header(data: &[u8]) -> Result<(u8, Reader<'_>), DecodeError> {
+pub(super) fn header(data: &[u8]) -> Result<(u8, Reader<'_>), DecodeError> {
     match data {
         [] => Err(DecodeError::Empty),
         [FORMAT_VERSION, op, rest @ ..] => Ok((*op, Reader { buf: rest })),

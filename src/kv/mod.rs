@@ -26,6 +26,7 @@ pub mod skiplist;
 pub mod snapshot;
 pub mod store;
 pub mod ttl;
+pub mod tx;
 
 use crate::client::value::Value;
 use crate::raft::LogIndex;

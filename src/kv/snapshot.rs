@@ -14,10 +14,13 @@
 //! 8               4     version = 2
 //! 12              8     applied index
 //! 20              8     applied stamp: the largest leader stamp applied, ms since the epoch
-//! 28              8     entry count n
-//! 36              ...   n records, keys strictly increasing:
+//! 28              8     last deletion: the index of the last entry that removed a key
+//!                       (<= applied index; WATCH, see `store.rs`)
+//! 36              8     entry count n
+//! 44              ...   n records, keys strictly increasing:
 //!                         u32 key length (<= KEY_SIZE_MAX), u32 value length (<= VALUE_SIZE_MAX),
-//!                         key bytes, value bytes
+//!                         u64 modified: the index of the entry that last wrote the key
+//!                         (<= applied index; WATCH), key bytes, value bytes
 //! then            8     expiry count m (<= n)
 //!                 ...   m expiry records, keys strictly increasing, each a key stored above:
 //!                         u32 key length (<= KEY_SIZE_MAX), u64 expiry (ms since the epoch),
@@ -27,9 +30,12 @@
 //! end - 12        8     state hash (what `StateMachine::state_hash` returns for this state)
 //! end - 4         4     CRC32C of every byte before it
 //! ```
-//! Version 1 (read, never written) is version 2 without the applied stamp (its header is 28
-//! bytes: the entry count follows the applied index) and without the expiry and session
-//! sections: it loads with stamp 0, no TTLs and no sessions, under the same state hash.
+//! Version 1 (read, never written) is version 2 without the applied stamp and the last
+//! deletion (its header is 28 bytes: the entry count follows the applied index), without the
+//! modified index in its records (8-byte record headers) and without the expiry and session
+//! sections: it loads with stamp 0, no TTLs, no sessions, and every modified index and the
+//! last deletion 0, under the same state hash. NB: stamps of 0 are safe for every WATCH made
+//! after the load (its read index is at least the snapshot's), not for older ones.
 //!
 //! Invariants:
 //! 1. `load(write(s))` rebuilds `s` exactly, and both return `s.state_hash()`.
@@ -40,7 +46,9 @@
 //!    before anything is allocated.
 
 use crate::kv::expiry::Expiries;
-use crate::kv::hash::{combine_state_hash, entry_hash, mix_extra_parts, ExtraParts};
+use crate::kv::hash::{
+    combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
+};
 use crate::kv::session::{SectionSource, Sessions};
 use crate::kv::skiplist::{Builder, SkipList};
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
@@ -53,10 +61,12 @@ pub const MAGIC: [u8; 8] = *b"KVRSNAP\0";
 pub const VERSION: u32 = 2;
 /// The previous version, still loaded.
 pub const VERSION_1: u32 = 1;
-pub const HEADER_SIZE: usize = 36;
+pub const HEADER_SIZE: usize = 44;
 /// The header of a version 1 snapshot (no applied stamp).
 pub const HEADER_SIZE_1: usize = 28;
-pub const RECORD_HEADER_SIZE: usize = 8;
+pub const RECORD_HEADER_SIZE: usize = 16;
+/// The record header of a version 1 snapshot (no modified index).
+pub const RECORD_HEADER_SIZE_1: usize = 8;
 pub const EXPIRY_RECORD_HEADER_SIZE: usize = 12;
 pub const TRAILER_SIZE: usize = 12;
 const BUFFER_SIZE: usize = 64 * 1024;
@@ -135,6 +145,7 @@ pub struct State<'a> {
     pub applied: LogIndex,
     pub stamp_ms: u64,
     pub expiries: &'a Expiries,
+    pub last_deletion: LogIndex,
     pub sessions: &'a Sessions,
 }
 
@@ -151,13 +162,16 @@ pub fn write(state: &State<'_>, state_hash: u64, w: &mut dyn Write) -> io::Resul
     BigEndian::write_u32(&mut header[8..12], VERSION);
     BigEndian::write_u64(&mut header[12..20], state.applied.0);
     BigEndian::write_u64(&mut header[20..28], state.stamp_ms);
-    BigEndian::write_u64(&mut header[28..36], list.len() as u64);
+    BigEndian::write_u64(&mut header[28..36], state.last_deletion.0);
+    BigEndian::write_u64(&mut header[36..44], list.len() as u64);
     out.put(&header)?;
     let mut written = 0usize;
-    for (key, value) in list.iter() {
+    let mut records = list.iter();
+    while let Some((key, value, modified)) = records.next_modified() {
         let mut rec = [0u8; RECORD_HEADER_SIZE];
         BigEndian::write_u32(&mut rec[0..4], key.len() as u32);
         BigEndian::write_u32(&mut rec[4..8], value.len() as u32);
+        BigEndian::write_u64(&mut rec[8..16], modified);
         out.put(&rec)?;
         out.put(key)?;
         out.put(value)?;
@@ -233,9 +247,12 @@ pub struct Loaded {
     pub applied: LogIndex,
     pub stamp_ms: u64,
     pub expiries: Expiries,
+    pub last_deletion: LogIndex,
     pub sessions: Sessions,
     /// The wrapping sum of the records' entry hashes (see `hash::entry_hash`).
     pub entries_hash: u64,
+    /// The wrapping sum of the records' `hash::modified_hash`.
+    pub modified_sum: u64,
     pub state_hash: u64,
 }
 
@@ -259,17 +276,26 @@ pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
     };
     input.get(&mut header[12..header_size])?;
     let applied = LogIndex(BigEndian::read_u64(&header[12..20]));
-    let (stamp_ms, count) = match version {
+    let (stamp_ms, last_deletion, count) = match version {
         VERSION => (
             BigEndian::read_u64(&header[20..28]),
-            BigEndian::read_u64(&header[28..36]),
+            LogIndex(BigEndian::read_u64(&header[28..36])),
+            BigEndian::read_u64(&header[36..44]),
         ),
-        _ => (0, BigEndian::read_u64(&header[20..28])),
+        _ => (0, LogIndex(0), BigEndian::read_u64(&header[20..28])),
     };
+    if last_deletion > applied {
+        return Err(SnapshotError::Corrupt {
+            offset: 28,
+            reason: "last deletion after the applied index",
+        });
+    }
     let mut builder = Builder::new(seed);
-    let mut entries_hash = 0u64;
+    let (mut entries_hash, mut modified_sum) = (0u64, 0u64);
     for _ in 0..count {
-        entries_hash = entries_hash.wrapping_add(read_record(&mut input, &mut builder)?);
+        let (e, m) = read_record(&mut input, &mut builder, version, applied)?;
+        entries_hash = entries_hash.wrapping_add(e);
+        modified_sum = modified_sum.wrapping_add(m);
     }
     let list = builder.finish();
     let mut expiries = Expiries::new();
@@ -282,6 +308,7 @@ pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
         stamp_ms,
         expiries_hash: expiries.hash(),
         sessions_hash: sessions.hash(),
+        watch_hash: watch_hash(modified_sum, last_deletion),
     };
     let computed_hash = mix_extra_parts(
         combine_state_hash(applied, list.len(), entries_hash),
@@ -293,8 +320,10 @@ pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
         applied,
         stamp_ms,
         expiries,
+        last_deletion,
         sessions,
         entries_hash,
+        modified_sum,
         state_hash: computed_hash,
     })
 }
@@ -386,13 +415,30 @@ impl SectionSource for CrcReader<'_> {
     }
 }
 
-/// Read one record into `builder`; returns its entry hash.
-fn read_record(input: &mut CrcReader<'_>, builder: &mut Builder) -> Result<u64, SnapshotError> {
+/// Read one record of a `version` snapshot into `builder`; returns its entry hash and its
+/// modified hash.
+fn read_record(
+    input: &mut CrcReader<'_>,
+    builder: &mut Builder,
+    version: u32,
+    applied: LogIndex,
+) -> Result<(u64, u64), SnapshotError> {
     let at = input.offset;
     let mut rec = [0u8; RECORD_HEADER_SIZE];
-    input.get(&mut rec)?;
+    let size = match version {
+        VERSION_1 => RECORD_HEADER_SIZE_1,
+        _ => RECORD_HEADER_SIZE,
+    };
+    input.get(&mut rec[..size])?;
     let key_len = BigEndian::read_u32(&rec[0..4]) as usize;
     let value_len = BigEndian::read_u32(&rec[4..8]) as usize;
+    let modified = BigEndian::read_u64(&rec[8..16]);
+    if modified > applied.0 {
+        return Err(SnapshotError::Corrupt {
+            offset: at,
+            reason: "key modified after the applied index",
+        });
+    }
     if key_len > KEY_SIZE_MAX {
         return Err(SnapshotError::Corrupt {
             offset: at,
@@ -414,9 +460,9 @@ fn read_record(input: &mut CrcReader<'_>, builder: &mut Builder) -> Result<u64, 
             reason: "keys out of order",
         });
     }
-    let h = entry_hash(key, value);
-    builder.push(kv, key_len);
-    Ok(h)
+    let hashes = (entry_hash(key, value), modified_hash(key, modified));
+    builder.push_at(kv, key_len, modified);
+    Ok(hashes)
 }
 
 #[cfg(test)]
@@ -545,6 +591,7 @@ mod tests {
         let mut w = buf[..HEADER_SIZE].to_vec();
         w.extend_from_slice(&0u32.to_be_bytes());
         w.extend_from_slice(&u32::MAX.to_be_bytes());
+        w.extend_from_slice(&0u64.to_be_bytes());
         let e = kv.load_snapshot(&mut &w[..]).unwrap_err();
         assert!(e.to_string().contains("VALUE_SIZE_MAX"), "{e}");
     }
@@ -698,16 +745,78 @@ mod tests {
     #[test]
     fn a_version_1_snapshot_loads_with_its_stored_hash() {
         let kv = store_with(20, 10);
-        let (v2, h) = snapshot_of(&kv);
-        // Rebuild it as version 1: no stamp, no expiry and session sections.
-        let mut w = v2[..HEADER_SIZE_1].to_vec();
-        w[8..12].copy_from_slice(&VERSION_1.to_be_bytes());
-        w[20..28].copy_from_slice(&v2[28..36]);
-        w.extend_from_slice(&v2[HEADER_SIZE..v2.len() - TRAILER_SIZE - 16]);
-        w.extend_from_slice(&v2[v2.len() - TRAILER_SIZE..]);
+        // Write it as version 1: no stamp, no last deletion, no modified indexes (8-byte
+        // record headers), no expiry and session sections.
+        let mut w = MAGIC.to_vec();
+        w.extend_from_slice(&VERSION_1.to_be_bytes());
+        w.extend_from_slice(&kv.applied_index().0.to_be_bytes());
+        w.extend_from_slice(&(kv.len() as u64).to_be_bytes());
+        let mut entries_hash = 0u64;
+        for (k, v) in kv.list().iter() {
+            w.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            w.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            w.extend_from_slice(k);
+            w.extend_from_slice(v);
+            entries_hash = entries_hash.wrapping_add(entry_hash(k, v));
+        }
+        let h = combine_state_hash(kv.applied_index(), kv.len(), entries_hash);
+        w.extend_from_slice(&h.to_be_bytes());
+        w.extend_from_slice(&[0; 4]);
         let mut loaded = KvStore::new(3);
         assert_eq!(loaded.load_snapshot(&mut &recrc(w)[..]).unwrap(), h);
-        assert_same(&kv, &loaded);
+        assert_eq!(loaded.state_hash(), h);
+        let pairs = |s: &KvStore| -> Vec<(Vec<u8>, Vec<u8>)> {
+            s.list()
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect()
+        };
+        assert_eq!(pairs(&loaded), pairs(&kv));
+        loaded.check_invariants();
+    }
+
+    #[test]
+    fn modified_indexes_and_the_last_deletion_round_trip_and_count_in_the_state_hash() {
+        let mut kv = store_with(30, 11);
+        let next = |kv: &KvStore| kv.applied_index().next();
+        let victim = kv.list().iter().nth(3).unwrap().0.to_vec();
+        let del = match kv.parse(&[b"DEL".to_vec(), victim]) {
+            Some(Request::Write(e)) => e,
+            x => panic!("{x:?}"),
+        };
+        let at = next(&kv);
+        kv.apply(at, &del);
+        let (buf, h) = snapshot_of(&kv);
+        let mut loaded = KvStore::new(4);
+        assert_eq!(loaded.load_snapshot(&mut &buf[..]).unwrap(), h);
+        assert_eq!(BigEndian::read_u64(&buf[28..36]), at.0, "last deletion");
+        let stamps = |s: &KvStore| -> Vec<u64> {
+            let mut it = s.list().iter();
+            std::iter::from_fn(|| it.next_modified().map(|(_, _, m)| m)).collect()
+        };
+        assert_eq!(stamps(&loaded), stamps(&kv));
+        assert!(stamps(&kv).iter().any(|&m| m > 1), "stamps differ by key");
+        loaded.check_invariants();
+        // A different stamp, or a stamp past the applied index, with a valid CRC: refused.
+        let first_stamp = HEADER_SIZE + 8;
+        let mut bad = buf.clone();
+        bad[first_stamp + 7] ^= 1;
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(matches!(e, SnapshotError::StateHash { .. }), "{e}");
+        let mut bad = buf.clone();
+        bad[first_stamp..first_stamp + 8].copy_from_slice(&(at.0 + 1).to_be_bytes());
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(e.to_string().contains("modified after the applied"), "{e}");
+        let mut bad = buf.clone();
+        bad[28..36].copy_from_slice(&(at.0 + 1).to_be_bytes());
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(e.to_string().contains("last deletion"), "{e}");
     }
 
     #[test]

@@ -18,12 +18,22 @@
 //! between two different hashes, so keys that collide are returned together.
 //! NB: the index holds a second copy of every key (memory ~ 2x the key bytes).
 //!
+//! # Modification indexes (WATCH)
+//! Every key carries the index of the entry that last wrote it (`SkipList`'s `modified`
+//! stamp), and the store keeps `last_deletion`, the index of the last entry that removed a
+//! key. An EXEC entry's watch on `key`, made by a read of the state at index `seen`, is broken
+//! iff the key is present and was written after `seen`, or is absent and some key was removed
+//! after `seen`. The second is conservative (a spurious abort is allowed, a missed change
+//! never): a key deleted and re-created, or created and deleted, since `seen` is always seen.
+//!
 //! Invariants:
 //! 1. `entries_hash` == wrapping sum of `entry_hash(k, v)` over the stored pairs.
 //! 4. `scan_index` holds exactly `(scan_hash(k), k)` for every stored key `k`.
 //! 2. `applied` only grows; `apply` asserts `index > applied` (a caller's bug otherwise).
 //! 3. No stored key exceeds `KEY_SIZE_MAX` and no stored value exceeds `VALUE_SIZE_MAX`.
 //! 5. Every key in `expiries` is stored (deleting a key drops its expiry).
+//! 6. `modified_sum` == wrapping sum of `modified_hash(k, stamp)` over the stored keys, and
+//!    no stamp exceeds `applied`.
 
 use crate::client::value::Value;
 use crate::kv::command::{self, ReadCmd, TypeFilter, WriteCmd, SET_GET, SET_NX, SET_XX};
@@ -31,13 +41,16 @@ use crate::kv::envelope::SessionTag;
 use crate::kv::expiry;
 use crate::kv::expiry::Expiries;
 use crate::kv::hash::hash64;
-use crate::kv::hash::{combine_state_hash, entry_hash, mix_extra_parts, ExtraParts};
+use crate::kv::hash::{
+    combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
+};
 use crate::kv::session::{Admission, Sessions};
 use crate::kv::skiplist::{Entry, SkipList};
 use crate::kv::ttl::{
     invalid_expire_time, ExpireName, SetName, Ttl, TtlName, TtlWrite, EXPIRE_GT, EXPIRE_LT,
     EXPIRE_NX, EXPIRE_XX,
 };
+use crate::kv::tx::{self, Item, Tx};
 use crate::kv::{envelope, snapshot, Request, SnapshotError, StateMachine, TtlStats};
 use crate::limits::VALUE_SIZE_MAX;
 use crate::limits::{KEYS_KEYS_MAX, RECLAIM_ENTRY_SIZE_MAX};
@@ -76,6 +89,10 @@ pub struct KvStore {
     scan_index: BTreeSet<(u64, Box<[u8]>)>,
     /// RANDOMKEY's generator state: local to this replica, it never affects the state.
     random: Cell<u64>,
+    /// The index of the last entry that removed a key (see "Modification indexes").
+    last_deletion: LogIndex,
+    /// Wrapping sum of `modified_hash(k, stamp)` over the stored keys (invariant 6).
+    modified_sum: u64,
     /// Exactly-once client sessions (`session.rs`): replicated state, in the state hash.
     sessions: Sessions,
 }
@@ -100,6 +117,8 @@ impl KvStore {
             seed,
             scan_index: BTreeSet::new(),
             random: Cell::new(seed | 1),
+            last_deletion: LogIndex(0),
+            modified_sum: 0,
             sessions: Sessions::new(),
         }
     }
@@ -139,6 +158,20 @@ impl KvStore {
             .iter()
             .fold(0u64, |s, (k, v)| s.wrapping_add(entry_hash(k, v)));
         assert_eq!(sum, self.entries_hash, "incremental entries hash drifted");
+        let mut modified_sum = 0u64;
+        let mut it = self.list.iter();
+        while let Some((k, _, m)) = it.next_modified() {
+            assert!(
+                m <= self.applied.0,
+                "{k:?} stamped {m} > applied {}",
+                self.applied
+            );
+            modified_sum = modified_sum.wrapping_add(modified_hash(k, m));
+        }
+        assert_eq!(
+            modified_sum, self.modified_sum,
+            "incremental modified sum drifted"
+        );
         assert_eq!(self.scan_index.len(), self.list.len(), "scan index size");
         self.expiries.check_invariants();
         for (k, at) in self.expiries.iter() {
@@ -181,15 +214,23 @@ impl KvStore {
         self.stamp_ms = loaded.stamp_ms;
         self.expiries = loaded.expiries;
         self.entries_hash = loaded.entries_hash;
+        self.last_deletion = loaded.last_deletion;
+        self.modified_sum = loaded.modified_sum;
         self.sessions = loaded.sessions;
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
         self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
-        let old = self.list.insert(key, value);
+        let old = self.list.insert_at(key, value, self.applied.0);
+        self.modified_sum = self
+            .modified_sum
+            .wrapping_add(modified_hash(key, self.applied.0));
         match &old {
             Some(e) => {
-                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()))
+                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+                self.modified_sum = self
+                    .modified_sum
+                    .wrapping_sub(modified_hash(key, e.modified()));
             }
             None => {
                 self.scan_index.insert((scan_hash(key), key.into()));
@@ -202,7 +243,11 @@ impl KvStore {
         match self.list.remove(key) {
             Some(e) => {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
+                self.modified_sum = self
+                    .modified_sum
+                    .wrapping_sub(modified_hash(key, e.modified()));
                 self.scan_index.remove(&(scan_hash(key), key.into()));
+                self.last_deletion = self.applied;
                 self.expiries.remove(key);
                 true
             }
@@ -367,14 +412,60 @@ impl KvStore {
                 Value::Integer(1)
             }
             WriteCmd::FlushAll => {
+                if !self.list.is_empty() {
+                    self.last_deletion = self.applied;
+                }
                 self.list.clear();
                 self.scan_index.clear();
                 self.expiries.clear();
                 self.entries_hash = 0;
+                self.modified_sum = 0;
                 Value::ok()
             }
             WriteCmd::Ttl(t) => self.apply_ttl(t),
             other => unreachable!("apply_write handles {other:?}"),
+        }
+    }
+
+    /// An EXEC entry: nothing if a watched key changed (a null array, as Redis answers),
+    /// else every item in order, each command's runtime error failing that command alone.
+    fn apply_tx(&mut self, t: Tx<'_>) -> Value {
+        if t.watches
+            .iter()
+            .any(|&(key, seen)| self.changed_since(key, seen))
+        {
+            return Value::NilArray;
+        }
+        let replies = t
+            .items
+            .into_iter()
+            .map(|item| match item {
+                Item::Write(cmd) => self.apply_write(cmd),
+                Item::Read(cmd) => self.answer(cmd, self.stamp_ms),
+                Item::Reply(v) => v,
+            })
+            .collect();
+        Value::Array(replies)
+    }
+
+    /// Whether `key` may have changed since the state at `seen` (see "Modification indexes").
+    /// A stored key whose TTL has passed counts as changed: it may have expired since
+    /// (conservative; once reclaimed, the deletion index decides).
+    fn changed_since(&self, key: &[u8], seen: LogIndex) -> bool {
+        match self.list.get_modified(key) {
+            Some((_, modified)) => modified > seen.0 || self.expiries.expired(key, self.stamp_ms),
+            None => self.last_deletion > seen,
+        }
+    }
+
+    /// Stamp a stored key as changed by the entry being applied, without rewriting it (its
+    /// TTL changed): WATCH sees a TTL change as Redis does.
+    fn touch(&mut self, key: &[u8]) {
+        if let Some(old) = self.list.set_modified(key, self.applied.0) {
+            self.modified_sum = self
+                .modified_sum
+                .wrapping_sub(modified_hash(key, old))
+                .wrapping_add(modified_hash(key, self.applied.0));
         }
     }
 
@@ -389,6 +480,12 @@ impl KvStore {
         data: &[u8],
     ) -> Value {
         self.sessions.expire(self.stamp_ms);
+        if tx::is_exec(data) {
+            return match tx::decode(data) {
+                Ok(t) => self.in_session(session, |kv| kv.apply_tx(t)),
+                Err(e) => Value::error(format!("ERR undecodable entry at index {index}: {e}")),
+            };
+        }
         let cmd = match command::decode_write(data) {
             Ok(cmd) => cmd,
             Err(e) => return Value::error(format!("ERR undecodable entry at index {index}: {e}")),
@@ -402,15 +499,26 @@ impl KvStore {
             (Some(_), WriteCmd::SessionOpen) => {
                 Value::error("ERR SESSION commands cannot run inside a session")
             }
-            (None, cmd) => self.apply_write(cmd),
-            (Some(tag), cmd) => match self.sessions.admit(tag, self.stamp_ms) {
-                Admission::Fresh => {
-                    let reply = self.apply_write(cmd);
-                    self.sessions.record(tag, &reply);
-                    reply
-                }
-                Admission::Duplicate(reply) | Admission::Refused(reply) => reply,
-            },
+            (session, cmd) => self.in_session(session, |kv| kv.apply_write(cmd)),
+        }
+    }
+
+    /// Apply through `apply` once per session sequence: a duplicate gets the saved reply.
+    fn in_session(
+        &mut self,
+        session: Option<SessionTag>,
+        apply: impl FnOnce(&mut KvStore) -> Value,
+    ) -> Value {
+        let Some(tag) = session else {
+            return apply(self);
+        };
+        match self.sessions.admit(tag, self.stamp_ms) {
+            Admission::Fresh => {
+                let reply = apply(self);
+                self.sessions.record(tag, &reply);
+                reply
+            }
+            Admission::Duplicate(reply) | Admission::Refused(reply) => reply,
         }
     }
 
@@ -484,6 +592,7 @@ impl KvStore {
             Some(at) => self.expiries.set(key, at),
             None => self.expiries.remove(key),
         };
+        self.touch(key);
     }
 
     fn apply_ttl(&mut self, cmd: TtlWrite<'_>) -> Value {
@@ -503,6 +612,9 @@ impl KvStore {
             } => self.apply_expire(name, conditions, when_ms, key),
             TtlWrite::Persist { key } => {
                 let had = self.list.get(key).is_some() && self.expiries.remove(key).is_some();
+                if had {
+                    self.touch(key);
+                }
                 Value::Integer(i64::from(had))
             }
             TtlWrite::GetEx { ttl, key } => self.apply_getex(ttl, key),
@@ -549,6 +661,7 @@ impl KvStore {
             self.delete(key);
         } else {
             self.expiries.set(key, when as u64);
+            self.touch(key);
         }
         Value::Integer(1)
     }
@@ -810,6 +923,12 @@ impl StateMachine for KvStore {
     }
 
     fn query_at(&self, data: &[u8], now_ms: u64) -> Value {
+        if tx::is_watch(data) {
+            return match tx::decode_watch(data) {
+                Ok(()) => Value::Integer(self.applied.0 as i64),
+                Err(e) => Value::error(format!("ERR undecodable query: {e}")),
+            };
+        }
         match command::decode_read(data) {
             Ok(cmd) => self.answer(cmd, now_ms),
             Err(e) => Value::error(format!("ERR undecodable query: {e}")),
@@ -842,6 +961,7 @@ impl StateMachine for KvStore {
             applied: self.applied,
             stamp_ms: self.stamp_ms,
             expiries: &self.expiries,
+            last_deletion: self.last_deletion,
             sessions: &self.sessions,
         };
         snapshot::write(&state, self.state_hash(), w)
@@ -860,6 +980,7 @@ impl StateMachine for KvStore {
             stamp_ms: self.stamp_ms,
             expiries_hash: self.expiries.hash(),
             sessions_hash: self.sessions.hash(),
+            watch_hash: watch_hash(self.modified_sum, self.last_deletion),
         };
         mix_extra_parts(
             combine_state_hash(self.applied, self.list.len(), self.entries_hash),
@@ -1183,6 +1304,119 @@ mod tests {
         run(other, &[b"FLUSHALL"]);
         assert_eq!(run(other, &[b"RANDOMKEY"]), Value::Nil);
         other.check_invariants();
+    }
+
+    /// Apply a transaction as EXEC would: `cmds` queued (parse errors as queued error
+    /// replies), each key of `watched` with the index its WATCH read saw.
+    fn exec(kv: &mut KvStore, watched: &[(&[u8], LogIndex)], cmds: &[&[&[u8]]]) -> Value {
+        let mut q = tx::Queue::default();
+        for a in cmds {
+            let args: Vec<Vec<u8>> = a.iter().map(|x| x.to_vec()).collect();
+            match kv.parse(&args).expect("a KV command") {
+                Request::Write(p) => q.push(tx::ItemKind::Write, &p),
+                Request::Read(p) => q.push(tx::ItemKind::Read, &p),
+                Request::Reply(Value::Error(e)) => q.push(tx::ItemKind::Error, e.as_bytes()),
+                Request::Reply(v) => panic!("{v:?}"),
+            }
+        }
+        let watches: Vec<(Vec<u8>, LogIndex)> =
+            watched.iter().map(|(k, i)| (k.to_vec(), *i)).collect();
+        let entry = tx::encode(&watches, &q);
+        run(kv, &[b"KVRAFT.EXEC", &entry])
+    }
+
+    /// What a WATCH read answers now.
+    fn watch(kv: &mut KvStore, key: &[u8]) -> LogIndex {
+        match run(kv, &[b"WATCH", key]) {
+            Value::Integer(n) => LogIndex(n as u64),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_transaction_applies_in_order_and_a_runtime_error_fails_only_its_command() {
+        let kv = &mut KvStore::new(12);
+        run(kv, &[b"SET", b"s", b"text"]);
+        let got = exec(
+            kv,
+            &[],
+            &[
+                &[b"SET", b"a", b"1"],
+                &[b"INCR", b"s"],
+                &[b"SET", b"k", b"v", b"bogus"],
+                &[b"INCRBY", b"a", b"41"],
+                &[b"GET", b"a"],
+                &[b"MGET", b"a", b"s", b"none"],
+            ],
+        );
+        let want = Value::Array(vec![
+            Value::ok(),
+            err("ERR value is not an integer or out of range"),
+            err("ERR syntax error"),
+            Value::Integer(42),
+            bulk(b"42"),
+            Value::Array(vec![bulk(b"42"), bulk(b"text"), Value::Nil]),
+        ]);
+        assert_eq!(got, want);
+        assert_eq!(exec(kv, &[], &[]), Value::Array(vec![]));
+        // Every key the entry wrote carries the entry's index.
+        let at = kv.applied_index();
+        assert_eq!(kv.list.get_modified(b"a").map(|(_, m)| m), Some(at.0 - 1));
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn a_watched_key_written_after_its_watch_aborts_exec_with_nothing_applied() {
+        let kv = &mut KvStore::new(13);
+        run(kv, &[b"SET", b"w", b"one"]);
+        run(kv, &[b"SET", b"other", b"1"]);
+        let seen = watch(kv, b"w");
+        // Writes to other keys, failed writes and reads do not count.
+        run(kv, &[b"SET", b"other", b"2"]);
+        run(kv, &[b"SET", b"w", b"x", b"NX"]);
+        run(kv, &[b"INCR", b"w"]);
+        run(kv, &[b"DEL", b"never"]);
+        let ok = exec(kv, &[(b"w", seen)], &[&[b"SET", b"out", b"1"]]);
+        assert_eq!(ok, Value::Array(vec![Value::ok()]));
+        // Rewriting the same value counts, as in Redis.
+        let seen = watch(kv, b"w");
+        run(kv, &[b"SET", b"w", b"one"]);
+        let aborted = exec(kv, &[(b"w", seen)], &[&[b"SET", b"out", b"2"]]);
+        assert_eq!(aborted, Value::NilArray);
+        assert_eq!(run(kv, &[b"GET", b"out"]), bulk(b"1"), "nothing applied");
+        // A watch taken before a transaction that wrote the key is broken by it.
+        let seen = watch(kv, b"w");
+        exec(kv, &[], &[&[b"APPEND", b"w", b"z"]]);
+        assert_eq!(exec(kv, &[(b"w", seen)], &[]), Value::NilArray);
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn deletions_after_a_watch_break_it_whether_the_key_existed_or_not() {
+        let kv = &mut KvStore::new(14);
+        run(kv, &[b"SET", b"gone", b"1"]);
+        let live = watch(kv, b"gone");
+        run(kv, &[b"DEL", b"gone"]);
+        assert_eq!(exec(kv, &[(b"gone", live)], &[]), Value::NilArray);
+        // Absent at WATCH, created and deleted since: changed.
+        let absent = watch(kv, b"ghost");
+        run(kv, &[b"SET", b"ghost", b"1"]);
+        run(kv, &[b"GETDEL", b"ghost"]);
+        assert_eq!(exec(kv, &[(b"ghost", absent)], &[]), Value::NilArray);
+        // Absent at WATCH and untouched: not changed (a DEL that removed nothing is no change).
+        let absent = watch(kv, b"ghost");
+        run(kv, &[b"DEL", b"ghost"]);
+        run(kv, &[b"FLUSHALL"]);
+        assert_eq!(exec(kv, &[(b"ghost", absent)], &[]), Value::Array(vec![]));
+        // RENAME removes its source; FLUSHALL of a non-empty store removes everything.
+        run(kv, &[b"SET", b"a", b"1"]);
+        let seen = watch(kv, b"a");
+        run(kv, &[b"RENAME", b"a", b"b"]);
+        assert_eq!(exec(kv, &[(b"a", seen)], &[]), Value::NilArray);
+        let seen = watch(kv, b"c");
+        run(kv, &[b"FLUSHALL"]);
+        assert_eq!(exec(kv, &[(b"c", seen)], &[]), Value::NilArray);
+        kv.check_invariants();
     }
 
     #[test]

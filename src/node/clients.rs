@@ -19,6 +19,7 @@ use super::pending::{Forwarded, Orphan};
 use super::storage::Disk;
 use super::{ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
 use crate::client::resp;
+use crate::client::session::{unknown_command, Gate};
 use crate::client::{Protocol, Value};
 use crate::kv::envelope::SessionTag;
 use crate::kv::{session, Request, StateMachine};
@@ -61,7 +62,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let ConnKind::Client(st) = &c.kind else {
             return false;
         };
-        let paused = st.unanswered() >= limits::CLIENT_PENDING_MAX || c.conn.close_after_flush;
+        // A WATCH waiting for its read holds the rest of the pipeline (`client::session`).
+        let paused = st.unanswered() >= limits::CLIENT_PENDING_MAX
+            || c.conn.close_after_flush
+            || st.session.watch_waiting();
         c.conn.read_paused = paused;
         if paused {
             self.conns.cancel_read_again(key);
@@ -91,12 +95,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     let seq = st.open_slot();
                     let to = ReplyTo::Client { key, gen, seq };
                     self.stats.commands_processed += 1;
-                    let gated = st.session.gate(&args, self.now);
+                    let gate = st.session.admit(&args, seq, self.now);
                     let proto = st.session.proto;
-                    let dispatched = match gated {
-                        Some(v) => Dispatch::Reply(v),
-                        None => self.dispatch(to, args),
-                    };
+                    let dispatched = self.dispatch_admitted(to, gate, args);
                     match dispatched {
                         Dispatch::Reply(v) => self.deliver(to, v.to_bytes_as(proto)),
                         Dispatch::Pending => {}
@@ -124,6 +125,17 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     return self.conns.contains(key);
                 }
             }
+        }
+    }
+
+    /// Route a client's command as its session decided: MULTI's queueing is answered there,
+    /// EXEC becomes the one command that carries the transaction, WATCH is a read whose reply
+    /// goes back to the session (`deliver`).
+    fn dispatch_admitted(&mut self, to: ReplyTo, gate: Gate, args: Vec<Vec<u8>>) -> Dispatch {
+        match gate {
+            Gate::Reply(v) => Dispatch::Reply(v),
+            Gate::Pass | Gate::Watch => self.dispatch(to, args),
+            Gate::Exec(transaction) => self.dispatch(to, transaction),
         }
     }
 
@@ -420,6 +432,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 let ConnKind::Client(st) = &mut c.kind else {
                     return;
                 };
+                let reply = match st.session.is_watch_reply(seq) {
+                    true => st.session.watch_done(seq, reply),
+                    false => reply,
+                };
                 st.fill(seq, reply);
                 let mut overflow = false;
                 while let Some(bytes) = st.pop_answered() {
@@ -462,27 +478,4 @@ fn fit_forwarded_reply(node: NodeId, reply: Vec<u8>) -> Vec<u8> {
         wire::CLIENT_REPLY_SIZE_MAX
     ))
     .to_bytes()
-}
-
-fn unknown_command(args: &[Vec<u8>]) -> Value {
-    let name = args
-        .first()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .unwrap_or_default();
-    // Redis's text exactly: each argument quoted and followed by a space, the whole list cut
-    // at 128 bytes.
-    let mut rest = Vec::new();
-    for a in args.iter().skip(1) {
-        if rest.len() >= 128 {
-            break;
-        }
-        let room = 128 - rest.len();
-        rest.push(b'\'');
-        rest.extend_from_slice(&a[..a.len().min(room)]);
-        rest.extend_from_slice(b"' ");
-    }
-    Value::error(format!(
-        "ERR unknown command '{name}', with args beginning with: {}",
-        String::from_utf8_lossy(&rest)
-    ))
 }
