@@ -118,6 +118,29 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// COMMAND INFO's first six fields (name, arity, flags, key positions) for `name` are
+    /// the same on both servers (flags compared as a set).
+    fn assert_same_command_info(&mut self, name: &str) {
+        let (r, k) = self.both(&[
+            b"COMMAND".to_vec(),
+            b"INFO".to_vec(),
+            name.as_bytes().to_vec(),
+        ]);
+        let head = |v: &Value| match v {
+            Value::Array(outer) => match outer.first() {
+                Some(Value::Array(fields)) if fields.len() >= 6 => fields[..6].to_vec(),
+                other => panic!("COMMAND INFO {name}: {other:?}"),
+            },
+            other => panic!("COMMAND INFO {name}: {other:?}"),
+        };
+        let (mut r, mut k) = (head(&r), head(&k));
+        sort_array(&mut r[2]);
+        sort_array(&mut k[2]);
+        assert_eq!(k, r, "COMMAND INFO {name}");
+    }
+}
+
 fn sort_array(v: &mut Value) {
     if let Value::Array(items) | Value::Set(items) = v {
         items.sort_by_key(|i| format!("{i:?}"));
@@ -418,22 +441,7 @@ fn scan_returns_every_key_once_and_command_info_matches() {
         "scan",
         "getdel",
     ] {
-        let (r, k) = p.both(&[
-            b"COMMAND".to_vec(),
-            b"INFO".to_vec(),
-            name.as_bytes().to_vec(),
-        ]);
-        let head = |v: &Value| match v {
-            Value::Array(outer) => match &outer[0] {
-                Value::Array(fields) => fields[..6].to_vec(),
-                other => panic!("{other:?}"),
-            },
-            other => panic!("{other:?}"),
-        };
-        let (mut r, mut k) = (head(&r), head(&k));
-        sort_array(&mut r[2]);
-        sort_array(&mut k[2]);
-        assert_eq!(k, r, "COMMAND INFO {name}");
+        p.assert_same_command_info(name);
     }
     drop(p.cluster);
 }
@@ -610,22 +618,7 @@ fn transaction_commands_are_described_as_redis_does() {
     let _g = serial();
     let Some(mut p) = start_pair() else { return };
     for name in ["multi", "exec", "discard", "watch", "unwatch"] {
-        let (r, k) = p.both(&[
-            b"COMMAND".to_vec(),
-            b"INFO".to_vec(),
-            name.as_bytes().to_vec(),
-        ]);
-        let head = |v: &Value| match v {
-            Value::Array(outer) => match &outer[0] {
-                Value::Array(fields) => fields[..6].to_vec(),
-                other => panic!("{other:?}"),
-            },
-            other => panic!("{other:?}"),
-        };
-        let (mut r, mut k) = (head(&r), head(&k));
-        sort_array(&mut r[2]);
-        sort_array(&mut k[2]);
-        assert_eq!(k, r, "COMMAND INFO {name}");
+        p.assert_same_command_info(name);
     }
 }
 
@@ -1017,22 +1010,7 @@ fn ttl_commands_answer_as_redis_does_within_a_tolerance() {
         "setex",
         "psetex",
     ] {
-        let (r, k) = p.both(&[
-            b"COMMAND".to_vec(),
-            b"INFO".to_vec(),
-            name.as_bytes().to_vec(),
-        ]);
-        let head = |v: &Value| match v {
-            Value::Array(outer) => match &outer[0] {
-                Value::Array(fields) => fields[..6].to_vec(),
-                other => panic!("{name}: {other:?}"),
-            },
-            other => panic!("{other:?}"),
-        };
-        let (mut r, mut k) = (head(&r), head(&k));
-        sort_array(&mut r[2]);
-        sort_array(&mut k[2]);
-        assert_eq!(k, r, "COMMAND INFO {name}");
+        p.assert_same_command_info(name);
     }
 }
 
