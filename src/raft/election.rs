@@ -65,7 +65,10 @@ impl Raft {
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        if self.election_elapsed_ticks >= self.election_timeout_ticks && self.promotable() {
+        if self.election_elapsed_ticks >= self.election_timeout_ticks
+            && self.promotable()
+            && self.voting
+        {
             let kind = if self.cfg.pre_vote {
                 Campaign::PreVote
             } else {
@@ -302,7 +305,8 @@ impl Raft {
 
     /// Thesis §9.6: grant if we would vote for it in `term`, without changing our own state.
     fn handle_pre_vote(&mut self, from: NodeId, term: Term, last: super::types::EntryId) {
-        let granted = term > self.term && last.is_up_to_date_with(self.log.last_id());
+        let granted =
+            self.voting && term > self.term && last.is_up_to_date_with(self.log.last_id());
         let reply_term = if granted { term } else { self.term };
         ::log::debug!(
             "node {}: pre-vote for {from} at term {term}: granted={granted}",
@@ -314,7 +318,9 @@ impl Raft {
     /// §5.2, §5.4.1: one vote per term, for a candidate whose log is at least as up to date.
     fn handle_vote(&mut self, from: NodeId, last: super::types::EntryId) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-        let granted = can_vote && last.is_up_to_date_with(self.log.last_id());
+        // A node not voting (its storage is not the member's that the configuration records)
+        // refuses: its earlier incarnation may have voted in this term already.
+        let granted = self.voting && can_vote && last.is_up_to_date_with(self.log.last_id());
         if granted {
             self.vote = Some(from);
             self.election_elapsed_ticks = 0;
@@ -348,7 +354,7 @@ impl Raft {
     }
 
     fn handle_timeout_now(&mut self, from: NodeId) {
-        if !self.promotable() || matches!(self.role, RoleState::Leader(_)) {
+        if !self.promotable() || !self.voting || matches!(self.role, RoleState::Leader(_)) {
             return;
         }
         ::log::info!(
