@@ -239,6 +239,13 @@ impl Cluster {
     /// Start a new node outside the membership (`--join`), with a config of its own that lists
     /// the cluster and itself. Returns its id; `MEMBER ADD` brings it in.
     pub fn add_joiner(&mut self) -> u64 {
+        let id = self.add_joiner_unstarted();
+        self.spawn(id);
+        id
+    }
+
+    /// Like `add_joiner`, without starting it (`spawn` does).
+    pub fn add_joiner_unstarted(&mut self) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let ports = free_ports(2);
         let peer: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
@@ -257,7 +264,6 @@ impl Cluster {
             child: None,
             stopped: false,
         });
-        self.spawn(id);
         id
     }
 
