@@ -538,6 +538,166 @@ pub(super) fn next_admission(v: &AdmissionView<'_>) -> Option<(ConfChange, Strin
     None
 }
 
+/// What the node does with a peer's Hello, as far as identity goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum HelloVerdict {
+    Accept,
+    /// We have no cluster id yet and a configured member has one: adopt it (persisting it
+    /// before anything is acknowledged), then accept.
+    Adopt(u128),
+    Refuse(String),
+}
+
+/// This node's identity, the member table from its log, and the incarnation each peer
+/// connection announced: everything the node consults to decide whom to count.
+#[derive(Debug)]
+pub(super) struct Identities {
+    /// The cluster uid (0 until this node has one) and this node's incarnation.
+    cluster: u128,
+    incarnation: u128,
+    log: MemberLog,
+    /// Each peer's current connection (slab key) and the incarnation its Hello named.
+    heard: BTreeMap<NodeId, (usize, u128)>,
+    /// The members this node's config file lists (id, peer, client).
+    configured: Vec<(NodeId, SocketAddr, SocketAddr)>,
+}
+
+impl Identities {
+    pub(super) fn new(
+        cluster: u128,
+        incarnation: u128,
+        log: MemberLog,
+        configured: Vec<(NodeId, SocketAddr, SocketAddr)>,
+    ) -> Identities {
+        assert!(incarnation != 0, "incarnation 0 is reserved");
+        Identities {
+            cluster,
+            incarnation,
+            log,
+            heard: BTreeMap::new(),
+            configured,
+        }
+    }
+
+    pub(super) fn cluster(&self) -> u128 {
+        self.cluster
+    }
+
+    pub(super) fn incarnation(&self) -> u128 {
+        self.incarnation
+    }
+
+    pub(super) fn log(&self) -> &MemberLog {
+        &self.log
+    }
+
+    pub(super) fn log_mut(&mut self) -> &mut MemberLog {
+        &mut self.log
+    }
+
+    pub(super) fn is_configured(&self, id: NodeId) -> bool {
+        self.configured.iter().any(|m| m.0 == id)
+    }
+
+    /// Judge a Hello's cluster uid: 0 (the peer has none yet) is accepted; another id than
+    /// ours is refused naming both; a configured member's id is adopted while we have none.
+    pub(super) fn judge_hello(&self, from: NodeId, cluster: u128) -> HelloVerdict {
+        if cluster == 0 || cluster == self.cluster {
+            return HelloVerdict::Accept;
+        }
+        if self.cluster == 0 && self.is_configured(from) {
+            return HelloVerdict::Adopt(cluster);
+        }
+        HelloVerdict::Refuse(format!(
+            "Hello from node {from} of another cluster (cluster id {cluster:032x}, ours {})",
+            if self.cluster == 0 {
+                "not yet known; node {from} is not in our config file".to_string()
+            } else {
+                format!("{:032x}", self.cluster)
+            }
+        ))
+    }
+
+    /// The cluster id was adopted (and persisted) by the node.
+    pub(super) fn adopted(&mut self, cluster: u128) {
+        assert!(
+            self.cluster == 0 && cluster != 0,
+            "adopting {cluster:x} over {:x}",
+            self.cluster
+        );
+        self.cluster = cluster;
+    }
+
+    /// Peer `from`'s connection `key` said Hello as `incarnation`.
+    pub(super) fn heard(&mut self, from: NodeId, key: usize, incarnation: u128) {
+        self.heard.insert(from, (key, incarnation));
+    }
+
+    /// Connection `key` of `from` closed.
+    pub(super) fn closed(&mut self, from: NodeId, key: usize) {
+        if self.heard.get(&from).is_some_and(|&(k, _)| k == key) {
+            self.heard.remove(&from);
+        }
+    }
+
+    /// Whether a response from `from` that arrived on connection `key` counts: the connection
+    /// is the one whose Hello we recorded, naming the incarnation the newest table records.
+    pub(super) fn counts(&self, from: NodeId, key: usize) -> bool {
+        match self.heard.get(&from) {
+            Some(&(k, inc)) => k == key && counts(self.log.newest(), from, inc),
+            None => false,
+        }
+    }
+
+    /// The voting gate for this node.
+    pub(super) fn may_vote(&self, conf: &ConfState, me: NodeId) -> bool {
+        may_vote(conf, self.log.newest(), me, self.incarnation)
+    }
+
+    /// The leader's next admission step (see `next_admission`).
+    pub(super) fn next_admission(
+        &self,
+        me: NodeId,
+        conf: &ConfState,
+        matched: &BTreeMap<NodeId, LogIndex>,
+        commit: LogIndex,
+    ) -> Option<(ConfChange, String)> {
+        let connected: BTreeMap<NodeId, u128> = self
+            .heard
+            .iter()
+            .map(|(&id, &(_, inc))| (id, inc))
+            .collect();
+        next_admission(&AdmissionView {
+            me,
+            conf,
+            table: self.log.newest(),
+            configured: &self.configured,
+            connected: &connected,
+            matched,
+            commit,
+        })
+    }
+
+    /// The addresses to reach every member: the newest table's, then configured members
+    /// not removed (they may be admitted), and this node's own from its config file.
+    pub(super) fn address_table(&self, me: NodeId) -> BTreeMap<NodeId, (SocketAddr, SocketAddr)> {
+        let table = self.log.newest();
+        let mut out: BTreeMap<NodeId, (SocketAddr, SocketAddr)> = table
+            .members()
+            .iter()
+            .map(|(&id, r)| (id, (r.peer, r.client)))
+            .collect();
+        for &(id, peer, client) in &self.configured {
+            if id == me {
+                out.insert(id, (peer, client));
+            } else if !table.is_removed(id) {
+                out.entry(id).or_insert((peer, client));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,6 +926,62 @@ mod tests {
             matched: &matched,
             commit: LogIndex(commit),
         })
+    }
+
+    #[test]
+    fn hellos_of_another_cluster_are_refused_and_a_new_node_adopts_a_configured_members_id() {
+        let p = |n: u16| -> SocketAddr { format!("127.0.0.1:{n}").parse().unwrap() };
+        let configured = vec![(NodeId(1), p(1), p(2)), (NodeId(2), p(3), p(4))];
+        let fresh = Identities::new(
+            0,
+            7,
+            MemberLog::new(MemberTable::default(), LogIndex(0), &[]),
+            configured.clone(),
+        );
+        assert_eq!(fresh.judge_hello(NodeId(1), 0), HelloVerdict::Accept);
+        assert_eq!(fresh.judge_hello(NodeId(1), 99), HelloVerdict::Adopt(99));
+        assert!(matches!(
+            fresh.judge_hello(NodeId(5), 99),
+            HelloVerdict::Refuse(_)
+        ));
+        let mut t = MemberTable::default();
+        t.insert(NodeId(1), rec(1, 7, true));
+        t.insert(NodeId(2), rec(3, 8, true));
+        t.apply(&cc(ConfChangeOp::Remove, 3, None));
+        let mut ids = Identities::new(42, 7, MemberLog::new(t, LogIndex(0), &[]), configured);
+        assert_eq!(ids.judge_hello(NodeId(2), 42), HelloVerdict::Accept);
+        let HelloVerdict::Refuse(why) = ids.judge_hello(NodeId(2), 43) else {
+            panic!()
+        };
+        assert!(
+            why.contains("another cluster") && why.contains(&format!("{:032x}", 42u128)),
+            "{why}"
+        );
+        // Responses count only on the connection whose Hello named the recorded incarnation.
+        assert!(!ids.counts(NodeId(2), 5));
+        ids.heard(NodeId(2), 5, 9);
+        assert!(!ids.counts(NodeId(2), 5), "another incarnation");
+        ids.heard(NodeId(2), 6, 8);
+        assert!(
+            ids.counts(NodeId(2), 6) && !ids.counts(NodeId(2), 5),
+            "an older connection"
+        );
+        ids.closed(NodeId(2), 5);
+        assert!(ids.counts(NodeId(2), 6));
+        ids.closed(NodeId(2), 6);
+        assert!(!ids.counts(NodeId(2), 6));
+        assert!(ids.may_vote(&conf(&[1, 2], &[]), NodeId(1)));
+        let addrs = ids.address_table(NodeId(1));
+        assert_eq!(
+            addrs[&NodeId(1)],
+            (p(1), p(2)),
+            "our own from the config file"
+        );
+        assert_eq!(
+            addrs[&NodeId(2)].0,
+            rec(3, 8, true).peer,
+            "the log's record wins"
+        );
     }
 
     #[test]
