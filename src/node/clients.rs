@@ -7,7 +7,8 @@
 //! that is not the leader answers it with an error the client may retry.
 //!
 //! Invariants:
-//! 1. Replies leave in the order requests arrived on a connection (`ClientState::pending`).
+//! 1. Replies leave in the order requests arrived on a connection (`ClientState`'s pipeline,
+//!    `connections.rs`).
 //! 2. A client has at most `CLIENT_PENDING_MAX` unanswered requests; beyond that it is not
 //!    read from until some are answered (back-pressure, not buffering).
 
@@ -15,7 +16,7 @@ use log::{debug, warn};
 
 use super::net::Net;
 use super::storage::Disk;
-use super::{ClientState, ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
+use super::{ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
 use crate::client::resp;
 use crate::client::{Protocol, Value};
 use crate::kv::{Request, StateMachine};
@@ -49,10 +50,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let ConnKind::Client(st) = &c.kind else {
             return false;
         };
-        let paused = st.pending.len() >= limits::CLIENT_PENDING_MAX || c.conn.close_after_flush;
+        let paused = st.unanswered() >= limits::CLIENT_PENDING_MAX || c.conn.close_after_flush;
         c.conn.read_paused = paused;
         if paused {
-            c.more_input = false;
+            self.conns.cancel_read_again(key);
         }
         paused
     }
@@ -72,17 +73,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     if args.is_empty() {
                         continue; // `*0`, `*-1` or a blank inline line: Redis skips them
                     }
+                    let gen = c.gen();
                     let ConnKind::Client(st) = &mut c.kind else {
                         unreachable!()
                     };
-                    let seq = st.next_seq;
-                    st.next_seq += 1;
-                    st.pending.push_back((seq, None));
-                    let to = ReplyTo::Client {
-                        key,
-                        gen: c.gen,
-                        seq,
-                    };
+                    let seq = st.open_slot();
+                    let to = ReplyTo::Client { key, gen, seq };
                     self.stats.commands_processed += 1;
                     let gated = st.session.gate(&args, self.now);
                     let proto = st.session.proto;
@@ -106,18 +102,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     debug!("client protocol error: {e}");
                     // Redis answers a protocol error, then closes the connection; the error
                     // takes its place after the replies still owed.
+                    let gen = c.gen();
                     let ConnKind::Client(st) = &mut c.kind else {
                         unreachable!()
                     };
-                    let seq = st.next_seq;
-                    st.next_seq += 1;
-                    st.pending.push_back((seq, None));
+                    let seq = st.open_slot();
                     c.conn.close_after_flush = true;
-                    let to = ReplyTo::Client {
-                        key,
-                        gen: c.gen,
-                        seq,
-                    };
+                    let to = ReplyTo::Client { key, gen, seq };
                     self.deliver(to, e.reply().to_bytes());
                     return self.conns.contains(key);
                 }
@@ -183,7 +174,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             )));
         }
         if !self.cfg.forward_to_leader {
-            return match self.members.get(&leader) {
+            return match self.peers.member(leader) {
                 Some(m) => Dispatch::Reply(Value::error(format!("REDIRECT {}", m.client))),
                 None => Dispatch::Reply(no_leader()),
             };
@@ -246,7 +237,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         match to {
             ReplyTo::Peer { proto, .. } => proto,
             ReplyTo::Client { key, gen, .. } => match self.conns.get(key) {
-                Some(c) if c.gen == gen => match &c.kind {
+                Some(c) if c.gen() == gen => match &c.kind {
                     ConnKind::Client(st) => st.session.proto,
                     _ => Protocol::Resp2,
                 },
@@ -271,24 +262,21 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 let Some(c) = self.conns.get_mut(key) else {
                     return;
                 };
-                if c.gen != gen {
+                if c.gen() != gen {
                     return; // the client left; the slab key belongs to someone else now
                 }
                 let ConnKind::Client(st) = &mut c.kind else {
                     return;
                 };
-                st.held_bytes += fill_slot(st, seq, reply);
+                st.fill(seq, reply);
                 let mut overflow = false;
-                while let Some((_, Some(_))) = st.pending.front() {
-                    let (_, bytes) = st.pending.pop_front().expect("front exists");
-                    let bytes = bytes.expect("filled");
-                    st.held_bytes -= bytes.len();
+                while let Some(bytes) = st.pop_answered() {
                     if c.conn.queue(&bytes).is_err() {
                         overflow = true;
                         break;
                     }
                 }
-                let held = st.held_bytes + c.conn.pending_output();
+                let held = st.held_bytes() + c.conn.pending_output();
                 if overflow || held > limits::CLIENT_OUTPUT_SIZE_MAX {
                     return self.close_conn(key, "client does not read its replies");
                 }
@@ -322,24 +310,6 @@ fn fit_forwarded_reply(node: NodeId, reply: Vec<u8>) -> Vec<u8> {
         wire::CLIENT_REPLY_SIZE_MAX
     ))
     .to_bytes()
-}
-
-/// Put a reply in its pipeline slot; returns the bytes stored (0 if the slot is gone).
-fn fill_slot(st: &mut ClientState, seq: u64, reply: Vec<u8>) -> usize {
-    let Some(&(front, _)) = st.pending.front() else {
-        return 0;
-    };
-    if seq < front {
-        return 0;
-    }
-    let Some(slot) = st.pending.get_mut((seq - front) as usize) else {
-        return 0;
-    };
-    assert_eq!(slot.0, seq, "pipeline slots out of order");
-    assert!(slot.1.is_none(), "request {seq} answered twice");
-    let n = reply.len();
-    slot.1 = Some(reply);
-    n
 }
 
 fn unknown_command(args: &[Vec<u8>]) -> Value {

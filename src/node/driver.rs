@@ -169,7 +169,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// A membership change applied at `index` (to `Applied`'s membership already): update
     /// the address table.
     fn apply_conf_change(&mut self, index: LogIndex, cc: ConfChange) -> Value {
-        let mut members = self.members.clone();
+        let mut members = self.peers.members().clone();
         match cc.op {
             ConfChangeOp::Remove => {
                 members.remove(&cc.node);
@@ -190,7 +190,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             index, cc.op, cc.node
         );
         // Never drop our own addresses: a removed node keeps its listeners until stopped.
-        if let Some(me) = self.members.get(&self.id).cloned() {
+        if let Some(me) = self.peers.member(self.id).cloned() {
             members.entry(self.id).or_insert(me);
         }
         self.set_members(members);
@@ -230,7 +230,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             .map_err(|e| NodeError::new(format!("installing snapshot {}: {e}", meta.last)))?;
         if let Ok(members) = decode_members(&header.extra) {
             let mut members = members;
-            if let Some(me) = self.members.get(&self.id).cloned() {
+            if let Some(me) = self.peers.member(self.id).cloned() {
                 members.insert(self.id, me);
             }
             self.set_members(members);
@@ -318,7 +318,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         };
         let header = SnapshotHeader {
             meta,
-            extra: encode_members(&self.members),
+            extra: encode_members(self.peers.members()),
         };
         match self
             .stored

@@ -120,7 +120,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         }
         let context = if context.is_empty() {
-            match self.members.get(&id) {
+            match self.peers.member(id) {
                 Some(m) => format!("peer={} client={}", m.peer, m.client).into_bytes(),
                 None => Vec::new(),
             }
@@ -139,8 +139,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             Err(ProposeError::NotLeader { leader }) => match leader.filter(|&l| l != self.id) {
                 Some(l) => Dispatch::Reply(Value::error(format!(
                     "ERR not the leader; send membership changes to node {l} ({})",
-                    self.members
-                        .get(&l)
+                    self.peers
+                        .member(l)
                         .map(|m| m.client.to_string())
                         .unwrap_or_default()
                 ))),
@@ -156,7 +156,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             return Value::error("ERR syntax error");
         }
         let mut text = String::new();
-        for (_, c) in &self.conns {
+        for (_, c) in self.conns.iter() {
             if let super::ConnKind::Client(st) = &c.kind {
                 text.push_str(&st.session.info_line(self.now));
             }
@@ -170,7 +170,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     fn member_list(&self) -> Value {
         let conf = self.applied.conf();
         let rows = self
-            .members
+            .peers
+            .members()
             .iter()
             .map(|(id, m)| {
                 let role = if conf.is_voter(*id) {
@@ -230,7 +231,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 kv("kvraft_version", env!("CARGO_PKG_VERSION").into());
                 kv("process_id", std::process::id().to_string());
                 kv("node_id", self.id.to_string());
-                if let Some(m) = self.members.get(&self.id) {
+                if let Some(m) = self.peers.member(self.id) {
                     kv("tcp_port", m.client.port().to_string());
                     kv("peer_addr", m.peer.to_string());
                 }
@@ -243,8 +244,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 kv("tick_ms", self.cfg.tick_ms.to_string());
             }
             "clients" => {
-                kv("connected_clients", self.client_conns.to_string());
-                kv("peer_connections", self.peer_conns.to_string());
+                kv("connected_clients", self.conns.client_count().to_string());
+                kv("peer_connections", self.conns.peer_count().to_string());
                 kv("maxclients", self.cfg.max_clients.to_string());
                 let (forwards, reads, writes) = self.pending.counts();
                 kv("forwarded_pending", forwards.to_string());
@@ -352,7 +353,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         kv("leader_id", st.leader.map(|l| l.0).unwrap_or(0).to_string());
         let leader_client = st
             .leader
-            .and_then(|l| self.members.get(&l))
+            .and_then(|l| self.peers.member(l))
             .map(|m| m.client.to_string());
         kv("leader_client_addr", leader_client.unwrap_or_default());
         kv("commit_index", st.commit.to_string());

@@ -25,18 +25,20 @@
 //! - `Incoming` (`incoming.rs`): a snapshot being received from the leader, and the one
 //!   received that waits for the core to install it;
 //! - `Stored` (`stored.rs`): the `Disk`, the durable index, the snapshot on disk (never
-//!   moving backwards), log compaction, and the read-only state of a full disk.
-//!
-//! NB: connections (the slab, client pipelines, counts) and peer links (the address table,
-//! dial backoff, snapshot senders) are still fields of `Node`, checked by
-//! `check_connections`; they are the next parts to split out.
+//!   moving backwards), log compaction, and the read-only state of a full disk;
+//! - `Connections` (`connections.rs`): the slab of client and peer connections, their counts
+//!   and generations, the dirty and read-again lists, accepted peers awaiting their Hello,
+//!   and each client's reply pipeline;
+//! - `Peers` (`links.rs`): the member address table (and retired members' addresses) and one
+//!   link per peer: its address, the connection shared with it, dial backoff, and the
+//!   snapshot stream to it. Its check is given `Connections`, which its links point into.
 //!
 //! Files: `event_loop.rs` (the mio shell), `storage.rs` and `net.rs` (the seams), `conn.rs`
 //! (one connection's buffers), `peers.rs` (dialing, handshakes, peer frames, snapshot
-//! streams), `clients.rs` (the RESP port, dispatch, forwarding), `driver.rs` (the Ready
-//! contract, apply, snapshots), `info.rs` (INFO and admin commands), `startup.rs`
-//! (recovery), the parts above, and `snapshot/` (the file format, files, the fork child,
-//! transfer).
+//! streams: behaviour over `Peers` and `Connections`), `clients.rs` (the RESP port,
+//! dispatch, forwarding), `driver.rs` (the Ready contract, apply, snapshots), `info.rs`
+//! (INFO and admin commands), `startup.rs` (recovery), the parts above, and `snapshot/`
+//! (the file format, files, the fork child, transfer).
 
 pub mod clock;
 pub mod conn;
@@ -49,16 +51,17 @@ pub mod tls;
 
 mod applied;
 mod clients;
+mod connections;
 mod driver;
 mod event_loop;
 mod incoming;
 mod info;
+mod links;
 mod peers;
 mod pending;
 mod startup;
 mod stored;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -66,8 +69,6 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use mio::Interest;
-use slab::Slab;
 
 use crate::client::session::Session;
 use crate::client::Protocol;
@@ -79,10 +80,11 @@ use crate::timer::{TimerHandle, TimerWheel};
 use self::applied::Applied;
 use self::clock::Clock;
 use self::conn::{Conn, ReadStatus};
+use self::connections::{ClientState, ConnKind, Connections};
 use self::incoming::Incoming;
+use self::links::{MemberAddrs, Peers};
 use self::net::Net;
 use self::pending::Pending;
-use self::snapshot::SnapshotSender;
 use self::storage::Disk;
 use self::stored::Stored;
 
@@ -97,10 +99,6 @@ const SNAPSHOT_CHILD_DEADLINE: Duration = Duration::from_secs(600);
 /// An accepted peer connection that has not said Hello within this long is closed, so idle
 /// sockets cannot hold the peer port's slots (`PEER_CONNECTIONS_MAX`) against real members.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reconnect backoff bounds for peers.
-const DIAL_BACKOFF_MIN_MS: u64 = 20;
-const DIAL_BACKOFF_MAX_MS: u64 = 1000;
-
 /// A fatal error: the node stops and the process exits non-zero.
 #[derive(Debug)]
 pub struct NodeError(pub String);
@@ -151,88 +149,6 @@ enum ReplyTo {
     },
 }
 
-/// What kind of connection a slab entry is (not to be confused with `raft::Role`).
-enum ConnKind {
-    Client(ClientState),
-    /// Accepted from a peer; `from` is known once its Hello arrived.
-    PeerIn {
-        from: Option<NodeId>,
-    },
-    /// Dialed by us to send to `to`; `hello_ok` once the peer's Hello came back.
-    PeerOut {
-        to: NodeId,
-        hello_ok: bool,
-    },
-}
-
-/// A client's pipeline: replies leave in request order.
-struct ClientState {
-    next_seq: u64,
-    /// Requests not yet answered, oldest first: (seq, reply once known).
-    pending: VecDeque<(u64, Option<Vec<u8>>)>,
-    /// Bytes of replies held in `pending` behind an unanswered one; they count toward the
-    /// output cap like queued bytes do.
-    held_bytes: usize,
-    addr: SocketAddr,
-    /// Protocol, name and MULTI gate (`client::session`), boxed to keep `Role` small.
-    session: Box<Session>,
-}
-
-struct Connection<T> {
-    conn: Conn<T>,
-    kind: ConnKind,
-    gen: u64,
-    /// Listed in `Node::dirty` (has output to flush or interest to re-derive).
-    dirty: bool,
-    /// Input may remain unread (the per-event budget ran out): read again next turn. Listed
-    /// in `Node::leftover` while set.
-    more_input: bool,
-    registered: Interest,
-}
-
-impl<F: snapshot::ChunkSource> PeerLink<F> {
-    fn new(addr: SocketAddr, now: Instant) -> PeerLink<F> {
-        PeerLink {
-            addr,
-            key: None,
-            backoff_ms: DIAL_BACKOFF_MIN_MS,
-            dial_timer: None,
-            reported_unreachable: false,
-            sender: None,
-            snapshot_retry_at: None,
-            snapshot_heard_at: now,
-            down_since: now,
-        }
-    }
-}
-
-/// A peer, and the one connection we share with it.
-struct PeerLink<F: snapshot::ChunkSource> {
-    /// Where to dial it (used only on the dialing side: the lower id).
-    addr: SocketAddr,
-    /// The slab key of the connection (dialed by us or accepted), when one exists.
-    key: Option<usize>,
-    backoff_ms: u64,
-    dial_timer: Option<TimerHandle>,
-    /// The core was told the peer is unreachable since the last connection broke.
-    reported_unreachable: bool,
-    /// A snapshot being streamed to this peer.
-    sender: Option<SnapshotSender<F>>,
-    /// Opening a snapshot for this peer failed; not before this time again.
-    snapshot_retry_at: Option<Instant>,
-    /// When the snapshot stream last started or heard an ack.
-    snapshot_heard_at: Instant,
-    /// Since when there is no connection (or when we last dialed as the higher id).
-    down_since: Instant,
-}
-
-/// Member addresses, as the config file or a membership change gave them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct MemberAddrs {
-    peer: SocketAddr,
-    client: SocketAddr,
-}
-
 /// Counters reported by INFO.
 #[derive(Default)]
 struct Stats {
@@ -264,22 +180,10 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     /// The disk and what it holds (`stored.rs`).
     stored: Stored<D>,
     net: N,
-    conns: Slab<Connection<N::Stream>>,
-    /// Accepted peer connections waiting for their Hello: (key, generation, deadline), oldest
-    /// first.
-    awaiting_hello: VecDeque<(usize, u64, Instant)>,
-    /// How many of `conns` are clients, and how many peers.
-    client_conns: usize,
-    peer_conns: usize,
-    next_gen: u64,
-    dirty: Vec<usize>,
-    /// Connections to read again next turn (their budget ran out, or a paused client may
-    /// continue), with the generation that asked.
-    leftover: Vec<(usize, u64)>,
-    members: BTreeMap<NodeId, MemberAddrs>,
-    /// Addresses of members removed from `members` (to reach one that still leads).
-    retired: BTreeMap<NodeId, MemberAddrs>,
-    peers: HashMap<NodeId, PeerLink<D::Source>>,
+    /// Every connection, client pipelines included (`connections.rs`).
+    conns: Connections<N::Stream>,
+    /// The address table and the link to each peer (`links.rs`).
+    peers: Peers<D::Source>,
     cluster_id: u64,
     /// Client requests accepted and not yet answered (`pending.rs`).
     pending: Pending,
@@ -337,7 +241,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// How long the shell may wait for events before the next turn is due.
     pub fn poll_timeout(&self, now: Instant) -> Duration {
-        if !self.leftover.is_empty() {
+        if self.conns.has_leftover() {
             return Duration::ZERO;
         }
         match self.wheel.next_deadline() {
@@ -357,8 +261,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let peer = listener == Listener::Peer;
         self.stats.connections_received += 1;
         let (count, max) = match peer {
-            true => (self.peer_conns, crate::limits::PEER_CONNECTIONS_MAX),
-            false => (self.client_conns, self.cfg.max_clients),
+            true => (self.conns.peer_count(), crate::limits::PEER_CONNECTIONS_MAX),
+            false => (self.conns.client_count(), self.cfg.max_clients),
         };
         if count >= max {
             self.stats.rejected_connections += 1;
@@ -376,54 +280,26 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 // The local address is the configured client address: the stream is behind
                 // the `Net` seam, which does not expose it.
                 let laddr = self
-                    .members
-                    .get(&self.id)
+                    .peers
+                    .member(self.id)
                     .map(|m| m.client.to_string())
                     .unwrap_or_default();
                 // The id is the generation `insert_conn` gives it: unique on this node.
-                let session = Session::new(self.next_gen + 1, addr.to_string(), laddr, self.now);
-                let state = ClientState {
-                    next_seq: 0,
-                    pending: VecDeque::new(),
-                    held_bytes: 0,
-                    addr,
-                    session: Box::new(session),
-                };
+                let session =
+                    Session::new(self.conns.next_gen(), addr.to_string(), laddr, self.now);
+                let state = ClientState::new(addr, session);
                 (Conn::client(stream), ConnKind::Client(state))
             }
         };
         match self.insert_conn(conn, kind) {
-            Ok(key) if peer => {
-                let gen = self.conns[key].gen;
-                self.awaiting_hello
-                    .push_back((key, gen, self.now + HELLO_TIMEOUT));
-            }
+            Ok(key) if peer => self.conns.await_hello(key, self.now + HELLO_TIMEOUT),
             Ok(_) => {}
             Err(e) => warn!("registering a connection from {addr}: {e}"),
         }
     }
 
     fn insert_conn(&mut self, conn: Conn<N::Stream>, kind: ConnKind) -> io::Result<usize> {
-        self.next_gen += 1;
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        let mut c = Connection {
-            conn,
-            kind,
-            gen: self.next_gen,
-            dirty: false,
-            more_input: false,
-            registered: Interest::READABLE,
-        };
-        let interest = c.conn.interest();
-        self.net.register(&mut c.conn.stream, key, interest)?;
-        c.registered = interest;
-        match c.kind {
-            ConnKind::Client(_) => self.client_conns += 1,
-            ConnKind::PeerIn { .. } | ConnKind::PeerOut { .. } => self.peer_conns += 1,
-        }
-        entry.insert(c);
-        Ok(key)
+        self.conns.insert(&mut self.net, conn, kind)
     }
 
     fn conn_ready(&mut self, key: usize, readable: bool) {
@@ -491,14 +367,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Connections whose budget ran out last turn are read again (edge-triggered readiness
     /// will not repeat the event).
     fn read_leftovers(&mut self) {
-        for (key, gen) in std::mem::take(&mut self.leftover) {
-            let Some(c) = self.conns.get_mut(key) else {
-                continue;
-            };
-            if c.gen != gen || !c.more_input {
+        for (key, gen) in self.conns.take_leftover() {
+            if !self.conns.begin_reread(key, gen) {
                 continue;
             }
-            c.more_input = false;
             self.read_conn(key);
             if self.conns.contains(key) {
                 self.mark_dirty(key);
@@ -508,34 +380,24 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// Read `key` again next turn, without waiting for readiness.
     fn read_again(&mut self, key: usize) {
-        let c = &mut self.conns[key];
-        if !c.more_input {
-            c.more_input = true;
-            self.leftover.push((key, c.gen));
-        }
+        self.conns.read_again(key);
     }
 
     fn mark_dirty(&mut self, key: usize) {
-        let c = &mut self.conns[key];
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push(key);
-        }
+        self.conns.mark_dirty(key);
     }
 
     /// Write what each dirty connection has queued and re-derive its interest.
     fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for key in dirty {
-            let Some(c) = self.conns.get_mut(key) else {
+        for key in self.conns.take_dirty() {
+            let Some(c) = self.conns.begin_flush(key) else {
                 continue;
             };
-            c.dirty = false;
             if let Err(e) = c.conn.flush() {
                 self.close_conn(key, &format!("write: {e}"));
                 continue;
             }
-            let owed = matches!(&c.kind, ConnKind::Client(st) if !st.pending.is_empty());
+            let owed = matches!(&c.kind, ConnKind::Client(st) if st.unanswered() > 0);
             if c.conn.done() && !owed {
                 self.close_conn(key, "closed after reply");
                 continue;
@@ -552,14 +414,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn close_conn(&mut self, key: usize, why: &str) {
-        let Some(mut c) = self.conns.try_remove(key) else {
+        let Some(mut c) = self.conns.remove(key) else {
             return;
         };
         self.net.deregister(&mut c.conn.stream);
-        match c.kind {
-            ConnKind::Client(_) => self.client_conns -= 1,
-            ConnKind::PeerIn { .. } | ConnKind::PeerOut { .. } => self.peer_conns -= 1,
-        }
         match c.kind {
             ConnKind::Client(ref st) => {
                 log::debug!("client {} closed: {why}", st.addr);
@@ -584,7 +442,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             match id {
                 TimerId::RaftTick => self.raft_ticks(),
                 TimerId::Dial(node) => {
-                    if let Some(link) = self.peers.get_mut(&node) {
+                    if let Some(link) = self.peers.link_mut(node) {
                         link.dial_timer = None;
                     }
                     self.dial(node);
@@ -634,18 +492,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// Close accepted peer connections that never said who they are.
     fn expire_silent_peers(&mut self) {
-        while let Some(&(key, gen, deadline)) = self.awaiting_hello.front() {
-            if deadline > self.now {
-                break;
-            }
-            self.awaiting_hello.pop_front();
-            let silent = self
-                .conns
-                .get(key)
-                .is_some_and(|c| c.gen == gen && matches!(c.kind, ConnKind::PeerIn { from: None }));
-            if silent {
-                self.close_conn(key, "no Hello in time");
-            }
+        for key in self.conns.take_silent(self.now) {
+            self.close_conn(key, "no Hello in time");
         }
     }
 
@@ -719,7 +567,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Every owned part's invariants; debug builds check them every turn, the simulator after
     /// every step. A failure is a bug in this node.
     pub fn check_invariants(&self) {
-        self.check_connections();
+        self.conns.check_invariants();
+        self.peers.check_invariants(self.id, &self.conns);
         self.pending.check_invariants(self.applied.index());
         self.applied.check_invariants(
             self.stored.snapshot_meta().last.index,
@@ -727,54 +576,5 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         );
         self.incoming.check_invariants();
         self.stored.check_invariants();
-    }
-
-    /// Client connections and replies: counts match, pipelines are bounded and account for
-    /// the bytes they hold; every peer link names a live peer connection.
-    fn check_connections(&self) {
-        let clients = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.kind, ConnKind::Client(_)))
-            .count();
-        assert_eq!(clients, self.client_conns, "client connection count");
-        assert_eq!(
-            self.conns.len() - clients,
-            self.peer_conns,
-            "peer connection count"
-        );
-        for (key, c) in self.conns.iter() {
-            c.conn.check_invariants();
-            if let ConnKind::Client(st) = &c.kind {
-                let held: usize = st
-                    .pending
-                    .iter()
-                    .filter_map(|(_, r)| r.as_ref())
-                    .map(Vec::len)
-                    .sum();
-                assert_eq!(held, st.held_bytes, "client {key}: held reply bytes");
-                assert!(
-                    st.pending.len() <= crate::limits::CLIENT_PENDING_MAX + 1,
-                    "client {key}: {} requests pending",
-                    st.pending.len()
-                );
-                let seqs_in_order = st
-                    .pending
-                    .iter()
-                    .zip(st.pending.iter().skip(1))
-                    .all(|(a, b)| b.0 == a.0 + 1);
-                assert!(seqs_in_order, "client {key}: pipeline slots out of order");
-            }
-        }
-        for (id, link) in &self.peers {
-            if let Some(key) = link.key {
-                let c = self.conns.get(key);
-                let is_peer = c.is_some_and(|c| !matches!(c.kind, ConnKind::Client(_)));
-                assert!(
-                    is_peer,
-                    "link to node {id} names connection {key}, not a peer's"
-                );
-            }
-        }
     }
 }

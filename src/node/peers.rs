@@ -22,10 +22,7 @@ const DIAL_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
 const SNAPSHOT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 use super::net::{ConnectState, Net};
 use super::storage::Disk;
-use super::{
-    ConnKind, CoreReport, MemberAddrs, Node, PeerLink, TimerId, DIAL_BACKOFF_MAX_MS,
-    DIAL_BACKOFF_MIN_MS,
-};
+use super::{ConnKind, CoreReport, MemberAddrs, Node, TimerId};
 use crate::kv::StateMachine;
 use crate::limits;
 use crate::raft::{EntryId, Message, MessageBody, NodeId, SnapshotMeta, Term};
@@ -36,15 +33,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn set_members(&mut self, members: BTreeMap<NodeId, MemberAddrs>) {
         let removed: Vec<NodeId> = self
             .peers
-            .keys()
+            .links()
+            .map(|(id, _)| id)
             .filter(|id| !members.contains_key(id))
-            .copied()
             .collect();
         for id in removed {
-            if let Some(m) = self.members.get(&id) {
-                self.retired.insert(id, m.clone());
-            }
-            if let Some(link) = self.peers.remove(&id) {
+            self.peers.retire(id);
+            if let Some(link) = self.peers.remove_link(id) {
                 info!("node {id} left the member table");
                 if link.sender.is_some() {
                     // The core waits for the stream's end: tell it, or it waits forever
@@ -63,11 +58,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             if id == self.id {
                 continue;
             }
-            let moved = self.peers.get(&id).map(|l| l.addr != m.peer);
+            let moved = self.peers.link(id).map(|l| l.addr != m.peer);
             match moved {
                 Some(false) => {}
                 Some(true) => {
-                    let key = self.peers.get_mut(&id).and_then(|l| {
+                    let key = self.peers.link_mut(id).and_then(|l| {
                         l.addr = m.peer;
                         l.key
                     });
@@ -76,12 +71,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     }
                 }
                 None => {
-                    self.peers.insert(id, PeerLink::new(m.peer, self.now));
+                    self.peers.add_link(id, m.peer, self.now);
                     self.dial(id);
                 }
             }
         }
-        self.members = members;
+        self.peers.replace_members(members);
     }
 
     /// A node this node no longer lists but must still reach: the leader, or a member of the
@@ -93,13 +88,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let mut wanted: Vec<NodeId> = self.raft.leader().into_iter().collect();
         wanted.extend(self.raft.status().conf.members());
         for id in wanted {
-            if id == self.id || self.peers.contains_key(&id) {
+            if id == self.id || self.peers.link(id).is_some() {
                 continue;
             }
-            if let Some(m) = self.retired.get(&id) {
+            if let Some(addr) = self.peers.retired(id).map(|m| m.peer) {
                 info!("node {id} left our member table but is still needed: reconnecting");
-                let link = PeerLink::new(m.peer, self.now);
-                self.peers.insert(id, link);
+                self.peers.add_link(id, addr, self.now);
                 self.dial(id);
             }
         }
@@ -125,13 +119,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let now = self.now;
         let silent: Vec<NodeId> = self
             .peers
-            .iter()
-            .filter(|(&id, l)| !self.dials(id) && l.key.is_none() && l.dial_timer.is_none())
+            .links()
+            .filter(|&(id, l)| !self.dials(id) && l.key.is_none() && l.dial_timer.is_none())
             .filter(|(_, l)| now.saturating_duration_since(l.down_since) >= DIAL_FALLBACK)
-            .map(|(&id, _)| id)
+            .map(|(id, _)| id)
             .collect();
         for id in silent {
-            if let Some(link) = self.peers.get_mut(&id) {
+            if let Some(link) = self.peers.link_mut(id) {
                 link.down_since = now; // the next try, if this one fails, after another wait
             }
             debug!("no connection from node {id} for {DIAL_FALLBACK:?}: dialing it");
@@ -140,7 +134,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn connect_to(&mut self, to: NodeId) {
-        let Some(link) = self.peers.get(&to) else {
+        let Some(link) = self.peers.link(to) else {
             return;
         };
         if link.key.is_some() || link.dial_timer.is_some() {
@@ -171,7 +165,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             },
         ) {
             Ok(key) => {
-                if let Some(link) = self.peers.get_mut(&to) {
+                if let Some(link) = self.peers.link_mut(to) {
                     link.key = Some(key);
                 }
             }
@@ -200,17 +194,16 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn schedule_redial(&mut self, to: NodeId) {
-        let Some(link) = self.peers.get_mut(&to) else {
+        let Some(link) = self.peers.link_mut(to) else {
             return;
         };
         if link.dial_timer.is_some() {
             return;
         }
-        let ticks = self.clock.ms_to_ticks(link.backoff_ms);
-        link.backoff_ms = (link.backoff_ms * 2).min(DIAL_BACKOFF_MAX_MS);
+        let ticks = self.clock.ms_to_ticks(link.next_backoff_ms());
         let at = self.now_tick + ticks;
         let h = self.schedule(at, TimerId::Dial(to));
-        if let Some(link) = self.peers.get_mut(&to) {
+        if let Some(link) = self.peers.link_mut(to) {
             link.dial_timer = h;
         }
     }
@@ -218,7 +211,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Connection `key` to `to` closed. If it was the current one: tell the core, stop any
     /// snapshot stream, and (on the dialing side) redial later.
     pub(super) fn peer_down(&mut self, to: NodeId, key: usize) {
-        let Some(link) = self.peers.get_mut(&to) else {
+        let Some(link) = self.peers.link_mut(to) else {
             return;
         };
         if link.key != Some(key) {
@@ -243,7 +236,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Queue a frame on the connection to `to`. Dropped (Raft tolerates loss) when
     /// there is no connection or its queue is full.
     pub(super) fn send_frame(&mut self, to: NodeId, frame: &Frame) -> bool {
-        let Some(key) = self.peers.get(&to).and_then(|l| l.key) else {
+        let Some(key) = self.peers.key_of(to) else {
             return false;
         };
         let c = &mut self.conns[key];
@@ -409,8 +402,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     );
                 }
                 *hello_ok = true;
-                if let Some(link) = self.peers.get_mut(&from) {
-                    link.backoff_ms = DIAL_BACKOFF_MIN_MS;
+                if let Some(link) = self.peers.link_mut(from) {
+                    link.reset_backoff();
                     link.reported_unreachable = false;
                 }
                 info!("connected to node {from}");
@@ -422,7 +415,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// A peer dialed us and said who it is: its connection becomes the one we send on, replacing
     /// an older one (the peer restarted and the old socket has not noticed yet).
     fn adopt_inbound(&mut self, from: NodeId, key: usize) {
-        let addr = match self.members.get(&from) {
+        let addr = match self.peers.member(from) {
             Some(m) => m.peer,
             None => {
                 info!("accepted a connection from node {from}, not (yet) a member");
@@ -432,10 +425,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         };
         let now = self.now;
-        let link = self
-            .peers
-            .entry(from)
-            .or_insert_with(|| PeerLink::new(addr, now));
+        let link = self.peers.link_or_add(from, addr, now);
         let old = link.key.replace(key);
         link.reported_unreachable = false;
         if let Some(old) = old.filter(|&old| old != key) {
@@ -449,7 +439,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             warn!("the core asked to send a snapshot to node {to} but there is none on disk");
             return self.report_to_core(CoreReport::Snapshot, to, false);
         }
-        let Some(link) = self.peers.get(&to) else {
+        let Some(link) = self.peers.link(to) else {
             return self.report_to_core(CoreReport::Snapshot, to, false);
         };
         if link
@@ -477,7 +467,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 .snapshot_open(&current, chunk, inflight);
         }
         let now = self.now;
-        let Some(link) = self.peers.get_mut(&to) else {
+        let Some(link) = self.peers.link_mut(to) else {
             return;
         };
         match opened {
@@ -510,7 +500,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let term = self.raft.term();
         let now = self.now;
         let mut stalled = Vec::new();
-        for (&id, link) in self.peers.iter_mut() {
+        for (id, link) in self.peers.links_mut() {
             let Some(sender) = link.sender.as_mut() else {
                 continue;
             };
@@ -529,7 +519,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Send the next chunks the sender's window allows.
     fn pump_snapshot(&mut self, to: NodeId, term: Term) {
         loop {
-            let Some(link) = self.peers.get_mut(&to) else {
+            let Some(link) = self.peers.link_mut(to) else {
                 return;
             };
             let Some(sender) = link.sender.as_mut() else {
@@ -556,7 +546,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 done,
             };
             if !self.send_frame(to, &frame) {
-                if let Some(link) = self.peers.get_mut(&to) {
+                if let Some(link) = self.peers.link_mut(to) {
                     link.sender = None;
                 }
                 return self.report_to_core(CoreReport::Snapshot, to, false);
@@ -566,7 +556,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     fn on_snapshot_ack(&mut self, from: NodeId, snapshot: EntryId, next_offset: u64, ok: bool) {
         let term = self.raft.term();
-        let Some(link) = self.peers.get_mut(&from) else {
+        let Some(link) = self.peers.link_mut(from) else {
             return;
         };
         let Some(sender) = link.sender.as_mut() else {

@@ -14,7 +14,7 @@
 //! 3. Every pending read's context is below `next_read_ctx`, every forward's id below
 //!    `next_forward_id`: ids are handed out once and never reused while this node runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::ReplyTo;
@@ -55,12 +55,12 @@ pub(super) struct Pending {
     /// Writes by the index of their entry. Invariant 1.
     waiters: BTreeMap<LogIndex, Waiter>,
     /// Reads by context. Invariants 2, 3.
-    reads: HashMap<u64, PendingRead>,
+    reads: BTreeMap<u64, PendingRead>,
     /// Reads whose round completed: (the index apply must reach, context), in arrival order.
     reads_ready: Vec<(LogIndex, u64)>,
     next_read_ctx: u64,
     /// Forwarded requests by id. Invariants 2, 3.
-    forwards: HashMap<u64, Forward>,
+    forwards: BTreeMap<u64, Forward>,
     next_forward_id: u64,
 }
 
@@ -70,10 +70,10 @@ impl Pending {
     pub(super) fn new(first_forward_id: u64) -> Pending {
         Pending {
             waiters: BTreeMap::new(),
-            reads: HashMap::new(),
+            reads: BTreeMap::new(),
             reads_ready: Vec::new(),
             next_read_ctx: 1,
-            forwards: HashMap::new(),
+            forwards: BTreeMap::new(),
             next_forward_id: first_forward_id.max(1),
         }
     }

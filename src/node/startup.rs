@@ -6,12 +6,11 @@
 //! Commit starts at the snapshot index, never at the end of the log: what the log holds beyond
 //! the snapshot is committed only when the protocol says so again (seed lesson 8).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::info;
-use slab::Slab;
 
 use super::applied::Applied;
 use super::clock::Clock;
@@ -20,7 +19,7 @@ use super::net::Net;
 use super::pending::Pending;
 use super::storage::Disk;
 use super::stored::Stored;
-use super::{MemberAddrs, Node, NodeError, Stats, TimerId};
+use super::{Connections, MemberAddrs, Node, NodeError, Peers, Stats, TimerId};
 use crate::config::Config;
 use crate::kv::StateMachine;
 use crate::raft::{self, ConfState, HardState, LogIndex, NodeId, Raft, Restored, SnapshotMeta};
@@ -179,16 +178,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 now,
             ),
             net,
-            conns: Slab::new(),
-            awaiting_hello: VecDeque::new(),
-            client_conns: 0,
-            peer_conns: 0,
-            next_gen: 0,
-            dirty: Vec::new(),
-            leftover: Vec::new(),
-            members: BTreeMap::new(),
-            retired: BTreeMap::new(),
-            peers: HashMap::new(),
+            conns: Connections::new(),
+            peers: Peers::new(),
             pending: Pending::new(first_forward_id),
             applied: Applied::new(sm, &snapshot_meta, Box::new(make_sm)),
             snapshot_requested: false,
@@ -212,7 +203,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// This node's own addresses (peer, client): where the shell listens.
     pub fn own_addrs(&self) -> (SocketAddr, SocketAddr) {
-        let me = &self.members[&self.id];
+        let me = &self.peers.members()[&self.id];
         (me.peer, me.client)
     }
 }

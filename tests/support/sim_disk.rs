@@ -9,8 +9,16 @@
 //! recovery then keeps the log up to the first hole, as the WAL's torn-tail rule does.
 //!
 //! Faults the simulator sets in `DiskFaults`: the next sync fails (the node treats it as
-//! fatal and stops; the simulator restarts it), the disk is full (appends fail with
-//! `NoSpace`), and snapshots take a number of polls to finish (a slow disk).
+//! fatal and stops; the simulator restarts it), the next sync is slow, the disk is full
+//! (appends fail with `NoSpace`), and snapshots take a number of polls to finish.
+//!
+//! A slow sync. `Disk::sync` is synchronous (the daemon's fsync blocks its one thread), so a
+//! slow sync is durable when it returns, like any other; what it costs is time. The disk
+//! only records how many ticks the sync took (`take_stall_ticks`); the simulator charges
+//! them to the node's turn: the turn that synced ends that many ticks later, so the node
+//! takes no turn meanwhile and what it wrote in that turn leaves only when the turn ends
+//! (`World::hold_output`). Its peers meanwhile see a silent node (their election timers
+//! run), its clients wait, and its next turn catches up the ticks it missed.
 //!
 //! Invariants (`check_invariants`):
 //! 1. The view's log is contiguous and, below the first unsynced page, equals the image's.
@@ -70,6 +78,8 @@ impl Image {
 #[derive(Clone, Debug, Default)]
 pub struct DiskFaults {
     pub fail_next_sync: bool,
+    /// Ticks the next (successful) sync takes; 0: it takes no time.
+    pub slow_next_sync_ticks: u64,
     pub full: bool,
     /// Polls a snapshot takes to finish (a slow disk).
     pub snapshot_polls: u32,
@@ -97,6 +107,8 @@ pub struct SimDisk {
     /// A sync failed: every later one fails too (a failed fsync is sticky).
     failed: bool,
     pub syncs: u64,
+    /// Ticks the syncs since the last `take_stall_ticks` took.
+    stall_ticks: u64,
 }
 
 fn name(id: EntryId) -> PathBuf {
@@ -119,6 +131,7 @@ impl SimDisk {
             job: None,
             failed: false,
             syncs: 0,
+            stall_ticks: 0,
         }
     }
 
@@ -143,6 +156,12 @@ impl SimDisk {
             }
         }
         (kept, pages.len())
+    }
+
+    /// The ticks the syncs since the last call took (the simulator charges them to the
+    /// node's turn).
+    pub fn take_stall_ticks(&mut self) -> u64 {
+        std::mem::take(&mut self.stall_ticks)
     }
 
     fn check_open(&self) -> Result<(), String> {
@@ -192,11 +211,16 @@ impl Disk for SimDisk {
 
     fn sync(&mut self) -> Result<(), String> {
         self.check_open()?;
-        let fail = std::mem::take(&mut self.faults.borrow_mut().fail_next_sync);
+        let (fail, slow_ticks) = {
+            let mut f = self.faults.borrow_mut();
+            let slow = std::mem::take(&mut f.slow_next_sync_ticks);
+            (std::mem::take(&mut f.fail_next_sync), slow)
+        };
         if fail {
             self.failed = true;
             return Err("simulated fsync failure".into());
         }
+        self.stall_ticks += slow_ticks;
         let mut im = self.image.borrow_mut();
         for page in self.unsynced.drain(..) {
             assert!(im.write(&page), "synced page {} leaves a hole", page.index);

@@ -6,7 +6,9 @@
 //! real `wire::decode` (so a frame the real encoder made too large, or malformed, fails here
 //! as it would at the receiver: its bytes are passed on raw and the receiver closes the
 //! connection); each frame is then lost, duplicated or delayed (reordered) by the seeded
-//! fault mix, or dropped by a partition. Client traffic (RESP) is moved unchanged.
+//! fault mix, or dropped by a partition. Client traffic (RESP) is moved unchanged. What a
+//! node writes in a turn that is still running (a slow sync: `hold_output`) stays with it
+//! until the turn ends.
 //!
 //! Invariants:
 //! 1. Bytes of one side arrive at the other in order, except for whole peer frames the fault
@@ -82,6 +84,9 @@ pub struct World {
     accepts: Vec<(NodeId, u64, Listener, SocketAddr)>,
     /// Node pairs (from, to) whose frames are dropped.
     pub blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes whose turn is still running (a slow sync) until a time (ms): what they wrote
+    /// stays with them until then.
+    held: BTreeMap<NodeId, u64>,
     pub faults: NetFaults,
     pub frames_delivered: u64,
     pub frames_dropped: u64,
@@ -100,6 +105,7 @@ impl World {
             up: BTreeSet::new(),
             accepts: Vec::new(),
             blocked: BTreeSet::new(),
+            held: BTreeMap::new(),
             faults: NetFaults::default(),
             frames_delivered: 0,
             frames_dropped: 0,
@@ -193,12 +199,22 @@ impl World {
         }
     }
 
+    /// What `node` writes leaves no sooner than `until_ms` (its turn runs until then).
+    pub fn hold_output(&mut self, node: NodeId, until_ms: u64) {
+        self.held.insert(node, until_ms);
+    }
+
     fn cut_frames(&mut self, id: u64, from: usize, now_ms: u64, rng: &mut Prng) {
         let faults = self.faults.clone();
         let (owners, framed) = {
             let c = &self.conns[&id];
             ((c.sides[0].owner, c.sides[1].owner), c.framed)
         };
+        if let Owner::Node(n) = [owners.0, owners.1][from] {
+            if self.held.get(&n).is_some_and(|&until| until > now_ms) {
+                return;
+            }
+        }
         let c = self.conns.get_mut(&id).expect("listed");
         let written = std::mem::take(&mut c.sides[from].written);
         if written.is_empty() {
@@ -275,6 +291,7 @@ impl World {
                 }
             }
         }
+        self.held.remove(&node);
         self.set_up(node, false);
     }
 }
