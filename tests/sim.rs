@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use kvraft::client::resp;
 use kvraft::client::Value;
-use kvraft::config::Config;
+use kvraft::config::{Config, InitialClusterState};
 use kvraft::kv::{KvStore, Request, StateMachine};
 use kvraft::node::{Listener, Node};
 use kvraft::prng::Prng;
@@ -95,6 +95,9 @@ struct Params {
     /// Per mille per tick: the node's next sync is slow, taking 1..=`slow_sync_ticks_max`.
     slow_sync: u64,
     slow_sync_ticks_max: u64,
+    /// Per mille of restarts: the node comes back with its whole storage lost (only while
+    /// every other voter is intact and admitted: see `may_lose_storage`).
+    storage_loss: u64,
     clients: u64,
     garbage: u64,
     membership: bool,
@@ -103,7 +106,7 @@ struct Params {
 impl Params {
     /// `slow`: a stream of its own for the slow-sync fault, so that adding it left every
     /// other draw of a seed (and the seeds cited above) as it was.
-    fn draw(rng: &mut Prng, slow: &mut Prng) -> Params {
+    fn draw(rng: &mut Prng, slow: &mut Prng, lost: &mut Prng) -> Params {
         let five = rng.chance(1, 2);
         let membership = rng.chance(1, 3);
         Params {
@@ -121,6 +124,7 @@ impl Params {
             snapshot_polls: [0, 3, 30][rng.range(0, 3) as usize] as u32,
             slow_sync: [0, 5, 30][slow.range(0, 3) as usize],
             slow_sync_ticks_max: [3, 20, 60][slow.range(0, 3) as usize],
+            storage_loss: [0, 200, 500][lost.range(0, 3) as usize],
             clients: rng.range(1, 5),
             garbage: [0, 20, 100][rng.range(0, 3) as usize],
             membership,
@@ -146,6 +150,9 @@ struct Stats {
     /// Syncs that took time, and the ticks they took.
     slow_syncs: u64,
     slow_sync_ticks: u64,
+    /// Restarts with the whole storage lost, and re-admissions seen (the node voting again).
+    storage_losses: u64,
+    readmitted: u64,
 }
 
 impl Stats {
@@ -165,6 +172,8 @@ impl Stats {
         self.elections += o.elections;
         self.slow_syncs += o.slow_syncs;
         self.slow_sync_ticks += o.slow_sync_ticks;
+        self.storage_losses += o.storage_losses;
+        self.readmitted += o.readmitted;
     }
 }
 
@@ -217,6 +226,12 @@ struct Sim {
     rng: Prng,
     /// Draws for slow syncs only (see `Params::draw`).
     slow_rng: Prng,
+    /// Draws for storage loss only.
+    lost_rng: Prng,
+    /// A node whose storage was lost and that is not yet a voter again as its new incarnation:
+    /// no other storage is lost meanwhile (losing a second voter could lose a majority, which
+    /// is unavailability by design, not a defect to find).
+    lost_pending: Option<NodeId>,
     p: Params,
     world: WorldRef,
     members: BTreeMap<NodeId, Member>,
@@ -266,7 +281,8 @@ impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Prng::new(seed);
         let mut slow_rng = Prng::new(seed ^ 0x5105_5c4c);
-        let p = Params::draw(&mut rng, &mut slow_rng);
+        let mut lost_rng = Prng::new(seed ^ 0x1057_d15c);
+        let p = Params::draw(&mut rng, &mut slow_rng, &mut lost_rng);
         let world = World::new();
         world.borrow_mut().faults = support::sim_net::NetFaults {
             loss: p.loss,
@@ -319,6 +335,8 @@ impl Sim {
         let mut sim = Sim {
             rng,
             slow_rng,
+            lost_rng,
+            lost_pending: None,
             p,
             world,
             members,
@@ -367,8 +385,13 @@ impl Sim {
         let (peer, _) = addrs(id);
         let net = SimNet::new(&self.world, id, peer);
         let seed = m.cfg.seed.unwrap_or(id.0);
+        let mut cfg = m.cfg.clone();
+        if id == NodeId(1) && m.starts == 1 {
+            // Node 1 forms the cluster, once; the others are admitted as they connect.
+            cfg.initial_cluster_state = InitialClusterState::New;
+        }
         let node = Node::start(
-            m.cfg.clone(),
+            cfg,
             m.join,
             move || KvStore::new(seed),
             disk,
@@ -382,6 +405,44 @@ impl Sim {
         m.node = Some(node);
         self.world.borrow_mut().set_up(id, true);
         self.note(format!("start {id}"));
+    }
+
+    /// Before node `id` restarts: now and then its whole storage is gone (a replaced disk),
+    /// only while a quorum of intact voters remains without it: a leader is up, its
+    /// configuration has at least three voters, and every other voter is up and voting as the
+    /// incarnation the membership records. The node comes back as a new incarnation; the
+    /// checks prove no acknowledged write is lost.
+    fn maybe_lose_storage(&mut self, id: NodeId) {
+        if self.p.storage_loss == 0 || self.lost_pending.is_some() {
+            return;
+        }
+        if self.lost_rng.range(0, 1000) >= self.p.storage_loss {
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let conf = self.members[&leader]
+            .node
+            .as_ref()
+            .expect("up")
+            .raft()
+            .conf()
+            .clone();
+        let others_voting = conf.voters.iter().filter(|&&v| v != id).all(|v| {
+            self.members[v]
+                .node
+                .as_ref()
+                .is_some_and(|n| n.raft().voting())
+        });
+        if conf.voters.len() < 3 || !others_voting || self.members[&id].starts <= 1 {
+            return;
+        }
+        let m = &self.members[&id];
+        *m.image.borrow_mut() = Image::default();
+        self.lost_pending = Some(id);
+        self.stats.storage_losses += 1;
+        self.note(format!("storage of {id} lost"));
     }
 
     /// Stop `id` as a crash does: unsynced pages partly lost, connections gone.
@@ -442,6 +503,7 @@ impl Sim {
             if m.down_ticks > 0 {
                 m.down_ticks -= 1;
                 if m.down_ticks == 0 {
+                    self.maybe_lose_storage(id);
                     self.restart(id);
                 }
             }
@@ -639,7 +701,13 @@ impl Sim {
         // left out: a leader that demoted itself, its entry reaching only itself, left no node
         // able to win an election, seeds 723 and 2903; the core now lets a voter of the
         // committed configuration campaign, raft/membership.rs "Campaigning while changed out".)
-        let pick = self.rng.range(0, 5);
+        let mut pick = self.rng.range(0, 5);
+        if self.lost_pending.is_some() && pick < 3 {
+            // A member that lost its storage is being re-admitted: removing or demoting
+            // another voter meanwhile could leave a majority of voters unable to vote, which
+            // is unavailability by design (seed 79: voters {1, 3}, node 3's disk lost).
+            pick = 4;
+        }
         match pick {
             0 => vec![
                 b"MEMBER".to_vec(),
@@ -724,6 +792,14 @@ impl Sim {
     // --- checks ----------------------------------------------------------------------------
 
     fn check(&mut self) {
+        if let Some(id) = self.lost_pending {
+            let back = |n: &SimNode| n.raft().voting() && n.raft().conf().is_voter(id);
+            if self.members[&id].node.as_ref().is_some_and(back) {
+                self.lost_pending = None;
+                self.stats.readmitted += 1;
+                self.note(format!("{id} voting again as its new incarnation"));
+            }
+        }
         for id in self.ids() {
             let Some(node) = self.members[&id].node.as_ref() else {
                 continue;

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("fatal: {e}");
             eprintln!("kvraftd: {e}");
-            ExitCode::from(1)
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -86,6 +86,23 @@ pub(super) struct MemberRecord {
     pub auto_promote: bool,
 }
 
+/// The context of `MEMBER ADD id peer client [LEARNER]`: the addresses, no incarnation yet
+/// (invited: the leader re-admits it under the incarnation its Hello names), and whether it
+/// is promoted on its own. Addresses were checked by the caller; unparsable ones give an
+/// empty context (the change then records nothing).
+pub(super) fn invited(peer: &str, client: &str, auto_promote: bool) -> Vec<u8> {
+    match (peer.parse(), client.parse()) {
+        (Ok(peer), Ok(client)) => MemberRecord {
+            peer,
+            client,
+            incarnation: 0,
+            auto_promote,
+        }
+        .encode(),
+        _ => Vec::new(),
+    }
+}
+
 /// Bytes that are not a record or a table this version wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct DecodeError(pub String);
@@ -450,15 +467,15 @@ impl MemberLog {
     }
 }
 
-/// The voting gate: this node may vote and campaign only while the configuration in force
-/// makes it a voter AND the newest member table records its own incarnation.
-pub(super) fn may_vote(
-    conf: &ConfState,
-    table: &MemberTable,
-    me: NodeId,
-    incarnation: u128,
-) -> bool {
-    conf.is_voter(me) && table.get(me).is_some_and(|r| r.incarnation == incarnation)
+/// The voting gate: this node may vote and campaign only while the newest member table
+/// records its own incarnation (the core adds: campaign only as a voter). Not "only while a
+/// voter": a member promoted in a leader's log it has not received yet must still grant that
+/// leader its vote, as any Raft voter does, or neither could ever win (found by the
+/// simulator, seed 7: voters {1, 3} in node 1's log, node 3 a learner in its own). Safe: its
+/// record names this incarnation only once its log holds the change that admitted it, and
+/// candidates count its answer only where the record names it (`counts`).
+pub(super) fn may_vote(table: &MemberTable, me: NodeId, incarnation: u128) -> bool {
+    table.get(me).is_some_and(|r| r.incarnation == incarnation)
 }
 
 /// Whether a response from `from`, on a connection whose Hello named `incarnation`, may count:
@@ -556,8 +573,11 @@ pub(super) struct Identities {
     cluster: u128,
     incarnation: u128,
     log: MemberLog,
-    /// Each peer's current connection (slab key) and the incarnation its Hello named.
-    heard: BTreeMap<NodeId, (usize, u128)>,
+    /// Each open peer connection (slab key) whose Hello arrived: the peer, the incarnation
+    /// its Hello named, and the order of the Hellos (the newest tells a peer's current
+    /// incarnation).
+    heard: BTreeMap<usize, (NodeId, u128, u64)>,
+    hellos: u64,
     /// The members this node's config file lists (id, peer, client).
     configured: Vec<(NodeId, SocketAddr, SocketAddr)>,
 }
@@ -575,6 +595,7 @@ impl Identities {
             incarnation,
             log,
             heard: BTreeMap::new(),
+            hellos: 0,
             configured,
         }
     }
@@ -630,28 +651,39 @@ impl Identities {
 
     /// Peer `from`'s connection `key` said Hello as `incarnation`.
     pub(super) fn heard(&mut self, from: NodeId, key: usize, incarnation: u128) {
-        self.heard.insert(from, (key, incarnation));
+        self.hellos += 1;
+        self.heard.insert(key, (from, incarnation, self.hellos));
     }
 
-    /// Connection `key` of `from` closed.
-    pub(super) fn closed(&mut self, from: NodeId, key: usize) {
-        if self.heard.get(&from).is_some_and(|&(k, _)| k == key) {
-            self.heard.remove(&from);
-        }
+    /// Connection `key` closed.
+    pub(super) fn closed(&mut self, key: usize) {
+        self.heard.remove(&key);
     }
 
-    /// Whether a response from `from` that arrived on connection `key` counts: the connection
-    /// is the one whose Hello we recorded, naming the incarnation the newest table records.
+    /// Whether a response from `from` that arrived on connection `key` counts: that
+    /// connection's Hello named `from` and the incarnation the newest table records for it.
     pub(super) fn counts(&self, from: NodeId, key: usize) -> bool {
-        match self.heard.get(&from) {
-            Some(&(k, inc)) => k == key && counts(self.log.newest(), from, inc),
+        match self.heard.get(&key) {
+            Some(&(f, inc, _)) => f == from && counts(self.log.newest(), from, inc),
             None => false,
         }
     }
 
+    /// Each connected peer's incarnation, as its newest Hello named it.
+    fn connected(&self) -> BTreeMap<NodeId, u128> {
+        let mut newest: BTreeMap<NodeId, (u64, u128)> = BTreeMap::new();
+        for &(from, inc, seq) in self.heard.values() {
+            let e = newest.entry(from).or_insert((seq, inc));
+            if seq >= e.0 {
+                *e = (seq, inc);
+            }
+        }
+        newest.into_iter().map(|(id, (_, inc))| (id, inc)).collect()
+    }
+
     /// The voting gate for this node.
-    pub(super) fn may_vote(&self, conf: &ConfState, me: NodeId) -> bool {
-        may_vote(conf, self.log.newest(), me, self.incarnation)
+    pub(super) fn may_vote(&self, me: NodeId) -> bool {
+        may_vote(self.log.newest(), me, self.incarnation)
     }
 
     /// The leader's next admission step (see `next_admission`).
@@ -662,11 +694,7 @@ impl Identities {
         matched: &BTreeMap<NodeId, LogIndex>,
         commit: LogIndex,
     ) -> Option<(ConfChange, String)> {
-        let connected: BTreeMap<NodeId, u128> = self
-            .heard
-            .iter()
-            .map(|(&id, &(_, inc))| (id, inc))
-            .collect();
+        let connected = self.connected();
         next_admission(&AdmissionView {
             me,
             conf,
@@ -891,11 +919,13 @@ mod tests {
         let mut t = MemberTable::default();
         t.insert(NodeId(1), rec(1, 11, true));
         t.insert(NodeId(2), rec(2, 22, true));
-        let c = conf(&[1], &[2]);
-        assert!(may_vote(&c, &t, NodeId(1), 11));
-        assert!(!may_vote(&c, &t, NodeId(1), 12), "another incarnation");
-        assert!(!may_vote(&c, &t, NodeId(2), 22), "a learner");
-        assert!(!may_vote(&c, &t, NodeId(3), 0), "no record");
+        assert!(may_vote(&t, NodeId(1), 11));
+        assert!(!may_vote(&t, NodeId(1), 12), "another incarnation");
+        assert!(
+            may_vote(&t, NodeId(2), 22),
+            "a learner of its incarnation grants votes"
+        );
+        assert!(!may_vote(&t, NodeId(3), 0), "no record");
         assert!(
             counts(&t, NodeId(2), 22) && !counts(&t, NodeId(2), 23) && !counts(&t, NodeId(3), 1)
         );
@@ -966,11 +996,13 @@ mod tests {
             ids.counts(NodeId(2), 6) && !ids.counts(NodeId(2), 5),
             "an older connection"
         );
-        ids.closed(NodeId(2), 5);
+        assert!(!ids.counts(NodeId(1), 6), "another node's connection");
+        assert_eq!(ids.connected()[&NodeId(2)], 8, "the newest Hello");
+        ids.closed(5);
         assert!(ids.counts(NodeId(2), 6));
-        ids.closed(NodeId(2), 6);
+        ids.closed(6);
         assert!(!ids.counts(NodeId(2), 6));
-        assert!(ids.may_vote(&conf(&[1, 2], &[]), NodeId(1)));
+        assert!(ids.may_vote(NodeId(1)) && !ids.may_vote(NodeId(3)));
         let addrs = ids.address_table(NodeId(1));
         assert_eq!(
             addrs[&NodeId(1)],

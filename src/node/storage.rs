@@ -28,7 +28,7 @@ use super::snapshot::{
 };
 use crate::kv::StateMachine;
 use crate::raft::{Entry, EntryId, HardState, LogIndex, SnapshotMeta, Term};
-use crate::wal::{HardStateStore, Wal, WalError, WalOptions};
+use crate::wal::{HardStateStore, Identity, IdentityError, Wal, WalError, WalOptions};
 
 /// Why an append failed.
 #[derive(Debug)]
@@ -113,11 +113,18 @@ pub trait Disk {
     fn snapshot_remove_older(&mut self, keep: EntryId) -> Result<(), String>;
     /// A receiver whose partial files live on this disk.
     fn snapshot_receiver(&mut self) -> SnapshotReceiver<Self::Partial>;
+    /// The identity of this storage (cluster id, incarnation): `Ok(None)` when there is none
+    /// (new or lost storage); an unreadable or corrupt one is an error.
+    fn load_identity(&self) -> Result<Option<Identity>, String>;
+    /// Replace the identity, durably before returning (contract 1's kind).
+    fn store_identity(&mut self, identity: &Identity) -> Result<(), String>;
+
     /// Assert the implementation's own invariants (the simulator calls it after every step).
     fn check_invariants(&self) {}
 }
 
-/// The data directory: the WAL under `log/`, the hard-state file, `snapshot-*` files.
+/// The data directory: the WAL under `log/`, the hard-state file, `snapshot-*` files, the
+/// `identity` file (`wal::identity`).
 pub struct RealDisk {
     dir: PathBuf,
     wal: Wal,
@@ -291,5 +298,17 @@ impl Disk for RealDisk {
 
     fn snapshot_receiver(&mut self) -> SnapshotReceiver<DirStore> {
         SnapshotReceiver::new(self.dir.clone())
+    }
+
+    fn load_identity(&self) -> Result<Option<Identity>, String> {
+        match Identity::load(&self.dir) {
+            Ok(id) => Ok(Some(id)),
+            Err(IdentityError::Absent { .. }) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn store_identity(&mut self, identity: &Identity) -> Result<(), String> {
+        identity.store(&self.dir).map_err(|e| e.to_string())
     }
 }

@@ -402,6 +402,21 @@ impl Raft {
         Ok(id)
     }
 
+    /// Re-admits `cc.node` as a learner under a new record (an `AddLearner` whose context
+    /// names a new incarnation): accepted even when it is a learner already, and the leader
+    /// restarts its match index at 0 (see `membership.rs`).
+    pub fn propose_readmission(&mut self, cc: ConfChange) -> Result<EntryId, ProposeError> {
+        self.assert_not_awaiting_advance("propose_readmission");
+        let id = self.propose_readmission_checked(cc)?;
+        self.check_invariants();
+        Ok(id)
+    }
+
+    /// The configuration in force (that of the newest ConfChange in the log).
+    pub fn conf(&self) -> &ConfState {
+        &self.conf
+    }
+
     /// A linearizable read; answered through `Ready::read_states` with the same `ctx`.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         self.assert_not_awaiting_advance("read_index");
