@@ -73,7 +73,7 @@ const HEAL_BOUND_TICKS: u64 = 1500;
 const DEFAULT_SEEDS: u64 = 300;
 /// Requests a simulated client keeps in its pipeline.
 const CLIENT_PIPELINE_MAX: usize = 3;
-const TRACE_EVENTS_MAX: usize = 400;
+const TRACE_EVENTS_MAX: usize = 60;
 /// Ticks a client waits for an answer before it tries another node.
 const CLIENT_PATIENCE_TICKS: u64 = 300;
 

@@ -43,7 +43,8 @@
 //!      7    2 removed count r (<= REMOVED_MARKS_MAX)
 //!      9      m times: node id (u64, != 0, ascending), then a record as in a context
 //!             (magic, version, flags, incarnation, addresses)
-//!      ..     r times: node id (u64, != 0, ascending, none of the members)
+//!      ..     r times: node id (u64, != 0, ascending, none of the members), then the
+//!             incarnation it had when removed (u128; 0 = none recorded)
 //! ```
 //! The old text table (one `id peer client` line per member) is not read (see above).
 //!
@@ -53,7 +54,7 @@
 //! 2. Decoding never panics and never allocates by a count it has not checked against its
 //!    limit and the bytes present; encode then decode is the identity.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -256,7 +257,9 @@ impl MemberRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct MemberTable {
     members: BTreeMap<NodeId, MemberRecord>,
-    removed: BTreeSet<NodeId>,
+    /// Removed members and the incarnation each had (a removed node may still have to
+    /// campaign until it learns its removal committed: raft/membership.rs).
+    removed: BTreeMap<NodeId, u128>,
 }
 
 impl MemberTable {
@@ -269,7 +272,7 @@ impl MemberTable {
     }
 
     pub(super) fn is_removed(&self, id: NodeId) -> bool {
-        self.removed.contains(&id)
+        self.removed.contains_key(&id)
     }
 
     /// Records `rec` for `id` (an addition, or a new incarnation). Used for the founder's own
@@ -284,8 +287,8 @@ impl MemberTable {
     pub(super) fn apply(&mut self, cc: &ConfChange) {
         match cc.op {
             ConfChangeOp::Remove => {
-                self.members.remove(&cc.node);
-                self.removed.insert(cc.node);
+                let inc = self.members.remove(&cc.node).map_or(0, |r| r.incarnation);
+                self.removed.insert(cc.node, inc);
                 while self.removed.len() > REMOVED_MARKS_MAX {
                     self.removed.pop_first();
                 }
@@ -308,7 +311,7 @@ impl MemberTable {
             self.removed.len()
         );
         let size = TABLE_HEADER_SIZE + self.members.len() * (8 + RECORD_SIZE_MAX);
-        let mut out = Vec::with_capacity(size + 8 * self.removed.len());
+        let mut out = Vec::with_capacity(size + 24 * self.removed.len());
         out.extend_from_slice(&TABLE_MAGIC);
         out.push(VERSION);
         out.extend_from_slice(&(self.members.len() as u16).to_be_bytes());
@@ -317,8 +320,9 @@ impl MemberTable {
             out.extend_from_slice(&id.0.to_be_bytes());
             rec.put(&mut out);
         }
-        for id in &self.removed {
+        for (id, inc) in &self.removed {
             out.extend_from_slice(&id.0.to_be_bytes());
+            out.extend_from_slice(&inc.to_be_bytes());
         }
         out
     }
@@ -358,7 +362,7 @@ impl MemberTable {
                 return err(format!("removed node {id} out of order or a member"));
             }
             prev = id;
-            t.removed.insert(id);
+            t.removed.insert(id, r.u128("removed incarnation")?);
         }
         r.finish("member table")?;
         Ok(t)
@@ -474,8 +478,14 @@ impl MemberLog {
 /// simulator, seed 7: voters {1, 3} in node 1's log, node 3 a learner in its own). Safe: its
 /// record names this incarnation only once its log holds the change that admitted it, and
 /// candidates count its answer only where the record names it (`counts`).
+///
+/// A member removed as this incarnation still may: it is its true self, and it may hold the
+/// only log that can elect a leader until its removal commits (simulator seed 413).
 pub(super) fn may_vote(table: &MemberTable, me: NodeId, incarnation: u128) -> bool {
-    table.get(me).is_some_and(|r| r.incarnation == incarnation)
+    match table.get(me) {
+        Some(r) => r.incarnation == incarnation,
+        None => table.removed.get(&me) == Some(&incarnation),
+    }
 }
 
 /// Whether a response from `from`, on a connection whose Hello named `incarnation`, may count:
@@ -929,6 +939,10 @@ mod tests {
         assert!(
             counts(&t, NodeId(2), 22) && !counts(&t, NodeId(2), 23) && !counts(&t, NodeId(3), 1)
         );
+        t.apply(&cc(ConfChangeOp::Remove, 2, None));
+        assert!(may_vote(&t, NodeId(2), 22), "removed as this incarnation");
+        assert!(!may_vote(&t, NodeId(2), 23) && !counts(&t, NodeId(2), 22));
+        assert_eq!(MemberTable::decode(&t.encode()).unwrap(), t);
     }
 
     fn admit(

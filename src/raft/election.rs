@@ -34,8 +34,17 @@ impl Raft {
     /// of the committed one whose uncommitted tail takes it out of the voters, since it may be
     /// the only node able to win (see "Campaigning while changed out" in `membership.rs`).
     /// Either way the votes are counted in the configuration in force.
+    ///
+    /// Also a voter of any configuration in the uncommitted part of the log: after a restart
+    /// the commit index is the snapshot's, so `conf_committed` may be older than what was
+    /// committed, even empty (a cluster formed by `--bootstrap` starts from no members);
+    /// a node whose unseen removal of itself holds the longest log must still campaign
+    /// (simulator seed 413). Safe by the same argument: only which configuration counts the
+    /// votes matters, never whether the candidate is in it.
     pub(super) fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id) || self.conf_committed.is_voter(self.id)
+        self.conf.is_voter(self.id)
+            || self.conf_committed.is_voter(self.id)
+            || self.pending_confs.iter().any(|(_, c)| c.is_voter(self.id))
     }
 
     pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
