@@ -107,6 +107,54 @@ fn a_member_that_lost_its_disk_never_serves_a_stale_read_and_rejoins_as_a_voter_
     put_retry(&c, 2, "after", "1", LONG);
 }
 
+/// A byte flipped in the middle of a stopped follower's synced log. Before: the node refused
+/// to start (the WAL's `OnDamage::Refuse`). Now it keeps the intact prefix, rejoins as a new
+/// incarnation, is re-admitted and caught up, and ends with the same data as the others.
+#[test]
+fn a_flipped_byte_in_a_stopped_followers_log_is_repaired_from_the_leader() {
+    let _g = serial();
+    let mut c = Cluster::start(Options::default());
+    for i in 0..300 {
+        put_retry(&c, 1, &format!("k{i:04}"), &format!("needle-{i:04}"), LONG);
+    }
+    let leader = c.wait_leader(LONG);
+    let victim = (1..=3).find(|&n| n != leader).unwrap();
+    let applied: u64 = c.info(leader).unwrap()["applied_index"].parse().unwrap();
+    c.wait_applied(&[victim], applied, LONG);
+    c.kill(victim);
+    // The record holding "needle-0100" lies in the middle of the log: flip one of its bytes.
+    let mut flipped = false;
+    for e in fs::read_dir(c.data_dir(victim).join("log")).unwrap() {
+        let path = e.unwrap().path();
+        let mut b = fs::read(&path).unwrap();
+        if let Some(at) = b.windows(11).position(|w| w == b"needle-0100") {
+            b[at + 3] ^= 0x20;
+            fs::write(&path, b).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "no log record holds needle-0100");
+    c.spawn(victim);
+    wait_for(LONG, "the damaged node to rejoin as a voting voter", || {
+        is_voting_voter(&c, victim, "1,2,3").then_some(())
+    });
+    put_retry(&c, leader, "after", "1", LONG);
+    let applied: u64 = c.info(leader).unwrap()["applied_index"].parse().unwrap();
+    c.wait_applied(&[1, 2, 3], applied, LONG);
+    let hashes: Vec<String> = (1..=3)
+        .map(|n| c.info(n).unwrap()["state_hash"].clone())
+        .collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    assert_eq!(get(&c, victim, "k0100"), bulk("needle-0100"));
+    assert!(
+        log_of(&c, victim).contains("log damage"),
+        "{}",
+        log_of(&c, victim)
+    );
+    let leader = c.wait_leader(LONG);
+    assert!(log_of(&c, leader).contains(&format!("node {victim} came back as a new incarnation")));
+}
+
 /// Before: `MEMBER ADD` of a voter made a one-node cluster a two-voter one whose quorum needs
 /// the absent node, so it stopped taking writes. Now the new member is a learner until it
 /// connects and catches up, then promoted on its own.

@@ -590,6 +590,8 @@ pub(super) struct Identities {
     hellos: u64,
     /// The members this node's config file lists (id, peer, client).
     configured: Vec<(NodeId, SocketAddr, SocketAddr)>,
+    /// Recovery found damage in the log; cleared once this incarnation is admitted.
+    damaged: bool,
 }
 
 impl Identities {
@@ -607,7 +609,16 @@ impl Identities {
             heard: BTreeMap::new(),
             hellos: 0,
             configured,
+            damaged: false,
         }
+    }
+
+    pub(super) fn set_damaged(&mut self, damaged: bool) {
+        self.damaged = damaged;
+    }
+
+    pub(super) fn damaged(&self) -> bool {
+        self.damaged
     }
 
     pub(super) fn cluster(&self) -> u128 {

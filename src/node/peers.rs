@@ -110,6 +110,17 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             );
             self.raft.set_voting(voting);
         }
+        if voting && self.ids.damaged() && self.raft.conf().is_voter(self.id) {
+            // Re-admitted, caught up and promoted as the incarnation that replaced the damaged
+            // one: the damaged range is repaired from the leader's log; forget it.
+            match self.stored.disk_mut().clear_damage() {
+                Ok(()) => {
+                    info!("log damage repaired: re-admitted as a new incarnation");
+                    self.ids.set_damaged(false);
+                }
+                Err(e) => warn!("clearing the log damage marker: {e}"),
+            }
+        }
         let table: BTreeMap<NodeId, MemberAddrs> = self
             .ids
             .address_table(self.id)

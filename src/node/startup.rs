@@ -64,7 +64,21 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let (snap_meta, table, sm, have_snapshot) = load_snapshot(&mut disk, &mut make_sm)?;
         let used =
             have_snapshot || disk.log_stats().last.is_some() || hard_state != HardState::default();
-        let identity = load_identity(&cfg, &mut disk, used)?;
+        let mut identity = load_identity(&cfg, &mut disk, used)?;
+        let damaged = disk.damage();
+        if let Some(d) = &damaged {
+            // Entries this node acknowledged may be gone: it must not count as the member
+            // that acknowledged them. A new incarnation keeps the intact prefix and the
+            // cluster id; the leader re-admits it (learner, caught up, promoted).
+            identity = Identity::new_incarnation(identity.cluster)
+                .map_err(|e| NodeError::new(e.to_string()))?;
+            disk.store_identity(&identity)
+                .map_err(|e| NodeError::new(format!("storing the identity: {e}")))?;
+            log::warn!(
+                "log damage: {d}; kept the intact prefix and rejoining as a new incarnation {} (the leader re-admits it)",
+                identity.incarnation
+            );
+        }
         let mut entries = recovered_entries(&disk, &snap_meta)?;
         let log_last = disk.log_stats().last;
         if entries.is_empty() && log_last.is_some_and(|l| l != snap_meta.last.index) {
@@ -101,12 +115,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         }
         let member_log = MemberLog::new(table, snap_meta.last.index, &entries);
-        let ids = Identities::new(
+        let mut ids = Identities::new(
             identity.cluster.0,
             identity.incarnation.0,
             member_log,
             configured,
         );
+        ids.set_damaged(damaged.is_some());
         let durable_last = entries
             .last()
             .map(|e| e.index)
