@@ -3,6 +3,14 @@
 //! port, forwarding, snapshots and recovery) on a simulated disk (`support/sim_disk.rs`),
 //! network (`support/sim_net.rs`) and clock, all driven by one seed.
 //!
+//! Forming: node 1 starts once with `initial_cluster_state = new` (as `--bootstrap`); the
+//! leader admits the other configured members (learner, caught up, promoted). Lost storage:
+//! now and then a node restarts on an empty disk (only while a leader's configuration has at
+//! least three voters and every other voter is up and voting, so a quorum remains; losing a
+//! majority is unavailability by design), comes back as a new incarnation and is re-admitted;
+//! the checks below prove no acknowledged write is lost. It found three liveness rules of the
+//! identity design (seeds 7, 79 and 413; see `node/membership.rs`, `raft/election.rs`).
+//!
 //! Faults: peer frames lost, duplicated, delayed and reordered; partitions that come and go;
 //! crashes and restarts (a crash loses unsynced log pages, any subset, torn at page
 //! granularity), failed fsyncs (the node stops, as the daemon does, and is restarted: a crash
