@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 use kvraft::kv::skiplist::SkipList;
+use kvraft::kv::snapshot::{HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE};
 use kvraft::kv::{KvStore, Request, StateMachine};
 use kvraft::prng::Prng;
 use kvraft::raft::LogIndex;
@@ -328,10 +329,11 @@ fn btree_snapshot(ks: &[[u8; KEY_SIZE]], template: &[u8; VALUE_SIZE], snap: &[u8
             crc = crc32c::crc32c_append(crc, b);
             out.extend_from_slice(b);
         };
-        put(&[0u8; 28], &mut out);
+        put(&[0u8; HEADER_SIZE], &mut out);
         for (k, v) in &map {
             put(&(k.len() as u32).to_be_bytes(), &mut out);
             put(&(v.len() as u32).to_be_bytes(), &mut out);
+            put(&0u64.to_be_bytes(), &mut out);
             put(k, &mut out);
             put(v, &mut out);
         }
@@ -340,12 +342,13 @@ fn btree_snapshot(ks: &[[u8; KEY_SIZE]], template: &[u8; VALUE_SIZE], snap: &[u8
     drop(map);
     let load = time(|| {
         let mut m = BTreeMap::new();
-        let mut at = 28;
-        let end = snap.len() - 12;
+        let mut at = HEADER_SIZE;
+        // The records end before the (empty) expiry and session sections' two counts.
+        let end = snap.len() - TRAILER_SIZE - 16;
         while at < end {
             let kl = u32::from_be_bytes(snap[at..at + 4].try_into().unwrap()) as usize;
             let vl = u32::from_be_bytes(snap[at + 4..at + 8].try_into().unwrap()) as usize;
-            at += 8;
+            at += RECORD_HEADER_SIZE;
             m.insert(
                 snap[at..at + kl].to_vec(),
                 snap[at + kl..at + kl + vl].to_vec(),

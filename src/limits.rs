@@ -116,3 +116,54 @@ pub const SCAN_COUNT_MAX: u32 = 100_000;
 
 /// Largest keyspace `KEYS` walks; past it `KEYS` is refused with an error naming `SCAN`.
 pub const KEYS_KEYS_MAX: usize = 1_000_000;
+
+/// Client sessions the state machine keeps at once (exactly-once writes); opening one more
+/// drops the least recently active.
+pub const SESSIONS_MAX: usize = 4096;
+
+/// Replies one session keeps for resends: writes it sent whose lowest outstanding sequence
+/// has not passed them yet. One more is refused (not applied) until the client raises it.
+pub const SESSION_RESULTS_MAX: usize = 32;
+
+/// Bytes of one saved session reply (RESP2-encoded); a larger reply is saved as a short error
+/// saying the command applied.
+pub const SESSION_REPLY_SIZE_MAX: usize = 512;
+
+/// A session with no entry for longer than this, by the leader stamps of applied entries
+/// (never a local clock), expires; its writes then get `-SESSIONEXPIRED`. In milliseconds.
+pub const SESSION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+// What the session table may hold in saved replies at most: 64 MiB.
+const _: () =
+    assert!(SESSIONS_MAX * SESSION_RESULTS_MAX * SESSION_REPLY_SIZE_MAX <= 64 * 1024 * 1024);
+
+/// Keys one reclaim entry deletes at most: the leader proposes deletions of expired keys in
+/// batches of up to this many (and of up to `RECLAIM_ENTRY_SIZE_MAX` bytes).
+pub const RECLAIM_KEYS_MAX: usize = 256;
+
+/// Bytes of keys one reclaim entry names at most (one key always fits: it is at most
+/// `KEY_SIZE_MAX`).
+pub const RECLAIM_ENTRY_SIZE_MAX: usize = 256 * 1024;
+
+/// Reclaim entries the leader proposes per second at most, so that a mass expiry becomes a
+/// bounded trickle of log entries rather than a flood that delays client writes.
+pub const RECLAIM_ENTRIES_PER_SEC_MAX: u64 = 10;
+
+const _: () = assert!(KEY_SIZE_MAX <= RECLAIM_ENTRY_SIZE_MAX);
+const _: () = assert!(RECLAIM_ENTRY_SIZE_MAX + RECLAIM_KEYS_MAX * 16 + 64 <= ENTRY_SIZE_MAX);
+
+/// Commands one transaction (`MULTI` ... `EXEC`) may queue; one more is refused with an error
+/// naming this limit, and `EXEC` then aborts the transaction.
+pub const TX_COMMANDS_MAX: usize = 10_000;
+
+/// Bytes of one transaction's log entry body: its queued commands' encodings and its watched
+/// keys. Checked before each command is queued; it leaves room under `ENTRY_SIZE_MAX` for the
+/// entry's own header and envelope.
+pub const TX_SIZE_MAX: usize = ENTRY_SIZE_MAX - 64 * 1024;
+
+/// Keys one connection may `WATCH` at once.
+pub const WATCH_KEYS_MAX: usize = 1024;
+
+// A transaction holds at least one command of the largest size.
+const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX + 64 <= TX_SIZE_MAX);
+const _: () = assert!(TX_SIZE_MAX + 1024 <= ENTRY_SIZE_MAX);

@@ -1,6 +1,6 @@
 //! The client matrix: real Redis client libraries against a real 3-node cluster. Each runs the
-//! same short script (tools/clients/): connect; SET/GET/INCR/MGET/DEL; a refused MULTI/EXEC
-//! that applies nothing; a pipeline of 1,000 commands; SCAN over 10,000 keys (each exactly
+//! same short script (tools/clients/): connect; SET/GET/INCR/MGET/DEL; a MULTI/EXEC that
+//! applies whole (and one that aborts: a queueing error, or in redis-py a broken WATCH); a pipeline of 1,000 commands; SCAN over 10,000 keys (each exactly
 //! once); a pool of 50 concurrent users; a leader change in the middle of a stream of writes,
 //! ridden out by the client's own retry. Each script runs through the leader and through a
 //! follower, and must exit 0 printing `OK <client> <version>`.

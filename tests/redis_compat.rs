@@ -1,6 +1,6 @@
 //! Differential tests against a real `redis-server`: the same command sequences go to Redis
 //! (no persistence, a free port) and to a one-node kvraft cluster, and the replies must be
-//! equal, in RESP2 and after `HELLO 3`. Everything is TTL-free. Replies that legitimately
+//! equal, in RESP2 and after `HELLO 3`. TTLs are compared within a tolerance. Replies that legitimately
 //! differ (ids, versions, times, the order of KEYS) are compared by shape or sorted first.
 //!
 //! Needs Debian's `redis-server` (`make setup` installs it); without it the tests say so and
@@ -474,39 +474,175 @@ fn scan_loop(c: &mut Connection, opts: &[&str]) -> Vec<Vec<u8>> {
     panic!("SCAN did not finish");
 }
 
-/// Until MULTI/EXEC exists (issue 14) the commands after MULTI are refused, not run one by
-/// one: Redis would answer QUEUED, so this is kvraft alone. EXEC answers -EXECABORT, as Redis
-/// does when a command failed to queue.
+// --- Transactions (MULTI/EXEC/DISCARD/WATCH/UNWATCH) --------------------------------------
+
+const TRANSACTIONS: &str = r#"
+FLUSHALL
+MULTI
+SET k v
+INCR k
+SET k v bogus
+GET k
+MGET k nokey
+PING
+PING hello
+ECHO hi
+SELECT 0
+UNWATCH
+EXEC
+GET k
+MULTI
+SET discarded 1
+DISCARD
+EXISTS discarded
+EXEC
+DISCARD
+MULTI
+MULTI
+SET a 1
+WATCH a
+EXEC
+GET a
+MULTI
+SET never 1
+GET
+SET never 2
+EXEC
+EXISTS never
+MULTI
+SET never 1
+FOO a
+EXEC
+EXISTS never
+MULTI
+EXEC
+MULTI x
+WATCH
+UNWATCH x
+UNWATCH
+MULTI
+SET never 1
+EXEC x
+EXEC
+EXISTS never
+MULTI
+INCRBY n notanumber
+INCRBY n 5
+APPEND n x
+INCR n
+DECR n
+GETDEL n
+EXEC
+"#;
+
+/// Queued replies, EXECABORT after a command that failed to queue, runtime errors that fail
+/// their command alone, DISCARD, nested MULTI, and the errors outside a transaction.
 #[test]
-fn multi_refuses_every_command_until_exec_and_applies_nothing() {
+fn transactions_queue_abort_and_exec_as_redis_does() {
     let _g = serial();
-    let c = Cluster::start(Options {
-        nodes: 1,
-        ..Options::default()
-    });
-    let leader = c.wait_leader(LONG);
-    let mut kv = c.client(leader).unwrap();
-    assert_eq!(kv.call_str(&["MULTI"]).unwrap(), Value::ok());
-    for cmd in [
-        &["SET", "a", "1"][..],
-        &["INCR", "n"],
-        &["GET", "a"],
-        &["FLUSHALL"],
-    ] {
-        match kv.call_str(cmd).unwrap() {
-            Value::Error(e) => assert!(e.contains("not queued"), "{cmd:?}: {e}"),
-            other => panic!("{cmd:?} after MULTI gave {other:?}"),
+    let Some(mut p) = start_pair() else { return };
+    p.run(TRANSACTIONS);
+}
+
+/// A second connection to each server (the leader's, for kvraft).
+fn other_connections(p: &Pair) -> (Connection, Connection) {
+    let r = connect(p._redis.addr).expect("connect to redis-server");
+    let leader = p.cluster.wait_leader(LONG);
+    let k = p.cluster.client(leader).expect("connect to kvraft");
+    (r, k)
+}
+
+/// WATCH as Redis 7 does it: a write (even of the same value), a deletion, a creation and
+/// deletion of a missing key, a TTL change or an expiry by another connection after WATCH
+/// makes EXEC answer a null array and apply nothing; reads, no-op writes and UNWATCH do not.
+#[test]
+fn watch_aborts_exec_after_another_connection_changes_the_key_as_redis_does() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    let (mut r2, mut k2) = other_connections(&p);
+    let mut other = |line: &str| {
+        let args = split_args(line.as_bytes()).unwrap();
+        let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let (r, k) = (r2.call(&a).unwrap(), k2.call(&a).unwrap());
+        assert_eq!(
+            k, r,
+            "kvraft (left) and redis-server (right) differ on: {line}"
+        );
+    };
+    // Each case: what this connection does first, what the other one does, then a
+    // transaction; both servers must agree on every reply (EXEC's null array included).
+    let cases: &[(&str, &str)] = &[
+        ("SET w 1\nWATCH w", "SET w 2"),
+        ("SET w 1\nWATCH w", "SET w 1"),
+        ("SET w 1\nWATCH w", "GET w"),
+        ("SET w 1\nWATCH w", "DEL w"),
+        ("DEL w\nWATCH w", "SET w 1\nDEL w"),
+        ("DEL w\nWATCH w", "DEL w"),
+        ("SET w 1\nWATCH w", "EXPIRE w 100"),
+        ("SET w 1\nWATCH w", "PERSIST w"),
+        ("SET w 1\nWATCH w", "INCR notw\nSET w 1 NX"),
+        ("SET w 1\nWATCH w\nUNWATCH", "SET w 9"),
+        ("SET w 1\nWATCH w x y\nWATCH z", "SET z 1"),
+        ("SET w 1\nWATCH w\nMULTI\nDISCARD", "SET w 3"),
+        ("SET w 1\nWATCH w\nEXEC", "SET w 4"),
+    ];
+    for (mine, theirs) in cases {
+        p.run(mine);
+        for line in theirs.lines() {
+            other(line);
         }
+        p.run("MULTI\nINCR w\nGET w\nSET out done\nEXEC\nGET out\nDEL out\nGET w");
     }
-    match kv.call_str(&["EXEC"]).unwrap() {
-        Value::Error(e) => assert!(e.starts_with("EXECABORT"), "{e}"),
-        other => panic!("EXEC gave {other:?}"),
+    // A key that expires after WATCH counts as changed (Redis 7).
+    p.run("SET e 1 PX 200\nWATCH e");
+    for c in [&mut p.redis, &mut p.kv] {
+        wait_for(LONG, "the watched key to expire", || {
+            (c.call_str(&["PTTL", "e"]).ok()? == Value::Integer(-2)).then_some(())
+        });
     }
-    assert_eq!(
-        kv.call_str(&["EXISTS", "a", "n"]).unwrap(),
-        Value::Integer(0)
-    );
-    assert_eq!(kv.call_str(&["SET", "a", "1"]).unwrap(), Value::ok());
+    p.run("MULTI\nSET out 1\nEXEC\nEXISTS out");
+}
+
+/// COMMAND INFO's first six fields (name, arity, flags, key positions) for the transaction
+/// commands.
+#[test]
+fn transaction_commands_are_described_as_redis_does() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    for name in ["multi", "exec", "discard", "watch", "unwatch"] {
+        let (r, k) = p.both(&[
+            b"COMMAND".to_vec(),
+            b"INFO".to_vec(),
+            name.as_bytes().to_vec(),
+        ]);
+        let head = |v: &Value| match v {
+            Value::Array(outer) => match &outer[0] {
+                Value::Array(fields) => fields[..6].to_vec(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let (mut r, mut k) = (head(&r), head(&k));
+        sort_array(&mut r[2]);
+        sort_array(&mut k[2]);
+        assert_eq!(k, r, "COMMAND INFO {name}");
+    }
+}
+
+/// The same transactions in RESP3: EXEC's null is RESP3's null, its array holds RESP3 replies.
+#[test]
+fn transactions_answer_in_resp3_as_redis_does() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    let (mut r2, mut k2) = other_connections(&p);
+    // HELLO's map differs (ids, versions): switch both without comparing it.
+    p.redis.call_str(&["HELLO", "3"]).unwrap();
+    p.kv.call_str(&["HELLO", "3"]).unwrap();
+    p.run("SET w 1\nWATCH w\nMULTI\nGET w\nGET nokey\nINCR w\nEXEC");
+    p.run("WATCH w");
+    r2.call_str(&["SET", "w", "x"]).unwrap();
+    k2.call_str(&["SET", "w", "x"]).unwrap();
+    p.run("MULTI\nGET w\nEXEC");
 }
 
 /// Read exactly `want.len()` bytes from `s` (the reply to one command).
@@ -628,4 +764,292 @@ fn random_incrbyfloat_sums_match_redis_digit_for_digit() {
         script.push_str(&format!("SET f{i} {a}\nINCRBYFLOAT f{i} {b}\nGET f{i}\n"));
     }
     p.run(&script);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TTLs (kvttl). Lines starting with `~` reply an integer that depends on the time: it must be
+// within a tolerance of Redis's (2 for seconds, 2000 for ms: the machine is loaded), with the
+// same sign. Keys expired "in the past" (PXAT 1) are never counted by DBSIZE here: Redis
+// counts an expired key until its active cycle deletes it, kvraft never does.
+
+const TTLS: &str = r#"
+FLUSHALL
+SET k v EX 100
+~TTL k
+~PTTL k
+SET k v2 KEEPTTL
+~TTL k
+GET k
+SET k v
+TTL k
+PTTL k
+SET k v PX 100000 NX
+SET k v PX 100000 XX GET
+~PTTL k
+SET k v EX 10 EX 20
+~TTL k
+SET k v KEEPTTL KEEPTTL
+~TTL k
+SET k v EX 0
+SET k v EX -1
+SET k v PX 0
+SET k v EX abc
+SET k v EX 1.5
+SET k v EX 10 PX 10
+SET k v KEEPTTL EX 10
+SET k v EX 10 KEEPTTL
+SET k v EX
+SET k v PXAT
+SET k v EX 9223372036854775807
+SET k v EX 9223372036854775
+SET k v PX 9223372036854775807
+SET k v EXAT 0
+SET k v NX XX EX 10
+~TTL k
+SETEX s 100 v
+~TTL s
+SETEX s 0 v
+SETEX s -1 v
+SETEX s x v
+SETEX s 10
+PSETEX p 100000 v
+~PTTL p
+PSETEX p -5 v
+PSETEX p 0 v
+TTL nokey
+PTTL nokey
+EXPIRETIME nokey
+PEXPIRETIME nokey
+EXPIRE nokey 10
+SET k v
+EXPIRETIME k
+EXPIRE k 100
+~TTL k
+EXPIRE k 200 NX
+EXPIRE k 200 XX
+~TTL k
+EXPIRE k 100 GT
+EXPIRE k 300 GT
+~TTL k
+EXPIRE k 400 LT
+EXPIRE k 50 LT
+~TTL k
+EXPIRE k 60 xx gt
+~TTL k
+EXPIRE k 10 NX XX
+EXPIRE k 10 NX GT
+EXPIRE k 10 GT LT
+EXPIRE k 10 foo
+EXPIRE k abc
+EXPIRE k
+EXPIRE k 9223372036854775807
+PEXPIRE k 9223372036854775807
+PERSIST k
+PERSIST k
+PERSIST nokey
+TTL k
+EXPIRE k 10 GT
+EXPIRE k 10 LT
+~TTL k
+PERSIST k
+EXPIRE k 10 XX
+PEXPIRE k 100000
+~PTTL k
+EXPIREAT k 4102444800
+EXPIRETIME k
+PEXPIRETIME k
+~TTL k
+PEXPIREAT k 4102444800123
+PEXPIRETIME k
+EXPIRETIME k
+PEXPIREAT k 1
+EXISTS k
+GET k
+TTL k
+SET k v
+EXPIRE k -5
+EXISTS k
+SET k v
+PEXPIRE k 0
+EXISTS k
+SET k v
+EXPIREAT k 0
+GET k
+SET k v
+GETEX k
+GETEX k PERSIST
+TTL k
+GETEX k EX 100
+~TTL k
+GETEX k PX 100000
+~PTTL k
+GETEX k EXAT 4102444800
+EXPIRETIME k
+GETEX k PXAT 4102444800999
+PEXPIRETIME k
+GETEX k PX 0
+GETEX k EX -3
+GETEX k EX 10 PERSIST
+GETEX k PERSIST EX 10
+GETEX k KEEPTTL
+GETEX k EX
+GETEX k bogus
+GETEX
+GETEX nokey EX 10
+GETEX nokey PERSIST
+GETEX k PXAT 1
+EXISTS k
+GET k
+SET n 5 PXAT 1
+GET n
+INCR n
+TTL n
+SET a x PXAT 1
+APPEND a yz
+GET a
+SET nx 1 PXAT 1
+SET nx 2 NX
+GET nx
+TTL nx
+SET g 1 PXAT 1
+SET g 2 GET
+SET xx 1 PXAT 1
+SET xx 2 XX
+GET xx
+SET d 1 PXAT 1
+DEL d
+SET r 1 PXAT 1
+RENAME r r2
+SET e 1 PXAT 1
+EXPIRE e 100
+SET gd 1 PXAT 1
+GETDEL gd
+SET r1 v EX 100
+RENAME r1 r2
+~TTL r2
+TTL r1
+SET r3 x EX 500
+RENAME r2 r3
+~TTL r3
+SET r4 y
+RENAME r4 r3
+TTL r3
+EXPIRE r3 100
+COPY r3 r5
+~TTL r5
+SET r6 z
+COPY r6 r5 REPLACE
+TTL r5
+DEL r3
+TTL r3
+SET r3 again
+TTL r3
+SET c 1 EX 100
+INCR c
+~TTL c
+INCRBY c 5
+DECR c
+INCRBYFLOAT c 0.5
+~TTL c
+APPEND c 0
+SETRANGE c 0 9
+~TTL c
+GET c
+GETSET c 2
+TTL c
+SET m 1 EX 100
+MSET m 2
+TTL m
+SET m 1 EX 100
+MSETNX m 3 other 4
+~TTL m
+FLUSHALL
+SET x 1 EX 100
+SET y 2
+SET z 3 PXAT 1
+sort KEYS *
+EXISTS x y z
+TYPE z
+TYPE x
+STRLEN z
+MGET x y z
+"#;
+
+/// Run `script` on both servers; a line starting with `~` compares integer replies within a
+/// tolerance instead of exactly.
+fn run_with_tolerance(p: &mut Pair, script: &str) {
+    for line in script.lines().map(str::trim) {
+        let Some(cmd) = line.strip_prefix('~') else {
+            p.run(line);
+            continue;
+        };
+        let args = split_args(cmd.as_bytes()).expect("a well-formed script line");
+        let (r, k) = p.both(&args);
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+        let tolerance = if name.starts_with('p') { 2000 } else { 2 };
+        match (&r, &k) {
+            (Value::Integer(r), Value::Integer(k)) => assert!(
+                (r - k).abs() <= tolerance && r.signum() == k.signum(),
+                "kvraft {k} vs redis-server {r} (within {tolerance}) on: {cmd}"
+            ),
+            _ => panic!("kvraft {k:?} vs redis-server {r:?} on: {cmd}"),
+        }
+    }
+}
+
+#[test]
+fn ttl_commands_answer_as_redis_does_within_a_tolerance() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    run_with_tolerance(&mut p, TTLS);
+    // COMMAND INFO's first six fields for the TTL commands.
+    for name in [
+        "expire",
+        "pexpire",
+        "expireat",
+        "pexpireat",
+        "ttl",
+        "pttl",
+        "expiretime",
+        "pexpiretime",
+        "persist",
+        "getex",
+        "setex",
+        "psetex",
+    ] {
+        let (r, k) = p.both(&[
+            b"COMMAND".to_vec(),
+            b"INFO".to_vec(),
+            name.as_bytes().to_vec(),
+        ]);
+        let head = |v: &Value| match v {
+            Value::Array(outer) => match &outer[0] {
+                Value::Array(fields) => fields[..6].to_vec(),
+                other => panic!("{name}: {other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let (mut r, mut k) = (head(&r), head(&k));
+        sort_array(&mut r[2]);
+        sort_array(&mut k[2]);
+        assert_eq!(k, r, "COMMAND INFO {name}");
+    }
+}
+
+/// A key with a short PX is readable before its deadline and gone after it, on both servers
+/// (polled with a deadline: the machine is loaded, so no fixed sleep decides anything).
+#[test]
+fn a_short_px_expires_on_both_servers() {
+    let _g = serial();
+    let Some(mut p) = start_pair() else { return };
+    p.run("SET short v PX 300\nSET long v PX 600000");
+    for c in [&mut p.redis, &mut p.kv] {
+        wait_for(LONG, "the key to expire", || {
+            let v = c.call_str(&["GET", "short"]).ok()?;
+            (v == Value::Nil).then_some(())
+        });
+        assert_eq!(c.call_str(&["EXISTS", "short"]).unwrap(), Value::Integer(0));
+        assert_eq!(c.call_str(&["TTL", "short"]).unwrap(), Value::Integer(-2));
+        assert_eq!(c.call_str(&["GET", "long"]).unwrap(), Value::bulk_str("v"));
+    }
 }

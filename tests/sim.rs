@@ -24,7 +24,9 @@
 //! (`World::hold_output`), and its next turn catches up the ticks it missed. A crash during
 //! those ticks strikes as the sync returns: what it synced stays, the held output is lost. Clients write and read through any node (followers
 //! forward), send malformed and oversized requests, and (in some seeds) membership changes
-//! and leadership transfers as client commands.
+//! and leadership transfers as client commands. Each node has its own wall clock (fed through
+//! `Node::set_wall_ms`) that starts apart from the others, drifts (±5%) and jumps (±3 s,
+//! either way); in half the seeds clients also send TTL commands (`Clocks`).
 //!
 //! After every step: each node's `check_invariants()`; election safety (one leader per term);
 //! log matching (an entry id always follows the same term); leader completeness (a leader
@@ -32,7 +34,10 @@
 //! one applied index have the same state hash); a committed entry never changes; a read of a
 //! key whose write was acknowledged before the read was sent returns that write. After the
 //! faults heal: a leader is elected and a new write is acknowledged within a bound, and every
-//! acknowledged write is in the leader's state.
+//! acknowledged write is in the leader's state. Clients also run check-and-increment
+//! transactions on two shared keys (`send_transaction`: WATCH and GET, then MULTI, INCR, INCR,
+//! MGET, EXEC): an applied EXEC shows both counters equal (applied whole), and one above the
+//! GET when its WATCH held (no missed change; a planted WATCH that never aborts fails seed 2).
 //!
 //! Defects it found in the node (each fixed, each seed failing before the fix): compaction
 //! past what is durable on a full disk (seed 6: the core's `slice` assertion); snapshot
@@ -81,7 +86,9 @@ const HEAL_BOUND_TICKS: u64 = 1500;
 const DEFAULT_SEEDS: u64 = 300;
 /// Requests a simulated client keeps in its pipeline.
 const CLIENT_PIPELINE_MAX: usize = 3;
-const TRACE_EVENTS_MAX: usize = 60;
+const TRACE_EVENTS_MAX: usize = 400;
+/// Per mille of client requests that are a pipelined transaction (`send_transaction`).
+const TX_PER_MILLE: u64 = 60;
 /// Ticks a client waits for an answer before it tries another node.
 const CLIENT_PATIENCE_TICKS: u64 = 300;
 
@@ -152,6 +159,8 @@ struct Stats {
     disk_full: u64,
     writes_acked: u64,
     reads_checked: u64,
+    txs_applied: u64,
+    txs_aborted: u64,
     garbage_sent: u64,
     admin_sent: u64,
     elections: u64,
@@ -161,6 +170,13 @@ struct Stats {
     /// Restarts with the whole storage lost, and re-admissions seen (the node voting again).
     storage_losses: u64,
     readmitted: u64,
+    /// Session workload: tagged INCRs acknowledged, and resends of one.
+    session_incrs_acked: u64,
+    session_resends: u64,
+    /// TTL commands sent, clock jumps, and keys expired (the most any replica counted).
+    ttl_sent: u64,
+    clock_jumps: u64,
+    keys_expired: u64,
 }
 
 impl Stats {
@@ -174,6 +190,8 @@ impl Stats {
         self.partitions += o.partitions;
         self.disk_full += o.disk_full;
         self.writes_acked += o.writes_acked;
+        self.txs_applied += o.txs_applied;
+        self.txs_aborted += o.txs_aborted;
         self.reads_checked += o.reads_checked;
         self.garbage_sent += o.garbage_sent;
         self.admin_sent += o.admin_sent;
@@ -182,6 +200,11 @@ impl Stats {
         self.slow_sync_ticks += o.slow_sync_ticks;
         self.storage_losses += o.storage_losses;
         self.readmitted += o.readmitted;
+        self.session_incrs_acked += o.session_incrs_acked;
+        self.session_resends += o.session_resends;
+        self.ttl_sent += o.ttl_sent;
+        self.clock_jumps += o.clock_jumps;
+        self.keys_expired += o.keys_expired;
     }
 }
 
@@ -216,6 +239,18 @@ enum Op {
     /// Garbage: any number of replies (or none) and maybe the end of the connection; the
     /// client sends nothing more on this connection.
     Garbage,
+    /// One reply of a pipelined transaction (see `send_transaction`).
+    Tx(TxStep),
+}
+
+/// The replies of the pipeline `send_transaction` sends, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxStep {
+    Watch,
+    Get,
+    Multi,
+    Queued,
+    Exec,
 }
 
 struct Client {
@@ -228,6 +263,10 @@ struct Client {
     waited_ticks: u64,
     /// Reconnect to another node once the pipeline is empty.
     retry: bool,
+    /// The transaction whose replies are arriving: whether its WATCH was answered +OK, and
+    /// the value its GET read (see `settle_tx`).
+    tx_watched: bool,
+    tx_before: Option<i64>,
 }
 
 struct Sim {
@@ -264,6 +303,11 @@ struct Sim {
     /// The node taking its turn (named when a turn panics).
     turning: Option<NodeId>,
     stats: Stats,
+    /// The session workload's clients (see `SessionClient`), with their own generator.
+    session_clients: Vec<SessionClient>,
+    session_rng: Prng,
+    /// Per-node wall clocks and TTL commands (kvttl).
+    clocks: Clocks,
 }
 
 fn addrs(id: NodeId) -> (SocketAddr, SocketAddr) {
@@ -329,6 +373,7 @@ impl Sim {
             };
             members.insert(NodeId(i), m);
         }
+        let voters_and_joiners: Vec<NodeId> = members.keys().copied().collect();
         let clients = (0..p.clients)
             .map(|id| Client {
                 id,
@@ -338,6 +383,8 @@ impl Sim {
                 next_key: 0,
                 waited_ticks: 0,
                 retry: false,
+                tx_watched: false,
+                tx_before: None,
             })
             .collect();
         let mut sim = Sim {
@@ -360,7 +407,11 @@ impl Sim {
             trace: VecDeque::new(),
             turning: None,
             stats: Stats::default(),
+            session_clients: Vec::new(),
+            session_rng: Prng::new(seed ^ 0x5e55_1045),
+            clocks: Clocks::new(seed, &voters_and_joiners),
         };
+        sim.add_session_clients();
         for id in sim.ids() {
             sim.restart(id);
         }
@@ -484,6 +535,14 @@ impl Sim {
         self.heal();
         self.check_progress();
         self.check_acked_writes();
+        self.check_session_counters();
+        self.stats.keys_expired = self
+            .members
+            .values()
+            .filter_map(|m| m.node.as_ref())
+            .map(|n| n.state_machine().ttl_stats(0).expired_keys)
+            .max()
+            .unwrap_or(0);
     }
 
     /// One tick: the network delivers, every live node takes its turn, clients act; then
@@ -500,12 +559,14 @@ impl Sim {
             for c in 0..self.clients.len() {
                 self.client_step(c);
             }
+            self.session_clients_step();
         }
         self.check();
     }
 
     fn node_turn(&mut self, id: NodeId, now: Instant) {
         let world = self.world.clone();
+        let wall_ms = self.clocks.wall_ms(id, self.now_ms);
         let m = self.members.get_mut(&id).expect("member");
         let Some(node) = m.node.as_mut() else {
             if m.down_ticks > 0 {
@@ -522,6 +583,7 @@ impl Sim {
         }
         let accepts = world.borrow_mut().take_accepts(id);
         node.set_now(now);
+        node.set_wall_ms(wall_ms);
         for (conn, what, addr) in accepts {
             node.accept(SimStream::accepted(&world, conn), addr, what);
         }
@@ -544,6 +606,10 @@ impl Sim {
     }
 
     fn faults(&mut self) {
+        if let Some((id, by)) = self.clocks.maybe_jump() {
+            self.stats.clock_jumps += 1;
+            self.note(format!("clock {id} jumps {by} ms"));
+        }
         let p = self.p.clone();
         for id in self.ids() {
             let up = self.members[&id].node.is_some();
@@ -666,7 +732,12 @@ impl Sim {
     fn client_send(&mut self, c: usize) {
         let roll = self.rng.range(0, 1000);
         let mut out = Vec::new();
-        let op = if roll < self.p.garbage {
+        let op = if let Some(args) = self.clocks.ttl_command() {
+            self.stats.ttl_sent += 1;
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            resp::encode_command(&refs, &mut out);
+            Op::Any
+        } else if roll < self.p.garbage {
             self.stats.garbage_sent += 1;
             out = garbage(&mut self.rng);
             Op::Garbage
@@ -676,6 +747,8 @@ impl Sim {
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
             resp::encode_command(&refs, &mut out);
             Op::Any
+        } else if roll >= 1000 - TX_PER_MILLE && !self.transaction_open(c) {
+            return self.send_transaction(c);
         } else if roll < 600 || self.acked.is_empty() {
             let cl = &mut self.clients[c];
             cl.next_key += 1;
@@ -698,6 +771,127 @@ impl Sim {
             return;
         }
         cl.pending.push_back(op);
+    }
+
+    // --- transactions (MULTI/EXEC/WATCH) ----------------------------------------------------
+
+    /// Start one check-and-increment transaction on the two keys every client shares:
+    /// `WATCH tx-a` and `GET tx-a` pipelined (the node reads the GET only after the WATCH's
+    /// read: the session's barrier), then, once the GET is answered, `MULTI`, `INCR tx-a`,
+    /// `INCR tx-b`, `MGET tx-a tx-b`, `EXEC` (`send_transaction_body`). Nothing else writes
+    /// these keys, so an applied EXEC must show both counters equal (the entry applied whole)
+    /// and, when its WATCH held, `tx-a` one above what the GET read: a change after the WATCH
+    /// that did not abort the EXEC is a missed change.
+    fn send_transaction(&mut self, c: usize) {
+        let cmds: [&[&[u8]]; 2] = [&[b"WATCH", b"tx-a"], &[b"GET", b"tx-a"]];
+        self.send_pipeline(c, &cmds, &[TxStep::Watch, TxStep::Get]);
+    }
+
+    /// Whether a transaction of this client awaits replies (one at a time: two interleaved
+    /// on one connection would share its watches).
+    fn transaction_open(&self, c: usize) -> bool {
+        self.clients[c]
+            .pending
+            .iter()
+            .any(|op| matches!(op, Op::Tx(_)))
+    }
+
+    /// The transaction itself, sent after its GET was answered (the GET must not race it).
+    fn send_transaction_body(&mut self, c: usize) {
+        let cmds: [&[&[u8]]; 5] = [
+            &[b"MULTI"],
+            &[b"INCR", b"tx-a"],
+            &[b"INCR", b"tx-b"],
+            &[b"MGET", b"tx-a", b"tx-b"],
+            &[b"EXEC"],
+        ];
+        use TxStep::*;
+        self.send_pipeline(c, &cmds, &[Multi, Queued, Queued, Queued, Exec]);
+    }
+
+    fn send_pipeline(&mut self, c: usize, cmds: &[&[&[u8]]], steps: &[TxStep]) {
+        let mut out = Vec::new();
+        for cmd in cmds {
+            resp::encode_command(cmd, &mut out);
+        }
+        let cl = &mut self.clients[c];
+        let Some(stream) = cl.stream.as_mut() else {
+            return;
+        };
+        if std::io::Write::write_all(stream, &out).is_err() {
+            cl.stream = None;
+            return;
+        }
+        cl.pending.extend(steps.iter().map(|&s| Op::Tx(s)));
+    }
+
+    /// Check one reply of a transaction pipeline (see `send_transaction`).
+    fn settle_tx(&mut self, c: usize, step: TxStep, v: Value) {
+        let cl = &mut self.clients[c];
+        let client = cl.id;
+        match (step, v) {
+            (TxStep::Watch, v) => {
+                cl.tx_watched = v == Value::ok();
+                cl.tx_before = None;
+            }
+            (TxStep::Get, v) => {
+                cl.tx_before = match v {
+                    Value::Nil => Some(0),
+                    Value::Bulk(b) => String::from_utf8_lossy(&b).parse().ok(),
+                    _ => None,
+                };
+                self.send_transaction_body(c);
+            }
+            (TxStep::Multi, v) => assert_eq!(v, Value::ok(), "client {client}: MULTI"),
+            (TxStep::Queued, v) => {
+                assert_eq!(
+                    v,
+                    Value::Simple("QUEUED".into()),
+                    "client {client}: queueing"
+                )
+            }
+            (TxStep::Exec, Value::NilArray) => {
+                assert!(
+                    cl.tx_watched,
+                    "client {client}: EXEC aborted though its WATCH failed (nothing watched)"
+                );
+                self.stats.txs_aborted += 1;
+            }
+            (TxStep::Exec, Value::Array(items)) => {
+                let (watched, before) = (cl.tx_watched, cl.tx_before);
+                self.check_tx_reply(client, &items, watched.then_some(before).flatten());
+                self.stats.txs_applied += 1;
+            }
+            (TxStep::Exec, _) => {} // an error (no leader, ...): it may or may not have applied
+        }
+    }
+
+    /// An applied transaction's replies: `[a, b, [a, b]]` with `a == b`, and `a` one above the
+    /// value read after a WATCH that held.
+    fn check_tx_reply(&self, client: u64, items: &[Value], before: Option<i64>) {
+        let int = |v: &Value| match v {
+            Value::Integer(n) => *n,
+            other => panic!("client {client}: a transaction's INCR answered {other:?}"),
+        };
+        assert_eq!(items.len(), 3, "client {client}: EXEC replies {items:?}");
+        let (a, b) = (int(&items[0]), int(&items[1]));
+        assert_eq!(
+            a, b,
+            "TX NOT ATOMIC: client {client} saw tx-a {a} and tx-b {b}"
+        );
+        let read = Value::Array(vec![
+            Value::Bulk(a.to_string().into_bytes()),
+            Value::Bulk(b.to_string().into_bytes()),
+        ]);
+        assert_eq!(items[2], read, "client {client}: MGET inside EXEC");
+        if let Some(before) = before {
+            assert_eq!(
+                a,
+                before + 1,
+                "WATCH MISSED A CHANGE: client {client} read tx-a = {before} after its WATCH, \
+                 and its EXEC applied with tx-a = {a}"
+            );
+        }
     }
 
     fn admin_command(&mut self) -> Vec<Vec<u8>> {
@@ -762,6 +956,10 @@ impl Sim {
             if matches!(v, Value::Error(_)) && self.rng.chance(1, 2) {
                 // Like a real client: after an error, try another node.
                 self.clients[c].retry = true;
+            }
+            if let Op::Tx(step) = op {
+                self.settle_tx(c, step, v);
+                continue;
             }
             self.settle(op, v);
         }
@@ -970,6 +1168,84 @@ impl Sim {
 }
 
 /// Malformed or oversized requests: each must get an error (or nothing) and never crash.
+/// Simulated time 0 as a wall clock: ms since the Unix epoch.
+const SIM_EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// Per-node wall clocks that start apart, drift apart and jump (both ways), fed to each node
+/// through `set_wall_ms`; and, in some seeds, TTL commands on a small set of shared keys
+/// (SET PX, PEXPIRE with conditions, PERSIST, GETEX, INCR, reads). The checker's equal state
+/// hashes at equal applied indexes then show that expiry does not depend on any replica's
+/// clock. It draws from its own generator, so a seed's other draws are unchanged.
+struct Clocks {
+    rng: Prng,
+    /// Per node: offset from simulated time (ms) and drift (parts per million).
+    skew: BTreeMap<NodeId, (i64, i64)>,
+    ttl_commands: bool,
+}
+
+impl Clocks {
+    fn new(seed: u64, ids: &[NodeId]) -> Clocks {
+        let mut rng = Prng::new(seed ^ 0x7474_6c5f_636c_6b73);
+        let skew = ids
+            .iter()
+            .map(|&id| {
+                let offset = rng.range(0, 4000) as i64 - 2000;
+                let drift_ppm = rng.range(0, 100_001) as i64 - 50_000;
+                (id, (offset, drift_ppm))
+            })
+            .collect();
+        let ttl_commands = rng.chance(1, 2);
+        Clocks {
+            rng,
+            skew,
+            ttl_commands,
+        }
+    }
+
+    fn wall_ms(&self, id: NodeId, now_ms: u64) -> u64 {
+        let (offset, drift_ppm) = self.skew.get(&id).copied().unwrap_or((0, 0));
+        let t = now_ms as i64;
+        (SIM_EPOCH_MS as i64 + t + offset + t * drift_ppm / 1_000_000) as u64
+    }
+
+    /// Now and then a node's clock jumps, forwards or back: (node, ms).
+    fn maybe_jump(&mut self) -> Option<(NodeId, i64)> {
+        if !self.rng.chance(3, 1000) || self.skew.is_empty() {
+            return None;
+        }
+        let n = self.rng.range(0, self.skew.len() as u64) as usize;
+        let (&id, skew) = self.skew.iter_mut().nth(n).expect("in range");
+        let by = self.rng.range(0, 6001) as i64 - 3000;
+        skew.0 += by;
+        Some((id, by))
+    }
+
+    /// A TTL command for a client to send instead of its usual one, about one time in three.
+    fn ttl_command(&mut self) -> Option<Vec<Vec<u8>>> {
+        if !self.ttl_commands || !self.rng.chance(1, 3) {
+            return None;
+        }
+        let key = format!("ttl{}", self.rng.range(0, 8)).into_bytes();
+        let ms = self.rng.range(1, 2000).to_string().into_bytes();
+        let v = |s: &str| s.as_bytes().to_vec();
+        let cmd = match self.rng.range(0, 10) {
+            0 | 1 => vec![v("SET"), key, v("x"), v("PX"), ms],
+            2 => vec![v("PEXPIRE"), key, ms],
+            3 => {
+                let cond = ["NX", "XX", "GT", "LT"][self.rng.range(0, 4) as usize];
+                vec![v("PEXPIRE"), key, ms, v(cond)]
+            }
+            4 => vec![v("PERSIST"), key],
+            5 => vec![v("GETEX"), key, v("PX"), ms],
+            6 => vec![v("INCR"), key],
+            7 => vec![v("PTTL"), key],
+            8 => vec![v("GET"), key],
+            _ => vec![v("SET"), key, v("y"), v("KEEPTTL")],
+        };
+        Some(cmd)
+    }
+}
+
 fn garbage(rng: &mut Prng) -> Vec<u8> {
     let huge = (kvraft::limits::CLIENT_REQUEST_SIZE_MAX * 2).to_string();
     match rng.range(0, 6) {
@@ -1043,4 +1319,218 @@ fn simulated_clusters_of_real_nodes_keep_every_safety_property_and_recover_after
         total.add(&run_seed(seed));
     }
     eprintln!("{} seeds in {:.1?}: {total:?}", seeds.len(), t0.elapsed());
+}
+
+// --- the session workload ------------------------------------------------------------------
+//
+// Session clients open an exactly-once session and send `SESSION RUN <id> <seq> <seq> INCR
+// <own key>` one sequence at a time, through any node. Whatever goes wrong (an error reply
+// other than SESSIONEXPIRED, no answer within their patience, a connection lost) they resend
+// the SAME sequence through another node. The counter is theirs alone, so each INCR reply
+// must equal its sequence: a write applied twice (or a session lost, e.g. by a snapshot)
+// shows at once. At the end the leader's counter is the last acknowledged sequence, or one
+// more if the last write is still unanswered.
+
+/// One session client of the workload above.
+struct SessionClient {
+    /// Connection owner id in the simulated network (apart from the plain clients').
+    id: u64,
+    stream: Option<SimStream>,
+    inbuf: Vec<u8>,
+    session: Option<u64>,
+    /// The request not yet answered: 0 is `SESSION OPEN`, n > 0 is the INCR of sequence n.
+    outstanding: Option<u64>,
+    /// Whether `outstanding` was sent on the current connection.
+    sent: bool,
+    /// How often `outstanding` was sent so far.
+    sends: u64,
+    acked: u64,
+    waited_ticks: u64,
+    key: Vec<u8>,
+    /// The newest applied stamp in the cluster at the last acknowledgement: a session may
+    /// expire (legitimately) only once the stamps moved past it by the session timeout.
+    acked_stamp_ms: u64,
+    /// Stopped after its session expired legitimately (clocks jumped past the timeout).
+    retired: bool,
+}
+
+impl Sim {
+    fn add_session_clients(&mut self) {
+        let n = self.session_rng.range(1, 3);
+        for i in 0..n {
+            self.session_clients.push(SessionClient {
+                id: 100 + i,
+                stream: None,
+                inbuf: Vec::new(),
+                session: None,
+                outstanding: None,
+                sent: false,
+                sends: 0,
+                acked: 0,
+                waited_ticks: 0,
+                key: format!("session-counter-{i}").into_bytes(),
+                acked_stamp_ms: 0,
+                retired: false,
+            });
+        }
+    }
+
+    fn session_clients_step(&mut self) {
+        for c in 0..self.session_clients.len() {
+            self.session_client_step(c);
+        }
+    }
+
+    fn session_client_step(&mut self, c: usize) {
+        if self.session_clients[c].retired {
+            return;
+        }
+        if self.session_clients[c].stream.is_none() {
+            let ids = self.ids();
+            let target = ids[self.session_rng.range(0, ids.len() as u64) as usize];
+            let (_, addr) = addrs(target);
+            let sc = &mut self.session_clients[c];
+            sc.stream = SimStream::client_connect(&self.world, sc.id, addr);
+            sc.inbuf.clear();
+            sc.sent = false;
+            sc.waited_ticks = 0;
+            if sc.stream.is_none() {
+                return;
+            }
+        }
+        self.session_client_read(c);
+        let sc = &mut self.session_clients[c];
+        if sc.sent {
+            sc.waited_ticks += 1;
+        }
+        let ended = sc.stream.as_ref().is_none_or(|s| s.at_end());
+        if ended || sc.waited_ticks > CLIENT_PATIENCE_TICKS {
+            sc.stream = None; // resend through another node
+            return;
+        }
+        if sc.outstanding.is_none() && self.session_rng.chance(1, 3) {
+            sc.outstanding = Some(if sc.session.is_none() {
+                0
+            } else {
+                sc.acked + 1
+            });
+        }
+        if let (Some(seq), false) = (sc.outstanding, sc.sent) {
+            let mut out = Vec::new();
+            match sc.session {
+                None => resp::encode_command(&[b"SESSION", b"OPEN"], &mut out),
+                Some(id) => {
+                    let (id, seq) = (id.to_string(), seq.to_string());
+                    let (id, seq) = (id.as_bytes(), seq.as_bytes());
+                    let cmd: [&[u8]; 7] = [b"SESSION", b"RUN", id, seq, seq, b"INCR", &sc.key];
+                    resp::encode_command(&cmd, &mut out);
+                }
+            }
+            let stream = sc.stream.as_mut().expect("connected");
+            if std::io::Write::write_all(stream, &out).is_err() {
+                sc.stream = None;
+                return;
+            }
+            if seq > 0 && sc.sends > 0 {
+                self.stats.session_resends += 1;
+            }
+            sc.sends += 1;
+            sc.sent = true;
+            sc.waited_ticks = 0;
+        }
+    }
+
+    /// The newest applied stamp among the running nodes.
+    fn newest_stamp_ms(&self) -> u64 {
+        let nodes = self.members.values().filter_map(|m| m.node.as_ref());
+        let stamps = nodes.map(|n| n.state_machine().applied_stamp_ms());
+        stamps.max().unwrap_or(0)
+    }
+
+    /// Read the answer to the outstanding request, if it came.
+    fn session_client_read(&mut self, c: usize) {
+        let newest_ms = self.newest_stamp_ms();
+        let sc = &mut self.session_clients[c];
+        let Some(stream) = sc.stream.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(stream, &mut buf) {
+            sc.inbuf.extend_from_slice(&buf[..n]);
+        }
+        let (v, n) = match resp::parse_value(&sc.inbuf) {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => panic!("session client {}: unparsable reply: {e}", sc.id),
+        };
+        sc.inbuf.drain(..n);
+        let seq = sc.outstanding.expect("a reply to a request sent");
+        match (seq, v) {
+            (0, Value::Integer(id)) => {
+                sc.session = Some(id as u64);
+                sc.acked_stamp_ms = newest_ms;
+            }
+            (0, _) => {
+                sc.stream = None; // open one through another node
+                return;
+            }
+            (_, Value::Integer(n)) => {
+                assert_eq!(
+                    n, seq as i64,
+                    "EXACTLY ONCE: session {:?} INCR of sequence {seq} answered {n}",
+                    sc.session
+                );
+                sc.acked = seq;
+                sc.acked_stamp_ms = newest_ms;
+                self.stats.session_incrs_acked += 1;
+            }
+            (_, Value::Error(e)) if e.starts_with("SESSIONEXPIRED") => {
+                let idle_ms = newest_ms.saturating_sub(sc.acked_stamp_ms);
+                assert!(
+                    idle_ms > kvraft::limits::SESSION_TIMEOUT_MS,
+                    "SESSION LOST: session {:?} seq {seq} after {idle_ms} ms of stamps: {e}",
+                    sc.session
+                );
+                sc.retired = true; // its last INCR stays unknown; the final check allows it
+                sc.stream = None;
+                return;
+            }
+            (_, Value::Error(_)) => {
+                // Not applied, or not known to be: resend the same sequence elsewhere.
+                sc.stream = None;
+                return;
+            }
+            (_, other) => panic!("session client {}: INCR answered {other:?}", sc.id),
+        }
+        sc.outstanding = None;
+        sc.sent = false;
+        sc.sends = 0;
+        sc.waited_ticks = 0;
+    }
+
+    /// After healing: each counter is the last acknowledged sequence (or one more if the
+    /// last INCR is unanswered): no INCR applied twice, none acknowledged and lost.
+    fn check_session_counters(&mut self) {
+        let l = self.leader().expect("a leader after healing");
+        let n = self.members[&l].node.as_ref().expect("up");
+        let sm = n.state_machine();
+        for sc in &self.session_clients {
+            let args = [b"GET".to_vec(), sc.key.clone()];
+            let Some(Request::Read(q)) = sm.parse(&args) else {
+                panic!("GET does not parse as a read");
+            };
+            let value = match sm.query(&q) {
+                Value::Bulk(v) => String::from_utf8_lossy(&v).parse().expect("a counter"),
+                Value::Nil => 0u64,
+                other => panic!("counter {other:?}"),
+            };
+            let unanswered = u64::from(sc.outstanding.is_some_and(|s| s > 0));
+            assert!(
+                value == sc.acked || value == sc.acked + unanswered,
+                "EXACTLY ONCE: counter {} is {value}, {} INCRs acknowledged",
+                String::from_utf8_lossy(&sc.key),
+                sc.acked
+            );
+        }
+    }
 }

@@ -1,25 +1,48 @@
 //! What the client port keeps per connection beyond its pipeline: the protocol it speaks
-//! (`HELLO`), its name and library (`CLIENT SETNAME` / `SETINFO`), and the `MULTI` gate.
+//! (`HELLO`), its name and library (`CLIENT SETNAME` / `SETINFO`), and its transaction:
+//! `MULTI` / `EXEC` / `DISCARD` / `WATCH` / `UNWATCH`, as Redis 7 does them.
 //!
-//! Owns: the replies of `HELLO`, `MULTI`, `EXEC`, `DISCARD` and the per-connection `CLIENT`
-//! subcommands, with Redis 7's texts. Must not: read the clock or touch a socket (the node
-//! passes `now` in and sends the replies).
+//! Owns: the replies of `HELLO`, `MULTI`, `EXEC`, `DISCARD`, `UNWATCH`, the queueing replies
+//! and the per-connection `CLIENT` subcommands, with Redis 7's texts; the queued transaction
+//! and the watched keys. Must not: read the clock or touch a socket (the node passes `now` in
+//! and sends the replies), or apply anything (the state machine applies the EXEC entry).
 //!
-//! # The MULTI gate (until MULTI/EXEC exists)
-//! Transactions are not supported yet, but a client that sends `MULTI`, some commands and
-//! `EXEC` must never see those commands applied one by one as if `MULTI` were not there. So
-//! after `MULTI` the connection refuses every command up to `EXEC` or `DISCARD` with an error
-//! (nothing is queued, nothing runs); `EXEC` then answers `-EXECABORT` (as Redis does when a
-//! command failed to queue) and `DISCARD` answers `+OK`.
+//! # Transactions
+//! After `MULTI` every command is checked with the same parse the state machine uses and
+//! answered `+QUEUED` (kept in its log encoding, `kv::tx::Queue`), or refused with an error
+//! that makes `EXEC` answer `-EXECABORT` (as Redis: a wrong argument count, an unknown
+//! command, a command that cannot be in a transaction, or a limit: `TX_COMMANDS_MAX`,
+//! `TX_SIZE_MAX`). An error Redis finds only when the command runs (a syntax error, a bad
+//! integer) is queued as that error and takes its place in `EXEC`'s reply. `PING`, `ECHO`,
+//! `SELECT` and `UNWATCH` queue their replies. The node's own commands (`INFO`, `CLIENT`,
+//! `HELLO`, `CONFIG`, ...) are refused inside a transaction ("Command not allowed inside a
+//! transaction"), where Redis would queue them: they are not state machine commands.
+//!
+//! `EXEC` hands the node the whole transaction as one command, `KVRAFT.EXEC <entry>`
+//! (`kv::tx`): one log entry, applied atomically, forwarded by a follower like any command.
+//!
+//! `WATCH k...` is a linearizable read (dispatched as the command itself): its reply, the
+//! applied index of the state it was served from, comes back through `watch_done` and is
+//! kept with each key; the client sees `+OK`. Until it comes, the node reads nothing more
+//! from the connection (`watch_waiting`), so an `EXEC` pipelined behind a `WATCH` always
+//! carries the index. `EXEC`, `DISCARD` and `UNWATCH` forget the watched keys.
 //!
 //! Invariants:
-//! 1. While `in_multi`, `gate` answers every command itself: none reaches the node's dispatch.
+//! 1. While `multi` is `Some`, `admit` answers every command itself (or hands back EXEC's
+//!    transaction): none reaches the node's dispatch as sent, except `QUIT`.
 //! 2. `proto` changes only through a successful `HELLO`.
+//! 3. `watched` holds each key once, at most `WATCH_KEYS_MAX` of them, and the queue plus
+//!    the watched keys fit `TX_SIZE_MAX`, so every EXEC entry fits `ENTRY_SIZE_MAX`.
+//! 4. At most one WATCH is waiting for its read (`watch_pending`).
 
 use std::time::Instant;
 
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::value::{Protocol, Value};
+use crate::kv::tx::{self, ItemKind, Queue};
+use crate::kv::Request;
+use crate::limits::{TX_COMMANDS_MAX, TX_SIZE_MAX, WATCH_KEYS_MAX};
+use crate::raft::LogIndex;
 
 /// The version this server reports in `HELLO` and `INFO`: the Redis release whose replies
 /// the client port follows.
@@ -27,6 +50,28 @@ pub const REDIS_VERSION: &str = "7.0.15";
 
 /// Longest client name or library name/version kept, in bytes.
 pub const CLIENT_NAME_SIZE_MAX: usize = 256;
+
+/// What the node does with one command of this connection.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Gate {
+    /// Send this reply now.
+    Reply(Value),
+    /// Not the session's: dispatch the command as sent.
+    Pass,
+    /// EXEC: dispatch these arguments (`KVRAFT.EXEC <entry>`) in its place.
+    Exec(Vec<Vec<u8>>),
+    /// WATCH: dispatch the command as sent (a read), hand its reply to `watch_done`, and
+    /// read nothing more from the connection until then.
+    Watch,
+}
+
+/// A transaction being queued.
+#[derive(Clone, Debug, Default)]
+struct Multi {
+    queue: Queue,
+    /// A command failed to queue: EXEC aborts (nothing more is kept).
+    failed: bool,
+}
 
 /// One client connection's session state.
 #[derive(Clone, Debug)]
@@ -38,7 +83,13 @@ pub struct Session {
     pub lib_name: Vec<u8>,
     pub lib_ver: Vec<u8>,
     /// `MULTI` was sent and neither `EXEC` nor `DISCARD` yet.
-    pub in_multi: bool,
+    multi: Option<Multi>,
+    /// Watched keys, each with the applied index its WATCH read saw.
+    watched: Vec<(Vec<u8>, LogIndex)>,
+    /// Bytes the watched keys add to an EXEC entry.
+    watched_size: usize,
+    /// The pipeline sequence number and keys of the WATCH whose read is out.
+    watch_pending: Option<(u64, Vec<Vec<u8>>)>,
     /// The client's and our addresses, as `CLIENT INFO` shows them.
     pub addr: String,
     pub laddr: String,
@@ -56,7 +107,10 @@ impl Session {
             name: Vec::new(),
             lib_name: Vec::new(),
             lib_ver: Vec::new(),
-            in_multi: false,
+            multi: None,
+            watched: Vec::new(),
+            watched_size: 0,
+            watch_pending: None,
             addr,
             laddr,
             opened: now,
@@ -65,53 +119,226 @@ impl Session {
         }
     }
 
-    /// Answer the command here if it is a session command, or if the MULTI gate refuses it;
-    /// `None` hands it on to the node.
-    pub fn gate(&mut self, args: &[Vec<u8>], now: Instant) -> Option<Value> {
+    /// `MULTI` was sent and neither `EXEC` nor `DISCARD` yet.
+    pub fn in_multi(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// A WATCH's read is out: the node must not read further commands of this connection.
+    pub fn watch_waiting(&self) -> bool {
+        self.watch_pending.is_some()
+    }
+
+    /// Keys watched now.
+    pub fn watched_count(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Decide what happens to the command `args`, which is request `seq` of the pipeline.
+    pub fn admit(&mut self, args: &[Vec<u8>], seq: u64, now: Instant) -> Gate {
         let mut buf = [0u8; COMMAND_NAME_SIZE_MAX];
         let name = args.first().and_then(|a| command_name(a, &mut buf));
         self.last_at = now;
         self.last_cmd = name.unwrap_or("unknown").to_string();
         let name = name.unwrap_or("");
         // QUIT still closes the connection inside MULTI, as in Redis.
-        if self.in_multi && name != "quit" {
-            return Some(self.gate_multi(name));
+        if self.multi.is_some() && name != "quit" {
+            return self.admit_in_multi(name, args);
         }
-        let reply = match name {
-            "hello" => self.hello(args),
-            "multi" if args.len() == 1 => {
-                self.in_multi = true;
+        let reply = match (name, args.len()) {
+            ("hello", _) => self.hello(args),
+            ("multi", 1) => {
+                self.multi = Some(Multi::default());
                 Value::ok()
             }
-            "exec" | "discard" if args.len() == 1 => {
+            ("exec" | "discard", 1) => {
                 Value::error(format!("ERR {} without MULTI", name.to_uppercase()))
             }
-            "multi" | "exec" | "discard" => arity(name),
-            "client" => self.client(args, now)?,
-            _ => return None,
-        };
-        Some(reply)
-    }
-
-    fn gate_multi(&mut self, name: &str) -> Value {
-        match name {
-            "exec" => {
-                self.in_multi = false;
-                Value::error(
-                    "EXECABORT Transaction discarded: MULTI/EXEC is not supported yet, \
-                     so no command after MULTI was queued or run",
-                )
-            }
-            "discard" => {
-                self.in_multi = false;
+            ("unwatch", 1) => {
+                self.unwatch();
                 Value::ok()
             }
-            "multi" => Value::error("ERR MULTI calls can not be nested"),
-            _ => Value::error(format!(
-                "ERR MULTI/EXEC is not supported yet: '{name}' was not queued and will not run; \
-                 send DISCARD (or EXEC, which runs nothing)"
-            )),
+            ("watch", n) if n >= 2 => return self.watch(args, seq),
+            ("multi" | "exec" | "discard" | "unwatch" | "watch", _) => arity(name),
+            ("client", _) => match self.client(args, now) {
+                Some(v) => v,
+                None => return Gate::Pass,
+            },
+            _ => return Gate::Pass,
+        };
+        Gate::Reply(reply)
+    }
+
+    /// A command while queueing (see "Transactions").
+    fn admit_in_multi(&mut self, name: &str, args: &[Vec<u8>]) -> Gate {
+        let n = args.len();
+        let reply = match (name, n) {
+            ("exec", 1) => return self.exec(),
+            // Redis 7 discards the transaction at once when EXEC itself is malformed.
+            ("exec", _) => {
+                self.discard();
+                Value::error(
+                    "EXECABORT Transaction discarded because of: wrong number of arguments \
+                     for 'exec' command",
+                )
+            }
+            ("discard", 1) => {
+                self.discard();
+                Value::ok()
+            }
+            ("multi", 1) => Value::error("ERR MULTI calls can not be nested"),
+            ("watch", n) if n >= 2 => Value::error("ERR WATCH inside MULTI is not allowed"),
+            ("unwatch", 1) => self.queue_reply(ItemKind::Status, b"OK"),
+            ("ping", 1) => self.queue_reply(ItemKind::Status, b"PONG"),
+            ("ping" | "echo", 2) => self.queue_reply(ItemKind::Bulk, &args[1]),
+            ("select", 2) => match crate::kv::command::parse_i64(&args[1]) {
+                Some(0) => self.queue_reply(ItemKind::Status, b"OK"),
+                Some(_) => self.queue_reply(ItemKind::Error, b"ERR DB index is out of range"),
+                None => self.queue_reply(
+                    ItemKind::Error,
+                    b"ERR value is not an integer or out of range",
+                ),
+            },
+            ("discard" | "multi" | "watch" | "unwatch" | "ping" | "echo" | "select", _) => {
+                self.fail(arity(name))
+            }
+            _ => self.queue_command(args),
+        };
+        Gate::Reply(reply)
+    }
+
+    /// Queue a state machine command, or refuse it (see "Transactions").
+    fn queue_command(&mut self, args: &[Vec<u8>]) -> Value {
+        let mut buf = [0u8; COMMAND_NAME_SIZE_MAX];
+        let name = args.first().and_then(|a| command_name(a, &mut buf));
+        if name == Some(tx::EXEC_COMMAND) {
+            return self.fail(not_in_transaction());
         }
+        match crate::kv::command::parse(args) {
+            Some(Request::Write(p)) => self.queue_item(ItemKind::Write, &p),
+            Some(Request::Read(p)) => self.queue_item(ItemKind::Read, &p),
+            Some(Request::Reply(Value::Error(e))) if e.starts_with(ARITY_PREFIX) => {
+                self.fail(Value::Error(e))
+            }
+            Some(Request::Reply(Value::Error(e))) => self.queue_item(ItemKind::Error, e.as_bytes()),
+            Some(Request::Reply(_)) => self.fail(not_in_transaction()),
+            None if is_node_command(name.unwrap_or("")) => self.fail(not_in_transaction()),
+            None => self.fail(unknown_command(args)),
+        }
+    }
+
+    fn queue_reply(&mut self, kind: ItemKind, body: &[u8]) -> Value {
+        self.queue_item(kind, body)
+    }
+
+    /// Queue one item, within `TX_COMMANDS_MAX` and `TX_SIZE_MAX` (checked first).
+    fn queue_item(&mut self, kind: ItemKind, body: &[u8]) -> Value {
+        let watched_size = self.watched_size;
+        let Some(m) = self.multi.as_mut() else {
+            unreachable!("queue_item outside MULTI")
+        };
+        if m.failed {
+            return queued();
+        }
+        if m.queue.len() >= TX_COMMANDS_MAX {
+            return self.fail(Value::error(format!(
+                "ERR transaction has {TX_COMMANDS_MAX} queued commands, the most allowed \
+                 (TX_COMMANDS_MAX); EXEC will abort it"
+            )));
+        }
+        let size = m.queue.size() + Queue::item_size(body) + watched_size;
+        if size > TX_SIZE_MAX {
+            return self.fail(Value::error(format!(
+                "ERR transaction would take {size} bytes, more than TX_SIZE_MAX \
+                 ({TX_SIZE_MAX} bytes, watched keys included); EXEC will abort it"
+            )));
+        }
+        m.queue.push(kind, body);
+        queued()
+    }
+
+    /// Refuse a command while queueing: `EXEC` will abort; what was queued is dropped.
+    fn fail(&mut self, reply: Value) -> Value {
+        if let Some(m) = self.multi.as_mut() {
+            m.failed = true;
+            m.queue = Queue::default();
+        }
+        reply
+    }
+
+    /// `EXEC`: abort if a command failed to queue, else hand the node the transaction.
+    fn exec(&mut self) -> Gate {
+        let m = self.multi.take().expect("exec inside MULTI");
+        let watched = std::mem::take(&mut self.watched);
+        self.watched_size = 0;
+        if m.failed {
+            return Gate::Reply(Value::error(
+                "EXECABORT Transaction discarded because of previous errors.",
+            ));
+        }
+        let entry = tx::encode(&watched, &m.queue);
+        Gate::Exec(vec![tx::EXEC_COMMAND.as_bytes().to_vec(), entry])
+    }
+
+    fn discard(&mut self) {
+        self.multi = None;
+        self.unwatch();
+    }
+
+    fn unwatch(&mut self) {
+        self.watched.clear();
+        self.watched_size = 0;
+    }
+
+    /// `WATCH key...` outside MULTI: within the limits, send the read (see "Transactions").
+    fn watch(&mut self, args: &[Vec<u8>], seq: u64) -> Gate {
+        assert!(
+            self.watch_pending.is_none(),
+            "a second WATCH while one is out"
+        );
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut size = self.watched_size;
+        for key in &args[1..] {
+            if self.watched.iter().any(|(k, _)| k == key) || keys.contains(key) {
+                continue;
+            }
+            size += tx::watch_size(key);
+            keys.push(key.clone());
+            if self.watched.len() + keys.len() > WATCH_KEYS_MAX {
+                return Gate::Reply(tx::watch_limit_error());
+            }
+        }
+        if size > TX_SIZE_MAX {
+            return Gate::Reply(Value::error(format!(
+                "ERR WATCH would take {size} bytes of watched keys, more than TX_SIZE_MAX \
+                 ({TX_SIZE_MAX} bytes)"
+            )));
+        }
+        self.watch_pending = Some((seq, keys));
+        Gate::Watch
+    }
+
+    /// Whether request `seq` is the WATCH whose read is out.
+    pub fn is_watch_reply(&self, seq: u64) -> bool {
+        self.watch_pending.as_ref().is_some_and(|(s, _)| *s == seq)
+    }
+
+    /// The reply to the WATCH read `seq` arrived (`reply`, encoded): keep its keys with the
+    /// index it carries and answer `+OK`; an error (no leader, ...) watches nothing and is
+    /// passed on.
+    pub fn watch_done(&mut self, seq: u64, reply: Vec<u8>) -> Vec<u8> {
+        let Some((s, keys)) = self.watch_pending.take() else {
+            return reply;
+        };
+        assert_eq!(s, seq, "WATCH reply for request {seq}, waiting for {s}");
+        let Some(seen) = parse_integer_reply(&reply) else {
+            return reply;
+        };
+        for key in keys {
+            self.watched_size += tx::watch_size(&key);
+            self.watched.push((key, LogIndex(seen)));
+        }
+        Value::ok().to_bytes()
     }
 
     /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, as Redis 7 checks it:
@@ -239,7 +466,7 @@ impl Session {
     pub fn info_line(&self, now: Instant) -> String {
         let age = now.saturating_duration_since(self.opened).as_secs();
         let idle = now.saturating_duration_since(self.last_at).as_secs();
-        let multi: i64 = if self.in_multi { 0 } else { -1 };
+        let multi: i64 = self.multi.as_ref().map_or(-1, |m| m.queue.len() as i64);
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={age} idle={idle} flags=N db=0 sub=0 \
              psub=0 ssub=0 multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 \
@@ -265,6 +492,71 @@ fn arity(name: &str) -> Value {
     Value::error(format!(
         "ERR wrong number of arguments for '{name}' command"
     ))
+}
+
+/// How Redis's wrong-argument-count errors begin (they abort a transaction).
+const ARITY_PREFIX: &str = "ERR wrong number of arguments";
+
+fn queued() -> Value {
+    Value::Simple("QUEUED".into())
+}
+
+/// Redis 7's reply to a command flagged `no-multi` inside MULTI.
+fn not_in_transaction() -> Value {
+    Value::error("ERR Command not allowed inside a transaction")
+}
+
+/// The node's own commands (answered by the node, not the state machine): refused inside a
+/// transaction, which holds state machine commands only.
+fn is_node_command(name: &str) -> bool {
+    matches!(
+        name,
+        "hello"
+            | "client"
+            | "command"
+            | "time"
+            | "wait"
+            | "config"
+            | "info"
+            | "member"
+            | "transfer"
+            | "snapshot"
+            | "bgsave"
+            | "quit"
+    )
+}
+
+/// Redis's reply to an unknown command: each argument quoted and followed by a space, the
+/// whole list cut at 128 bytes.
+pub fn unknown_command(args: &[Vec<u8>]) -> Value {
+    let name = args
+        .first()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .unwrap_or_default();
+    let mut rest = Vec::new();
+    for a in args.iter().skip(1) {
+        if rest.len() >= 128 {
+            break;
+        }
+        let room = 128 - rest.len();
+        rest.push(b'\'');
+        rest.extend_from_slice(&a[..a.len().min(room)]);
+        rest.extend_from_slice(b"' ");
+    }
+    Value::error(format!(
+        "ERR unknown command '{name}', with args beginning with: {}",
+        String::from_utf8_lossy(&rest)
+    ))
+}
+
+/// The value of an encoded integer reply (`:123\r\n`, the same in RESP2 and RESP3), if
+/// `reply` is exactly one non-negative integer.
+fn parse_integer_reply(reply: &[u8]) -> Option<u64> {
+    let digits = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Redis 7's reply to a subcommand it does not know.
@@ -295,6 +587,17 @@ mod tests {
 
     fn args(parts: &[&str]) -> Vec<Vec<u8>> {
         parts.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    impl Session {
+        /// `admit` for commands that are answered here or passed on.
+        fn gate(&mut self, args: &[Vec<u8>], now: Instant) -> Option<Value> {
+            match self.admit(args, 0, now) {
+                Gate::Reply(v) => Some(v),
+                Gate::Pass => None,
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     fn session() -> Session {
@@ -363,39 +666,231 @@ mod tests {
         assert_eq!(s.proto, Protocol::Resp2);
     }
 
-    #[test]
-    fn after_multi_nothing_passes_the_gate_until_exec_or_discard() {
-        let s = &mut session();
-        let now = Instant::now();
-        assert_eq!(s.gate(&args(&["SET", "k", "v"]), now), None);
-        assert_eq!(s.gate(&args(&["MULTI"]), now), Some(Value::ok()));
-        for cmd in [
-            &["SET", "k", "v"][..],
-            &["INCR", "n"],
-            &["HELLO", "3"],
-            &["PING"],
-        ] {
-            match s.gate(&args(cmd), now) {
-                Some(Value::Error(e)) => assert!(e.contains("not queued"), "{e}"),
-                other => panic!("{cmd:?} gave {other:?}"),
-            }
-        }
-        assert_eq!(s.proto, Protocol::Resp2);
-        assert_eq!(s.gate(&args(&["QUIT"]), now), None, "QUIT is not refused");
-        match s.gate(&args(&["EXEC"]), now) {
-            Some(Value::Error(e)) => assert!(e.starts_with("EXECABORT"), "{e}"),
+    fn reply(g: Gate) -> Value {
+        match g {
+            Gate::Reply(v) => v,
             other => panic!("{other:?}"),
         }
+    }
+
+    fn error(g: Gate) -> String {
+        match g {
+            Gate::Reply(Value::Error(e)) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The EXEC entry a Gate::Exec carries, applied to `kv` at its next index.
+    fn run_exec(kv: &mut crate::kv::KvStore, g: Gate) -> Value {
+        use crate::kv::StateMachine;
+        let Gate::Exec(a) = g else { panic!("{g:?}") };
+        assert_eq!(a[0], b"kvraft.exec");
+        let Some(Request::Write(entry)) = kv.parse(&a) else {
+            panic!("the EXEC command does not parse")
+        };
+        let index = kv.applied_index().next();
+        kv.apply(index, &entry)
+    }
+
+    #[test]
+    fn commands_queue_after_multi_and_exec_runs_them_as_one_entry() {
+        let s = &mut session();
+        let now = Instant::now();
+        let kv = &mut crate::kv::KvStore::new(1);
+        assert_eq!(s.admit(&args(&["SET", "k", "v"]), 0, now), Gate::Pass);
+        assert_eq!(reply(s.admit(&args(&["MULTI"]), 1, now)), Value::ok());
+        assert!(s.info_line(now).contains(" multi=0 "));
+        for cmd in [
+            &["SET", "k", "v"][..],
+            &["INCR", "k"],
+            &["set", "k", "v", "bogus"],
+            &["GET", "k"],
+            &["PING"],
+            &["ECHO", "hi"],
+            &["UNWATCH"],
+            &["SELECT", "1"],
+        ] {
+            assert_eq!(reply(s.admit(&args(cmd), 2, now)), queued(), "{cmd:?}");
+        }
+        // Not queued, and no harm to the transaction (as Redis).
         assert_eq!(
-            s.gate(&args(&["GET", "k"]), now),
-            None,
-            "the gate is open again"
+            error(s.admit(&args(&["MULTI"]), 3, now)),
+            "ERR MULTI calls can not be nested"
         );
-        s.gate(&args(&["MULTI"]), now);
-        assert_eq!(s.gate(&args(&["DISCARD"]), now), Some(Value::ok()));
         assert_eq!(
-            s.gate(&args(&["EXEC"]), now),
-            Some(Value::error("ERR EXEC without MULTI"))
+            error(s.admit(&args(&["WATCH", "k"]), 3, now)),
+            "ERR WATCH inside MULTI is not allowed"
+        );
+        assert!(s.info_line(now).contains(" multi=8 "));
+        let got = run_exec(kv, s.admit(&args(&["EXEC"]), 4, now));
+        let want = Value::Array(vec![
+            Value::ok(),
+            Value::error("ERR value is not an integer or out of range"),
+            Value::error("ERR syntax error"),
+            Value::bulk_str("v"),
+            Value::Simple("PONG".into()),
+            Value::bulk_str("hi"),
+            Value::ok(),
+            Value::error("ERR DB index is out of range"),
+        ]);
+        assert_eq!(got, want);
+        assert!(!s.in_multi());
+        assert_eq!(s.admit(&args(&["GET", "k"]), 5, now), Gate::Pass);
+        assert_eq!(
+            error(s.admit(&args(&["EXEC"]), 6, now)),
+            "ERR EXEC without MULTI"
+        );
+        assert_eq!(
+            error(s.admit(&args(&["DISCARD"]), 6, now)),
+            "ERR DISCARD without MULTI"
+        );
+        // An empty transaction is an empty array.
+        s.admit(&args(&["MULTI"]), 7, now);
+        assert_eq!(
+            run_exec(kv, s.admit(&args(&["EXEC"]), 8, now)),
+            Value::Array(vec![])
+        );
+    }
+
+    #[test]
+    fn a_command_that_fails_to_queue_makes_exec_abort() {
+        let s = &mut session();
+        let now = Instant::now();
+        let abort = "EXECABORT Transaction discarded because of previous errors.";
+        for bad in [
+            &["GET"][..],
+            &["FOO", "a"],
+            &["INFO"],
+            &["CLIENT", "ID"],
+            &["HELLO", "3"],
+            &["KVRAFT.EXEC", "x"],
+            &["DISCARD", "x"],
+            &["WATCH"],
+        ] {
+            s.admit(&args(&["MULTI"]), 0, now);
+            assert_eq!(reply(s.admit(&args(&["SET", "a", "1"]), 1, now)), queued());
+            let e = error(s.admit(&args(bad), 2, now));
+            assert!(
+                e.starts_with("ERR wrong number")
+                    || e.starts_with("ERR unknown command 'FOO'")
+                    || e == "ERR Command not allowed inside a transaction",
+                "{bad:?}: {e}"
+            );
+            // Later commands still answer QUEUED, as in Redis.
+            assert_eq!(reply(s.admit(&args(&["SET", "b", "2"]), 3, now)), queued());
+            assert_eq!(error(s.admit(&args(&["EXEC"]), 4, now)), abort, "{bad:?}");
+            assert!(!s.in_multi());
+        }
+        assert_eq!(s.proto, Protocol::Resp2, "HELLO inside MULTI did nothing");
+        // DISCARD drops the queue; a malformed EXEC discards at once.
+        s.admit(&args(&["MULTI"]), 5, now);
+        s.admit(&args(&["SET", "a", "1"]), 6, now);
+        assert_eq!(reply(s.admit(&args(&["DISCARD"]), 7, now)), Value::ok());
+        assert!(!s.in_multi());
+        s.admit(&args(&["MULTI"]), 8, now);
+        assert_eq!(
+            error(s.admit(&args(&["EXEC", "x"]), 9, now)),
+            "EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command"
+        );
+        assert!(!s.in_multi());
+        assert_eq!(s.admit(&args(&["QUIT"]), 10, now), Gate::Pass);
+    }
+
+    #[test]
+    fn watch_waits_for_its_read_and_exec_carries_the_index_it_saw() {
+        let s = &mut session();
+        let now = Instant::now();
+        let kv = &mut crate::kv::KvStore::new(2);
+        assert_eq!(
+            s.admit(&args(&["WATCH", "w", "x", "w"]), 11, now),
+            Gate::Watch
+        );
+        assert!(s.watch_waiting());
+        assert!(s.is_watch_reply(11) && !s.is_watch_reply(12));
+        assert_eq!(s.watch_done(11, b":0\r\n".to_vec()), b"+OK\r\n");
+        assert!(!s.watch_waiting());
+        assert_eq!(s.watched_count(), 2, "each key once");
+        // A failed read watches nothing, and its error reaches the client.
+        assert_eq!(s.admit(&args(&["WATCH", "y"]), 12, now), Gate::Watch);
+        let e = b"-CLUSTERDOWN no leader\r\n".to_vec();
+        assert_eq!(s.watch_done(12, e.clone()), e);
+        assert_eq!(s.watched_count(), 2);
+        // Another write to `w` after the watch's index: EXEC answers a null array.
+        use crate::kv::StateMachine;
+        let Some(Request::Write(set)) = kv.parse(&args(&["SET", "w", "1"])) else {
+            panic!()
+        };
+        kv.apply(crate::raft::LogIndex(1), &set);
+        s.admit(&args(&["MULTI"]), 13, now);
+        s.admit(&args(&["SET", "out", "1"]), 14, now);
+        assert_eq!(
+            run_exec(kv, s.admit(&args(&["EXEC"]), 15, now)),
+            Value::NilArray
+        );
+        assert_eq!(s.watched_count(), 0, "EXEC forgets the watches");
+        // Watched at the current index: EXEC runs.
+        s.admit(&args(&["WATCH", "w"]), 16, now);
+        s.watch_done(16, format!(":{}\r\n", kv.applied_index().0).into_bytes());
+        s.admit(&args(&["MULTI"]), 17, now);
+        s.admit(&args(&["SET", "out", "1"]), 18, now);
+        assert_eq!(
+            run_exec(kv, s.admit(&args(&["EXEC"]), 19, now)),
+            Value::Array(vec![Value::ok()])
+        );
+        // UNWATCH and DISCARD forget them too.
+        s.admit(&args(&["WATCH", "a"]), 20, now);
+        s.watch_done(20, b":1\r\n".to_vec());
+        assert_eq!(reply(s.admit(&args(&["UNWATCH"]), 21, now)), Value::ok());
+        assert_eq!(s.watched_count(), 0);
+        s.admit(&args(&["WATCH", "a"]), 22, now);
+        s.watch_done(22, b":1\r\n".to_vec());
+        s.admit(&args(&["MULTI"]), 23, now);
+        s.admit(&args(&["DISCARD"]), 24, now);
+        assert_eq!(s.watched_count(), 0);
+        assert_eq!(
+            error(s.admit(&args(&["UNWATCH", "x"]), 25, now)),
+            "ERR wrong number of arguments for 'unwatch' command"
+        );
+    }
+
+    #[test]
+    fn queued_commands_watched_keys_and_bytes_are_bounded_with_errors_naming_the_limit() {
+        let s = &mut session();
+        let now = Instant::now();
+        s.admit(&args(&["MULTI"]), 0, now);
+        for _ in 0..TX_COMMANDS_MAX {
+            assert_eq!(reply(s.admit(&args(&["INCR", "n"]), 1, now)), queued());
+        }
+        assert!(error(s.admit(&args(&["INCR", "n"]), 2, now)).contains("TX_COMMANDS_MAX"));
+        assert!(error(s.admit(&args(&["EXEC"]), 3, now)).starts_with("EXECABORT"));
+        // Bytes: megabyte values until the entry would pass TX_SIZE_MAX.
+        let big = vec![b'v'; crate::limits::VALUE_SIZE_MAX];
+        s.admit(&args(&["MULTI"]), 4, now);
+        let mut queued_n = 0;
+        let e = loop {
+            let cmd = vec![b"SET".to_vec(), b"k".to_vec(), big.clone()];
+            match s.admit(&cmd, 5, now) {
+                Gate::Reply(Value::Simple(q)) if q == "QUEUED" => queued_n += 1,
+                other => break error(other),
+            }
+        };
+        assert!(e.contains("TX_SIZE_MAX"), "{e}");
+        assert_eq!(queued_n, TX_SIZE_MAX / big.len());
+        assert!(error(s.admit(&args(&["EXEC"]), 6, now)).starts_with("EXECABORT"));
+        // Watched keys.
+        let mut many = vec![b"WATCH".to_vec()];
+        many.extend((0..WATCH_KEYS_MAX).map(|i| i.to_string().into_bytes()));
+        assert_eq!(s.admit(&many, 7, now), Gate::Watch);
+        s.watch_done(7, b":3\r\n".to_vec());
+        assert_eq!(s.watched_count(), WATCH_KEYS_MAX);
+        assert_eq!(
+            s.admit(&args(&["WATCH", "one-more"]), 8, now),
+            Gate::Reply(tx::watch_limit_error())
+        );
+        assert_eq!(
+            s.admit(&args(&["WATCH", "0"]), 9, now),
+            Gate::Watch,
+            "already watched"
         );
     }
 

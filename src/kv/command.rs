@@ -31,9 +31,13 @@
 //! 0x0c RENAME key, new key, u8 nx (0 or 1)
 //! 0x0d COPY   key, destination, u8 replace (0 or 1)
 //! 0x0e FLUSHALL
+//! 0x30 SESSION OPEN (no fields; reply: the session id, which is the index of this entry)
+//! 0x10..=0x14 and 0x4c: the TTL commands, laid out in `ttl.rs`
+//! 0x20 EXEC   a whole transaction: watches and queued commands   0x60 WATCH  list of keys
+//!             (layout in `kv::tx`)                                (answers the applied index)
 //! ```
 //! Nothing may follow the last field. INCR, DECR and DECRBY are encoded as INCRBY; GETSET as
-//! SET with the GET flag; UNLINK as DEL; TOUCH as EXISTS; SUBSTR as GETRANGE; RENAMENX as
+//! SET with the GET flag; SET with a TTL option as op 0x10 (`ttl.rs`); UNLINK as DEL; TOUCH as EXISTS; SUBSTR as GETRANGE; RENAMENX as
 //! RENAME with nx = 1; FLUSHDB as FLUSHALL.
 //!
 //! Invariants:
@@ -44,6 +48,7 @@
 
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::value::Value;
+use crate::kv::ttl::{self, TtlRead, TtlWrite};
 use crate::kv::Request;
 use crate::limits::{ENTRY_SIZE_MAX, KEY_SIZE_MAX, SCAN_COUNT_MAX, VALUE_SIZE_MAX};
 use byteorder::{BigEndian, ByteOrder};
@@ -118,6 +123,10 @@ pub enum WriteCmd<'a> {
         replace: bool,
     },
     FlushAll,
+    /// `SESSION OPEN`: a new exactly-once session (see `session.rs`).
+    SessionOpen,
+    /// The TTL commands (see `ttl.rs`).
+    Ttl(TtlWrite<'a>),
 }
 
 /// What `SCAN ... TYPE t` keeps.
@@ -170,6 +179,8 @@ pub enum ReadCmd<'a> {
         pattern: &'a [u8],
     },
     RandomKey,
+    /// TTL, PTTL, EXPIRETIME, PEXPIRETIME (see `ttl.rs`).
+    Ttl(TtlRead<'a>),
 }
 
 /// Why a payload did not decode.
@@ -196,7 +207,7 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-mod op {
+pub(super) mod op {
     pub const SET: u8 = 0x01;
     pub const SETNX: u8 = 0x02;
     pub const DEL: u8 = 0x03;
@@ -211,6 +222,9 @@ mod op {
     pub const RENAME: u8 = 0x0c;
     pub const COPY: u8 = 0x0d;
     pub const FLUSHALL: u8 = 0x0e;
+    /// A transaction (`kv::tx`); apart from the others so that new ops do not collide.
+    pub const EXEC: u8 = 0x20;
+    pub const SESSION_OPEN: u8 = 0x30;
     pub const GET: u8 = 0x41;
     pub const EXISTS: u8 = 0x42;
     pub const MGET: u8 = 0x43;
@@ -222,6 +236,8 @@ mod op {
     pub const SCAN: u8 = 0x49;
     pub const KEYS: u8 = 0x4a;
     pub const RANDOMKEY: u8 = 0x4b;
+    /// WATCH's read of the applied index (`kv::tx`).
+    pub const WATCH: u8 = 0x60;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,24 +279,46 @@ pub fn parse(args: &[Vec<u8>]) -> Option<Request> {
             Ok(cmd) => encode_write_checked(&cmd),
             Err(reply) => Request::Reply(reply),
         },
+        "session" => match parse_session(args) {
+            Ok(cmd) => encode_write_checked(&cmd),
+            Err(reply) => Request::Reply(reply),
+        },
         "get" | "exists" | "mget" | "strlen" | "range" | "dbsize" => match parse_read(name, args) {
             Ok(cmd) => Request::Read(encode_read(&cmd)),
             Err(reply) => Request::Reply(reply),
         },
+        "watch" => crate::kv::tx::parse_watch(args),
+        crate::kv::tx::EXEC_COMMAND => crate::kv::tx::parse_exec(args),
         "touch" | "getrange" | "substr" | "type" | "scan" | "keys" | "randomkey" => {
             match parse_read_more(name, args) {
                 Ok(cmd) => Request::Read(encode_read(&cmd)),
                 Err(reply) => Request::Reply(reply),
             }
         }
-        _ => return None,
+        _ => return parse_ttl(name, args),
     };
     Some(req)
 }
 
+/// The TTL commands other than SET, or `None`.
+fn parse_ttl(name: &str, args: &[Vec<u8>]) -> Option<Request> {
+    if let Some(parsed) = ttl::parse_write(name, args) {
+        return Some(match parsed {
+            Ok(cmd) => encode_write_checked(&cmd),
+            Err(reply) => Request::Reply(reply),
+        });
+    }
+    let parsed = ttl::parse_read(name, args)?;
+    Some(match parsed {
+        Ok(cmd) => Request::Read(encode_read(&ReadCmd::Ttl(cmd))),
+        Err(reply) => Request::Reply(reply),
+    })
+}
+
 fn encode_write_checked(cmd: &WriteCmd<'_>) -> Request {
     let payload = encode_write(cmd);
-    if payload.len() > ENTRY_SIZE_MAX {
+    // The leader wraps the payload in an envelope before proposing it: leave room for it.
+    if payload.len() + crate::kv::envelope::ENVELOPE_SIZE_MAX > ENTRY_SIZE_MAX {
         return Request::Reply(Value::error(format!(
             "ERR request exceeds the maximum entry size ({ENTRY_SIZE_MAX} bytes)"
         )));
@@ -288,14 +326,14 @@ fn encode_write_checked(cmd: &WriteCmd<'_>) -> Request {
     Request::Write(payload)
 }
 
-fn check_key(key: &[u8]) -> Result<&[u8], Value> {
+pub(crate) fn check_key(key: &[u8]) -> Result<&[u8], Value> {
     if key.len() > KEY_SIZE_MAX {
         return Err(key_too_large());
     }
     Ok(key)
 }
 
-fn check_value(value: &[u8]) -> Result<&[u8], Value> {
+pub(crate) fn check_value(value: &[u8]) -> Result<&[u8], Value> {
     if value.len() > VALUE_SIZE_MAX {
         return Err(string_too_large());
     }
@@ -357,7 +395,7 @@ fn parse_write<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<WriteCmd<'a>, Valu
         return Err(arity_error(name));
     }
     let cmd = match name {
-        "set" => parse_set(args)?,
+        "set" => crate::kv::ttl::parse_set(args)?,
         "setnx" => WriteCmd::SetNx {
             key: check_key(&args[1])?,
             value: check_value(&args[2])?,
@@ -401,30 +439,6 @@ fn parse_write<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<WriteCmd<'a>, Valu
         },
     };
     Ok(cmd)
-}
-
-/// `SET key value [NX|XX] [GET]`. Expiry options are refused: this store has no expiry.
-fn parse_set(args: &[Vec<u8>]) -> Result<WriteCmd<'_>, Value> {
-    let mut flags = 0u8;
-    for opt in &args[3..] {
-        let o = opt.to_ascii_lowercase();
-        match o.as_slice() {
-            b"nx" if flags & SET_XX == 0 => flags |= SET_NX,
-            b"xx" if flags & SET_NX == 0 => flags |= SET_XX,
-            b"get" => flags |= SET_GET,
-            b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl" => {
-                return Err(Value::error(
-                    "ERR expiry options (EX, PX, EXAT, PXAT, KEEPTTL) are not supported",
-                ))
-            }
-            _ => return Err(syntax_error()),
-        }
-    }
-    Ok(WriteCmd::Set {
-        flags,
-        key: check_key(&args[1])?,
-        value: check_value(&args[2])?,
-    })
 }
 
 fn parse_read<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<ReadCmd<'a>, Value> {
@@ -532,6 +546,29 @@ fn parse_write_more<'a>(name: &str, args: &'a [Vec<u8>]) -> Result<WriteCmd<'a>,
         }
     };
     Ok(cmd)
+}
+
+/// `SESSION OPEN`. (`SESSION RUN` is taken apart by the node before the state machine
+/// parses its command: see `session::parse_run`.)
+fn parse_session(args: &[Vec<u8>]) -> Result<WriteCmd<'_>, Value> {
+    let Some(sub) = args.get(1) else {
+        return Err(arity_error("session"));
+    };
+    if sub.eq_ignore_ascii_case(b"open") {
+        if args.len() != 2 {
+            return Err(arity_error("session|open"));
+        }
+        return Ok(WriteCmd::SessionOpen);
+    }
+    if sub.eq_ignore_ascii_case(b"run") {
+        return Err(Value::error(
+            "ERR SESSION RUN cannot be nested or used inside a transaction",
+        ));
+    }
+    Err(Value::error(format!(
+        "ERR unknown subcommand '{}'. Try SESSION OPEN or SESSION RUN.",
+        String::from_utf8_lossy(sub)
+    )))
 }
 
 /// `COPY source destination [DB 0] [REPLACE]`: one database, so `DB` takes only 0.
@@ -777,6 +814,8 @@ fn encode_write_more(cmd: &WriteCmd<'_>, out: &mut Vec<u8>) {
             out.push(u8::from(*replace));
         }
         WriteCmd::FlushAll => out.push(op::FLUSHALL),
+        WriteCmd::SessionOpen => out.push(op::SESSION_OPEN),
+        WriteCmd::Ttl(t) => ttl::encode_write(t, out),
         _ => unreachable!("encode_write handles {cmd:?}"),
     }
 }
@@ -845,6 +884,7 @@ pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
             put_bytes(&mut out, pattern);
         }
         ReadCmd::RandomKey => out.push(op::RANDOMKEY),
+        ReadCmd::Ttl(t) => ttl::encode_read(t, &mut out),
     }
     out
 }
@@ -852,12 +892,12 @@ pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Decoding: check-then-decode over a byte slice.
 
-struct Reader<'a> {
-    buf: &'a [u8],
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -865,37 +905,37 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(super) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(super) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(BigEndian::read_u32(self.take(4)?))
     }
     fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(BigEndian::read_i64(self.take(8)?))
     }
-    fn bytes(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn bytes(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u32()? as usize;
         if len > max {
             return Err(DecodeError::TooLarge { len, max });
         }
         self.take(len)
     }
-    fn key(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn key(&mut self) -> Result<&'a [u8], DecodeError> {
         self.bytes(KEY_SIZE_MAX)
     }
     fn value(&mut self) -> Result<&'a [u8], DecodeError> {
         self.bytes(VALUE_SIZE_MAX)
     }
     /// A count of items each at least `item_min` bytes long, checked against what remains.
-    fn count(&mut self, item_min: usize) -> Result<usize, DecodeError> {
+    pub(super) fn count(&mut self, item_min: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(item_min) > self.buf.len() {
             return Err(DecodeError::Truncated);
         }
         Ok(n)
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(BigEndian::read_u64(self.take(8)?))
     }
     /// A byte that must be 0 or 1.
@@ -914,11 +954,11 @@ impl<'a> Reader<'a> {
         }
         Ok(pairs)
     }
-    fn keys(&mut self) -> Result<Vec<&'a [u8]>, DecodeError> {
+    pub(super) fn keys(&mut self) -> Result<Vec<&'a [u8]>, DecodeError> {
         let n = self.count(4)?;
         (0..n).map(|_| self.key()).collect()
     }
-    fn finish(&self) -> Result<(), DecodeError> {
+    pub(super) fn finish(&self) -> Result<(), DecodeError> {
         match self.buf.len() {
             0 => Ok(()),
             extra => Err(DecodeError::Trailing { extra }),
@@ -927,7 +967,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Version byte and op code.
-fn header(data: &[u8]) -> Result<(u8, Reader<'_>), DecodeError> {
+pub(super) fn header(data: &[u8]) -> Result<(u8, Reader<'_>), DecodeError> {
     match data {
         [] => Err(DecodeError::Empty),
         [FORMAT_VERSION, op, rest @ ..] => Ok((*op, Reader { buf: rest })),
@@ -1001,7 +1041,14 @@ pub fn decode_write(data: &[u8]) -> Result<WriteCmd<'_>, DecodeError> {
             replace: r.flag(code)?,
         },
         op::FLUSHALL => WriteCmd::FlushAll,
-        other => return Err(DecodeError::Op(other)),
+        op::SESSION_OPEN => WriteCmd::SessionOpen,
+        other => {
+            let fields = &mut ttl::Fields { buf: r.buf };
+            return match ttl::decode_write(other, fields) {
+                Some(decoded) => decoded.map(WriteCmd::Ttl),
+                None => Err(DecodeError::Op(other)),
+            };
+        }
     };
     r.finish()?;
     Ok(cmd)
@@ -1046,7 +1093,13 @@ pub fn decode_read(data: &[u8]) -> Result<ReadCmd<'_>, DecodeError> {
         }
         op::KEYS => ReadCmd::Keys { pattern: r.key()? },
         op::RANDOMKEY => ReadCmd::RandomKey,
-        other => return Err(DecodeError::Op(other)),
+        other => {
+            let fields = &mut ttl::Fields { buf: r.buf };
+            return match ttl::decode_read(other, fields) {
+                Some(decoded) => decoded.map(ReadCmd::Ttl),
+                None => Err(DecodeError::Op(other)),
+            };
+        }
     };
     r.finish()?;
     Ok(cmd)
@@ -1110,6 +1163,7 @@ mod tests {
             args(&[b"renamenx", b"a", b"b"]),
             args(&[b"copy", b"a", b"b", b"db", b"0", b"replace"]),
             args(&[b"flushdb", b"async"]),
+            args(&[b"session", b"open"]),
             args(&[b"touch", b"a", b"b"]),
             args(&[b"getrange", b"k", b"-3", b"-1"]),
             args(&[b"substr", b"k", b"0", b"2"]),

@@ -3,7 +3,8 @@
 //!
 //! Owns: classifying client commands into log writes, reads and immediate replies
 //! (`command.rs`), applying committed entries deterministically (`store.rs`), the ordered
-//! storage (`skiplist.rs`) and the snapshot format (`snapshot.rs`).
+//! storage (`skiplist.rs`), the snapshot format (`snapshot.rs`) and the envelope the leader
+//! puts around each write (`envelope.rs`: its time stamp and client session).
 //! Must not: know about Raft beyond `LogIndex`, touch sockets, files or the clock.
 //!
 //! Invariants every `StateMachine` keeps:
@@ -15,12 +16,17 @@
 //!    a failed load leaves the previous state untouched.
 
 pub mod command;
+pub mod envelope;
+pub mod expiry;
 pub mod float;
 pub mod glob;
 pub mod hash;
+pub mod session;
 pub mod skiplist;
 pub mod snapshot;
 pub mod store;
+pub mod ttl;
+pub mod tx;
 
 use crate::client::value::Value;
 use crate::raft::LogIndex;
@@ -28,6 +34,19 @@ use std::fmt;
 
 pub use snapshot::SnapshotError;
 pub use store::{KvStats, KvStore};
+
+/// TTL counters for INFO.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TtlStats {
+    /// Keys deleted because their TTL passed (by a write finding them expired, or by the
+    /// leader's reclaim entries), counted as this replica applied them since it started
+    /// (local: a snapshot does not carry it).
+    pub expired_keys: u64,
+    /// Keys with a TTL.
+    pub expires: usize,
+    /// Keys whose TTL has passed that are not deleted yet.
+    pub backlog: usize,
+}
 
 /// What a client request turns into.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,8 +68,31 @@ pub trait StateMachine {
     /// Apply a committed entry's payload at `index` (> `applied_index()`). Deterministic.
     /// A payload that does not decode is answered with an error `Value`, never a panic.
     fn apply(&mut self, index: LogIndex, data: &[u8]) -> Value;
-    /// Answer an encoded read query against the current state.
+    /// Answer an encoded read query against the current state, as of the last applied
+    /// entry's stamp.
     fn query(&self, data: &[u8]) -> Value;
+    /// Answer a read query as of `now_ms` (the leader's time, ms since the epoch: the larger
+    /// of its wall clock and the last applied stamp): keys whose TTL has passed are absent.
+    fn query_at(&self, data: &[u8], now_ms: u64) -> Value {
+        let _ = now_ms;
+        self.query(data)
+    }
+    /// The largest leader stamp applied (ms since the epoch; 0 before any): apply's "now".
+    fn applied_stamp_ms(&self) -> u64 {
+        0
+    }
+    /// A write (the payload of an entry, for the leader to propose) deleting at most
+    /// `keys_max` keys whose TTL has passed at `now_ms`, earliest first, each only if its
+    /// expiry is unchanged when it applies; `None` when no key is due.
+    fn expired_batch(&self, now_ms: u64, keys_max: usize) -> Option<Vec<u8>> {
+        let _ = (now_ms, keys_max);
+        None
+    }
+    /// TTL counters for INFO, as of `now_ms`.
+    fn ttl_stats(&self, now_ms: u64) -> TtlStats {
+        let _ = now_ms;
+        TtlStats::default()
+    }
     fn applied_index(&self) -> LogIndex;
     /// Stream the whole state to `w`; returns the state hash. May run in a forked child:
     /// no logging, no allocation beyond buffering.

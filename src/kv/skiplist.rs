@@ -7,7 +7,9 @@
 //! Nodes live in one `Vec<Node>`; a link is a `u32` index into it. Node 0 is the head: it has
 //! no key, and nothing ever links to it, so index 0 doubles as "nil". A node holds its key and
 //! value in one boxed slice (`key ++ value`), the first 8 key bytes big-endian in `prefix` (so
-//! most comparisons never touch the boxed bytes) and its level-0 link `next0` inline.
+//! most comparisons never touch the boxed bytes) and its level-0 link `next0` inline. It also
+//! holds the caller's 8-byte `modified` stamp (the store keeps the log index of the entry that
+//! last wrote the key there, for WATCH); the list only stores it.
 //!
 //! The express lanes (levels `1..height`) live apart, in `upper: Vec<u32>`. A node of height
 //! h >= 2 owns a span there of h + 2 slots: `[node, prefix_hi, prefix_lo, link_1 .. link_{h-1}]`,
@@ -70,6 +72,8 @@ struct Node {
     /// Offset of this node's span in `upper` (height >= 2 only).
     span: u32,
     height: u8,
+    /// The caller's stamp of the last insert of this key (0 for a free node).
+    modified: u64,
 }
 
 /// A key and value taken out of the list (replaced or removed), without copying.
@@ -77,6 +81,7 @@ struct Node {
 pub struct Entry {
     kv: Box<[u8]>,
     key_len: usize,
+    modified: u64,
 }
 
 impl Entry {
@@ -85,6 +90,10 @@ impl Entry {
     }
     pub fn value(&self) -> &[u8] {
         &self.kv[self.key_len..]
+    }
+    /// Its `modified` stamp.
+    pub fn modified(&self) -> u64 {
+        self.modified
     }
 }
 
@@ -137,6 +146,7 @@ impl SkipList {
             next0: NIL,
             span: HEAD_SPAN,
             height: HEIGHT_MAX as u8,
+            modified: 0,
         });
         // The head span: node HEAD, prefix 0, all links nil.
         list.upper.resize(span_len(HEIGHT_MAX), NIL);
@@ -263,38 +273,72 @@ impl SkipList {
 
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.get_modified(key).map(|(v, _)| v)
+    }
+
+    /// The value stored under `key` and the stamp of its last insert.
+    pub fn get_modified(&self, key: &[u8]) -> Option<(&[u8], u64)> {
         let x = self.search(key, None);
         if self.is_key(x, key) {
             let n = &self.nodes[x as usize];
-            Some(&n.kv[n.key_len as usize..])
+            Some((&n.kv[n.key_len as usize..], n.modified))
         } else {
             None
         }
     }
 
-    /// Store `value` under `key`, returning the entry it replaced.
+    /// Set the stamp of a stored `key`, returning the old one (`None` if it is absent).
+    pub fn set_modified(&mut self, key: &[u8], modified: u64) -> Option<u64> {
+        let x = self.search(key, None);
+        if !self.is_key(x, key) {
+            return None;
+        }
+        Some(std::mem::replace(
+            &mut self.nodes[x as usize].modified,
+            modified,
+        ))
+    }
+
+    /// Store `value` under `key` with stamp 0, returning the entry it replaced.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+        self.insert_at(key, value, 0)
+    }
+
+    /// Store `value` under `key`, stamped `modified`, returning the entry it replaced.
+    pub fn insert_at(&mut self, key: &[u8], value: &[u8], modified: u64) -> Option<Entry> {
         let mut kv = Vec::with_capacity(key.len() + value.len());
         kv.extend_from_slice(key);
         kv.extend_from_slice(value);
-        self.insert_kv(kv.into_boxed_slice(), key.len())
+        self.insert_kv_at(kv.into_boxed_slice(), key.len(), modified)
     }
 
-    /// Store an already joined `key ++ value` whose key is `key_len` bytes long.
+    /// Store an already joined `key ++ value` whose key is `key_len` bytes long, stamp 0.
     pub fn insert_kv(&mut self, kv: Box<[u8]>, key_len: usize) -> Option<Entry> {
+        self.insert_kv_at(kv, key_len, 0)
+    }
+
+    /// Store an already joined `key ++ value` whose key is `key_len` bytes long, stamped
+    /// `modified` (which replaces the old stamp when the key exists).
+    pub fn insert_kv_at(&mut self, kv: Box<[u8]>, key_len: usize, modified: u64) -> Option<Entry> {
         assert!(key_len <= kv.len(), "key_len {key_len} > kv {}", kv.len());
         assert!(key_len <= u32::MAX as usize, "key of {key_len} bytes");
         let mut prev = [HEAD; HEIGHT_MAX]; // HEAD == HEAD_SPAN: right for unused levels
         let at = self.search(&kv[..key_len], Some(&mut prev));
         if self.is_key(at, &kv[..key_len]) {
             self.data_bytes = self.data_bytes - self.nodes[at as usize].kv.len() + kv.len();
+            let old_modified = std::mem::replace(&mut self.nodes[at as usize].modified, modified);
             let old = std::mem::replace(&mut self.nodes[at as usize].kv, kv);
-            return Some(Entry { kv: old, key_len });
+            return Some(Entry {
+                kv: old,
+                key_len,
+                modified: old_modified,
+            });
         }
         let height = self.random_height();
         self.level = self.level.max(height);
         let prefix = key_prefix(&kv[..key_len]);
         let x = self.alloc_node(kv, key_len, prefix, height);
+        self.nodes[x as usize].modified = modified;
         self.nodes[x as usize].next0 = self.nodes[prev[0] as usize].next0;
         self.nodes[prev[0] as usize].next0 = x;
         let span = self.nodes[x as usize].span;
@@ -329,9 +373,14 @@ impl SkipList {
         }
         self.len -= 1;
         let key_len = self.nodes[x as usize].key_len as usize;
+        let modified = self.nodes[x as usize].modified;
         let kv = self.free_node(x);
         self.data_bytes -= kv.len();
-        Some(Entry { kv, key_len })
+        Some(Entry {
+            kv,
+            key_len,
+            modified,
+        })
     }
 
     /// Remove every key, keeping the generator's state.
@@ -381,6 +430,7 @@ impl SkipList {
             let n = &mut old[x as usize];
             let kv = std::mem::take(&mut n.kv);
             b.push_node(kv, n.key_len as usize, n.prefix, n.height as usize);
+            b.list.nodes[b.last as usize].modified = n.modified;
             x = n.next0;
         }
         assert_eq!(b.list.len, self.len, "compaction lost nodes");
@@ -419,6 +469,7 @@ impl SkipList {
             next0: NIL,
             span,
             height: height as u8,
+            modified: 0,
         };
         if x == self.free_node {
             self.free_node = self.nodes[x as usize].next0;
@@ -463,6 +514,7 @@ impl SkipList {
         n.prefix = 0;
         n.height = 0;
         n.span = HEAD_SPAN;
+        n.modified = 0;
         n.next0 = self.free_node;
         self.free_node = x;
         kv
@@ -605,6 +657,11 @@ impl Builder {
 
     /// Append `key ++ value` (key `key_len` bytes), which must sort after every key so far.
     pub fn push(&mut self, kv: Box<[u8]>, key_len: usize) {
+        self.push_at(kv, key_len, 0);
+    }
+
+    /// `push`, with the key's `modified` stamp.
+    pub fn push_at(&mut self, kv: Box<[u8]>, key_len: usize, modified: u64) {
         assert!(key_len <= kv.len(), "key_len {key_len} > kv {}", kv.len());
         if let Some(last) = self.last_key() {
             assert!(last < &kv[..key_len], "Builder::push out of order");
@@ -612,6 +669,7 @@ impl Builder {
         let height = self.list.random_height();
         let prefix = key_prefix(&kv[..key_len]);
         self.push_node(kv, key_len, prefix, height);
+        self.list.nodes[self.last as usize].modified = modified;
     }
 
     /// Append a node of a known height and key prefix (the order is the caller's promise).
@@ -649,10 +707,9 @@ pub struct Iter<'a> {
     end: Option<&'a [u8]>,
 }
 
-impl<'a> Iterator for Iter<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Iter<'a> {
+    /// The next entry with its `modified` stamp.
+    pub fn next_modified(&mut self) -> Option<(&'a [u8], &'a [u8], u64)> {
         if self.node == NIL {
             return None;
         }
@@ -665,7 +722,15 @@ impl<'a> Iterator for Iter<'a> {
             }
         }
         self.node = n.next0;
-        Some((key, value))
+        Some((key, value, n.modified))
+    }
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_modified().map(|(k, v, _)| (k, v))
     }
 }
 
@@ -840,6 +905,37 @@ mod tests {
             list.remove(&before[0].0).map(|e| e.value().to_vec()),
             Some(before[0].1.clone())
         );
+        list.check_invariants();
+    }
+
+    #[test]
+    fn modified_stamps_follow_the_last_insert_through_removal_reuse_and_compaction() {
+        let mut list = SkipList::new(9);
+        let mut model: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let mut p = Prng::new(9);
+        for stamp in 1..4000u64 {
+            let k = p.range(0, 500).to_be_bytes();
+            if p.chance(1, 3) {
+                list.remove(&k);
+                model.remove(&k[..]);
+            } else {
+                list.insert_at(&k, b"v", stamp);
+                model.insert(k.to_vec(), stamp);
+            }
+            if stamp == 2000 {
+                list.compact();
+            }
+        }
+        for (k, &m) in &model {
+            assert_eq!(list.get_modified(k), Some((&b"v"[..], m)), "{k:?}");
+        }
+        let mut it = list.iter();
+        let mut seen = Vec::new();
+        while let Some((k, _, m)) = it.next_modified() {
+            seen.push((k.to_vec(), m));
+        }
+        assert_eq!(seen, model.into_iter().collect::<Vec<_>>());
+        assert_eq!(list.get_modified(b"absent"), None);
         list.check_invariants();
     }
 

@@ -6,29 +6,50 @@
 //! Must not: open, sync or rename files (the node does), or log (the writer runs in a forked
 //! child).
 //!
-//! # Format (version 1), integers big-endian
+//! # Format (version 2), integers big-endian
 //!
 //! ```text
 //! offset          size  field
 //! 0               8     magic  b"KVRSNAP\0"
-//! 8               4     version = 1
+//! 8               4     version = 2
 //! 12              8     applied index
-//! 20              8     entry count n
-//! 28              ...   n records, keys strictly increasing:
+//! 20              8     applied stamp: the largest leader stamp applied, ms since the epoch
+//! 28              8     last deletion: the index of the last entry that removed a key
+//!                       (<= applied index; WATCH, see `store.rs`)
+//! 36              8     entry count n
+//! 44              ...   n records, keys strictly increasing:
 //!                         u32 key length (<= KEY_SIZE_MAX), u32 value length (<= VALUE_SIZE_MAX),
-//!                         key bytes, value bytes
+//!                         u64 modified: the index of the entry that last wrote the key
+//!                         (<= applied index; WATCH), key bytes, value bytes
+//! then            8     expiry count m (<= n)
+//!                 ...   m expiry records, keys strictly increasing, each a key stored above:
+//!                         u32 key length (<= KEY_SIZE_MAX), u64 expiry (ms since the epoch),
+//!                         key bytes
+//! then            ...   the client sessions section, laid out in `session.rs`: u64 session
+//!                       count (<= SESSIONS_MAX), then each session and its saved replies
 //! end - 12        8     state hash (what `StateMachine::state_hash` returns for this state)
 //! end - 4         4     CRC32C of every byte before it
 //! ```
+//! Version 1 (read, never written) is version 2 without the applied stamp and the last
+//! deletion (its header is 28 bytes: the entry count follows the applied index), without the
+//! modified index in its records (8-byte record headers) and without the expiry and session
+//! sections: it loads with stamp 0, no TTLs, no sessions, and every modified index and the
+//! last deletion 0, under the same state hash. NB: stamps of 0 are safe for every WATCH made
+//! after the load (its read index is at least the snapshot's), not for older ones.
 //!
 //! Invariants:
 //! 1. `load(write(s))` rebuilds `s` exactly, and both return `s.state_hash()`.
 //! 2. The loader rejects, with a `SnapshotError` and the store untouched: a wrong magic or
-//!    version, any truncation, a record over its limits, keys out of order, a count that
-//!    does not match, trailing bytes, a CRC mismatch, and a recomputed state hash that
-//!    differs from the stored one. Lengths are checked before anything is allocated.
+//!    version, any truncation, a record over its limits, keys out of order, an expiry for a
+//!    key that is not stored, a count that does not match, trailing bytes, a CRC mismatch,
+//!    and a recomputed state hash that differs from the stored one. Lengths are checked
+//!    before anything is allocated.
 
-use crate::kv::hash::{combine_state_hash, entry_hash};
+use crate::kv::expiry::Expiries;
+use crate::kv::hash::{
+    combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
+};
+use crate::kv::session::{SectionSource, Sessions};
 use crate::kv::skiplist::{Builder, SkipList};
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::raft::LogIndex;
@@ -37,9 +58,16 @@ use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
 pub const MAGIC: [u8; 8] = *b"KVRSNAP\0";
-pub const VERSION: u32 = 1;
-pub const HEADER_SIZE: usize = 28;
-pub const RECORD_HEADER_SIZE: usize = 8;
+pub const VERSION: u32 = 2;
+/// The previous version, still loaded.
+pub const VERSION_1: u32 = 1;
+pub const HEADER_SIZE: usize = 44;
+/// The header of a version 1 snapshot (no applied stamp).
+pub const HEADER_SIZE_1: usize = 28;
+pub const RECORD_HEADER_SIZE: usize = 16;
+/// The record header of a version 1 snapshot (no modified index).
+pub const RECORD_HEADER_SIZE_1: usize = 8;
+pub const EXPIRY_RECORD_HEADER_SIZE: usize = 12;
 pub const TRAILER_SIZE: usize = 12;
 const BUFFER_SIZE: usize = 64 * 1024;
 
@@ -111,35 +139,54 @@ impl CrcWriter<'_> {
     }
 }
 
-/// Stream the state (`list` as of `applied`, whose state hash is `state_hash`) to `w` in the
-/// format above; returns `state_hash`.
-pub fn write(
-    list: &SkipList,
-    applied: LogIndex,
-    state_hash: u64,
-    w: &mut dyn Write,
-) -> io::Result<u64> {
+/// The state a snapshot holds, borrowed from the store.
+pub struct State<'a> {
+    pub list: &'a SkipList,
+    pub applied: LogIndex,
+    pub stamp_ms: u64,
+    pub expiries: &'a Expiries,
+    pub last_deletion: LogIndex,
+    pub sessions: &'a Sessions,
+}
+
+/// Stream `state`, whose state hash is `state_hash`, to `w` in the format above; returns
+/// `state_hash`.
+pub fn write(state: &State<'_>, state_hash: u64, w: &mut dyn Write) -> io::Result<u64> {
     let mut out = CrcWriter {
         out: BufWriter::with_capacity(BUFFER_SIZE, w),
         crc: 0,
     };
+    let list = state.list;
     let mut header = [0u8; HEADER_SIZE];
     header[0..8].copy_from_slice(&MAGIC);
     BigEndian::write_u32(&mut header[8..12], VERSION);
-    BigEndian::write_u64(&mut header[12..20], applied.0);
-    BigEndian::write_u64(&mut header[20..28], list.len() as u64);
+    BigEndian::write_u64(&mut header[12..20], state.applied.0);
+    BigEndian::write_u64(&mut header[20..28], state.stamp_ms);
+    BigEndian::write_u64(&mut header[28..36], state.last_deletion.0);
+    BigEndian::write_u64(&mut header[36..44], list.len() as u64);
     out.put(&header)?;
     let mut written = 0usize;
-    for (key, value) in list.iter() {
+    let mut records = list.iter();
+    while let Some((key, value, modified)) = records.next_modified() {
         let mut rec = [0u8; RECORD_HEADER_SIZE];
         BigEndian::write_u32(&mut rec[0..4], key.len() as u32);
         BigEndian::write_u32(&mut rec[4..8], value.len() as u32);
+        BigEndian::write_u64(&mut rec[8..16], modified);
         out.put(&rec)?;
         out.put(key)?;
         out.put(value)?;
         written += 1;
     }
     assert_eq!(written, list.len(), "iteration count vs len");
+    out.put(&(state.expiries.len() as u64).to_be_bytes())?;
+    for (key, at) in state.expiries.iter() {
+        let mut rec = [0u8; EXPIRY_RECORD_HEADER_SIZE];
+        BigEndian::write_u32(&mut rec[0..4], key.len() as u32);
+        BigEndian::write_u64(&mut rec[4..12], at);
+        out.put(&rec)?;
+        out.put(key)?;
+    }
+    state.sessions.write_section(&mut |b| out.put(b))?;
     let hash = state_hash;
     out.put(&hash.to_be_bytes())?;
     let crc = out.crc;
@@ -198,8 +245,14 @@ impl CrcReader<'_> {
 pub struct Loaded {
     pub list: SkipList,
     pub applied: LogIndex,
+    pub stamp_ms: u64,
+    pub expiries: Expiries,
+    pub last_deletion: LogIndex,
+    pub sessions: Sessions,
     /// The wrapping sum of the records' entry hashes (see `hash::entry_hash`).
     pub entries_hash: u64,
+    /// The wrapping sum of the records' `hash::modified_hash`.
+    pub modified_sum: u64,
     pub state_hash: u64,
 }
 
@@ -211,22 +264,73 @@ pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
         crc: 0,
     };
     let mut header = [0u8; HEADER_SIZE];
-    input.get(&mut header)?;
+    input.get(&mut header[..12])?;
     if header[0..8] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
     let version = BigEndian::read_u32(&header[8..12]);
-    if version != VERSION {
-        return Err(SnapshotError::Version(version));
-    }
+    let header_size = match version {
+        VERSION => HEADER_SIZE,
+        VERSION_1 => HEADER_SIZE_1,
+        v => return Err(SnapshotError::Version(v)),
+    };
+    input.get(&mut header[12..header_size])?;
     let applied = LogIndex(BigEndian::read_u64(&header[12..20]));
-    let count = BigEndian::read_u64(&header[20..28]);
-    let mut builder = Builder::new(seed);
-    let mut entries_hash = 0u64;
-    for _ in 0..count {
-        entries_hash = entries_hash.wrapping_add(read_record(&mut input, &mut builder)?);
+    let (stamp_ms, last_deletion, count) = match version {
+        VERSION => (
+            BigEndian::read_u64(&header[20..28]),
+            LogIndex(BigEndian::read_u64(&header[28..36])),
+            BigEndian::read_u64(&header[36..44]),
+        ),
+        _ => (0, LogIndex(0), BigEndian::read_u64(&header[20..28])),
+    };
+    if last_deletion > applied {
+        return Err(SnapshotError::Corrupt {
+            offset: 28,
+            reason: "last deletion after the applied index",
+        });
     }
-    let computed_hash = combine_state_hash(applied, builder.len(), entries_hash);
+    let mut builder = Builder::new(seed);
+    let (mut entries_hash, mut modified_sum) = (0u64, 0u64);
+    for _ in 0..count {
+        let (e, m) = read_record(&mut input, &mut builder, version, applied)?;
+        entries_hash = entries_hash.wrapping_add(e);
+        modified_sum = modified_sum.wrapping_add(m);
+    }
+    let list = builder.finish();
+    let mut expiries = Expiries::new();
+    let mut sessions = Sessions::new();
+    if version == VERSION {
+        read_expiries(&mut input, &list, &mut expiries)?;
+        sessions = Sessions::read_section(&mut input)?;
+    }
+    let extra = ExtraParts {
+        stamp_ms,
+        expiries_hash: expiries.hash(),
+        sessions_hash: sessions.hash(),
+        watch_hash: watch_hash(modified_sum, last_deletion),
+    };
+    let computed_hash = mix_extra_parts(
+        combine_state_hash(applied, list.len(), entries_hash),
+        &extra,
+    );
+    read_trailer(&mut input, computed_hash)?;
+    Ok(Loaded {
+        list,
+        applied,
+        stamp_ms,
+        expiries,
+        last_deletion,
+        sessions,
+        entries_hash,
+        modified_sum,
+        state_hash: computed_hash,
+    })
+}
+
+/// Read the state hash and CRC that end the snapshot, and check both and that nothing
+/// follows.
+fn read_trailer(input: &mut CrcReader<'_>, computed_hash: u64) -> Result<(), SnapshotError> {
     let mut trailer = [0u8; TRAILER_SIZE];
     input.get(&mut trailer[..8])?;
     let computed_crc = input.crc;
@@ -251,21 +355,90 @@ pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
             computed: computed_hash,
         });
     }
-    Ok(Loaded {
-        list: builder.finish(),
-        applied,
-        entries_hash,
-        state_hash: computed_hash,
-    })
+    Ok(())
 }
 
-/// Read one record into `builder`; returns its entry hash.
-fn read_record(input: &mut CrcReader<'_>, builder: &mut Builder) -> Result<u64, SnapshotError> {
+/// Read the expiry section into `expiries`: each key must be stored in `list`, in order.
+fn read_expiries(
+    input: &mut CrcReader<'_>,
+    list: &SkipList,
+    expiries: &mut Expiries,
+) -> Result<(), SnapshotError> {
+    let at = input.offset;
+    let mut count = [0u8; 8];
+    input.get(&mut count)?;
+    let count = BigEndian::read_u64(&count);
+    if count > list.len() as u64 {
+        return Err(SnapshotError::Corrupt {
+            offset: at,
+            reason: "more expiries than keys",
+        });
+    }
+    let mut last: Option<Box<[u8]>> = None;
+    for _ in 0..count {
+        let at = input.offset;
+        let mut rec = [0u8; EXPIRY_RECORD_HEADER_SIZE];
+        input.get(&mut rec)?;
+        let key_len = BigEndian::read_u32(&rec[0..4]) as usize;
+        if key_len > KEY_SIZE_MAX {
+            return Err(SnapshotError::Corrupt {
+                offset: at,
+                reason: "expiry key longer than KEY_SIZE_MAX",
+            });
+        }
+        let mut key = vec![0u8; key_len].into_boxed_slice();
+        input.get(&mut key)?;
+        let corrupt = |reason| SnapshotError::Corrupt { offset: at, reason };
+        if last.as_ref().is_some_and(|l| *l >= key) {
+            return Err(corrupt("expiry keys out of order"));
+        }
+        if list.get(&key).is_none() {
+            return Err(corrupt("expiry for a key that is not stored"));
+        }
+        expiries.set(&key, BigEndian::read_u64(&rec[4..12]));
+        last = Some(key);
+    }
+    Ok(())
+}
+
+/// The sessions section is read through the checksummed reader (`session.rs` lays it out).
+impl SectionSource for CrcReader<'_> {
+    fn get(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        CrcReader::get(self, buf)
+    }
+
+    fn corrupt(&self, reason: &'static str) -> SnapshotError {
+        SnapshotError::Corrupt {
+            offset: self.offset,
+            reason,
+        }
+    }
+}
+
+/// Read one record of a `version` snapshot into `builder`; returns its entry hash and its
+/// modified hash.
+fn read_record(
+    input: &mut CrcReader<'_>,
+    builder: &mut Builder,
+    version: u32,
+    applied: LogIndex,
+) -> Result<(u64, u64), SnapshotError> {
     let at = input.offset;
     let mut rec = [0u8; RECORD_HEADER_SIZE];
-    input.get(&mut rec)?;
+    let size = match version {
+        VERSION_1 => RECORD_HEADER_SIZE_1,
+        _ => RECORD_HEADER_SIZE,
+    };
+    input.get(&mut rec[..size])?;
     let key_len = BigEndian::read_u32(&rec[0..4]) as usize;
     let value_len = BigEndian::read_u32(&rec[4..8]) as usize;
+    let modified = BigEndian::read_u64(&rec[8..16]);
+    if modified > applied.0 {
+        return Err(SnapshotError::Corrupt {
+            offset: at,
+            reason: "key modified after the applied index",
+        });
+    }
     if key_len > KEY_SIZE_MAX {
         return Err(SnapshotError::Corrupt {
             offset: at,
@@ -287,9 +460,9 @@ fn read_record(input: &mut CrcReader<'_>, builder: &mut Builder) -> Result<u64, 
             reason: "keys out of order",
         });
     }
-    let h = entry_hash(key, value);
-    builder.push(kv, key_len);
-    Ok(h)
+    let hashes = (entry_hash(key, value), modified_hash(key, modified));
+    builder.push_at(kv, key_len, modified);
+    Ok(hashes)
 }
 
 #[cfg(test)]
@@ -385,19 +558,20 @@ mod tests {
             Err(SnapshotError::BadMagic)
         ));
         let mut bad = buf.clone();
-        bad[11] = 2;
+        bad[11] = 3;
         assert!(matches!(
             kv.load_snapshot(&mut &bad[..]),
-            Err(SnapshotError::Version(2))
+            Err(SnapshotError::Version(3))
         ));
         let mut bad = buf.clone();
         bad.push(0);
         let e = kv.load_snapshot(&mut &bad[..]).unwrap_err();
         assert!(e.to_string().contains("after the trailer"), "{e}");
-        // Two records in the wrong order, with a valid CRC: caught by the order check.
+        // Two records in the wrong order, with a valid CRC: caught by the order check
+        // (in a version 1 snapshot, which is still read).
         let mut w = Vec::new();
         w.extend_from_slice(&MAGIC);
-        w.extend_from_slice(&VERSION.to_be_bytes());
+        w.extend_from_slice(&VERSION_1.to_be_bytes());
         w.extend_from_slice(&7u64.to_be_bytes());
         w.extend_from_slice(&2u64.to_be_bytes());
         for k in [b"b", b"a"] {
@@ -417,8 +591,232 @@ mod tests {
         let mut w = buf[..HEADER_SIZE].to_vec();
         w.extend_from_slice(&0u32.to_be_bytes());
         w.extend_from_slice(&u32::MAX.to_be_bytes());
+        w.extend_from_slice(&0u64.to_be_bytes());
         let e = kv.load_snapshot(&mut &w[..]).unwrap_err();
         assert!(e.to_string().contains("VALUE_SIZE_MAX"), "{e}");
+    }
+
+    /// `w` with a valid CRC32C recomputed over everything before it.
+    #[test]
+    fn sessions_and_their_saved_replies_survive_a_snapshot_and_still_deduplicate() {
+        use crate::kv::envelope::{wrap, Envelope, SessionTag};
+        let mut kv = store_with(20, 11);
+        let at = |stamp_ms, session| Envelope { stamp_ms, session };
+        let payload = |args: &[&[u8]]| {
+            let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+            match kv_parse(&args) {
+                Request::Write(p) => p,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (open, incr) = (payload(&[b"SESSION", b"OPEN"]), payload(&[b"INCR", b"n"]));
+        let id = kv.applied_index().next();
+        assert_eq!(
+            kv.apply(id, &wrap(&at(50, None), &open)),
+            crate::client::Value::Integer(id.0 as i64)
+        );
+        let tag = Some(SessionTag {
+            id: id.0,
+            seq: 1,
+            lowest: 1,
+        });
+        let next = kv.applied_index().next();
+        kv.apply(next, &wrap(&at(60, tag), &incr));
+        let (buf, h) = snapshot_of(&kv);
+        let mut loaded = KvStore::new(5);
+        assert_eq!(loaded.load_snapshot(&mut &buf[..]).unwrap(), h);
+        assert_same(&kv, &loaded);
+        assert_eq!(loaded.session_stats(), kv.session_stats());
+        assert_eq!(loaded.session_stats().0, 1);
+        loaded.check_invariants();
+        // The resend after the snapshot is answered from the saved reply, not applied again.
+        let next = loaded.applied_index().next();
+        let v = loaded.apply(next, &wrap(&at(70, tag), &incr));
+        assert_eq!(v, crate::client::Value::Integer(1));
+        assert_eq!(loaded.get(b"n"), Some(&b"1"[..]));
+    }
+
+    fn kv_parse(args: &[Vec<u8>]) -> Request {
+        crate::kv::command::parse(args).expect("a KV command")
+    }
+
+    fn recrc(mut w: Vec<u8>) -> Vec<u8> {
+        let n = w.len();
+        let crc = crc32c::crc32c(&w[..n - 4]);
+        w[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        w
+    }
+
+    /// A store with a stamp and TTLs on some keys (applied as enveloped entries).
+    fn store_with_ttls(seed: u64) -> KvStore {
+        let mut kv = store_with(50, seed);
+        let keys: Vec<Vec<u8>> = kv.list().iter().map(|(k, _)| k.to_vec()).collect();
+        for (i, k) in keys.iter().enumerate().step_by(3) {
+            kv.test_set_expiry(k, 1_000 + i as u64);
+        }
+        kv
+    }
+
+    #[test]
+    fn stamps_and_expiries_round_trip_and_count_in_the_state_hash() {
+        let kv = store_with_ttls(8);
+        assert!(kv.expiry_count() > 10);
+        let (buf, h) = snapshot_of(&kv);
+        let mut loaded = KvStore::new(1);
+        assert_eq!(loaded.load_snapshot(&mut &buf[..]).unwrap(), h);
+        assert_same(&kv, &loaded);
+        assert_eq!(loaded.expiry_count(), kv.expiry_count());
+        assert_eq!(loaded.applied_stamp_ms(), kv.applied_stamp_ms());
+        loaded.check_invariants();
+        assert_eq!(snapshot_of(&loaded).0, buf);
+        // One expiry more, or a different stamp, is a different state.
+        let mut other = KvStore::new(1);
+        other.load_snapshot(&mut &buf[..]).unwrap();
+        let k = other.list().iter().nth(1).unwrap().0.to_vec();
+        other.test_set_expiry(&k, 5);
+        assert_ne!(other.state_hash(), h);
+    }
+
+    #[test]
+    fn expiries_for_missing_or_unordered_keys_and_unknown_sessions_are_refused() {
+        let kv = store_with_ttls(9);
+        let (buf, _) = snapshot_of(&kv);
+        // Locate the expiry section: after the header and the records.
+        let records: usize = kv
+            .list()
+            .iter()
+            .map(|(k, v)| RECORD_HEADER_SIZE + k.len() + v.len())
+            .sum();
+        let exp_at = HEADER_SIZE + records;
+        let sessions_at = buf.len() - TRAILER_SIZE - 8;
+        let mut bad = buf.clone();
+        bad[sessions_at + 7] = 1;
+        // One session claimed, none there: the trailer is too short to be its record.
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(matches!(e, SnapshotError::Truncated { .. }), "{e}");
+        let mut bad = buf.clone();
+        bad[sessions_at..sessions_at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(e.to_string().contains("SESSIONS_MAX"), "{e}");
+        // A count larger than the number of keys.
+        let mut bad = buf.clone();
+        bad[exp_at..exp_at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(e.to_string().contains("more expiries than keys"), "{e}");
+        // Known keys: k00..k19, with expiries on k03 and k07.
+        let mut kv = KvStore::new(2);
+        for i in 0..20 {
+            let args = vec![
+                b"SET".to_vec(),
+                format!("k{i:02}").into_bytes(),
+                b"v".to_vec(),
+            ];
+            let Some(Request::Write(e)) = kv.parse(&args) else {
+                panic!("SET did not parse")
+            };
+            kv.apply(LogIndex(i + 1), &e);
+        }
+        kv.test_set_expiry(b"k03", 10);
+        kv.test_set_expiry(b"k07", 20);
+        let (buf, _) = snapshot_of(&kv);
+        let first = buf.windows(3).position(|w| w == b"k03").unwrap();
+        let first = first
+            + buf[first + 3..]
+                .windows(3)
+                .position(|w| w == b"k03")
+                .unwrap()
+            + 3;
+        for (key, want) in [(b"k99", "not stored"), (b"k08", "out of order")] {
+            let mut bad = buf.clone();
+            bad[first..first + 3].copy_from_slice(key);
+            let e = KvStore::new(1)
+                .load_snapshot(&mut &recrc(bad)[..])
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_version_1_snapshot_loads_with_its_stored_hash() {
+        let kv = store_with(20, 10);
+        // Write it as version 1: no stamp, no last deletion, no modified indexes (8-byte
+        // record headers), no expiry and session sections.
+        let mut w = MAGIC.to_vec();
+        w.extend_from_slice(&VERSION_1.to_be_bytes());
+        w.extend_from_slice(&kv.applied_index().0.to_be_bytes());
+        w.extend_from_slice(&(kv.len() as u64).to_be_bytes());
+        let mut entries_hash = 0u64;
+        for (k, v) in kv.list().iter() {
+            w.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            w.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            w.extend_from_slice(k);
+            w.extend_from_slice(v);
+            entries_hash = entries_hash.wrapping_add(entry_hash(k, v));
+        }
+        let h = combine_state_hash(kv.applied_index(), kv.len(), entries_hash);
+        w.extend_from_slice(&h.to_be_bytes());
+        w.extend_from_slice(&[0; 4]);
+        let mut loaded = KvStore::new(3);
+        assert_eq!(loaded.load_snapshot(&mut &recrc(w)[..]).unwrap(), h);
+        assert_eq!(loaded.state_hash(), h);
+        let pairs = |s: &KvStore| -> Vec<(Vec<u8>, Vec<u8>)> {
+            s.list()
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect()
+        };
+        assert_eq!(pairs(&loaded), pairs(&kv));
+        loaded.check_invariants();
+    }
+
+    #[test]
+    fn modified_indexes_and_the_last_deletion_round_trip_and_count_in_the_state_hash() {
+        let mut kv = store_with(30, 11);
+        let next = |kv: &KvStore| kv.applied_index().next();
+        let victim = kv.list().iter().nth(3).unwrap().0.to_vec();
+        let del = match kv.parse(&[b"DEL".to_vec(), victim]) {
+            Some(Request::Write(e)) => e,
+            x => panic!("{x:?}"),
+        };
+        let at = next(&kv);
+        kv.apply(at, &del);
+        let (buf, h) = snapshot_of(&kv);
+        let mut loaded = KvStore::new(4);
+        assert_eq!(loaded.load_snapshot(&mut &buf[..]).unwrap(), h);
+        assert_eq!(BigEndian::read_u64(&buf[28..36]), at.0, "last deletion");
+        let stamps = |s: &KvStore| -> Vec<u64> {
+            let mut it = s.list().iter();
+            std::iter::from_fn(|| it.next_modified().map(|(_, _, m)| m)).collect()
+        };
+        assert_eq!(stamps(&loaded), stamps(&kv));
+        assert!(stamps(&kv).iter().any(|&m| m > 1), "stamps differ by key");
+        loaded.check_invariants();
+        // A different stamp, or a stamp past the applied index, with a valid CRC: refused.
+        let first_stamp = HEADER_SIZE + 8;
+        let mut bad = buf.clone();
+        bad[first_stamp + 7] ^= 1;
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(matches!(e, SnapshotError::StateHash { .. }), "{e}");
+        let mut bad = buf.clone();
+        bad[first_stamp..first_stamp + 8].copy_from_slice(&(at.0 + 1).to_be_bytes());
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(e.to_string().contains("modified after the applied"), "{e}");
+        let mut bad = buf.clone();
+        bad[28..36].copy_from_slice(&(at.0 + 1).to_be_bytes());
+        let e = KvStore::new(1)
+            .load_snapshot(&mut &recrc(bad)[..])
+            .unwrap_err();
+        assert!(e.to_string().contains("last deletion"), "{e}");
     }
 
     #[test]

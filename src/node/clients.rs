@@ -15,11 +15,14 @@
 use log::{debug, warn};
 
 use super::net::Net;
+use super::pending::{Forwarded, Orphan};
 use super::storage::Disk;
 use super::{ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
 use crate::client::resp;
+use crate::client::session::{unknown_command, Gate};
 use crate::client::{Protocol, Value};
-use crate::kv::{Request, StateMachine};
+use crate::kv::envelope::SessionTag;
+use crate::kv::{session, Request, StateMachine};
 use crate::limits;
 use crate::raft::{NodeId, ProposeError};
 use crate::wire::{self, Frame};
@@ -32,6 +35,15 @@ pub(super) enum Dispatch {
     Pending,
     /// Reply, then close the connection (QUIT).
     ReplyAndClose(Value),
+}
+
+/// Whether a forwarded request may be sent again if its leader goes away.
+#[derive(Clone, Copy)]
+enum Resend {
+    /// A write without a session.
+    No,
+    /// A read, or a session write (deduplicated by the state machine).
+    Yes { read: bool },
 }
 
 /// The error a client gets while no leader is known; clients retry on it.
@@ -50,7 +62,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let ConnKind::Client(st) = &c.kind else {
             return false;
         };
-        let paused = st.unanswered() >= limits::CLIENT_PENDING_MAX || c.conn.close_after_flush;
+        // A WATCH waiting for its read holds the rest of the pipeline (`client::session`).
+        let paused = st.unanswered() >= limits::CLIENT_PENDING_MAX
+            || c.conn.close_after_flush
+            || st.session.watch_waiting();
         c.conn.read_paused = paused;
         if paused {
             self.conns.cancel_read_again(key);
@@ -80,12 +95,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     let seq = st.open_slot();
                     let to = ReplyTo::Client { key, gen, seq };
                     self.stats.commands_processed += 1;
-                    let gated = st.session.gate(&args, self.now);
+                    let gate = st.session.admit(&args, seq, self.now);
                     let proto = st.session.proto;
-                    let dispatched = match gated {
-                        Some(v) => Dispatch::Reply(v),
-                        None => self.dispatch(to, args),
-                    };
+                    let dispatched = self.dispatch_admitted(to, gate, args);
                     match dispatched {
                         Dispatch::Reply(v) => self.deliver(to, v.to_bytes_as(proto)),
                         Dispatch::Pending => {}
@@ -116,31 +128,83 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
+    /// Route a client's command as its session decided: MULTI's queueing is answered there,
+    /// EXEC becomes the one command that carries the transaction, WATCH is a read whose reply
+    /// goes back to the session (`deliver`).
+    fn dispatch_admitted(&mut self, to: ReplyTo, gate: Gate, args: Vec<Vec<u8>>) -> Dispatch {
+        match gate {
+            Gate::Reply(v) => Dispatch::Reply(v),
+            Gate::Pass | Gate::Watch => self.dispatch(to, args),
+            Gate::Exec(transaction) => self.dispatch(to, transaction),
+        }
+    }
+
     /// Route one command: node commands here, state-machine commands to the log or a read.
     pub(super) fn dispatch(&mut self, to: ReplyTo, args: Vec<Vec<u8>>) -> Dispatch {
         if let Some(d) = self.node_command(to, &args) {
             return d;
         }
+        match session::parse_run(&args) {
+            None => {}
+            Some(Err(v)) => return Dispatch::Reply(v),
+            Some(Ok((tag, command))) => {
+                let parsed = self.applied.sm().parse(command);
+                return self.dispatch_tagged(to, tag, parsed, args);
+            }
+        }
         match self.applied.sm().parse(&args) {
             None => Dispatch::Reply(unknown_command(&args)),
             Some(Request::Reply(v)) => Dispatch::Reply(v),
-            Some(Request::Write(data)) => self.submit_write(to, data, args),
+            Some(Request::Write(data)) => self.submit_write(to, data, None, args),
             Some(Request::Read(query)) => self.submit_read(to, query, args),
         }
     }
 
-    fn submit_write(&mut self, to: ReplyTo, data: Vec<u8>, args: Vec<Vec<u8>>) -> Dispatch {
+    /// A `SESSION RUN`: the command inside runs as usual, a write carrying the session's tag
+    /// in its entry's envelope (the state machine applies it once: `kv/session.rs`).
+    fn dispatch_tagged(
+        &mut self,
+        to: ReplyTo,
+        tag: SessionTag,
+        parsed: Option<Request>,
+        args: Vec<Vec<u8>>,
+    ) -> Dispatch {
+        match parsed {
+            None => Dispatch::Reply(unknown_command(&args[session::RUN_PREFIX_ARGS..])),
+            Some(Request::Reply(v)) => Dispatch::Reply(v),
+            Some(Request::Write(data)) => self.submit_write(to, data, Some(tag), args),
+            Some(Request::Read(query)) => self.submit_read(to, query, args),
+        }
+    }
+
+    fn submit_write(
+        &mut self,
+        to: ReplyTo,
+        data: Vec<u8>,
+        session: Option<SessionTag>,
+        args: Vec<Vec<u8>>,
+    ) -> Dispatch {
         // A follower with a full disk still forwards writes: the leader and the others hold them.
         if let (Some(why), crate::raft::Role::Leader) = (self.stored.read_only(), self.raft.role())
         {
             return Dispatch::Reply(Value::error(format!("READONLY writes are refused: {why}")));
         }
+        let resend = match session {
+            Some(_) => Resend::Yes { read: false },
+            None => Resend::No,
+        };
+        // The leader stamps what it proposes, with the session's tag if any (a follower
+        // forwards the arguments instead).
+        let data = match self.raft.role() {
+            crate::raft::Role::Leader => self.stamp_write(&data, session),
+            _ => data,
+        };
         match self.raft.propose(data) {
             Ok(id) => {
                 self.pending.add_waiter(id.index, id.term, to);
                 Dispatch::Pending
             }
-            Err(e) => self.not_leader(to, e, args),
+            Err(e) => self.not_leader(to, e, args, resend),
         }
     }
 
@@ -155,12 +219,19 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 self.pending.add_read(ctx, to, query, floor);
                 Dispatch::Pending
             }
-            Err(e) => self.not_leader(to, e, args),
+            Err(e) => self.not_leader(to, e, args, Resend::Yes { read: true }),
         }
     }
 
     /// This node cannot serve the command itself: forward it to the leader (once), or say why.
-    fn not_leader(&mut self, to: ReplyTo, err: ProposeError, args: Vec<Vec<u8>>) -> Dispatch {
+    /// `resend` says whether the forward may be sent again if that leader goes away.
+    fn not_leader(
+        &mut self,
+        to: ReplyTo,
+        err: ProposeError,
+        args: Vec<Vec<u8>>,
+        resend: Resend,
+    ) -> Dispatch {
         let leader = match err {
             ProposeError::NotLeader { leader } => leader,
             other => return Dispatch::Reply(Value::error(format!("TRYAGAIN {other}"))),
@@ -182,13 +253,33 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if self.pending.forwards_full() {
             return Dispatch::Reply(Value::error("TRYAGAIN too many forwarded requests pending"));
         }
-        let id = self.pending.new_forward_id();
-        let proto = self.protocol_of(to).number();
-        if !self.send_frame(leader, &Frame::ClientRequest { id, args, proto }) {
-            return Dispatch::Reply(no_leader());
+        let kind = match resend {
+            Resend::No => Forwarded::Write,
+            Resend::Yes { read } => Forwarded::Resendable {
+                args: args.clone(),
+                read,
+            },
+        };
+        let o = Orphan {
+            to,
+            deadline: self.now + FORWARD_TIMEOUT,
+            kind,
+        };
+        match self.forward_to(leader, args, o) {
+            Ok(()) => Dispatch::Pending,
+            Err(_) => Dispatch::Reply(no_leader()),
         }
-        self.pending.add_forward(id, to, self.now + FORWARD_TIMEOUT);
-        Dispatch::Pending
+    }
+
+    /// Forward `args` for `o` to `leader`; gives `o` back if there is no link to it.
+    fn forward_to(&mut self, leader: NodeId, args: Vec<Vec<u8>>, o: Orphan) -> Result<(), Orphan> {
+        let id = self.pending.new_forward_id();
+        let proto = self.protocol_of(o.to).number();
+        if !self.send_frame(leader, &Frame::ClientRequest { id, args, proto }) {
+            return Err(o);
+        }
+        self.pending.add_forward(id, leader, o);
+        Ok(())
     }
 
     /// A follower forwarded a client's command to us.
@@ -216,19 +307,92 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// The leader answered a command we forwarded.
     pub(super) fn forward_reply(&mut self, id: u64, reply: Vec<u8>) {
-        if let Some(to) = self.pending.take_forward(id) {
-            self.deliver(to, reply);
+        if let Some(o) = self.pending.take_forward(id) {
+            self.deliver(o.to, reply);
         }
     }
 
-    /// Forwarded requests whose leader never answered get an error (the command may or may
-    /// not have been applied, as with any timeout).
+    /// Forwarded requests no leader answered in time get an error: a read was not applied
+    /// (`-TRYAGAIN`); a write may or may not have been (`-UNKNOWN`).
     pub(super) fn expire_forwards(&mut self) {
-        for to in self.pending.take_expired_forwards(self.now) {
-            let v = Value::error(
-                "TIMEOUT the leader did not answer; the command may or may not have been applied",
-            );
-            self.deliver(to, v.to_bytes());
+        for o in self.pending.take_expired_forwards(self.now) {
+            let v = match o.kind {
+                Forwarded::Resendable { read: true, .. } => {
+                    Value::error("TRYAGAIN no leader answered the read in time")
+                }
+                _ => Value::error(
+                    "UNKNOWN the leader did not answer in time; the command may or may not have \
+                     been applied",
+                ),
+            };
+            self.deliver(o.to, v.to_bytes());
+        }
+    }
+
+    /// Once a turn (after the core's output): requests forwarded to a node that no longer
+    /// leads as far as this node knows (another leader, a higher term, or its link closed)
+    /// are answered or sent on at once (`pending.rs`, "Forwards whose leader goes away"), and
+    /// parked requests go to a leader once one is known.
+    pub(super) fn reforward_orphans(&mut self) {
+        let leader = self.raft.leader();
+        for gone in self.pending.take_lost_links() {
+            self.forwards_lost(gone, "the connection to the leader closed");
+        }
+        if self.pending.leader_changed(leader) {
+            let why = match leader {
+                Some(_) => "another node leads now",
+                None => "this node lost touch with the leader (an election began)",
+            };
+            for l in self.pending.forward_leaders() {
+                if Some(l) != leader {
+                    self.forwards_lost(l, why);
+                }
+            }
+        }
+        if leader.is_some() {
+            for o in self.pending.take_parked() {
+                self.resend(o);
+            }
+        }
+    }
+
+    /// Requests forwarded to `gone`: a write without a session is answered `-UNKNOWN` (it
+    /// may have reached the log); a read or a session write is sent on.
+    fn forwards_lost(&mut self, gone: NodeId, why: &str) {
+        for o in self.pending.take_forwards_to(gone) {
+            match o.kind {
+                Forwarded::Write => {
+                    let v = Value::error(format!(
+                        "UNKNOWN {why} while the write was forwarded to node {gone}; the \
+                         command may or may not have been applied"
+                    ));
+                    self.deliver(o.to, v.to_bytes());
+                }
+                Forwarded::Resendable { .. } => self.resend(o),
+            }
+        }
+    }
+
+    /// Send a resendable request to the leader now known, serve it here if this node leads
+    /// now, or park it until a leader is known (never past its first deadline).
+    fn resend(&mut self, o: Orphan) {
+        let Forwarded::Resendable { args, .. } = &o.kind else {
+            unreachable!("only resendable requests are sent again")
+        };
+        let args = args.clone();
+        match self.raft.leader() {
+            Some(l) if l == self.id => match self.dispatch(o.to, args) {
+                Dispatch::Reply(v) | Dispatch::ReplyAndClose(v) => {
+                    self.deliver(o.to, self.encode_reply(o.to, &v))
+                }
+                Dispatch::Pending => {}
+            },
+            Some(l) => {
+                if let Err(o) = self.forward_to(l, args, o) {
+                    self.pending.park(o);
+                }
+            }
+            None => self.pending.park(o),
         }
     }
 
@@ -267,6 +431,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 }
                 let ConnKind::Client(st) = &mut c.kind else {
                     return;
+                };
+                let reply = match st.session.is_watch_reply(seq) {
+                    true => st.session.watch_done(seq, reply),
+                    false => reply,
                 };
                 st.fill(seq, reply);
                 let mut overflow = false;
@@ -310,27 +478,4 @@ fn fit_forwarded_reply(node: NodeId, reply: Vec<u8>) -> Vec<u8> {
         wire::CLIENT_REPLY_SIZE_MAX
     ))
     .to_bytes()
-}
-
-fn unknown_command(args: &[Vec<u8>]) -> Value {
-    let name = args
-        .first()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .unwrap_or_default();
-    // Redis's text exactly: each argument quoted and followed by a space, the whole list cut
-    // at 128 bytes.
-    let mut rest = Vec::new();
-    for a in args.iter().skip(1) {
-        if rest.len() >= 128 {
-            break;
-        }
-        let room = 128 - rest.len();
-        rest.push(b'\'');
-        rest.extend_from_slice(&a[..a.len().min(room)]);
-        rest.extend_from_slice(b"' ");
-    }
-    Value::error(format!(
-        "ERR unknown command '{name}', with args beginning with: {}",
-        String::from_utf8_lossy(&rest)
-    ))
 }

@@ -68,7 +68,8 @@ pub(super) struct ClientState {
     /// output cap like queued bytes do.
     held_bytes: usize,
     pub(super) addr: SocketAddr,
-    /// Protocol, name and MULTI gate (`client::session`), boxed to keep `ConnKind` small.
+    /// Protocol, name, queued transaction and watched keys (`client::session`), boxed to keep
+    /// `ConnKind` small.
     pub(super) session: Box<Session>,
 }
 

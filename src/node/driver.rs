@@ -52,6 +52,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         self.notice_role_change();
         self.refresh_membership();
+        self.reforward_orphans();
         Ok(())
     }
 
@@ -64,7 +65,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if self.was_leader && !is_leader {
             for to in self.pending.take_waiters() {
                 let v = Value::error(
-                    "TRYAGAIN leadership lost; the command may or may not have been applied",
+                    "UNKNOWN leadership lost with the command in flight; the command may or may \
+                     not have been applied",
                 );
                 self.deliver(to, v.to_bytes());
             }
@@ -184,7 +186,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Serve, in the order they arrived, the reads whose index is applied.
     pub(super) fn serve_ready_reads(&mut self) {
         for r in self.pending.take_due_reads(self.applied.index()) {
-            let v = self.applied.sm().query(&r.query);
+            // As of the leader's time: keys whose TTL has passed are gone.
+            let now_ms = self.leader_now_ms();
+            let v = self.applied.sm().query_at(&r.query, now_ms);
             self.deliver(r.to, self.encode_reply(r.to, &v));
         }
     }
@@ -228,7 +232,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stats.last_snapshot_index = meta.last.index;
         // Waiters below the snapshot were answered by no apply here; they are settled.
         for to in self.pending.take_waiters_through(meta.last.index) {
-            let v = Value::error("TRYAGAIN this node installed a snapshot; the outcome is unknown");
+            let v = Value::error(
+                "UNKNOWN this node installed a snapshot while the command waited; the command \
+                 may or may not have been applied",
+            );
             self.deliver(to, v.to_bytes());
         }
         if let Err(e) = self.stored.disk_mut().snapshot_remove_older(meta.last) {

@@ -5,7 +5,8 @@
 //! and nothing else does.
 //!
 //! Invariants:
-//! 1. The clock is read once per turn, and only here (`Clock::now`).
+//! 1. The clock is read once per turn, and only here (`Clock::now`, and `wall_ms` for the
+//!    leader's TTL time, `Node::set_wall_ms`).
 //! 2. Tokens: the listeners, signals and snapshot pipe below `CONN_BASE`; connection `key` is
 //!    `CONN_BASE + key` (registered by the node through `MioNet`).
 
@@ -114,6 +115,7 @@ impl<S: StateMachine> Shell<S> {
             }
             let now = Clock::now();
             self.node.set_now(now);
+            self.node.set_wall_ms(wall_ms());
             ready.clear();
             for event in events.iter() {
                 let readable = event.is_readable() || event.is_read_closed();
@@ -186,6 +188,13 @@ impl<S: StateMachine> Shell<S> {
             .registry()
             .register(&mut SourceFd(&fd), token, Interest::READABLE)
     }
+}
+
+/// Milliseconds since the Unix epoch: the leader's time for TTLs (see `node/ttl.rs`).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Microseconds since the Unix epoch: larger at every start (see `Node::start`), and far

@@ -62,6 +62,7 @@ mod peers;
 mod pending;
 mod startup;
 mod stored;
+mod ttl;
 
 use std::fmt;
 use std::io;
@@ -223,6 +224,8 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     /// This node was leader at the end of the last turn.
     was_leader: bool,
     stats: Stats,
+    /// The leader's time for TTLs and the reclaim of expired keys (`ttl.rs`).
+    ttl: ttl::TtlClock,
 }
 
 /// Which listener accepted a connection.
@@ -501,6 +504,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stored.discard_some_log();
         self.hand_off_if_disk_full();
         self.maybe_snapshot();
+        self.maybe_reclaim_expired();
         if self
             .stored
             .disk_mut()
@@ -599,5 +603,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.incoming.check_invariants();
         self.stored.check_invariants();
         self.ids.log().check_invariants();
+        self.ttl.check_invariants();
     }
 }

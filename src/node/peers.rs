@@ -297,6 +297,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         link.key = None;
         link.down_since = self.now;
+        // Forwards waiting on this link will get no reply over it: settled at the turn's end.
+        self.pending.note_link_lost(to);
         let had_sender = link.sender.take().is_some();
         let report = !link.reported_unreachable;
         link.reported_unreachable = true;

@@ -13,13 +13,23 @@
 //!    node checks `reads_full` / `forwards_full` before adding one.
 //! 3. Every pending read's context is below `next_read_ctx`, every forward's id below
 //!    `next_forward_id`: ids are handed out once and never reused while this node runs.
+//! 4. A parked request (resendable, waiting for a leader to be known) is counted with the
+//!    forwards against `FORWARDS_PENDING_MAX`, and keeps the deadline of its first forward,
+//!    so re-forwarding never extends how long a client waits.
+//!
+//! # Forwards whose leader goes away
+//! A follower forwards to the node it believes leads. When it learns that node no longer
+//! does (another leader, a higher term, the peer link closed), `take_forwards_to` hands back
+//! what was sent there: a write without a session can only be answered `-UNKNOWN` (it may
+//! have reached the log), while a read or a session write (the state machine deduplicates
+//! it) is `Resendable` and goes to the next leader, or is parked until one is known.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::ReplyTo;
 use crate::limits;
-use crate::raft::{LogIndex, Term};
+use crate::raft::{LogIndex, NodeId, Term};
 
 /// A write proposed by this node as leader, waiting for its entry to be applied.
 struct Waiter {
@@ -41,6 +51,26 @@ pub(super) struct PendingRead {
 struct Forward {
     to: ReplyTo,
     deadline: Instant,
+    /// The node it was sent to.
+    leader: NodeId,
+    kind: Forwarded,
+}
+
+/// What a forwarded request may do if its leader goes away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Forwarded {
+    /// A write without a session: it may have reached the log, so it is never sent again.
+    Write,
+    /// A read, or a write tagged with a session: sending it again is safe. `args` is the
+    /// command as the client sent it.
+    Resendable { args: Vec<Vec<u8>>, read: bool },
+}
+
+/// A forward taken back from a leader that went away, or a parked request.
+pub(super) struct Orphan {
+    pub(super) to: ReplyTo,
+    pub(super) deadline: Instant,
+    pub(super) kind: Forwarded,
 }
 
 /// How a waiting write was settled by the apply of an index.
@@ -62,6 +92,13 @@ pub(super) struct Pending {
     /// Forwarded requests by id. Invariants 2, 3.
     forwards: BTreeMap<u64, Forward>,
     next_forward_id: u64,
+    /// Resendable requests waiting for a leader to be known, oldest first. Invariant 4.
+    parked: Vec<Orphan>,
+    /// Nodes whose peer link closed since the last `take_lost_links` (at most one entry
+    /// per node).
+    lost_links: Vec<NodeId>,
+    /// The leader as of the last `leader_changed` call.
+    leader_seen: Option<NodeId>,
 }
 
 impl Pending {
@@ -75,12 +112,16 @@ impl Pending {
             next_read_ctx: 1,
             forwards: BTreeMap::new(),
             next_forward_id: first_forward_id.max(1),
+            parked: Vec::new(),
+            lost_links: Vec::new(),
+            leader_seen: None,
         }
     }
 
     /// (forwarded, reads, writes) pending, for INFO.
     pub(super) fn counts(&self) -> (usize, usize, usize) {
-        (self.forwards.len(), self.reads.len(), self.waiters.len())
+        let forwarded = self.forwards.len() + self.parked.len();
+        (forwarded, self.reads.len(), self.waiters.len())
     }
 
     pub(super) fn add_waiter(&mut self, index: LogIndex, term: Term, to: ReplyTo) {
@@ -167,7 +208,7 @@ impl Pending {
     }
 
     pub(super) fn forwards_full(&self) -> bool {
-        self.forwards.len() >= limits::FORWARDS_PENDING_MAX
+        self.forwards.len() + self.parked.len() >= limits::FORWARDS_PENDING_MAX
     }
 
     /// An id for a request about to be forwarded (used once, even if the send fails).
@@ -177,42 +218,117 @@ impl Pending {
         id
     }
 
-    pub(super) fn add_forward(&mut self, id: u64, to: ReplyTo, deadline: Instant) {
+    /// Record forward `id` of `o` (a new request, or an orphan sent on) to `leader`.
+    pub(super) fn add_forward(&mut self, id: u64, leader: NodeId, o: Orphan) {
         assert!(id < self.next_forward_id, "forward id {id} not handed out");
         assert!(!self.forwards_full(), "a forward added beyond the limit");
-        self.forwards.insert(id, Forward { to, deadline });
+        let f = Forward {
+            to: o.to,
+            deadline: o.deadline,
+            leader,
+            kind: o.kind,
+        };
+        self.forwards.insert(id, f);
     }
 
     /// The leader answered forward `id`; who waited for it, if anyone still does.
-    pub(super) fn take_forward(&mut self, id: u64) -> Option<ReplyTo> {
-        self.forwards.remove(&id).map(|f| f.to)
+    pub(super) fn take_forward(&mut self, id: u64) -> Option<Orphan> {
+        self.forwards.remove(&id).map(Forward::orphan)
     }
 
-    /// Forwards whose leader did not answer by `now`.
-    pub(super) fn take_expired_forwards(&mut self, now: Instant) -> Vec<ReplyTo> {
+    /// Forwards sent to `leader` (which no longer leads, or whose link closed), oldest first.
+    pub(super) fn take_forwards_to(&mut self, leader: NodeId) -> Vec<Orphan> {
+        let ids: Vec<u64> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.leader == leader)
+            .map(|(&id, _)| id)
+            .collect();
+        let forwards = ids.into_iter().filter_map(|id| self.forwards.remove(&id));
+        forwards.map(Forward::orphan).collect()
+    }
+
+    /// The nodes forwards wait on (to notice when one of them stops leading).
+    pub(super) fn forward_leaders(&self) -> Vec<NodeId> {
+        let mut leaders: Vec<NodeId> = self.forwards.values().map(|f| f.leader).collect();
+        leaders.sort();
+        leaders.dedup();
+        leaders
+    }
+
+    /// Hold a resendable request until a leader is known (invariant 4: the caller took it
+    /// from the forwards, so the count does not grow).
+    pub(super) fn park(&mut self, o: Orphan) {
+        assert!(
+            matches!(o.kind, Forwarded::Resendable { .. }),
+            "only resendable requests are parked"
+        );
+        self.parked.push(o);
+    }
+
+    /// The peer link to `node` closed: the forwards waiting on it are to be taken back
+    /// (at the end of the turn, outside the core's output).
+    pub(super) fn note_link_lost(&mut self, node: NodeId) {
+        let waits = self.forwards.values().any(|f| f.leader == node);
+        if waits && !self.lost_links.contains(&node) {
+            self.lost_links.push(node);
+        }
+    }
+
+    pub(super) fn take_lost_links(&mut self) -> Vec<NodeId> {
+        std::mem::take(&mut self.lost_links)
+    }
+
+    /// Whether the leader this node knows differs from the one at the last call.
+    pub(super) fn leader_changed(&mut self, leader: Option<NodeId>) -> bool {
+        let changed = self.leader_seen != leader;
+        self.leader_seen = leader;
+        changed
+    }
+
+    pub(super) fn take_parked(&mut self) -> Vec<Orphan> {
+        std::mem::take(&mut self.parked)
+    }
+
+    /// Forwards whose leader did not answer by `now`, and parked requests still without a
+    /// leader by then.
+    pub(super) fn take_expired_forwards(&mut self, now: Instant) -> Vec<Orphan> {
         let expired: Vec<u64> = self
             .forwards
             .iter()
             .filter(|(_, f)| f.deadline <= now)
             .map(|(&id, _)| id)
             .collect();
-        expired
+        let mut out: Vec<Orphan> = expired
             .into_iter()
-            .filter_map(|id| self.forwards.remove(&id).map(|f| f.to))
-            .collect()
+            .filter_map(|id| self.forwards.remove(&id).map(Forward::orphan))
+            .collect();
+        let (late, waiting) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|o| o.deadline <= now);
+        self.parked = waiting;
+        out.extend::<Vec<Orphan>>(late);
+        out
     }
 
     /// The invariants in the module header; `applied` is the node's applied index.
     pub(super) fn check_invariants(&self, applied: LogIndex) {
+        assert!(
+            self.parked
+                .iter()
+                .all(|o| matches!(o.kind, Forwarded::Resendable { .. })),
+            "a request parked that cannot be resent"
+        );
         assert!(
             self.reads.len() <= limits::READS_PENDING_MAX,
             "{} reads pending",
             self.reads.len()
         );
         assert!(
-            self.forwards.len() <= limits::FORWARDS_PENDING_MAX,
-            "{} forwards pending",
-            self.forwards.len()
+            self.forwards.len() + self.parked.len() <= limits::FORWARDS_PENDING_MAX,
+            "{} forwards and {} parked pending",
+            self.forwards.len(),
+            self.parked.len()
         );
         if let Some((&idx, _)) = self.waiters.first_key_value() {
             assert!(idx > applied, "a write waits at {idx}, applied {applied}");
@@ -228,6 +344,16 @@ impl Pending {
                 "forward id {id} not handed out (next {})",
                 self.next_forward_id
             );
+        }
+    }
+}
+
+impl Forward {
+    fn orphan(self) -> Orphan {
+        Orphan {
+            to: self.to,
+            deadline: self.deadline,
+            kind: self.kind,
         }
     }
 }
@@ -283,20 +409,64 @@ mod tests {
         assert!(p.take_read(a).is_none(), "a served read is gone");
     }
 
+    fn orphan(seq: u64, deadline: Instant, kind: Forwarded) -> Orphan {
+        Orphan {
+            to: client(seq),
+            deadline,
+            kind,
+        }
+    }
+
+    fn tos(v: &[Orphan]) -> Vec<ReplyTo> {
+        v.iter().map(|o| o.to).collect()
+    }
+
     #[test]
     fn forward_ids_start_where_the_caller_says_and_expire_by_deadline() {
         let now = Instant::now();
         let mut p = Pending::new(1_000);
         let id = p.new_forward_id();
         assert_eq!(id, 1_000);
-        p.add_forward(id, client(0), now + std::time::Duration::from_secs(1));
+        let later = now + std::time::Duration::from_secs(1);
+        p.add_forward(id, NodeId(2), orphan(0, later, Forwarded::Write));
         assert!(p.take_expired_forwards(now).is_empty());
-        assert_eq!(
-            p.take_expired_forwards(now + std::time::Duration::from_secs(1)),
-            vec![client(0)]
-        );
+        assert_eq!(tos(&p.take_expired_forwards(later)), vec![client(0)]);
         assert!(p.take_forward(id).is_none());
         p.check_invariants(LogIndex(0));
+    }
+
+    #[test]
+    fn forwards_to_a_leader_that_went_away_come_back_and_parked_ones_keep_their_deadline() {
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        let mut p = Pending::new(1);
+        let read = Forwarded::Resendable {
+            args: vec![b"GET".to_vec(), b"k".to_vec()],
+            read: true,
+        };
+        for (seq, leader, kind) in [
+            (0, 2, Forwarded::Write),
+            (1, 3, Forwarded::Write),
+            (2, 2, read.clone()),
+        ] {
+            let id = p.new_forward_id();
+            p.add_forward(id, NodeId(leader), orphan(seq, later, kind));
+        }
+        assert_eq!(p.forward_leaders(), vec![NodeId(2), NodeId(3)]);
+        let back = p.take_forwards_to(NodeId(2));
+        assert_eq!(tos(&back), vec![client(0), client(2)]);
+        assert_eq!(back[1].kind, read);
+        assert_eq!(p.forward_leaders(), vec![NodeId(3)]);
+        // The read waits for a leader; it counts against the limit and expires on time.
+        p.park(back.into_iter().nth(1).unwrap());
+        assert_eq!(p.counts().0, 2);
+        p.check_invariants(LogIndex(0));
+        assert!(p.take_expired_forwards(now).is_empty());
+        assert_eq!(
+            tos(&p.take_expired_forwards(later)),
+            vec![client(1), client(2)]
+        );
+        assert!(p.take_parked().is_empty());
     }
 
     #[test]

@@ -187,6 +187,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 last_snapshot_index: applied,
                 ..Stats::default()
             },
+            ttl: Default::default(),
             cfg,
         };
         node.refresh_membership();

@@ -13,7 +13,8 @@ import time
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ClusterDownError, ConnectionError, ResponseError, TryAgainError
+from redis.exceptions import (ClusterDownError, ConnectionError, TryAgainError,
+                              WatchError)
 from redis.retry import Retry
 
 args = sys.argv[1:]
@@ -50,15 +51,22 @@ check(r.incr(k("n")) == 1 and r.incr(k("n")) == 2, "INCR")
 check(r.mget([k("a"), k("n"), k("missing")]) == [b"1", b"2", None], "MGET")
 check(r.delete(k("a"), k("n"), k("missing")) == 2, "DEL")
 
-# A transaction pipeline (MULTI/EXEC) is refused as a whole until MULTI/EXEC exists: nothing
-# after MULTI may be applied.
-try:
-    with r.pipeline(transaction=True) as p:
-        p.set(k("tx"), "x").incr(k("tx2")).execute()
-    check(False, "a MULTI/EXEC pipeline should be refused")
-except ResponseError:
-    pass
-check(r.exists(k("tx"), k("tx2")) == 0, "nothing of a refused MULTI is applied")
+# A transaction pipeline (MULTI/EXEC) runs whole; a WATCHed key changed by another
+# connection makes it raise WatchError, having applied nothing.
+with r.pipeline(transaction=True) as p:
+    check(p.set(k("tx"), "x").incr(k("tx2")).execute() == [True, 1], "MULTI/EXEC pipeline")
+check(r.mget([k("tx"), k("tx2")]) == [b"x", b"1"], "MULTI/EXEC applied")
+with r.pipeline() as p:
+    p.watch(k("w"))
+    r.set(k("w"), "other")  # another connection of the pool
+    p.multi()
+    p.set(k("w"), "mine").set(k("w2"), "mine")
+    try:
+        p.execute()
+        check(False, "EXEC after a watched key changed should abort")
+    except WatchError:
+        pass
+check(r.mget([k("w"), k("w2")]) == [b"other", None], "nothing of an aborted EXEC is applied")
 
 # 2. A pipeline of 1,000 commands.
 with r.pipeline(transaction=False) as p:

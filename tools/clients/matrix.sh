@@ -18,10 +18,13 @@ k() { printf '%s:%s' "$run" "$1"; }
 [ "$(cli INCR "$(k n)")" = 2 ] || fail INCR
 [ "$(cli MGET "$(k a)" "$(k n)" | tr '\n' ,)" = "1,2," ] || fail MGET
 [ "$(cli DEL "$(k a)" "$(k n)" "$(k missing)")" = 2 ] || fail DEL
-# A MULTI/EXEC transaction is refused as a whole, and nothing of it is applied.
-out=$(printf 'MULTI\nSET %s x\nEXEC\n' "$(k tx)" | cli)
-echo "$out" | grep -q EXECABORT || fail "EXEC after MULTI: $out"
-[ "$(cli EXISTS "$(k tx)")" = 0 ] || fail "a refused MULTI applied its SET"
+# A MULTI/EXEC transaction runs whole; one with a command that failed to queue runs nothing.
+out=$(printf 'MULTI\nSET %s x\nINCR %s\nEXEC\n' "$(k tx)" "$(k tx2)" | cli | tr '\n' ,)
+[ "$out" = "OK,QUEUED,QUEUED,OK,1," ] || fail "MULTI/EXEC: $out"
+[ "$(cli GET "$(k tx)")" = x ] || fail "MULTI/EXEC did not apply its SET"
+out=$(printf 'MULTI\nSET %s x\nGET\nEXEC\n' "$(k never)" | cli)
+echo "$out" | grep -q EXECABORT || fail "EXEC after a queueing error: $out"
+[ "$(cli EXISTS "$(k never)")" = 0 ] || fail "an aborted MULTI applied its SET"
 
 # 2. A pipeline of 1,000 commands (redis-cli --pipe sends them all, then reads the replies).
 i=0

@@ -26,6 +26,8 @@ Options:
   -c, --config FILE        take the endpoints from FILE's client= addresses
                            (default conf/cluster.conf, else 127.0.0.1:6001,6002,6003)
   -t, --timeout SECONDS    give up after this long (default 10); retries while no leader
+Every write goes through an exactly-once session (opened on the first write), so kvctl
+resends it after a lost leader or connection and the cluster applies it once.
   -h, --help               this text
 
 Exit status: 0 success, 1 `get` of a missing key, 2 error.";

@@ -8,9 +8,11 @@
 //! Invariants:
 //! 1. Exit codes: 0 success; 1 `get` of a missing key; 2 any error (usage, connection, or an
 //!    error reply), with the message on stderr.
-//! 2. Retries are the `ClusterClient`'s: only while the cluster has no leader, after a
-//!    redirect or a connection failure, never past the timeout, and never a resend of a
-//!    non-idempotent command after its connection broke.
+//! 2. Retries are the `ClusterClient`'s, never past the timeout. Every write goes through one
+//!    exactly-once session per process (opened on the first write), so a write is resent
+//!    with its sequence number after `-TRYAGAIN`, `-UNKNOWN` or a broken connection, and the
+//!    cluster applies it once (`kvctl incr` counts exactly once). Reads are retried while the
+//!    cluster has no leader, after a redirect or a connection failure.
 
 mod args;
 mod output;
@@ -141,7 +143,8 @@ fn main() -> ExitCode {
     };
     let addrs = endpoints.iter().map(|e| e.addr.clone()).collect();
     // The io timeout is the whole budget of one command, retries included.
-    let mut client = ClusterClient::new(addrs, Options::new(CONNECT_TIMEOUT, opts.timeout));
+    let mut client =
+        ClusterClient::new(addrs, Options::new(CONNECT_TIMEOUT, opts.timeout)).with_sessions();
     let code = match opts.words.first().map(String::as_str) {
         None => run_lines(&mut client, &endpoints, opts.timeout),
         Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout),

@@ -1,19 +1,30 @@
 //! A client for a whole cluster: it connects to whichever member answers and retries while the
 //! cluster cannot answer yet. `kvctl` is built on it.
 //!
+//! With sessions on (`with_sessions`), every write goes through an exactly-once session: the
+//! client opens one (`SESSION OPEN`) before its first write and sends each write as
+//! `SESSION RUN <id> <seq> <lowest> <command...>`. The state machine answers a resent sequence
+//! with the reply it saved, so such a write may be resent after any failure and still counts
+//! once.
+//!
 //! Invariants:
-//! 1. A request is retried only while the cluster has no leader (`-CLUSTERDOWN`, `-TRYAGAIN`),
-//!    after one redirect (`-REDIRECT addr`, `-MOVED slot addr`), or after a connection failure,
-//!    and never past the call's deadline.
-//! 2. A command that is not idempotent (`INCR`, ...) is not resent once it was written on a
-//!    connection that then broke, since the server may have applied it.
-//! 3. Retries back off from `BACKOFF_MIN` to `BACKOFF_MAX`, so a cluster without a leader is
+//! 1. A request is retried only while the cluster cannot take it (`-CLUSTERDOWN`,
+//!    `-TRYAGAIN`: not applied), after one redirect (`-REDIRECT addr`, `-MOVED slot addr`), or
+//!    after a connection failure, and never past the call's deadline.
+//! 2. A command that may have been applied is resent only if it carries a session: never
+//!    after `-UNKNOWN` (or an older server's `-TIMEOUT`), and not after its connection broke
+//!    unless it is idempotent (`INCR`, ... are not).
+//! 3. A session write keeps its sequence number across every resend; a new sequence is used
+//!    only for the next write. A `-SESSIONEXPIRED` reply reopens the session and resends
+//!    only if no earlier attempt of that write could have been applied.
+//! 4. Retries back off from `BACKOFF_MIN` to `BACKOFF_MAX`, so a cluster without a leader is
 //!    not flooded while it elects one.
 
 use std::time::{Duration, Instant};
 
 use super::{ClientError, Connection, Options};
 use crate::client::value::Value;
+use crate::kv::Request;
 
 /// First and largest pause between retries while the cluster has no leader.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -28,6 +39,20 @@ pub struct ClusterClient {
     conn: Option<Connection>,
     /// Connect timeout per attempt; `io_timeout` is the whole budget of one `call`.
     options: Options,
+    sessions: Sessions,
+}
+
+/// Whether writes go through a session, and the one open.
+enum Sessions {
+    Off,
+    /// On; `None` until the first write opens one.
+    On(Option<OpenSession>),
+}
+
+struct OpenSession {
+    id: u64,
+    /// The sequence number of the next write (the first is 1).
+    next_seq: u64,
 }
 
 /// Why one exchange failed without a reply to show.
@@ -36,6 +61,23 @@ enum Failure {
     Retry(String),
     /// Give up: the request may have been applied, or the server spoke nonsense.
     Fatal(String),
+}
+
+/// Whether a request may be sent again after it may have been applied (invariant 2).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Only if idempotent, and never after `-UNKNOWN`.
+    IfIdempotent,
+    /// Always: it carries a session (or opens one: an unused session just expires).
+    Always,
+}
+
+/// What the call loop saw.
+struct Outcome {
+    reply: Value,
+    /// Some attempt may have reached the state machine (a write was sent and then its
+    /// connection failed, or an `-UNKNOWN` came back).
+    maybe_applied: bool,
 }
 
 impl ClusterClient {
@@ -47,6 +89,21 @@ impl ClusterClient {
             next: 0,
             conn: None,
             options,
+            sessions: Sessions::Off,
+        }
+    }
+
+    /// Send every write through an exactly-once session (see the module header).
+    pub fn with_sessions(mut self) -> ClusterClient {
+        self.sessions = Sessions::On(None);
+        self
+    }
+
+    /// The id of the session open, if any.
+    pub fn session_id(&self) -> Option<u64> {
+        match &self.sessions {
+            Sessions::On(Some(s)) => Some(s.id),
+            _ => None,
         }
     }
 
@@ -54,9 +111,75 @@ impl ClusterClient {
     /// invariants say; `Err` names the last problem once `io_timeout` has passed.
     pub fn call(&mut self, args: &[Vec<u8>]) -> Result<Value, String> {
         let deadline = Instant::now() + self.options.io_timeout;
+        if matches!(self.sessions, Sessions::On(_)) && is_write(args) {
+            return self.call_in_session(args, deadline);
+        }
+        self.call_by(args, deadline, Resend::IfIdempotent)
+            .map(|o| o.reply)
+    }
+
+    /// A write in the session: open one if needed, then send it tagged until answered.
+    fn call_in_session(&mut self, args: &[Vec<u8>], deadline: Instant) -> Result<Value, String> {
+        loop {
+            let Some((id, seq)) = self.session_seq(deadline)? else {
+                // The server has no sessions: at-least-once, as a plain client.
+                return self
+                    .call_by(args, deadline, Resend::IfIdempotent)
+                    .map(|o| o.reply);
+            };
+            let mut tagged = vec![b"SESSION".to_vec(), b"RUN".to_vec()];
+            for n in [id, seq, seq] {
+                tagged.push(n.to_string().into_bytes());
+            }
+            tagged.extend(args.iter().cloned());
+            let out = self.call_by(&tagged, deadline, Resend::Always)?;
+            let expired = matches!(&out.reply, Value::Error(e) if e.starts_with("SESSIONEXPIRED"));
+            if !expired || out.maybe_applied {
+                return Ok(out.reply);
+            }
+            // Never applied under this session: open a new one and send it there.
+            self.sessions = Sessions::On(None);
+        }
+    }
+
+    /// The open session's id and a fresh sequence number, opening a session first if none
+    /// is. `None` if the server does not know sessions (sessions are turned off).
+    fn session_seq(&mut self, deadline: Instant) -> Result<Option<(u64, u64)>, String> {
+        if let Sessions::On(None) = self.sessions {
+            let open = [b"SESSION".to_vec(), b"OPEN".to_vec()];
+            match self.call_by(&open, deadline, Resend::Always)?.reply {
+                Value::Integer(id) if id > 0 => {
+                    self.sessions = Sessions::On(Some(OpenSession {
+                        id: id as u64,
+                        next_seq: 1,
+                    }))
+                }
+                Value::Error(e) if e.starts_with("ERR unknown command") => {
+                    self.sessions = Sessions::Off;
+                    return Ok(None);
+                }
+                other => return Err(format!("opening a session: {other:?}")),
+            }
+        }
+        let Sessions::On(Some(s)) = &mut self.sessions else {
+            return Ok(None);
+        };
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        Ok(Some((s.id, seq)))
+    }
+
+    /// The retry loop of one request (invariants 1, 2, 4).
+    fn call_by(
+        &mut self,
+        args: &[Vec<u8>],
+        deadline: Instant,
+        resend: Resend,
+    ) -> Result<Outcome, String> {
         let mut backoff = BACKOFF_MIN;
         let mut last_problem = String::from("timed out");
         let mut redirected = false;
+        let mut maybe_applied = false;
         loop {
             if Instant::now() >= deadline {
                 return Err(last_problem);
@@ -68,9 +191,10 @@ impl ClusterClient {
                     continue;
                 }
             }
-            let reply = match self.exchange(args, deadline) {
+            let reply = match self.exchange(args, deadline, resend) {
                 Ok(reply) => reply,
                 Err(Failure::Retry(e)) => {
+                    maybe_applied = true;
                     last_problem = e;
                     pause(&mut backoff, deadline);
                     continue;
@@ -78,16 +202,25 @@ impl ClusterClient {
                 Err(Failure::Fatal(e)) => return Err(e),
             };
             let Value::Error(msg) = &reply else {
-                return Ok(reply);
+                return Ok(Outcome {
+                    reply,
+                    maybe_applied,
+                });
             };
-            if msg.starts_with("CLUSTERDOWN") || msg.starts_with("TRYAGAIN") {
+            let unknown = msg.starts_with("UNKNOWN") || msg.starts_with("TIMEOUT");
+            let retry = msg.starts_with("CLUSTERDOWN") || msg.starts_with("TRYAGAIN");
+            if retry || (unknown && resend == Resend::Always) {
+                maybe_applied |= unknown;
                 last_problem = msg.clone();
                 redirected = false;
                 // This member may be cut off from the majority: ask the next one next time.
                 self.conn = None;
                 pause(&mut backoff, deadline);
                 if Instant::now() >= deadline {
-                    return Ok(reply);
+                    return Ok(Outcome {
+                        reply,
+                        maybe_applied,
+                    });
                 }
                 continue;
             }
@@ -98,7 +231,11 @@ impl ClusterClient {
                 }
                 continue;
             }
-            return Ok(reply);
+            maybe_applied |= unknown;
+            return Ok(Outcome {
+                reply,
+                maybe_applied,
+            });
         }
     }
 
@@ -123,7 +260,12 @@ impl ClusterClient {
     }
 
     /// Write the request and read one reply on the current connection.
-    fn exchange(&mut self, args: &[Vec<u8>], deadline: Instant) -> Result<Value, Failure> {
+    fn exchange(
+        &mut self,
+        args: &[Vec<u8>],
+        deadline: Instant,
+        resend: Resend,
+    ) -> Result<Value, Failure> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(Failure::Retry("not connected".to_string()));
         };
@@ -137,7 +279,8 @@ impl ClusterClient {
             Ok(value) => Ok(value),
             Err(e) => {
                 self.conn = None;
-                if idempotent(args) && !e.is_protocol() {
+                let resendable = resend == Resend::Always || idempotent(args);
+                if resendable && !e.is_protocol() {
                     Err(Failure::Retry(e.to_string()))
                 } else {
                     Err(Failure::Fatal(e.to_string()))
@@ -161,7 +304,8 @@ fn pause(backoff: &mut Duration, deadline: Instant) {
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }
 
-/// Whether resending `args` after a broken connection is safe (invariant 2).
+/// Whether resending `args` after a broken connection is safe without a session
+/// (invariant 2).
 pub fn idempotent(args: &[Vec<u8>]) -> bool {
     let verb = args
         .first()
@@ -171,4 +315,13 @@ pub fn idempotent(args: &[Vec<u8>]) -> bool {
         verb.as_slice(),
         b"INCR" | b"INCRBY" | b"DECR" | b"DECRBY" | b"APPEND" | b"INCRBYFLOAT"
     )
+}
+
+/// Whether `args` is a write of the state machine (a log entry), by the server's own parser.
+/// `SESSION` commands themselves never go inside a session.
+pub fn is_write(args: &[Vec<u8>]) -> bool {
+    let session_cmd = args
+        .first()
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"session"));
+    !session_cmd && matches!(crate::kv::command::parse(args), Some(Request::Write(_)))
 }

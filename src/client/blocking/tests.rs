@@ -323,3 +323,129 @@ fn only_increments_are_never_resent() {
     assert!(!idempotent(&words("DECRBY k 2")));
     assert!(idempotent(&words("SET k v")));
 }
+
+/// A member that keeps sessions as the state machine does: `SESSION OPEN` answers the next
+/// id; a `SESSION RUN` of a sequence seen before answers the saved reply. `INCR` counts in
+/// `applied`. `fault(n, args)` may replace the reply to the n-th command (n from 0):
+/// `Some(None)` drops the connection after applying, `Some(Some(v))` answers `v` instead,
+/// after applying unless `v` is a refusal (`-TRYAGAIN`, `-SESSIONEXPIRED`).
+#[allow(clippy::type_complexity)]
+fn session_member(
+    listener: TcpListener,
+    fault: impl Fn(usize, &[Vec<u8>]) -> Option<Option<Value>> + Send + Sync + 'static,
+) -> (Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<Vec<Vec<u8>>>>>) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let applied = Arc::new(AtomicUsize::new(0));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let saved: Arc<Mutex<HashMap<(u64, u64), Value>>> = Arc::default();
+    let next_id = Arc::new(AtomicUsize::new(7));
+    let (a, l) = (applied.clone(), log.clone());
+    member(listener, move |n, args| {
+        l.lock().unwrap().push(args.to_vec());
+        let fault = fault(n, args);
+        if let Some(Some(Value::Error(e))) = &fault {
+            if e.starts_with("TRYAGAIN") || e.starts_with("SESSIONEXPIRED") {
+                return Some(Value::Error(e.clone()));
+            }
+        }
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).to_uppercase())
+            .collect();
+        let reply = match text.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["SESSION", "OPEN"] => Value::Integer(next_id.fetch_add(1, Ordering::SeqCst) as i64),
+            ["SESSION", "RUN", id, seq, _, "INCR", _] => {
+                let key = (id.parse().unwrap(), seq.parse().unwrap());
+                let mut saved = saved.lock().unwrap();
+                saved
+                    .entry(key)
+                    .or_insert_with(|| Value::Integer(a.fetch_add(1, Ordering::SeqCst) as i64 + 1))
+                    .clone()
+            }
+            ["INCR", _] => Value::Integer(a.fetch_add(1, Ordering::SeqCst) as i64 + 1),
+            _ => Value::error("ERR unexpected"),
+        };
+        fault.unwrap_or(Some(reply))
+    });
+    (applied, log)
+}
+
+#[test]
+fn a_session_write_is_resent_with_its_sequence_after_any_failure_and_counts_once() {
+    let (l, addr) = listener();
+    // Command 1 (the first RUN) applies, then its connection drops; command 2 (the resend)
+    // gets -UNKNOWN; command 3 (the next resend) is answered.
+    let (applied, log) = session_member(l, |n, _| match n {
+        1 => Some(None),
+        2 => Some(Some(Value::error(
+            "UNKNOWN leader lost; the command may or may not have been applied",
+        ))),
+        _ => None,
+    });
+    let mut client = ClusterClient::new(vec![addr], OPTIONS).with_sessions();
+    assert_eq!(client.call(&words("INCR n")), Ok(Value::Integer(1)));
+    assert_eq!(applied.load(Ordering::SeqCst), 1, "applied once");
+    assert_eq!(client.session_id(), Some(7));
+    // Reads are not tagged; the next write takes the next sequence.
+    assert_eq!(client.call(&words("INCR n")), Ok(Value::Integer(2)));
+    let log = log.lock().unwrap().clone();
+    let expected = [
+        "SESSION OPEN",
+        "SESSION RUN 7 1 1 INCR n",
+        "SESSION RUN 7 1 1 INCR n",
+        "SESSION RUN 7 1 1 INCR n",
+        "SESSION RUN 7 2 2 INCR n",
+    ];
+    let expected: Vec<_> = expected.iter().map(|s| words(s)).collect();
+    assert_eq!(log, expected);
+}
+
+#[test]
+fn without_a_session_unknown_is_the_answer_and_tryagain_is_retried() {
+    let (l, addr) = listener();
+    let (applied, _) = session_member(l, |n, _| match n {
+        0 => Some(Some(Value::error("TRYAGAIN not applied"))),
+        1 => Some(Some(Value::error(
+            "UNKNOWN the command may or may not have been applied",
+        ))),
+        _ => None,
+    });
+    let mut client = ClusterClient::new(vec![addr], OPTIONS);
+    let reply = client.call(&words("INCR n")).unwrap();
+    assert!(
+        matches!(&reply, Value::Error(e) if e.starts_with("UNKNOWN")),
+        "{reply:?}"
+    );
+    assert_eq!(
+        applied.load(Ordering::SeqCst),
+        1,
+        "sent twice: TRYAGAIN, then UNKNOWN"
+    );
+    assert_eq!(client.call(&words("INCR n")), Ok(Value::Integer(2)));
+}
+
+#[test]
+fn an_expired_session_is_reopened_only_when_the_write_cannot_have_applied() {
+    let (l, addr) = listener();
+    let expired = || Some(Some(Value::error("SESSIONEXPIRED session 7 is unknown")));
+    // First write: its only attempt is refused (never applied): reopen, resend under 8.
+    // Second write (session 8): dropped after applying, then the resend sees SESSIONEXPIRED:
+    // it may have applied, so the error is the answer.
+    let (applied, log) = session_member(l, move |n, _| match n {
+        1 | 5 => expired(),
+        4 => Some(None),
+        _ => None,
+    });
+    let mut client = ClusterClient::new(vec![addr], OPTIONS).with_sessions();
+    assert_eq!(client.call(&words("INCR n")), Ok(Value::Integer(1)));
+    assert_eq!(client.session_id(), Some(8));
+    let reply = client.call(&words("INCR n")).unwrap();
+    assert!(
+        matches!(&reply, Value::Error(e) if e.starts_with("SESSIONEXPIRED")),
+        "{reply:?}"
+    );
+    assert_eq!(applied.load(Ordering::SeqCst), 2);
+    let sent: Vec<_> = log.lock().unwrap().iter().map(|c| c.len()).collect();
+    assert_eq!(sent, [2, 7, 2, 7, 7, 7], "open, run, open, run, run, run");
+}
