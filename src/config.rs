@@ -25,6 +25,7 @@
 //! | `node.<id>` | (at least one required) | a member: `peer=<host:port> client=<host:port>`; id ≥ 1; host names are resolved, the first address is used |
 //! | `data_dir` | `data/node{id}` | this node's data directory; `{id}` is replaced by the node id; relative to the working directory; `--data-dir` overrides it |
 //! | `cluster_name` | `kvraft` | peers that present another cluster name are refused; letters, digits, `.`, `_`, `-`, at most 64 bytes |
+//! | `initial_cluster_state` | `existing` | `new`: a node started on an empty data directory forms a new cluster with itself as its only voter (as `kvraftd --bootstrap`); `existing`: it waits to be admitted by the cluster's leader. Set it on ONE node only, for the first start; a data directory that holds a cluster ignores it |
 //! | `tick_ms` | `10` | the timer tick, 1..=1000 ms; every timeout is a whole number of ticks |
 //! | `election_timeout_ms` | `500` | T: each node waits a fresh random time in [T, 2T) without a leader before it campaigns; ≥ 2 ticks, ≤ 600000 |
 //! | `heartbeat_interval_ms` | `50` | how often a leader heartbeats; ≥ `tick_ms` and < `election_timeout_ms / 2` |
@@ -71,6 +72,7 @@ const KEYS: &[&str] = &[
     "node.<id>",
     "data_dir",
     "cluster_name",
+    "initial_cluster_state",
     "tick_ms",
     "election_timeout_ms",
     "heartbeat_interval_ms",
@@ -94,6 +96,15 @@ pub struct Member {
     pub client: SocketAddr,
 }
 
+/// What a node started on empty storage does (`initial_cluster_state`, `--bootstrap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialClusterState {
+    /// Form a new cluster: a new cluster id, this node its only voter.
+    New,
+    /// Join the cluster of the configured members: wait for the leader to admit it.
+    Existing,
+}
+
 /// A validated configuration for one node. See the module documentation for every field's
 /// default and range.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +113,7 @@ pub struct Config {
     pub members: Vec<Member>,
     pub data_dir: PathBuf,
     pub cluster_name: String,
+    pub initial_cluster_state: InitialClusterState,
     pub tick_ms: u64,
     pub election_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
@@ -208,6 +220,7 @@ fn defaults() -> Config {
         members: Vec::new(),
         data_dir: PathBuf::new(),
         cluster_name: "kvraft".to_string(),
+        initial_cluster_state: InitialClusterState::Existing,
         tick_ms: 10,
         election_timeout_ms: 500,
         heartbeat_interval_ms: 50,
@@ -296,6 +309,13 @@ fn apply(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> 
             settings.data_dir = value.to_string();
         }
         "cluster_name" => c.cluster_name = cluster_name(value)?,
+        "initial_cluster_state" => {
+            c.initial_cluster_state = match value {
+                "new" => InitialClusterState::New,
+                "existing" => InitialClusterState::Existing,
+                _ => return Err(format!("`{key}` expects new or existing, got `{value}`")),
+            }
+        }
         "tick_ms" => c.tick_ms = number(key, value, 1, 1000)?,
         "election_timeout_ms" => c.election_timeout_ms = number(key, value, 1, 600_000)?,
         "heartbeat_interval_ms" => c.heartbeat_interval_ms = number(key, value, 1, 300_000)?,
@@ -566,6 +586,7 @@ node.3 = peer=127.0.0.1:7003 client=127.0.0.1:6003
 
 data_dir = /var/lib/kv/{id}/x   # trailing comment
 cluster_name = prod-eu.1
+initial_cluster_state = new
 tick_ms = 5
 election_timeout_ms = 1_000
 heartbeat_interval_ms = 100
@@ -584,6 +605,7 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
         let c = parse(text).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/kv/2/x"));
         assert_eq!(c.cluster_name, "prod-eu.1");
+        assert_eq!(c.initial_cluster_state, InitialClusterState::New);
         assert_eq!(
             (c.tick_ms, c.election_timeout_ms, c.heartbeat_interval_ms),
             (5, 1000, 100)
@@ -733,6 +755,11 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
             "expects true or false",
         );
         assert_error("cluster_name = a b\n", Some(4), "`cluster_name` expects");
+        assert_error(
+            "initial_cluster_state = old\n",
+            Some(4),
+            "`initial_cluster_state` expects new or existing, got `old`",
+        );
         assert_error("data_dir =\n", Some(4), "expects a directory path");
     }
 

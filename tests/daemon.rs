@@ -142,6 +142,8 @@ fn a_peer_of_another_cluster_or_speaking_to_the_wrong_id_is_refused() {
         wire::encode(
             &Frame::Hello {
                 cluster_id: cluster,
+                cluster_uid: 0,
+                incarnation: 0,
                 from: NodeId(7),
                 to,
             },

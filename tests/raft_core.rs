@@ -893,3 +893,79 @@ fn a_leader_whose_unseen_entry_demotes_or_removes_it_does_not_leave_the_cluster_
         }
     }
 }
+
+// ---- issue 13: a node whose storage the membership does not record stays out of votes ----
+
+/// A node with voting off never campaigns, on its timeout or on a TimeoutNow, and refuses
+/// every vote and pre-vote (with an answer, so candidates are not left waiting). Checked
+/// against the core without the gate: node 2 campaigns, and grants node 3's vote.
+#[test]
+fn a_node_with_voting_off_neither_campaigns_nor_grants_a_vote_or_pre_vote() {
+    for pre_vote in [false, true] {
+        let mut net = Net::with(&[1, 2, 3], &[], |c| c.pre_vote = pre_vote);
+        net.raft(2).set_voting(false);
+        assert!(!net.raft(2).voting());
+        net.cut.insert(1);
+        net.cut.insert(3);
+        // Alone and cut off, it would become a (pre-)candidate within 2T ticks.
+        for _ in 0..100 {
+            net.raft(2).tick();
+            assert_eq!(net.raft(2).role(), Role::Follower, "pre_vote={pre_vote}");
+        }
+        let term = net.raft(2).term();
+        net.raft(2).step(msg(1, 2, term.0, MessageBody::TimeoutNow));
+        assert_eq!(net.raft(2).role(), Role::Follower);
+        assert_eq!(net.raft(2).term(), term, "a TimeoutNow started an election");
+        net.process(2);
+        net.queue.clear();
+        // A vote and a pre-vote from a candidate whose log is as up to date: both refused.
+        let last = net.raft(2).last_id();
+        let next = term.0 + 1;
+        net.raft(2)
+            .step(msg(3, 2, next, MessageBody::PreVote { last }));
+        net.raft(2).step(msg(
+            3,
+            2,
+            next,
+            MessageBody::Vote {
+                last,
+                transfer: true,
+            },
+        ));
+        net.process(2);
+        let answers: Vec<_> = net.queue.drain(..).map(|m| m.body).collect();
+        assert_eq!(
+            answers,
+            vec![
+                MessageBody::PreVoteResp { granted: false },
+                MessageBody::VoteResp { granted: false }
+            ],
+            "pre_vote={pre_vote}"
+        );
+        assert_eq!(net.raft(2).status().vote, None, "voted while not voting");
+        // Voting on again: it campaigns and can win.
+        net.raft(2).set_voting(true);
+        net.cut.clear();
+        assert!(tick_until(&mut net, 200, |n| n.node(1).raft.role()
+            == Role::Leader
+            || n.node(2).raft.role() == Role::Leader
+            || n.node(3).raft.role() == Role::Leader));
+    }
+}
+
+/// A two-voter cluster whose second voter does not vote cannot elect anyone: the first needs
+/// its vote. Turning voting off makes a candidate a follower at once.
+#[test]
+fn a_candidate_turned_non_voting_steps_back_and_a_quorum_needs_a_voting_node() {
+    let mut net = Net::new(&[1, 2], &[]);
+    net.raft(2).set_voting(false);
+    assert!(!tick_until(&mut net, 200, |n| leads(n, 1) || leads(n, 2)));
+    net.cut.insert(1);
+    net.raft(2).set_voting(true);
+    assert!(tick_until(&mut net, 100, |n| n.node(2).raft.role() == Role::Candidate));
+    net.raft(2).set_voting(false);
+    assert_eq!(net.raft(2).role(), Role::Follower);
+    net.cut.clear();
+    net.raft(2).set_voting(true);
+    assert!(tick_until(&mut net, 200, |n| leads(n, 1) || leads(n, 2)));
+}

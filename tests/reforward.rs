@@ -62,7 +62,11 @@ impl Cluster {
         let mut nodes = BTreeMap::new();
         for i in 1..=3u64 {
             let text = format!("{text}seed = {i}\n");
-            let cfg = Config::parse(&text, "t.conf", NodeId(i), None).expect("config");
+            let mut cfg = Config::parse(&text, "t.conf", NodeId(i), None).expect("config");
+            if i == 1 {
+                // Node 1 forms the cluster; the leader admits the others as they connect.
+                cfg.initial_cluster_state = kvraft::config::InitialClusterState::New;
+            }
             let (p, c) = addrs(i);
             world.borrow_mut().listen(p, NodeId(i), Listener::Peer);
             world.borrow_mut().listen(c, NodeId(i), Listener::Client);
@@ -120,6 +124,8 @@ impl Cluster {
                 .nodes
                 .iter()
                 .filter(|(i, n)| !self.stopped.contains(i) && n.raft().role() == Role::Leader)
+                // The cluster formed: every node admitted as a voter.
+                .filter(|(_, n)| n.raft().conf().voters.len() == 3)
                 .max_by_key(|(_, n)| n.raft().term());
             if let Some((&id, _)) = l {
                 return id;

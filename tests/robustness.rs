@@ -430,6 +430,8 @@ fn peer_conn(c: &Cluster, target: u64, from: u64) -> Option<TcpStream> {
     s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
     let hello = Frame::Hello {
         cluster_id: wire::cluster_id("kvraft"),
+        cluster_uid: 0,
+        incarnation: 0,
         from: NodeId(from),
         to: NodeId(target),
     };

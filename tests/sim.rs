@@ -3,6 +3,14 @@
 //! port, forwarding, snapshots and recovery) on a simulated disk (`support/sim_disk.rs`),
 //! network (`support/sim_net.rs`) and clock, all driven by one seed.
 //!
+//! Forming: node 1 starts once with `initial_cluster_state = new` (as `--bootstrap`); the
+//! leader admits the other configured members (learner, caught up, promoted). Lost storage:
+//! now and then a node restarts on an empty disk (only while a leader's configuration has at
+//! least three voters and every other voter is up and voting, so a quorum remains; losing a
+//! majority is unavailability by design), comes back as a new incarnation and is re-admitted;
+//! the checks below prove no acknowledged write is lost. It found three liveness rules of the
+//! identity design (seeds 7, 79 and 413; see `node/membership.rs`, `raft/election.rs`).
+//!
 //! Faults: peer frames lost, duplicated, delayed and reordered; partitions that come and go;
 //! crashes and restarts (a crash loses unsynced log pages, any subset, torn at page
 //! granularity), failed fsyncs (the node stops, as the daemon does, and is restarted: a crash
@@ -61,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use kvraft::client::resp;
 use kvraft::client::Value;
-use kvraft::config::Config;
+use kvraft::config::{Config, InitialClusterState};
 use kvraft::kv::{KvStore, Request, StateMachine};
 use kvraft::node::{Listener, Node};
 use kvraft::prng::Prng;
@@ -102,6 +110,9 @@ struct Params {
     /// Per mille per tick: the node's next sync is slow, taking 1..=`slow_sync_ticks_max`.
     slow_sync: u64,
     slow_sync_ticks_max: u64,
+    /// Per mille of restarts: the node comes back with its whole storage lost (only while
+    /// every other voter is intact and admitted: see `may_lose_storage`).
+    storage_loss: u64,
     clients: u64,
     garbage: u64,
     membership: bool,
@@ -110,7 +121,7 @@ struct Params {
 impl Params {
     /// `slow`: a stream of its own for the slow-sync fault, so that adding it left every
     /// other draw of a seed (and the seeds cited above) as it was.
-    fn draw(rng: &mut Prng, slow: &mut Prng) -> Params {
+    fn draw(rng: &mut Prng, slow: &mut Prng, lost: &mut Prng) -> Params {
         let five = rng.chance(1, 2);
         let membership = rng.chance(1, 3);
         Params {
@@ -128,6 +139,7 @@ impl Params {
             snapshot_polls: [0, 3, 30][rng.range(0, 3) as usize] as u32,
             slow_sync: [0, 5, 30][slow.range(0, 3) as usize],
             slow_sync_ticks_max: [3, 20, 60][slow.range(0, 3) as usize],
+            storage_loss: [0, 200, 500][lost.range(0, 3) as usize],
             clients: rng.range(1, 5),
             garbage: [0, 20, 100][rng.range(0, 3) as usize],
             membership,
@@ -155,6 +167,9 @@ struct Stats {
     /// Syncs that took time, and the ticks they took.
     slow_syncs: u64,
     slow_sync_ticks: u64,
+    /// Restarts with the whole storage lost, and re-admissions seen (the node voting again).
+    storage_losses: u64,
+    readmitted: u64,
     /// Session workload: tagged INCRs acknowledged, and resends of one.
     session_incrs_acked: u64,
     session_resends: u64,
@@ -183,6 +198,8 @@ impl Stats {
         self.elections += o.elections;
         self.slow_syncs += o.slow_syncs;
         self.slow_sync_ticks += o.slow_sync_ticks;
+        self.storage_losses += o.storage_losses;
+        self.readmitted += o.readmitted;
         self.session_incrs_acked += o.session_incrs_acked;
         self.session_resends += o.session_resends;
         self.ttl_sent += o.ttl_sent;
@@ -256,6 +273,12 @@ struct Sim {
     rng: Prng,
     /// Draws for slow syncs only (see `Params::draw`).
     slow_rng: Prng,
+    /// Draws for storage loss only.
+    lost_rng: Prng,
+    /// A node whose storage was lost and that is not yet a voter again as its new incarnation:
+    /// no other storage is lost meanwhile (losing a second voter could lose a majority, which
+    /// is unavailability by design, not a defect to find).
+    lost_pending: Option<NodeId>,
     p: Params,
     world: WorldRef,
     members: BTreeMap<NodeId, Member>,
@@ -310,7 +333,8 @@ impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Prng::new(seed);
         let mut slow_rng = Prng::new(seed ^ 0x5105_5c4c);
-        let p = Params::draw(&mut rng, &mut slow_rng);
+        let mut lost_rng = Prng::new(seed ^ 0x1057_d15c);
+        let p = Params::draw(&mut rng, &mut slow_rng, &mut lost_rng);
         let world = World::new();
         world.borrow_mut().faults = support::sim_net::NetFaults {
             loss: p.loss,
@@ -366,6 +390,8 @@ impl Sim {
         let mut sim = Sim {
             rng,
             slow_rng,
+            lost_rng,
+            lost_pending: None,
             p,
             world,
             members,
@@ -418,8 +444,13 @@ impl Sim {
         let (peer, _) = addrs(id);
         let net = SimNet::new(&self.world, id, peer);
         let seed = m.cfg.seed.unwrap_or(id.0);
+        let mut cfg = m.cfg.clone();
+        if id == NodeId(1) && m.starts == 1 {
+            // Node 1 forms the cluster, once; the others are admitted as they connect.
+            cfg.initial_cluster_state = InitialClusterState::New;
+        }
         let node = Node::start(
-            m.cfg.clone(),
+            cfg,
             m.join,
             move || KvStore::new(seed),
             disk,
@@ -433,6 +464,44 @@ impl Sim {
         m.node = Some(node);
         self.world.borrow_mut().set_up(id, true);
         self.note(format!("start {id}"));
+    }
+
+    /// Before node `id` restarts: now and then its whole storage is gone (a replaced disk),
+    /// only while a quorum of intact voters remains without it: a leader is up, its
+    /// configuration has at least three voters, and every other voter is up and voting as the
+    /// incarnation the membership records. The node comes back as a new incarnation; the
+    /// checks prove no acknowledged write is lost.
+    fn maybe_lose_storage(&mut self, id: NodeId) {
+        if self.p.storage_loss == 0 || self.lost_pending.is_some() {
+            return;
+        }
+        if self.lost_rng.range(0, 1000) >= self.p.storage_loss {
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let conf = self.members[&leader]
+            .node
+            .as_ref()
+            .expect("up")
+            .raft()
+            .conf()
+            .clone();
+        let others_voting = conf.voters.iter().filter(|&&v| v != id).all(|v| {
+            self.members[v]
+                .node
+                .as_ref()
+                .is_some_and(|n| n.raft().voting())
+        });
+        if conf.voters.len() < 3 || !others_voting || self.members[&id].starts <= 1 {
+            return;
+        }
+        let m = &self.members[&id];
+        *m.image.borrow_mut() = Image::default();
+        self.lost_pending = Some(id);
+        self.stats.storage_losses += 1;
+        self.note(format!("storage of {id} lost"));
     }
 
     /// Stop `id` as a crash does: unsynced pages partly lost, connections gone.
@@ -503,6 +572,7 @@ impl Sim {
             if m.down_ticks > 0 {
                 m.down_ticks -= 1;
                 if m.down_ticks == 0 {
+                    self.maybe_lose_storage(id);
                     self.restart(id);
                 }
             }
@@ -833,7 +903,13 @@ impl Sim {
         // left out: a leader that demoted itself, its entry reaching only itself, left no node
         // able to win an election, seeds 723 and 2903; the core now lets a voter of the
         // committed configuration campaign, raft/membership.rs "Campaigning while changed out".)
-        let pick = self.rng.range(0, 5);
+        let mut pick = self.rng.range(0, 5);
+        if self.lost_pending.is_some() && pick < 3 {
+            // A member that lost its storage is being re-admitted: removing or demoting
+            // another voter meanwhile could leave a majority of voters unable to vote, which
+            // is unavailability by design (seed 79: voters {1, 3}, node 3's disk lost).
+            pick = 4;
+        }
         match pick {
             0 => vec![
                 b"MEMBER".to_vec(),
@@ -922,6 +998,14 @@ impl Sim {
     // --- checks ----------------------------------------------------------------------------
 
     fn check(&mut self) {
+        if let Some(id) = self.lost_pending {
+            let back = |n: &SimNode| n.raft().voting() && n.raft().conf().is_voter(id);
+            if self.members[&id].node.as_ref().is_some_and(back) {
+                self.lost_pending = None;
+                self.stats.readmitted += 1;
+                self.note(format!("{id} voting again as its new incarnation"));
+            }
+        }
         for id in self.ids() {
             let Some(node) = self.members[&id].node.as_ref() else {
                 continue;

@@ -52,7 +52,11 @@ impl Cluster {
         for i in 1..=n {
             // Distinct seeds: equal election timeouts would split every vote.
             let text = format!("{text}seed = {i}\n");
-            let cfg = Config::parse(&text, "t.conf", NodeId(i), None).expect("config");
+            let mut cfg = Config::parse(&text, "t.conf", NodeId(i), None).expect("config");
+            if i == 1 {
+                // Node 1 forms the cluster; the leader admits the others as they connect.
+                cfg.initial_cluster_state = kvraft::config::InitialClusterState::New;
+            }
             let (p, c) = addrs(i);
             world.borrow_mut().listen(p, NodeId(i), Listener::Peer);
             world.borrow_mut().listen(c, NodeId(i), Listener::Client);
@@ -101,10 +105,11 @@ impl Cluster {
 
     fn leader(&mut self) -> u64 {
         for _ in 0..TICKS_MAX {
-            let l = self
-                .nodes
-                .iter()
-                .find(|(_, n)| n.raft().role() == Role::Leader);
+            // A leader with every node admitted as a voter (the cluster formed).
+            let all = self.nodes.len();
+            let l = self.nodes.iter().find(|(_, n)| {
+                n.raft().role() == Role::Leader && n.raft().conf().voters.len() == all
+            });
             if let Some((&id, _)) = l {
                 return id;
             }

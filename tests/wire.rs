@@ -165,6 +165,8 @@ fn frame(rng: &mut Prng) -> Frame {
     match rng.range(0, 12) {
         0 => Frame::Hello {
             cluster_id: any_u64(rng),
+            cluster_uid: u128::from(any_u64(rng)) << 64 | u128::from(any_u64(rng)),
+            incarnation: u128::from(any_u64(rng)) << 64 | u128::from(any_u64(rng)),
             from: node(rng),
             to: node(rng),
         },
@@ -544,12 +546,22 @@ fn unknown_kinds_are_refused_from_the_header() {
 fn a_hello_with_the_wrong_magic_or_version_is_a_handshake_error() {
     let good = encoded(&Frame::Hello {
         cluster_id: cluster_id("prod"),
+        cluster_uid: 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+        incarnation: u128::MAX - 1,
         from: NodeId(1),
         to: NodeId(2),
     });
-    assert_eq!(good.len(), 35);
+    assert_eq!(good.len(), 67);
     assert_eq!(&good[5..9], b"KVRF");
     assert_eq!(&good[9..11], &PROTOCOL_VERSION.to_be_bytes());
+    assert_eq!(PROTOCOL_VERSION, 3);
+    // The byte layout of frame.rs's table: uid at body offset 14, incarnation at 30.
+    assert_eq!(
+        &good[19..35],
+        &0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10u128.to_be_bytes()
+    );
+    assert_eq!(&good[35..51], &(u128::MAX - 1).to_be_bytes());
+    assert_eq!(&good[51..59], &1u64.to_be_bytes());
     let mut http = good.clone();
     http[5..9].copy_from_slice(b"GET ");
     assert!(matches!(decode(&http), Err(DecodeError::Handshake { .. })));
@@ -565,7 +577,7 @@ fn a_hello_with_the_wrong_magic_or_version_is_a_handshake_error() {
         other => panic!("{other:?}"),
     }
     let mut zero_from = good.clone();
-    zero_from[19..27].fill(0);
+    zero_from[51..59].fill(0);
     assert_eq!(malformed_what(&zero_from), "hello from");
 }
 

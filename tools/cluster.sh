@@ -16,6 +16,18 @@ piddir=data
 pidfile=$piddir/cluster.pids
 
 ids() { sed -n 's/^[[:space:]]*node\.\([0-9][0-9]*\)[[:space:]]*=.*/\1/p' "$conf"; }
+# The data_dir of node $1: the config's data_dir (default data/node{id}) with {id} replaced.
+data_dir() {
+  local d
+  d=$(sed -n 's/^[[:space:]]*data_dir[[:space:]]*=[[:space:]]*\([^#[:space:]]*\).*/\1/p' "$conf" | head -1)
+  d=${d:-data/node\{id\}}
+  echo "${d//\{id\}/$1}"
+}
+any_data_dir() {
+  local id
+  for id in $(ids); do [[ -d $(data_dir "$id") ]] && return 0; done
+  return 1
+}
 alive() { [[ -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == kvraftd ]]; }
 
 start() {
@@ -24,15 +36,28 @@ start() {
   mkdir -p "$piddir"
   if [[ -f $pidfile ]]; then stop; fi
   : > "$pidfile"
+  # Forming a cluster is explicit and happens once: only when NO node of the config has a data
+  # directory yet does the first node get --bootstrap (a new cluster id, itself its only
+  # voter); the leader admits the others as they connect. A node whose data directory was
+  # lost later is just restarted, and re-admitted as a new incarnation.
+  local first=1 bootstrap=()
+  if ! any_data_dir; then bootstrap=(--bootstrap); fi
   for id in $(ids); do
-    RUST_LOG=${RUST_LOG:-info} "$bin/kvraftd" --config "$conf" --id "$id" \
+    local extra=()
+    if [[ $first == 1 ]]; then extra=("${bootstrap[@]}"); first=0; fi
+    RUST_LOG=${RUST_LOG:-info} "$bin/kvraftd" --config "$conf" --id "$id" "${extra[@]}" \
       >> "$piddir/node$id.log" 2>&1 < /dev/null &
     echo "$! $id" >> "$pidfile"
   done
-  # Wait (bounded) until some node reports a leader.
-  for _ in $(seq 1 100); do
-    if "$bin/kvctl" -c "$conf" -t 1 info raft 2>/dev/null | grep -q '^role:leader'; then break; fi
-    if "$bin/kvctl" -c "$conf" -t 1 status 2>/dev/null | grep -q leader; then break; fi
+  # Wait (bounded) until some node reports a leader and no configured member is still a
+  # learner or missing (the leader admits them one at a time).
+  local n
+  n=$(ids | wc -l)
+  # (kvctl status shows a voter as leader or follower, a learner as learner, the rest as none.)
+  for _ in $(seq 1 150); do
+    local st
+    st=$("$bin/kvctl" -c "$conf" -t 1 status 2>/dev/null || true)
+    if grep -q leader <<<"$st" && [[ $(grep -cE ' (leader|follower) ' <<<"$st") -ge $n ]]; then break; fi
     sleep 0.1
   done
   echo "kvraft cluster started from $conf (logs: $piddir/node*.log)"

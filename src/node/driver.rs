@@ -15,15 +15,15 @@
 use log::{error, info, warn};
 
 use super::applied::Outcome;
+use super::membership::MemberTable;
 use super::net::Net;
 use super::pending::Settled;
 use super::snapshot::SnapshotHeader;
-use super::startup::{decode_member_context, decode_members, encode_members};
 use super::storage::Disk;
 use super::{Node, NodeError};
 use crate::client::Value;
 use crate::kv::StateMachine;
-use crate::raft::{ConfChange, ConfChangeOp, Entry, LogIndex, Ready, SnapshotMeta};
+use crate::raft::{ConfChange, Entry, LogIndex, Ready, SnapshotMeta};
 
 /// How often a node whose disk is full tries to append again.
 const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -51,6 +51,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         }
         self.notice_role_change();
+        self.refresh_membership();
         self.reforward_orphans();
         Ok(())
     }
@@ -107,6 +108,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         let mut durable = true;
         if let Some(first) = entries.first() {
+            // The member table follows the log as appended (as the core's configuration does).
+            self.ids.log_mut().appended(&entries);
             durable = self.append(&entries)?;
             // 4.
             self.stored
@@ -168,34 +171,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
-    /// A membership change applied at `index` (to `Applied`'s membership already): update
-    /// the address table.
+    /// A membership change applied at `index` (to `Applied`'s membership already). The
+    /// address table and the records follow the log as appended (`refresh_membership`); here
+    /// the applied table moves on (what a snapshot taken now records).
     fn apply_conf_change(&mut self, index: LogIndex, cc: ConfChange) -> Value {
-        let mut members = self.peers.members().clone();
-        match cc.op {
-            ConfChangeOp::Remove => {
-                members.remove(&cc.node);
-            }
-            ConfChangeOp::AddLearner | ConfChangeOp::AddVoter => {
-                if let Some(addrs) = decode_member_context(&cc.context) {
-                    members.insert(cc.node, addrs);
-                } else if !members.contains_key(&cc.node) {
-                    warn!(
-                        "membership change at {} adds node {} without addresses",
-                        index, cc.node
-                    );
-                }
-            }
-        }
+        self.ids.log_mut().applied_to(index);
         info!(
             "membership change at {}: {:?} node {}",
             index, cc.op, cc.node
         );
-        // Never drop our own addresses: a removed node keeps its listeners until stopped.
-        if let Some(me) = self.peers.member(self.id).cloned() {
-            members.entry(self.id).or_insert(me);
-        }
-        self.set_members(members);
         Value::ok()
     }
 
@@ -232,12 +216,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             .disk_mut()
             .snapshot_load(meta.last, &mut fresh)
             .map_err(|e| NodeError::new(format!("installing snapshot {}: {e}", meta.last)))?;
-        if let Ok(members) = decode_members(&header.extra) {
-            let mut members = members;
-            if let Some(me) = self.peers.member(self.id).cloned() {
-                members.insert(self.id, me);
-            }
-            self.set_members(members);
+        match MemberTable::decode(&header.extra) {
+            Ok(table) => self.ids.log_mut().installed(table, meta.last.index),
+            // The file checked (its checksum): a table that does not decode was written by
+            // a leader of another version. Keep ours; the log's later changes still apply.
+            Err(e) => warn!("snapshot {}: member table: {e}", meta.last),
         }
         self.stored
             .disk_mut()
@@ -325,7 +308,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         };
         let header = SnapshotHeader {
             meta,
-            extra: encode_members(self.peers.members()),
+            extra: self.ids.log().applied().encode(),
         };
         match self
             .stored

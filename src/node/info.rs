@@ -91,8 +91,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     return Dispatch::Reply(Value::error("ERR addresses must be host:port IP addresses"));
                 }
                 let learner = args.get(5).is_some_and(|a| a.eq_ignore_ascii_case(b"LEARNER"));
-                let op = if learner { ConfChangeOp::AddLearner } else { ConfChangeOp::AddVoter };
-                (op, id, format!("peer={peer} client={client}").into_bytes())
+                // Always a learner first (issue 13): a voter is promoted once it connected
+                // and caught up (`membership.rs`), so adding one never costs availability.
+                (ConfChangeOp::AddLearner, id, super::membership::invited(&peer, &client, !learner))
             }
             b"PROMOTE" if args.len() == 3 => match node(2) {
                 Some(id) => (ConfChangeOp::AddVoter, id, Vec::new()),
@@ -119,19 +120,44 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 )));
             }
         }
-        let context = if context.is_empty() {
-            match self.peers.member(id) {
-                Some(m) => format!("peer={} client={}", m.peer, m.client).into_bytes(),
-                None => Vec::new(),
+        let context = if context.is_empty() && op == ConfChangeOp::AddVoter {
+            // A promotion keeps the member's record (the incarnation it admitted). A member
+            // not admitted as any incarnation yet could never vote: promoting it could leave
+            // a quorum that can never form (found by the simulator, seed 40).
+            let st = self.raft.status();
+            let caught_up = st
+                .progress
+                .iter()
+                .any(|p| p.id == id && p.match_index >= st.commit);
+            match self.ids.log().newest().get(id) {
+                // Not before it holds the log to the commit index: until its log holds its own
+                // record it does not vote (`membership.rs`), and a leader needing its vote
+                // could then never be elected (found by the simulator, seed 79).
+                Some(_) if !caught_up && st.role == RaftRole::Leader => {
+                    return Dispatch::Reply(Value::error(format!(
+                        "ERR node {id} has not caught up yet; try again once it has (kvctl status)"
+                    )))
+                }
+                Some(r) if r.incarnation != 0 => r.encode(),
+                _ => {
+                    return Dispatch::Reply(Value::error(format!(
+                        "ERR node {id} has not connected as an admitted member yet; a voter added by MEMBER ADD is promoted on its own once caught up"
+                    )))
+                }
             }
         } else {
             context
         };
-        match self.raft.propose_conf_change(ConfChange {
+        let cc = ConfChange {
             op,
             node: id,
             context,
-        }) {
+        };
+        let proposed = match op {
+            ConfChangeOp::AddLearner => self.raft.propose_readmission(cc),
+            _ => self.raft.propose_conf_change(cc),
+        };
+        match proposed {
             Ok(entry) => {
                 self.pending.add_waiter(entry.index, entry.term, to);
                 Dispatch::Pending
@@ -370,6 +396,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         };
         kv("voters", ids(&st.conf.voters));
         kv("learners", ids(&st.conf.learners));
+        // Issue 13: whether this node votes (its incarnation is the recorded voter), and its
+        // identity.
+        kv("voting", u8::from(st.voting).to_string());
+        kv("cluster_id", format!("{:032x}", self.ids.cluster()));
+        kv("incarnation", format!("{:032x}", self.ids.incarnation()));
         kv(
             "state_hash",
             format!("{:016x}", self.applied.sm().state_hash()),

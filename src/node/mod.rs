@@ -57,6 +57,7 @@ mod event_loop;
 mod incoming;
 mod info;
 mod links;
+mod membership;
 mod peers;
 mod pending;
 mod startup;
@@ -84,6 +85,7 @@ use self::conn::{Conn, ReadStatus};
 use self::connections::{ClientState, ConnKind, Connections};
 use self::incoming::Incoming;
 use self::links::{MemberAddrs, Peers};
+use self::membership::Identities;
 use self::net::Net;
 use self::pending::Pending;
 use self::storage::Disk;
@@ -100,9 +102,9 @@ const SNAPSHOT_CHILD_DEADLINE: Duration = Duration::from_secs(600);
 /// An accepted peer connection that has not said Hello within this long is closed, so idle
 /// sockets cannot hold the peer port's slots (`PEER_CONNECTIONS_MAX`) against real members.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// A fatal error: the node stops and the process exits non-zero.
+/// A fatal error: the node stops and the process exits non-zero (`exit_code`).
 #[derive(Debug)]
-pub struct NodeError(pub String);
+pub struct NodeError(pub String, pub u8);
 
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,9 +114,24 @@ impl fmt::Display for NodeError {
 
 impl std::error::Error for NodeError {}
 
+/// Exit status of a runtime failure (restarting may help).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status of an identity error: this data directory is not (or no longer) a member's
+/// of this cluster; restarting cannot help (the systemd unit does not).
+pub const EXIT_IDENTITY: u8 = 3;
+
 impl NodeError {
     fn new(msg: impl Into<String>) -> NodeError {
-        NodeError(msg.into())
+        NodeError(msg.into(), EXIT_FAILURE)
+    }
+
+    fn identity(msg: impl Into<String>) -> NodeError {
+        NodeError(msg.into(), EXIT_IDENTITY)
+    }
+
+    /// The process's exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        self.1
     }
 }
 
@@ -185,7 +202,11 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     conns: Connections<N::Stream>,
     /// The address table and the link to each peer (`links.rs`).
     peers: Peers<D::Source>,
+    /// FNV-1a of the configured cluster name (refuses peers configured for another cluster).
     cluster_id: u64,
+    /// The cluster id, this node's incarnation, the member table of its log and the
+    /// incarnation each peer connection announced (`membership.rs`).
+    ids: Identities,
     /// Client requests accepted and not yet answered (`pending.rs`).
     pending: Pending,
     /// The state machine and how far it is applied (`applied.rs`).
@@ -475,6 +496,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.resend_stalled_snapshots();
         self.relink_known_nodes();
         self.dial_silent_peers();
+        self.admit_members();
         if self.stored.disk().snapshot_running() {
             // The child may have written its status and still be exiting: reap it when gone.
             self.snapshot_child_ended();
@@ -580,6 +602,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         );
         self.incoming.check_invariants();
         self.stored.check_invariants();
+        self.ids.log().check_invariants();
         self.ttl.check_invariants();
     }
 }

@@ -9,7 +9,7 @@
 //! backoff. Snapshots are streamed in chunks, a bounded number in flight, so heartbeats
 //! queued on the same connection are never stuck behind a whole file.
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use std::collections::BTreeMap;
 
 use super::conn::Conn;
@@ -20,13 +20,28 @@ const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 const DIAL_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
 /// A snapshot stream that heard no ack for this long resends from its last acked offset.
 const SNAPSHOT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+use super::membership::HelloVerdict;
 use super::net::{ConnectState, Net};
 use super::storage::Disk;
 use super::{ConnKind, CoreReport, MemberAddrs, Node, TimerId};
 use crate::kv::StateMachine;
 use crate::limits;
 use crate::raft::{EntryId, Message, MessageBody, NodeId, SnapshotMeta, Term};
+use crate::wal::{ClusterId, Identity, IncarnationId};
 use crate::wire::{self, DecodeError, Frame};
+
+/// Answers that count toward a commit, an election or a read's quorum: dropped unless they
+/// come from the incarnation the membership records (`membership.rs`). A heartbeat answer
+/// confirms leadership for reads, so it is one of them.
+fn is_response(body: &MessageBody) -> bool {
+    matches!(
+        body,
+        MessageBody::AppendResp { .. }
+            | MessageBody::HeartbeatResp { .. }
+            | MessageBody::VoteResp { .. }
+            | MessageBody::PreVoteResp { .. }
+    )
+}
 
 impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Adopt a new member table: dial new peers, drop removed ones, redial moved ones.
@@ -77,6 +92,72 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         }
         self.peers.replace_members(members);
+    }
+
+    /// After every Ready, and at start: the voting gate (`membership.rs`: vote and campaign
+    /// only as the incarnation the newest membership records) and the address
+    /// table (the newest records, configured members not removed, our own config line).
+    pub(super) fn refresh_membership(&mut self) {
+        let voting = self.ids.may_vote(self.id);
+        if voting != self.raft.voting() {
+            info!(
+                "{}",
+                if voting {
+                    "this incarnation is the one the membership records: voting"
+                } else {
+                    "the membership does not record this incarnation: not voting until the leader admits it"
+                }
+            );
+            self.raft.set_voting(voting);
+        }
+        if voting && self.ids.damaged() && self.raft.conf().is_voter(self.id) {
+            // Re-admitted, caught up and promoted as the incarnation that replaced the damaged
+            // one: the damaged range is repaired from the leader's log; forget it.
+            match self.stored.disk_mut().clear_damage() {
+                Ok(()) => {
+                    info!("log damage repaired: re-admitted as a new incarnation");
+                    self.ids.set_damaged(false);
+                }
+                Err(e) => warn!("clearing the log damage marker: {e}"),
+            }
+        }
+        let table: BTreeMap<NodeId, MemberAddrs> = self
+            .ids
+            .address_table(self.id)
+            .into_iter()
+            .map(|(id, (peer, client))| (id, MemberAddrs { peer, client }))
+            .collect();
+        if &table != self.peers.members() {
+            self.set_members(table);
+        }
+    }
+
+    /// Leader only, from housekeeping: propose the next admission step, if any (one change
+    /// at a time; the core refuses another while one is uncommitted).
+    pub(super) fn admit_members(&mut self) {
+        if self.raft.role() != crate::raft::Role::Leader {
+            return;
+        }
+        let st = self.raft.status();
+        let mut matched: BTreeMap<NodeId, crate::raft::LogIndex> =
+            st.progress.iter().map(|p| (p.id, p.match_index)).collect();
+        matched.insert(self.id, st.last_index);
+        let Some((cc, why)) = self
+            .ids
+            .next_admission(self.id, &st.conf, &matched, st.commit)
+        else {
+            return;
+        };
+        let node = cc.node;
+        let proposed = match cc.op {
+            crate::raft::ConfChangeOp::AddLearner => self.raft.propose_readmission(cc),
+            _ => self.raft.propose_conf_change(cc),
+        };
+        match proposed {
+            Ok(at) => info!("{why} (at {at})"),
+            Err(crate::raft::ProposeError::ConfChangePending) => {}
+            Err(e) => debug!("admitting node {node}: {e}"),
+        }
     }
 
     /// A node this node no longer lists but must still reach: the leader, or a member of the
@@ -151,11 +232,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         };
         let mut conn = Conn::peer(stream);
         conn.connecting = true;
-        let hello = Frame::Hello {
-            cluster_id: self.cluster_id,
-            from: self.id,
-            to,
-        };
+        let hello = self.hello_to(to);
         wire::encode(&hello, conn.output_buf()).expect("a Hello has a fixed size");
         match self.insert_conn(
             conn,
@@ -211,6 +288,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Connection `key` to `to` closed. If it was the current one: tell the core, stop any
     /// snapshot stream, and (on the dialing side) redial later.
     pub(super) fn peer_down(&mut self, to: NodeId, key: usize) {
+        self.ids.closed(key);
         let Some(link) = self.peers.link_mut(to) else {
             return;
         };
@@ -316,6 +394,16 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     );
                     return;
                 }
+                if is_response(&msg.body) && !self.ids.counts(peer, key) {
+                    // Rule 2 of membership.rs: only the incarnation the membership records
+                    // counts; requests still go through (a lagging follower must learn of
+                    // its re-admission from the leader's appends).
+                    debug!(
+                        "dropping a {} from node {peer}: its connection's incarnation is not the one recorded",
+                        msg.body.name()
+                    );
+                    return;
+                }
                 self.raft.step(msg);
             }
             Frame::SnapshotChunk {
@@ -351,9 +439,62 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
+    /// Our Hello to `to`: the cluster name's hash, the cluster id (0 until we have one) and
+    /// our incarnation.
+    fn hello_to(&self, to: NodeId) -> Frame {
+        Frame::Hello {
+            cluster_id: self.cluster_id,
+            cluster_uid: self.ids.cluster(),
+            incarnation: self.ids.incarnation(),
+            from: self.id,
+            to,
+        }
+    }
+
+    /// The identity half of a Hello: refuse another cluster id (naming both), adopt a
+    /// configured member's while we have none (durably, before anything on this connection
+    /// is handled, so nothing is acknowledged under no cluster id), and record the peer's
+    /// incarnation for this connection. False if the connection was closed.
+    fn judge_hello_identity(
+        &mut self,
+        key: usize,
+        from: NodeId,
+        cluster: u128,
+        incarnation: u128,
+    ) -> bool {
+        match self.ids.judge_hello(from, cluster) {
+            HelloVerdict::Accept => {}
+            HelloVerdict::Refuse(why) => {
+                warn!("refusing a peer connection: {why}");
+                self.close_conn(key, &why);
+                return false;
+            }
+            HelloVerdict::Adopt(cluster) => {
+                let me = Identity {
+                    cluster: ClusterId(cluster),
+                    incarnation: IncarnationId(self.ids.incarnation()),
+                };
+                if let Err(e) = self.stored.disk_mut().store_identity(&me) {
+                    error!("storing the identity: {e}");
+                    self.close_conn(key, "cannot store the cluster id");
+                    return false;
+                }
+                self.ids.adopted(cluster);
+                info!(
+                    "adopted cluster id {} from node {from}; waiting to be admitted as incarnation {}",
+                    me.cluster, me.incarnation
+                );
+            }
+        }
+        self.ids.heard(from, key, incarnation);
+        true
+    }
+
     fn handle_hello(&mut self, key: usize, frame: Frame) {
         let Frame::Hello {
             cluster_id,
+            cluster_uid,
+            incarnation,
             from,
             to,
         } = frame
@@ -379,15 +520,22 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             warn!("refusing a peer connection: {why}");
             return self.close_conn(key, &why);
         }
+        if let ConnKind::PeerOut { to: expected, .. } = self.conns[key].kind {
+            if from != expected {
+                return self.close_conn(
+                    key,
+                    &format!("dialed node {expected} but node {from} answered"),
+                );
+            }
+        }
+        if !self.judge_hello_identity(key, from, cluster_uid, incarnation) {
+            return;
+        }
         match &mut self.conns[key].kind {
             ConnKind::PeerIn { from: f } => {
                 *f = Some(from);
                 self.adopt_inbound(from, key);
-                let hello = Frame::Hello {
-                    cluster_id: self.cluster_id,
-                    from: self.id,
-                    to: from,
-                };
+                let hello = self.hello_to(from);
                 let c = &mut self.conns[key];
                 wire::encode(&hello, c.conn.output_buf()).expect("a Hello has a fixed size");
                 self.mark_dirty(key);

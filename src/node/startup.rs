@@ -5,8 +5,15 @@
 //!
 //! Commit starts at the snapshot index, never at the end of the log: what the log holds beyond
 //! the snapshot is committed only when the protocol says so again (seed lesson 8).
+//!
+//! Identity (`membership.rs`, `wal::identity`). Storage that holds anything (a log, a hard
+//! state, a snapshot) must hold its identity file too, or the node refuses to start (exit 3):
+//! it cannot tell which incarnation voted and acknowledged what is there. Empty storage gets a
+//! new incarnation. With `initial_cluster_state = new` (`--bootstrap`) it also gets a new
+//! cluster id, and its log one entry making it the only voter, recorded with its incarnation;
+//! otherwise its cluster id stays unknown (0) until a configured member's Hello names one,
+//! and it neither votes nor campaigns until the leader admits it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,68 +22,22 @@ use log::info;
 use super::applied::Applied;
 use super::clock::Clock;
 use super::incoming::Incoming;
+use super::membership::{Identities, MemberLog, MemberRecord, MemberTable};
 use super::net::Net;
 use super::pending::Pending;
 use super::storage::Disk;
 use super::stored::Stored;
-use super::{Connections, MemberAddrs, Node, NodeError, Peers, Stats, TimerId};
-use crate::config::Config;
+use super::{Connections, Node, NodeError, Peers, Stats, TimerId};
+use crate::config::{Config, InitialClusterState};
 use crate::kv::StateMachine;
 use crate::raft::{self, ConfState, HardState, LogIndex, NodeId, Raft, Restored, SnapshotMeta};
 use crate::timer::TimerWheel;
-
-/// Encode the member address table for a snapshot's `extra` blob: one line per member,
-/// `<id> <peer addr> <client addr>\n`, in id order (UTF-8 text; documented in snapshot.rs's
-/// format as opaque node metadata).
-pub(super) fn encode_members(members: &BTreeMap<NodeId, MemberAddrs>) -> Vec<u8> {
-    let mut out = String::new();
-    for (id, m) in members {
-        out.push_str(&format!("{} {} {}\n", id.0, m.peer, m.client));
-    }
-    out.into_bytes()
-}
-
-pub(super) fn decode_members(b: &[u8]) -> Result<BTreeMap<NodeId, MemberAddrs>, String> {
-    let text = std::str::from_utf8(b).map_err(|_| "member table is not UTF-8".to_string())?;
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let parse = || -> Option<(NodeId, MemberAddrs)> {
-            if f.len() != 3 {
-                return None;
-            }
-            let id = NodeId(f[0].parse().ok()?);
-            let peer: SocketAddr = f[1].parse().ok()?;
-            let client: SocketAddr = f[2].parse().ok()?;
-            Some((id, MemberAddrs { peer, client }))
-        };
-        let (id, m) = parse().ok_or_else(|| format!("bad member line {line:?}"))?;
-        out.insert(id, m);
-    }
-    Ok(out)
-}
-
-/// The addresses a membership change carries in its context: `peer=<addr> client=<addr>`.
-pub(super) fn decode_member_context(b: &[u8]) -> Option<MemberAddrs> {
-    let text = std::str::from_utf8(b).ok()?;
-    let mut peer = None;
-    let mut client = None;
-    for word in text.split_whitespace() {
-        if let Some(v) = word.strip_prefix("peer=") {
-            peer = v.parse().ok();
-        } else if let Some(v) = word.strip_prefix("client=") {
-            client = v.parse().ok();
-        }
-    }
-    Some(MemberAddrs {
-        peer: peer?,
-        client: client?,
-    })
-}
+use crate::wal::{ClusterId, Identity, IncarnationId};
 
 impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
-    /// Recover the node from `disk`. `join`: this node is not in the initial membership; it
-    /// waits to be added (`MEMBER ADD`). `start`: the instant tick 0 stands for; `now`: the
+    /// Recover the node from `disk`. `join` only shows in the log: a node forms a cluster
+    /// only with `initial_cluster_state = new` (`--bootstrap`), and otherwise waits to be
+    /// admitted, `--join` or not. `start`: the instant tick 0 stands for; `now`: the
     /// time now (both from the caller: the node reads no clock). `first_forward_id`: a number
     /// larger at every start of this node (the shell uses the wall clock, the simulator counts
     /// starts): forwarded request ids begin there, so a leader's late reply to a request
@@ -93,15 +54,31 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         first_forward_id: u64,
     ) -> Result<Node<S, D, N>, NodeError> {
         let id = cfg.id;
-        let members = config_members(&cfg, join);
+        let configured = config_members(&cfg, join);
         let mut hard_state = disk.recovered_hard_state();
         info!(
             "hard state: term {}, vote {}",
             hard_state.term,
             fmt_vote(hard_state)
         );
-        let (snap_meta, members, sm, have_snapshot) =
-            load_snapshot(&cfg, join, members, &mut disk, &mut make_sm)?;
+        let (snap_meta, table, sm, have_snapshot) = load_snapshot(&mut disk, &mut make_sm)?;
+        let used =
+            have_snapshot || disk.log_stats().last.is_some() || hard_state != HardState::default();
+        let mut identity = load_identity(&cfg, &mut disk, used)?;
+        let damaged = disk.damage();
+        if let Some(d) = &damaged {
+            // Entries this node acknowledged may be gone: it must not count as the member
+            // that acknowledged them. A new incarnation keeps the intact prefix and the
+            // cluster id; the leader re-admits it (learner, caught up, promoted).
+            identity = Identity::new_incarnation(identity.cluster)
+                .map_err(|e| NodeError::new(e.to_string()))?;
+            disk.store_identity(&identity)
+                .map_err(|e| NodeError::new(format!("storing the identity: {e}")))?;
+            log::warn!(
+                "log damage: {d}; kept the intact prefix and rejoining as a new incarnation {} (the leader re-admits it)",
+                identity.incarnation
+            );
+        }
         let mut entries = recovered_entries(&disk, &snap_meta)?;
         let log_last = disk.log_stats().last;
         if entries.is_empty() && log_last.is_some_and(|l| l != snap_meta.last.index) {
@@ -109,13 +86,26 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             disk.reset_log()
                 .map_err(|e| NodeError::new(format!("log: {e}")))?;
         }
-        if !join && !have_snapshot && disk.log_stats().last.is_none() {
-            entries = bootstrap(&mut disk, &members)?;
+        let forms = cfg.initial_cluster_state == InitialClusterState::New;
+        if forms && !have_snapshot && disk.log_stats().last.is_none() {
+            let me = configured
+                .iter()
+                .find(|m| m.0 == id)
+                .expect("config holds us");
+            let record = MemberRecord {
+                peer: me.1,
+                client: me.2,
+                incarnation: identity.incarnation.0,
+                auto_promote: true,
+            };
+            entries = bootstrap(&mut disk, id, &record)?;
+        } else if forms && used {
+            info!("--bootstrap / initial_cluster_state = new ignored: this storage already belongs to cluster {}", identity.cluster);
         }
         if let Some(last) = entries.last() {
             if hard_state.term < last.term {
                 // The log is ahead of the recorded term (a crash between writing the bootstrap
-                // entries and the hard state): adopt the log's term, with no vote.
+                // entry and the hard state): adopt the log's term, with no vote.
                 hard_state = HardState {
                     term: last.term,
                     vote: None,
@@ -124,6 +114,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
             }
         }
+        let member_log = MemberLog::new(table, snap_meta.last.index, &entries);
+        let mut ids = Identities::new(
+            identity.cluster.0,
+            identity.incarnation.0,
+            member_log,
+            configured,
+        );
+        ids.set_damaged(damaged.is_some());
         let durable_last = entries
             .last()
             .map(|e| e.index)
@@ -146,11 +144,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             heartbeat_interval_ticks: clock.ms_to_ticks(cfg.heartbeat_interval_ms),
             ..raft::Config::new(id, seed)
         };
-        if !members.contains_key(&id) {
-            return Err(NodeError::new(format!(
-                "node {id} has no addresses in the member table"
-            )));
-        }
         let applied = snap_meta.last.index;
         let snapshot_meta = snap_meta.clone();
         let restored = Restored {
@@ -163,6 +156,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let receiver = disk.snapshot_receiver();
         let mut node = Node {
             cluster_id: crate::wire::cluster_id(&cfg.cluster_name),
+            ids,
             id,
             now,
             now_tick,
@@ -196,7 +190,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             ttl: Default::default(),
             cfg,
         };
-        node.set_members(members);
+        node.refresh_membership();
         node.schedule(now_tick + 1, TimerId::RaftTick);
         node.schedule(now_tick + 1, TimerId::Housekeeping);
         Ok(node)
@@ -209,32 +203,81 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 }
 
-/// The members the config file names.
-fn config_members(cfg: &Config, join: bool) -> BTreeMap<NodeId, MemberAddrs> {
-    let members: BTreeMap<NodeId, MemberAddrs> = cfg
+/// The members the config file names: (id, peer, client).
+fn config_members(cfg: &Config, join: bool) -> Vec<(NodeId, SocketAddr, SocketAddr)> {
+    let members: Vec<_> = cfg
         .members
         .iter()
-        .map(|m| {
-            (
-                m.id,
-                MemberAddrs {
-                    peer: m.peer,
-                    client: m.client,
-                },
-            )
-        })
+        .map(|m| (m.id, m.peer, m.client))
         .collect();
     info!(
         "config loaded: node {} of members [{}]{}",
         cfg.id,
         members
             .iter()
-            .map(|(i, m)| format!("{i}@{}", m.peer))
+            .map(|(i, p, _)| format!("{i}@{p}"))
             .collect::<Vec<_>>()
             .join(", "),
-        if join { " (joining)" } else { "" }
+        if join {
+            " (--join: the default without --bootstrap)"
+        } else {
+            ""
+        }
     );
     members
+}
+
+/// This storage's identity. Absent on storage that holds something: refused (exit 3). Absent
+/// on empty storage: a new incarnation (and, when forming a cluster, a new cluster id),
+/// stored before anything else is written.
+fn load_identity<D: Disk>(cfg: &Config, disk: &mut D, used: bool) -> Result<Identity, NodeError> {
+    let loaded = disk.load_identity().map_err(|e| {
+        NodeError::identity(format!(
+            "{e} (move the data directory {} aside to rejoin as a new member incarnation)",
+            cfg.data_dir.display()
+        ))
+    })?;
+    if let Some(identity) = loaded {
+        info!(
+            "identity: cluster {}, incarnation {}",
+            identity.cluster, identity.incarnation
+        );
+        if identity.incarnation.0 == 0 {
+            return Err(NodeError::identity("the identity file names incarnation 0"));
+        }
+        return Ok(identity);
+    }
+    if used {
+        return Err(NodeError::identity(format!(
+            "the data directory {} holds a log but no identity file: it cannot be told which member incarnation wrote it; move it aside to rejoin as a new incarnation",
+            cfg.data_dir.display()
+        )));
+    }
+    let fresh =
+        |r: Result<u128, crate::wal::IdentityError>| r.map_err(|e| NodeError::new(e.to_string()));
+    let mut incarnation = 0;
+    while incarnation == 0 {
+        incarnation = fresh(IncarnationId::random().map(|i| i.0))?;
+    }
+    let cluster = match cfg.initial_cluster_state {
+        InitialClusterState::New => fresh(ClusterId::random().map(|c| c.0))?,
+        InitialClusterState::Existing => 0,
+    };
+    let identity = Identity {
+        cluster: ClusterId(cluster),
+        incarnation: IncarnationId(incarnation),
+    };
+    disk.store_identity(&identity)
+        .map_err(|e| NodeError::new(format!("storing the identity: {e}")))?;
+    if cluster == 0 {
+        info!("identity: new storage, incarnation {}; cluster id unknown until a configured member says it (not voting until admitted)", identity.incarnation);
+    } else {
+        info!(
+            "identity: formed a new cluster {} (--bootstrap), incarnation {}",
+            identity.cluster, identity.incarnation
+        );
+    }
+    Ok(identity)
 }
 
 fn fmt_vote(hs: HardState) -> String {
@@ -243,14 +286,11 @@ fn fmt_vote(hs: HardState) -> String {
         .unwrap_or_else(|| "none".into())
 }
 
-type Loaded<S> = (SnapshotMeta, BTreeMap<NodeId, MemberAddrs>, S, bool);
+type Loaded<S> = (SnapshotMeta, MemberTable, S, bool);
 
-/// The newest valid snapshot, or the initial state: every configured member a voter (none,
-/// for a joining node, which waits to be added).
+/// The newest valid snapshot (with its member table), or the empty initial state: no
+/// members at all (a founder's first entry makes it the only voter; anyone else waits).
 fn load_snapshot<S: StateMachine, D: Disk>(
-    cfg: &Config,
-    join: bool,
-    members: BTreeMap<NodeId, MemberAddrs>,
     disk: &mut D,
     make_sm: &mut impl FnMut() -> S,
 ) -> Result<Loaded<S>, NodeError> {
@@ -264,67 +304,51 @@ fn load_snapshot<S: StateMachine, D: Disk>(
         .map_err(|e| NodeError::new(format!("snapshot: {e}")))?;
     match loaded {
         Some((header, sm)) => {
-            let mut table = decode_members(&header.extra)
-                .map_err(|e| NodeError::new(format!("snapshot at {}: {e}", header.meta.last)))?;
-            // Our own addresses come from the config (the operator may have moved us).
-            if let Some(me) = members.get(&cfg.id) {
-                table.insert(cfg.id, me.clone());
-            }
-            for (id, m) in &members {
-                table.entry(*id).or_insert_with(|| m.clone());
-            }
+            let table = MemberTable::decode(&header.extra).map_err(|e| {
+                NodeError::new(format!(
+                    "snapshot at {}: member table: {e}",
+                    header.meta.last
+                ))
+            })?;
             info!("snapshot: loaded {} ({} keys)", header.meta.last, sm.len());
             Ok((header.meta, table, sm, true))
         }
         None => {
             info!("snapshot: none");
-            let voters = if join {
-                Vec::new()
-            } else {
-                members.keys().copied().collect()
-            };
             let meta = SnapshotMeta {
                 last: Default::default(),
-                conf: ConfState::new(voters, vec![]),
+                conf: ConfState::new(vec![], vec![]),
             };
-            Ok((meta, members, make_sm(), false))
+            Ok((meta, MemberTable::default(), make_sm(), false))
         }
     }
 }
 
-/// A new cluster's log begins with one `AddVoter` entry per configured member (term 1,
-/// indexes 1..=n, in id order, addresses in the context), written and synced before anything
-/// else. Every member builds the same entries from the same config file, so their logs agree;
-/// a node that joins later replays them and learns the whole membership from the log alone
-/// (a membership known only from a config file would let a promoted joiner believe it is
-/// alone and elect itself).
+/// A new cluster's log begins with one entry (term 1, index 1): `AddVoter` of the founder,
+/// recorded with its addresses and incarnation, written and synced before anything else.
+/// Every other member is admitted by the leader as it connects (`membership.rs`), so every
+/// membership in any log names the incarnations it counts.
 fn bootstrap<D: Disk>(
     disk: &mut D,
-    members: &BTreeMap<NodeId, MemberAddrs>,
+    id: NodeId,
+    record: &MemberRecord,
 ) -> Result<Vec<raft::Entry>, NodeError> {
-    let entries: Vec<raft::Entry> = members
-        .iter()
-        .enumerate()
-        .map(|(i, (&id, m))| raft::Entry {
-            term: raft::Term(1),
-            index: LogIndex(i as u64 + 1),
-            kind: raft::EntryKind::ConfChange,
-            data: raft::ConfChange {
-                op: raft::ConfChangeOp::AddVoter,
-                node: id,
-                context: format!("peer={} client={}", m.peer, m.client).into_bytes(),
-            }
-            .encode(),
-        })
-        .collect();
+    let entries = vec![raft::Entry {
+        term: raft::Term(1),
+        index: LogIndex(1),
+        kind: raft::EntryKind::ConfChange,
+        data: raft::ConfChange {
+            op: raft::ConfChangeOp::AddVoter,
+            node: id,
+            context: record.encode(),
+        }
+        .encode(),
+    }];
     disk.append(&entries)
         .map_err(|e| format!("{e:?}"))
         .and_then(|_| disk.sync())
-        .map_err(|e| NodeError::new(format!("writing the bootstrap entries: {e}")))?;
-    info!(
-        "bootstrapped a new cluster log with {} members",
-        entries.len()
-    );
+        .map_err(|e| NodeError::new(format!("writing the bootstrap entry: {e}")))?;
+    info!("bootstrapped a new cluster: node {id} its only voter");
     Ok(entries)
 }
 

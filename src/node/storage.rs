@@ -28,7 +28,7 @@ use super::snapshot::{
 };
 use crate::kv::StateMachine;
 use crate::raft::{Entry, EntryId, HardState, LogIndex, SnapshotMeta, Term};
-use crate::wal::{HardStateStore, Wal, WalError, WalOptions};
+use crate::wal::{HardStateStore, Identity, IdentityError, OnDamage, Wal, WalError, WalOptions};
 
 /// Why an append failed.
 #[derive(Debug)]
@@ -113,11 +113,28 @@ pub trait Disk {
     fn snapshot_remove_older(&mut self, keep: EntryId) -> Result<(), String>;
     /// A receiver whose partial files live on this disk.
     fn snapshot_receiver(&mut self) -> SnapshotReceiver<Self::Partial>;
+    /// The identity of this storage (cluster id, incarnation): `Ok(None)` when there is none
+    /// (new or lost storage); an unreadable or corrupt one is an error.
+    fn load_identity(&self) -> Result<Option<Identity>, String>;
+    /// Replace the identity, durably before returning (contract 1's kind).
+    fn store_identity(&mut self, identity: &Identity) -> Result<(), String>;
+
+    /// Damage recovery found in synced log data (the log ends at the intact prefix), until
+    /// `clear_damage`. The simulator's disk has none.
+    fn damage(&self) -> Option<String> {
+        None
+    }
+    /// Forget the damage, durably (the node rejoined as a new incarnation and is admitted).
+    fn clear_damage(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Assert the implementation's own invariants (the simulator calls it after every step).
     fn check_invariants(&self) {}
 }
 
-/// The data directory: the WAL under `log/`, the hard-state file, `snapshot-*` files.
+/// The data directory: the WAL under `log/`, the hard-state file, `snapshot-*` files, the
+/// `identity` file (`wal::identity`).
 pub struct RealDisk {
     dir: PathBuf,
     wal: Wal,
@@ -137,6 +154,10 @@ impl RealDisk {
             &dir.join("log"),
             WalOptions {
                 segment_size: segment_bytes,
+                // Damage to synced data keeps the intact prefix: the node then rejoins as a
+                // new incarnation and is re-admitted by the leader (startup.rs), instead of
+                // refusing to start forever.
+                on_damage: OnDamage::KeepIntactPrefix,
                 ..WalOptions::default()
             },
         )
@@ -291,5 +312,25 @@ impl Disk for RealDisk {
 
     fn snapshot_receiver(&mut self) -> SnapshotReceiver<DirStore> {
         SnapshotReceiver::new(self.dir.clone())
+    }
+
+    fn load_identity(&self) -> Result<Option<Identity>, String> {
+        match Identity::load(&self.dir) {
+            Ok(id) => Ok(Some(id)),
+            Err(IdentityError::Absent { .. }) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn store_identity(&mut self, identity: &Identity) -> Result<(), String> {
+        identity.store(&self.dir).map_err(|e| e.to_string())
+    }
+
+    fn damage(&self) -> Option<String> {
+        self.wal.damage().map(|d| d.to_string())
+    }
+
+    fn clear_damage(&mut self) -> Result<(), String> {
+        self.wal.clear_damage().map_err(|e| e.to_string())
     }
 }

@@ -34,8 +34,17 @@ impl Raft {
     /// of the committed one whose uncommitted tail takes it out of the voters, since it may be
     /// the only node able to win (see "Campaigning while changed out" in `membership.rs`).
     /// Either way the votes are counted in the configuration in force.
+    ///
+    /// Also a voter of any configuration in the uncommitted part of the log: after a restart
+    /// the commit index is the snapshot's, so `conf_committed` may be older than what was
+    /// committed, even empty (a cluster formed by `--bootstrap` starts from no members);
+    /// a node whose unseen removal of itself holds the longest log must still campaign
+    /// (simulator seed 413). Safe by the same argument: only which configuration counts the
+    /// votes matters, never whether the candidate is in it.
     pub(super) fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id) || self.conf_committed.is_voter(self.id)
+        self.conf.is_voter(self.id)
+            || self.conf_committed.is_voter(self.id)
+            || self.pending_confs.iter().any(|(_, c)| c.is_voter(self.id))
     }
 
     pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
@@ -65,7 +74,10 @@ impl Raft {
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        if self.election_elapsed_ticks >= self.election_timeout_ticks && self.promotable() {
+        if self.election_elapsed_ticks >= self.election_timeout_ticks
+            && self.promotable()
+            && self.voting
+        {
             let kind = if self.cfg.pre_vote {
                 Campaign::PreVote
             } else {
@@ -302,7 +314,8 @@ impl Raft {
 
     /// Thesis §9.6: grant if we would vote for it in `term`, without changing our own state.
     fn handle_pre_vote(&mut self, from: NodeId, term: Term, last: super::types::EntryId) {
-        let granted = term > self.term && last.is_up_to_date_with(self.log.last_id());
+        let granted =
+            self.voting && term > self.term && last.is_up_to_date_with(self.log.last_id());
         let reply_term = if granted { term } else { self.term };
         ::log::debug!(
             "node {}: pre-vote for {from} at term {term}: granted={granted}",
@@ -314,7 +327,9 @@ impl Raft {
     /// §5.2, §5.4.1: one vote per term, for a candidate whose log is at least as up to date.
     fn handle_vote(&mut self, from: NodeId, last: super::types::EntryId) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-        let granted = can_vote && last.is_up_to_date_with(self.log.last_id());
+        // A node not voting (its storage is not the member's that the configuration records)
+        // refuses: its earlier incarnation may have voted in this term already.
+        let granted = self.voting && can_vote && last.is_up_to_date_with(self.log.last_id());
         if granted {
             self.vote = Some(from);
             self.election_elapsed_ticks = 0;
@@ -348,7 +363,7 @@ impl Raft {
     }
 
     fn handle_timeout_now(&mut self, from: NodeId) {
-        if !self.promotable() || matches!(self.role, RoleState::Leader(_)) {
+        if !self.promotable() || !self.voting || matches!(self.role, RoleState::Leader(_)) {
             return;
         }
         ::log::info!(

@@ -49,7 +49,8 @@
 use super::message::MessageBody;
 use super::progress::Progress;
 use super::types::{
-    ConfChange, ConfState, EntryId, EntryKind, LogIndex, NodeId, CONF_CONTEXT_SIZE_MAX,
+    ConfChange, ConfChangeOp, ConfState, EntryId, EntryKind, LogIndex, NodeId,
+    CONF_CONTEXT_SIZE_MAX,
 };
 use super::{ProposeError, Raft, RoleState, Transfer};
 use crate::limits::MEMBERS_MAX;
@@ -71,6 +72,38 @@ impl Raft {
         &mut self,
         cc: ConfChange,
     ) -> Result<EntryId, ProposeError> {
+        self.propose_conf_change_inner(cc, false)
+    }
+
+    /// `cc` (an AddLearner) re-admits a member under a new record: accepted also when the
+    /// node is a learner already (the record changes, not the configuration), and the leader
+    /// forgets what it knew of the node's log, since that storage is gone: its match index
+    /// restarts at 0 and it is probed afresh, so no acknowledgement of the old storage counts
+    /// toward its promotion (the node layer's `membership.rs` says why).
+    pub(super) fn propose_readmission_checked(
+        &mut self,
+        cc: ConfChange,
+    ) -> Result<EntryId, ProposeError> {
+        if cc.op != ConfChangeOp::AddLearner {
+            return Err(ProposeError::InvalidConfChange);
+        }
+        let node = cc.node;
+        let next = self.log.last_index().next();
+        let id = self.propose_conf_change_inner(cc, true)?;
+        let cap = self.cfg.inflight_msgs_max;
+        if let RoleState::Leader(ls) = &mut self.role {
+            if node != self.id {
+                ls.progress.insert(node, Progress::new(next, cap));
+            }
+        }
+        Ok(id)
+    }
+
+    fn propose_conf_change_inner(
+        &mut self,
+        cc: ConfChange,
+        record_only_ok: bool,
+    ) -> Result<EntryId, ProposeError> {
         self.check_can_propose()?;
         if !self.committed_in_term() || !self.pending_confs.is_empty() {
             return Err(ProposeError::ConfChangePending);
@@ -81,7 +114,7 @@ impl Raft {
             });
         }
         let next = cc.apply_to(&self.conf);
-        if next == self.conf || next.voters.is_empty() {
+        if (next == self.conf && !record_only_ok) || next.voters.is_empty() {
             return Err(ProposeError::InvalidConfChange);
         }
         let count = next.voters.len() + next.learners.len();

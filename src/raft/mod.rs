@@ -217,6 +217,8 @@ pub struct Status {
     pub snapshot: SnapshotMeta,
     /// Leader only: every other member.
     pub progress: Vec<PeerStatus>,
+    /// See [`Raft::set_voting`].
+    pub voting: bool,
 }
 
 /// Votes received in one (pre-)election: first answer per voter counts.
@@ -289,6 +291,11 @@ pub struct Raft {
     /// Entries were proposed since the last `ready`: broadcast them then (batching).
     bcast_pending: bool,
     awaiting_advance: bool,
+    /// While false this node neither campaigns (timeout or TimeoutNow) nor grants a vote or
+    /// pre-vote: the node turns it off while its newest membership does not record this
+    /// node's storage (its incarnation) as a voter, e.g. after a lost disk (see
+    /// `set_voting`).
+    voting: bool,
 }
 
 impl Raft {
@@ -326,6 +333,7 @@ impl Raft {
             hard_state_emitted: hard_state,
             bcast_pending: false,
             awaiting_advance: false,
+            voting: true,
             cfg: config,
         };
         raft.reset_election_timer();
@@ -394,6 +402,21 @@ impl Raft {
         Ok(id)
     }
 
+    /// Re-admits `cc.node` as a learner under a new record (an `AddLearner` whose context
+    /// names a new incarnation): accepted even when it is a learner already, and the leader
+    /// restarts its match index at 0 (see `membership.rs`).
+    pub fn propose_readmission(&mut self, cc: ConfChange) -> Result<EntryId, ProposeError> {
+        self.assert_not_awaiting_advance("propose_readmission");
+        let id = self.propose_readmission_checked(cc)?;
+        self.check_invariants();
+        Ok(id)
+    }
+
+    /// The configuration in force (that of the newest ConfChange in the log).
+    pub fn conf(&self) -> &ConfState {
+        &self.conf
+    }
+
     /// A linearizable read; answered through `Ready::read_states` with the same `ctx`.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         self.assert_not_awaiting_advance("read_index");
@@ -408,6 +431,40 @@ impl Raft {
         self.transfer_leadership_checked(to)?;
         self.check_invariants();
         Ok(())
+    }
+
+    /// Whether this node may campaign and grant votes (true unless the node says otherwise).
+    ///
+    /// A node whose storage is new (lost, or never admitted) must not vote as the member its
+    /// id names: the votes and acknowledgements its earlier incarnation gave are gone with its
+    /// disk, so counting it again could elect a leader lacking an acknowledged entry. The node
+    /// turns voting off until its newest membership records this incarnation as a voter.
+    /// Turning it off makes a (pre-)candidate a follower; a leader stays one (it was elected
+    /// while voting, and its own incarnation cannot be replaced behind its back).
+    pub fn set_voting(&mut self, voting: bool) {
+        self.assert_not_awaiting_advance("set_voting");
+        if self.voting == voting {
+            return;
+        }
+        self.voting = voting;
+        ::log::info!(
+            "node {}: voting {}",
+            self.id,
+            if voting { "on" } else { "off" }
+        );
+        if !voting
+            && matches!(
+                self.role,
+                RoleState::PreCandidate(_) | RoleState::Candidate(_)
+            )
+        {
+            self.become_follower(self.term, None);
+        }
+        self.check_invariants();
+    }
+
+    pub fn voting(&self) -> bool {
+        self.voting
     }
 
     pub fn has_ready(&self) -> bool {
@@ -571,6 +628,7 @@ impl Raft {
             conf: self.conf.clone(),
             snapshot: self.snapshot.clone(),
             progress,
+            voting: self.voting,
         }
     }
 

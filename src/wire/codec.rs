@@ -157,6 +157,12 @@ pub(super) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&b);
 }
 
+pub(super) fn put_u128(out: &mut Vec<u8>, v: u128) {
+    let mut b = [0u8; 16];
+    BigEndian::write_u128(&mut b, v);
+    out.extend_from_slice(&b);
+}
+
 pub(super) fn put_bool(out: &mut Vec<u8>, v: bool) {
     out.push(u8::from(v));
 }
@@ -268,6 +274,10 @@ impl<'a> Reader<'a> {
 
     pub(super) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         Ok(BigEndian::read_u64(self.take(8, what)?))
+    }
+
+    pub(super) fn u128(&mut self, what: &'static str) -> Result<u128, DecodeError> {
+        Ok(BigEndian::read_u128(self.take(16, what)?))
     }
 
     pub(super) fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {

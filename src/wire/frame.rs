@@ -40,12 +40,17 @@
 //!
 //! Kinds and their bodies (offsets from the start of the body):
 //! ```text
-//! kind 1 Hello (first frame on every peer connection, both directions), 30 bytes:
+//! kind 1 Hello (first frame on every peer connection, both directions), 62 bytes:
 //!      0    4 magic MAGIC = b"KVRF" (u32)
 //!      4    2 protocol version PROTOCOL_VERSION (u16)
-//!      6    8 cluster id (u64, see `cluster_id`)
-//!     14    8 from: NodeId, != 0
-//!     22    8 to: NodeId, != 0
+//!      6    8 cluster name hash (u64, see `cluster_id`: FNV-1a of `cluster_name`)
+//!     14   16 cluster uid (u128): the random id the cluster got when it was formed, as the
+//!             sender's identity file holds it; 0 = the sender has none yet (new storage
+//!             waiting to be admitted)
+//!     30   16 incarnation (u128): the random id of the sender's storage (0 = none: a tool,
+//!             not a member; it is never admitted and its answers never count)
+//!     46    8 from: NodeId, != 0
+//!     54    8 to: NodeId, != 0
 //!   The magic and version are checked before the length, so a peer speaking another version
 //!   (whose Hello may be longer) is refused as a Handshake error, not as malformed.
 //!
@@ -88,7 +93,7 @@ use byteorder::{BigEndian, ByteOrder};
 
 use super::codec::{
     check_limit, check_meta, meta_len, put_bool, put_bytes, put_entry_id, put_meta, put_node,
-    put_u16, put_u32, put_u64, Reader,
+    put_u128, put_u16, put_u32, put_u64, Reader,
 };
 pub use super::codec::{DecodeError, EncodeError, BODY_SIZE_MAX};
 use super::peer;
@@ -100,7 +105,8 @@ use crate::raft::types::{EntryId, NodeId, SnapshotMeta, Term};
 pub const MAGIC: u32 = u32::from_be_bytes(*b"KVRF");
 /// The version of this layout (and of peer.rs's and codec.rs's); a peer with another version
 /// is refused at the Hello. Version 2: ClientRequest carries the client's RESP protocol.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3: Hello carries the cluster uid and the sender's incarnation.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 pub const KIND_HELLO: u8 = 1;
 pub const KIND_RAFT: u8 = 2;
@@ -115,7 +121,7 @@ const CLIENT_REPLY_FIXED_SIZE: usize = 12;
 /// to a forwarded command against it before building the frame (an `MGET` of ten 1 MiB
 /// values is larger) and answers an error in its place.
 pub const CLIENT_REPLY_SIZE_MAX: usize = BODY_SIZE_MAX - CLIENT_REPLY_FIXED_SIZE;
-const HELLO_BODY_SIZE: usize = 30;
+const HELLO_BODY_SIZE: usize = 62;
 const SNAPSHOT_ACK_BODY_SIZE: usize = 49;
 /// term, from, to | total_size, offset, done, data length.
 const SNAPSHOT_CHUNK_FIXED_SIZE: usize = 24 + 21;
@@ -127,7 +133,12 @@ const _: () = assert!(FRAME_HEADER_SIZE == 5);
 pub enum Frame {
     /// First frame on every peer connection, both directions.
     Hello {
+        /// FNV-1a of the cluster name (`cluster_id`).
         cluster_id: u64,
+        /// The cluster's random id; 0 = the sender has none yet.
+        cluster_uid: u128,
+        /// The sender's storage incarnation; 0 = not a member's.
+        incarnation: u128,
         from: NodeId,
         to: NodeId,
     },
@@ -281,12 +292,16 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     match frame {
         Frame::Hello {
             cluster_id,
+            cluster_uid,
+            incarnation,
             from,
             to,
         } => {
             put_u32(out, MAGIC);
             put_u16(out, PROTOCOL_VERSION);
             put_u64(out, *cluster_id);
+            put_u128(out, *cluster_uid);
+            put_u128(out, *incarnation);
             put_node(out, *from);
             put_node(out, *to);
         }
@@ -331,10 +346,14 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
         });
     }
     let cluster_id = r.u64("cluster id")?;
+    let cluster_uid = r.u128("cluster uid")?;
+    let incarnation = r.u128("incarnation")?;
     let from = r.node("hello from")?;
     let to = r.node("hello to")?;
     Ok(Frame::Hello {
         cluster_id,
+        cluster_uid,
+        incarnation,
         from,
         to,
     })

@@ -20,6 +20,10 @@ use kvraft::client::Value;
 /// each other's scheduling, not Raft.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// How long `Cluster::start` waits for node 1 to form the cluster and admit the others (the
+/// machine is shared and loaded: generous, and only a bound).
+pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -76,6 +80,8 @@ pub struct NodeProc {
     /// The config file this node is started with, and whether it joins (`--join`).
     pub conf: PathBuf,
     pub join: bool,
+    /// Pass `--bootstrap` at the next spawn (node 1's first start: it forms the cluster).
+    pub bootstrap: bool,
     pub peer: SocketAddr,
     pub client: SocketAddr,
     pub child: Option<Child>,
@@ -125,6 +131,7 @@ impl Cluster {
                 id,
                 conf: dir.path().join("cluster.conf"),
                 join: false,
+                bootstrap: id == 1,
                 peer,
                 client,
                 child: None,
@@ -148,7 +155,32 @@ impl Cluster {
         for id in 1..=opts.nodes as u64 {
             c.spawn(id);
         }
+        c.wait_formed(FORM_TIMEOUT);
         c
+    }
+
+    /// Node 1 formed the cluster (`--bootstrap`) and admitted the others one by one: wait
+    /// until every node reports every configured member as a voter, so tests start from the
+    /// cluster they describe.
+    pub fn wait_formed(&self, timeout: Duration) {
+        let all = (1..=self.nodes.len() as u64)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        wait_for(
+            timeout,
+            &format!("every node to report voters {all}"),
+            || {
+                self.nodes
+                    .iter()
+                    .filter(|n| !n.join)
+                    .all(|n| {
+                        self.info(n.id)
+                            .is_some_and(|i| i.get("voters") == Some(&all))
+                    })
+                    .then_some(())
+            },
+        );
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {
@@ -183,6 +215,9 @@ impl Cluster {
         if n.join {
             cmd.arg("--join");
         }
+        if n.bootstrap {
+            cmd.arg("--bootstrap");
+        }
         let child = cmd
             .env(
                 "RUST_LOG",
@@ -196,11 +231,21 @@ impl Cluster {
         let n = self.node_mut(id);
         n.child = Some(child);
         n.stopped = false;
+        // Only the first start forms the cluster: a node restarted on an empty data directory
+        // must come back as a new incarnation of its member, never as a new cluster.
+        n.bootstrap = false;
     }
 
     /// Start a new node outside the membership (`--join`), with a config of its own that lists
     /// the cluster and itself. Returns its id; `MEMBER ADD` brings it in.
     pub fn add_joiner(&mut self) -> u64 {
+        let id = self.add_joiner_unstarted();
+        self.spawn(id);
+        id
+    }
+
+    /// Like `add_joiner`, without starting it (`spawn` does).
+    pub fn add_joiner_unstarted(&mut self) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let ports = free_ports(2);
         let peer: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
@@ -213,12 +258,12 @@ impl Cluster {
             id,
             conf,
             join: true,
+            bootstrap: false,
             peer,
             client,
             child: None,
             stopped: false,
         });
-        self.spawn(id);
         id
     }
 

@@ -39,6 +39,7 @@ use kvraft::node::snapshot::{
 use kvraft::node::storage::{AppendError, Disk, LogStats, SnapshotStarted};
 use kvraft::prng::Prng;
 use kvraft::raft::{Entry, EntryId, HardState, LogIndex, SnapshotMeta, Term};
+use kvraft::wal::Identity;
 
 /// What survives a crash.
 #[derive(Clone, Default)]
@@ -49,6 +50,8 @@ pub struct Image {
     pub log: Vec<Entry>,
     /// Finished snapshot files, in the real format.
     pub snapshots: BTreeMap<(LogIndex, Term), Rc<[u8]>>,
+    /// The identity file (written durably: it survives crashes; lost with the whole image).
+    pub identity: Option<Identity>,
 }
 
 impl Image {
@@ -409,6 +412,16 @@ impl Disk for SimDisk {
     fn snapshot_remove_older(&mut self, keep: EntryId) -> Result<(), String> {
         let keep = (keep.index, keep.term);
         self.image.borrow_mut().snapshots.retain(|&k, _| k >= keep);
+        Ok(())
+    }
+
+    fn load_identity(&self) -> Result<Option<Identity>, String> {
+        Ok(self.image.borrow().identity)
+    }
+
+    fn store_identity(&mut self, identity: &Identity) -> Result<(), String> {
+        self.check_open()?;
+        self.image.borrow_mut().identity = Some(*identity);
         Ok(())
     }
 
