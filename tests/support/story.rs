@@ -1,0 +1,157 @@
+//! A small cluster of real nodes (`Node<KvStore, SimDisk, SimNet>`, as in `sim.rs`) with no
+//! faults, stepped tick by tick, for tests that tell one scripted story each
+//! (`sim_defects.rs`, `reforward.rs`). Node 1 forms the cluster (`--bootstrap`); the leader
+//! admits the others as they connect. A node in `stopped` takes no turns, as under SIGSTOP.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kvraft::client::{resp, Value};
+use kvraft::config::{Config, InitialClusterState};
+use kvraft::kv::KvStore;
+use kvraft::node::{Listener, Node};
+use kvraft::prng::Prng;
+use kvraft::raft::{NodeId, Role};
+
+use super::sim_disk::{DiskFaults, Image, SimDisk};
+use super::sim_net::{SimNet, SimStream, World, WorldRef};
+
+pub type SimNode = Node<KvStore, SimDisk, SimNet>;
+
+pub const TICK_MS: u64 = 10;
+/// Ticks any story may take before it is declared stuck.
+pub const TICKS_MAX: u64 = 3000;
+
+/// Node `id`'s peer and client addresses.
+pub fn addrs(id: u64) -> (SocketAddr, SocketAddr) {
+    let ip = [10, 0, 0, id as u8];
+    ((ip, 7000).into(), (ip, 6000).into())
+}
+
+pub struct Story {
+    pub world: WorldRef,
+    pub nodes: BTreeMap<u64, SimNode>,
+    /// Nodes that take no turns (stopped, as by SIGSTOP).
+    pub stopped: BTreeSet<u64>,
+    start: Instant,
+    now_ms: u64,
+    rng: Prng,
+}
+
+impl Story {
+    /// `n` nodes, all started; none is a voter but node 1 until the leader admits them.
+    pub fn new(n: u64) -> Story {
+        let world = World::new();
+        let start = Instant::now();
+        let mut text = String::from(
+            "cluster_name = t\ndata_dir = /t/{id}\ntick_ms = 10\nelection_timeout_ms = 150\n\
+             heartbeat_interval_ms = 30\n",
+        );
+        for i in 1..=n {
+            let (p, c) = addrs(i);
+            text.push_str(&format!("node.{i} = peer={p} client={c}\n"));
+        }
+        let mut nodes = BTreeMap::new();
+        for i in 1..=n {
+            // Distinct seeds: equal election timeouts would split every vote.
+            let text = format!("{text}seed = {i}\n");
+            let mut cfg = Config::parse(&text, "t.conf", NodeId(i), None).expect("config");
+            if i == 1 {
+                cfg.initial_cluster_state = InitialClusterState::New;
+            }
+            let (p, c) = addrs(i);
+            world.borrow_mut().listen(p, NodeId(i), Listener::Peer);
+            world.borrow_mut().listen(c, NodeId(i), Listener::Client);
+            world.borrow_mut().set_up(NodeId(i), true);
+            let image = Rc::new(RefCell::new(Image::default()));
+            let faults = Rc::new(RefCell::new(DiskFaults::default()));
+            let disk = SimDisk::open(&image, &faults);
+            let net = SimNet::new(&world, NodeId(i), p);
+            let make_sm = move || KvStore::new(i);
+            let node = Node::start(cfg, false, make_sm, disk, net, start, start, 1);
+            nodes.insert(i, node.expect("starts"));
+        }
+        Story {
+            world,
+            nodes,
+            stopped: BTreeSet::new(),
+            start,
+            now_ms: 0,
+            rng: Prng::new(1),
+        }
+    }
+
+    /// One tick: deliver what is due, then one turn of every running node.
+    pub fn step(&mut self) {
+        self.now_ms += TICK_MS;
+        let now = self.start + Duration::from_millis(self.now_ms);
+        self.world.borrow_mut().deliver(self.now_ms, &mut self.rng);
+        for (&i, node) in self.nodes.iter_mut() {
+            if self.stopped.contains(&i) {
+                continue;
+            }
+            let accepts = self.world.borrow_mut().take_accepts(NodeId(i));
+            node.set_now(now);
+            for (conn, what, addr) in accepts {
+                node.accept(SimStream::accepted(&self.world, conn), addr, what);
+            }
+            let ready = self.world.borrow().ready_keys(NodeId(i));
+            node.turn(now, &ready).expect("no node stops");
+            node.check_invariants();
+        }
+    }
+
+    /// The running node that leads in the highest term once the cluster formed (every node
+    /// admitted as a voter).
+    pub fn leader(&mut self) -> u64 {
+        let all = self.nodes.len();
+        for _ in 0..TICKS_MAX {
+            let l = self
+                .nodes
+                .iter()
+                .filter(|(i, n)| !self.stopped.contains(i) && n.raft().role() == Role::Leader)
+                .filter(|(_, n)| n.raft().conf().voters.len() == all)
+                .max_by_key(|(_, n)| n.raft().term());
+            if let Some((&id, _)) = l {
+                return id;
+            }
+            self.step();
+        }
+        panic!("no leader elected");
+    }
+
+    pub fn connect(&mut self, node: u64) -> SimStream {
+        SimStream::client_connect(&self.world, node, addrs(node).1).expect("listening")
+    }
+
+    pub fn send(&mut self, s: &mut SimStream, args: &[&[u8]]) {
+        let mut out = Vec::new();
+        resp::encode_command(args, &mut out);
+        std::io::Write::write_all(s, &out).expect("write");
+    }
+
+    /// Run the cluster until a reply arrives on `s`; the reply and the ticks it took.
+    pub fn reply(&mut self, s: &mut SimStream) -> (Value, u64) {
+        let mut inbuf = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for ticks in 1..=TICKS_MAX {
+            self.step();
+            while let Ok(n @ 1..) = std::io::Read::read(s, &mut buf) {
+                inbuf.extend_from_slice(&buf[..n]);
+            }
+            if let Some((v, _)) = resp::parse_value(&inbuf).expect("a well-formed reply") {
+                return (v, ticks);
+            }
+        }
+        panic!("no reply in {TICKS_MAX} ticks");
+    }
+
+    /// Send one command on `s` and run the cluster until its reply arrives.
+    pub fn call(&mut self, s: &mut SimStream, args: &[&[u8]]) -> Value {
+        self.send(s, args);
+        self.reply(s).0
+    }
+}
