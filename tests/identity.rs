@@ -9,7 +9,7 @@ mod harness;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use harness::{get, put_retry, serial, wait_for, Cluster, Options};
+use harness::{call, get, on_leader, put_retry, serial, wait_for, Cluster, Options};
 use kvraft::client::Value;
 use kvraft::wal::{ClusterId, Identity};
 
@@ -19,18 +19,9 @@ fn bulk(s: &str) -> Option<Value> {
     Some(Value::Bulk(s.as_bytes().to_vec()))
 }
 
-fn call(c: &Cluster, via: u64, args: &[&str]) -> Value {
-    let mut cl = c.client(via).unwrap();
-    cl.call_str(args).unwrap()
-}
-
 /// Membership commands go to the leader; retry while leadership moves.
 fn member(c: &Cluster, args: &[&str]) -> Value {
-    wait_for(LONG, &format!("{args:?} to be accepted"), || {
-        let leader = c.leader()?;
-        let v = call(c, leader, args);
-        (!v.is_error()).then_some(v)
-    })
+    on_leader(c, args, LONG)
 }
 
 /// Node `id` reports `voters` and is one of them, voting (not a learner, not waiting).

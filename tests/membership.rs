@@ -5,23 +5,14 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{get, parse_info, put_retry, serial, wait_for, Cluster, Options};
+use harness::{call, get, on_leader, parse_info, put_retry, serial, wait_for, Cluster, Options};
 use kvraft::client::Value;
 
 const LONG: Duration = Duration::from_secs(20);
 
-fn call(c: &Cluster, via: u64, args: &[&str]) -> Value {
-    let mut cl = c.client(via).unwrap();
-    cl.call_str(args).unwrap()
-}
-
 /// Membership commands go to the leader; retry while leadership moves.
 fn member(c: &Cluster, args: &[&str]) -> Value {
-    wait_for(LONG, &format!("{args:?} to be accepted"), || {
-        let leader = c.leader()?;
-        let v = call(c, leader, args);
-        (!v.is_error()).then_some(v)
-    })
+    on_leader(c, args, LONG)
 }
 
 fn voters(c: &Cluster, id: u64) -> String {

@@ -399,6 +399,22 @@ pub fn put_retry(c: &Cluster, via: u64, key: &str, val: &str, timeout: Duration)
     })
 }
 
+/// One command through node `via` (which must be reachable).
+pub fn call(c: &Cluster, via: u64, args: &[&str]) -> Value {
+    let mut cl = c.client(via).expect("node reachable");
+    cl.call_str(args).expect("a reply")
+}
+
+/// An admin command (`MEMBER ...`, `TRANSFER`) sent to the leader, retried while leadership
+/// moves, until the leader accepts it (answers anything but an error).
+pub fn on_leader(c: &Cluster, args: &[&str], timeout: Duration) -> Value {
+    wait_for(timeout, &format!("{args:?} to be accepted"), || {
+        let leader = c.leader()?;
+        let v = c.client(leader).ok()?.call_str(args).ok()?;
+        (!v.is_error()).then_some(v)
+    })
+}
+
 pub fn get(c: &Cluster, via: u64, key: &str) -> Option<Value> {
     let mut cl = c.client(via).ok()?;
     cl.call_str(&["GET", key]).ok()
