@@ -93,7 +93,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 let learner = args.get(5).is_some_and(|a| a.eq_ignore_ascii_case(b"LEARNER"));
                 // Always a learner first (issue 13): a voter is promoted once it connected
                 // and caught up (`membership.rs`), so adding one never costs availability.
-                (ConfChangeOp::AddLearner, id, super::membership::invited(&peer, &client, !learner))
+                // A current member (a demotion, or new addresses) keeps the incarnation it was
+                // admitted as: recording it as invited would take its vote away until a leader
+                // re-admits it, and a leader that demoted itself, its entry reaching no other
+                // node, then left no node able to win (found by the simulator, seed 4035).
+                let admitted = self.ids.log().newest().get(id).map_or(0, |r| r.incarnation);
+                let context = super::membership::invited(&peer, &client, !learner);
+                (ConfChangeOp::AddLearner, id, super::membership::with_incarnation(context, admitted))
             }
             b"PROMOTE" if args.len() == 3 => match node(2) {
                 Some(id) => (ConfChangeOp::AddVoter, id, Vec::new()),

@@ -104,6 +104,14 @@ pub(super) fn invited(peer: &str, client: &str, auto_promote: bool) -> Vec<u8> {
     }
 }
 
+/// `context` (an encoded record) naming `incarnation` instead, when that is not 0.
+pub(super) fn with_incarnation(context: Vec<u8>, incarnation: u128) -> Vec<u8> {
+    match MemberRecord::decode(&context) {
+        Ok(Some(rec)) if incarnation != 0 => MemberRecord { incarnation, ..rec }.encode(),
+        _ => context,
+    }
+}
+
 /// Bytes that are not a record or a table this version wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct DecodeError(pub String);
@@ -786,6 +794,20 @@ mod tests {
             assert_eq!(MemberRecord::decode(&b).unwrap(), Some(r));
         }
         assert_eq!(MemberRecord::decode(&[]).unwrap(), None);
+    }
+
+    /// `MEMBER ADD` of a current member (a demotion) keeps the incarnation it was admitted
+    /// as; a new member (or one removed) stays invited.
+    #[test]
+    fn a_member_added_again_keeps_its_admitted_incarnation() {
+        let invited = invited("127.0.0.1:7001", "[::1]:7002", false);
+        let kept = with_incarnation(invited.clone(), 42);
+        assert_eq!(
+            MemberRecord::decode(&kept).unwrap(),
+            Some(rec(7001, 42, false))
+        );
+        assert_eq!(with_incarnation(invited.clone(), 0), invited);
+        assert_eq!(with_incarnation(Vec::new(), 42), Vec::<u8>::new());
     }
 
     #[test]
