@@ -1131,11 +1131,13 @@ impl Sim {
     fn check_acked_writes(&mut self) {
         for _ in 0..HEAL_BOUND_TICKS {
             // A new leader's commit may lag what others applied until it commits an entry of
-            // its own term: wait for it to catch up with every node.
+            // its own term: wait for it to catch up with every node, and with every index
+            // ever seen committed (nodes that applied it may have restarted since: seed 13590).
             let applied_max = self
                 .members
                 .values()
                 .filter_map(|m| m.node.as_ref().map(|n| n.applied()))
+                .chain(self.committed.keys().next_back().copied())
                 .max()
                 .unwrap_or_default();
             if let Some(l) = self.leader() {
