@@ -98,8 +98,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 // re-admits it, and a leader that demoted itself, its entry reaching no other
                 // node, then left no node able to win (found by the simulator, seed 4035).
                 let admitted = self.ids.log().newest().get(id).map_or(0, |r| r.incarnation);
-                let context = super::membership::invited(&peer, &client, !learner);
-                (ConfChangeOp::AddLearner, id, super::membership::with_incarnation(context, admitted))
+                let context = super::membership::invited(&peer, &client, admitted, !learner);
+                (ConfChangeOp::AddLearner, id, context)
             }
             b"PROMOTE" if args.len() == 3 => match node(2) {
                 Some(id) => (ConfChangeOp::AddVoter, id, Vec::new()),

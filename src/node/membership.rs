@@ -87,28 +87,21 @@ pub(super) struct MemberRecord {
     pub auto_promote: bool,
 }
 
-/// The context of `MEMBER ADD id peer client [LEARNER]`: the addresses, no incarnation yet
-/// (invited: the leader re-admits it under the incarnation its Hello names), and whether it
-/// is promoted on its own. Addresses were checked by the caller; unparsable ones give an
-/// empty context (the change then records nothing).
-pub(super) fn invited(peer: &str, client: &str, auto_promote: bool) -> Vec<u8> {
+/// The context of `MEMBER ADD id peer client [LEARNER]`: the addresses, the incarnation the
+/// member was admitted as if it is a member already (a demotion), else 0 (invited: the leader
+/// admits it under the incarnation its Hello names), and whether it is promoted on its own.
+/// Addresses were checked by the caller; unparsable ones give an empty context (the change
+/// then records nothing).
+pub(super) fn invited(peer: &str, client: &str, incarnation: u128, auto_promote: bool) -> Vec<u8> {
     match (peer.parse(), client.parse()) {
         (Ok(peer), Ok(client)) => MemberRecord {
             peer,
             client,
-            incarnation: 0,
+            incarnation,
             auto_promote,
         }
         .encode(),
         _ => Vec::new(),
-    }
-}
-
-/// `context` (an encoded record) naming `incarnation` instead, when that is not 0.
-pub(super) fn with_incarnation(context: Vec<u8>, incarnation: u128) -> Vec<u8> {
-    match MemberRecord::decode(&context) {
-        Ok(Some(rec)) if incarnation != 0 => MemberRecord { incarnation, ..rec }.encode(),
-        _ => context,
     }
 }
 
@@ -800,14 +793,17 @@ mod tests {
     /// as; a new member (or one removed) stays invited.
     #[test]
     fn a_member_added_again_keeps_its_admitted_incarnation() {
-        let invited = invited("127.0.0.1:7001", "[::1]:7002", false);
-        let kept = with_incarnation(invited.clone(), 42);
+        let kept = invited("127.0.0.1:7001", "[::1]:7002", 42, false);
         assert_eq!(
             MemberRecord::decode(&kept).unwrap(),
             Some(rec(7001, 42, false))
         );
-        assert_eq!(with_incarnation(invited.clone(), 0), invited);
-        assert_eq!(with_incarnation(Vec::new(), 42), Vec::<u8>::new());
+        let new = invited("127.0.0.1:7001", "[::1]:7002", 0, true);
+        assert_eq!(
+            MemberRecord::decode(&new).unwrap(),
+            Some(rec(7001, 0, true))
+        );
+        assert!(invited("nowhere", "[::1]:7002", 42, true).is_empty());
     }
 
     #[test]
