@@ -92,7 +92,9 @@ fn a_key_set_with_px_reads_as_its_value_before_the_deadline_and_nil_after_throug
     // Wait for the deadline itself (time passing is the condition here).
     let deadline = acked + ttl_ms + 1;
     while wall_ms() <= deadline {
-        std::thread::sleep(Duration::from_millis(deadline + 1 - wall_ms()));
+        std::thread::sleep(Duration::from_millis(
+            (deadline + 1).saturating_sub(wall_ms()),
+        ));
     }
     for via in 1..=3 {
         let mut cl = c.client(via).unwrap();
