@@ -54,6 +54,7 @@ mod clients;
 mod connections;
 mod driver;
 mod event_loop;
+mod exposition;
 mod incoming;
 mod info;
 mod links;
@@ -62,6 +63,7 @@ mod peers;
 mod pending;
 mod startup;
 mod stored;
+mod telemetry;
 mod ttl;
 
 use std::fmt;
@@ -226,6 +228,8 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     stats: Stats,
     /// The leader's time for TTLs and the reclaim of expired keys (`ttl.rs`).
     ttl: ttl::TtlClock,
+    /// What `/metrics` and `/readyz` report beyond the other parts' state (`telemetry.rs`).
+    telemetry: telemetry::Telemetry,
 }
 
 /// Which listener accepted a connection.
@@ -249,6 +253,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.fire_timers();
         self.process_ready()?;
         self.flush_dirty();
+        self.observe_turn();
         if cfg!(debug_assertions) {
             self.check_invariants();
         }
@@ -604,5 +609,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stored.check_invariants();
         self.ids.log().check_invariants();
         self.ttl.check_invariants();
+        self.telemetry.check_invariants();
     }
 }
