@@ -29,6 +29,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.telemetry.set_stopwatch(now);
     }
 
+    /// Where this node serves its metrics port (`metrics=` in its config line).
+    pub fn own_metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.cfg.member(self.id).and_then(|m| m.metrics)
+    }
+
     /// A leader of the current term is known, and knows the commit index.
     fn leader_of_term(&self) -> bool {
         match self.raft.leader() {

@@ -55,6 +55,7 @@ mod connections;
 mod driver;
 mod event_loop;
 mod exposition;
+mod http_port;
 mod incoming;
 mod info;
 mod links;
