@@ -23,17 +23,20 @@ const LONG: Duration = Duration::from_secs(30);
 // A strict reader of the Prometheus text format (0.0.4).
 // ---------------------------------------------------------------------------------------
 
+/// A series' labels, sorted by name.
+type Labels = Vec<(String, String)>;
+
 /// One exposition: every series (name and sorted labels) and its value, and each family's type.
 #[derive(Debug, Default)]
 struct Exposition {
     types: BTreeMap<String, String>,
-    series: BTreeMap<(String, Vec<(String, String)>), f64>,
+    series: BTreeMap<(String, Labels), f64>,
 }
 
 impl Exposition {
     /// The value of `name` with exactly `labels`.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut l: Vec<(String, String)> = labels
+        let mut l: Labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -47,7 +50,7 @@ impl Exposition {
     }
 
     /// Every label set `name` has.
-    fn label_sets(&self, name: &str) -> Vec<Vec<(String, String)>> {
+    fn label_sets(&self, name: &str) -> Vec<Labels> {
         self.series
             .keys()
             .filter(|(n, _)| n == name)
@@ -72,7 +75,7 @@ fn parse_value(s: &str) -> Result<f64, String> {
 }
 
 /// `{k="v",...}` at the start of `s`: the labels and the rest of the line.
-fn parse_labels(s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
     let Some(mut rest) = s.strip_prefix('{') else {
         return Ok((Vec::new(), s));
     };
@@ -167,7 +170,7 @@ fn parse_exposition(text: &str) -> Result<Exposition, String> {
         if !belongs || !valid_name(name) {
             return Err(err(format!("sample {name} outside its family {fam}")));
         }
-        if (kind == "counter" || name.ends_with("_count")) && !(value >= 0.0) {
+        if (kind == "counter" || name.ends_with("_count")) && (value.is_nan() || value < 0.0) {
             return Err(err("a negative counter".into()));
         }
         let mut labels = labels;
@@ -185,7 +188,7 @@ fn check_histograms(e: &Exposition) -> Result<(), String> {
         if kind != "histogram" {
             continue;
         }
-        let mut by_series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut by_series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
         for ((name, labels), v) in &e.series {
             if name != &format!("{fam}_bucket") {
                 continue;

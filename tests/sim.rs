@@ -1011,7 +1011,7 @@ impl Sim {
                 continue;
             };
             node.check_invariants();
-            if self.stats.ticks % 50 == 0 {
+            if self.stats.ticks.is_multiple_of(50) {
                 // What the metrics port serves is rendered by the node itself: render it under
                 // the faults too (its writer asserts names and histogram counts).
                 let text = node.metrics_text();
