@@ -416,3 +416,179 @@ fn read_into(stream: &mut TcpStream, buf: &mut [u8], budget: &mut Budget) -> Rea
         };
     }
 }
+
+const _: () = assert!(HTTP_READ_BUDGET_PER_TURN >= HTTP_HEAD_SIZE_MAX);
+const _: () = assert!(HTTP_LINGER.as_nanos() < HTTP_EXCHANGE_TIMEOUT.as_nanos());
+const _: () = assert!(HTTP_ACCEPTS_PER_TURN_MAX >= HTTP_RESPONSES_PER_TURN_MAX);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+
+    const BASE: usize = 1000;
+
+    struct Rig {
+        poll: Poll,
+        listener: TcpListener,
+        port: HttpPort,
+        addr: std::net::SocketAddr,
+        renders: usize,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let poll = Poll::new().unwrap();
+            let mut listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            poll.registry()
+                .register(&mut listener, Token(0), Interest::READABLE)
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            Rig {
+                poll,
+                listener,
+                port: HttpPort::new(BASE),
+                addr,
+                renders: 0,
+            }
+        }
+
+        /// One loop turn at `now`, as the shell takes it.
+        fn turn(&mut self, now: Instant) {
+            let mut events = Events::with_capacity(256);
+            let timeout = self
+                .port
+                .poll_timeout(now)
+                .unwrap_or(Duration::from_millis(50));
+            self.poll
+                .poll(&mut events, Some(timeout.min(Duration::from_millis(50))))
+                .unwrap();
+            let mut ready = Vec::new();
+            let mut accept = self.port.wants_accept();
+            for e in events.iter() {
+                match e.token() {
+                    Token(0) => accept = true,
+                    Token(t) => ready.push(t - BASE),
+                }
+            }
+            if accept {
+                self.port.accept(&self.listener, self.poll.registry(), now);
+            }
+            let renders = &mut self.renders;
+            let mut respond = |route: Route| {
+                *renders += 1;
+                Reply {
+                    status: 200,
+                    content_type: "text/plain",
+                    body: format!("{route:?}\n").into_bytes(),
+                }
+            };
+            self.port
+                .serve(self.poll.registry(), &ready, now, &mut respond);
+            self.port.check_invariants();
+        }
+    }
+
+    fn read_all(s: &mut std::net::TcpStream, rig: &mut Rig, now: Instant) -> String {
+        s.set_nonblocking(true).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            rig.turn(now);
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) => return String::from_utf8_lossy(&out).into_owned(),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        panic!(
+            "no end of the answer; got {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
+    #[test]
+    fn a_request_is_answered_and_the_connection_closed() {
+        let mut rig = Rig::new();
+        let now = Instant::now();
+        let mut s = std::net::TcpStream::connect(rig.addr).unwrap();
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let out = read_all(&mut s, &mut rig, now);
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out:?}");
+        assert!(out.ends_with("\r\n\r\nReadyz\n"), "{out:?}");
+        drop(s);
+        for _ in 0..50 {
+            rig.turn(now);
+            if rig.port.is_empty() {
+                return;
+            }
+        }
+        panic!("the connection was not closed after the client closed");
+    }
+
+    #[test]
+    fn connections_past_the_limit_get_503_and_idle_ones_close_at_their_deadline() {
+        let mut rig = Rig::new();
+        let now = Instant::now();
+        let mut held: Vec<std::net::TcpStream> = (0..HTTP_CONNECTIONS_MAX)
+            .map(|_| std::net::TcpStream::connect(rig.addr).unwrap())
+            .collect();
+        for _ in 0..50 {
+            rig.turn(now);
+            if rig.port.conns.len() == HTTP_CONNECTIONS_MAX {
+                break;
+            }
+        }
+        assert_eq!(rig.port.conns.len(), HTTP_CONNECTIONS_MAX);
+        let mut extra = std::net::TcpStream::connect(rig.addr).unwrap();
+        let out = read_all(&mut extra, &mut rig, now);
+        assert!(out.starts_with("HTTP/1.1 503 "), "{out:?}");
+        let wait = rig.port.poll_timeout(now).unwrap();
+        assert!(wait <= HTTP_EXCHANGE_TIMEOUT, "{wait:?}");
+        // No time passes in this test: the deadline is reached by handing a later `now`.
+        rig.turn(now + HTTP_EXCHANGE_TIMEOUT);
+        assert!(
+            rig.port.is_empty(),
+            "idle connections outlived their deadline"
+        );
+        assert_eq!(rig.port.poll_timeout(now), None);
+        let mut buf = [0u8; 8];
+        held[0]
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(held[0].read(&mut buf).unwrap(), 0);
+        assert_eq!(rig.renders, 0, "nothing was asked, nothing rendered");
+    }
+
+    #[test]
+    fn at_most_the_per_turn_number_of_answers_is_rendered_in_one_turn() {
+        let mut rig = Rig::new();
+        let now = Instant::now();
+        let n = HTTP_RESPONSES_PER_TURN_MAX + 4;
+        let mut clients: Vec<std::net::TcpStream> = (0..n)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(rig.addr).unwrap();
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+                s
+            })
+            .collect();
+        let mut max_per_turn = 0;
+        for _ in 0..100 {
+            let before = rig.renders;
+            rig.turn(now);
+            max_per_turn = max_per_turn.max(rig.renders - before);
+            if rig.renders == n {
+                break;
+            }
+        }
+        assert_eq!(rig.renders, n, "every request answered in the end");
+        // All were ready in one turn: the cap, not the arrival, spread them over two.
+        assert_eq!(max_per_turn, HTTP_RESPONSES_PER_TURN_MAX);
+        for s in &mut clients {
+            let out = read_all(s, &mut rig, now);
+            assert!(out.ends_with("Metrics\n"), "{out:?}");
+        }
+    }
+}
