@@ -104,19 +104,17 @@ impl<S: StateMachine> Shell<S> {
                     .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
             })
             .map_err(|e| NodeError::new(format!("registering listeners: {e}")))?;
-        let mut metrics_listener = match node.own_metrics_addr() {
-            Some(addr) => Some(bind(addr, "metrics scrape")?),
+        let metrics_listener = match node.own_metrics_addr() {
+            Some(addr) => {
+                let mut l = bind(addr, "metrics scrape")?;
+                poll.registry()
+                    .register(&mut l, METRICS_LISTENER, Interest::READABLE)
+                    .map_err(|e| NodeError::new(format!("registering the metrics port: {e}")))?;
+                info!("serving /metrics, /livez, /readyz on {addr}");
+                Some(l)
+            }
             None => None,
         };
-        if let Some(l) = metrics_listener.as_mut() {
-            poll.registry()
-                .register(l, METRICS_LISTENER, Interest::READABLE)
-                .map_err(|e| NodeError::new(format!("registering the metrics port: {e}")))?;
-            info!(
-                "serving /metrics, /livez, /readyz on {}",
-                node.own_metrics_addr().unwrap()
-            );
-        }
         let signals = sys::signal_fd(&[libc::SIGTERM, libc::SIGINT])
             .map_err(|e| NodeError::new(format!("signalfd: {e}")))?;
         let notifier = match Notifier::from_env() {
