@@ -37,7 +37,7 @@
 //! | `max_clients` | `limits::CLIENT_CONNECTIONS_MAX` (10000) | client connections served at once, 1 ..= that limit |
 //! | `forward_to_leader` | `true` | `true`: a follower forwards client writes to the leader; `false`: it answers `-REDIRECT <leader client address>` |
 //! | `seed` | derived from the id | seed of this node's PRNG (election timeouts); set it to replay a run |
-//! | `tls_cert` | unset | PEM certificate chain of this node (`tls_cert`, `tls_key` and `tls_ca` go together): TLS on the client port, mutual TLS on the peer port; relative to the working directory; reloaded on SIGHUP |
+//! | `tls_cert` | unset | PEM certificate chain of this node (`tls_cert`, `tls_key` and `tls_ca` go together): TLS on the client port, mutual TLS on the peer port; `{id}` is replaced by the node id (one file for every node: `tls_cert = /etc/kvraft/node{id}.pem`); relative to the working directory; reloaded on SIGHUP |
 //! | `tls_key` | unset | PEM private key of `tls_cert` |
 //! | `tls_ca` | unset | PEM CA certificate(s): peers (both directions) and, when required, clients must present a certificate it signed |
 //! | `tls_client_auth` | `none` | `require`: a client must present a certificate signed by `tls_ca`; `none`: not demanded (one presented is still verified). `require` needs `tls_cert` |
@@ -227,6 +227,12 @@ impl Config {
             Some(dir) => dir.to_path_buf(),
             None => PathBuf::from(settings.data_dir.replace("{id}", &id.to_string())),
         };
+        if let Some(tls) = &mut config.tls {
+            for path in [&mut tls.cert, &mut tls.key, &mut tls.ca] {
+                let with_id = path.to_string_lossy().replace("{id}", &id.to_string());
+                *path = PathBuf::from(with_id);
+            }
+        }
         Ok(config)
     }
 
@@ -938,13 +944,20 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
         let c = with("tls_cert = a\ntls_key = b\ntls_ca = c\ntls_client_auth = require\n");
         assert_eq!(c.tls.unwrap().client_auth, ClientAuth::Require);
         assert_eq!(with("").tls, None);
+        let c = with("tls_cert = n{id}.pem\ntls_key = n{id}.key\ntls_ca = ca.pem\n");
+        let tls = c.tls.unwrap();
+        assert_eq!((tls.cert, tls.key), ("n2.pem".into(), "n2.key".into()));
         assert_error(
             "tls_cert = a.pem\ntls_ca = ca.pem\n",
             Some(4),
             "missing: tls_key",
         );
         assert_error("tls_client_auth = require\n", Some(4), "needs tls_cert");
-        assert_error("tls_client_auth = maybe\n", Some(4), "expects require or none");
+        assert_error(
+            "tls_client_auth = maybe\n",
+            Some(4),
+            "expects require or none",
+        );
         assert_error("tls_key =\n", Some(4), "expects a PEM file path");
     }
 

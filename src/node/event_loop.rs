@@ -23,8 +23,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::clock::Clock;
 use super::net::{MioNet, CONN_BASE};
-use super::tls::TlsConfigs;
 use super::storage::RealDisk;
+use super::tls::TlsConfigs;
 use super::{sys, Listener, Node, NodeError};
 use crate::config::{Config, TlsFiles};
 use crate::kv::{KvStore, StateMachine};
@@ -56,10 +56,9 @@ pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
         .map_err(|e| NodeError::new(format!("poll: {e}")))?;
     let tls_files = cfg.tls.clone();
     let tls = match &tls_files {
-        Some(files) => Some(
-            TlsConfigs::load(files)
-                .map_err(|e| NodeError(format!("TLS: {e}"), EXIT_CONFIG))?,
-        ),
+        Some(files) => {
+            Some(TlsConfigs::load(files).map_err(|e| NodeError(format!("TLS: {e}"), EXIT_CONFIG))?)
+        }
         None => None,
     };
     let disk = RealDisk::open(&cfg.data_dir, cfg.segment_bytes).map_err(NodeError::new)?;

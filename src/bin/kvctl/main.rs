@@ -166,9 +166,7 @@ fn main() -> ExitCode {
     }
     let code = match opts.words.first().map(String::as_str) {
         None => run_lines(&mut client, &endpoints, opts.timeout, tls.as_ref()),
-        Some("status") if opts.words.len() == 1 => {
-            status(&endpoints, opts.timeout, tls.as_ref())
-        }
+        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout, tls.as_ref()),
         Some(_) => {
             let words: Vec<Vec<u8>> = opts.words.iter().map(|w| w.as_bytes().to_vec()).collect();
             run_words(&mut client, &words, false).unwrap_or(2)

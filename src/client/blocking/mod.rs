@@ -200,7 +200,9 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let stream = match tls {
             None => Stream::Plain(stream),
-            Some(tls) => Stream::Tls(Box::new(handshake(stream, &addr.to_string(), tls, options).map_err(fail)?)),
+            Some(tls) => Stream::Tls(Box::new(
+                handshake(stream, &addr.to_string(), tls, options).map_err(fail)?,
+            )),
         };
         Ok(Connection {
             stream,
@@ -371,8 +373,8 @@ fn handshake(
     options: Options,
 ) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let name = tls::server_name(addr).map_err(io::Error::other)?;
-    let mut session = rustls::ClientConnection::new(tls.config().clone(), name)
-        .map_err(io::Error::other)?;
+    let mut session =
+        rustls::ClientConnection::new(tls.config().clone(), name).map_err(io::Error::other)?;
     sock.set_read_timeout(Some(options.io_timeout))?;
     sock.set_write_timeout(Some(options.io_timeout))?;
     while session.is_handshaking() {
