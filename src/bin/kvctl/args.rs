@@ -213,4 +213,22 @@ mod tests {
         assert!(parse_options(&argv("-e")).is_err());
         assert!(parse_options(&argv("-e nohostport get k")).is_err());
     }
+
+    #[test]
+    fn tls_options_need_a_ca_and_a_certificate_needs_its_key() {
+        let run = |s: &str| match parse_options(&argv(s)) {
+            Ok(Invocation::Run(o)) => o,
+            other => panic!("{s}: {other:?}"),
+        };
+        let o = run("--tls --cacert ca.pem --cert c.pem --key c.key get k");
+        assert_eq!(o.cacert, Some(PathBuf::from("ca.pem")));
+        assert_eq!((o.tls, o.words.len()), (true, 2));
+        assert!(client_tls(&run("get k")).unwrap().is_none());
+        let err = client_tls(&run("--tls get k")).unwrap_err();
+        assert!(err.contains("--cacert"), "{err}");
+        let err = client_tls(&run("--cacert ca.pem --cert c.pem get k")).unwrap_err();
+        assert!(err.contains("--key"), "{err}");
+        let err = client_tls(&run("--cacert /nonexistent/ca.pem get k")).unwrap_err();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
 }

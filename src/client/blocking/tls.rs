@@ -83,3 +83,19 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address() {
+        let ip = server_name("127.0.0.1:6001").unwrap();
+        assert!(matches!(ip, ServerName::IpAddress(_)), "{ip:?}");
+        let v6 = server_name("[::1]:6001").unwrap();
+        assert!(matches!(v6, ServerName::IpAddress(_)), "{v6:?}");
+        let dns = server_name("kv1.example.com:6001").unwrap();
+        assert!(matches!(dns, ServerName::DnsName(_)), "{dns:?}");
+        assert!(server_name("bad name!:6001").is_err());
+    }
+}
