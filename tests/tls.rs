@@ -473,3 +473,51 @@ fn a_missing_or_bad_tls_file_stops_the_start_with_exit_status_2_naming_it() {
         assert!(err.contains(named), "{named} not named in: {err}");
     }
 }
+
+#[test]
+fn a_follower_catches_up_through_install_snapshot_over_mutual_tls() {
+    let _g = serial();
+    let extra = [
+        "snapshot_entries = 500",
+        "snapshot_keep_entries = 50",
+        "snapshot_chunk_bytes = 64KiB",
+    ];
+    let mut t = TlsCluster::start(3, &extra);
+    let c = &mut t.c;
+    let leader = c.wait_leader(LONG);
+    let lagger = (1..=3).find(|&i| i != leader).unwrap();
+    c.kill(lagger);
+    // 2,000 writes of 2 KiB: 4 MB of snapshot and log, through TLS records of at most 16 KiB.
+    let mut conn = c.client(leader).unwrap();
+    let value = vec![b'v'; 2048];
+    for batch in 0..20 {
+        for i in 0..100 {
+            conn.queue(&[b"SET", format!("key-{batch}-{i}").as_bytes(), &value]);
+        }
+        conn.flush().unwrap();
+        for _ in 0..100 {
+            assert_eq!(conn.read_reply().unwrap(), Value::ok());
+        }
+    }
+    wait_for(LONG, "the leader to snapshot and compact its log", || {
+        let i = c.info(leader)?;
+        let first: u64 = i.get("first_log_index")?.parse().ok()?;
+        let taken: u64 = i.get("snapshots_taken")?.parse().ok()?;
+        (taken >= 1 && first > 1).then_some(())
+    });
+    c.spawn(lagger);
+    let applied: u64 = c.info(leader).unwrap()["applied_index"].parse().unwrap();
+    c.wait_applied(&[lagger], applied, LONG);
+    let lagging = c.info(lagger).unwrap();
+    let installed: u64 = lagging["snapshots_installed"].parse().unwrap();
+    assert!(
+        installed >= 1,
+        "caught up without InstallSnapshot: {lagging:?}"
+    );
+    wait_for(LONG, "equal state hashes", || {
+        let hashes: Vec<String> = (1..=3)
+            .map(|id| c.info(id).map(|i| i["state_hash"].clone()))
+            .collect::<Option<_>>()?;
+        hashes.iter().all(|h| *h == hashes[0]).then_some(())
+    });
+}
