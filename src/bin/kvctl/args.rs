@@ -7,7 +7,8 @@ use std::time::Duration;
 use kvraft::config::load_members;
 
 pub const USAGE: &str = "\
-usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS] [COMMAND ARGS...]
+usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS] [--user USER] [--password PW]
+             [COMMAND ARGS...]
 
 Commands:
   put KEY VALUE            store VALUE under KEY (SET); prints OK
@@ -26,6 +27,9 @@ Options:
   -c, --config FILE        take the endpoints from FILE's client= addresses
                            (default conf/cluster.conf, else 127.0.0.1:6001,6002,6003)
   -t, --timeout SECONDS    give up after this long (default 10); retries while no leader
+  --user USER              AUTH as USER (`default` or `admin`); default: the default user
+  --password PW            AUTH with PW (visible in `ps`: prefer the KVRAFT_PASSWORD
+                           environment variable, which is used when --password is not given)
 Every write goes through an exactly-once session (opened on the first write), so kvctl
 resends it after a lost leader or connection and the cluster applies it once.
   -h, --help               this text
@@ -38,6 +42,10 @@ pub struct Options {
     pub endpoints: Option<Vec<String>>,
     pub config: Option<PathBuf>,
     pub timeout: Duration,
+    /// `--user`: the user to AUTH as.
+    pub user: Option<String>,
+    /// `--password` (the caller falls back to `KVRAFT_PASSWORD`).
+    pub password: Option<String>,
     pub words: Vec<String>,
 }
 
@@ -55,6 +63,8 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
         endpoints: None,
         config: None,
         timeout: Duration::from_secs(10),
+        user: None,
+        password: None,
         words: Vec::new(),
     };
     let mut i = 0;
@@ -71,6 +81,8 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
             "-e" | "--endpoints" => opts.endpoints = Some(parse_endpoints(&value()?)?),
             "-c" | "--config" => opts.config = Some(PathBuf::from(value()?)),
             "-t" | "--timeout" => opts.timeout = parse_timeout(&value()?)?,
+            "--user" => opts.user = Some(value()?),
+            "--password" => opts.password = Some(value()?),
             "--" => {
                 opts.words.extend(argv[i + 1..].iter().cloned());
                 break;
@@ -179,5 +191,15 @@ mod tests {
         assert!(parse_options(&argv("-t 0 get k")).is_err());
         assert!(parse_options(&argv("-e")).is_err());
         assert!(parse_options(&argv("-e nohostport get k")).is_err());
+        let Ok(Invocation::Run(o)) = parse_options(&argv("--user admin --password pw member list"))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (o.user.as_deref(), o.password.as_deref()),
+            (Some("admin"), Some("pw"))
+        );
+        assert_eq!(o.words, argv("member list"));
+        assert!(parse_options(&argv("--password")).is_err());
     }
 }
