@@ -914,6 +914,55 @@ mod tests {
     }
 
     #[test]
+    fn with_passwords_only_auth_hello_and_quit_pass_until_auth() {
+        let users = crate::auth::Users {
+            requirepass: Some(crate::auth::Secret::new("pw")),
+            adminpass: Some(crate::auth::Secret::new("root")),
+        };
+        let s = &mut session();
+        s.auth = ConnAuth::new(std::sync::Arc::new(users));
+        let now = Instant::now();
+        let noauth = Value::error("NOAUTH Authentication required.");
+        for cmd in [
+            &["GET", "k"][..],
+            &["MULTI"],
+            &["CLIENT", "ID"],
+            &["WATCH", "k"],
+        ] {
+            assert_eq!(
+                s.admit(&args(cmd), 0, now),
+                Gate::Reply(noauth.clone()),
+                "{cmd:?}"
+            );
+        }
+        assert_eq!(s.admit(&args(&["QUIT"]), 0, now), Gate::Pass);
+        let e = error(s.admit(&args(&["HELLO", "3"]), 0, now));
+        assert!(e.starts_with("NOAUTH HELLO must be called"), "{e}");
+        let e = error(s.admit(&args(&["HELLO", "3", "AUTH", "default", "x"]), 0, now));
+        assert!(e.starts_with("WRONGPASS"), "{e}");
+        assert_eq!(
+            s.proto,
+            Protocol::Resp2,
+            "a failed HELLO AUTH changes nothing"
+        );
+        let v = reply(s.admit(&args(&["HELLO", "3", "AUTH", "default", "pw"]), 0, now));
+        assert!(matches!(v, Value::Map(_)));
+        assert_eq!((s.proto, s.auth.rights()), (Protocol::Resp3, Rights::Data));
+        assert_eq!(s.admit(&args(&["GET", "k"]), 0, now), Gate::Pass);
+        // A refused command inside MULTI aborts the transaction; AUTH is not queued.
+        s.admit(&args(&["MULTI"]), 0, now);
+        assert!(error(s.admit(&args(&["MEMBER", "LIST"]), 0, now)).starts_with("NOPERM"));
+        assert!(error(s.admit(&args(&["AUTH", "pw"]), 0, now)).contains("not allowed"));
+        assert!(error(s.admit(&args(&["EXEC"]), 0, now)).starts_with("EXECABORT"));
+        assert_eq!(
+            reply(s.admit(&args(&["AUTH", "admin", "root"]), 0, now)),
+            Value::ok()
+        );
+        assert!(s.info_line(now).contains(" user=admin "));
+        assert_eq!(s.admit(&args(&["MEMBER", "LIST"]), 0, now), Gate::Pass);
+    }
+
+    #[test]
     fn client_subcommands_keep_the_name_and_library() {
         let s = &mut session();
         let now = Instant::now();

@@ -291,14 +291,11 @@ impl ClusterClient {
         if let Some(auth) = &self.auth {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
             args.extend(auth.iter().map(Vec::as_slice));
-            match conn.call(&args).map_err(unreachable)? {
-                // The reply never holds the password (`crate::auth`).
-                Value::Error(e) => {
-                    return Err(ConnectError::Refused(format!(
-                        "AUTH refused by {addr}: {e}"
-                    )))
-                }
-                _ => {}
+            // The reply never holds the password (`crate::auth`).
+            if let Value::Error(e) = conn.call(&args).map_err(unreachable)? {
+                return Err(ConnectError::Refused(format!(
+                    "AUTH refused by {addr}: {e}"
+                )));
             }
         }
         self.conn = Some(conn);
