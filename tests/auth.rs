@@ -144,6 +144,12 @@ fn every_command_needs_auth_first_and_admin_commands_need_the_admin() {
             call(&mut conn, &["CONFIG", "GET", "save"]),
             Value::Array(_) | Value::Map(_)
         ));
+        // CONFIG GET never shows a password (Redis's would show requirepass).
+        let all = format!("{:?}", call(&mut conn, &["CONFIG", "GET", "*"]));
+        assert!(
+            !all.contains(DATA_PASS) && !all.contains(ADMIN_PASS),
+            "{all}"
+        );
         // The admin may.
         assert_eq!(call(&mut conn, &["AUTH", "admin", ADMIN_PASS]), Value::ok());
         assert!(matches!(
