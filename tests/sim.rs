@@ -29,7 +29,9 @@
 //! either way); in half the seeds clients also send TTL commands (`Clocks`). In the odd seeds
 //! the cluster has `requirepass` and `adminpass`: every client connection AUTHs first (now
 //! and then after a write that must answer NOAUTH), and the admin commands of the clients
-//! that are `default` must answer NOPERM, through any node (issue 18).
+//! that are `default` must answer NOPERM, through any node (issue 18). Every forwarded request
+//! carries its connection's rights (`check_forwarded_rights`): never none, always admin
+//! without passwords, and over a run both the default user's and the admin's.
 //!
 //! After every step: each node's `check_invariants()`; election safety (one leader per term);
 //! log matching (an entry id always follows the same term); leader completeness (a leader
@@ -174,6 +176,8 @@ struct Stats {
     admin_sent: u64,
     /// NOAUTH and NOPERM answers checked (seeds with `Params::auth`).
     auth_refusals: u64,
+    /// Forwarded requests by the rights they carried (`check_forwarded_rights`).
+    forwarded_rights: [u64; 3],
     elections: u64,
     /// Syncs that took time, and the ticks they took.
     slow_syncs: u64,
@@ -207,6 +211,9 @@ impl Stats {
         self.garbage_sent += o.garbage_sent;
         self.admin_sent += o.admin_sent;
         self.auth_refusals += o.auth_refusals;
+        for (t, r) in self.forwarded_rights.iter_mut().zip(o.forwarded_rights) {
+            *t += r;
+        }
         self.elections += o.elections;
         self.slow_syncs += o.slow_syncs;
         self.slow_sync_ticks += o.slow_sync_ticks;
@@ -563,6 +570,7 @@ impl Sim {
         self.check_progress();
         self.check_acked_writes();
         self.check_session_counters();
+        self.check_forwarded_rights();
         self.stats.keys_expired = self
             .members
             .values()
@@ -574,6 +582,25 @@ impl Sim {
 
     /// One tick: the network delivers, every live node takes its turn, clients act; then
     /// every check runs.
+    /// A follower forwards a request with the rights of the client's connection: never
+    /// none (an unauthenticated client's command is refused where it arrives), and without
+    /// passwords always the admin's (every connection may do everything, `auth.rs` rule 2).
+    /// Across seeds, both 1 (`default` clients) and 2 must be seen (the main test).
+    fn check_forwarded_rights(&mut self) {
+        let seen = self.world.borrow().forwarded_rights;
+        assert_eq!(
+            seen[0], 0,
+            "FORWARD RIGHTS: unauthenticated requests were forwarded"
+        );
+        if !self.p.auth {
+            assert_eq!(
+                seen[1], 0,
+                "FORWARD RIGHTS: without passwords, rights below admin"
+            );
+        }
+        self.stats.forwarded_rights = seen;
+    }
+
     fn step(&mut self, clients: bool) {
         self.now_ms += TICK_MS;
         self.stats.ticks += 1;
@@ -1385,6 +1412,15 @@ fn simulated_clusters_of_real_nodes_keep_every_safety_property_and_recover_after
         total.add(&run_seed(seed));
     }
     eprintln!("{} seeds in {:.1?}: {total:?}", seeds.len(), t0.elapsed());
+    if seeds.len() >= 20 {
+        // Followers stamp what each connection has, not one constant (`Params::auth`).
+        let [_, data, admin] = total.forwarded_rights;
+        assert!(
+            data > 0 && admin > 0,
+            "FORWARD RIGHTS: {:?}",
+            total.forwarded_rights
+        );
+    }
 }
 
 // --- the session workload ------------------------------------------------------------------
