@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kvraft::client::blocking::Options as ClientOptions;
-pub use kvraft::client::blocking::{ClientError, Connection};
+pub use kvraft::client::blocking::{ClientError, ClientTls, Connection};
 use kvraft::client::Value;
 
 /// Cluster tests run one at a time: two clusters electing on a 2-core machine would measure
@@ -93,6 +93,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
     pub nodes: Vec<NodeProc>,
+    /// Clients speak TLS with this (a cluster with `tls_cert` set).
+    pub tls: Option<ClientTls>,
     /// `AUTH`'s arguments for the harness's own connections (`client`, `info`, ...): the
     /// admin's when the config sets `adminpass`, else the default user's for `requirepass`.
     pub auth: Option<Vec<String>>,
@@ -119,6 +121,8 @@ pub struct Options {
     pub extra: Vec<String>,
     /// Runs with the cluster's directory before any node starts (to prepare a data dir).
     pub prepare: Option<Prepare>,
+    /// Clients (`Cluster::client`, `info`, ...) speak TLS with this.
+    pub client_tls: Option<ClientTls>,
 }
 
 /// A step run on the cluster's directory before the nodes start.
@@ -130,6 +134,7 @@ impl Default for Options {
             nodes: 3,
             extra: Vec::new(),
             prepare: None,
+            client_tls: None,
         }
     }
 }
@@ -165,10 +170,12 @@ impl Cluster {
         if let Some(prepare) = &opts.prepare {
             prepare(dir.path());
         }
+        let tls = opts.client_tls.clone();
         let mut c = Cluster {
             dir,
             conf: conf_path,
             nodes,
+            tls,
             auth: harness_auth(&opts.extra),
         };
         for id in 1..=opts.nodes as u64 {
@@ -323,7 +330,7 @@ impl Cluster {
 
     /// A connection to node `id`, authenticated as `auth` says.
     pub fn client(&self, id: u64) -> Result<Connection, ClientError> {
-        let mut c = connect(self.node(id).client)?;
+        let mut c = Connection::open(self.node(id).client, CLIENT_OPTIONS, self.tls.as_ref())?;
         if let Some(auth) = &self.auth {
             let mut args = vec!["AUTH"];
             args.extend(auth.iter().map(String::as_str));

@@ -26,10 +26,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use kvraft::client::blocking::cluster::ClusterClient;
-use kvraft::client::blocking::{Connection, Options};
+use kvraft::client::blocking::{ClientTls, Connection, Options};
 use kvraft::client::{split_args, Value};
 
-use args::{endpoints, parse_options, Endpoint, Invocation, USAGE};
+use args::{client_tls, endpoints, parse_options, Endpoint, Invocation, USAGE};
 use output::{parse_info, render, status_table};
 use request::build_request;
 
@@ -41,6 +41,12 @@ const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 
 /// `AUTH`'s arguments after its name: `[user] password`.
 type Auth = Option<Vec<Vec<u8>>>;
+
+/// How `status` connects to each member: TLS and credentials, as the cluster client does.
+struct Connect {
+    tls: Option<ClientTls>,
+    auth: Auth,
+}
 
 /// The credentials: `--password`, else `KVRAFT_PASSWORD`; `--user` only with a password.
 fn credentials(opts: &args::Options) -> Result<Auth, String> {
@@ -66,11 +72,11 @@ fn credentials(opts: &args::Options) -> Result<Auth, String> {
 }
 
 /// Ask every endpoint for `INFO raft` (one short attempt each) and print the table.
-fn status(endpoints: &[Endpoint], timeout: Duration, auth: &Auth) -> u8 {
+fn status(endpoints: &[Endpoint], timeout: Duration, conn: &Connect) -> u8 {
     let per_node = timeout.min(STATUS_TIMEOUT_MAX);
     let rows: Vec<_> = endpoints
         .iter()
-        .map(|e| (e.clone(), info_raft(&e.addr, per_node, auth)))
+        .map(|e| (e.clone(), info_raft(&e.addr, per_node, conn)))
         .collect();
     print!("{}", status_table(&rows));
     let _ = io::stdout().flush();
@@ -81,10 +87,10 @@ fn status(endpoints: &[Endpoint], timeout: Duration, auth: &Auth) -> u8 {
     }
 }
 
-fn info_raft(addr: &str, timeout: Duration, auth: &Auth) -> Option<HashMap<String, String>> {
+fn info_raft(addr: &str, timeout: Duration, how: &Connect) -> Option<HashMap<String, String>> {
     let options = Options::new(CONNECT_TIMEOUT.min(timeout), timeout);
-    let mut conn = Connection::connect(addr, options).ok()?;
-    if let Some(auth) = auth {
+    let mut conn = Connection::open(addr, options, how.tls.as_ref()).ok()?;
+    if let Some(auth) = &how.auth {
         let mut args: Vec<&[u8]> = vec![b"AUTH"];
         args.extend(auth.iter().map(Vec::as_slice));
         if conn.call(&args).ok()?.is_error() {
@@ -132,7 +138,7 @@ fn run_lines(
     client: &mut ClusterClient,
     endpoints: &[Endpoint],
     timeout: Duration,
-    auth: &Auth,
+    conn: &Connect,
 ) -> u8 {
     let mut worst = 0;
     for line in io::stdin().lock().split(b'\n') {
@@ -146,7 +152,7 @@ fn run_lines(
             continue;
         }
         let code = if words.len() == 1 && words[0].eq_ignore_ascii_case(b"status") {
-            status(endpoints, timeout, auth)
+            status(endpoints, timeout, conn)
         } else {
             match run_words(client, &words, true) {
                 Ok(code) => code,
@@ -188,6 +194,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match client_tls(&opts) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let addrs = endpoints.iter().map(|e| e.addr.clone()).collect();
     // The io timeout is the whole budget of one command, retries included.
     let mut client =
@@ -199,9 +212,13 @@ fn main() -> ExitCode {
         };
         client = client.with_auth(user, pass);
     }
+    if let Some(tls) = &tls {
+        client = client.with_tls(tls.clone());
+    }
+    let how = Connect { tls, auth };
     let code = match opts.words.first().map(String::as_str) {
-        None => run_lines(&mut client, &endpoints, opts.timeout, &auth),
-        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout, &auth),
+        None => run_lines(&mut client, &endpoints, opts.timeout, &how),
+        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout, &how),
         Some(_) => {
             let words: Vec<Vec<u8>> = opts.words.iter().map(|w| w.as_bytes().to_vec()).collect();
             run_words(&mut client, &words, false).unwrap_or(2)

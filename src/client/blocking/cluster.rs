@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ClientError, Connection, Options};
+use super::{ClientError, ClientTls, Connection, Options};
 use crate::client::value::Value;
 use crate::kv::Request;
 
@@ -43,6 +43,8 @@ pub struct ClusterClient {
     /// Connect timeout per attempt; `io_timeout` is the whole budget of one `call`.
     options: Options,
     sessions: Sessions,
+    /// TLS to every endpoint, when set.
+    tls: Option<ClientTls>,
     /// `AUTH`'s arguments after the command name, sent on every new connection.
     auth: Option<Vec<Vec<u8>>>,
 }
@@ -103,6 +105,7 @@ impl ClusterClient {
             conn: None,
             options,
             sessions: Sessions::Off,
+            tls: None,
             auth: None,
         }
     }
@@ -113,6 +116,12 @@ impl ClusterClient {
         let mut args: Vec<Vec<u8>> = user.into_iter().collect();
         args.push(password);
         self.auth = Some(args);
+        self
+    }
+
+    /// Speak TLS to every endpoint.
+    pub fn with_tls(mut self, tls: ClientTls) -> ClusterClient {
+        self.tls = Some(tls);
         self
     }
 
@@ -287,7 +296,8 @@ impl ClusterClient {
     fn connect_to(&mut self, addr: &str) -> Result<(), ConnectError> {
         self.conn = None; // closed now, even if the new connection fails
         let unreachable = |e: ClientError| ConnectError::Unreachable(e.to_string());
-        let mut conn = Connection::connect(addr, self.options).map_err(unreachable)?;
+        let mut conn =
+            Connection::open(addr, self.options, self.tls.as_ref()).map_err(unreachable)?;
         if let Some(auth) = &self.auth {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
             args.extend(auth.iter().map(Vec::as_slice));
