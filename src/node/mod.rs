@@ -54,6 +54,8 @@ mod clients;
 mod connections;
 mod driver;
 mod event_loop;
+mod exposition;
+mod http_port;
 mod incoming;
 mod info;
 mod links;
@@ -62,6 +64,7 @@ mod peers;
 mod pending;
 mod startup;
 mod stored;
+mod telemetry;
 mod ttl;
 
 use std::fmt;
@@ -227,6 +230,8 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     stats: Stats,
     /// The leader's time for TTLs and the reclaim of expired keys (`ttl.rs`).
     ttl: ttl::TtlClock,
+    /// What `/metrics` and `/readyz` report beyond the other parts' state (`telemetry.rs`).
+    telemetry: telemetry::Telemetry,
 }
 
 /// Which listener accepted a connection.
@@ -250,6 +255,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.fire_timers();
         self.process_ready()?;
         self.flush_dirty();
+        self.observe_turn();
         if cfg!(debug_assertions) {
             self.check_invariants();
         }
@@ -619,5 +625,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stored.check_invariants();
         self.ids.log().check_invariants();
         self.ttl.check_invariants();
+        self.telemetry.check_invariants();
     }
 }

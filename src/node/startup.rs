@@ -188,6 +188,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 ..Stats::default()
             },
             ttl: Default::default(),
+            telemetry: Default::default(),
             cfg,
         };
         node.refresh_membership();
