@@ -155,8 +155,18 @@ mod tests {
     /// Segments starting at 1 and 6; batches [1, 2], [3, 4, 5] in the first and [6, 7], [8]
     /// in the second. Returns the images and each record's byte range.
     fn log() -> (Vec<SegmentImage>, Vec<(usize, Range<usize>)>) {
-        let mut segs = vec![SegmentImage::new(LogIndex(1)), SegmentImage::new(LogIndex(6))];
-        let batches = [(1, 1, 0), (1, 1, 0), (2, 3, 0), (2, 3, 0), (2, 3, 0), (3, 6, 1)];
+        let mut segs = vec![
+            SegmentImage::new(LogIndex(1)),
+            SegmentImage::new(LogIndex(6)),
+        ];
+        let batches = [
+            (1, 1, 0),
+            (1, 1, 0),
+            (2, 3, 0),
+            (2, 3, 0),
+            (2, 3, 0),
+            (3, 6, 1),
+        ];
         let mut at = Vec::new();
         for (k, &(b, f, s)) in batches.iter().enumerate() {
             at.push((s, segs[s].push(&entry(k as u64 + 1), b, LogIndex(f))));
