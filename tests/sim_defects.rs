@@ -4,6 +4,7 @@
 mod support;
 
 use kvraft::client::Value;
+use kvraft::raft::Role;
 use support::story::{addrs, Story};
 
 /// Before: the leader encoded a ClientReply of ~10 MiB and panicked in `wire/frame.rs`, so
@@ -80,4 +81,80 @@ fn member_add_beyond_the_membership_limit_is_refused_before_proposing() {
     }
     let conf = c.nodes[&leader].raft().status().conf;
     assert_eq!(conf.members().count() as u64, max);
+}
+
+/// Issue 13, the counting rule (`node/membership.rs`: a response counts only from the
+/// connection whose Hello named the incarnation the membership records). A leader that has
+/// not heard of a newer term must not count the answers of a member's new incarnation (its
+/// storage lost) as that member's: the old incarnation may have voted in the newer term.
+///
+/// Leader L hands leadership to W (`TRANSFER`) while W's and V's frames to L are dropped: V
+/// votes W in, and L never hears of the newer term. V then loses its disk and comes back as
+/// V'; only V' and L talk. Without the rule L counts V' as V: check-quorum keeps it leader and
+/// a `SET e` commits on L and V' alone and is acknowledged. Once the network heals W's log
+/// (its term is newer) replaces e on every node: an acknowledged write lost. With the rule L
+/// drops V''s answers, steps down, and never acknowledges e.
+#[test]
+fn a_stale_leader_never_counts_a_new_incarnation_as_the_member_it_replaced() {
+    let mut c = Story::new(3);
+    let l = c.leader();
+    let others: Vec<u64> = (1..=3).filter(|&i| i != l).collect();
+    let (w, v) = (others[0], others[1]);
+    let mut to_l = c.connect(l);
+    assert_eq!(c.call(&mut to_l, &[b"SET", b"a", b"1"]), Value::ok());
+    let term = c.nodes[&l].raft().term();
+    c.block(w, l, true);
+    c.block(v, l, true);
+    c.send(&mut to_l, &[b"TRANSFER", w.to_string().as_bytes()]);
+    for _ in 0..200 {
+        c.step();
+        if c.nodes[&w].raft().role() == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(c.nodes[&w].raft().role(), Role::Leader, "W elected by V");
+    assert!(c.nodes[&w].raft().term() > term);
+    assert_eq!(c.nodes[&l].raft().term(), term, "L has not heard of W's term");
+    // V's disk is lost; V' talks to L only.
+    c.block(w, v, true);
+    c.block(v, w, true);
+    c.restart_with_empty_storage(v);
+    c.block(v, l, false);
+    let mut to_l = c.connect(l);
+    let mut acked = false;
+    for _ in 0..20 {
+        c.send(&mut to_l, &[b"SET", b"e", b"1"]);
+        match c.reply_within(&mut to_l, 100) {
+            Some(r) if r == Value::ok() => {
+                acked = true;
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    // Heal: L is cut off while W and V' settle, then everyone talks again.
+    for (a, b) in [(w, l), (l, w), (v, l), (l, v)] {
+        c.block(a, b, true);
+    }
+    c.block(w, v, false);
+    c.block(v, w, false);
+    for _ in 0..300 {
+        c.step();
+    }
+    for (a, b) in [(w, l), (l, w), (v, l), (l, v)] {
+        c.block(a, b, false);
+    }
+    let leader = c.leader();
+    let mut s = c.connect(leader);
+    let r = c.call(&mut s, &[b"GET", b"e"]);
+    if acked {
+        assert_eq!(
+            r,
+            Value::Bulk(b"1".to_vec()),
+            "LOST WRITE: SET e was acknowledged by the stale leader {l} (counting node {v}'s \
+             new incarnation), and node {leader} now answers GET e with {r:?}"
+        );
+    }
+    assert_eq!(c.call(&mut s, &[b"SET", b"f", b"1"]), Value::ok());
 }
