@@ -11,6 +11,15 @@
 //! the checks below prove no acknowledged write is lost. It found three liveness rules of the
 //! identity design (seeds 7, 79 and 413; see `node/membership.rs`, `raft/election.rs`).
 //!
+//! Damaged storage: now and then, before a restart under the same condition as a lost
+//! storage, a byte of the synced log flips or a segment followed by another is cut short
+//! (`Image::damage`); at a crash a surviving unsynced page may have a flipped byte. The real
+//! recovery judges each (`wal::image::judge`): an unsynced one is a torn tail, cut; synced
+//! damage is detected, the node keeps the intact prefix and rejoins as a new incarnation.
+//! Broken on purpose (startup.rs ignoring the damage, so the node kept voting on the cut
+//! log as its old self), 300 seeds failed at seed 220: "LEADER COMPLETENESS: leader 2 of term
+//! 5 lacks committed 3/95".
+//!
 //! Faults: peer frames lost, duplicated, delayed and reordered; partitions that come and go;
 //! crashes and restarts (a crash loses unsynced log pages, any subset, torn at page
 //! granularity), failed fsyncs (the node stops, as the daemon does, and is restarted: a crash
@@ -79,7 +88,7 @@ use kvraft::kv::{KvStore, Request, StateMachine};
 use kvraft::node::{Listener, Node};
 use kvraft::prng::Prng;
 use kvraft::raft::{LogIndex, NodeId, Role, Term};
-use support::sim_disk::{DiskFaults, FaultsRef, Image, ImageRef, SimDisk};
+use support::sim_disk::{DiskFaults, FaultsRef, Image, ImageRef, Injected, SimDisk};
 use support::sim_net::{SimNet, SimStream, World, WorldRef};
 
 type SimNode = Node<KvStore, SimDisk, SimNet>;
@@ -118,6 +127,11 @@ struct Params {
     /// Per mille of restarts: the node comes back with its whole storage lost (only while
     /// every other voter is intact and admitted: see `may_lose_storage`).
     storage_loss: u64,
+    /// Per mille of restarts: synced log data is damaged first (a flipped byte or a segment
+    /// cut short; same condition as a storage loss).
+    damage: u64,
+    /// Per mille of crashes: a surviving unsynced page has a flipped byte.
+    flip_unsynced: u64,
     clients: u64,
     garbage: u64,
     membership: bool,
@@ -131,7 +145,7 @@ struct Params {
 impl Params {
     /// `slow`: a stream of its own for the slow-sync fault, so that adding it left every
     /// other draw of a seed (and the seeds cited above) as it was.
-    fn draw(rng: &mut Prng, slow: &mut Prng, lost: &mut Prng) -> Params {
+    fn draw(rng: &mut Prng, slow: &mut Prng, lost: &mut Prng, damage: &mut Prng) -> Params {
         let five = rng.chance(1, 2);
         let membership = rng.chance(1, 3);
         Params {
@@ -150,6 +164,8 @@ impl Params {
             slow_sync: [0, 5, 30][slow.range(0, 3) as usize],
             slow_sync_ticks_max: [3, 20, 60][slow.range(0, 3) as usize],
             storage_loss: [0, 200, 500][lost.range(0, 3) as usize],
+            damage: [0, 200, 500][damage.range(0, 3) as usize],
+            flip_unsynced: [0, 200, 500][damage.range(0, 3) as usize],
             clients: rng.range(1, 5),
             garbage: [0, 20, 100][rng.range(0, 3) as usize],
             membership,
@@ -185,6 +201,13 @@ struct Stats {
     /// Restarts with the whole storage lost, and re-admissions seen (the node voting again).
     storage_losses: u64,
     readmitted: u64,
+    /// Damage to synced log data injected at a restart and detected by the real recovery:
+    /// flipped bytes, segments cut short; flips not injected because the WAL cannot tell
+    /// them from a torn tail (the newest batch); flipped bytes in unsynced pages at a crash.
+    flips_synced: u64,
+    cuts_synced: u64,
+    flips_undetectable: u64,
+    flips_unsynced: u64,
     /// Session workload: tagged INCRs acknowledged, and resends of one.
     session_incrs_acked: u64,
     session_resends: u64,
@@ -219,6 +242,10 @@ impl Stats {
         self.slow_sync_ticks += o.slow_sync_ticks;
         self.storage_losses += o.storage_losses;
         self.readmitted += o.readmitted;
+        self.flips_synced += o.flips_synced;
+        self.cuts_synced += o.cuts_synced;
+        self.flips_undetectable += o.flips_undetectable;
+        self.flips_unsynced += o.flips_unsynced;
         self.session_incrs_acked += o.session_incrs_acked;
         self.session_resends += o.session_resends;
         self.ttl_sent += o.ttl_sent;
@@ -299,9 +326,11 @@ struct Sim {
     slow_rng: Prng,
     /// Draws for storage loss only.
     lost_rng: Prng,
-    /// A node whose storage was lost and that is not yet a voter again as its new incarnation:
-    /// no other storage is lost meanwhile (losing a second voter could lose a majority, which
-    /// is unavailability by design, not a defect to find).
+    /// Draws for log damage (synced and unsynced) only.
+    damage_rng: Prng,
+    /// A node whose storage was lost or damaged and that is not yet a voter again as its new
+    /// incarnation: no other storage is lost or damaged meanwhile (losing a second voter could
+    /// lose a majority, which is unavailability by design, not a defect to find).
     lost_pending: Option<NodeId>,
     p: Params,
     world: WorldRef,
@@ -367,7 +396,8 @@ impl Sim {
         let mut rng = Prng::new(seed);
         let mut slow_rng = Prng::new(seed ^ 0x5105_5c4c);
         let mut lost_rng = Prng::new(seed ^ 0x1057_d15c);
-        let mut p = Params::draw(&mut rng, &mut slow_rng, &mut lost_rng);
+        let mut damage_rng = Prng::new(seed ^ 0xda3a_9e00);
+        let mut p = Params::draw(&mut rng, &mut slow_rng, &mut lost_rng, &mut damage_rng);
         p.auth = seed % 2 == 1;
         let world = World::new();
         world.borrow_mut().faults = support::sim_net::NetFaults {
@@ -425,6 +455,7 @@ impl Sim {
             rng,
             slow_rng,
             lost_rng,
+            damage_rng,
             lost_pending: None,
             p,
             world,
@@ -501,9 +532,8 @@ impl Sim {
     }
 
     /// Before node `id` restarts: now and then its whole storage is gone (a replaced disk),
-    /// only while a quorum of intact voters remains without it: a leader is up, its
-    /// configuration has at least three voters, and every other voter is up and voting as the
-    /// incarnation the membership records. The node comes back as a new incarnation; the
+    /// or its synced log is damaged (`maybe_damage_log`), only while a quorum of intact voters
+    /// remains without it (`may_lose_storage`). The node comes back as a new incarnation; the
     /// checks prove no acknowledged write is lost.
     fn maybe_lose_storage(&mut self, id: NodeId) {
         if self.p.storage_loss == 0 || self.lost_pending.is_some() {
@@ -512,8 +542,22 @@ impl Sim {
         if self.lost_rng.range(0, 1000) >= self.p.storage_loss {
             return;
         }
-        let Some(leader) = self.leader() else {
+        if !self.may_lose_storage(id) {
             return;
+        }
+        let m = &self.members[&id];
+        *m.image.borrow_mut() = Image::default();
+        self.lost_pending = Some(id);
+        self.stats.storage_losses += 1;
+        self.note(format!("storage of {id} lost"));
+    }
+
+    /// Whether `id` may lose (or damage) its storage: a leader is up, its configuration has at
+    /// least three voters, and every other voter is up and voting as the incarnation the
+    /// membership records.
+    fn may_lose_storage(&self, id: NodeId) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
         };
         let conf = self.members[&leader]
             .node
@@ -528,14 +572,43 @@ impl Sim {
                 .as_ref()
                 .is_some_and(|n| n.raft().voting())
         });
-        if conf.voters.len() < 3 || !others_voting || self.members[&id].starts <= 1 {
+        conf.voters.len() >= 3 && others_voting && self.members[&id].starts > 1
+    }
+
+    /// Before node `id` restarts: now and then a byte of its synced log flips or a segment is
+    /// cut short (`Image::damage`, judged by the real recovery). Detected damage makes the node
+    /// a new incarnation that keeps the intact prefix and is re-admitted.
+    fn maybe_damage_log(&mut self, id: NodeId) {
+        if self.p.damage == 0 || self.lost_pending.is_some() {
             return;
         }
-        let m = &self.members[&id];
-        *m.image.borrow_mut() = Image::default();
+        if self.damage_rng.range(0, 1000) >= self.p.damage || !self.may_lose_storage(id) {
+            return;
+        }
+        let injected = self.members[&id]
+            .image
+            .borrow_mut()
+            .damage(&mut self.damage_rng);
+        let (first_lost, what) = match injected {
+            None => return,
+            Some(Injected::Undetectable) => {
+                self.stats.flips_undetectable += 1;
+                return;
+            }
+            Some(Injected::Flip { first_lost }) => {
+                self.stats.flips_synced += 1;
+                (first_lost, "flipped byte")
+            }
+            Some(Injected::Cut { first_lost }) => {
+                self.stats.cuts_synced += 1;
+                (first_lost, "segment cut short")
+            }
+        };
         self.lost_pending = Some(id);
-        self.stats.storage_losses += 1;
-        self.note(format!("storage of {id} lost"));
+        self.note(format!(
+            "log of {id} damaged ({what}): kept up to {}",
+            first_lost.prev()
+        ));
     }
 
     /// Stop `id` as a crash does: unsynced pages partly lost, connections gone.
@@ -544,7 +617,11 @@ impl Sim {
         let Some(mut node) = m.node.take() else {
             return;
         };
-        let (kept, total) = node.disk_mut().crash(&mut self.rng);
+        let crashed =
+            node.disk_mut()
+                .crash(&mut self.rng, &mut self.damage_rng, self.p.flip_unsynced);
+        let (kept, total) = (crashed.kept, crashed.pages);
+        self.stats.flips_unsynced += u64::from(crashed.flipped);
         drop(node);
         m.faults.borrow_mut().fail_next_sync = false;
         m.faults.borrow_mut().slow_next_sync_ticks = 0;
@@ -557,7 +634,8 @@ impl Sim {
         self.stats.pages_kept += kept as u64;
         self.stats.pages_lost += (total - kept) as u64;
         self.note(format!(
-            "crash {id} ({why}; kept {kept} of {total} unsynced pages)"
+            "crash {id} ({why}; kept {kept} of {total} unsynced pages{})",
+            if crashed.flipped { ", one flipped" } else { "" }
         ));
     }
 
@@ -627,6 +705,7 @@ impl Sim {
                 m.down_ticks -= 1;
                 if m.down_ticks == 0 {
                     self.maybe_lose_storage(id);
+                    self.maybe_damage_log(id);
                     self.restart(id);
                 }
             }

@@ -4,6 +4,7 @@
 mod support;
 
 use kvraft::client::Value;
+use kvraft::raft::Role;
 use support::story::{addrs, Story};
 
 /// Before: the leader encoded a ClientReply of ~10 MiB and panicked in `wire/frame.rs`, so
@@ -80,4 +81,95 @@ fn member_add_beyond_the_membership_limit_is_refused_before_proposing() {
     }
     let conf = c.nodes[&leader].raft().status().conf;
     assert_eq!(conf.members().count() as u64, max);
+}
+
+/// Issue 13: a leader that has not heard of a newer term, and a voter of that newer term that
+/// lost its disk, never lose an acknowledged write together.
+///
+/// Leader L is cut off from the two others with a `SET e` appended, uncommitted; the election
+/// timer of one (W) runs out and the other (V), no longer hearing L, votes W in at a newer term
+/// while L still leads. V then loses its disk and comes back as V', which talks to L only. Were
+/// L to count V''s acks as V's, `e` would commit on L and V' and be acknowledged, and once the
+/// network heals W's log (its last term is newer) would replace `e` everywhere. The moment L
+/// is cut off is tried at every tick of a few election timeouts; in 8 of 60 W wins while L
+/// still leads (the rest is deterministic).
+///
+/// What keeps `e` safe here is check-quorum, not only the counting rule: L is deposed within a
+/// tick or two of W's win, before V' has said Hello (W's election takes one election timeout
+/// after the cut, L's check-quorum at most two), so removing only the counting rule
+/// (`node/peers.rs`) does not fail this story; the admission's demotion of V to a learner
+/// (appended before any later entry) closes the rest of the window.
+#[test]
+fn a_stale_leader_and_a_voter_that_lost_its_disk_never_lose_an_acknowledged_write() {
+    let mut races = 0;
+    for offset in 0..60 {
+        let mut c = Story::new(3);
+        let l = c.leader();
+        let others: Vec<u64> = (1..=3).filter(|&i| i != l).collect();
+        let (mut w, mut v) = (others[0], others[1]);
+        let mut to_l = c.connect(l);
+        assert_eq!(c.call(&mut to_l, &[b"SET", b"a", b"1"]), Value::ok());
+        for _ in 0..offset {
+            c.step();
+        }
+        let term = c.nodes[&l].raft().term();
+        for (a, b) in [(w, l), (l, w), (v, l), (l, v)] {
+            c.block(a, b, true);
+        }
+        c.send(&mut to_l, &[b"SET", b"e", b"1"]);
+        let mut w_won = false;
+        for _ in 0..100 {
+            c.step();
+            if c.nodes[&l].raft().role() != Role::Leader {
+                break;
+            }
+            if c.nodes[&v].raft().role() == Role::Leader {
+                std::mem::swap(&mut w, &mut v); // the winner is W, its voter V
+            }
+            if c.nodes[&w].raft().role() == Role::Leader {
+                w_won = true;
+                break;
+            }
+        }
+        if !w_won || c.nodes[&l].raft().term() != term {
+            continue; // L was deposed first: no stale leader to test
+        }
+        races += 1;
+        // V's disk is lost; V' talks to L only.
+        c.block(w, v, true);
+        c.block(v, w, true);
+        c.restart_with_empty_storage(v);
+        c.block(v, l, false);
+        c.block(l, v, false);
+        let acked = c.reply_within(&mut to_l, 200) == Some(Value::ok());
+        // Heal: L is cut off while W and V' settle, then everyone talks again.
+        for (a, b) in [(v, l), (l, v)] {
+            c.block(a, b, true);
+        }
+        c.block(w, v, false);
+        c.block(v, w, false);
+        for _ in 0..300 {
+            c.step();
+        }
+        for (a, b) in [(w, l), (l, w), (v, l), (l, v)] {
+            c.block(a, b, false);
+        }
+        let leader = c.leader();
+        let mut s = c.connect(leader);
+        let r = c.call(&mut s, &[b"GET", b"e"]);
+        if acked {
+            assert_eq!(
+                r,
+                Value::Bulk(b"1".to_vec()),
+                "LOST WRITE (offset {offset}): SET e was acknowledged by the stale leader {l} \
+                 of term {term} (counting node {v}'s new incarnation), and node {leader} now \
+                 answers GET e with {r:?}"
+            );
+        }
+        assert_eq!(c.call(&mut s, &[b"SET", b"f", b"1"]), Value::ok());
+    }
+    assert!(
+        races > 0,
+        "W never won while L still led: the story tests nothing"
+    );
 }

@@ -28,8 +28,9 @@ const USAGE: &str = "usage: kvraftd --config FILE --id N [--data-dir DIR] [--boo
 signals: SIGTERM/SIGINT stop (sync, then exit 0); SIGHUP reloads the TLS certificates
 
 exit status: 0 stopped, 1 runtime failure, 2 configuration error,
-             3 identity error (a log without its identity file, or an identity file
-               that does not read); systemd should not restart on 2 or 3";
+             3 identity error (a log without its identity file, an identity file
+               that does not read, or a data directory of another cluster than a
+               majority of the configured members); systemd should not restart on 2 or 3";
 
 struct Args {
     config: PathBuf,

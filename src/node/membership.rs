@@ -593,6 +593,10 @@ pub(super) struct Identities {
     configured: Vec<(NodeId, SocketAddr, SocketAddr)>,
     /// Recovery found damage in the log; cleared once this incarnation is admitted.
     damaged: bool,
+    /// Configured peers whose newest Hello named another cluster id than ours (both known),
+    /// with that id: when they are a majority of the configured members, this storage is not
+    /// this cluster's (`foreign_majority`).
+    foreign: BTreeMap<NodeId, u128>,
 }
 
 impl Identities {
@@ -611,6 +615,7 @@ impl Identities {
             hellos: 0,
             configured,
             damaged: false,
+            foreign: BTreeMap::new(),
         }
     }
 
@@ -671,8 +676,44 @@ impl Identities {
         self.cluster = cluster;
     }
 
+    /// Peer `from`'s Hello named `cluster`, which `judge_hello` refused.
+    pub(super) fn refused(&mut self, from: NodeId, cluster: u128) {
+        if self.cluster != 0 && cluster != 0 && cluster != self.cluster && self.is_configured(from)
+        {
+            self.foreign.insert(from, cluster);
+        }
+    }
+
+    /// When the configured peers whose Hello named another cluster are a majority of the
+    /// configured members (not counting this node: two of three, three of five), what to tell
+    /// the operator: this data directory belongs to another cluster than theirs. One such
+    /// peer (itself misconfigured, or holding another cluster's directory) is not enough.
+    pub(super) fn foreign_majority(&self, me: NodeId) -> Option<String> {
+        let members = self.configured.len();
+        let peers: Vec<&NodeId> = self.foreign.keys().filter(|&&id| id != me).collect();
+        if peers.len() < members / 2 + 1 {
+            return None;
+        }
+        let mut theirs: Vec<String> = self.foreign.values().map(|c| format!("{c:032x}")).collect();
+        theirs.dedup();
+        let names: Vec<String> = peers.iter().map(|id| id.to_string()).collect();
+        Some(format!(
+            "this data directory belongs to cluster {:032x}, but nodes {} ({} of the {members} \
+             configured members) belong to cluster {}: it is another cluster's data directory \
+             (or the config file lists another cluster's members). Stopping: check --config and \
+             --data-dir; to make this node a member of the configured cluster, move its data \
+             directory aside and start it again with an empty one (the leader re-admits it as \
+             a new incarnation)",
+            self.cluster,
+            names.join(", "),
+            peers.len(),
+            theirs.join(", ")
+        ))
+    }
+
     /// Peer `from`'s connection `key` said Hello as `incarnation`.
     pub(super) fn heard(&mut self, from: NodeId, key: usize, incarnation: u128) {
+        self.foreign.remove(&from);
         self.hellos += 1;
         self.heard.insert(key, (from, incarnation, self.hellos));
     }
@@ -972,6 +1013,40 @@ mod tests {
         assert!(may_vote(&t, NodeId(2), 22), "removed as this incarnation");
         assert!(!may_vote(&t, NodeId(2), 23) && !counts(&t, NodeId(2), 22));
         assert_eq!(MemberTable::decode(&t.encode()).unwrap(), t);
+    }
+
+    #[test]
+    fn another_cluster_is_fatal_only_from_a_majority_of_the_configured_members() {
+        let p = |i: u64| -> SocketAddr { format!("127.0.0.1:{i}").parse().unwrap() };
+        let configured: Vec<_> = (1..=5).map(|i| (NodeId(i), p(i), p(i + 100))).collect();
+        let log = || MemberLog::new(MemberTable::default(), LogIndex(0), &[]);
+        let mut ids = Identities::new(42, 7, log(), configured.clone());
+        ids.refused(NodeId(2), 43);
+        ids.refused(NodeId(3), 43);
+        ids.refused(NodeId(9), 43); // not configured
+        ids.refused(NodeId(4), 0); // no cluster id yet
+        assert_eq!(ids.foreign_majority(NodeId(1)), None, "two of five");
+        ids.refused(NodeId(4), 44);
+        let why = ids.foreign_majority(NodeId(1)).expect("three of five");
+        assert!(
+            why.contains(&format!("{:032x}", 42u128))
+                && why.contains(&format!("{:032x}", 43u128))
+                && why.contains("nodes 2, 3, 4")
+                && why.contains("move its data directory aside"),
+            "{why}"
+        );
+        ids.heard(NodeId(3), 1, 5);
+        assert_eq!(
+            ids.foreign_majority(NodeId(1)),
+            None,
+            "node 3 said Hello as ours"
+        );
+        // Without a cluster id of its own (empty storage) a node adopts, never counts.
+        let mut fresh = Identities::new(0, 7, log(), configured);
+        for i in 2..=5 {
+            fresh.refused(NodeId(i), 43);
+        }
+        assert_eq!(fresh.foreign_majority(NodeId(1)), None);
     }
 
     fn admit(

@@ -259,6 +259,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if cfg!(debug_assertions) {
             self.check_invariants();
         }
+        if let Some(why) = self.ids.foreign_majority(self.id) {
+            // Another cluster's data directory (membership.rs, `foreign_majority`): no
+            // restart can help, so exit status 3, which the systemd unit does not restart.
+            return Err(NodeError::identity(why));
+        }
         Ok(())
     }
 

@@ -477,6 +477,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             HelloVerdict::Accept => {}
             HelloVerdict::Refuse(why) => {
                 warn!("refusing a peer connection: {why}");
+                self.ids.refused(from, cluster);
                 self.close_conn(key, &why);
                 return false;
             }

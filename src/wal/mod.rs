@@ -7,6 +7,7 @@
 //! | `segment.rs`     | one preallocated, mapped segment file: the only unsafe code      |
 //! | `segmented.rs`   | [`Wal`]: append, group-commit sync, read, truncate, discard |
 //! | `recovery.rs`    | start-up recovery: torn tail cut, damage to synced data reported and set aside |
+//! | `image.rs`       | segment images in memory and recovery's verdict on them (for the simulator) |
 //! | `damage.rs`      | [`Damage`] and the marker file that remembers it until repaired |
 //! | `hard_state.rs`  | [`HardStateStore`]: term and vote in two alternating checksummed slots |
 //! | `identity.rs`    | [`Identity`]: the cluster id and this member's incarnation id |
@@ -18,6 +19,7 @@ mod damage;
 mod format;
 mod hard_state;
 mod identity;
+pub mod image;
 mod recovery;
 mod segment;
 mod segmented;

@@ -83,12 +83,12 @@ impl After {
 }
 
 /// What the scan of one segment found.
-struct Scan {
+pub(super) struct Scan {
     /// Offsets of the good records, in order (`offsets[i]` holds index `first + i`).
-    offsets: Vec<u32>,
+    pub(super) offsets: Vec<u32>,
     /// The damage point D: end of the last good record.
     end: usize,
-    last: Option<RecordHeader>,
+    pub(super) last: Option<RecordHeader>,
     /// End of the non-zero bytes from `end` on (== `end` when the tail is clean).
     garbage_end: usize,
     after: After,
@@ -148,7 +148,7 @@ fn scan_segment(b: &[u8], first: LogIndex) -> Scan {
     }
 }
 
-enum Verdict {
+pub(super) enum Verdict {
     /// Keep the first `keep` good records; zero everything after them.
     Cut {
         keep: usize,
@@ -195,6 +195,38 @@ fn judge(scan: &Scan, first: LogIndex, next_first: Option<LogIndex>) -> Verdict 
                 ""
             }
         ),
+    }
+}
+
+/// The decision on one segment's bytes (the one `Wal::open` and `image::judge` make).
+pub(super) enum Judged {
+    /// The header does not check, or names another first index than the file name: damage,
+    /// nothing in the segment is read.
+    Unreadable { reason: String },
+    /// The header checked; the records were scanned and judged.
+    Scanned { scan: Scan, verdict: Verdict },
+}
+
+/// Judges one segment's bytes: its header, then its records. `Err` holds an unknown format
+/// version, which recovery refuses outright (no upgrade in place).
+pub(super) fn judge_segment(
+    b: &[u8],
+    name_first: LogIndex,
+    next_first: Option<LogIndex>,
+) -> Result<Judged, u32> {
+    match format::decode_segment_header(b) {
+        Err(HeaderError::Version { version }) => Err(version),
+        Err(e) => Ok(Judged::Unreadable {
+            reason: e.to_string(),
+        }),
+        Ok(first) if first != name_first => Ok(Judged::Unreadable {
+            reason: format!("header says first index {first}, file name says {name_first}"),
+        }),
+        Ok(_) => {
+            let scan = scan_segment(b, name_first);
+            let verdict = judge(&scan, name_first, next_first);
+            Ok(Judged::Scanned { scan, verdict })
+        }
     }
 }
 
@@ -268,8 +300,8 @@ impl Wal {
             Err(e) => return Err(e),
         };
         self.recovery.segments_scanned += 1;
-        match format::decode_segment_header(file.bytes()) {
-            Err(HeaderError::Version { version }) => {
+        let (scan, verdict) = match judge_segment(file.bytes(), name_first, next_first) {
+            Err(version) => {
                 return Err(WalError::Corrupt {
                     file: path.to_path_buf(),
                     offset: 8,
@@ -281,15 +313,10 @@ impl Wal {
                     ),
                 })
             }
-            Err(e) => return Ok(Some(unreadable(Some(file), e.to_string()))),
-            Ok(first) if first != name_first => {
-                let why = format!("header says first index {first}, file name says {name_first}");
-                return Ok(Some(unreadable(Some(file), why)));
-            }
-            Ok(_) => {}
-        }
-        let scan = scan_segment(file.bytes(), name_first);
-        match judge(&scan, name_first, next_first) {
+            Ok(Judged::Unreadable { reason }) => return Ok(Some(unreadable(Some(file), reason))),
+            Ok(Judged::Scanned { scan, verdict }) => (scan, verdict),
+        };
+        match verdict {
             Verdict::Cut { keep } => {
                 self.keep_segment(file, name_first, scan, keep)?;
                 Ok(None)

@@ -36,6 +36,8 @@ pub struct Story {
     pub nodes: BTreeMap<u64, SimNode>,
     /// Nodes that take no turns (stopped, as by SIGSTOP).
     pub stopped: BTreeSet<u64>,
+    /// Each node's config (to restart it) and starts so far.
+    cfgs: BTreeMap<u64, (Config, u64)>,
     start: Instant,
     now_ms: u64,
     rng: Prng,
@@ -55,10 +57,12 @@ impl Story {
             text.push_str(&format!("node.{i} = peer={p} client={c}\n"));
         }
         let mut nodes = BTreeMap::new();
+        let mut cfgs = BTreeMap::new();
         for i in 1..=n {
             // Distinct seeds: equal election timeouts would split every vote.
             let text = format!("{text}seed = {i}\n");
             let mut cfg = Config::parse(&text, "t.conf", NodeId(i), None).expect("config");
+            cfgs.insert(i, (cfg.clone(), 1));
             if i == 1 {
                 cfg.initial_cluster_state = InitialClusterState::New;
             }
@@ -78,10 +82,65 @@ impl Story {
             world,
             nodes,
             stopped: BTreeSet::new(),
+            cfgs,
             start,
             now_ms: 0,
             rng: Prng::new(1),
         }
+    }
+
+    /// Node `i` stops (its connections close) and starts again on an empty disk, as after a
+    /// lost disk: a new incarnation of its member.
+    pub fn restart_with_empty_storage(&mut self, i: u64) {
+        self.world.borrow_mut().drop_node(NodeId(i));
+        self.nodes.remove(&i);
+        let now = self.start + Duration::from_millis(self.now_ms);
+        let (cfg, starts) = self.cfgs.get_mut(&i).expect("a node of the story");
+        *starts += 1;
+        let (cfg, first_forward_id) = (cfg.clone(), *starts << 32);
+        let image = Rc::new(RefCell::new(Image::default()));
+        let faults = Rc::new(RefCell::new(DiskFaults::default()));
+        let disk = SimDisk::open(&image, &faults);
+        let net = SimNet::new(&self.world, NodeId(i), addrs(i).0);
+        let make_sm = move || KvStore::new(i);
+        let node = Node::start(
+            cfg,
+            false,
+            make_sm,
+            disk,
+            net,
+            self.start,
+            now,
+            first_forward_id,
+        );
+        self.world.borrow_mut().set_up(NodeId(i), true);
+        self.nodes.insert(i, node.expect("restarts"));
+    }
+
+    /// Frames from node `a` to node `b` are dropped (`true`) or delivered again.
+    pub fn block(&mut self, a: u64, b: u64, blocked: bool) {
+        let pair = (NodeId(a), NodeId(b));
+        let mut w = self.world.borrow_mut();
+        match blocked {
+            true => w.blocked.insert(pair),
+            false => w.blocked.remove(&pair),
+        };
+    }
+
+    /// Run the cluster at most `ticks` ticks for a reply on `s`.
+    pub fn reply_within(&mut self, s: &mut SimStream, ticks: u64) -> Option<Value> {
+        let mut inbuf = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..ticks {
+            self.step();
+            while let Ok(n @ 1..) = std::io::Read::read(s, &mut buf) {
+                inbuf.extend_from_slice(&buf[..n]);
+            }
+            if let Some((v, _)) = resp::parse_value(&inbuf).expect("a well-formed reply") {
+                return Some(v);
+            }
+        }
+        None
     }
 
     /// One tick: deliver what is due, then one turn of every running node.
