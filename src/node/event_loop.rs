@@ -101,7 +101,8 @@ impl<S: StateMachine> Shell<S> {
         Ok(shell)
     }
 
-    /// Run the loop until SIGTERM or SIGINT.
+    /// Run the loop until SIGTERM or SIGINT (and the node's graceful stop, `stop.rs`), or a
+    /// second one.
     fn serve(mut self) -> Result<(), NodeError> {
         let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
         let mut ready = Vec::with_capacity(EVENTS_PER_TURN_MAX);
@@ -129,6 +130,9 @@ impl<S: StateMachine> Shell<S> {
                 }
             }
             self.node.turn(now, &ready)?;
+            if self.node.stop_ready() {
+                self.stopping = true;
+            }
             if let Some(fd) = self.node.take_watch_fd() {
                 if let Err(e) = self.register_fd(fd, SNAPSHOT_CHILD) {
                     warn!("registering the snapshot child's pipe: {e}");
@@ -173,9 +177,17 @@ impl<S: StateMachine> Shell<S> {
 
     fn handle_signals(&mut self) {
         match sys::read_signals(self.signals.as_fd()) {
+            // The first signal begins a graceful stop (a leader hands off first: `stop.rs`);
+            // a second one stops at once.
+            Ok(sigs) if sigs.is_empty() => {}
+            Ok(sigs) if self.node.stopping() => {
+                info!("signal {sigs:?} again: stopping now");
+                self.stopping = true;
+            }
             Ok(sigs) => {
-                if !sigs.is_empty() {
-                    info!("signal {sigs:?}: shutting down");
+                info!("signal {sigs:?}: shutting down");
+                self.node.begin_stop();
+                if sigs.len() > 1 {
                     self.stopping = true;
                 }
             }

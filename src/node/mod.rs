@@ -50,8 +50,10 @@ pub mod sys;
 pub mod tls;
 
 mod applied;
+mod backup;
 mod clients;
 mod connections;
+mod contact;
 mod driver;
 mod event_loop;
 mod incoming;
@@ -61,6 +63,7 @@ mod membership;
 mod peers;
 mod pending;
 mod startup;
+mod stop;
 mod stored;
 mod ttl;
 
@@ -226,6 +229,12 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     stats: Stats,
     /// The leader's time for TTLs and the reclaim of expired keys (`ttl.rs`).
     ttl: ttl::TtlClock,
+    /// A graceful stop in progress (`stop.rs`).
+    stopping: Option<stop::Stopping>,
+    /// When each peer was last heard from (`contact.rs`).
+    contact: contact::LastContact,
+    /// The snapshot a backup is reading (`backup.rs`).
+    backup: backup::BackupPin<D::Source>,
 }
 
 /// Which listener accepted a connection.
@@ -505,6 +514,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.hand_off_if_disk_full();
         self.maybe_snapshot();
         self.maybe_reclaim_expired();
+        self.expire_backup_pin();
         if self
             .stored
             .disk_mut()
@@ -604,5 +614,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stored.check_invariants();
         self.ids.log().check_invariants();
         self.ttl.check_invariants();
+        self.contact.check_invariants();
+        self.backup.check_invariants();
     }
 }

@@ -188,6 +188,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 ..Stats::default()
             },
             ttl: Default::default(),
+            stopping: None,
+            contact: Default::default(),
+            backup: Default::default(),
             cfg,
         };
         node.refresh_membership();
