@@ -44,6 +44,7 @@ pub mod clock;
 pub mod conn;
 pub mod net;
 pub mod notify;
+pub mod restore;
 pub mod snapshot;
 pub mod storage;
 pub mod sys;
