@@ -401,6 +401,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        kv(
+            "election_timeout_ms",
+            self.cfg.election_timeout_ms.to_string(),
+        );
         kv("voters", ids(&st.conf.voters));
         kv("learners", ids(&st.conf.learners));
         // Issue 13: whether this node votes (its incarnation is the recorded voter), and its

@@ -93,8 +93,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             && snap_meta.conf.voters.is_empty()
             && snap_meta.conf.learners.is_empty();
         if forms && unformed && identity.cluster.0 == 0 {
-            identity.cluster =
-                ClusterId::random().map_err(|e| NodeError::new(e.to_string()))?;
+            identity.cluster = ClusterId::random().map_err(|e| NodeError::new(e.to_string()))?;
             disk.store_identity(&identity)
                 .map_err(|e| NodeError::new(format!("storing the identity: {e}")))?;
             info!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kvraft::config::load_members;
 
 pub const USAGE: &str = "\
-usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS] [COMMAND ARGS...]
+usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS] [--json] [COMMAND ARGS...]
 
 Commands:
   put KEY VALUE            store VALUE under KEY (SET); prints OK
@@ -16,7 +16,16 @@ Commands:
   cas KEY OLD NEW          set KEY to NEW if it holds OLD; prints 1 if it did, else 0
   range FROM TO [LIMIT]    print `key<TAB>value` lines for FROM <= key < TO
   incr KEY                 add 1 to the integer at KEY; prints the result
-  status                   one line per member: role, term, leader, commit, applied, last index
+  status                   one line per member: health, role, term, leader, commit, applied,
+                           last index, lag (entries behind the leader), last contact
+  member list              the members: id, peer and client addresses, voter or learner
+  member add ID PEER CLIENT [learner]
+                           add a member (a learner first; promoted once caught up unless
+                           `learner`); member remove ID; member promote ID
+  transfer [ID]            hand leadership to ID (default: the most up-to-date follower) and
+                           wait until it leads
+  snapshot save FILE       a backup: a snapshot from the leader covering every write it
+                           applied, streamed and checksummed into FILE (kvraftd --restore)
   ANYTHING ...             sent as a raw command (kvctl info raft, kvctl dbsize)
 With no command, kvctl reads one command per line from stdin (words split on whitespace,
 \"double quotes\" allowed) and prints one answer per line, over one connection.
@@ -26,6 +35,7 @@ Options:
   -c, --config FILE        take the endpoints from FILE's client= addresses
                            (default conf/cluster.conf, else 127.0.0.1:6001,6002,6003)
   -t, --timeout SECONDS    give up after this long (default 10); retries while no leader
+  -j, --json               status, member, transfer, snapshot: one JSON object instead of text
 Every write goes through an exactly-once session (opened on the first write), so kvctl
 resends it after a lost leader or connection and the cluster applies it once.
   -h, --help               this text
@@ -38,6 +48,7 @@ pub struct Options {
     pub endpoints: Option<Vec<String>>,
     pub config: Option<PathBuf>,
     pub timeout: Duration,
+    pub json: bool,
     pub words: Vec<String>,
 }
 
@@ -55,6 +66,7 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
         endpoints: None,
         config: None,
         timeout: Duration::from_secs(10),
+        json: false,
         words: Vec::new(),
     };
     let mut i = 0;
@@ -71,6 +83,7 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
             "-e" | "--endpoints" => opts.endpoints = Some(parse_endpoints(&value()?)?),
             "-c" | "--config" => opts.config = Some(PathBuf::from(value()?)),
             "-t" | "--timeout" => opts.timeout = parse_timeout(&value()?)?,
+            "-j" | "--json" => opts.json = true,
             "--" => {
                 opts.words.extend(argv[i + 1..].iter().cloned());
                 break;
@@ -84,6 +97,18 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
             }
         }
         i += 1;
+    }
+    // The operator commands also take `--json` after their words (`kvctl status --json`);
+    // other commands' words are data (`kvctl put k --json` stores "--json").
+    let operator = ["status", "member", "transfer", "snapshot"];
+    if opts
+        .words
+        .first()
+        .is_some_and(|w| operator.contains(&w.as_str()))
+    {
+        let before = opts.words.len();
+        opts.words.retain(|w| w != "--json" && w != "-j");
+        opts.json |= opts.words.len() != before;
     }
     Ok(Invocation::Run(opts))
 }
@@ -179,5 +204,13 @@ mod tests {
         assert!(parse_options(&argv("-t 0 get k")).is_err());
         assert!(parse_options(&argv("-e")).is_err());
         assert!(parse_options(&argv("-e nohostport get k")).is_err());
+        let Ok(Invocation::Run(o)) = parse_options(&argv("status --json")) else {
+            panic!()
+        };
+        assert_eq!((o.json, o.words), (true, argv("status")));
+        let Ok(Invocation::Run(o)) = parse_options(&argv("put k --json")) else {
+            panic!()
+        };
+        assert_eq!((o.json, o.words), (false, argv("put k --json")));
     }
 }

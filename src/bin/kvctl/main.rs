@@ -1,8 +1,10 @@
 //! kvctl: the kvraft line client, over the RESP2 client port.
 //!
 //! Layout: `args` (the command line and the endpoints), `request` (kvctl's verbs as server
-//! commands), `output` (what is printed for each reply), and this file: start-up and the
-//! two ways to run (one command from the arguments, or one per stdin line). The connection
+//! commands), `output` (what is printed for each reply), `ops` (the operator commands that
+//! talk to particular members: status, member, transfer, snapshot save), `status` and `json`
+//! (their output), and this file: start-up and the two ways to run (one command from the
+//! arguments, or one per stdin line). The connection
 //! and its retries across members are the library's `client::blocking::cluster::ClusterClient`.
 //!
 //! Invariants:
@@ -15,52 +17,26 @@
 //!    cluster has no leader, after a redirect or a connection failure.
 
 mod args;
+mod json;
+mod ops;
 mod output;
 mod request;
+mod status;
 
-use std::collections::HashMap;
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use kvraft::client::blocking::cluster::ClusterClient;
-use kvraft::client::blocking::{Connection, Options};
-use kvraft::client::{split_args, Value};
+use kvraft::client::blocking::Options;
+use kvraft::client::split_args;
 
-use args::{endpoints, parse_options, Endpoint, Invocation, USAGE};
-use output::{parse_info, render, status_table};
+use args::{endpoints, parse_options, Invocation, USAGE};
+use output::render;
 use request::build_request;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Longest wait for one member's answer to `status`.
-const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(2);
-
-/// Ask every endpoint for `INFO raft` (one short attempt each) and print the table.
-fn status(endpoints: &[Endpoint], timeout: Duration) -> u8 {
-    let per_node = timeout.min(STATUS_TIMEOUT_MAX);
-    let rows: Vec<_> = endpoints
-        .iter()
-        .map(|e| (e.clone(), info_raft(&e.addr, per_node)))
-        .collect();
-    print!("{}", status_table(&rows));
-    let _ = io::stdout().flush();
-    if rows.iter().any(|(_, info)| info.is_some()) {
-        0
-    } else {
-        2
-    }
-}
-
-fn info_raft(addr: &str, timeout: Duration) -> Option<HashMap<String, String>> {
-    let options = Options::new(CONNECT_TIMEOUT.min(timeout), timeout);
-    let mut conn = Connection::connect(addr, options).ok()?;
-    match conn.call(&[b"INFO", b"raft"]).ok()? {
-        Value::Bulk(text) => Some(parse_info(&String::from_utf8_lossy(&text))),
-        _ => None,
-    }
-}
 
 /// Run one command given as words. `Ok(exit code)` once it was answered (or refused before
 /// sending); `Err(())` if no server answered in time (already reported on stderr).
@@ -93,7 +69,7 @@ fn run_words(client: &mut ClusterClient, words: &[Vec<u8>], line_mode: bool) -> 
 
 /// Line mode: one command per stdin line, one answer each. Error replies are answers and do
 /// not stop it; no server answering does (exit 2). Exits 2 if any command failed, else 0.
-fn run_lines(client: &mut ClusterClient, endpoints: &[Endpoint], timeout: Duration) -> u8 {
+fn run_lines(client: &mut ClusterClient, ctx: &ops::Ctx) -> u8 {
     let mut worst = 0;
     for line in io::stdin().lock().split(b'\n') {
         let Ok(line) = line else { return 2 };
@@ -106,7 +82,7 @@ fn run_lines(client: &mut ClusterClient, endpoints: &[Endpoint], timeout: Durati
             continue;
         }
         let code = if words.len() == 1 && words[0].eq_ignore_ascii_case(b"status") {
-            status(endpoints, timeout)
+            ops::status(ctx)
         } else {
             match run_words(client, &words, true) {
                 Ok(code) => code,
@@ -145,9 +121,18 @@ fn main() -> ExitCode {
     // The io timeout is the whole budget of one command, retries included.
     let mut client =
         ClusterClient::new(addrs, Options::new(CONNECT_TIMEOUT, opts.timeout)).with_sessions();
+    let ctx = ops::Ctx {
+        endpoints: &endpoints,
+        timeout: opts.timeout,
+        json: opts.json,
+    };
+    let rest = opts.words.get(1..).unwrap_or_default();
     let code = match opts.words.first().map(String::as_str) {
-        None => run_lines(&mut client, &endpoints, opts.timeout),
-        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout),
+        None => run_lines(&mut client, &ctx),
+        Some("status") if rest.is_empty() => ops::status(&ctx),
+        Some("member") => ops::member(&ctx, rest),
+        Some("transfer") => ops::transfer(&ctx, rest),
+        Some("snapshot") if !rest.is_empty() => ops::snapshot_save(&ctx, rest),
         Some(_) => {
             let words: Vec<Vec<u8>> = opts.words.iter().map(|w| w.as_bytes().to_vec()).collect();
             run_words(&mut client, &words, false).unwrap_or(2)

@@ -134,7 +134,8 @@ pub struct BackupWriter {
 impl BackupWriter {
     /// Start `path` (as `path.tmp`) for snapshot `last` of `payload_len` bytes.
     pub fn create(path: &Path, last: EntryId, payload_len: u64) -> io::Result<BackupWriter> {
-        check_payload_len(payload_len).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        check_payload_len(payload_len)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut name = path.as_os_str().to_owned();
         name.push(".tmp");
         let tmp = PathBuf::from(name);
@@ -313,7 +314,10 @@ fn copy_payload(file: File, header: &BackupHeader, to: &Path) -> Result<(), Stri
             header.payload_crc, w.crc
         ));
     }
-    let out = w.inner.into_inner().map_err(|e| e.into_error().to_string())?;
+    let out = w
+        .inner
+        .into_inner()
+        .map_err(|e| e.into_error().to_string())?;
     out.sync_all().map_err(|e| e.to_string())
 }
 
