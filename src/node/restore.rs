@@ -83,7 +83,8 @@ pub fn restore(cfg: &Config, backup: &Path) -> Result<Restored, NodeError> {
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
-    let (last, keys, state_hash) = result?;
+    let (last, keys, state_hash) = result
+        .map_err(|NodeError(msg, code)| NodeError(format!("{msg} (nothing was restored)"), code))?;
     info!(
         "restored snapshot {last} ({keys} keys, state hash {state_hash:016x}) into {}",
         dir.display()
