@@ -49,7 +49,7 @@ fn peer_view(leader: &Info, id: u64) -> Option<(u64, i64)> {
 }
 
 /// The leader's INFO: the answering node that leads in the highest term.
-fn leader_info<'a>(rows: &'a [(Endpoint, Option<Info>)]) -> Option<&'a Info> {
+fn leader_info(rows: &[(Endpoint, Option<Info>)]) -> Option<&Info> {
     rows.iter()
         .filter_map(|(_, i)| i.as_ref())
         .filter(|i| i.get("role").map(String::as_str) == Some("leader"))
