@@ -229,6 +229,37 @@ fn a_backup_restores_into_a_new_cluster_with_every_key_one_state_hash_and_a_new_
     assert!(index > KEYS as u64, "the backup covers every write: {out}");
     assert_eq!(fs::metadata(&backup).unwrap().len(), 48 + bytes);
     assert!(!dir.path().join("kv.backup.tmp").exists());
+    // The backup commands refuse what makes no sense, naming it.
+    let size = bytes.to_string();
+    let (term, idx) = (py(&out, "d['term']"), index.to_string());
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let past = (bytes + 1).to_string();
+    for (via, args, want) in [
+        (follower, vec!["SNAPSHOT", "SAVE"], "not the leader"),
+        (
+            follower,
+            vec!["SNAPSHOT", "READ", &term, &idx, "0"],
+            "no backup open",
+        ),
+        (
+            leader,
+            vec!["SNAPSHOT", "READ", &term, &idx, &past],
+            "past the snapshot",
+        ),
+        (leader, vec!["SNAPSHOT", "OPEN", "x"], "takes an index"),
+        (leader, vec!["SNAPSHOT", "READ", "1", "2"], "usage"),
+        (leader, vec!["SNAPSHOT", "BOGUS"], "usage"),
+    ] {
+        match call(&a, via, &args) {
+            Value::Error(e) => assert!(e.contains(want), "{args:?}: {e}"),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+    // The end of the file reads as empty.
+    assert_eq!(
+        call(&a, leader, &["SNAPSHOT", "READ", &term, &idx, &size]),
+        Value::Bulk(Vec::new())
+    );
     // Written after the backup: must not be in the restored cluster.
     put_retry(&a, leader, "later", "x", LONG);
     drop(a);

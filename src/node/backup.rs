@@ -8,7 +8,7 @@
 //!                                  cover at least; a snapshot is started if the newest on
 //!                                  disk is older. A follower answers -ERR naming the leader.
 //! SNAPSHOT OPEN N                  -> *3 :term :index :size once this node's newest snapshot
-//!                                  covers N (it is pinned: kept open for the reads, even if
+//!                                  covers N (0: any snapshot) (it is pinned: kept open for the reads, even if
 //!                                  compaction removes its name); -TRYAGAIN while it is being
 //!                                  written (a failed or missing one is started again).
 //! SNAPSHOT READ term index offset  -> $bytes of the pinned snapshot from `offset`, at most
@@ -136,7 +136,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Pin the newest snapshot once it covers `want`.
     fn backup_open(&mut self, want: LogIndex) -> Value {
         let meta = self.stored.snapshot_meta().clone();
-        if want == LogIndex(0) || meta.last.index < want {
+        if meta.last.index == LogIndex(0) || meta.last.index < want {
             if !self.stored.disk().snapshot_running() {
                 // Asked for (SAVE) but failed, or never asked here (leadership moved).
                 self.snapshot_requested = true;

@@ -37,8 +37,11 @@
 //! (one connection's buffers), `peers.rs` (dialing, handshakes, peer frames, snapshot
 //! streams: behaviour over `Peers` and `Connections`), `clients.rs` (the RESP port,
 //! dispatch, forwarding), `driver.rs` (the Ready contract, apply, snapshots), `info.rs`
-//! (INFO and admin commands), `startup.rs` (recovery), the parts above, and `snapshot/`
-//! (the file format, files, the fork child, transfer).
+//! (INFO and admin commands), `startup.rs` (recovery), `stop.rs` (the graceful stop: a
+//! leader hands off first), `backup.rs` (the SNAPSHOT SAVE/OPEN/READ backup commands),
+//! `contact.rs` (when each peer was last heard), `restore.rs` (`kvraftd --restore`), the
+//! parts above, and `snapshot/` (the file format, files, the fork child, transfer, the
+//! backup file).
 
 pub mod clock;
 pub mod conn;
