@@ -12,7 +12,10 @@
 //! new incarnation. With `initial_cluster_state = new` (`--bootstrap`) it also gets a new
 //! cluster id, and its log one entry making it the only voter, recorded with its incarnation;
 //! otherwise its cluster id stays unknown (0) until a configured member's Hello names one,
-//! and it neither votes nor campaigns until the leader admits it.
+//! and it neither votes nor campaigns until the leader admits it. Storage restored from a
+//! backup (`restore.rs`) is of no cluster either: a snapshot with no membership and cluster
+//! id 0; with `--bootstrap` it gets a new cluster id and the founder's entry right after the
+//! snapshot, without it it waits to be admitted like empty storage.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
