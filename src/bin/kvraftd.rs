@@ -32,6 +32,8 @@ const USAGE: &str = "usage: kvraftd --config FILE --id N [--data-dir DIR] [--boo
                    refused (exit 2) and nothing is left behind
   RUST_LOG         log filter (default: info)
 
+signals: SIGTERM/SIGINT stop (sync, then exit 0); SIGHUP reloads the TLS certificates
+
 exit status: 0 stopped, 1 runtime failure, 2 configuration error,
              3 identity error (a log without its identity file, or an identity file
                that does not read); systemd should not restart on 2 or 3";

@@ -7,10 +7,12 @@
 //! 2. `wbuf[wpos..]` is what is still to be written; it never exceeds `write_cap` bytes (a
 //!    reader that never reads is disconnected rather than allowed to grow our memory).
 //! 3. The interest registered with Poll is derived from state (`interest()`), never toggled
-//!    at call sites.
+//!    at call sites. Bytes the stream holds of its own (TLS records, `NetStream`) count as
+//!    output to flush.
 
-use std::io::{self, Read, Write};
+use std::io;
 
+use super::net::NetStream;
 use crate::limits;
 use mio::Interest;
 
@@ -72,7 +74,7 @@ pub struct Conn<T> {
     pub close_after_flush: bool,
 }
 
-impl<T: Read + Write> Conn<T> {
+impl<T: NetStream> Conn<T> {
     /// A peer connection: room for one largest frame (twice, so a frame and the start of the
     /// next fit), and a peer's whole output queue.
     pub fn peer(stream: T) -> Conn<T> {
@@ -219,12 +221,18 @@ impl<T: Read + Write> Conn<T> {
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;
         }
-        Ok(())
+        // What the stream holds of its own (TLS records): sent now or at the next writability.
+        match self.stream.flush() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(ConnError::Io(e)),
+        }
     }
 
     /// The readiness this connection needs, derived from its state.
     pub fn interest(&self) -> Interest {
-        if self.connecting || self.pending_output() > 0 {
+        if self.connecting || self.pending_output() > 0 || self.stream.has_buffered_output() {
             if self.read_paused {
                 Interest::WRITABLE
             } else {
@@ -255,6 +263,6 @@ impl<T: Read + Write> Conn<T> {
 
     /// Everything is written and the connection asked to be closed after that.
     pub fn done(&self) -> bool {
-        self.close_after_flush && self.pending_output() == 0
+        self.close_after_flush && self.pending_output() == 0 && !self.stream.has_buffered_output()
     }
 }

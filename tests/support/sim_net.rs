@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use kvraft::node::net::{ConnectState, Net};
+use kvraft::node::net::{ConnectState, Net, NetStream};
 use kvraft::node::Listener;
 use kvraft::prng::Prng;
 use kvraft::raft::NodeId;
@@ -345,6 +345,9 @@ impl SimStream {
         }
     }
 }
+
+/// A pipe holds nothing of its own to send, and has no handshake (no TLS in the simulator).
+impl NetStream for SimStream {}
 
 impl io::Read for SimStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -31,7 +31,7 @@ use kvraft::client::blocking::cluster::ClusterClient;
 use kvraft::client::blocking::Options;
 use kvraft::client::split_args;
 
-use args::{endpoints, parse_options, Invocation, USAGE};
+use args::{client_tls, endpoints, parse_options, Invocation, USAGE};
 use output::render;
 use request::build_request;
 
@@ -117,14 +117,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match client_tls(&opts) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let addrs = endpoints.iter().map(|e| e.addr.clone()).collect();
     // The io timeout is the whole budget of one command, retries included.
     let mut client =
         ClusterClient::new(addrs, Options::new(CONNECT_TIMEOUT, opts.timeout)).with_sessions();
+    if let Some(tls) = &tls {
+        client = client.with_tls(tls.clone());
+    }
     let ctx = ops::Ctx {
         endpoints: &endpoints,
         timeout: opts.timeout,
         json: opts.json,
+        tls: tls.as_ref(),
     };
     let rest = opts.words.get(1..).unwrap_or_default();
     let code = match opts.words.first().map(String::as_str) {

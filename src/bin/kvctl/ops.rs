@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvraft::client::blocking::{Connection, Options};
+use kvraft::client::blocking::{ClientTls, Connection, Options};
 use kvraft::client::Value;
 use kvraft::node::snapshot::BackupWriter;
 use kvraft::raft::{EntryId, LogIndex, Term};
@@ -32,12 +32,20 @@ pub struct Ctx<'a> {
     pub endpoints: &'a [Endpoint],
     pub timeout: Duration,
     pub json: bool,
+    /// `--tls` / `--cacert`: every connection speaks TLS.
+    pub tls: Option<&'a ClientTls>,
+}
+
+impl Ctx<'_> {
+    fn connect(&self, addr: &str, timeout: Duration) -> Result<Connection, String> {
+        let opts = Options::new(CONNECT_TIMEOUT.min(timeout), timeout);
+        Connection::open(addr, opts, self.tls).map_err(|e| format!("{addr}: {e}"))
+    }
 }
 
 /// `INFO raft` of one member (one short attempt), parsed.
-pub fn info_raft(addr: &str, timeout: Duration) -> Option<Info> {
-    let t = timeout.min(INFO_TIMEOUT_MAX);
-    let mut conn = Connection::connect(addr, Options::new(CONNECT_TIMEOUT.min(t), t)).ok()?;
+fn info_raft(ctx: &Ctx, addr: &str) -> Option<Info> {
+    let mut conn = ctx.connect(addr, ctx.timeout.min(INFO_TIMEOUT_MAX)).ok()?;
     match conn.call(&[b"INFO", b"raft"]).ok()? {
         Value::Bulk(text) => Some(parse_info(&String::from_utf8_lossy(&text))),
         _ => None,
@@ -49,7 +57,7 @@ pub fn status(ctx: &Ctx) -> u8 {
     let rows: Vec<_> = ctx
         .endpoints
         .iter()
-        .map(|e| (e.clone(), info_raft(&e.addr, ctx.timeout)))
+        .map(|e| (e.clone(), info_raft(ctx, &e.addr)))
         .collect();
     let out = match ctx.json {
         true => status_json(&rows),
@@ -67,7 +75,7 @@ pub fn status(ctx: &Ctx) -> u8 {
 /// The leader's client address and INFO, as the first member that knows it says.
 fn find_leader(ctx: &Ctx) -> Option<(String, Info)> {
     for e in ctx.endpoints {
-        let Some(info) = info_raft(&e.addr, ctx.timeout) else {
+        let Some(info) = info_raft(ctx, &e.addr) else {
             continue;
         };
         if info.get("role").map(String::as_str) == Some("leader") {
@@ -76,7 +84,7 @@ fn find_leader(ctx: &Ctx) -> Option<(String, Info)> {
         let Some(addr) = info.get("leader_client_addr").filter(|a| !a.is_empty()) else {
             continue;
         };
-        if let Some(li) = info_raft(addr, ctx.timeout) {
+        if let Some(li) = info_raft(ctx, addr) {
             if li.get("role").map(String::as_str) == Some("leader") {
                 return Some((addr.clone(), li));
             }
@@ -106,10 +114,10 @@ fn on_leader(ctx: &Ctx, args: &[&[u8]]) -> Result<(Value, String), String> {
     let mut last_err = String::new();
     poll(ctx, &format!("no leader accepted {name}"), || {
         let (addr, _) = find_leader(ctx)?;
-        let opts = Options::new(CONNECT_TIMEOUT, ctx.timeout);
-        let reply = Connection::connect(addr.as_str(), opts)
-            .and_then(|mut c| c.call(args))
-            .map_err(|e| last_err = e.to_string())
+        let reply = ctx
+            .connect(&addr, ctx.timeout)
+            .and_then(|mut c| c.call(args).map_err(|e| e.to_string()))
+            .map_err(|e| last_err = e)
             .ok()?;
         match &reply {
             Value::Error(e)
@@ -254,8 +262,7 @@ pub fn transfer(ctx: &Ctx, words: &[String]) -> u8 {
         if info.get("node_id").and_then(|n| n.parse::<u64>().ok()) == Some(to) {
             return Some(Ok(to));
         }
-        let mut c =
-            Connection::connect(addr.as_str(), Options::new(CONNECT_TIMEOUT, ctx.timeout)).ok()?;
+        let mut c = ctx.connect(&addr, ctx.timeout).ok()?;
         match c.call(&[b"TRANSFER", to.to_string().as_bytes()]).ok()? {
             Value::Error(e) if e.contains("not the leader") || e.starts_with("CLUSTERDOWN") => None,
             Value::Error(e) => Some(Err(e)),
@@ -357,8 +364,7 @@ fn save(ctx: &Ctx, file: &Path) -> Result<(EntryId, u64, String), String> {
         other => return Err(format!("unexpected reply to SNAPSHOT SAVE: {other:?}")),
     };
     // The node that answered SAVE holds (or is writing) the snapshot: read from it.
-    let opts = Options::new(CONNECT_TIMEOUT, ctx.timeout);
-    let mut conn = Connection::connect(addr.as_str(), opts).map_err(|e| format!("{addr}: {e}"))?;
+    let mut conn = ctx.connect(&addr, ctx.timeout)?;
     let want_s = want.to_string();
     let mut last_err = String::new();
     let opened = poll(
