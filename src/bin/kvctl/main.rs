@@ -10,7 +10,9 @@
 //! Invariants:
 //! 1. Exit codes: 0 success; 1 `get` of a missing key; 2 any error (usage, connection, or an
 //!    error reply), with the message on stderr.
-//! 2. Retries are the `ClusterClient`'s, never past the timeout. Every write goes through one
+//! 2. A password (`--password`, else `KVRAFT_PASSWORD`) is sent with `AUTH` on every
+//!    connection, `status`'s included, and never printed.
+//! 3. Retries are the `ClusterClient`'s, never past the timeout. Every write goes through one
 //!    exactly-once session per process (opened on the first write), so a write is resent
 //!    with its sequence number after `-TRYAGAIN`, `-UNKNOWN` or a broken connection, and the
 //!    cluster applies it once (`kvctl incr` counts exactly once). Reads are retried while the
@@ -37,6 +39,32 @@ use request::build_request;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// `AUTH`'s arguments after its name: `[user] password`.
+type Auth = Option<Vec<Vec<u8>>>;
+
+/// The credentials: `--password`, else `KVRAFT_PASSWORD`; `--user` only with a password.
+fn credentials(opts: &args::Options) -> Result<Auth, String> {
+    let password = match &opts.password {
+        Some(p) => {
+            eprintln!(
+                "kvctl: warning: a password given with --password is visible to other users \
+                 (ps); set KVRAFT_PASSWORD instead"
+            );
+            Some(p.clone().into_bytes())
+        }
+        None => std::env::var_os("KVRAFT_PASSWORD").map(|p| p.into_encoded_bytes()),
+    };
+    match (password, &opts.user) {
+        (None, Some(_)) => Err("--user needs a password (--password or KVRAFT_PASSWORD)".into()),
+        (None, None) => Ok(None),
+        (Some(p), user) => {
+            let mut args: Vec<Vec<u8>> = user.iter().map(|u| u.clone().into_bytes()).collect();
+            args.push(p);
+            Ok(Some(args))
+        }
+    }
+}
 
 /// Run one command given as words. `Ok(exit code)` once it was answered (or refused before
 /// sending); `Err(())` if no server answered in time (already reported on stderr).
@@ -117,6 +145,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let auth = match credentials(&opts) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let tls = match client_tls(&opts) {
         Ok(t) => t,
         Err(e) => {
@@ -128,6 +163,13 @@ fn main() -> ExitCode {
     // The io timeout is the whole budget of one command, retries included.
     let mut client =
         ClusterClient::new(addrs, Options::new(CONNECT_TIMEOUT, opts.timeout)).with_sessions();
+    if let Some(a) = &auth {
+        let (user, pass) = match a.as_slice() {
+            [user, pass] => (Some(user.clone()), pass.clone()),
+            _ => (None, a[0].clone()),
+        };
+        client = client.with_auth(user, pass);
+    }
     if let Some(tls) = &tls {
         client = client.with_tls(tls.clone());
     }
@@ -136,6 +178,7 @@ fn main() -> ExitCode {
         timeout: opts.timeout,
         json: opts.json,
         tls: tls.as_ref(),
+        auth: auth.as_ref(),
     };
     let rest = opts.words.get(1..).unwrap_or_default();
     let code = match opts.words.first().map(String::as_str) {

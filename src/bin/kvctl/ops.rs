@@ -34,12 +34,25 @@ pub struct Ctx<'a> {
     pub json: bool,
     /// `--tls` / `--cacert`: every connection speaks TLS.
     pub tls: Option<&'a ClientTls>,
+    /// `AUTH`'s arguments (`[user] password`), sent first on every connection.
+    pub auth: Option<&'a Vec<Vec<u8>>>,
 }
 
 impl Ctx<'_> {
     fn connect(&self, addr: &str, timeout: Duration) -> Result<Connection, String> {
         let opts = Options::new(CONNECT_TIMEOUT.min(timeout), timeout);
-        Connection::open(addr, opts, self.tls).map_err(|e| format!("{addr}: {e}"))
+        let mut conn =
+            Connection::open(addr, opts, self.tls).map_err(|e| format!("{addr}: {e}"))?;
+        if let Some(auth) = self.auth {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            args.extend(auth.iter().map(Vec::as_slice));
+            match conn.call(&args) {
+                Ok(Value::Error(e)) => return Err(format!("{addr}: AUTH: {e}")),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{addr}: {e}")),
+            }
+        }
+        Ok(conn)
     }
 }
 
