@@ -22,7 +22,7 @@
 //!
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `node.<id>` | (at least one required) | a member: `peer=<host:port> client=<host:port>`; id ≥ 1; host names are resolved, the first address is used |
+//! | `node.<id>` | (at least one required) | a member: `peer=<host:port> client=<host:port> [metrics=<host:port>]`; id ≥ 1; host names are resolved, the first address is used. `metrics=` (optional) is where that node serves HTTP: `GET /metrics` (Prometheus), `/livez`, `/readyz` |
 //! | `data_dir` | `data/node{id}` | this node's data directory; `{id}` is replaced by the node id; relative to the working directory; `--data-dir` overrides it |
 //! | `cluster_name` | `kvraft` | peers that present another cluster name are refused; letters, digits, `.`, `_`, `-`, at most 64 bytes |
 //! | `initial_cluster_state` | `existing` | `new`: a node started on an empty data directory forms a new cluster with itself as its only voter (as `kvraftd --bootstrap`); `existing`: it waits to be admitted by the cluster's leader. Set it on ONE node only, for the first start; a data directory that holds a cluster ignores it |
@@ -129,6 +129,8 @@ pub struct Member {
     pub peer: SocketAddr,
     /// Where clients reach this one (RESP2).
     pub client: SocketAddr,
+    /// Where this node serves HTTP (`/metrics`, `/livez`, `/readyz`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What a node started on empty storage does (`initial_cluster_state`, `--bootstrap`).
@@ -551,8 +553,9 @@ fn split_unit(value: &str) -> (&str, u64) {
     (value, 1)
 }
 
-/// A `node.<id> = peer=<host:port> client=<host:port>` line.
+/// A `node.<id> = peer=<host:port> client=<host:port> [metrics=<host:port>]` line.
 fn member(id: &str, value: &str) -> Result<Member, String> {
+    const EXPECTED: &str = "expected peer=<host:port> client=<host:port> [metrics=<host:port>]";
     let id = match id.parse::<u64>() {
         Ok(n) if n >= 1 && id.bytes().all(|b| b.is_ascii_digit()) => NodeId(n),
         _ => {
@@ -562,17 +565,14 @@ fn member(id: &str, value: &str) -> Result<Member, String> {
             ))
         }
     };
-    let (mut peer, mut client) = (None, None);
+    let (mut peer, mut client, mut metrics) = (None, None, None);
     for field in value.split_whitespace() {
         let (name, addr) = field.split_once('=').unwrap_or((field, ""));
         let slot = match name {
             "peer" => &mut peer,
             "client" => &mut client,
-            _ => {
-                return Err(format!(
-                    "`node.{id}`: unknown field `{field}` (expected peer=<host:port> client=<host:port>)"
-                ))
-            }
+            "metrics" => &mut metrics,
+            _ => return Err(format!("`node.{id}`: unknown field `{field}` ({EXPECTED})")),
         };
         if slot.is_some() {
             return Err(format!("`node.{id}`: `{name}=` given twice"));
@@ -580,12 +580,17 @@ fn member(id: &str, value: &str) -> Result<Member, String> {
         *slot = Some(address(id, name, addr)?);
     }
     match (peer, client) {
-        (Some(peer), Some(client)) => Ok(Member { id, peer, client }),
+        (Some(peer), Some(client)) => Ok(Member {
+            id,
+            peer,
+            client,
+            metrics,
+        }),
         (None, _) => Err(format!(
-            "`node.{id}`: missing peer=<host:port> (expected peer=<host:port> client=<host:port>)"
+            "`node.{id}`: missing peer=<host:port> ({EXPECTED})"
         )),
         (_, None) => Err(format!(
-            "`node.{id}`: missing client=<host:port> (expected peer=<host:port> client=<host:port>)"
+            "`node.{id}`: missing client=<host:port> ({EXPECTED})"
         )),
     }
 }
@@ -635,7 +640,10 @@ fn check_settings(settings: &mut Settings) -> Result<(), (Option<usize>, String)
     settings.members.sort_by_key(|m| m.id);
     let mut used: HashMap<SocketAddr, NodeId> = HashMap::new();
     for m in &settings.members {
-        for addr in [m.peer, m.client] {
+        for addr in [Some(m.peer), Some(m.client), m.metrics]
+            .into_iter()
+            .flatten()
+        {
             if let Some(other) = used.insert(addr, m.id) {
                 let msg = format!(
                     "address {addr} is used twice (by node {other} and node {})",
@@ -952,6 +960,35 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
                 &format!("node.4 = peer={bad} client=127.0.0.1:6004\n"),
                 Some(4),
                 "is not a usable host:port",
+            );
+        }
+    }
+
+    #[test]
+    fn a_metrics_address_is_optional_and_checked_like_the_others() {
+        let text = "node.1 = peer=127.0.0.1:7001 client=127.0.0.1:6001 metrics=127.0.0.1:9001\n\
+                    node.2 = peer=127.0.0.1:7002 client=127.0.0.1:6002\n";
+        let cfg = Config::parse(text, "t.conf", NodeId(1), None).unwrap();
+        assert_eq!(
+            cfg.members[0].metrics,
+            Some("127.0.0.1:9001".parse().unwrap())
+        );
+        assert_eq!(cfg.members[1].metrics, None);
+        for (line, want) in [
+            ("metrics=", "metrics=`` is not a usable host:port"),
+            ("metrics=9001", "metrics=`9001` is not a usable host:port"),
+            ("metrics=127.0.0.1:70000", "is not a usable host:port"),
+            (
+                "metrics=127.0.0.1:9 metrics=127.0.0.1:8",
+                "`metrics=` given twice",
+            ),
+            ("metrics=127.0.0.1:6001", "used twice"),
+            ("metric=127.0.0.1:9", "unknown field `metric=127.0.0.1:9`"),
+        ] {
+            assert_error(
+                &format!("node.4 = peer=127.0.0.1:7004 client=127.0.0.1:6004 {line}\n"),
+                Some(4),
+                want,
             );
         }
     }

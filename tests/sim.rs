@@ -1140,6 +1140,20 @@ impl Sim {
                 continue;
             };
             node.check_invariants();
+            if self.stats.ticks.is_multiple_of(50) {
+                // What the metrics port serves is rendered by the node itself: render it under
+                // the faults too (its writer asserts names and histogram counts).
+                let text = node.metrics_text();
+                assert!(
+                    text.contains("\nkvraft_server_has_leader "),
+                    "node {id}: {text}"
+                );
+                let ready = node.readiness();
+                assert!(
+                    ready.is_err() || node.raft().leader().is_some(),
+                    "node {id} ready without a leader"
+                );
+            }
             let raft = node.raft();
             if raft.role() == Role::Leader {
                 let prev = self.leaders.insert(raft.term(), id);

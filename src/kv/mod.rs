@@ -104,6 +104,11 @@ pub trait StateMachine {
     fn state_hash(&self) -> u64;
     /// Number of keys.
     fn len(&self) -> usize;
+    /// Bytes of keys and values, and heap bytes of the structure beyond them (`/metrics`),
+    /// when the implementation counts them.
+    fn memory_bytes(&self) -> Option<(usize, usize)> {
+        None
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

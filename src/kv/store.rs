@@ -991,6 +991,10 @@ impl StateMachine for KvStore {
     fn len(&self) -> usize {
         self.list.len()
     }
+
+    fn memory_bytes(&self) -> Option<(usize, usize)> {
+        Some((self.list.data_bytes(), self.list.overhead_bytes()))
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     let seq = st.open_slot();
                     let to = ReplyTo::Client { key, gen, seq };
                     self.stats.commands_processed += 1;
+                    self.telemetry.command(&args[0]);
                     let gate = st.session.admit(&args, seq, self.now);
                     let proto = st.session.proto;
                     let dispatched = self.dispatch_admitted(to, gate, args);

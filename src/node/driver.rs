@@ -63,7 +63,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     fn notice_role_change(&mut self) {
         let is_leader = self.raft.role() == crate::raft::Role::Leader;
         if self.was_leader && !is_leader {
-            for to in self.pending.take_waiters() {
+            let waiters = self.pending.take_waiters();
+            self.telemetry.proposals_failed(waiters.len());
+            for to in waiters {
                 let v = Value::error(
                     "UNKNOWN leadership lost with the command in flight; the command may or may \
                      not have been applied",
@@ -150,7 +152,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     fn apply_entry(&mut self, e: Entry) {
-        let reply = match self.applied.apply(&e) {
+        let started = self.telemetry.apply_started();
+        let outcome = self.applied.apply(&e);
+        self.telemetry.apply_done(started);
+        let reply = match outcome {
             Outcome::Reply(v) => v,
             Outcome::ConfChanged(cc) => self.apply_conf_change(e.index, cc),
         };
@@ -159,13 +164,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         for settled in self.pending.settle_waiters(e.index, e.term) {
             let (to, bytes) = match settled {
                 Settled::Applied(to) => (to, self.encode_reply(to, &reply)),
-                Settled::Replaced(to) => (
-                    to,
-                    Value::error(
+                Settled::Replaced(to) => {
+                    self.telemetry.proposals_failed(1);
+                    let v = Value::error(
                         "TRYAGAIN leadership changed before the command committed; it was not applied",
-                    )
-                    .to_bytes(),
-                ),
+                    );
+                    (to, v.to_bytes())
+                }
             };
             self.deliver(to, bytes);
         }
@@ -231,7 +236,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stats.snapshots_installed += 1;
         self.stats.last_snapshot_index = meta.last.index;
         // Waiters below the snapshot were answered by no apply here; they are settled.
-        for to in self.pending.take_waiters_through(meta.last.index) {
+        let waiters = self.pending.take_waiters_through(meta.last.index);
+        self.telemetry.proposals_failed(waiters.len());
+        for to in waiters {
             let v = Value::error(
                 "UNKNOWN this node installed a snapshot while the command waited; the command \
                  may or may not have been applied",
@@ -374,6 +381,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 self.stats.snapshots_taken += 1;
                 self.stats.last_snapshot_took = done.took;
                 self.stats.last_snapshot_bytes = done.size_bytes;
+                self.telemetry.snapshot_saved(done.took, done.size_bytes);
                 self.stats.last_snapshot_index = meta.last.index;
                 info!(
                     "snapshot at {} written: {} bytes in {:?} (fork {:?}); log compacted to {compact_to}",

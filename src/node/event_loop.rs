@@ -4,11 +4,18 @@
 //! ready connections to `Node::turn`. Everything the simulator does not replace lives here,
 //! and nothing else does.
 //!
+//! It also speaks to systemd (`notify.rs`: `READY=1` once the storage is loaded and the
+//! listeners are bound, never waiting for a leader; `WATCHDOG=1` at half of `WATCHDOG_USEC`,
+//! the poll timeout waking the loop for it; `STOPPING=1` at SIGTERM/SIGINT) and serves the
+//! metrics port (`http_port.rs`) after each turn, with what the node renders.
+//!
 //! Invariants:
 //! 1. The clock is read once per turn, and only here (`Clock::now`, and `wall_ms` for the
-//!    leader's TTL time, `Node::set_wall_ms`).
+//!    leader's TTL time, `Node::set_wall_ms`; besides, the node's apply stopwatch and the
+//!    disk's sync timing read it for `/metrics`).
 //! 2. Tokens: the listeners, signals and snapshot pipe below `CONN_BASE`; connection `key` is
-//!    `CONN_BASE + key` (registered by the node through `MioNet`).
+//!    `CONN_BASE + key` (registered by the node through `MioNet`); HTTP connection `key` is
+//!    `HTTP_BASE + key`, far above any connection key.
 //! 3. TLS certificates are read at start-up (a missing or bad file stops the start with exit
 //!    status 2) and again on SIGHUP; a failed reload keeps the ones in use and says why.
 
@@ -22,7 +29,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::clock::Clock;
+use super::http_port::{HttpPort, Reply, Route};
 use super::net::{MioNet, CONN_BASE};
+use super::notify::{watchdog_interval_from_env, Notifier};
 use super::storage::RealDisk;
 use super::tls::TlsConfigs;
 use super::{sys, Listener, Node, NodeError};
@@ -33,6 +42,9 @@ const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const SNAPSHOT_CHILD: Token = Token(3);
+const METRICS_LISTENER: Token = Token(4);
+/// HTTP connection `key` is `Token(HTTP_BASE + key)`.
+const HTTP_BASE: usize = usize::MAX / 2;
 
 /// A snapshot completion that holds the loop longer than this is logged.
 const COMPLETION_SLOW: Duration = Duration::from_millis(10);
@@ -63,7 +75,7 @@ pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
     };
     let disk = RealDisk::open(&cfg.data_dir, cfg.segment_bytes).map_err(NodeError::new)?;
     let start = Clock::now();
-    let node = Node::start(
+    let mut node = Node::start(
         cfg,
         join,
         move || KvStore::new(seed),
@@ -73,6 +85,7 @@ pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
         start,
         first_forward_id(),
     )?;
+    node.time_applies_with(Clock::now);
     Shell::new(poll, node, tls_files)?.serve()
 }
 
@@ -85,6 +98,13 @@ struct Shell<S: StateMachine> {
     stopping: bool,
     /// Reloaded on SIGHUP.
     tls_files: Option<TlsFiles>,
+    /// The metrics port (`metrics=` in this node's config line), if configured.
+    metrics_listener: Option<TcpListener>,
+    http: HttpPort,
+    /// systemd's notification socket, when `NOTIFY_SOCKET` names one.
+    notifier: Option<Notifier>,
+    /// Send `WATCHDOG=1` every this long, next at that instant.
+    watchdog: Option<(Duration, std::time::Instant)>,
 }
 
 impl<S: StateMachine> Shell<S> {
@@ -103,8 +123,30 @@ impl<S: StateMachine> Shell<S> {
                     .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
             })
             .map_err(|e| NodeError::new(format!("registering listeners: {e}")))?;
+        let metrics_listener = match node.own_metrics_addr() {
+            Some(addr) => {
+                let mut l = bind(addr, "metrics scrape")?;
+                poll.registry()
+                    .register(&mut l, METRICS_LISTENER, Interest::READABLE)
+                    .map_err(|e| NodeError::new(format!("registering the metrics port: {e}")))?;
+                info!("serving /metrics, /livez, /readyz on {addr}");
+                Some(l)
+            }
+            None => None,
+        };
         let signals = sys::signal_fd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
             .map_err(|e| NodeError::new(format!("signalfd: {e}")))?;
+        let notifier = match Notifier::from_env() {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("not telling systemd anything: {e}");
+                None
+            }
+        };
+        let watchdog = notifier
+            .as_ref()
+            .and_then(|_| watchdog_interval_from_env())
+            .map(|every| (every, Clock::now()));
         let shell = Shell {
             poll,
             node,
@@ -113,6 +155,10 @@ impl<S: StateMachine> Shell<S> {
             signals,
             stopping: false,
             tls_files,
+            metrics_listener,
+            http: HttpPort::new(HTTP_BASE),
+            notifier,
+            watchdog,
         };
         shell
             .register_fd(shell.signals.as_raw_fd(), SIGNALS)
@@ -130,8 +176,12 @@ impl<S: StateMachine> Shell<S> {
     fn serve(mut self) -> Result<(), NodeError> {
         let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
         let mut ready = Vec::with_capacity(EVENTS_PER_TURN_MAX);
+        let mut http_ready = Vec::new();
+        // Storage is loaded (`Node::start`) and the listeners are bound: ready, whether or
+        // not a leader exists (waiting for one would deadlock a cluster-wide restart).
+        self.notify("READY=1");
         while !self.stopping {
-            let timeout = self.node.poll_timeout(Clock::now());
+            let timeout = self.poll_timeout(Clock::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -142,6 +192,7 @@ impl<S: StateMachine> Shell<S> {
             self.node.set_now(now);
             self.node.set_wall_ms(wall_ms());
             ready.clear();
+            http_ready.clear();
             for event in events.iter() {
                 let readable = event.is_readable() || event.is_read_closed();
                 match event.token() {
@@ -149,6 +200,8 @@ impl<S: StateMachine> Shell<S> {
                     CLIENT_LISTENER => self.accept(Listener::Client),
                     SIGNALS => self.handle_signals(),
                     SNAPSHOT_CHILD => self.snapshot_child_ended(),
+                    METRICS_LISTENER => self.accept_http(now),
+                    Token(t) if t >= HTTP_BASE => http_ready.push(t - HTTP_BASE),
                     Token(t) if t >= CONN_BASE => ready.push((t - CONN_BASE, readable)),
                     Token(t) => unreachable!("unknown token {t}"),
                 }
@@ -157,6 +210,8 @@ impl<S: StateMachine> Shell<S> {
             if self.node.stop_ready() {
                 self.stopping = true;
             }
+            self.serve_http(now, &http_ready);
+            self.watchdog(now);
             if let Some(fd) = self.node.take_watch_fd() {
                 if let Err(e) = self.register_fd(fd, SNAPSHOT_CHILD) {
                     warn!("registering the snapshot child's pipe: {e}");
@@ -166,6 +221,85 @@ impl<S: StateMachine> Shell<S> {
         let _ = self.poll.registry().deregister(&mut self.peer_listener);
         let _ = self.poll.registry().deregister(&mut self.client_listener);
         self.node.shutdown()
+    }
+
+    /// The loop's next deadline: the node's, the metrics port's, the watchdog's.
+    fn poll_timeout(&self, now: std::time::Instant) -> Duration {
+        let mut t = self.node.poll_timeout(now);
+        if let Some(h) = self.http.poll_timeout(now) {
+            t = t.min(h);
+        }
+        if let Some((_, next)) = self.watchdog {
+            t = t.min(next.saturating_duration_since(now));
+        }
+        t
+    }
+
+    fn notify(&mut self, state: &str) {
+        if let Some(n) = self.notifier.as_mut() {
+            n.notify(state);
+        }
+    }
+
+    /// `WATCHDOG=1` when due: the loop turned, so it is not wedged.
+    fn watchdog(&mut self, now: std::time::Instant) {
+        let Some((every, next)) = self.watchdog else {
+            return;
+        };
+        if now >= next {
+            self.notify("WATCHDOG=1");
+            self.watchdog = Some((every, now + every));
+        }
+    }
+
+    fn accept_http(&mut self, now: std::time::Instant) {
+        if let Some(l) = &self.metrics_listener {
+            self.http.accept(l, self.poll.registry(), now);
+        }
+    }
+
+    /// Answer the metrics port's requests after the turn, from the state it left. One
+    /// rendering of `/metrics` serves every scrape of the turn.
+    fn serve_http(&mut self, now: std::time::Instant, ready: &[usize]) {
+        if self.http.wants_accept() {
+            self.accept_http(now);
+        }
+        if self.http.is_empty() {
+            return;
+        }
+        let node = &self.node;
+        let mut metrics: Option<Vec<u8>> = None;
+        let mut respond = |route: Route| match route {
+            Route::Metrics => Reply {
+                status: 200,
+                content_type: crate::metrics::CONTENT_TYPE,
+                body: metrics
+                    .get_or_insert_with(|| node.metrics_text().into_bytes())
+                    .clone(),
+            },
+            Route::Livez => Reply {
+                status: 200,
+                content_type: "text/plain",
+                body: b"ok\n".to_vec(),
+            },
+            Route::Readyz => match node.readiness() {
+                Ok(()) => Reply {
+                    status: 200,
+                    content_type: "text/plain",
+                    body: b"ready\n".to_vec(),
+                },
+                Err(why) => Reply {
+                    status: 503,
+                    content_type: "text/plain",
+                    body: format!("not ready: {why}\n").into_bytes(),
+                },
+            },
+        };
+        self.http
+            .serve(self.poll.registry(), ready, now, &mut respond);
+        if cfg!(debug_assertions) {
+            self.http.check_invariants();
+        }
     }
 
     fn accept(&mut self, listener: Listener) {
@@ -222,6 +356,7 @@ impl<S: StateMachine> Shell<S> {
             return;
         }
         info!("signal {sigs:?}: shutting down");
+        self.notify("STOPPING=1");
         self.node.begin_stop();
         if stops > 1 {
             self.stopping = true;

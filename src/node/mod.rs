@@ -60,6 +60,8 @@ mod connections;
 mod contact;
 mod driver;
 mod event_loop;
+mod exposition;
+mod http_port;
 mod incoming;
 mod info;
 mod links;
@@ -69,6 +71,7 @@ mod pending;
 mod startup;
 mod stop;
 mod stored;
+mod telemetry;
 mod ttl;
 
 use std::fmt;
@@ -240,6 +243,8 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     contact: contact::LastContact,
     /// The snapshot a backup is reading (`backup.rs`).
     backup: backup::BackupPin<D::Source>,
+    /// What `/metrics` and `/readyz` report beyond the other parts' state (`telemetry.rs`).
+    telemetry: telemetry::Telemetry,
 }
 
 /// Which listener accepted a connection.
@@ -263,6 +268,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.fire_timers();
         self.process_ready()?;
         self.flush_dirty();
+        self.observe_turn();
         if cfg!(debug_assertions) {
             self.check_invariants();
         }
@@ -635,5 +641,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.ttl.check_invariants();
         self.contact.check_invariants();
         self.backup.check_invariants();
+        self.telemetry.check_invariants();
     }
 }

@@ -295,6 +295,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if link.key != Some(key) {
             return; // an older connection, already replaced
         }
+        self.telemetry.link_lost(to);
         link.key = None;
         link.down_since = self.now;
         // Forwards waiting on this link will get no reply over it: settled at the turn's end.
@@ -341,8 +342,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             self.start_snapshot_stream(msg.to, msg.term, meta);
             return;
         }
-        let to = msg.to;
-        self.send_frame(to, &Frame::Raft(msg));
+        let (to, term) = (msg.to, msg.term);
+        let heartbeat = matches!(msg.body, MessageBody::Heartbeat { .. });
+        if self.send_frame(to, &Frame::Raft(msg)) && heartbeat {
+            self.telemetry.heartbeat_sent(to, term, self.now);
+        }
     }
 
     pub(super) fn read_peer(&mut self, key: usize) {
@@ -405,6 +409,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     );
                     return;
                 }
+                self.observe_peer_message(peer, &msg);
                 self.raft.step(msg);
             }
             Frame::SnapshotChunk {

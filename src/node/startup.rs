@@ -208,6 +208,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             stopping: None,
             contact: Default::default(),
             backup: Default::default(),
+            telemetry: Default::default(),
             cfg,
         };
         node.refresh_membership();
