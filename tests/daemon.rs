@@ -210,7 +210,7 @@ fn kvctl_puts_gets_reports_status_and_reads_commands_from_a_pipe() {
     let roles: Vec<&str> = status
         .lines()
         .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter_map(|l| l.split_whitespace().nth(3))
         .collect();
     assert_eq!(roles.len(), 3, "{status}");
     assert_eq!(

@@ -233,12 +233,16 @@ fn status_shows_each_member_and_marks_the_unreachable_one() {
         vec![
             "1",
             &f.addr.to_string(),
+            // It names a leader, but no member answers as the leader: lag is unknown.
+            "unknown",
             "follower",
             "3",
             "1",
             "7",
             "7",
-            "8"
+            "8",
+            "-",
+            "-"
         ]
     );
     let row2: Vec<&str> = lines[2].split_whitespace().collect();

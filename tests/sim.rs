@@ -24,7 +24,9 @@
 //! crashes and restarts (a crash loses unsynced log pages, any subset, torn at page
 //! granularity), failed fsyncs (the node stops, as the daemon does, and is restarted: a crash
 //! in the middle of a turn, after the append and before the sync), slow syncs, a full disk,
-//! slow snapshots, whole-cluster power cuts.
+//! slow snapshots, whole-cluster power cuts, graceful stops (a SIGTERM: `Node::begin_stop`,
+//! then the node stops once `stop_ready`, a leader after handing off; drawn from a stream of
+//! their own, so the other draws of a seed are as they were).
 //!
 //! A slow sync is durable when it returns (the `Disk` contract: the daemon's fsync blocks its
 //! one thread) and takes 1 to `slow_sync_ticks_max` ticks: the turn that ran it ends that
@@ -132,6 +134,8 @@ struct Params {
     damage: u64,
     /// Per mille of crashes: a surviving unsynced page has a flipped byte.
     flip_unsynced: u64,
+    /// Per mille per tick: a SIGTERM (drawn from its own stream, after the rest).
+    graceful_stop: u64,
     clients: u64,
     garbage: u64,
     membership: bool,
@@ -166,6 +170,7 @@ impl Params {
             storage_loss: [0, 200, 500][lost.range(0, 3) as usize],
             damage: [0, 200, 500][damage.range(0, 3) as usize],
             flip_unsynced: [0, 200, 500][damage.range(0, 3) as usize],
+            graceful_stop: 0,
             clients: rng.range(1, 5),
             garbage: [0, 20, 100][rng.range(0, 3) as usize],
             membership,
@@ -208,6 +213,9 @@ struct Stats {
     cuts_synced: u64,
     flips_undetectable: u64,
     flips_unsynced: u64,
+    /// SIGTERMs, and the stops they led to.
+    sigterms: u64,
+    graceful_stops: u64,
     /// Session workload: tagged INCRs acknowledged, and resends of one.
     session_incrs_acked: u64,
     session_resends: u64,
@@ -246,6 +254,8 @@ impl Stats {
         self.cuts_synced += o.cuts_synced;
         self.flips_undetectable += o.flips_undetectable;
         self.flips_unsynced += o.flips_unsynced;
+        self.sigterms += o.sigterms;
+        self.graceful_stops += o.graceful_stops;
         self.session_incrs_acked += o.session_incrs_acked;
         self.session_resends += o.session_resends;
         self.ttl_sent += o.ttl_sent;
@@ -324,6 +334,8 @@ struct Sim {
     rng: Prng,
     /// Draws for slow syncs only (see `Params::draw`).
     slow_rng: Prng,
+    /// The graceful-stop fault's own stream.
+    stop_rng: Prng,
     /// Draws for storage loss only.
     lost_rng: Prng,
     /// Draws for log damage (synced and unsynced) only.
@@ -398,6 +410,8 @@ impl Sim {
         let mut lost_rng = Prng::new(seed ^ 0x1057_d15c);
         let mut damage_rng = Prng::new(seed ^ 0xda3a_9e00);
         let mut p = Params::draw(&mut rng, &mut slow_rng, &mut lost_rng, &mut damage_rng);
+        let mut stop_rng = Prng::new(seed ^ 0x5167_7e53);
+        p.graceful_stop = [0, 1, 5][stop_rng.range(0, 3) as usize];
         p.auth = seed % 2 == 1;
         let world = World::new();
         world.borrow_mut().faults = support::sim_net::NetFaults {
@@ -454,6 +468,7 @@ impl Sim {
         let mut sim = Sim {
             rng,
             slow_rng,
+            stop_rng,
             lost_rng,
             damage_rng,
             lost_pending: None,
@@ -724,6 +739,7 @@ impl Sim {
         self.turning = Some(id);
         let result = node.turn(now, &ready);
         self.turning = None;
+        let stop_ready = result.is_ok() && node.stop_ready();
         let stall_ticks = node.disk_mut().take_stall_ticks();
         if stall_ticks > 0 {
             m.busy_until_ms = self.now_ms + stall_ticks * TICK_MS;
@@ -735,6 +751,20 @@ impl Sim {
         if let Err(e) = result {
             self.stats.sync_failures += 1;
             self.crash(id, &format!("stopped: {e}"));
+        } else if stop_ready {
+            self.stop_gracefully(id);
+        }
+    }
+
+    /// A node whose graceful stop is ready exits as the daemon does (`Node::shutdown`: a final
+    /// sync), and restarts later like a crashed one.
+    fn stop_gracefully(&mut self, id: NodeId) {
+        let node = self.members.get_mut(&id).and_then(|m| m.node.as_mut());
+        let result = node.expect("running").shutdown();
+        self.stats.graceful_stops += 1;
+        match result {
+            Ok(()) => self.crash(id, "stopped gracefully"),
+            Err(e) => self.crash(id, &format!("stopping: {e}")),
         }
     }
 
@@ -751,6 +781,14 @@ impl Sim {
             }
             if up && self.rng.range(0, 1000) < p.sync_fail {
                 self.members[&id].faults.borrow_mut().fail_next_sync = true;
+            }
+            if self.stop_rng.range(0, 1000) < p.graceful_stop {
+                let node = self.members.get_mut(&id).and_then(|m| m.node.as_mut());
+                if let Some(node) = node.filter(|n| !n.stopping()) {
+                    node.begin_stop();
+                    self.stats.sigterms += 1;
+                    self.note(format!("SIGTERM {id}"));
+                }
             }
             if up && self.slow_rng.range(0, 1000) < p.slow_sync {
                 let ticks = self.slow_rng.range(1, p.slow_sync_ticks_max + 1);

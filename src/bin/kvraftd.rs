@@ -1,6 +1,7 @@
 //! kvraftd: one member of a kvraft cluster.
 //!
 //!     kvraftd --config conf/cluster.conf --id 2 [--data-dir DIR] [--bootstrap | --join]
+//!     kvraftd --config conf/cluster.conf --id 2 [--data-dir DIR] --restore BACKUP
 //!
 //! Arguments and start-up only; everything else is `kvraft::node`.
 
@@ -12,6 +13,7 @@ use kvraft::config::{Config, InitialClusterState};
 use kvraft::raft::NodeId;
 
 const USAGE: &str = "usage: kvraftd --config FILE --id N [--data-dir DIR] [--bootstrap | --join]
+       kvraftd --config FILE --id N [--data-dir DIR] --restore BACKUP
 
   --config FILE    the cluster config (members and tuning keys); see README
   --id N           this node's id (a node.N line of the config)
@@ -23,6 +25,11 @@ const USAGE: &str = "usage: kvraftd --config FILE --id N [--data-dir DIR] [--boo
   --join           the default without --bootstrap (kept for old scripts): an empty node
                    waits for the cluster's leader to admit it (configured members are
                    admitted on their own; others need MEMBER ADD)
+  --restore BACKUP create this node's (absent or empty) data directory from BACKUP (made by
+                   `kvctl snapshot save`) and exit. Do it on every member, then start one
+                   with --bootstrap and the others plainly: the data comes up as a NEW
+                   cluster (a new cluster id). A non-empty directory or a damaged backup is
+                   refused (exit 2) and nothing is left behind
   RUST_LOG         log filter (default: info)
 
 signals: SIGTERM/SIGINT stop (sync, then exit 0); SIGHUP reloads the TLS certificates
@@ -38,6 +45,7 @@ struct Args {
     data_dir: Option<PathBuf>,
     join: bool,
     bootstrap: bool,
+    restore: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
     let mut data_dir = None;
     let mut join = false;
     let mut bootstrap = false;
+    let mut restore = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -64,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
             "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir")?)),
             "--join" => join = true,
             "--bootstrap" => bootstrap = true,
+            "--restore" => restore = Some(PathBuf::from(value("--restore")?)),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -71,12 +81,18 @@ fn parse_args() -> Result<Args, String> {
     if join && bootstrap {
         return Err("--bootstrap and --join exclude each other".into());
     }
+    if restore.is_some() && (join || bootstrap) {
+        return Err(
+            "--restore only creates the data directory; pass --bootstrap when starting the node afterwards".into(),
+        );
+    }
     Ok(Args {
         config: config.ok_or("--config is required")?,
         id: id.ok_or("--id is required")?,
         data_dir,
         join,
         bootstrap,
+        restore,
     })
 }
 
@@ -115,6 +131,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(backup) = &args.restore {
+        return match kvraft::node::restore::restore(&cfg, backup) {
+            Ok(r) => {
+                println!(
+                    "restored snapshot {} ({} keys, state hash {:016x}) into {}",
+                    r.last,
+                    r.keys,
+                    r.state_hash,
+                    r.data_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kvraftd: restore: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     match kvraft::node::run(cfg, args.join) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

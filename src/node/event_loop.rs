@@ -171,7 +171,8 @@ impl<S: StateMachine> Shell<S> {
         Ok(shell)
     }
 
-    /// Run the loop until SIGTERM or SIGINT.
+    /// Run the loop until SIGTERM or SIGINT (and the node's graceful stop, `stop.rs`), or a
+    /// second one.
     fn serve(mut self) -> Result<(), NodeError> {
         let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
         let mut ready = Vec::with_capacity(EVENTS_PER_TURN_MAX);
@@ -206,6 +207,9 @@ impl<S: StateMachine> Shell<S> {
                 }
             }
             self.node.turn(now, &ready)?;
+            if self.node.stop_ready() {
+                self.stopping = true;
+            }
             self.serve_http(now, &http_ready);
             self.watchdog(now);
             if let Some(fd) = self.node.take_watch_fd() {
@@ -333,18 +337,29 @@ impl<S: StateMachine> Shell<S> {
     }
 
     fn handle_signals(&mut self) {
-        match sys::read_signals(self.signals.as_fd()) {
-            Ok(sigs) => {
-                if sigs.contains(&libc::SIGHUP) {
-                    self.reload_tls();
-                }
-                if sigs.iter().any(|&s| s != libc::SIGHUP) {
-                    info!("signal {sigs:?}: shutting down");
-                    self.notify("STOPPING=1");
-                    self.stopping = true;
-                }
-            }
-            Err(e) => warn!("reading signals: {e}"),
+        let sigs = match sys::read_signals(self.signals.as_fd()) {
+            Ok(sigs) => sigs,
+            Err(e) => return warn!("reading signals: {e}"),
+        };
+        if sigs.contains(&libc::SIGHUP) {
+            self.reload_tls();
+        }
+        // SIGTERM and SIGINT: the first begins a graceful stop (a leader hands off first:
+        // `stop.rs`); a second one stops at once.
+        let stops = sigs.iter().filter(|&&s| s != libc::SIGHUP).count();
+        if stops == 0 {
+            return;
+        }
+        if self.node.stopping() {
+            info!("signal {sigs:?} again: stopping now");
+            self.stopping = true;
+            return;
+        }
+        info!("signal {sigs:?}: shutting down");
+        self.notify("STOPPING=1");
+        self.node.begin_stop();
+        if stops > 1 {
+            self.stopping = true;
         }
     }
 

@@ -61,6 +61,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }),
             "member" => self.member_command(to, args),
             "transfer" => self.transfer_command(args),
+            "snapshot" if args.len() > 1 => self.backup_command(args),
             "snapshot" | "bgsave" => {
                 self.snapshot_requested = true;
                 Dispatch::Reply(Value::Simple("Background saving started".into()))
@@ -400,6 +401,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        kv(
+            "election_timeout_ms",
+            self.cfg.election_timeout_ms.to_string(),
+        );
         kv("voters", ids(&st.conf.voters));
         kv("learners", ids(&st.conf.learners));
         // Issue 13: whether this node votes (its incarnation is the recorded voter), and its
@@ -411,10 +416,20 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             "state_hash",
             format!("{:016x}", self.applied.sm().state_hash()),
         );
+        // Issue 17: what `kvctl status` shows of each member, as the leader sees it: how
+        // many entries it is behind the leader's log, and how long since it was heard from.
         for p in &st.progress {
+            let lag = st.last_index.0.saturating_sub(p.match_index.0);
+            let contact = self
+                .contact
+                .since(p.id, self.now)
+                .map_or(-1, |d| d.as_millis() as i64);
             kv(
                 &format!("peer_{}", p.id),
-                format!("match={},next={}", p.match_index, p.next_index),
+                format!(
+                    "match={},next={},lag={lag},last_contact_ms={contact}",
+                    p.match_index, p.next_index
+                ),
             );
         }
     }

@@ -37,21 +37,27 @@
 //! (one connection's buffers), `peers.rs` (dialing, handshakes, peer frames, snapshot
 //! streams: behaviour over `Peers` and `Connections`), `clients.rs` (the RESP port,
 //! dispatch, forwarding), `driver.rs` (the Ready contract, apply, snapshots), `info.rs`
-//! (INFO and admin commands), `startup.rs` (recovery), the parts above, and `snapshot/`
-//! (the file format, files, the fork child, transfer).
+//! (INFO and admin commands), `startup.rs` (recovery), `stop.rs` (the graceful stop: a
+//! leader hands off first), `backup.rs` (the SNAPSHOT SAVE/OPEN/READ backup commands),
+//! `contact.rs` (when each peer was last heard), `restore.rs` (`kvraftd --restore`), the
+//! parts above, and `snapshot/` (the file format, files, the fork child, transfer, the
+//! backup file).
 
 pub mod clock;
 pub mod conn;
 pub mod net;
 pub mod notify;
+pub mod restore;
 pub mod snapshot;
 pub mod storage;
 pub mod sys;
 pub mod tls;
 
 mod applied;
+mod backup;
 mod clients;
 mod connections;
+mod contact;
 mod driver;
 mod event_loop;
 mod exposition;
@@ -63,6 +69,7 @@ mod membership;
 mod peers;
 mod pending;
 mod startup;
+mod stop;
 mod stored;
 mod telemetry;
 mod ttl;
@@ -230,6 +237,12 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     stats: Stats,
     /// The leader's time for TTLs and the reclaim of expired keys (`ttl.rs`).
     ttl: ttl::TtlClock,
+    /// A graceful stop in progress (`stop.rs`).
+    stopping: Option<stop::Stopping>,
+    /// When each peer was last heard from (`contact.rs`).
+    contact: contact::LastContact,
+    /// The snapshot a backup is reading (`backup.rs`).
+    backup: backup::BackupPin<D::Source>,
     /// What `/metrics` and `/readyz` report beyond the other parts' state (`telemetry.rs`).
     telemetry: telemetry::Telemetry,
 }
@@ -526,6 +539,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.hand_off_if_disk_full();
         self.maybe_snapshot();
         self.maybe_reclaim_expired();
+        self.expire_backup_pin();
         if self
             .stored
             .disk_mut()
@@ -630,6 +644,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stored.check_invariants();
         self.ids.log().check_invariants();
         self.ttl.check_invariants();
+        self.contact.check_invariants();
+        self.backup.check_invariants();
         self.telemetry.check_invariants();
     }
 }

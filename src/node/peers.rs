@@ -386,6 +386,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             (ConnKind::PeerOut { to, hello_ok: true }, _) => *to,
             _ => return self.close_conn(key, "expected a Hello first"),
         };
+        self.contact.heard(peer, self.now);
         match frame {
             Frame::Hello { .. } => self.close_conn(key, "a second Hello"),
             Frame::Raft(msg) => {

@@ -12,7 +12,10 @@
 //! new incarnation. With `initial_cluster_state = new` (`--bootstrap`) it also gets a new
 //! cluster id, and its log one entry making it the only voter, recorded with its incarnation;
 //! otherwise its cluster id stays unknown (0) until a configured member's Hello names one,
-//! and it neither votes nor campaigns until the leader admits it.
+//! and it neither votes nor campaigns until the leader admits it. Storage restored from a
+//! backup (`restore.rs`) is of no cluster either: a snapshot with no membership and cluster
+//! id 0; with `--bootstrap` it gets a new cluster id and the founder's entry right after the
+//! snapshot, without it it waits to be admitted like empty storage.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -87,7 +90,21 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 .map_err(|e| NodeError::new(format!("log: {e}")))?;
         }
         let forms = cfg.initial_cluster_state == InitialClusterState::New;
-        if forms && !have_snapshot && disk.log_stats().last.is_none() {
+        // Storage of no cluster yet: empty, or restored from a backup (`restore.rs`: a
+        // snapshot with no membership, and no cluster id).
+        let unformed = disk.log_stats().last.is_none()
+            && snap_meta.conf.voters.is_empty()
+            && snap_meta.conf.learners.is_empty();
+        if forms && unformed && identity.cluster.0 == 0 {
+            identity.cluster = ClusterId::random().map_err(|e| NodeError::new(e.to_string()))?;
+            disk.store_identity(&identity)
+                .map_err(|e| NodeError::new(format!("storing the identity: {e}")))?;
+            info!(
+                "identity: formed a new cluster {} (--bootstrap) on the restored snapshot {}, incarnation {}",
+                identity.cluster, snap_meta.last, identity.incarnation
+            );
+        }
+        if forms && unformed {
             let me = configured
                 .iter()
                 .find(|m| m.0 == id)
@@ -98,8 +115,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 incarnation: identity.incarnation.0,
                 auto_promote: true,
             };
-            entries = bootstrap(&mut disk, id, &record)?;
-        } else if forms && used {
+            entries = bootstrap(&mut disk, id, &record, snap_meta.last)?;
+        } else if forms {
             info!("--bootstrap / initial_cluster_state = new ignored: this storage already belongs to cluster {}", identity.cluster);
         }
         if let Some(last) = entries.last() {
@@ -188,6 +205,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 ..Stats::default()
             },
             ttl: Default::default(),
+            stopping: None,
+            contact: Default::default(),
+            backup: Default::default(),
             telemetry: Default::default(),
             cfg,
         };
@@ -325,18 +345,20 @@ fn load_snapshot<S: StateMachine, D: Disk>(
     }
 }
 
-/// A new cluster's log begins with one entry (term 1, index 1): `AddVoter` of the founder,
-/// recorded with its addresses and incarnation, written and synced before anything else.
-/// Every other member is admitted by the leader as it connects (`membership.rs`), so every
-/// membership in any log names the incarnations it counts.
+/// A new cluster's log begins with one entry (term 1, index 1; after a restored snapshot,
+/// its index + 1 in its term): `AddVoter` of the founder, recorded with its addresses and
+/// incarnation, written and synced before anything else. Every other member is admitted by
+/// the leader as it connects (`membership.rs`), so every membership in any log names the
+/// incarnations it counts.
 fn bootstrap<D: Disk>(
     disk: &mut D,
     id: NodeId,
     record: &MemberRecord,
+    after: raft::EntryId,
 ) -> Result<Vec<raft::Entry>, NodeError> {
     let entries = vec![raft::Entry {
-        term: raft::Term(1),
-        index: LogIndex(1),
+        term: after.term.max(raft::Term(1)),
+        index: after.index.next(),
         kind: raft::EntryKind::ConfChange,
         data: raft::ConfChange {
             op: raft::ConfChangeOp::AddVoter,

@@ -8,7 +8,7 @@ use kvraft::client::blocking::ClientTls;
 use kvraft::config::load_members;
 
 pub const USAGE: &str = "\
-usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS]
+usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS] [--json]
              [--tls --cacert CA.pem [--cert CERT.pem --key KEY.pem]] [--user USER] [--password PW]
              [COMMAND ARGS...]
 
@@ -19,7 +19,16 @@ Commands:
   cas KEY OLD NEW          set KEY to NEW if it holds OLD; prints 1 if it did, else 0
   range FROM TO [LIMIT]    print `key<TAB>value` lines for FROM <= key < TO
   incr KEY                 add 1 to the integer at KEY; prints the result
-  status                   one line per member: role, term, leader, commit, applied, last index
+  status                   one line per member: health, role, term, leader, commit, applied,
+                           last index, lag (entries behind the leader), last contact
+  member list              the members: id, peer and client addresses, voter or learner
+  member add ID PEER CLIENT [learner]
+                           add a member (a learner first; promoted once caught up unless
+                           `learner`); member remove ID; member promote ID
+  transfer [ID]            hand leadership to ID (default: the most up-to-date follower) and
+                           wait until it leads
+  snapshot save FILE       a backup: a snapshot from the leader covering every write it
+                           applied, streamed and checksummed into FILE (kvraftd --restore)
   ANYTHING ...             sent as a raw command (kvctl info raft, kvctl dbsize)
 With no command, kvctl reads one command per line from stdin (words split on whitespace,
 \"double quotes\" allowed) and prints one answer per line, over one connection.
@@ -29,6 +38,7 @@ Options:
   -c, --config FILE        take the endpoints from FILE's client= addresses
                            (default conf/cluster.conf, else 127.0.0.1:6001,6002,6003)
   -t, --timeout SECONDS    give up after this long (default 10); retries while no leader
+  -j, --json               status, member, transfer, snapshot: one JSON object instead of text
   --tls                    speak TLS to the client port (needs --cacert)
   --cacert FILE            trust servers whose certificate this CA signed (implies --tls)
   --cert FILE, --key FILE  present this client certificate (tls_client_auth = require)
@@ -47,6 +57,7 @@ pub struct Options {
     pub endpoints: Option<Vec<String>>,
     pub config: Option<PathBuf>,
     pub timeout: Duration,
+    pub json: bool,
     pub tls: bool,
     pub cacert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
@@ -72,6 +83,7 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
         endpoints: None,
         config: None,
         timeout: Duration::from_secs(10),
+        json: false,
         tls: false,
         cacert: None,
         cert: None,
@@ -94,6 +106,7 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
             "-e" | "--endpoints" => opts.endpoints = Some(parse_endpoints(&value()?)?),
             "-c" | "--config" => opts.config = Some(PathBuf::from(value()?)),
             "-t" | "--timeout" => opts.timeout = parse_timeout(&value()?)?,
+            "-j" | "--json" => opts.json = true,
             "--tls" => opts.tls = true,
             "--cacert" => opts.cacert = Some(PathBuf::from(value()?)),
             "--cert" => opts.cert = Some(PathBuf::from(value()?)),
@@ -113,6 +126,18 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
             }
         }
         i += 1;
+    }
+    // The operator commands also take `--json` after their words (`kvctl status --json`);
+    // other commands' words are data (`kvctl put k --json` stores "--json").
+    let operator = ["status", "member", "transfer", "snapshot"];
+    if opts
+        .words
+        .first()
+        .is_some_and(|w| operator.contains(&w.as_str()))
+    {
+        let before = opts.words.len();
+        opts.words.retain(|w| w != "--json" && w != "-j");
+        opts.json |= opts.words.len() != before;
     }
     Ok(Invocation::Run(Box::new(opts)))
 }
@@ -224,6 +249,14 @@ mod tests {
         assert!(parse_options(&argv("-t 0 get k")).is_err());
         assert!(parse_options(&argv("-e")).is_err());
         assert!(parse_options(&argv("-e nohostport get k")).is_err());
+        let Ok(Invocation::Run(o)) = parse_options(&argv("status --json")) else {
+            panic!()
+        };
+        assert_eq!((o.json, o.words), (true, argv("status")));
+        let Ok(Invocation::Run(o)) = parse_options(&argv("put k --json")) else {
+            panic!()
+        };
+        assert_eq!((o.json, o.words), (false, argv("put k --json")));
         let Ok(Invocation::Run(o)) = parse_options(&argv("--user admin --password pw member list"))
         else {
             panic!()

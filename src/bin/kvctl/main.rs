@@ -1,8 +1,10 @@
 //! kvctl: the kvraft line client, over the RESP2 client port.
 //!
 //! Layout: `args` (the command line and the endpoints), `request` (kvctl's verbs as server
-//! commands), `output` (what is printed for each reply), and this file: start-up and the
-//! two ways to run (one command from the arguments, or one per stdin line). The connection
+//! commands), `output` (what is printed for each reply), `ops` (the operator commands that
+//! talk to particular members: status, member, transfer, snapshot save), `status` and `json`
+//! (their output), and this file: start-up and the two ways to run (one command from the
+//! arguments, or one per stdin line). The connection
 //! and its retries across members are the library's `client::blocking::cluster::ClusterClient`.
 //!
 //! Invariants:
@@ -17,36 +19,29 @@
 //!    cluster has no leader, after a redirect or a connection failure.
 
 mod args;
+mod json;
+mod ops;
 mod output;
 mod request;
+mod status;
 
-use std::collections::HashMap;
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use kvraft::client::blocking::cluster::ClusterClient;
-use kvraft::client::blocking::{ClientTls, Connection, Options};
-use kvraft::client::{split_args, Value};
+use kvraft::client::blocking::Options;
+use kvraft::client::split_args;
 
-use args::{client_tls, endpoints, parse_options, Endpoint, Invocation, USAGE};
-use output::{parse_info, render, status_table};
+use args::{client_tls, endpoints, parse_options, Invocation, USAGE};
+use output::render;
 use request::build_request;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Longest wait for one member's answer to `status`.
-const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(2);
-
 /// `AUTH`'s arguments after its name: `[user] password`.
 type Auth = Option<Vec<Vec<u8>>>;
-
-/// How `status` connects to each member: TLS and credentials, as the cluster client does.
-struct Connect {
-    tls: Option<ClientTls>,
-    auth: Auth,
-}
 
 /// The credentials: `--password`, else `KVRAFT_PASSWORD`; `--user` only with a password.
 fn credentials(opts: &args::Options) -> Result<Auth, String> {
@@ -68,38 +63,6 @@ fn credentials(opts: &args::Options) -> Result<Auth, String> {
             args.push(p);
             Ok(Some(args))
         }
-    }
-}
-
-/// Ask every endpoint for `INFO raft` (one short attempt each) and print the table.
-fn status(endpoints: &[Endpoint], timeout: Duration, conn: &Connect) -> u8 {
-    let per_node = timeout.min(STATUS_TIMEOUT_MAX);
-    let rows: Vec<_> = endpoints
-        .iter()
-        .map(|e| (e.clone(), info_raft(&e.addr, per_node, conn)))
-        .collect();
-    print!("{}", status_table(&rows));
-    let _ = io::stdout().flush();
-    if rows.iter().any(|(_, info)| info.is_some()) {
-        0
-    } else {
-        2
-    }
-}
-
-fn info_raft(addr: &str, timeout: Duration, how: &Connect) -> Option<HashMap<String, String>> {
-    let options = Options::new(CONNECT_TIMEOUT.min(timeout), timeout);
-    let mut conn = Connection::open(addr, options, how.tls.as_ref()).ok()?;
-    if let Some(auth) = &how.auth {
-        let mut args: Vec<&[u8]> = vec![b"AUTH"];
-        args.extend(auth.iter().map(Vec::as_slice));
-        if conn.call(&args).ok()?.is_error() {
-            return None;
-        }
-    }
-    match conn.call(&[b"INFO", b"raft"]).ok()? {
-        Value::Bulk(text) => Some(parse_info(&String::from_utf8_lossy(&text))),
-        _ => None,
     }
 }
 
@@ -134,12 +97,7 @@ fn run_words(client: &mut ClusterClient, words: &[Vec<u8>], line_mode: bool) -> 
 
 /// Line mode: one command per stdin line, one answer each. Error replies are answers and do
 /// not stop it; no server answering does (exit 2). Exits 2 if any command failed, else 0.
-fn run_lines(
-    client: &mut ClusterClient,
-    endpoints: &[Endpoint],
-    timeout: Duration,
-    conn: &Connect,
-) -> u8 {
+fn run_lines(client: &mut ClusterClient, ctx: &ops::Ctx) -> u8 {
     let mut worst = 0;
     for line in io::stdin().lock().split(b'\n') {
         let Ok(line) = line else { return 2 };
@@ -152,7 +110,7 @@ fn run_lines(
             continue;
         }
         let code = if words.len() == 1 && words[0].eq_ignore_ascii_case(b"status") {
-            status(endpoints, timeout, conn)
+            ops::status(ctx)
         } else {
             match run_words(client, &words, true) {
                 Ok(code) => code,
@@ -215,10 +173,20 @@ fn main() -> ExitCode {
     if let Some(tls) = &tls {
         client = client.with_tls(tls.clone());
     }
-    let how = Connect { tls, auth };
+    let ctx = ops::Ctx {
+        endpoints: &endpoints,
+        timeout: opts.timeout,
+        json: opts.json,
+        tls: tls.as_ref(),
+        auth: auth.as_ref(),
+    };
+    let rest = opts.words.get(1..).unwrap_or_default();
     let code = match opts.words.first().map(String::as_str) {
-        None => run_lines(&mut client, &endpoints, opts.timeout, &how),
-        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout, &how),
+        None => run_lines(&mut client, &ctx),
+        Some("status") if rest.is_empty() => ops::status(&ctx),
+        Some("member") => ops::member(&ctx, rest),
+        Some("transfer") => ops::transfer(&ctx, rest),
+        Some("snapshot") if !rest.is_empty() => ops::snapshot_save(&ctx, rest),
         Some(_) => {
             let words: Vec<Vec<u8>> = opts.words.iter().map(|w| w.as_bytes().to_vec()).collect();
             run_words(&mut client, &words, false).unwrap_or(2)

@@ -1,11 +1,10 @@
 //! kvctl's output: what each verb prints for a reply (and the exit code it implies), replies
-//! shown as redis-cli shows them, and the `status` table. Pure functions of the reply; no I/O.
+//! shown as redis-cli shows them (the `status` table: `status.rs`). Pure functions of the reply; no I/O.
 
 use std::collections::HashMap;
 
 use kvraft::client::Value;
 
-use crate::args::Endpoint;
 use crate::request::{Request, Shape};
 
 /// What to print for a reply, and the exit code it implies.
@@ -169,64 +168,6 @@ pub fn parse_info(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
-const STATUS_FIELDS: [&str; 6] = [
-    "role",
-    "term",
-    "leader_id",
-    "commit_index",
-    "applied_index",
-    "last_log_index",
-];
-
-/// The status table: one row per endpoint, from its INFO raft fields or `None` if unreachable.
-pub fn status_table(rows: &[(Endpoint, Option<HashMap<String, String>>)]) -> String {
-    let mut table = vec![[
-        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for (endpoint, info) in rows {
-        let id = match (endpoint.id, info.as_ref().and_then(|i| i.get("node_id"))) {
-            (Some(id), _) => id.to_string(),
-            (None, Some(id)) => id.clone(),
-            (None, None) => "-".to_string(),
-        };
-        let mut row = vec![id, endpoint.addr.clone()];
-        match info {
-            Some(info) => row.extend(
-                STATUS_FIELDS
-                    .iter()
-                    .map(|f| info.get(*f).cloned().unwrap_or_else(|| "?".to_string())),
-            ),
-            None => row.push("unreachable".to_string()),
-        }
-        table.push(row);
-    }
-    align(&table)
-}
-
-/// Cells padded to their column's width, two spaces apart, trailing blanks trimmed.
-fn align(table: &[Vec<String>]) -> String {
-    let mut widths = Vec::new();
-    for row in table {
-        widths.resize(widths.len().max(row.len()), 0);
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    for row in table {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,36 +220,5 @@ mod tests {
             "1) (integer) 3\n2) \"a\\\"b\\n\\x00\"\n3) (nil)\n4) 1) OK\n   2) (empty array)\n"
         );
         assert_eq!(format_value(&Value::error("ERR x"), 0), "(error) ERR x\n");
-    }
-
-    #[test]
-    fn the_status_table_shows_each_member_or_unreachable() {
-        let info = parse_info(
-            "# Raft\r\nnode_id:1\r\nrole:leader\r\nterm:4\r\nleader_id:1\r\ncommit_index:10\r\n\
-             applied_index:9\r\nlast_log_index:11\r\n",
-        );
-        assert_eq!(info["applied_index"], "9");
-        let rows = vec![
-            (
-                Endpoint {
-                    id: None,
-                    addr: "127.0.0.1:6001".into(),
-                },
-                Some(info),
-            ),
-            (
-                Endpoint {
-                    id: Some(2),
-                    addr: "127.0.0.1:6002".into(),
-                },
-                None,
-            ),
-        ];
-        assert_eq!(
-            status_table(&rows),
-            "ID  ADDRESS         ROLE         TERM  LEADER  COMMIT  APPLIED  LAST\n\
-             1   127.0.0.1:6001  leader       4     1       10      9        11\n\
-             2   127.0.0.1:6002  unreachable\n"
-        );
     }
 }

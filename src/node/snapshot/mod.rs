@@ -62,6 +62,7 @@ use byteorder::{BigEndian, ByteOrder};
 
 use super::sys;
 
+mod backup;
 mod child;
 mod files;
 mod transfer;
@@ -69,6 +70,7 @@ mod transfer;
 use crate::kv::StateMachine;
 use crate::limits::{MEMBERS_MAX, SNAPSHOT_CHUNK_SIZE_MAX};
 use crate::raft::{ConfState, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
+pub use backup::*;
 pub use child::*;
 pub use files::*;
 pub use transfer::*;

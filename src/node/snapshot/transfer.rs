@@ -163,6 +163,28 @@ impl<F: ChunkSource> SnapshotSender<F> {
         self.check_invariants();
     }
 
+    /// Bytes `[offset, offset + len)` of the file, outside the transfer window: a backup
+    /// (`SNAPSHOT READ`) reads the file at its own pace. Past the end is an error.
+    pub fn read_at(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        assert!(
+            len <= SNAPSHOT_CHUNK_SIZE_MAX,
+            "read of {len} bytes past the chunk limit {SNAPSHOT_CHUNK_SIZE_MAX}"
+        );
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|e| e > self.total_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes at offset {offset} run past the snapshot's {} bytes",
+                    self.total_size
+                ),
+            ));
+        }
+        let mut data = vec![0u8; len];
+        self.file.read_chunk_at(&mut data, offset)?;
+        Ok(data)
+    }
+
     /// The follower acknowledged the whole file.
     pub fn is_complete(&self) -> bool {
         self.acked == self.total_size
