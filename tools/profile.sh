@@ -13,8 +13,32 @@
 # redis-benchmark (redis-tools). NB: strace slows the traced nodes, so turns batch more than
 # they would untraced: the figures are an upper bound on what one write costs at this load,
 # and compare builds only when taken with the same arguments.
+#
+#   tools/profile.sh cpu [CLIENTS] [WRITES]
+#     allocations and instructions per committed write, leader and follower: the write_path
+#     benchmark (real nodes on the simulator's disk and network, deterministic), once as is
+#     for allocations and once under callgrind for instructions (user space only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${1:-} == cpu ]]; then
+  command -v valgrind >/dev/null || { echo "profile: valgrind missing" >&2; exit 2; }
+  export BENCH_CLIENTS=${2:-64} BENCH_WRITES=${3:-5000}
+  bench=$(cargo bench --no-run --bench write_path 2>&1 | sed -n 's/.*(\(target\/release\/deps\/write_path-[0-9a-f]*\)).*/\1/p')
+  [[ -x $bench ]] || { echo "profile: could not build the write_path benchmark" >&2; exit 1; }
+  out=$(mktemp /tmp/kvraft-callgrind.XXXXXX)
+  trap 'rm -f "$out"' EXIT
+  summary=$("$bench")
+  echo "kvraft $(git rev-parse --short HEAD): $summary"
+  valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_turn*' \
+    --callgrind-out-file="$out" "$bench" > "$out.txt" 2>/dev/null
+  n=$(sed -n 's/.*leader, \([0-9]*\) SETs.*/\1/p' "$out.txt")
+  rm -f "$out.txt"
+  callgrind_annotate --inclusive=yes "$out" 2>/dev/null \
+    | awk -v n="$n" '/write_path::measured_turn_(leader|follower) \[/ {
+        gsub(",", "", $1); who = $0; sub(/.*measured_turn_/, "", who); sub(/ .*/, "", who)
+        printf "%-8s %8.0f instructions per write (callgrind, %d writes)\n", who, $1 / n, n }'
+  exit 0
+fi
 clients=${1:-64}
 writes=${2:-40000}
 mode=${3:-leader}
