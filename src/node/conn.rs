@@ -1,9 +1,18 @@
 //! One connection: its stream (a TCP socket, or the simulator's pipe; see `net.rs`), a bounded
 //! read buffer and a write queue with an offset.
 //!
+//! Reading costs one `recv` per arrival, not two: the socket is read straight into the
+//! buffer's free room (zeroed once when the buffer grows, never per read), and a read that
+//! returns less than the room it was given means the socket is drained for now, so the
+//! `recv` that would only say `EAGAIN` is not made. That is safe with edge-triggered
+//! readiness because Linux raises a new edge for every arrival after the drained moment. The
+//! exception is a peer that half-closed: its end-of-file raised its edge together with the
+//! data, so a connection told so (`read_to_end`) reads on until EOF.
+//!
 //! Invariants:
-//! 1. `rbuf` never holds more than `read_cap` bytes: a peer or client that sends more than one
-//!    frame's worth without it parsing is cut off, never buffered without bound.
+//! 1. `rbuf[..rlen]` (the bytes read) never exceeds `read_cap` bytes: a peer or client that
+//!    sends more than one frame's worth without it parsing is cut off, never buffered without
+//!    bound; `rpos <= rlen <= rbuf.len() <= read_cap`.
 //! 2. `wbuf[wpos..]` is what is still to be written; it never exceeds `write_cap` bytes (a
 //!    reader that never reads is disconnected rather than allowed to grow our memory).
 //! 3. The interest registered with Poll is derived from state (`interest()`), never toggled
@@ -55,11 +64,21 @@ impl std::fmt::Display for ConnError {
     }
 }
 
+/// Initial size of a read buffer; it doubles (up to the cap) when a read finds it full.
+const READ_BUFFER_MIN: usize = 4096;
+/// An idle read buffer larger than this is given back (a large request passed through).
+const READ_BUFFER_KEEP_MAX: usize = 1024 * 1024;
+
 pub struct Conn<T> {
     pub stream: T,
+    /// The read buffer: `rbuf[rpos..rlen]` is read and not yet consumed, `rbuf[rlen..]` is
+    /// free room (initialized, so reads go straight into it).
     rbuf: Vec<u8>,
     /// `rbuf[..rpos]` was consumed; compacted before the next read.
     rpos: usize,
+    rlen: usize,
+    /// The other side closed its end: read until EOF, not only until a short read.
+    read_to_end: bool,
     read_cap: usize,
     wbuf: Vec<u8>,
     wpos: usize,
@@ -97,6 +116,8 @@ impl<T: Read + Write> Conn<T> {
             stream,
             rbuf: Vec::new(),
             rpos: 0,
+            rlen: 0,
+            read_to_end: false,
             read_cap,
             wbuf: Vec::new(),
             wpos: 0,
@@ -107,27 +128,44 @@ impl<T: Read + Write> Conn<T> {
         }
     }
 
+    /// The readiness event said the other side closed its end (or the socket failed): read
+    /// until EOF or an error from now on (see the module header).
+    pub fn read_to_end(&mut self) {
+        self.read_to_end = true;
+    }
+
     /// Read what the socket has, up to `budget` bytes, appending to the read buffer.
     /// Returns the status and how many bytes arrived. A full buffer is an error only if the
     /// caller could not parse anything out of it (see `check_overflow`).
     pub fn read_some(&mut self, budget: usize) -> Result<(ReadStatus, usize), ConnError> {
         if self.rpos > 0 {
-            self.rbuf.drain(..self.rpos);
+            self.rbuf.copy_within(self.rpos..self.rlen, 0);
+            self.rlen -= self.rpos;
             self.rpos = 0;
         }
         let mut read = 0;
-        let mut chunk = [0u8; 64 * 1024];
         while read < budget {
-            let room = self.read_cap.saturating_sub(self.rbuf.len());
-            if room == 0 {
+            if self.rlen == self.read_cap {
                 return Ok((ReadStatus::More, read));
             }
-            let want = room.min(chunk.len()).min(budget - read);
-            match self.stream.read(&mut chunk[..want]) {
+            if self.rlen == self.rbuf.len() {
+                // Grow (zeroed once, here): double, within the cap (checked before allocating).
+                let size = (self.rbuf.len() * 2).clamp(READ_BUFFER_MIN, self.read_cap);
+                self.rbuf.resize(size, 0);
+            }
+            let want = (self.rbuf.len() - self.rlen).min(budget - read);
+            match self
+                .stream
+                .read(&mut self.rbuf[self.rlen..self.rlen + want])
+            {
                 Ok(0) => return Ok((ReadStatus::Closed, read)),
                 Ok(n) => {
-                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    self.rlen += n;
                     read += n;
+                    if n < want && !self.read_to_end {
+                        // Drained: the next arrival raises a new edge (module header).
+                        return Ok((ReadStatus::WouldBlock, read));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((ReadStatus::WouldBlock, read))
@@ -141,9 +179,9 @@ impl<T: Read + Write> Conn<T> {
 
     /// After parsing: a buffer still full means one request or frame is larger than the cap.
     pub fn check_overflow(&self) -> Result<(), ConnError> {
-        if self.rbuf.len() - self.rpos >= self.read_cap {
+        if self.rlen - self.rpos >= self.read_cap {
             return Err(ConnError::ReadOverflow {
-                len: self.rbuf.len() - self.rpos,
+                len: self.rlen - self.rpos,
                 cap: self.read_cap,
             });
         }
@@ -152,17 +190,20 @@ impl<T: Read + Write> Conn<T> {
 
     /// The bytes read and not yet consumed.
     pub fn input(&self) -> &[u8] {
-        &self.rbuf[self.rpos..]
+        &self.rbuf[self.rpos..self.rlen]
     }
 
     /// Mark the first `n` bytes of input as parsed.
     pub fn consume(&mut self, n: usize) {
-        let left = self.rbuf.len() - self.rpos;
+        let left = self.rlen - self.rpos;
         assert!(n <= left, "consume {n} of {left} buffered bytes");
         self.rpos += n;
-        if self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
+        if self.rpos == self.rlen {
             self.rpos = 0;
+            self.rlen = 0;
+            if self.rbuf.len() > READ_BUFFER_KEEP_MAX {
+                self.rbuf = Vec::new();
+            }
         }
     }
 
@@ -238,12 +279,15 @@ impl<T: Read + Write> Conn<T> {
     /// Invariants 1 and 2.
     pub fn check_invariants(&self) {
         assert!(
-            self.rpos <= self.rbuf.len(),
-            "read position past the buffer"
+            self.rpos <= self.rlen && self.rlen <= self.rbuf.len(),
+            "read positions {} and {} past the buffer of {}",
+            self.rpos,
+            self.rlen,
+            self.rbuf.len()
         );
         assert!(
             self.rbuf.len() <= self.read_cap,
-            "{} buffered input bytes exceed the cap of {}",
+            "a read buffer of {} bytes exceeds the cap of {}",
             self.rbuf.len(),
             self.read_cap
         );

@@ -124,7 +124,12 @@ impl<S: StateMachine> Shell<S> {
                     CLIENT_LISTENER => self.accept(Listener::Client),
                     SIGNALS => self.handle_signals(),
                     SNAPSHOT_CHILD => self.snapshot_child_ended(),
-                    Token(t) if t >= CONN_BASE => ready.push((t - CONN_BASE, readable)),
+                    Token(t) if t >= CONN_BASE => {
+                        if event.is_read_closed() || event.is_error() {
+                            self.node.read_to_end(t - CONN_BASE);
+                        }
+                        ready.push((t - CONN_BASE, readable));
+                    }
                     Token(t) => unreachable!("unknown token {t}"),
                 }
             }

@@ -91,7 +91,10 @@ impl Story {
 
     /// `step`, with each node's turn made by `turn(id, node, now, ready)` (the write-path
     /// benchmark counts what each node's turn costs).
-    pub fn step_with(&mut self, mut turn: impl FnMut(u64, &mut SimNode, Instant, &[(usize, bool)])) {
+    pub fn step_with(
+        &mut self,
+        mut turn: impl FnMut(u64, &mut SimNode, Instant, &[(usize, bool)]),
+    ) {
         self.now_ms += TICK_MS;
         let now = self.start + Duration::from_millis(self.now_ms);
         self.world.borrow_mut().deliver(self.now_ms, &mut self.rng);
