@@ -139,7 +139,9 @@ impl Session {
         let mut buf = [0u8; COMMAND_NAME_SIZE_MAX];
         let name = args.first().and_then(|a| command_name(a, &mut buf));
         self.last_at = now;
-        self.last_cmd = name.unwrap_or("unknown").to_string();
+        // Reuse the string's room: no allocation per command.
+        self.last_cmd.clear();
+        self.last_cmd.push_str(name.unwrap_or("unknown"));
         let name = name.unwrap_or("");
         // QUIT still closes the connection inside MULTI, as in Redis.
         if self.multi.is_some() && name != "quit" {

@@ -302,3 +302,120 @@ impl<T: Read + Write> Conn<T> {
         self.close_after_flush && self.pending_output() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A stream that hands out scripted chunks, counting the reads made.
+    #[derive(Default)]
+    struct Script {
+        /// Each read returns (up to the buffer's size of) the front chunk; an empty queue
+        /// reads `WouldBlock`, or EOF once `eof`.
+        chunks: VecDeque<Vec<u8>>,
+        eof: bool,
+        reads: usize,
+    }
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            let Some(front) = self.chunks.front_mut() else {
+                return match self.eof {
+                    true => Ok(0),
+                    false => Err(io::ErrorKind::WouldBlock.into()),
+                };
+            };
+            let n = buf.len().min(front.len());
+            buf[..n].copy_from_slice(&front[..n]);
+            front.drain(..n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Script {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn conn(chunks: &[&[u8]], eof: bool) -> Conn<Script> {
+        let stream = Script {
+            chunks: chunks.iter().map(|c| c.to_vec()).collect(),
+            eof,
+            reads: 0,
+        };
+        Conn::client(stream)
+    }
+
+    #[test]
+    fn a_short_read_means_drained_and_costs_no_second_read() {
+        let mut c = conn(&[b"*1\r\n$4\r\nPING\r\n"], false);
+        let (status, got) = c.read_some(1 << 20).unwrap();
+        assert_eq!((status, got), (ReadStatus::WouldBlock, 14));
+        assert_eq!(c.stream.reads, 1, "no recv that could only say EAGAIN");
+        assert_eq!(c.input(), b"*1\r\n$4\r\nPING\r\n");
+        c.check_invariants();
+    }
+
+    #[test]
+    fn a_half_closed_peer_is_read_to_its_end_of_file() {
+        // The data and the FIN raised one edge: a short read must not end the reading.
+        let mut c = conn(&[b"PING\r\n"], true);
+        c.read_to_end();
+        let (status, got) = c.read_some(1 << 20).unwrap();
+        assert_eq!((status, got), (ReadStatus::Closed, 6));
+        assert_eq!(c.input(), b"PING\r\n");
+    }
+
+    #[test]
+    fn a_full_buffer_grows_and_keeps_reading_and_consumed_bytes_are_compacted_away() {
+        // 10,000 bytes arrive at once: the 4 KiB buffer fills (not short), doubles, and
+        // the read that finds room left over is the short one.
+        let big = vec![b'x'; 10_000];
+        let mut c = conn(&[&big], false);
+        let (status, got) = c.read_some(1 << 20).unwrap();
+        assert_eq!((status, got), (ReadStatus::WouldBlock, 10_000));
+        assert_eq!(c.input(), &big[..]);
+        c.consume(9_000);
+        c.stream.chunks.push_back(b"tail".to_vec());
+        let (status, got) = c.read_some(1 << 20).unwrap();
+        assert_eq!((status, got), (ReadStatus::WouldBlock, 4));
+        let mut want = vec![b'x'; 1_000];
+        want.extend_from_slice(b"tail");
+        assert_eq!(c.input(), &want[..]);
+        c.consume(want.len());
+        assert!(c.input().is_empty());
+        c.check_invariants();
+    }
+
+    #[test]
+    fn the_budget_and_the_cap_bound_what_one_call_reads() {
+        let big = vec![b'y'; 100_000];
+        let mut c = conn(&[&big], false);
+        let (status, got) = c.read_some(8192).unwrap();
+        assert_eq!((status, got), (ReadStatus::More, 8192));
+        let mut small = Conn::new(
+            Script {
+                chunks: [big.clone()].into(),
+                ..Script::default()
+            },
+            5000,
+            1024,
+        );
+        let (status, got) = small.read_some(1 << 20).unwrap();
+        assert_eq!((status, got), (ReadStatus::More, 5000));
+        assert!(
+            small.check_overflow().is_err(),
+            "a cap-full buffer overflows"
+        );
+        small.check_invariants();
+    }
+}
