@@ -18,8 +18,19 @@
 #     allocations and instructions per committed write, leader and follower: the write_path
 #     benchmark (real nodes on the simulator's disk and network, deterministic), once as is
 #     for allocations and once under callgrind for instructions (user space only).
+#
+#   tools/profile.sh memory [KEYS]
+#     resident memory per key: the same `redis-benchmark -t set -n KEYS -r KEYS -d 256` load
+#     (default 1,000,000: about 632k distinct keys) into the cluster's leader and into a
+#     redis-server without persistence on port 27650; prints each one's anonymous resident
+#     size, keys, and bytes per key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+memory=
+if [[ ${1:-} == memory ]]; then
+  memory=${2:-1000000}
+  set -- 64 0 leader
+fi
 if [[ ${1:-} == cpu ]]; then
   command -v valgrind >/dev/null || { echo "profile: valgrind missing" >&2; exit 2; }
   export BENCH_CLIENTS=${2:-64} BENCH_WRITES=${3:-5000}
@@ -97,6 +108,30 @@ bench() { # bench N: N SETs of 256 bytes over 100k keys, connections placed by M
     redis-benchmark -p $lport -t set -n "$n" -c "$clients" -r 100000 -d 256 -q > /dev/null
   fi
 }
+
+rss_kb() { sed -n 's/^RssAnon:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
+if [[ -n $memory ]]; then
+  command -v redis-server >/dev/null || { echo "profile: redis-server missing" >&2; exit 2; }
+  redis-server --port 27650 --save "" --appendonly no --daemonize yes \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir"
+  for _ in $(seq 1 50); do redis-cli -p 27650 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  rpid=$(cat "$dir/redis.pid")
+  load="-t set -n $memory -r $memory -d 256 -c 16 -P 32 -q"
+  echo "kvraft $(git rev-parse --short HEAD): redis-benchmark $load, into each"
+  redis-benchmark -p 27650 $load > /dev/null
+  redis-benchmark -p $lport $load > /dev/null
+  sleep 2 # the followers apply the last entries
+  for who in "redis-server:$rpid:27650" "kvraft-leader:${pid[$leader]}:$lport" \
+      "kvraft-follower:${pid[$follower]}:$((27610 + follower))"; do
+    IFS=: read -r name p port <<<"$who"
+    keys=$(redis-cli -p "$port" dbsize | tr -d '\r')
+    kb=$(rss_kb "$p")
+    printf "%-16s %8d keys  RssAnon %7d kB  %6.0f bytes per key\n" "$name" "$keys" "$kb" \
+      "$(echo "$kb * 1024 / $keys" | bc -l)"
+  done
+  redis-cli -p 27650 shutdown nosave >/dev/null 2>&1 || true
+  exit 0
+fi
 
 bench 20000 # warm up: connections, caches, the first log segment
 c0=$(info $lport commit_index)
