@@ -2,11 +2,12 @@
 //! over RESP (N connections, one request at a time each, 16-byte keys, 256-byte values,
 //! uniform over 100k keys), for SET and GET at 1, 8, 64 and 256 connections, with the
 //! 1-connection SET's p50 beside the floor measured in the same run (a 4 KiB append +
-//! `fdatasync`, plus one loopback round trip). Then, with 1M keys loaded, SET latency while a
-//! snapshot is being written versus while none is (the p99 ratio).
+//! `fdatasync`, plus one loopback round trip). Then SET with TLS on both ports beside TLS off
+//! (two fresh clusters, one after the other, in the same run). Then, with 1M keys loaded, SET
+//! latency while a snapshot is being written versus while none is (the p99 ratio).
 //!
 //!     cargo bench --bench cluster            (make bench runs it)
-//!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
+//!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_TLS_CLIENTS="1 64" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
 //!
 //! Prints a table; numbers are only comparable within one run on one machine.
 
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use kvraft::client::blocking::{ClientError, Connection, Options};
+use kvraft::client::blocking::{ClientError, ClientTls, Connection, Options};
 use kvraft::client::Value;
 use kvraft::prng::Prng;
 
@@ -27,13 +28,62 @@ struct Cluster {
     _dir: tempfile::TempDir,
     children: Vec<Child>,
     clients: Vec<SocketAddr>,
+    /// Clients speak TLS (the cluster was started with `Tls::On`).
+    tls: Option<ClientTls>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    Off,
+    /// Certificates made here (one CA, one per node); TLS on both ports.
+    On,
+}
+
+/// `ca.pem` and `node{id}.pem`/`.key` for ids 1..=3 in `dir`; the config lines naming them.
+fn write_certificates(dir: &std::path::Path) -> String {
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    for id in 1..=3 {
+        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf.subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        leaf.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("node{id}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("node{id}.key")), key.serialize_pem()).unwrap();
+    }
+    let d = dir.display();
+    format!("tls_cert = {d}/node{{id}}.pem\ntls_key = {d}/node{{id}}.key\ntls_ca = {d}/ca.pem\n")
 }
 
 impl Cluster {
     fn start(extra: &str) -> Cluster {
+        Cluster::start_with(extra, Tls::Off)
+    }
+
+    fn start_with(extra: &str, tls: Tls) -> Cluster {
         let dir =
             tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "target".into()))
                 .expect("tempdir");
+        let (extra, tls) = match tls {
+            Tls::Off => (extra.to_string(), None),
+            Tls::On => {
+                let lines = write_certificates(dir.path());
+                let client = ClientTls::load(&dir.path().join("ca.pem"), None).unwrap();
+                (format!("{extra}\n{lines}"), Some(client))
+            }
+        };
         let ports: Vec<u16> = (0..6)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect::<Vec<_>>()
@@ -56,27 +106,28 @@ impl Cluster {
         let children = (1..=3)
             .map(|id| {
                 let log = std::fs::File::create(dir.path().join(format!("node{id}.log"))).unwrap();
-                // Node 1 forms the cluster (fresh data directories); the leader admits the
-                // others as they connect.
-                let bootstrap = if id == 1 { &["--bootstrap"][..] } else { &[] };
-                Command::new(env!("CARGO_BIN_EXE_kvraftd"))
-                    .args(["--config", path.to_str().unwrap(), "--id", &id.to_string()])
-                    .args(bootstrap)
-                    .env(
-                        "RUST_LOG",
-                        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-                    )
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap()
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvraftd"));
+                cmd.args(["--config", path.to_str().unwrap(), "--id", &id.to_string()]);
+                if id == 1 {
+                    // Node 1 forms the cluster; it admits the others as they connect.
+                    cmd.arg("--bootstrap");
+                }
+                cmd.env(
+                    "RUST_LOG",
+                    std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap()
             })
             .collect();
         let c = Cluster {
             _dir: dir,
             children,
             clients,
+            tls,
         };
         c.wait_writable();
         c
@@ -93,7 +144,7 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         while Instant::now() < deadline {
-            if let Ok(mut conn) = connect(self.clients[0]) {
+            if let Ok(mut conn) = self.connect(0) {
                 if conn
                     .call(&[b"SET", b"bench-ready", b"1"])
                     .is_ok_and(|v| v == Value::ok())
@@ -106,8 +157,12 @@ impl Cluster {
         panic!("the cluster did not accept a write within 30 s");
     }
 
+    fn connect(&self, i: usize) -> std::result::Result<Connection, ClientError> {
+        Connection::open(self.clients[i], CONN_OPTIONS, self.tls.as_ref())
+    }
+
     fn info(&self, i: usize, field: &str) -> Option<String> {
-        let mut c = connect(self.clients[i]).ok()?;
+        let mut c = self.connect(i).ok()?;
         let Value::Bulk(b) = c.call(&[b"INFO"]).ok()? else {
             return None;
         };
@@ -174,9 +229,11 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
         .map(|t| {
             let addr = c.clients[t % c.clients.len()];
             let (stop, measuring, barrier) = (stop.clone(), measuring.clone(), barrier.clone());
+            let tls = c.tls.clone();
+            let connect = move || Connection::open(addr, CONN_OPTIONS, tls.as_ref());
             std::thread::spawn(move || {
                 let mut rng = Prng::new(t as u64 + 1);
-                let mut conn = connect(addr).expect("connect");
+                let mut conn = connect().expect("connect");
                 let value = vec![b'x'; VALUE_SIZE];
                 let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
                 barrier.wait();
@@ -199,7 +256,7 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
                         }
                     }
                     if reply.is_err() {
-                        conn = match connect(addr) {
+                        conn = match connect() {
                             Ok(c) => c,
                             Err(_) => break,
                         };
@@ -249,7 +306,7 @@ fn info_field(addr: SocketAddr, field: &str) -> Option<u64> {
 }
 
 fn fill(c: &Cluster, keys: u64) {
-    let mut conn = connect(c.clients[0]).unwrap();
+    let mut conn = c.connect(0).unwrap();
     let value = vec![b'x'; VALUE_SIZE];
     let batch = 1000u64;
     let mut i = 0;
@@ -310,6 +367,15 @@ fn main() {
                 }
             }
         }
+    }
+
+    let tls_clients: Vec<usize> = std::env::var("BENCH_TLS_CLIENTS")
+        .unwrap_or_else(|_| "1 64".into())
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    if !tls_clients.is_empty() {
+        tls_beside_plain(&tls_clients, secs);
     }
 
     if snapshot_keys == 0 {
@@ -466,4 +532,35 @@ fn loopback_rtt_p50_ms() -> f64 {
     drop(s);
     let _ = server.join();
     p50_ms(us)
+}
+
+/// SET throughput with TLS on both ports beside TLS off: a fresh cluster each, one after the
+/// other, the same load; the ratio is what TLS costs on this machine.
+fn tls_beside_plain(clients: &[usize], secs: f64) {
+    println!(
+        "\nSET with TLS on both ports (client port and mutual TLS between members) beside TLS off"
+    );
+    println!(
+        "op   clients |      ops/s |  p50 ms   p99 ms  p999 ms | errors   (op tls: SET over TLS)"
+    );
+    let mut rows = Vec::new();
+    for tls in [Tls::Off, Tls::On] {
+        let c = Cluster::start_with("", tls);
+        for &n in clients {
+            let r = load(&c, "set", n, secs);
+            row(if tls == Tls::On { "tls" } else { "set" }, n, &r);
+            rows.push((tls, n, r.ops as f64 / r.secs));
+        }
+    }
+    for &n in clients {
+        let rate = |want| {
+            rows.iter()
+                .find(|(t, c, _)| *t == want && *c == n)
+                .map_or(0.0, |r| r.2)
+        };
+        println!(
+            "SET at {n} connections: TLS on / off = {:.2}x throughput",
+            rate(Tls::On) / rate(Tls::Off).max(1e-9)
+        );
+    }
 }

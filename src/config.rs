@@ -37,6 +37,10 @@
 //! | `max_clients` | `limits::CLIENT_CONNECTIONS_MAX` (10000) | client connections served at once, 1 ..= that limit |
 //! | `forward_to_leader` | `true` | `true`: a follower forwards client writes to the leader; `false`: it answers `-REDIRECT <leader client address>` |
 //! | `seed` | derived from the id | seed of this node's PRNG (election timeouts); set it to replay a run |
+//! | `tls_cert` | unset | PEM certificate chain of this node (`tls_cert`, `tls_key` and `tls_ca` go together): TLS on the client port, mutual TLS on the peer port; `{id}` is replaced by the node id (one file for every node: `tls_cert = /etc/kvraft/node{id}.pem`); relative to the working directory; reloaded on SIGHUP |
+//! | `tls_key` | unset | PEM private key of `tls_cert` |
+//! | `tls_ca` | unset | PEM CA certificate(s): peers (both directions) and, when required, clients must present a certificate it signed |
+//! | `tls_client_auth` | `none` | `require`: a client must present a certificate signed by `tls_ca`; `none`: not demanded (one presented is still verified). `require` needs `tls_cert` |
 //!
 //! Numbers may use `_` separators (`100_000`); `*_bytes` keys also take a `KiB`, `MiB` or `GiB`
 //! suffix (`64MiB`). Booleans are `true` or `false`.
@@ -84,7 +88,15 @@ const KEYS: &[&str] = &[
     "max_clients",
     "forward_to_leader",
     "seed",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_client_auth",
 ];
+
+/// Keys without a default value, left out of `conf/example.conf`'s list of defaults.
+#[cfg(test)]
+const KEYS_WITHOUT_DEFAULT: &[&str] = &["seed", "tls_cert", "tls_key", "tls_ca"];
 
 /// One member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +115,25 @@ pub enum InitialClusterState {
     New,
     /// Join the cluster of the configured members: wait for the leader to admit it.
     Existing,
+}
+
+/// Whether the client port demands a client certificate (`tls_client_auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `none`: not demanded; one presented is still verified against `tls_ca`.
+    Optional,
+    /// `require`: demanded, signed by `tls_ca`.
+    Require,
+}
+
+/// Where the PEM files of TLS are (`tls_cert`, `tls_key`, `tls_ca`), read at start-up and on
+/// SIGHUP by `node::tls::TlsConfigs::load`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub client_auth: ClientAuth,
 }
 
 /// A validated configuration for one node. See the module documentation for every field's
@@ -125,6 +156,8 @@ pub struct Config {
     pub max_clients: usize,
     pub forward_to_leader: bool,
     pub seed: Option<u64>,
+    /// TLS on both ports, when the three files are set.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why a config file was refused: the file, the 1-based line if one line is to blame, and what
@@ -155,6 +188,9 @@ struct Settings {
     config: Config,
     /// The line that set each key, for duplicates and for errors that relate two keys.
     lines: HashMap<String, usize>,
+    /// `tls_cert`, `tls_key`, `tls_ca` as set; `check_settings` makes them `config.tls`.
+    tls_paths: [Option<PathBuf>; 3],
+    client_auth: ClientAuth,
 }
 
 impl Config {
@@ -191,6 +227,12 @@ impl Config {
             Some(dir) => dir.to_path_buf(),
             None => PathBuf::from(settings.data_dir.replace("{id}", &id.to_string())),
         };
+        if let Some(tls) = &mut config.tls {
+            for path in [&mut tls.cert, &mut tls.key, &mut tls.ca] {
+                let with_id = path.to_string_lossy().replace("{id}", &id.to_string());
+                *path = PathBuf::from(with_id);
+            }
+        }
         Ok(config)
     }
 
@@ -232,6 +274,7 @@ fn defaults() -> Config {
         max_clients: CLIENT_CONNECTIONS_MAX,
         forward_to_leader: true,
         seed: None,
+        tls: None,
     }
 }
 
@@ -242,6 +285,8 @@ fn parse_settings(text: &str, file: &str) -> Result<Settings, ConfigError> {
         data_dir: "data/node{id}".to_string(),
         config: defaults(),
         lines: HashMap::new(),
+        tls_paths: [None, None, None],
+        client_auth: ClientAuth::Optional,
     };
     let at = |line: usize, msg: String| ConfigError {
         file: file.to_string(),
@@ -340,6 +385,23 @@ fn apply(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> 
             }
         }
         "seed" => c.seed = Some(number(key, value, 0, u64::MAX)?),
+        "tls_cert" | "tls_key" | "tls_ca" => {
+            if value.is_empty() {
+                return Err(format!("`{key}` expects a PEM file path"));
+            }
+            let slot = ["tls_cert", "tls_key", "tls_ca"]
+                .iter()
+                .position(|k| *k == key)
+                .expect("one of the three");
+            settings.tls_paths[slot] = Some(PathBuf::from(value));
+        }
+        "tls_client_auth" => {
+            settings.client_auth = match value {
+                "require" => ClientAuth::Require,
+                "none" => ClientAuth::Optional,
+                _ => return Err(format!("`{key}` expects require or none, got `{value}`")),
+            }
+        }
         _ => match key.strip_prefix("node.") {
             Some(id) => settings.members.push(member(id, value)?),
             None => {
@@ -516,6 +578,44 @@ fn check_settings(settings: &mut Settings) -> Result<(), (Option<usize>, String)
         );
         return Err((line, msg));
     }
+    check_tls(settings)
+}
+
+/// `tls_cert`, `tls_key` and `tls_ca` go together; `tls_client_auth = require` needs them. The files
+/// themselves are read when the node starts (a missing or unreadable one is a start-up error).
+fn check_tls(settings: &mut Settings) -> Result<(), (Option<usize>, String)> {
+    const NAMES: [&str; 3] = ["tls_cert", "tls_key", "tls_ca"];
+    let line_of = |key: &str| settings.lines.get(key).copied();
+    let set: Vec<&str> = (0..3)
+        .filter(|&i| settings.tls_paths[i].is_some())
+        .map(|i| NAMES[i])
+        .collect();
+    if set.is_empty() {
+        if settings.client_auth == ClientAuth::Require {
+            return Err((
+                line_of("tls_client_auth"),
+                "`tls_client_auth = require` needs tls_cert, tls_key and tls_ca".to_string(),
+            ));
+        }
+        return Ok(());
+    }
+    if set.len() < 3 {
+        let missing: Vec<&str> = NAMES.iter().filter(|n| !set.contains(n)).copied().collect();
+        return Err((
+            line_of(set[0]),
+            format!(
+                "TLS needs tls_cert, tls_key and tls_ca together; missing: {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    let [cert, key, ca] = std::mem::take(&mut settings.tls_paths);
+    settings.config.tls = Some(TlsFiles {
+        cert: cert.expect("set"),
+        key: key.expect("set"),
+        ca: ca.expect("set"),
+        client_auth: settings.client_auth,
+    });
     Ok(())
 }
 
@@ -817,17 +917,48 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
         want.members = c.members.clone();
         want.data_dir = PathBuf::from("data/node1");
         assert_eq!(c, want);
-        // Every key but `seed` (commented out there) appears in it.
+        // Every key with a default (the others are commented out there) appears in it.
         let text = std::fs::read_to_string(&path).unwrap();
         for key in KEYS
             .iter()
-            .filter(|k| !k.starts_with("node.") && **k != "seed")
+            .filter(|k| !k.starts_with("node.") && !KEYS_WITHOUT_DEFAULT.contains(k))
         {
             assert!(
                 text.contains(&format!("\n{key} = ")),
                 "{key} missing from example.conf"
             );
         }
+    }
+
+    #[test]
+    fn tls_keys_go_together_and_client_auth_needs_them() {
+        let with = |extra: &str| parse(&format!("{MEMBERS}{extra}")).unwrap();
+        let c = with("tls_cert = a.pem\ntls_key = a.key\ntls_ca = ca.pem\n");
+        let want = TlsFiles {
+            cert: PathBuf::from("a.pem"),
+            key: PathBuf::from("a.key"),
+            ca: PathBuf::from("ca.pem"),
+            client_auth: ClientAuth::Optional,
+        };
+        assert_eq!(c.tls, Some(want));
+        let c = with("tls_cert = a\ntls_key = b\ntls_ca = c\ntls_client_auth = require\n");
+        assert_eq!(c.tls.unwrap().client_auth, ClientAuth::Require);
+        assert_eq!(with("").tls, None);
+        let c = with("tls_cert = n{id}.pem\ntls_key = n{id}.key\ntls_ca = ca.pem\n");
+        let tls = c.tls.unwrap();
+        assert_eq!((tls.cert, tls.key), ("n2.pem".into(), "n2.key".into()));
+        assert_error(
+            "tls_cert = a.pem\ntls_ca = ca.pem\n",
+            Some(4),
+            "missing: tls_key",
+        );
+        assert_error("tls_client_auth = require\n", Some(4), "needs tls_cert");
+        assert_error(
+            "tls_client_auth = maybe\n",
+            Some(4),
+            "expects require or none",
+        );
+        assert_error("tls_key =\n", Some(4), "expects a PEM file path");
     }
 
     #[test]

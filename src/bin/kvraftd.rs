@@ -25,6 +25,8 @@ const USAGE: &str = "usage: kvraftd --config FILE --id N [--data-dir DIR] [--boo
                    admitted on their own; others need MEMBER ADD)
   RUST_LOG         log filter (default: info)
 
+signals: SIGTERM/SIGINT stop (sync, then exit 0); SIGHUP reloads the TLS certificates
+
 exit status: 0 stopped, 1 runtime failure, 2 configuration error,
              3 identity error (a log without its identity file, or an identity file
                that does not read); systemd should not restart on 2 or 3";

@@ -6,8 +6,9 @@
 //! returns less than the room it was given means the socket is drained for now, so the
 //! `recv` that would only say `EAGAIN` is not made. That is safe with edge-triggered
 //! readiness because Linux raises a new edge for every arrival after the drained moment. The
-//! exception is a peer that half-closed: its end-of-file raised its edge together with the
-//! data, so a connection told so (`read_to_end`) reads on until EOF.
+//! exceptions: a peer that half-closed (its end-of-file raised its edge together with the
+//! data, so a connection told so, `read_to_end`, reads on until EOF), and a stream whose short
+//! read does not mean drained (TLS: `NetStream::drained_by_short_read`).
 //!
 //! Invariants:
 //! 1. `rbuf[..rlen]` (the bytes read) never exceeds `read_cap` bytes: a peer or client that
@@ -16,10 +17,12 @@
 //! 2. `wbuf[wpos..]` is what is still to be written; it never exceeds `write_cap` bytes (a
 //!    reader that never reads is disconnected rather than allowed to grow our memory).
 //! 3. The interest registered with Poll is derived from state (`interest()`), never toggled
-//!    at call sites.
+//!    at call sites. Bytes the stream holds of its own (TLS records, `NetStream`) count as
+//!    output to flush.
 
-use std::io::{self, Read, Write};
+use std::io;
 
+use super::net::NetStream;
 use crate::limits;
 use mio::Interest;
 
@@ -91,7 +94,7 @@ pub struct Conn<T> {
     pub close_after_flush: bool,
 }
 
-impl<T: Read + Write> Conn<T> {
+impl<T: NetStream> Conn<T> {
     /// A peer connection: room for one largest frame (twice, so a frame and the start of the
     /// next fit), and a peer's whole output queue.
     pub fn peer(stream: T) -> Conn<T> {
@@ -162,7 +165,7 @@ impl<T: Read + Write> Conn<T> {
                 Ok(n) => {
                     self.rlen += n;
                     read += n;
-                    if n < want && !self.read_to_end {
+                    if n < want && !self.read_to_end && self.stream.drained_by_short_read() {
                         // Drained: the next arrival raises a new edge (module header).
                         return Ok((ReadStatus::WouldBlock, read));
                     }
@@ -260,12 +263,18 @@ impl<T: Read + Write> Conn<T> {
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;
         }
-        Ok(())
+        // What the stream holds of its own (TLS records): sent now or at the next writability.
+        match self.stream.flush() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(ConnError::Io(e)),
+        }
     }
 
     /// The readiness this connection needs, derived from its state.
     pub fn interest(&self) -> Interest {
-        if self.connecting || self.pending_output() > 0 {
+        if self.connecting || self.pending_output() > 0 || self.stream.has_buffered_output() {
             if self.read_paused {
                 Interest::WRITABLE
             } else {
@@ -299,7 +308,7 @@ impl<T: Read + Write> Conn<T> {
 
     /// Everything is written and the connection asked to be closed after that.
     pub fn done(&self) -> bool {
-        self.close_after_flush && self.pending_output() == 0
+        self.close_after_flush && self.pending_output() == 0 && !self.stream.has_buffered_output()
     }
 }
 
@@ -307,6 +316,7 @@ impl<T: Read + Write> Conn<T> {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+    use std::io::{Read, Write};
 
     /// A stream that hands out scripted chunks, counting the reads made.
     #[derive(Default)]
@@ -334,6 +344,13 @@ mod tests {
                 self.chunks.pop_front();
             }
             Ok(n)
+        }
+    }
+
+    /// As a plain TCP socket: a short read means drained.
+    impl NetStream for Script {
+        fn drained_by_short_read(&self) -> bool {
+            true
         }
     }
 

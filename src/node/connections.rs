@@ -19,7 +19,8 @@
 //! 4. A client's pipeline holds consecutive sequence numbers below `next_seq`, at most
 //!    `CLIENT_PENDING_MAX + 1` of them (the one over is a protocol error's reply), and
 //!    `held_bytes` is the sum of the replies it holds.
-//! 5. `awaiting_hello` is ordered by deadline.
+//! 5. `awaiting_hello` (accepted peers before their Hello, clients in their TLS handshake) is
+//!    ordered by deadline.
 //!
 //! NB: a `Connection`'s buffers (`conn`), its kind and its registered interest stay open to
 //! the node's files, which read, write and handshake through them; what the lists and
@@ -35,7 +36,7 @@ use mio::Interest;
 use slab::Slab;
 
 use super::conn::Conn;
-use super::net::Net;
+use super::net::{Net, NetStream};
 use crate::client::session::Session;
 use crate::limits;
 
@@ -208,7 +209,7 @@ impl<T> IndexMut<usize> for Connections<T> {
     }
 }
 
-impl<T: io::Read + io::Write> Connections<T> {
+impl<T: NetStream> Connections<T> {
     pub(super) fn new() -> Connections<T> {
         Connections {
             conns: Slab::new(),
@@ -289,7 +290,8 @@ impl<T: io::Read + io::Write> Connections<T> {
         Some(c)
     }
 
-    /// An accepted peer connection must say Hello by `deadline`.
+    /// An accepted peer connection must say Hello by `deadline` (a client, finish its TLS
+    /// handshake).
     pub(super) fn await_hello(&mut self, key: usize, deadline: Instant) {
         let gen = self.conns[key].gen;
         if let Some(&(_, _, last)) = self.awaiting_hello.back() {
@@ -298,7 +300,8 @@ impl<T: io::Read + io::Write> Connections<T> {
         self.awaiting_hello.push_back((key, gen, deadline));
     }
 
-    /// Accepted peer connections whose Hello deadline passed at `now` without one.
+    /// Accepted peer connections whose Hello deadline passed at `now` without one, and client
+    /// connections still in their TLS handshake then.
     pub(super) fn take_silent(&mut self, now: Instant) -> Vec<usize> {
         let mut silent = Vec::new();
         while let Some(&(key, gen, deadline)) = self.awaiting_hello.front() {
@@ -306,10 +309,14 @@ impl<T: io::Read + io::Write> Connections<T> {
                 break;
             }
             self.awaiting_hello.pop_front();
-            let still = self
-                .conns
-                .get(key)
-                .is_some_and(|c| c.gen == gen && matches!(c.kind, ConnKind::PeerIn { from: None }));
+            let still = self.conns.get(key).is_some_and(|c| {
+                c.gen == gen
+                    && match c.kind {
+                        ConnKind::PeerIn { from } => from.is_none(),
+                        ConnKind::Client(_) => c.conn.stream.handshaking(),
+                        ConnKind::PeerOut { .. } => false,
+                    }
+            });
             if still {
                 silent.push(key);
             }

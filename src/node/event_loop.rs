@@ -9,6 +9,8 @@
 //!    leader's TTL time, `Node::set_wall_ms`).
 //! 2. Tokens: the listeners, signals and snapshot pipe below `CONN_BASE`; connection `key` is
 //!    `CONN_BASE + key` (registered by the node through `MioNet`).
+//! 3. TLS certificates are read at start-up (a missing or bad file stops the start with exit
+//!    status 2) and again on SIGHUP; a failed reload keeps the ones in use and says why.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -22,8 +24,9 @@ use mio::{Events, Interest, Poll, Token};
 use super::clock::Clock;
 use super::net::{MioNet, CONN_BASE};
 use super::storage::RealDisk;
+use super::tls::TlsConfigs;
 use super::{sys, Listener, Node, NodeError};
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
 use crate::kv::{KvStore, StateMachine};
 
 const PEER_LISTENER: Token = Token(0);
@@ -33,6 +36,9 @@ const SNAPSHOT_CHILD: Token = Token(3);
 
 /// A snapshot completion that holds the loop longer than this is logged.
 const COMPLETION_SLOW: Duration = Duration::from_millis(10);
+
+/// Exit status of a configuration error found at start-up (a TLS file that does not load).
+const EXIT_CONFIG: u8 = 2;
 
 /// Events taken from Poll per turn.
 const EVENTS_PER_TURN_MAX: usize = 1024;
@@ -48,6 +54,13 @@ pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
         .registry()
         .try_clone()
         .map_err(|e| NodeError::new(format!("poll: {e}")))?;
+    let tls_files = cfg.tls.clone();
+    let tls = match &tls_files {
+        Some(files) => {
+            Some(TlsConfigs::load(files).map_err(|e| NodeError(format!("TLS: {e}"), EXIT_CONFIG))?)
+        }
+        None => None,
+    };
     let disk = RealDisk::open(&cfg.data_dir, cfg.segment_bytes).map_err(NodeError::new)?;
     let start = Clock::now();
     let node = Node::start(
@@ -55,12 +68,12 @@ pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
         join,
         move || KvStore::new(seed),
         disk,
-        MioNet::new(registry),
+        MioNet::new(registry, tls),
         start,
         start,
         first_forward_id(),
     )?;
-    Shell::new(poll, node)?.serve()
+    Shell::new(poll, node, tls_files)?.serve()
 }
 
 struct Shell<S: StateMachine> {
@@ -70,10 +83,16 @@ struct Shell<S: StateMachine> {
     client_listener: TcpListener,
     signals: OwnedFd,
     stopping: bool,
+    /// Reloaded on SIGHUP.
+    tls_files: Option<TlsFiles>,
 }
 
 impl<S: StateMachine> Shell<S> {
-    fn new(poll: Poll, node: RealNode<S>) -> Result<Shell<S>, NodeError> {
+    fn new(
+        poll: Poll,
+        node: RealNode<S>,
+        tls_files: Option<TlsFiles>,
+    ) -> Result<Shell<S>, NodeError> {
         let (peer, client) = node.own_addrs();
         let mut peer_listener = bind(peer, "peer")?;
         let mut client_listener = bind(client, "client")?;
@@ -84,7 +103,7 @@ impl<S: StateMachine> Shell<S> {
                     .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
             })
             .map_err(|e| NodeError::new(format!("registering listeners: {e}")))?;
-        let signals = sys::signal_fd(&[libc::SIGTERM, libc::SIGINT])
+        let signals = sys::signal_fd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
             .map_err(|e| NodeError::new(format!("signalfd: {e}")))?;
         let shell = Shell {
             poll,
@@ -93,11 +112,16 @@ impl<S: StateMachine> Shell<S> {
             client_listener,
             signals,
             stopping: false,
+            tls_files,
         };
         shell
             .register_fd(shell.signals.as_raw_fd(), SIGNALS)
             .map_err(|e| NodeError::new(format!("registering signals: {e}")))?;
-        info!("listening: peers on {peer}, clients on {client}");
+        let tls = match shell.tls_files {
+            Some(_) => " (TLS; mutual TLS between members)",
+            None => "",
+        };
+        info!("listening: peers on {peer}, clients on {client}{tls}");
         Ok(shell)
     }
 
@@ -152,9 +176,12 @@ impl<S: StateMachine> Shell<S> {
                 Listener::Client => &self.client_listener,
             };
             match l.accept() {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    self.node.accept(stream, addr, listener);
+                Ok((tcp, addr)) => {
+                    let _ = tcp.set_nodelay(true);
+                    match self.node.net_mut().accepted(tcp, listener) {
+                        Ok(stream) => self.node.accept(stream, addr, listener),
+                        Err(e) => warn!("a connection from {addr}: {e}"),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -179,12 +206,35 @@ impl<S: StateMachine> Shell<S> {
     fn handle_signals(&mut self) {
         match sys::read_signals(self.signals.as_fd()) {
             Ok(sigs) => {
-                if !sigs.is_empty() {
+                if sigs.contains(&libc::SIGHUP) {
+                    self.reload_tls();
+                }
+                if sigs.iter().any(|&s| s != libc::SIGHUP) {
                     info!("signal {sigs:?}: shutting down");
                     self.stopping = true;
                 }
             }
             Err(e) => warn!("reading signals: {e}"),
+        }
+    }
+
+    /// SIGHUP: read the TLS files again; new connections use them, open ones keep theirs.
+    fn reload_tls(&mut self) {
+        let Some(files) = &self.tls_files else {
+            info!("SIGHUP: no TLS configured, nothing to reload");
+            return;
+        };
+        match TlsConfigs::load(files) {
+            Ok(cfgs) => {
+                self.node.net_mut().set_tls(cfgs);
+                info!(
+                    "SIGHUP: reloaded TLS from {}, {} and {}",
+                    files.cert.display(),
+                    files.key.display(),
+                    files.ca.display()
+                );
+            }
+            Err(e) => warn!("SIGHUP: TLS reload failed, keeping the certificates in use: {e}"),
         }
     }
 

@@ -168,7 +168,7 @@ impl<F: ChunkSource> Peers<F> {
         self.links.remove(&id)
     }
 
-    pub(super) fn check_invariants<T: std::io::Read + std::io::Write>(
+    pub(super) fn check_invariants<T: super::net::NetStream>(
         &self,
         me: NodeId,
         conns: &Connections<T>,

@@ -86,7 +86,7 @@ use self::connections::{ClientState, ConnKind, Connections};
 use self::incoming::Incoming;
 use self::links::{MemberAddrs, Peers};
 use self::membership::Identities;
-use self::net::Net;
+use self::net::{Net, NetStream};
 use self::pending::Pending;
 use self::storage::Disk;
 use self::stored::Stored;
@@ -100,7 +100,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A snapshot child still running after this long is killed (and retried later).
 const SNAPSHOT_CHILD_DEADLINE: Duration = Duration::from_secs(600);
 /// An accepted peer connection that has not said Hello within this long is closed, so idle
-/// sockets cannot hold the peer port's slots (`PEER_CONNECTIONS_MAX`) against real members.
+/// sockets cannot hold the peer port's slots (`PEER_CONNECTIONS_MAX`) against real members;
+/// so is a client that has not finished its TLS handshake.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A fatal error: the node stops and the process exits non-zero (`exit_code`).
 #[derive(Debug)]
@@ -316,7 +317,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         };
         match self.insert_conn(conn, kind) {
-            Ok(key) if peer => self.conns.await_hello(key, self.now + HELLO_TIMEOUT),
+            // A peer must say Hello in time; a TLS client must finish its handshake.
+            Ok(key) if peer || self.conns[key].conn.stream.handshaking() => {
+                self.conns.await_hello(key, self.now + HELLO_TIMEOUT)
+            }
             Ok(_) => {}
             Err(e) => warn!("registering a connection from {addr}: {e}"),
         }
@@ -455,12 +459,17 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             ConnKind::Client(ref st) => {
                 log::debug!("client {} closed: {why}", st.addr);
             }
-            ConnKind::PeerIn { from } => {
-                if let Some(from) = from {
+            ConnKind::PeerIn { from } => match from {
+                Some(from) => {
                     info!("connection from node {from} closed: {why}");
                     self.peer_down(from, key);
                 }
-            }
+                None => {
+                    let addr = self.net.peer_addr(&c.conn.stream);
+                    let addr = addr.map_or("?".to_string(), |a| a.to_string());
+                    info!("peer connection from {addr} closed before its Hello: {why}");
+                }
+            },
             ConnKind::PeerOut { to, .. } => {
                 info!("connection to node {to} closed: {why}");
                 self.peer_down(to, key);
@@ -525,10 +534,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.schedule(self.now_tick + HOUSEKEEPING_TICKS, TimerId::Housekeeping);
     }
 
-    /// Close accepted peer connections that never said who they are.
+    /// Close accepted peer connections that never said who they are, and clients that did not
+    /// finish their TLS handshake in time.
     fn expire_silent_peers(&mut self) {
         for key in self.conns.take_silent(self.now) {
-            self.close_conn(key, "no Hello in time");
+            let why = match self.conns[key].kind {
+                ConnKind::Client(_) => "no TLS handshake in time",
+                _ => "no Hello in time",
+            };
+            self.close_conn(key, why);
         }
     }
 

@@ -20,10 +20,24 @@
 //! after every record, so rustls buffers at most one record (16 KiB) of it; plaintext queued
 //! for sending is capped by `TLS_SEND_BUFFER_SIZE_MAX` (rustls refuses more, and the caller's
 //! own output cap applies before that).
+//!
+//! `TlsSocket` is how the daemon uses it: a socket with a TLS session that reads and writes
+//! plaintext like a non-blocking socket (`net::MioNet`'s streams), so that the node's
+//! connections (`conn.rs`) are the same code with and without TLS. Its invariants:
+//! 1. `write` takes plaintext only once the ciphertext of earlier writes is on the socket and
+//!    the handshake is over (else `WouldBlock`), and at most `TLS_WRITE_CHUNK_MAX` bytes of it:
+//!    what rustls holds for sending stays within one chunk's records, and the connection's
+//!    own output cap bounds the rest. `has_buffered_output` says when ciphertext is waiting,
+//!    so the connection asks for writability until it is sent.
+//! 2. One `read` takes at most `TLS_IDLE_RECORDS_SIZE_MAX` bytes of ciphertext that carry no
+//!    plaintext (handshake messages, alerts, empty records) before it fails: a hostile peer
+//!    cannot make a read that the connection's budget does not count run on.
+//! 3. A record that does not decrypt or verify, a certificate that does not verify, or bytes
+//!    that are not TLS at all fail the read before any plaintext is returned.
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::ring;
@@ -35,21 +49,16 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 /// Plaintext rustls may hold for sending on one connection, in bytes.
 pub const TLS_SEND_BUFFER_SIZE_MAX: usize = 64 * 1024 * 1024;
 
-/// Whether the client port demands a client certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientAuth {
-    Optional,
-    Require,
-}
+/// Most plaintext one `TlsSocket::write` encrypts (invariant 1), in bytes.
+pub const TLS_WRITE_CHUNK_MAX: usize = 64 * 1024;
 
-/// Where the PEM files are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-    pub client_auth: ClientAuth,
-}
+/// Most ciphertext one `TlsSocket::read` takes without finding plaintext (invariant 2), in
+/// bytes: four times the largest handshake flight rustls accepts (64 KiB).
+pub const TLS_IDLE_RECORDS_SIZE_MAX: usize = 256 * 1024;
+
+const _: () = assert!(TLS_WRITE_CHUNK_MAX <= TLS_SEND_BUFFER_SIZE_MAX);
+
+pub use crate::config::{ClientAuth, TlsFiles};
 
 /// Why TLS could not be set up: the file and what was wrong with it.
 #[derive(Debug)]
@@ -272,6 +281,102 @@ impl TlsStream {
     /// Say goodbye (queues a close_notify alert to flush).
     pub fn close(&mut self) {
         self.conn.send_close_notify();
+    }
+}
+
+/// A socket with a TLS session: plaintext in and out, non-blocking (see the module header's
+/// invariants 1 to 3).
+pub struct TlsSocket<S> {
+    sock: S,
+    tls: TlsStream,
+}
+
+impl<S: Read + Write> TlsSocket<S> {
+    pub fn new(sock: S, tls: TlsStream) -> TlsSocket<S> {
+        TlsSocket { sock, tls }
+    }
+
+    pub fn socket(&self) -> &S {
+        &self.sock
+    }
+
+    pub fn socket_mut(&mut self) -> &mut S {
+        &mut self.sock
+    }
+
+    /// Ciphertext (records, handshake messages, alerts) waits to be written.
+    pub fn has_buffered_output(&self) -> bool {
+        self.tls.wants_write()
+    }
+
+    /// The handshake is not over yet.
+    pub fn handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+
+    /// Write waiting ciphertext; `Ok(true)` once none is left.
+    fn send_records(&mut self) -> io::Result<bool> {
+        self.tls.flush_to(&mut self.sock)
+    }
+}
+
+impl<S: Read + Write> Read for TlsSocket<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut taken = 0usize;
+        loop {
+            match self.tls.conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Closed without close_notify: a crash, or a truncation; either way the end.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if taken >= TLS_IDLE_RECORDS_SIZE_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TLS: {taken} bytes of records carried no data"),
+                ));
+            }
+            match self.tls.conn.read_tls(&mut self.sock) {
+                Ok(0) => return Ok(0),
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Handshake replies, session tickets: sent now, or once writable.
+                    self.send_records()?;
+                    return Err(e);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.tls.conn.process_new_packets() {
+                // rustls queued an alert saying why; one try to send it, then the caller closes.
+                let _ = self.tls.conn.write_tls(&mut self.sock);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TLS: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+impl<S: Read + Write> Write for TlsSocket<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.send_records()? || self.tls.is_handshaking() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(TLS_WRITE_CHUNK_MAX);
+        let n = self.tls.conn.writer().write(&buf[..n])?;
+        self.send_records()?;
+        Ok(n)
+    }
+
+    /// Send waiting ciphertext; `WouldBlock` if some is left.
+    fn flush(&mut self) -> io::Result<()> {
+        match self.send_records()? {
+            true => Ok(()),
+            false => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kvraft::client::blocking::Options as ClientOptions;
-pub use kvraft::client::blocking::{ClientError, Connection};
+pub use kvraft::client::blocking::{ClientError, ClientTls, Connection};
 use kvraft::client::Value;
 
 /// Cluster tests run one at a time: two clusters electing on a 2-core machine would measure
@@ -93,6 +93,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
     pub nodes: Vec<NodeProc>,
+    /// Clients speak TLS with this (a cluster with `tls_cert` set).
+    pub tls: Option<ClientTls>,
 }
 
 pub struct Options {
@@ -101,6 +103,8 @@ pub struct Options {
     pub extra: Vec<String>,
     /// Runs with the cluster's directory before any node starts (to prepare a data dir).
     pub prepare: Option<Prepare>,
+    /// Clients (`Cluster::client`, `info`, ...) speak TLS with this.
+    pub client_tls: Option<ClientTls>,
 }
 
 /// A step run on the cluster's directory before the nodes start.
@@ -112,6 +116,7 @@ impl Default for Options {
             nodes: 3,
             extra: Vec::new(),
             prepare: None,
+            client_tls: None,
         }
     }
 }
@@ -147,10 +152,12 @@ impl Cluster {
         if let Some(prepare) = &opts.prepare {
             prepare(dir.path());
         }
+        let tls = opts.client_tls.clone();
         let mut c = Cluster {
             dir,
             conf: conf_path,
             nodes,
+            tls,
         };
         for id in 1..=opts.nodes as u64 {
             c.spawn(id);
@@ -303,7 +310,7 @@ impl Cluster {
     }
 
     pub fn client(&self, id: u64) -> Result<Connection, ClientError> {
-        connect(self.node(id).client)
+        Connection::open(self.node(id).client, CLIENT_OPTIONS, self.tls.as_ref())
     }
 
     pub fn info(&self, id: u64) -> Option<HashMap<String, String>> {

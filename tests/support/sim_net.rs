@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use kvraft::node::net::{ConnectState, Net};
+use kvraft::node::net::{ConnectState, Net, NetStream};
 use kvraft::node::Listener;
 use kvraft::prng::Prng;
 use kvraft::raft::NodeId;
@@ -343,6 +343,14 @@ impl SimStream {
                     && me.readable.is_empty()
             }
         }
+    }
+}
+
+/// A pipe holds nothing of its own to send, and has no handshake (no TLS in the simulator); a
+/// read hands out all it holds, up to the buffer, so a short read means drained (as TCP's).
+impl NetStream for SimStream {
+    fn drained_by_short_read(&self) -> bool {
+        true
     }
 }
 

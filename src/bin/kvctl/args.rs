@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kvraft::client::blocking::ClientTls;
 use kvraft::config::load_members;
 
 pub const USAGE: &str = "\
-usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS] [COMMAND ARGS...]
+usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS]
+             [--tls --cacert CA.pem [--cert CERT.pem --key KEY.pem]] [COMMAND ARGS...]
 
 Commands:
   put KEY VALUE            store VALUE under KEY (SET); prints OK
@@ -26,6 +28,9 @@ Options:
   -c, --config FILE        take the endpoints from FILE's client= addresses
                            (default conf/cluster.conf, else 127.0.0.1:6001,6002,6003)
   -t, --timeout SECONDS    give up after this long (default 10); retries while no leader
+  --tls                    speak TLS to the client port (needs --cacert)
+  --cacert FILE            trust servers whose certificate this CA signed (implies --tls)
+  --cert FILE, --key FILE  present this client certificate (tls_client_auth = require)
 Every write goes through an exactly-once session (opened on the first write), so kvctl
 resends it after a lost leader or connection and the cluster applies it once.
   -h, --help               this text
@@ -38,6 +43,10 @@ pub struct Options {
     pub endpoints: Option<Vec<String>>,
     pub config: Option<PathBuf>,
     pub timeout: Duration,
+    pub tls: bool,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     pub words: Vec<String>,
 }
 
@@ -55,6 +64,10 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
         endpoints: None,
         config: None,
         timeout: Duration::from_secs(10),
+        tls: false,
+        cacert: None,
+        cert: None,
+        key: None,
         words: Vec::new(),
     };
     let mut i = 0;
@@ -71,6 +84,10 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
             "-e" | "--endpoints" => opts.endpoints = Some(parse_endpoints(&value()?)?),
             "-c" | "--config" => opts.config = Some(PathBuf::from(value()?)),
             "-t" | "--timeout" => opts.timeout = parse_timeout(&value()?)?,
+            "--tls" => opts.tls = true,
+            "--cacert" => opts.cacert = Some(PathBuf::from(value()?)),
+            "--cert" => opts.cert = Some(PathBuf::from(value()?)),
+            "--key" => opts.key = Some(PathBuf::from(value()?)),
             "--" => {
                 opts.words.extend(argv[i + 1..].iter().cloned());
                 break;
@@ -86,6 +103,22 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
         i += 1;
     }
     Ok(Invocation::Run(opts))
+}
+
+/// The TLS configuration the options ask for: none without `--tls` or `--cacert`.
+pub fn client_tls(opts: &Options) -> Result<Option<ClientTls>, String> {
+    let cert_key = match (&opts.cert, &opts.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".to_string()),
+    };
+    match &opts.cacert {
+        Some(ca) => ClientTls::load(ca, cert_key).map(Some),
+        None if opts.tls || cert_key.is_some() => {
+            Err("TLS needs --cacert (the CA that signed the servers' certificates)".to_string())
+        }
+        None => Ok(None),
+    }
 }
 
 fn parse_timeout(v: &str) -> Result<Duration, String> {
@@ -179,5 +212,23 @@ mod tests {
         assert!(parse_options(&argv("-t 0 get k")).is_err());
         assert!(parse_options(&argv("-e")).is_err());
         assert!(parse_options(&argv("-e nohostport get k")).is_err());
+    }
+
+    #[test]
+    fn tls_options_need_a_ca_and_a_certificate_needs_its_key() {
+        let run = |s: &str| match parse_options(&argv(s)) {
+            Ok(Invocation::Run(o)) => o,
+            other => panic!("{s}: {other:?}"),
+        };
+        let o = run("--tls --cacert ca.pem --cert c.pem --key c.key get k");
+        assert_eq!(o.cacert, Some(PathBuf::from("ca.pem")));
+        assert_eq!((o.tls, o.words.len()), (true, 2));
+        assert!(client_tls(&run("get k")).unwrap().is_none());
+        let err = client_tls(&run("--tls get k")).unwrap_err();
+        assert!(err.contains("--cacert"), "{err}");
+        let err = client_tls(&run("--cacert ca.pem --cert c.pem get k")).unwrap_err();
+        assert!(err.contains("--key"), "{err}");
+        let err = client_tls(&run("--cacert /nonexistent/ca.pem get k")).unwrap_err();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
 }

@@ -24,10 +24,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use kvraft::client::blocking::cluster::ClusterClient;
-use kvraft::client::blocking::{Connection, Options};
+use kvraft::client::blocking::{ClientTls, Connection, Options};
 use kvraft::client::{split_args, Value};
 
-use args::{endpoints, parse_options, Endpoint, Invocation, USAGE};
+use args::{client_tls, endpoints, parse_options, Endpoint, Invocation, USAGE};
 use output::{parse_info, render, status_table};
 use request::build_request;
 
@@ -38,11 +38,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 
 /// Ask every endpoint for `INFO raft` (one short attempt each) and print the table.
-fn status(endpoints: &[Endpoint], timeout: Duration) -> u8 {
+fn status(endpoints: &[Endpoint], timeout: Duration, tls: Option<&ClientTls>) -> u8 {
     let per_node = timeout.min(STATUS_TIMEOUT_MAX);
     let rows: Vec<_> = endpoints
         .iter()
-        .map(|e| (e.clone(), info_raft(&e.addr, per_node)))
+        .map(|e| (e.clone(), info_raft(&e.addr, per_node, tls)))
         .collect();
     print!("{}", status_table(&rows));
     let _ = io::stdout().flush();
@@ -53,9 +53,13 @@ fn status(endpoints: &[Endpoint], timeout: Duration) -> u8 {
     }
 }
 
-fn info_raft(addr: &str, timeout: Duration) -> Option<HashMap<String, String>> {
+fn info_raft(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Option<HashMap<String, String>> {
     let options = Options::new(CONNECT_TIMEOUT.min(timeout), timeout);
-    let mut conn = Connection::connect(addr, options).ok()?;
+    let mut conn = Connection::open(addr, options, tls).ok()?;
     match conn.call(&[b"INFO", b"raft"]).ok()? {
         Value::Bulk(text) => Some(parse_info(&String::from_utf8_lossy(&text))),
         _ => None,
@@ -93,7 +97,12 @@ fn run_words(client: &mut ClusterClient, words: &[Vec<u8>], line_mode: bool) -> 
 
 /// Line mode: one command per stdin line, one answer each. Error replies are answers and do
 /// not stop it; no server answering does (exit 2). Exits 2 if any command failed, else 0.
-fn run_lines(client: &mut ClusterClient, endpoints: &[Endpoint], timeout: Duration) -> u8 {
+fn run_lines(
+    client: &mut ClusterClient,
+    endpoints: &[Endpoint],
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> u8 {
     let mut worst = 0;
     for line in io::stdin().lock().split(b'\n') {
         let Ok(line) = line else { return 2 };
@@ -106,7 +115,7 @@ fn run_lines(client: &mut ClusterClient, endpoints: &[Endpoint], timeout: Durati
             continue;
         }
         let code = if words.len() == 1 && words[0].eq_ignore_ascii_case(b"status") {
-            status(endpoints, timeout)
+            status(endpoints, timeout, tls)
         } else {
             match run_words(client, &words, true) {
                 Ok(code) => code,
@@ -141,13 +150,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match client_tls(&opts) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let addrs = endpoints.iter().map(|e| e.addr.clone()).collect();
     // The io timeout is the whole budget of one command, retries included.
     let mut client =
         ClusterClient::new(addrs, Options::new(CONNECT_TIMEOUT, opts.timeout)).with_sessions();
+    if let Some(tls) = &tls {
+        client = client.with_tls(tls.clone());
+    }
     let code = match opts.words.first().map(String::as_str) {
-        None => run_lines(&mut client, &endpoints, opts.timeout),
-        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout),
+        None => run_lines(&mut client, &endpoints, opts.timeout, tls.as_ref()),
+        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout, tls.as_ref()),
         Some(_) => {
             let words: Vec<Vec<u8>> = opts.words.iter().map(|w| w.as_bytes().to_vec()).collect();
             run_words(&mut client, &words, false).unwrap_or(2)

@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ClientError, Connection, Options};
+use super::{ClientError, ClientTls, Connection, Options};
 use crate::client::value::Value;
 use crate::kv::Request;
 
@@ -40,6 +40,8 @@ pub struct ClusterClient {
     /// Connect timeout per attempt; `io_timeout` is the whole budget of one `call`.
     options: Options,
     sessions: Sessions,
+    /// TLS to every endpoint, when set.
+    tls: Option<ClientTls>,
 }
 
 /// Whether writes go through a session, and the one open.
@@ -90,7 +92,14 @@ impl ClusterClient {
             conn: None,
             options,
             sessions: Sessions::Off,
+            tls: None,
         }
+    }
+
+    /// Speak TLS to every endpoint.
+    pub fn with_tls(mut self, tls: ClientTls) -> ClusterClient {
+        self.tls = Some(tls);
+        self
     }
 
     /// Send every write through an exactly-once session (see the module header).
@@ -255,7 +264,7 @@ impl ClusterClient {
 
     fn connect_to(&mut self, addr: &str) -> Result<(), ClientError> {
         self.conn = None; // closed now, even if the new connection fails
-        self.conn = Some(Connection::connect(addr, self.options)?);
+        self.conn = Some(Connection::open(addr, self.options, self.tls.as_ref())?);
         Ok(())
     }
 

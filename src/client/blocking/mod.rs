@@ -20,6 +20,7 @@
 //! 4. Bad bytes from the server are an error (`ClientError::Protocol`), never a panic.
 
 pub mod cluster;
+pub mod tls;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::resp::{encode_command, parse_value, ParseError, REPLY_BULK_SIZE_MAX};
 use crate::client::value::Value;
+
+pub use self::tls::ClientTls;
 
 /// Largest amount of unparsed reply bytes held, by default: one reply of this size is read
 /// whole before the parser can return it.
@@ -109,9 +112,54 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// The socket, plain or with TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(t)
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_write_timeout(t)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            // A server that closes without close_notify has closed all the same.
+            Stream::Tls(t) => match t.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => {
+                let n = t.write(buf)?;
+                t.flush()?;
+                Ok(n)
+            }
+        }
+    }
+}
+
 /// A blocking connection to one server.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     options: Options,
     /// Received bytes; `buf[start..end]` are not yet parsed (invariant 1). `buf.len()` is the
     /// allocated, zeroed size, so reads go straight into it.
@@ -128,6 +176,16 @@ impl Connection {
         addr: A,
         options: Options,
     ) -> Result<Connection, ClientError> {
+        Connection::open(addr, options, None)
+    }
+
+    /// Connect to `addr`, over TLS when `tls` is given: the handshake is done here, within the
+    /// io timeout, and the server's certificate must carry `addr`'s host.
+    pub fn open<A: ToSocketAddrs + fmt::Display>(
+        addr: A,
+        options: Options,
+        tls: Option<&ClientTls>,
+    ) -> Result<Connection, ClientError> {
         let fail = |source| ClientError::Connect {
             addr: addr.to_string(),
             source,
@@ -140,6 +198,12 @@ impl Connection {
         let stream = TcpStream::connect_timeout(&sock, options.connect_timeout).map_err(fail)?;
         // Requests are small and answered one by one: Nagle would add a delay to each.
         let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(tls) => Stream::Tls(Box::new(
+                handshake(stream, &addr.to_string(), tls, options).map_err(fail)?,
+            )),
+        };
         Ok(Connection {
             stream,
             options,
@@ -299,6 +363,28 @@ impl Connection {
         self.buf.resize(size, 0);
         Ok(())
     }
+}
+
+/// A TLS session over `sock`, its handshake done within `options.io_timeout`.
+fn handshake(
+    mut sock: TcpStream,
+    addr: &str,
+    tls: &ClientTls,
+    options: Options,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let name = tls::server_name(addr).map_err(io::Error::other)?;
+    let mut session =
+        rustls::ClientConnection::new(tls.config().clone(), name).map_err(io::Error::other)?;
+    sock.set_read_timeout(Some(options.io_timeout))?;
+    sock.set_write_timeout(Some(options.io_timeout))?;
+    while session.is_handshaking() {
+        session.complete_io(&mut sock)?;
+    }
+    // The last handshake message may still be queued (TLS 1.3 client Finished).
+    while session.wants_write() {
+        session.complete_io(&mut sock)?;
+    }
+    Ok(rustls::StreamOwned::new(session, sock))
 }
 
 #[cfg(test)]
