@@ -37,13 +37,17 @@
 //! | `max_clients` | `limits::CLIENT_CONNECTIONS_MAX` (10000) | client connections served at once, 1 ..= that limit |
 //! | `forward_to_leader` | `true` | `true`: a follower forwards client writes to the leader; `false`: it answers `-REDIRECT <leader client address>` |
 //! | `seed` | derived from the id | seed of this node's PRNG (election timeouts); set it to replay a run |
+//! | `requirepass` | none | the `default` user's password: clients must `AUTH` before any other command (`crate::auth`); 1 ..= `limits::PASSWORD_SIZE_MAX` bytes, no whitespace before a `#` |
+//! | `adminpass` | none | the `admin` user's password: only a connection that did `AUTH admin <pass>` may run admin commands (membership, transfer, snapshots, CONFIG SET) |
+//! | `requirepass_file`, `adminpass_file` | none | read the password from this file instead (one line; a final newline is dropped), so it can stay out of a world-readable config; relative to the working directory |
 //! | `tls_cert` | unset | PEM certificate chain of this node (`tls_cert`, `tls_key` and `tls_ca` go together): TLS on the client port, mutual TLS on the peer port; `{id}` is replaced by the node id (one file for every node: `tls_cert = /etc/kvraft/node{id}.pem`); relative to the working directory; reloaded on SIGHUP |
 //! | `tls_key` | unset | PEM private key of `tls_cert` |
 //! | `tls_ca` | unset | PEM CA certificate(s): peers (both directions) and, when required, clients must present a certificate it signed |
 //! | `tls_client_auth` | `none` | `require`: a client must present a certificate signed by `tls_ca`; `none`: not demanded (one presented is still verified). `require` needs `tls_cert` |
 //!
 //! Numbers may use `_` separators (`100_000`); `*_bytes` keys also take a `KiB`, `MiB` or `GiB`
-//! suffix (`64MiB`). Booleans are `true` or `false`.
+//! suffix (`64MiB`). Booleans are `true` or `false`. No error message ever quotes a password
+//! (a line that sets one is not echoed).
 //!
 //! Invariants of a `Config` returned by `parse`/`load`:
 //! 1. `members` is non-empty, sorted by id, with no duplicate ids or addresses, and holds `id`.
@@ -54,9 +58,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::auth::{Secret, Users};
 
 use crate::limits::{
-    CLIENT_CONNECTIONS_MAX, CONFIG_LINE_SIZE_MAX, ENTRY_SIZE_MAX, MEMBERS_MAX,
+    CLIENT_CONNECTIONS_MAX, CONFIG_LINE_SIZE_MAX, ENTRY_SIZE_MAX, MEMBERS_MAX, PASSWORD_SIZE_MAX,
     SNAPSHOT_CHUNK_SIZE_MAX,
 };
 use crate::raft::types::NodeId;
@@ -92,11 +99,27 @@ const KEYS: &[&str] = &[
     "tls_key",
     "tls_ca",
     "tls_client_auth",
+    "requirepass",
+    "adminpass",
+    "requirepass_file",
+    "adminpass_file",
 ];
+
+/// Keys whose value is a secret: never echoed in an error.
+const SECRET_KEYS: &[&str] = &["requirepass", "adminpass"];
 
 /// Keys without a default value, left out of `conf/example.conf`'s list of defaults.
 #[cfg(test)]
-const KEYS_WITHOUT_DEFAULT: &[&str] = &["seed", "tls_cert", "tls_key", "tls_ca"];
+const KEYS_WITHOUT_DEFAULT: &[&str] = &[
+    "seed",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "requirepass",
+    "adminpass",
+    "requirepass_file",
+    "adminpass_file",
+];
 
 /// One member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +179,8 @@ pub struct Config {
     pub max_clients: usize,
     pub forward_to_leader: bool,
     pub seed: Option<u64>,
+    /// The passwords (`requirepass`, `adminpass`); shared by every client connection.
+    pub users: Arc<Users>,
     /// TLS on both ports, when the three files are set.
     pub tls: Option<TlsFiles>,
 }
@@ -274,6 +299,7 @@ fn defaults() -> Config {
         max_clients: CLIENT_CONNECTIONS_MAX,
         forward_to_leader: true,
         seed: None,
+        users: Arc::new(Users::default()),
         tls: None,
     }
 }
@@ -307,7 +333,13 @@ fn parse_settings(text: &str, file: &str) -> Result<Settings, ConfigError> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(at(line_no, format!("expected `key = value`, got `{line}`")));
+            // `requirepass hunter2` must not reach a log.
+            let secret = SECRET_KEYS.iter().any(|k| line.starts_with(k));
+            let shown = if secret { "a password line" } else { line };
+            return Err(at(
+                line_no,
+                format!("expected `key = value`, got `{shown}`"),
+            ));
         };
         let (key, value) = (key.trim(), value.trim());
         if let Some(&first) = settings.lines.get(key) {
@@ -385,6 +417,9 @@ fn apply(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> 
             }
         }
         "seed" => c.seed = Some(number(key, value, 0, u64::MAX)?),
+        "requirepass" | "adminpass" | "requirepass_file" | "adminpass_file" => {
+            set_password(c, key, value)?
+        }
         "tls_cert" | "tls_key" | "tls_ca" => {
             if value.is_empty() {
                 return Err(format!("`{key}` expects a PEM file path"));
@@ -413,6 +448,55 @@ fn apply(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> 
         },
     }
     Ok(())
+}
+
+/// `requirepass`, `adminpass`, or their `_file` forms. Errors name the key, never the value.
+fn set_password(c: &mut Config, key: &str, value: &str) -> Result<(), String> {
+    let (user, pass) = match key.strip_suffix("_file") {
+        Some(user) => (user, read_password_file(key, value)?),
+        None => (key, value.as_bytes().to_vec()),
+    };
+    if pass.is_empty() || pass.len() > PASSWORD_SIZE_MAX {
+        return Err(format!(
+            "`{key}` expects a password of 1 to {PASSWORD_SIZE_MAX} bytes (leave the key out \
+             for none)"
+        ));
+    }
+    let users = Arc::make_mut(&mut c.users);
+    let slot = match user {
+        "requirepass" => &mut users.requirepass,
+        _ => &mut users.adminpass,
+    };
+    if slot.is_some() {
+        return Err(format!(
+            "`{user}` is set twice (`{user}` and `{user}_file`)"
+        ));
+    }
+    *slot = Some(Secret::new(pass));
+    Ok(())
+}
+
+/// The password in the file `path` (one line; one final newline is dropped), checked against
+/// `PASSWORD_SIZE_MAX` before it is read.
+fn read_password_file(key: &str, path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("`{key}`: cannot read `{path}`: {e}");
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    // One byte past the limit (and a newline) tells an overlong file from a full one.
+    file.take(PASSWORD_SIZE_MAX as u64 + 2)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.contains(&b'\n') {
+        return Err(format!("`{key}`: `{path}` holds more than one line"));
+    }
+    Ok(bytes)
 }
 
 fn cluster_name(value: &str) -> Result<String, String> {
@@ -646,6 +730,63 @@ node.3 = peer=127.0.0.1:7003 client=127.0.0.1:6003
         assert_eq!(e.line, line, "{e}");
         assert!(e.msg.contains(contains), "{e} lacks {contains:?}");
         assert_eq!(e.file, "t.conf");
+    }
+
+    #[test]
+    fn passwords_come_from_the_file_or_a_password_file_and_are_never_echoed() {
+        let c = parse(&format!(
+            "{MEMBERS}requirepass = s3cret # a comment\nadminpass = r00t\n"
+        ))
+        .unwrap();
+        assert!(c.users.requirepass.as_ref().unwrap().matches(b"s3cret"));
+        assert!(c.users.adminpass.as_ref().unwrap().matches(b"r00t"));
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug shows a password"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let c = parse(&format!("{MEMBERS}adminpass_file = {}\n", file.display())).unwrap();
+        assert!(c.users.adminpass.as_ref().unwrap().matches(b"from-file"));
+        assert!(c.users.requirepass.is_none());
+        // Errors name the key, never the value.
+        for (extra, contains) in [
+            ("requirepass hunter2\n", "a password line"),
+            (
+                "requirepass =\n",
+                "`requirepass` expects a password of 1 to",
+            ),
+            (
+                "adminpass_file = /nonexistent/pw\n",
+                "`adminpass_file`: cannot read",
+            ),
+        ] {
+            let e = error(extra);
+            assert!(e.msg.contains(contains), "{e}");
+            assert!(!e.msg.contains("hunter2"), "{e}");
+        }
+        let long = "x".repeat(PASSWORD_SIZE_MAX + 1);
+        let e = error(&format!("requirepass = {long}\n"));
+        assert!(
+            !e.msg.contains(&long) && e.msg.contains("1 to 1024 bytes"),
+            "{e}"
+        );
+        std::fs::write(&file, format!("{long}\n")).unwrap();
+        let e = error(&format!("requirepass_file = {}\n", file.display()));
+        assert!(
+            !e.msg.contains(&long) && e.msg.contains("1 to 1024 bytes"),
+            "{e}"
+        );
+        std::fs::write(&file, "two\nlines\n").unwrap();
+        let e = error(&format!("requirepass_file = {}\n", file.display()));
+        assert!(e.msg.contains("more than one line"), "{e}");
+        std::fs::write(&file, "pw\n").unwrap();
+        let e = error(&format!(
+            "requirepass = a\nrequirepass_file = {}\n",
+            file.display()
+        ));
+        assert!(e.msg.contains("set twice"), "{e}");
     }
 
     #[test]

@@ -99,6 +99,11 @@ pub const MEMBERS_MAX: usize = 64;
 /// Bytes of one config file line.
 pub const CONFIG_LINE_SIZE_MAX: usize = 4096;
 
+/// Longest password (`requirepass`, `adminpass`, or the file that holds one), in bytes.
+pub const PASSWORD_SIZE_MAX: usize = 1024;
+
+const _: () = assert!(PASSWORD_SIZE_MAX < CONFIG_LINE_SIZE_MAX);
+
 /// ReadIndex requests waiting at the leader at once.
 pub const READS_PENDING_MAX: usize = 64 * 1024;
 

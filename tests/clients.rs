@@ -8,7 +8,8 @@
 //! The tools come from `make setup` (redis-py from pip, node-redis and ioredis from npm in
 //! tools/clients/, redis-cli and redis-benchmark from Debian). A missing tool skips its row
 //! with a message, unless `KVRAFT_REQUIRE_CLIENTS=1` (set by `make test` and
-//! `make test-clients`), which makes it a failure.
+//! `make test-clients`), which makes it a failure. One more cluster runs the script with
+//! `requirepass` and `adminpass` set, every client authenticated (`MATRIX_PASSWORD`).
 
 mod harness;
 
@@ -40,6 +41,11 @@ fn available(what: &str, probe: &mut Command) -> bool {
 
 /// Run one row through the leader, then through a follower.
 fn run_row(c: &Cluster, name: &str, program: &str, args: &[&str]) {
+    run_row_env(c, name, program, args, &[]);
+}
+
+/// `run_row` with environment variables for the script (`MATRIX_PASSWORD`, ...).
+fn run_row_env(c: &Cluster, name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) {
     for via in ["leader", "follower"] {
         let leader = c.wait_leader(LONG);
         let node = match via {
@@ -50,6 +56,7 @@ fn run_row(c: &Cluster, name: &str, program: &str, args: &[&str]) {
         let run = format!("{}-{via}", name.replace(' ', "-"));
         let mut cmd = Command::new(program);
         cmd.args(args).arg(&port).arg(&run).current_dir(tools());
+        cmd.envs(env.iter().copied());
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("{name}: cannot run {program}: {e}"));
@@ -135,4 +142,37 @@ fn redis_cli_and_redis_benchmark_pass_the_matrix() {
     let _g = serial();
     let c = Cluster::start(Options::default());
     run_row(&c, "redis-cli", "sh", &["matrix.sh"]);
+}
+
+/// The password row: a cluster with `requirepass` and `adminpass`; redis-py (AUTH in RESP2,
+/// HELLO 3 AUTH in RESP3), node-redis (RESP3: HELLO 3 AUTH) and redis-cli/redis-benchmark run
+/// the whole script authenticated, TRANSFER as `admin` (issue 18).
+#[test]
+fn clients_with_passwords_pass_the_matrix() {
+    let (py, node_redis) = (python_has_redis(), node_has("redis"));
+    let cli = available("redis-cli", Command::new("redis-cli").arg("--version"));
+    let _g = serial();
+    let c = Cluster::start(Options {
+        extra: vec![
+            "requirepass = matrix-data-pw".into(),
+            "adminpass = matrix-admin-pw".into(),
+        ],
+        ..Options::default()
+    });
+    let env = [
+        ("MATRIX_PASSWORD", "matrix-data-pw"),
+        ("MATRIX_ADMINPASS", "matrix-admin-pw"),
+    ];
+    if py {
+        run_row_env(&c, "redis-py auth", "python3", &["matrix.py"], &env);
+        let args = ["matrix.py", "--proto", "3"];
+        run_row_env(&c, "redis-py auth resp3", "python3", &args, &env);
+    }
+    if node_redis {
+        let args = ["matrix.js", "node-redis", "3"];
+        run_row_env(&c, "node-redis auth resp3", "node", &args, &env);
+    }
+    if cli {
+        run_row_env(&c, "redis-cli auth", "sh", &["matrix.sh"], &env);
+    }
 }

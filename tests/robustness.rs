@@ -591,11 +591,13 @@ fn hostile_frames(from: u64, to: u64, term: u64, last: u64) -> Vec<Frame> {
             id: max,
             args: Vec::new(),
             proto: 3,
+            rights: 2,
         },
         Frame::ClientRequest {
             id: 0,
             args: vec![Vec::new(); 3],
             proto: 2,
+            rights: 0,
         },
         Frame::ClientReply {
             id: max,

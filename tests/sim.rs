@@ -26,7 +26,12 @@
 //! forward), send malformed and oversized requests, and (in some seeds) membership changes
 //! and leadership transfers as client commands. Each node has its own wall clock (fed through
 //! `Node::set_wall_ms`) that starts apart from the others, drifts (±5%) and jumps (±3 s,
-//! either way); in half the seeds clients also send TTL commands (`Clocks`).
+//! either way); in half the seeds clients also send TTL commands (`Clocks`). In the odd seeds
+//! the cluster has `requirepass` and `adminpass`: every client connection AUTHs first (now
+//! and then after a write that must answer NOAUTH), and the admin commands of the clients
+//! that are `default` must answer NOPERM, through any node (issue 18). Every forwarded request
+//! carries its connection's rights (`check_forwarded_rights`): never none, always admin
+//! without passwords, and over a run both the default user's and the admin's.
 //!
 //! After every step: each node's `check_invariants()`; election safety (one leader per term);
 //! log matching (an entry id always follows the same term); leader completeness (a leader
@@ -116,6 +121,11 @@ struct Params {
     clients: u64,
     garbage: u64,
     membership: bool,
+    /// The cluster has `requirepass` and `adminpass` (odd seeds; not drawn, so the other
+    /// draws of every seed stay as they were): every client AUTHs first, some after a
+    /// command that must answer NOAUTH; odd clients are `default` and their admin commands
+    /// must answer NOPERM, even ones are `admin`.
+    auth: bool,
 }
 
 impl Params {
@@ -143,6 +153,7 @@ impl Params {
             clients: rng.range(1, 5),
             garbage: [0, 20, 100][rng.range(0, 3) as usize],
             membership,
+            auth: false,
         }
     }
 }
@@ -163,6 +174,10 @@ struct Stats {
     txs_aborted: u64,
     garbage_sent: u64,
     admin_sent: u64,
+    /// NOAUTH and NOPERM answers checked (seeds with `Params::auth`).
+    auth_refusals: u64,
+    /// Forwarded requests by the rights they carried (`check_forwarded_rights`).
+    forwarded_rights: [u64; 3],
     elections: u64,
     /// Syncs that took time, and the ticks they took.
     slow_syncs: u64,
@@ -195,6 +210,10 @@ impl Stats {
         self.reads_checked += o.reads_checked;
         self.garbage_sent += o.garbage_sent;
         self.admin_sent += o.admin_sent;
+        self.auth_refusals += o.auth_refusals;
+        for (t, r) in self.forwarded_rights.iter_mut().zip(o.forwarded_rights) {
+            *t += r;
+        }
         self.elections += o.elections;
         self.slow_syncs += o.slow_syncs;
         self.slow_sync_ticks += o.slow_sync_ticks;
@@ -241,6 +260,11 @@ enum Op {
     Garbage,
     /// One reply of a pipelined transaction (see `send_transaction`).
     Tx(TxStep),
+    /// `AUTH`: `+OK`, always (the node answers it itself).
+    Auth,
+    /// A command before `AUTH`, or an admin command of a `default` client: exactly this
+    /// refusal (`Params::auth`).
+    Refused(&'static str),
 }
 
 /// The replies of the pipeline `send_transaction` sends, in order.
@@ -326,15 +350,25 @@ fn config_text(ids: &[u64], seed: u64, p: &Params) -> String {
         let (peer, client) = addrs(NodeId(i));
         t.push_str(&format!("node.{i} = peer={peer} client={client}\n"));
     }
+    if p.auth {
+        t.push_str(&format!(
+            "requirepass = {SIM_DATA_PASS}\nadminpass = {SIM_ADMIN_PASS}\n"
+        ));
+    }
     t
 }
+
+/// The passwords of the seeds with `Params::auth`.
+const SIM_DATA_PASS: &str = "sim-data";
+const SIM_ADMIN_PASS: &str = "sim-admin";
 
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Prng::new(seed);
         let mut slow_rng = Prng::new(seed ^ 0x5105_5c4c);
         let mut lost_rng = Prng::new(seed ^ 0x1057_d15c);
-        let p = Params::draw(&mut rng, &mut slow_rng, &mut lost_rng);
+        let mut p = Params::draw(&mut rng, &mut slow_rng, &mut lost_rng);
+        p.auth = seed % 2 == 1;
         let world = World::new();
         world.borrow_mut().faults = support::sim_net::NetFaults {
             loss: p.loss,
@@ -536,6 +570,7 @@ impl Sim {
         self.check_progress();
         self.check_acked_writes();
         self.check_session_counters();
+        self.check_forwarded_rights();
         self.stats.keys_expired = self
             .members
             .values()
@@ -547,6 +582,25 @@ impl Sim {
 
     /// One tick: the network delivers, every live node takes its turn, clients act; then
     /// every check runs.
+    /// A follower forwards a request with the rights of the client's connection: never
+    /// none (an unauthenticated client's command is refused where it arrives), and without
+    /// passwords always the admin's (every connection may do everything, `auth.rs` rule 2).
+    /// Across seeds, both 1 (`default` clients) and 2 must be seen (the main test).
+    fn check_forwarded_rights(&mut self) {
+        let seen = self.world.borrow().forwarded_rights;
+        assert_eq!(
+            seen[0], 0,
+            "FORWARD RIGHTS: unauthenticated requests were forwarded"
+        );
+        if !self.p.auth {
+            assert_eq!(
+                seen[1], 0,
+                "FORWARD RIGHTS: without passwords, rights below admin"
+            );
+        }
+        self.stats.forwarded_rights = seen;
+    }
+
     fn step(&mut self, clients: bool) {
         self.now_ms += TICK_MS;
         self.stats.ticks += 1;
@@ -696,6 +750,9 @@ impl Sim {
             cl.stream = SimStream::client_connect(&self.world, id, addr);
             cl.inbuf.clear();
             cl.pending.clear();
+            if self.p.auth && self.clients[c].stream.is_some() {
+                self.client_auth(c);
+            }
         }
         if self.clients[c].stream.is_none() {
             return;
@@ -746,7 +803,10 @@ impl Sim {
             let args = self.admin_command();
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
             resp::encode_command(&refs, &mut out);
-            Op::Any
+            match self.p.auth && self.clients[c].id % 2 == 1 {
+                true => Op::Refused("NOPERM User default has no permissions"),
+                false => Op::Any,
+            }
         } else if roll >= 1000 - TX_PER_MILLE && !self.transaction_open(c) {
             return self.send_transaction(c);
         } else if roll < 600 || self.acked.is_empty() {
@@ -771,6 +831,29 @@ impl Sim {
             return;
         }
         cl.pending.push_back(op);
+    }
+
+    /// A new connection of a cluster with passwords: now and then a write that must be
+    /// refused (NOAUTH) first, then `AUTH` as `admin` (even clients) or `default` (odd).
+    fn client_auth(&mut self, c: usize) {
+        let mut out = Vec::new();
+        let mut ops = Vec::new();
+        if self.rng.chance(1, 4) {
+            resp::encode_command(&[b"SET", b"never-written", b"x"], &mut out);
+            ops.push(Op::Refused("NOAUTH Authentication required."));
+        }
+        match self.clients[c].id % 2 {
+            0 => resp::encode_command(&[b"AUTH", b"admin", SIM_ADMIN_PASS.as_bytes()], &mut out),
+            _ => resp::encode_command(&[b"AUTH", SIM_DATA_PASS.as_bytes()], &mut out),
+        }
+        ops.push(Op::Auth);
+        let cl = &mut self.clients[c];
+        let stream = cl.stream.as_mut().expect("connected");
+        if std::io::Write::write_all(stream, &out).is_err() {
+            cl.stream = None;
+            return;
+        }
+        cl.pending.extend(ops);
     }
 
     // --- transactions (MULTI/EXEC/WATCH) ----------------------------------------------------
@@ -991,6 +1074,14 @@ impl Sim {
                 "LOST WRITE: GET {} found nothing after its write was acknowledged",
                 String::from_utf8_lossy(&key)
             ),
+            (Op::Auth, v) => assert_eq!(v, Value::ok(), "AUTH with the right password"),
+            (Op::Refused(want), v) => {
+                assert!(
+                    matches!(&v, Value::Error(e) if e.starts_with(want)),
+                    "AUTH: expected {want:?}, got {v:?}"
+                );
+                self.stats.auth_refusals += 1;
+            }
             _ => {}
         }
     }
@@ -1321,6 +1412,15 @@ fn simulated_clusters_of_real_nodes_keep_every_safety_property_and_recover_after
         total.add(&run_seed(seed));
     }
     eprintln!("{} seeds in {:.1?}: {total:?}", seeds.len(), t0.elapsed());
+    if seeds.len() >= 20 {
+        // Followers stamp what each connection has, not one constant (`Params::auth`).
+        let [_, data, admin] = total.forwarded_rights;
+        assert!(
+            data > 0 && admin > 0,
+            "FORWARD RIGHTS: {:?}",
+            total.forwarded_rights
+        );
+    }
 }
 
 // --- the session workload ------------------------------------------------------------------
@@ -1354,6 +1454,8 @@ struct SessionClient {
     acked_stamp_ms: u64,
     /// Stopped after its session expired legitimately (clocks jumped past the timeout).
     retired: bool,
+    /// Its `AUTH` (sent first on every connection, `Params::auth`) is not answered yet.
+    auth_pending: bool,
 }
 
 impl Sim {
@@ -1373,6 +1475,7 @@ impl Sim {
                 key: format!("session-counter-{i}").into_bytes(),
                 acked_stamp_ms: 0,
                 retired: false,
+                auth_pending: false,
             });
         }
     }
@@ -1396,8 +1499,18 @@ impl Sim {
             sc.inbuf.clear();
             sc.sent = false;
             sc.waited_ticks = 0;
-            if sc.stream.is_none() {
+            sc.auth_pending = false;
+            let Some(stream) = sc.stream.as_mut() else {
                 return;
+            };
+            if self.p.auth {
+                let mut out = Vec::new();
+                resp::encode_command(&[b"AUTH", SIM_DATA_PASS.as_bytes()], &mut out);
+                if std::io::Write::write_all(stream, &out).is_err() {
+                    sc.stream = None;
+                    return;
+                }
+                sc.auth_pending = true;
             }
         }
         self.session_client_read(c);
@@ -1466,6 +1579,11 @@ impl Sim {
             Err(e) => panic!("session client {}: unparsable reply: {e}", sc.id),
         };
         sc.inbuf.drain(..n);
+        if sc.auth_pending {
+            assert_eq!(v, Value::ok(), "session client {}: AUTH", sc.id);
+            sc.auth_pending = false;
+            return;
+        }
         let seq = sc.outstanding.expect("a reply to a request sent");
         match (seq, v) {
             (0, Value::Integer(id)) => {

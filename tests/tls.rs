@@ -4,6 +4,7 @@
 //! certificate, a member whose certificate another CA signed gets no data and no vote,
 //! garbage and stalled handshakes on either port leave every node up, SIGHUP reloads the
 //! certificate (a failed reload keeps the old one), and a missing file stops the start.
+//! With passwords set too, `redis-cli --tls -a` and kvctl with `KVRAFT_PASSWORD` are served.
 
 mod harness;
 
@@ -520,4 +521,48 @@ fn a_follower_catches_up_through_install_snapshot_over_mutual_tls() {
             .collect::<Option<_>>()?;
         hashes.iter().all(|h| *h == hashes[0]).then_some(())
     });
+}
+
+/// TLS and passwords together (issue 18): `redis-cli --tls --cacert ... -a ...` and kvctl
+/// with `--cacert` and `KVRAFT_PASSWORD` are served; without the password, NOAUTH.
+#[test]
+fn redis_cli_and_kvctl_authenticate_over_tls() {
+    let _g = serial();
+    let t = TlsCluster::start(
+        3,
+        &["requirepass = tls-data-pw", "adminpass = tls-admin-pw"],
+    );
+    let (c, dir) = (&t.c, t.dir());
+    let leader = c.wait_leader(LONG);
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let port = c.node(follower).client.port();
+    let data = ["--no-auth-warning", "-a", "tls-data-pw"];
+    wait_for(LONG, "redis-cli --tls -a SET through a follower", || {
+        (redis_cli(dir, port, &data, &["SET", "tls-auth", "yes"]) == "OK").then_some(())
+    });
+    assert_eq!(redis_cli(dir, port, &data, &["GET", "tls-auth"]), "yes");
+    assert!(redis_cli(dir, port, &[], &["GET", "tls-auth"]).contains("NOAUTH"));
+    let admin = [
+        "--no-auth-warning",
+        "--user",
+        "admin",
+        "--pass",
+        "tls-admin-pw",
+    ];
+    assert!(!redis_cli(dir, port, &admin, &["MEMBER", "LIST"]).contains("NOPERM"));
+    let ca = dir.join("ca.pem").display().to_string();
+    let endpoints: Vec<String> = c.nodes.iter().map(|n| n.client.to_string()).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args([
+            "-e",
+            &endpoints.join(","),
+            "--cacert",
+            &ca,
+            "get",
+            "tls-auth",
+        ])
+        .env("KVRAFT_PASSWORD", "tls-data-pw")
+        .output()
+        .expect("run kvctl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
 }

@@ -191,6 +191,7 @@ fn frame(rng: &mut Prng) -> Frame {
                 id: any_u64(rng),
                 args: (0..argc).map(|_| bytes(rng, 512)).collect(),
                 proto: if rng.chance(1, 2) { 2 } else { 3 },
+                rights: rng.range(0, 3) as u8,
             }
         }
         _ => Frame::ClientReply {
@@ -554,7 +555,7 @@ fn a_hello_with_the_wrong_magic_or_version_is_a_handshake_error() {
     assert_eq!(good.len(), 67);
     assert_eq!(&good[5..9], b"KVRF");
     assert_eq!(&good[9..11], &PROTOCOL_VERSION.to_be_bytes());
-    assert_eq!(PROTOCOL_VERSION, 3);
+    assert_eq!(PROTOCOL_VERSION, 4);
     // The byte layout of frame.rs's table: uid at body offset 14, incarnation at 30.
     assert_eq!(
         &good[19..35],
@@ -744,9 +745,11 @@ fn client_request_counts_are_checked_against_the_bytes_present() {
         id: 1,
         args: vec![b"GET".to_vec(), b"k".to_vec()],
         proto: 2,
+        rights: 1,
     });
     let mut count = ok.clone();
-    // 12 body bytes follow the count: room for at most 3 four-byte lengths.
+    // 14 body bytes follow the count (arguments, protocol, rights): room for at most 3
+    // four-byte lengths.
     count[13..17].copy_from_slice(&4u32.to_be_bytes());
     assert_eq!(malformed_what(&count), "argument count");
     count[13..17].copy_from_slice(&3u32.to_be_bytes());
@@ -756,10 +759,18 @@ fn client_request_counts_are_checked_against_the_bytes_present() {
     let mut arg_len = ok.clone();
     arg_len[17..21].copy_from_slice(&u32::MAX.to_be_bytes());
     assert_eq!(malformed_what(&arg_len), "argument");
-    // The trailing RESP protocol byte is 2 or 3.
+    // The RESP protocol byte is 2 or 3; the trailing rights byte at most 2.
     let mut proto = ok.clone();
-    *proto.last_mut().unwrap() = 4;
+    let n = proto.len();
+    proto[n - 2] = 4;
     assert_eq!(malformed_what(&proto), "protocol");
+    let mut rights = ok.clone();
+    *rights.last_mut().unwrap() = 3;
+    assert_eq!(malformed_what(&rights), "rights");
+    let mut short = ok.clone();
+    short.pop();
+    short[..4].copy_from_slice(&((ok.len() - 6) as u32).to_be_bytes());
+    assert_eq!(malformed_what(&short), "rights");
     let mut reply = encoded(&Frame::ClientReply {
         id: 1,
         reply: b"+OK\r\n".to_vec(),
@@ -863,6 +874,7 @@ fn every_count_decode_refuses_is_an_encode_error() {
             id: 1,
             args,
             proto: 2,
+            rights: 0,
         },
         "arguments",
     );

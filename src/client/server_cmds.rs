@@ -115,6 +115,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec!("echo", 2, LSF, NONE, "connection", "Returns its argument."),
     spec!("quit", -1, QUIT, NONE, "connection", "Closes the connection."),
     spec!("hello", -1, QUIT, NONE, "connection", "Chooses the protocol (2 or 3)."),
+    spec!("auth", -2, QUIT, NONE, "connection", "Authenticates the connection (requirepass, adminpass)."),
     spec!("select", 2, LSF, NONE, "connection", "Selects database 0, the only one."),
     spec!("client", -2, NONE_FLAGS, NONE, "connection", "Names and lists connections."),
     spec!("multi", 1, MULTI, NONE, "transactions", "Starts a transaction: commands queue until EXEC."),
@@ -134,6 +135,11 @@ pub const COMMANDS: &[CommandSpec] = &[
 ];
 
 const NONE_FLAGS: &[&str] = &[];
+
+/// The table's entry for `name` (lowercase, as `resp::command_name` gives it).
+pub fn spec(name: &str) -> Option<&'static CommandSpec> {
+    find(name.as_bytes())
+}
 
 fn find(name: &[u8]) -> Option<&'static CommandSpec> {
     COMMANDS

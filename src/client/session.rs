@@ -37,6 +37,7 @@
 
 use std::time::Instant;
 
+use crate::auth::{self, ConnAuth, Rights};
 use crate::client::resp::{command_name, COMMAND_NAME_SIZE_MAX};
 use crate::client::value::{Protocol, Value};
 use crate::kv::tx::{self, ItemKind, Queue};
@@ -82,6 +83,8 @@ pub struct Session {
     pub name: Vec<u8>,
     pub lib_name: Vec<u8>,
     pub lib_ver: Vec<u8>,
+    /// Who the connection authenticated as, and what it may run (`crate::auth`).
+    pub auth: ConnAuth,
     /// `MULTI` was sent and neither `EXEC` nor `DISCARD` yet.
     multi: Option<Multi>,
     /// Watched keys, each with the applied index its WATCH read saw.
@@ -107,6 +110,7 @@ impl Session {
             name: Vec::new(),
             lib_name: Vec::new(),
             lib_ver: Vec::new(),
+            auth: ConnAuth::default(),
             multi: None,
             watched: Vec::new(),
             watched_size: 0,
@@ -143,11 +147,17 @@ impl Session {
         self.last_cmd.clear();
         self.last_cmd.push_str(name.unwrap_or("unknown"));
         let name = name.unwrap_or("");
+        // Rights first: a command the connection may not run does nothing else. Inside MULTI
+        // the refusal makes EXEC abort, as in Redis.
+        if let Some(denied) = auth::check(self.auth.rights(), args) {
+            return Gate::Reply(self.fail(denied));
+        }
         // QUIT still closes the connection inside MULTI, as in Redis.
         if self.multi.is_some() && name != "quit" {
             return self.admit_in_multi(name, args);
         }
         let reply = match (name, args.len()) {
+            ("auth", _) => self.auth.auth_command(args),
             ("hello", _) => self.hello(args),
             ("multi", 1) => {
                 self.multi = Some(Multi::default());
@@ -189,6 +199,7 @@ impl Session {
                 Value::ok()
             }
             ("multi", 1) => Value::error("ERR MULTI calls can not be nested"),
+            ("auth", _) => self.fail(not_in_transaction()),
             ("watch", n) if n >= 2 => Value::error("ERR WATCH inside MULTI is not allowed"),
             ("unwatch", 1) => self.queue_reply(ItemKind::Status, b"OK"),
             ("ping", 1) => self.queue_reply(ItemKind::Status, b"PONG"),
@@ -357,15 +368,13 @@ impl Session {
             }
         }
         let mut name = None;
+        let mut credentials: Option<(&[u8], &[u8])> = None;
         let mut j = 2;
         while j < args.len() {
             let more = args.len() - 1 - j;
             let opt = &args[j];
             if opt.eq_ignore_ascii_case(b"auth") && more >= 2 {
-                // No ACLs yet: the default user has no password, as in a fresh Redis.
-                if !args[j + 1].eq_ignore_ascii_case(b"default") {
-                    return wrongpass();
-                }
+                credentials = Some((&args[j + 1], &args[j + 2]));
                 j += 3;
             } else if opt.eq_ignore_ascii_case(b"setname") && more >= 1 {
                 if let Err(e) = check_name(&args[j + 1]) {
@@ -379,6 +388,19 @@ impl Session {
                     String::from_utf8_lossy(opt)
                 ));
             }
+        }
+        // Redis authenticates once every option parsed, before anything changes.
+        if let Some((user, pass)) = credentials {
+            if let Err(e) = self.auth.authenticate(Some(user), pass) {
+                return e;
+            }
+        }
+        if self.auth.rights() == Rights::None {
+            return Value::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise \
+                 the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
+                 client and select the RESP protocol version at the same time",
+            );
         }
         if let Some(n) = name {
             self.name = n;
@@ -472,7 +494,7 @@ impl Session {
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={age} idle={idle} flags=N db=0 sub=0 \
              psub=0 ssub=0 multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 \
-             obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} \
+             obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} \
              lib-name={} lib-ver={}\n",
             self.id,
             self.addr,
@@ -483,6 +505,7 @@ impl Session {
             } else {
                 &self.last_cmd
             },
+            self.auth.user(),
             self.proto.number(),
             String::from_utf8_lossy(&self.lib_name),
             String::from_utf8_lossy(&self.lib_ver),
@@ -567,10 +590,6 @@ pub fn unknown_subcommand(command: &str, sub: &[u8]) -> Value {
         "ERR unknown subcommand '{}'. Try {command} HELP.",
         String::from_utf8_lossy(sub)
     ))
-}
-
-fn wrongpass() -> Value {
-    Value::error("WRONGPASS invalid username-password pair or user is disabled.")
 }
 
 /// Redis's rule for client names: printable ASCII without spaces, bounded here.
@@ -894,6 +913,55 @@ mod tests {
             Gate::Watch,
             "already watched"
         );
+    }
+
+    #[test]
+    fn with_passwords_only_auth_hello_and_quit_pass_until_auth() {
+        let users = crate::auth::Users {
+            requirepass: Some(crate::auth::Secret::new("pw")),
+            adminpass: Some(crate::auth::Secret::new("root")),
+        };
+        let s = &mut session();
+        s.auth = ConnAuth::new(std::sync::Arc::new(users));
+        let now = Instant::now();
+        let noauth = Value::error("NOAUTH Authentication required.");
+        for cmd in [
+            &["GET", "k"][..],
+            &["MULTI"],
+            &["CLIENT", "ID"],
+            &["WATCH", "k"],
+        ] {
+            assert_eq!(
+                s.admit(&args(cmd), 0, now),
+                Gate::Reply(noauth.clone()),
+                "{cmd:?}"
+            );
+        }
+        assert_eq!(s.admit(&args(&["QUIT"]), 0, now), Gate::Pass);
+        let e = error(s.admit(&args(&["HELLO", "3"]), 0, now));
+        assert!(e.starts_with("NOAUTH HELLO must be called"), "{e}");
+        let e = error(s.admit(&args(&["HELLO", "3", "AUTH", "default", "x"]), 0, now));
+        assert!(e.starts_with("WRONGPASS"), "{e}");
+        assert_eq!(
+            s.proto,
+            Protocol::Resp2,
+            "a failed HELLO AUTH changes nothing"
+        );
+        let v = reply(s.admit(&args(&["HELLO", "3", "AUTH", "default", "pw"]), 0, now));
+        assert!(matches!(v, Value::Map(_)));
+        assert_eq!((s.proto, s.auth.rights()), (Protocol::Resp3, Rights::Data));
+        assert_eq!(s.admit(&args(&["GET", "k"]), 0, now), Gate::Pass);
+        // A refused command inside MULTI aborts the transaction; AUTH is not queued.
+        s.admit(&args(&["MULTI"]), 0, now);
+        assert!(error(s.admit(&args(&["MEMBER", "LIST"]), 0, now)).starts_with("NOPERM"));
+        assert!(error(s.admit(&args(&["AUTH", "pw"]), 0, now)).contains("not allowed"));
+        assert!(error(s.admit(&args(&["EXEC"]), 0, now)).starts_with("EXECABORT"));
+        assert_eq!(
+            reply(s.admit(&args(&["AUTH", "admin", "root"]), 0, now)),
+            Value::ok()
+        );
+        assert!(s.info_line(now).contains(" user=admin "));
+        assert_eq!(s.admit(&args(&["MEMBER", "LIST"]), 0, now), Gate::Pass);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::net::Net;
 use super::pending::{Forwarded, Orphan};
 use super::storage::Disk;
 use super::{ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
+use crate::auth::{self, Rights};
 use crate::client::resp;
 use crate::client::session::{unknown_command, Gate};
 use crate::client::{Protocol, Value};
@@ -264,6 +265,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             to,
             deadline: self.now + FORWARD_TIMEOUT,
             kind,
+            rights: self.rights_of(to),
         };
         match self.forward_to(leader, args, o) {
             Ok(()) => Dispatch::Pending,
@@ -275,19 +277,28 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     fn forward_to(&mut self, leader: NodeId, args: Vec<Vec<u8>>, o: Orphan) -> Result<(), Orphan> {
         let id = self.pending.new_forward_id();
         let proto = self.protocol_of(o.to).number();
-        if !self.send_frame(leader, &Frame::ClientRequest { id, args, proto }) {
+        let rights = o.rights.to_byte();
+        let frame = Frame::ClientRequest {
+            id,
+            args,
+            proto,
+            rights,
+        };
+        if !self.send_frame(leader, &frame) {
             return Err(o);
         }
         self.pending.add_forward(id, leader, o);
         Ok(())
     }
 
-    /// A follower forwarded a client's command to us.
+    /// A follower forwarded a client's command to us, with its connection's rights: the
+    /// command runs only if they allow it (`auth.rs` rule 4); they are never raised here.
     pub(super) fn handle_forwarded(
         &mut self,
         from: NodeId,
         id: u64,
         proto: u8,
+        rights: Rights,
         args: Vec<Vec<u8>>,
     ) {
         // The frame decoder let only 2 and 3 through.
@@ -297,6 +308,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             id,
             proto,
         };
+        if let Some(denied) = auth::check(rights, &args) {
+            debug!("a command forwarded by node {from} exceeds the rights it carries ({rights:?})");
+            return self.deliver(to, denied.to_bytes_as(proto));
+        }
         match self.dispatch(to, args) {
             Dispatch::Reply(v) | Dispatch::ReplyAndClose(v) => {
                 self.deliver(to, v.to_bytes_as(proto))
@@ -393,6 +408,22 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 }
             }
             None => self.pending.park(o),
+        }
+    }
+
+    /// The rights of the client connection waiting (none if it has left: a request of a
+    /// client that left is not forwarded with more than nothing).
+    fn rights_of(&self, to: ReplyTo) -> Rights {
+        match to {
+            // A forwarded request is never forwarded again (`not_leader`).
+            ReplyTo::Peer { .. } => Rights::None,
+            ReplyTo::Client { key, gen, .. } => match self.conns.get(key) {
+                Some(c) if c.gen() == gen => match &c.kind {
+                    ConnKind::Client(st) => st.session.auth.rights(),
+                    _ => Rights::None,
+                },
+                _ => Rights::None,
+            },
         }
     }
 

@@ -310,8 +310,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     .map(|m| m.client.to_string())
                     .unwrap_or_default();
                 // The id is the generation `insert_conn` gives it: unique on this node.
-                let session =
+                let mut session =
                     Session::new(self.conns.next_gen(), addr.to_string(), laddr, self.now);
+                session.auth = crate::auth::ConnAuth::new(self.cfg.users.clone());
                 let state = ClientState::new(addr, session);
                 (Conn::client(stream), ConnKind::Client(state))
             }

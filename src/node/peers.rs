@@ -432,8 +432,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     self.on_snapshot_ack(peer, snapshot, next_offset, ok);
                 }
             }
-            Frame::ClientRequest { id, args, proto } => {
-                self.handle_forwarded(peer, id, proto, args)
+            Frame::ClientRequest {
+                id,
+                args,
+                proto,
+                rights,
+            } => {
+                let rights = crate::auth::Rights::from_byte(rights);
+                self.handle_forwarded(peer, id, proto, rights, args)
             }
             Frame::ClientReply { id, reply } => self.forward_reply(id, reply),
         }

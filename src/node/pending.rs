@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::ReplyTo;
+use crate::auth::Rights;
 use crate::limits;
 use crate::raft::{LogIndex, NodeId, Term};
 
@@ -54,6 +55,7 @@ struct Forward {
     /// The node it was sent to.
     leader: NodeId,
     kind: Forwarded,
+    rights: Rights,
 }
 
 /// What a forwarded request may do if its leader goes away.
@@ -71,6 +73,9 @@ pub(super) struct Orphan {
     pub(super) to: ReplyTo,
     pub(super) deadline: Instant,
     pub(super) kind: Forwarded,
+    /// The client connection's rights when the request arrived: every forward of it
+    /// carries them (`auth.rs` rule 4).
+    pub(super) rights: Rights,
 }
 
 /// How a waiting write was settled by the apply of an index.
@@ -227,6 +232,7 @@ impl Pending {
             deadline: o.deadline,
             leader,
             kind: o.kind,
+            rights: o.rights,
         };
         self.forwards.insert(id, f);
     }
@@ -354,6 +360,7 @@ impl Forward {
             to: self.to,
             deadline: self.deadline,
             kind: self.kind,
+            rights: self.rights,
         }
     }
 }
@@ -414,6 +421,7 @@ mod tests {
             to: client(seq),
             deadline,
             kind,
+            rights: Rights::Data,
         }
     }
 

@@ -82,6 +82,9 @@
 //!     12      c times: length l (u32), then l bytes
 //!      m    1 the client's RESP protocol (u8): 2 or 3, so the leader encodes the reply in
 //!             it (added in protocol version 2; m is the offset after the arguments)
+//!    m+1    1 the client connection's rights (u8, `auth::Rights`): 0 not authenticated,
+//!             1 data commands, 2 admin commands too; anything else is malformed. The leader
+//!             runs the command with these rights at most (added in protocol version 4)
 //!
 //! kind 6 ClientReply (the leader's RESP-encoded reply to a forwarded command):
 //!      0    8 request id (u64)
@@ -105,8 +108,9 @@ use crate::raft::types::{EntryId, NodeId, SnapshotMeta, Term};
 pub const MAGIC: u32 = u32::from_be_bytes(*b"KVRF");
 /// The version of this layout (and of peer.rs's and codec.rs's); a peer with another version
 /// is refused at the Hello. Version 2: ClientRequest carries the client's RESP protocol.
-/// Version 3: Hello carries the cluster uid and the sender's incarnation.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 3: Hello carries the cluster uid and the sender's incarnation. Version 4:
+/// ClientRequest carries the client connection's rights.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 pub const KIND_HELLO: u8 = 1;
 pub const KIND_RAFT: u8 = 2;
@@ -114,6 +118,9 @@ pub const KIND_SNAPSHOT_CHUNK: u8 = 3;
 pub const KIND_SNAPSHOT_ACK: u8 = 4;
 pub const KIND_CLIENT_REQUEST: u8 = 5;
 pub const KIND_CLIENT_REPLY: u8 = 6;
+
+/// The largest rights byte a ClientRequest carries (`auth::Rights::Admin`).
+pub const RIGHTS_MAX: u8 = 2;
 
 /// Bytes of a ClientReply body before the reply itself: request id, reply length.
 const CLIENT_REPLY_FIXED_SIZE: usize = 12;
@@ -166,11 +173,13 @@ pub enum Frame {
         ok: bool,
     },
     /// A client command forwarded by a follower to the leader (args as the client sent them),
-    /// with the client's RESP protocol number (2 or 3).
+    /// with the client's RESP protocol number (2 or 3) and its connection's rights
+    /// (`auth::Rights::to_byte`: 0, 1 or 2).
     ClientRequest {
         id: u64,
         args: Vec<Vec<u8>>,
         proto: u8,
+        rights: u8,
     },
     /// The leader's RESP-encoded reply to a forwarded command.
     ClientReply { id: u64, reply: Vec<u8> },
@@ -251,7 +260,7 @@ pub fn encoded_len(frame: &Frame) -> usize {
             }
             Frame::SnapshotAck { .. } => SNAPSHOT_ACK_BODY_SIZE,
             Frame::ClientRequest { args, .. } => {
-                13 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
+                14 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
             }
             Frame::ClientReply { reply, .. } => CLIENT_REPLY_FIXED_SIZE + reply.len(),
         }
@@ -309,15 +318,23 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         Frame::SnapshotChunk { .. } | Frame::SnapshotAck { .. } => {
             encode_snapshot_frame(frame, out)
         }
-        Frame::ClientRequest { id, args, proto } => {
-            // The node sets the protocol from a connection's HELLO: only 2 or 3 exist.
+        Frame::ClientRequest {
+            id,
+            args,
+            proto,
+            rights,
+        } => {
+            // The node sets the protocol from a connection's HELLO: only 2 or 3 exist; the
+            // rights byte comes from `Rights::to_byte`.
             assert!(matches!(proto, 2 | 3), "RESP protocol {proto}");
+            assert!(*rights <= RIGHTS_MAX, "rights byte {rights}");
             put_u64(out, *id);
             put_u32(out, args.len() as u32);
             for a in args {
                 put_bytes(out, a);
             }
             out.push(*proto);
+            out.push(*rights);
         }
         Frame::ClientReply { id, reply } => {
             put_u64(out, *id);
@@ -370,7 +387,16 @@ fn decode_client_request(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
     if !matches!(proto, 2 | 3) {
         return Err(r.malformed("protocol"));
     }
-    Ok(Frame::ClientRequest { id, args, proto })
+    let rights = r.u8("rights")?;
+    if rights > RIGHTS_MAX {
+        return Err(r.malformed("rights"));
+    }
+    Ok(Frame::ClientRequest {
+        id,
+        args,
+        proto,
+        rights,
+    })
 }
 
 fn decode_client_reply(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {

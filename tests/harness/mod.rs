@@ -95,6 +95,24 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     /// Clients speak TLS with this (a cluster with `tls_cert` set).
     pub tls: Option<ClientTls>,
+    /// `AUTH`'s arguments for the harness's own connections (`client`, `info`, ...): the
+    /// admin's when the config sets `adminpass`, else the default user's for `requirepass`.
+    pub auth: Option<Vec<String>>,
+}
+
+/// The credentials the harness uses with a config's `extra` lines (see `Cluster::auth`).
+fn harness_auth(extra: &[String]) -> Option<Vec<String>> {
+    let value = |key: &str| {
+        extra.iter().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    };
+    match (value("adminpass"), value("requirepass")) {
+        (Some(admin), _) => Some(vec!["admin".into(), admin]),
+        (None, Some(default)) => Some(vec![default]),
+        (None, None) => None,
+    }
 }
 
 pub struct Options {
@@ -158,6 +176,7 @@ impl Cluster {
             conf: conf_path,
             nodes,
             tls,
+            auth: harness_auth(&opts.extra),
         };
         for id in 1..=opts.nodes as u64 {
             c.spawn(id);
@@ -309,8 +328,16 @@ impl Cluster {
         self.node(id).child.as_ref().map(|c| c.id())
     }
 
+    /// A connection to node `id`, authenticated as `auth` says.
     pub fn client(&self, id: u64) -> Result<Connection, ClientError> {
-        Connection::open(self.node(id).client, CLIENT_OPTIONS, self.tls.as_ref())
+        let mut c = Connection::open(self.node(id).client, CLIENT_OPTIONS, self.tls.as_ref())?;
+        if let Some(auth) = &self.auth {
+            let mut args = vec!["AUTH"];
+            args.extend(auth.iter().map(String::as_str));
+            let v = c.call_str(&args)?;
+            assert!(!v.is_error(), "the harness's AUTH was refused: {v:?}");
+        }
+        Ok(c)
     }
 
     pub fn info(&self, id: u64) -> Option<HashMap<String, String>> {

@@ -91,6 +91,9 @@ pub struct World {
     pub frames_delivered: u64,
     pub frames_dropped: u64,
     pub frames_duplicated: u64,
+    /// Forwarded client requests (`ClientRequest` frames) written by nodes, counted by the
+    /// rights byte they carry (0, 1, 2): the simulator checks what followers stamp.
+    pub forwarded_rights: [u64; 3],
 }
 
 pub type WorldRef = Rc<RefCell<World>>;
@@ -110,6 +113,7 @@ impl World {
             frames_delivered: 0,
             frames_dropped: 0,
             frames_duplicated: 0,
+            forwarded_rights: [0; 3],
         }))
     }
 
@@ -226,6 +230,10 @@ impl World {
             while !rest.is_empty() {
                 match wire::decode(rest) {
                     Ok((frame, n)) => {
+                        if let Frame::ClientRequest { rights, .. } = &frame {
+                            // The decoder refuses a byte above 2.
+                            self.forwarded_rights[usize::from(*rights)] += 1;
+                        }
                         pieces.push((rest[..n].to_vec(), matches!(frame, Frame::Hello { .. })));
                         rest = &rest[n..];
                     }

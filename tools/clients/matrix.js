@@ -4,6 +4,8 @@
 //
 // Usage: node matrix.js node-redis|ioredis 2|3 PORT RUN
 // Prints "OK <client> <version> proto=<p>" and exits 0 when every step passed.
+// With MATRIX_PASSWORD set, every connection authenticates as the default user with it, and
+// the admin connection (TRANSFER) as `admin` with MATRIX_ADMINPASS.
 'use strict';
 
 const [lib, proto, portText, run] = process.argv.slice(2);
@@ -30,11 +32,13 @@ async function retry(fn) {
 }
 
 // A thin common face over both libraries.
-async function connect(host, p) {
+async function connect(host, p, admin = false) {
+  const password = admin ? process.env.MATRIX_ADMINPASS : process.env.MATRIX_PASSWORD;
+  const auth = process.env.MATRIX_PASSWORD ? { password, ...(admin ? { username: 'admin' } : {}) } : {};
   if (lib === 'ioredis') {
     const Redis = require('ioredis');
     const c = new Redis({
-      host, port: p, lazyConnect: true, maxRetriesPerRequest: 40,
+      host, port: p, lazyConnect: true, maxRetriesPerRequest: 40, ...auth,
       // ioredis's own retry: reconnect and resend the command on these errors.
       reconnectOnError: (err) => (/TRYAGAIN|CLUSTERDOWN/.test(err.message) ? 2 : false),
     });
@@ -64,7 +68,7 @@ async function connect(host, p) {
     };
   }
   const { createClient } = require('redis');
-  const c = createClient({ socket: { host, port: p }, RESP: Number(proto) });
+  const c = createClient({ socket: { host, port: p }, RESP: Number(proto), ...auth });
   c.on('error', () => {});
   await c.connect();
   return {
@@ -148,7 +152,7 @@ async function main() {
   const leader = Number(info.leader_id);
   const target = info.voters.split(',').map(Number).find((v) => v !== leader);
   const [lhost, lport] = [info.leader_client_addr.replace(/:\d+$/, ''), Number(info.leader_client_addr.split(':').pop())];
-  const admin = await connect(lhost, lport);
+  const admin = await connect(lhost, lport, true);
   for (let i = 0; i < 200; i++) {
     if (i === 50) check((await admin.call('TRANSFER', target)) === 'OK', 'TRANSFER');
     check((await r.set(k(`lc:${i}`), i)) === 'OK', `SET during the leader change (${i})`);

@@ -5,8 +5,11 @@ Usage: matrix.py [--proto 2|3] PORT RUN
   --proto  the RESP protocol to ask for (default: redis-py's own default)
   PORT     a kvraft node's client port (the leader or a follower)
   RUN      a unique prefix for this run's keys
+With MATRIX_PASSWORD set, every connection authenticates as the default user with it, and
+the admin connection (TRANSFER) as `admin` with MATRIX_ADMINPASS.
 Prints "OK redis-py <version> proto=<p>" and exits 0 when every step passed.
 """
+import os
 import sys
 import threading
 import time
@@ -29,6 +32,11 @@ kwargs = dict(host="127.0.0.1", port=port, retry=retry, socket_timeout=20,
               retry_on_error=[TryAgainError, ClusterDownError, ConnectionError])
 if proto != "default":
     kwargs["protocol"] = int(proto)
+admin_auth = {}
+if os.environ.get("MATRIX_PASSWORD"):
+    # redis-py sends AUTH, or HELLO 3 AUTH default <password> when it speaks RESP3.
+    kwargs["password"] = os.environ["MATRIX_PASSWORD"]
+    admin_auth = dict(username="admin", password=os.environ["MATRIX_ADMINPASS"])
 pool = redis.ConnectionPool(max_connections=60, **kwargs)
 r = redis.Redis(connection_pool=pool)
 
@@ -113,7 +121,7 @@ voters = [int(v) for v in (raw if isinstance(raw, list) else str(raw).split(",")
 leader = int(info["leader_id"])
 target = next(v for v in voters if v != leader)
 leader_host, leader_port = info["leader_client_addr"].rsplit(":", 1)
-admin = redis.Redis(host=leader_host, port=int(leader_port), socket_timeout=20)
+admin = redis.Redis(host=leader_host, port=int(leader_port), socket_timeout=20, **admin_auth)
 for i in range(200):
     if i == 50:
         check(admin.execute_command("TRANSFER", target) == b"OK", "TRANSFER")
@@ -127,4 +135,5 @@ while int(r.info("raft")["leader_id"]) in (0, leader):
     check(time.monotonic() < deadline, f"the leader never moved from {leader}")
     time.sleep(0.05)
 
-print(f"OK redis-py {redis.__version__} proto={proto}")
+auth = " auth" if admin_auth else ""
+print(f"OK redis-py {redis.__version__} proto={proto}{auth}")

@@ -1,10 +1,19 @@
 #!/bin/sh
 # The client matrix, redis-cli and redis-benchmark edition: the same short script as
 # matrix.py. Usage: sh matrix.sh PORT RUN. Prints "OK redis-cli <version>" and exits 0 when
-# every step passed.
+# every step passed. With MATRIX_PASSWORD set, every client authenticates as the default user
+# with it (redis-cli through REDISCLI_AUTH, redis-benchmark with -a), and TRANSFER as `admin`
+# with MATRIX_ADMINPASS.
 set -eu
 port=$1
 run=$2
+bench_auth=""
+admin_auth=""
+if [ -n "${MATRIX_PASSWORD:-}" ]; then
+  export REDISCLI_AUTH="$MATRIX_PASSWORD"
+  bench_auth="-a $MATRIX_PASSWORD"
+  admin_auth="--user admin --pass $MATRIX_ADMINPASS"
+fi
 cli() { redis-cli -p "$port" "$@"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
 k() { printf '%s:%s' "$run" "$1"; }
@@ -58,7 +67,8 @@ distinct=$(cli --scan --pattern "$(k 's:*')" | sort -u | wc -l)
 
 # 4. 50 concurrent clients: redis-benchmark (it asks CONFIG GET at start, as a pool would).
 # Its progress lines end in CR; the final one per test reads "SET: <n> requests per second".
-bench=$(redis-benchmark -p "$port" -c 50 -n 2000 -t set,get,incr -q 2>&1 | tr '\r' '\n')
+# shellcheck disable=SC2086
+bench=$(redis-benchmark -p "$port" $bench_auth -c 50 -n 2000 -t set,get,incr -q 2>&1 | tr '\r' '\n')
 for t in SET GET INCR; do
   echo "$bench" | grep -q "^$t: [0-9.]* requests per second" || fail "redis-benchmark $t: $bench"
 done
@@ -79,7 +89,8 @@ set_retry() {
 n=0
 while [ $n -lt 200 ]; do
   if [ $n -eq 50 ]; then
-    [ "$(redis-cli -h "${laddr%:*}" -p "${laddr##*:}" TRANSFER "$target")" = OK ] || fail TRANSFER
+    # shellcheck disable=SC2086
+    [ "$(redis-cli --no-auth-warning $admin_auth -h "${laddr%:*}" -p "${laddr##*:}" TRANSFER "$target")" = OK ] || fail TRANSFER
   fi
   set_retry "$(k "lc:$n")" "$n"
   n=$((n + 1))

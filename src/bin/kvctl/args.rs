@@ -9,7 +9,8 @@ use kvraft::config::load_members;
 
 pub const USAGE: &str = "\
 usage: kvctl [-e host:port[,host:port...]] [-c FILE] [-t SECONDS]
-             [--tls --cacert CA.pem [--cert CERT.pem --key KEY.pem]] [COMMAND ARGS...]
+             [--tls --cacert CA.pem [--cert CERT.pem --key KEY.pem]] [--user USER] [--password PW]
+             [COMMAND ARGS...]
 
 Commands:
   put KEY VALUE            store VALUE under KEY (SET); prints OK
@@ -31,6 +32,9 @@ Options:
   --tls                    speak TLS to the client port (needs --cacert)
   --cacert FILE            trust servers whose certificate this CA signed (implies --tls)
   --cert FILE, --key FILE  present this client certificate (tls_client_auth = require)
+  --user USER              AUTH as USER (`default` or `admin`); default: the default user
+  --password PW            AUTH with PW (visible in `ps`: prefer the KVRAFT_PASSWORD
+                           environment variable, which is used when --password is not given)
 Every write goes through an exactly-once session (opened on the first write), so kvctl
 resends it after a lost leader or connection and the cluster applies it once.
   -h, --help               this text
@@ -47,6 +51,10 @@ pub struct Options {
     pub cacert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// `--user`: the user to AUTH as.
+    pub user: Option<String>,
+    /// `--password` (the caller falls back to `KVRAFT_PASSWORD`).
+    pub password: Option<String>,
     pub words: Vec<String>,
 }
 
@@ -54,7 +62,7 @@ pub struct Options {
 #[derive(Debug, PartialEq)]
 pub enum Invocation {
     Help,
-    Run(Options),
+    Run(Box<Options>),
 }
 
 /// Options come first; the first word that is not an option starts the command, and every
@@ -68,6 +76,8 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
         cacert: None,
         cert: None,
         key: None,
+        user: None,
+        password: None,
         words: Vec::new(),
     };
     let mut i = 0;
@@ -88,6 +98,8 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
             "--cacert" => opts.cacert = Some(PathBuf::from(value()?)),
             "--cert" => opts.cert = Some(PathBuf::from(value()?)),
             "--key" => opts.key = Some(PathBuf::from(value()?)),
+            "--user" => opts.user = Some(value()?),
+            "--password" => opts.password = Some(value()?),
             "--" => {
                 opts.words.extend(argv[i + 1..].iter().cloned());
                 break;
@@ -102,7 +114,7 @@ pub fn parse_options(argv: &[String]) -> Result<Invocation, String> {
         }
         i += 1;
     }
-    Ok(Invocation::Run(opts))
+    Ok(Invocation::Run(Box::new(opts)))
 }
 
 /// The TLS configuration the options ask for: none without `--tls` or `--cacert`.
@@ -212,6 +224,16 @@ mod tests {
         assert!(parse_options(&argv("-t 0 get k")).is_err());
         assert!(parse_options(&argv("-e")).is_err());
         assert!(parse_options(&argv("-e nohostport get k")).is_err());
+        let Ok(Invocation::Run(o)) = parse_options(&argv("--user admin --password pw member list"))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (o.user.as_deref(), o.password.as_deref()),
+            (Some("admin"), Some("pw"))
+        );
+        assert_eq!(o.words, argv("member list"));
+        assert!(parse_options(&argv("--password")).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! Invariants:
 //! 1. Exit codes: 0 success; 1 `get` of a missing key; 2 any error (usage, connection, or an
 //!    error reply), with the message on stderr.
-//! 2. Retries are the `ClusterClient`'s, never past the timeout. Every write goes through one
+//! 2. A password (`--password`, else `KVRAFT_PASSWORD`) is sent with `AUTH` on every
+//!    connection, `status`'s included, and never printed.
+//! 3. Retries are the `ClusterClient`'s, never past the timeout. Every write goes through one
 //!    exactly-once session per process (opened on the first write), so a write is resent
 //!    with its sequence number after `-TRYAGAIN`, `-UNKNOWN` or a broken connection, and the
 //!    cluster applies it once (`kvctl incr` counts exactly once). Reads are retried while the
@@ -37,12 +39,44 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Longest wait for one member's answer to `status`.
 const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 
+/// `AUTH`'s arguments after its name: `[user] password`.
+type Auth = Option<Vec<Vec<u8>>>;
+
+/// How `status` connects to each member: TLS and credentials, as the cluster client does.
+struct Connect {
+    tls: Option<ClientTls>,
+    auth: Auth,
+}
+
+/// The credentials: `--password`, else `KVRAFT_PASSWORD`; `--user` only with a password.
+fn credentials(opts: &args::Options) -> Result<Auth, String> {
+    let password = match &opts.password {
+        Some(p) => {
+            eprintln!(
+                "kvctl: warning: a password given with --password is visible to other users \
+                 (ps); set KVRAFT_PASSWORD instead"
+            );
+            Some(p.clone().into_bytes())
+        }
+        None => std::env::var_os("KVRAFT_PASSWORD").map(|p| p.into_encoded_bytes()),
+    };
+    match (password, &opts.user) {
+        (None, Some(_)) => Err("--user needs a password (--password or KVRAFT_PASSWORD)".into()),
+        (None, None) => Ok(None),
+        (Some(p), user) => {
+            let mut args: Vec<Vec<u8>> = user.iter().map(|u| u.clone().into_bytes()).collect();
+            args.push(p);
+            Ok(Some(args))
+        }
+    }
+}
+
 /// Ask every endpoint for `INFO raft` (one short attempt each) and print the table.
-fn status(endpoints: &[Endpoint], timeout: Duration, tls: Option<&ClientTls>) -> u8 {
+fn status(endpoints: &[Endpoint], timeout: Duration, conn: &Connect) -> u8 {
     let per_node = timeout.min(STATUS_TIMEOUT_MAX);
     let rows: Vec<_> = endpoints
         .iter()
-        .map(|e| (e.clone(), info_raft(&e.addr, per_node, tls)))
+        .map(|e| (e.clone(), info_raft(&e.addr, per_node, conn)))
         .collect();
     print!("{}", status_table(&rows));
     let _ = io::stdout().flush();
@@ -53,13 +87,16 @@ fn status(endpoints: &[Endpoint], timeout: Duration, tls: Option<&ClientTls>) ->
     }
 }
 
-fn info_raft(
-    addr: &str,
-    timeout: Duration,
-    tls: Option<&ClientTls>,
-) -> Option<HashMap<String, String>> {
+fn info_raft(addr: &str, timeout: Duration, how: &Connect) -> Option<HashMap<String, String>> {
     let options = Options::new(CONNECT_TIMEOUT.min(timeout), timeout);
-    let mut conn = Connection::open(addr, options, tls).ok()?;
+    let mut conn = Connection::open(addr, options, how.tls.as_ref()).ok()?;
+    if let Some(auth) = &how.auth {
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        args.extend(auth.iter().map(Vec::as_slice));
+        if conn.call(&args).ok()?.is_error() {
+            return None;
+        }
+    }
     match conn.call(&[b"INFO", b"raft"]).ok()? {
         Value::Bulk(text) => Some(parse_info(&String::from_utf8_lossy(&text))),
         _ => None,
@@ -101,7 +138,7 @@ fn run_lines(
     client: &mut ClusterClient,
     endpoints: &[Endpoint],
     timeout: Duration,
-    tls: Option<&ClientTls>,
+    conn: &Connect,
 ) -> u8 {
     let mut worst = 0;
     for line in io::stdin().lock().split(b'\n') {
@@ -115,7 +152,7 @@ fn run_lines(
             continue;
         }
         let code = if words.len() == 1 && words[0].eq_ignore_ascii_case(b"status") {
-            status(endpoints, timeout, tls)
+            status(endpoints, timeout, conn)
         } else {
             match run_words(client, &words, true) {
                 Ok(code) => code,
@@ -150,6 +187,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let auth = match credentials(&opts) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let tls = match client_tls(&opts) {
         Ok(t) => t,
         Err(e) => {
@@ -161,12 +205,20 @@ fn main() -> ExitCode {
     // The io timeout is the whole budget of one command, retries included.
     let mut client =
         ClusterClient::new(addrs, Options::new(CONNECT_TIMEOUT, opts.timeout)).with_sessions();
+    if let Some(a) = &auth {
+        let (user, pass) = match a.as_slice() {
+            [user, pass] => (Some(user.clone()), pass.clone()),
+            _ => (None, a[0].clone()),
+        };
+        client = client.with_auth(user, pass);
+    }
     if let Some(tls) = &tls {
         client = client.with_tls(tls.clone());
     }
+    let how = Connect { tls, auth };
     let code = match opts.words.first().map(String::as_str) {
-        None => run_lines(&mut client, &endpoints, opts.timeout, tls.as_ref()),
-        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout, tls.as_ref()),
+        None => run_lines(&mut client, &endpoints, opts.timeout, &how),
+        Some("status") if opts.words.len() == 1 => status(&endpoints, opts.timeout, &how),
         Some(_) => {
             let words: Vec<Vec<u8>> = opts.words.iter().map(|w| w.as_bytes().to_vec()).collect();
             run_words(&mut client, &words, false).unwrap_or(2)

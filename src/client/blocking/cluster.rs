@@ -7,6 +7,9 @@
 //! with the reply it saved, so such a write may be resent after any failure and still counts
 //! once.
 //!
+//! With a password (`with_auth`), every connection sends `AUTH [user] password` before
+//! anything else; a refused AUTH ends the call at once (retrying cannot help).
+//!
 //! Invariants:
 //! 1. A request is retried only while the cluster cannot take it (`-CLUSTERDOWN`,
 //!    `-TRYAGAIN`: not applied), after one redirect (`-REDIRECT addr`, `-MOVED slot addr`), or
@@ -42,6 +45,16 @@ pub struct ClusterClient {
     sessions: Sessions,
     /// TLS to every endpoint, when set.
     tls: Option<ClientTls>,
+    /// `AUTH`'s arguments after the command name, sent on every new connection.
+    auth: Option<Vec<Vec<u8>>>,
+}
+
+/// Why no connection is ready.
+enum ConnectError {
+    /// No member answered (try again, elsewhere, later).
+    Unreachable(String),
+    /// A member refused the password: every member would.
+    Refused(String),
 }
 
 /// Whether writes go through a session, and the one open.
@@ -93,7 +106,17 @@ impl ClusterClient {
             options,
             sessions: Sessions::Off,
             tls: None,
+            auth: None,
         }
+    }
+
+    /// Authenticate every connection as `user` (the `default` user if `None`) with
+    /// `password`.
+    pub fn with_auth(mut self, user: Option<Vec<u8>>, password: Vec<u8>) -> ClusterClient {
+        let mut args: Vec<Vec<u8>> = user.into_iter().collect();
+        args.push(password);
+        self.auth = Some(args);
+        self
     }
 
     /// Speak TLS to every endpoint.
@@ -194,10 +217,14 @@ impl ClusterClient {
                 return Err(last_problem);
             }
             if self.conn.is_none() {
-                if let Err(e) = self.connect_any() {
-                    last_problem = e;
-                    pause(&mut backoff, deadline);
-                    continue;
+                match self.connect_any() {
+                    Ok(()) => {}
+                    Err(ConnectError::Refused(e)) => return Err(e),
+                    Err(ConnectError::Unreachable(e)) => {
+                        last_problem = e;
+                        pause(&mut backoff, deadline);
+                        continue;
+                    }
                 }
             }
             let reply = match self.exchange(args, deadline, resend) {
@@ -235,8 +262,10 @@ impl ClusterClient {
             }
             if let Some(target) = redirect_target(msg).filter(|_| !redirected) {
                 redirected = true;
-                if let Err(e) = self.connect_to(&target) {
-                    last_problem = e.to_string();
+                match self.connect_to(&target) {
+                    Ok(()) => {}
+                    Err(ConnectError::Refused(e)) => return Err(e),
+                    Err(ConnectError::Unreachable(e)) => last_problem = e,
                 }
                 continue;
             }
@@ -249,22 +278,37 @@ impl ClusterClient {
     }
 
     /// Connect to the first endpoint that accepts, starting after the last one used.
-    fn connect_any(&mut self) -> Result<(), String> {
+    fn connect_any(&mut self) -> Result<(), ConnectError> {
         let mut problems = Vec::new();
         for _ in 0..self.endpoints.len() {
             let addr = self.endpoints[self.next].clone();
             self.next = (self.next + 1) % self.endpoints.len();
             match self.connect_to(&addr) {
                 Ok(()) => return Ok(()),
-                Err(e) => problems.push(e.to_string()),
+                Err(ConnectError::Unreachable(e)) => problems.push(e),
+                Err(refused) => return Err(refused),
             }
         }
-        Err(problems.join("; "))
+        Err(ConnectError::Unreachable(problems.join("; ")))
     }
 
-    fn connect_to(&mut self, addr: &str) -> Result<(), ClientError> {
+    /// Connect to `addr`, and authenticate if a password is set.
+    fn connect_to(&mut self, addr: &str) -> Result<(), ConnectError> {
         self.conn = None; // closed now, even if the new connection fails
-        self.conn = Some(Connection::open(addr, self.options, self.tls.as_ref())?);
+        let unreachable = |e: ClientError| ConnectError::Unreachable(e.to_string());
+        let mut conn =
+            Connection::open(addr, self.options, self.tls.as_ref()).map_err(unreachable)?;
+        if let Some(auth) = &self.auth {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            args.extend(auth.iter().map(Vec::as_slice));
+            // The reply never holds the password (`crate::auth`).
+            if let Value::Error(e) = conn.call(&args).map_err(unreachable)? {
+                return Err(ConnectError::Refused(format!(
+                    "AUTH refused by {addr}: {e}"
+                )));
+            }
+        }
+        self.conn = Some(conn);
         Ok(())
     }
 
