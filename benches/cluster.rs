@@ -1,9 +1,10 @@
 //! Cluster benchmark: a local three-node kvraft cluster driven by a closed-loop load generator
 //! over RESP (N connections, one request at a time each, 16-byte keys, 256-byte values,
-//! uniform over 100k keys), for SET and GET at 1, 8, 64 and 256 connections. Then SET with TLS
-//! on both ports beside TLS off (two fresh clusters, one after the other, in the same run).
-//! Then, with 1M keys loaded, SET latency while a snapshot is being written versus while none
-//! is.
+//! uniform over 100k keys), for SET and GET at 1, 8, 64 and 256 connections, with the
+//! 1-connection SET's p50 beside the floor measured in the same run (a 4 KiB append +
+//! `fdatasync`, plus one loopback round trip). Then SET with TLS on both ports beside TLS off
+//! (two fresh clusters, one after the other, in the same run). Then, with 1M keys loaded, SET
+//! latency while a snapshot is being written versus while none is (the p99 ratio).
 //!
 //!     cargo bench --bench cluster            (make bench runs it)
 //!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_TLS_CLIENTS="1 64" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
@@ -134,6 +135,14 @@ impl Cluster {
 
     fn wait_writable(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        // Formed: node 1's log lists all three as voters (the leader admits them one by one).
+        while Instant::now() < deadline
+            && self
+                .info(0, "voters")
+                .is_none_or(|v| v.split(',').count() < 3)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         while Instant::now() < deadline {
             if let Ok(mut conn) = self.connect(0) {
                 if conn
@@ -351,7 +360,11 @@ fn main() {
                 fill(&c, KEYSPACE);
             }
             for &n in &clients {
-                row(op, n, &load(&c, op, n, secs));
+                let r = load(&c, op, n, secs);
+                row(op, n, &r);
+                if op == "set" && n == 1 {
+                    print_floor(&c, &r);
+                }
             }
         }
     }
@@ -441,6 +454,84 @@ fn main() {
         (busy.ops as f64 / busy.secs) / (quiet.ops as f64 / quiet.secs).max(1e-9)
     );
     println!("snapshots taken per node {taken:?}; last fork µs {fork:?}; last write ms {took:?}; bytes {size:?}");
+}
+
+/// The least a durable write can take here, measured in the same run beside the 1-connection
+/// SET: one 4 KiB append + `fdatasync` on the disk the nodes write to, and one loopback TCP
+/// round trip of a small request and reply.
+fn print_floor(c: &Cluster, set_c1: &Result) {
+    let fsync = fsync_p50_ms(c._dir.path());
+    let rtt = loopback_rtt_p50_ms();
+    let floor = fsync + rtt;
+    println!(
+        "     c1 SET p50 {:.3} ms; floor {floor:.3} ms = 4 KiB pwrite+fdatasync p50 {fsync:.3} ms \
+         + loopback round trip p50 {rtt:.3} ms; p50 / floor {:.2}x",
+        set_c1.pct(0.50),
+        set_c1.pct(0.50) / floor.max(1e-9)
+    );
+}
+
+fn p50_ms(mut us: Vec<u32>) -> f64 {
+    us.sort_unstable();
+    f64::from(us[us.len() / 2]) / 1000.0
+}
+
+/// p50 of 4 KiB appends into allocated blocks, each followed by `fdatasync`, in `dir`.
+fn fsync_p50_ms(dir: &std::path::Path) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fsync-floor");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("fsync floor file");
+    let page = [0x5au8; 4096];
+    // Allocated and synced first, as the log's preallocated segments are: an append that
+    // grows the file would time the file system's metadata journal, not the write.
+    f.write_all_at(&vec![0u8; 500 * 4096], 0)
+        .expect("preallocate");
+    f.sync_all().expect("fsync");
+    let mut us = Vec::new();
+    for i in 0..500u64 {
+        let t0 = Instant::now();
+        f.write_all_at(&page, i * 4096).expect("pwrite");
+        f.sync_data().expect("fdatasync");
+        us.push(t0.elapsed().as_micros() as u32);
+    }
+    let _ = std::fs::remove_file(&path);
+    p50_ms(us)
+}
+
+/// p50 of a 40-byte request answered with a 5-byte reply over loopback TCP (no delay).
+fn loopback_rtt_p50_ms() -> f64 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 40];
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(b"+OK\r\n").is_err() {
+                break;
+            }
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).unwrap();
+    let (req, mut reply) = ([b'x'; 40], [0u8; 5]);
+    let mut us = Vec::new();
+    for _ in 0..2000 {
+        let t0 = Instant::now();
+        s.write_all(&req).unwrap();
+        s.read_exact(&mut reply).unwrap();
+        us.push(t0.elapsed().as_micros() as u32);
+    }
+    drop(s);
+    let _ = server.join();
+    p50_ms(us)
 }
 
 /// SET throughput with TLS on both ports beside TLS off: a fresh cluster each, one after the

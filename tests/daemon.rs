@@ -89,6 +89,48 @@ fn connections_beyond_max_clients_are_refused_with_an_error_and_the_rest_keep_wo
     });
 }
 
+/// The node reads a socket until a short read, not until `EAGAIN` (`node/conn.rs`): a client
+/// whose commands and end of file arrive together (one readiness edge) must still get every
+/// reply and then see the connection closed, through the leader and through followers.
+#[test]
+fn a_client_that_half_closes_right_after_its_commands_gets_every_reply_then_end_of_file() {
+    let _g = serial();
+    let c = Cluster::start(Options::default());
+    c.wait_formed(LONG);
+    let leader = c.wait_leader(LONG);
+    let want: &[u8] = b"+OK\r\n$1\r\nv\r\n+PONG\r\n";
+    for round in 0..30 {
+        let id = [leader, 1, 2, 3][round % 4];
+        let mut s = TcpStream::connect(c.node(id).client).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let key = format!("half-{round}");
+        let cmds = format!("SET {key} v\r\nGET {key}\r\nPING\r\n");
+        s.write_all(cmds.as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "node {id}, round {round}: no end of file after {:?}: {e}",
+                    String::from_utf8_lossy(&got)
+                ),
+            }
+        }
+        // A write refused while leadership moves is retried on a fresh connection.
+        if got.starts_with(b"-") {
+            continue;
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "node {id}, round {round}"
+        );
+    }
+}
+
 #[test]
 fn a_client_that_never_reads_its_replies_is_disconnected_instead_of_growing_memory() {
     let _g = serial();

@@ -143,7 +143,9 @@ impl Session {
         let mut buf = [0u8; COMMAND_NAME_SIZE_MAX];
         let name = args.first().and_then(|a| command_name(a, &mut buf));
         self.last_at = now;
-        self.last_cmd = name.unwrap_or("unknown").to_string();
+        // Reuse the string's room: no allocation per command.
+        self.last_cmd.clear();
+        self.last_cmd.push_str(name.unwrap_or("unknown"));
         let name = name.unwrap_or("");
         // Rights first: a command the connection may not run does nothing else. Inside MULTI
         // the refusal makes EXEC abort, as in Redis.

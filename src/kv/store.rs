@@ -557,13 +557,20 @@ impl KvStore {
             Ok(at) => at,
             Err(()) => return invalid_expire_time(name.name()),
         };
-        let exists = self.list.get(key).is_some();
-        let allowed = !(flags & SET_NX != 0 && exists || flags & SET_XX != 0 && !exists);
-        let old = (flags & SET_GET != 0).then(|| self.list.get(key).map(<[u8]>::to_vec));
+        // One search for a plain SET (the insert's own); NX, XX and GET look first, once.
+        let mut allowed = true;
+        let mut old = None;
+        if flags & (SET_NX | SET_XX | SET_GET) != 0 {
+            let current = self.list.get(key);
+            let exists = current.is_some();
+            allowed = !(flags & SET_NX != 0 && exists || flags & SET_XX != 0 && !exists);
+            old = (flags & SET_GET != 0).then(|| current.map(<[u8]>::to_vec));
+        }
         if allowed {
             self.put(key, value);
             if ttl != Ttl::Keep {
-                self.set_expiry(key, at);
+                // `put` stamped the key already: no second search to touch it.
+                self.expiries_set(key, at);
             }
         }
         match old {
@@ -588,11 +595,17 @@ impl KvStore {
 
     /// Give `key` (stored) the expiry `at`, or none.
     fn set_expiry(&mut self, key: &[u8], at: Option<u64>) {
+        self.expiries_set(key, at);
+        self.touch(key);
+    }
+
+    /// `set_expiry` for a key `put` has just stamped at this index (so `touch` would change
+    /// nothing).
+    fn expiries_set(&mut self, key: &[u8], at: Option<u64>) {
         match at {
             Some(at) => self.expiries.set(key, at),
             None => self.expiries.remove(key),
         };
-        self.touch(key);
     }
 
     fn apply_ttl(&mut self, cmd: TtlWrite<'_>) -> Value {

@@ -202,7 +202,12 @@ impl<S: StateMachine> Shell<S> {
                     SNAPSHOT_CHILD => self.snapshot_child_ended(),
                     METRICS_LISTENER => self.accept_http(now),
                     Token(t) if t >= HTTP_BASE => http_ready.push(t - HTTP_BASE),
-                    Token(t) if t >= CONN_BASE => ready.push((t - CONN_BASE, readable)),
+                    Token(t) if t >= CONN_BASE => {
+                        if event.is_read_closed() || event.is_error() {
+                            self.node.read_to_end(t - CONN_BASE);
+                        }
+                        ready.push((t - CONN_BASE, readable));
+                    }
                     Token(t) => unreachable!("unknown token {t}"),
                 }
             }

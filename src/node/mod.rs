@@ -351,6 +351,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
+    /// The readiness event of connection `key` said its other side closed its end (or the
+    /// socket failed): read it until EOF, since a short read no longer means "more will raise
+    /// an edge" (`conn.rs`). Edge-triggered shells call this before the turn.
+    pub fn read_to_end(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.conn.read_to_end();
+        }
+    }
+
     fn insert_conn(&mut self, conn: Conn<N::Stream>, kind: ConnKind) -> io::Result<usize> {
         self.conns.insert(&mut self.net, conn, kind)
     }

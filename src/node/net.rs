@@ -47,6 +47,14 @@ pub trait NetStream: io::Read + io::Write {
     fn handshaking(&self) -> bool {
         false
     }
+
+    /// A read that returned fewer bytes than asked means the stream had no more at that moment,
+    /// and its next arrival raises a new readiness edge, so `Conn` need not read again to see
+    /// `WouldBlock` (`conn.rs`). True of a plain TCP socket; not of TLS, whose short read of
+    /// plaintext says nothing of the records still in the socket.
+    fn drained_by_short_read(&self) -> bool {
+        false
+    }
 }
 
 pub trait Net {
@@ -127,6 +135,10 @@ impl NetStream for MioStream {
 
     fn handshaking(&self) -> bool {
         matches!(self, MioStream::Tls(t) if t.handshaking())
+    }
+
+    fn drained_by_short_read(&self) -> bool {
+        matches!(self, MioStream::Plain(_))
     }
 }
 

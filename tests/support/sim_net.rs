@@ -354,8 +354,13 @@ impl SimStream {
     }
 }
 
-/// A pipe holds nothing of its own to send, and has no handshake (no TLS in the simulator).
-impl NetStream for SimStream {}
+/// A pipe holds nothing of its own to send, and has no handshake (no TLS in the simulator); a
+/// read hands out all it holds, up to the buffer, so a short read means drained (as TCP's).
+impl NetStream for SimStream {
+    fn drained_by_short_read(&self) -> bool {
+        true
+    }
+}
 
 impl io::Read for SimStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

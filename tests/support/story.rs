@@ -145,6 +145,15 @@ impl Story {
 
     /// One tick: deliver what is due, then one turn of every running node.
     pub fn step(&mut self) {
+        self.step_with(|_, node, now, ready| node.turn(now, ready).expect("no node stops"));
+    }
+
+    /// `step`, with each node's turn made by `turn(id, node, now, ready)` (the write-path
+    /// benchmark counts what each node's turn costs).
+    pub fn step_with(
+        &mut self,
+        mut turn: impl FnMut(u64, &mut SimNode, Instant, &[(usize, bool)]),
+    ) {
         self.now_ms += TICK_MS;
         let now = self.start + Duration::from_millis(self.now_ms);
         self.world.borrow_mut().deliver(self.now_ms, &mut self.rng);
@@ -158,7 +167,7 @@ impl Story {
                 node.accept(SimStream::accepted(&self.world, conn), addr, what);
             }
             let ready = self.world.borrow().ready_keys(NodeId(i));
-            node.turn(now, &ready).expect("no node stops");
+            turn(i, node, now, &ready);
             node.check_invariants();
         }
     }

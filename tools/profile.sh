@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Syscalls per committed write, on the leader and on one follower: a measure that does not
+# depend on how loaded the machine is (unlike ops/s), for comparing builds side by side.
+#
+#   tools/profile.sh [CLIENTS] [WRITES] [MODE]
+#     CLIENTS  redis-benchmark connections (default 64)
+#     WRITES   SETs to send (default 40000; 256-byte values over 100k keys)
+#     MODE     leader: every connection on the leader (default); spread: a third on each node
+#
+# Starts its own three-node cluster on ports 27601-27613 (data in a temporary directory),
+# attaches `strace -c -f` to the leader and to one follower for exactly the measured run, and
+# divides each syscall count by the commit index's advance over that run. Needs strace and
+# redis-benchmark (redis-tools). NB: strace slows the traced nodes, so turns batch more than
+# they would untraced: the figures are an upper bound on what one write costs at this load,
+# and compare builds only when taken with the same arguments.
+#
+#   tools/profile.sh cpu [CLIENTS] [WRITES]
+#     allocations and instructions per committed write, leader and follower: the write_path
+#     benchmark (real nodes on the simulator's disk and network, deterministic), once as is
+#     for allocations and once under callgrind for instructions (user space only).
+#
+#   tools/profile.sh memory [KEYS]
+#     resident memory per key: the same `redis-benchmark -t set -n KEYS -r KEYS -d 256` load
+#     (default 1,000,000: about 632k distinct keys) into the cluster's leader and into a
+#     redis-server without persistence on port 27650; prints each one's anonymous resident
+#     size, keys, and bytes per key.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+memory=
+if [[ ${1:-} == memory ]]; then
+  memory=${2:-1000000}
+  set -- 64 0 leader
+fi
+if [[ ${1:-} == cpu ]]; then
+  command -v valgrind >/dev/null || { echo "profile: valgrind missing" >&2; exit 2; }
+  export BENCH_CLIENTS=${2:-64} BENCH_WRITES=${3:-5000}
+  bench=$(cargo bench --no-run --bench write_path 2>&1 | sed -n 's/.*(\(target\/release\/deps\/write_path-[0-9a-f]*\)).*/\1/p')
+  [[ -x $bench ]] || { echo "profile: could not build the write_path benchmark" >&2; exit 1; }
+  out=$(mktemp /tmp/kvraft-callgrind.XXXXXX)
+  trap 'rm -f "$out"' EXIT
+  summary=$("$bench")
+  echo "kvraft $(git rev-parse --short HEAD): $summary"
+  valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_turn*' \
+    --callgrind-out-file="$out" "$bench" > "$out.txt" 2>/dev/null
+  n=$(sed -n 's/.*leader, \([0-9]*\) SETs.*/\1/p' "$out.txt")
+  rm -f "$out.txt"
+  callgrind_annotate --inclusive=yes "$out" 2>/dev/null \
+    | awk -v n="$n" '/write_path::measured_turn_(leader|follower) \[/ {
+        gsub(",", "", $1); who = $0; sub(/.*measured_turn_/, "", who); sub(/ .*/, "", who)
+        printf "%-8s %8.0f instructions per write (callgrind, %d writes)\n", who, $1 / n, n }'
+  exit 0
+fi
+clients=${1:-64}
+writes=${2:-40000}
+mode=${3:-leader}
+bin=target/release
+for t in strace redis-benchmark redis-cli; do
+  command -v $t >/dev/null || { echo "profile: $t missing (apt-get install strace redis-tools)" >&2; exit 2; }
+done
+[[ -x $bin/kvraftd ]] || { echo "build first: make build" >&2; exit 2; }
+
+dir=$(mktemp -d /tmp/kvraft-profile.XXXXXX)
+conf=$dir/profile.conf
+cat > "$conf" <<EOF
+data_dir = $dir/node{id}
+node.1 = peer=127.0.0.1:27601 client=127.0.0.1:27611
+node.2 = peer=127.0.0.1:27602 client=127.0.0.1:27612
+node.3 = peer=127.0.0.1:27603 client=127.0.0.1:27613
+EOF
+declare -A pid
+cleanup() {
+  for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+for id in 1 2 3; do
+  extra=()
+  [[ $id == 1 ]] && extra=(--bootstrap)
+  RUST_LOG=warn "$bin/kvraftd" --config "$conf" --id $id "${extra[@]}" > "$dir/node$id.log" 2>&1 < /dev/null &
+  pid[$id]=$!
+done
+
+info() { redis-cli -p "$1" info raft 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
+leader=
+for _ in $(seq 1 300); do
+  st=$("$bin/kvctl" -c "$conf" -t 1 status 2>/dev/null || true)
+  if [[ $(grep -cE ' (leader|follower) ' <<<"$st") -ge 3 ]]; then
+    leader=$(awk '$3 == "leader" { print $1 }' <<<"$st")
+    [[ -n $leader ]] && break
+  fi
+  sleep 0.1
+done
+[[ -n $leader ]] || { echo "profile: no leader with three voters" >&2; cat "$dir"/node*.log >&2; exit 1; }
+follower=$(( leader % 3 + 1 ))
+lport=$((27610 + leader))
+
+bench() { # bench N: N SETs of 256 bytes over 100k keys, connections placed by MODE
+  local n=$1
+  if [[ $mode == spread ]]; then
+    local per=$(( (clients + 2) / 3 )) p bp=()
+    for p in 27611 27612 27613; do
+      redis-benchmark -p $p -t set -n $((n / 3)) -c $per -r 100000 -d 256 -q > /dev/null &
+      bp+=($!)
+    done
+    wait "${bp[@]}"
+  else
+    redis-benchmark -p $lport -t set -n "$n" -c "$clients" -r 100000 -d 256 -q > /dev/null
+  fi
+}
+
+rss_kb() { sed -n 's/^RssAnon:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
+if [[ -n $memory ]]; then
+  command -v redis-server >/dev/null || { echo "profile: redis-server missing" >&2; exit 2; }
+  redis-server --port 27650 --save "" --appendonly no --daemonize yes \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir"
+  for _ in $(seq 1 50); do redis-cli -p 27650 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  rpid=$(cat "$dir/redis.pid")
+  load="-t set -n $memory -r $memory -d 256 -c 16 -P 32 -q"
+  echo "kvraft $(git rev-parse --short HEAD): redis-benchmark $load, into each"
+  redis-benchmark -p 27650 $load > /dev/null
+  redis-benchmark -p $lport $load > /dev/null
+  sleep 2 # the followers apply the last entries
+  for who in "redis-server:$rpid:27650" "kvraft-leader:${pid[$leader]}:$lport" \
+      "kvraft-follower:${pid[$follower]}:$((27610 + follower))"; do
+    IFS=: read -r name p port <<<"$who"
+    keys=$(redis-cli -p "$port" dbsize | tr -d '\r')
+    kb=$(rss_kb "$p")
+    printf "%-16s %8d keys  RssAnon %7d kB  %6.0f bytes per key\n" "$name" "$keys" "$kb" \
+      "$(echo "$kb * 1024 / $keys" | bc -l)"
+  done
+  redis-cli -p 27650 shutdown nosave >/dev/null 2>&1 || true
+  exit 0
+fi
+
+bench 20000 # warm up: connections, caches, the first log segment
+c0=$(info $lport commit_index)
+strace -c -f -p "${pid[$leader]}" -o "$dir/leader.strace" 2>/dev/null &
+sl=$!
+strace -c -f -p "${pid[$follower]}" -o "$dir/follower.strace" 2>/dev/null &
+sf=$!
+sleep 1 # strace attaches
+bench "$writes"
+c1=$(info $lport commit_index)
+kill -INT $sl $sf
+wait $sl $sf 2>/dev/null || true
+n=$((c1 - c0))
+echo "kvraft $(git rev-parse --short HEAD): $n writes committed, $clients connections ($mode), 256-byte values"
+for who in leader follower; do
+  awk -v n="$n" -v who="$who" '
+    $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {
+      c[$NF] = $4; tot += $4; if (NF == 6) { e[$NF] = $5; errs += $5 } }
+    END {
+      printf "%-8s %5.2f syscalls per write (%.2f failed):", who, tot / n, errs / n
+      for (k in c) if (c[k] / n >= 0.005) {
+        printf " %s %.2f", k, c[k] / n
+        if (e[k] > 0) printf " (%.2f failed)", e[k] / n
+      }
+      printf "\n"
+    }' "$dir/$who.strace"
+done
