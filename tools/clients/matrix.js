@@ -20,12 +20,15 @@ function check(cond, what) {
 }
 
 // An application's retry: kvraft answers -TRYAGAIN or -CLUSTERDOWN while leadership moves.
-async function retry(fn) {
+// `idempotent` commands (SET of a fixed value) are also resent on -UNKNOWN (a write forwarded
+// by a follower whose leader changed before it answered: applying it twice changes nothing).
+async function retry(fn, idempotent = false) {
   for (let attempt = 0; ; attempt++) {
     try {
       return await fn();
     } catch (e) {
-      if (attempt >= 40 || !/TRYAGAIN|CLUSTERDOWN/.test(String(e && e.message))) throw e;
+      const again = idempotent ? /TRYAGAIN|CLUSTERDOWN|UNKNOWN/ : /TRYAGAIN|CLUSTERDOWN/;
+      if (attempt >= 40 || !again.test(String(e && e.message))) throw e;
       await new Promise((r) => setTimeout(r, Math.min(500, 20 * 2 ** attempt)));
     }
   }
@@ -46,7 +49,7 @@ async function connect(host, p, admin = false) {
     return {
       version: require('ioredis/package.json').version,
       call: (...a) => c.call(...a.map(String)),
-      set: (key, v) => retry(() => c.set(key, v)),
+      set: (key, v) => retry(() => c.set(key, v), true),
       get: (key) => c.get(key),
       incr: (key) => retry(() => c.incr(key)),
       mget: (keys) => c.mget(keys),
@@ -74,7 +77,7 @@ async function connect(host, p, admin = false) {
   return {
     version: require('redis/package.json').version,
     call: (...a) => c.sendCommand(a.map(String)),
-    set: (key, v) => retry(() => c.set(key, String(v))),
+    set: (key, v) => retry(() => c.set(key, String(v)), true),
     get: (key) => c.get(key),
     incr: (key) => retry(() => c.incr(key)),
     mget: (keys) => c.mGet(keys),
