@@ -11,6 +11,9 @@
 //!
 //! Prints a table; numbers are only comparable within one run on one machine.
 
+#[path = "../tests/support/certs.rs"]
+mod certs;
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,28 +44,7 @@ enum Tls {
 
 /// `ca.pem` and `node{id}.pem`/`.key` for ids 1..=3 in `dir`; the config lines naming them.
 fn write_certificates(dir: &std::path::Path) -> String {
-    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    for id in 1..=3 {
-        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        leaf.subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        leaf.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = leaf.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.join(format!("node{id}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("node{id}.key")), key.serialize_pem()).unwrap();
-    }
+    certs::Ca::new("kvraft bench CA").write(dir, 3);
     let d = dir.display();
     format!("tls_cert = {d}/node{{id}}.pem\ntls_key = {d}/node{{id}}.key\ntls_ca = {d}/ca.pem\n")
 }
