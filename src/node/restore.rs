@@ -61,7 +61,7 @@ pub fn restore(cfg: &Config, backup: &Path) -> Result<Restored, NodeError> {
     } else if dir.exists() {
         return Err(refuse(format!("{} is not a directory", dir.display())));
     }
-    let tmp = sibling(&dir, ".restore-tmp");
+    let tmp = snapshot::with_suffix(&dir, ".restore-tmp");
     if tmp.exists() {
         // A restore that died half-way: never part of any cluster.
         fs::remove_dir_all(&tmp)
@@ -70,7 +70,7 @@ pub fn restore(cfg: &Config, backup: &Path) -> Result<Restored, NodeError> {
     let result = build(cfg, backup, &tmp).and_then(|r| {
         // rename(2) replaces an empty directory (one made by the service's installer).
         fs::rename(&tmp, &dir)
-            .and_then(|()| sync_parent(&dir))
+            .and_then(|()| snapshot::sync_parent(&dir))
             .map_err(|e| {
                 NodeError::new(format!(
                     "moving {} to {}: {e}",
@@ -153,19 +153,4 @@ fn build(
     snapshot::write_snapshot_file(tmp, &header, &sm)
         .map_err(|e| NodeError::new(format!("writing the snapshot: {e}")))?;
     Ok((last, sm.len(), sm.state_hash()))
-}
-
-/// `dir` with `suffix` appended to its last component.
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-fn sync_parent(dir: &Path) -> std::io::Result<()> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::File::open(parent)?.sync_all()
 }

@@ -123,9 +123,8 @@ pub struct BackupWriter {
     file: Option<BufWriter<File>>,
     header: BackupHeader,
     written: u64,
-    /// CRC32C of the payload so far, and of the payload but its last 4 bytes (the snapshot
-    /// file's own CRC covers exactly that).
-    crc: u32,
+    /// CRC32C of the payload but its last 4 bytes (the snapshot file's own CRC covers
+    /// exactly that); the whole payload's CRC follows from it and `tail`.
     inner_crc: u32,
     /// The payload's last 4 bytes (its stored CRC), as they pass.
     tail: [u8; 4],
@@ -136,9 +135,7 @@ impl BackupWriter {
     pub fn create(path: &Path, last: EntryId, payload_len: u64) -> io::Result<BackupWriter> {
         check_payload_len(payload_len)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut name = path.as_os_str().to_owned();
-        name.push(".tmp");
-        let tmp = PathBuf::from(name);
+        let tmp = with_suffix(path, ".tmp");
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -154,7 +151,6 @@ impl BackupWriter {
                 payload_crc: 0,
             },
             written: 0,
-            crc: 0,
             inner_crc: 0,
             tail: [0; 4],
         };
@@ -173,17 +169,16 @@ impl BackupWriter {
             )));
         }
         self.io(|f| f.write_all(data))?;
-        self.crc = crc32c::crc32c_append(self.crc, data);
         let inner_end = self.header.payload_len - 4;
         if self.written < inner_end {
             let n = (inner_end - self.written).min(data.len() as u64) as usize;
             self.inner_crc = crc32c::crc32c_append(self.inner_crc, &data[..n]);
         }
-        for (i, &b) in data.iter().enumerate() {
-            let at = self.written + i as u64;
-            if at >= inner_end {
-                self.tail[(at - inner_end) as usize] = b;
-            }
+        if end > inner_end {
+            // The part of `data` at or past `inner_end`, and where it lands in `tail`.
+            let from = inner_end.saturating_sub(self.written) as usize;
+            let at = (self.written + from as u64 - inner_end) as usize;
+            self.tail[at..at + data.len() - from].copy_from_slice(&data[from..]);
         }
         self.written = end;
         Ok(())
@@ -212,7 +207,7 @@ impl BackupWriter {
             );
             return Err(self.fail(why));
         }
-        self.header.payload_crc = self.crc;
+        self.header.payload_crc = crc32c::crc32c_append(self.inner_crc, &self.tail);
         let head = self.header.encode();
         let result = (|| {
             let file = self.file.take().expect("open until finished");
@@ -220,11 +215,7 @@ impl BackupWriter {
             file.write_all_at(&head, 0)?;
             file.sync_all()?;
             fs::rename(&self.tmp, &self.path)?;
-            let dir = match self.path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            sync_dir(&dir)
+            sync_parent(&self.path)
         })();
         match result {
             Ok(()) => Ok(self.header),

@@ -312,6 +312,21 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Fsync the directory holding `path` (`.` for a bare name), so a rename into it is durable.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => sync_dir(d),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// `path` with `suffix` appended to its last component (`x` -> `x.tmp`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 // ---------------------------------------------------------------------------------------------
 // CRC-computing and counting wrappers.
 
