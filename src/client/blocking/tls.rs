@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
+
+use crate::node::tls::{load_certs, load_roots};
 
 /// A client's TLS configuration. Cheap to clone (shared).
 #[derive(Clone)]
@@ -30,12 +32,7 @@ impl ClientTls {
     /// Trust the CA certificates in `ca`; present `cert_key` (certificate chain, private key)
     /// when given. Errors name the file and what is wrong with it.
     pub fn load(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Result<ClientTls, String> {
-        let mut roots = RootCertStore::empty();
-        for cert in certs(ca)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: not a CA certificate: {e}", ca.display()))?;
-        }
+        let roots = load_roots(ca).map_err(|e| e.0)?;
         let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS versions: {e}"))?
@@ -43,7 +40,7 @@ impl ClientTls {
         let config = match cert_key {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
-                let chain = certs(cert)?;
+                let chain = load_certs(cert).map_err(|e| e.0)?;
                 let key = PrivateKeyDer::from_pem_file(key)
                     .map_err(|e| format!("{}: no private key: {e}", key.display()))?;
                 builder
@@ -71,17 +68,6 @@ pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_string())
         .map_err(|e| format!("{addr}: not a name a certificate can carry: {e}"))
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in it", path.display()));
-    }
-    Ok(certs)
 }
 
 #[cfg(test)]
