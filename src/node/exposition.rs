@@ -20,7 +20,7 @@ use super::telemetry::CatchUp;
 use super::Node;
 use crate::kv::StateMachine;
 use crate::metrics::{Kind, TextWriter};
-use crate::raft::{Message, MessageBody, Role};
+use crate::raft::{Message, MessageBody, Role, Status};
 
 impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Time each apply with `now` (the shell's clock). Without it (the simulator), apply
@@ -100,14 +100,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// `/metrics`: the Prometheus text exposition (format 0.0.4).
     pub fn metrics_text(&self) -> String {
         let mut w = TextWriter::new();
-        self.write_server_metrics(&mut w);
-        self.write_storage_metrics(&mut w);
+        let st = self.raft.status();
+        self.write_server_metrics(&mut w, &st);
+        self.write_storage_metrics(&mut w, &st);
         self.write_snapshot_metrics(&mut w);
         w.finish()
     }
 
-    fn write_server_metrics(&self, w: &mut TextWriter) {
-        let st = self.raft.status();
+    fn write_server_metrics(&self, w: &mut TextWriter, st: &Status) {
         let gauge = Kind::Gauge;
         let counter = Kind::Counter;
         let version = env!("CARGO_PKG_VERSION");
@@ -258,7 +258,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
-    fn write_storage_metrics(&self, w: &mut TextWriter) {
+    fn write_storage_metrics(&self, w: &mut TextWriter, st: &Status) {
         let (gauge, counter) = (Kind::Gauge, Kind::Counter);
         if let Some(h) = self.stored.disk().fsync_seconds() {
             let name = "kvraft_disk_wal_fsync_duration_seconds";
@@ -271,7 +271,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             "Log syncs (one per turn that appended).",
             self.stats.syncs as f64,
         );
-        let st = self.raft.status();
         let entries = (st.last_index.0 + 1).saturating_sub(st.first_index.0);
         w.single(
             "kvraft_log_first_index",
