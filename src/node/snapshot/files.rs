@@ -74,19 +74,23 @@ fn write_body<W: Write, S: StateMachine + ?Sized>(
 /// Bytes a snapshot writer hands the disk at a time.
 const WRITEBACK_CHUNK: u64 = 256 * 1024;
 
-/// A file written front to back that never has more than `WRITEBACK_CHUNK` bytes of its own on
-/// their way to the disk: each full chunk is written back and waited for before the writer
-/// goes on. Every log `fdatasync` on the same disk queues behind whatever the snapshot has in
-/// flight, so that amount is the stall a snapshot can add to a write. Measured (86 MB written
-/// beside a 4 KiB pwrite+fdatasync loop, 2-core VM, ext4): with 8 MiB windows started ahead
-/// the loop's p99 went from 12 to 69-80 ms; with 256 KiB chunks waited for it stayed at
-/// 11-17 ms, and the snapshot took 0.6-1.1 s instead of 0.3-0.6 s.
-/// Invariant: `synced <= written`, `written - synced < WRITEBACK_CHUNK` after every `write`.
+/// A file written front to back that never has more than two `WRITEBACK_CHUNK`s of its own on
+/// their way to the disk: each full chunk is sent to the disk at once, after waiting for the
+/// one before it (so the child rarely blocks: that one has been in flight while this one was
+/// serialized). Every log `fdatasync` on the same disk queues behind whatever the snapshot has
+/// in flight, so that amount is the stall a snapshot can add to a write. Measured (86 MB
+/// written beside a 4 KiB pwrite+fdatasync loop, 2-core VM, ext4): with 8 MiB windows (16 MiB
+/// in flight) the loop's p99 went from 12 to 69-80 ms; with 256 KiB chunks it stayed at
+/// 11-18 ms, and the snapshot took 0.6-1.1 s instead of 0.3-0.6 s.
+/// Invariant: `waited <= started <= written`; after every `write`,
+/// `written - started < WRITEBACK_CHUNK` and the chunk in flight is `[waited, started)`.
 struct WritebackFile {
     file: File,
     written: u64,
+    /// Everything before this offset has been sent to the disk.
+    started: u64,
     /// Everything before this offset is on the disk (no cache flush: the final fsync does it).
-    synced: u64,
+    waited: u64,
 }
 
 impl WritebackFile {
@@ -94,7 +98,8 @@ impl WritebackFile {
         WritebackFile {
             file,
             written: 0,
-            synced: 0,
+            started: 0,
+            waited: 0,
         }
     }
 }
@@ -103,10 +108,16 @@ impl Write for WritebackFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        if self.written - self.synced >= WRITEBACK_CHUNK {
-            let len = self.written - self.synced;
-            sys::writeback(self.file.as_raw_fd(), self.synced, len, sys::Writeback::Wait)?;
-            self.synced = self.written;
+        if self.written - self.started >= WRITEBACK_CHUNK {
+            let fd = self.file.as_raw_fd();
+            if self.started > self.waited {
+                let len = self.started - self.waited;
+                sys::writeback(fd, self.waited, len, sys::Writeback::Wait)?;
+                self.waited = self.started;
+            }
+            let len = self.written - self.started;
+            sys::writeback(fd, self.started, len, sys::Writeback::Start)?;
+            self.started = self.written;
         }
         Ok(n)
     }
@@ -118,8 +129,9 @@ impl Write for WritebackFile {
 // ---------------------------------------------------------------------------------------------
 // Removing, gently (in the fork child).
 
-/// Bytes freed per step when the snapshot child removes a file.
-const REMOVE_STEP_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes freed per step when the snapshot child removes a file; a file no larger is simply
+/// unlinked.
+const REMOVE_STEP_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Whether a file may be truncated away while someone still reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,8 +148,9 @@ pub enum Readers {
 /// frees each one's blocks `REMOVE_STEP_BYTES` at a time, each step made durable by an fsync
 /// (so the journal commit that frees, and on a `discard` mount trims, that step comes now and
 /// is small) and followed by a pause as long as it took. Unlinking 86 MB at once stalled a
-/// 4 KiB pwrite+fdatasync loop beside it for 75-104 ms; 4 MiB steps kept its maximum at
-/// 15-16 ms. Runs in the fork child: it never logs (invariant 3). Returns how many names it
+/// 4 KiB pwrite+fdatasync loop beside it (ext4 mounted with `discard`) for 75-104 ms; 16 MiB
+/// steps kept its maximum at 22-28 ms, 4 MiB steps at 15-16 ms but with four times the fsyncs
+/// (slow for the child on a busy disk). Runs in the fork child: it never logs (invariant 3). Returns how many names it
 /// removed; a file that vanished meanwhile is not an error.
 pub fn remove_gently(paths: &[PathBuf], readers: Readers) -> io::Result<usize> {
     let mut opened = Vec::new();
@@ -149,7 +162,12 @@ pub fn remove_gently(paths: &[PathBuf], readers: Readers) -> io::Result<usize> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(_) => None, // unlink it all the same
         };
+        let small = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_none_or(|m| m.len() <= REMOVE_STEP_BYTES);
         let unread = match (&file, readers) {
+            _ if small => false,
             (Some(_), Readers::None) => true,
             (Some(f), Readers::Locked) => {
                 sys::try_lock(f.as_raw_fd(), sys::FileLock::Exclusive).unwrap_or(false)
@@ -172,7 +190,11 @@ pub fn remove_gently(paths: &[PathBuf], readers: Readers) -> io::Result<usize> {
         }
     }
     for dir in dirs {
-        sync_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?;
+        sync_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })?;
     }
     for file in opened {
         free_in_steps(&file)?;
@@ -217,7 +239,10 @@ pub fn read_snapshot_header(path: &Path) -> Result<SnapshotHeader, SnapshotFileE
 }
 
 /// [`read_snapshot_header`] of an open `file` (from its start, whatever its position).
-pub(super) fn read_header_of(file: &File, path: &Path) -> Result<SnapshotHeader, SnapshotFileError> {
+pub(super) fn read_header_of(
+    file: &File,
+    path: &Path,
+) -> Result<SnapshotHeader, SnapshotFileError> {
     let size = file
         .metadata()
         .map_err(|e| SnapshotFileError::io(path, e))?
