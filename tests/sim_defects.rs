@@ -88,17 +88,17 @@ fn member_add_beyond_the_membership_limit_is_refused_before_proposing() {
 ///
 /// Leader L is cut off from the two others with a `SET e` appended, uncommitted; the election
 /// timer of one (W) runs out and the other (V), no longer hearing L, votes W in at a newer term
-/// while L still leads. V then loses its disk and comes back as V', which talks to L only. Were
-/// L to count V''s acks as V's, `e` would commit on L and V' and be acknowledged, and once the
-/// network heals W's log (its last term is newer) would replace `e` everywhere. The moment L
-/// is cut off is tried at every tick of a few election timeouts; in 8 of 60 W wins while L
-/// still leads (the rest is deterministic).
+/// while L still leads. V then loses its disk and comes back as V', which talks to L only. `e`
+/// must not be acknowledged unless it survives: once the network heals, W's log (its last term
+/// is newer) replaces L's. The moment L is cut off is tried at every tick of a few election
+/// timeouts; in 8 of 60 W wins while L still leads (the rest is deterministic).
 ///
-/// What keeps `e` safe here is check-quorum, not only the counting rule: L is deposed within a
+/// What it catches: a stale leader acknowledging `e` with the defences as they stand at the
+/// default timing. It does not isolate the counting rule: L is deposed by check-quorum within a
 /// tick or two of W's win, before V' has said Hello (W's election takes one election timeout
-/// after the cut, L's check-quorum at most two), so removing only the counting rule
-/// (`node/peers.rs`) does not fail this story; the admission's demotion of V to a learner
-/// (appended before any later entry) closes the rest of the window.
+/// after the cut, L's check-quorum at most two), so removing only the rule (`node/peers.rs`)
+/// passes; and were L to lead on, its re-admission of V' (appended after `e`) makes V a learner,
+/// so `e` would need W. The next story isolates the rule.
 #[test]
 fn a_stale_leader_and_a_voter_that_lost_its_disk_never_lose_an_acknowledged_write() {
     let mut races = 0;
@@ -175,10 +175,15 @@ fn a_stale_leader_and_a_voter_that_lost_its_disk_never_lose_an_acknowledged_writ
 ///   L's heartbeat 5 or 6 ticks later, before L's second check.
 ///
 /// The story is periodic in the moment of the cut (a follower draws its election timeout once
-/// per term), so it tries every tick of one check period for 40 sets of node seeds. With the
-/// rule, L steps down at its second check whatever V' answers, and `e` is never acknowledged.
-/// Without it, L counts V''s answers as V's, stays leader past that check, and commits `e` on
-/// L and V'; once the network heals, W's log (its last term is newer) replaces `e`.
+/// per term), so it tries every tick of one check period for 40 sets of node seeds; in 26 of
+/// the 600 runs V''s answer reaches L before L's second check. With the rule, L steps down at
+/// that check whatever V' answers. Without it (tried by disabling the check in `peers.rs`: the
+/// first such run fails, L still leading 47 ticks after the cut where its window ends at 32),
+/// L counts V''s heartbeat answers as V's and leads a stale term until the network heals,
+/// keeping its clients from W. Even then `e` is not acknowledged: L's next index for V never
+/// drops below the old V's match index, so V' rejects every append (and L's reads wait for its
+/// own uncommitted entries). The lost-write check stays, as the property that matters should
+/// either of those change.
 #[test]
 fn a_stale_leader_never_counts_the_new_incarnation_of_a_voter_that_lost_its_disk() {
     use kvraft::raft::NodeId;
