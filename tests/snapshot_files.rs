@@ -634,3 +634,117 @@ fn the_sender_resumes_where_a_follower_already_is_and_rewinds_on_restart() {
     other.last.index = other.last.index.next();
     assert!(SnapshotSender::new(src.path.clone(), other, 100, 2).is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Removing old files gently (what the snapshot child does once its snapshot is durable).
+
+#[test]
+fn removing_gently_unlinks_every_name_and_frees_files_nobody_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("{i:020}.wal.obsolete")))
+        .collect();
+    // Larger than one 16 MiB step, and not a multiple of it.
+    for (i, p) in paths.iter().enumerate() {
+        fs::write(p, vec![i as u8 + 1; 33 * 1024 * 1024 + 17 * i]).unwrap();
+    }
+    // An observer's handle on the middle file: it sees the blocks go.
+    let observer = fs::File::open(&paths[1]).unwrap();
+    let mut with_missing = paths.clone();
+    with_missing.push(dir.path().join("never-existed.wal.obsolete"));
+    assert_eq!(remove_gently(&with_missing, Readers::None).unwrap(), 3);
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    assert_eq!(
+        observer.metadata().unwrap().len(),
+        0,
+        "the unread file was freed"
+    );
+    assert_eq!(remove_gently(&paths, Readers::None).unwrap(), 0);
+}
+
+#[test]
+fn an_old_snapshot_being_streamed_is_unlinked_but_keeps_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write(dir.path(), &header(2, 100), &TestSm::random(5, 3000));
+    let bytes = fs::read(&old.path).unwrap();
+    let mut tx = SnapshotSender::new(old.path.clone(), header(2, 100).meta, 4096, 1).unwrap();
+    let newer = write(dir.path(), &header(2, 200), &TestSm::random(6, 10));
+    assert_eq!(
+        remove_older_gently(dir.path(), header(2, 200).meta.last).unwrap(),
+        1
+    );
+    assert!(!old.path.exists(), "the old name is gone");
+    assert!(newer.path.exists());
+    // The sender's locked file kept its contents: it streams the whole old snapshot.
+    assert_eq!(tx.read_at(0, bytes.len()).unwrap(), bytes);
+    drop(tx);
+    write(dir.path(), &header(3, 300), &TestSm::random(7, 10));
+    assert_eq!(
+        remove_older_gently(dir.path(), header(3, 300).meta.last).unwrap(),
+        1
+    );
+    assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);
+}
+
+#[test]
+fn a_large_file_under_a_shared_lock_is_unlinked_but_not_truncated() {
+    use kvraft::node::sys::{try_lock, FileLock};
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let (read, unread) = (dir.path().join("read"), dir.path().join("unread"));
+    let bytes: Vec<u8> = (0..40 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&read, &bytes).unwrap();
+    fs::write(&unread, &bytes).unwrap();
+    let reader = fs::File::open(&read).unwrap();
+    assert!(try_lock(reader.as_raw_fd(), FileLock::Shared).unwrap());
+    let observer = fs::File::open(&unread).unwrap(); // no lock: not a reader
+    let paths = [read.clone(), unread.clone()];
+    assert_eq!(remove_gently(&paths, Readers::Locked).unwrap(), 2);
+    assert!(!read.exists() && !unread.exists());
+    assert_eq!(
+        observer.metadata().unwrap().len(),
+        0,
+        "the unread file was freed"
+    );
+    let mut kept = Vec::new();
+    std::io::Read::read_to_end(&mut &reader, &mut kept).unwrap();
+    assert!(
+        kept == bytes,
+        "the locked file lost bytes: {} of {}",
+        kept.len(),
+        bytes.len()
+    );
+}
+
+#[test]
+fn a_snapshot_being_removed_is_not_opened_for_streaming() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let w = write(dir.path(), &header(2, 100), &TestSm::random(8, 100));
+    let remover = fs::File::open(&w.path).unwrap();
+    assert!(kvraft::node::sys::try_lock(
+        remover.as_raw_fd(),
+        kvraft::node::sys::FileLock::Exclusive
+    )
+    .unwrap());
+    let err = SnapshotSender::new(w.path.clone(), header(2, 100).meta, 4096, 1)
+        .err()
+        .expect("refused while locked");
+    assert!(err.to_string().contains("being removed"), "{err}");
+    drop(remover);
+    // Readers share: two senders at once, and then the remover's lock is refused.
+    let a = SnapshotSender::new(w.path.clone(), header(2, 100).meta, 4096, 1).unwrap();
+    let b = SnapshotSender::new(w.path.clone(), header(2, 100).meta, 4096, 1).unwrap();
+    let remover = fs::File::open(&w.path).unwrap();
+    assert!(!kvraft::node::sys::try_lock(
+        remover.as_raw_fd(),
+        kvraft::node::sys::FileLock::Exclusive
+    )
+    .unwrap());
+    drop((a, b));
+    assert!(kvraft::node::sys::try_lock(
+        remover.as_raw_fd(),
+        kvraft::node::sys::FileLock::Exclusive
+    )
+    .unwrap());
+}

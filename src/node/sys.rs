@@ -145,6 +145,31 @@ pub fn writeback(fd: RawFd, offset: u64, len: u64, how: Writeback) -> io::Result
     check(rc).map(|_| ())
 }
 
+/// Which `flock` to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileLock {
+    /// Many holders at once (readers of a snapshot file).
+    Shared,
+    /// One holder, and no shared ones (the snapshot child about to truncate a file away).
+    Exclusive,
+}
+
+/// `flock(fd, LOCK_SH | LOCK_NB)` or `LOCK_EX | LOCK_NB`: true if taken, false if another open
+/// file holds a conflicting lock. The lock belongs to the open file (every fd duplicated from
+/// it, a fork child's included) and ends when the last of them closes.
+pub fn try_lock(fd: RawFd, how: FileLock) -> io::Result<bool> {
+    let op = match how {
+        FileLock::Shared => libc::LOCK_SH,
+        FileLock::Exclusive => libc::LOCK_EX,
+    };
+    // SAFETY: flock only reads its integer arguments; a bad fd is EBADF.
+    match check(unsafe { libc::flock(fd, op | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `_exit(code)`: ends the process without running destructors, atexit handlers or flushing
 /// stdio buffers.
 pub fn exit_now(code: i32) -> ! {

@@ -233,10 +233,10 @@ fn child_main<S: StateMachine + ?Sized>(
             // The older files go here, not in the parent: unlinking hundreds of MiB can take
             // tens of ms (more on a filesystem mounted with `discard`), which the event loop
             // must not spend. A failure only leaves a file for the next snapshot to remove.
-            let _ = remove_older_than(dir, header.meta.last);
-            for path in cleanup {
-                let _ = fs::remove_file(path);
-            }
+            // Gently (`remove_gently`): one unlink of a large file stalls every log sync on
+            // the disk for as long as the file system takes to free (and trim) its blocks.
+            let _ = remove_older_gently(dir, header.meta.last);
+            let _ = remove_gently(cleanup, Readers::None);
             let mut msg = [0u8; CHILD_OK_SIZE];
             msg[0] = CHILD_OK;
             BigEndian::write_u64(&mut msg[1..9], w.state_hash);

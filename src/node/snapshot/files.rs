@@ -71,20 +71,25 @@ fn write_body<W: Write, S: StateMachine + ?Sized>(
     Ok((w.count, state_hash))
 }
 
-/// Bytes a snapshot writer lets pile up before pushing them to the disk.
-const WRITEBACK_WINDOW: u64 = 8 * 1024 * 1024;
+/// Bytes a snapshot writer hands the disk at a time.
+const WRITEBACK_CHUNK: u64 = 256 * 1024;
 
-/// A file written front to back that keeps its dirty pages to about two windows: each full
-/// window is sent to the disk at once, and the one before it is waited for. Without this, a
-/// snapshot of hundreds of MiB sits in the page cache and its final flush stalls every log
-/// sync on the same disk for as long as it takes (seen: p99 write latency up 100x).
-/// Invariant: `waited <= started <= written`.
+/// A file written front to back that never has more than two `WRITEBACK_CHUNK`s of its own on
+/// their way to the disk: each full chunk is sent to the disk at once, after waiting for the
+/// one before it (so the child rarely blocks: that one has been in flight while this one was
+/// serialized). Every log `fdatasync` on the same disk queues behind whatever the snapshot has
+/// in flight, so that amount is the stall a snapshot can add to a write. Measured (86 MB
+/// written beside a 4 KiB pwrite+fdatasync loop, 2-core VM, ext4): with 8 MiB windows (16 MiB
+/// in flight) the loop's p99 went from 12 to 69-80 ms; with 256 KiB chunks it stayed at
+/// 11-18 ms, and the snapshot took 0.6-1.1 s instead of 0.3-0.6 s.
+/// Invariant: `waited <= started <= written`; after every `write`,
+/// `written - started < WRITEBACK_CHUNK` and the chunk in flight is `[waited, started)`.
 struct WritebackFile {
     file: File,
     written: u64,
     /// Everything before this offset has been sent to the disk.
     started: u64,
-    /// Everything before this offset is on the disk.
+    /// Everything before this offset is on the disk (no cache flush: the final fsync does it).
     waited: u64,
 }
 
@@ -103,23 +108,15 @@ impl Write for WritebackFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        if self.written - self.started >= WRITEBACK_WINDOW {
+        if self.written - self.started >= WRITEBACK_CHUNK {
             let fd = self.file.as_raw_fd();
             if self.started > self.waited {
-                sys::writeback(
-                    fd,
-                    self.waited,
-                    self.started - self.waited,
-                    sys::Writeback::Wait,
-                )?;
+                let len = self.started - self.waited;
+                sys::writeback(fd, self.waited, len, sys::Writeback::Wait)?;
                 self.waited = self.started;
             }
-            sys::writeback(
-                fd,
-                self.started,
-                self.written - self.started,
-                sys::Writeback::Start,
-            )?;
+            let len = self.written - self.started;
+            sys::writeback(fd, self.started, len, sys::Writeback::Start)?;
             self.started = self.written;
         }
         Ok(n)
@@ -130,16 +127,127 @@ impl Write for WritebackFile {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Removing, gently (in the fork child).
+
+/// Bytes freed per step when the snapshot child removes a file; a file no larger is simply
+/// unlinked.
+const REMOVE_STEP_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Whether a file may be truncated away while someone still reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readers {
+    /// Nobody opens it (a retired log segment): truncate it.
+    None,
+    /// A snapshot file: readers hold a shared `flock` on it (`SnapshotSender::new`); truncate it
+    /// only if the exclusive lock is free, else only unlink it (the readers keep its contents).
+    Locked,
+}
+
+/// Removes the files in `paths` without one long stall of every other writer on the disk:
+/// unlinks each (their names are gone before this returns, their directories fsynced), then
+/// frees each one's blocks `REMOVE_STEP_BYTES` at a time, each step made durable by an fsync
+/// (so the journal commit that frees, and on a `discard` mount trims, that step comes now and
+/// is small) and followed by a pause as long as it took. Unlinking 86 MB at once stalled a
+/// 4 KiB pwrite+fdatasync loop beside it (ext4 mounted with `discard`) for 75-104 ms; 16 MiB
+/// steps kept its maximum at 22-28 ms, 4 MiB steps at 15-16 ms but with four times the fsyncs
+/// (slow for the child on a busy disk). Runs in the fork child: it never logs (invariant 3). Returns how many names it
+/// removed; a file that vanished meanwhile is not an error.
+pub fn remove_gently(paths: &[PathBuf], readers: Readers) -> io::Result<usize> {
+    let mut opened = Vec::new();
+    let mut removed = 0;
+    let mut dirs: Vec<&Path> = Vec::new();
+    for path in paths {
+        let file = match OpenOptions::new().write(true).open(path) {
+            Ok(file) => Some(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => None, // unlink it all the same
+        };
+        let small = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_none_or(|m| m.len() <= REMOVE_STEP_BYTES);
+        let unread = match (&file, readers) {
+            _ if small => false,
+            (Some(_), Readers::None) => true,
+            (Some(f), Readers::Locked) => {
+                sys::try_lock(f.as_raw_fd(), sys::FileLock::Exclusive).unwrap_or(false)
+            }
+            (None, _) => false,
+        };
+        match fs::remove_file(path) {
+            Ok(()) => {
+                removed += 1;
+                let parent = path.parent().unwrap_or(Path::new("."));
+                if !dirs.contains(&parent) {
+                    dirs.push(parent);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        if let (Some(file), true) = (file, unread) {
+            opened.push(file);
+        }
+    }
+    for dir in dirs {
+        sync_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })?;
+    }
+    for file in opened {
+        free_in_steps(&file)?;
+    }
+    Ok(removed)
+}
+
+/// Truncates an unlinked `file` to nothing, `REMOVE_STEP_BYTES` at a time (see `remove_gently`).
+fn free_in_steps(file: &File) -> io::Result<()> {
+    let mut size = file.metadata()?.len();
+    while size > 0 {
+        size = size.saturating_sub(REMOVE_STEP_BYTES);
+        let step_started = Instant::now();
+        file.set_len(size)?;
+        file.sync_all()?;
+        std::thread::sleep(step_started.elapsed());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reading.
+
+/// Reads `file` from `offset` on with `pread`, leaving the file's own position alone.
+struct ReadAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
 
 /// Reads only the header (no CRC check): for listing and for deciding what a file is.
 pub fn read_snapshot_header(path: &Path) -> Result<SnapshotHeader, SnapshotFileError> {
     let file = File::open(path).map_err(|e| SnapshotFileError::io(path, e))?;
+    read_header_of(&file, path)
+}
+
+/// [`read_snapshot_header`] of an open `file` (from its start, whatever its position).
+pub(super) fn read_header_of(
+    file: &File,
+    path: &Path,
+) -> Result<SnapshotHeader, SnapshotFileError> {
     let size = file
         .metadata()
         .map_err(|e| SnapshotFileError::io(path, e))?
         .len();
-    let mut r = BufReader::with_capacity(4096, file);
+    let mut r = BufReader::with_capacity(4096, ReadAt { file, offset: 0 });
     decode_header(&mut r, path, size)
 }
 
@@ -390,6 +498,17 @@ pub fn load_newest<S: StateMachine>(
             SnapshotFileErrorKind::AllCorrupt { count },
         ))
     }
+}
+
+/// [`remove_older_than`] for the fork child: through [`remove_gently`], so a large old snapshot
+/// does not stall the disk when it goes (snapshots being read are only unlinked).
+pub fn remove_older_gently(dir: &Path, keep: EntryId) -> io::Result<usize> {
+    let older: Vec<PathBuf> = list_snapshots(dir)?
+        .into_iter()
+        .filter(|(id, _)| (id.index, id.term) < (keep.index, keep.term))
+        .map(|(_, path)| path)
+        .collect();
+    remove_gently(&older, Readers::Locked)
 }
 
 /// Removes every snapshot file older than `keep` (lower index, or same index and lower term).

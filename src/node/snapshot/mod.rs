@@ -50,6 +50,10 @@
 //!    `kill_if_overdue` or `Drop`), waiting only for its own pid.
 //! 5. The receiver writes chunks strictly in order; the file is renamed into place only after
 //!    it was fsynced and verified whole (header + CRC trailer).
+//! 6. A reader of a snapshot file (`SnapshotSender`: streaming to a follower, a backup) holds a
+//!    shared `flock` on it for as long as it has it open; the fork child truncates an old
+//!    snapshot away (`remove_gently`) only under the exclusive lock, else it only unlinks it,
+//!    so a reader never sees its file shrink.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};

@@ -31,8 +31,9 @@ pub struct SnapshotSender<F: ChunkSource = File> {
 }
 
 impl SnapshotSender<File> {
-    /// Opens the file and checks that its header is the snapshot `meta` names. The open file
-    /// keeps its contents readable even if compaction removes its name meanwhile.
+    /// Opens the file, takes a shared `flock` on it and checks that its header is the snapshot
+    /// `meta` names. The open, locked file keeps its contents readable even if compaction
+    /// removes its name meanwhile.
     pub fn new(
         path: PathBuf,
         meta: SnapshotMeta,
@@ -44,7 +45,14 @@ impl SnapshotSender<File> {
             "chunk of {chunk_bytes} bytes outside 1..={SNAPSHOT_CHUNK_SIZE_MAX}"
         );
         assert!(inflight_max >= 1, "inflight_max 0 would never send");
-        let header = read_snapshot_header(&path)
+        let file = File::open(&path)?;
+        // Held while the file is open: the snapshot child truncates an old snapshot away only
+        // when nobody holds this (`remove_gently`); it just unlinks one that is being read.
+        if !sys::try_lock(file.as_raw_fd(), sys::FileLock::Shared)? {
+            let msg = format!("snapshot file {} is being removed", path.display());
+            return Err(io::Error::new(io::ErrorKind::NotFound, msg));
+        }
+        let header = read_header_of(&file, &path)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         if header.meta != meta {
             let msg = format!(
@@ -55,7 +63,6 @@ impl SnapshotSender<File> {
             );
             return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
         }
-        let file = File::open(&path)?;
         let total_size = file.metadata()?.len();
         Ok(SnapshotSender::from_source(
             file,
