@@ -23,7 +23,7 @@
 #     resident memory per key: the same `redis-benchmark -t set -n KEYS -r KEYS -d 256` load
 #     (default 1,000,000: about 632k distinct keys) into the cluster's leader and into a
 #     redis-server without persistence on port 27650; prints each one's anonymous resident
-#     size, keys, and bytes per key.
+#     size, keys, bytes per key, and (kvraft) the log entries it holds in memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 memory=
@@ -126,8 +126,12 @@ if [[ -n $memory ]]; then
     IFS=: read -r name p port <<<"$who"
     keys=$(redis-cli -p "$port" dbsize | tr -d '\r')
     kb=$(rss_kb "$p")
-    printf "%-16s %8d keys  RssAnon %7d kB  %6.0f bytes per key\n" "$name" "$keys" "$kb" \
+    printf "%-16s %8d keys  RssAnon %7d kB  %6.0f bytes per key" "$name" "$keys" "$kb" \
       "$(echo "$kb * 1024 / $keys" | bc -l)"
+    # The log entries a kvraft node holds in memory (after its last compaction) are part of it.
+    [[ $name == kvraft-* ]] && printf "  (%d log entries in memory)" \
+      $(( $(info "$port" last_log_index) - $(info "$port" first_log_index) + 1 ))
+    echo
   done
   redis-cli -p 27650 shutdown nosave >/dev/null 2>&1 || true
   exit 0
