@@ -70,6 +70,8 @@ EOF
 declare -A pid
 cleanup() {
   for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  # memory mode's redis-server daemonizes: stop it too when the run fails half-way.
+  [[ -f $dir/redis.pid ]] && kill -TERM "$(cat "$dir/redis.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$dir"
 }
