@@ -23,7 +23,7 @@
 #     resident memory per key: the same `redis-benchmark -t set -n KEYS -r KEYS -d 256` load
 #     (default 1,000,000: about 632k distinct keys) into the cluster's leader and into a
 #     redis-server without persistence on port 27650; prints each one's anonymous resident
-#     size, keys, and bytes per key.
+#     size, keys, bytes per key, and (kvraft) the log entries it holds in memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 memory=
@@ -70,6 +70,8 @@ EOF
 declare -A pid
 cleanup() {
   for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  # memory mode's redis-server daemonizes: stop it too when the run fails half-way.
+  [[ -f $dir/redis.pid ]] && kill -TERM "$(cat "$dir/redis.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$dir"
 }
@@ -86,7 +88,7 @@ leader=
 for _ in $(seq 1 300); do
   st=$("$bin/kvctl" -c "$conf" -t 1 status 2>/dev/null || true)
   if [[ $(grep -cE ' (leader|follower) ' <<<"$st") -ge 3 ]]; then
-    leader=$(awk '$3 == "leader" { print $1 }' <<<"$st")
+    leader=$(awk '$4 == "leader" { print $1 }' <<<"$st") # ID ADDRESS HEALTH ROLE ...
     [[ -n $leader ]] && break
   fi
   sleep 0.1
@@ -126,8 +128,12 @@ if [[ -n $memory ]]; then
     IFS=: read -r name p port <<<"$who"
     keys=$(redis-cli -p "$port" dbsize | tr -d '\r')
     kb=$(rss_kb "$p")
-    printf "%-16s %8d keys  RssAnon %7d kB  %6.0f bytes per key\n" "$name" "$keys" "$kb" \
+    printf "%-16s %8d keys  RssAnon %7d kB  %6.0f bytes per key" "$name" "$keys" "$kb" \
       "$(echo "$kb * 1024 / $keys" | bc -l)"
+    # The log entries a kvraft node holds in memory (after its last compaction) are part of it.
+    [[ $name == kvraft-* ]] && printf "  (%d log entries in memory)" \
+      $(( $(info "$port" last_log_index) - $(info "$port" first_log_index) + 1 ))
+    echo
   done
   redis-cli -p 27650 shutdown nosave >/dev/null 2>&1 || true
   exit 0

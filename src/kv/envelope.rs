@@ -108,7 +108,16 @@ impl std::fmt::Display for DecodeError {
 
 /// The payload of a log entry: `command` (as `command.rs` encodes it) behind `env`.
 pub fn wrap(env: &Envelope, command: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ENVELOPE_SIZE_MAX + command.len());
+    // Exactly the bytes written: the leader keeps this vector in its in-memory log until
+    // compaction (tens of thousands of entries), so room for an absent session tag would
+    // cost 24 bytes (a malloc size class) per entry.
+    let tag = if env.session.is_some() {
+        SESSION_TAG_SIZE
+    } else {
+        0
+    };
+    let size = ENVELOPE_HEADER_SIZE + tag + command.len();
+    let mut out = Vec::with_capacity(size);
     out.push(ENVELOPE_VERSION);
     let mut word = [0u8; 8];
     BigEndian::write_u64(&mut word, env.stamp_ms);
@@ -124,6 +133,7 @@ pub fn wrap(env: &Envelope, command: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(command);
+    debug_assert_eq!(out.len(), size, "envelope size");
     out
 }
 

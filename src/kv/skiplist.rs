@@ -76,6 +76,28 @@ struct Node {
     modified: u64,
 }
 
+/// A live node's place in the arena: stable while the key stays stored, until `compact`
+/// (which returns how ids moved). Lets a caller index keys without copying them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(u32);
+
+impl NodeId {
+    /// Below every id: a range bound (`(hash, NodeId::MIN)..`).
+    pub const MIN: NodeId = NodeId(0);
+}
+
+/// What `compact` did to the ids: `new_id(old)` for every id live before it.
+pub struct Renumbering(Vec<u32>);
+
+impl Renumbering {
+    /// The id that the node `old` has after the compaction (it must have been live).
+    pub fn new_id(&self, old: NodeId) -> NodeId {
+        let new = self.0[old.0 as usize];
+        assert!(new != NIL, "node {} was not live before compaction", old.0);
+        NodeId(new)
+    }
+}
+
 /// A key and value taken out of the list (replaced or removed), without copying.
 #[derive(Debug)]
 pub struct Entry {
@@ -336,6 +358,28 @@ impl SkipList {
     /// Store an already joined `key ++ value` whose key is `key_len` bytes long, stamped
     /// `modified` (which replaces the old stamp when the key exists).
     pub fn insert_kv_at(&mut self, kv: Box<[u8]>, key_len: usize, modified: u64) -> Option<Entry> {
+        self.insert_kv_id(kv, key_len, modified).0
+    }
+
+    /// `insert_at`, also returning the id of the node that holds the key now.
+    pub fn insert_at_id(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        modified: u64,
+    ) -> (Option<Entry>, NodeId) {
+        let mut kv = Vec::with_capacity(key.len() + value.len());
+        kv.extend_from_slice(key);
+        kv.extend_from_slice(value);
+        self.insert_kv_id(kv.into_boxed_slice(), key.len(), modified)
+    }
+
+    fn insert_kv_id(
+        &mut self,
+        kv: Box<[u8]>,
+        key_len: usize,
+        modified: u64,
+    ) -> (Option<Entry>, NodeId) {
         assert!(key_len <= kv.len(), "key_len {key_len} > kv {}", kv.len());
         assert!(key_len <= u32::MAX as usize, "key of {key_len} bytes");
         let mut prev = [HEAD; HEIGHT_MAX]; // HEAD == HEAD_SPAN: right for unused levels
@@ -344,11 +388,12 @@ impl SkipList {
             self.data_bytes = self.data_bytes - self.nodes[at as usize].kv.len() + kv.len();
             let old_modified = std::mem::replace(&mut self.nodes[at as usize].modified, modified);
             let old = std::mem::replace(&mut self.nodes[at as usize].kv, kv);
-            return Some(Entry {
+            let entry = Entry {
                 kv: old,
                 key_len,
                 modified: old_modified,
-            });
+            };
+            return (Some(entry), NodeId(at));
         }
         let height = self.random_height();
         self.level = self.level.max(height);
@@ -364,11 +409,16 @@ impl SkipList {
             self.set_up_link(p, level, span);
         }
         self.len += 1;
-        None
+        (None, NodeId(x))
     }
 
     /// Remove `key`, returning its entry.
     pub fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        self.remove_id(key).map(|(e, _)| e)
+    }
+
+    /// Remove `key`, returning its entry and the id its node had.
+    pub fn remove_id(&mut self, key: &[u8]) -> Option<(Entry, NodeId)> {
         let mut prev = [HEAD; HEIGHT_MAX];
         let x = self.search(key, Some(&mut prev));
         if !self.is_key(x, key) {
@@ -392,10 +442,34 @@ impl SkipList {
         let modified = self.nodes[x as usize].modified;
         let kv = self.free_node(x);
         self.data_bytes -= kv.len();
-        Some(Entry {
+        let entry = Entry {
             kv,
             key_len,
             modified,
+        };
+        Some((entry, NodeId(x)))
+    }
+
+    /// Whether `id` names a live node.
+    pub fn is_live(&self, id: NodeId) -> bool {
+        id.0 != HEAD && self.nodes.get(id.0 as usize).is_some_and(|n| n.height != 0)
+    }
+
+    /// The key of the live node `id`.
+    pub fn key_at(&self, id: NodeId) -> &[u8] {
+        debug_assert!(self.is_live(id), "node {} is not live", id.0);
+        self.node_key(id.0)
+    }
+
+    /// Every live node's id and key, in key order.
+    pub fn ids(&self) -> impl Iterator<Item = (NodeId, &[u8])> + '_ {
+        let mut x = self.nodes[HEAD as usize].next0;
+        std::iter::from_fn(move || {
+            (x != NIL).then(|| {
+                let id = x;
+                x = self.nodes[x as usize].next0;
+                (NodeId(id), self.node_key(id))
+            })
         })
     }
 
@@ -432,8 +506,9 @@ impl SkipList {
     /// Renumber the arena in key order (keeping every node's height and moving, not copying,
     /// the key and value bytes), dropping free nodes and spans. Afterwards a scan walks memory
     /// sequentially and neighbouring keys share cache lines. O(n); the caller picks the moment.
-    pub fn compact(&mut self) {
+    pub fn compact(&mut self) -> Renumbering {
         let mut old = std::mem::take(&mut self.nodes);
+        let mut renumbered = vec![NIL; old.len()];
         let upper_len = self.upper.len();
         let mut b = Builder {
             list: SkipList::with_capacity(0, self.len, upper_len),
@@ -447,11 +522,13 @@ impl SkipList {
             let kv = std::mem::take(&mut n.kv);
             b.push_node(kv, n.key_len as usize, n.prefix, n.height as usize);
             b.list.nodes[b.last as usize].modified = n.modified;
+            renumbered[x as usize] = b.last;
             x = n.next0;
         }
         assert_eq!(b.list.len, self.len, "compaction lost nodes");
         b.list.upper.shrink_to_fit();
         *self = b.list;
+        Renumbering(renumbered)
     }
 
     /// Height h >= 1 with P(h > k) = 4^-k, capped: two random zero bits per extra level.
@@ -958,6 +1035,49 @@ mod tests {
         assert_eq!(seen, model.into_iter().collect::<Vec<_>>());
         assert_eq!(list.get_modified(b"absent"), None);
         list.check_invariants();
+    }
+
+    #[test]
+    fn node_ids_name_their_keys_until_removal_and_compaction_says_where_they_moved() {
+        let mut list = SkipList::new(12);
+        let mut model: BTreeMap<Vec<u8>, NodeId> = BTreeMap::new();
+        let mut p = Prng::new(12);
+        for step in 0..6000u32 {
+            let k = random_key(&mut p, 800);
+            if p.chance(1, 3) {
+                let got = list.remove_id(&k).map(|(e, id)| (e.key().to_vec(), id));
+                assert_eq!(got, model.remove(&k).map(|id| (k.clone(), id)), "{step}");
+                if let Some((_, id)) = got {
+                    assert!(!list.is_live(id), "removed node {id:?} still live");
+                }
+            } else {
+                let (old, id) = list.insert_at_id(&k, b"v", u64::from(step));
+                // A replaced key keeps its node; a new one gets a node no other key has.
+                match model.insert(k.clone(), id) {
+                    Some(was) => assert_eq!((old.is_some(), was), (true, id)),
+                    None => assert!(old.is_none()),
+                }
+            }
+            if step % 1500 == 1499 {
+                let moved = list.compact();
+                for id in model.values_mut() {
+                    *id = moved.new_id(*id);
+                }
+                list.check_invariants();
+            }
+            if step % 500 == 0 {
+                for (k, &id) in &model {
+                    assert!(list.is_live(id));
+                    assert_eq!(list.key_at(id), &k[..]);
+                }
+                let ids: Vec<(NodeId, Vec<u8>)> =
+                    list.ids().map(|(id, k)| (id, k.to_vec())).collect();
+                let want: Vec<(NodeId, Vec<u8>)> =
+                    model.iter().map(|(k, &id)| (id, k.clone())).collect();
+                assert_eq!(ids, want);
+            }
+        }
+        assert!(!list.is_live(NodeId(HEAD)), "the head is not a key's node");
     }
 
     #[test]

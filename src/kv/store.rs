@@ -16,7 +16,9 @@
 //! memory layout), and a key present for the whole scan is returned: every key whose hash is
 //! below the cursor was already returned, and the scan only moves up. A call stops only
 //! between two different hashes, so keys that collide are returned together.
-//! NB: the index holds a second copy of every key (memory ~ 2x the key bytes).
+//! The index holds `(hash, NodeId)` pairs, not keys: the key is read from the skiplist node
+//! (16 bytes per key in the index's B-tree nodes, no second copy of the key). `compact`
+//! renumbers the nodes, and the store renumbers the index with it.
 //!
 //! # Modification indexes (WATCH)
 //! Every key carries the index of the entry that last wrote it (`SkipList`'s `modified`
@@ -28,7 +30,8 @@
 //!
 //! Invariants:
 //! 1. `entries_hash` == wrapping sum of `entry_hash(k, v)` over the stored pairs.
-//! 4. `scan_index` holds exactly `(scan_hash(k), k)` for every stored key `k`.
+//! 4. `scan_index` holds exactly `(scan_hash(k), id)` for every stored key `k`, `id` being the
+//!    skiplist node that holds `k`.
 //! 2. `applied` only grows; `apply` asserts `index > applied` (a caller's bug otherwise).
 //! 3. No stored key exceeds `KEY_SIZE_MAX` and no stored value exceeds `VALUE_SIZE_MAX`.
 //! 5. Every key in `expiries` is stored (deleting a key drops its expiry).
@@ -45,7 +48,7 @@ use crate::kv::hash::{
     combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
 };
 use crate::kv::session::{Admission, Sessions};
-use crate::kv::skiplist::{Entry, SkipList};
+use crate::kv::skiplist::{Entry, NodeId, SkipList};
 use crate::kv::ttl::{
     invalid_expire_time, ExpireName, SetName, Ttl, TtlName, TtlWrite, EXPIRE_GT, EXPIRE_LT,
     EXPIRE_NX, EXPIRE_XX,
@@ -86,7 +89,7 @@ pub struct KvStore {
     entries_hash: u64,
     seed: u64,
     /// Every key by its scan hash (see "Scan order").
-    scan_index: BTreeSet<(u64, Box<[u8]>)>,
+    scan_index: BTreeSet<(u64, NodeId)>,
     /// RANDOMKEY's generator state: local to this replica, it never affects the state.
     random: Cell<u64>,
     /// The index of the last entry that removed a key (see "Modification indexes").
@@ -136,7 +139,12 @@ impl KvStore {
     /// node calls it when it chooses (e.g. idle, or after a snapshot). Never changes replies,
     /// snapshots or the state hash.
     pub fn compact(&mut self) {
-        self.list.compact();
+        let moved = self.list.compact();
+        // Collected in hash order; ids within one hash may reorder, which `collect` sorts.
+        self.scan_index = std::mem::take(&mut self.scan_index)
+            .into_iter()
+            .map(|(h, id)| (h, moved.new_id(id)))
+            .collect();
     }
 
     /// The largest leader stamp applied so far, ms since the Unix epoch (0 before any).
@@ -180,11 +188,12 @@ impl KvStore {
                 "expiry {at} for {k:?}, not stored"
             );
         }
-        for (k, _) in self.list.iter() {
-            assert!(
-                self.scan_index.contains(&(scan_hash(k), k.into())),
-                "key {k:?} missing from the scan index"
-            );
+        // Equal sizes, and every pair names a live node with that hash: a bijection, since
+        // a node's pair is determined by its id.
+        for &(h, id) in &self.scan_index {
+            assert!(self.list.is_live(id), "scan index names dead node {id:?}");
+            let k = self.list.key_at(id);
+            assert_eq!(scan_hash(k), h, "scan index hash of {k:?}");
         }
     }
 
@@ -208,7 +217,7 @@ impl KvStore {
     /// Install a state built by the snapshot loader.
     fn replace_state(&mut self, loaded: snapshot::Loaded) {
         let list = loaded.list;
-        self.scan_index = list.iter().map(|(k, _)| (scan_hash(k), k.into())).collect();
+        self.scan_index = list.ids().map(|(id, k)| (scan_hash(k), id)).collect();
         self.list = list;
         self.applied = loaded.applied;
         self.stamp_ms = loaded.stamp_ms;
@@ -221,7 +230,7 @@ impl KvStore {
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
         self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
-        let old = self.list.insert_at(key, value, self.applied.0);
+        let (old, id) = self.list.insert_at_id(key, value, self.applied.0);
         self.modified_sum = self
             .modified_sum
             .wrapping_add(modified_hash(key, self.applied.0));
@@ -233,20 +242,20 @@ impl KvStore {
                     .wrapping_sub(modified_hash(key, e.modified()));
             }
             None => {
-                self.scan_index.insert((scan_hash(key), key.into()));
+                self.scan_index.insert((scan_hash(key), id));
             }
         }
         old
     }
 
     fn delete(&mut self, key: &[u8]) -> bool {
-        match self.list.remove(key) {
-            Some(e) => {
+        match self.list.remove_id(key) {
+            Some((e, id)) => {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
                 self.modified_sum = self
                     .modified_sum
                     .wrapping_sub(modified_hash(key, e.modified()));
-                self.scan_index.remove(&(scan_hash(key), key.into()));
+                self.scan_index.remove(&(scan_hash(key), id));
                 self.last_deletion = self.applied;
                 self.expiries.remove(key);
                 true
@@ -819,13 +828,14 @@ impl KvStore {
         let mut keys = Vec::new();
         let mut next = 0u64;
         let mut last_hash = None;
-        let from = self.scan_index.range((cursor, Box::default())..);
-        for (examined, (h, key)) in from.enumerate() {
-            if examined >= count as usize && last_hash != Some(*h) {
-                next = *h;
+        let from = self.scan_index.range((cursor, NodeId::MIN)..);
+        for (examined, &(h, id)) in from.enumerate() {
+            if examined >= count as usize && last_hash != Some(h) {
+                next = h;
                 break;
             }
-            last_hash = Some(*h);
+            last_hash = Some(h);
+            let key = self.list.key_at(id);
             let matched = pattern.is_none_or(|p| crate::kv::glob::matches(p, key, false));
             if matched && kind != TypeFilter::Other && !self.expiries.expired(key, now_ms) {
                 keys.push(Value::Bulk(key.to_vec()));
@@ -865,13 +875,14 @@ impl KvStore {
         x ^= x >> 7;
         x ^= x << 17;
         self.random.set(x);
-        let from = (x, Box::default());
+        let from = (x, NodeId::MIN);
         let pick = self
             .scan_index
             .range(&from..)
             .chain(self.scan_index.range(..&from))
-            .find(|(_, k)| !self.expiries.expired(k, now_ms));
-        pick.map_or(Value::Nil, |(_, k)| Value::Bulk(k.to_vec()))
+            .map(|&(_, id)| self.list.key_at(id))
+            .find(|k| !self.expiries.expired(k, now_ms));
+        pick.map_or(Value::Nil, |k| Value::Bulk(k.to_vec()))
     }
 
     /// Flat array `k1 v1 k2 v2 ...` of keys in `[start, end)` (empty `end`: unbounded), at
@@ -1258,7 +1269,7 @@ mod tests {
     }
 
     #[test]
-    fn scan_returns_every_key_present_throughout_despite_concurrent_writes() {
+    fn scan_returns_every_key_present_throughout_despite_concurrent_writes_and_compaction() {
         let mut p = crate::prng::Prng::new(21);
         for round in 0..20 {
             let kv = &mut KvStore::new(round);
@@ -1278,6 +1289,11 @@ mod tests {
                     } else {
                         run(kv, &[b"DEL", &k]);
                     }
+                }
+                if p.chance(1, 8) {
+                    // Renumbers the skiplist's nodes, which the scan index names.
+                    kv.compact();
+                    kv.check_invariants();
                 }
                 let (next, keys) = scan_step(kv, cursor, p.range(1, 30) as u32);
                 seen.extend(keys);
