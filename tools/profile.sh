@@ -86,7 +86,7 @@ leader=
 for _ in $(seq 1 300); do
   st=$("$bin/kvctl" -c "$conf" -t 1 status 2>/dev/null || true)
   if [[ $(grep -cE ' (leader|follower) ' <<<"$st") -ge 3 ]]; then
-    leader=$(awk '$3 == "leader" { print $1 }' <<<"$st")
+    leader=$(awk '/^[0-9]/ { for (i = 2; i <= NF; i++) if ($i == "leader") { print $1; exit } }' <<<"$st")
     [[ -n $leader ]] && break
   fi
   sleep 0.1
