@@ -100,6 +100,7 @@ impl Raft {
         } else if single {
             self.read_states.push(ReadState { ctx, index: commit });
         } else if ls.reads.add(ctx, commit) {
+            self.read_rounds += 1;
             self.bcast_heartbeat();
         }
         Ok(())
@@ -129,6 +130,7 @@ impl Raft {
             }
         }
         if opened {
+            self.read_rounds += 1;
             self.bcast_heartbeat();
         }
     }
