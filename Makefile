@@ -6,13 +6,14 @@
 #   make sim SEED=n        replay one simulator seed;  make sim SEEDS=n  run n seeds
 #   make soak              long runs: 20,000 simulator seeds, then rounds of process fault tests
 #   make bench             the benchmarks (not part of test)
+#   make compare           kvraft against etcd 3.4 (../shared/bench/compare.py), put and get
 CARGO  ?= cargo
 CONF   ?= conf/cluster.conf
 ID     ?= 1
 BIN    := target/release
 SEEDS  ?= 1000
 
-.PHONY: all build test test-clients sim soak run cluster stop status bench bench-etcd fmt lint clean setup
+.PHONY: all build test test-clients sim soak run cluster stop status bench bench-etcd compare fmt lint clean setup
 
 all: build
 
@@ -71,6 +72,11 @@ bench: build
 # kvraft and etcd 3.4 side by side (needs: apt-get install -y etcd-server protobuf-compiler).
 bench-etcd: build
 	@tools/bench.sh etcd
+
+# kvraft against etcd with server CPU per operation, on its own ports and data (tools/compare.sh;
+# ARGS passes compare.py options, default --clients 1 64 256 --ops put get).
+compare: build
+	@tools/compare.sh $(ARGS)
 
 fmt:
 	$(CARGO) fmt --all

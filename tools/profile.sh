@@ -2,10 +2,13 @@
 # Syscalls per committed write, on the leader and on one follower: a measure that does not
 # depend on how loaded the machine is (unlike ops/s), for comparing builds side by side.
 #
-#   tools/profile.sh [CLIENTS] [WRITES] [MODE]
+#   tools/profile.sh [CLIENTS] [WRITES] [MODE] [OP]
 #     CLIENTS  redis-benchmark connections (default 64)
 #     WRITES   SETs to send (default 40000; 256-byte values over 100k keys)
 #     MODE     leader: every connection on the leader (default); spread: a third on each node
+#     OP       set (default), or get: as many linearizable GETs of the keys the warm-up wrote,
+#              divided by the GETs sent instead of the commit index's advance, with the
+#              leader's ReadIndex rounds (heartbeat broadcasts for reads) per GET
 #
 # Starts its own three-node cluster on ports 27601-27613 (data in a temporary directory),
 # attaches `strace -c -f` to the leader and to one follower for exactly the measured run, and
@@ -19,6 +22,10 @@
 #     benchmark (real nodes on the simulator's disk and network, deterministic), once as is
 #     for allocations and once under callgrind for instructions (user space only).
 #
+#   tools/profile.sh cpu-get [CLIENTS] [READS] [PLACE]
+#     the same for linearizable GETs: the read_path benchmark (PLACE leader or spread, as
+#     compare.py places its connections), with the leader's GETs per ReadIndex round
+#
 #   tools/profile.sh memory [KEYS]
 #     resident memory per key: the same `redis-benchmark -t set -n KEYS -r KEYS -d 256` load
 #     (default 1,000,000: about 632k distinct keys) into the cluster's leader and into a
@@ -31,28 +38,32 @@ if [[ ${1:-} == memory ]]; then
   memory=${2:-1000000}
   set -- 64 0 leader
 fi
-if [[ ${1:-} == cpu ]]; then
+if [[ ${1:-} == cpu || ${1:-} == cpu-get ]]; then
   command -v valgrind >/dev/null || { echo "profile: valgrind missing" >&2; exit 2; }
-  export BENCH_CLIENTS=${2:-64} BENCH_WRITES=${3:-5000}
-  bench=$(cargo bench --no-run --bench write_path 2>&1 | sed -n 's/.*(\(target\/release\/deps\/write_path-[0-9a-f]*\)).*/\1/p')
-  [[ -x $bench ]] || { echo "profile: could not build the write_path benchmark" >&2; exit 1; }
+  export BENCH_CLIENTS=${2:-64} BENCH_WRITES=${3:-5000} BENCH_READS=${3:-5000} BENCH_PLACE=${4:-leader}
+  what=write_path unit=write
+  [[ $1 == cpu-get ]] && what=read_path unit=GET
+  bench=$(cargo bench --no-run --bench $what 2>&1 | sed -n "s/.*(\(target\/release\/deps\/$what-[0-9a-f]*\)).*/\1/p")
+  [[ -x $bench ]] || { echo "profile: could not build the $what benchmark" >&2; exit 1; }
   out=$(mktemp /tmp/kvraft-callgrind.XXXXXX)
   trap 'rm -f "$out"' EXIT
   summary=$("$bench")
   echo "kvraft $(git rev-parse --short HEAD): $summary"
   valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_turn*' \
     --callgrind-out-file="$out" "$bench" > "$out.txt" 2>/dev/null
-  n=$(sed -n 's/.*leader, \([0-9]*\) SETs.*/\1/p' "$out.txt")
+  n=$(sed -n 's/.*leader, \([0-9]*\) SETs.*/\1/p; s/.*, \([0-9]*\) GETs measured.*/\1/p' "$out.txt")
   rm -f "$out.txt"
   callgrind_annotate --inclusive=yes "$out" 2>/dev/null \
-    | awk -v n="$n" '/write_path::measured_turn_(leader|follower) \[/ {
+    | awk -v n="$n" -v what="$what" -v unit="$unit" '$0 ~ what "::measured_turn_(leader|follower) \\[" {
         gsub(",", "", $1); who = $0; sub(/.*measured_turn_/, "", who); sub(/ .*/, "", who)
-        printf "%-8s %8.0f instructions per write (callgrind, %d writes)\n", who, $1 / n, n }'
+        printf "%-8s %8.0f instructions per %s (callgrind, %d)\n", who, $1 / n, unit, n }'
   exit 0
 fi
 clients=${1:-64}
 writes=${2:-40000}
 mode=${3:-leader}
+op=${4:-set}
+[[ $op == set || $op == get ]] || { echo "profile: OP is set or get, not $op" >&2; exit 2; }
 bin=target/release
 for t in strace redis-benchmark redis-cli; do
   command -v $t >/dev/null || { echo "profile: $t missing (apt-get install strace redis-tools)" >&2; exit 2; }
@@ -88,7 +99,7 @@ leader=
 for _ in $(seq 1 300); do
   st=$("$bin/kvctl" -c "$conf" -t 1 status 2>/dev/null || true)
   if [[ $(grep -cE ' (leader|follower) ' <<<"$st") -ge 3 ]]; then
-    leader=$(awk '$4 == "leader" { print $1 }' <<<"$st") # ID ADDRESS HEALTH ROLE ...
+    leader=$(awk '/^[0-9]/ { for (i = 2; i <= NF; i++) if ($i == "leader") { print $1; exit } }' <<<"$st")
     [[ -n $leader ]] && break
   fi
   sleep 0.1
@@ -97,17 +108,17 @@ done
 follower=$(( leader % 3 + 1 ))
 lport=$((27610 + leader))
 
-bench() { # bench N: N SETs of 256 bytes over 100k keys, connections placed by MODE
-  local n=$1
+bench() { # bench N [OP]: N SETs (or GETs) of 256 bytes over 100k keys, connections placed by MODE
+  local n=$1 t=${2:-set}
   if [[ $mode == spread ]]; then
     local per=$(( (clients + 2) / 3 )) p bp=()
     for p in 27611 27612 27613; do
-      redis-benchmark -p $p -t set -n $((n / 3)) -c $per -r 100000 -d 256 -q > /dev/null &
+      redis-benchmark -p $p -t $t -n $((n / 3)) -c $per -r 100000 -d 256 -q > /dev/null &
       bp+=($!)
     done
     wait "${bp[@]}"
   else
-    redis-benchmark -p $lport -t set -n "$n" -c "$clients" -r 100000 -d 256 -q > /dev/null
+    redis-benchmark -p $lport -t $t -n "$n" -c "$clients" -r 100000 -d 256 -q > /dev/null
   fi
 }
 
@@ -140,24 +151,34 @@ if [[ -n $memory ]]; then
 fi
 
 bench 20000 # warm up: connections, caches, the first log segment
+[[ $op == get ]] && bench 20000 get
 c0=$(info $lport commit_index)
+r0=$(redis-cli -p $lport info stats 2>/dev/null | tr -d '\r' | sed -n 's/^read_rounds://p')
 strace -c -f -p "${pid[$leader]}" -o "$dir/leader.strace" 2>/dev/null &
 sl=$!
 strace -c -f -p "${pid[$follower]}" -o "$dir/follower.strace" 2>/dev/null &
 sf=$!
 sleep 1 # strace attaches
-bench "$writes"
+bench "$writes" "$op"
 c1=$(info $lport commit_index)
+r1=$(redis-cli -p $lport info stats 2>/dev/null | tr -d '\r' | sed -n 's/^read_rounds://p')
 kill -INT $sl $sf
 wait $sl $sf 2>/dev/null || true
-n=$((c1 - c0))
-echo "kvraft $(git rev-parse --short HEAD): $n writes committed, $clients connections ($mode), 256-byte values"
+if [[ $op == get ]]; then
+  n=$writes
+  [[ $mode == spread ]] && n=$((writes / 3 * 3))
+  rounds=$(( ${r1:-0} - ${r0:-0} ))
+  echo "kvraft $(git rev-parse --short HEAD): $n GETs, $clients connections ($mode), $rounds read rounds on the leader ($(echo "scale=3; $rounds / $n" | bc) per GET, $(echo "scale=1; $n / ($rounds + (${rounds} == 0))" | bc) GETs per round)"
+else
+  n=$((c1 - c0))
+  echo "kvraft $(git rev-parse --short HEAD): $n writes committed, $clients connections ($mode), 256-byte values"
+fi
 for who in leader follower; do
-  awk -v n="$n" -v who="$who" '
+  awk -v n="$n" -v who="$who" -v unit="$([[ $op == get ]] && echo GET || echo write)" '
     $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {
       c[$NF] = $4; tot += $4; if (NF == 6) { e[$NF] = $5; errs += $5 } }
     END {
-      printf "%-8s %5.2f syscalls per write (%.2f failed):", who, tot / n, errs / n
+      printf "%-8s %5.2f syscalls per %s (%.2f failed):", who, tot / n, unit, errs / n
       for (k in c) if (c[k] / n >= 0.005) {
         printf " %s %.2f", k, c[k] / n
         if (e[k] > 0) printf " (%.2f failed)", e[k] / n

@@ -154,7 +154,12 @@ impl Value {
 
     /// The encoding of `self` in `proto` as a new buffer.
     pub fn to_bytes_as(&self, proto: Protocol) -> Vec<u8> {
-        let mut out = Vec::new();
+        // Sized for a scalar at once: a GET's reply is one allocation, not four (issue 16).
+        let mut out = Vec::with_capacity(match self {
+            Value::Bulk(b) => b.len() + HEADER_LEN_MAX,
+            Value::Simple(s) | Value::Error(s) => s.len() + 3,
+            _ => HEADER_LEN_MAX,
+        });
         self.encode_as(proto, &mut out);
         out
     }
@@ -194,11 +199,31 @@ fn encode_head(v: &Value, proto: Protocol, out: &mut Vec<u8>) {
     }
 }
 
+/// The longest aggregate or bulk header: a tag, 20 digits, CR LF.
+const HEADER_LEN_MAX: usize = 23;
+
+/// `tag`, `n` in decimal, CR LF; without `fmt`, which costs a GET's reply more than the rest
+/// of its encoding.
 fn header(out: &mut Vec<u8>, tag: u8, n: usize) {
-    let _ = write!(out, "{}{n}\r\n", char::from(tag));
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n as u64;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reserve(digits.len() - at + 3);
+    out.push(tag);
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+    out.reserve(b.len() + HEADER_LEN_MAX);
     header(out, b'$', b.len());
     out.extend_from_slice(b);
     out.extend_from_slice(b"\r\n");
@@ -236,6 +261,20 @@ mod tests {
             sample().to_bytes(),
             b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-7\r\n$4\r\na\r\nb\r\n$-1\r\n*-1\r\n".to_vec()
         );
+    }
+
+    #[test]
+    fn headers_write_every_length_in_decimal_without_leading_zeros() {
+        for n in [0usize, 7, 9, 10, 256, 1_000_000, usize::MAX] {
+            let mut out = b"x".to_vec();
+            header(&mut out, b'$', n);
+            assert_eq!(out, format!("x${n}\r\n").into_bytes());
+            assert!(out.len() <= 1 + HEADER_LEN_MAX);
+        }
+        let v = Value::Bulk(vec![b'v'; 256]);
+        let bytes = v.to_bytes();
+        assert_eq!(&bytes[..6], b"$256\r\n");
+        assert_eq!(bytes.len(), 6 + 256 + 2);
     }
 
     #[test]

@@ -825,6 +825,8 @@ pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];
     match cmd {
         ReadCmd::Get { key } => {
+            // One allocation for the commonest read (issue 16).
+            out.reserve_exact(1 + 4 + key.len());
             out.push(op::GET);
             put_bytes(&mut out, key);
         }

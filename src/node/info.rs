@@ -350,6 +350,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     self.stats.rejected_connections.to_string(),
                 );
                 kv("entries_applied", self.stats.entries_applied.to_string());
+                kv("read_rounds", self.raft.read_rounds().to_string());
                 self.info_ttl(&mut kv);
             }
             "raft" => self.info_raft(&mut kv),

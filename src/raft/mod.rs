@@ -286,6 +286,9 @@ pub struct Raft {
     read_states: Vec<ReadState>,
     /// Reads this node accepted as leader and could not confirm before stepping down.
     failed_reads: Vec<u64>,
+    /// ReadIndex rounds this node began as leader, over every term (for INFO: reads per
+    /// round is what batching buys).
+    read_rounds: u64,
     /// The hard state last handed to the driver.
     hard_state_emitted: HardState,
     /// Entries were proposed since the last `ready`: broadcast them then (batching).
@@ -329,6 +332,7 @@ impl Raft {
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             read_states: Vec::new(),
+            read_rounds: 0,
             failed_reads: Vec::new(),
             hard_state_emitted: hard_state,
             bcast_pending: false,
@@ -630,6 +634,11 @@ impl Raft {
             progress,
             voting: self.voting,
         }
+    }
+
+    /// ReadIndex rounds (heartbeat broadcasts for reads) this node began as leader.
+    pub fn read_rounds(&self) -> u64 {
+        self.read_rounds
     }
 
     pub fn role(&self) -> Role {

@@ -100,6 +100,7 @@ impl Raft {
         } else if single {
             self.read_states.push(ReadState { ctx, index: commit });
         } else if ls.reads.add(ctx, commit) {
+            self.read_rounds += 1;
             self.bcast_heartbeat();
         }
         Ok(())
@@ -129,6 +130,7 @@ impl Raft {
             }
         }
         if opened {
+            self.read_rounds += 1;
             self.bcast_heartbeat();
         }
     }
@@ -155,5 +157,39 @@ impl Raft {
                 index: r.index,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs(t: &ReadTracker) -> Vec<u64> {
+        t.pending.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn reads_share_a_round_only_while_its_heartbeats_are_in_the_outbox() {
+        let mut t = ReadTracker::default();
+        assert!(t.add(1, LogIndex(5)), "the first read opens round 1");
+        assert!(!t.add(2, LogIndex(5)), "a read in the same turn joins it");
+        t.close_round(); // `ready`: round 1's heartbeats left the core
+        assert!(
+            t.add(3, LogIndex(6)),
+            "a later read opens round 2 (invariant 2)"
+        );
+        assert!(!t.add(4, LogIndex(6)));
+        assert_eq!(seqs(&t), vec![1, 1, 2, 2]);
+        assert_eq!(t.seq(), 2);
+        // Answers to round 1 count for round 1 only: the reads of round 2 need round 2's.
+        t.acked(NodeId(2), 1);
+        assert!(
+            t.pending
+                .iter()
+                .filter(|r| r.seq <= t.acked[&NodeId(2)])
+                .count()
+                == 2
+        );
+        assert_eq!(t.drain_unreleased(), vec![1, 2, 3, 4]);
     }
 }

@@ -1,0 +1,209 @@
+//! The read path's cost per linearizable GET, in measures that do not depend on the machine's
+//! load: heap allocations (a counting global allocator) and, under callgrind, instructions.
+//!
+//! Three real nodes (`Node<KvStore, SimDisk, SimNet>`: the daemon's own node code, on the
+//! simulator's in-memory disk and network with no faults; `tests/support/story.rs`) and
+//! `BENCH_CLIENTS` closed-loop clients, each with one `GET` in flight over 1,000 keys that a
+//! warm-up of `SET`s of 256 bytes filled. `BENCH_PLACE=leader` (default) puts every client on
+//! the leader; `spread` puts them round-robin on the three nodes, as compare.py's load
+//! generator does (a follower forwards its GETs). After the warm-up, `BENCH_READS` GETs are
+//! measured; every allocation made during a node's turn is charged to that node, and the
+//! leader's ReadIndex rounds are counted.
+//!
+//!     cargo bench --bench read_path
+//!     BENCH_CLIENTS=64 BENCH_READS=20000 BENCH_PLACE=spread cargo bench --bench read_path
+//!
+//! Instructions per GET: `tools/profile.sh cpu-get` (callgrind, user space only, collecting
+//! only in the measured turns).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use kvraft::client::{resp, Value};
+use kvraft::prng::Prng;
+use support::sim_net::SimStream;
+use support::story::{SimNode, Story};
+
+const KEYSPACE: u64 = 1_000;
+const VALUE_SIZE: usize = 256;
+
+/// Who the running code is charged to: 0 the harness, 1 the leader, 2 a follower.
+static CHARGED: AtomicUsize = AtomicUsize::new(0);
+static ALLOCS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static BYTES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+struct Counting;
+
+// SAFETY: every call is passed on to the system allocator unchanged; the counters are atomics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+fn count(size: usize) {
+    let who = CHARGED.load(Ordering::Relaxed);
+    ALLOCS[who].fetch_add(1, Ordering::Relaxed);
+    BYTES[who].fetch_add(size as u64, Ordering::Relaxed);
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[inline(never)]
+fn measured_turn_leader(node: &mut SimNode, now: Instant, ready: &[(usize, bool)]) {
+    node.turn(now, ready).expect("no node stops");
+}
+
+#[inline(never)]
+fn measured_turn_follower(node: &mut SimNode, now: Instant, ready: &[(usize, bool)]) {
+    node.turn(now, ready).expect("no node stops");
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    Fill,
+    Read,
+}
+
+struct Client {
+    stream: SimStream,
+    inbuf: Vec<u8>,
+    rng: Prng,
+}
+
+impl Client {
+    fn send(&mut self, story: &mut Story, phase: Phase) {
+        let key = format!("key-{:012}", self.rng.range(0, KEYSPACE));
+        match phase {
+            Phase::Fill => story.send(
+                &mut self.stream,
+                &[b"SET", key.as_bytes(), &[b'x'; VALUE_SIZE]],
+            ),
+            Phase::Read => story.send(&mut self.stream, &[b"GET", key.as_bytes()]),
+        }
+    }
+
+    /// Replies that arrived (+OK to a SET, a value or nil to a GET; never an error).
+    fn replies(&mut self) -> usize {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = self.stream.read(&mut buf) {
+            self.inbuf.extend_from_slice(&buf[..n]);
+        }
+        let mut got = 0;
+        while let Some((v, n)) = resp::parse_value(&self.inbuf).expect("a well-formed reply") {
+            assert!(!matches!(v, Value::Error(_)), "answered {v:?}");
+            self.inbuf.drain(..n);
+            got += 1;
+        }
+        got
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let clients = env("BENCH_CLIENTS", 64) as usize;
+    let reads = env("BENCH_READS", 20_000);
+    let fill = env("BENCH_FILL", 5_000);
+    let spread = std::env::var("BENCH_PLACE").is_ok_and(|p| p == "spread");
+    let mut story = Story::new(3);
+    let leader = story.leader();
+    let ids: Vec<u64> = story.nodes.keys().copied().collect();
+    let mut cs: Vec<Client> = (0..clients)
+        .map(|i| {
+            let at = if spread { ids[i % ids.len()] } else { leader };
+            Client {
+                stream: story.connect(at),
+                inbuf: Vec::new(),
+                rng: Prng::new(i as u64 + 1),
+            }
+        })
+        .collect();
+    let mut phase = Phase::Fill;
+    for c in &mut cs {
+        c.send(&mut story, phase);
+    }
+    let (mut answered, mut measured) = (0u64, 0u64);
+    let mut rounds0 = 0;
+    let follower = ids.iter().copied().find(|&i| i != leader).unwrap();
+    loop {
+        let measuring = phase == Phase::Read && answered >= fill + clients as u64;
+        story.step_with(|id, node, now, ready| {
+            if !measuring {
+                node.turn(now, ready).expect("no node stops");
+            } else if id == leader {
+                CHARGED.store(1, Ordering::Relaxed);
+                measured_turn_leader(node, now, ready);
+                CHARGED.store(0, Ordering::Relaxed);
+            } else if id == follower {
+                CHARGED.store(2, Ordering::Relaxed);
+                measured_turn_follower(node, now, ready);
+                CHARGED.store(0, Ordering::Relaxed);
+            } else {
+                node.turn(now, ready).expect("no node stops");
+            }
+        });
+        for c in &mut cs {
+            for _ in 0..c.replies() {
+                answered += 1;
+                if measuring {
+                    measured += 1;
+                }
+                if phase == Phase::Fill && answered >= fill {
+                    phase = Phase::Read;
+                }
+                c.send(&mut story, phase);
+            }
+        }
+        let now_measuring = phase == Phase::Read && answered >= fill + clients as u64;
+        if now_measuring && !measuring {
+            // Every client's SET is answered and a GET of each was answered: reads only now.
+            rounds0 = story.nodes[&leader].raft().read_rounds();
+            for i in 0..3 {
+                ALLOCS[i].store(0, Ordering::Relaxed);
+                BYTES[i].store(0, Ordering::Relaxed);
+            }
+        }
+        if measured >= reads {
+            break;
+        }
+    }
+    let n = measured as f64;
+    let rounds = story.nodes[&leader].raft().read_rounds() - rounds0;
+    println!(
+        "read path: 3 real nodes on the simulated disk and network, {clients} clients ({}), \
+         {measured} GETs measured, {rounds} read rounds on the leader ({:.1} GETs per round)",
+        if spread { "spread" } else { "leader" },
+        n / rounds.max(1) as f64
+    );
+    for (i, who) in [(1, "leader"), (2, "follower")] {
+        println!(
+            "{who:<8} {:>6.2} allocations per GET ({:.0} bytes)",
+            ALLOCS[i].load(Ordering::Relaxed) as f64 / n,
+            BYTES[i].load(Ordering::Relaxed) as f64 / n
+        );
+    }
+}
