@@ -460,7 +460,7 @@ fn entries(term: u64, first: u64, n: u64) -> Vec<Entry> {
             term: Term(term),
             index: LogIndex(i),
             kind: EntryKind::Command,
-            data: b"garbage".to_vec(),
+            data: b"garbage".to_vec().into(),
         })
         .collect()
 }
@@ -577,7 +577,7 @@ fn hostile_frames(from: u64, to: u64, term: u64, last: u64) -> Vec<Frame> {
             total_size: max,
             offset: max - 10,
             done: false,
-            data: vec![0; 5],
+            data: vec![0; 5].into(),
         },
         Frame::SnapshotAck {
             term: Term(term),

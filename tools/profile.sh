@@ -86,7 +86,9 @@ leader=
 for _ in $(seq 1 300); do
   st=$("$bin/kvctl" -c "$conf" -t 1 status 2>/dev/null || true)
   if [[ $(grep -cE ' (leader|follower) ' <<<"$st") -ge 3 ]]; then
-    leader=$(awk '$3 == "leader" { print $1 }' <<<"$st")
+    # The ROLE column found by its header (kvctl status gained columns before it).
+    leader=$(awk 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "ROLE") r = i; next }
+      r && $r == "leader" { print $1 }' <<<"$st")
     [[ -n $leader ]] && break
   fi
   sleep 0.1
