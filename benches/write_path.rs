@@ -87,7 +87,7 @@ fn count(size: usize) {
     let n = ALLOCS[who].fetch_add(1, Ordering::Relaxed);
     BYTES[who].fetch_add(size as u64, Ordering::Relaxed);
     let every = SAMPLE_EVERY.load(Ordering::Relaxed);
-    if who != 0 && every > 0 && n % every == 0 {
+    if who != 0 && every > 0 && n.is_multiple_of(every) {
         SAMPLING.with(|s| s.set(true));
         let bt = Backtrace::force_capture();
         SAMPLES.with(|v| v.borrow_mut().push((who, bt)));
@@ -117,7 +117,7 @@ fn print_sites(who: usize, name: &str, every: u64, writes: f64) {
         }
     });
     let mut sites: Vec<_> = sites.into_iter().collect();
-    sites.sort_by(|a, b| b.1.cmp(&a.1));
+    sites.sort_by_key(|s| std::cmp::Reverse(s.1));
     println!("{name}: allocation sites (sampled 1 in {every})");
     for (site, n) in sites {
         println!("  {:>6.2}  {site}", (n * every) as f64 / writes);

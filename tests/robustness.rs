@@ -577,7 +577,7 @@ fn hostile_frames(from: u64, to: u64, term: u64, last: u64) -> Vec<Frame> {
             total_size: max,
             offset: max - 10,
             done: false,
-            data: vec![0; 5].into(),
+            data: vec![0; 5],
         },
         Frame::SnapshotAck {
             term: Term(term),

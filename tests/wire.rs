@@ -894,7 +894,7 @@ fn every_count_decode_refuses_is_an_encode_error() {
         meta,
         total_size: len as u64,
         offset: 0,
-        data: vec![0; len].into(),
+        data: vec![0; len],
         done: true,
     };
     assert_refused(&chunk(meta, 1), "members");
