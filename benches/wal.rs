@@ -78,7 +78,7 @@ fn batch_of(start: u64, n: usize) -> Vec<Entry> {
             term: Term(1),
             index: LogIndex(start + k),
             kind: EntryKind::Command,
-            data: vec![(k % 251) as u8; PAYLOAD],
+            data: vec![(k % 251) as u8; PAYLOAD].into(),
         })
         .collect()
 }

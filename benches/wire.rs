@@ -20,7 +20,7 @@ fn append(entries: u64, size: usize) -> Frame {
                     term: Term(3),
                     index: LogIndex(101 + i),
                     kind: EntryKind::Command,
-                    data: vec![i as u8; size],
+                    data: vec![i as u8; size].into(),
                 })
                 .collect(),
             commit: LogIndex(100),

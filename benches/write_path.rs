@@ -17,8 +17,17 @@
 //!     valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_turn*' \
 //!         target/release/deps/write_path-<hash>
 //!     callgrind_annotate --inclusive=yes callgrind.out.<pid> | grep measured_turn
+//!
+//! Where the allocations are: `BENCH_ALLOC_SITES=N` captures a backtrace of every Nth
+//! allocation charged to a node and prints, per node, the call sites that made them (the
+//! innermost frames of this crate), with their estimated count per write.
+//!
+//!     BENCH_ALLOC_SITES=7 cargo bench --bench write_path
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::backtrace::Backtrace;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -60,10 +69,59 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// Sample every this many charged allocations (0: none), from `BENCH_ALLOC_SITES`.
+static SAMPLE_EVERY: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Inside the sampler: its own allocations are neither counted nor sampled.
+    static SAMPLING: Cell<bool> = const { Cell::new(false) };
+    /// The sampled backtraces, per node charged (1 leader, 2 follower).
+    static SAMPLES: RefCell<Vec<(usize, Backtrace)>> = const { RefCell::new(Vec::new()) };
+}
+
 fn count(size: usize) {
+    if SAMPLING.with(|s| s.get()) {
+        return;
+    }
     let who = CHARGED.load(Ordering::Relaxed);
-    ALLOCS[who].fetch_add(1, Ordering::Relaxed);
+    let n = ALLOCS[who].fetch_add(1, Ordering::Relaxed);
     BYTES[who].fetch_add(size as u64, Ordering::Relaxed);
+    let every = SAMPLE_EVERY.load(Ordering::Relaxed);
+    if who != 0 && every > 0 && n.is_multiple_of(every) {
+        SAMPLING.with(|s| s.set(true));
+        let bt = Backtrace::force_capture();
+        SAMPLES.with(|v| v.borrow_mut().push((who, bt)));
+        SAMPLING.with(|s| s.set(false));
+    }
+}
+
+/// Print the sampled allocation sites of `who`, most frequent first: each site is the
+/// innermost three frames of this crate (or the test support) below the allocator.
+fn print_sites(who: usize, name: &str, every: u64, writes: f64) {
+    let mut sites: HashMap<String, u64> = HashMap::new();
+    SAMPLES.with(|v| {
+        for (w, bt) in v.borrow().iter().filter(|(w, _)| *w == who) {
+            let _ = w;
+            let text = bt.to_string();
+            let frames: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    l.contains(": ")
+                        && (l.contains("kvraft::") || l.contains("write_path::support"))
+                })
+                .map(|l| l.split_once(": ").map_or(l, |(_, f)| f))
+                .take(3)
+                .collect();
+            *sites.entry(frames.join(" <- ")).or_default() += 1;
+        }
+    });
+    let mut sites: Vec<_> = sites.into_iter().collect();
+    sites.sort_by_key(|s| std::cmp::Reverse(s.1));
+    println!("{name}: allocation sites (sampled 1 in {every})");
+    for (site, n) in sites {
+        println!("  {:>6.2}  {site}", (n * every) as f64 / writes);
+    }
 }
 
 #[global_allocator]
@@ -158,6 +216,7 @@ fn main() {
         }
         if !measuring && answered >= warmup {
             measuring = true;
+            SAMPLE_EVERY.store(env("BENCH_ALLOC_SITES", 0), Ordering::Relaxed);
             applied0 = story.nodes[&leader].applied().0;
             for i in 0..3 {
                 ALLOCS[i].store(0, Ordering::Relaxed);
@@ -179,5 +238,11 @@ fn main() {
             ALLOCS[i].load(Ordering::Relaxed) as f64 / n,
             BYTES[i].load(Ordering::Relaxed) as f64 / n
         );
+    }
+    let every = SAMPLE_EVERY.swap(0, Ordering::Relaxed);
+    if every > 0 {
+        for (i, who) in [(1, "leader"), (2, "follower")] {
+            print_sites(i, who, every, n);
+        }
     }
 }

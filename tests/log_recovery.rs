@@ -42,7 +42,7 @@ fn entry(term: u64, index: u64, len: usize, fill: u8) -> Entry {
         term: Term(term),
         index: LogIndex(index),
         kind: EntryKind::Command,
-        data: vec![fill; len],
+        data: vec![fill; len].into(),
     }
 }
 
@@ -95,7 +95,7 @@ fn one_record_survives_reopen_with_its_term_kind_and_payload() {
         term: Term(7),
         index: LogIndex(42),
         kind: EntryKind::Noop,
-        data: b"x".to_vec(),
+        data: b"x".to_vec().into(),
     };
     wal.append(std::slice::from_ref(&e)).unwrap();
     wal.sync().unwrap();
@@ -1079,7 +1079,7 @@ fn run_seed(seed: u64, root: &Path) {
                         term: Term(term),
                         index: LogIndex(start + k),
                         kind: EntryKind::Command,
-                        data: random_payload(&mut rng),
+                        data: random_payload(&mut rng).into(),
                     })
                     .collect();
                 wal.append(&batch).unwrap();

@@ -296,7 +296,7 @@ fn terms_and_indexes_beyond_the_bounds_are_dropped() {
                     term: Term(u64::MAX),
                     index: LogIndex(5),
                     kind: EntryKind::Command,
-                    data: vec![],
+                    data: vec![].into(),
                 }],
                 commit: LogIndex(4),
             },
@@ -311,7 +311,7 @@ fn terms_and_indexes_beyond_the_bounds_are_dropped() {
                     term: before.term.next(),
                     index: before.last_index.next(),
                     kind: EntryKind::Command,
-                    data: vec![],
+                    data: vec![].into(),
                 }],
                 commit: before.commit,
             },
@@ -586,7 +586,7 @@ fn a_logged_conf_change_beyond_the_limit_has_no_effect() {
             term,
             index: last.index.next(),
             kind: EntryKind::ConfChange,
-            data: cc.encode(),
+            data: cc.encode().into(),
         }],
         commit: LogIndex(0),
     };
@@ -672,7 +672,7 @@ fn any_message(rng: &mut Prng, to: u64, term: u64, last: u64) -> Message {
                         term: Term(prev.term.0.saturating_add(rng.range(0, 2))),
                         index: prev.index.plus(k),
                         kind,
-                        data,
+                        data: data.into(),
                     }
                 })
                 .collect();

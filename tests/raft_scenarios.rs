@@ -33,7 +33,7 @@ fn entry(t: u64, i: u64) -> Entry {
         term: Term(t),
         index: LogIndex(i),
         kind: EntryKind::Command,
-        data: vec![i as u8],
+        data: vec![i as u8].into(),
     }
 }
 

@@ -460,7 +460,7 @@ fn entries(term: u64, first: u64, n: u64) -> Vec<Entry> {
             term: Term(term),
             index: LogIndex(i),
             kind: EntryKind::Command,
-            data: b"garbage".to_vec(),
+            data: b"garbage".to_vec().into(),
         })
         .collect()
 }

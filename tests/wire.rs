@@ -86,7 +86,7 @@ fn append(rng: &mut Prng) -> MessageBody {
             index: prev.index.plus(1 + i),
             kind: [EntryKind::Command, EntryKind::Noop, EntryKind::ConfChange]
                 [rng.range(0, 3) as usize],
-            data: bytes(rng, 2048),
+            data: bytes(rng, 2048).into(),
         })
         .collect();
     MessageBody::Append {
@@ -318,14 +318,14 @@ fn the_largest_appends_fit_a_frame_and_round_trip() {
         term: Term(7),
         index: LogIndex(1),
         kind: EntryKind::Command,
-        data: vec![0x5a; ENTRY_SIZE_MAX],
+        data: vec![0x5a; ENTRY_SIZE_MAX].into(),
     };
     let many: Vec<Entry> = (0..APPEND_ENTRIES_MAX as u64)
         .map(|i| Entry {
             term: Term(7),
             index: LogIndex(1 + i),
             kind: EntryKind::Noop,
-            data: vec![i as u8; 200],
+            data: vec![i as u8; 200].into(),
         })
         .collect();
     for entries in [vec![big], many] {
@@ -626,7 +626,7 @@ fn one_entry_append() -> Vec<u8> {
             term: Term(1),
             index: LogIndex(5),
             kind: EntryKind::Command,
-            data: b"set k v".to_vec(),
+            data: b"set k v".to_vec().into(),
         }],
         commit: LogIndex(4),
     })
@@ -910,7 +910,7 @@ fn every_count_decode_refuses_is_an_encode_error() {
                 term: Term(3),
                 index: LogIndex(i),
                 kind: EntryKind::Command,
-                data: vec![1; size],
+                data: vec![1; size].into(),
             })
             .collect(),
         commit: LogIndex(0),

@@ -442,7 +442,7 @@ impl Builder {
                 self.open.push((agg, Vec::with_capacity(n), n));
                 return;
             }
-            Item::Simple(s) => Value::Simple(text(s)),
+            Item::Simple(s) => Value::Simple(text(s).into()),
             Item::Error(s) => Value::Error(text(s)),
             Item::Integer(n) => Value::Integer(n),
             Item::Bulk(b) => Value::Bulk(b.to_vec()),

@@ -148,8 +148,14 @@ fn find(name: &[u8]) -> Option<&'static CommandSpec> {
 }
 
 fn info_entry(c: &CommandSpec) -> Value {
-    let set =
-        |items: &[&str]| Value::Set(items.iter().map(|f| Value::Simple(f.to_string())).collect());
+    let set = |items: &[&str]| {
+        Value::Set(
+            items
+                .iter()
+                .map(|f| Value::Simple(f.to_string().into()))
+                .collect(),
+        )
+    };
     Value::Array(vec![
         Value::bulk_str(c.name),
         Value::Integer(c.arity),

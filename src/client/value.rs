@@ -20,6 +20,7 @@
 //! The reply parser (`resp::parse_value`) reads every RESP3 type back into these variants
 //! (`_` as `Nil`, a push `>` as `Array`, a blob error `!` as `Error`).
 
+use std::borrow::Cow;
 use std::io::Write;
 
 /// The protocol a connection speaks: RESP2 (the default) until `HELLO 3`.
@@ -79,7 +80,8 @@ impl Double {
 /// One RESP value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
-    Simple(String),
+    /// A status line; static text (`+OK`) costs no allocation.
+    Simple(Cow<'static, str>),
     Error(String),
     Integer(i64),
     Bulk(Vec<u8>),
@@ -106,7 +108,7 @@ pub enum Value {
 impl Value {
     /// `+OK`.
     pub fn ok() -> Value {
-        Value::Simple("OK".to_string())
+        Value::Simple(Cow::Borrowed("OK"))
     }
 
     /// An error reply; `msg` starts with its code (`ERR ...`, `WRONGTYPE ...`).
@@ -131,6 +133,10 @@ impl Value {
     /// Append the encoding of `self` in `proto` to `out`. Nesting is walked with an explicit
     /// stack, so no value can exhaust the thread's stack.
     pub fn encode_as(&self, proto: Protocol, out: &mut Vec<u8>) {
+        if !matches!(self, Value::Array(_) | Value::Set(_) | Value::Map(_)) {
+            // A scalar (every write's reply): no stack to allocate.
+            return encode_head(self, proto, out);
+        }
         let mut stack: Vec<&Value> = vec![self];
         while let Some(v) = stack.pop() {
             encode_head(v, proto, out);

@@ -730,7 +730,7 @@ fn put_list(out: &mut Vec<u8>, items: &[&[u8]]) {
 
 /// The log entry payload of a write.
 pub fn encode_write(cmd: &WriteCmd<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(write_size_hint(cmd));
     out.push(FORMAT_VERSION);
     match cmd {
         WriteCmd::Set { flags, key, value } => {
@@ -774,6 +774,27 @@ pub fn encode_write(cmd: &WriteCmd<'_>) -> Vec<u8> {
         _ => encode_write_more(cmd, &mut out),
     }
     out
+}
+
+/// The encoded size of the common writes, exactly, so encoding allocates once (the write
+/// path's cost per write); a small default for the rest, which may grow.
+fn write_size_hint(cmd: &WriteCmd<'_>) -> usize {
+    const HEAD: usize = 3; // version, op, flags
+    match cmd {
+        WriteCmd::Set { key, value, .. }
+        | WriteCmd::SetNx { key, value }
+        | WriteCmd::Append { key, value } => HEAD + 8 + key.len() + value.len(),
+        WriteCmd::Cas { key, expected, new } => HEAD + 12 + key.len() + expected.len() + new.len(),
+        WriteCmd::MSet { pairs } | WriteCmd::MSetNx { pairs } => {
+            HEAD + 4
+                + pairs
+                    .iter()
+                    .map(|(k, v)| 8 + k.len() + v.len())
+                    .sum::<usize>()
+        }
+        WriteCmd::Del { keys } => HEAD + 4 + keys.iter().map(|k| 4 + k.len()).sum::<usize>(),
+        _ => 64,
+    }
 }
 
 fn encode_write_more(cmd: &WriteCmd<'_>, out: &mut Vec<u8>) {

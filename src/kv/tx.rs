@@ -227,7 +227,7 @@ fn decode_item(kind: u8, body: &[u8]) -> Result<Item<'_>, DecodeError> {
         Some(ItemKind::Write) => Item::Write(command::decode_write(body)?),
         Some(ItemKind::Read) => Item::Read(command::decode_read(body)?),
         Some(ItemKind::Error) => Item::Reply(Value::Error(line_text(body)?)),
-        Some(ItemKind::Status) => Item::Reply(Value::Simple(line_text(body)?)),
+        Some(ItemKind::Status) => Item::Reply(Value::Simple(line_text(body)?.into())),
         Some(ItemKind::Bulk) => Item::Reply(Value::Bulk(body.to_vec())),
         None => return Err(DecodeError::Op(kind)),
     };

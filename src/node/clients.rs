@@ -199,7 +199,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         // forwards the arguments instead).
         let data = match self.raft.role() {
             crate::raft::Role::Leader => self.stamp_write(&data, session),
-            _ => data,
+            _ => data.into(),
         };
         match self.raft.propose(data) {
             Ok(id) => {

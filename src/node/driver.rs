@@ -161,7 +161,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         };
         self.stats.entries_applied += 1;
         // Every waiter at or below this index is settled now.
-        for settled in self.pending.settle_waiters(e.index, e.term) {
+        while let Some(settled) = self.pending.settle_next(e.index, e.term) {
             let (to, bytes) = match settled {
                 Settled::Applied(to) => (to, self.encode_reply(to, &reply)),
                 Settled::Replaced(to) => {

@@ -816,7 +816,7 @@ mod tests {
             term: Term(1),
             index: LogIndex(index),
             kind: EntryKind::ConfChange,
-            data: c.encode(),
+            data: c.encode().into(),
         }
     }
 
@@ -973,7 +973,7 @@ mod tests {
             term: Term(2),
             index: LogIndex(2),
             kind: EntryKind::Noop,
-            data: vec![],
+            data: vec![].into(),
         }]);
         assert!(log.newest().get(NodeId(2)).is_none());
         log.applied_to(LogIndex(2));

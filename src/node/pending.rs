@@ -141,17 +141,16 @@ impl Pending {
             .collect()
     }
 
-    /// The entry `id` applied: every waiter at or below its index is settled (invariant 1).
-    pub(super) fn settle_waiters(&mut self, index: LogIndex, term: Term) -> Vec<Settled> {
-        let later = self.waiters.split_off(&index.next());
-        let settled = std::mem::replace(&mut self.waiters, later);
-        settled
-            .into_iter()
-            .map(|(idx, w)| match idx == index && w.term == term {
-                true => Settled::Applied(w.to),
-                false => Settled::Replaced(w.to),
-            })
-            .collect()
+    /// The entry (`index`, `term`) applied: every waiter at or below its index is settled
+    /// (invariant 1). Call until `None`; one waiter per call, oldest first, so settling
+    /// allocates nothing (the write path's cost per write).
+    pub(super) fn settle_next(&mut self, index: LogIndex, term: Term) -> Option<Settled> {
+        let entry = self.waiters.first_entry().filter(|e| *e.key() <= index)?;
+        let (idx, w) = entry.remove_entry();
+        Some(match idx == index && w.term == term {
+            true => Settled::Applied(w.to),
+            false => Settled::Replaced(w.to),
+        })
     }
 
     /// Waiters at or below a snapshot's index: no apply will answer them here.
@@ -384,7 +383,7 @@ mod tests {
         p.add_waiter(LogIndex(4), Term(2), client(1));
         p.add_waiter(LogIndex(5), Term(2), client(2));
         // Index 4 applied from a later term: 3 was overtaken, 4 was replaced, 5 still waits.
-        let settled = p.settle_waiters(LogIndex(4), Term(3));
+        let settled: Vec<_> = std::iter::from_fn(|| p.settle_next(LogIndex(4), Term(3))).collect();
         let replaced: Vec<_> = settled
             .iter()
             .map(|s| match s {
@@ -394,7 +393,7 @@ mod tests {
             .collect();
         assert_eq!(replaced, vec![Some(client(0)), Some(client(1))]);
         p.check_invariants(LogIndex(4));
-        let settled = p.settle_waiters(LogIndex(5), Term(2));
+        let settled: Vec<_> = std::iter::from_fn(|| p.settle_next(LogIndex(5), Term(2))).collect();
         assert!(matches!(settled[..], [Settled::Applied(to)] if to == client(2)));
         assert_eq!(p.counts(), (0, 0, 0));
     }

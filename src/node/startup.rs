@@ -365,7 +365,8 @@ fn bootstrap<D: Disk>(
             node: id,
             context: record.encode(),
         }
-        .encode(),
+        .encode()
+        .into(),
     }];
     disk.append(&entries)
         .map_err(|e| format!("{e:?}"))

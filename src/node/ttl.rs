@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::kv::envelope::{self, Envelope, SessionTag};
 use crate::kv::StateMachine;
 use crate::limits::{RECLAIM_ENTRIES_PER_SEC_MAX, RECLAIM_KEYS_MAX};
-use crate::raft::{LogIndex, Role};
+use crate::raft::{LogIndex, Payload, Role};
 
 use super::net::Net;
 use super::storage::Disk;
@@ -82,11 +82,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// The payload to propose for a client's write: `command` behind the leader's stamp (and
     /// the client's session, if any).
-    pub(super) fn stamp_write(&mut self, command: &[u8], session: Option<SessionTag>) -> Vec<u8> {
+    pub(super) fn stamp_write(&mut self, command: &[u8], session: Option<SessionTag>) -> Payload {
         let stamp_ms = self.leader_now_ms();
         self.ttl.last_stamp_ms = stamp_ms;
         let env = Envelope { stamp_ms, session };
-        envelope::wrap(&env, command)
+        envelope::wrap_shared(&env, command)
     }
 
     /// Housekeeping, on the leader: propose the deletion of some expired keys, within the

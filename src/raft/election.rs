@@ -10,7 +10,7 @@
 use super::message::{Message, MessageBody};
 use super::progress::Progress;
 use super::read::ReadTracker;
-use super::types::{ConfState, EntryKind, LogIndex, NodeId, Term};
+use super::types::{ConfState, EntryKind, LogIndex, NodeId, Payload, Term};
 use super::{quorum, LeaderState, Raft, RoleState, Votes};
 
 /// What kind of election to run.
@@ -424,7 +424,7 @@ impl Raft {
         self.election_elapsed_ticks = 0;
         ::log::info!("node {} became leader at term {}", self.id, self.term);
         // §8: an entry of our own term lets us commit (and learn the commit index) at once.
-        self.append_local(EntryKind::Noop, Vec::new());
+        self.append_local(EntryKind::Noop, Payload::from(&[][..]));
         self.bcast_append();
         self.bcast_pending = false;
     }

@@ -397,7 +397,7 @@ mod tests {
             term: Term(term),
             index: LogIndex(index),
             kind: EntryKind::Command,
-            data: vec![index as u8],
+            data: vec![index as u8].into(),
         }
     }
     fn id(term: u64, index: u64) -> EntryId {

@@ -122,7 +122,7 @@ impl Raft {
             // Every list of members (peer frames, snapshot headers) is bounded by this limit.
             return Err(ProposeError::TooManyMembers { count });
         }
-        let id = self.append_local(EntryKind::ConfChange, cc.encode());
+        let id = self.append_local(EntryKind::ConfChange, cc.encode().into());
         ::log::info!("node {} proposed {:?} at {id}", self.id, cc);
         Ok(id)
     }

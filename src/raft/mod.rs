@@ -51,7 +51,7 @@ pub use progress::ProgressState;
 pub use ready::{ReadState, Ready};
 pub use types::{
     ConfChange, ConfChangeOp, ConfState, Entry, EntryId, EntryKind, HardState, LogIndex, NodeId,
-    SnapshotMeta, Term,
+    Payload, SnapshotMeta, Term,
 };
 
 use crate::limits;
@@ -387,7 +387,8 @@ impl Raft {
     }
 
     /// A client command. Fails on a non-leader (with the leader, if known).
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<EntryId, ProposeError> {
+    pub fn propose(&mut self, data: impl Into<Payload>) -> Result<EntryId, ProposeError> {
+        let data = data.into();
         self.assert_not_awaiting_advance("propose");
         self.check_can_propose()?;
         if data.len() > limits::ENTRY_SIZE_MAX {

@@ -17,13 +17,13 @@
 use super::log::AppendError;
 use super::message::{AppendResult, MessageBody, RejectHint};
 use super::progress::ProgressState;
-use super::types::{Entry, EntryId, EntryKind, LogIndex, NodeId, SnapshotMeta};
+use super::types::{Entry, EntryId, EntryKind, LogIndex, NodeId, Payload, SnapshotMeta};
 use super::{quorum, Raft, RoleState};
 
 impl Raft {
     /// The leader appends one entry of its term at the tail; it goes out at the next `ready`
     /// (so the proposals of one turn share appends).
-    pub(super) fn append_local(&mut self, kind: EntryKind, data: Vec<u8>) -> EntryId {
+    pub(super) fn append_local(&mut self, kind: EntryKind, data: Payload) -> EntryId {
         assert!(
             matches!(self.role, RoleState::Leader(_)),
             "append on non-leader"

@@ -112,13 +112,18 @@ impl EntryKind {
     }
 }
 
+/// An entry's payload, shared: the log, the `Ready` handed to the driver, the append to every
+/// follower and the apply all hold the same bytes, so cloning an entry copies no payload
+/// (issue 16: no allocation per follower or per stage of the write path).
+pub type Payload = std::sync::Arc<[u8]>;
+
 /// One log entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub term: Term,
     pub index: LogIndex,
     pub kind: EntryKind,
-    pub data: Vec<u8>,
+    pub data: Payload,
 }
 
 impl Entry {

@@ -148,7 +148,7 @@ mod tests {
             term: Term(1),
             index: LogIndex(i),
             kind: EntryKind::Command,
-            data: vec![i as u8; 40],
+            data: vec![i as u8; 40].into(),
         }
     }
 

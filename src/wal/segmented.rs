@@ -438,7 +438,7 @@ impl Wal {
                 term: h.term,
                 index,
                 kind: h.kind,
-                data: b[data_at..data_at + h.payload_len].to_vec(),
+                data: b[data_at..data_at + h.payload_len].into(),
             });
             index = index.next();
         }

@@ -260,7 +260,7 @@ fn decode_append(r: &mut Reader<'_>) -> Result<MessageBody, DecodeError> {
         let Some(kind) = EntryKind::from_u8(r.u8("entry kind")?) else {
             return Err(r.malformed("unknown entry kind"));
         };
-        let data = r.bytes("entry data", ENTRY_SIZE_MAX)?.to_vec();
+        let data = r.bytes("entry data", ENTRY_SIZE_MAX)?.into();
         entries.push(Entry {
             term,
             index: LogIndex(index),
