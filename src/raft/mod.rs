@@ -473,6 +473,14 @@ impl Raft {
         self.voting
     }
 
+    /// Voter `id` came back as a new incarnation (it lost its storage): while uncertain, count
+    /// it as having reported an empty log (`uncertain.rs`, "Lost storage elsewhere").
+    pub fn report_replaced(&mut self, id: NodeId) {
+        if id != self.id {
+            self.uncertain.report(id, EntryId::default());
+        }
+    }
+
     /// The term this node's log tail is uncertain since (`uncertain.rs`), if it is.
     pub fn uncertain(&self) -> Option<Term> {
         self.uncertain.since()

@@ -37,6 +37,12 @@
 //! Reports are only ever from after our restart (connections are new), and a holder never
 //! loses the entry, so any report of a holder will do.
 //!
+//! Lost storage elsewhere. A voter that comes back as a new incarnation (it lost its disk:
+//! it knows no configuration and never sends a vote request) counts as having reported an
+//! empty log (`Raft::report_replaced`). Safe under the same assumption: that voter is the
+//! one damaged node, so our cut was a torn tail and lost nothing acknowledged. Without it, a
+//! lost disk and a torn tail elsewhere at the same time would leave no leader for good.
+//!
 //! Liveness cost: an uncertain node neither votes nor campaigns until it heard from `need`
 //! others, i.e. with three voters both others must be up, with five three of the four. A
 //! node that is only uncertain because a power cut tore an unsynced batch pays the same.
