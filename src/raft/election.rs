@@ -9,8 +9,8 @@
 //!
 //! A node with an uncertain log tail (`uncertain.rs`) records the log position every vote
 //! request announces, grants and campaigns only past the bar those positions set, and while
-//! it may not campaign (or may not vote at all: a new incarnation) its timer sends PreVote
-//! probes instead, so that the others learn its position too.
+//! it may not campaign (or may not vote at all: a new incarnation, a learner) its timer sends
+//! PreVote probes instead, so that the others learn its position too.
 
 use super::message::{Message, MessageBody};
 use super::progress::Progress;
@@ -79,10 +79,12 @@ impl Raft {
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        if self.election_elapsed_ticks < self.election_timeout_ticks || !self.promotable() {
+        if self.election_elapsed_ticks < self.election_timeout_ticks {
             return;
         }
-        if !self.may_campaign() {
+        if !self.promotable() || !self.may_campaign() {
+            // A learner probes too: in an uncertain voter's newer configuration it may be a
+            // voter whose report that voter needs (simulator seed 187).
             self.probe();
             return;
         }
