@@ -47,9 +47,11 @@
 //! others, i.e. with three voters both others must be up, with five three of the four. A
 //! node that is only uncertain because a power cut tore an unsynced batch pays the same.
 //!
-//! NB: `V` is the configuration in force now; a membership change between the commit and the
-//! crash is not accounted for (single-server changes keep old and new majorities
-//! overlapping, which the argument above does not use).
+//! Membership. The cut tail may have held configuration changes (a learner's promotion), so
+//! the configuration that committed what we lost may be larger than ours: while ours has
+//! learners, every other member (voter or learner) must report (simulator seed 839, where
+//! the cut log's configuration had two voters and the lost one five). NB: a member added and
+//! promoted entirely within the cut tail is still not accounted for.
 
 use std::collections::BTreeMap;
 
@@ -91,12 +93,18 @@ impl Uncertain {
     /// The bar a candidate must reach (rule 1, and for us rule 2), once enough others
     /// reported; `None` while they have not. Only meaningful while uncertain.
     fn bar(&self, me: NodeId, conf: &ConfState, own: EntryId) -> Option<EntryId> {
-        let others: Vec<NodeId> = conf.voters.iter().copied().filter(|&v| v != me).collect();
+        let members = conf.voters.iter().chain(&conf.learners);
+        let others: Vec<NodeId> = members.copied().filter(|&v| v != me).collect();
         // need = |others| - floor(|V|/2) + 1, and never more than there are others (a single
-        // voter has nobody to ask: what only it acknowledged is gone with its tail).
-        let need = (others.len() + 1)
-            .saturating_sub(conf.voters.len() / 2)
-            .min(others.len());
+        // voter has nobody to ask: what only it acknowledged is gone with its tail). With
+        // learners, every other member: the cut tail may have held their promotion, so the
+        // configuration that committed what we lost may count them (simulator seed 839).
+        let need = match conf.learners.is_empty() {
+            true => (others.len() + 1)
+                .saturating_sub(conf.voters.len() / 2)
+                .min(others.len()),
+            false => others.len(),
+        };
         let heard: Vec<EntryId> = others
             .iter()
             .filter_map(|v| self.reports.get(v).copied())
