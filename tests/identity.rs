@@ -414,4 +414,126 @@ fn a_whole_cluster_restarting_with_every_tail_torn_still_elects_a_leader() {
     for i in 0..20 {
         assert_eq!(get(&c, 3, &format!("k{i}")), bulk(&format!("v{i}")));
     }
+
+/// Forming is explicit: three nodes on empty storage, none started with `--bootstrap`, never
+/// form a cluster by themselves and never vote (no identity names a cluster, nobody leads,
+/// writes are refused) for many election timeouts. Once node 1 is started with `--bootstrap`
+/// it forms one, and the others adopt its cluster id, each with an incarnation of its own.
+#[test]
+fn nodes_on_empty_storage_never_form_a_cluster_or_vote_until_one_is_told_to_form_it() {
+    let _g = serial();
+    let mut c = Cluster::start(Options::default());
+    let first = Identity::load(&c.data_dir(1)).unwrap().cluster;
+    for id in 1..=3 {
+        c.kill(id);
+        fs::remove_dir_all(c.data_dir(id)).unwrap();
+        c.nodes[id as usize - 1].bootstrap = false;
+    }
+    // The harness appends to each node's log: only what follows counts.
+    let logged: Vec<usize> = (1..=3).map(|id| log_of(&c, id).len()).collect();
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    // Six election timeouts (500 ms default) with all three up: an observation window for
+    // something that must never happen, not a stand-in for a condition.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut answers = 0;
+    while Instant::now() < until {
+        for id in 1..=3 {
+            if let Some(i) = c.info(id) {
+                answers += 1;
+                assert_eq!(i["voting"], "0", "node {id} votes on empty storage: {i:?}");
+                assert_ne!(i["role"], "leader", "node {id} leads: {i:?}");
+            }
+        }
+        assert_eq!(c.leader(), None, "a leader without --bootstrap");
+    }
+    assert!(answers > 0, "no node answered INFO");
+    let write = c.client(1).ok().and_then(|mut cl| {
+        cl.set_io_timeout(Duration::from_secs(2));
+        cl.call_str(&["SET", "k", "v"]).ok()
+    });
+    assert_ne!(
+        write,
+        Some(Value::ok()),
+        "a write acknowledged by no cluster"
+    );
+    for id in 1..=3 {
+        let identity = Identity::load(&c.data_dir(id)).unwrap();
+        assert_eq!(
+            identity.cluster.0, 0,
+            "node {id} formed cluster {}",
+            identity.cluster
+        );
+        let log = log_of(&c, id);
+        let log = &log[logged[id as usize - 1]..];
+        assert!(log.contains("cluster id unknown"), "node {id}: {log}");
+        assert!(!log.contains("formed a new cluster"), "node {id}: {log}");
+    }
+    // Node 1 is told to form the cluster: its own empty storage, --bootstrap, once.
+    c.kill(1);
+    fs::remove_dir_all(c.data_dir(1)).unwrap();
+    c.nodes[0].bootstrap = true;
+    c.spawn(1);
+    c.wait_formed(LONG);
+    put_retry(&c, 2, "k", "v", LONG);
+    let ids: Vec<Identity> = (1..=3)
+        .map(|id| Identity::load(&c.data_dir(id)).unwrap())
+        .collect();
+    let formed = ids[0].cluster;
+    assert!(
+        formed.0 != 0 && formed != first,
+        "{formed} (first cluster {first})"
+    );
+    assert!(ids.iter().all(|i| i.cluster == formed), "{ids:?}");
+    assert!(
+        ids[0].incarnation != ids[1].incarnation
+            && ids[1].incarnation != ids[2].incarnation
+            && ids[0].incarnation != ids[2].incarnation,
+        "{ids:?}"
+    );
+}
+
+/// A configuration error exits with status 2 (a bad key, a bad flag), which the systemd unit
+/// lists with 3 (identity errors) in `RestartPreventExitStatus`: neither is restarted in a
+/// loop, while other failures are (`Restart=on-failure`).
+#[test]
+fn a_configuration_error_exits_with_status_2_which_the_unit_does_not_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.conf");
+    fs::write(
+        &conf,
+        "node.1 = peer=127.0.0.1:1 client=127.0.0.1:2\nelecton_timeout_ms = 5\n",
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap();
+    for args in [
+        vec!["--config", conf, "--id", "1"],
+        vec!["--config", conf, "--id", "1", "--no-such-flag"],
+        vec!["--id", "1"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvraftd"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/kvraftd@.service"
+    ))
+    .unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {key} in the unit"))
+    };
+    let prevent: Vec<&str> = value("RestartPreventExitStatus")
+        .split_whitespace()
+        .collect();
+    assert!(
+        prevent.contains(&"2") && prevent.contains(&"3"),
+        "{prevent:?}"
+    );
+    assert_eq!(value("Restart"), "on-failure");
 }

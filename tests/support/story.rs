@@ -46,6 +46,11 @@ pub struct Story {
 impl Story {
     /// `n` nodes, all started; none is a voter but node 1 until the leader admits them.
     pub fn new(n: u64) -> Story {
+        Story::with_seed(n, 0)
+    }
+
+    /// `new`, with node `i` seeded `seed + i` (its election timeout and incarnation follow).
+    pub fn with_seed(n: u64, seed: u64) -> Story {
         let world = World::new();
         let start = Instant::now();
         let mut text = String::from(
@@ -60,7 +65,7 @@ impl Story {
         let mut cfgs = BTreeMap::new();
         for i in 1..=n {
             // Distinct seeds: equal election timeouts would split every vote.
-            let text = format!("{text}seed = {i}\n");
+            let text = format!("{text}seed = {}\n", seed + i);
             let mut cfg = Config::parse(&text, "t.conf", NodeId(i), None).expect("config");
             cfgs.insert(i, (cfg.clone(), 1));
             if i == 1 {
@@ -141,6 +146,11 @@ impl Story {
             }
         }
         None
+    }
+
+    /// Ticks run so far.
+    pub fn ticks(&self) -> u64 {
+        self.now_ms / TICK_MS
     }
 
     /// One tick: deliver what is due, then one turn of every running node.
