@@ -49,9 +49,12 @@
 //!
 //! Membership. The cut tail may have held configuration changes (a learner's promotion), so
 //! the configuration that committed what we lost may be larger than ours: while ours has
-//! learners, every other member (voter or learner) must report (simulator seed 839, where
-//! the cut log's configuration had two voters and the lost one five). NB: a member added and
-//! promoted entirely within the cut tail is still not accounted for.
+//! learners and at least two voters, every other member (voter or learner) must report
+//! (simulator seed 839, where the cut log's configuration had two voters and the lost one
+//! five). Not with a single voter: a cluster still forming would wait for a learner that knows
+//! no configuration and never reports (seed 4). NB: a member added and promoted entirely
+//! within the cut tail, and a single voter's lost promotion of a learner, are still not
+//! accounted for.
 
 use std::collections::BTreeMap;
 
@@ -99,10 +102,11 @@ impl Uncertain {
         // voter has nobody to ask: what only it acknowledged is gone with its tail). With
         // learners, every other member: the cut tail may have held their promotion, so the
         // configuration that committed what we lost may count them (simulator seed 839).
-        let need = match conf.learners.is_empty() {
-            true => (others.len() + 1)
+        let voter_others = conf.voters.iter().filter(|&&v| v != me).count();
+        let need = match conf.learners.is_empty() || conf.voters.len() < 2 {
+            true => (voter_others + 1)
                 .saturating_sub(conf.voters.len() / 2)
-                .min(others.len()),
+                .min(voter_others),
             false => others.len(),
         };
         let heard: Vec<EntryId> = others
