@@ -414,6 +414,7 @@ fn a_whole_cluster_restarting_with_every_tail_torn_still_elects_a_leader() {
     for i in 0..20 {
         assert_eq!(get(&c, 3, &format!("k{i}")), bulk(&format!("v{i}")));
     }
+}
 
 /// Forming is explicit: three nodes on empty storage, none started with `--bootstrap`, never
 /// form a cluster by themselves and never vote (no identity names a cluster, nobody leads,
