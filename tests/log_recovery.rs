@@ -1160,3 +1160,58 @@ fn random_operations_with_power_cuts_and_flipped_bytes_match_the_model() {
         }
     }
 }
+
+/// A flipped byte in the newest synced batch looks like a torn tail and is cut as one; it is
+/// reported as an uncertain tail, and `before_cut` runs once, before the bytes are zeroed (the
+/// file still holds them while it runs). A clean end (zeros after the last record, or a
+/// segment cut short at a record boundary) is certain, and so is the next open after a cut.
+#[test]
+fn non_zero_bytes_cut_off_the_last_segment_are_an_uncertain_tail_reported_before_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes, _) = five_synced_batches(dir.path());
+    let wal = Wal::open(dir.path(), opts(Prefill::Fallocate)).unwrap();
+    assert_eq!(wal.recovery_report().uncertain_tail, None, "a clean end");
+    drop(wal);
+    let recs = walk_segment(&bytes);
+    let last = recs[recs.len() - 1];
+    let mut b = bytes.clone();
+    b[last.start + REC_HDR + 10] ^= 0x10; // index 20, in the newest batch (17..=20)
+    fs::write(&path, &b).unwrap();
+    let mut calls = Vec::new();
+    let wal = Wal::open_with(dir.path(), opts(Prefill::Fallocate), &mut |t| {
+        let now = fs::read(&path).unwrap();
+        assert_eq!(now[last.start + REC_HDR + 10], b[last.start + REC_HDR + 10]);
+        calls.push(t.clone());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(wal.last_index(), Some(LogIndex(19)));
+    assert_eq!(wal.damage(), None);
+    let tail = wal
+        .recovery_report()
+        .uncertain_tail
+        .clone()
+        .expect("uncertain");
+    assert_eq!(calls, vec![tail.clone()]);
+    assert_eq!(tail.offset, last.start as u64);
+    assert_eq!(tail.bytes, (last.end - last.start) as u64);
+    assert_eq!(tail.last_kept, Some(LogIndex(19)));
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), opts(Prefill::Fallocate), &mut |t| {
+        panic!("a second cut: {t}")
+    })
+    .unwrap();
+    assert_eq!(wal.recovery_report().uncertain_tail, None);
+    drop(wal);
+    // A failing hook fails the open and leaves the bytes in place.
+    fs::write(&path, &b).unwrap();
+    let err = Wal::open_with(dir.path(), opts(Prefill::Fallocate), &mut |_| {
+        Err(WalError::BadOptions {
+            reason: "hook failed".into(),
+        })
+    })
+    .err()
+    .expect("the hook's error");
+    assert!(err.to_string().contains("hook failed"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), b);
+}

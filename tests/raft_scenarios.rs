@@ -48,6 +48,7 @@ fn lone(me: u64, term: u64, entries: Vec<Entry>) -> Raft {
             hard_state: HardState {
                 term: Term(term),
                 vote: None,
+                uncertain: None,
             },
             snapshot: SnapshotMeta {
                 last: EntryId::default(),
@@ -535,7 +536,8 @@ fn lesson_5_one_vote_per_term_and_it_is_sent_only_after_it_is_durable() {
         rd.hard_state,
         Some(HardState {
             term: Term(2),
-            vote: Some(NodeId(2))
+            vote: Some(NodeId(2)),
+            uncertain: None,
         })
     );
     assert!(rd.messages.is_empty(), "vote must wait for the sync");

@@ -20,6 +20,14 @@
 //! log as its old self), 300 seeds failed at seed 220: "LEADER COMPLETENESS: leader 2 of term
 //! 5 lacks committed 3/95".
 //!
+//! An uncertain tail (raft/uncertain.rs): a flip in the newest synced batch of the last
+//! segment is injected too (`tail_flips`, under the same condition, and never while another
+//! such node is still uncertain: damage on one node at a time); the real recovery cuts it as a
+//! torn tail, and the node, uncertain since its term, votes and campaigns only past the bar
+//! its peers' positions set. Every crash that tears unsynced pages leaves an uncertain start
+//! too (`uncertain_starts`, `uncertain_clears`), so power cuts leave every member uncertain at
+//! once: the progress checks prove they still elect a leader.
+//!
 //! Faults: peer frames lost, duplicated, delayed and reordered; partitions that come and go;
 //! crashes and restarts (a crash loses unsynced log pages, any subset, torn at page
 //! granularity), failed fsyncs (the node stops, as the daemon does, and is restarted: a crash
@@ -207,12 +215,16 @@ struct Stats {
     storage_losses: u64,
     readmitted: u64,
     /// Damage to synced log data injected at a restart and detected by the real recovery:
-    /// flipped bytes, segments cut short; flips not injected because the WAL cannot tell
-    /// them from a torn tail (the newest batch); flipped bytes in unsynced pages at a crash.
+    /// flipped bytes, segments cut short; flips in the newest synced batch, which the WAL cuts
+    /// as a torn tail (an uncertain tail); flipped bytes in unsynced pages at a crash.
     flips_synced: u64,
     cuts_synced: u64,
-    flips_undetectable: u64,
+    tail_flips: u64,
     flips_unsynced: u64,
+    /// Starts with an uncertain log tail (non-zero bytes cut: torn pages or a tail flip), and
+    /// nodes that cleared the uncertainty (raft/uncertain.rs).
+    uncertain_starts: u64,
+    uncertain_clears: u64,
     /// SIGTERMs, and the stops they led to.
     sigterms: u64,
     graceful_stops: u64,
@@ -252,7 +264,9 @@ impl Stats {
         self.readmitted += o.readmitted;
         self.flips_synced += o.flips_synced;
         self.cuts_synced += o.cuts_synced;
-        self.flips_undetectable += o.flips_undetectable;
+        self.tail_flips += o.tail_flips;
+        self.uncertain_starts += o.uncertain_starts;
+        self.uncertain_clears += o.uncertain_clears;
         self.flips_unsynced += o.flips_unsynced;
         self.sigterms += o.sigterms;
         self.graceful_stops += o.graceful_stops;
@@ -277,6 +291,8 @@ struct Member {
     starts: u64,
     /// Its last turn ran a slow sync and lasts until this time (ms): no turn before.
     busy_until_ms: u64,
+    /// Its log tail was uncertain when last seen up (`Stats::uncertain_clears`).
+    was_uncertain: bool,
 }
 
 /// What a client waits for.
@@ -344,6 +360,10 @@ struct Sim {
     /// incarnation: no other storage is lost or damaged meanwhile (losing a second voter could
     /// lose a majority, which is unavailability by design, not a defect to find).
     lost_pending: Option<NodeId>,
+    /// A node whose newest synced batch was damaged (a tail flip) and that is still uncertain
+    /// (it may lack acknowledged entries): no other storage is lost or damaged meanwhile
+    /// (raft/uncertain.rs assumes damage on one node at a time).
+    flip_pending: Option<NodeId>,
     p: Params,
     world: WorldRef,
     members: BTreeMap<NodeId, Member>,
@@ -448,6 +468,7 @@ impl Sim {
                 down_ticks: 0,
                 starts: 1,
                 busy_until_ms: 0,
+                was_uncertain: false,
             };
             members.insert(NodeId(i), m);
         }
@@ -472,6 +493,7 @@ impl Sim {
             lost_rng,
             damage_rng,
             lost_pending: None,
+            flip_pending: None,
             p,
             world,
             members,
@@ -521,6 +543,7 @@ impl Sim {
             return;
         }
         let disk = SimDisk::open(&m.image, &m.faults);
+        let uncertain_start = kvraft::node::storage::Disk::uncertain_tail(&disk).is_some();
         let (peer, _) = addrs(id);
         let net = SimNet::new(&self.world, id, peer);
         let seed = m.cfg.seed.unwrap_or(id.0);
@@ -541,9 +564,17 @@ impl Sim {
         )
         .unwrap_or_else(|e| panic!("node {id} does not recover: {e}"));
         m.starts += 1;
+        let uncertain = node.raft().uncertain();
         m.node = Some(node);
         self.world.borrow_mut().set_up(id, true);
-        self.note(format!("start {id}"));
+        self.stats.uncertain_starts += u64::from(uncertain_start);
+        self.note(format!(
+            "start {id}{}",
+            match uncertain {
+                Some(t) => format!(" (log tail uncertain since term {t})"),
+                None => String::new(),
+            }
+        ));
     }
 
     /// Before node `id` restarts: now and then its whole storage is gone (a replaced disk),
@@ -551,7 +582,7 @@ impl Sim {
     /// remains without it (`may_lose_storage`). The node comes back as a new incarnation; the
     /// checks prove no acknowledged write is lost.
     fn maybe_lose_storage(&mut self, id: NodeId) {
-        if self.p.storage_loss == 0 || self.lost_pending.is_some() {
+        if self.p.storage_loss == 0 || self.lost_pending.is_some() || self.flip_pending.is_some() {
             return;
         }
         if self.lost_rng.range(0, 1000) >= self.p.storage_loss {
@@ -594,7 +625,7 @@ impl Sim {
     /// cut short (`Image::damage`, judged by the real recovery). Detected damage makes the node
     /// a new incarnation that keeps the intact prefix and is re-admitted.
     fn maybe_damage_log(&mut self, id: NodeId) {
-        if self.p.damage == 0 || self.lost_pending.is_some() {
+        if self.p.damage == 0 || self.lost_pending.is_some() || self.flip_pending.is_some() {
             return;
         }
         if self.damage_rng.range(0, 1000) >= self.p.damage || !self.may_lose_storage(id) {
@@ -606,8 +637,13 @@ impl Sim {
             .damage(&mut self.damage_rng);
         let (first_lost, what) = match injected {
             None => return,
-            Some(Injected::Undetectable) => {
-                self.stats.flips_undetectable += 1;
+            Some(Injected::TailFlip { first_cut }) => {
+                // Not a new incarnation: the node keeps voting, under the uncertain rules.
+                self.stats.tail_flips += 1;
+                self.flip_pending = Some(id);
+                self.note(format!(
+                    "log of {id} damaged in its newest synced batch: cut as a torn tail from {first_cut}"
+                ));
                 return;
             }
             Some(Injected::Flip { first_lost }) => {
@@ -1206,6 +1242,22 @@ impl Sim {
     // --- checks ----------------------------------------------------------------------------
 
     fn check(&mut self) {
+        for m in self.members.values_mut() {
+            let uncertain = m.node.as_ref().map(|n| n.raft().uncertain().is_some());
+            if m.was_uncertain && uncertain == Some(false) {
+                self.stats.uncertain_clears += 1;
+            }
+            if let Some(u) = uncertain {
+                m.was_uncertain = u;
+            }
+        }
+        if let Some(id) = self.flip_pending {
+            let certain = |n: &SimNode| n.raft().uncertain().is_none();
+            if self.members[&id].node.as_ref().is_some_and(certain) {
+                self.flip_pending = None;
+                self.note(format!("{id} certain of its log again"));
+            }
+        }
         if let Some(id) = self.lost_pending {
             let back = |n: &SimNode| n.raft().voting() && n.raft().conf().is_voter(id);
             if self.members[&id].node.as_ref().is_some_and(back) {

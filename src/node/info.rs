@@ -411,6 +411,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         // Issue 13: whether this node votes (its incarnation is the recorded voter), and its
         // identity.
         kv("voting", u8::from(st.voting).to_string());
+        // Its log tail was cut at start-up and may have lost acknowledged entries: it waits
+        // for its peers' positions before it votes or campaigns (raft/uncertain.rs).
+        kv(
+            "log_uncertain",
+            u8::from(st.uncertain.is_some()).to_string(),
+        );
         kv("cluster_id", format!("{:032x}", self.ids.cluster()));
         kv("incarnation", format!("{:032x}", self.ids.incarnation()));
         kv(

@@ -20,7 +20,7 @@ const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 const DIAL_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
 /// A snapshot stream that heard no ack for this long resends from its last acked offset.
 const SNAPSHOT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-use super::membership::HelloVerdict;
+use super::membership::{HelloVerdict, MemberRecord};
 use super::net::{ConnectState, Net};
 use super::storage::Disk;
 use super::{ConnKind, CoreReport, MemberAddrs, Node, TimerId};
@@ -500,6 +500,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             }
         }
         self.ids.heard(from, key, incarnation);
+        // A voter that came back as a new incarnation lost its storage. Damage strikes one
+        // node at a time, so an uncertain tail of ours is then a torn one: count that voter
+        // as having reported (raft/uncertain.rs), or it could never help us elect anyone.
+        let replaced = |r: &MemberRecord| r.incarnation != 0 && r.incarnation != incarnation;
+        if self.ids.log().newest().get(from).is_some_and(replaced) {
+            self.raft.report_replaced(from);
+        }
         true
     }
 

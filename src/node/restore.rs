@@ -141,6 +141,7 @@ fn build(
     disk.save_hard_state(&HardState {
         term: last.term,
         vote: None,
+        uncertain: None,
     })
     .map_err(|e| NodeError::new(format!("saving the hard state: {e}")))?;
     let header = SnapshotHeader {

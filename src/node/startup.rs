@@ -64,6 +64,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             hard_state.term,
             fmt_vote(hard_state)
         );
+        match (disk.uncertain_tail(), hard_state.uncertain) {
+            (Some(cut), Some(since)) => log::warn!(
+                "log tail uncertain: {cut}; this may have been an acknowledged batch, so until the log holds an entry of a term above {since} this node votes and campaigns only once enough other voters told it their log positions (raft/uncertain.rs)"
+            ),
+            (None, Some(since)) => info!(
+                "log tail still uncertain since term {since} (an earlier start cut it)"
+            ),
+            _ => {}
+        }
         let (snap_meta, table, sm, have_snapshot) = load_snapshot(&mut disk, &mut make_sm)?;
         let used =
             have_snapshot || disk.log_stats().last.is_some() || hard_state != HardState::default();
@@ -126,6 +135,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 hard_state = HardState {
                     term: last.term,
                     vote: None,
+                    uncertain: hard_state.uncertain.map(|t| t.max(last.term)),
                 };
                 disk.save_hard_state(&hard_state)
                     .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;

@@ -120,6 +120,13 @@ pub trait Disk {
     /// Replace the identity, durably before returning (contract 1's kind).
     fn store_identity(&mut self, identity: &Identity) -> Result<(), String>;
 
+    /// Non-zero bytes recovery cut off the end of the log at this start (a torn tail, or damage
+    /// to the newest synced batch: they look alike), described for the log. When it did, the
+    /// hard state was saved "uncertain" before the bytes were zeroed (`raft/uncertain.rs`).
+    fn uncertain_tail(&self) -> Option<String> {
+        None
+    }
+
     /// Damage recovery found in synced log data (the log ends at the intact prefix), until
     /// `clear_damage`. The simulator's disk has none.
     fn damage(&self) -> Option<String> {
@@ -146,6 +153,8 @@ pub struct RealDisk {
     wal: Wal,
     hard_state_store: HardStateStore,
     hard_state: HardState,
+    /// What recovery cut off the end of the log at this start (`Disk::uncertain_tail`).
+    uncertain_tail: Option<String>,
     snapshotter: Snapshotter,
     /// How long each WAL sync took (`/metrics`): the only clock reads of the write path
     /// besides the loop's one per turn.
@@ -157,9 +166,9 @@ impl RealDisk {
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<RealDisk, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-        let (hard_state_store, hard_state) =
+        let (mut hard_state_store, mut hard_state) =
             HardStateStore::open(dir).map_err(|e| format!("hard state: {e}"))?;
-        let wal = Wal::open(
+        let wal = Wal::open_with(
             &dir.join("log"),
             WalOptions {
                 segment_size: segment_bytes,
@@ -169,13 +178,29 @@ impl RealDisk {
                 on_damage: OnDamage::KeepIntactPrefix,
                 ..WalOptions::default()
             },
+            // An uncertain tail: durably "uncertain since" the current term (or the one an
+            // earlier start recorded, if higher) before the cut bytes are zeroed, so that a
+            // crash right after the cut cannot forget it (raft/uncertain.rs).
+            &mut |_| {
+                let since = hard_state
+                    .term
+                    .max(hard_state.uncertain.unwrap_or_default());
+                hard_state.uncertain = Some(since);
+                hard_state_store.save(&hard_state)
+            },
         )
         .map_err(|e| format!("log: {e}"))?;
+        let uncertain_tail = wal
+            .recovery_report()
+            .uncertain_tail
+            .as_ref()
+            .map(|t| t.to_string());
         Ok(RealDisk {
             dir: dir.to_path_buf(),
             wal,
             hard_state_store,
             hard_state,
+            uncertain_tail,
             snapshotter: Snapshotter::new(),
             fsync_seconds: Histogram::new(DISK_SECONDS_BUCKETS),
         })
@@ -341,6 +366,10 @@ impl Disk for RealDisk {
 
     fn store_identity(&mut self, identity: &Identity) -> Result<(), String> {
         identity.store(&self.dir).map_err(|e| e.to_string())
+    }
+
+    fn uncertain_tail(&self) -> Option<String> {
+        self.uncertain_tail.clone()
     }
 
     fn damage(&self) -> Option<String> {

@@ -6,6 +6,11 @@
 //! a vote request inside our leader lease, which is ignored), the election timer (a fresh random timeout in [T, 2T) at every
 //! reset: seed lesson 12), and the vote rules (one vote per term, durable before it is sent:
 //! seed lesson 5; the up-to-date check on typed (term, index): seed lesson 1).
+//!
+//! A node with an uncertain log tail (`uncertain.rs`) records the log position every vote
+//! request announces, grants and campaigns only past the bar those positions set, and while
+//! it may not campaign (or may not vote at all: a new incarnation, a learner) its timer sends
+//! PreVote probes instead, so that the others learn its position too.
 
 use super::message::{Message, MessageBody};
 use super::progress::Progress;
@@ -74,16 +79,52 @@ impl Raft {
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        if self.election_elapsed_ticks >= self.election_timeout_ticks
-            && self.promotable()
-            && self.voting
-        {
-            let kind = if self.cfg.pre_vote {
-                Campaign::PreVote
-            } else {
-                Campaign::Election
-            };
-            self.campaign(kind);
+        if self.election_elapsed_ticks < self.election_timeout_ticks {
+            return;
+        }
+        if !self.promotable() || !self.may_campaign() {
+            // A learner probes too: in an uncertain voter's newer configuration it may be a
+            // voter whose report that voter needs (simulator seed 187).
+            self.probe();
+            return;
+        }
+        let kind = if self.cfg.pre_vote {
+            Campaign::PreVote
+        } else {
+            Campaign::Election
+        };
+        self.campaign(kind);
+    }
+
+    /// Whether this node may start an election now: it votes (`set_voting`), and an
+    /// uncertain tail allows it (`uncertain.rs` rule 2).
+    fn may_campaign(&self) -> bool {
+        self.voting
+            && self
+                .uncertain
+                .may_campaign(self.id, &self.conf, self.log.last_id())
+    }
+
+    /// The timer fired but we may not campaign: announce our log position in PreVote requests
+    /// (`uncertain.rs` rule 2), staying a follower and never proceeding on the answers. A
+    /// pre-vote changes nobody's term, and a node in a leader's lease ignores it.
+    fn probe(&mut self) {
+        self.reset_election_timer();
+        // No leader was heard within a timeout: forget it, or our own lease would make us
+        // ignore the others' pre-votes for another timeout.
+        self.leader = None;
+        let last = self.log.last_id();
+        let term = self.term.next();
+        ::log::debug!(
+            "node {}: probing the voters at term {term} with our last {last} (uncertain since {:?}, voting {})",
+            self.id,
+            self.uncertain.since(),
+            self.voting
+        );
+        let me = self.id;
+        let voters: Vec<NodeId> = self.conf.voters.clone();
+        for to in voters.into_iter().filter(|&v| v != me) {
+            self.send_at(to, term, MessageBody::PreVote { last });
         }
     }
 
@@ -127,6 +168,11 @@ impl Raft {
 
     /// Term handling first, then one handler per message kind.
     pub(super) fn step_checked(&mut self, msg: Message) {
+        if let MessageBody::PreVote { last } | MessageBody::Vote { last, .. } = msg.body {
+            // Whatever its term: any position a voter announced since our start will do
+            // (`uncertain.rs`).
+            self.uncertain.report(msg.from, last);
+        }
         if msg.term > self.term {
             if !self.handle_newer_term(&msg) {
                 return;
@@ -307,15 +353,26 @@ impl Raft {
 
     fn won_election(&mut self, kind: Campaign) {
         match kind {
+            // Reports that arrived meanwhile may have raised the bar above our log.
+            Campaign::PreVote if !self.may_campaign() => self.become_follower(self.term, None),
             Campaign::PreVote => self.campaign(Campaign::Election),
             _ => self.become_leader(),
         }
     }
 
+    /// Rule 1 of `uncertain.rs`: whether a candidate whose log ends at `last` may have our
+    /// (pre-)vote as far as an uncertain tail is concerned.
+    fn uncertain_allows(&self, last: super::types::EntryId) -> bool {
+        self.uncertain
+            .may_grant(self.id, &self.conf, self.log.last_id(), last)
+    }
+
     /// Thesis §9.6: grant if we would vote for it in `term`, without changing our own state.
     fn handle_pre_vote(&mut self, from: NodeId, term: Term, last: super::types::EntryId) {
-        let granted =
-            self.voting && term > self.term && last.is_up_to_date_with(self.log.last_id());
+        let granted = self.voting
+            && term > self.term
+            && last.is_up_to_date_with(self.log.last_id())
+            && self.uncertain_allows(last);
         let reply_term = if granted { term } else { self.term };
         ::log::debug!(
             "node {}: pre-vote for {from} at term {term}: granted={granted}",
@@ -329,7 +386,10 @@ impl Raft {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
         // A node not voting (its storage is not the member's that the configuration records)
         // refuses: its earlier incarnation may have voted in this term already.
-        let granted = self.voting && can_vote && last.is_up_to_date_with(self.log.last_id());
+        let granted = self.voting
+            && can_vote
+            && last.is_up_to_date_with(self.log.last_id())
+            && self.uncertain_allows(last);
         if granted {
             self.vote = Some(from);
             self.election_elapsed_ticks = 0;
@@ -363,7 +423,7 @@ impl Raft {
     }
 
     fn handle_timeout_now(&mut self, from: NodeId) {
-        if !self.promotable() || !self.voting || matches!(self.role, RoleState::Leader(_)) {
+        if !self.promotable() || !self.may_campaign() || matches!(self.role, RoleState::Leader(_)) {
             return;
         }
         ::log::info!(
@@ -423,6 +483,8 @@ impl Raft {
         self.heartbeat_elapsed_ticks = 0;
         self.election_elapsed_ticks = 0;
         ::log::info!("node {} became leader at term {}", self.id, self.term);
+        // It was allowed to campaign, so its log is at least the bar (`uncertain.rs` rule 3).
+        self.clear_uncertain("won an election");
         // §8: an entry of our own term lets us commit (and learn the commit index) at once.
         self.append_local(EntryKind::Noop, Payload::from(&[][..]));
         self.bcast_append();

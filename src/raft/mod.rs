@@ -42,6 +42,7 @@ mod read;
 mod ready;
 mod replication;
 pub mod types;
+mod uncertain;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -219,6 +220,8 @@ pub struct Status {
     pub progress: Vec<PeerStatus>,
     /// See [`Raft::set_voting`].
     pub voting: bool,
+    /// The term this node's log tail is uncertain since (`uncertain.rs`), if it is.
+    pub uncertain: Option<Term>,
 }
 
 /// Votes received in one (pre-)election: first answer per voter counts.
@@ -299,6 +302,8 @@ pub struct Raft {
     /// node's storage (its incarnation) as a voter, e.g. after a lost disk (see
     /// `set_voting`).
     voting: bool,
+    /// An uncertain log tail and the others' reported positions (`uncertain.rs`).
+    uncertain: uncertain::Uncertain,
 }
 
 impl Raft {
@@ -338,6 +343,7 @@ impl Raft {
             bcast_pending: false,
             awaiting_advance: false,
             voting: true,
+            uncertain: uncertain::Uncertain::new(hard_state.uncertain),
             cfg: config,
         };
         raft.reset_election_timer();
@@ -472,11 +478,41 @@ impl Raft {
         self.voting
     }
 
-    pub fn has_ready(&self) -> bool {
+    /// Voter `id` came back as a new incarnation (it lost its storage): while uncertain, count
+    /// it as having reported an empty log (`uncertain.rs`, "Lost storage elsewhere").
+    pub fn report_replaced(&mut self, id: NodeId) {
+        if id != self.id {
+            self.uncertain.report(id, EntryId::default());
+        }
+    }
+
+    /// The term this node's log tail is uncertain since (`uncertain.rs`), if it is.
+    pub fn uncertain(&self) -> Option<Term> {
+        self.uncertain.since()
+    }
+
+    fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
             vote: self.vote,
-        } != self.hard_state_emitted
+            uncertain: self.uncertain.since(),
+        }
+    }
+
+    /// Rule 3 of `uncertain.rs`: the node trusts its log again (one log line).
+    fn clear_uncertain(&mut self, why: &str) {
+        let since = self.uncertain.since();
+        if self.uncertain.clear() {
+            ::log::info!(
+                "node {}: log tail certain again ({why}; was uncertain since term {})",
+                self.id,
+                since.unwrap_or_default()
+            );
+        }
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.hard_state() != self.hard_state_emitted
             || self.bcast_pending
             || self.log.has_unstable()
             || self.pending_snapshot.is_some()
@@ -497,10 +533,7 @@ impl Raft {
         if let RoleState::Leader(ls) = &mut self.role {
             ls.reads.close_round();
         }
-        let hs = HardState {
-            term: self.term,
-            vote: self.vote,
-        };
+        let hs = self.hard_state();
         let hard_state = (hs != self.hard_state_emitted).then_some(hs);
         self.hard_state_emitted = hs;
         self.awaiting_advance = true;
@@ -523,6 +556,13 @@ impl Raft {
         self.awaiting_advance = false;
         self.log.persisted_to(persisted);
         self.log.applied_to(applied);
+        if let Some(since) = self.uncertain.since() {
+            // A durable entry of a later term came from a leader elected after the crash,
+            // which held everything committed before it (`uncertain.rs` rule 3).
+            if let Some(t) = self.log.term(persisted).filter(|&t| t > since) {
+                self.clear_uncertain(&format!("the log holds {persisted} of term {t}"));
+            }
+        }
         self.compact_some();
         if let RoleState::Leader(ls) = &mut self.role {
             let me = ls
@@ -634,6 +674,7 @@ impl Raft {
             snapshot: self.snapshot.clone(),
             progress,
             voting: self.voting,
+            uncertain: self.uncertain.since(),
         }
     }
 

@@ -140,6 +140,10 @@ impl Entry {
 pub struct HardState {
     pub term: Term,
     pub vote: Option<NodeId>,
+    /// The log's tail was cut at a start and may have held acknowledged entries: "uncertain
+    /// since term T" (see `raft/uncertain.rs`). Persisted until the node may trust its log
+    /// again.
+    pub uncertain: Option<Term>,
 }
 
 /// The membership of the cluster: who votes, and who only receives the log.

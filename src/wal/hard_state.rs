@@ -4,17 +4,22 @@
 //!
 //! The file is `FILE_SIZE` = 1024 bytes, created at full size, holding two slots at offsets 0
 //! and `SLOT_STRIDE` = 512 (separate disk sectors, so a torn write damages at most one).
-//! Big-endian; one slot:
+//! Big-endian; one slot (format version 2):
 //! ```text
 //! offset size field
 //!      0    8 magic "KVRFTHST"
-//!      8    4 format version (1)
+//!      8    4 format version (2)
 //!     12    4 reserved, zero
 //!     16    8 sequence number: grows by one per save
 //!     24    8 term
 //!     32    8 vote (node id; 0 = none)
-//!     40    4 crc32c of bytes 0..40
+//!     40    8 uncertain term: the log's tail was cut at a start and may have held
+//!               acknowledged entries, "uncertain since term T" (raft/uncertain.rs; 0 = none)
+//!     48    4 crc32c of bytes 0..48
 //! ```
+//! Version 1 (written before the uncertain term existed) is the same up to offset 40, where
+//! its crc32c of bytes 0..40 sits; it is read as "not uncertain". Saves always write version 2,
+//! so an old data directory keeps working and is upgraded by its first save.
 //! A save writes the slot the previous save did not (`sequence % 2`) and fdatasyncs before it
 //! returns, so the other slot always holds the previous state whole. Loading picks the valid
 //! slot with the higher sequence.
@@ -36,7 +41,9 @@ use crate::raft::{HardState, NodeId, Term};
 
 pub const HARD_STATE_FILE: &str = "hardstate";
 const MAGIC: [u8; 8] = *b"KVRFTHST";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The slot format before the uncertain term: read, never written.
+const VERSION_1: u32 = 1;
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
@@ -44,11 +51,14 @@ const RESERVED_OFFSET: usize = VERSION_OFFSET + 4;
 const SEQ_OFFSET: usize = RESERVED_OFFSET + 4;
 const TERM_OFFSET: usize = SEQ_OFFSET + 8;
 const VOTE_OFFSET: usize = TERM_OFFSET + 8;
-const CRC_OFFSET: usize = VOTE_OFFSET + 8;
+const UNCERTAIN_OFFSET: usize = VOTE_OFFSET + 8;
+const CRC_OFFSET: usize = UNCERTAIN_OFFSET + 8;
 const SLOT_SIZE: usize = CRC_OFFSET + 4;
+/// Version 1's checksum sat where the uncertain term is now.
+const CRC_OFFSET_V1: usize = UNCERTAIN_OFFSET;
 const SLOT_STRIDE: usize = 512;
 const FILE_SIZE: usize = 2 * SLOT_STRIDE;
-const _: () = assert!(CRC_OFFSET == 40 && SLOT_SIZE == 44);
+const _: () = assert!(CRC_OFFSET == 48 && SLOT_SIZE == 52 && CRC_OFFSET_V1 == 40);
 const _: () = assert!(SLOT_SIZE <= SLOT_STRIDE);
 
 pub struct HardStateStore {
@@ -154,7 +164,9 @@ fn encode_slot(sequence: u64, hs: &HardState) -> [u8; SLOT_SIZE] {
     b[SEQ_OFFSET..TERM_OFFSET].copy_from_slice(&sequence.to_be_bytes());
     b[TERM_OFFSET..VOTE_OFFSET].copy_from_slice(&hs.term.0.to_be_bytes());
     let vote = hs.vote.map_or(0, |n| n.0);
-    b[VOTE_OFFSET..CRC_OFFSET].copy_from_slice(&vote.to_be_bytes());
+    b[VOTE_OFFSET..UNCERTAIN_OFFSET].copy_from_slice(&vote.to_be_bytes());
+    let uncertain = hs.uncertain.map_or(0, |t| t.0);
+    b[UNCERTAIN_OFFSET..CRC_OFFSET].copy_from_slice(&uncertain.to_be_bytes());
     let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
     b[CRC_OFFSET..SLOT_SIZE].copy_from_slice(&crc.to_be_bytes());
     b
@@ -164,18 +176,26 @@ fn decode_slot(b: &[u8]) -> Option<(u64, HardState)> {
     let b = b.get(..SLOT_SIZE)?;
     let u64_at = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().expect("8 bytes"));
     let u32_at = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().expect("4 bytes"));
-    if b[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC
-        || crc32c::crc32c(&b[..CRC_OFFSET]) != u32_at(CRC_OFFSET)
-    {
+    if b[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC || u32_at(RESERVED_OFFSET) != 0 {
         return None;
     }
-    if u32_at(VERSION_OFFSET) != VERSION || u32_at(RESERVED_OFFSET) != 0 {
+    let crc_offset = match u32_at(VERSION_OFFSET) {
+        VERSION => CRC_OFFSET,
+        VERSION_1 => CRC_OFFSET_V1,
+        _ => return None,
+    };
+    if crc32c::crc32c(&b[..crc_offset]) != u32_at(crc_offset) {
         return None;
     }
     let vote = u64_at(VOTE_OFFSET);
+    let uncertain = match crc_offset {
+        CRC_OFFSET => u64_at(UNCERTAIN_OFFSET),
+        _ => 0,
+    };
     let hs = HardState {
         term: Term(u64_at(TERM_OFFSET)),
         vote: (vote != 0).then_some(NodeId(vote)),
+        uncertain: (uncertain != 0).then_some(Term(uncertain)),
     };
     Some((u64_at(SEQ_OFFSET), hs))
 }
@@ -188,7 +208,62 @@ mod tests {
         HardState {
             term: Term(term),
             vote: vote.map(NodeId),
+            uncertain: None,
         }
+    }
+
+    /// A version 1 slot, as the kvraftd before the uncertain term wrote it.
+    fn encode_slot_v1(sequence: u64, term: u64, vote: u64) -> Vec<u8> {
+        let mut b = vec![0u8; CRC_OFFSET_V1 + 4];
+        b[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
+        b[VERSION_OFFSET..RESERVED_OFFSET].copy_from_slice(&VERSION_1.to_be_bytes());
+        b[SEQ_OFFSET..TERM_OFFSET].copy_from_slice(&sequence.to_be_bytes());
+        b[TERM_OFFSET..VOTE_OFFSET].copy_from_slice(&term.to_be_bytes());
+        b[VOTE_OFFSET..CRC_OFFSET_V1].copy_from_slice(&vote.to_be_bytes());
+        let crc = crc32c::crc32c(&b[..CRC_OFFSET_V1]);
+        b[CRC_OFFSET_V1..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn a_version_1_file_loads_as_certain_and_its_next_save_writes_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = vec![0u8; FILE_SIZE];
+        let s1 = encode_slot_v1(1, 4, 2);
+        file[SLOT_STRIDE..SLOT_STRIDE + s1.len()].copy_from_slice(&s1);
+        let s2 = encode_slot_v1(2, 5, 3);
+        file[..s2.len()].copy_from_slice(&s2);
+        std::fs::write(dir.path().join(HARD_STATE_FILE), &file).unwrap();
+        let (mut s, h) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(h, hs(5, Some(3)));
+        let uncertain = HardState {
+            uncertain: Some(Term(5)),
+            ..hs(6, None)
+        };
+        s.save(&uncertain).unwrap();
+        drop(s);
+        let b = std::fs::read(dir.path().join(HARD_STATE_FILE)).unwrap();
+        assert_eq!(
+            b[SLOT_STRIDE + VERSION_OFFSET + 3],
+            2,
+            "sequence 3 -> slot 1, version 2"
+        );
+        let (_, h) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(h, uncertain);
+    }
+
+    #[test]
+    fn the_uncertain_term_round_trips_and_is_cleared_by_a_save_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = HardStateStore::open(dir.path()).unwrap();
+        let u = HardState {
+            uncertain: Some(Term(7)),
+            ..hs(9, Some(1))
+        };
+        s.save(&u).unwrap();
+        assert_eq!(HardStateStore::open(dir.path()).unwrap().1, u);
+        s.save(&hs(9, Some(1))).unwrap();
+        assert_eq!(HardStateStore::open(dir.path()).unwrap().1, hs(9, Some(1)));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::ops::Range;
 
 use super::format::{self, encode_record, record_size, BatchTag, SEGMENT_HEADER_SIZE};
-use super::recovery::{judge_segment, Judged, Verdict};
+use super::recovery::{cut_range, judge_segment, Judged, Verdict};
 use crate::limits::ENTRY_SIZE_MAX;
 use crate::raft::{Entry, LogIndex};
 
@@ -100,11 +100,15 @@ pub struct Judgement {
     pub kept: usize,
     /// Damage to synced data (`None`: whatever was cut was a torn tail).
     pub damage: Option<ImageDamage>,
+    /// Non-zero bytes cut off the end of the last segment: an uncertain tail
+    /// (`Recovery::uncertain_tail`); 0 for a clean end.
+    pub tail_cut_bytes: u64,
 }
 
 /// Judges `segments` (ordered by first index) as `Wal::open` does.
 pub fn judge(segments: &[SegmentImage]) -> Judgement {
     let mut kept = 0usize;
+    let mut tail_cut_bytes = 0;
     let mut last: Option<LogIndex> = None;
     for (k, seg) in segments.iter().enumerate() {
         let next_first = segments.get(k + 1).map(|s| s.first);
@@ -113,9 +117,13 @@ pub fn judge(segments: &[SegmentImage]) -> Judgement {
             Err(version) => (first_lost, format!("segment format version {version}")),
             Ok(Judged::Unreadable { reason }) => (first_lost, reason),
             Ok(Judged::Scanned {
+                scan,
                 verdict: Verdict::Cut { keep },
-                ..
             }) => {
+                if next_first.is_none() {
+                    let (cut, garbage_end) = cut_range(&scan, keep);
+                    tail_cut_bytes = (garbage_end - cut) as u64;
+                }
                 kept += keep;
                 if keep > 0 {
                     last = Some(seg.first.plus(keep as u64 - 1));
@@ -133,9 +141,14 @@ pub fn judge(segments: &[SegmentImage]) -> Judgement {
         return Judgement {
             kept,
             damage: Some(ImageDamage { first_lost, reason }),
+            tail_cut_bytes: 0,
         };
     }
-    Judgement { kept, damage: None }
+    Judgement {
+        kept,
+        damage: None,
+        tail_cut_bytes,
+    }
 }
 
 #[cfg(test)]
@@ -183,7 +196,8 @@ mod tests {
             judge(&segs),
             Judgement {
                 kept: 8,
-                damage: None
+                damage: None,
+                tail_cut_bytes: 0,
             }
         );
     }
@@ -206,11 +220,13 @@ mod tests {
         let (mut segs, at) = log();
         let (s, r) = at[7].clone();
         segs[s].bytes_mut()[r.start + 50] ^= 4;
+        // The whole record is cut, and reported as an uncertain tail.
         assert_eq!(
             judge(&segs),
             Judgement {
                 kept: 7,
-                damage: None
+                damage: None,
+                tail_cut_bytes: r.len() as u64,
             }
         );
     }
@@ -230,11 +246,13 @@ mod tests {
         let (mut segs, at) = log();
         let (_, r) = at[6].clone();
         segs[1].truncate(r.start);
+        // Nothing non-zero is cut: a clean end, certain.
         assert_eq!(
             judge(&segs),
             Judgement {
                 kept: 6,
-                damage: None
+                damage: None,
+                tail_cut_bytes: 0,
             }
         );
     }

@@ -33,7 +33,7 @@ use crate::raft::LogIndex;
 pub use damage::{Damage, DAMAGE_FILE};
 pub use hard_state::HardStateStore;
 pub use identity::{ClusterId, Identity, IdentityError, IncarnationId, IDENTITY_FILE};
-pub use recovery::DAMAGED_SUFFIX;
+pub use recovery::{BeforeCut, UncertainTail, DAMAGED_SUFFIX};
 pub use segment::Prefill;
 pub use segmented::{Recovery, Wal, SEGMENT_SIZE_MIN};
 

@@ -31,9 +31,17 @@
 //! the next start finding the same damage (or the marker): the copy comes before the zeroing,
 //! the later segments go before the damaged one.
 //!
+//! An uncertain tail. Whenever rules 1 or 2 cut non-zero bytes off the end of the last segment
+//! (not a clean end of zeros), `Recovery::uncertain_tail` says so, and the caller's
+//! `before_cut` hook runs before those bytes are zeroed (the node persists "uncertain" in the
+//! hard state there: a crash right after the zeroing must not forget it).
+//!
 //! NB: damage confined to the last batch is indistinguishable from that batch torn by a power
-//! cut, so a flipped byte in the newest synced batch cuts it as a torn tail. Detecting that
+//! cut, so a flipped byte in the newest synced batch is cut as a torn tail. Telling them apart
 //! would need the sync itself recorded (a commit record per batch, one more write per sync).
+//! Instead every such cut is reported as an uncertain tail, and the node recovers what it may
+//! have lost from the other members before it votes again (protocol-aware recovery, CTRL
+//! FAST'18; `raft/uncertain.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,6 +62,41 @@ pub const DAMAGED_SUFFIX: &str = ".damaged";
 /// Most copies of one segment kept aside (`.damaged`, `.damaged.1`, ...): a bound on the
 /// search for a free name. Reaching it fails the start with an error asking to clear them.
 const DAMAGED_COPIES_MAX: usize = 64;
+
+/// Non-zero bytes cut off the end of the last segment at start-up: a torn tail, or damage to
+/// the newest synced batch, which look alike (see "An uncertain tail" at the top).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UncertainTail {
+    pub segment: PathBuf,
+    /// Where the cut starts, and how many bytes up to the last non-zero one were cut.
+    pub offset: u64,
+    pub bytes: u64,
+    /// The log's last index after the cut (`None`: the segment kept no record).
+    pub last_kept: Option<LogIndex>,
+}
+
+impl std::fmt::Display for UncertainTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes cut from {} at offset {} (log now ends at {})",
+            self.bytes,
+            self.segment.display(),
+            self.offset,
+            self.last_kept
+                .map_or_else(|| "the previous segment".to_string(), |i| i.to_string())
+        )
+    }
+}
+
+/// Called with the uncertain tail before its bytes are zeroed; an error stops the open.
+pub type BeforeCut<'a> = &'a mut dyn FnMut(&UncertainTail) -> Result<(), WalError>;
+
+/// Where a `Cut { keep }` verdict cuts, and the end of the non-zero bytes it cuts.
+pub(super) fn cut_range(scan: &Scan, keep: usize) -> (usize, usize) {
+    let cut = scan.offsets.get(keep).map_or(scan.end, |&o| o as usize);
+    (cut, scan.garbage_end.max(cut))
+}
 
 /// Valid records found after the damage point of one segment.
 #[derive(Clone, Copy, Debug, Default)]
@@ -245,12 +288,16 @@ pub(super) struct Found {
 
 impl Wal {
     /// Recovers every segment in `names` (sorted by first index) into `self.segments`.
-    pub(super) fn recover(&mut self, names: &[(LogIndex, PathBuf)]) -> Result<(), WalError> {
+    pub(super) fn recover(
+        &mut self,
+        names: &[(LogIndex, PathBuf)],
+        before_cut: BeforeCut<'_>,
+    ) -> Result<(), WalError> {
         let marker = damage::load(&self.dir)?;
         let mut found = None;
         for (k, (first, path)) in names.iter().enumerate() {
             let next_first = names.get(k + 1).map(|(f, _)| *f);
-            if let Some(f) = self.recover_segment(*first, path, next_first)? {
+            if let Some(f) = self.recover_segment(*first, path, next_first, before_cut)? {
                 found = Some((f, k));
                 break;
             }
@@ -281,6 +328,7 @@ impl Wal {
         name_first: LogIndex,
         path: &Path,
         next_first: Option<LogIndex>,
+        before_cut: BeforeCut<'_>,
     ) -> Result<Option<Found>, WalError> {
         let first_lost = self.last_index().map_or(name_first, |l| l.next());
         let unreadable = |file: Option<Segment>, reason: String| Found {
@@ -318,7 +366,8 @@ impl Wal {
         };
         match verdict {
             Verdict::Cut { keep } => {
-                self.keep_segment(file, name_first, scan, keep)?;
+                let last = next_first.is_none().then_some(before_cut);
+                self.keep_segment(file, name_first, scan, keep, last)?;
                 Ok(None)
             }
             Verdict::Damaged { reason } => Ok(Some(Found {
@@ -337,15 +386,30 @@ impl Wal {
 
     /// Cuts the segment after its first `keep` records (zeroing the rest, durably) and adds it
     /// to the log, or removes it if that leaves nothing (only the last segment can be empty).
+    /// `last_segment` holds the hook to call before non-zero bytes are cut off the last one.
     fn keep_segment(
         &mut self,
         mut file: Segment,
         first: LogIndex,
         mut scan: Scan,
         keep: usize,
+        last_segment: Option<BeforeCut<'_>>,
     ) -> Result<(), WalError> {
-        let cut = scan.offsets.get(keep).map_or(scan.end, |&o| o as usize);
+        let (cut, garbage_end) = cut_range(&scan, keep);
         scan.offsets.truncate(keep);
+        if let Some(before_cut) = last_segment.filter(|_| garbage_end > cut) {
+            let tail = UncertainTail {
+                segment: file.path().to_path_buf(),
+                offset: cut as u64,
+                bytes: (garbage_end - cut) as u64,
+                last_kept: match keep {
+                    0 => self.last_index(),
+                    k => Some(first.plus(k as u64 - 1)),
+                },
+            };
+            before_cut(&tail)?;
+            self.recovery.uncertain_tail = Some(tail);
+        }
         if scan.garbage_end > cut {
             // Zero the torn tail so later appends never sit next to stale bytes, durably before
             // anything new is written after it (segmented.rs invariant 3).

@@ -36,6 +36,7 @@ use super::format::{
     self, check_record, encode_record, record_size, BatchTag, RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
 };
+use super::recovery::{BeforeCut, UncertainTail};
 use super::segment::{
     fsync_dir, parse_segment_file_name, Segment, OBSOLETE_SUFFIX, SEGMENT_SUFFIX, TEMP_SUFFIX,
 };
@@ -65,6 +66,9 @@ pub struct Recovery {
     /// Damage to synced data: found now, or recorded by an earlier start and not cleared yet
     /// (`Wal::clear_damage`). The log ends at the intact prefix.
     pub damage: Option<Damage>,
+    /// Non-zero bytes were cut off the end of the last segment: a torn tail, or damage to the
+    /// newest synced batch (`recovery.rs`, "An uncertain tail").
+    pub uncertain_tail: Option<UncertainTail>,
 }
 
 impl std::fmt::Display for Recovery {
@@ -158,6 +162,16 @@ pub struct Wal {
 impl Wal {
     /// Opens the log in `dir` (creating the directory if missing) and recovers it.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<Wal, WalError> {
+        Wal::open_with(dir, opts, &mut |_| Ok(()))
+    }
+
+    /// `open`, calling `before_cut` before non-zero bytes are cut off the end of the last
+    /// segment (an uncertain tail): what it makes durable survives a crash right after the cut.
+    pub fn open_with(
+        dir: &Path,
+        opts: WalOptions,
+        before_cut: BeforeCut<'_>,
+    ) -> Result<Wal, WalError> {
         if opts.segment_size < SEGMENT_SIZE_MIN || opts.segment_size > u32::MAX as u64 {
             return Err(WalError::BadOptions {
                 reason: format!(
@@ -179,7 +193,7 @@ impl Wal {
             next_batch: 1,
         };
         let names = list_segments(dir)?;
-        wal.recover(&names)?;
+        wal.recover(&names, before_cut)?;
         if let Some(seg) = wal.segments.last() {
             // What recovery read may still be only in the page cache (a process crash, not a
             // power cut): make it durable before the node treats it as such, and before a new

@@ -24,9 +24,15 @@
 //!   flipped byte in a durable record, or a segment followed by another cut short. What the
 //!   real recovery detects becomes the node's damage (`Disk::damage`): the log ends at the
 //!   intact prefix and the node rejoins as a new incarnation. A flip in the newest batch of
-//!   the last segment is indistinguishable from a torn tail for the WAL (recovery.rs, "NB"),
-//!   so it is not injected (counted as undetectable); everywhere else the real verdict must
-//!   name the damaged record (asserted).
+//!   the last segment is indistinguishable from a torn tail for the WAL (recovery.rs, "NB"):
+//!   it is injected too (`Injected::TailFlip`), the real verdict must cut it as a torn tail
+//!   (asserted), and the node must not lose an acknowledged write for it (raft/uncertain.rs);
+//!   everywhere else the real verdict must name the damaged record (asserted).
+//!
+//! An uncertain tail. Whenever the real verdict cut non-zero bytes off the end of the last
+//! segment (a crash's torn pages, a tail flip), the image remembers it (`Image::tail_cut`)
+//! and the next `SimDisk::open` does what `RealDisk::open` does before zeroing them: it saves
+//! the hard state "uncertain since" its term, and reports the cut (`Disk::uncertain_tail`).
 //!
 //! Faults the simulator sets in `DiskFaults`: the next sync fails (the node treats it as
 //! fatal and stops; the simulator restarts it), the next sync is slow, the disk is full
@@ -95,6 +101,9 @@ pub struct Image {
     pub identity: Option<Identity>,
     /// The WAL's damage marker: damage recovery found, until the node clears it.
     pub damage: Option<String>,
+    /// Non-zero bytes the real recovery cut off the end of the last segment since the last
+    /// open (the next open reports it and saves the hard state uncertain).
+    pub tail_cut: Option<String>,
 }
 
 /// Damage injected into synced data (`Image::damage`).
@@ -105,8 +114,8 @@ pub enum Injected {
     /// A segment followed by another cut short: the log now ends before `first_lost`.
     Cut { first_lost: LogIndex },
     /// A flip in the newest batch of the last segment, which the WAL cannot tell from a torn
-    /// tail: not applied.
-    Undetectable,
+    /// tail: cut as one, so the log now ends before `first_cut` (an uncertain tail).
+    TailFlip { first_cut: LogIndex },
 }
 
 impl Image {
@@ -146,6 +155,18 @@ impl Image {
     fn keep(&mut self, n: usize) {
         self.log.truncate(n);
         self.recs.truncate(n);
+    }
+
+    /// The real recovery cut `bytes` non-zero bytes off the end of the last segment.
+    fn note_tail_cut(&mut self, bytes: u64, what: &str) {
+        let what = format!(
+            "{what}: {bytes} bytes cut, the log now ends at {}",
+            self.last_index()
+        );
+        self.tail_cut = Some(match self.tail_cut.take() {
+            Some(old) => format!("{old}; {what}"),
+            None => what,
+        });
     }
 
     /// The records from `log[from]` on, encoded as the WAL's segment files (the first one
@@ -202,13 +223,27 @@ impl Image {
         };
         let j = image::judge(&segs);
         let Some((lost, cut)) = expect else {
-            // Recovery would cut it as a torn tail: keeping voting on a log that silently
-            // lost synced entries is the case the WAL cannot detect; not injected.
+            // Recovery cuts it as a torn tail (from the damaged record or its batch's start
+            // on): the node must treat its tail as uncertain.
             assert!(
                 j.damage.is_none(),
                 "SIM DISK MODEL: a flip in the newest batch judged as damage: {j:?}"
             );
-            return Some(Injected::Undetectable);
+            let newest = self.recs.last().expect("not empty").batch_first;
+            let batch_start = (newest.0 - self.log_offset.0 - 1) as usize;
+            assert!(
+                j.tail_cut_bytes > 0 && j.kept >= batch_start && j.kept < self.log.len(),
+                "SIM DISK MODEL: a flip in the newest batch (from index {newest}) not cut as an \
+                 uncertain tail: {j:?}"
+            );
+            self.keep(j.kept);
+            self.note_tail_cut(
+                j.tail_cut_bytes,
+                "a flipped byte in the newest synced batch",
+            );
+            return Some(Injected::TailFlip {
+                first_cut: self.last_index().next(),
+            });
         };
         let d =
             j.damage.unwrap_or_else(|| {
@@ -272,6 +307,8 @@ pub struct Crashed {
     pub kept: usize,
     /// Whether a surviving page had a flipped byte.
     pub flipped: bool,
+    /// Whether recovery cut non-zero bytes (an uncertain tail at the next start).
+    pub tail_cut: bool,
 }
 
 pub struct SimDisk {
@@ -293,6 +330,8 @@ pub struct SimDisk {
     pub syncs: u64,
     /// Ticks the syncs since the last `take_stall_ticks` took.
     stall_ticks: u64,
+    /// What recovery cut off the end of the log at this open (`Disk::uncertain_tail`).
+    uncertain_tail: Option<String>,
 }
 
 fn name(id: EntryId) -> PathBuf {
@@ -302,9 +341,15 @@ fn name(id: EntryId) -> PathBuf {
 impl SimDisk {
     /// The disk as a (re)started node finds it.
     pub fn open(image: &ImageRef, faults: &FaultsRef) -> SimDisk {
-        let (offset, log, recs) = {
-            let im = image.borrow();
-            (im.log_offset, im.log.clone(), im.recs.clone())
+        let (offset, log, recs, uncertain_tail) = {
+            let mut im = image.borrow_mut();
+            let tail = im.tail_cut.take();
+            if tail.is_some() {
+                // As `RealDisk::open` does before recovery zeroes the cut bytes.
+                let hs = &mut im.hard_state;
+                hs.uncertain = Some(hs.term.max(hs.uncertain.unwrap_or_default()));
+            }
+            (im.log_offset, im.log.clone(), im.recs.clone(), tail)
         };
         let next_batch = recs.last().map_or(1, |r| r.batch + 1);
         SimDisk {
@@ -320,6 +365,7 @@ impl SimDisk {
             failed: false,
             syncs: 0,
             stall_ticks: 0,
+            uncertain_tail,
         }
     }
 
@@ -378,6 +424,10 @@ impl SimDisk {
         assert!(j.kept >= base - from, "recovery cut synced records");
         im.keep(from + j.kept);
         out.kept = from + j.kept - base;
+        if j.tail_cut_bytes > 0 {
+            im.note_tail_cut(j.tail_cut_bytes, "torn unsynced pages");
+            out.tail_cut = true;
+        }
         out
     }
 
@@ -701,6 +751,10 @@ impl Disk for SimDisk {
         self.check_open()?;
         self.image.borrow_mut().identity = Some(*identity);
         Ok(())
+    }
+
+    fn uncertain_tail(&self) -> Option<String> {
+        self.uncertain_tail.clone()
     }
 
     fn damage(&self) -> Option<String> {
