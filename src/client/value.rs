@@ -163,7 +163,8 @@ impl Value {
         // Sized for a scalar at once: a GET's reply is one allocation, not four (issue 16).
         let mut out = Vec::with_capacity(match self {
             Value::Bulk(b) => b.len() + HEADER_LEN_MAX,
-            Value::Simple(s) | Value::Error(s) => s.len() + 3,
+            Value::Simple(s) => s.len() + 3,
+            Value::Error(s) => s.len() + 3,
             _ => HEADER_LEN_MAX,
         });
         self.encode_as(proto, &mut out);
