@@ -13,16 +13,22 @@
 //!     cargo bench --bench read_path
 //!     BENCH_CLIENTS=64 BENCH_READS=20000 BENCH_PLACE=spread cargo bench --bench read_path
 //!
+//! Where the allocations are: `BENCH_ALLOC_SITES=N` samples every Nth one, as in
+//! `write_path.rs` (the allocator is `shared/counting.rs`).
+//!
 //! Instructions per GET: `tools/profile.sh cpu-get` (callgrind, user space only, collecting
 //! only in the measured turns).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+#[path = "shared/counting.rs"]
+mod counting;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use counting::CHARGED;
 
 use kvraft::client::{resp, Value};
 use kvraft::prng::Prng;
@@ -31,41 +37,6 @@ use support::story::{SimNode, Story};
 
 const KEYSPACE: u64 = 1_000;
 const VALUE_SIZE: usize = 256;
-
-/// Who the running code is charged to: 0 the harness, 1 the leader, 2 a follower.
-static CHARGED: AtomicUsize = AtomicUsize::new(0);
-static ALLOCS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
-static BYTES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
-
-struct Counting;
-
-// SAFETY: every call is passed on to the system allocator unchanged; the counters are atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
-fn count(size: usize) {
-    let who = CHARGED.load(Ordering::Relaxed);
-    ALLOCS[who].fetch_add(1, Ordering::Relaxed);
-    BYTES[who].fetch_add(size as u64, Ordering::Relaxed);
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 #[inline(never)]
 fn measured_turn_leader(node: &mut SimNode, now: Instant, ready: &[(usize, bool)]) {
@@ -182,10 +153,7 @@ fn main() {
         if now_measuring && !measuring {
             // Every client's SET is answered and a GET of each was answered: reads only now.
             rounds0 = story.nodes[&leader].raft().read_rounds();
-            for i in 0..3 {
-                ALLOCS[i].store(0, Ordering::Relaxed);
-                BYTES[i].store(0, Ordering::Relaxed);
-            }
+            counting::start(env("BENCH_ALLOC_SITES", 0));
         }
         if measured >= reads {
             break;
@@ -199,11 +167,5 @@ fn main() {
         if spread { "spread" } else { "leader" },
         n / rounds.max(1) as f64
     );
-    for (i, who) in [(1, "leader"), (2, "follower")] {
-        println!(
-            "{who:<8} {:>6.2} allocations per GET ({:.0} bytes)",
-            ALLOCS[i].load(Ordering::Relaxed) as f64 / n,
-            BYTES[i].load(Ordering::Relaxed) as f64 / n
-        );
-    }
+    counting::report("GET", n);
 }
