@@ -10,7 +10,8 @@
 #              divided by the GETs sent instead of the commit index's advance, with the
 #              leader's ReadIndex rounds (heartbeat broadcasts for reads) per GET
 #
-# Starts its own three-node cluster on ports 27601-27613 (data in a temporary directory),
+# Starts its own three-node cluster on ports 27601-27613 (PROFILE_PORT_BASE, default 27600:
+# peers BASE+1..3, clients BASE+11..13, redis-server BASE+50; data in a temporary directory),
 # attaches `strace -c -f` to the leader and to one follower for exactly the measured run, and
 # divides each syscall count by the commit index's advance over that run. Needs strace and
 # redis-benchmark (redis-tools). NB: strace slows the traced nodes, so turns batch more than
@@ -29,10 +30,11 @@
 #   tools/profile.sh memory [KEYS]
 #     resident memory per key: the same `redis-benchmark -t set -n KEYS -r KEYS -d 256` load
 #     (default 1,000,000: about 632k distinct keys) into the cluster's leader and into a
-#     redis-server without persistence on port 27650; prints each one's anonymous resident
+#     redis-server without persistence on port BASE+50; prints each one's anonymous resident
 #     size, keys, bytes per key, and (kvraft) the log entries it holds in memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+base=${PROFILE_PORT_BASE:-27600}
 memory=
 if [[ ${1:-} == memory ]]; then
   memory=${2:-1000000}
@@ -74,9 +76,9 @@ dir=$(mktemp -d /tmp/kvraft-profile.XXXXXX)
 conf=$dir/profile.conf
 cat > "$conf" <<EOF
 data_dir = $dir/node{id}
-node.1 = peer=127.0.0.1:27601 client=127.0.0.1:27611
-node.2 = peer=127.0.0.1:27602 client=127.0.0.1:27612
-node.3 = peer=127.0.0.1:27603 client=127.0.0.1:27613
+node.1 = peer=127.0.0.1:$((base + 1)) client=127.0.0.1:$((base + 11))
+node.2 = peer=127.0.0.1:$((base + 2)) client=127.0.0.1:$((base + 12))
+node.3 = peer=127.0.0.1:$((base + 3)) client=127.0.0.1:$((base + 13))
 EOF
 declare -A pid
 cleanup() {
@@ -106,13 +108,13 @@ for _ in $(seq 1 300); do
 done
 [[ -n $leader ]] || { echo "profile: no leader with three voters" >&2; cat "$dir"/node*.log >&2; exit 1; }
 follower=$(( leader % 3 + 1 ))
-lport=$((27610 + leader))
+lport=$((base + 10 + leader))
 
 bench() { # bench N [OP]: N SETs (or GETs) of 256 bytes over 100k keys, connections placed by MODE
   local n=$1 t=${2:-set}
   if [[ $mode == spread ]]; then
     local per=$(( (clients + 2) / 3 )) p bp=()
-    for p in 27611 27612 27613; do
+    for p in $((base + 11)) $((base + 12)) $((base + 13)); do
       redis-benchmark -p $p -t $t -n $((n / 3)) -c $per -r 100000 -d 256 -q > /dev/null &
       bp+=($!)
     done
@@ -125,17 +127,17 @@ bench() { # bench N [OP]: N SETs (or GETs) of 256 bytes over 100k keys, connecti
 rss_kb() { sed -n 's/^RssAnon:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
 if [[ -n $memory ]]; then
   command -v redis-server >/dev/null || { echo "profile: redis-server missing" >&2; exit 2; }
-  redis-server --port 27650 --save "" --appendonly no --daemonize yes \
+  redis-server --port $((base + 50)) --save "" --appendonly no --daemonize yes \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir"
-  for _ in $(seq 1 50); do redis-cli -p 27650 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 1 50); do redis-cli -p $((base + 50)) ping >/dev/null 2>&1 && break; sleep 0.1; done
   rpid=$(cat "$dir/redis.pid")
   load="-t set -n $memory -r $memory -d 256 -c 16 -P 32 -q"
   echo "kvraft $(git rev-parse --short HEAD): redis-benchmark $load, into each"
-  redis-benchmark -p 27650 $load > /dev/null
+  redis-benchmark -p $((base + 50)) $load > /dev/null
   redis-benchmark -p $lport $load > /dev/null
   sleep 2 # the followers apply the last entries
-  for who in "redis-server:$rpid:27650" "kvraft-leader:${pid[$leader]}:$lport" \
-      "kvraft-follower:${pid[$follower]}:$((27610 + follower))"; do
+  for who in "redis-server:$rpid:$((base + 50))" "kvraft-leader:${pid[$leader]}:$lport" \
+      "kvraft-follower:${pid[$follower]}:$((base + 10 + follower))"; do
     IFS=: read -r name p port <<<"$who"
     keys=$(redis-cli -p "$port" dbsize | tr -d '\r')
     kb=$(rss_kb "$p")
@@ -146,7 +148,7 @@ if [[ -n $memory ]]; then
       $(( $(info "$port" last_log_index) - $(info "$port" first_log_index) + 1 ))
     echo
   done
-  redis-cli -p 27650 shutdown nosave >/dev/null 2>&1 || true
+  redis-cli -p $((base + 50)) shutdown nosave >/dev/null 2>&1 || true
   exit 0
 fi
 
