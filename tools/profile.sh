@@ -35,6 +35,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${PROFILE_PORT_BASE:-27600}
+[[ $base =~ ^[0-9]+$ && $base -le 65480 ]] || { echo "profile: PROFILE_PORT_BASE is a port base (0-65480), not '$base'" >&2; exit 2; }
+rport=$((base + 50)) # redis-server, memory mode
 memory=
 if [[ ${1:-} == memory ]]; then
   memory=${2:-1000000}
@@ -127,16 +129,16 @@ bench() { # bench N [OP]: N SETs (or GETs) of 256 bytes over 100k keys, connecti
 rss_kb() { sed -n 's/^RssAnon:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
 if [[ -n $memory ]]; then
   command -v redis-server >/dev/null || { echo "profile: redis-server missing" >&2; exit 2; }
-  redis-server --port $((base + 50)) --save "" --appendonly no --daemonize yes \
+  redis-server --port $rport --save "" --appendonly no --daemonize yes \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir"
-  for _ in $(seq 1 50); do redis-cli -p $((base + 50)) ping >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 1 50); do redis-cli -p $rport ping >/dev/null 2>&1 && break; sleep 0.1; done
   rpid=$(cat "$dir/redis.pid")
   load="-t set -n $memory -r $memory -d 256 -c 16 -P 32 -q"
   echo "kvraft $(git rev-parse --short HEAD): redis-benchmark $load, into each"
-  redis-benchmark -p $((base + 50)) $load > /dev/null
+  redis-benchmark -p $rport $load > /dev/null
   redis-benchmark -p $lport $load > /dev/null
   sleep 2 # the followers apply the last entries
-  for who in "redis-server:$rpid:$((base + 50))" "kvraft-leader:${pid[$leader]}:$lport" \
+  for who in "redis-server:$rpid:$rport" "kvraft-leader:${pid[$leader]}:$lport" \
       "kvraft-follower:${pid[$follower]}:$((base + 10 + follower))"; do
     IFS=: read -r name p port <<<"$who"
     keys=$(redis-cli -p "$port" dbsize | tr -d '\r')
@@ -148,7 +150,7 @@ if [[ -n $memory ]]; then
       $(( $(info "$port" last_log_index) - $(info "$port" first_log_index) + 1 ))
     echo
   done
-  redis-cli -p $((base + 50)) shutdown nosave >/dev/null 2>&1 || true
+  redis-cli -p $rport shutdown nosave >/dev/null 2>&1 || true
   exit 0
 fi
 
