@@ -84,6 +84,16 @@ pub struct NodeId(u32);
 impl NodeId {
     /// Below every id: a range bound (`(hash, NodeId::MIN)..`).
     pub const MIN: NodeId = NodeId(0);
+
+    #[cfg(test)]
+    pub(crate) fn from_raw(n: u32) -> NodeId {
+        NodeId(n)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raw(self) -> u32 {
+        self.0
+    }
 }
 
 /// What `compact` did to the ids: `new_id(old)` for every id live before it.
