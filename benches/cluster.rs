@@ -8,6 +8,7 @@
 //!
 //!     cargo bench --bench cluster            (make bench runs it)
 //!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_TLS_CLIENTS="1 64" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
+//!     BENCH_KVRAFTD=/path/to/other/kvraftd cargo bench --bench cluster   (another build's daemon)
 //!
 //! Prints a table; numbers are only comparable within one run on one machine.
 
@@ -88,7 +89,7 @@ impl Cluster {
         let children = (1..=3)
             .map(|id| {
                 let log = std::fs::File::create(dir.path().join(format!("node{id}.log"))).unwrap();
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvraftd"));
+                let mut cmd = Command::new(kvraftd());
                 cmd.args(["--config", path.to_str().unwrap(), "--id", &id.to_string()]);
                 if id == 1 {
                     // Node 1 forms the cluster; it admits the others as they connect.
@@ -175,6 +176,12 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The daemon the clusters run: this build's, or `BENCH_KVRAFTD` (another build's binary, to
+/// compare two builds run after run on the same machine).
+fn kvraftd() -> String {
+    std::env::var("BENCH_KVRAFTD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvraftd").to_string())
 }
 
 /// Connect and reply timeouts of the load generator's connections: a reply slower than this
