@@ -42,7 +42,7 @@
 //! election timers run), what it wrote in that turn leaves only when the turn ends
 //! (`World::hold_output`), and its next turn catches up the ticks it missed. A crash during
 //! those ticks strikes as the sync returns: what it synced stays, the held output is lost. Clients write and read through any node (followers
-//! forward), send malformed and oversized requests, and (in some seeds) membership changes
+//! forward writes and serve plain reads themselves at a read index the leader confirms), send malformed and oversized requests, and (in some seeds) membership changes
 //! and leadership transfers as client commands. Each node has its own wall clock (fed through
 //! `Node::set_wall_ms`) that starts apart from the others, drifts (±5%) and jumps (±3 s,
 //! either way); in half the seeds clients also send TTL commands (`Clocks`). In the odd seeds
@@ -207,6 +207,8 @@ struct Stats {
     auth_refusals: u64,
     /// Forwarded requests by the rights they carried (`check_forwarded_rights`).
     forwarded_rights: [u64; 3],
+    /// Read indexes leaders confirmed to followers (follower reads, `clients.rs`).
+    read_indexes_confirmed: u64,
     elections: u64,
     /// Syncs that took time, and the ticks they took.
     slow_syncs: u64,
@@ -254,6 +256,7 @@ impl Stats {
         self.garbage_sent += o.garbage_sent;
         self.admin_sent += o.admin_sent;
         self.auth_refusals += o.auth_refusals;
+        self.read_indexes_confirmed += o.read_indexes_confirmed;
         for (t, r) in self.forwarded_rights.iter_mut().zip(o.forwarded_rights) {
             *t += r;
         }
@@ -728,6 +731,7 @@ impl Sim {
             );
         }
         self.stats.forwarded_rights = seen;
+        self.stats.read_indexes_confirmed = self.world.borrow().read_indexes_confirmed;
     }
 
     fn step(&mut self, clients: bool) {
@@ -1602,6 +1606,11 @@ fn simulated_clusters_of_real_nodes_keep_every_safety_property_and_recover_after
             data > 0 && admin > 0,
             "FORWARD RIGHTS: {:?}",
             total.forwarded_rights
+        );
+        // Clients connect to any node: followers serve reads themselves (`clients.rs`).
+        assert!(
+            total.read_indexes_confirmed > 0,
+            "FOLLOWER READS: no leader confirmed a follower's read index"
         );
     }
 }
