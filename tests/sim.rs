@@ -105,6 +105,9 @@ type SimNode = Node<KvStore, SimDisk, SimNet>;
 
 const TICK_MS: u64 = 10;
 const CHAOS_TICKS: u64 = 1000;
+/// How long after a membership command is sent storage losses wait (`may_lose_storage`).
+const ADMIN_SETTLE_MS: u64 = 3_000;
+
 /// Ticks after healing within which a leader must be elected and a write acknowledged.
 const HEAL_BOUND_TICKS: u64 = 1500;
 const DEFAULT_SEEDS: u64 = 300;
@@ -363,6 +366,9 @@ struct Sim {
     /// incarnation: no other storage is lost or damaged meanwhile (losing a second voter could
     /// lose a majority, which is unavailability by design, not a defect to find).
     lost_pending: Option<NodeId>,
+    /// When the last membership command (`admin_command`) was sent: until it has had time to
+    /// reach the leader's log, no storage is lost (`may_lose_storage`).
+    admin_sent_ms: Option<u64>,
     /// A node whose newest synced batch was damaged (a tail flip) and that is still uncertain
     /// (it may lack acknowledged entries): no other storage is lost or damaged meanwhile
     /// (raft/uncertain.rs assumes damage on one node at a time).
@@ -496,6 +502,7 @@ impl Sim {
             lost_rng,
             damage_rng,
             lost_pending: None,
+            admin_sent_ms: None,
             flip_pending: None,
             p,
             world,
@@ -603,8 +610,17 @@ impl Sim {
 
     /// Whether `id` may lose (or damage) its storage: a leader is up, its configuration has at
     /// least three voters, and every other voter is up and voting as the incarnation the
-    /// membership records.
+    /// membership records; and no membership command sent in the last `ADMIN_SETTLE_MS` may
+    /// still be on its way to the leader's log. (Seed 128 of the follower-reads change: a
+    /// `MEMBER ADD 3 .. LEARNER` sent 10 ms before node 1 lost its storage demoted 3 after the
+    /// check, leaving voters {1, 2} with 1 a new incarnation: no quorum, ever.)
     fn may_lose_storage(&self, id: NodeId) -> bool {
+        if self
+            .admin_sent_ms
+            .is_some_and(|at| self.now_ms < at + ADMIN_SETTLE_MS)
+        {
+            return false;
+        }
         let Some(leader) = self.leader() else {
             return false;
         };
@@ -958,6 +974,7 @@ impl Sim {
         } else if self.p.membership && roll < self.p.garbage + 30 {
             self.stats.admin_sent += 1;
             let args = self.admin_command();
+            self.admin_sent_ms = Some(self.now_ms);
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
             resp::encode_command(&refs, &mut out);
             match self.p.auth && self.clients[c].id % 2 == 1 {
