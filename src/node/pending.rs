@@ -659,6 +659,57 @@ mod tests {
     }
 
     #[test]
+    fn follower_reads_are_asked_once_per_batch_asked_again_when_the_leader_goes_and_never_served_unconfirmed(
+    ) {
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        let mut p = Pending::new(1);
+        p.add_follower_read(client(0), b"a".to_vec(), later);
+        p.add_follower_read(client(1), b"b".to_vec(), later);
+        assert!(p.has_unasked());
+        // Nothing is served before a leader names an index, however far apply goes.
+        assert!(p.take_due_reads(LogIndex(1_000)).is_empty());
+        p.asked(7, NodeId(2));
+        assert!(!p.has_unasked());
+        p.check_invariants(LogIndex(0));
+        // Node 2 stops leading: the batch is asked again (of node 3), and node 2's late answer
+        // to request 7 is ignored, as is an answer from a node not asked.
+        p.ask_again(Some(NodeId(3)), None);
+        assert!(p.has_unasked());
+        p.asked(8, NodeId(3));
+        assert!(p
+            .read_index_answered(NodeId(2), 7, Some((LogIndex(1), 5)))
+            .is_empty());
+        assert!(p
+            .read_index_answered(NodeId(2), 8, Some((LogIndex(1), 5)))
+            .is_empty());
+        assert!(p.take_due_reads(LogIndex(1_000)).is_empty());
+        // Node 3 confirms index 4: served once apply reaches it, in order, with its clock.
+        assert!(p
+            .read_index_answered(NodeId(3), 8, Some((LogIndex(4), 5)))
+            .is_empty());
+        assert!(p.take_due_reads(LogIndex(3)).is_empty());
+        let due = p.take_due_reads(LogIndex(4));
+        let tos: Vec<ReplyTo> = due.iter().map(|r| r.to).collect();
+        assert_eq!(tos, vec![client(0), client(1)]);
+        assert!(due.iter().all(|r| r.leader_now_ms == Some(5)));
+        assert_eq!(p.follower_reads.served_locally, 2);
+        // A refused batch hands back who waited; an unanswered read expires at its deadline.
+        p.add_follower_read(client(2), b"c".to_vec(), later);
+        p.asked(9, NodeId(3));
+        assert_eq!(p.read_index_answered(NodeId(3), 9, None), vec![client(2)]);
+        p.add_follower_read(client(3), b"d".to_vec(), later);
+        p.asked(10, NodeId(3));
+        assert!(p.take_expired_reads(now).is_empty());
+        assert_eq!(p.take_expired_reads(later), vec![client(3)]);
+        assert!(p
+            .read_index_answered(NodeId(3), 10, Some((LogIndex(4), 5)))
+            .is_empty());
+        assert!(p.take_due_reads(LogIndex(1_000)).is_empty());
+        assert_eq!(p.counts(), (0, 0, 0));
+    }
+
+    #[test]
     #[should_panic(expected = "a write waits at 3, applied 3")]
     fn a_waiter_at_an_applied_index_breaks_an_invariant() {
         let mut p = Pending::new(1);
