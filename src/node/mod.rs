@@ -176,6 +176,9 @@ enum ReplyTo {
         id: u64,
         proto: Protocol,
     },
+    /// A follower's ReadIndexRequest `id` (`clients.rs`): confirmed with a ReadIndexReply
+    /// naming the index; anything delivered here is a failure, answered as a refusal.
+    ReadIndex { node: NodeId, id: u64 },
 }
 
 /// Counters reported by INFO.

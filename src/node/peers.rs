@@ -459,6 +459,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 self.handle_forwarded(peer, id, proto, rights, args)
             }
             Frame::ClientReply { id, reply } => self.forward_reply(id, reply),
+            Frame::ReadIndexRequest { id } => self.handle_read_index_request(peer, id),
+            Frame::ReadIndexReply { id, index, now_ms } => {
+                self.read_index_reply(peer, id, index, now_ms)
+            }
         }
     }
 
