@@ -8,6 +8,8 @@
 //!
 //!     cargo bench --bench cluster            (make bench runs it)
 //!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_TLS_CLIENTS="1 64" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
+//!     BENCH_KVRAFTD=/path/to/other/kvraftd cargo bench --bench cluster   (another build's daemon)
+//!     BENCH_SNAPSHOT_ROUNDS=3 ...   (the snapshot rows as 3 alternating quiet/busy windows, pooled)
 //!
 //! Prints a table; numbers are only comparable within one run on one machine.
 
@@ -88,7 +90,7 @@ impl Cluster {
         let children = (1..=3)
             .map(|id| {
                 let log = std::fs::File::create(dir.path().join(format!("node{id}.log"))).unwrap();
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvraftd"));
+                let mut cmd = Command::new(kvraftd());
                 cmd.args(["--config", path.to_str().unwrap(), "--id", &id.to_string()]);
                 if id == 1 {
                     // Node 1 forms the cluster; it admits the others as they connect.
@@ -175,6 +177,12 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The daemon the clusters run: this build's, or `BENCH_KVRAFTD` (another build's binary, to
+/// compare two builds run after run on the same machine).
+fn kvraftd() -> String {
+    std::env::var("BENCH_KVRAFTD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvraftd").to_string())
 }
 
 /// Connect and reply timeouts of the load generator's connections: a reply slower than this
@@ -370,9 +378,15 @@ fn main() {
     );
     let c = Cluster::start("snapshot_entries = 1000000000\nsnapshot_bytes = 1000GiB");
     fill(&c, snapshot_keys);
-    let quiet = load(&c, "set", 64, secs);
-    row("set", 64, &quiet);
-    // Keep snapshots going for the whole measurement (BENCH_SNAPSHOT_MODE):
+    // BENCH_SNAPSHOT_ROUNDS=n (1): n alternations of a quiet and a busy window, secs/n each,
+    // pooled, so that other load on a shared machine drifting during the run weighs on both
+    // sides of the ratio alike instead of on whichever window it fell in.
+    let rounds: u32 = std::env::var("BENCH_SNAPSHOT_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    // Keep snapshots going for each busy window (BENCH_SNAPSHOT_MODE):
     //   staggered (default): back to back, one node at a time in rotation, as members' staggered
     //              snapshot points make them (the busiest such schedule: one always running);
     //   all | leader | followers: those nodes continuously and at once (worst cases).
@@ -385,10 +399,61 @@ fn main() {
             _ => true,
         })
         .collect();
-    println!("snapshots: {mode} on nodes {targets:?} (leader is {leader:?})");
+    let window = secs / f64::from(rounds);
+    let (mut quiet, mut busy) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        wait_no_snapshot_running(&c);
+        quiet.push(load(&c, "set", 64, window));
+        busy.push(load_during_snapshots(
+            &c,
+            &targets,
+            mode == "staggered",
+            window,
+        ));
+    }
+    let (quiet, busy) = (pooled(quiet), pooled(busy));
+    row("set", 64, &quiet);
+    println!(
+        "snapshots: {mode} on nodes {targets:?} (leader is {leader:?}); {rounds} quiet/busy \
+         round(s) of {window} s each"
+    );
+    row("set", 64, &busy);
+    let taken: Vec<String> = (0..3)
+        .filter_map(|i| c.info(i, "snapshots_taken"))
+        .collect();
+    let fork: Vec<String> = (0..3)
+        .filter_map(|i| c.info(i, "last_snapshot_fork_us"))
+        .collect();
+    let took: Vec<String> = (0..3)
+        .filter_map(|i| c.info(i, "last_snapshot_ms"))
+        .collect();
+    let size: Vec<String> = (0..3)
+        .filter_map(|i| c.info(i, "last_snapshot_bytes"))
+        .collect();
+    println!(
+        "p99 during snapshots / without: {:.2}x; throughput {:.2}x",
+        busy.pct(0.99) / quiet.pct(0.99).max(1e-9),
+        (busy.ops as f64 / busy.secs) / (quiet.ops as f64 / quiet.secs).max(1e-9)
+    );
+    println!("snapshots taken per node {taken:?}; last fork µs {fork:?}; last write ms {took:?}; bytes {size:?}");
+}
+
+/// Waits (up to 60 s) until no node is writing a snapshot, so a quiet window is quiet.
+fn wait_no_snapshot_running(c: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline
+        && (0..3).any(|i| c.info(i, "snapshot_in_progress").as_deref() != Some("0"))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `load` of SETs at 64 connections while snapshots run on `targets`: back to back in
+/// rotation (`staggered`), else on all of them at once every 100 ms.
+fn load_during_snapshots(c: &Cluster, targets: &[usize], staggered: bool, secs: f64) -> Result {
     let stop = Arc::new(AtomicBool::new(false));
     let snapper = {
-        let (stop, addrs, staggered) = (stop.clone(), c.clients.clone(), mode == "staggered");
+        let (stop, addrs, targets) = (stop.clone(), c.clients.clone(), targets.to_vec());
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -415,28 +480,28 @@ fn main() {
             }
         })
     };
-    let busy = load(&c, "set", 64, secs);
+    let r = load(c, "set", 64, secs);
     stop.store(true, Ordering::Relaxed);
     snapper.join().unwrap();
-    row("set", 64, &busy);
-    let taken: Vec<String> = (0..3)
-        .filter_map(|i| c.info(i, "snapshots_taken"))
-        .collect();
-    let fork: Vec<String> = (0..3)
-        .filter_map(|i| c.info(i, "last_snapshot_fork_us"))
-        .collect();
-    let took: Vec<String> = (0..3)
-        .filter_map(|i| c.info(i, "last_snapshot_ms"))
-        .collect();
-    let size: Vec<String> = (0..3)
-        .filter_map(|i| c.info(i, "last_snapshot_bytes"))
-        .collect();
-    println!(
-        "p99 during snapshots / without: {:.2}x; throughput {:.2}x",
-        busy.pct(0.99) / quiet.pct(0.99).max(1e-9),
-        (busy.ops as f64 / busy.secs) / (quiet.ops as f64 / quiet.secs).max(1e-9)
-    );
-    println!("snapshots taken per node {taken:?}; last fork µs {fork:?}; last write ms {took:?}; bytes {size:?}");
+    r
+}
+
+/// Several windows' results as one: operations, errors and seconds summed, latencies merged.
+fn pooled(results: Vec<Result>) -> Result {
+    let mut all = Result {
+        ops: 0,
+        errors: 0,
+        secs: 0.0,
+        lat_us: Vec::new(),
+    };
+    for r in results {
+        all.ops += r.ops;
+        all.errors += r.errors;
+        all.secs += r.secs;
+        all.lat_us.extend(r.lat_us);
+    }
+    all.lat_us.sort_unstable();
+    all
 }
 
 /// The least a durable write can take here, measured in the same run beside the 1-connection

@@ -3,12 +3,15 @@
 //!
 //! Three real nodes (`Node<KvStore, SimDisk, SimNet>`: the daemon's own node code, on the
 //! simulator's in-memory disk and network with no faults; `tests/support/story.rs`) and
-//! `BENCH_CLIENTS` closed-loop clients on the leader, each with one `SET` of a 256-byte value
-//! over 100k keys in flight. After a warm-up, `BENCH_WRITES` writes are measured; every
+//! `BENCH_CLIENTS` closed-loop clients, each with one `SET` of a 256-byte value over 100k keys
+//! in flight: all on the leader (`BENCH_PLACE=leader`, the default), or round-robin over the
+//! three nodes (`BENCH_PLACE=spread`, as compare.py places them: two thirds of the writes are
+//! forwarded by a follower, and the follower measured is one of those). After a warm-up, `BENCH_WRITES` writes are measured; every
 //! allocation made during a node's turn is charged to that node.
 //!
 //!     cargo bench --bench write_path
 //!     BENCH_CLIENTS=64 BENCH_WRITES=20000 cargo bench --bench write_path
+//!     BENCH_PLACE=spread cargo bench --bench write_path
 //!
 //! Instructions per write (user space; the simulated disk and network stand in for the
 //! kernel's work): run the binary under callgrind, collecting only in the measured turns,
@@ -93,13 +96,18 @@ fn main() {
     let clients = env("BENCH_CLIENTS", 64) as usize;
     let writes = env("BENCH_WRITES", 20_000);
     let warmup = env("BENCH_WARMUP", 5_000);
+    let spread = std::env::var("BENCH_PLACE").is_ok_and(|p| p == "spread");
     let mut story = Story::new(3);
     let leader = story.leader();
+    let ids: Vec<u64> = story.nodes.keys().copied().collect();
     let mut cs: Vec<Client> = (0..clients)
-        .map(|i| Client {
-            stream: story.connect(leader),
-            inbuf: Vec::new(),
-            rng: Prng::new(i as u64 + 1),
+        .map(|i| {
+            let at = if spread { ids[i % ids.len()] } else { leader };
+            Client {
+                stream: story.connect(at),
+                inbuf: Vec::new(),
+                rng: Prng::new(i as u64 + 1),
+            }
         })
         .collect();
     for c in &mut cs {
@@ -142,7 +150,8 @@ fn main() {
     let n = (story.nodes[&leader].applied().0 - applied0) as f64;
     println!(
         "write path: 3 real nodes on the simulated disk and network, {clients} clients on the \
-         leader, {n} SETs of {VALUE_SIZE} B measured"
+         {}, {n} SETs of {VALUE_SIZE} B measured",
+        if spread { "three nodes" } else { "leader" }
     );
     counting::report("write", n);
 }

@@ -42,7 +42,7 @@
 //! election timers run), what it wrote in that turn leaves only when the turn ends
 //! (`World::hold_output`), and its next turn catches up the ticks it missed. A crash during
 //! those ticks strikes as the sync returns: what it synced stays, the held output is lost. Clients write and read through any node (followers
-//! forward), send malformed and oversized requests, and (in some seeds) membership changes
+//! forward writes and serve plain reads themselves at a read index the leader confirms), send malformed and oversized requests, and (in some seeds) membership changes
 //! and leadership transfers as client commands. Each node has its own wall clock (fed through
 //! `Node::set_wall_ms`) that starts apart from the others, drifts (±5%) and jumps (±3 s,
 //! either way); in half the seeds clients also send TTL commands (`Clocks`). In the odd seeds
@@ -105,6 +105,9 @@ type SimNode = Node<KvStore, SimDisk, SimNet>;
 
 const TICK_MS: u64 = 10;
 const CHAOS_TICKS: u64 = 1000;
+/// How long after a membership command is sent storage losses wait (`may_lose_storage`).
+const ADMIN_SETTLE_MS: u64 = 3_000;
+
 /// Ticks after healing within which a leader must be elected and a write acknowledged.
 const HEAL_BOUND_TICKS: u64 = 1500;
 const DEFAULT_SEEDS: u64 = 300;
@@ -207,6 +210,8 @@ struct Stats {
     auth_refusals: u64,
     /// Forwarded requests by the rights they carried (`check_forwarded_rights`).
     forwarded_rights: [u64; 3],
+    /// Read indexes leaders confirmed to followers (follower reads, `clients.rs`).
+    read_indexes_confirmed: u64,
     elections: u64,
     /// Syncs that took time, and the ticks they took.
     slow_syncs: u64,
@@ -254,6 +259,7 @@ impl Stats {
         self.garbage_sent += o.garbage_sent;
         self.admin_sent += o.admin_sent;
         self.auth_refusals += o.auth_refusals;
+        self.read_indexes_confirmed += o.read_indexes_confirmed;
         for (t, r) in self.forwarded_rights.iter_mut().zip(o.forwarded_rights) {
             *t += r;
         }
@@ -360,6 +366,9 @@ struct Sim {
     /// incarnation: no other storage is lost or damaged meanwhile (losing a second voter could
     /// lose a majority, which is unavailability by design, not a defect to find).
     lost_pending: Option<NodeId>,
+    /// When the last membership command (`admin_command`) was sent: until it has had time to
+    /// reach the leader's log, no storage is lost (`may_lose_storage`).
+    admin_sent_ms: Option<u64>,
     /// A node whose newest synced batch was damaged (a tail flip) and that is still uncertain
     /// (it may lack acknowledged entries): no other storage is lost or damaged meanwhile
     /// (raft/uncertain.rs assumes damage on one node at a time).
@@ -493,6 +502,7 @@ impl Sim {
             lost_rng,
             damage_rng,
             lost_pending: None,
+            admin_sent_ms: None,
             flip_pending: None,
             p,
             world,
@@ -600,8 +610,17 @@ impl Sim {
 
     /// Whether `id` may lose (or damage) its storage: a leader is up, its configuration has at
     /// least three voters, and every other voter is up and voting as the incarnation the
-    /// membership records.
+    /// membership records; and no membership command sent in the last `ADMIN_SETTLE_MS` may
+    /// still be on its way to the leader's log. (Seed 128 of the follower-reads change: a
+    /// `MEMBER ADD 3 .. LEARNER` sent 10 ms before node 1 lost its storage demoted 3 after the
+    /// check, leaving voters {1, 2} with 1 a new incarnation: no quorum, ever.)
     fn may_lose_storage(&self, id: NodeId) -> bool {
+        if self
+            .admin_sent_ms
+            .is_some_and(|at| self.now_ms < at + ADMIN_SETTLE_MS)
+        {
+            return false;
+        }
         let Some(leader) = self.leader() else {
             return false;
         };
@@ -728,6 +747,7 @@ impl Sim {
             );
         }
         self.stats.forwarded_rights = seen;
+        self.stats.read_indexes_confirmed = self.world.borrow().read_indexes_confirmed;
     }
 
     fn step(&mut self, clients: bool) {
@@ -954,6 +974,7 @@ impl Sim {
         } else if self.p.membership && roll < self.p.garbage + 30 {
             self.stats.admin_sent += 1;
             let args = self.admin_command();
+            self.admin_sent_ms = Some(self.now_ms);
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
             resp::encode_command(&refs, &mut out);
             match self.p.auth && self.clients[c].id % 2 == 1 {
@@ -1602,6 +1623,11 @@ fn simulated_clusters_of_real_nodes_keep_every_safety_property_and_recover_after
             data > 0 && admin > 0,
             "FORWARD RIGHTS: {:?}",
             total.forwarded_rights
+        );
+        // Clients connect to any node: followers serve reads themselves (`clients.rs`).
+        assert!(
+            total.read_indexes_confirmed > 0,
+            "FOLLOWER READS: no leader confirmed a follower's read index"
         );
     }
 }

@@ -9,7 +9,9 @@ use support::story::{addrs, Story};
 
 /// Before: the leader encoded a ClientReply of ~10 MiB and panicked in `wire/frame.rs`, so
 /// any client could take down every leader in turn. Now the follower's client gets an error
-/// naming the problem, and every node stays up (`step` fails if one stops or panics).
+/// naming the problem, and every node stays up (`step` fails if one stops or panics). A plain
+/// MGET on a follower is a follower read (served there, no frame), so the story forwards it
+/// inside MULTI, whose reads a follower does not serve itself (`clients.rs`).
 #[test]
 fn a_reply_too_large_for_a_frame_is_an_error_through_a_follower_and_no_node_goes_down() {
     let mut c = Story::new(3);
@@ -25,10 +27,23 @@ fn a_reply_too_large_for_a_frame_is_an_error_through_a_follower_and_no_node_goes
     let mut args: Vec<&[u8]> = vec![b"MGET"];
     args.extend(keys.iter().map(|k| k.as_slice()));
     let mut to_follower = c.connect(follower);
-    match c.call(&mut to_follower, &args) {
+    assert_eq!(c.call(&mut to_follower, &[b"MULTI"]), Value::ok());
+    assert_eq!(
+        c.call(&mut to_follower, &args),
+        Value::Simple("QUEUED".into())
+    );
+    match c.call(&mut to_follower, &[b"EXEC"]) {
         Value::Error(e) => assert!(e.starts_with("ERR reply too large"), "{e}"),
         other => panic!(
             "expected an error, got {:?}",
+            std::mem::discriminant(&other)
+        ),
+    }
+    // The follower serves the plain MGET itself (a follower read), whole.
+    match c.call(&mut to_follower, &args) {
+        Value::Array(vs) => assert_eq!(vs.len(), 10),
+        other => panic!(
+            "expected the values from the follower, got {:?}",
             std::mem::discriminant(&other)
         ),
     }

@@ -58,6 +58,30 @@ fn finish(snap: &mut Snapshotter, fd: i32) -> Result<SnapshotDone, String> {
     outcome
 }
 
+/// The pids of this process's children (any thread's), from /proc.
+fn child_pids() -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in fs::read_dir("/proc/self/task").unwrap() {
+        let children = task.unwrap().path().join("children");
+        let text = fs::read_to_string(children).unwrap_or_default();
+        pids.extend(text.split_whitespace().map(|p| p.parse::<i32>().unwrap()));
+    }
+    pids
+}
+
+/// A process's scheduling policy and nice value, from /proc/PID/stat (fields 41 and 19).
+fn sched_policy_and_nice(pid: i32) -> (i32, i32) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends with the last ')': the first is field 3.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    (
+        fields[41 - 3].parse().unwrap(),
+        fields[19 - 3].parse().unwrap(),
+    )
+}
+
 fn only_entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -164,6 +188,21 @@ fn an_overdue_child_is_killed_and_reaped() {
     // The child closed its copy of every fd it was not given: when the parent closes one
     // (say a peer socket), it really closes, even while the child runs.
     drop(other_write);
+    // It yields the CPU to the loop: nice 19, set by the child itself (normal policy).
+    let child = child_pids().into_iter().next().expect("the snapshot child");
+    let deadline = Instant::now() + WAIT_MAX;
+    let policy_and_nice = loop {
+        let got = sched_policy_and_nice(child);
+        if got == (libc::SCHED_OTHER, 19) || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(
+        policy_and_nice,
+        (libc::SCHED_OTHER, 19),
+        "the snapshot child's (scheduling policy, nice)"
+    );
     assert!(sys::wait_readable(other_read.as_raw_fd(), WAIT_MAX).unwrap());
     let mut other_read = fs::File::from(other_read);
     assert_eq!(other_read.read(&mut [0u8; 8]).unwrap(), 0, "expected EOF");

@@ -10,12 +10,13 @@ use kvraft::limits::{
 use kvraft::prng::Prng;
 use kvraft::raft::message::{AppendResult, Message, MessageBody, RejectHint};
 use kvraft::raft::types::{
-    ConfState, Entry, EntryId, EntryKind, LogIndex, NodeId, SnapshotMeta, Term,
+    ConfState, Entry, EntryId, EntryKind, LogIndex, NodeId, SnapshotMeta, Term, INDEX_MAX,
 };
 use kvraft::wire::{
     cluster_id, decode, encode, encoded_len, peek_header, DecodeError, EncodeError, Frame,
     CLIENT_REPLY_SIZE_MAX, KIND_CLIENT_REPLY, KIND_CLIENT_REQUEST, KIND_HELLO, KIND_RAFT,
-    KIND_SNAPSHOT_ACK, KIND_SNAPSHOT_CHUNK, MAGIC, PROTOCOL_VERSION,
+    KIND_READ_INDEX_REPLY, KIND_READ_INDEX_REQUEST, KIND_SNAPSHOT_ACK, KIND_SNAPSHOT_CHUNK, MAGIC,
+    PROTOCOL_VERSION,
 };
 
 // ---- random frames ----
@@ -162,7 +163,7 @@ fn snapshot_chunk(rng: &mut Prng) -> Frame {
 }
 
 fn frame(rng: &mut Prng) -> Frame {
-    match rng.range(0, 12) {
+    match rng.range(0, 14) {
         0 => Frame::Hello {
             cluster_id: any_u64(rng),
             cluster_uid: u128::from(any_u64(rng)) << 64 | u128::from(any_u64(rng)),
@@ -194,9 +195,22 @@ fn frame(rng: &mut Prng) -> Frame {
                 rights: rng.range(0, 3) as u8,
             }
         }
-        _ => Frame::ClientReply {
+        11 => Frame::ClientReply {
             id: any_u64(rng),
             reply: bytes(rng, 1024),
+        },
+        12 => Frame::ReadIndexRequest { id: any_u64(rng) },
+        _ => match rng.chance(1, 4) {
+            true => Frame::ReadIndexReply {
+                id: any_u64(rng),
+                index: None,
+                now_ms: 0,
+            },
+            false => Frame::ReadIndexReply {
+                id: any_u64(rng),
+                index: Some(LogIndex(rng.range(0, INDEX_MAX.0 + 1))),
+                now_ms: any_u64(rng),
+            },
         },
     }
 }
@@ -253,7 +267,7 @@ fn outcome(r: &Result<Frame, DecodeError>) -> usize {
 #[test]
 fn random_frames_of_every_kind_round_trip_exactly() {
     let mut rng = Prng::new(0x5eed_0001);
-    let mut seen_kinds = [0usize; 7];
+    let mut seen_kinds = [0usize; 9];
     let mut seen_tags = [0usize; 10];
     let mut buf = Vec::new();
     for case in 0..100_000 {
@@ -530,7 +544,7 @@ fn lengths_over_the_limit_are_refused_from_the_header_alone() {
 
 #[test]
 fn unknown_kinds_are_refused_from_the_header() {
-    for kind in [0u8, 7, 99, 255] {
+    for kind in [0u8, 9, 99, 255] {
         assert_eq!(
             decode(&raw(kind, &[])),
             Err(DecodeError::UnknownKind { kind })
@@ -555,7 +569,7 @@ fn a_hello_with_the_wrong_magic_or_version_is_a_handshake_error() {
     assert_eq!(good.len(), 67);
     assert_eq!(&good[5..9], b"KVRF");
     assert_eq!(&good[9..11], &PROTOCOL_VERSION.to_be_bytes());
-    assert_eq!(PROTOCOL_VERSION, 4);
+    assert_eq!(PROTOCOL_VERSION, 5);
     // The byte layout of frame.rs's table: uid at body offset 14, incarnation at 30.
     assert_eq!(
         &good[19..35],
@@ -920,4 +934,55 @@ fn every_count_decode_refuses_is_an_encode_error() {
         "entries",
     );
     assert_refused(&raft_msg(entries(1, ENTRY_SIZE_MAX + 1)), "entry bytes");
+}
+
+/// The follower-read frames of protocol version 5, byte by byte as `frame.rs` documents them;
+/// a refusal carrying an index or a time, and an index beyond `INDEX_MAX`, are malformed.
+#[test]
+fn read_index_frames_are_laid_out_as_documented_and_refusals_carry_nothing() {
+    let req = encoded(&Frame::ReadIndexRequest { id: 0x0102 });
+    assert_eq!(
+        req,
+        [0, 0, 0, 8, KIND_READ_INDEX_REQUEST, 0, 0, 0, 0, 0, 0, 1, 2]
+    );
+    let ok = encoded(&Frame::ReadIndexReply {
+        id: 7,
+        index: Some(LogIndex(9)),
+        now_ms: 11,
+    });
+    assert_eq!(&ok[..5], &[0, 0, 0, 25, KIND_READ_INDEX_REPLY]);
+    assert_eq!(&ok[5..13], &7u64.to_be_bytes());
+    assert_eq!(ok[13], 1);
+    assert_eq!(&ok[14..22], &9u64.to_be_bytes());
+    assert_eq!(&ok[22..30], &11u64.to_be_bytes());
+    let refused = encoded(&Frame::ReadIndexReply {
+        id: 7,
+        index: None,
+        now_ms: 0,
+    });
+    assert_eq!(&refused[13..30], &[0; 17]);
+    let mut with_index = refused.clone();
+    with_index[21] = 1;
+    assert!(matches!(
+        decode(&with_index),
+        Err(DecodeError::Malformed { .. })
+    ));
+    let mut with_time = refused.clone();
+    with_time[29] = 1;
+    assert!(matches!(
+        decode(&with_time),
+        Err(DecodeError::Malformed { .. })
+    ));
+    let mut beyond = ok.clone();
+    beyond[14..22].copy_from_slice(&(INDEX_MAX.0 + 1).to_be_bytes());
+    assert!(matches!(
+        decode(&beyond),
+        Err(DecodeError::Malformed { .. })
+    ));
+    let mut bad_bool = ok;
+    bad_bool[13] = 2;
+    assert!(matches!(
+        decode(&bad_bool),
+        Err(DecodeError::Malformed { .. })
+    ));
 }

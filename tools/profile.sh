@@ -18,10 +18,11 @@
 # they would untraced: the figures are an upper bound on what one write costs at this load,
 # and compare builds only when taken with the same arguments.
 #
-#   tools/profile.sh cpu [CLIENTS] [WRITES]
+#   tools/profile.sh cpu [CLIENTS] [WRITES] [PLACE]
 #     allocations and instructions per committed write, leader and follower: the write_path
 #     benchmark (real nodes on the simulator's disk and network, deterministic), once as is
-#     for allocations and once under callgrind for instructions (user space only).
+#     for allocations and once under callgrind for instructions (user space only); PLACE
+#     leader (default) or spread (a third of the clients on each node, as compare.py)
 #
 #   tools/profile.sh cpu-get [CLIENTS] [READS] [PLACE]
 #     the same for linearizable GETs: the read_path benchmark (PLACE leader or spread, as
@@ -55,7 +56,7 @@ if [[ ${1:-} == cpu || ${1:-} == cpu-get ]]; then
   echo "kvraft $(git rev-parse --short HEAD): $summary"
   valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_turn*' \
     --callgrind-out-file="$out" "$bench" > "$out.txt" 2>/dev/null
-  n=$(sed -n 's/.*leader, \([0-9]*\) SETs.*/\1/p; s/.*, \([0-9]*\) GETs measured.*/\1/p' "$out.txt")
+  n=$(sed -n 's/.*, \([0-9]*\) SETs.*/\1/p; s/.*, \([0-9]*\) GETs measured.*/\1/p' "$out.txt")
   rm -f "$out.txt"
   callgrind_annotate --inclusive=yes "$out" 2>/dev/null \
     | awk -v n="$n" -v what="$what" -v unit="$unit" '$0 ~ what "::measured_turn_(leader|follower) \\[" {

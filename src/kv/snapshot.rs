@@ -50,7 +50,7 @@ use crate::kv::hash::{
     combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
 };
 use crate::kv::session::{SectionSource, Sessions};
-use crate::kv::skiplist::{Builder, SkipList};
+use crate::kv::skiplist::{Builder, Record, SkipList};
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::raft::LogIndex;
 use byteorder::{BigEndian, ByteOrder};
@@ -451,9 +451,9 @@ fn read_record(
             reason: "value longer than VALUE_SIZE_MAX",
         });
     }
-    let mut kv = vec![0u8; key_len + value_len].into_boxed_slice();
-    input.get(&mut kv)?;
-    let (key, value) = kv.split_at(key_len);
+    let mut record = Record::zeroed(key_len, value_len);
+    input.get(record.key_value_mut())?;
+    let (key, value) = (record.key(), record.value());
     if builder.last_key().is_some_and(|last| last >= key) {
         return Err(SnapshotError::Corrupt {
             offset: at,
@@ -461,7 +461,7 @@ fn read_record(
         });
     }
     let hashes = (entry_hash(key, value), modified_hash(key, modified));
-    builder.push_at(kv, key_len, modified);
+    builder.push_at(record, modified);
     Ok(hashes)
 }
 

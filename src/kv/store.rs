@@ -17,7 +17,7 @@
 //! below the cursor was already returned, and the scan only moves up. A call stops only
 //! between two different hashes, so keys that collide are returned together.
 //! The index holds `(hash, NodeId)` pairs, not keys: the key is read from the skiplist node
-//! (16 bytes per key in the index's B-tree nodes, no second copy of the key). `compact`
+//! (about 13 bytes per key in `ScanIndex`'s packed blocks, no second copy of the key). `compact`
 //! renumbers the nodes, and the store renumbers the index with it.
 //!
 //! # Modification indexes (WATCH)
@@ -47,8 +47,9 @@ use crate::kv::hash::hash64;
 use crate::kv::hash::{
     combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
 };
+use crate::kv::scan_index::ScanIndex;
 use crate::kv::session::{Admission, Sessions};
-use crate::kv::skiplist::{Entry, NodeId, SkipList};
+use crate::kv::skiplist::{Entry, SkipList};
 use crate::kv::ttl::{
     invalid_expire_time, ExpireName, SetName, Ttl, TtlName, TtlWrite, EXPIRE_GT, EXPIRE_LT,
     EXPIRE_NX, EXPIRE_XX,
@@ -59,7 +60,6 @@ use crate::limits::VALUE_SIZE_MAX;
 use crate::limits::{KEYS_KEYS_MAX, RECLAIM_ENTRY_SIZE_MAX};
 use crate::raft::LogIndex;
 use std::cell::Cell;
-use std::collections::BTreeSet;
 
 /// Bytes of keys and values one RANGE reply carries at most: the reply stops before the pair
 /// that would cross it (but always holds at least one pair, so paging makes progress).
@@ -89,7 +89,7 @@ pub struct KvStore {
     entries_hash: u64,
     seed: u64,
     /// Every key by its scan hash (see "Scan order").
-    scan_index: BTreeSet<(u64, NodeId)>,
+    scan_index: ScanIndex,
     /// RANDOMKEY's generator state: local to this replica, it never affects the state.
     random: Cell<u64>,
     /// The index of the last entry that removed a key (see "Modification indexes").
@@ -118,7 +118,7 @@ impl KvStore {
             expired_count: 0,
             entries_hash: 0,
             seed,
-            scan_index: BTreeSet::new(),
+            scan_index: ScanIndex::new(),
             random: Cell::new(seed | 1),
             last_deletion: LogIndex(0),
             modified_sum: 0,
@@ -130,7 +130,7 @@ impl KvStore {
         KvStats {
             keys: self.list.len(),
             data_bytes: self.list.data_bytes(),
-            overhead_bytes: self.list.overhead_bytes(),
+            overhead_bytes: self.list.overhead_bytes() + self.scan_index.heap_bytes(),
         }
     }
 
@@ -140,11 +140,8 @@ impl KvStore {
     /// snapshots or the state hash.
     pub fn compact(&mut self) {
         let moved = self.list.compact();
-        // Collected in hash order; ids within one hash may reorder, which `collect` sorts.
-        self.scan_index = std::mem::take(&mut self.scan_index)
-            .into_iter()
-            .map(|(h, id)| (h, moved.new_id(id)))
-            .collect();
+        // Ids within one hash may reorder, which `renumber` sorts.
+        self.scan_index.renumber(|id| moved.new_id(id));
     }
 
     /// The largest leader stamp applied so far, ms since the Unix epoch (0 before any).
@@ -190,7 +187,8 @@ impl KvStore {
         }
         // Equal sizes, and every pair names a live node with that hash: a bijection, since
         // a node's pair is determined by its id.
-        for &(h, id) in &self.scan_index {
+        self.scan_index.check_invariants();
+        for (h, id) in self.scan_index.iter() {
             assert!(self.list.is_live(id), "scan index names dead node {id:?}");
             let k = self.list.key_at(id);
             assert_eq!(scan_hash(k), h, "scan index hash of {k:?}");
@@ -217,7 +215,8 @@ impl KvStore {
     /// Install a state built by the snapshot loader.
     fn replace_state(&mut self, loaded: snapshot::Loaded) {
         let list = loaded.list;
-        self.scan_index = list.ids().map(|(id, k)| (scan_hash(k), id)).collect();
+        self.scan_index =
+            ScanIndex::from_pairs(list.ids().map(|(id, k)| (scan_hash(k), id)).collect());
         self.list = list;
         self.applied = loaded.applied;
         self.stamp_ms = loaded.stamp_ms;
@@ -242,7 +241,7 @@ impl KvStore {
                     .wrapping_sub(modified_hash(key, e.modified()));
             }
             None => {
-                self.scan_index.insert((scan_hash(key), id));
+                self.scan_index.insert(scan_hash(key), id);
             }
         }
         old
@@ -255,7 +254,7 @@ impl KvStore {
                 self.modified_sum = self
                     .modified_sum
                     .wrapping_sub(modified_hash(key, e.modified()));
-                self.scan_index.remove(&(scan_hash(key), id));
+                self.scan_index.remove(scan_hash(key), id);
                 self.last_deletion = self.applied;
                 self.expiries.remove(key);
                 true
@@ -828,8 +827,8 @@ impl KvStore {
         let mut keys = Vec::new();
         let mut next = 0u64;
         let mut last_hash = None;
-        let from = self.scan_index.range((cursor, NodeId::MIN)..);
-        for (examined, &(h, id)) in from.enumerate() {
+        let from = self.scan_index.from_hash(cursor);
+        for (examined, (h, id)) in from.enumerate() {
             if examined >= count as usize && last_hash != Some(h) {
                 next = h;
                 break;
@@ -875,12 +874,11 @@ impl KvStore {
         x ^= x >> 7;
         x ^= x << 17;
         self.random.set(x);
-        let from = (x, NodeId::MIN);
         let pick = self
             .scan_index
-            .range(&from..)
-            .chain(self.scan_index.range(..&from))
-            .map(|&(_, id)| self.list.key_at(id))
+            .from_hash(x)
+            .chain(self.scan_index.iter().take_while(|&(h, _)| h < x))
+            .map(|(_, id)| self.list.key_at(id))
             .find(|k| !self.expiries.expired(k, now_ms));
         pick.map_or(Value::Nil, |k| Value::Bulk(k.to_vec()))
     }
@@ -1017,7 +1015,8 @@ impl StateMachine for KvStore {
     }
 
     fn memory_bytes(&self) -> Option<(usize, usize)> {
-        Some((self.list.data_bytes(), self.list.overhead_bytes()))
+        let stats = self.stats();
+        Some((stats.data_bytes, stats.overhead_bytes))
     }
 }
 

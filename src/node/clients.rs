@@ -6,6 +6,11 @@
 //! node serves any client. A forwarded command is never forwarded again (no loops): a node
 //! that is not the leader answers it with an error the client may retry.
 //!
+//! A follower serves a plain read (outside MULTI, WATCH and `SESSION RUN`) itself: it asks
+//! the leader for a read index, once per turn for all the reads of that turn, and answers
+//! each read once it has applied that index (`pending.rs`, "Follower reads"). Writes, and
+//! the reads it does not serve itself, are forwarded.
+//!
 //! Invariants:
 //! 1. Replies leave in the order requests arrived on a connection (`ClientState`'s pipeline,
 //!    `connections.rs`).
@@ -25,7 +30,7 @@ use crate::client::{Protocol, Value};
 use crate::kv::envelope::SessionTag;
 use crate::kv::{session, Request, StateMachine};
 use crate::limits;
-use crate::raft::{NodeId, ProposeError};
+use crate::raft::{LogIndex, NodeId, ProposeError};
 use crate::wire::{self, Frame};
 
 /// What a command turned into.
@@ -45,6 +50,15 @@ enum Resend {
     No,
     /// A read, or a session write (deduplicated by the state machine).
     Yes { read: bool },
+}
+
+/// Whether a read may be served by this node as a follower (`pending.rs`, "Follower reads"):
+/// only a plain command of a client connection; reads inside MULTI, WATCH's read and
+/// `SESSION RUN` are forwarded as before.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum FollowerRead {
+    Allowed,
+    Forward,
 }
 
 /// The error a client gets while no leader is known; clients retry on it.
@@ -136,13 +150,18 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     fn dispatch_admitted(&mut self, to: ReplyTo, gate: Gate, args: Vec<Vec<u8>>) -> Dispatch {
         match gate {
             Gate::Reply(v) => Dispatch::Reply(v),
-            Gate::Pass | Gate::Watch => self.dispatch(to, args),
+            Gate::Pass => self.route(to, args, FollowerRead::Allowed),
+            Gate::Watch => self.dispatch(to, args),
             Gate::Exec(transaction) => self.dispatch(to, transaction),
         }
     }
 
     /// Route one command: node commands here, state-machine commands to the log or a read.
     pub(super) fn dispatch(&mut self, to: ReplyTo, args: Vec<Vec<u8>>) -> Dispatch {
+        self.route(to, args, FollowerRead::Forward)
+    }
+
+    fn route(&mut self, to: ReplyTo, args: Vec<Vec<u8>>, here: FollowerRead) -> Dispatch {
         if let Some(d) = self.node_command(to, &args) {
             return d;
         }
@@ -158,7 +177,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             None => Dispatch::Reply(unknown_command(&args)),
             Some(Request::Reply(v)) => Dispatch::Reply(v),
             Some(Request::Write(data)) => self.submit_write(to, data, None, args),
-            Some(Request::Read(query)) => self.submit_read(to, query, args),
+            Some(Request::Read(query)) => self.submit_read(to, query, args, here),
         }
     }
 
@@ -175,7 +194,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             None => Dispatch::Reply(unknown_command(&args[session::RUN_PREFIX_ARGS..])),
             Some(Request::Reply(v)) => Dispatch::Reply(v),
             Some(Request::Write(data)) => self.submit_write(to, data, Some(tag), args),
-            Some(Request::Read(query)) => self.submit_read(to, query, args),
+            Some(Request::Read(query)) => self.submit_read(to, query, args, FollowerRead::Forward),
         }
     }
 
@@ -210,7 +229,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
-    fn submit_read(&mut self, to: ReplyTo, query: Vec<u8>, args: Vec<Vec<u8>>) -> Dispatch {
+    fn submit_read(
+        &mut self,
+        to: ReplyTo,
+        query: Vec<u8>,
+        args: Vec<Vec<u8>>,
+        here: FollowerRead,
+    ) -> Dispatch {
         if self.pending.reads_full() {
             return Dispatch::Reply(Value::error("TRYAGAIN too many reads pending"));
         }
@@ -221,8 +246,104 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 self.pending.add_read(ctx, to, query, floor);
                 Dispatch::Pending
             }
+            Err(ProposeError::NotLeader {
+                leader: Some(leader),
+            }) if leader != self.id
+                && here == FollowerRead::Allowed
+                && self.cfg.forward_to_leader
+                && matches!(to, ReplyTo::Client { .. }) =>
+            {
+                // Asked of the leader at the turn's end (`ask_read_index`).
+                let deadline = self.now + FORWARD_TIMEOUT;
+                self.pending.add_follower_read(to, query, deadline);
+                Dispatch::Pending
+            }
             Err(e) => self.not_leader(to, e, args, Resend::Yes { read: true }),
         }
+    }
+
+    /// Once a turn (after the forwards of the turn went out, so a pipeline's read is asked
+    /// after the writes it forwarded before): one ReadIndexRequest to the leader for every
+    /// follower read not yet asked for. With no leader known they wait (until their deadline);
+    /// if this node leads now they fail, and the client retries.
+    fn ask_read_index(&mut self) {
+        if !self.pending.has_unasked() {
+            return;
+        }
+        match self.raft.leader() {
+            Some(l) if l == self.id => {
+                for to in self.pending.take_unasked() {
+                    let v = Value::error("TRYAGAIN leadership changed during the read");
+                    self.deliver(to, v.to_bytes());
+                }
+            }
+            Some(l) => {
+                let id = self.pending.new_forward_id();
+                if self.send_frame(l, &Frame::ReadIndexRequest { id }) {
+                    self.pending.asked(id, l);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A follower asks us for a read index: confirmed by a heartbeat round like our own reads
+    /// (`read_confirmed` answers it), or refused at once if we cannot.
+    pub(super) fn handle_read_index_request(&mut self, from: NodeId, id: u64) {
+        let to = ReplyTo::ReadIndex { node: from, id };
+        if self.pending.reads_full() {
+            return self.refuse_read_index(to);
+        }
+        let ctx = self.pending.next_read_ctx();
+        let floor = self.raft.last_id().index;
+        match self.raft.read_index(ctx) {
+            Ok(()) => self.pending.add_read(ctx, to, Vec::new(), floor),
+            Err(_) => self.refuse_read_index(to),
+        }
+    }
+
+    fn refuse_read_index(&mut self, to: ReplyTo) {
+        if let ReplyTo::ReadIndex { node, id } = to {
+            let frame = Frame::ReadIndexReply {
+                id,
+                index: None,
+                now_ms: 0,
+            };
+            self.send_frame(node, &frame);
+        }
+    }
+
+    /// The core confirmed read `ctx` at `index`: a follower's request is answered now, our
+    /// own read waits for apply (`serve_ready_reads`).
+    pub(super) fn read_confirmed(&mut self, ctx: u64, index: LogIndex) {
+        if let Some((ReplyTo::ReadIndex { node, id }, at)) = self.pending.read_confirmed(ctx, index)
+        {
+            let now_ms = self.leader_now_ms();
+            let frame = Frame::ReadIndexReply {
+                id,
+                index: Some(at),
+                now_ms,
+            };
+            self.send_frame(node, &frame);
+        }
+    }
+
+    /// The leader answered our ReadIndexRequest `id`.
+    pub(super) fn read_index_reply(
+        &mut self,
+        from: NodeId,
+        id: u64,
+        index: Option<LogIndex>,
+        now_ms: u64,
+    ) {
+        let answer = index.map(|i| (i, now_ms));
+        for to in self.pending.read_index_answered(from, id, answer) {
+            let v = Value::error(format!(
+                "TRYAGAIN node {from} did not confirm the read (leadership changed)"
+            ));
+            self.deliver(to, v.to_bytes());
+        }
+        self.serve_ready_reads();
     }
 
     /// This node cannot serve the command itself: forward it to the leader (once), or say why.
@@ -331,6 +452,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Forwarded requests no leader answered in time get an error: a read was not applied
     /// (`-TRYAGAIN`); a write may or may not have been (`-UNKNOWN`).
     pub(super) fn expire_forwards(&mut self) {
+        for to in self.pending.take_expired_reads(self.now) {
+            let v = Value::error("TRYAGAIN no leader answered the read in time");
+            self.deliver(to, v.to_bytes());
+        }
         for o in self.pending.take_expired_forwards(self.now) {
             let v = match o.kind {
                 Forwarded::Resendable { read: true, .. } => {
@@ -352,9 +477,11 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn reforward_orphans(&mut self) {
         let leader = self.raft.leader();
         for gone in self.pending.take_lost_links() {
+            self.pending.ask_again(None, Some(gone));
             self.forwards_lost(gone, "the connection to the leader closed");
         }
         if self.pending.leader_changed(leader) {
+            self.pending.ask_again(leader, None);
             let why = match leader {
                 Some(_) => "another node leads now",
                 None => "this node lost touch with the leader (an election began)",
@@ -370,6 +497,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 self.resend(o);
             }
         }
+        self.ask_read_index();
     }
 
     /// Requests forwarded to `gone`: a write without a session is answered `-UNKNOWN` (it
@@ -417,7 +545,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     fn rights_of(&self, to: ReplyTo) -> Rights {
         match to {
             // A forwarded request is never forwarded again (`not_leader`).
-            ReplyTo::Peer { .. } => Rights::None,
+            ReplyTo::Peer { .. } | ReplyTo::ReadIndex { .. } => Rights::None,
             ReplyTo::Client { key, gen, .. } => match self.conns.get(key) {
                 Some(c) if c.gen() == gen => match &c.kind {
                     ConnKind::Client(st) => st.session.auth.rights(),
@@ -432,6 +560,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn protocol_of(&self, to: ReplyTo) -> Protocol {
         match to {
             ReplyTo::Peer { proto, .. } => proto,
+            ReplyTo::ReadIndex { .. } => Protocol::Resp2,
             ReplyTo::Client { key, gen, .. } => match self.conns.get(key) {
                 Some(c) if c.gen() == gen => match &c.kind {
                     ConnKind::Client(st) => st.session.proto,
@@ -454,6 +583,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 let reply = fit_forwarded_reply(node, reply);
                 self.send_frame(node, &Frame::ClientReply { id, reply });
             }
+            // Only a failure is delivered to a follower's ReadIndexRequest (a confirmation
+            // goes out in `read_confirmed`): the leader stepped down, or could not take it.
+            ReplyTo::ReadIndex { .. } => self.refuse_read_index(to),
             ReplyTo::Client { key, gen, seq } => {
                 let Some(c) = self.conns.get_mut(key) else {
                     return;

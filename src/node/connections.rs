@@ -191,6 +191,9 @@ pub(super) struct Connections<T> {
     next_gen: u64,
     /// Invariant 3.
     dirty: Vec<usize>,
+    /// The list `take_dirty` last handed out, given back empty (`give_back_dirty`): the next
+    /// turn's `dirty` reuses its room instead of allocating anew (one allocation per turn).
+    dirty_spare: Vec<usize>,
     /// Connections to read again next turn (their budget ran out, or a paused client may
     /// continue), with the generation that asked. Invariant 3.
     leftover: Vec<(usize, u64)>,
@@ -218,6 +221,7 @@ impl<T: NetStream> Connections<T> {
             peer_conns: 0,
             next_gen: 0,
             dirty: Vec::new(),
+            dirty_spare: Vec::new(),
             leftover: Vec::new(),
         }
     }
@@ -333,9 +337,19 @@ impl<T: NetStream> Connections<T> {
         }
     }
 
-    /// The connections marked dirty; each one's flag is cleared by `begin_flush`.
+    /// The connections marked dirty; each one's flag is cleared by `begin_flush`. Hand the
+    /// list back with `give_back_dirty` once done with it.
     pub(super) fn take_dirty(&mut self) -> Vec<usize> {
-        std::mem::take(&mut self.dirty)
+        let spare = std::mem::take(&mut self.dirty_spare);
+        std::mem::replace(&mut self.dirty, spare)
+    }
+
+    /// The list `take_dirty` returned, for the next one to reuse.
+    pub(super) fn give_back_dirty(&mut self, mut list: Vec<usize>) {
+        list.clear();
+        if list.capacity() > self.dirty_spare.capacity() {
+            self.dirty_spare = list;
+        }
     }
 
     /// Clear `key`'s dirty flag to flush it; `None` if it closed meanwhile.

@@ -135,7 +135,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         // 7.
         for rs in read_states {
-            self.pending.read_confirmed(rs.ctx, rs.index);
+            self.read_confirmed(rs.ctx, rs.index);
         }
         self.serve_ready_reads();
         self.fail_reads(failed_reads);
@@ -191,8 +191,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Serve, in the order they arrived, the reads whose index is applied.
     pub(super) fn serve_ready_reads(&mut self) {
         for r in self.pending.take_due_reads(self.applied.index()) {
-            // As of the leader's time: keys whose TTL has passed are gone.
-            let now_ms = self.leader_now_ms();
+            // As of the leader's time: keys whose TTL has passed are gone. A follower read
+            // carries the leader's clock from its ReadIndexReply (`clients.rs`).
+            let now_ms = match r.leader_now_ms {
+                Some(ms) => ms.max(self.applied.sm().applied_stamp_ms()),
+                None => self.leader_now_ms(),
+            };
             let v = self.applied.sm().query_at(&r.query, now_ms);
             self.deliver(r.to, self.encode_reply(r.to, &v));
         }

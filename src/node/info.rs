@@ -351,6 +351,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 );
                 kv("entries_applied", self.stats.entries_applied.to_string());
                 kv("read_rounds", self.raft.read_rounds().to_string());
+                let fr = self.pending.follower_reads;
+                kv("reads_served_locally", fr.served_locally.to_string());
+                kv("read_index_asked", fr.asked.to_string());
+                kv("read_index_answered", fr.answered.to_string());
                 self.info_ttl(&mut kv);
             }
             "raft" => self.info_raft(&mut kv),

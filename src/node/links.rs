@@ -13,6 +13,9 @@
 //! 2. A link's connection is open and is a peer connection of that very node (dialed to it,
 //!    or accepted from it after its Hello).
 //! 3. A link's dial backoff lies within `DIAL_BACKOFF_MIN_MS..=DIAL_BACKOFF_MAX_MS`.
+//! 4. While `members_generation` is the member log's generation, `members` is the address
+//!    table that log gives (`refresh_membership` rebuilds it only when the generation moved;
+//!    `Node::check_invariants` compares the two).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -90,6 +93,9 @@ pub(super) struct Peers<F: ChunkSource> {
     /// Addresses of members removed from `members` (to reach one that still leads).
     retired: BTreeMap<NodeId, MemberAddrs>,
     links: BTreeMap<NodeId, PeerLink<F>>,
+    /// The member log generation (`Identities::address_generation`) `members` was last
+    /// brought up to date with; `None` before the first time. Invariant 4.
+    members_generation: Option<u64>,
 }
 
 impl<F: ChunkSource> Peers<F> {
@@ -98,7 +104,18 @@ impl<F: ChunkSource> Peers<F> {
             members: BTreeMap::new(),
             retired: BTreeMap::new(),
             links: BTreeMap::new(),
+            members_generation: None,
         }
+    }
+
+    /// The member log generation `members` is up to date with (invariant 4).
+    pub(super) fn members_generation(&self) -> Option<u64> {
+        self.members_generation
+    }
+
+    /// `members` is now up to date with the member log's `generation`.
+    pub(super) fn set_members_generation(&mut self, generation: u64) {
+        self.members_generation = Some(generation);
     }
 
     pub(super) fn members(&self) -> &BTreeMap<NodeId, MemberAddrs> {

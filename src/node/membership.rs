@@ -51,6 +51,8 @@
 //! Invariants:
 //! 1. `MemberLog::newest` is `applied` changed by every ConfChange entry appended after the
 //!    applied index, in log order (an entry overwritten by an append is forgotten).
+//!    `MemberLog::generation` moves on whenever `newest` may have changed, so what is derived
+//!    from it (the address table, `Identities::address_table`) is rebuilt only then.
 //! 2. Decoding never panics and never allocates by a count it has not checked against its
 //!    limit and the bytes present; encode then decode is the identity.
 
@@ -382,6 +384,8 @@ pub(super) struct MemberLog {
     /// ConfChange entries after `applied_index`, in log order.
     tail: Vec<(LogIndex, ConfChange)>,
     newest: MemberTable,
+    /// Bumped whenever `newest` may have changed (invariant 1); never moves backwards.
+    generation: u64,
 }
 
 impl MemberLog {
@@ -393,9 +397,15 @@ impl MemberLog {
             applied: table,
             applied_index: index,
             tail: Vec::new(),
+            generation: 0,
         };
         log.appended(entries);
         log
+    }
+
+    /// Moves on whenever `newest` may have changed (invariant 1).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub(super) fn newest(&self) -> &MemberTable {
@@ -424,6 +434,9 @@ impl MemberLog {
                 }
             }
         }
+        if truncated || !changed.is_empty() {
+            self.generation += 1;
+        }
         if truncated {
             self.newest = self.applied.clone();
             for (_, cc) in &self.tail {
@@ -450,6 +463,7 @@ impl MemberLog {
         self.tail.retain(|(i, _)| *i > index);
         self.applied = table;
         self.applied_index = index;
+        self.generation += 1;
         self.newest = self.applied.clone();
         for (_, cc) in &self.tail {
             self.newest.apply(cc);
@@ -769,6 +783,11 @@ impl Identities {
         })
     }
 
+    /// Moves on whenever `address_table` may answer differently (`configured` is fixed).
+    pub(super) fn address_generation(&self) -> u64 {
+        self.log.generation()
+    }
+
     /// The addresses to reach every member: the newest table's, then configured members
     /// not removed (they may be admitted), and this node's own from its config file.
     pub(super) fn address_table(&self, me: NodeId) -> BTreeMap<NodeId, (SocketAddr, SocketAddr)> {
@@ -984,6 +1003,45 @@ mod tests {
         snap.insert(NodeId(7), rec(7, 7, true));
         log.installed(snap.clone(), LogIndex(3));
         assert_eq!(log.newest(), &snap);
+        log.check_invariants();
+    }
+
+    #[test]
+    fn the_generation_moves_whenever_the_newest_table_may_change_and_only_then() {
+        let a = cc(ConfChangeOp::AddVoter, 1, Some(&rec(1, 1, true)));
+        let b = cc(ConfChangeOp::AddLearner, 2, Some(&rec(2, 2, true)));
+        let noop = |index| Entry {
+            term: Term(2),
+            index: LogIndex(index),
+            kind: EntryKind::Noop,
+            data: vec![].into(),
+        };
+        let mut log = MemberLog::new(MemberTable::default(), LogIndex(0), &[entry(1, &a)]);
+        let mut seen = log.generation();
+        let mut moved = |log: &MemberLog, expect: bool, what: &str| {
+            let g = log.generation();
+            assert!(
+                g >= seen,
+                "{what}: the generation went back from {seen} to {g}"
+            );
+            assert_eq!(g != seen, expect, "{what}: generation {seen} -> {g}");
+            seen = g;
+        };
+        // Ordinary entries and applies leave the table, and the generation, alone.
+        log.appended(&[noop(2), noop(3)]);
+        moved(&log, false, "noops appended");
+        log.applied_to(LogIndex(3));
+        moved(&log, false, "applied");
+        log.appended(&[entry(4, &b)]);
+        moved(&log, true, "a change appended");
+        log.appended(&[noop(5)]);
+        moved(&log, false, "a noop after it");
+        // Overwriting the change forgets it: the table changes back.
+        log.appended(&[noop(4)]);
+        moved(&log, true, "the change overwritten");
+        assert!(log.newest().get(NodeId(2)).is_none());
+        log.installed(MemberTable::default(), LogIndex(9));
+        moved(&log, true, "a snapshot installed");
         log.check_invariants();
     }
 

@@ -176,6 +176,9 @@ enum ReplyTo {
         id: u64,
         proto: Protocol,
     },
+    /// A follower's ReadIndexRequest `id` (`clients.rs`): confirmed with a ReadIndexReply
+    /// naming the index; anything delivered here is a failure, answered as a refusal.
+    ReadIndex { node: NodeId, id: u64 },
 }
 
 /// Counters reported by INFO.
@@ -451,27 +454,33 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// Write what each dirty connection has queued and re-derive its interest.
     fn flush_dirty(&mut self) {
-        for key in self.conns.take_dirty() {
-            let Some(c) = self.conns.begin_flush(key) else {
-                continue;
-            };
-            if let Err(e) = c.conn.flush() {
-                self.close_conn(key, &format!("write: {e}"));
-                continue;
+        let dirty = self.conns.take_dirty();
+        for &key in &dirty {
+            self.flush_one(key);
+        }
+        self.conns.give_back_dirty(dirty);
+    }
+
+    fn flush_one(&mut self, key: usize) {
+        let Some(c) = self.conns.begin_flush(key) else {
+            return;
+        };
+        if let Err(e) = c.conn.flush() {
+            self.close_conn(key, &format!("write: {e}"));
+            return;
+        }
+        let owed = matches!(&c.kind, ConnKind::Client(st) if st.unanswered() > 0);
+        if c.conn.done() && !owed {
+            self.close_conn(key, "closed after reply");
+            return;
+        }
+        let interest = c.conn.interest();
+        if interest != c.registered {
+            if let Err(e) = self.net.reregister(&mut c.conn.stream, key, interest) {
+                self.close_conn(key, &format!("reregister: {e}"));
+                return;
             }
-            let owed = matches!(&c.kind, ConnKind::Client(st) if st.unanswered() > 0);
-            if c.conn.done() && !owed {
-                self.close_conn(key, "closed after reply");
-                continue;
-            }
-            let interest = c.conn.interest();
-            if interest != c.registered {
-                if let Err(e) = self.net.reregister(&mut c.conn.stream, key, interest) {
-                    self.close_conn(key, &format!("reregister: {e}"));
-                    continue;
-                }
-                c.registered = interest;
-            }
+            c.registered = interest;
         }
     }
 
@@ -644,6 +653,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub fn check_invariants(&self) {
         self.conns.check_invariants();
         self.peers.check_invariants(self.id, &self.conns);
+        if self.peers.members_generation() == Some(self.ids.address_generation()) {
+            // links.rs invariant 4: the table is rebuilt only when the member log moved on.
+            assert_eq!(
+                self.peers.members(),
+                &self.address_table(),
+                "the address table is stale at member log generation {}",
+                self.ids.address_generation()
+            );
+        }
         self.pending.check_invariants(self.applied.index());
         self.applied.check_invariants(
             self.stored.snapshot_meta().last.index,

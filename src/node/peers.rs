@@ -121,15 +121,26 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 Err(e) => warn!("clearing the log damage marker: {e}"),
             }
         }
-        let table: BTreeMap<NodeId, MemberAddrs> = self
-            .ids
-            .address_table(self.id)
-            .into_iter()
-            .map(|(id, (peer, client))| (id, MemberAddrs { peer, client }))
-            .collect();
+        // The address table follows the member log: rebuilt only when that moved on (it is
+        // otherwise the same every turn, and rebuilding it cost allocations on every turn).
+        let generation = self.ids.address_generation();
+        if self.peers.members_generation() == Some(generation) {
+            return;
+        }
+        let table = self.address_table();
         if &table != self.peers.members() {
             self.set_members(table);
         }
+        self.peers.set_members_generation(generation);
+    }
+
+    /// The member addresses the member log and the config file give.
+    pub(super) fn address_table(&self) -> BTreeMap<NodeId, MemberAddrs> {
+        self.ids
+            .address_table(self.id)
+            .into_iter()
+            .map(|(id, (peer, client))| (id, MemberAddrs { peer, client }))
+            .collect()
     }
 
     /// Leader only, from housekeeping: propose the next admission step, if any (one change
@@ -448,6 +459,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 self.handle_forwarded(peer, id, proto, rights, args)
             }
             Frame::ClientReply { id, reply } => self.forward_reply(id, reply),
+            Frame::ReadIndexRequest { id } => self.handle_read_index_request(peer, id),
+            Frame::ReadIndexReply { id, index, now_ms } => {
+                self.read_index_reply(peer, id, index, now_ms)
+            }
         }
     }
 

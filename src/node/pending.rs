@@ -16,6 +16,23 @@
 //! 4. A parked request (resendable, waiting for a leader to be known) is counted with the
 //!    forwards against `FORWARDS_PENDING_MAX`, and keeps the deadline of its first forward,
 //!    so re-forwarding never extends how long a client waits.
+//! 5. A follower read (`add_follower_read`) is in `reads` with a deadline, and its context is
+//!    in exactly one of: `unasked` (no read index asked for it yet), one batch of `asked`
+//!    (a ReadIndexRequest to that leader is unanswered), `reads_ready` (the leader named its
+//!    index). A context may linger in those lists after its read expired (`take_expired_reads`
+//!    removes it from `reads` only); every user skips contexts `reads` no longer holds.
+//!
+//! # Follower reads (thesis §6.4)
+//! A follower serves a plain read itself instead of forwarding it: the reads that arrive in
+//! one turn are collected (`unasked`), and at the turn's end one ReadIndexRequest asks the
+//! leader for an index covering them all (`asked`). The leader confirms its leadership with a
+//! heartbeat round begun after the request arrived, and answers its commit index at arrival
+//! (or its last index, if later: a pipeline's read follows the writes it forwarded before).
+//! The follower serves each read once it has applied that index, in request order per
+//! connection (the pipeline's slots). A batch whose leader goes away (another leader, a link
+//! lost) is asked again of the next one; a refused batch fails (`-TRYAGAIN`); a read with no
+//! answer by its deadline fails (`-TRYAGAIN`). It is never served without an index from a
+//! leader, so a follower cut off from the leader never answers from its own state.
 //!
 //! # Forwards whose leader goes away
 //! A follower forwards to the node it believes leads. When it learns that node no longer
@@ -46,6 +63,27 @@ pub(super) struct PendingRead {
     /// write accepted before it is applied, so a pipeline reads its own writes (Redis's
     /// per-connection order), not merely a linearizable point before them.
     floor: LogIndex,
+    /// A follower read: when it fails if still unserved (invariant 5); `None` on the leader.
+    deadline: Option<Instant>,
+    /// A follower read: the leader's clock its ReadIndexReply carried (TTLs expire as of it).
+    pub(super) leader_now_ms: Option<u64>,
+}
+
+/// A ReadIndexRequest sent to `leader` for the follower reads `ctxs`.
+struct Ask {
+    leader: NodeId,
+    ctxs: Vec<u64>,
+}
+
+/// Follower-read counters, for INFO.
+#[derive(Default, Clone, Copy)]
+pub(super) struct FollowerReadStats {
+    /// Reads this follower served from its own state machine.
+    pub(super) served_locally: u64,
+    /// ReadIndexRequests this follower sent.
+    pub(super) asked: u64,
+    /// ReadIndexRequests this leader confirmed.
+    pub(super) answered: u64,
 }
 
 /// A client request forwarded to the leader.
@@ -104,6 +142,11 @@ pub(super) struct Pending {
     lost_links: Vec<NodeId>,
     /// The leader as of the last `leader_changed` call.
     leader_seen: Option<NodeId>,
+    /// Follower reads not yet asked for, in arrival order. Invariant 5.
+    unasked: Vec<u64>,
+    /// Follower reads by the id of the ReadIndexRequest that asked for them. Invariant 5.
+    asked: BTreeMap<u64, Ask>,
+    pub(super) follower_reads: FollowerReadStats,
 }
 
 impl Pending {
@@ -120,6 +163,9 @@ impl Pending {
             parked: Vec::new(),
             lost_links: Vec::new(),
             leader_seen: None,
+            unasked: Vec::new(),
+            asked: BTreeMap::new(),
+            follower_reads: FollowerReadStats::default(),
         }
     }
 
@@ -175,14 +221,137 @@ impl Pending {
         assert_eq!(ctx, self.next_read_ctx, "read context out of turn");
         assert!(!self.reads_full(), "a read added beyond the limit");
         self.next_read_ctx += 1;
-        self.reads.insert(ctx, PendingRead { to, query, floor });
+        let r = PendingRead {
+            to,
+            query,
+            floor,
+            deadline: None,
+            leader_now_ms: None,
+        };
+        self.reads.insert(ctx, r);
+    }
+
+    /// A follower read: served here once a leader names its index (invariant 5).
+    pub(super) fn add_follower_read(&mut self, to: ReplyTo, query: Vec<u8>, deadline: Instant) {
+        assert!(!self.reads_full(), "a read added beyond the limit");
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let r = PendingRead {
+            to,
+            query,
+            floor: LogIndex(0),
+            deadline: Some(deadline),
+            leader_now_ms: None,
+        };
+        self.reads.insert(ctx, r);
+        self.unasked.push(ctx);
+    }
+
+    /// Whether follower reads wait to be asked for.
+    pub(super) fn has_unasked(&self) -> bool {
+        !self.unasked.is_empty()
+    }
+
+    /// The follower reads not yet asked for were asked of `leader` by request `id`.
+    pub(super) fn asked(&mut self, id: u64, leader: NodeId) {
+        let ctxs: Vec<u64> = std::mem::take(&mut self.unasked)
+            .into_iter()
+            .filter(|c| self.reads.contains_key(c))
+            .collect();
+        if !ctxs.is_empty() {
+            self.asked.insert(id, Ask { leader, ctxs });
+            self.follower_reads.asked += 1;
+        }
+    }
+
+    /// The follower reads not yet asked for (this node leads now: they are failed).
+    pub(super) fn take_unasked(&mut self) -> Vec<ReplyTo> {
+        let ctxs = std::mem::take(&mut self.unasked);
+        ctxs.into_iter().filter_map(|c| self.take_read(c)).collect()
+    }
+
+    /// Requests asked of any node but `leader` are to be asked again (of the leader now
+    /// known, at the turn's end); with `None`, those asked of `gone` only.
+    pub(super) fn ask_again(&mut self, keep: Option<NodeId>, gone: Option<NodeId>) {
+        let ids: Vec<u64> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| Some(a.leader) != keep && gone.is_none_or(|g| g == a.leader))
+            .map(|(&id, _)| id)
+            .collect();
+        let mut again: Vec<u64> = Vec::new();
+        for id in ids {
+            again.extend(self.asked.remove(&id).map(|a| a.ctxs).unwrap_or_default());
+        }
+        // Older reads first, so they keep their place in the next batch.
+        again.append(&mut self.unasked);
+        self.unasked = again;
+    }
+
+    /// The leader `from` answered request `id`. `Ok`: the reads of the batch wait for apply
+    /// to reach `index` (served with the leader's clock `now_ms`); `Err`: who waited for the
+    /// reads of a refused batch. An answer from a node not asked, or to a request no longer
+    /// waiting, is ignored.
+    pub(super) fn read_index_answered(
+        &mut self,
+        from: NodeId,
+        id: u64,
+        answer: Option<(LogIndex, u64)>,
+    ) -> Vec<ReplyTo> {
+        if self.asked.get(&id).is_none_or(|a| a.leader != from) {
+            return Vec::new();
+        }
+        let ask = self.asked.remove(&id).expect("present");
+        let Some((index, now_ms)) = answer else {
+            return ask
+                .ctxs
+                .into_iter()
+                .filter_map(|c| self.take_read(c))
+                .collect();
+        };
+        for ctx in ask.ctxs {
+            if let Some(r) = self.reads.get_mut(&ctx) {
+                r.leader_now_ms = Some(now_ms);
+                self.reads_ready.push((index, ctx));
+            }
+        }
+        Vec::new()
+    }
+
+    /// Follower reads past their deadline, unserved: who waited for them.
+    pub(super) fn take_expired_reads(&mut self, now: Instant) -> Vec<ReplyTo> {
+        let late: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
+            .map(|(&c, _)| c)
+            .collect();
+        if late.is_empty() {
+            return Vec::new();
+        }
+        let tos = late.iter().filter_map(|&c| self.take_read(c)).collect();
+        let reads = &self.reads;
+        self.reads_ready.retain(|(_, c)| reads.contains_key(c));
+        self.unasked.retain(|c| reads.contains_key(c));
+        tos
     }
 
     /// The core confirmed read `ctx` at `index`: it waits for apply to reach that index (or
-    /// its floor, whichever is later).
-    pub(super) fn read_confirmed(&mut self, ctx: u64, index: LogIndex) {
-        let floor = self.reads.get(&ctx).map_or(index, |r| r.floor);
-        self.reads_ready.push((index.max(floor), ctx));
+    /// its floor, whichever is later). A follower's ReadIndexRequest (`ReplyTo::ReadIndex`)
+    /// waits for nothing here: it is handed back, with the index to answer, at once.
+    pub(super) fn read_confirmed(
+        &mut self,
+        ctx: u64,
+        index: LogIndex,
+    ) -> Option<(ReplyTo, LogIndex)> {
+        let r = self.reads.get(&ctx)?;
+        let at = index.max(r.floor);
+        if let ReplyTo::ReadIndex { .. } = r.to {
+            self.follower_reads.answered += 1;
+            return self.reads.remove(&ctx).map(|r| (r.to, at));
+        }
+        self.reads_ready.push((at, ctx));
+        None
     }
 
     /// The confirmed reads that `applied` now covers, in the order they were confirmed.
@@ -195,9 +364,13 @@ impl Pending {
             .drain(..)
             .partition(|&(index, _)| index <= applied);
         self.reads_ready = later;
-        due.into_iter()
+        let due: Vec<PendingRead> = due
+            .into_iter()
             .filter_map(|(_, ctx)| self.reads.remove(&ctx))
-            .collect()
+            .collect();
+        let here = due.iter().filter(|r| r.deadline.is_some()).count() as u64;
+        self.follower_reads.served_locally += here;
+        due
     }
 
     /// The contexts of every confirmed read still waiting for apply (a leader stepping down
@@ -274,7 +447,8 @@ impl Pending {
     /// The peer link to `node` closed: the forwards waiting on it are to be taken back
     /// (at the end of the turn, outside the core's output).
     pub(super) fn note_link_lost(&mut self, node: NodeId) {
-        let waits = self.forwards.values().any(|f| f.leader == node);
+        let waits = self.forwards.values().any(|f| f.leader == node)
+            || self.asked.values().any(|a| a.leader == node);
         if waits && !self.lost_links.contains(&node) {
             self.lost_links.push(node);
         }
@@ -338,6 +512,14 @@ impl Pending {
         if let Some((&idx, _)) = self.waiters.first_key_value() {
             assert!(idx > applied, "a write waits at {idx}, applied {applied}");
         }
+        let follower_reads = self.reads.values().filter(|r| r.deadline.is_some()).count();
+        let listed = self.unasked.len()
+            + self.asked.values().map(|a| a.ctxs.len()).sum::<usize>()
+            + self.reads_ready.len();
+        assert!(
+            follower_reads <= listed,
+            "{follower_reads} follower reads pending, {listed} listed (invariant 5)"
+        );
         if let Some(&ctx) = self.reads.keys().find(|&&c| c >= self.next_read_ctx) {
             panic!(
                 "read context {ctx} not handed out (next {})",
@@ -474,6 +656,57 @@ mod tests {
             vec![client(1), client(2)]
         );
         assert!(p.take_parked().is_empty());
+    }
+
+    #[test]
+    fn follower_reads_are_asked_once_per_batch_asked_again_when_the_leader_goes_and_never_served_unconfirmed(
+    ) {
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        let mut p = Pending::new(1);
+        p.add_follower_read(client(0), b"a".to_vec(), later);
+        p.add_follower_read(client(1), b"b".to_vec(), later);
+        assert!(p.has_unasked());
+        // Nothing is served before a leader names an index, however far apply goes.
+        assert!(p.take_due_reads(LogIndex(1_000)).is_empty());
+        p.asked(7, NodeId(2));
+        assert!(!p.has_unasked());
+        p.check_invariants(LogIndex(0));
+        // Node 2 stops leading: the batch is asked again (of node 3), and node 2's late answer
+        // to request 7 is ignored, as is an answer from a node not asked.
+        p.ask_again(Some(NodeId(3)), None);
+        assert!(p.has_unasked());
+        p.asked(8, NodeId(3));
+        assert!(p
+            .read_index_answered(NodeId(2), 7, Some((LogIndex(1), 5)))
+            .is_empty());
+        assert!(p
+            .read_index_answered(NodeId(2), 8, Some((LogIndex(1), 5)))
+            .is_empty());
+        assert!(p.take_due_reads(LogIndex(1_000)).is_empty());
+        // Node 3 confirms index 4: served once apply reaches it, in order, with its clock.
+        assert!(p
+            .read_index_answered(NodeId(3), 8, Some((LogIndex(4), 5)))
+            .is_empty());
+        assert!(p.take_due_reads(LogIndex(3)).is_empty());
+        let due = p.take_due_reads(LogIndex(4));
+        let tos: Vec<ReplyTo> = due.iter().map(|r| r.to).collect();
+        assert_eq!(tos, vec![client(0), client(1)]);
+        assert!(due.iter().all(|r| r.leader_now_ms == Some(5)));
+        assert_eq!(p.follower_reads.served_locally, 2);
+        // A refused batch hands back who waited; an unanswered read expires at its deadline.
+        p.add_follower_read(client(2), b"c".to_vec(), later);
+        p.asked(9, NodeId(3));
+        assert_eq!(p.read_index_answered(NodeId(3), 9, None), vec![client(2)]);
+        p.add_follower_read(client(3), b"d".to_vec(), later);
+        p.asked(10, NodeId(3));
+        assert!(p.take_expired_reads(now).is_empty());
+        assert_eq!(p.take_expired_reads(later), vec![client(3)]);
+        assert!(p
+            .read_index_answered(NodeId(3), 10, Some((LogIndex(4), 5)))
+            .is_empty());
+        assert!(p.take_due_reads(LogIndex(1_000)).is_empty());
+        assert_eq!(p.counts(), (0, 0, 0));
     }
 
     #[test]

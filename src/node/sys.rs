@@ -67,7 +67,8 @@ pub fn pipe_cloexec_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
 /// when the parent dies (and exits at once if the parent is already gone), closes every fd
 /// above stderr except those in `keep` (so a socket the parent closes really closes, and the
 /// child can touch nothing it was not given), unblocks every signal, runs `child`, and
-/// `_exit`s with its return value — it never returns (invariant 1).
+/// `_exit`s with its return value — it never returns (invariant 1). A child that should yield
+/// to the parent calls [`become_background`] itself (it cannot log: it reports the outcome).
 ///
 /// Contract for `child`: it runs in a copy-on-write copy of the parent with only the calling
 /// thread alive. It must not take locks another thread of the parent might have held (the
@@ -90,7 +91,6 @@ pub fn fork_child(keep: &[RawFd], child: impl FnOnce() -> i32) -> io::Result<Pid
     }
     close_fds_except(keep);
     unblock_all_signals();
-    become_background();
     let code = catch_unwind(AssertUnwindSafe(child)).unwrap_or(CHILD_PANIC_EXIT);
     exit_now(code)
 }
@@ -98,17 +98,24 @@ pub fn fork_child(keep: &[RawFd], child: impl FnOnce() -> i32) -> io::Result<Pid
 /// Makes the calling (child) process yield to everything else: nice 19 for the CPU, and the
 /// lowest best-effort I/O priority. Not the idle I/O class: under a steady stream of log syncs
 /// the disk is never idle, an idle-class snapshot would starve, and the log it should compact
-/// would grow without bound. Best effort: a kernel that refuses leaves the defaults.
-pub fn become_background() {
+/// would grow without bound. Not the `SCHED_IDLE` CPU policy either: tried for issue 16 (the
+/// cluster bench's snapshot rows, alternating builds on the shared 2-core machine), it took
+/// snapshots longer and the p99 ratio was no better. A kernel that refuses a setting leaves
+/// that default; the returned [`Background`] says which were refused, for the caller to
+/// report (a fork child cannot log).
+pub fn become_background() -> Background {
+    let mut refused = 0;
     // SAFETY: setpriority only reads its integer arguments.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } == -1 {
+        refused |= Background::NICE;
+    }
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_BE: libc::c_long = 2;
     const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
     const IOPRIO_LEVEL_LOWEST: libc::c_long = 7;
     let prio = IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT | IOPRIO_LEVEL_LOWEST;
     // SAFETY: ioprio_set takes three integers and touches no memory of ours.
-    unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_ioprio_set,
             IOPRIO_WHO_PROCESS,
@@ -116,6 +123,37 @@ pub fn become_background() {
             prio,
         )
     };
+    if rc == -1 {
+        refused |= Background::IOPRIO;
+    }
+    Background(refused)
+}
+
+/// Which of [`become_background`]'s settings the kernel refused: a bit set per setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Background(pub u8);
+
+impl Background {
+    pub const NICE: u8 = 1;
+    pub const IOPRIO: u8 = 2;
+
+    /// Every setting was applied.
+    pub fn all_applied(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The refused settings, by name ("" when none was).
+    pub fn refused(self) -> String {
+        [
+            (Self::NICE, "nice 19"),
+            (Self::IOPRIO, "I/O priority best-effort 7"),
+        ]
+        .iter()
+        .filter(|(bit, _)| self.0 & bit != 0)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }
 
 /// Which part of `sync_file_range` to do.

@@ -1,6 +1,6 @@
 //! Peer frames: the header, the `Frame` enum, the check-then-decode entry points, the encoder,
 //! and every body except the Raft message's (Hello, SnapshotChunk, SnapshotAck,
-//! ClientRequest, ClientReply). The Raft body is in `peer.rs`; the field primitives, `Reader`,
+//! ClientRequest, ClientReply, ReadIndexRequest, ReadIndexReply). The Raft body is in `peer.rs`; the field primitives, `Reader`,
 //! `DecodeError`, `EncodeError` and the `SnapshotMeta` layout are in `codec.rs`. This file
 //! depends on both; neither depends on it.
 //!
@@ -90,6 +90,20 @@
 //!      0    8 request id (u64)
 //!      8    4 reply length l (u32)
 //!     12    l RESP bytes (opaque here)
+//!
+//! kind 7 ReadIndexRequest (a follower asks the leader for a read index on behalf of every
+//! read that arrived in one turn; added in protocol version 5), 8 bytes:
+//!      0    8 request id (u64, the follower's; drawn from the same counter as ClientRequest ids)
+//!
+//! kind 8 ReadIndexReply (the leader's answer, once a heartbeat round begun after the request
+//! arrived confirmed its leadership; added in protocol version 5), 25 bytes:
+//!      0    8 request id (u64)
+//!      8    1 ok bool: 1 = confirmed, 0 = refused (not the leader, too many reads, stepped
+//!             down before the round completed)
+//!      9    8 read index (u64, <= INDEX_MAX): the follower serves the reads once it has
+//!             applied this index; 0 when refused (anything else is malformed)
+//!     17    8 the leader's clock for the reads (u64, ms since the Unix epoch, as it stamps
+//!             writes), so keys with a TTL expire as of the leader's time; 0 when refused
 //! ```
 
 use byteorder::{BigEndian, ByteOrder};
@@ -102,15 +116,16 @@ pub use super::codec::{DecodeError, EncodeError, BODY_SIZE_MAX};
 use super::peer;
 use crate::limits::{CLIENT_ARGS_MAX, FRAME_HEADER_SIZE, FRAME_SIZE_MAX, SNAPSHOT_CHUNK_SIZE_MAX};
 use crate::raft::message::Message;
-use crate::raft::types::{EntryId, NodeId, SnapshotMeta, Term};
+use crate::raft::types::{EntryId, LogIndex, NodeId, SnapshotMeta, Term, INDEX_MAX};
 
 /// The first four bytes of every Hello body: "KVRF".
 pub const MAGIC: u32 = u32::from_be_bytes(*b"KVRF");
 /// The version of this layout (and of peer.rs's and codec.rs's); a peer with another version
 /// is refused at the Hello. Version 2: ClientRequest carries the client's RESP protocol.
 /// Version 3: Hello carries the cluster uid and the sender's incarnation. Version 4:
-/// ClientRequest carries the client connection's rights.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// ClientRequest carries the client connection's rights. Version 5: ReadIndexRequest and
+/// ReadIndexReply (follower reads); a peer of version 4 is refused at the Hello, as any other.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 pub const KIND_HELLO: u8 = 1;
 pub const KIND_RAFT: u8 = 2;
@@ -118,6 +133,8 @@ pub const KIND_SNAPSHOT_CHUNK: u8 = 3;
 pub const KIND_SNAPSHOT_ACK: u8 = 4;
 pub const KIND_CLIENT_REQUEST: u8 = 5;
 pub const KIND_CLIENT_REPLY: u8 = 6;
+pub const KIND_READ_INDEX_REQUEST: u8 = 7;
+pub const KIND_READ_INDEX_REPLY: u8 = 8;
 
 /// The largest rights byte a ClientRequest carries (`auth::Rights::Admin`).
 pub const RIGHTS_MAX: u8 = 2;
@@ -130,6 +147,8 @@ const CLIENT_REPLY_FIXED_SIZE: usize = 12;
 pub const CLIENT_REPLY_SIZE_MAX: usize = BODY_SIZE_MAX - CLIENT_REPLY_FIXED_SIZE;
 const HELLO_BODY_SIZE: usize = 62;
 const SNAPSHOT_ACK_BODY_SIZE: usize = 49;
+const READ_INDEX_REQUEST_BODY_SIZE: usize = 8;
+const READ_INDEX_REPLY_BODY_SIZE: usize = 25;
 /// term, from, to | total_size, offset, done, data length.
 const SNAPSHOT_CHUNK_FIXED_SIZE: usize = 24 + 21;
 
@@ -183,6 +202,16 @@ pub enum Frame {
     },
     /// The leader's RESP-encoded reply to a forwarded command.
     ClientReply { id: u64, reply: Vec<u8> },
+    /// A follower asks the leader for a read index (for every read of one turn).
+    ReadIndexRequest { id: u64 },
+    /// The leader's answer: `Some(index)` once its leadership is confirmed (the follower
+    /// serves the reads at or after applying `index`, with `now_ms` as the time); `None` when
+    /// refused (`now_ms` is then 0).
+    ReadIndexReply {
+        id: u64,
+        index: Option<LogIndex>,
+        now_ms: u64,
+    },
 }
 
 impl Frame {
@@ -195,12 +224,14 @@ impl Frame {
             Frame::SnapshotAck { .. } => KIND_SNAPSHOT_ACK,
             Frame::ClientRequest { .. } => KIND_CLIENT_REQUEST,
             Frame::ClientReply { .. } => KIND_CLIENT_REPLY,
+            Frame::ReadIndexRequest { .. } => KIND_READ_INDEX_REQUEST,
+            Frame::ReadIndexReply { .. } => KIND_READ_INDEX_REPLY,
         }
     }
 }
 
 fn known_kind(kind: u8) -> bool {
-    (KIND_HELLO..=KIND_CLIENT_REPLY).contains(&kind)
+    (KIND_HELLO..=KIND_READ_INDEX_REPLY).contains(&kind)
 }
 
 /// Reads a frame header: `Ok(None)` until the whole header is there, then the kind and body
@@ -242,6 +273,10 @@ pub fn decode(buf: &[u8]) -> Result<(Frame, usize), DecodeError> {
         KIND_SNAPSHOT_ACK => decode_snapshot_ack(&mut r)?,
         KIND_CLIENT_REQUEST => decode_client_request(&mut r)?,
         KIND_CLIENT_REPLY => decode_client_reply(&mut r)?,
+        KIND_READ_INDEX_REQUEST => Frame::ReadIndexRequest {
+            id: r.u64("read index request id")?,
+        },
+        KIND_READ_INDEX_REPLY => decode_read_index_reply(&mut r)?,
         _ => unreachable!("peek_header let through kind {kind}"),
     };
     r.finish()?;
@@ -263,6 +298,8 @@ pub fn encoded_len(frame: &Frame) -> usize {
                 14 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
             }
             Frame::ClientReply { reply, .. } => CLIENT_REPLY_FIXED_SIZE + reply.len(),
+            Frame::ReadIndexRequest { .. } => READ_INDEX_REQUEST_BODY_SIZE,
+            Frame::ReadIndexReply { .. } => READ_INDEX_REPLY_BODY_SIZE,
         }
 }
 
@@ -279,7 +316,11 @@ fn check_limits(frame: &Frame) -> Result<usize, EncodeError> {
         Frame::ClientRequest { args, .. } => {
             check_limit(kind, "arguments", args.len(), CLIENT_ARGS_MAX)?;
         }
-        Frame::Hello { .. } | Frame::SnapshotAck { .. } | Frame::ClientReply { .. } => {}
+        Frame::Hello { .. }
+        | Frame::SnapshotAck { .. }
+        | Frame::ClientReply { .. }
+        | Frame::ReadIndexRequest { .. }
+        | Frame::ReadIndexReply { .. } => {}
     }
     let len = encoded_len(frame);
     check_limit(kind, "frame bytes", len, FRAME_SIZE_MAX)?;
@@ -339,6 +380,18 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         Frame::ClientReply { id, reply } => {
             put_u64(out, *id);
             put_bytes(out, reply);
+        }
+        Frame::ReadIndexRequest { id } => put_u64(out, *id),
+        Frame::ReadIndexReply { id, index, now_ms } => {
+            // The leader's own commit index and clock: a refusal carries neither.
+            assert!(
+                index.is_none_or(|i| i <= INDEX_MAX) && (index.is_some() || *now_ms == 0),
+                "read index reply {index:?} at {now_ms} ms"
+            );
+            put_u64(out, *id);
+            put_bool(out, index.is_some());
+            put_u64(out, index.map_or(0, |i| i.0));
+            put_u64(out, *now_ms);
         }
     }
     let written = out.len() - start;
@@ -403,6 +456,21 @@ fn decode_client_reply(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
     let id = r.u64("request id")?;
     let reply = r.bytes("reply", BODY_SIZE_MAX)?.to_vec();
     Ok(Frame::ClientReply { id, reply })
+}
+
+fn decode_read_index_reply(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
+    let id = r.u64("read index reply id")?;
+    let ok = r.bool("read index ok")?;
+    let index = LogIndex(r.u64("read index")?);
+    let now_ms = r.u64("read index time")?;
+    if index > INDEX_MAX || (!ok && (index.0 != 0 || now_ms != 0)) {
+        return Err(r.malformed("read index beyond INDEX_MAX, or a refusal with an index or time"));
+    }
+    Ok(Frame::ReadIndexReply {
+        id,
+        index: ok.then_some(index),
+        now_ms,
+    })
 }
 
 /// cluster_id: FNV-1a (64-bit) of the cluster name. Stable across versions and platforms, so

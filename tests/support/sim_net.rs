@@ -94,6 +94,9 @@ pub struct World {
     /// Forwarded client requests (`ClientRequest` frames) written by nodes, counted by the
     /// rights byte they carry (0, 1, 2): the simulator checks what followers stamp.
     pub forwarded_rights: [u64; 3],
+    /// Read indexes leaders confirmed to followers (`ReadIndexReply` frames with an index):
+    /// the simulator checks that followers serve reads themselves.
+    pub read_indexes_confirmed: u64,
 }
 
 pub type WorldRef = Rc<RefCell<World>>;
@@ -114,6 +117,7 @@ impl World {
             frames_dropped: 0,
             frames_duplicated: 0,
             forwarded_rights: [0; 3],
+            read_indexes_confirmed: 0,
         }))
     }
 
@@ -233,6 +237,9 @@ impl World {
                         if let Frame::ClientRequest { rights, .. } = &frame {
                             // The decoder refuses a byte above 2.
                             self.forwarded_rights[usize::from(*rights)] += 1;
+                        }
+                        if let Frame::ReadIndexReply { index: Some(_), .. } = &frame {
+                            self.read_indexes_confirmed += 1;
                         }
                         pieces.push((rest[..n].to_vec(), matches!(frame, Frame::Hello { .. })));
                         rest = &rest[n..];

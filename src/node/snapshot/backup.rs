@@ -287,11 +287,7 @@ fn copy_payload(file: File, header: &BackupHeader, to: &Path) -> Result<(), Stri
         .create_new(true)
         .open(to)
         .map_err(|e| format!("creating {}: {e}", to.display()))?;
-    let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(IO_BUFFER_SIZE, out),
-        crc: 0,
-        count: 0,
-    };
+    let mut w = CrcWriter::new(BufWriter::with_capacity(IO_BUFFER_SIZE, out));
     let n = io::copy(&mut (&mut r).take(header.payload_len), &mut w).map_err(|e| e.to_string())?;
     if n != header.payload_len {
         return Err(format!(

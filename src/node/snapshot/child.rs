@@ -5,11 +5,12 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // Taking a snapshot in a fork()ed child.
 
-/// The child's status message through its pipe: `K` + state hash u64 + size u64 on success,
-/// `E` + a UTF-8 reason on failure.
+/// The child's status message through its pipe: `K` + state hash u64 + size u64 + the
+/// priority settings the kernel refused it (`sys::Background`, u8) on success, `E` + a UTF-8
+/// reason on failure.
 const CHILD_OK: u8 = b'K';
 const CHILD_ERR: u8 = b'E';
-const CHILD_OK_SIZE: usize = 1 + 8 + 8;
+const CHILD_OK_SIZE: usize = 1 + 8 + 8 + 1;
 /// Exit code of a child whose write failed (the reason is in the pipe).
 const CHILD_EXIT_WRITE_FAILED: i32 = 1;
 
@@ -68,6 +69,15 @@ impl Child {
             && self.status.len() == CHILD_OK_SIZE
             && self.status[0] == CHILD_OK;
         if ok {
+            let background = sys::Background(self.status[17]);
+            if !background.all_applied() {
+                log::warn!(
+                    "snapshot child pid {} ran without {}: refused by the kernel, so it \
+                     competed with the event loop for the CPU or the disk",
+                    self.pid.0,
+                    background.refused()
+                );
+            }
             return Ok(SnapshotDone {
                 path: self.dir.join(snapshot_file_name(self.header.meta.last)),
                 state_hash: BigEndian::read_u64(&self.status[1..9]),
@@ -228,6 +238,7 @@ fn child_main<S: StateMachine + ?Sized>(
     cleanup: &[PathBuf],
     status: &mut File,
 ) -> i32 {
+    let background = sys::become_background();
     match write_snapshot_file(dir, header, sm) {
         Ok(w) => {
             // The older files go here, not in the parent: unlinking hundreds of MiB can take
@@ -241,6 +252,7 @@ fn child_main<S: StateMachine + ?Sized>(
             msg[0] = CHILD_OK;
             BigEndian::write_u64(&mut msg[1..9], w.state_hash);
             BigEndian::write_u64(&mut msg[9..17], w.size_bytes);
+            msg[17] = background.0;
             // Under PIPE_BUF, into an empty pipe: one atomic write that never blocks. It is
             // the child's last act before `_exit` (poll_child relies on it).
             match status.write_all(&msg) {

@@ -340,6 +340,16 @@ struct CrcWriter<W: Write> {
     count: u64,
 }
 
+impl<W: Write> CrcWriter<W> {
+    fn new(inner: W) -> Self {
+        CrcWriter {
+            inner,
+            crc: 0,
+            count: 0,
+        }
+    }
+}
+
 impl<W: Write> Write for CrcWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
