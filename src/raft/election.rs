@@ -102,7 +102,7 @@ impl Raft {
         self.voting
             && self
                 .uncertain
-                .may_campaign(self.id, &self.conf, self.log.last_id())
+                .may_campaign(self.id, &self.tail, self.log.last_id())
     }
 
     /// The timer fired but we may not campaign: announce our log position in PreVote requests
@@ -121,9 +121,14 @@ impl Raft {
             self.uncertain.since(),
             self.voting
         );
+        // Every member the rules may need a report of (`uncertain.rs`): the voters and
+        // learners of every tail configuration; the answers carry their positions too.
         let me = self.id;
-        let voters: Vec<NodeId> = self.conf.voters.clone();
-        for to in voters.into_iter().filter(|&v| v != me) {
+        let mut to: Vec<NodeId> = self.tail.iter().flat_map(|t| t.conf.members()).collect();
+        to.extend(self.conf.voters.iter().copied());
+        to.sort();
+        to.dedup();
+        for to in to.into_iter().filter(|&v| v != me) {
             self.send_at(to, term, MessageBody::PreVote { last });
         }
     }
@@ -168,8 +173,11 @@ impl Raft {
 
     /// Term handling first, then one handler per message kind.
     pub(super) fn step_checked(&mut self, msg: Message) {
-        if let MessageBody::PreVote { last } | MessageBody::Vote { last, .. } = msg.body {
-            // Whatever its term: any position a voter announced since our start will do
+        if let MessageBody::PreVote { last }
+        | MessageBody::Vote { last, .. }
+        | MessageBody::PreVoteResp { last, .. } = msg.body
+        {
+            // Whatever its term: any position a member announced since our start will do
             // (`uncertain.rs`).
             self.uncertain.report(msg.from, last);
         }
@@ -185,7 +193,7 @@ impl Raft {
         match msg.body {
             MessageBody::PreVote { last } => self.handle_pre_vote(from, msg.term, last),
             MessageBody::Vote { last, .. } => self.handle_vote(from, last),
-            MessageBody::PreVoteResp { granted } => {
+            MessageBody::PreVoteResp { granted, .. } => {
                 self.handle_vote_resp(from, granted, Campaign::PreVote)
             }
             MessageBody::VoteResp { granted } => {
@@ -238,7 +246,7 @@ impl Raft {
         match msg.body {
             // The term of a pre-vote (and of its grant) is the one the sender would campaign
             // in; nobody has started it yet.
-            MessageBody::PreVote { .. } | MessageBody::PreVoteResp { granted: true } => true,
+            MessageBody::PreVote { .. } | MessageBody::PreVoteResp { granted: true, .. } => true,
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::Snapshot { .. } => {
@@ -270,7 +278,14 @@ impl Raft {
                 self.send(msg.from, MessageBody::HeartbeatResp { read_seq: 0 });
             }
             MessageBody::PreVote { .. } => {
-                self.send(msg.from, MessageBody::PreVoteResp { granted: false });
+                let last = self.log.last_id();
+                self.send(
+                    msg.from,
+                    MessageBody::PreVoteResp {
+                        granted: false,
+                        last,
+                    },
+                );
             }
             _ => ::log::debug!(
                 "node {}: dropping stale {} from {} (term {} < {})",
@@ -364,7 +379,7 @@ impl Raft {
     /// (pre-)vote as far as an uncertain tail is concerned.
     fn uncertain_allows(&self, last: super::types::EntryId) -> bool {
         self.uncertain
-            .may_grant(self.id, &self.conf, self.log.last_id(), last)
+            .may_grant(self.id, &self.tail, self.log.last_id(), last)
     }
 
     /// Thesis §9.6: grant if we would vote for it in `term`, without changing our own state.
@@ -378,7 +393,8 @@ impl Raft {
             "node {}: pre-vote for {from} at term {term}: granted={granted}",
             self.id
         );
-        self.send_at(from, reply_term, MessageBody::PreVoteResp { granted });
+        let last = self.log.last_id();
+        self.send_at(from, reply_term, MessageBody::PreVoteResp { granted, last });
     }
 
     /// §5.2, §5.4.1: one vote per term, for a candidate whose log is at least as up to date.

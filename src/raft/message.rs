@@ -27,8 +27,12 @@ pub enum MessageBody {
     PreVote {
         last: EntryId,
     },
+    /// `last`: the responder's last entry id, whatever it answers, so that a node probing
+    /// with an uncertain tail learns the position of every member it asks, also of one that
+    /// knows no configuration and so never asks anybody itself (`uncertain.rs`).
     PreVoteResp {
         granted: bool,
+        last: EntryId,
     },
     /// RequestVote (§5.2). `transfer` is set when campaigning on a leader's `TimeoutNow`, which
     /// lets voters ignore their "heard from a leader recently" lease (§4.2.3, §6 of the thesis).
@@ -121,7 +125,9 @@ pub(super) fn in_range(msg: &Message) -> bool {
     let bounded = |id: &EntryId| id.term <= TERM_MAX && id.index <= INDEX_MAX;
     let id_ok = |id: &EntryId| bounded(id) && id.term <= msg.term;
     let fields_ok = match &msg.body {
-        MessageBody::PreVote { last } | MessageBody::Vote { last, .. } => bounded(last),
+        MessageBody::PreVote { last }
+        | MessageBody::Vote { last, .. }
+        | MessageBody::PreVoteResp { last, .. } => bounded(last),
         MessageBody::Append {
             prev,
             entries,
@@ -141,8 +147,7 @@ pub(super) fn in_range(msg: &Message) -> bool {
         },
         MessageBody::Heartbeat { commit, .. } => *commit <= INDEX_MAX,
         MessageBody::Snapshot { meta } => id_ok(&meta.last),
-        MessageBody::PreVoteResp { .. }
-        | MessageBody::VoteResp { .. }
+        MessageBody::VoteResp { .. }
         | MessageBody::HeartbeatResp { .. }
         | MessageBody::TimeoutNow => true,
     };

@@ -109,8 +109,9 @@ pub const MAGIC: u32 = u32::from_be_bytes(*b"KVRF");
 /// The version of this layout (and of peer.rs's and codec.rs's); a peer with another version
 /// is refused at the Hello. Version 2: ClientRequest carries the client's RESP protocol.
 /// Version 3: Hello carries the cluster uid and the sender's incarnation. Version 4:
-/// ClientRequest carries the client connection's rights.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// ClientRequest carries the client connection's rights. Version 5: PreVoteResp carries the
+/// responder's last entry id (peer.rs).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 pub const KIND_HELLO: u8 = 1;
 pub const KIND_RAFT: u8 = 2;

@@ -16,7 +16,7 @@
 //!     16    8 term
 //!     24    1 body tag, then the tag's fields from offset 25:
 //!   tag 0 PreVote       last.term u64, last.index u64                          16 bytes
-//!   tag 1 PreVoteResp   granted bool                                            1 byte
+//!   tag 1 PreVoteResp   granted bool, last.term u64, last.index u64            17 bytes
 //!   tag 2 Vote          last.term u64, last.index u64, transfer bool           17 bytes
 //!   tag 3 VoteResp      granted bool                                            1 byte
 //!   tag 4 Append        prev.term u64, prev.index u64, commit u64,
@@ -72,7 +72,8 @@ pub(super) fn message_body_len(m: &Message) -> usize {
     MESSAGE_HEADER_SIZE
         + match &m.body {
             MessageBody::PreVote { .. } => ENTRY_ID_SIZE,
-            MessageBody::PreVoteResp { .. } | MessageBody::VoteResp { .. } => 1,
+            MessageBody::PreVoteResp { .. } => 1 + ENTRY_ID_SIZE,
+            MessageBody::VoteResp { .. } => 1,
             MessageBody::Vote { .. } => ENTRY_ID_SIZE + 1,
             MessageBody::Append { entries, .. } => {
                 ENTRY_ID_SIZE
@@ -127,9 +128,10 @@ pub(super) fn encode_message(m: &Message, out: &mut Vec<u8>) {
             out.push(TAG_PRE_VOTE);
             put_entry_id(out, *last);
         }
-        MessageBody::PreVoteResp { granted } => {
+        MessageBody::PreVoteResp { granted, last } => {
             out.push(TAG_PRE_VOTE_RESP);
             put_bool(out, *granted);
+            put_entry_id(out, *last);
         }
         MessageBody::Vote { last, transfer } => {
             out.push(TAG_VOTE);
@@ -215,6 +217,7 @@ pub(super) fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError>
         },
         TAG_PRE_VOTE_RESP => MessageBody::PreVoteResp {
             granted: r.bool("pre-vote granted")?,
+            last: r.entry_id("pre-vote response last")?,
         },
         TAG_VOTE => MessageBody::Vote {
             last: r.entry_id("vote last")?,
