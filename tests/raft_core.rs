@@ -650,6 +650,7 @@ fn any_message(rng: &mut Prng, to: u64, term: u64, last: u64) -> Message {
         0 => MessageBody::PreVote { last: eid(rng) },
         1 => MessageBody::PreVoteResp {
             granted: rng.chance(1, 2),
+            last: eid(rng),
         },
         2 => MessageBody::Vote {
             last: eid(rng),
@@ -937,7 +938,10 @@ fn a_node_with_voting_off_neither_campaigns_nor_grants_a_vote_or_pre_vote() {
         assert_eq!(
             answers,
             vec![
-                MessageBody::PreVoteResp { granted: false },
+                MessageBody::PreVoteResp {
+                    granted: false,
+                    last
+                },
                 MessageBody::VoteResp { granted: false }
             ],
             "pre_vote={pre_vote}"

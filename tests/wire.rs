@@ -103,6 +103,7 @@ fn message_body(rng: &mut Prng) -> MessageBody {
         },
         1 => MessageBody::PreVoteResp {
             granted: rng.chance(1, 2),
+            last: entry_id(rng),
         },
         2 => MessageBody::Vote {
             last: entry_id(rng),
@@ -555,7 +556,7 @@ fn a_hello_with_the_wrong_magic_or_version_is_a_handshake_error() {
     assert_eq!(good.len(), 67);
     assert_eq!(&good[5..9], b"KVRF");
     assert_eq!(&good[9..11], &PROTOCOL_VERSION.to_be_bytes());
-    assert_eq!(PROTOCOL_VERSION, 4);
+    assert_eq!(PROTOCOL_VERSION, 5);
     // The byte layout of frame.rs's table: uid at body offset 14, incarnation at 30.
     assert_eq!(
         &good[19..35],

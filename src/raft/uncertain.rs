@@ -56,6 +56,7 @@
 //!   change was proposed after P's committed, so an entry before K's change is held by a
 //!   majority of P, or commits with K's change under K.
 //!   Entries before P's change are held by a majority of P (P's change committed after them).
+//!
 //! While uncertain, the record loaded at start is kept beside the live one (a second cut
 //! before the first is resolved still knows both); the hard state file collapses a list too
 //! long for its slot into one `every` entry (all its members must report), which only asks
@@ -138,7 +139,8 @@ impl Uncertain {
             (others, heard)
         };
         // need(C) = ceil(|C|/2), at most |others|.
-        let enough = |size: usize, (others, heard): (usize, usize)| heard >= size.div_ceil(2).min(others);
+        let enough =
+            |size: usize, (others, heard): (usize, usize)| heard >= size.div_ceil(2).min(others);
         for t in confs {
             let c = &t.conf;
             if t.every {
@@ -289,16 +291,25 @@ mod tests {
         u.report(NodeId(4), id(4, 8));
         assert!(!u.may_grant(me, &confs, id(4, 8), id(4, 8)), "two of three");
         u.report(NodeId(5), id(4, 10));
-        assert!(!u.may_grant(me, &confs, id(4, 8), id(4, 10)), "the learner is no voter");
+        assert!(
+            !u.may_grant(me, &confs, id(4, 8), id(4, 10)),
+            "the learner is no voter"
+        );
         u.report(NodeId(3), id(4, 8));
         assert!(u.may_grant(me, &confs, id(4, 8), id(4, 10)));
-        assert!(!u.may_grant(me, &confs, id(4, 8), id(4, 9)), "the learner raised the bar");
+        assert!(
+            !u.may_grant(me, &confs, id(4, 8), id(4, 9)),
+            "the learner raised the bar"
+        );
         let exact = vec![tail(&[1, 2, 3, 4], &[5], false)];
         let mut v = Uncertain::new(Some(Term(4)), &[]);
         for n in [1, 4] {
             v.report(NodeId(n), id(4, 8));
         }
-        assert!(v.may_grant(me, &exact, id(4, 8), id(4, 8)), "two of three, not near");
+        assert!(
+            v.may_grant(me, &exact, id(4, 8), id(4, 8)),
+            "two of three, not near"
+        );
     }
 
     #[test]
@@ -320,12 +331,22 @@ mod tests {
             u.may_grant(me, std::slice::from_ref(&cut), own, id(3, 15)),
             "from the cut log alone, node 1 passes (the defect)"
         );
-        assert!(!u.may_grant(me, &confs, own, id(3, 15)), "node 4 must report");
+        assert!(
+            !u.may_grant(me, &confs, own, id(3, 15)),
+            "node 4 must report"
+        );
         u.report(NodeId(4), id(3, 27));
-        assert!(!u.may_grant(me, &confs, own, id(3, 15)), "4 holds 3/27: 1 lacks it");
+        assert!(
+            !u.may_grant(me, &confs, own, id(3, 15)),
+            "4 holds 3/27: 1 lacks it"
+        );
         assert!(u.may_grant(me, &confs, own, id(3, 27)));
         assert!(u.clear());
-        assert_eq!(u.tail_confs(vec![cut.clone()]), vec![cut], "certain again: record dropped");
+        assert_eq!(
+            u.tail_confs(vec![cut.clone()]),
+            vec![cut],
+            "certain again: record dropped"
+        );
     }
 
     #[test]

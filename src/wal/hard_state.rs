@@ -229,7 +229,7 @@ fn encode_tail(list: &[TailConf]) -> Vec<u8> {
     let mut b = Vec::with_capacity(tail_bytes(list));
     b.push(list.len() as u8);
     for t in list {
-        let flags = u8::from(t.near) * TAIL_NEAR | u8::from(t.every) * TAIL_EVERY;
+        let flags = (u8::from(t.near) * TAIL_NEAR) | (u8::from(t.every) * TAIL_EVERY);
         // Fits: at most TAIL_BYTES_MAX / 8 ids in all.
         b.extend_from_slice(&[
             flags,
@@ -260,13 +260,16 @@ fn decode_tail(mut b: &[u8]) -> Option<Vec<TailConf>> {
             return None;
         }
         let ids = take(8 * (v + l))?;
-        let id = |k: usize| NodeId(u64::from_be_bytes(ids[8 * k..8 * k + 8].try_into().expect("8")));
+        let id = |k: usize| {
+            NodeId(u64::from_be_bytes(
+                ids[8 * k..8 * k + 8].try_into().expect("8"),
+            ))
+        };
         let voters: Vec<NodeId> = (0..v).map(id).collect();
         let learners: Vec<NodeId> = (v..v + l).map(id).collect();
         let conf = ConfState::new(voters.clone(), learners.clone());
         // As written: ascending, non-zero, disjoint (what `ConfState::new` keeps unchanged).
-        if conf.voters != voters || conf.learners != learners || conf.members().any(|n| n.0 == 0)
-        {
+        if conf.voters != voters || conf.learners != learners || conf.members().any(|n| n.0 == 0) {
             return None;
         }
         list.push(TailConf {
