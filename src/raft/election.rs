@@ -128,8 +128,9 @@ impl Raft {
         to.extend(self.conf.voters.iter().copied());
         to.sort();
         to.dedup();
+        let floor = self.pre_vote_floor();
         for to in to.into_iter().filter(|&v| v != me) {
-            self.send_at(to, term, MessageBody::PreVote { last });
+            self.send_at(to, term, MessageBody::PreVote { last, floor });
         }
     }
 
@@ -173,7 +174,7 @@ impl Raft {
 
     /// Term handling first, then one handler per message kind.
     pub(super) fn step_checked(&mut self, msg: Message) {
-        if let MessageBody::PreVote { last }
+        if let MessageBody::PreVote { last, .. }
         | MessageBody::Vote { last, .. }
         | MessageBody::PreVoteResp { last, .. } = msg.body
         {
@@ -191,7 +192,9 @@ impl Raft {
         }
         let from = msg.from;
         match msg.body {
-            MessageBody::PreVote { last } => self.handle_pre_vote(from, msg.term, last),
+            MessageBody::PreVote { last, floor } => {
+                self.handle_pre_vote(from, msg.term, last, floor)
+            }
             MessageBody::Vote { last, .. } => self.handle_vote(from, last),
             MessageBody::PreVoteResp { granted, .. } => {
                 self.handle_vote_resp(from, granted, Campaign::PreVote)
@@ -277,8 +280,8 @@ impl Raft {
             {
                 self.send(msg.from, MessageBody::HeartbeatResp { read_seq: 0 });
             }
-            MessageBody::PreVote { .. } => {
-                let last = self.log.last_id();
+            MessageBody::PreVote { floor, .. } => {
+                let last = self.log.last_id_at_or_below(floor);
                 self.send(
                     msg.from,
                     MessageBody::PreVoteResp {
@@ -352,7 +355,10 @@ impl Raft {
         let voters: Vec<NodeId> = self.conf.voters.clone();
         for to in voters.into_iter().filter(|&v| v != me) {
             match kind {
-                Campaign::PreVote => self.send_at(to, term, MessageBody::PreVote { last }),
+                Campaign::PreVote => {
+                    let floor = self.pre_vote_floor();
+                    self.send_at(to, term, MessageBody::PreVote { last, floor })
+                }
                 // The vote for ourselves must be durable before anyone counts on our
                 // candidacy (seed lesson 5), hence persisted.
                 _ => self.send_persisted(
@@ -375,6 +381,12 @@ impl Raft {
         }
     }
 
+    /// What our pre-votes ask the answers' `last` to be at most (`MessageBody::PreVote`): the
+    /// term our tail is uncertain since, or `TERM_MAX` (the responder's last entry).
+    fn pre_vote_floor(&self) -> Term {
+        self.uncertain.since().unwrap_or(super::types::TERM_MAX)
+    }
+
     /// Rule 1 of `uncertain.rs`: whether a candidate whose log ends at `last` may have our
     /// (pre-)vote as far as an uncertain tail is concerned.
     fn uncertain_allows(&self, last: super::types::EntryId) -> bool {
@@ -383,7 +395,13 @@ impl Raft {
     }
 
     /// Thesis §9.6: grant if we would vote for it in `term`, without changing our own state.
-    fn handle_pre_vote(&mut self, from: NodeId, term: Term, last: super::types::EntryId) {
+    fn handle_pre_vote(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        last: super::types::EntryId,
+        floor: Term,
+    ) {
         let granted = self.voting
             && term > self.term
             && last.is_up_to_date_with(self.log.last_id())
@@ -393,7 +411,7 @@ impl Raft {
             "node {}: pre-vote for {from} at term {term}: granted={granted}",
             self.id
         );
-        let last = self.log.last_id();
+        let last = self.log.last_id_at_or_below(floor);
         self.send_at(from, reply_term, MessageBody::PreVoteResp { granted, last });
     }
 

@@ -492,6 +492,18 @@ impl Raft {
         }
     }
 
+    /// A member whose incarnation the membership does not record (yet) announced its log
+    /// position in a pre-vote answer: while uncertain, it counts as a report (its answer is
+    /// not counted as a pre-vote). It may be named only in a configuration cut from our log
+    /// (simulator seed 21: the cut entry admitted it as a learner). Its log is what it holds
+    /// now; were it a replaced incarnation, it would count as empty anyway (`uncertain.rs`,
+    /// "Lost storage elsewhere").
+    pub fn report_position(&mut self, id: NodeId, last: EntryId) {
+        if id != self.id {
+            self.uncertain.report(id, last);
+        }
+    }
+
     /// The term this node's log tail is uncertain since (`uncertain.rs`), if it is.
     pub fn uncertain(&self) -> Option<Term> {
         self.uncertain.since()

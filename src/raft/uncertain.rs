@@ -13,9 +13,10 @@
 //! So the node is "uncertain since term T_rec" (T_rec: its term at the cut; every entry it
 //! acknowledged is of a term at most T_rec) until it can trust its log again.
 //!
-//! The rules, with L our log's last entry id, `reports` the newest (highest, in the §5.4.1
-//! up-to-date order) last entry id each other node announced in a PreVote or Vote request
-//! received since this start, and S the candidate voter sets (below). For a set C, with
+//! The rules, with L our log's last entry id, `reports` the position each other node
+//! announced since this start (its last entry id in a PreVote or Vote request, or in a
+//! PreVote answer its newest entry of a term at most T_rec; capped and the lowest kept, see
+//! "Reports"), and S the candidate voter sets (below). For a set C, with
 //! `others` = C without us, need(C) = ceil(|C|/2), never more than |others| (C = 3 voters with
 //! us: both others; 5: three of the four; us alone: nobody). Once every C in S has need(C) of
 //! its others reported, bar = max(L, the reports of every member named in S).
@@ -40,6 +41,19 @@
 //! holds e too (Leader Completeness, §5.4.3). Reports are only ever from after our restart
 //! (connections are new), and a holder never loses the entry, so any report of a holder will
 //! do. It remains that S must contain C.
+//!
+//! Reports. Only an entry we acknowledged can be lost with our tail, so only entries of a
+//! term at most T_rec matter: the entry e that our acknowledgement helped commit is of such a
+//! term (an entry of its leader's term, which commits the ones before it). So a report
+//! (t, i) with t > T_rec counts as (T_rec, i): a holder's e is then before i and of a term
+//! at most T_rec, and a log at least (T_rec, i) holds it (its last entry is either of a term
+//! above e's, written by a leader that held e, after e; or of e's term and not before it).
+//! And since any report of a holder will do, the lowest one is kept. Without the cap a
+//! learner whose log ended in a newer term's entry that never committed raised the bar above
+//! every voter, and nobody could be elected (simulator seed 982). So that such a member can
+//! also say where its entries of a term at most T_rec end, our pre-votes carry T_rec as
+//! their `floor` and the answers report the responder's newest entry of a term at most it
+//! (`RaftLog::last_id_at_or_below`).
 //!
 //! Which configurations (S). The cut tail may have held configuration changes, so the
 //! configuration of the cut log is not enough (simulator seed 839: a learner's promotion was
@@ -82,7 +96,7 @@ use super::types::{EntryId, NodeId, TailConf, Term};
 pub(super) struct Uncertain {
     /// The term the node is uncertain since (persisted in the hard state); `None`: certain.
     since: Option<Term>,
-    /// Newest last entry id each other node announced in a vote request since this start.
+    /// The lowest capped position each other node announced since this start ("Reports").
     reports: BTreeMap<NodeId, EntryId>,
     /// The tail configurations the hard state held at start, kept while uncertain.
     recorded: Vec<TailConf>,
@@ -104,15 +118,20 @@ impl Uncertain {
         self.since
     }
 
-    /// Records the log position a vote or pre-vote request from `from` announced. Kept only
-    /// while uncertain (a later restart starts from nothing anyway).
+    /// Records a log position `from` announced (in a vote or pre-vote request, or a pre-vote
+    /// answer), capped at `since` and keeping the lowest (see "Reports" in the header). Kept
+    /// only while uncertain (a later restart starts from nothing anyway).
     pub(super) fn report(&mut self, from: NodeId, last: EntryId) {
-        if self.since.is_none() {
+        let Some(since) = self.since else {
             return;
-        }
-        let r = self.reports.entry(from).or_insert(last);
-        if last.is_up_to_date_with(*r) {
-            *r = last;
+        };
+        let capped = match last.term > since {
+            true => EntryId::new(since, last.index),
+            false => last,
+        };
+        let r = self.reports.entry(from).or_insert(capped);
+        if r.is_up_to_date_with(capped) {
+            *r = capped;
         }
     }
 
@@ -255,9 +274,15 @@ mod tests {
         assert!(!u.may_grant(me, &conf(3), own, id(3, 11)));
         assert!(u.may_grant(me, &conf(3), own, id(3, 12)));
         assert!(u.may_grant(me, &conf(3), own, id(4, 1)));
-        // A lower report later never lowers the bar.
+        // Any report of a holder will do: a lower one later lowers the bar (to our own log).
         u.report(NodeId(1), id(3, 5));
-        assert!(!u.may_grant(me, &conf(3), own, id(3, 11)));
+        assert!(u.may_grant(me, &conf(3), own, id(3, 10)));
+        assert!(!u.may_grant(me, &conf(3), own, id(3, 9)));
+        u.report(NodeId(1), id(3, 12));
+        assert!(
+            u.may_grant(me, &conf(3), own, id(3, 10)),
+            "a higher one does not raise it"
+        );
         assert!(u.clear());
         assert!(u.may_grant(me, &conf(3), own, id(1, 1)));
         assert!(!u.clear());
@@ -277,6 +302,44 @@ mod tests {
         assert!(u.may_campaign(me, &conf(5), id(2, 7)));
         let single = Uncertain::new(Some(Term(2)), &[]);
         assert!(single.may_campaign(me, &conf(1), id(2, 7)));
+    }
+
+    #[test]
+    fn a_report_of_a_term_after_the_uncertainty_counts_as_that_term() {
+        // Uncertain since term 3: what we may have lost is of a term at most 3, so a report
+        // (5, 20) asks a candidate for no more than (3, 20).
+        let me = NodeId(1);
+        let mut u = Uncertain::new(Some(Term(3)), &[]);
+        u.report(NodeId(2), id(5, 20));
+        u.report(NodeId(3), id(2, 4));
+        assert!(u.may_grant(me, &conf(3), id(3, 7), id(3, 20)));
+        assert!(u.may_grant(me, &conf(3), id(3, 7), id(4, 1)));
+        assert!(!u.may_grant(me, &conf(3), id(3, 7), id(3, 19)));
+        assert!(!u.may_campaign(me, &conf(3), id(3, 7)));
+    }
+
+    #[test]
+    fn a_learner_ahead_in_a_newer_term_does_not_block_the_voters() {
+        // Simulator seed 982: voters {1, 2}, learners {3, 4, 5}, we (1) uncertain since term
+        // 9, both voters end at (7, 51); learner 5 ends at (10, 52), an entry that never
+        // committed. Its probe says (10, 52), capped (9, 52): above both voters. Its answer
+        // to our probe (floor 9) says where its entries of terms up to 9 end: (7, 51).
+        let me = NodeId(1);
+        let confs = vec![tail(&[1, 2], &[3, 4, 5], true)];
+        let own = id(7, 51);
+        let mut u = Uncertain::new(Some(Term(9)), &[]);
+        u.report(NodeId(2), id(7, 51));
+        u.report(NodeId(3), id(2, 15));
+        u.report(NodeId(4), id(3, 23));
+        u.report(NodeId(5), id(10, 52));
+        assert!(
+            !u.may_grant(me, &confs, own, id(7, 51)),
+            "(9, 52) from the probe"
+        );
+        u.report(NodeId(5), id(7, 51));
+        assert!(u.may_grant(me, &confs, own, id(7, 51)));
+        assert!(u.may_campaign(me, &confs, own));
+        assert!(!u.may_grant(me, &confs, own, id(7, 50)));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!      8    8 to: NodeId, != 0
 //!     16    8 term
 //!     24    1 body tag, then the tag's fields from offset 25:
-//!   tag 0 PreVote       last.term u64, last.index u64                          16 bytes
+//!   tag 0 PreVote       last.term u64, last.index u64, floor u64 (a term)       24 bytes
 //!   tag 1 PreVoteResp   granted bool, last.term u64, last.index u64            17 bytes
 //!   tag 2 Vote          last.term u64, last.index u64, transfer bool           17 bytes
 //!   tag 3 VoteResp      granted bool                                            1 byte
@@ -71,7 +71,7 @@ const ENTRY_HEADER_SIZE: usize = 21;
 pub(super) fn message_body_len(m: &Message) -> usize {
     MESSAGE_HEADER_SIZE
         + match &m.body {
-            MessageBody::PreVote { .. } => ENTRY_ID_SIZE,
+            MessageBody::PreVote { .. } => ENTRY_ID_SIZE + 8,
             MessageBody::PreVoteResp { .. } => 1 + ENTRY_ID_SIZE,
             MessageBody::VoteResp { .. } => 1,
             MessageBody::Vote { .. } => ENTRY_ID_SIZE + 1,
@@ -124,9 +124,10 @@ pub(super) fn encode_message(m: &Message, out: &mut Vec<u8>) {
     put_node(out, m.to);
     put_u64(out, m.term.0);
     match &m.body {
-        MessageBody::PreVote { last } => {
+        MessageBody::PreVote { last, floor } => {
             out.push(TAG_PRE_VOTE);
             put_entry_id(out, *last);
+            put_u64(out, floor.0);
         }
         MessageBody::PreVoteResp { granted, last } => {
             out.push(TAG_PRE_VOTE_RESP);
@@ -214,6 +215,7 @@ pub(super) fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError>
     let body = match r.u8("message tag")? {
         TAG_PRE_VOTE => MessageBody::PreVote {
             last: r.entry_id("pre-vote last")?,
+            floor: Term(r.u64("pre-vote floor")?),
         },
         TAG_PRE_VOTE_RESP => MessageBody::PreVoteResp {
             granted: r.bool("pre-vote granted")?,
