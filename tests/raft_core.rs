@@ -647,9 +647,13 @@ fn any_message(rng: &mut Prng, to: u64, term: u64, last: u64) -> Message {
         EntryId::new(t, LogIndex(edge(rng, last, INDEX_MAX.0)))
     };
     let body = match rng.range(0, 10) {
-        0 => MessageBody::PreVote { last: eid(rng) },
+        0 => MessageBody::PreVote {
+            last: eid(rng),
+            floor: Term(edge(rng, term, TERM_MAX.0)),
+        },
         1 => MessageBody::PreVoteResp {
             granted: rng.chance(1, 2),
+            last: eid(rng),
         },
         2 => MessageBody::Vote {
             last: eid(rng),
@@ -921,8 +925,15 @@ fn a_node_with_voting_off_neither_campaigns_nor_grants_a_vote_or_pre_vote() {
         // A vote and a pre-vote from a candidate whose log is as up to date: both refused.
         let last = net.raft(2).last_id();
         let next = term.0 + 1;
-        net.raft(2)
-            .step(msg(3, 2, next, MessageBody::PreVote { last }));
+        net.raft(2).step(msg(
+            3,
+            2,
+            next,
+            MessageBody::PreVote {
+                last,
+                floor: TERM_MAX,
+            },
+        ));
         net.raft(2).step(msg(
             3,
             2,
@@ -937,7 +948,10 @@ fn a_node_with_voting_off_neither_campaigns_nor_grants_a_vote_or_pre_vote() {
         assert_eq!(
             answers,
             vec![
-                MessageBody::PreVoteResp { granted: false },
+                MessageBody::PreVoteResp {
+                    granted: false,
+                    last
+                },
                 MessageBody::VoteResp { granted: false }
             ],
             "pre_vote={pre_vote}"

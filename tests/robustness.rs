@@ -524,7 +524,25 @@ fn hostile_frames(from: u64, to: u64, term: u64, last: u64) -> Vec<Frame> {
         raft(from, to, term, accepted(max)),
         raft(from, to, term, MessageBody::HeartbeatResp { read_seq: max }),
         // Terms and indexes past TERM_MAX / INDEX_MAX.
-        raft(from, to, max, MessageBody::PreVote { last: id(max, max) }),
+        raft(
+            from,
+            to,
+            max,
+            MessageBody::PreVote {
+                last: id(max, max),
+                floor: Term(max),
+            },
+        ),
+        // A pre-vote's floor past TERM_MAX.
+        raft(
+            from,
+            to,
+            half,
+            MessageBody::PreVote {
+                last: id(half, half),
+                floor: Term(u64::MAX),
+            },
+        ),
         raft(
             from,
             to,

@@ -101,9 +101,11 @@ fn message_body(rng: &mut Prng) -> MessageBody {
     match rng.range(0, 10) {
         0 => MessageBody::PreVote {
             last: entry_id(rng),
+            floor: Term(any_u64(rng)),
         },
         1 => MessageBody::PreVoteResp {
             granted: rng.chance(1, 2),
+            last: entry_id(rng),
         },
         2 => MessageBody::Vote {
             last: entry_id(rng),

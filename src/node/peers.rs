@@ -413,7 +413,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 if is_response(&msg.body) && !self.ids.counts(peer, key) {
                     // Rule 2 of membership.rs: only the incarnation the membership records
                     // counts; requests still go through (a lagging follower must learn of
-                    // its re-admission from the leader's appends).
+                    // its re-admission from the leader's appends). A pre-vote answer's log
+                    // position still counts as a report for an uncertain tail (simulator
+                    // seed 21: the member was named only in a configuration our cut removed).
+                    if let MessageBody::PreVoteResp { last, .. } = msg.body {
+                        self.raft.report_position(peer, last);
+                    }
                     debug!(
                         "dropping a {} from node {peer}: its connection's incarnation is not the one recorded",
                         msg.body.name()

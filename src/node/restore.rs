@@ -142,6 +142,7 @@ fn build(
         term: last.term,
         vote: None,
         uncertain: None,
+        tail_confs: Vec::new(),
     })
     .map_err(|e| NodeError::new(format!("saving the hard state: {e}")))?;
     let header = SnapshotHeader {

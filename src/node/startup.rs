@@ -62,7 +62,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         info!(
             "hard state: term {}, vote {}",
             hard_state.term,
-            fmt_vote(hard_state)
+            fmt_vote(&hard_state)
         );
         match (disk.uncertain_tail(), hard_state.uncertain) {
             (Some(cut), Some(since)) => log::warn!(
@@ -136,6 +136,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     term: last.term,
                     vote: None,
                     uncertain: hard_state.uncertain.map(|t| t.max(last.term)),
+                    tail_confs: std::mem::take(&mut hard_state.tail_confs),
                 };
                 disk.save_hard_state(&hard_state)
                     .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
@@ -311,7 +312,7 @@ fn load_identity<D: Disk>(cfg: &Config, disk: &mut D, used: bool) -> Result<Iden
     Ok(identity)
 }
 
-fn fmt_vote(hs: HardState) -> String {
+fn fmt_vote(hs: &HardState) -> String {
     hs.vote
         .map(|v| v.to_string())
         .unwrap_or_else(|| "none".into())

@@ -220,12 +220,12 @@ impl Disk for RealDisk {
     type Partial = DirStore;
 
     fn recovered_hard_state(&self) -> HardState {
-        self.hard_state
+        self.hard_state.clone()
     }
 
     fn save_hard_state(&mut self, hs: &HardState) -> Result<(), String> {
         self.hard_state_store.save(hs).map_err(|e| e.to_string())?;
-        self.hard_state = *hs;
+        self.hard_state = hs.clone();
         Ok(())
     }
 

@@ -102,7 +102,7 @@ impl Raft {
         self.voting
             && self
                 .uncertain
-                .may_campaign(self.id, &self.conf, self.log.last_id())
+                .may_campaign(self.id, &self.tail, self.log.last_id())
     }
 
     /// The timer fired but we may not campaign: announce our log position in PreVote requests
@@ -121,10 +121,16 @@ impl Raft {
             self.uncertain.since(),
             self.voting
         );
+        // Every member the rules may need a report of (`uncertain.rs`): the voters and
+        // learners of every tail configuration; the answers carry their positions too.
         let me = self.id;
-        let voters: Vec<NodeId> = self.conf.voters.clone();
-        for to in voters.into_iter().filter(|&v| v != me) {
-            self.send_at(to, term, MessageBody::PreVote { last });
+        let mut to: Vec<NodeId> = self.tail.iter().flat_map(|t| t.conf.members()).collect();
+        to.extend(self.conf.voters.iter().copied());
+        to.sort();
+        to.dedup();
+        let floor = self.pre_vote_floor();
+        for to in to.into_iter().filter(|&v| v != me) {
+            self.send_at(to, term, MessageBody::PreVote { last, floor });
         }
     }
 
@@ -168,8 +174,11 @@ impl Raft {
 
     /// Term handling first, then one handler per message kind.
     pub(super) fn step_checked(&mut self, msg: Message) {
-        if let MessageBody::PreVote { last } | MessageBody::Vote { last, .. } = msg.body {
-            // Whatever its term: any position a voter announced since our start will do
+        if let MessageBody::PreVote { last, .. }
+        | MessageBody::Vote { last, .. }
+        | MessageBody::PreVoteResp { last, .. } = msg.body
+        {
+            // Whatever its term: any position a member announced since our start will do
             // (`uncertain.rs`).
             self.uncertain.report(msg.from, last);
         }
@@ -183,9 +192,11 @@ impl Raft {
         }
         let from = msg.from;
         match msg.body {
-            MessageBody::PreVote { last } => self.handle_pre_vote(from, msg.term, last),
+            MessageBody::PreVote { last, floor } => {
+                self.handle_pre_vote(from, msg.term, last, floor)
+            }
             MessageBody::Vote { last, .. } => self.handle_vote(from, last),
-            MessageBody::PreVoteResp { granted } => {
+            MessageBody::PreVoteResp { granted, .. } => {
                 self.handle_vote_resp(from, granted, Campaign::PreVote)
             }
             MessageBody::VoteResp { granted } => {
@@ -238,7 +249,7 @@ impl Raft {
         match msg.body {
             // The term of a pre-vote (and of its grant) is the one the sender would campaign
             // in; nobody has started it yet.
-            MessageBody::PreVote { .. } | MessageBody::PreVoteResp { granted: true } => true,
+            MessageBody::PreVote { .. } | MessageBody::PreVoteResp { granted: true, .. } => true,
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::Snapshot { .. } => {
@@ -269,8 +280,15 @@ impl Raft {
             {
                 self.send(msg.from, MessageBody::HeartbeatResp { read_seq: 0 });
             }
-            MessageBody::PreVote { .. } => {
-                self.send(msg.from, MessageBody::PreVoteResp { granted: false });
+            MessageBody::PreVote { floor, .. } => {
+                let last = self.log.last_id_at_or_below(floor);
+                self.send(
+                    msg.from,
+                    MessageBody::PreVoteResp {
+                        granted: false,
+                        last,
+                    },
+                );
             }
             _ => ::log::debug!(
                 "node {}: dropping stale {} from {} (term {} < {})",
@@ -337,7 +355,10 @@ impl Raft {
         let voters: Vec<NodeId> = self.conf.voters.clone();
         for to in voters.into_iter().filter(|&v| v != me) {
             match kind {
-                Campaign::PreVote => self.send_at(to, term, MessageBody::PreVote { last }),
+                Campaign::PreVote => {
+                    let floor = self.pre_vote_floor();
+                    self.send_at(to, term, MessageBody::PreVote { last, floor })
+                }
                 // The vote for ourselves must be durable before anyone counts on our
                 // candidacy (seed lesson 5), hence persisted.
                 _ => self.send_persisted(
@@ -360,15 +381,27 @@ impl Raft {
         }
     }
 
+    /// What our pre-votes ask the answers' `last` to be at most (`MessageBody::PreVote`): the
+    /// term our tail is uncertain since, or `TERM_MAX` (the responder's last entry).
+    fn pre_vote_floor(&self) -> Term {
+        self.uncertain.since().unwrap_or(super::types::TERM_MAX)
+    }
+
     /// Rule 1 of `uncertain.rs`: whether a candidate whose log ends at `last` may have our
     /// (pre-)vote as far as an uncertain tail is concerned.
     fn uncertain_allows(&self, last: super::types::EntryId) -> bool {
         self.uncertain
-            .may_grant(self.id, &self.conf, self.log.last_id(), last)
+            .may_grant(self.id, &self.tail, self.log.last_id(), last)
     }
 
     /// Thesis §9.6: grant if we would vote for it in `term`, without changing our own state.
-    fn handle_pre_vote(&mut self, from: NodeId, term: Term, last: super::types::EntryId) {
+    fn handle_pre_vote(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        last: super::types::EntryId,
+        floor: Term,
+    ) {
         let granted = self.voting
             && term > self.term
             && last.is_up_to_date_with(self.log.last_id())
@@ -378,7 +411,8 @@ impl Raft {
             "node {}: pre-vote for {from} at term {term}: granted={granted}",
             self.id
         );
-        self.send_at(from, reply_term, MessageBody::PreVoteResp { granted });
+        let last = self.log.last_id_at_or_below(floor);
+        self.send_at(from, reply_term, MessageBody::PreVoteResp { granted, last });
     }
 
     /// §5.2, §5.4.1: one vote per term, for a candidate whose log is at least as up to date.

@@ -163,6 +163,24 @@ impl RaftLog {
         self.persisted
     }
 
+    /// The newest entry id of a term at most `floor` (what a PreVote asks, `uncertain.rs`):
+    /// the last entry's when its term is at most `floor`, else the newest such entry's
+    /// (terms never fall along the log, so they are a prefix); when every entry held is of a
+    /// newer term, the compaction point's if it is not, else `(floor, compaction index)`,
+    /// which is at least, in the up-to-date order, any entry of a term at most `floor` the
+    /// compacted part held.
+    pub fn last_id_at_or_below(&self, floor: Term) -> EntryId {
+        let last = self.last_id();
+        if last.term <= floor {
+            return last;
+        }
+        match self.entries.partition_point(|e| e.term <= floor) {
+            0 if self.offset.term <= floor => self.offset,
+            0 => EntryId::new(floor, self.offset.index),
+            n => self.entries[n - 1].id(),
+        }
+    }
+
     /// The term of the entry at `index`, if this view still knows it.
     pub fn term(&self, index: LogIndex) -> Option<Term> {
         if index == self.offset.index {
@@ -411,7 +429,7 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::EntryKind;
+    use crate::raft::types::{EntryKind, TERM_MAX};
 
     fn e(term: u64, index: u64) -> Entry {
         Entry {
@@ -427,6 +445,21 @@ mod tests {
 
     fn terms(log: &RaftLog) -> Vec<u64> {
         log.entries.iter().map(|e| e.term.0).collect()
+    }
+
+    #[test]
+    fn the_newest_entry_of_a_term_at_most_a_floor() {
+        let log = RaftLog::new(id(2, 10), vec![e(3, 11), e(3, 12), e(5, 13), e(7, 14)]);
+        assert_eq!(log.last_id_at_or_below(Term(9)), id(7, 14));
+        assert_eq!(log.last_id_at_or_below(TERM_MAX), id(7, 14));
+        assert_eq!(log.last_id_at_or_below(Term(6)), id(5, 13));
+        assert_eq!(log.last_id_at_or_below(Term(3)), id(3, 12));
+        // Nothing held is that old: the compaction point, or a bound at its index.
+        assert_eq!(log.last_id_at_or_below(Term(2)), id(2, 10));
+        assert_eq!(log.last_id_at_or_below(Term(1)), id(1, 10));
+        let empty = RaftLog::new(id(4, 20), vec![]);
+        assert_eq!(empty.last_id_at_or_below(Term(4)), id(4, 20));
+        assert_eq!(empty.last_id_at_or_below(Term(3)), id(3, 20));
     }
 
     #[test]

@@ -160,6 +160,7 @@ impl Raft {
             self.conf = conf;
             self.sync_leader_progress();
         }
+        self.refresh_tail();
     }
 
     /// The configuration after the change at `index`. A change that would exceed
@@ -185,12 +186,16 @@ impl Raft {
     /// The commit index reached `commit`: the configurations up to it are committed. A leader
     /// that is not a voter of the committed configuration steps down (thesis §4.2.2).
     pub(super) fn conf_committed_to(&mut self, commit: LogIndex) {
+        let pending = self.pending_confs.len();
         while self
             .pending_confs
             .first()
             .is_some_and(|(i, _)| *i <= commit)
         {
             self.conf_committed = self.pending_confs.remove(0).1;
+        }
+        if self.pending_confs.len() != pending {
+            self.refresh_tail();
         }
         if matches!(self.role, RoleState::Leader(_)) && !self.conf_committed.is_voter(self.id) {
             // Tell the others the change committed before leaving.

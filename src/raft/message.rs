@@ -24,11 +24,20 @@ pub struct Message {
 pub enum MessageBody {
     /// Pre-vote (dissertation §9.6): "would you vote for me in `term`?" asked before the
     /// candidate bumps its own term, so a node that cannot win never disrupts the cluster.
+    /// `floor`: what the answer's `last` is to be (`uncertain.rs`): the responder's newest
+    /// entry of a term at most `floor`. A node with an uncertain tail asks with the term it
+    /// is uncertain since; any other with `TERM_MAX`, which makes it the responder's last.
     PreVote {
         last: EntryId,
+        floor: Term,
     },
+    /// `last`: the responder's newest entry id of a term at most the request's `floor`,
+    /// whatever it answers, so that a node probing with an uncertain tail learns the position
+    /// of every member it asks, also of one that knows no configuration and so never asks
+    /// anybody itself (`uncertain.rs`).
     PreVoteResp {
         granted: bool,
+        last: EntryId,
     },
     /// RequestVote (§5.2). `transfer` is set when campaigning on a leader's `TimeoutNow`, which
     /// lets voters ignore their "heard from a leader recently" lease (§4.2.3, §6 of the thesis).
@@ -121,7 +130,8 @@ pub(super) fn in_range(msg: &Message) -> bool {
     let bounded = |id: &EntryId| id.term <= TERM_MAX && id.index <= INDEX_MAX;
     let id_ok = |id: &EntryId| bounded(id) && id.term <= msg.term;
     let fields_ok = match &msg.body {
-        MessageBody::PreVote { last } | MessageBody::Vote { last, .. } => bounded(last),
+        MessageBody::PreVote { last, floor } => bounded(last) && *floor <= TERM_MAX,
+        MessageBody::Vote { last, .. } | MessageBody::PreVoteResp { last, .. } => bounded(last),
         MessageBody::Append {
             prev,
             entries,
@@ -141,8 +151,7 @@ pub(super) fn in_range(msg: &Message) -> bool {
         },
         MessageBody::Heartbeat { commit, .. } => *commit <= INDEX_MAX,
         MessageBody::Snapshot { meta } => id_ok(&meta.last),
-        MessageBody::PreVoteResp { .. }
-        | MessageBody::VoteResp { .. }
+        MessageBody::VoteResp { .. }
         | MessageBody::HeartbeatResp { .. }
         | MessageBody::TimeoutNow => true,
     };

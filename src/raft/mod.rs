@@ -52,7 +52,7 @@ pub use progress::ProgressState;
 pub use ready::{ReadState, Ready};
 pub use types::{
     ConfChange, ConfChangeOp, ConfState, Entry, EntryId, EntryKind, HardState, LogIndex, NodeId,
-    Payload, SnapshotMeta, Term,
+    Payload, SnapshotMeta, TailConf, Term,
 };
 
 use crate::limits;
@@ -304,6 +304,10 @@ pub struct Raft {
     voting: bool,
     /// An uncertain log tail and the others' reported positions (`uncertain.rs`).
     uncertain: uncertain::Uncertain,
+    /// The configurations an entry at the end of the log may have committed under
+    /// (`uncertain.rs`, "Which configurations"), part of the hard state; `refresh_tail`
+    /// keeps it current.
+    tail: Vec<TailConf>,
 }
 
 impl Raft {
@@ -339,15 +343,17 @@ impl Raft {
             read_states: Vec::new(),
             read_rounds: 0,
             failed_reads: Vec::new(),
+            uncertain: uncertain::Uncertain::new(hard_state.uncertain, &hard_state.tail_confs),
             hard_state_emitted: hard_state,
             bcast_pending: false,
             awaiting_advance: false,
             voting: true,
-            uncertain: uncertain::Uncertain::new(hard_state.uncertain),
+            tail: Vec::new(),
             cfg: config,
         };
         raft.reset_election_timer();
         raft.scan_conf_entries_from(raft.log.first_index());
+        raft.refresh_tail();
         ::log::info!(
             "node {} starting at term {} (log {}..={}, snapshot {})",
             raft.id,
@@ -486,6 +492,18 @@ impl Raft {
         }
     }
 
+    /// A member whose incarnation the membership does not record (yet) announced its log
+    /// position in a pre-vote answer: while uncertain, it counts as a report (its answer is
+    /// not counted as a pre-vote). It may be named only in a configuration cut from our log
+    /// (simulator seed 21: the cut entry admitted it as a learner). Its log is what it holds
+    /// now; were it a replaced incarnation, it would count as empty anyway (`uncertain.rs`,
+    /// "Lost storage elsewhere").
+    pub fn report_position(&mut self, id: NodeId, last: EntryId) {
+        if id != self.id {
+            self.uncertain.report(id, last);
+        }
+    }
+
     /// The term this node's log tail is uncertain since (`uncertain.rs`), if it is.
     pub fn uncertain(&self) -> Option<Term> {
         self.uncertain.since()
@@ -496,6 +514,44 @@ impl Raft {
             term: self.term,
             vote: self.vote,
             uncertain: self.uncertain.since(),
+            tail_confs: self.tail.clone(),
+        }
+    }
+
+    /// Whether the hard state differs from the one last handed out (without building it).
+    fn hard_state_changed(&self) -> bool {
+        let e = &self.hard_state_emitted;
+        e.term != self.term
+            || e.vote != self.vote
+            || e.uncertain != self.uncertain.since()
+            || e.tail_confs != self.tail
+    }
+
+    /// Recomputes `tail` after the configurations changed (an append, a truncation, a
+    /// commit, a snapshot) or the uncertainty cleared: the newest configuration, near; while
+    /// its change is not known committed, the one before it, exactly (`uncertain.rs`).
+    pub(super) fn refresh_tail(&mut self) {
+        let mut live = vec![TailConf {
+            conf: self.conf.clone(),
+            near: true,
+            every: false,
+        }];
+        if let Some(k) = self.pending_confs.len().checked_sub(1) {
+            let prev = match k {
+                0 => &self.conf_committed,
+                _ => &self.pending_confs[k - 1].1,
+            };
+            if *prev != self.conf {
+                live.push(TailConf {
+                    conf: ConfState::new(prev.voters.clone(), Vec::new()),
+                    near: false,
+                    every: false,
+                });
+            }
+        }
+        let tail = self.uncertain.tail_confs(live);
+        if tail != self.tail {
+            self.tail = tail;
         }
     }
 
@@ -503,6 +559,7 @@ impl Raft {
     fn clear_uncertain(&mut self, why: &str) {
         let since = self.uncertain.since();
         if self.uncertain.clear() {
+            self.refresh_tail();
             ::log::info!(
                 "node {}: log tail certain again ({why}; was uncertain since term {})",
                 self.id,
@@ -512,7 +569,7 @@ impl Raft {
     }
 
     pub fn has_ready(&self) -> bool {
-        self.hard_state() != self.hard_state_emitted
+        self.hard_state_changed()
             || self.bcast_pending
             || self.log.has_unstable()
             || self.pending_snapshot.is_some()
@@ -533,9 +590,10 @@ impl Raft {
         if let RoleState::Leader(ls) = &mut self.role {
             ls.reads.close_round();
         }
-        let hs = self.hard_state();
-        let hard_state = (hs != self.hard_state_emitted).then_some(hs);
-        self.hard_state_emitted = hs;
+        let hard_state = self.hard_state_changed().then(|| self.hard_state());
+        if let Some(hs) = &hard_state {
+            self.hard_state_emitted = hs.clone();
+        }
         self.awaiting_advance = true;
         Ready {
             hard_state,

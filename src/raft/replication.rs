@@ -245,6 +245,7 @@ impl Raft {
             self.conf = meta.conf.clone();
             self.conf_committed = meta.conf.clone();
             self.pending_confs.clear();
+            self.refresh_tail();
             self.snapshot = meta.clone();
             self.pending_snapshot = Some(meta);
         }

@@ -136,7 +136,7 @@ impl Entry {
 /// never sent before the vote is on disk, and a term never goes backwards across a crash.
 /// The commit index is deliberately not here: after a restart commit starts at the snapshot
 /// index and advances only through the protocol (seed lesson 8).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
     pub term: Term,
     pub vote: Option<NodeId>,
@@ -144,6 +144,23 @@ pub struct HardState {
     /// since term T" (see `raft/uncertain.rs`). Persisted until the node may trust its log
     /// again.
     pub uncertain: Option<Term>,
+    /// The configurations an entry at the end of this node's log may have been committed
+    /// under (`raft/uncertain.rs`, "Which configurations"), saved with every change of them,
+    /// so that a start which cuts the tail, and the configuration changes in it, still knows
+    /// whom to hear from. Empty: not recorded (a hard state from before they were).
+    pub tail_confs: Vec<TailConf>,
+}
+
+/// One configuration an entry at the end of the log may have been committed under.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TailConf {
+    /// The voters (and, with `near`, the learners one of which may be promoted next).
+    pub conf: ConfState,
+    /// Also each configuration one change away: a learner promoted, or a voter removed or
+    /// demoted (the next change may be appended before the entry commits).
+    pub near: bool,
+    /// Recorded in place of a list too long to save: every member of `conf` must report.
+    pub every: bool,
 }
 
 /// The membership of the cluster: who votes, and who only receives the log.

@@ -4,22 +4,32 @@
 //!
 //! The file is `FILE_SIZE` = 1024 bytes, created at full size, holding two slots at offsets 0
 //! and `SLOT_STRIDE` = 512 (separate disk sectors, so a torn write damages at most one).
-//! Big-endian; one slot (format version 2):
+//! Big-endian; one slot (format version 3):
 //! ```text
 //! offset size field
 //!      0    8 magic "KVRFTHST"
-//!      8    4 format version (2)
+//!      8    4 format version (3)
 //!     12    4 reserved, zero
 //!     16    8 sequence number: grows by one per save
 //!     24    8 term
 //!     32    8 vote (node id; 0 = none)
 //!     40    8 uncertain term: the log's tail was cut at a start and may have held
 //!               acknowledged entries, "uncertain since term T" (raft/uncertain.rs; 0 = none)
-//!     48    4 crc32c of bytes 0..48
+//!     48    2 n: bytes of the tail configurations that follow (<= TAIL_BYTES_MAX = 454)
+//!     50    n tail configurations (raft/uncertain.rs, "Which configurations"):
+//!               1 byte count c, then c times: 1 byte flags (bit 0 near, bit 1 every, other
+//!               bits zero), 1 byte voter count v, 1 byte learner count l, v voter ids and
+//!               l learner ids (u64 each, non-zero, ascending, no learner a voter)
+//!   50+n    4 crc32c of bytes 0..50+n
 //! ```
-//! Version 1 (written before the uncertain term existed) is the same up to offset 40, where
-//! its crc32c of bytes 0..40 sits; it is read as "not uncertain". Saves always write version 2,
-//! so an old data directory keeps working and is upgraded by its first save.
+//! A list longer than the slot holds is saved as one `every` entry naming all its members
+//! (which asks an uncertain node for more reports, never fewer); if even that does not fit
+//! (more than 56 members), as no list (c = 0), which a start reads as "not recorded": the
+//! node then counts the configuration of its log, as a version 2 hard state does.
+//! Version 2 is the same up to offset 48, where its crc32c of bytes 0..48 sits; version 1
+//! ends at offset 40 with the crc32c of bytes 0..40 (no uncertain term). Both are read (no
+//! tail configurations; version 1 as certain); saves always write version 3, so an old data
+//! directory keeps working and is upgraded by its first save.
 //! A save writes the slot the previous save did not (`sequence % 2`) and fdatasyncs before it
 //! returns, so the other slot always holds the previous state whole. Loading picks the valid
 //! slot with the higher sequence.
@@ -37,11 +47,13 @@ use std::path::{Path, PathBuf};
 
 use super::segment::fsync_dir;
 use super::{io_error, WalError};
-use crate::raft::{HardState, NodeId, Term};
+use crate::raft::{ConfState, HardState, NodeId, TailConf, Term};
 
 pub const HARD_STATE_FILE: &str = "hardstate";
 const MAGIC: [u8; 8] = *b"KVRFTHST";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// The slot format before the tail configurations: read, never written.
+const VERSION_2: u32 = 2;
 /// The slot format before the uncertain term: read, never written.
 const VERSION_1: u32 = 1;
 
@@ -52,14 +64,20 @@ const SEQ_OFFSET: usize = RESERVED_OFFSET + 4;
 const TERM_OFFSET: usize = SEQ_OFFSET + 8;
 const VOTE_OFFSET: usize = TERM_OFFSET + 8;
 const UNCERTAIN_OFFSET: usize = VOTE_OFFSET + 8;
-const CRC_OFFSET: usize = UNCERTAIN_OFFSET + 8;
-const SLOT_SIZE: usize = CRC_OFFSET + 4;
-/// Version 1's checksum sat where the uncertain term is now.
-const CRC_OFFSET_V1: usize = UNCERTAIN_OFFSET;
+const TAIL_LEN_OFFSET: usize = UNCERTAIN_OFFSET + 8;
+const TAIL_OFFSET: usize = TAIL_LEN_OFFSET + 2;
 const SLOT_STRIDE: usize = 512;
+/// The most bytes of tail configurations a slot holds (the rest is the checksum).
+const TAIL_BYTES_MAX: usize = SLOT_STRIDE - TAIL_OFFSET - 8;
+/// Version 2's checksum sat where the tail configurations' length is now, version 1's where
+/// the uncertain term is.
+const CRC_OFFSET_V2: usize = TAIL_LEN_OFFSET;
+const CRC_OFFSET_V1: usize = UNCERTAIN_OFFSET;
 const FILE_SIZE: usize = 2 * SLOT_STRIDE;
-const _: () = assert!(CRC_OFFSET == 48 && SLOT_SIZE == 52 && CRC_OFFSET_V1 == 40);
-const _: () = assert!(SLOT_SIZE <= SLOT_STRIDE);
+const TAIL_NEAR: u8 = 1;
+const TAIL_EVERY: u8 = 2;
+const _: () = assert!(TAIL_OFFSET == 50 && TAIL_BYTES_MAX == 454 && CRC_OFFSET_V2 == 48);
+const _: () = assert!(TAIL_OFFSET + TAIL_BYTES_MAX + 4 <= SLOT_STRIDE);
 
 pub struct HardStateStore {
     path: PathBuf,
@@ -105,7 +123,7 @@ impl HardStateStore {
             decode_slot(&buf[..SLOT_STRIDE]),
             decode_slot(&buf[SLOT_STRIDE..]),
         ];
-        let best = slots.iter().flatten().max_by_key(|(seq, _)| *seq).copied();
+        let best = slots.iter().flatten().max_by_key(|(seq, _)| *seq).cloned();
         let (sequence, hs) = match best {
             Some(found) => found,
             None if buf.iter().all(|&b| b == 0) => (0, HardState::default()),
@@ -157,8 +175,8 @@ fn corrupt(path: &Path, offset: u64, reason: String) -> WalError {
     }
 }
 
-fn encode_slot(sequence: u64, hs: &HardState) -> [u8; SLOT_SIZE] {
-    let mut b = [0u8; SLOT_SIZE];
+fn encode_slot(sequence: u64, hs: &HardState) -> Vec<u8> {
+    let mut b = vec![0u8; TAIL_OFFSET];
     b[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
     b[VERSION_OFFSET..RESERVED_OFFSET].copy_from_slice(&VERSION.to_be_bytes());
     b[SEQ_OFFSET..TERM_OFFSET].copy_from_slice(&sequence.to_be_bytes());
@@ -166,21 +184,121 @@ fn encode_slot(sequence: u64, hs: &HardState) -> [u8; SLOT_SIZE] {
     let vote = hs.vote.map_or(0, |n| n.0);
     b[VOTE_OFFSET..UNCERTAIN_OFFSET].copy_from_slice(&vote.to_be_bytes());
     let uncertain = hs.uncertain.map_or(0, |t| t.0);
-    b[UNCERTAIN_OFFSET..CRC_OFFSET].copy_from_slice(&uncertain.to_be_bytes());
-    let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
-    b[CRC_OFFSET..SLOT_SIZE].copy_from_slice(&crc.to_be_bytes());
+    b[UNCERTAIN_OFFSET..TAIL_LEN_OFFSET].copy_from_slice(&uncertain.to_be_bytes());
+    let tail = encode_tail(&hs.tail_confs);
+    b[TAIL_LEN_OFFSET..TAIL_OFFSET].copy_from_slice(&(tail.len() as u16).to_be_bytes());
+    b.extend_from_slice(&tail);
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_be_bytes());
+    debug_assert!(b.len() <= SLOT_STRIDE);
     b
 }
 
+fn tail_bytes(list: &[TailConf]) -> usize {
+    1 + list
+        .iter()
+        .map(|t| 3 + 8 * (t.conf.voters.len() + t.conf.learners.len()))
+        .sum::<usize>()
+}
+
+/// The tail configurations as saved: the list, or, when it does not fit, one `every` entry
+/// of all their members, or, when that does not fit either, none (see the header).
+fn encode_tail(list: &[TailConf]) -> Vec<u8> {
+    let collapsed;
+    let list = if tail_bytes(list) <= TAIL_BYTES_MAX && list.len() <= u8::MAX as usize {
+        list
+    } else {
+        let voters = list.iter().flat_map(|t| t.conf.voters.iter().copied());
+        let learners = list.iter().flat_map(|t| t.conf.learners.iter().copied());
+        collapsed = [TailConf {
+            conf: ConfState::new(voters.collect(), learners.collect()),
+            near: false,
+            every: true,
+        }];
+        match tail_bytes(&collapsed) <= TAIL_BYTES_MAX {
+            true => &collapsed[..],
+            false => {
+                log::warn!(
+                    "hard state: {} tail configurations of more members than a slot holds: not recorded",
+                    list.len()
+                );
+                &[]
+            }
+        }
+    };
+    let mut b = Vec::with_capacity(tail_bytes(list));
+    b.push(list.len() as u8);
+    for t in list {
+        let flags = (u8::from(t.near) * TAIL_NEAR) | (u8::from(t.every) * TAIL_EVERY);
+        // Fits: at most TAIL_BYTES_MAX / 8 ids in all.
+        b.extend_from_slice(&[
+            flags,
+            t.conf.voters.len() as u8,
+            t.conf.learners.len() as u8,
+        ]);
+        for id in t.conf.voters.iter().chain(&t.conf.learners) {
+            b.extend_from_slice(&id.0.to_be_bytes());
+        }
+    }
+    b
+}
+
+/// The tail configurations of a slot whose checksum held; `None` if they do not decode (a
+/// bug or damage the checksum missed: the slot is not used).
+fn decode_tail(mut b: &[u8]) -> Option<Vec<TailConf>> {
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, rest) = b.split_at_checked(n)?;
+        b = rest;
+        Some(head)
+    };
+    let count = take(1)?[0];
+    let mut list = Vec::new();
+    for _ in 0..count {
+        let h = take(3)?;
+        let (flags, v, l) = (h[0], h[1] as usize, h[2] as usize);
+        if flags & !(TAIL_NEAR | TAIL_EVERY) != 0 {
+            return None;
+        }
+        let ids = take(8 * (v + l))?;
+        let id = |k: usize| {
+            NodeId(u64::from_be_bytes(
+                ids[8 * k..8 * k + 8].try_into().expect("8"),
+            ))
+        };
+        let voters: Vec<NodeId> = (0..v).map(id).collect();
+        let learners: Vec<NodeId> = (v..v + l).map(id).collect();
+        let conf = ConfState::new(voters.clone(), learners.clone());
+        // As written: ascending, non-zero, disjoint (what `ConfState::new` keeps unchanged).
+        if conf.voters != voters || conf.learners != learners || conf.members().any(|n| n.0 == 0) {
+            return None;
+        }
+        list.push(TailConf {
+            conf,
+            near: flags & TAIL_NEAR != 0,
+            every: flags & TAIL_EVERY != 0,
+        });
+    }
+    b.is_empty().then_some(list)
+}
+
 fn decode_slot(b: &[u8]) -> Option<(u64, HardState)> {
-    let b = b.get(..SLOT_SIZE)?;
+    let b = b.get(..SLOT_STRIDE)?;
     let u64_at = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().expect("8 bytes"));
     let u32_at = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    let u16_at = |o: usize| u16::from_be_bytes(b[o..o + 2].try_into().expect("2 bytes"));
     if b[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC || u32_at(RESERVED_OFFSET) != 0 {
         return None;
     }
-    let crc_offset = match u32_at(VERSION_OFFSET) {
-        VERSION => CRC_OFFSET,
+    let version = u32_at(VERSION_OFFSET);
+    let crc_offset = match version {
+        VERSION => {
+            let n = u16_at(TAIL_LEN_OFFSET) as usize;
+            if n > TAIL_BYTES_MAX {
+                return None;
+            }
+            TAIL_OFFSET + n
+        }
+        VERSION_2 => CRC_OFFSET_V2,
         VERSION_1 => CRC_OFFSET_V1,
         _ => return None,
     };
@@ -188,14 +306,19 @@ fn decode_slot(b: &[u8]) -> Option<(u64, HardState)> {
         return None;
     }
     let vote = u64_at(VOTE_OFFSET);
-    let uncertain = match crc_offset {
-        CRC_OFFSET => u64_at(UNCERTAIN_OFFSET),
-        _ => 0,
+    let uncertain = match version {
+        VERSION_1 => 0,
+        _ => u64_at(UNCERTAIN_OFFSET),
+    };
+    let tail_confs = match version {
+        VERSION => decode_tail(&b[TAIL_OFFSET..crc_offset])?,
+        _ => Vec::new(),
     };
     let hs = HardState {
         term: Term(u64_at(TERM_OFFSET)),
         vote: (vote != 0).then_some(NodeId(vote)),
         uncertain: (uncertain != 0).then_some(Term(uncertain)),
+        tail_confs,
     };
     Some((u64_at(SEQ_OFFSET), hs))
 }
@@ -209,7 +332,97 @@ mod tests {
             term: Term(term),
             vote: vote.map(NodeId),
             uncertain: None,
+            tail_confs: Vec::new(),
         }
+    }
+
+    fn tail(voters: &[u64], learners: &[u64], near: bool) -> TailConf {
+        let ids = |v: &[u64]| v.iter().copied().map(NodeId).collect();
+        TailConf {
+            conf: ConfState::new(ids(voters), ids(learners)),
+            near,
+            every: false,
+        }
+    }
+
+    /// A version 2 slot, as the kvraftd before the tail configurations wrote it.
+    fn encode_slot_v2(sequence: u64, term: u64, uncertain: u64) -> Vec<u8> {
+        let mut b = encode_slot(sequence, &hs(term, None));
+        b.truncate(CRC_OFFSET_V2 + 4);
+        b[VERSION_OFFSET..RESERVED_OFFSET].copy_from_slice(&VERSION_2.to_be_bytes());
+        b[UNCERTAIN_OFFSET..CRC_OFFSET_V2].copy_from_slice(&uncertain.to_be_bytes());
+        let crc = crc32c::crc32c(&b[..CRC_OFFSET_V2]);
+        b[CRC_OFFSET_V2..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn tail_configurations_round_trip_and_a_version_2_slot_loads_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = vec![0u8; FILE_SIZE];
+        let s2 = encode_slot_v2(1, 4, 3);
+        file[SLOT_STRIDE..SLOT_STRIDE + s2.len()].copy_from_slice(&s2);
+        std::fs::write(dir.path().join(HARD_STATE_FILE), &file).unwrap();
+        let (mut s, h) = HardStateStore::open(dir.path()).unwrap();
+        let want = HardState {
+            uncertain: Some(Term(3)),
+            ..hs(4, None)
+        };
+        assert_eq!(h, want);
+        let with = HardState {
+            tail_confs: vec![tail(&[1, 2, 4], &[3, 5], true), tail(&[1, 2], &[], false)],
+            ..want
+        };
+        s.save(&with).unwrap();
+        assert_eq!(HardStateStore::open(dir.path()).unwrap().1, with);
+    }
+
+    #[test]
+    fn a_tail_list_too_long_for_a_slot_is_saved_as_every_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = HardStateStore::open(dir.path()).unwrap();
+        // 8 configurations of 7 members: 8 * (3 + 56) bytes, more than a slot holds.
+        let long: Vec<TailConf> = (0..8u64)
+            .map(|k| tail(&[1, 2, 3, 4, 5, 6], &[10 + k], true))
+            .collect();
+        let hs_long = HardState {
+            tail_confs: long,
+            ..hs(2, Some(1))
+        };
+        s.save(&hs_long).unwrap();
+        let h = HardStateStore::open(dir.path()).unwrap().1;
+        let learners: Vec<u64> = (10..18).collect();
+        let every = TailConf {
+            every: true,
+            ..tail(&[1, 2, 3, 4, 5, 6], &learners, false)
+        };
+        assert_eq!(h.tail_confs, vec![every]);
+        // Too many members for even that: not recorded.
+        let voters: Vec<u64> = (1..=60).collect();
+        let huge = HardState {
+            tail_confs: vec![tail(&voters, &[], true)],
+            ..hs(3, None)
+        };
+        s.save(&huge).unwrap();
+        assert_eq!(HardStateStore::open(dir.path()).unwrap().1, hs(3, None));
+    }
+
+    #[test]
+    fn a_slot_whose_tail_list_does_not_decode_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = HardStateStore::open(dir.path()).unwrap();
+        s.save(&hs(1, None)).unwrap();
+        drop(s);
+        // Sequence 2 with a list naming node 0, checksummed: read as damage, the older slot wins.
+        let bad = HardState {
+            tail_confs: vec![tail(&[0, 1], &[], true)],
+            ..hs(2, None)
+        };
+        let slot = encode_slot(2, &bad);
+        let mut file = std::fs::read(dir.path().join(HARD_STATE_FILE)).unwrap();
+        file[..slot.len()].copy_from_slice(&slot);
+        std::fs::write(dir.path().join(HARD_STATE_FILE), &file).unwrap();
+        assert_eq!(HardStateStore::open(dir.path()).unwrap().1, hs(1, None));
     }
 
     /// A version 1 slot, as the kvraftd before the uncertain term wrote it.
@@ -226,7 +439,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_file_loads_as_certain_and_its_next_save_writes_version_2() {
+    fn a_version_1_file_loads_as_certain_and_its_next_save_writes_version_3() {
         let dir = tempfile::tempdir().unwrap();
         let mut file = vec![0u8; FILE_SIZE];
         let s1 = encode_slot_v1(1, 4, 2);
@@ -245,8 +458,8 @@ mod tests {
         let b = std::fs::read(dir.path().join(HARD_STATE_FILE)).unwrap();
         assert_eq!(
             b[SLOT_STRIDE + VERSION_OFFSET + 3],
-            2,
-            "sequence 3 -> slot 1, version 2"
+            3,
+            "sequence 3 -> slot 1, version 3"
         );
         let (_, h) = HardStateStore::open(dir.path()).unwrap();
         assert_eq!(h, uncertain);

@@ -124,7 +124,9 @@ pub const MAGIC: u32 = u32::from_be_bytes(*b"KVRF");
 /// is refused at the Hello. Version 2: ClientRequest carries the client's RESP protocol.
 /// Version 3: Hello carries the cluster uid and the sender's incarnation. Version 4:
 /// ClientRequest carries the client connection's rights. Version 5: ReadIndexRequest and
-/// ReadIndexReply (follower reads); a peer of version 4 is refused at the Hello, as any other.
+/// ReadIndexReply (follower reads); PreVote carries a floor and PreVoteResp the responder's
+/// newest entry id of a term at most it (peer.rs, raft/uncertain.rs). A peer of version 4
+/// is refused at the Hello, as any other.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 pub const KIND_HELLO: u8 = 1;

@@ -15,8 +15,8 @@
 //!      8    8 to: NodeId, != 0
 //!     16    8 term
 //!     24    1 body tag, then the tag's fields from offset 25:
-//!   tag 0 PreVote       last.term u64, last.index u64                          16 bytes
-//!   tag 1 PreVoteResp   granted bool                                            1 byte
+//!   tag 0 PreVote       last.term u64, last.index u64, floor u64 (a term)       24 bytes
+//!   tag 1 PreVoteResp   granted bool, last.term u64, last.index u64            17 bytes
 //!   tag 2 Vote          last.term u64, last.index u64, transfer bool           17 bytes
 //!   tag 3 VoteResp      granted bool                                            1 byte
 //!   tag 4 Append        prev.term u64, prev.index u64, commit u64,
@@ -71,8 +71,9 @@ const ENTRY_HEADER_SIZE: usize = 21;
 pub(super) fn message_body_len(m: &Message) -> usize {
     MESSAGE_HEADER_SIZE
         + match &m.body {
-            MessageBody::PreVote { .. } => ENTRY_ID_SIZE,
-            MessageBody::PreVoteResp { .. } | MessageBody::VoteResp { .. } => 1,
+            MessageBody::PreVote { .. } => ENTRY_ID_SIZE + 8,
+            MessageBody::PreVoteResp { .. } => 1 + ENTRY_ID_SIZE,
+            MessageBody::VoteResp { .. } => 1,
             MessageBody::Vote { .. } => ENTRY_ID_SIZE + 1,
             MessageBody::Append { entries, .. } => {
                 ENTRY_ID_SIZE
@@ -123,13 +124,15 @@ pub(super) fn encode_message(m: &Message, out: &mut Vec<u8>) {
     put_node(out, m.to);
     put_u64(out, m.term.0);
     match &m.body {
-        MessageBody::PreVote { last } => {
+        MessageBody::PreVote { last, floor } => {
             out.push(TAG_PRE_VOTE);
             put_entry_id(out, *last);
+            put_u64(out, floor.0);
         }
-        MessageBody::PreVoteResp { granted } => {
+        MessageBody::PreVoteResp { granted, last } => {
             out.push(TAG_PRE_VOTE_RESP);
             put_bool(out, *granted);
+            put_entry_id(out, *last);
         }
         MessageBody::Vote { last, transfer } => {
             out.push(TAG_VOTE);
@@ -212,9 +215,11 @@ pub(super) fn decode_message(r: &mut Reader<'_>) -> Result<Message, DecodeError>
     let body = match r.u8("message tag")? {
         TAG_PRE_VOTE => MessageBody::PreVote {
             last: r.entry_id("pre-vote last")?,
+            floor: Term(r.u64("pre-vote floor")?),
         },
         TAG_PRE_VOTE_RESP => MessageBody::PreVoteResp {
             granted: r.bool("pre-vote granted")?,
+            last: r.entry_id("pre-vote response last")?,
         },
         TAG_VOTE => MessageBody::Vote {
             last: r.entry_id("vote last")?,

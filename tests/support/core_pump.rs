@@ -560,7 +560,7 @@ fn restored(d: &Durable) -> Restored {
         "durable log ends before the snapshot"
     );
     Restored {
-        hard_state: d.hard_state,
+        hard_state: d.hard_state.clone(),
         snapshot: d.snapshot.clone(),
         entries: d.log.iter().filter(|e| e.index > from).cloned().collect(),
     }

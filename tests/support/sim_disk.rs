@@ -460,12 +460,12 @@ impl Disk for SimDisk {
     type Partial = SimPartial;
 
     fn recovered_hard_state(&self) -> HardState {
-        self.image.borrow().hard_state
+        self.image.borrow().hard_state.clone()
     }
 
     fn save_hard_state(&mut self, hs: &HardState) -> Result<(), String> {
         self.check_open()?;
-        self.image.borrow_mut().hard_state = *hs;
+        self.image.borrow_mut().hard_state = hs.clone();
         Ok(())
     }
 
