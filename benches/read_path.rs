@@ -19,20 +19,20 @@
 //! Instructions per GET: `tools/profile.sh cpu-get` (callgrind, user space only, collecting
 //! only in the measured turns).
 
-use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 #[path = "shared/counting.rs"]
 mod counting;
+#[path = "shared/sim_clients.rs"]
+mod sim_clients;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use counting::CHARGED;
+use sim_clients::{env, Client};
 
-use kvraft::client::{resp, Value};
-use kvraft::prng::Prng;
-use support::sim_net::SimStream;
+use kvraft::client::Value;
 use support::story::{SimNode, Story};
 
 const KEYSPACE: u64 = 1_000;
@@ -54,12 +54,6 @@ enum Phase {
     Read,
 }
 
-struct Client {
-    stream: SimStream,
-    inbuf: Vec<u8>,
-    rng: Prng,
-}
-
 impl Client {
     fn send(&mut self, story: &mut Story, phase: Phase) {
         let key = format!("key-{:012}", self.rng.range(0, KEYSPACE));
@@ -71,48 +65,17 @@ impl Client {
             Phase::Read => story.send(&mut self.stream, &[b"GET", key.as_bytes()]),
         }
     }
-
-    /// Replies that arrived (+OK to a SET, a value or nil to a GET; never an error).
-    fn replies(&mut self) -> usize {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = self.stream.read(&mut buf) {
-            self.inbuf.extend_from_slice(&buf[..n]);
-        }
-        let mut got = 0;
-        while let Some((v, n)) = resp::parse_value(&self.inbuf).expect("a well-formed reply") {
-            assert!(!matches!(v, Value::Error(_)), "answered {v:?}");
-            self.inbuf.drain(..n);
-            got += 1;
-        }
-        got
-    }
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {
     let clients = env("BENCH_CLIENTS", 64) as usize;
     let reads = env("BENCH_READS", 20_000);
     let fill = env("BENCH_FILL", 5_000);
-    let spread = std::env::var("BENCH_PLACE").is_ok_and(|p| p == "spread");
+    let spread = sim_clients::spread();
     let mut story = Story::new(3);
     let leader = story.leader();
     let ids: Vec<u64> = story.nodes.keys().copied().collect();
-    let mut cs: Vec<Client> = (0..clients)
-        .map(|i| {
-            let at = if spread { ids[i % ids.len()] } else { leader };
-            Client {
-                stream: story.connect(at),
-                inbuf: Vec::new(),
-                rng: Prng::new(i as u64 + 1),
-            }
-        })
-        .collect();
+    let mut cs = sim_clients::connect(&mut story, clients);
     let mut phase = Phase::Fill;
     for c in &mut cs {
         c.send(&mut story, phase);
@@ -138,7 +101,7 @@ fn main() {
             }
         });
         for c in &mut cs {
-            for _ in 0..c.replies() {
+            for _ in 0..c.replies(|v| assert!(!matches!(v, Value::Error(_)), "answered {v:?}")) {
                 answered += 1;
                 if measuring {
                     measured += 1;

@@ -27,20 +27,20 @@
 //!
 //!     BENCH_ALLOC_SITES=7 cargo bench --bench write_path
 
-use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 #[path = "shared/counting.rs"]
 mod counting;
+#[path = "shared/sim_clients.rs"]
+mod sim_clients;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use counting::CHARGED;
+use sim_clients::{env, Client};
 
-use kvraft::client::{resp, Value};
-use kvraft::prng::Prng;
-use support::sim_net::SimStream;
+use kvraft::client::Value;
 use support::story::{SimNode, Story};
 
 const KEYSPACE: u64 = 100_000;
@@ -56,60 +56,22 @@ fn measured_turn_follower(node: &mut SimNode, now: Instant, ready: &[(usize, boo
     node.turn(now, ready).expect("no node stops");
 }
 
-struct Client {
-    stream: SimStream,
-    inbuf: Vec<u8>,
-    rng: Prng,
-}
-
 impl Client {
     fn send_set(&mut self, story: &mut Story) {
         let key = format!("key-{:012}", self.rng.range(0, KEYSPACE));
         let value = [b'x'; VALUE_SIZE];
         story.send(&mut self.stream, &[b"SET", key.as_bytes(), &value]);
     }
-
-    /// Replies that arrived (each must be +OK).
-    fn replies(&mut self) -> usize {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = self.stream.read(&mut buf) {
-            self.inbuf.extend_from_slice(&buf[..n]);
-        }
-        let mut got = 0;
-        while let Some((v, n)) = resp::parse_value(&self.inbuf).expect("a well-formed reply") {
-            assert_eq!(v, Value::ok(), "SET answered {v:?}");
-            self.inbuf.drain(..n);
-            got += 1;
-        }
-        got
-    }
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {
     let clients = env("BENCH_CLIENTS", 64) as usize;
     let writes = env("BENCH_WRITES", 20_000);
     let warmup = env("BENCH_WARMUP", 5_000);
-    let spread = std::env::var("BENCH_PLACE").is_ok_and(|p| p == "spread");
+    let spread = sim_clients::spread();
     let mut story = Story::new(3);
     let leader = story.leader();
-    let ids: Vec<u64> = story.nodes.keys().copied().collect();
-    let mut cs: Vec<Client> = (0..clients)
-        .map(|i| {
-            let at = if spread { ids[i % ids.len()] } else { leader };
-            Client {
-                stream: story.connect(at),
-                inbuf: Vec::new(),
-                rng: Prng::new(i as u64 + 1),
-            }
-        })
-        .collect();
+    let mut cs = sim_clients::connect(&mut story, clients);
     for c in &mut cs {
         c.send_set(&mut story);
     }
@@ -133,7 +95,7 @@ fn main() {
             }
         });
         for c in &mut cs {
-            for _ in 0..c.replies() {
+            for _ in 0..c.replies(|v| assert_eq!(*v, Value::ok(), "SET answered {v:?}")) {
                 answered += 1;
                 c.send_set(&mut story);
             }
