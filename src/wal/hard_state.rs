@@ -345,15 +345,24 @@ mod tests {
         }
     }
 
+    /// A slot of an older `version`, as the kvraftd of that version wrote it: the same
+    /// fields as version 3 up to `crc_offset`, where its checksum sits.
+    fn encode_old_slot(sequence: u64, hs: &HardState, version: u32, crc_offset: usize) -> Vec<u8> {
+        let mut b = encode_slot(sequence, hs);
+        b.truncate(crc_offset + 4);
+        b[VERSION_OFFSET..RESERVED_OFFSET].copy_from_slice(&version.to_be_bytes());
+        let crc = crc32c::crc32c(&b[..crc_offset]);
+        b[crc_offset..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
     /// A version 2 slot, as the kvraftd before the tail configurations wrote it.
     fn encode_slot_v2(sequence: u64, term: u64, uncertain: u64) -> Vec<u8> {
-        let mut b = encode_slot(sequence, &hs(term, None));
-        b.truncate(CRC_OFFSET_V2 + 4);
-        b[VERSION_OFFSET..RESERVED_OFFSET].copy_from_slice(&VERSION_2.to_be_bytes());
-        b[UNCERTAIN_OFFSET..CRC_OFFSET_V2].copy_from_slice(&uncertain.to_be_bytes());
-        let crc = crc32c::crc32c(&b[..CRC_OFFSET_V2]);
-        b[CRC_OFFSET_V2..].copy_from_slice(&crc.to_be_bytes());
-        b
+        let hs = HardState {
+            uncertain: Some(Term(uncertain)),
+            ..hs(term, None)
+        };
+        encode_old_slot(sequence, &hs, VERSION_2, CRC_OFFSET_V2)
     }
 
     #[test]
@@ -427,15 +436,7 @@ mod tests {
 
     /// A version 1 slot, as the kvraftd before the uncertain term wrote it.
     fn encode_slot_v1(sequence: u64, term: u64, vote: u64) -> Vec<u8> {
-        let mut b = vec![0u8; CRC_OFFSET_V1 + 4];
-        b[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
-        b[VERSION_OFFSET..RESERVED_OFFSET].copy_from_slice(&VERSION_1.to_be_bytes());
-        b[SEQ_OFFSET..TERM_OFFSET].copy_from_slice(&sequence.to_be_bytes());
-        b[TERM_OFFSET..VOTE_OFFSET].copy_from_slice(&term.to_be_bytes());
-        b[VOTE_OFFSET..CRC_OFFSET_V1].copy_from_slice(&vote.to_be_bytes());
-        let crc = crc32c::crc32c(&b[..CRC_OFFSET_V1]);
-        b[CRC_OFFSET_V1..].copy_from_slice(&crc.to_be_bytes());
-        b
+        encode_old_slot(sequence, &hs(term, Some(vote)), VERSION_1, CRC_OFFSET_V1)
     }
 
     #[test]
