@@ -418,18 +418,11 @@ fn main() {
          round(s) of {window} s each"
     );
     row("set", 64, &busy);
-    let taken: Vec<String> = (0..3)
-        .filter_map(|i| c.info(i, "snapshots_taken"))
-        .collect();
-    let fork: Vec<String> = (0..3)
-        .filter_map(|i| c.info(i, "last_snapshot_fork_us"))
-        .collect();
-    let took: Vec<String> = (0..3)
-        .filter_map(|i| c.info(i, "last_snapshot_ms"))
-        .collect();
-    let size: Vec<String> = (0..3)
-        .filter_map(|i| c.info(i, "last_snapshot_bytes"))
-        .collect();
+    let each = |field: &str| -> Vec<String> { (0..3).filter_map(|i| c.info(i, field)).collect() };
+    let taken = each("snapshots_taken");
+    let fork = each("last_snapshot_fork_us");
+    let took = each("last_snapshot_ms");
+    let size = each("last_snapshot_bytes");
     println!(
         "p99 during snapshots / without: {:.2}x; throughput {:.2}x",
         busy.pct(0.99) / quiet.pct(0.99).max(1e-9),
