@@ -130,7 +130,11 @@ impl Raft {
     /// Re-derives the configurations of the ConfChange entries at or after `from` (what was
     /// recorded there was just replaced), and the configuration in force.
     pub(super) fn scan_conf_entries_from(&mut self, from: LogIndex) {
+        let pending = self.pending_confs.len();
         self.pending_confs.retain(|(i, _)| *i < from);
+        // Whether the configurations moved (a change cut away or appended): only then can the
+        // tail configurations (`refresh_tail`); a plain append (every turn) changes nothing.
+        let mut moved = self.pending_confs.len() != pending;
         let mut conf = match self.pending_confs.last() {
             Some((_, c)) => c.clone(),
             None => self.conf_committed.clone(),
@@ -143,6 +147,7 @@ impl Raft {
                     Ok(cc) => {
                         conf = Self::apply_conf_change(self.id, i, &cc, &conf);
                         self.pending_confs.push((i, conf.clone()));
+                        moved = true;
                     }
                     Err(err) => ::log::error!("node {}: bad conf change at {i}: {err}", self.id),
                 }
@@ -160,7 +165,9 @@ impl Raft {
             self.conf = conf;
             self.sync_leader_progress();
         }
-        self.refresh_tail();
+        if moved {
+            self.refresh_tail();
+        }
     }
 
     /// The configuration after the change at `index`. A change that would exceed

@@ -549,10 +549,7 @@ impl Raft {
                 });
             }
         }
-        let tail = self.uncertain.tail_confs(live);
-        if tail != self.tail {
-            self.tail = tail;
-        }
+        self.tail = self.uncertain.tail_confs(live);
     }
 
     /// Rule 3 of `uncertain.rs`: the node trusts its log again (one log line).
