@@ -11,6 +11,7 @@
 //! | [`kv`]     | the skiplist state machine, its commands and snapshots                | know about Raft |
 //! | [`client`] | RESP2 parsing and encoding; `client::blocking`, the one blocking client for kvctl, tests and benches | block (except `client::blocking`, which the node never uses) |
 //! | [`node`]   | the only place effects happen: Poll, sockets, the clock, fork, fsync  | hold protocol logic |
+//! | [`payload`] | log entry bytes, in blocks mapped outside the heap (unsafe inside, behind its invariants) | know what the bytes mean |
 //! | [`config`] | the cluster config file, parsed by hand and validated                 | |
 //! | [`limits`] | every limit, with the relations between them asserted                 | |
 //!
@@ -25,6 +26,7 @@ pub mod kv;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod payload;
 pub mod prng;
 pub mod raft;
 pub mod timer;

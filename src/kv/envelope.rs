@@ -28,6 +28,7 @@
 //!    than the command plus `ENVELOPE_SIZE_MAX`.
 
 use crate::kv::command::FORMAT_VERSION as COMMAND_VERSION;
+use crate::payload::Payload;
 use byteorder::{BigEndian, ByteOrder};
 
 /// The first byte of an enveloped payload.
@@ -118,24 +119,14 @@ pub fn wrap(env: &Envelope, command: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Payloads up to this many bytes are assembled on the stack by `wrap_shared`.
-const WRAP_STACK_SIZE: usize = 2048;
-
-/// `wrap`'s bytes, in the shared buffer a log entry holds. A payload of up to
-/// `WRAP_STACK_SIZE` bytes (every usual write) costs one allocation: it is assembled on the
-/// stack and copied once (a memcpy; collecting a chained byte iterator into the `Arc` instead
-/// copied byte by byte, 2-3% of a leader's CPU under load); a longer one costs two (`wrap`'s
-/// vector, then the `Arc`), where the copies, not the allocations, dominate.
-pub fn wrap_shared(env: &Envelope, command: &[u8]) -> std::sync::Arc<[u8]> {
+/// `wrap`'s bytes, written straight into the payload a log entry holds: no vector, no copy
+/// through the stack, no heap allocation (see `crate::payload`).
+pub fn wrap_shared(env: &Envelope, command: &[u8]) -> Payload {
     let (head, n) = header(env);
-    let len = n + command.len();
-    if len > WRAP_STACK_SIZE {
-        return wrap(env, command).into();
-    }
-    let mut buf = [0u8; WRAP_STACK_SIZE];
-    buf[..n].copy_from_slice(&head[..n]);
-    buf[n..len].copy_from_slice(command);
-    std::sync::Arc::from(&buf[..len])
+    Payload::build(n + command.len(), |buf| {
+        buf[..n].copy_from_slice(&head[..n]);
+        buf[n..].copy_from_slice(command);
+    })
 }
 
 /// The envelope's bytes (the first `n` of the array).
@@ -257,13 +248,13 @@ mod tests {
     }
 
     #[test]
-    fn shared_payloads_equal_wrap_on_both_sides_of_the_stack_size() {
+    fn shared_payloads_equal_wrap_on_both_sides_of_the_shared_block_limit() {
         for e in envelopes() {
             let (_, n) = header(&e);
             // wrap_shared does not read the command: any bytes do. Payloads of 1 byte past
-            // the header, of WRAP_STACK_SIZE - 1, exactly, + 1, and three times as many.
-            let stack = WRAP_STACK_SIZE - n;
-            for len in [1, stack - 1, stack, stack + 1, 3 * stack] {
+            // the header, up to the arena's shared limit and past it (a block of its own).
+            let shared_max = crate::payload::SHARED_MAX - n;
+            for len in [1, shared_max - 1, shared_max, shared_max + 1, 3 * shared_max] {
                 let c: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
                 let shared = wrap_shared(&e, &c);
                 assert_eq!(shared.len(), n + len, "{e:?}, {len} bytes");

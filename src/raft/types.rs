@@ -114,8 +114,9 @@ impl EntryKind {
 
 /// An entry's payload, shared: the log, the `Ready` handed to the driver, the append to every
 /// follower and the apply all hold the same bytes, so cloning an entry copies no payload
-/// (issue 16: no allocation per follower or per stage of the write path).
-pub type Payload = std::sync::Arc<[u8]>;
+/// (issue 16: no allocation per follower or per stage of the write path). Kept outside the
+/// heap so that compacting the log gives its memory back (see `crate::payload`).
+pub use crate::payload::Payload;
 
 /// One log entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
