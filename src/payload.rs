@@ -103,11 +103,17 @@ impl Arena {
     /// is full: the block and the range's start.
     fn reserve(&mut self, len: usize) -> (Arc<Block>, usize) {
         debug_assert!(len > 0 && len <= SHARED_MAX);
-        let fits = self.current.as_ref().is_some_and(|b| b.len - self.filled >= len);
+        let fits = self
+            .current
+            .as_ref()
+            .is_some_and(|b| b.len - self.filled >= len);
         if !fits {
             // The full block is reused only if nothing names it any more (its pages are warm);
             // otherwise it stays alive through its payloads alone and a new one is mapped.
-            let reusable = self.current.as_mut().is_some_and(|b| Arc::get_mut(b).is_some());
+            let reusable = self
+                .current
+                .as_mut()
+                .is_some_and(|b| Arc::get_mut(b).is_some());
             if !reusable {
                 self.current = Some(Arc::new(Block::map(BLOCK_SIZE)));
             }
@@ -273,12 +279,18 @@ mod tests {
             if moved {
                 break;
             }
-            assert!(later.len() <= 2 * BLOCK_SIZE / SHARED_MAX, "the arena never moved on");
+            assert!(
+                later.len() <= 2 * BLOCK_SIZE / SHARED_MAX,
+                "the arena never moved on"
+            );
         }
         drop(later);
         assert!(weak.upgrade().is_some(), "a clone still names the block");
         drop(second);
-        assert!(weak.upgrade().is_none(), "the block outlived its last payload");
+        assert!(
+            weak.upgrade().is_none(),
+            "the block outlived its last payload"
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@
 #     resident memory per key: the same `redis-benchmark -t set -n KEYS -r KEYS -d 256` load
 #     (default 1,000,000: about 632k distinct keys) into the cluster's leader and into a
 #     redis-server without persistence on port BASE+50; prints each one's anonymous resident
-#     size, keys, bytes per key, and (kvraft) the log entries it holds in memory.
+#     size, keys, bytes per key, and (kvraft) the log entries it holds in memory: once
+#     2 s after the load, and once settled (no snapshot running and the log behind the
+#     last one below snapshot_entries, waiting up to 60 s), the steady state between two
+#     snapshots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${PROFILE_PORT_BASE:-27600}
@@ -100,6 +103,7 @@ for id in 1 2 3; do
 done
 
 info() { redis-cli -p "$1" info raft 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
+pinfo() { redis-cli -p "$1" info persistence 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
 leader=
 for _ in $(seq 1 300); do
   st=$("$bin/kvctl" -c "$conf" -t 1 status 2>/dev/null || true)
@@ -139,18 +143,32 @@ if [[ -n $memory ]]; then
   redis-benchmark -p $rport $load > /dev/null
   redis-benchmark -p $lport $load > /dev/null
   sleep 2 # the followers apply the last entries
-  for who in "redis-server:$rpid:$rport" "kvraft-leader:${pid[$leader]}:$lport" \
-      "kvraft-follower:${pid[$follower]}:$((base + 10 + follower))"; do
-    IFS=: read -r name p port <<<"$who"
-    keys=$(redis-cli -p "$port" dbsize | tr -d '\r')
-    kb=$(rss_kb "$p")
-    printf "%-16s %8d keys  RssAnon %7d kB  %6.0f bytes per key" "$name" "$keys" "$kb" \
-      "$(echo "$kb * 1024 / $keys" | bc -l)"
-    # The log entries a kvraft node holds in memory (after its last compaction) are part of it.
-    [[ $name == kvraft-* ]] && printf "  (%d log entries in memory)" \
-      $(( $(info "$port" last_log_index) - $(info "$port" first_log_index) + 1 ))
-    echo
-  done
+  measure() { # measure WHEN: one line per server
+    local who name p port keys kb
+    for who in "redis-server:$rpid:$rport" "kvraft-leader:${pid[$leader]}:$lport" \
+        "kvraft-follower:${pid[$follower]}:$((base + 10 + follower))"; do
+      IFS=: read -r name p port <<<"$who"
+      keys=$(redis-cli -p "$port" dbsize | tr -d '\r')
+      kb=$(rss_kb "$p")
+      printf "%-9s %-16s %8d keys  RssAnon %7d kB  %6.0f bytes per key" "$1" "$name" "$keys" \
+        "$kb" "$(echo "$kb * 1024 / $keys" | bc -l)"
+      # The log entries a kvraft node holds in memory (after its last compaction) are part of it.
+      [[ $name == kvraft-* ]] && printf "  (%d log entries in memory)" \
+        $(( $(info "$port" last_log_index) - $(info "$port" first_log_index) + 1 ))
+      echo
+    done
+  }
+  measure loaded
+  settled() { # every kvraft node: no snapshot running, and its log behind the last one short
+    local port
+    for port in $lport $((base + 10 + follower)); do
+      [[ $(pinfo "$port" snapshot_in_progress) == 0 ]] || return 1
+      (( $(info "$port" last_log_index) - $(pinfo "$port" snapshot_index) < 100000 )) || return 1
+    done
+  }
+  for _ in $(seq 1 120); do settled && break; sleep 0.5; done
+  sleep 1 # the parent reaps the snapshot child and compacts its log
+  measure settled
   redis-cli -p $rport shutdown nosave >/dev/null 2>&1 || true
   exit 0
 fi

@@ -254,7 +254,13 @@ mod tests {
             // wrap_shared does not read the command: any bytes do. Payloads of 1 byte past
             // the header, up to the arena's shared limit and past it (a block of its own).
             let shared_max = crate::payload::SHARED_MAX - n;
-            for len in [1, shared_max - 1, shared_max, shared_max + 1, 3 * shared_max] {
+            for len in [
+                1,
+                shared_max - 1,
+                shared_max,
+                shared_max + 1,
+                3 * shared_max,
+            ] {
                 let c: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
                 let shared = wrap_shared(&e, &c);
                 assert_eq!(shared.len(), n + len, "{e:?}, {len} bytes");
