@@ -1,11 +1,12 @@
 //! The driver: executes the core's `Ready` in the contract's order, once per loop turn.
 //!
 //! The order (Raft §5, etcd's README), asserted where it can be:
-//! 0. when the Ready persists nothing (no entries, hard state or snapshot: the leader's turn
-//!    in which a quorum's acks arrived), steps 6 and 7 come first and their replies are
+//! 0. on a leader, when the Ready persists nothing (no entries, hard state or snapshot: the
+//!    turn in which a quorum's acks arrived), steps 6 and 7 come first and their replies are
 //!    written at once: with no sync for the messages to overlap, the client's reply need not
 //!    wait behind the commit-carrying appends to every follower (each a loopback send that
-//!    runs the receiver's TCP input inline);
+//!    runs the receiver's TCP input inline). Not on a follower: there the messages are
+//!    answers (a heartbeat's, for a leader's read round) that must not wait for an apply;
 //! 1. send `messages` at once: the leader's appends and heartbeats go out before its own
 //!    sync, so followers write in parallel with it;
 //! 2. install a snapshot received from the leader (state machine, then the log reset);
@@ -100,7 +101,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         } = rd;
         // 0.
         let mut answer = Some((committed, read_states, failed_reads));
-        if hard_state.is_none() && entries.is_empty() && snapshot.is_none() {
+        let leads = self.raft.role() == crate::raft::Role::Leader;
+        if leads && hard_state.is_none() && entries.is_empty() && snapshot.is_none() {
             if let Some((committed, read_states, failed_reads)) = answer.take() {
                 self.apply_and_serve(committed, read_states, failed_reads);
                 self.flush_dirty();
