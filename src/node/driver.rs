@@ -1,13 +1,20 @@
 //! The driver: executes the core's `Ready` in the contract's order, once per loop turn.
 //!
 //! The order (Raft §5, etcd's README), asserted where it can be:
+//! 0. on a leader, when the Ready persists nothing (no entries, hard state or snapshot: the
+//!    turn in which a quorum's acks arrived), steps 6 and 7 come first and their replies are
+//!    written at once: with no sync for the messages to overlap, the client's reply need not
+//!    wait behind the commit-carrying appends to every follower (each a loopback send that
+//!    runs the receiver's TCP input inline). Not on a follower: there the messages are
+//!    answers (a heartbeat's, for a leader's read round) that must not wait for an apply;
 //! 1. send `messages` at once: the leader's appends and heartbeats go out before its own
 //!    sync, so followers write in parallel with it;
 //! 2. install a snapshot received from the leader (state machine, then the log reset);
 //! 3. persist the hard state (durable on return) and append the entries;
 //! 4. sync the log once for the whole turn (group commit) — a failed sync is fatal;
 //! 5. only then send `persisted_messages` (votes granted, append acks): nothing claims
-//!    durability before it is durable (seed lessons 5 and 6);
+//!    durability before it is durable (seed lessons 5 and 6); they are written at once, not
+//!    after the apply below (a follower's ack is on the path of every write's latency);
 //! 6. apply `committed` in index order, each exactly once, answering the waiting clients;
 //! 7. serve the reads whose round completed and whose index is applied;
 //! 8. `advance` the core with what is now durable and applied.
@@ -92,6 +99,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             read_states,
             failed_reads,
         } = rd;
+        // 0.
+        let mut answer = Some((committed, read_states, failed_reads));
+        let leads = self.raft.role() == crate::raft::Role::Leader;
+        if leads && hard_state.is_none() && entries.is_empty() && snapshot.is_none() {
+            if let Some((committed, read_states, failed_reads)) = answer.take() {
+                self.apply_and_serve(committed, read_states, failed_reads);
+                self.flush_dirty();
+            }
+        }
         // 1.
         for m in messages {
             self.send_raft(m);
@@ -124,11 +140,30 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         // 5. Not after a failed append: these acks and votes may promise what is not on disk
         // (Raft takes their loss like any lost message).
-        if durable {
+        if durable && !persisted_messages.is_empty() {
             for m in persisted_messages {
                 self.send_raft(m);
             }
+            self.flush_dirty();
         }
+        // 6. and 7. (unless done at 0.)
+        if let Some((committed, read_states, failed_reads)) = answer {
+            self.apply_and_serve(committed, read_states, failed_reads);
+        }
+        // 8.
+        self.raft
+            .advance(self.stored.durable_last(), self.applied.index());
+        Ok(())
+    }
+
+    /// Steps 6 and 7: apply `committed` in index order, answering the waiting clients, then
+    /// serve the reads whose round completed and whose index is applied.
+    fn apply_and_serve(
+        &mut self,
+        committed: Vec<Entry>,
+        read_states: Vec<crate::raft::ReadState>,
+        failed_reads: Vec<u64>,
+    ) {
         // 6.
         for e in committed {
             self.apply_entry(e);
@@ -139,10 +174,6 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
         self.serve_ready_reads();
         self.fail_reads(failed_reads);
-        // 8.
-        self.raft
-            .advance(self.stored.durable_last(), self.applied.index());
-        Ok(())
     }
 
     /// Append to the WAL. `Ok(false)`: the disk is full; this node refuses client writes and

@@ -97,6 +97,9 @@ pub struct World {
     /// Read indexes leaders confirmed to followers (`ReadIndexReply` frames with an index):
     /// the simulator checks that followers serve reads themselves.
     pub read_indexes_confirmed: u64,
+    /// When set, every write in order: (connection, peer traffic, bytes). Off by default (the
+    /// simulator writes millions); `turn_order.rs` reads the order of one node's turn.
+    pub write_log: Option<Vec<(u64, bool, usize)>>,
 }
 
 pub type WorldRef = Rc<RefCell<World>>;
@@ -118,6 +121,7 @@ impl World {
             frames_duplicated: 0,
             forwarded_rights: [0; 3],
             read_indexes_confirmed: 0,
+            write_log: None,
         }))
     }
 
@@ -408,6 +412,10 @@ impl io::Write for SimStream {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         c.sides[self.side].written.extend_from_slice(buf);
+        let framed = c.framed;
+        if let Some(log) = w.write_log.as_mut() {
+            log.push((self.conn, framed, buf.len()));
+        }
         Ok(buf.len())
     }
 
