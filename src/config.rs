@@ -36,6 +36,7 @@
 //! | `segment_bytes` | `64MiB` | size of one log segment file; > `limits::ENTRY_SIZE_MAX` + 1 MiB, ≤ 1 GiB |
 //! | `max_clients` | `limits::CLIENT_CONNECTIONS_MAX` (10000) | client connections served at once, 1 ..= that limit |
 //! | `forward_to_leader` | `true` | `true`: a follower forwards client writes to the leader; `false`: it answers `-REDIRECT <leader client address>` |
+//! | `huge_pages` | `true` | `true`: `kvraftd` asks for transparent huge pages for its heap (where the state machine's records live): at start it re-executes itself with glibc's `glibc.malloc.hugetlb=1` tunable added to `GLIBC_TUNABLES` (unless that variable already sets `glibc.malloc.hugetlb`, or the kernel's THP mode is `never`), so `fork()` for a snapshot copies one entry per 2 MiB instead of 512 and pauses the loop a few ms instead of tens (README, Snapshots); `false`: 4 KiB pages |
 //! | `seed` | derived from the id | seed of this node's PRNG (election timeouts); set it to replay a run |
 //! | `requirepass` | none | the `default` user's password: clients must `AUTH` before any other command (`crate::auth`); 1 ..= `limits::PASSWORD_SIZE_MAX` bytes, no whitespace before a `#` |
 //! | `adminpass` | none | the `admin` user's password: only a connection that did `AUTH admin <pass>` may run admin commands (membership, transfer, snapshots, CONFIG SET) |
@@ -94,6 +95,7 @@ const KEYS: &[&str] = &[
     "segment_bytes",
     "max_clients",
     "forward_to_leader",
+    "huge_pages",
     "seed",
     "tls_cert",
     "tls_key",
@@ -180,6 +182,8 @@ pub struct Config {
     pub segment_bytes: u64,
     pub max_clients: usize,
     pub forward_to_leader: bool,
+    /// Transparent huge pages for the heap, through glibc's tunable (see the table above).
+    pub huge_pages: bool,
     pub seed: Option<u64>,
     /// The passwords (`requirepass`, `adminpass`); shared by every client connection.
     pub users: Arc<Users>,
@@ -300,6 +304,7 @@ fn defaults() -> Config {
         segment_bytes: 64 * MIB,
         max_clients: CLIENT_CONNECTIONS_MAX,
         forward_to_leader: true,
+        huge_pages: true,
         seed: None,
         users: Arc::new(Users::default()),
         tls: None,
@@ -413,6 +418,13 @@ fn apply(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> 
         }
         "forward_to_leader" => {
             c.forward_to_leader = match value {
+                "true" => true,
+                "false" => false,
+                _ => return Err(format!("`{key}` expects true or false, got `{value}`")),
+            }
+        }
+        "huge_pages" => {
+            c.huge_pages = match value {
                 "true" => true,
                 "false" => false,
                 _ => return Err(format!("`{key}` expects true or false, got `{value}`")),
@@ -820,6 +832,7 @@ node.3 = peer=127.0.0.1:7003 client=127.0.0.1:6003
             (64 * MIB, CLIENT_CONNECTIONS_MAX)
         );
         assert!(c.forward_to_leader);
+        assert!(c.huge_pages);
         assert_eq!(c.seed, None);
         assert_eq!(
             c.member(NodeId(3)).unwrap().client,
@@ -846,6 +859,7 @@ snapshot_chunk_bytes = 64KiB
 segment_bytes = 1GiB
 max_clients = 3
 forward_to_leader = false
+huge_pages = false
 seed = 18446744073709551615
 node.3 = peer=127.0.0.1:7003 client=127.0.0.1:6003
 node.1 = peer=127.0.0.1:7001 client=127.0.0.1:6001 # one
@@ -866,6 +880,7 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
         );
         assert_eq!((c.segment_bytes, c.max_clients), (GIB, 3));
         assert!(!c.forward_to_leader);
+        assert!(!c.huge_pages);
         assert_eq!(c.seed, Some(u64::MAX));
         let ids: Vec<u64> = c.members.iter().map(|m| m.id.0).collect();
         assert_eq!(ids, vec![1, 2, 3], "members are sorted by id");

@@ -15,6 +15,7 @@ use kvraft::prng::Prng;
 use kvraft::raft::{Entry, EntryKind, LogIndex, Term};
 use kvraft::wal::{
     OnDamage, Prefill, Wal, WalError, WalOptions, DAMAGED_SUFFIX, DAMAGE_FILE, SEGMENT_SIZE_MIN,
+    SPARE_NAME,
 };
 
 /// Bytes of a segment header and of a record header (format.rs).
@@ -131,6 +132,45 @@ fn record_that_does_not_fit_goes_to_the_next_segment() {
     // max_bytes stops early but always returns one entry.
     assert_eq!(wal.entries(LogIndex(1), LogIndex(3), 5).unwrap().len(), 1);
     assert_eq!(wal.entries(LogIndex(2), LogIndex(3), 5).unwrap().len(), 1);
+}
+
+/// `Prefill::ZeroAhead`: the next segment is zeroed while the current one fills, under the
+/// spare's temp name, and the roll renames it into place; a spare left behind is a temp file
+/// that the next open deletes.
+#[test]
+fn zero_ahead_prepares_the_next_segment_while_the_current_one_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join(SPARE_NAME);
+    let mut wal = Wal::open(dir.path(), opts(Prefill::ZeroAhead)).unwrap();
+    let len = SEGMENT_SIZE_MIN as usize / 8;
+    let mut written = Vec::new();
+    let mut index = 1;
+    // About half a segment: twice as many zeros are owed, the spare is whole.
+    while index <= 4 {
+        let e = entry(1, index, len, index as u8);
+        wal.append(std::slice::from_ref(&e)).unwrap();
+        written.push(e);
+        index += 1;
+    }
+    wal.sync().unwrap();
+    assert_eq!(wal.segment_count(), 1);
+    assert_eq!(fs::metadata(&spare).unwrap().len(), SEGMENT_SIZE_MIN);
+    assert!(fs::read(&spare).unwrap().iter().all(|&b| b == 0));
+    // Until the roll, which takes the spare as the second segment.
+    while wal.segment_count() < 2 {
+        let e = entry(1, index, len, index as u8);
+        wal.append(std::slice::from_ref(&e)).unwrap();
+        written.push(e);
+        index += 1;
+    }
+    wal.sync().unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    assert!(!spare.exists() || fs::metadata(&spare).unwrap().len() == SEGMENT_SIZE_MIN);
+    assert_eq!(all(&wal), written);
+    drop(wal);
+    let wal = Wal::open(dir.path(), opts(Prefill::ZeroAhead)).unwrap();
+    assert_eq!(all(&wal), written);
+    assert!(!spare.exists(), "a spare left behind is deleted at open");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! One segment file, created at full size and mapped: the only unsafe code in kvraft.
 //!
 //! Owns: creating a segment (temp name, preallocate, header, fdatasync, rename, fsync of the
-//! directory), opening and mapping one, writing records at the tail (pwrite), and making the
+//! directory), or turning a spare zeroed ahead of need (`Spare`, `Prefill::ZeroAhead`) into
+//! one the same way, opening and mapping one, writing records at the tail (pwrite), and making the
 //! file durable (fdatasync). Must not: interpret records beyond the header (see `format.rs`,
 //! `segmented.rs`).
 //!
@@ -50,6 +51,102 @@ pub enum Prefill {
     /// `fallocate`, then write zeros over the whole file and fdatasync once: slower to create,
     /// cheaper to sync afterwards (the extents are already written).
     ZeroFill,
+    /// The next segment is prepared ahead as a [`Spare`]: fallocated, then zeroed a step at a
+    /// time as the log is written (twice as many bytes as appended, in steps of at least
+    /// `SPARE_STEP`), so it is zero-filled by the time it is needed without one long stall;
+    /// a roll before it is ready creates the segment as `Fallocate` does.
+    ///
+    /// Why: an fdatasync that writes into unwritten extents also converts them, a metadata
+    /// change, so it waits for an ext4 journal commit, which carries whatever else is pending
+    /// (a snapshot file's block allocations). Measured (4 KiB pwrite+fdatasync into a 64 MiB
+    /// segment, 2-core VM, ext4, alternating): fdatasync p50 0.117-0.129 ms fallocated vs
+    /// 0.063-0.080 ms zero-filled; beside a paced 288 MB snapshot writer p90 0.78-1.24 ms vs
+    /// 0.08-0.44 ms. Zero-filling 64 MiB at once took 85-158 ms, against 0.6-25 ms for
+    /// fallocate alone: not a pause the event loop can take at a roll.
+    ZeroAhead,
+}
+
+/// Least bytes of zeros a [`Spare`] is written at a time.
+pub const SPARE_STEP: u64 = 256 * 1024;
+/// Name of the spare segment being prepared (a temp file: deleted at start-up if left).
+pub const SPARE_NAME: &str = "spare.wal.tmp";
+
+/// The next segment file, being zero-filled ahead of need (`Prefill::ZeroAhead`).
+/// Invariant: `zeroed <= size`; bytes `[0, zeroed)` of the file are zeros written to it;
+/// `synced` only once `zeroed == size` and an fdatasync succeeded after the last write.
+pub struct Spare {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    zeroed: u64,
+    synced: bool,
+}
+
+impl Spare {
+    /// Creates (replacing any old one) and fallocates the spare file of `size` bytes in `dir`.
+    pub fn create(dir: &Path, size: u64) -> Result<Spare, WalError> {
+        let path = dir.join(SPARE_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, "create", e))?;
+        if let Err(e) = fallocate(&file, &path, size) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Spare {
+            path,
+            file,
+            size,
+            zeroed: 0,
+            synced: false,
+        })
+    }
+
+    /// Zero-filled and durable: ready to become a segment.
+    pub fn is_ready(&self) -> bool {
+        self.synced
+    }
+
+    /// Writes up to `max` more bytes of zeros (whole `SPARE_STEP`s, at least one) and starts
+    /// their writeback; once the whole file is written, fdatasyncs it (its writeback was
+    /// started step by step, so little is left to wait for). Returns `is_ready()`.
+    pub fn step(&mut self, max: u64) -> Result<bool, WalError> {
+        static ZEROS: [u8; SPARE_STEP as usize] = [0; SPARE_STEP as usize];
+        let mut left = max.max(SPARE_STEP);
+        while left > 0 && self.zeroed < self.size {
+            let n = (self.size - self.zeroed).min(SPARE_STEP);
+            self.file
+                .write_all_at(&ZEROS[..n as usize], self.zeroed)
+                .map_err(|e| io_error(&self.path, "zero-fill", e))?;
+            // SAFETY: sync_file_range on a descriptor we own, with integer arguments.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.zeroed as libc::off64_t,
+                    n as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.zeroed += n;
+            left = left.saturating_sub(n);
+        }
+        if self.zeroed == self.size && !self.synced {
+            self.file
+                .sync_data()
+                .map_err(|e| sync_failed(&self.path, e))?;
+            self.synced = true;
+        }
+        Ok(self.synced)
+    }
+
+    /// Removes the file (an abandoned spare).
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Suffix of a segment file's name.
@@ -90,7 +187,6 @@ impl Segment {
         prefill: Prefill,
     ) -> Result<Segment, WalError> {
         assert!(size as usize > SEGMENT_HEADER_SIZE, "segment size {size}");
-        let path = dir.join(segment_file_name(first));
         let tmp = dir.join(format!("{:020}{TEMP_SUFFIX}", first.0));
         let file = OpenOptions::new()
             .read(true)
@@ -103,11 +199,33 @@ impl Segment {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
+        Segment::finish(dir, first, file, &tmp, size)
+    }
+
+    /// Makes a ready `spare` the segment for `first` in `dir`, durably (as `create` does).
+    pub fn from_spare(dir: &Path, first: LogIndex, spare: Spare) -> Result<Segment, WalError> {
+        assert!(
+            spare.is_ready(),
+            "spare {} used before it is zeroed",
+            spare.path.display()
+        );
+        Segment::finish(dir, first, spare.file, &spare.path, spare.size)
+    }
+
+    /// Header, fdatasync, rename of `tmp` to the segment's name, fsync of the directory, map.
+    fn finish(
+        dir: &Path,
+        first: LogIndex,
+        file: File,
+        tmp: &Path,
+        size: u64,
+    ) -> Result<Segment, WalError> {
+        let path = dir.join(segment_file_name(first));
         let header = encode_segment_header(first);
         file.write_all_at(&header, 0)
-            .map_err(|e| io_error(&tmp, "write header", e))?;
-        file.sync_data().map_err(|e| sync_failed(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| io_error(&path, "rename", e))?;
+            .map_err(|e| io_error(tmp, "write header", e))?;
+        file.sync_data().map_err(|e| sync_failed(tmp, e))?;
+        fs::rename(tmp, &path).map_err(|e| io_error(&path, "rename", e))?;
         fsync_dir(dir)?;
         let map = map_file(&file, &path, size)?;
         Ok(Segment { path, file, map })
@@ -201,6 +319,15 @@ fn map_file(file: &File, path: &Path, len: u64) -> Result<MmapMut, WalError> {
 }
 
 fn preallocate(file: &File, path: &Path, size: u64, prefill: Prefill) -> Result<(), WalError> {
+    let fallocated = fallocate(file, path, size)?;
+    if fallocated && prefill != Prefill::ZeroFill {
+        return Ok(());
+    }
+    write_zeros(file, path, size)
+}
+
+/// `fallocate` of `size` bytes; false if the filesystem cannot (then zeros must be written).
+fn fallocate(file: &File, path: &Path, size: u64) -> Result<bool, WalError> {
     // SAFETY: fallocate on a descriptor we own, with plain integer arguments; it touches no
     // memory of ours.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
@@ -219,10 +346,7 @@ fn preallocate(file: &File, path: &Path, size: u64, prefill: Prefill) -> Result<
             _ => return Err(io_error(path, "fallocate", e)),
         }
     };
-    if fallocated && prefill == Prefill::Fallocate {
-        return Ok(());
-    }
-    write_zeros(file, path, size)
+    Ok(fallocated)
 }
 
 fn write_zeros(file: &File, path: &Path, size: u64) -> Result<(), WalError> {

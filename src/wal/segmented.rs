@@ -29,7 +29,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use log::info;
+use log::{info, warn};
 
 use super::damage::{self, Damage};
 use super::format::{
@@ -38,7 +38,8 @@ use super::format::{
 };
 use super::recovery::{BeforeCut, UncertainTail};
 use super::segment::{
-    fsync_dir, parse_segment_file_name, Segment, OBSOLETE_SUFFIX, SEGMENT_SUFFIX, TEMP_SUFFIX,
+    fsync_dir, parse_segment_file_name, Prefill, Segment, Spare, OBSOLETE_SUFFIX, SEGMENT_SUFFIX,
+    SPARE_STEP, TEMP_SUFFIX,
 };
 use super::{io_error, WalError, WalOptions};
 use crate::limits::ENTRY_SIZE_MAX;
@@ -157,6 +158,12 @@ pub struct Wal {
     failed: Option<(PathBuf, String)>,
     /// Scratch for the records of one `append`, written with one pwrite.
     buf: Vec<u8>,
+    /// `Prefill::ZeroAhead`: the next segment, being zeroed (`advance_spare`).
+    spare: Option<Spare>,
+    /// Bytes of zeros owed to the spare and not yet written (under `SPARE_STEP`).
+    spare_debt: u64,
+    /// Preparing the spare failed since the last roll: do not retry until the next one.
+    spare_failed: bool,
 }
 
 impl Wal {
@@ -191,6 +198,9 @@ impl Wal {
             failed: None,
             buf: Vec::new(),
             next_batch: 1,
+            spare: None,
+            spare_debt: 0,
+            spare_failed: false,
         };
         let names = list_segments(dir)?;
         wal.recover(&names, before_cut)?;
@@ -350,20 +360,57 @@ impl Wal {
         let seg = self.segments.last_mut().expect("a segment");
         let at = seg.end - self.buf.len();
         let r = seg.file.write_at(at, &self.buf);
+        let written = self.buf.len();
         self.buf.clear();
-        if r.is_err() {
-            // Forget the records that may not be in the file (the error poisons the log, but
-            // `first_index`, `last_index` and `term` must still describe only written records).
-            let keep = seg.offsets.partition_point(|&o| (o as usize) < at);
-            seg.offsets.truncate(keep);
-            seg.end = at;
-            seg.dirty_from = seg.dirty_from.min(at);
-            if keep == 0 {
-                // Invariant 1 (no empty segment): recovery deletes an empty last segment.
-                self.segments.pop();
-            }
+        if r.is_ok() {
+            self.advance_spare(written);
+            return r;
+        }
+        // Forget the records that may not be in the file (the error poisons the log, but
+        // `first_index`, `last_index` and `term` must still describe only written records).
+        let seg = self.segments.last_mut().expect("a segment");
+        let keep = seg.offsets.partition_point(|&o| (o as usize) < at);
+        seg.offsets.truncate(keep);
+        seg.end = at;
+        seg.dirty_from = seg.dirty_from.min(at);
+        if keep == 0 {
+            // Invariant 1 (no empty segment): recovery deletes an empty last segment.
+            self.segments.pop();
         }
         r
+    }
+
+    /// `Prefill::ZeroAhead`: owes the spare twice the `written` bytes of zeros and pays them in
+    /// steps of at least `SPARE_STEP`, so the spare is ready when the segment being written is
+    /// about half full. A failure only drops the spare (the next roll fallocates instead).
+    fn advance_spare(&mut self, written: usize) {
+        if self.opts.prefill != Prefill::ZeroAhead
+            || self.spare_failed
+            || self.spare.as_ref().is_some_and(Spare::is_ready)
+        {
+            return;
+        }
+        self.spare_debt += 2 * written as u64;
+        if self.spare_debt < SPARE_STEP {
+            return;
+        }
+        let debt = std::mem::take(&mut self.spare_debt);
+        if self.spare.is_none() {
+            match Spare::create(&self.dir, self.opts.segment_size) {
+                Ok(spare) => self.spare = Some(spare),
+                Err(e) => {
+                    warn!("{}: preparing the next segment: {e}", self.dir.display());
+                    self.spare_failed = true;
+                    return;
+                }
+            }
+        }
+        let spare = self.spare.as_mut().expect("created above");
+        if let Err(e) = spare.step(debt) {
+            warn!("{}: zeroing the next segment: {e}", self.dir.display());
+            self.spare.take().expect("stepped above").discard();
+            self.spare_failed = true;
+        }
     }
 
     /// Makes the last segment durable and starts a new one whose first record is `first`.
@@ -373,7 +420,19 @@ impl Wal {
             old.flush_dirty()?;
             old.batch = None;
         }
-        let file = Segment::create(&self.dir, first, self.opts.segment_size, self.opts.prefill)?;
+        self.spare_failed = false;
+        let file = match self.spare.take() {
+            Some(spare) if spare.is_ready() => Segment::from_spare(&self.dir, first, spare)?,
+            not_ready => {
+                // ZeroAhead without a ready spare: fallocate now, keep zeroing the spare.
+                self.spare = not_ready;
+                let prefill = match self.opts.prefill {
+                    Prefill::ZeroAhead => Prefill::Fallocate,
+                    other => other,
+                };
+                Segment::create(&self.dir, first, self.opts.segment_size, prefill)?
+            }
+        };
         self.segments.push(Seg {
             file,
             first,
