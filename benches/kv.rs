@@ -6,6 +6,11 @@
 //! the allocator's own 8-byte chunk header is not counted).
 //! Set KV_BENCH_N to change the entry count.
 //!
+//! A second table uses compare.py's key shape (`k` + 15 zero-padded digits, as the loadgen's
+//! `make_key`: keys share a long prefix, which defeats a comparison on the first 8 bytes) at
+//! 100k and 1M keys (KV_BENCH_SHARED_N, comma-separated, changes them), inserted and read in
+//! random order. KV_BENCH_SHARED_ONLY=1 runs only that table.
+//!
 //! NB: the only unsafe code here is the counting allocator, which forwards to `System`.
 #![allow(unsafe_code)]
 
@@ -105,6 +110,16 @@ struct Row {
 }
 
 fn main() {
+    let shared_ns: Vec<usize> = std::env::var("KV_BENCH_SHARED_N")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100_000, 1_000_000]);
+    for &n in &shared_ns {
+        shared_prefix_rows(n);
+    }
+    if std::env::var("KV_BENCH_SHARED_ONLY").is_ok_and(|v| v == "1") {
+        return;
+    }
     let n: usize = std::env::var("KV_BENCH_N")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -338,6 +353,61 @@ fn main() {
         snap.len(),
         snap.len() as f64 / n as f64
     );
+}
+
+/// Random inserts and gets of compare.py-shaped keys (`k` + 15 digits, 0..n), skiplist vs
+/// BTreeMap, in one run.
+fn shared_prefix_rows(n: usize) {
+    let ks: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:015}").into_bytes()).collect();
+    let mut p = Prng::new(5);
+    let shuffled = |p: &mut Prng| {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, p.range(0, i as u64 + 1) as usize);
+        }
+        order
+    };
+    let (ins, look) = (shuffled(&mut p), shuffled(&mut p));
+    let mut template = [0u8; VALUE_SIZE];
+    p.fill(&mut template);
+    let mut list = SkipList::new(42);
+    let s_insert = time(|| {
+        for &i in &ins {
+            list.insert(&ks[i], &value_for(i, &template));
+        }
+    });
+    let s_get = time(|| {
+        for &i in &look {
+            black_box(list.get(&ks[i]));
+        }
+    });
+    drop(list);
+    let mut map: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let b_insert = time(|| {
+        for &i in &ins {
+            map.insert(ks[i].clone(), value_for(i, &template).to_vec());
+        }
+    });
+    let b_get = time(|| {
+        for &i in &look {
+            black_box(map.get(&ks[i]));
+        }
+    });
+    drop(map);
+    println!("kv bench: {n} compare.py-shaped keys (k + 15 digits), {VALUE_SIZE}-byte values, random order");
+    println!(
+        "{:<20} {:>14} {:>14} {:>10}",
+        "operation", "skiplist op/s", "BTreeMap op/s", "ratio"
+    );
+    for (name, s, b) in [("insert", s_insert, b_insert), ("get (hit)", s_get, b_get)] {
+        println!(
+            "{:<20} {:>14.0} {:>14.0} {:>10.2}",
+            name,
+            n as f64 / s,
+            n as f64 / b,
+            s / b
+        );
+    }
 }
 
 /// The snapshot format written from and read into a BTreeMap by hand, for comparison.
