@@ -616,11 +616,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// `deliver_value`'s direct path; false (nothing done) when it does not apply.
     fn encode_in_place(&mut self, to: ReplyTo, v: &Value) -> bool {
-        let ReplyTo::Client { key, gen, seq } = to else {
-            return false;
-        };
         let Some(len_max) = v.scalar_len_max() else {
             return false;
+        };
+        let (key, gen, seq) = match to {
+            ReplyTo::Client { key, gen, seq } => (key, gen, seq),
+            ReplyTo::Peer { node, id, proto } => {
+                return self.send_client_reply(node, id, len_max, |out| v.encode_as(proto, out))
+            }
+            ReplyTo::ReadIndex { .. } => return false,
         };
         let Some(c) = self.conns.get_mut(key) else {
             return false;
