@@ -13,10 +13,10 @@ use kvraft::raft::types::{
     ConfState, Entry, EntryId, EntryKind, LogIndex, NodeId, SnapshotMeta, Term, INDEX_MAX,
 };
 use kvraft::wire::{
-    cluster_id, decode, encode, encoded_len, peek_header, DecodeError, EncodeError, Frame,
-    CLIENT_REPLY_SIZE_MAX, KIND_CLIENT_REPLY, KIND_CLIENT_REQUEST, KIND_HELLO, KIND_RAFT,
-    KIND_READ_INDEX_REPLY, KIND_READ_INDEX_REQUEST, KIND_SNAPSHOT_ACK, KIND_SNAPSHOT_CHUNK, MAGIC,
-    PROTOCOL_VERSION,
+    cluster_id, decode, encode, encode_client_reply_with, encoded_len, peek_header, DecodeError,
+    EncodeError, Frame, CLIENT_REPLY_SIZE_MAX, KIND_CLIENT_REPLY, KIND_CLIENT_REQUEST, KIND_HELLO,
+    KIND_RAFT, KIND_READ_INDEX_REPLY, KIND_READ_INDEX_REQUEST, KIND_SNAPSHOT_ACK,
+    KIND_SNAPSHOT_CHUNK, MAGIC, PROTOCOL_VERSION,
 };
 
 // ---- random frames ----
@@ -215,6 +215,10 @@ fn frame(rng: &mut Prng) -> Frame {
             },
         },
     }
+}
+
+fn bytes_exact(rng: &mut Prng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.range(0, 256) as u8).collect()
 }
 
 fn encoded(f: &Frame) -> Vec<u8> {
@@ -880,6 +884,31 @@ fn a_reply_larger_than_a_frame_is_an_encode_error_not_a_panic() {
         reply: vec![b'y'; CLIENT_REPLY_SIZE_MAX + 1],
     };
     assert_refused(&over, "frame bytes");
+}
+
+/// Issue 16: a leader writes the reply to a forwarded command straight into the frame; the
+/// bytes are exactly those of the `Frame::ClientReply` it replaces, whatever the reply's
+/// length (under its bound), and a bound beyond the limit appends nothing.
+#[test]
+fn a_client_reply_written_in_place_is_the_frame_encode_would_build() {
+    let mut rng = Prng::new(16);
+    for len in [0usize, 1, 5, 300, 70_000] {
+        let reply = bytes_exact(&mut rng, len);
+        let id = any_u64(&mut rng);
+        let mut out = b"queued before".to_vec();
+        let bound = len + rng.range(0, 30) as usize;
+        encode_client_reply_with(id, bound, &mut out, |o| o.extend_from_slice(&reply))
+            .expect("within the limit");
+        let want = encoded(&Frame::ClientReply { id, reply });
+        assert_eq!(&out[..13], b"queued before");
+        assert_eq!(out[13..], want[..], "reply of {len} bytes");
+    }
+    let mut out = b"x".to_vec();
+    let err = encode_client_reply_with(1, CLIENT_REPLY_SIZE_MAX + 1, &mut out, |_| {
+        panic!("nothing is written past the limit")
+    });
+    assert!(matches!(err, Err(EncodeError::TooLarge { .. })), "{err:?}");
+    assert_eq!(out, b"x");
 }
 
 #[test]

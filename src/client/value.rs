@@ -158,6 +158,20 @@ impl Value {
         self.to_bytes_as(Protocol::Resp2)
     }
 
+    /// The most bytes `self` encodes to in either protocol, for a scalar whose size is known
+    /// without encoding it; `None` for an aggregate and for the rarer scalars (a double, a
+    /// big number, verbatim text). Lets a caller check its output cap before it encodes.
+    pub fn scalar_len_max(&self) -> Option<usize> {
+        match self {
+            Value::Simple(s) => Some(s.len() + 3),
+            Value::Error(s) => Some(s.len() + 3),
+            Value::Integer(_) => Some(HEADER_LEN_MAX),
+            Value::Bulk(b) => Some(HEADER_LEN_MAX + b.len() + 2),
+            Value::Nil | Value::NilArray | Value::Boolean(_) => Some(5),
+            _ => None,
+        }
+    }
+
     /// The encoding of `self` in `proto` as a new buffer.
     pub fn to_bytes_as(&self, proto: Protocol) -> Vec<u8> {
         // Sized for a scalar at once: a GET's reply is one allocation, not four (issue 16).
@@ -282,6 +296,33 @@ mod tests {
         let bytes = v.to_bytes();
         assert_eq!(&bytes[..6], b"$256\r\n");
         assert_eq!(bytes.len(), 6 + 256 + 2);
+    }
+
+    #[test]
+    fn a_scalar_never_encodes_longer_than_its_bound_and_aggregates_have_none() {
+        let scalars = [
+            Value::ok(),
+            Value::error("ERR bad\r\nthing"),
+            Value::Integer(i64::MIN),
+            Value::Integer(i64::MAX),
+            Value::Bulk(Vec::new()),
+            Value::Bulk(vec![b'v'; 100_000]),
+            Value::Nil,
+            Value::NilArray,
+            Value::Boolean(true),
+        ];
+        for v in &scalars {
+            let bound = v.scalar_len_max().expect("a scalar has a bound");
+            for proto in [Protocol::Resp2, Protocol::Resp3] {
+                let len = v.to_bytes_as(proto).len();
+                assert!(
+                    len <= bound,
+                    "{v:?} in {proto:?}: {len} bytes > bound {bound}"
+                );
+            }
+        }
+        assert_eq!(sample().scalar_len_max(), None);
+        assert_eq!(Value::Double(Double(0.1)).scalar_len_max(), None);
     }
 
     #[test]

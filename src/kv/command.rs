@@ -843,11 +843,15 @@ fn encode_write_more(cmd: &WriteCmd<'_>, out: &mut Vec<u8>) {
 
 /// The query payload of a read.
 pub fn encode_read(cmd: &ReadCmd<'_>) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
+    // One allocation for the commonest read, GET, sized at once (issue 16): a buffer of one
+    // byte grown later would be a second one (a realloc per GET).
+    let mut out = Vec::with_capacity(match cmd {
+        ReadCmd::Get { key } => 1 + 1 + 4 + key.len(),
+        _ => 16,
+    });
+    out.push(FORMAT_VERSION);
     match cmd {
         ReadCmd::Get { key } => {
-            // One allocation for the commonest read (issue 16).
-            out.reserve_exact(1 + 4 + key.len());
             out.push(op::GET);
             put_bytes(&mut out, key);
         }

@@ -115,7 +115,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     let proto = st.session.proto;
                     let dispatched = self.dispatch_admitted(to, gate, args);
                     match dispatched {
-                        Dispatch::Reply(v) => self.deliver(to, v.to_bytes_as(proto)),
+                        Dispatch::Reply(v) => self.deliver_value(to, &v),
                         Dispatch::Pending => {}
                         Dispatch::ReplyAndClose(v) => {
                             self.deliver(to, v.to_bytes_as(proto));
@@ -526,9 +526,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let args = args.clone();
         match self.raft.leader() {
             Some(l) if l == self.id => match self.dispatch(o.to, args) {
-                Dispatch::Reply(v) | Dispatch::ReplyAndClose(v) => {
-                    self.deliver(o.to, self.encode_reply(o.to, &v))
-                }
+                Dispatch::Reply(v) | Dispatch::ReplyAndClose(v) => self.deliver_value(o.to, &v),
                 Dispatch::Pending => {}
             },
             Some(l) => {
@@ -601,24 +599,80 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     false => reply,
                 };
                 st.fill(seq, reply);
-                let mut overflow = false;
-                while let Some(bytes) = st.pop_answered() {
-                    if c.conn.queue(&bytes).is_err() {
-                        overflow = true;
-                        break;
-                    }
-                }
-                let held = st.held_bytes() + c.conn.pending_output();
-                if overflow || held > limits::CLIENT_OUTPUT_SIZE_MAX {
-                    return self.close_conn(key, "client does not read its replies");
-                }
-                let was_paused = c.conn.read_paused;
-                self.mark_dirty(key);
-                if was_paused {
-                    // Room in the pipeline again: resume reading what is buffered or pending.
-                    self.read_again(key);
-                }
+                self.release_answered(key);
             }
+        }
+    }
+
+    /// Hand `v` to whoever waits for it, as `deliver(to, self.encode_reply(to, v))` does.
+    /// The common case, a scalar answering the request a client's pipeline waits for next,
+    /// is encoded straight into the connection's output (its size checked against the caps
+    /// first): no buffer of its own and no copy per reply (issue 16).
+    pub(super) fn deliver_value(&mut self, to: ReplyTo, v: &Value) {
+        if !self.encode_in_place(to, v) {
+            self.deliver(to, self.encode_reply(to, v));
+        }
+    }
+
+    /// `deliver_value`'s direct path; false (nothing done) when it does not apply.
+    fn encode_in_place(&mut self, to: ReplyTo, v: &Value) -> bool {
+        let Some(len_max) = v.scalar_len_max() else {
+            return false;
+        };
+        let (key, gen, seq) = match to {
+            ReplyTo::Client { key, gen, seq } => (key, gen, seq),
+            ReplyTo::Peer { node, id, proto } => {
+                return self.send_client_reply(node, id, len_max, |out| v.encode_as(proto, out))
+            }
+            ReplyTo::ReadIndex { .. } => return false,
+        };
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if c.gen() != gen {
+            return false; // the client left: the ordinary path drops the reply
+        }
+        let ConnKind::Client(st) = &mut c.kind else {
+            return false;
+        };
+        let fits = c.conn.has_room(len_max)
+            && st.held_bytes() + c.conn.pending_output() + len_max
+                <= limits::CLIENT_OUTPUT_SIZE_MAX;
+        // A WATCH reply takes the ordinary path (which rewrites it), and so does a reply that
+        // may not fit (where that path closes the connection).
+        if !st.is_next(seq) || st.session.is_watch_reply(seq) || !fits {
+            return false;
+        }
+        v.encode_as(st.session.proto, c.conn.output_buf());
+        st.pop_next(seq);
+        self.release_answered(key);
+        true
+    }
+
+    /// Client `key`'s replies that are known, in order, to its output; the connection is
+    /// closed if they overflow it. Then it is flushed at the end of the turn, and read again
+    /// if it was paused on a full pipeline.
+    fn release_answered(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        let ConnKind::Client(st) = &mut c.kind else {
+            unreachable!("only a client has a pipeline")
+        };
+        let mut overflow = false;
+        while let Some(bytes) = st.pop_answered() {
+            if c.conn.queue(&bytes).is_err() {
+                overflow = true;
+                break;
+            }
+        }
+        let held = st.held_bytes() + c.conn.pending_output();
+        if overflow || held > limits::CLIENT_OUTPUT_SIZE_MAX {
+            return self.close_conn(key, "client does not read its replies");
+        }
+        let was_paused = c.conn.read_paused;
+        self.mark_dirty(key);
+        if was_paused {
+            // Room in the pipeline again: resume reading what is buffered or pending.
+            self.read_again(key);
         }
     }
 }

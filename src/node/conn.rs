@@ -233,6 +233,11 @@ impl<T: NetStream> Conn<T> {
         &mut self.wbuf
     }
 
+    /// Whether `len` more bytes fit under the write cap (what `queue` would refuse).
+    pub fn has_room(&self, len: usize) -> bool {
+        self.pending_output() + len <= self.write_cap
+    }
+
     pub fn pending_output(&self) -> usize {
         self.wbuf.len() - self.wpos
     }

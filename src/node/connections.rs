@@ -120,6 +120,21 @@ impl ClientState {
         slot.1 = Some(reply);
     }
 
+    /// Whether `seq` is the request the pipeline answers next (the oldest unanswered).
+    pub(super) fn is_next(&self, seq: u64) -> bool {
+        matches!(self.pending.front(), Some(&(front, None)) if front == seq)
+    }
+
+    /// The next request, `seq`, was answered straight into the output (`deliver_value`).
+    pub(super) fn pop_next(&mut self, seq: u64) {
+        let popped = self.pending.pop_front();
+        assert!(
+            matches!(popped, Some((s, None)) if s == seq),
+            "request {seq} answered out of turn: {:?}",
+            popped.map(|(s, r)| (s, r.map(|r| r.len())))
+        );
+    }
+
     /// The oldest reply, once it is known (replies leave in request order).
     pub(super) fn pop_answered(&mut self) -> Option<Vec<u8>> {
         if !matches!(self.pending.front(), Some((_, Some(_)))) {
@@ -466,6 +481,32 @@ mod tests {
         assert_eq!(out, vec![b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()]);
         assert_eq!((st.held_bytes(), st.unanswered()), (0, 0));
         st.check_invariants(0);
+    }
+
+    #[test]
+    fn only_the_oldest_unanswered_request_is_next_and_popping_it_releases_those_held_behind() {
+        let mut st = client();
+        let (a, b, c) = (st.open_slot(), st.open_slot(), st.open_slot());
+        assert!(st.is_next(a));
+        assert!(!st.is_next(b), "b waits behind a");
+        st.fill(b, b"bb".to_vec());
+        st.pop_next(a); // a's reply went straight to the output
+        assert!(
+            !st.is_next(b),
+            "b is answered already: its reply is held, not next"
+        );
+        assert_eq!(st.pop_answered(), Some(b"bb".to_vec()));
+        assert!(st.is_next(c));
+        assert_eq!(st.pop_answered(), None);
+        st.check_invariants(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "answered out of turn")]
+    fn popping_a_request_that_is_not_next_is_our_bug() {
+        let mut st = client();
+        let (_a, b) = (st.open_slot(), st.open_slot());
+        st.pop_next(b);
     }
 
     #[test]

@@ -193,17 +193,16 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.stats.entries_applied += 1;
         // Every waiter at or below this index is settled now.
         while let Some(settled) = self.pending.settle_next(e.index, e.term) {
-            let (to, bytes) = match settled {
-                Settled::Applied(to) => (to, self.encode_reply(to, &reply)),
+            match settled {
+                Settled::Applied(to) => self.deliver_value(to, &reply),
                 Settled::Replaced(to) => {
                     self.telemetry.proposals_failed(1);
                     let v = Value::error(
                         "TRYAGAIN leadership changed before the command committed; it was not applied",
                     );
-                    (to, v.to_bytes())
+                    self.deliver(to, v.to_bytes());
                 }
-            };
-            self.deliver(to, bytes);
+            }
         }
     }
 
@@ -229,7 +228,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 None => self.leader_now_ms(),
             };
             let v = self.applied.sm().query_at(&r.query, now_ms);
-            self.deliver(r.to, self.encode_reply(r.to, &v));
+            self.deliver_value(r.to, &v);
         }
     }
 

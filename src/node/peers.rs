@@ -346,6 +346,32 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         true
     }
 
+    /// A ClientReply frame to `to` whose reply `write_reply` encodes straight into the output
+    /// (`wire::encode_client_reply_with`), as `send_frame` would queue it. False, with nothing
+    /// queued, when `reply_len_max` is beyond what a frame carries or the output is full:
+    /// the caller then takes the path that answers those cases.
+    pub(super) fn send_client_reply(
+        &mut self,
+        to: NodeId,
+        id: u64,
+        reply_len_max: usize,
+        write_reply: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
+        let Some(key) = self.peers.key_of(to) else {
+            return false;
+        };
+        let c = &mut self.conns[key];
+        if c.conn.pending_output() >= limits::PEER_OUTPUT_SIZE_MAX - limits::FRAME_SIZE_MAX {
+            return false;
+        }
+        let out = c.conn.output_buf();
+        if wire::encode_client_reply_with(id, reply_len_max, out, write_reply).is_err() {
+            return false;
+        }
+        self.mark_dirty(key);
+        true
+    }
+
     /// Send a message from the core. A `Snapshot` message becomes a chunked stream.
     pub(super) fn send_raft(&mut self, msg: Message) {
         if let MessageBody::Snapshot { meta } = &msg.body {

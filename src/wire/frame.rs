@@ -404,6 +404,42 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     Ok(())
 }
 
+/// Appends a ClientReply frame for request `id` whose RESP reply `write_reply` appends to
+/// `out` in place: the same bytes as `encode` of a `Frame::ClientReply` holding that reply,
+/// without a buffer of the reply's own (issue 16). `reply_len_max` bounds what `write_reply`
+/// writes; it is checked against `CLIENT_REPLY_SIZE_MAX` before anything is appended (a
+/// refusal appends nothing), and the reply written is asserted within it (our bound).
+pub fn encode_client_reply_with(
+    id: u64,
+    reply_len_max: usize,
+    out: &mut Vec<u8>,
+    write_reply: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), EncodeError> {
+    check_limit(
+        KIND_CLIENT_REPLY,
+        "reply bytes",
+        reply_len_max,
+        CLIENT_REPLY_SIZE_MAX,
+    )?;
+    out.reserve(FRAME_HEADER_SIZE + CLIENT_REPLY_FIXED_SIZE + reply_len_max);
+    let start = out.len();
+    put_u32(out, 0); // the body length, patched below once the reply is written
+    out.push(KIND_CLIENT_REPLY);
+    put_u64(out, id);
+    put_u32(out, 0); // the reply length, likewise
+    let reply_at = out.len();
+    write_reply(out);
+    let reply_len = out.len() - reply_at;
+    assert!(
+        reply_len <= reply_len_max,
+        "a reply of {reply_len} bytes beyond its bound {reply_len_max}"
+    );
+    let body_len = (CLIENT_REPLY_FIXED_SIZE + reply_len) as u32;
+    out[start..start + 4].copy_from_slice(&body_len.to_be_bytes());
+    out[reply_at - 4..reply_at].copy_from_slice(&(reply_len as u32).to_be_bytes());
+    Ok(())
+}
+
 fn decode_hello(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
     let magic = r.u32("magic")?;
     if magic != MAGIC {
