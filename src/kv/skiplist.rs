@@ -1058,6 +1058,23 @@ mod tests {
         k
     }
 
+    /// The first `n` entries from `key` on are the model's.
+    fn assert_seek_matches(
+        list: &SkipList,
+        model: &BTreeMap<Vec<u8>, Vec<u8>>,
+        key: &[u8],
+        n: usize,
+        step: u32,
+    ) {
+        let got: Vec<_> = list.seek(key).take(n).collect();
+        let want: Vec<_> = model
+            .range(key.to_vec()..)
+            .take(n)
+            .map(|(k, v)| (&k[..], &v[..]))
+            .collect();
+        assert_eq!(got, want, "seek at step {step}");
+    }
+
     #[test]
     fn model_test_against_btreemap_over_many_random_operations() {
         for seed in 1..=3u64 {
@@ -1092,13 +1109,7 @@ mod tests {
                     }
                     6..=7 => assert_eq!(list.get(&key), model.get(&key).map(|v| &v[..])),
                     8 => {
-                        let got: Vec<_> = list.seek(&key).take(5).collect();
-                        let want: Vec<_> = model
-                            .range(key.clone()..)
-                            .take(5)
-                            .map(|(k, v)| (&k[..], &v[..]))
-                            .collect();
-                        assert_eq!(got, want, "seek at step {step}");
+                        assert_seek_matches(&list, &model, &key, 5, step);
                     }
                     _ => {
                         let end = random_key(&mut p, 3000);
@@ -1171,13 +1182,7 @@ mod tests {
                         if p.chance(1, 2) {
                             key.insert(0, b"wy"[p.range(0, 2) as usize]);
                         }
-                        let got: Vec<_> = list.seek(&key).take(3).collect();
-                        let want: Vec<_> = model
-                            .range(key.clone()..)
-                            .take(3)
-                            .map(|(k, v)| (&k[..], &v[..]))
-                            .collect();
-                        assert_eq!(got, want, "seek at step {step}");
+                        assert_seek_matches(&list, &model, &key, 3, step);
                     }
                     _ => assert_eq!(list.get(&key), model.get(&key).map(|v| &v[..])),
                 }
