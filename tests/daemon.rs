@@ -1,6 +1,7 @@
 //! The daemon's behaviour at its edges, on real processes: clean shutdown on SIGTERM, the
 //! client connection limit, the output cap for a client that never reads, a peer of another
-//! cluster being refused, and kvctl against a real cluster.
+//! cluster being refused, kvctl against a real cluster, and the process keeping its name when it
+//! re-executes itself for huge pages.
 
 mod harness;
 
@@ -460,4 +461,31 @@ fn idle_sockets_cannot_hold_the_peer_port_past_the_cap_nor_past_the_hello_deadli
         (c.info(leader)?["peer_connections"] == "2").then_some(())
     });
     put_retry(&c, leader, "after-idle-sockets", "ok", LONG);
+}
+
+#[test]
+fn a_node_that_reexecutes_itself_for_huge_pages_keeps_its_name_and_gets_the_tunable() {
+    let _g = serial();
+    let c = Cluster::start(Options::default());
+    c.wait_leader(LONG);
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    for n in &c.nodes {
+        let pid = n.child.as_ref().unwrap().id();
+        // What `pkill kvraftd` and `pgrep kvraftd` match: the executed file's name.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(
+            comm.trim_end(),
+            "kvraftd",
+            "node {} is named {comm:?}",
+            n.id
+        );
+        if !thp.is_empty() && !thp.contains("[never]") {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            let has = environ.split(|&b| b == 0).any(|v| {
+                v.starts_with(b"GLIBC_TUNABLES=") && v.ends_with(b"glibc.malloc.hugetlb=1")
+            });
+            assert!(has, "node {} runs without glibc.malloc.hugetlb=1", n.id);
+        }
+    }
 }

@@ -200,7 +200,15 @@ mod huge_pages {
         }
         let mut args = std::env::args_os();
         let arg0 = args.next().unwrap_or_else(|| OsString::from("kvraftd"));
-        Err(std::process::Command::new("/proc/self/exe")
+        // The binary's own path, not `/proc/self/exe`: the kernel names the process after the
+        // file executed, and `/proc/self/exe` would rename it `exe` (so `pkill kvraftd`, and
+        // tools that check /proc/PID/comm, would no longer find it). The link is the fallback
+        // when the file was replaced or removed since this process started.
+        let exe = std::env::current_exe()
+            .ok()
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| "/proc/self/exe".into());
+        Err(std::process::Command::new(exe)
             .arg0(arg0)
             .args(args)
             .env(VAR, value)
