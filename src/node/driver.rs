@@ -99,15 +99,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             read_states,
             failed_reads,
         } = rd;
-        // 0.
-        let mut answer = Some((committed, read_states, failed_reads));
+        // 0. `answer`: steps 6 and 7, when they are still to do.
         let leads = self.raft.role() == crate::raft::Role::Leader;
-        if leads && hard_state.is_none() && entries.is_empty() && snapshot.is_none() {
-            if let Some((committed, read_states, failed_reads)) = answer.take() {
-                self.apply_and_serve(committed, read_states, failed_reads);
-                self.flush_dirty();
-            }
-        }
+        let answer = if leads && hard_state.is_none() && entries.is_empty() && snapshot.is_none() {
+            self.apply_and_serve(committed, read_states, failed_reads);
+            self.flush_dirty();
+            None
+        } else {
+            Some((committed, read_states, failed_reads))
+        };
         // 1.
         for m in messages {
             self.send_raft(m);

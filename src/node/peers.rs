@@ -325,18 +325,25 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
+    /// The connection of peer `to`, if it is connected and its output has room for a frame.
+    fn peer_with_room(&self, to: NodeId) -> Option<usize> {
+        let key = self.peers.key_of(to)?;
+        if self.conns[key].conn.pending_output()
+            >= limits::PEER_OUTPUT_SIZE_MAX - limits::FRAME_SIZE_MAX
+        {
+            debug!("output queue to node {to} full");
+            return None;
+        }
+        Some(key)
+    }
+
     /// Queue a frame on the connection to `to`. Dropped (Raft tolerates loss) when
     /// there is no connection or its queue is full.
     pub(super) fn send_frame(&mut self, to: NodeId, frame: &Frame) -> bool {
-        let Some(key) = self.peers.key_of(to) else {
+        let Some(key) = self.peer_with_room(to) else {
             return false;
         };
-        let c = &mut self.conns[key];
-        if c.conn.pending_output() >= limits::PEER_OUTPUT_SIZE_MAX - limits::FRAME_SIZE_MAX {
-            debug!("output queue to node {to} full; dropping a frame");
-            return false;
-        }
-        if let Err(e) = wire::encode(frame, c.conn.output_buf()) {
+        if let Err(e) = wire::encode(frame, self.conns[key].conn.output_buf()) {
             // Nothing was queued; Raft tolerates the loss, and callers whose frame carries a
             // client's data answer that client themselves.
             warn!("dropping a frame to node {to}: {e}");
@@ -357,14 +364,10 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         reply_len_max: usize,
         write_reply: impl FnOnce(&mut Vec<u8>),
     ) -> bool {
-        let Some(key) = self.peers.key_of(to) else {
+        let Some(key) = self.peer_with_room(to) else {
             return false;
         };
-        let c = &mut self.conns[key];
-        if c.conn.pending_output() >= limits::PEER_OUTPUT_SIZE_MAX - limits::FRAME_SIZE_MAX {
-            return false;
-        }
-        let out = c.conn.output_buf();
+        let out = self.conns[key].conn.output_buf();
         if wire::encode_client_reply_with(id, reply_len_max, out, write_reply).is_err() {
             return false;
         }

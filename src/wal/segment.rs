@@ -86,17 +86,7 @@ impl Spare {
     /// Creates (replacing any old one) and fallocates the spare file of `size` bytes in `dir`.
     pub fn create(dir: &Path, size: u64) -> Result<Spare, WalError> {
         let path = dir.join(SPARE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, "create", e))?;
-        if let Err(e) = fallocate(&file, &path, size) {
-            let _ = fs::remove_file(&path);
-            return Err(e);
-        }
+        let file = create_allocated(&path, |f| fallocate(f, &path, size).map(|_| ()))?;
         Ok(Spare {
             path,
             file,
@@ -188,17 +178,7 @@ impl Segment {
     ) -> Result<Segment, WalError> {
         assert!(size as usize > SEGMENT_HEADER_SIZE, "segment size {size}");
         let tmp = dir.join(format!("{:020}{TEMP_SUFFIX}", first.0));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| io_error(&tmp, "create", e))?;
-        if let Err(e) = preallocate(&file, &tmp, size, prefill) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let file = create_allocated(&tmp, |f| preallocate(f, &tmp, size, prefill))?;
         Segment::finish(dir, first, file, &tmp, size)
     }
 
@@ -316,6 +296,26 @@ fn map_file(file: &File, path: &Path, len: u64) -> Result<MmapMut, WalError> {
     // and the mapping covers exactly the file's current length, so every page is backed.
     unsafe { MmapOptions::new().len(len as usize).map_mut(file) }
         .map_err(|e| io_error(path, "mmap", e))
+}
+
+/// Creates (or truncates) the file at `path` and gives it its blocks with `allocate`; the file
+/// is removed again if that fails.
+fn create_allocated(
+    path: &Path,
+    allocate: impl FnOnce(&File) -> Result<(), WalError>,
+) -> Result<File, WalError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| io_error(path, "create", e))?;
+    if let Err(e) = allocate(&file) {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
 }
 
 fn preallocate(file: &File, path: &Path, size: u64, prefill: Prefill) -> Result<(), WalError> {
