@@ -6,7 +6,9 @@
 //! the replicated one: a sync made while another syncer shares the disk, plus two loopback
 //! round trips). Then SET with TLS on both ports beside TLS off (two fresh clusters, one after
 //! the other, in the same run). Then, with 1M keys loaded, SET
-//! latency while a snapshot is being written versus while none is (the p99 ratio).
+//! latency while a snapshot is being written versus while none is (the p99 ratio), and where
+//! the busy windows' slow requests fell: overlapping a fork (the loop's pause), while a child
+//! was writing, or neither, with the busy p99 that leaving out the fork-overlapped ones gives.
 //!
 //!     cargo bench --bench cluster            (make bench runs it)
 //!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_TLS_CLIENTS="1 64" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
@@ -200,6 +202,19 @@ struct Result {
     errors: u64,
     secs: f64,
     lat_us: Vec<u32>,
+    /// Each measured request as (when it ended, µs since the process's `epoch()`; its latency
+    /// µs), in no order: for telling which requests a snapshot's fork or write overlapped.
+    ends: Vec<(u64, u32)>,
+}
+
+/// The instant `Result::ends` and `SnapshotEvent` count from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch_us(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_micros() as u64
 }
 
 impl Result {
@@ -228,6 +243,7 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
                 let mut conn = connect().expect("connect");
                 let value = vec![b'x'; VALUE_SIZE];
                 let (mut ops, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
+                let mut ends = Vec::with_capacity(100_000);
                 barrier.wait();
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("key-{:012}", rng.range(0, KEYSPACE));
@@ -237,13 +253,15 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
                     } else {
                         conn.call(&[b"GET", key.as_bytes()])
                     };
-                    let us = t0.elapsed().as_micros() as u32;
+                    let t1 = Instant::now();
+                    let us = t1.duration_since(t0).as_micros() as u32;
                     if measuring.load(Ordering::Relaxed) {
                         match reply {
                             Ok(Value::Error(_)) | Err(_) => errors += 1,
                             Ok(_) => {
                                 ops += 1;
                                 lat.push(us);
+                                ends.push((since_epoch_us(t1), us));
                             }
                         }
                     }
@@ -254,7 +272,7 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
                         };
                     }
                 }
-                (ops, errors, lat)
+                (ops, errors, lat, ends)
             })
         })
         .collect();
@@ -271,12 +289,14 @@ fn load(c: &Cluster, op: &'static str, clients: usize, secs: f64) -> Result {
         errors: 0,
         secs,
         lat_us: Vec::new(),
+        ends: Vec::new(),
     };
     for t in threads {
-        let (ops, errors, lat) = t.join().unwrap();
+        let (ops, errors, lat, ends) = t.join().unwrap();
         r.ops += ops;
         r.errors += errors;
         r.lat_us.extend(lat);
+        r.ends.extend(ends);
     }
     r.lat_us.sort_unstable();
     r
@@ -327,6 +347,7 @@ fn row(op: &str, clients: usize, r: &Result) {
 }
 
 fn main() {
+    epoch();
     let secs: f64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -408,16 +429,13 @@ fn main() {
         })
         .collect();
     let window = secs / f64::from(rounds);
-    let (mut quiet, mut busy) = (Vec::new(), Vec::new());
+    let (mut quiet, mut busy, mut events) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         wait_no_snapshot_running(&c);
         quiet.push(load(&c, "set", 64, window));
-        busy.push(load_during_snapshots(
-            &c,
-            &targets,
-            mode == "staggered",
-            window,
-        ));
+        let (r, e) = load_during_snapshots(&c, &targets, mode == "staggered", window);
+        busy.push(r);
+        events.extend(e);
     }
     let (quiet, busy) = (pooled(quiet), pooled(busy));
     row("set", 64, &quiet);
@@ -437,6 +455,7 @@ fn main() {
         (busy.ops as f64 / busy.secs) / (quiet.ops as f64 / quiet.secs).max(1e-9)
     );
     println!("snapshots taken per node {taken:?}; last fork µs {fork:?}; last write ms {took:?}; bytes {size:?}");
+    print_slow_breakdown(&quiet, &busy, &events);
 }
 
 /// Waits (up to 60 s) until no node is writing a snapshot, so a quiet window is quiet.
@@ -449,42 +468,138 @@ fn wait_no_snapshot_running(c: &Cluster) {
     }
 }
 
+/// One snapshot the bench asked a node for: the SNAPSHOT command's round trip (the fork happens
+/// within it or just after it), the node's own count of the fork's length, and when the bench
+/// saw the snapshot finished (`None`: not seen, or not watched). µs since `epoch()`.
+#[derive(Clone, Copy, Debug)]
+struct SnapshotEvent {
+    node: usize,
+    sent: u64,
+    replied: u64,
+    fork: u64,
+    done: Option<u64>,
+}
+
+impl SnapshotEvent {
+    /// The requests that may have waited for the fork: from the command to its reply plus the
+    /// fork's own length (the node forks in the turn after the one that read the command).
+    fn fork_window(&self) -> (u64, u64) {
+        (self.sent, self.replied + self.fork)
+    }
+}
+
 /// `load` of SETs at 64 connections while snapshots run on `targets`: back to back in
-/// rotation (`staggered`), else on all of them at once every 100 ms.
-fn load_during_snapshots(c: &Cluster, targets: &[usize], staggered: bool, secs: f64) -> Result {
+/// rotation (`staggered`), else on all of them at once every 100 ms. Also returns the
+/// snapshots asked for.
+fn load_during_snapshots(
+    c: &Cluster,
+    targets: &[usize],
+    staggered: bool,
+    secs: f64,
+) -> (Result, Vec<SnapshotEvent>) {
     let stop = Arc::new(AtomicBool::new(false));
     let snapper = {
         let (stop, addrs, targets) = (stop.clone(), c.clients.clone(), targets.to_vec());
         std::thread::spawn(move || {
+            let mut events = Vec::new();
             let mut n = 0u64;
+            let ask = |node: usize| {
+                let sent = since_epoch_us(Instant::now());
+                if let Ok(mut conn) = connect(addrs[node]) {
+                    let _ = conn.call(&[b"SNAPSHOT"]);
+                }
+                let replied = since_epoch_us(Instant::now());
+                SnapshotEvent {
+                    node,
+                    sent,
+                    replied,
+                    fork: 0,
+                    done: None,
+                }
+            };
             while !stop.load(Ordering::Relaxed) {
                 if staggered {
                     let node = targets[(n % targets.len() as u64) as usize];
-                    let before = info_field(addrs[node], "snapshots_taken").unwrap_or(0);
-                    if let Ok(mut conn) = connect(addrs[node]) {
-                        let _ = conn.call(&[b"SNAPSHOT"]);
-                    }
-                    while !stop.load(Ordering::Relaxed)
-                        && info_field(addrs[node], "snapshots_taken").unwrap_or(0) <= before
-                    {
+                    // Ended: taken, or failed (a failed one must not stall the rotation).
+                    let ended = || {
+                        info_field(addrs[node], "snapshots_taken").unwrap_or(0)
+                            + info_field(addrs[node], "snapshot_failures").unwrap_or(0)
+                    };
+                    let before = ended();
+                    let mut e = ask(node);
+                    while !stop.load(Ordering::Relaxed) && ended() <= before {
                         std::thread::sleep(Duration::from_millis(20));
                     }
+                    if !stop.load(Ordering::Relaxed) {
+                        e.done = Some(since_epoch_us(Instant::now()));
+                    }
+                    e.fork = info_field(addrs[node], "last_snapshot_fork_us").unwrap_or(0);
+                    events.push(e);
                 } else {
                     for &i in &targets {
-                        if let Ok(mut conn) = connect(addrs[i]) {
-                            let _ = conn.call(&[b"SNAPSHOT"]);
-                        }
+                        events.push(ask(i));
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 n += 1;
             }
+            events
         })
     };
     let r = load(c, "set", 64, secs);
     stop.store(true, Ordering::Relaxed);
-    snapper.join().unwrap();
-    r
+    let events = snapper.join().unwrap();
+    (r, events)
+}
+
+/// Where the busy windows' slow requests (slower than the quiet windows' p99) fell: overlapping
+/// a fork (`SnapshotEvent::fork_window`), else while a child was writing, else neither; and the
+/// busy p99 without the requests a fork overlapped (what the ratio would be if forks were free).
+fn print_slow_breakdown(quiet: &Result, busy: &Result, events: &[SnapshotEvent]) {
+    let threshold = (quiet.pct(0.99) * 1000.0) as u32;
+    let overlaps = |(end, lat): (u64, u32), (from, to): (u64, u64)| {
+        end >= from && end.saturating_sub(u64::from(lat)) <= to
+    };
+    let (mut slow, mut fork, mut writing) = (0usize, 0usize, 0usize);
+    let mut fork_by_node = [0usize; 3];
+    let mut without_fork: Vec<u32> = Vec::with_capacity(busy.ends.len());
+    for &(end, lat) in &busy.ends {
+        let forked = events
+            .iter()
+            .find(|e| overlaps((end, lat), e.fork_window()));
+        if forked.is_none() {
+            without_fork.push(lat);
+        }
+        if lat <= threshold {
+            continue;
+        }
+        slow += 1;
+        if let Some(e) = forked {
+            fork += 1;
+            fork_by_node[e.node.min(2)] += 1;
+        } else if events
+            .iter()
+            .any(|e| overlaps((end, lat), (e.replied, e.done.unwrap_or(u64::MAX))))
+        {
+            writing += 1;
+        }
+    }
+    without_fork.sort_unstable();
+    let p99 = |v: &[u32]| {
+        v.get(((v.len().max(1) - 1) as f64 * 0.99).round() as usize)
+            .map_or(0.0, |&us| f64::from(us) / 1000.0)
+    };
+    let forks: Vec<u64> = events.iter().map(|e| e.fork / 1000).collect();
+    println!(
+        "busy requests slower than the quiet p99 ({:.2} ms): {slow} of {}; {fork} overlapped a \
+         fork (by node {fork_by_node:?}), {writing} a child writing, {} neither; busy p99 \
+         without the fork-overlapped requests {:.2} ms ({:.2}x); forks ms {forks:?}",
+        quiet.pct(0.99),
+        busy.ends.len(),
+        slow - fork - writing,
+        p99(&without_fork),
+        p99(&without_fork) / quiet.pct(0.99).max(1e-9),
+    );
 }
 
 /// Several windows' results as one: operations, errors and seconds summed, latencies merged.
@@ -494,12 +609,14 @@ fn pooled(results: Vec<Result>) -> Result {
         errors: 0,
         secs: 0.0,
         lat_us: Vec::new(),
+        ends: Vec::new(),
     };
     for r in results {
         all.ops += r.ops;
         all.errors += r.errors;
         all.secs += r.secs;
         all.lat_us.extend(r.lat_us);
+        all.ends.extend(r.ends);
     }
     all.lat_us.sort_unstable();
     all

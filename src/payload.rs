@@ -70,6 +70,13 @@ impl Block {
             // answers with an abort, so answer it the same way.
             Err(e) => panic!("payload block of {len} bytes: mmap failed: {e}"),
         };
+        // Not inherited by a fork()ed child (MADV_DONTFORK): the snapshot child writes the
+        // state machine only and never reads a log payload, and the blocks are the log's
+        // whole tail since the last snapshot, mapped 4 KiB at a time (a block is too small
+        // for a huge page). Copying their page-table entries was most of the fork's pause
+        // (the event loop's) once the log had grown to a snapshot's worth. A kernel that
+        // refuses only costs that pause.
+        let _ = map.advise(memmap2::Advice::DontFork);
         Block {
             base: map.as_mut_ptr(),
             len: map.len(),
@@ -244,6 +251,43 @@ impl From<&str> for Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `VmFlags` line of the mapping in /proc/self/smaps that holds `addr`.
+    fn vm_flags_at(addr: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = first.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return flags.to_string();
+                }
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn blocks_are_not_copied_into_a_forked_child() {
+        // A shared block and a block of its own: both marked MADV_DONTFORK ("dc"), so a
+        // snapshot's fork does not copy the log's page tables.
+        for len in [100, SHARED_MAX + 1] {
+            let p = Payload::build(len, |b| b.fill(7));
+            let flags = vm_flags_at(p.as_ptr() as usize);
+            assert!(
+                flags.split_whitespace().any(|f| f == "dc"),
+                "payload of {len} bytes: VmFlags{flags}"
+            );
+        }
+    }
 
     #[test]
     fn payloads_keep_their_bytes_across_blocks() {
