@@ -55,6 +55,14 @@ pub const CLIENT_INLINE_SIZE_MAX: usize = 64 * 1024;
 /// Largest whole client request (all of its bulk strings together), in bytes.
 pub const CLIENT_REQUEST_SIZE_MAX: usize = ENTRY_SIZE_MAX;
 
+/// Argument buffers a node keeps between commands (`client::resp::ArgBufs`): enough for
+/// the common commands without allocating, so that a large `MSET` does not stay resident.
+pub const ARG_BUFS_KEPT_MAX: usize = 16;
+
+/// Capacity one kept argument buffer may hold, in bytes; a larger one (a large value passed
+/// through) is given back.
+pub const ARG_BUF_KEPT_SIZE_MAX: usize = 64 * 1024;
+
 /// Client connections served at once; further ones are accepted and closed with an error.
 pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
 

@@ -1,10 +1,16 @@
 //! RESP2 and RESP3 request and reply parsing: round trips, truncation, limits, and random bad input.
 
+use std::cell::RefCell;
+
+use kvraft::client::resp::{parse_command_into, ArgBufs};
 use kvraft::client::value::Double;
 use kvraft::client::{
     encode_command, parse_command, parse_value, split_args, ParseError, Protocol, Value,
 };
-use kvraft::limits::{CLIENT_ARGS_MAX, CLIENT_BULK_SIZE_MAX, CLIENT_INLINE_SIZE_MAX};
+use kvraft::limits::{
+    ARG_BUFS_KEPT_MAX, ARG_BUF_KEPT_SIZE_MAX, CLIENT_ARGS_MAX, CLIENT_BULK_SIZE_MAX,
+    CLIENT_INLINE_SIZE_MAX,
+};
 use kvraft::prng::Prng;
 
 type Args = Vec<Vec<u8>>;
@@ -226,7 +232,29 @@ fn an_inline_line_longer_than_the_limit_is_refused_without_waiting_for_its_newli
     ));
 }
 
+thread_local! {
+    /// One `ArgBufs` for every check, as a node keeps one: each parse reuses the buffers the
+    /// last one filled, whatever it held.
+    static ARG_BUFS: RefCell<ArgBufs> = RefCell::new(ArgBufs::new());
+}
+
+/// `parse_command_into` gives what `parse_command` gives, into reused buffers.
+fn check_into_agrees(buf: &[u8]) {
+    ARG_BUFS.with(|bufs| {
+        let mut bufs = bufs.borrow_mut();
+        let into = parse_command_into(buf, &mut bufs).map(|r| r.map(|n| (bufs.args().to_vec(), n)));
+        assert_eq!(
+            into,
+            parse_command(buf),
+            "{:?}",
+            String::from_utf8_lossy(buf)
+        );
+        bufs.trim();
+    });
+}
+
 fn check_outcome(buf: &[u8]) {
+    check_into_agrees(buf);
     match parse_command(buf) {
         Ok(None) | Err(_) => {}
         Ok(Some((args, n))) => {
@@ -295,6 +323,41 @@ fn mutated_valid_commands_and_replies_never_panic() {
         }
         check_outcome(&buf);
     }
+}
+
+#[test]
+fn parsing_into_reused_buffers_agrees_with_parse_command_and_keeps_bounded_memory() {
+    let mut rng = Prng::new(0x5eed_a965);
+    for _ in 0..20_000 {
+        let args = random_args(&mut rng);
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+        let buf = encode(&refs);
+        check_into_agrees(&buf);
+        check_into_agrees(&buf[..rng.range(0, buf.len() as u64) as usize]);
+    }
+    check_into_agrees(b"set  'a b' \"x\\ty\"\r\n");
+    // An MSET of many keys and a large value pass through; what stays is bounded.
+    let big = vec![b'v'; 4 * ARG_BUF_KEPT_SIZE_MAX];
+    let mut many: Vec<&[u8]> = vec![b"MSET"];
+    for i in 0..ARG_BUFS_KEPT_MAX {
+        let value = if i % 4 == 0 { big.as_slice() } else { b"v" };
+        many.extend([b"k".as_slice(), value]);
+    }
+    let mut bufs = ArgBufs::new();
+    let buf = encode(&many);
+    assert_eq!(parse_command_into(&buf, &mut bufs), Ok(Some(buf.len())));
+    assert_eq!(bufs.args().len(), many.len());
+    assert_eq!(bufs.args()[2], big);
+    bufs.trim();
+    assert!(bufs.args().is_empty());
+    assert!(
+        bufs.kept_bytes() <= ARG_BUFS_KEPT_MAX * ARG_BUF_KEPT_SIZE_MAX,
+        "{} bytes kept",
+        bufs.kept_bytes()
+    );
+    let buf = encode(&[b"SET", b"k", b"v"]);
+    assert_eq!(parse_command_into(&buf, &mut bufs), Ok(Some(buf.len())));
+    assert_eq!(bufs.args(), [b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]);
 }
 
 fn random_value(rng: &mut Prng, depth: usize) -> Value {

@@ -13,9 +13,10 @@ use kvraft::raft::types::{
     ConfState, Entry, EntryId, EntryKind, LogIndex, NodeId, SnapshotMeta, Term, INDEX_MAX,
 };
 use kvraft::wire::{
-    cluster_id, decode, encode, encode_client_reply_with, encoded_len, peek_header, DecodeError,
-    EncodeError, Frame, CLIENT_REPLY_SIZE_MAX, KIND_CLIENT_REPLY, KIND_CLIENT_REQUEST, KIND_HELLO,
-    KIND_RAFT, KIND_READ_INDEX_REPLY, KIND_READ_INDEX_REQUEST, KIND_SNAPSHOT_ACK,
+    cluster_id, decode, decode_client_reply_ref, decode_client_request_with, encode,
+    encode_client_reply_with, encode_client_request, encoded_len, peek_header, ClientRequestHead,
+    DecodeError, EncodeError, Frame, CLIENT_REPLY_SIZE_MAX, KIND_CLIENT_REPLY, KIND_CLIENT_REQUEST,
+    KIND_HELLO, KIND_RAFT, KIND_READ_INDEX_REPLY, KIND_READ_INDEX_REQUEST, KIND_SNAPSHOT_ACK,
     KIND_SNAPSHOT_CHUNK, MAGIC, PROTOCOL_VERSION,
 };
 
@@ -231,6 +232,7 @@ fn encoded(f: &Frame) -> Vec<u8> {
 /// it consumed (the encoding is canonical, and `encode` accepting it proves the frame is valid).
 fn check_decode_is_sound(buf: &[u8], ctx: &str) -> Result<Frame, DecodeError> {
     let result = decode(buf);
+    check_borrowed_decoders_agree(buf, &result, ctx);
     match &result {
         Ok((f, used)) => {
             assert!(
@@ -255,6 +257,48 @@ fn check_decode_is_sound(buf: &[u8], ctx: &str) -> Result<Frame, DecodeError> {
         Err(_) => {}
     }
     result.map(|(f, _)| f)
+}
+
+/// The node's borrowed decoders of ClientRequest and ClientReply give what `decode` gives
+/// for their kind (the same frame, length and error), and leave every other kind to it.
+fn check_borrowed_decoders_agree(
+    buf: &[u8],
+    decoded: &Result<(Frame, usize), DecodeError>,
+    ctx: &str,
+) {
+    let kind = match peek_header(buf) {
+        Ok(Some((kind, _))) => Some(kind),
+        _ => None,
+    };
+    let mut args = Vec::new();
+    let request = decode_client_request_with(buf, |a| args.push(a.to_vec())).map(|r| {
+        r.map(|(head, n)| {
+            let frame = Frame::ClientRequest {
+                id: head.id,
+                args,
+                proto: head.proto,
+                rights: head.rights,
+            };
+            (frame, n)
+        })
+    });
+    let reply = decode_client_reply_ref(buf).map(|r| {
+        r.map(|(id, reply, n)| {
+            let reply = reply.to_vec();
+            (Frame::ClientReply { id, reply }, n)
+        })
+    });
+    for (mine, of) in [(request, KIND_CLIENT_REQUEST), (reply, KIND_CLIENT_REPLY)] {
+        match (kind, mine) {
+            // A header that cannot be read or judged: the same answer as `decode`.
+            (None, mine) => assert_eq!(mine.map(|_| ()), decoded.clone().map(|_| ()), "{ctx}"),
+            (Some(k), Ok(None)) => assert_ne!(k, of, "{ctx}: a frame of kind {of} left to decode"),
+            (Some(k), mine) => {
+                assert_eq!(k, of, "{ctx}: kind {k} taken as {of}");
+                assert_eq!(mine.map(|r| r.unwrap()), *decoded, "{ctx}: kind {of}");
+            }
+        }
+    }
 }
 
 fn outcome(r: &Result<Frame, DecodeError>) -> usize {
@@ -289,6 +333,26 @@ fn random_frames_of_every_kind_round_trip_exactly() {
         );
         let (g, used) = decode(body).unwrap_or_else(|e| panic!("case {case}: {e} for {f:?}"));
         assert_eq!((g, used), (f.clone(), body.len()), "case {case}");
+        check_borrowed_decoders_agree(body, &Ok((f.clone(), body.len())), "round trip");
+        if let Frame::ClientRequest {
+            id,
+            args,
+            proto,
+            rights,
+        } = &f
+        {
+            let head = ClientRequestHead {
+                id: *id,
+                proto: *proto,
+                rights: *rights,
+            };
+            let mut out = vec![0xAB; 3];
+            encode_client_request(head, args, &mut out).unwrap();
+            assert_eq!(
+                out, buf,
+                "case {case}: encode_client_request differs from encode"
+            );
+        }
         seen_kinds[f.kind() as usize] += 1;
         if let Frame::Raft(m) = &f {
             seen_tags[body[FRAME_HEADER_SIZE + 24] as usize] += 1;

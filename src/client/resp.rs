@@ -22,7 +22,8 @@ use std::fmt;
 
 use crate::client::value::{Double, Value};
 use crate::limits::{
-    CLIENT_ARGS_MAX, CLIENT_BULK_SIZE_MAX, CLIENT_INLINE_SIZE_MAX, CLIENT_REQUEST_SIZE_MAX,
+    ARG_BUFS_KEPT_MAX, ARG_BUF_KEPT_SIZE_MAX, CLIENT_ARGS_MAX, CLIENT_BULK_SIZE_MAX,
+    CLIENT_INLINE_SIZE_MAX, CLIENT_REQUEST_SIZE_MAX,
 };
 
 /// Deepest nesting of arrays accepted in a reply (our replies nest at most two deep).
@@ -165,6 +166,88 @@ pub fn parse_command(buf: &[u8]) -> Parsed<Vec<Vec<u8>>> {
             Ok(consumed.map(|n| (args, n)))
         }
         Some(_) => parse_inline(buf),
+    }
+}
+
+/// A command's arguments, parsed into buffers that are kept from one command to the next, so
+/// the common request (a few short arguments) costs no allocation once the first ones grew
+/// (issue 16: four per `SET` before). `args()` is what the last parse found.
+///
+/// Invariant: after `trim`, at most `ARG_BUFS_KEPT_MAX` buffers are kept, none with more
+/// than `ARG_BUF_KEPT_SIZE_MAX` bytes of capacity (an `MSET` of thousands of keys, or one
+/// large value, does not stay resident).
+#[derive(Debug, Default)]
+pub struct ArgBufs {
+    bufs: Vec<Vec<u8>>,
+    /// `bufs[..len]` are the arguments; the others are spare.
+    len: usize,
+}
+
+impl ArgBufs {
+    pub fn new() -> ArgBufs {
+        ArgBufs::default()
+    }
+
+    /// The arguments of the last parse (or pushes since `clear`).
+    pub fn args(&self) -> &[Vec<u8>] {
+        &self.bufs[..self.len]
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Append one argument, reusing a spare buffer if there is one.
+    pub fn push(&mut self, arg: &[u8]) {
+        match self.bufs.get_mut(self.len) {
+            Some(b) => {
+                b.clear();
+                b.extend_from_slice(arg);
+            }
+            None => self.bufs.push(arg.to_vec()),
+        }
+        self.len += 1;
+    }
+
+    /// The capacity of every buffer kept, in bytes.
+    pub fn kept_bytes(&self) -> usize {
+        self.bufs.iter().map(|b| b.capacity()).sum()
+    }
+
+    /// Give back what is beyond the limits (see the invariant); `args()` is then empty.
+    pub fn trim(&mut self) {
+        self.bufs.truncate(ARG_BUFS_KEPT_MAX);
+        for b in &mut self.bufs[..self.len.min(ARG_BUFS_KEPT_MAX)] {
+            if b.capacity() > ARG_BUF_KEPT_SIZE_MAX {
+                *b = Vec::new();
+            }
+        }
+        self.len = 0;
+    }
+}
+
+/// `parse_command`, with the arguments put in `out` (cleared first) instead of new `Vec`s;
+/// `Ok(Some(consumed))` when a whole command was there (`out.args()` may be empty, as
+/// `parse_command`'s may). Same checks, in the same order: the first pass walks the
+/// headers without copying (invariant 1).
+pub fn parse_command_into(buf: &[u8], out: &mut ArgBufs) -> Result<Option<usize>, ParseError> {
+    out.clear();
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => {
+            let Some(end) = walk_multibulk(buf, |_| {})? else {
+                return Ok(None);
+            };
+            let consumed = walk_multibulk(buf, |arg| out.push(arg))?;
+            debug_assert_eq!(consumed, Some(end), "second pass disagrees with the first");
+            Ok(consumed)
+        }
+        Some(_) => Ok(parse_inline(buf)?.map(|(args, n)| {
+            for a in &args {
+                out.push(a);
+            }
+            n
+        })),
     }
 }
 

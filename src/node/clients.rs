@@ -24,7 +24,7 @@ use super::pending::{Forwarded, Orphan};
 use super::storage::Disk;
 use super::{ConnKind, Node, ReplyTo, FORWARD_TIMEOUT};
 use crate::auth::{self, Rights};
-use crate::client::resp;
+use crate::client::resp::{self, ArgBufs};
 use crate::client::session::{unknown_command, Gate};
 use crate::client::{Protocol, Value};
 use crate::kv::envelope::SessionTag;
@@ -90,16 +90,27 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
 
     /// Parse and dispatch every complete command buffered. False if the connection closed.
     fn parse_client_input(&mut self, key: usize) -> bool {
+        // The commands are parsed into the node's reused argument buffers (`ArgBufs`), taken
+        // out for the call (nothing in a command's dispatch parses another client's input).
+        let mut bufs = std::mem::take(&mut self.arg_bufs);
+        let open = self.parse_client_commands(key, &mut bufs);
+        bufs.trim();
+        self.arg_bufs = bufs;
+        open
+    }
+
+    fn parse_client_commands(&mut self, key: usize, bufs: &mut ArgBufs) -> bool {
         loop {
             if self.client_paused(key) {
                 return true;
             }
             let c = &mut self.conns[key];
-            let parsed = resp::parse_command(c.conn.input());
+            let parsed = resp::parse_command_into(c.conn.input(), bufs);
             match parsed {
                 Ok(None) => return true,
-                Ok(Some((args, n))) => {
+                Ok(Some(n)) => {
                     c.conn.consume(n);
+                    let args = bufs.args();
                     if args.is_empty() {
                         continue; // `*0`, `*-1` or a blank inline line: Redis skips them
                     }
@@ -111,7 +122,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                     let to = ReplyTo::Client { key, gen, seq };
                     self.stats.commands_processed += 1;
                     self.telemetry.command(&args[0]);
-                    let gate = st.session.admit(&args, seq, self.now);
+                    let gate = st.session.admit(args, seq, self.now);
                     let proto = st.session.proto;
                     let dispatched = self.dispatch_admitted(to, gate, args);
                     match dispatched {
@@ -147,25 +158,25 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Route a client's command as its session decided: MULTI's queueing is answered there,
     /// EXEC becomes the one command that carries the transaction, WATCH is a read whose reply
     /// goes back to the session (`deliver`).
-    fn dispatch_admitted(&mut self, to: ReplyTo, gate: Gate, args: Vec<Vec<u8>>) -> Dispatch {
+    fn dispatch_admitted(&mut self, to: ReplyTo, gate: Gate, args: &[Vec<u8>]) -> Dispatch {
         match gate {
             Gate::Reply(v) => Dispatch::Reply(v),
             Gate::Pass => self.route(to, args, FollowerRead::Allowed),
             Gate::Watch => self.dispatch(to, args),
-            Gate::Exec(transaction) => self.dispatch(to, transaction),
+            Gate::Exec(transaction) => self.dispatch(to, &transaction),
         }
     }
 
     /// Route one command: node commands here, state-machine commands to the log or a read.
-    pub(super) fn dispatch(&mut self, to: ReplyTo, args: Vec<Vec<u8>>) -> Dispatch {
+    pub(super) fn dispatch(&mut self, to: ReplyTo, args: &[Vec<u8>]) -> Dispatch {
         self.route(to, args, FollowerRead::Forward)
     }
 
-    fn route(&mut self, to: ReplyTo, args: Vec<Vec<u8>>, here: FollowerRead) -> Dispatch {
-        if let Some(d) = self.node_command(to, &args) {
+    fn route(&mut self, to: ReplyTo, args: &[Vec<u8>], here: FollowerRead) -> Dispatch {
+        if let Some(d) = self.node_command(to, args) {
             return d;
         }
-        match session::parse_run(&args) {
+        match session::parse_run(args) {
             None => {}
             Some(Err(v)) => return Dispatch::Reply(v),
             Some(Ok((tag, command))) => {
@@ -173,8 +184,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 return self.dispatch_tagged(to, tag, parsed, args);
             }
         }
-        match self.applied.sm().parse(&args) {
-            None => Dispatch::Reply(unknown_command(&args)),
+        match self.applied.sm().parse(args) {
+            None => Dispatch::Reply(unknown_command(args)),
             Some(Request::Reply(v)) => Dispatch::Reply(v),
             Some(Request::Write(data)) => self.submit_write(to, data, None, args),
             Some(Request::Read(query)) => self.submit_read(to, query, args, here),
@@ -188,7 +199,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         to: ReplyTo,
         tag: SessionTag,
         parsed: Option<Request>,
-        args: Vec<Vec<u8>>,
+        args: &[Vec<u8>],
     ) -> Dispatch {
         match parsed {
             None => Dispatch::Reply(unknown_command(&args[session::RUN_PREFIX_ARGS..])),
@@ -203,7 +214,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         to: ReplyTo,
         data: Vec<u8>,
         session: Option<SessionTag>,
-        args: Vec<Vec<u8>>,
+        args: &[Vec<u8>],
     ) -> Dispatch {
         // A follower with a full disk still forwards writes: the leader and the others hold them.
         if let (Some(why), crate::raft::Role::Leader) = (self.stored.read_only(), self.raft.role())
@@ -233,7 +244,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         &mut self,
         to: ReplyTo,
         query: Vec<u8>,
-        args: Vec<Vec<u8>>,
+        args: &[Vec<u8>],
         here: FollowerRead,
     ) -> Dispatch {
         if self.pending.reads_full() {
@@ -352,7 +363,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         &mut self,
         to: ReplyTo,
         err: ProposeError,
-        args: Vec<Vec<u8>>,
+        args: &[Vec<u8>],
         resend: Resend,
     ) -> Dispatch {
         let leader = match err {
@@ -379,7 +390,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let kind = match resend {
             Resend::No => Forwarded::Write,
             Resend::Yes { read } => Forwarded::Resendable {
-                args: args.clone(),
+                args: args.to_vec(),
                 read,
             },
         };
@@ -396,17 +407,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     }
 
     /// Forward `args` for `o` to `leader`; gives `o` back if there is no link to it.
-    fn forward_to(&mut self, leader: NodeId, args: Vec<Vec<u8>>, o: Orphan) -> Result<(), Orphan> {
+    fn forward_to(&mut self, leader: NodeId, args: &[Vec<u8>], o: Orphan) -> Result<(), Orphan> {
         let id = self.pending.new_forward_id();
-        let proto = self.protocol_of(o.to).number();
-        let rights = o.rights.to_byte();
-        let frame = Frame::ClientRequest {
+        let head = wire::ClientRequestHead {
             id,
-            args,
-            proto,
-            rights,
+            proto: self.protocol_of(o.to).number(),
+            rights: o.rights.to_byte(),
         };
-        if !self.send_frame(leader, &frame) {
+        if !self.send_client_request(leader, head, args) {
             return Err(o);
         }
         self.pending.add_forward(id, leader, o);
@@ -421,7 +429,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         id: u64,
         proto: u8,
         rights: Rights,
-        args: Vec<Vec<u8>>,
+        args: &[Vec<u8>],
     ) {
         // The frame decoder let only 2 and 3 through.
         let proto = Protocol::from_number(proto).unwrap_or_default();
@@ -430,7 +438,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             id,
             proto,
         };
-        if let Some(denied) = auth::check(rights, &args) {
+        if let Some(denied) = auth::check(rights, args) {
             debug!("a command forwarded by node {from} exceeds the rights it carries ({rights:?})");
             return self.deliver(to, denied.to_bytes_as(proto));
         }
@@ -442,10 +450,23 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         }
     }
 
-    /// The leader answered a command we forwarded.
-    pub(super) fn forward_reply(&mut self, id: u64, reply: Vec<u8>) {
-        if let Some(o) = self.pending.take_forward(id) {
-            self.deliver(o.to, reply);
+    /// The leader answered a command we forwarded. The reply a client's pipeline waits for
+    /// next is copied straight into its output (no buffer of its own), as `deliver_value`
+    /// does; any other takes `deliver`'s path.
+    pub(super) fn forward_reply(&mut self, id: u64, reply: &[u8]) {
+        let Some(o) = self.pending.take_forward(id) else {
+            return;
+        };
+        let in_place = match o.to {
+            ReplyTo::Client { key, gen, seq } => {
+                self.write_next_reply(key, gen, seq, reply.len(), |_, out| {
+                    out.extend_from_slice(reply)
+                })
+            }
+            ReplyTo::Peer { .. } | ReplyTo::ReadIndex { .. } => false,
+        };
+        if !in_place {
+            self.deliver(o.to, reply.to_vec());
         }
     }
 
@@ -525,12 +546,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         };
         let args = args.clone();
         match self.raft.leader() {
-            Some(l) if l == self.id => match self.dispatch(o.to, args) {
+            Some(l) if l == self.id => match self.dispatch(o.to, &args) {
                 Dispatch::Reply(v) | Dispatch::ReplyAndClose(v) => self.deliver_value(o.to, &v),
                 Dispatch::Pending => {}
             },
             Some(l) => {
-                if let Err(o) = self.forward_to(l, args, o) {
+                if let Err(o) = self.forward_to(l, &args, o) {
                     self.pending.park(o);
                 }
             }
@@ -619,13 +640,29 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let Some(len_max) = v.scalar_len_max() else {
             return false;
         };
-        let (key, gen, seq) = match to {
-            ReplyTo::Client { key, gen, seq } => (key, gen, seq),
-            ReplyTo::Peer { node, id, proto } => {
-                return self.send_client_reply(node, id, len_max, |out| v.encode_as(proto, out))
+        match to {
+            ReplyTo::Client { key, gen, seq } => {
+                self.write_next_reply(key, gen, seq, len_max, |proto, out| v.encode_as(proto, out))
             }
-            ReplyTo::ReadIndex { .. } => return false,
-        };
+            ReplyTo::Peer { node, id, proto } => {
+                self.send_client_reply(node, id, len_max, |out| v.encode_as(proto, out))
+            }
+            ReplyTo::ReadIndex { .. } => false,
+        }
+    }
+
+    /// `write` appends (at most `len_max` bytes, in the client's protocol) the reply to
+    /// request `seq` of client `key` straight into its output, when that is the reply its
+    /// pipeline waits for next and it fits the caps; false, with nothing written, otherwise
+    /// (the client left, a WATCH's reply, an earlier reply still owed, no room).
+    fn write_next_reply(
+        &mut self,
+        key: usize,
+        gen: u64,
+        seq: u64,
+        len_max: usize,
+        write: impl FnOnce(Protocol, &mut Vec<u8>),
+    ) -> bool {
         let Some(c) = self.conns.get_mut(key) else {
             return false;
         };
@@ -643,7 +680,14 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if !st.is_next(seq) || st.session.is_watch_reply(seq) || !fits {
             return false;
         }
-        v.encode_as(st.session.proto, c.conn.output_buf());
+        let out = c.conn.output_buf();
+        let before = out.len();
+        write(st.session.proto, out);
+        assert!(
+            out.len() - before <= len_max,
+            "a reply of {} bytes beyond its bound {len_max}",
+            out.len() - before
+        );
         st.pop_next(seq);
         self.release_answered(key);
         true

@@ -235,6 +235,12 @@ pub struct Node<S: StateMachine, D: Disk, N: Net> {
     /// made meanwhile (a send that found a dead connection) wait in `deferred_reports`.
     in_ready: bool,
     deferred_reports: Vec<(CoreReport, NodeId, bool)>,
+    /// Argument buffers reused by every command parsed (`clients.rs`) or forwarded to us
+    /// (`peers.rs`): no allocation per argument (`client::resp::ArgBufs`).
+    arg_bufs: crate::client::resp::ArgBufs,
+    /// A forwarded command's reply, copied out of the peer connection's input (`peers.rs`);
+    /// kept while at most `ARG_BUF_KEPT_SIZE_MAX` bytes.
+    reply_buf: Vec<u8>,
     /// This node was leader at the end of the last turn.
     was_leader: bool,
     stats: Stats,

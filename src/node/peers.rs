@@ -375,6 +375,25 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         true
     }
 
+    /// A ClientRequest frame to `to` with borrowed arguments (`wire::encode_client_request`),
+    /// as `send_frame` would queue `Frame::ClientRequest`.
+    pub(super) fn send_client_request(
+        &mut self,
+        to: NodeId,
+        head: wire::ClientRequestHead,
+        args: &[Vec<u8>],
+    ) -> bool {
+        let Some(key) = self.peer_with_room(to) else {
+            return false;
+        };
+        if let Err(e) = wire::encode_client_request(head, args, self.conns[key].conn.output_buf()) {
+            warn!("dropping a forwarded command to node {to}: {e}");
+            return false;
+        }
+        self.mark_dirty(key);
+        true
+    }
+
     /// Send a message from the core. A `Snapshot` message becomes a chunked stream.
     pub(super) fn send_raft(&mut self, msg: Message) {
         if let MessageBody::Snapshot { meta } = &msg.body {
@@ -396,6 +415,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     /// Decode and handle every complete frame buffered. False if the connection closed.
     fn parse_frames(&mut self, key: usize) -> bool {
         loop {
+            match self.parse_client_frame(key) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(DecodeError::Incomplete) => return true,
+                Err(e) => {
+                    self.close_conn(key, &format!("bad frame: {e}"));
+                    return false;
+                }
+            }
             let Some(c) = self.conns.get_mut(key) else {
                 return false;
             };
@@ -411,6 +439,62 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 }
             }
         }
+    }
+
+    /// The frame at the front of `key`'s input, if it is a ClientRequest or a ClientReply
+    /// from a peer past its Hello: handled without a `Frame` of its own (issue 16: the leader
+    /// decoded every forwarded command into one allocation per argument, the follower every
+    /// reply into one). The arguments are copied into the node's reused `ArgBufs`, the reply
+    /// into `reply_buf`, so the connection's input is free again before they are handled.
+    /// `Ok(false)`: another frame (or a connection before its Hello), for `wire::decode`.
+    fn parse_client_frame(&mut self, key: usize) -> Result<bool, DecodeError> {
+        let Some(c) = self.conns.get_mut(key) else {
+            return Ok(false);
+        };
+        let peer = match c.kind {
+            ConnKind::PeerIn { from: Some(f) } => f,
+            ConnKind::PeerOut { to, hello_ok: true } => to,
+            _ => return Ok(false),
+        };
+        let input = c.conn.input();
+        let mut bufs = std::mem::take(&mut self.arg_bufs);
+        bufs.clear();
+        let request = wire::decode_client_request_with(input, |a| bufs.push(a));
+        let reply = match request {
+            Ok(None) => wire::decode_client_reply_ref(input).map(|r| {
+                r.map(|(id, reply, n)| {
+                    self.reply_buf.clear();
+                    self.reply_buf.extend_from_slice(reply);
+                    (id, n)
+                })
+            }),
+            _ => Ok(None),
+        };
+        let handled = match (request, reply) {
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(Some((head, n))), _) => {
+                c.conn.consume(n);
+                self.contact.heard(peer, self.now);
+                let rights = crate::auth::Rights::from_byte(head.rights);
+                self.handle_forwarded(peer, head.id, head.proto, rights, bufs.args());
+                Ok(true)
+            }
+            (Ok(None), Ok(Some((id, n)))) => {
+                c.conn.consume(n);
+                self.contact.heard(peer, self.now);
+                let reply = std::mem::take(&mut self.reply_buf);
+                self.forward_reply(id, &reply);
+                self.reply_buf = reply;
+                Ok(true)
+            }
+            (Ok(None), Ok(None)) => Ok(false),
+        };
+        bufs.trim();
+        self.arg_bufs = bufs;
+        if self.reply_buf.capacity() > limits::ARG_BUF_KEPT_SIZE_MAX {
+            self.reply_buf = Vec::new();
+        }
+        handled
     }
 
     fn handle_frame(&mut self, key: usize, frame: Frame) {
@@ -490,9 +574,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 rights,
             } => {
                 let rights = crate::auth::Rights::from_byte(rights);
-                self.handle_forwarded(peer, id, proto, rights, args)
+                self.handle_forwarded(peer, id, proto, rights, &args)
             }
-            Frame::ClientReply { id, reply } => self.forward_reply(id, reply),
+            Frame::ClientReply { id, reply } => self.forward_reply(id, &reply),
             Frame::ReadIndexRequest { id } => self.handle_read_index_request(peer, id),
             Frame::ReadIndexReply { id, index, now_ms } => {
                 self.read_index_reply(peer, id, index, now_ms)

@@ -41,7 +41,7 @@
 //! have reached the log), while a read or a session write (the state machine deduplicates
 //! it) is `Resendable` and goes to the next leader, or is parked until one is known.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use super::ReplyTo;
@@ -125,8 +125,11 @@ pub(super) enum Settled {
 }
 
 pub(super) struct Pending {
-    /// Writes by the index of their entry. Invariant 1.
-    waiters: BTreeMap<LogIndex, Waiter>,
+    /// Writes by the index of their entry, in index order, each index once. Invariant 1.
+    /// A deque, not a map: a leader proposes in index order and apply settles from the
+    /// front, so adding and settling are a push and a pop (issue 16: the map's node
+    /// allocations and rebalancing were on every write's path).
+    waiters: VecDeque<(LogIndex, Waiter)>,
     /// Reads by context. Invariants 2, 3.
     reads: BTreeMap<u64, PendingRead>,
     /// Reads whose round completed: (the index apply must reach, context), in arrival order.
@@ -154,7 +157,7 @@ impl Pending {
     /// (a leader may still answer a forward sent before the restart).
     pub(super) fn new(first_forward_id: u64) -> Pending {
         Pending {
-            waiters: BTreeMap::new(),
+            waiters: VecDeque::new(),
             reads: BTreeMap::new(),
             reads_ready: Vec::new(),
             next_read_ctx: 1,
@@ -175,24 +178,32 @@ impl Pending {
         (forwarded, self.reads.len(), self.waiters.len())
     }
 
+    /// A write waits for the entry at `index`; one already waiting there is replaced (as a
+    /// map's insert would: the index was proposed again, by a later term).
     pub(super) fn add_waiter(&mut self, index: LogIndex, term: Term, to: ReplyTo) {
-        self.waiters.insert(index, Waiter { term, to });
+        let w = Waiter { term, to };
+        match self.waiters.back() {
+            Some(&(last, _)) if last >= index => {
+                match self.waiters.binary_search_by_key(&index, |&(i, _)| i) {
+                    Ok(at) => self.waiters[at].1 = w,
+                    Err(at) => self.waiters.insert(at, (index, w)),
+                }
+            }
+            _ => self.waiters.push_back((index, w)),
+        }
     }
 
     /// Every waiting write, oldest first (leadership was lost: none can be vouched for).
     pub(super) fn take_waiters(&mut self) -> Vec<ReplyTo> {
-        std::mem::take(&mut self.waiters)
-            .into_values()
-            .map(|w| w.to)
-            .collect()
+        self.waiters.drain(..).map(|(_, w)| w.to).collect()
     }
 
     /// The entry (`index`, `term`) applied: every waiter at or below its index is settled
     /// (invariant 1). Call until `None`; one waiter per call, oldest first, so settling
     /// allocates nothing (the write path's cost per write).
     pub(super) fn settle_next(&mut self, index: LogIndex, term: Term) -> Option<Settled> {
-        let entry = self.waiters.first_entry().filter(|e| *e.key() <= index)?;
-        let (idx, w) = entry.remove_entry();
+        self.waiters.front().filter(|&&(i, _)| i <= index)?;
+        let (idx, w) = self.waiters.pop_front()?;
         Some(match idx == index && w.term == term {
             true => Settled::Applied(w.to),
             false => Settled::Replaced(w.to),
@@ -201,11 +212,8 @@ impl Pending {
 
     /// Waiters at or below a snapshot's index: no apply will answer them here.
     pub(super) fn take_waiters_through(&mut self, index: LogIndex) -> Vec<ReplyTo> {
-        let later = self.waiters.split_off(&index.next());
-        std::mem::replace(&mut self.waiters, later)
-            .into_values()
-            .map(|w| w.to)
-            .collect()
+        let through = self.waiters.partition_point(|&(i, _)| i <= index);
+        self.waiters.drain(..through).map(|(_, w)| w.to).collect()
     }
 
     pub(super) fn reads_full(&self) -> bool {
@@ -509,8 +517,15 @@ impl Pending {
             self.forwards.len(),
             self.parked.len()
         );
-        if let Some((&idx, _)) = self.waiters.first_key_value() {
+        if let Some(&(idx, _)) = self.waiters.front() {
             assert!(idx > applied, "a write waits at {idx}, applied {applied}");
+        }
+        let mut indexes = self.waiters.iter().map(|&(i, _)| i);
+        if let Some(mut prev) = indexes.next() {
+            for i in indexes {
+                assert!(prev < i, "waiters out of order: {prev} before {i}");
+                prev = i;
+            }
         }
         let follower_reads = self.reads.values().filter(|r| r.deadline.is_some()).count();
         let listed = self.unasked.len()
@@ -578,6 +593,57 @@ mod tests {
         let settled: Vec<_> = std::iter::from_fn(|| p.settle_next(LogIndex(5), Term(2))).collect();
         assert!(matches!(settled[..], [Settled::Applied(to)] if to == client(2)));
         assert_eq!(p.counts(), (0, 0, 0));
+    }
+
+    /// The waiters' deque keeps a map's behaviour (the model) when indexes come out of
+    /// order or again (proposals of a later term at truncated indexes).
+    #[test]
+    fn waiters_added_in_any_order_settle_as_a_map_by_index_would() {
+        let mut rng = crate::prng::Prng::new(0x5eed_3a17);
+        for case in 0..200 {
+            let mut p = Pending::new(1);
+            let mut model: BTreeMap<LogIndex, (Term, ReplyTo)> = BTreeMap::new();
+            let mut applied = LogIndex(0);
+            for seq in 0..200 {
+                let index = LogIndex(applied.0 + rng.range(1, 20));
+                let term = Term(rng.range(1, 3));
+                match rng.range(0, 4) {
+                    0 => {
+                        let through = LogIndex(applied.0 + rng.range(0, 10));
+                        let mut want: Vec<ReplyTo> = Vec::new();
+                        while let Some((&i, _)) = model.first_key_value() {
+                            if i > through {
+                                break;
+                            }
+                            want.push(model.pop_first().unwrap().1 .1);
+                        }
+                        assert_eq!(p.take_waiters_through(through), want, "case {case}");
+                        applied = applied.max(through);
+                    }
+                    1 => {
+                        applied = LogIndex(applied.0 + rng.range(1, 8));
+                        while let Some(s) = p.settle_next(applied, term) {
+                            let (i, (t, to)) = model.pop_first().expect("a waiter the model has");
+                            match s {
+                                Settled::Applied(got) => {
+                                    assert!(i == applied && t == term && got == to, "case {case}")
+                                }
+                                Settled::Replaced(got) => assert_eq!(got, to, "case {case}"),
+                            }
+                        }
+                        assert!(model.first_key_value().is_none_or(|(&i, _)| i > applied));
+                    }
+                    _ => {
+                        p.add_waiter(index, term, client(seq));
+                        model.insert(index, (term, client(seq)));
+                    }
+                }
+                p.check_invariants(applied);
+                assert_eq!(p.counts().2, model.len(), "case {case}");
+            }
+            let want: Vec<ReplyTo> = model.into_values().map(|(_, to)| to).collect();
+            assert_eq!(p.take_waiters(), want, "case {case}");
+        }
     }
 
     #[test]

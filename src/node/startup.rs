@@ -210,6 +210,8 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             was_leader: false,
             in_ready: false,
             deferred_reports: Vec::new(),
+            arg_bufs: Default::default(),
+            reply_buf: Vec::new(),
             stats: Stats {
                 started: Some(now),
                 last_snapshot_index: applied,

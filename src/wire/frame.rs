@@ -296,9 +296,7 @@ pub fn encoded_len(frame: &Frame) -> usize {
                 SNAPSHOT_CHUNK_FIXED_SIZE + meta_len(meta) + data.len()
             }
             Frame::SnapshotAck { .. } => SNAPSHOT_ACK_BODY_SIZE,
-            Frame::ClientRequest { args, .. } => {
-                14 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
-            }
+            Frame::ClientRequest { args, .. } => client_request_len(args) - FRAME_HEADER_SIZE,
             Frame::ClientReply { reply, .. } => CLIENT_REPLY_FIXED_SIZE + reply.len(),
             Frame::ReadIndexRequest { .. } => READ_INDEX_REQUEST_BODY_SIZE,
             Frame::ReadIndexReply { .. } => READ_INDEX_REPLY_BODY_SIZE,
@@ -367,17 +365,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
             proto,
             rights,
         } => {
-            // The node sets the protocol from a connection's HELLO: only 2 or 3 exist; the
-            // rights byte comes from `Rights::to_byte`.
-            assert!(matches!(proto, 2 | 3), "RESP protocol {proto}");
-            assert!(*rights <= RIGHTS_MAX, "rights byte {rights}");
-            put_u64(out, *id);
-            put_u32(out, args.len() as u32);
-            for a in args {
-                put_bytes(out, a);
-            }
-            out.push(*proto);
-            out.push(*rights);
+            let head = ClientRequestHead {
+                id: *id,
+                proto: *proto,
+                rights: *rights,
+            };
+            put_client_request(head, args, out);
         }
         Frame::ClientReply { id, reply } => {
             put_u64(out, *id);
@@ -468,11 +461,35 @@ fn decode_hello(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
 }
 
 fn decode_client_request(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
+    let mut args = Vec::new();
+    let head = client_request_body(r, |a| args.push(a.to_vec()))?;
+    Ok(Frame::ClientRequest {
+        id: head.id,
+        args,
+        proto: head.proto,
+        rights: head.rights,
+    })
+}
+
+/// A ClientRequest's fields but its arguments (`decode_client_request_with`,
+/// `encode_client_request`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientRequestHead {
+    pub id: u64,
+    pub proto: u8,
+    pub rights: u8,
+}
+
+/// The ClientRequest body in `r`, each argument handed to `on_arg` borrowed, once its length
+/// is checked against its limit and the bytes present (invariant 2).
+fn client_request_body(
+    r: &mut Reader<'_>,
+    mut on_arg: impl FnMut(&[u8]),
+) -> Result<ClientRequestHead, DecodeError> {
     let id = r.u64("request id")?;
     let count = r.count("argument count", 4, CLIENT_ARGS_MAX)?;
-    let mut args = Vec::with_capacity(count);
     for _ in 0..count {
-        args.push(r.bytes("argument", BODY_SIZE_MAX)?.to_vec());
+        on_arg(r.bytes("argument", BODY_SIZE_MAX)?);
     }
     let proto = r.u8("protocol")?;
     if !matches!(proto, 2 | 3) {
@@ -482,12 +499,108 @@ fn decode_client_request(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
     if rights > RIGHTS_MAX {
         return Err(r.malformed("rights"));
     }
-    Ok(Frame::ClientRequest {
-        id,
-        args,
-        proto,
-        rights,
-    })
+    Ok(ClientRequestHead { id, proto, rights })
+}
+
+/// The frame at the start of `buf`, if it is a ClientRequest, decoded as `decode` would
+/// (same checks, same errors) but with each argument handed to `on_arg` borrowed from `buf`
+/// instead of copied into a `Vec` of its own: the leader copies them into buffers it reuses
+/// (issue 16: one allocation per argument of every forwarded command before). `Ok(None)`:
+/// another kind of frame (call `decode`). On an error `on_arg` may have seen some of the
+/// arguments; the stream is bad all the same.
+pub fn decode_client_request_with(
+    buf: &[u8],
+    on_arg: impl FnMut(&[u8]),
+) -> Result<Option<(ClientRequestHead, usize)>, DecodeError> {
+    let Some(body) = body_of_kind(buf, KIND_CLIENT_REQUEST)? else {
+        return Ok(None);
+    };
+    let mut r = Reader::new(KIND_CLIENT_REQUEST, body);
+    let head = client_request_body(&mut r, on_arg)?;
+    r.finish()?;
+    Ok(Some((head, FRAME_HEADER_SIZE + body.len())))
+}
+
+/// A ClientReply as `decode_client_reply_ref` finds it: `(id, reply, bytes taken)`.
+pub type ClientReplyRef<'a> = (u64, &'a [u8], usize);
+
+/// The frame at the start of `buf`, if it is a ClientReply, as `decode` would give it but
+/// with the reply borrowed from `buf`. `Ok(None)`: another kind.
+pub fn decode_client_reply_ref(buf: &[u8]) -> Result<Option<ClientReplyRef<'_>>, DecodeError> {
+    let Some(body) = body_of_kind(buf, KIND_CLIENT_REPLY)? else {
+        return Ok(None);
+    };
+    let mut r = Reader::new(KIND_CLIENT_REPLY, body);
+    let id = r.u64("request id")?;
+    let reply = r.bytes("reply", BODY_SIZE_MAX)?;
+    r.finish()?;
+    Ok(Some((id, reply, FRAME_HEADER_SIZE + body.len())))
+}
+
+/// The body of the frame at the start of `buf` if its kind is `kind`, `Ok(None)` if it is
+/// another; `Err(Incomplete)` until the whole frame is there, as `decode`.
+fn body_of_kind(buf: &[u8], kind: u8) -> Result<Option<&[u8]>, DecodeError> {
+    let Some((k, body_len)) = peek_header(buf)? else {
+        return Err(DecodeError::Incomplete);
+    };
+    if k != kind {
+        return Ok(None);
+    }
+    let end = FRAME_HEADER_SIZE + body_len;
+    if buf.len() < end {
+        return Err(DecodeError::Incomplete);
+    }
+    Ok(Some(&buf[FRAME_HEADER_SIZE..end]))
+}
+
+/// Appends to `out` the bytes `encode` writes for `Frame::ClientRequest` with these fields,
+/// from borrowed arguments: a follower forwards the buffers it parsed the client's command
+/// into, without copying them into a `Frame` first. Refuses (writing nothing) what `encode`
+/// refuses.
+pub fn encode_client_request(
+    head: ClientRequestHead,
+    args: &[Vec<u8>],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    check_limit(
+        KIND_CLIENT_REQUEST,
+        "arguments",
+        args.len(),
+        CLIENT_ARGS_MAX,
+    )?;
+    let len = client_request_len(args);
+    check_limit(KIND_CLIENT_REQUEST, "frame bytes", len, FRAME_SIZE_MAX)?;
+    out.reserve(len);
+    let start = out.len();
+    put_u32(out, (len - FRAME_HEADER_SIZE) as u32);
+    out.push(KIND_CLIENT_REQUEST);
+    put_client_request(head, args, out);
+    let written = out.len() - start;
+    assert_eq!(
+        written, len,
+        "encoded {written} bytes of a {len}-byte frame"
+    );
+    Ok(())
+}
+
+/// A ClientRequest frame's length, header included.
+fn client_request_len(args: &[Vec<u8>]) -> usize {
+    FRAME_HEADER_SIZE + 14 + args.iter().map(|a| 4 + a.len()).sum::<usize>()
+}
+
+fn put_client_request(head: ClientRequestHead, args: &[Vec<u8>], out: &mut Vec<u8>) {
+    let ClientRequestHead { id, proto, rights } = head;
+    // The node sets the protocol from a connection's HELLO: only 2 or 3 exist; the rights
+    // byte comes from `Rights::to_byte`.
+    assert!(matches!(proto, 2 | 3), "RESP protocol {proto}");
+    assert!(rights <= RIGHTS_MAX, "rights byte {rights}");
+    put_u64(out, id);
+    put_u32(out, args.len() as u32);
+    for a in args {
+        put_bytes(out, a);
+    }
+    out.push(proto);
+    out.push(rights);
 }
 
 fn decode_client_reply(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {

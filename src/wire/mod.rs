@@ -11,8 +11,9 @@ pub mod frame;
 mod peer;
 
 pub use frame::{
-    cluster_id, decode, encode, encode_client_reply_with, encoded_len, peek_header, DecodeError,
-    EncodeError, Frame, BODY_SIZE_MAX, CLIENT_REPLY_SIZE_MAX, KIND_CLIENT_REPLY,
+    cluster_id, decode, decode_client_reply_ref, decode_client_request_with, encode,
+    encode_client_reply_with, encode_client_request, encoded_len, peek_header, ClientRequestHead,
+    DecodeError, EncodeError, Frame, BODY_SIZE_MAX, CLIENT_REPLY_SIZE_MAX, KIND_CLIENT_REPLY,
     KIND_CLIENT_REQUEST, KIND_HELLO, KIND_RAFT, KIND_READ_INDEX_REPLY, KIND_READ_INDEX_REQUEST,
     KIND_SNAPSHOT_ACK, KIND_SNAPSHOT_CHUNK, MAGIC, PROTOCOL_VERSION,
 };
