@@ -49,7 +49,7 @@ use crate::kv::hash::{
 };
 use crate::kv::scan_index::ScanIndex;
 use crate::kv::session::{Admission, Sessions};
-use crate::kv::skiplist::{Entry, SkipList};
+use crate::kv::skiplist::SkipList;
 use crate::kv::ttl::{
     invalid_expire_time, ExpireName, SetName, Ttl, TtlName, TtlWrite, EXPIRE_GT, EXPIRE_LT,
     EXPIRE_NX, EXPIRE_XX,
@@ -57,13 +57,16 @@ use crate::kv::ttl::{
 use crate::kv::tx::{self, Item, Tx};
 use crate::kv::{envelope, snapshot, Request, SnapshotError, StateMachine, TtlStats};
 use crate::limits::VALUE_SIZE_MAX;
-use crate::limits::{KEYS_KEYS_MAX, RECLAIM_ENTRY_SIZE_MAX};
+use crate::limits::{KEYS_KEYS_MAX, KEY_SIZE_MAX, RECLAIM_ENTRY_SIZE_MAX};
 use crate::raft::LogIndex;
 use std::cell::Cell;
 
 /// Bytes of keys and values one RANGE reply carries at most: the reply stops before the pair
 /// that would cross it (but always holds at least one pair, so paging makes progress).
 pub const RANGE_REPLY_SIZE_MAX: usize = 8 * 1024 * 1024;
+
+// Every key the store takes fits the skiplist's length field.
+const _: () = assert!(KEY_SIZE_MAX <= crate::kv::skiplist::KEY_LEN_MAX);
 
 /// Sizes of the store, for INFO and the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,33 +230,35 @@ impl KvStore {
         self.sessions = loaded.sessions;
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        let (old, id) = self
+            .list
+            .insert_with(key, value, self.applied.0, |k, v, m| {
+                (entry_hash(k, v), modified_hash(k, m))
+            });
         self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
-        let (old, id) = self.list.insert_at_id(key, value, self.applied.0);
         self.modified_sum = self
             .modified_sum
             .wrapping_add(modified_hash(key, self.applied.0));
-        match &old {
-            Some(e) => {
-                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
-                self.modified_sum = self
-                    .modified_sum
-                    .wrapping_sub(modified_hash(key, e.modified()));
+        match old {
+            Some((entry, modified)) => {
+                self.entries_hash = self.entries_hash.wrapping_sub(entry);
+                self.modified_sum = self.modified_sum.wrapping_sub(modified);
             }
             None => {
                 self.scan_index.insert(scan_hash(key), id);
             }
         }
-        old
     }
 
     fn delete(&mut self, key: &[u8]) -> bool {
-        match self.list.remove_id(key) {
-            Some((e, id)) => {
-                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
-                self.modified_sum = self
-                    .modified_sum
-                    .wrapping_sub(modified_hash(key, e.modified()));
+        let removed = self
+            .list
+            .remove_with(key, |k, v, m| (entry_hash(k, v), modified_hash(k, m)));
+        match removed {
+            Some(((entry, modified), id)) => {
+                self.entries_hash = self.entries_hash.wrapping_sub(entry);
+                self.modified_sum = self.modified_sum.wrapping_sub(modified);
                 self.scan_index.remove(scan_hash(key), id);
                 self.last_deletion = self.applied;
                 self.expiries.remove(key);
