@@ -17,8 +17,9 @@
 //! below the cursor was already returned, and the scan only moves up. A call stops only
 //! between two different hashes, so keys that collide are returned together.
 //! The index holds `(hash, NodeId)` pairs, not keys: the key is read from the skiplist node
-//! (about 13 bytes per key in `ScanIndex`'s packed blocks, no second copy of the key). `compact`
-//! renumbers the nodes, and the store renumbers the index with it.
+//! (about 9 bytes per key in `ScanIndex`'s packed blocks, which keep only the high half of
+//! the hash: `scan_lo` recomputes the low half from the key; no second copy of the key).
+//! `compact` renumbers the nodes, and the store rebuilds the index after it.
 //!
 //! # Modification indexes (WATCH)
 //! Every key carries the index of the entry that last wrote it (`SkipList`'s `modified`
@@ -49,7 +50,7 @@ use crate::kv::hash::{
 };
 use crate::kv::scan_index::ScanIndex;
 use crate::kv::session::{Admission, Sessions};
-use crate::kv::skiplist::SkipList;
+use crate::kv::skiplist::{NodeId, SkipList};
 use crate::kv::ttl::{
     invalid_expire_time, ExpireName, SetName, Ttl, TtlName, TtlWrite, EXPIRE_GT, EXPIRE_LT,
     EXPIRE_NX, EXPIRE_XX,
@@ -103,6 +104,12 @@ pub struct KvStore {
     sessions: Sessions,
 }
 
+/// The low half of the scan hash of the key `id` names in `list`: what `ScanIndex` does not
+/// store.
+fn scan_lo(list: &SkipList) -> impl Fn(NodeId) -> u32 + '_ {
+    move |id| scan_hash(list.key_at(id)) as u32
+}
+
 /// The scan order's hash of a key: fixed (not the store's seed), so that cursors mean the same
 /// on every replica; never 0, which is the cursor that starts and ends a scan.
 pub fn scan_hash(key: &[u8]) -> u64 {
@@ -142,9 +149,9 @@ impl KvStore {
     /// node calls it when it chooses (e.g. idle, or after a snapshot). Never changes replies,
     /// snapshots or the state hash.
     pub fn compact(&mut self) {
-        let moved = self.list.compact();
-        // Ids within one hash may reorder, which `renumber` sorts.
-        self.scan_index.renumber(|id| moved.new_id(id));
+        self.list.compact();
+        self.scan_index =
+            ScanIndex::from_pairs(self.list.ids().map(|(id, k)| (scan_hash(k), id)).collect());
     }
 
     /// The largest leader stamp applied so far, ms since the Unix epoch (0 before any).
@@ -190,8 +197,8 @@ impl KvStore {
         }
         // Equal sizes, and every pair names a live node with that hash: a bijection, since
         // a node's pair is determined by its id.
-        self.scan_index.check_invariants();
-        for (h, id) in self.scan_index.iter() {
+        self.scan_index.check_invariants(scan_lo(&self.list));
+        for (h, id) in self.scan_index.iter(scan_lo(&self.list)) {
             assert!(self.list.is_live(id), "scan index names dead node {id:?}");
             let k = self.list.key_at(id);
             assert_eq!(scan_hash(k), h, "scan index hash of {k:?}");
@@ -246,7 +253,8 @@ impl KvStore {
                 self.modified_sum = self.modified_sum.wrapping_sub(modified);
             }
             None => {
-                self.scan_index.insert(scan_hash(key), id);
+                self.scan_index
+                    .insert(scan_hash(key), id, &scan_lo(&self.list));
             }
         }
     }
@@ -259,7 +267,8 @@ impl KvStore {
             Some(((entry, modified), id)) => {
                 self.entries_hash = self.entries_hash.wrapping_sub(entry);
                 self.modified_sum = self.modified_sum.wrapping_sub(modified);
-                self.scan_index.remove(scan_hash(key), id);
+                self.scan_index
+                    .remove(scan_hash(key), id, &scan_lo(&self.list));
                 self.last_deletion = self.applied;
                 self.expiries.remove(key);
                 true
@@ -832,7 +841,7 @@ impl KvStore {
         let mut keys = Vec::new();
         let mut next = 0u64;
         let mut last_hash = None;
-        let from = self.scan_index.from_hash(cursor);
+        let from = self.scan_index.from_hash(cursor, scan_lo(&self.list));
         for (examined, (h, id)) in from.enumerate() {
             if examined >= count as usize && last_hash != Some(h) {
                 next = h;
@@ -881,8 +890,12 @@ impl KvStore {
         self.random.set(x);
         let pick = self
             .scan_index
-            .from_hash(x)
-            .chain(self.scan_index.iter().take_while(|&(h, _)| h < x))
+            .from_hash(x, scan_lo(&self.list))
+            .chain(
+                self.scan_index
+                    .iter(scan_lo(&self.list))
+                    .take_while(|&(h, _)| h < x),
+            )
             .map(|(_, id)| self.list.key_at(id))
             .find(|k| !self.expiries.expired(k, now_ms));
         pick.map_or(Value::Nil, |k| Value::Bulk(k.to_vec()))
