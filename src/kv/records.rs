@@ -10,66 +10,84 @@
 //! A record of 8 + 16 + 256 bytes (compare.py's and redis-benchmark's keys and values) took a
 //! 288-byte glibc chunk: 8 bytes of chunk header, then rounded up to 16. Here a record takes
 //! its length rounded up to 8 (`GRAIN`), with no header: 280 bytes. And the node no longer
-//! needs a fat `Box<[u8]>` (pointer and length) to reach it, only an 8-byte `Handle`, since
-//! it keeps the key's and value's lengths anyway. Records of one size class share pages, so
+//! needs a fat `Box<[u8]>` (pointer and length) to reach it, only a 4-byte `Handle`, since
+//! it keeps the key's and value's lengths anyway: a `u32`. Records of one size class share pages, so
 //! freeing one leaves a slot that the next record of that class takes, instead of a hole in a
 //! heap page that other allocations share.
 //!
 //! # Layout
 //!
-//! `pages` is every page; a `Handle` is `page << 32 | offset` (byte offset in the page).
-//! A record of `len` bytes (1..=`SLOT_MAX`) lives in a slot of `slot_size(len)` bytes in a
-//! page of its class (`slot_size / GRAIN`); each class fills its newest page from `fill`
-//! upwards, and keeps its freed slots on a free list threaded through the slots' first
-//! 8 bytes (a `Handle`, little-endian; `NONE` ends it). A class's pages grow with it: each new
-//! page is as large as the class's pages so far (at least `PAGE_MIN` and 16 slots, at most
-//! `PAGE_MAX`), so a class holds at most about half its bytes, or `PAGE_MAX`, unused.
-//! A record longer than `SLOT_MAX` gets a page of its own, of exactly its length, freed with
-//! it (its page number is reused). Pages are zeroed `Box<[u8]>`s (calloc: a large page is
-//! fresh mapped memory, resident only once written).
+//! `pages` is every slot page. A `Handle` of a slot is `page << 17 | offset / GRAIN` (a page
+//! is at most `PAGE_MAX` = 2^17 grains, and at most `SLOT_PAGES_MAX` = 2^14 pages: 16 GiB
+//! of slots). A record of `len` bytes (1..=`SLOT_MAX`) lives in a slot of `slot_size(len)`
+//! bytes in a page of its class (`slot_size / GRAIN`); each class fills its newest page from
+//! `fill` upwards, and keeps its freed slots on a free list threaded through the slots'
+//! first 4 bytes (a `Handle`, little-endian; `NONE` ends it). A class's pages grow with it:
+//! each new page is as large as the class's pages so far (at least `PAGE_MIN` and 16 slots,
+//! at most `PAGE_MAX`), so a class holds at most about half its bytes, or `PAGE_MAX`, unused.
+//! A record longer than `SLOT_MAX` gets a `Box<[u8]>` of its own in `large`, freed with it;
+//! its handle is `LARGE | index` (the index is reused). Pages are zeroed `Box<[u8]>`s
+//! (calloc: fresh memory, resident only once written).
 //!
 //! # Invariants (checked by `check_invariants`, given the live records)
 //!
 //! 1. Live slots and free slots of a class are disjoint and all lie below their page's fill
 //!    mark; a free list visits only its own class's slots, each once.
-//! 2. A page is exactly one of: a slot page of one class, a large page (one live record),
-//!    or empty and on `free_pages`.
+//! 2. A slot page holds slots of one class; a `large` entry is exactly one of: one live
+//!    record's bytes, or empty and on `free_large`.
 
 /// Slot sizes are multiples of this (and so is every slot's offset in its page).
 pub const GRAIN: usize = 8;
-/// Longest record kept in a shared slot; longer ones get a page of their own.
+/// Longest record kept in a shared slot; longer ones get an allocation of their own.
 pub const SLOT_MAX: usize = 4096;
 const CLASSES: usize = SLOT_MAX / GRAIN + 1;
 /// Smallest and largest slot page.
 const PAGE_MIN: usize = 4096;
-const PAGE_MAX: usize = 1 << 20;
+const PAGE_MAX: usize = GRAIN << OFFSET_BITS;
 /// Slots a class's first page holds at least.
 const PAGE_SLOTS_MIN: usize = 16;
-/// Most pages: a handle's page number is a `u32`.
-pub const PAGES_MAX: usize = u32::MAX as usize;
+/// A slot handle's low bits: the slot's offset in grains.
+const OFFSET_BITS: u32 = 17;
+/// The handle bit of a large record.
+const LARGE: u32 = 1 << 31;
+/// Most slot pages: a handle's page number has 14 bits (16 GiB of slots at `PAGE_MAX`).
+pub const SLOT_PAGES_MAX: usize = 1 << (31 - OFFSET_BITS);
+/// Most large records at once (`LARGE | index`, `NONE` excluded).
+pub const LARGE_MAX: usize = (LARGE - 1) as usize;
 
-/// Where a record lives: `page << 32 | offset`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Handle(u64);
+/// Where a record lives: `page << 17 | offset / GRAIN` for a slot, `LARGE | index` for a large
+/// record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Handle(u32);
 
 impl Handle {
     /// No record (a free node's handle, the end of a free list).
-    pub const NONE: Handle = Handle(u64::MAX);
+    pub const NONE: Handle = Handle(u32::MAX);
 
-    fn new(page: usize, offset: usize) -> Handle {
-        Handle((page as u64) << 32 | offset as u64)
+    fn slot(page: usize, offset: usize) -> Handle {
+        debug_assert!(page < SLOT_PAGES_MAX && offset < PAGE_MAX && offset.is_multiple_of(GRAIN));
+        Handle((page as u32) << OFFSET_BITS | (offset / GRAIN) as u32)
     }
 
+    fn is_large(self) -> bool {
+        self.0 & LARGE != 0
+    }
+
+    /// A slot's page, or a large record's index.
     fn page(self) -> usize {
-        (self.0 >> 32) as usize
+        if self.is_large() {
+            (self.0 & !LARGE) as usize
+        } else {
+            (self.0 >> OFFSET_BITS) as usize
+        }
     }
 
     fn offset(self) -> usize {
-        self.0 as u32 as usize
+        (self.0 & ((1 << OFFSET_BITS) - 1)) as usize * GRAIN
     }
 }
 
-/// The bytes a record of `len` takes in a shared slot (at least one handle, for the free list).
+/// The bytes a record of `len` takes in a shared slot (at least one grain).
 fn slot_size(len: usize) -> usize {
     len.max(GRAIN).div_ceil(GRAIN) * GRAIN
 }
@@ -96,9 +114,11 @@ const EMPTY_CLASS: Class = Class {
 pub struct Records {
     pages: Vec<Box<[u8]>>,
     classes: Box<[Class; CLASSES]>,
-    /// Page numbers whose page was freed (a large record's), to reuse.
-    free_pages: Vec<u32>,
-    /// Bytes of all pages.
+    /// Records longer than `SLOT_MAX`, one allocation each (empty: free).
+    large: Vec<Box<[u8]>>,
+    /// Indexes of empty `large` entries, to reuse.
+    free_large: Vec<u32>,
+    /// Bytes of all pages and large records.
     page_bytes: usize,
 }
 
@@ -113,24 +133,38 @@ impl Records {
         Records {
             pages: Vec::new(),
             classes: Box::new([EMPTY_CLASS; CLASSES]),
-            free_pages: Vec::new(),
+            large: Vec::new(),
+            free_large: Vec::new(),
             page_bytes: 0,
         }
     }
 
-    /// Heap bytes held: the pages, whole, and the page table.
+    /// Heap bytes held: the pages, whole, the large records and the tables.
     pub fn heap_bytes(&self) -> usize {
         self.page_bytes
-            + self.pages.capacity() * std::mem::size_of::<Box<[u8]>>()
+            + (self.pages.capacity() + self.large.capacity()) * std::mem::size_of::<Box<[u8]>>()
             + std::mem::size_of::<[Class; CLASSES]>()
-            + self.free_pages.capacity() * 4
+            + self.free_large.capacity() * 4
     }
 
     /// Room for a record of `len` bytes (its content unspecified): fill it with `get_mut`.
     pub fn alloc(&mut self, len: usize) -> Handle {
         assert!(len > 0, "empty record");
         if len > SLOT_MAX {
-            return self.new_page(len);
+            let bytes = vec![0u8; len].into_boxed_slice();
+            self.page_bytes += len;
+            let at = match self.free_large.pop() {
+                Some(at) => {
+                    self.large[at as usize] = bytes;
+                    at as usize
+                }
+                None => {
+                    assert!(self.large.len() < LARGE_MAX, "too many large records");
+                    self.large.push(bytes);
+                    self.large.len() - 1
+                }
+            };
+            return Handle(LARGE | at as u32);
         }
         let size = slot_size(len);
         let c = size / GRAIN;
@@ -143,28 +177,36 @@ impl Records {
         if class.capacity > 0 && class.fill as usize + size <= self.pages[class.page as usize].len()
         {
             self.classes[c].fill += size as u32;
-            return Handle::new(class.page as usize, class.fill as usize);
+            return Handle::slot(class.page as usize, class.fill as usize);
         }
         // A new page, as large as the class so far, within bounds, in whole slots.
         let bytes = class
             .capacity
-            .clamp(PAGE_MIN.max(PAGE_SLOTS_MIN * size), PAGE_MAX.max(size));
-        let h = self.new_page(bytes / size * size);
+            .clamp(PAGE_MIN.max(PAGE_SLOTS_MIN * size), PAGE_MAX)
+            / size
+            * size;
+        assert!(
+            self.pages.len() < SLOT_PAGES_MAX,
+            "record pages exhausted ({SLOT_PAGES_MAX} pages)"
+        );
+        self.pages.push(vec![0u8; bytes].into_boxed_slice());
+        self.page_bytes += bytes;
+        let page = self.pages.len() - 1;
         let class = &mut self.classes[c];
-        class.page = h.page() as u32;
+        class.page = page as u32;
         class.fill = size as u32;
-        class.capacity += bytes / size * size;
-        h
+        class.capacity += bytes;
+        Handle::slot(page, 0)
     }
 
     /// Give back the record of `len` bytes at `h`.
     pub fn free(&mut self, h: Handle, len: usize) {
-        if len > SLOT_MAX {
-            let page = h.page();
-            debug_assert_eq!(self.pages[page].len(), len, "large page length");
-            self.page_bytes -= self.pages[page].len();
-            self.pages[page] = Box::default();
-            self.free_pages.push(page as u32);
+        if h.is_large() {
+            let at = h.page();
+            debug_assert_eq!(self.large[at].len(), len, "large record length");
+            self.page_bytes -= self.large[at].len();
+            self.large[at] = Box::default();
+            self.free_large.push(at as u32);
             return;
         }
         let c = slot_size(len) / GRAIN;
@@ -176,12 +218,15 @@ impl Records {
     /// Whether records of `a` and `b` bytes take the same slots (one may replace the other
     /// in place).
     pub fn same_slot(a: usize, b: usize) -> bool {
-        a == b || (a <= SLOT_MAX && b <= SLOT_MAX && slot_size(a) == slot_size(b))
+        a <= SLOT_MAX && b <= SLOT_MAX && slot_size(a) == slot_size(b)
     }
 
     /// The record of `len` bytes at `h`.
     #[inline]
     pub fn get(&self, h: Handle, len: usize) -> &[u8] {
+        if h.is_large() {
+            return &self.large[h.page()][..len];
+        }
         let at = h.offset();
         &self.pages[h.page()][at..at + len]
     }
@@ -189,59 +234,39 @@ impl Records {
     /// The record of `len` bytes at `h`, to write.
     #[inline]
     pub fn get_mut(&mut self, h: Handle, len: usize) -> &mut [u8] {
+        if h.is_large() {
+            return &mut self.large[h.page()][..len];
+        }
         let at = h.offset();
         &mut self.pages[h.page()][at..at + len]
     }
 
-    /// A new zeroed page of `bytes`, in a free page number if there is one.
-    fn new_page(&mut self, bytes: usize) -> Handle {
-        let page = vec![0u8; bytes].into_boxed_slice();
-        self.page_bytes += bytes;
-        let at = match self.free_pages.pop() {
-            Some(at) => {
-                self.pages[at as usize] = page;
-                at as usize
-            }
-            None => {
-                assert!(self.pages.len() < PAGES_MAX, "record pages exhausted");
-                self.pages.push(page);
-                self.pages.len() - 1
-            }
-        };
-        Handle::new(at, 0)
-    }
-
     fn read_handle(&self, h: Handle) -> Handle {
-        let b = self.get(h, GRAIN);
-        Handle(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        let b = self.get(h, 4);
+        Handle(u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
 
     fn write_handle(&mut self, h: Handle, to: Handle) {
-        self.get_mut(h, GRAIN).copy_from_slice(&to.0.to_le_bytes());
+        self.get_mut(h, 4).copy_from_slice(&to.0.to_le_bytes());
     }
 
     /// Assert the module invariants, given every live record as `(handle, len)`. O(pages'
     /// slots).
     pub fn check_invariants(&self, live: impl Iterator<Item = (Handle, usize)>) {
-        // Each page's owner: its class, `LARGE`, or `FREE`.
-        const LARGE: usize = usize::MAX;
-        const FREE: usize = usize::MAX - 1;
+        // Each slot page's class.
         let mut owner: Vec<Option<usize>> = vec![None; self.pages.len()];
-        for &p in &self.free_pages {
+        let mut large_used = vec![false; self.large.len()];
+        for &at in &self.free_large {
             assert!(
-                self.pages[p as usize].is_empty(),
-                "free page {p} holds bytes"
+                self.large[at as usize].is_empty(),
+                "free large {at} holds bytes"
             );
             assert!(
-                owner[p as usize].replace(FREE).is_none(),
-                "page {p} freed twice"
+                !std::mem::replace(&mut large_used[at as usize], true),
+                "large {at} freed twice"
             );
         }
-        let mut used: std::collections::HashSet<u64> = Default::default();
-        let mut mark = |h: Handle, what: &str| {
-            assert!(h.offset().is_multiple_of(GRAIN), "{what} {h:?} misaligned");
-            assert!(used.insert(h.0), "{what} {h:?} taken twice");
-        };
+        let mut used: std::collections::HashSet<Handle> = Default::default();
         let mut fills = vec![None; self.pages.len()];
         for (c, class) in self.classes.iter().enumerate() {
             if class.capacity > 0 {
@@ -250,8 +275,9 @@ impl Records {
             let mut h = class.free;
             let mut n = 0usize;
             while h != Handle::NONE {
+                assert!(!h.is_large(), "free list of class {c} holds a large record");
                 self.check_slot(&mut owner, h, c);
-                mark(h, "free slot");
+                assert!(used.insert(h), "free slot {h:?} taken twice");
                 h = self.read_handle(h);
                 n += 1;
                 assert!(n <= self.page_bytes / GRAIN, "free list of class {c} loops");
@@ -259,29 +285,32 @@ impl Records {
         }
         for (h, len) in live {
             if len > SLOT_MAX {
-                assert_eq!(h.offset(), 0, "large record {h:?} not at its page's start");
-                assert_eq!(self.pages[h.page()].len(), len, "large page {h:?} length");
+                assert!(h.is_large(), "record of {len} bytes in a slot");
+                assert_eq!(self.large[h.page()].len(), len, "large {h:?} length");
                 assert!(
-                    owner[h.page()].replace(LARGE).is_none(),
-                    "large page {h:?} shared"
+                    !std::mem::replace(&mut large_used[h.page()], true),
+                    "large {h:?} shared"
                 );
             } else {
+                assert!(!h.is_large(), "record of {len} bytes in a large allocation");
                 self.check_slot(&mut owner, h, slot_size(len) / GRAIN);
+                assert!(used.insert(h), "slot {h:?} taken twice");
             }
-            mark(h, "record");
         }
+        assert!(
+            large_used.iter().all(|&u| u),
+            "a large record is neither live nor free"
+        );
         // Below the fill mark of its class's current page (full pages are filled whole).
-        for h in used.iter().map(|&h| Handle(h)) {
+        for h in &used {
             if let (Some(fill), Some(c)) = (fills[h.page()], owner[h.page()]) {
-                if c != LARGE && c != FREE {
-                    assert!(
-                        h.offset() + c * GRAIN <= fill,
-                        "slot {h:?} above the fill mark"
-                    );
-                }
+                assert!(
+                    h.offset() + c * GRAIN <= fill,
+                    "slot {h:?} above the fill mark"
+                );
             }
         }
-        let bytes: usize = self.pages.iter().map(|p| p.len()).sum();
+        let bytes: usize = self.pages.iter().chain(&self.large).map(|p| p.len()).sum();
         assert_eq!(bytes, self.page_bytes, "page bytes");
     }
 
@@ -360,14 +389,15 @@ mod tests {
     }
 
     #[test]
-    fn a_large_record_gets_a_page_of_its_own_and_gives_it_back() {
+    fn a_large_record_gets_an_allocation_of_its_own_and_gives_it_back() {
         let mut r = Records::new();
         let h = r.alloc(SLOT_MAX + 1);
+        assert!(h.is_large());
         assert_eq!(r.page_bytes, SLOT_MAX + 1);
         r.free(h, SLOT_MAX + 1);
         assert_eq!(r.page_bytes, 0);
         let again = r.alloc(100_000);
-        assert_eq!(again.page(), h.page(), "the page number is reused");
+        assert_eq!(again, h, "the index is reused");
         r.check_invariants([(again, 100_000)].into_iter());
     }
 }

@@ -10,12 +10,14 @@
 //! header, 8-byte rounding): `modified ++ key ++ value`, where `modified` is the caller's
 //! 8-byte stamp (little-endian; the store keeps the log index of the entry that last wrote the
 //! key there, for WATCH), which the list only stores. Inline, the node holds the record's
-//! 8-byte handle, `word`, the 8 key bytes that follow the list's common prefix (below),
-//! big-endian, so that most comparisons never touch the record (a cache miss), the key's
-//! length (with the height in its top byte), the value's length and its level-0 link `next0`:
-//! 32 bytes. Measured (issue 16, `tools/profile.sh memory`, 632k keys of 16 + 256 bytes): a
-//! record in its own `Box<[u8]>` took a 288-byte glibc chunk and a 40-byte node; here 280 + 32,
-//! and the leader's resident bytes per key went from 367 to 349 (log compacted to 10k entries).
+//! 4-byte handle, `word`, the 8 key bytes that follow the list's common prefix (below),
+//! big-endian (as two `u32`s, so the node aligns to 4), so that most comparisons never touch
+//! the record (a cache miss), the key's length (with the height in its top byte), the
+//! value's length and its level-0 link `next0`: 28 bytes. Measured (issue 16, a 3-node
+//! cluster loaded by `redis-benchmark -t set -n 1000000 -r 1000000 -d 256`, 632k keys, the
+//! log compacted to about 10k entries, RssAnon per key on the leader): a record in its own
+//! `Box<[u8]>` took a 288-byte glibc chunk and a 40-byte node, 367 B per key in all; here
+//! 280 + 28.
 //! A replaced value that rounds to the same slot is overwritten in place.
 //!
 //! The express lanes (levels `1..height`) live apart, in `upper: Vec<u32>`. A node of height
@@ -103,8 +105,8 @@ struct Node {
     /// Where the record `modified ++ key ++ value` lives in `records` (`NONE` when free).
     rec: Handle,
     /// The 8 key bytes after the list's common prefix, big-endian, zero-padded: decides most
-    /// comparisons.
-    word: u64,
+    /// comparisons. In halves (high, low), so that the node aligns to 4 (28 bytes, not 32).
+    word: [u32; 2],
     /// The key's length (low 24 bits) and the node's height (top 8 bits; 0 when free).
     key_height: u32,
     value_len: u32,
@@ -118,6 +120,16 @@ struct Node {
 pub const KEY_LEN_MAX: usize = (1 << 24) - 1;
 
 impl Node {
+    #[inline]
+    fn word(&self) -> u64 {
+        u64::from(self.word[0]) << 32 | u64::from(self.word[1])
+    }
+
+    #[inline]
+    fn set_word(&mut self, word: u64) {
+        self.word = [(word >> 32) as u32, word as u32];
+    }
+
     #[inline]
     fn key_len(&self) -> usize {
         (self.key_height & KEY_LEN_MAX as u32) as usize
@@ -136,7 +148,7 @@ impl Node {
 }
 
 // The point of the record handle (see "Layout").
-const _: () = assert!(std::mem::size_of::<Node>() == 32);
+const _: () = assert!(std::mem::size_of::<Node>() == 28);
 
 /// A key and value joined in one allocation, with room for the stamp in front. Built by the
 /// caller when it reads the bytes from somewhere (the snapshot loader reads them straight into
@@ -351,7 +363,7 @@ impl SkipList {
         };
         list.nodes.push(Node {
             rec: Handle::NONE,
-            word: 0,
+            word: [0; 2],
             key_height: (HEIGHT_MAX as u32) << 24,
             value_len: 0,
             next0: NIL,
@@ -489,7 +501,7 @@ impl SkipList {
             if next == NIL || next == known_ge {
                 break;
             }
-            let word = self.nodes[next as usize].word;
+            let word = self.nodes[next as usize].word();
             if self.cmp_key(word, next, key, probe) == Ordering::Less {
                 x = next;
             } else {
@@ -520,7 +532,7 @@ impl SkipList {
         let n = &self.nodes[x as usize];
         let end = self.common.len() + 8;
         n.key_len() == key.len()
-            && n.word == word
+            && n.word() == word
             && (key.len() <= end
                 || self.records.get(n.rec, RECORD_HEADER + key.len())[RECORD_HEADER + end..]
                     == key[end..])
@@ -767,7 +779,7 @@ impl SkipList {
             let rec = self.records.get(n.rec, n.rec_len());
             let h = b.list.records.alloc(rec.len());
             b.list.records.get_mut(h, rec.len()).copy_from_slice(rec);
-            b.push_node(h, n.key_len(), n.value_len as usize, n.word, n.height());
+            b.push_node(h, n.key_len(), n.value_len as usize, n.word(), n.height());
             renumbered[x as usize] = b.last;
             x = n.next0;
         }
@@ -816,17 +828,17 @@ impl SkipList {
         let at = self.common.len();
         let records = &self.records;
         for n in self.nodes.iter_mut().skip(1).filter(|n| n.height() != 0) {
-            n.word = match how {
-                Rederive::Shift { top, bytes } => top | n.word >> (8 * bytes),
+            let word = match how {
+                Rederive::Shift { top, bytes } => top | n.word() >> (8 * bytes),
                 Rederive::FromKeys => {
                     let rec = records.get(n.rec, RECORD_HEADER + n.key_len());
                     word_at(&rec[RECORD_HEADER..], at)
                 }
             };
+            n.set_word(word);
             if n.height() > 1 {
                 let s = n.span as usize;
-                self.upper[s + SPAN_WORD] = (n.word >> 32) as u32;
-                self.upper[s + SPAN_WORD + 1] = n.word as u32;
+                self.upper[s + SPAN_WORD..s + SPAN_WORD + 2].copy_from_slice(&n.word);
             }
         }
     }
@@ -864,7 +876,7 @@ impl SkipList {
         }
         let node = Node {
             rec,
-            word,
+            word: [(word >> 32) as u32, word as u32],
             key_height: (height as u32) << 24 | key_len as u32,
             value_len: value_len as u32,
             next0: NIL,
@@ -911,7 +923,7 @@ impl SkipList {
         n.rec = Handle::NONE;
         n.key_height = 0;
         n.value_len = 0;
-        n.word = 0;
+        n.word = [0; 2];
         n.span = HEAD_SPAN;
         n.next0 = self.free_node;
         self.free_node = x;
@@ -946,7 +958,7 @@ impl SkipList {
                 "node {x} key {key:?} lacks the common prefix {:?}",
                 self.common
             );
-            assert_eq!(n.word, word_at(key, self.common.len()), "node {x} word");
+            assert_eq!(n.word(), word_at(key, self.common.len()), "node {x} word");
             if h > 1 {
                 let at = n.span as usize;
                 assert_eq!(
@@ -954,7 +966,7 @@ impl SkipList {
                     x,
                     "span {at} names another node"
                 );
-                assert_eq!(self.span_word(n.span), n.word, "span {at} word");
+                assert_eq!(self.span_word(n.span), n.word(), "span {at} word");
                 mark_span(&mut span_used, at, h);
             }
             prev_key = Some(key);
