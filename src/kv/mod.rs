@@ -21,6 +21,7 @@ pub mod expiry;
 pub mod float;
 pub mod glob;
 pub mod hash;
+pub mod records;
 pub mod scan_index;
 pub mod session;
 pub mod skiplist;

@@ -1,4 +1,4 @@
-//! `ScanIndex`: the store's keys in scan order, as `(scan hash, NodeId)` pairs, 12 bytes each.
+//! `ScanIndex`: the store's keys in scan order, as `(scan hash, NodeId)` pairs, 8 bytes each.
 //!
 //! Owns: the ordered set of pairs behind SCAN and RANDOMKEY (`store.rs`, "Scan order"). Knows
 //! nothing of keys: the store hashes them and the skiplist holds them.
@@ -7,20 +7,29 @@
 //!
 //! A `BTreeSet<(u64, NodeId)>` spends about 29 bytes per pair (measured: 16-byte elements, as
 //! the u64 aligns the tuple to 8, in B-tree leaves about 70% full, plus the allocator's
-//! headers). Here a pair is packed as `(hash >> 32, hash as u32, id)`: 12 bytes, aligned to 4,
-//! and ordered exactly as `(hash, id)`. The pairs live in sorted blocks of at most `BLOCK_MAX`,
-//! each a `Vec` grown `BLOCK_GROW` pairs at a time (so it stays nearly full), found by a binary
-//! search over `firsts`, a copy of every block's first pair. An insert or removal moves at
-//! most `BLOCK_MAX` pairs (6 KiB) inside one block; a full block splits in two. About 13
-//! bytes per pair in all.
+//! headers). Here a pair is packed as `(hash >> 32, id)`: 8 bytes, aligned to 4. The low half
+//! of the hash is not stored: the id names the key it is the hash of, so the caller's `lo`
+//! (every call that compares or yields pairs takes one) recomputes it, and that is needed
+//! only to order pairs whose high halves are equal (about n / 2^32 of the comparisons: at a
+//! million keys, almost never) and to yield full hashes. Two pairs with one id are the same
+//! pair (invariant 3), which a removal relies on: the store removes a key's pair after its
+//! node is gone, when `lo` could no longer read its key.
+//!
+//! The pairs live in sorted blocks of at most `BLOCK_MAX`, each a `Vec` grown `BLOCK_GROW`
+//! pairs at a time (so it stays nearly full), found by a binary search over `firsts`, a copy
+//! of every block's first pair. An insert or removal moves at most `BLOCK_MAX` pairs (4 KiB)
+//! inside one block; a full block splits in two. About 9 bytes per pair in all (13 with the
+//! low half stored: measured, `tools/profile.sh memory`, 632k keys, 4 bytes per key less).
 //!
 //! # Invariants (checked by `check_invariants`)
 //!
-//! 1. Every block holds 1..=`BLOCK_MAX` pairs, strictly increasing within the block, and each
-//!    block's last pair is below the next block's first.
+//! 1. Every block holds 1..=`BLOCK_MAX` pairs, strictly increasing in `(hash, id)` order
+//!    within the block, and each block's last pair is below the next block's first.
 //! 2. `firsts[i] == blocks[i][0]` for every block, and `len` is the total number of pairs.
+//! 3. No id appears in two pairs.
 
 use crate::kv::skiplist::NodeId;
+use std::cmp::Ordering;
 
 /// Most pairs in one block: a split moves half of them, an insert at most all of them.
 const BLOCK_MAX: usize = 512;
@@ -30,15 +39,38 @@ const BLOCK_GROW: usize = 16;
 /// A block this small merges with a neighbour when the two fit in half a block.
 const BLOCK_MERGE_BELOW: usize = BLOCK_MAX / 8;
 
-/// `(hash >> 32, hash as u32, id)`: sorts as `(hash, id)`.
-type Packed = (u32, u32, NodeId);
-
-fn pack(hash: u64, id: NodeId) -> Packed {
-    ((hash >> 32) as u32, hash as u32, id)
+/// A pair as stored: the high half of its hash and its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Packed {
+    hi: u32,
+    id: NodeId,
 }
 
-fn unpack(p: &Packed) -> (u64, NodeId) {
-    ((u64::from(p.0) << 32) | u64::from(p.1), p.2)
+const _: () = assert!(std::mem::size_of::<Packed>() == 8);
+
+fn pack(hash: u64, id: NodeId) -> Packed {
+    Packed {
+        hi: (hash >> 32) as u32,
+        id,
+    }
+}
+
+/// The stored pair `q` against `(hash, id)`, in `(hash, id)` order; `lo` gives the low half of
+/// the hash of an id's key.
+#[inline]
+fn cmp_pair(q: &Packed, hash: u64, id: NodeId, lo: &impl Fn(NodeId) -> u32) -> Ordering {
+    match q.hi.cmp(&((hash >> 32) as u32)) {
+        // One id, one pair (invariant 3): no need to ask `lo`.
+        Ordering::Equal if q.id == id => Ordering::Equal,
+        Ordering::Equal => (lo(q.id), q.id).cmp(&(hash as u32, id)),
+        other => other,
+    }
+}
+
+/// The full pair `q` stands for.
+#[inline]
+fn unpack(q: &Packed, lo: &impl Fn(NodeId) -> u32) -> (u64, NodeId) {
+    ((u64::from(q.hi) << 32) | u64::from(lo(q.id)), q.id)
 }
 
 /// The ordered set of `(scan hash, NodeId)` pairs. See the module invariants.
@@ -55,7 +87,7 @@ impl ScanIndex {
         ScanIndex::default()
     }
 
-    /// The index of exactly these pairs (in any order; duplicates count once).
+    /// The index of exactly these pairs (in any order; duplicates count once; no id twice).
     pub fn from_pairs(mut pairs: Vec<(u64, NodeId)>) -> ScanIndex {
         pairs.sort_unstable();
         pairs.dedup();
@@ -82,14 +114,16 @@ impl ScanIndex {
         *self = ScanIndex::new();
     }
 
-    /// The block that holds `p` if anything does: the last one whose first pair is `<= p`
-    /// (block 0 for pairs below every block).
-    fn block_for(&self, p: &Packed) -> usize {
-        self.firsts.partition_point(|f| f <= p).saturating_sub(1)
+    /// The block that holds `(hash, id)` if anything does: the last one whose first pair is
+    /// `<=` it (block 0 for pairs below every block).
+    fn block_for(&self, hash: u64, id: NodeId, lo: &impl Fn(NodeId) -> u32) -> usize {
+        self.firsts
+            .partition_point(|f| cmp_pair(f, hash, id, lo) != Ordering::Greater)
+            .saturating_sub(1)
     }
 
-    /// Add a pair; false if it was there already.
-    pub fn insert(&mut self, hash: u64, id: NodeId) -> bool {
+    /// Add a pair (`id` in no pair yet); false if it was there already.
+    pub fn insert(&mut self, hash: u64, id: NodeId, lo: &impl Fn(NodeId) -> u32) -> bool {
         let p = pack(hash, id);
         if self.blocks.is_empty() {
             let mut block = Vec::with_capacity(BLOCK_GROW);
@@ -99,9 +133,9 @@ impl ScanIndex {
             self.len = 1;
             return true;
         }
-        let b = self.block_for(&p);
+        let b = self.block_for(hash, id, lo);
         let block = &mut self.blocks[b];
-        let Err(at) = block.binary_search(&p) else {
+        let Err(at) = block.binary_search_by(|q| cmp_pair(q, hash, id, lo)) else {
             return false;
         };
         if block.len() == block.capacity() {
@@ -122,15 +156,14 @@ impl ScanIndex {
         true
     }
 
-    /// Take a pair out; false if it was not there.
-    pub fn remove(&mut self, hash: u64, id: NodeId) -> bool {
-        let p = pack(hash, id);
+    /// Take a pair out; false if it was not there. `lo` is not asked about `id`.
+    pub fn remove(&mut self, hash: u64, id: NodeId, lo: &impl Fn(NodeId) -> u32) -> bool {
         if self.blocks.is_empty() {
             return false;
         }
-        let b = self.block_for(&p);
+        let b = self.block_for(hash, id, lo);
         let block = &mut self.blocks[b];
-        let Ok(at) = block.binary_search(&p) else {
+        let Ok(at) = block.binary_search_by(|q| cmp_pair(q, hash, id, lo)) else {
             return false;
         };
         block.remove(at);
@@ -171,29 +204,31 @@ impl ScanIndex {
     }
 
     /// Every pair in order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, NodeId)> + '_ {
-        self.blocks.iter().flatten().map(unpack)
+    pub fn iter<'a>(
+        &'a self,
+        lo: impl Fn(NodeId) -> u32 + 'a,
+    ) -> impl Iterator<Item = (u64, NodeId)> + 'a {
+        self.blocks.iter().flatten().map(move |q| unpack(q, &lo))
     }
 
     /// The pairs whose hash is `>= hash`, in order.
-    pub fn from_hash(&self, hash: u64) -> impl Iterator<Item = (u64, NodeId)> + '_ {
-        let p = pack(hash, NodeId::MIN);
-        let b = self.block_for(&p);
-        let at = self
-            .blocks
-            .get(b)
-            .map_or(0, |block| block.partition_point(|q| q < &p));
+    pub fn from_hash<'a>(
+        &'a self,
+        hash: u64,
+        lo: impl Fn(NodeId) -> u32 + 'a,
+    ) -> impl Iterator<Item = (u64, NodeId)> + 'a {
+        let (b, at) = {
+            let b = self.block_for(hash, NodeId::MIN, &lo);
+            let at = self.blocks.get(b).map_or(0, |block| {
+                block.partition_point(|q| cmp_pair(q, hash, NodeId::MIN, &lo) == Ordering::Less)
+            });
+            (b, at)
+        };
         let first = self.blocks.get(b).map_or(&[][..], |block| &block[at..]);
         first
             .iter()
             .chain(self.blocks.iter().skip(b + 1).flatten())
-            .map(unpack)
-    }
-
-    /// The same pairs with every id mapped by `new_id` (the skiplist was renumbered).
-    pub fn renumber(&mut self, new_id: impl Fn(NodeId) -> NodeId) {
-        let pairs = self.iter().map(|(h, id)| (h, new_id(id))).collect();
-        *self = ScanIndex::from_pairs(pairs);
+            .map(move |q| unpack(q, &lo))
     }
 
     /// Heap bytes held, by capacity.
@@ -207,11 +242,12 @@ impl ScanIndex {
             + self.firsts.capacity() * packed
     }
 
-    /// Assert the module invariants. O(n); for tests and the store's checks.
-    pub fn check_invariants(&self) {
+    /// Assert the module invariants. O(n log n); for tests and the store's checks.
+    pub fn check_invariants(&self, lo: impl Fn(NodeId) -> u32) {
         assert_eq!(self.blocks.len(), self.firsts.len(), "blocks vs firsts");
         let mut total = 0usize;
-        let mut last: Option<&Packed> = None;
+        let mut last: Option<(u64, NodeId)> = None;
+        let mut ids = std::collections::HashSet::new();
         for (i, block) in self.blocks.iter().enumerate() {
             assert!(
                 (1..=BLOCK_MAX).contains(&block.len()),
@@ -219,10 +255,12 @@ impl ScanIndex {
                 block.len()
             );
             assert_eq!(self.firsts[i], block[0], "first pair of block {i}");
-            for p in block {
-                if let Some(q) = last {
-                    assert!(q < p, "pairs out of order in block {i}: {q:?} !< {p:?}");
+            for q in block {
+                let p = unpack(q, &lo);
+                if let Some(l) = last {
+                    assert!(l < p, "pairs out of order in block {i}: {l:?} !< {p:?}");
                 }
+                assert!(ids.insert(q.id), "{:?} in two pairs", q.id);
                 last = Some(p);
             }
             total += block.len();
@@ -235,89 +273,109 @@ impl ScanIndex {
 mod tests {
     use super::*;
     use crate::prng::Prng;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeSet, HashMap};
 
     fn id(n: u32) -> NodeId {
         NodeId::from_raw(n)
     }
 
-    /// Random inserts and removals (with clustered hashes, so blocks split and merge) against
-    /// a `BTreeSet` as the model, comparing every query after each step.
+    /// Random inserts and removals (with hashes whose high halves collide, so the low halves
+    /// are asked for, and clustered, so blocks split and merge) against a `BTreeSet` as the
+    /// model, comparing every query after each step. Each id has one hash while stored, as
+    /// a node has one key; `lo` answers from the model.
     #[test]
     fn matches_a_btreeset() {
         let mut p = Prng::new(5);
         let mut index = ScanIndex::new();
         let mut model = BTreeSet::new();
+        let mut hash_of: HashMap<NodeId, u64> = HashMap::new();
         for step in 0..40_000u32 {
-            // Few distinct hashes early on (collisions), more later.
-            let h = match p.range(0, 4) {
-                0 => p.range(0, 8),
-                _ => p.next_u64(),
-            };
-            let n = p.range(1, 3000) as u32;
+            let n = id(p.range(1, 3000) as u32);
             let remove = (step > 20_000 && p.range(0, 3) != 0) || p.range(0, 4) == 0;
-            if remove {
-                // Often remove a present pair, not just a random one.
-                let target = model
-                    .range((h, id(0))..)
-                    .next()
-                    .copied()
-                    .unwrap_or((h, id(n)));
-                assert_eq!(
-                    index.remove(target.0, target.1),
-                    model.remove(&target),
-                    "remove {target:?}"
-                );
-            } else {
-                assert_eq!(index.insert(h, id(n)), model.insert((h, id(n))));
+            let lo = |i: NodeId| hash_of[&i] as u32;
+            match hash_of.get(&n).copied() {
+                Some(h) if remove => {
+                    hash_of.remove(&n);
+                    let lo = |i: NodeId| hash_of[&i] as u32;
+                    assert!(index.remove(h, n, &lo), "remove ({h}, {n:?})");
+                    assert!(model.remove(&(h, n)));
+                }
+                Some(h) => {
+                    // Present: inserting it again, or removing it under another hash, fails.
+                    assert!(!index.insert(h, n, &lo));
+                    assert!(!index.remove(h ^ 1 << 40, n, &lo));
+                }
+                None if remove => {
+                    assert!(!index.remove(p.next_u64(), n, &lo));
+                }
+                None => {
+                    // Few distinct high halves early on (collisions), more later.
+                    let h = match p.range(0, 4) {
+                        0 => p.range(0, 4) << 32 | p.range(0, 8),
+                        1 => p.range(0, 4) << 32 | p.next_u64() >> 32,
+                        _ => p.next_u64(),
+                    };
+                    hash_of.insert(n, h);
+                    let lo = |i: NodeId| hash_of[&i] as u32;
+                    assert!(index.insert(h, n, &lo));
+                    assert!(model.insert((h, n)));
+                }
             }
             if step % 997 == 0 {
-                index.check_invariants();
-                assert!(index.iter().eq(model.iter().copied()));
-                let c = p.next_u64();
-                assert!(index.from_hash(c).eq(model.range((c, id(0))..).copied()));
+                let lo = |i: NodeId| hash_of[&i] as u32;
+                index.check_invariants(lo);
+                assert!(index.iter(lo).eq(model.iter().copied()));
+                for c in [p.next_u64(), p.range(0, 4) << 32 | p.range(0, 8)] {
+                    assert!(index
+                        .from_hash(c, lo)
+                        .eq(model.range((c, id(0))..).copied()));
+                }
             }
             assert_eq!(index.len(), model.len());
         }
-        index.check_invariants();
-        assert!(index.iter().eq(model.iter().copied()));
+        let lo = |i: NodeId| hash_of[&i] as u32;
+        index.check_invariants(lo);
+        assert!(index.iter(lo).eq(model.iter().copied()));
         // Draining leaves nothing behind.
         for &(h, n) in &model {
-            assert!(index.remove(h, n));
+            assert!(index.remove(h, n, &lo));
         }
-        index.check_invariants();
+        let lo = |_: NodeId| -> u32 { unreachable!("nothing left to ask about") };
+        index.check_invariants(lo);
         assert!(index.is_empty() && index.blocks.is_empty());
     }
 
     #[test]
-    fn from_pairs_and_renumber_keep_the_order() {
+    fn from_pairs_keeps_the_order() {
         let mut p = Prng::new(9);
-        let pairs: Vec<(u64, NodeId)> = (1..5000u32).map(|n| (p.next_u64() % 700, id(n))).collect();
-        let model: BTreeSet<_> = pairs.iter().copied().collect();
-        let mut index = ScanIndex::from_pairs(pairs);
-        index.check_invariants();
-        assert!(index.iter().eq(model.iter().copied()));
-        // Reversing the ids reorders pairs that share a hash.
-        index.renumber(|n| id(10_000 - n.raw()));
-        index.check_invariants();
-        let want: BTreeSet<_> = model
-            .iter()
-            .map(|&(h, n)| (h, id(10_000 - n.raw())))
+        let pairs: Vec<(u64, NodeId)> = (1..5000u32)
+            .map(|n| (((p.next_u64() % 7) << 32) | (p.next_u64() % 100), id(n)))
             .collect();
-        assert!(index.iter().eq(want.iter().copied()));
-        assert!(index.from_hash(u64::MAX).next().is_none());
-        assert!(ScanIndex::new().from_hash(0).next().is_none());
+        let hash_of: HashMap<NodeId, u64> = pairs.iter().map(|&(h, n)| (n, h)).collect();
+        let lo = |i: NodeId| hash_of[&i] as u32;
+        let model: BTreeSet<_> = pairs.iter().copied().collect();
+        let index = ScanIndex::from_pairs(pairs);
+        index.check_invariants(lo);
+        assert!(index.iter(lo).eq(model.iter().copied()));
+        let c = 3 << 32 | 50;
+        assert!(index
+            .from_hash(c, lo)
+            .eq(model.range((c, id(0))..).copied()));
+        assert!(index.from_hash(u64::MAX, lo).next().is_none());
+        assert!(ScanIndex::new().from_hash(0, lo).next().is_none());
     }
 
     /// The point of the type: far less than a `BTreeSet`'s ~29 bytes a pair.
     #[test]
-    fn random_inserts_cost_about_13_bytes_a_pair() {
+    fn random_inserts_cost_about_9_bytes_a_pair() {
         let mut p = Prng::new(1);
         let mut index = ScanIndex::new();
+        let hashes: Vec<u64> = (0..100_000).map(|_| p.next_u64()).collect();
+        let lo = |i: NodeId| hashes[i.raw() as usize] as u32;
         for n in 1..100_000u32 {
-            index.insert(p.next_u64(), id(n));
+            index.insert(hashes[n as usize], id(n), &lo);
         }
         let per = index.heap_bytes() as f64 / index.len() as f64;
-        assert!(per < 14.0, "{per:.1} bytes per pair");
+        assert!(per < 9.5, "{per:.1} bytes per pair");
     }
 }

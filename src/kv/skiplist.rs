@@ -5,16 +5,20 @@
 //! # Layout
 //!
 //! Nodes live in one `Vec<Node>`; a link is a `u32` index into it. Node 0 is the head: it has
-//! no key, and nothing ever links to it, so index 0 doubles as "nil". A node holds its key and
-//! value in one boxed slice, a `Record`: `modified ++ key ++ value`, where `modified` is the
-//! caller's 8-byte stamp (little-endian; the store keeps the log index of the entry that last
-//! wrote the key there, for WATCH), which the list only stores. Inline, the node holds `word`,
-//! the 8 key bytes that follow the list's common prefix (below), big-endian, so that most
-//! comparisons never touch the boxed bytes (a cache miss), the key's length and its level-0
-//! link `next0`: 40 bytes. The stamp sits in the record, not
-//! the node, because it is rarely read and the allocator rounds a record up to 16 bytes anyway
-//! (a 16-byte key and a 256-byte value take a 288-byte chunk with or without it), so a node
-//! of 40 bytes instead of 48 saves 8 bytes per key, measured in resident memory.
+//! no key, and nothing ever links to it, so index 0 doubles as "nil". A node's key and value
+//! live in one record in `records` (`records.rs`: size-classed pages of our own, no malloc
+//! header, 8-byte rounding): `modified ++ key ++ value`, where `modified` is the caller's
+//! 8-byte stamp (little-endian; the store keeps the log index of the entry that last wrote the
+//! key there, for WATCH), which the list only stores. Inline, the node holds the record's
+//! 4-byte handle, `word`, the 8 key bytes that follow the list's common prefix (below),
+//! big-endian (as two `u32`s, so the node aligns to 4), so that most comparisons never touch
+//! the record (a cache miss), the key's length (with the height in its top byte), the
+//! value's length and its level-0 link `next0`: 28 bytes. Measured (issue 16, a 3-node
+//! cluster loaded by `redis-benchmark -t set -n 1000000 -r 1000000 -d 256`, 632k keys, the
+//! log compacted to about 10k entries, RssAnon per key on the leader): a record in its own
+//! `Box<[u8]>` took a 288-byte glibc chunk and a 40-byte node, 367 B per key in all; here
+//! 280 + 28.
+//! A replaced value that rounds to the same slot is overwritten in place.
 //!
 //! The express lanes (levels `1..height`) live apart, in `upper: Vec<u32>`. A node of height
 //! h >= 2 owns a span there of h + 2 slots: `[node, word_hi, word_lo, link_1 .. link_{h-1}]`,
@@ -62,11 +66,13 @@
 //! 4. Every live key starts with `common` (at most `COMMON_MAX` bytes); `word` (in the node,
 //!    and in its span) equals the key bytes `[common.len(), common.len() + 8)`, big-endian,
 //!    zero-padded; a span's `node` slot names its owner.
-//! 5. Every node is exactly one of: the head, live, or on the free list (with an empty `kv`);
-//!    a live node's `kv` is a record of `RECORD_HEADER + key_len + value` bytes;
+//! 5. Every node is exactly one of: the head, live, or on the free list (with no record);
+//!    a live node's record is `RECORD_HEADER + key_len + value_len` bytes, each live record
+//!    is held by one node (and `records` keeps its own invariants, checked here too);
 //!    `data_bytes` is the sum of the live keys' and values' lengths.
 //! 6. Live spans and free spans never overlap.
 
+use crate::kv::records::{Handle, Records};
 use crate::prng::Prng;
 use std::cmp::Ordering;
 
@@ -96,25 +102,57 @@ const fn span_len(height: usize) -> usize {
 
 #[derive(Debug)]
 struct Node {
-    /// `modified ++ key ++ value` (see `Record`); empty for a free node.
-    kv: Box<[u8]>,
+    /// Where the record `modified ++ key ++ value` lives in `records` (`NONE` when free).
+    rec: Handle,
     /// The 8 key bytes after the list's common prefix, big-endian, zero-padded: decides most
-    /// comparisons.
-    word: u64,
-    key_len: u32,
+    /// comparisons. In halves (high, low), so that the node aligns to 4 (28 bytes, not 32).
+    word: [u32; 2],
+    /// The key's length (low 24 bits) and the node's height (top 8 bits; 0 when free).
+    key_height: u32,
+    value_len: u32,
     /// Level-0 successor (or next free node when free).
     next0: u32,
     /// Offset of this node's span in `upper` (height >= 2 only).
     span: u32,
-    height: u8,
 }
 
-// The point of keeping `modified` in the record (see "Layout").
-const _: () = assert!(std::mem::size_of::<Node>() == 40);
+/// Longest key the list stores: its length shares a `u32` with the height.
+pub const KEY_LEN_MAX: usize = (1 << 24) - 1;
 
-/// A key and value joined in one allocation, with room for the stamp in front: what a node
-/// holds. Built by the caller when it reads the bytes from somewhere (the snapshot loader
-/// reads them straight into `key_value_mut`), so that storing them copies nothing.
+impl Node {
+    #[inline]
+    fn word(&self) -> u64 {
+        u64::from(self.word[0]) << 32 | u64::from(self.word[1])
+    }
+
+    #[inline]
+    fn set_word(&mut self, word: u64) {
+        self.word = [(word >> 32) as u32, word as u32];
+    }
+
+    #[inline]
+    fn key_len(&self) -> usize {
+        (self.key_height & KEY_LEN_MAX as u32) as usize
+    }
+
+    #[inline]
+    fn height(&self) -> usize {
+        (self.key_height >> 24) as usize
+    }
+
+    /// Bytes of its record.
+    #[inline]
+    fn rec_len(&self) -> usize {
+        RECORD_HEADER + self.key_len() + self.value_len as usize
+    }
+}
+
+// The point of the record handle (see "Layout").
+const _: () = assert!(std::mem::size_of::<Node>() == 28);
+
+/// A key and value joined in one allocation, with room for the stamp in front. Built by the
+/// caller when it reads the bytes from somewhere (the snapshot loader reads them straight into
+/// `key_value_mut`); storing one copies it into the list's records.
 #[derive(Debug)]
 pub struct Record {
     bytes: Box<[u8]>,
@@ -165,6 +203,21 @@ fn set_record_modified(kv: &mut [u8], modified: u64) {
     kv[..RECORD_HEADER].copy_from_slice(&modified.to_le_bytes());
 }
 
+/// Fill `rec` (exactly `RECORD_HEADER + key.len() + value.len()` bytes) with a record.
+fn write_record(rec: &mut [u8], key: &[u8], value: &[u8], modified: u64) {
+    let (head, kv) = rec.split_at_mut(RECORD_HEADER);
+    head.copy_from_slice(&modified.to_le_bytes());
+    let (k, v) = kv.split_at_mut(key.len());
+    k.copy_from_slice(key);
+    v.copy_from_slice(value);
+}
+
+/// A record's `(key, value, modified)`, given its key's length.
+fn split_record(rec: &[u8], key_len: usize) -> (&[u8], &[u8], u64) {
+    let (key, value) = rec[RECORD_HEADER..].split_at(key_len);
+    (key, value, record_modified(rec))
+}
+
 /// A live node's place in the arena: stable while the key stays stored, until `compact`
 /// (which returns how ids moved). Lets a caller index keys without copying them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -197,7 +250,7 @@ impl Renumbering {
     }
 }
 
-/// A key and value taken out of the list (replaced or removed), without copying.
+/// A key and value taken out of the list (replaced or removed), copied out of its record.
 #[derive(Debug)]
 pub struct Entry {
     kv: Box<[u8]>,
@@ -205,6 +258,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An owned copy of a stored entry (what `insert_with` and `remove_with` show).
+    fn copy(key: &[u8], value: &[u8], modified: u64) -> Entry {
+        let mut kv = vec![0u8; RECORD_HEADER + key.len() + value.len()].into_boxed_slice();
+        write_record(&mut kv, key, value, modified);
+        Entry {
+            kv,
+            key_len: key.len(),
+        }
+    }
+
     pub fn key(&self) -> &[u8] {
         &self.kv[RECORD_HEADER..RECORD_HEADER + self.key_len]
     }
@@ -220,6 +283,8 @@ impl Entry {
 /// The skiplist map.
 pub struct SkipList {
     nodes: Vec<Node>,
+    /// Every live node's record.
+    records: Records,
     upper: Vec<u32>,
     /// Head of the free node list (0 = empty).
     free_node: u32,
@@ -284,6 +349,7 @@ impl SkipList {
     fn with_capacity(seed: u64, nodes: usize, upper: usize) -> SkipList {
         let mut list = SkipList {
             nodes: Vec::with_capacity(nodes + 1),
+            records: Records::new(),
             upper: Vec::with_capacity(upper + span_len(HEIGHT_MAX)),
             free_node: NIL,
             free_span: [HEAD_SPAN; HEIGHT_MAX + 1],
@@ -296,12 +362,12 @@ impl SkipList {
             record_reads: Default::default(),
         };
         list.nodes.push(Node {
-            kv: Box::default(),
-            word: 0,
-            key_len: 0,
+            rec: Handle::NONE,
+            word: [0; 2],
+            key_height: (HEIGHT_MAX as u32) << 24,
+            value_len: 0,
             next0: NIL,
             span: HEAD_SPAN,
-            height: HEIGHT_MAX as u8,
         });
         // The head span: node HEAD, prefix 0, all links nil.
         list.upper.resize(span_len(HEIGHT_MAX), NIL);
@@ -323,10 +389,11 @@ impl SkipList {
     }
 
     /// Heap bytes the list holds beyond the key and value bytes (node and span arenas,
-    /// counted by capacity).
+    /// counted by capacity, and the record pages' stamps, rounding and free slots).
     pub fn overhead_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
             + self.upper.capacity() * std::mem::size_of::<u32>()
+            + (self.records.heap_bytes() - self.data_bytes)
     }
 
     #[inline]
@@ -342,7 +409,13 @@ impl SkipList {
     #[inline]
     fn node_key(&self, x: u32) -> &[u8] {
         let n = &self.nodes[x as usize];
-        &n.kv[RECORD_HEADER..RECORD_HEADER + n.key_len as usize]
+        &self.records.get(n.rec, RECORD_HEADER + n.key_len())[RECORD_HEADER..]
+    }
+
+    /// Node `n`'s whole record.
+    #[inline]
+    fn record(&self, n: &Node) -> &[u8] {
+        self.records.get(n.rec, n.rec_len())
     }
 
     /// How `key` stands against the stored keys.
@@ -377,7 +450,7 @@ impl SkipList {
     #[inline]
     fn cmp_past_word(&self, x: u32, key: &[u8]) -> Ordering {
         let end = self.common.len() + 8;
-        let len = self.nodes[x as usize].key_len as usize;
+        let len = self.nodes[x as usize].key_len();
         if len <= end || key.len() <= end {
             return len.cmp(&key.len());
         }
@@ -428,7 +501,7 @@ impl SkipList {
             if next == NIL || next == known_ge {
                 break;
             }
-            let word = self.nodes[next as usize].word;
+            let word = self.nodes[next as usize].word();
             if self.cmp_key(word, next, key, probe) == Ordering::Less {
                 x = next;
             } else {
@@ -448,7 +521,7 @@ impl SkipList {
     }
 
     /// Whether node `x` holds exactly `key`; the inline word and length decide without
-    /// touching the boxed bytes unless the key runs past the word.
+    /// touching the record unless the key runs past the word.
     fn is_key(&self, x: u32, key: &[u8], probe: Probe) -> bool {
         let Probe::Shares(word) = probe else {
             return false;
@@ -458,10 +531,11 @@ impl SkipList {
         }
         let n = &self.nodes[x as usize];
         let end = self.common.len() + 8;
-        n.key_len as usize == key.len()
-            && n.word == word
+        n.key_len() == key.len()
+            && n.word() == word
             && (key.len() <= end
-                || n.kv[RECORD_HEADER + end..RECORD_HEADER + key.len()] == key[end..])
+                || self.records.get(n.rec, RECORD_HEADER + key.len())[RECORD_HEADER + end..]
+                    == key[end..])
     }
 
     /// The value stored under `key`.
@@ -474,8 +548,8 @@ impl SkipList {
         let (x, probe) = self.find(key);
         if self.is_key(x, key, probe) {
             let n = &self.nodes[x as usize];
-            let value = &n.kv[RECORD_HEADER + n.key_len as usize..];
-            Some((value, record_modified(&n.kv)))
+            let (_, value, modified) = split_record(self.record(n), n.key_len());
+            Some((value, modified))
         } else {
             None
         }
@@ -487,7 +561,9 @@ impl SkipList {
         if !self.is_key(x, key, probe) {
             return None;
         }
-        let kv = &mut self.nodes[x as usize].kv;
+        let kv = self
+            .records
+            .get_mut(self.nodes[x as usize].rec, RECORD_HEADER);
         let old = record_modified(kv);
         set_record_modified(kv, modified);
         Some(old)
@@ -500,13 +576,13 @@ impl SkipList {
 
     /// Store `value` under `key`, stamped `modified`, returning the entry it replaced.
     pub fn insert_at(&mut self, key: &[u8], value: &[u8], modified: u64) -> Option<Entry> {
-        self.insert_record_at(Record::new(key, value), modified)
+        self.insert_with(key, value, modified, Entry::copy).0
     }
 
     /// Store an already built record, stamped `modified` (which replaces the old stamp when
     /// the key exists).
     pub fn insert_record_at(&mut self, record: Record, modified: u64) -> Option<Entry> {
-        self.insert_kv_id(record, modified).0
+        self.insert_at(record.key(), record.value(), modified)
     }
 
     /// `insert_at`, also returning the id of the node that holds the key now.
@@ -516,30 +592,55 @@ impl SkipList {
         value: &[u8],
         modified: u64,
     ) -> (Option<Entry>, NodeId) {
-        self.insert_kv_id(Record::new(key, value), modified)
+        self.insert_with(key, value, modified, Entry::copy)
     }
 
-    fn insert_kv_id(&mut self, record: Record, modified: u64) -> (Option<Entry>, NodeId) {
-        let Record {
-            bytes: mut kv,
-            key_len,
-        } = record;
-        assert!(key_len <= u32::MAX as usize, "key of {key_len} bytes");
-        set_record_modified(&mut kv, modified);
-        let key = &kv[RECORD_HEADER..RECORD_HEADER + key_len];
+    /// Store `value` under `key`, stamped `modified`. If the key was there, `old` is shown
+    /// the entry it replaces (key, value, stamp) before its bytes go, and what it returns is
+    /// returned, with the id of the node that holds the key now. Copies nothing but the new
+    /// key and value into their record (which reuses the old one's slot when it fits).
+    pub fn insert_with<R>(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        modified: u64,
+        old: impl FnOnce(&[u8], &[u8], u64) -> R,
+    ) -> (Option<R>, NodeId) {
+        assert!(key.len() <= KEY_LEN_MAX, "key of {} bytes", key.len());
+        assert!(
+            value.len() <= u32::MAX as usize,
+            "value of {} bytes",
+            value.len()
+        );
+        let len = RECORD_HEADER + key.len() + value.len();
         self.make_common(key);
         let probe = self.probe(key);
         let mut prev = [HEAD; HEIGHT_MAX]; // HEAD == HEAD_SPAN: right for unused levels
         let at = self.search(key, probe, Some(&mut prev));
         if self.is_key(at, key, probe) {
-            self.data_bytes = self.data_bytes - self.nodes[at as usize].kv.len() + kv.len();
-            let old = std::mem::replace(&mut self.nodes[at as usize].kv, kv);
-            return (Some(Entry { kv: old, key_len }), NodeId(at));
+            let n = &self.nodes[at as usize];
+            let (h, old_len) = (n.rec, n.rec_len());
+            let (k, v, m) = split_record(self.records.get(h, old_len), key.len());
+            let r = old(k, v, m);
+            let h = if Records::same_slot(old_len, len) {
+                h
+            } else {
+                self.records.free(h, old_len);
+                self.records.alloc(len)
+            };
+            write_record(self.records.get_mut(h, len), key, value, modified);
+            let n = &mut self.nodes[at as usize];
+            n.rec = h;
+            n.value_len = value.len() as u32;
+            self.data_bytes = self.data_bytes - old_len + len;
+            return (Some(r), NodeId(at));
         }
         let height = self.random_height();
         self.level = self.level.max(height);
         let word = word_at(key, self.common.len());
-        let x = self.alloc_node(kv, key_len, word, height);
+        let h = self.records.alloc(len);
+        write_record(self.records.get_mut(h, len), key, value, modified);
+        let x = self.alloc_node(h, key.len(), value.len(), word, height);
         self.nodes[x as usize].next0 = self.nodes[prev[0] as usize].next0;
         self.nodes[prev[0] as usize].next0 = x;
         let span = self.nodes[x as usize].span;
@@ -559,6 +660,16 @@ impl SkipList {
 
     /// Remove `key`, returning its entry and the id its node had.
     pub fn remove_id(&mut self, key: &[u8]) -> Option<(Entry, NodeId)> {
+        self.remove_with(key, Entry::copy)
+    }
+
+    /// Remove `key`: `old` is shown its entry (key, value, stamp) before its bytes go; returns
+    /// what `old` returned and the id the node had.
+    pub fn remove_with<R>(
+        &mut self,
+        key: &[u8],
+        old: impl FnOnce(&[u8], &[u8], u64) -> R,
+    ) -> Option<(R, NodeId)> {
         let probe = self.probe(key);
         let mut prev = [HEAD; HEIGHT_MAX];
         let x = self.search(key, probe, Some(&mut prev));
@@ -567,7 +678,7 @@ impl SkipList {
         }
         let (height, span) = {
             let n = &self.nodes[x as usize];
-            (n.height as usize, n.span)
+            (n.height(), n.span)
         };
         self.nodes[prev[0] as usize].next0 = self.nodes[x as usize].next0;
         for (level, &p) in prev.iter().enumerate().take(height).skip(1) {
@@ -579,15 +690,23 @@ impl SkipList {
             self.level -= 1;
         }
         self.len -= 1;
-        let key_len = self.nodes[x as usize].key_len as usize;
-        let kv = self.free_node(x);
-        self.data_bytes -= kv.len() - RECORD_HEADER;
-        Some((Entry { kv, key_len }, NodeId(x)))
+        let n = &self.nodes[x as usize];
+        let (h, len) = (n.rec, n.rec_len());
+        let (k, v, m) = split_record(self.records.get(h, len), key.len());
+        let r = old(k, v, m);
+        self.records.free(h, len);
+        self.free_node(x);
+        self.data_bytes -= len - RECORD_HEADER;
+        Some((r, NodeId(x)))
     }
 
     /// Whether `id` names a live node.
     pub fn is_live(&self, id: NodeId) -> bool {
-        id.0 != HEAD && self.nodes.get(id.0 as usize).is_some_and(|n| n.height != 0)
+        id.0 != HEAD
+            && self
+                .nodes
+                .get(id.0 as usize)
+                .is_some_and(|n| n.height() != 0)
     }
 
     /// The key of the live node `id`.
@@ -638,11 +757,12 @@ impl SkipList {
         }
     }
 
-    /// Renumber the arena in key order (keeping every node's height and moving, not copying,
-    /// the key and value bytes), dropping free nodes and spans. Afterwards a scan walks memory
-    /// sequentially and neighbouring keys share cache lines. O(n); the caller picks the moment.
+    /// Renumber the arena in key order (keeping every node's height), dropping free nodes and
+    /// spans, and copy the records into fresh pages in the same order, dropping free slots.
+    /// Afterwards a scan walks memory sequentially and neighbouring keys share cache lines.
+    /// O(n); the caller picks the moment.
     pub fn compact(&mut self) -> Renumbering {
-        let mut old = std::mem::take(&mut self.nodes);
+        let old = std::mem::take(&mut self.nodes);
         let mut renumbered = vec![NIL; old.len()];
         let upper_len = self.upper.len();
         let mut b = Builder {
@@ -655,9 +775,11 @@ impl SkipList {
         b.list.common = std::mem::take(&mut self.common);
         let mut x = old[HEAD as usize].next0;
         while x != NIL {
-            let n = &mut old[x as usize];
-            let kv = std::mem::take(&mut n.kv);
-            b.push_node(kv, n.key_len as usize, n.word, n.height as usize);
+            let n = &old[x as usize];
+            let rec = self.records.get(n.rec, n.rec_len());
+            let h = b.list.records.alloc(rec.len());
+            b.list.records.get_mut(h, rec.len()).copy_from_slice(rec);
+            b.push_node(h, n.key_len(), n.value_len as usize, n.word(), n.height());
             renumbered[x as usize] = b.last;
             x = n.next0;
         }
@@ -704,31 +826,40 @@ impl SkipList {
     /// Recompute every live node's word (and its span's copy) after `common` changed. O(n).
     fn rederive_words(&mut self, how: Rederive) {
         let at = self.common.len();
-        for n in self.nodes.iter_mut().skip(1).filter(|n| n.height != 0) {
-            n.word = match how {
-                Rederive::Shift { top, bytes } => top | n.word >> (8 * bytes),
+        let records = &self.records;
+        for n in self.nodes.iter_mut().skip(1).filter(|n| n.height() != 0) {
+            let word = match how {
+                Rederive::Shift { top, bytes } => top | n.word() >> (8 * bytes),
                 Rederive::FromKeys => {
-                    word_at(&n.kv[RECORD_HEADER..RECORD_HEADER + n.key_len as usize], at)
+                    let rec = records.get(n.rec, RECORD_HEADER + n.key_len());
+                    word_at(&rec[RECORD_HEADER..], at)
                 }
             };
-            if n.height > 1 {
+            n.set_word(word);
+            if n.height() > 1 {
                 let s = n.span as usize;
-                self.upper[s + SPAN_WORD] = (n.word >> 32) as u32;
-                self.upper[s + SPAN_WORD + 1] = n.word as u32;
+                self.upper[s + SPAN_WORD..s + SPAN_WORD + 2].copy_from_slice(&n.word);
             }
         }
     }
 
-    /// A node (and its span, filled in) with nil links, holding the record `kv`.
-    fn alloc_node(&mut self, kv: Box<[u8]>, key_len: usize, word: u64, height: usize) -> u32 {
+    /// A node (and its span, filled in) with nil links, holding the record at `rec`.
+    fn alloc_node(
+        &mut self,
+        rec: Handle,
+        key_len: usize,
+        value_len: usize,
+        word: u64,
+        height: usize,
+    ) -> u32 {
         debug_assert_eq!(
             word,
             word_at(
-                &kv[RECORD_HEADER..RECORD_HEADER + key_len],
+                &self.records.get(rec, RECORD_HEADER + key_len)[RECORD_HEADER..],
                 self.common.len()
             )
         );
-        self.data_bytes += kv.len() - RECORD_HEADER;
+        self.data_bytes += key_len + value_len;
         let x = if self.free_node != NIL {
             self.free_node
         } else {
@@ -744,12 +875,12 @@ impl SkipList {
             self.upper[at + SPAN_LINKS..at + span_len(height)].fill(HEAD_SPAN);
         }
         let node = Node {
-            word,
-            kv,
-            key_len: key_len as u32,
+            rec,
+            word: [(word >> 32) as u32, word as u32],
+            key_height: (height as u32) << 24 | key_len as u32,
+            value_len: value_len as u32,
             next0: NIL,
             span,
-            height: height as u8,
         };
         if x == self.free_node {
             self.free_node = self.nodes[x as usize].next0;
@@ -778,25 +909,24 @@ impl SkipList {
         at as u32
     }
 
-    /// Put `x` on the free lists and return its key and value.
-    fn free_node(&mut self, x: u32) -> Box<[u8]> {
+    /// Put `x` (its record already freed) on the free lists.
+    fn free_node(&mut self, x: u32) {
         let (height, span) = {
             let n = &self.nodes[x as usize];
-            (n.height as usize, n.span)
+            (n.height(), n.span)
         };
         if height > 1 {
             self.upper[span as usize] = self.free_span[height];
             self.free_span[height] = span;
         }
         let n = &mut self.nodes[x as usize];
-        let kv = std::mem::take(&mut n.kv);
-        n.key_len = 0;
-        n.word = 0;
-        n.height = 0;
+        n.rec = Handle::NONE;
+        n.key_height = 0;
+        n.value_len = 0;
+        n.word = [0; 2];
         n.span = HEAD_SPAN;
         n.next0 = self.free_node;
         self.free_node = x;
-        kv
     }
 
     /// Assert invariants 1-6 (see the file header). O(n); for tests and debug builds.
@@ -817,7 +947,7 @@ impl SkipList {
             if let Some(p) = prev_key {
                 assert!(p < key, "keys out of order at node {x}: {p:?} !< {key:?}");
             }
-            let h = n.height as usize;
+            let h = n.height();
             assert!(
                 (1..=self.level).contains(&h),
                 "node {x} height {h}, level {}",
@@ -828,7 +958,7 @@ impl SkipList {
                 "node {x} key {key:?} lacks the common prefix {:?}",
                 self.common
             );
-            assert_eq!(n.word, word_at(key, self.common.len()), "node {x} word");
+            assert_eq!(n.word(), word_at(key, self.common.len()), "node {x} word");
             if h > 1 {
                 let at = n.span as usize;
                 assert_eq!(
@@ -836,22 +966,23 @@ impl SkipList {
                     x,
                     "span {at} names another node"
                 );
-                assert_eq!(self.span_word(n.span), n.word, "span {at} word");
+                assert_eq!(self.span_word(n.span), n.word(), "span {at} word");
                 mark_span(&mut span_used, at, h);
             }
             prev_key = Some(key);
             count += 1;
-            assert!(
-                n.kv.len() >= RECORD_HEADER + n.key_len as usize,
-                "node {x} record of {} bytes, key {}",
-                n.kv.len(),
-                n.key_len
-            );
-            bytes += n.kv.len() - RECORD_HEADER;
+            bytes += n.key_len() + n.value_len as usize;
             x = n.next0;
         }
         assert_eq!(count, self.len, "level-0 chain length vs len");
         assert_eq!(bytes, self.data_bytes, "data_bytes");
+        self.records.check_invariants(
+            self.nodes
+                .iter()
+                .skip(1)
+                .filter(|n| n.height() != 0)
+                .map(|n| (n.rec, n.rec_len())),
+        );
         for level in 1..HEIGHT_MAX {
             self.check_level(level, &state);
         }
@@ -874,7 +1005,7 @@ impl SkipList {
             );
         }
         loop {
-            while expect != NIL && (self.nodes[expect as usize].height as usize) <= level {
+            while expect != NIL && self.nodes[expect as usize].height() <= level {
                 expect = self.nodes[expect as usize].next0;
             }
             if s == HEAD_SPAN {
@@ -896,8 +1027,8 @@ impl SkipList {
             assert_eq!(state[x as usize], 0, "free node {x} also live or repeated");
             state[x as usize] = 2;
             assert!(
-                self.nodes[x as usize].kv.is_empty(),
-                "free node {x} holds bytes"
+                self.nodes[x as usize].rec == Handle::NONE,
+                "free node {x} holds a record"
             );
             x = self.nodes[x as usize].next0;
         }
@@ -959,18 +1090,31 @@ impl Builder {
         let height = self.list.random_height();
         // Words from the start of the key until `finish` sets `common`.
         let word = word_at(record.key(), self.list.common.len());
-        let Record {
-            bytes: mut kv,
-            key_len,
-        } = record;
-        set_record_modified(&mut kv, modified);
-        self.push_node(kv, key_len, word, height);
+        let (key, value) = (record.key(), record.value());
+        assert!(key.len() <= KEY_LEN_MAX, "key of {} bytes", key.len());
+        assert!(
+            value.len() <= u32::MAX as usize,
+            "value of {} bytes",
+            value.len()
+        );
+        let len = RECORD_HEADER + key.len() + value.len();
+        let h = self.list.records.alloc(len);
+        write_record(self.list.records.get_mut(h, len), key, value, modified);
+        self.push_node(h, key.len(), value.len(), word, height);
     }
 
-    /// Append a node of a known height and key prefix (the order is the caller's promise).
-    fn push_node(&mut self, kv: Box<[u8]>, key_len: usize, word: u64, height: usize) {
+    /// Append a node of a known height and key prefix, its record at `rec` (the order is the
+    /// caller's promise).
+    fn push_node(
+        &mut self,
+        rec: Handle,
+        key_len: usize,
+        value_len: usize,
+        word: u64,
+        height: usize,
+    ) {
         self.list.level = self.list.level.max(height);
-        let x = self.list.alloc_node(kv, key_len, word, height);
+        let x = self.list.alloc_node(rec, key_len, value_len, word, height);
         self.list.nodes[self.tails[0] as usize].next0 = x;
         self.tails[0] = x;
         let span = self.list.nodes[x as usize].span;
@@ -1017,7 +1161,7 @@ impl<'a> Iter<'a> {
             return None;
         }
         let n = &self.list.nodes[self.node as usize];
-        let (key, value) = n.kv[RECORD_HEADER..].split_at(n.key_len as usize);
+        let (key, value, modified) = split_record(self.list.record(n), n.key_len());
         if let Some(end) = self.end {
             if key >= end {
                 self.node = NIL;
@@ -1025,7 +1169,7 @@ impl<'a> Iter<'a> {
             }
         }
         self.node = n.next0;
-        Some((key, value, record_modified(&n.kv)))
+        Some((key, value, modified))
     }
 }
 

@@ -17,8 +17,9 @@
 //! below the cursor was already returned, and the scan only moves up. A call stops only
 //! between two different hashes, so keys that collide are returned together.
 //! The index holds `(hash, NodeId)` pairs, not keys: the key is read from the skiplist node
-//! (about 13 bytes per key in `ScanIndex`'s packed blocks, no second copy of the key). `compact`
-//! renumbers the nodes, and the store renumbers the index with it.
+//! (about 9 bytes per key in `ScanIndex`'s packed blocks, which keep only the high half of
+//! the hash: `scan_lo` recomputes the low half from the key; no second copy of the key).
+//! `compact` renumbers the nodes, and the store rebuilds the index after it.
 //!
 //! # Modification indexes (WATCH)
 //! Every key carries the index of the entry that last wrote it (`SkipList`'s `modified`
@@ -49,7 +50,7 @@ use crate::kv::hash::{
 };
 use crate::kv::scan_index::ScanIndex;
 use crate::kv::session::{Admission, Sessions};
-use crate::kv::skiplist::{Entry, SkipList};
+use crate::kv::skiplist::{NodeId, SkipList};
 use crate::kv::ttl::{
     invalid_expire_time, ExpireName, SetName, Ttl, TtlName, TtlWrite, EXPIRE_GT, EXPIRE_LT,
     EXPIRE_NX, EXPIRE_XX,
@@ -57,13 +58,16 @@ use crate::kv::ttl::{
 use crate::kv::tx::{self, Item, Tx};
 use crate::kv::{envelope, snapshot, Request, SnapshotError, StateMachine, TtlStats};
 use crate::limits::VALUE_SIZE_MAX;
-use crate::limits::{KEYS_KEYS_MAX, RECLAIM_ENTRY_SIZE_MAX};
+use crate::limits::{KEYS_KEYS_MAX, KEY_SIZE_MAX, RECLAIM_ENTRY_SIZE_MAX};
 use crate::raft::LogIndex;
 use std::cell::Cell;
 
 /// Bytes of keys and values one RANGE reply carries at most: the reply stops before the pair
 /// that would cross it (but always holds at least one pair, so paging makes progress).
 pub const RANGE_REPLY_SIZE_MAX: usize = 8 * 1024 * 1024;
+
+// Every key the store takes fits the skiplist's length field.
+const _: () = assert!(KEY_SIZE_MAX <= crate::kv::skiplist::KEY_LEN_MAX);
 
 /// Sizes of the store, for INFO and the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +102,12 @@ pub struct KvStore {
     modified_sum: u64,
     /// Exactly-once client sessions (`session.rs`): replicated state, in the state hash.
     sessions: Sessions,
+}
+
+/// The low half of the scan hash of the key `id` names in `list`: what `ScanIndex` does not
+/// store.
+fn scan_lo(list: &SkipList) -> impl Fn(NodeId) -> u32 + '_ {
+    move |id| scan_hash(list.key_at(id)) as u32
 }
 
 /// The scan order's hash of a key: fixed (not the store's seed), so that cursors mean the same
@@ -139,9 +149,9 @@ impl KvStore {
     /// node calls it when it chooses (e.g. idle, or after a snapshot). Never changes replies,
     /// snapshots or the state hash.
     pub fn compact(&mut self) {
-        let moved = self.list.compact();
-        // Ids within one hash may reorder, which `renumber` sorts.
-        self.scan_index.renumber(|id| moved.new_id(id));
+        self.list.compact();
+        self.scan_index =
+            ScanIndex::from_pairs(self.list.ids().map(|(id, k)| (scan_hash(k), id)).collect());
     }
 
     /// The largest leader stamp applied so far, ms since the Unix epoch (0 before any).
@@ -187,8 +197,8 @@ impl KvStore {
         }
         // Equal sizes, and every pair names a live node with that hash: a bijection, since
         // a node's pair is determined by its id.
-        self.scan_index.check_invariants();
-        for (h, id) in self.scan_index.iter() {
+        self.scan_index.check_invariants(scan_lo(&self.list));
+        for (h, id) in self.scan_index.iter(scan_lo(&self.list)) {
             assert!(self.list.is_live(id), "scan index names dead node {id:?}");
             let k = self.list.key_at(id);
             assert_eq!(scan_hash(k), h, "scan index hash of {k:?}");
@@ -227,34 +237,38 @@ impl KvStore {
         self.sessions = loaded.sessions;
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Option<Entry> {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        let (old, id) = self
+            .list
+            .insert_with(key, value, self.applied.0, |k, v, m| {
+                (entry_hash(k, v), modified_hash(k, m))
+            });
         self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
-        let (old, id) = self.list.insert_at_id(key, value, self.applied.0);
         self.modified_sum = self
             .modified_sum
             .wrapping_add(modified_hash(key, self.applied.0));
-        match &old {
-            Some(e) => {
-                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
-                self.modified_sum = self
-                    .modified_sum
-                    .wrapping_sub(modified_hash(key, e.modified()));
+        match old {
+            Some((entry, modified)) => {
+                self.entries_hash = self.entries_hash.wrapping_sub(entry);
+                self.modified_sum = self.modified_sum.wrapping_sub(modified);
             }
             None => {
-                self.scan_index.insert(scan_hash(key), id);
+                self.scan_index
+                    .insert(scan_hash(key), id, &scan_lo(&self.list));
             }
         }
-        old
     }
 
     fn delete(&mut self, key: &[u8]) -> bool {
-        match self.list.remove_id(key) {
-            Some((e, id)) => {
-                self.entries_hash = self.entries_hash.wrapping_sub(entry_hash(key, e.value()));
-                self.modified_sum = self
-                    .modified_sum
-                    .wrapping_sub(modified_hash(key, e.modified()));
-                self.scan_index.remove(scan_hash(key), id);
+        let removed = self
+            .list
+            .remove_with(key, |k, v, m| (entry_hash(k, v), modified_hash(k, m)));
+        match removed {
+            Some(((entry, modified), id)) => {
+                self.entries_hash = self.entries_hash.wrapping_sub(entry);
+                self.modified_sum = self.modified_sum.wrapping_sub(modified);
+                self.scan_index
+                    .remove(scan_hash(key), id, &scan_lo(&self.list));
                 self.last_deletion = self.applied;
                 self.expiries.remove(key);
                 true
@@ -827,7 +841,7 @@ impl KvStore {
         let mut keys = Vec::new();
         let mut next = 0u64;
         let mut last_hash = None;
-        let from = self.scan_index.from_hash(cursor);
+        let from = self.scan_index.from_hash(cursor, scan_lo(&self.list));
         for (examined, (h, id)) in from.enumerate() {
             if examined >= count as usize && last_hash != Some(h) {
                 next = h;
@@ -876,8 +890,12 @@ impl KvStore {
         self.random.set(x);
         let pick = self
             .scan_index
-            .from_hash(x)
-            .chain(self.scan_index.iter().take_while(|&(h, _)| h < x))
+            .from_hash(x, scan_lo(&self.list))
+            .chain(
+                self.scan_index
+                    .iter(scan_lo(&self.list))
+                    .take_while(|&(h, _)| h < x),
+            )
             .map(|(_, id)| self.list.key_at(id))
             .find(|k| !self.expiries.expired(k, now_ms));
         pick.map_or(Value::Nil, |k| Value::Bulk(k.to_vec()))
