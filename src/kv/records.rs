@@ -26,7 +26,9 @@
 //! each new page is as large as the class's pages so far (at least `PAGE_MIN` and 16 slots,
 //! at most `PAGE_MAX`), so a class holds at most about half its bytes, or `PAGE_MAX`, unused.
 //! A record longer than `SLOT_MAX` gets a `Box<[u8]>` of its own in `large`, freed with it;
-//! its handle is `LARGE | index` (the index is reused). Pages are zeroed `Box<[u8]>`s
+//! its handle is `LARGE | index` (the index is reused). So does a smaller record once
+//! `SLOT_PAGES_MAX` pages exist (a handle can name no more), in an allocation of its slot's
+//! size: a write is never refused for want of handles. Pages are zeroed `Box<[u8]>`s
 //! (calloc: fresh memory, resident only once written).
 //!
 //! # Invariants (checked by `check_invariants`, given the live records)
@@ -34,7 +36,8 @@
 //! 1. Live slots and free slots of a class are disjoint and all lie below their page's fill
 //!    mark; a free list visits only its own class's slots, each once.
 //! 2. A slot page holds slots of one class; a `large` entry is exactly one of: one live
-//!    record's bytes, or empty and on `free_large`.
+//!    record's bytes (its length if over `SLOT_MAX`, else its slot's size, and then only
+//!    once the pages ran out), or empty and on `free_large`.
 
 /// Slot sizes are multiples of this (and so is every slot's offset in its page).
 pub const GRAIN: usize = 8;
@@ -92,6 +95,16 @@ fn slot_size(len: usize) -> usize {
     len.max(GRAIN).div_ceil(GRAIN) * GRAIN
 }
 
+/// Bytes of a record of `len` in an allocation of its own: its length if large, else its
+/// slot's size (a small one there only once the pages ran out).
+fn own_size(len: usize) -> usize {
+    if len > SLOT_MAX {
+        len
+    } else {
+        slot_size(len)
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Class {
     /// First free slot (`NONE`: none).
@@ -120,6 +133,9 @@ pub struct Records {
     free_large: Vec<u32>,
     /// Bytes of all pages and large records.
     page_bytes: usize,
+    /// Most slot pages (`SLOT_PAGES_MAX`; smaller in tests). Past it, a record gets an
+    /// allocation of its own, as a large one does: a handle names at most this many pages.
+    pages_max: usize,
 }
 
 impl Default for Records {
@@ -136,6 +152,16 @@ impl Records {
             large: Vec::new(),
             free_large: Vec::new(),
             page_bytes: 0,
+            pages_max: SLOT_PAGES_MAX,
+        }
+    }
+
+    /// Records with at most `pages_max` slot pages (tests: what happens when they run out).
+    #[cfg(test)]
+    fn with_pages_max(pages_max: usize) -> Records {
+        Records {
+            pages_max,
+            ..Records::new()
         }
     }
 
@@ -151,20 +177,7 @@ impl Records {
     pub fn alloc(&mut self, len: usize) -> Handle {
         assert!(len > 0, "empty record");
         if len > SLOT_MAX {
-            let bytes = vec![0u8; len].into_boxed_slice();
-            self.page_bytes += len;
-            let at = match self.free_large.pop() {
-                Some(at) => {
-                    self.large[at as usize] = bytes;
-                    at as usize
-                }
-                None => {
-                    assert!(self.large.len() < LARGE_MAX, "too many large records");
-                    self.large.push(bytes);
-                    self.large.len() - 1
-                }
-            };
-            return Handle(LARGE | at as u32);
+            return self.alloc_own(len);
         }
         let size = slot_size(len);
         let c = size / GRAIN;
@@ -179,16 +192,19 @@ impl Records {
             self.classes[c].fill += size as u32;
             return Handle::slot(class.page as usize, class.fill as usize);
         }
+        if self.pages.len() >= self.pages_max {
+            // Every page a handle can name is taken (16 GiB of small records): this record
+            // gets an allocation of its own, of its slot's size, so that a value replaced in
+            // place (`same_slot`) still fits. Slower and 8-16 bytes larger, never refused: a
+            // committed write must apply.
+            return self.alloc_own(size);
+        }
         // A new page, as large as the class so far, within bounds, in whole slots.
         let bytes = class
             .capacity
             .clamp(PAGE_MIN.max(PAGE_SLOTS_MIN * size), PAGE_MAX)
             / size
             * size;
-        assert!(
-            self.pages.len() < SLOT_PAGES_MAX,
-            "record pages exhausted ({SLOT_PAGES_MAX} pages)"
-        );
         self.pages.push(vec![0u8; bytes].into_boxed_slice());
         self.page_bytes += bytes;
         let page = self.pages.len() - 1;
@@ -199,11 +215,32 @@ impl Records {
         Handle::slot(page, 0)
     }
 
+    /// An allocation of `bytes` of its own: a large record, or a small one once the pages ran
+    /// out.
+    fn alloc_own(&mut self, bytes: usize) -> Handle {
+        let own = vec![0u8; bytes].into_boxed_slice();
+        self.page_bytes += bytes;
+        let at = match self.free_large.pop() {
+            Some(at) => {
+                self.large[at as usize] = own;
+                at as usize
+            }
+            None => {
+                // 2^31 records of their own would take more than 16 GiB of handles' worth
+                // of memory before this: an invariant, not an input check.
+                assert!(self.large.len() < LARGE_MAX, "too many large records");
+                self.large.push(own);
+                self.large.len() - 1
+            }
+        };
+        Handle(LARGE | at as u32)
+    }
+
     /// Give back the record of `len` bytes at `h`.
     pub fn free(&mut self, h: Handle, len: usize) {
         if h.is_large() {
             let at = h.page();
-            debug_assert_eq!(self.large[at].len(), len, "large record length");
+            debug_assert_eq!(self.large[at].len(), own_size(len), "large record length");
             self.page_bytes -= self.large[at].len();
             self.large[at] = Box::default();
             self.free_large.push(at as u32);
@@ -284,15 +321,22 @@ impl Records {
             }
         }
         for (h, len) in live {
-            if len > SLOT_MAX {
+            if len > SLOT_MAX || h.is_large() {
                 assert!(h.is_large(), "record of {len} bytes in a slot");
-                assert_eq!(self.large[h.page()].len(), len, "large {h:?} length");
+                assert!(
+                    len > SLOT_MAX || self.pages.len() >= self.pages_max,
+                    "record of {len} bytes in an allocation of its own while pages remain"
+                );
+                assert_eq!(
+                    self.large[h.page()].len(),
+                    own_size(len),
+                    "large {h:?} length"
+                );
                 assert!(
                     !std::mem::replace(&mut large_used[h.page()], true),
                     "large {h:?} shared"
                 );
             } else {
-                assert!(!h.is_large(), "record of {len} bytes in a large allocation");
                 self.check_slot(&mut owner, h, slot_size(len) / GRAIN);
                 assert!(used.insert(h), "slot {h:?} taken twice");
             }
@@ -386,6 +430,57 @@ mod tests {
         }
         assert_eq!(r.page_bytes, before, "freed slots were not reused");
         assert!(Records::same_slot(273, 280) && !Records::same_slot(272, 273));
+    }
+
+    #[test]
+    fn records_past_the_last_page_get_allocations_of_their_own() {
+        // Two pages at most: the records after them must still be stored, freed, reused and
+        // replaced in place, never refused (the real limit is 16 GiB of pages).
+        let mut r = Records::with_pages_max(2);
+        let mut live: Vec<(Handle, usize, u8)> = Vec::new();
+        for i in 0..200usize {
+            let len = [24, 280, 277][i % 3];
+            let h = r.alloc(len);
+            r.get_mut(h, len).fill(i as u8);
+            live.push((h, len, i as u8));
+        }
+        assert_eq!(r.pages.len(), 2, "pages past the limit");
+        assert!(
+            live.iter().any(|(h, _, _)| h.is_large()),
+            "no record past the pages"
+        );
+        r.check_invariants(live.iter().map(|&(h, len, _)| (h, len)));
+        // A value replaced in place by one of the same slot size fits its own allocation.
+        let (h, len, _) = *live
+            .iter()
+            .rev()
+            .find(|(h, len, _)| h.is_large() && *len == 277)
+            .expect("own 277");
+        assert!(Records::same_slot(len, 280));
+        r.get_mut(h, 280).fill(0xEE);
+        let at = live.iter().position(|&(x, _, _)| x == h).expect("live");
+        live[at] = (h, 280, 0xEE);
+        // Free every other record, then allocate again: bytes of the rest survive.
+        let mut kept = Vec::new();
+        for (n, (h, len, b)) in live.into_iter().enumerate() {
+            if n % 2 == 0 {
+                r.free(h, len);
+            } else {
+                kept.push((h, len, b));
+            }
+        }
+        for i in 0..100usize {
+            let h = r.alloc(280);
+            r.get_mut(h, 280).fill(i as u8);
+            kept.push((h, 280, i as u8));
+        }
+        for &(h, len, b) in &kept {
+            assert!(
+                r.get(h, len).iter().all(|&x| x == b),
+                "record {h:?} lost its bytes"
+            );
+        }
+        r.check_invariants(kept.iter().map(|&(h, len, _)| (h, len)));
     }
 
     #[test]
