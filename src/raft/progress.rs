@@ -137,6 +137,9 @@ impl Progress {
         self.state = ProgressState::Probe;
         self.probe_sent = false;
         self.inflights.reset();
+        // What was in flight may be lost (a lost connection, a restarted follower, which
+        // forgot its commit index): the next append or tick tells it again.
+        self.commit_sent = LogIndex(0);
     }
 
     pub fn become_replicate(&mut self) {

@@ -22,14 +22,16 @@
 //! last entry) and so does every heartbeat (capped at the follower's match index). There is no
 //! append just for a new commit index when one is due anyway: such an append, at one client,
 //! was one more send, wake-up and receive on each side per follower per write, and the
-//! follower's ack of it one more on the leader, dropped there as a duplicate (measured: see
-//! the commit that made this change). So when the commit index advances the leader sends
+//! follower's ack of it one more on the leader, dropped there as a duplicate (measured with
+//! `tools/profile.sh 1 10000`: 13.3 syscalls per write on the leader and 8.0 on a follower
+//! with it, 10.2 and 4.95 without). So when the commit index advances the leader sends
 //! nothing; the followers learn it from the next append (at any load above one write per tick
 //! there is one, to every follower), or the next heartbeat, or, when nothing carried what a
 //! follower could adopt for a whole tick, from an append sent for it then (`tick_commit`,
 //! empty if the follower has every entry). Etcd does the same without the tick: the next
 //! append or heartbeat. `Progress::commit_sent` records what went out; a lost message makes
-//! it too high, which the next heartbeat repairs (it always carries the commit index).
+//! it too high, which the next heartbeat repairs (it always carries the commit index), and
+//! probing (after a lost connection or a rejection) starts it again from 0.
 //!
 //! Who waits on a follower's commit index, and why a tick or two does not hurt them:
 //! - A follower read (thesis §6.4; `node/pending.rs`) waits to apply the index the leader
