@@ -118,32 +118,38 @@ impl Raft {
     /// carried it meanwhile ("Telling followers the commit index" above).
     pub(super) fn tick_commit(&mut self) {
         let commit = self.log.commit();
-        for to in self.peers() {
-            let due = match &self.role {
-                RoleState::Leader(ls) => ls
-                    .progress
-                    .get(&to)
-                    .map(|pr| pr.commit_sent < pr.commit_due),
-                _ => None,
-            };
-            if due == Some(true) {
-                self.send_appends(to, true);
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        // Allocates only when some follower is due (rare): this runs every tick.
+        let mut due: Vec<NodeId> = Vec::new();
+        for (&to, pr) in ls.progress.iter_mut() {
+            if to != self.id && pr.commit_sent < pr.commit_due {
+                due.push(to);
             }
-            if let RoleState::Leader(ls) = &mut self.role {
-                if let Some(pr) = ls.progress.get_mut(&to) {
-                    pr.commit_due = pr.commit_owed(commit);
-                }
-            }
+            pr.commit_due = pr.commit_owed(commit);
+        }
+        for to in due {
+            self.send_appends(to, true);
         }
     }
 
     /// After the commit index advanced (once per `ready`): the followers waiting for it
     /// (`Progress::commit_wanted`) are told at once.
     pub(super) fn send_wanted_commit(&mut self) {
-        for to in self.peers() {
-            if self.commit_wanted_now(to) {
-                self.send_appends(to, true);
-            }
+        let commit = self.log.commit();
+        let RoleState::Leader(ls) = &self.role else {
+            return;
+        };
+        // Allocates only when some follower waits (rare): this runs at every commit.
+        let wanted: Vec<NodeId> = ls
+            .progress
+            .iter()
+            .filter(|(&to, pr)| to != self.id && pr.commit_wanted_now(commit))
+            .map(|(&to, _)| to)
+            .collect();
+        for to in wanted {
+            self.send_appends(to, true);
         }
     }
 
