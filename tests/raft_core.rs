@@ -27,6 +27,8 @@ struct Net {
     nodes: BTreeMap<u64, Node>,
     queue: VecDeque<Message>,
     cut: BTreeSet<u64>,
+    /// Every message delivered (or dropped by `cut`), in order, once a test sets it.
+    sent: Option<Vec<Message>>,
 }
 
 const ROUNDS_MAX: usize = 200;
@@ -70,6 +72,7 @@ impl Net {
             nodes,
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
+            sent: None,
         }
     }
 
@@ -116,6 +119,9 @@ impl Net {
         }
         for m in std::mem::take(&mut self.queue) {
             any = true;
+            if let Some(sent) = self.sent.as_mut() {
+                sent.push(m.clone());
+            }
             if self.cut.contains(&m.from.0) || self.cut.contains(&m.to.0) {
                 continue;
             }
@@ -133,6 +139,17 @@ impl Net {
             }
         }
         panic!("no quiescence within {ROUNDS_MAX} rounds");
+    }
+
+    /// `stabilize`, then two ticks of the leader `id` with the net settling after each: the
+    /// followers learn a new commit index from the next append or heartbeat, or from an append
+    /// sent for it once a whole tick passed without one (`raft/replication.rs`).
+    fn settle_commit(&mut self, id: u64) {
+        self.stabilize();
+        for _ in 0..2 {
+            self.raft(id).tick();
+            self.stabilize();
+        }
     }
 
     /// Node `id` campaigns at once (as on a leader's TimeoutNow) and the net settles.
@@ -233,7 +250,7 @@ fn a_rejection_naming_an_index_beyond_the_leaders_log_is_dropped_and_replication
         net.raft(1)
             .step(msg(2, 1, term, MessageBody::AppendResp { result }));
         let last = net.propose(1, 1);
-        net.stabilize();
+        net.settle_commit(1);
         for n in [1, 2, 3] {
             assert_eq!(
                 net.raft(n).commit(),
@@ -498,7 +515,7 @@ fn an_install_snapshot_at_or_behind_the_commit_index_is_acknowledged_not_install
     let mut net = Net::new(&[1, 2, 3], &[]);
     net.elect(1);
     let last = net.propose(1, 6);
-    net.stabilize();
+    net.settle_commit(1);
     let st = net.raft(2).status();
     assert_eq!(st.commit, last);
     for i in [1, 4, last.0] {
@@ -982,4 +999,91 @@ fn a_candidate_turned_non_voting_steps_back_and_a_quorum_needs_a_voting_node() {
     net.cut.clear();
     net.raft(2).set_voting(true);
     assert!(tick_until(&mut net, 200, |n| leads(n, 1) || leads(n, 2)));
+}
+
+// ---- issue 16: the commit index rides on the next append ----
+
+/// The appends from `from` that carried no entries, by receiver, in `sent`.
+fn empty_appends(sent: &[Message], from: u64) -> Vec<u64> {
+    sent.iter()
+        .filter(|m| m.from.0 == from)
+        .filter(|m| matches!(&m.body, MessageBody::Append { entries, .. } if entries.is_empty()))
+        .map(|m| m.to.0)
+        .collect()
+}
+
+/// Before: once a quorum acknowledged a write, the leader sent every follower an append with
+/// no entries, only to carry the new commit index (and each follower acknowledged it, a
+/// duplicate the leader dropped). Now the next write's appends carry it; at rest, an append
+/// sent once a whole tick passed with nothing carrying it (heartbeats here are 9 ticks apart,
+/// so they play no part).
+#[test]
+fn a_new_commit_index_rides_on_the_next_append_or_goes_out_a_tick_later() {
+    let mut net = Net::with(&[1, 2, 3], &[], |c| c.heartbeat_interval_ticks = 9);
+    net.elect(1);
+    net.settle_commit(1);
+    net.sent = Some(Vec::new());
+    let first = net.propose(1, 1);
+    net.stabilize();
+    assert_eq!(net.raft(1).commit(), first);
+    let sent = net.sent.replace(Vec::new()).unwrap();
+    assert_eq!(
+        empty_appends(&sent, 1),
+        Vec::<u64>::new(),
+        "appends only for the commit index: {sent:?}"
+    );
+    for f in [2, 3] {
+        assert!(
+            net.raft(f).commit() < first,
+            "node {f} learned {first} unsent"
+        );
+    }
+    // The next write carries it.
+    let second = net.propose(1, 1);
+    net.stabilize();
+    for f in [2, 3] {
+        assert_eq!(
+            net.raft(f).commit(),
+            first,
+            "node {f}: the next append's commit"
+        );
+    }
+    assert_eq!(net.raft(1).commit(), second);
+    // At rest: nothing for the tick in which the commit was last seen owed...
+    net.sent = Some(Vec::new());
+    net.raft(1).tick();
+    net.stabilize();
+    assert_eq!(net.sent.replace(Vec::new()).unwrap(), Vec::new());
+    // ...and one append each after a whole tick with nothing carrying it.
+    net.raft(1).tick();
+    net.stabilize();
+    let sent = net.sent.replace(Vec::new()).unwrap();
+    assert_eq!(empty_appends(&sent, 1), vec![2, 3], "{sent:?}");
+    for f in [2, 3] {
+        assert_eq!(net.raft(f).commit(), second, "node {f} at rest");
+    }
+    // Told once: a further tick sends nothing.
+    net.raft(1).tick();
+    net.stabilize();
+    assert_eq!(net.sent.take().unwrap(), Vec::new());
+}
+
+/// A follower read waits for the index the leader names (its last index when the request
+/// arrived, perhaps not yet committed): `want_commit` makes each advance toward it go to that
+/// follower at once, not a tick later, and to that follower only.
+#[test]
+fn a_follower_waiting_for_a_commit_index_is_sent_it_as_soon_as_it_advances() {
+    let mut net = Net::with(&[1, 2, 3], &[], |c| c.heartbeat_interval_ticks = 9);
+    net.elect(1);
+    net.settle_commit(1);
+    let last = net.propose(1, 3);
+    net.raft(1).want_commit(NodeId(2), last);
+    net.stabilize();
+    assert_eq!(net.raft(1).commit(), last);
+    assert_eq!(net.raft(2).commit(), last, "node 2 waits for {last}");
+    assert!(net.raft(3).commit() < last, "node 3 waits for nothing");
+    // Wanted and sent: the next write's commit goes with the next write, as for anyone.
+    let next = net.propose(1, 1);
+    net.stabilize();
+    assert_eq!(net.raft(2).commit(), last, "told {next} unasked");
 }

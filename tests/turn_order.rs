@@ -5,14 +5,17 @@
 mod support;
 
 use kvraft::client::Value;
+use kvraft::raft::LogIndex;
 use support::story::{Story, TICKS_MAX};
 
-/// The leader's turn in which a quorum's acks arrive persists nothing: it answers the client
-/// before it writes the appends that carry the new commit index to the followers (each a
-/// loopback send that runs the receiver's TCP input inline, ~10 µs apiece on the path of the
-/// reply). Before: both appends were written first, then the reply.
+/// The leader's turn in which a quorum's acks arrive persists nothing and answers the client.
+/// It writes nothing to the followers: the new commit index rides on the next write's appends
+/// (`raft/replication.rs`, "Telling followers the commit index"). Before: it wrote an append
+/// to each follower that carried only the commit index (after the reply, since the driver's
+/// step 0), and each follower acknowledged it: at one client, one more send, wake-up and
+/// receive per follower per write on each side.
 #[test]
-fn the_leader_answers_a_committed_write_before_telling_the_followers_its_commit_index() {
+fn the_leader_answers_a_committed_write_and_leaves_its_commit_index_to_the_next_append() {
     let mut story = Story::new(3);
     let leader = story.leader();
     let world = story.world.clone();
@@ -42,19 +45,48 @@ fn the_leader_answers_a_committed_write_before_telling_the_followers_its_commit_
         }
     }
     let writes = answering_turn.expect("the leader answered the SET");
-    let first_peer_write = writes.iter().position(|&(_, peer, _)| peer);
     assert!(
-        first_peer_write.is_some(),
-        "the answering turn tells no follower the commit index (the story lost its point): \
-         {writes:?}"
-    );
-    assert!(
-        !writes[0].1,
-        "the leader wrote to its peers before answering the client: {writes:?}"
+        writes.iter().all(|&(_, peer, _)| !peer),
+        "the answering turn wrote to the leader's peers (an append carrying only the commit \
+         index): {writes:?}"
     );
     assert_eq!(
         story.reply(&mut client).0,
         Value::ok(),
         "the second SET's answer"
     );
+    let k1 = story.nodes[&leader].raft().commit();
+    let followers: Vec<u64> = story
+        .nodes
+        .keys()
+        .copied()
+        .filter(|&i| i != leader)
+        .collect();
+    let lagging = |story: &Story| {
+        followers
+            .iter()
+            .filter(|f| story.nodes[f].raft().commit() < k1)
+            .count()
+    };
+    assert_eq!(
+        lagging(&story),
+        followers.len(),
+        "a follower learned the commit index {k1} with no message carrying it"
+    );
+    // The next write's appends carry it: the followers have it once they hold that write.
+    story.send(&mut client, &[b"SET", b"k2", b"v2"]);
+    for _ in 0..TICKS_MAX {
+        story.step();
+        let holds = |f: &u64| story.nodes[f].raft().last_id().index > k1;
+        if followers.iter().all(holds) {
+            break;
+        }
+    }
+    assert_eq!(
+        lagging(&story),
+        0,
+        "the followers hold the next write but not the commit index {k1} its appends carried"
+    );
+    assert!(k1 > LogIndex(0));
+    assert_eq!(story.reply(&mut client).0, Value::ok(), "the third SET");
 }

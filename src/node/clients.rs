@@ -308,7 +308,12 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         let ctx = self.pending.next_read_ctx();
         let floor = self.raft.last_id().index;
         match self.raft.read_index(ctx) {
-            Ok(()) => self.pending.add_read(ctx, to, Vec::new(), floor),
+            Ok(()) => {
+                // The follower serves the read once it applied `floor`: the core tells it the
+                // commit index at once when it reaches there, not with a later append.
+                self.raft.want_commit(from, floor);
+                self.pending.add_read(ctx, to, Vec::new(), floor)
+            }
             Err(_) => self.refuse_read_index(to),
         }
     }

@@ -4,9 +4,11 @@
 //! 0. on a leader, when the Ready persists nothing (no entries, hard state or snapshot: the
 //!    turn in which a quorum's acks arrived), steps 6 and 7 come first and their replies are
 //!    written at once: with no sync for the messages to overlap, the client's reply need not
-//!    wait behind the commit-carrying appends to every follower (each a loopback send that
-//!    runs the receiver's TCP input inline). Not on a follower: there the messages are
-//!    answers (a heartbeat's, for a leader's read round) that must not wait for an apply;
+//!    wait behind whatever appends go to the followers in that turn (each a loopback send that
+//!    runs the receiver's TCP input inline). A new commit index alone sends none: it rides on
+//!    the next append or heartbeat (`raft/replication.rs`, "Telling followers the commit
+//!    index"). Not on a follower: there the messages are answers (a heartbeat's, for a
+//!    leader's read round) that must not wait for an apply;
 //! 1. send `messages` at once: the leader's appends and heartbeats go out before its own
 //!    sync, so followers write in parallel with it;
 //! 2. install a snapshot received from the leader (state machine, then the log reset);

@@ -154,6 +154,7 @@ impl Raft {
             self.heartbeat_elapsed_ticks = 0;
             self.bcast_heartbeat();
         }
+        self.tick_commit();
     }
 
     /// Check-quorum: did a majority of voters (us included) answer since the last round?

@@ -296,6 +296,9 @@ pub struct Raft {
     hard_state_emitted: HardState,
     /// Entries were proposed since the last `ready`: broadcast them then (batching).
     bcast_pending: bool,
+    /// The leader's commit index advanced since the last `ready`: tell the followers waiting
+    /// for it then (`replication.rs`, "Telling followers the commit index").
+    commit_advanced: bool,
     awaiting_advance: bool,
     /// While false this node neither campaigns (timeout or TimeoutNow) nor grants a vote or
     /// pre-vote: the node turns it off while its newest membership does not record this
@@ -346,6 +349,7 @@ impl Raft {
             uncertain: uncertain::Uncertain::new(hard_state.uncertain, &hard_state.tail_confs),
             hard_state_emitted: hard_state,
             bcast_pending: false,
+            commit_advanced: false,
             awaiting_advance: false,
             voting: true,
             tail: Vec::new(),
@@ -440,6 +444,16 @@ impl Raft {
         self.read_index_checked(ctx)?;
         self.check_invariants();
         Ok(())
+    }
+
+    /// Follower `to` waits for the commit index to reach `index` (a follower read the leader
+    /// answered with an index it had not committed yet): the leader sends it each advance
+    /// toward `index` at once, rather than leaving it to the next append or tick
+    /// (`replication.rs`, "Telling followers the commit index"). Ignored on a non-leader.
+    pub fn want_commit(&mut self, to: NodeId, index: LogIndex) {
+        self.assert_not_awaiting_advance("want_commit");
+        self.want_commit_checked(to, index);
+        self.check_invariants();
     }
 
     /// Hands leadership to `to` (thesis §3.10).
@@ -568,6 +582,7 @@ impl Raft {
     pub fn has_ready(&self) -> bool {
         self.hard_state_changed()
             || self.bcast_pending
+            || self.commit_advanced
             || self.log.has_unstable()
             || self.pending_snapshot.is_some()
             || !self.msgs.is_empty()
@@ -583,6 +598,10 @@ impl Raft {
         if self.bcast_pending {
             self.bcast_pending = false;
             self.bcast_append();
+        }
+        if self.commit_advanced {
+            self.commit_advanced = false;
+            self.send_wanted_commit();
         }
         if let RoleState::Leader(ls) = &mut self.role {
             ls.reads.close_round();

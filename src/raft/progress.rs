@@ -87,6 +87,17 @@ pub struct Progress {
     pub inflights: Inflights,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// The highest commit index a message to this follower let it adopt: an append's commit
+    /// capped at the append's last index, a heartbeat's (capped at `match_index` already).
+    /// Lost messages make it an overstatement; the next heartbeat repairs that
+    /// (`replication.rs`, "Telling followers the commit index").
+    pub commit_sent: LogIndex,
+    /// At the previous tick, what this follower could have adopted (`commit_owed`): if
+    /// `commit_sent` is still below it at this tick, no append carried it for a whole tick.
+    pub commit_due: LogIndex,
+    /// A commit index this follower waits for (a follower read's index, `Raft::want_commit`):
+    /// until it is sent, every advance toward it goes out at once, not at the next tick.
+    pub commit_wanted: LogIndex,
 }
 
 impl Progress {
@@ -99,7 +110,22 @@ impl Progress {
             pending_snapshot: LogIndex(0),
             inflights: Inflights::new(inflight_cap),
             recent_active: false,
+            commit_sent: LogIndex(0),
+            commit_due: LogIndex(0),
+            commit_wanted: LogIndex(0),
         }
+    }
+
+    /// What of the leader's `commit` this follower could adopt now: no more than it is known
+    /// to hold (beyond `match_index` its log may still diverge from the leader's).
+    pub fn commit_owed(&self, commit: LogIndex) -> LogIndex {
+        commit.min(self.match_index)
+    }
+
+    /// Whether the follower waits for a commit index it has not been sent, and the leader has
+    /// more of it to give: then an advance goes out at once.
+    pub fn commit_wanted_now(&self, commit: LogIndex) -> bool {
+        self.commit_sent < self.commit_wanted && self.commit_sent < self.commit_owed(commit)
     }
 
     pub fn become_probe(&mut self) {
@@ -111,6 +137,9 @@ impl Progress {
         self.state = ProgressState::Probe;
         self.probe_sent = false;
         self.inflights.reset();
+        // What was in flight may be lost (a lost connection, a restarted follower, which
+        // forgot its commit index): the next append or tick tells it again.
+        self.commit_sent = LogIndex(0);
     }
 
     pub fn become_replicate(&mut self) {

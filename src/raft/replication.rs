@@ -13,6 +13,47 @@
 //!    an append we never sent (after an index past our log) and a heartbeat answer to a read
 //!    round we have not begun are dropped; a rejection's hint is clamped into our log, so
 //!    `next_index` never passes `last_index + 1`.
+//! 5. A follower is told every commit index it could adopt (`Progress::commit_owed`: the
+//!    leader's, capped at its match index) within two ticks, and at once when it waits for it
+//!    (`commit_wanted`): see below.
+//!
+//! # Telling followers the commit index
+//! Every append carries the leader's commit index (the follower adopts it up to the append's
+//! last entry) and so does every heartbeat (capped at the follower's match index). There is no
+//! append just for a new commit index when one is due anyway: such an append, at one client,
+//! was one more send, wake-up and receive on each side per follower per write, and the
+//! follower's ack of it one more on the leader, dropped there as a duplicate (measured with
+//! `tools/profile.sh 1 10000`: 13.3 syscalls per write on the leader and 8.0 on a follower
+//! with it, 10.2 and 4.95 without). So when the commit index advances the leader sends
+//! nothing; the followers learn it from the next append (at any load above one write per tick
+//! there is one, to every follower), or the next heartbeat, or, when nothing carried what a
+//! follower could adopt for a whole tick, from an append sent for it then (`tick_commit`,
+//! empty if the follower has every entry). Etcd does the same without the tick: the next
+//! append or heartbeat. `Progress::commit_sent` records what went out; a lost message makes
+//! it too high, which the next heartbeat repairs (it always carries the commit index), and
+//! probing (after a lost connection or a rejection) starts it again from 0.
+//!
+//! Who waits on a follower's commit index, and why a tick or two does not hurt them:
+//! - A follower read (thesis §6.4; `node/pending.rs`) waits to apply the index the leader
+//!   names: its last index when the request arrived. When that is committed, the heartbeat of
+//!   the read's round carries it, sent before the answer. When it is not yet (a pipeline's
+//!   read after its own forwarded writes), the node calls `want_commit` and every advance
+//!   toward it goes to that follower at once (`send_wanted_commit` at the next `ready`, or
+//!   with the answer to its ack), so the read is not held for a tick.
+//! - A leader that removes or demotes itself tells the others at once that the change
+//!   committed (`conf_committed_to` broadcasts before stepping down): it sends no more
+//!   heartbeats. A removed follower is no longer replicated to once the change is in the
+//!   leader's log, so it never learned the commit from us: unchanged.
+//! - Leadership transfer needs the target to hold the leader's whole log (`match_index`),
+//!   not its commit index; elections, votes and check-quorum read logs and terms only.
+//! - A follower's snapshot covers what it applied, and INFO's apply lag shows how far that is
+//!   behind: at rest the last write shows unapplied on a follower for a tick or two.
+//! - Safety does not rest on a follower's commit index (§5.4: leader completeness is about
+//!   logs), and a follower adopts no commit index it would not have adopted before.
+//!
+//! The follower still acknowledges an append that carried no entries: it cannot tell it from
+//! a probe, whose answer the leader needs. Those are now rare (at most one per follower per
+//! tick at rest, and the lost-append check after a heartbeat answer), so they are left be.
 
 use super::log::AppendError;
 use super::message::{AppendResult, MessageBody, RejectHint};
@@ -49,21 +90,91 @@ impl Raft {
     }
 
     pub(super) fn bcast_heartbeat(&mut self) {
-        let RoleState::Leader(ls) = &self.role else {
+        let id = self.id;
+        let commit = self.log.commit();
+        let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
         let read_seq = ls.reads.seq();
-        let commit = self.log.commit();
         let beats: Vec<(NodeId, LogIndex)> = ls
             .progress
-            .iter()
-            .filter(|(&id, _)| id != self.id)
-            .map(|(&id, pr)| (id, commit.min(pr.match_index)))
+            .iter_mut()
+            .filter(|(&to, _)| to != id)
+            .map(|(&to, pr)| {
+                // The commit index is capped at what the follower is known to hold: beyond
+                // that its log may still diverge from ours.
+                let owed = pr.commit_owed(commit);
+                pr.commit_sent = pr.commit_sent.max(owed);
+                (to, owed)
+            })
             .collect();
         for (to, commit) in beats {
-            // The commit index is capped at what the follower is known to hold: beyond that its
-            // log may still diverge from ours.
             self.send(to, MessageBody::Heartbeat { commit, read_seq });
+        }
+    }
+
+    /// Once a tick: a follower that could adopt more of the commit index than it was sent, a
+    /// whole tick ago already, gets an append now (empty if it has every entry): nothing else
+    /// carried it meanwhile ("Telling followers the commit index" above).
+    pub(super) fn tick_commit(&mut self) {
+        let commit = self.log.commit();
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        // Allocates only when some follower is due (rare): this runs every tick.
+        let mut due: Vec<NodeId> = Vec::new();
+        for (&to, pr) in ls.progress.iter_mut() {
+            if to != self.id && pr.commit_sent < pr.commit_due {
+                due.push(to);
+            }
+            pr.commit_due = pr.commit_owed(commit);
+        }
+        for to in due {
+            self.send_appends(to, true);
+        }
+    }
+
+    /// After the commit index advanced (once per `ready`): the followers waiting for it
+    /// (`Progress::commit_wanted`) are told at once.
+    pub(super) fn send_wanted_commit(&mut self) {
+        let commit = self.log.commit();
+        let RoleState::Leader(ls) = &self.role else {
+            return;
+        };
+        // Allocates only when some follower waits (rare): this runs at every commit.
+        let wanted: Vec<NodeId> = ls
+            .progress
+            .iter()
+            .filter(|(&to, pr)| to != self.id && pr.commit_wanted_now(commit))
+            .map(|(&to, _)| to)
+            .collect();
+        for to in wanted {
+            self.send_appends(to, true);
+        }
+    }
+
+    /// Whether follower `to` waits for a commit index we can now give it more of.
+    fn commit_wanted_now(&self, to: NodeId) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        ls.progress
+            .get(&to)
+            .is_some_and(|pr| pr.commit_wanted_now(self.log.commit()))
+    }
+
+    /// Follower `to` waits for commit index `index` (a follower read at an index the leader
+    /// had not committed yet): each advance toward it goes out at once, not a tick later.
+    pub(super) fn want_commit_checked(&mut self, to: NodeId, index: LogIndex) {
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let Some(pr) = ls.progress.get_mut(&to) else {
+            return;
+        };
+        pr.commit_wanted = pr.commit_wanted.max(index.min(self.log.last_index()));
+        if self.commit_wanted_now(to) {
+            self.send_appends(to, true);
         }
     }
 
@@ -144,6 +255,8 @@ impl Raft {
         let end = prev_index.plus(count as u64);
         pr.sent(end, count);
         let commit = self.log.commit();
+        // The follower adopts the commit index up to the append's last entry.
+        pr.commit_sent = pr.commit_sent.max(commit.min(end));
         self.send(
             to,
             MessageBody::Append {
@@ -292,7 +405,10 @@ impl Raft {
                 if updated {
                     self.commit_and_broadcast();
                 }
-                self.send_appends(from, false);
+                // Entries if there are any (they carry the commit index); an empty append
+                // only for a follower waiting on the commit index (a follower read).
+                let wanted = self.commit_wanted_now(from);
+                self.send_appends(from, wanted);
                 self.maybe_send_timeout_now(from);
             }
             AppendResult::Rejected { rejected, hint } => {
@@ -378,7 +494,9 @@ impl Raft {
     }
 
     /// Recomputes the commit index from the voters' match indexes (and again after a committed
-    /// membership change alters the voters), then tells the followers.
+    /// membership change alters the voters). The followers learn it from the next append or
+    /// heartbeat, within a tick or two, or at once if one waits for it ("Telling followers the
+    /// commit index" above).
     pub(super) fn commit_and_broadcast(&mut self) {
         let mut advanced = false;
         // Bounded: the commit index grows at each round.
@@ -386,7 +504,7 @@ impl Raft {
             advanced = true;
         }
         if advanced && matches!(self.role, RoleState::Leader(_)) {
-            self.bcast_pending = true;
+            self.commit_advanced = true;
         }
     }
 
