@@ -131,6 +131,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The state machine's record pages ask for huge pages too (kv::records, "Huge pages").
+    kvraft::kv::records::set_huge_pages(cfg.huge_pages);
     if cfg.huge_pages && args.restore.is_none() {
         if let Err(e) = huge_pages::reexec_if_needed() {
             log::warn!(
