@@ -203,6 +203,12 @@ impl Records {
         }
     }
 
+    /// Bytes of the slot pages: mapped on their own, so outside what the global allocator
+    /// counts (benches add them to it).
+    pub fn mapped_bytes(&self) -> usize {
+        self.pages.iter().map(|p| p.len()).sum()
+    }
+
     /// Heap bytes held: the pages, whole, the large records and the tables.
     pub fn heap_bytes(&self) -> usize {
         self.page_bytes

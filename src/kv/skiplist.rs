@@ -388,6 +388,11 @@ impl SkipList {
         self.data_bytes
     }
 
+    /// Bytes of record pages mapped outside the global allocator (`Records::mapped_bytes`).
+    pub fn mapped_bytes(&self) -> usize {
+        self.records.mapped_bytes()
+    }
+
     /// Heap bytes the list holds beyond the key and value bytes (node and span arenas,
     /// counted by capacity, and the record pages' stamps, rounding and free slots).
     pub fn overhead_bytes(&self) -> usize {

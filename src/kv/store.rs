@@ -136,6 +136,12 @@ impl KvStore {
         }
     }
 
+    /// Bytes of record pages the store maps outside the global allocator
+    /// (`SkipList::mapped_bytes`): for memory accounting that counts allocations.
+    pub fn mapped_bytes(&self) -> usize {
+        self.list.mapped_bytes()
+    }
+
     pub fn stats(&self) -> KvStats {
         KvStats {
             keys: self.list.len(),
