@@ -203,6 +203,18 @@ fn set_record_modified(kv: &mut [u8], modified: u64) {
     kv[..RECORD_HEADER].copy_from_slice(&modified.to_le_bytes());
 }
 
+/// Bytes of the record of `key` and `value` (the caller's limits are below what a node's
+/// lengths can hold: an invariant, not input checking).
+fn record_len(key: &[u8], value: &[u8]) -> usize {
+    assert!(key.len() <= KEY_LEN_MAX, "key of {} bytes", key.len());
+    assert!(
+        value.len() <= u32::MAX as usize,
+        "value of {} bytes",
+        value.len()
+    );
+    RECORD_HEADER + key.len() + value.len()
+}
+
 /// Fill `rec` (exactly `RECORD_HEADER + key.len() + value.len()` bytes) with a record.
 fn write_record(rec: &mut [u8], key: &[u8], value: &[u8], modified: u64) {
     let (head, kv) = rec.split_at_mut(RECORD_HEADER);
@@ -611,13 +623,7 @@ impl SkipList {
         modified: u64,
         old: impl FnOnce(&[u8], &[u8], u64) -> R,
     ) -> (Option<R>, NodeId) {
-        assert!(key.len() <= KEY_LEN_MAX, "key of {} bytes", key.len());
-        assert!(
-            value.len() <= u32::MAX as usize,
-            "value of {} bytes",
-            value.len()
-        );
-        let len = RECORD_HEADER + key.len() + value.len();
+        let len = record_len(key, value);
         self.make_common(key);
         let probe = self.probe(key);
         let mut prev = [HEAD; HEIGHT_MAX]; // HEAD == HEAD_SPAN: right for unused levels
@@ -1096,13 +1102,7 @@ impl Builder {
         // Words from the start of the key until `finish` sets `common`.
         let word = word_at(record.key(), self.list.common.len());
         let (key, value) = (record.key(), record.value());
-        assert!(key.len() <= KEY_LEN_MAX, "key of {} bytes", key.len());
-        assert!(
-            value.len() <= u32::MAX as usize,
-            "value of {} bytes",
-            value.len()
-        );
-        let len = RECORD_HEADER + key.len() + value.len();
+        let len = record_len(key, value);
         let h = self.list.records.alloc(len);
         write_record(self.list.records.get_mut(h, len), key, value, modified);
         self.push_node(h, key.len(), value.len(), word, height);
