@@ -531,8 +531,7 @@ pub fn decode_client_reply_ref(buf: &[u8]) -> Result<Option<ClientReplyRef<'_>>,
         return Ok(None);
     };
     let mut r = Reader::new(KIND_CLIENT_REPLY, body);
-    let id = r.u64("request id")?;
-    let reply = r.bytes("reply", BODY_SIZE_MAX)?;
+    let (id, reply) = client_reply_body(&mut r)?;
     r.finish()?;
     Ok(Some((id, reply, FRAME_HEADER_SIZE + body.len())))
 }
@@ -604,9 +603,19 @@ fn put_client_request(head: ClientRequestHead, args: &[Vec<u8>], out: &mut Vec<u
 }
 
 fn decode_client_reply(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
+    let (id, reply) = client_reply_body(r)?;
+    Ok(Frame::ClientReply {
+        id,
+        reply: reply.to_vec(),
+    })
+}
+
+/// A ClientReply body's request id and reply, borrowed (`decode_client_reply`,
+/// `decode_client_reply_ref`).
+fn client_reply_body<'a>(r: &mut Reader<'a>) -> Result<(u64, &'a [u8]), DecodeError> {
     let id = r.u64("request id")?;
-    let reply = r.bytes("reply", BODY_SIZE_MAX)?.to_vec();
-    Ok(Frame::ClientReply { id, reply })
+    let reply = r.bytes("reply", BODY_SIZE_MAX)?;
+    Ok((id, reply))
 }
 
 fn decode_read_index_reply(r: &mut Reader<'_>) -> Result<Frame, DecodeError> {
