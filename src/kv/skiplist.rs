@@ -150,50 +150,6 @@ impl Node {
 // The point of the record handle (see "Layout").
 const _: () = assert!(std::mem::size_of::<Node>() == 28);
 
-/// A key and value joined in one allocation, with room for the stamp in front. Built by the
-/// caller when it reads the bytes from somewhere (the snapshot loader reads them straight into
-/// `key_value_mut`); storing one copies it into the list's records.
-#[derive(Debug)]
-pub struct Record {
-    bytes: Box<[u8]>,
-    key_len: usize,
-}
-
-impl Record {
-    /// A record of `key_len + value_len` zero bytes, for the caller to fill.
-    pub fn zeroed(key_len: usize, value_len: usize) -> Record {
-        Record {
-            bytes: vec![0u8; RECORD_HEADER + key_len + value_len].into_boxed_slice(),
-            key_len,
-        }
-    }
-
-    /// A record holding `key` and `value`.
-    pub fn new(key: &[u8], value: &[u8]) -> Record {
-        let mut bytes = Vec::with_capacity(RECORD_HEADER + key.len() + value.len());
-        bytes.extend_from_slice(&[0u8; RECORD_HEADER]);
-        bytes.extend_from_slice(key);
-        bytes.extend_from_slice(value);
-        Record {
-            bytes: bytes.into_boxed_slice(),
-            key_len: key.len(),
-        }
-    }
-
-    /// `key ++ value`, to fill.
-    pub fn key_value_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes[RECORD_HEADER..]
-    }
-
-    pub fn key(&self) -> &[u8] {
-        &self.bytes[RECORD_HEADER..RECORD_HEADER + self.key_len]
-    }
-
-    pub fn value(&self) -> &[u8] {
-        &self.bytes[RECORD_HEADER + self.key_len..]
-    }
-}
-
 /// The stamp at the front of a live node's record.
 fn record_modified(kv: &[u8]) -> u64 {
     u64::from_le_bytes(kv[..RECORD_HEADER].try_into().expect("8 bytes"))
@@ -213,6 +169,14 @@ fn record_len(key: &[u8], value: &[u8]) -> usize {
         value.len()
     );
     RECORD_HEADER + key.len() + value.len()
+}
+
+/// A record of `key` and `value` stamped `modified`, stored in `records`.
+fn new_record(records: &mut Records, key: &[u8], value: &[u8], modified: u64) -> Handle {
+    let len = record_len(key, value);
+    let h = records.alloc(len);
+    write_record(records.get_mut(h, len), key, value, modified);
+    h
 }
 
 /// Fill `rec` (exactly `RECORD_HEADER + key.len() + value.len()` bytes) with a record.
@@ -596,12 +560,6 @@ impl SkipList {
         self.insert_with(key, value, modified, Entry::copy).0
     }
 
-    /// Store an already built record, stamped `modified` (which replaces the old stamp when
-    /// the key exists).
-    pub fn insert_record_at(&mut self, record: Record, modified: u64) -> Option<Entry> {
-        self.insert_at(record.key(), record.value(), modified)
-    }
-
     /// `insert_at`, also returning the id of the node that holds the key now.
     pub fn insert_at_id(
         &mut self,
@@ -649,8 +607,7 @@ impl SkipList {
         let height = self.random_height();
         self.level = self.level.max(height);
         let word = word_at(key, self.common.len());
-        let h = self.records.alloc(len);
-        write_record(self.records.get_mut(h, len), key, value, modified);
+        let h = new_record(&mut self.records, key, value, modified);
         let x = self.alloc_node(h, key.len(), value.len(), word, height);
         self.nodes[x as usize].next0 = self.nodes[prev[0] as usize].next0;
         self.nodes[prev[0] as usize].next0 = x;
@@ -1088,23 +1045,20 @@ impl Builder {
         (self.last != NIL).then(|| self.list.node_key(self.last))
     }
 
-    /// Append a record, which must sort after every key so far, stamp 0.
-    pub fn push(&mut self, record: Record) {
-        self.push_at(record, 0);
+    /// Append `key` and `value`; the key must sort after every key so far. Stamp 0.
+    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.push_at(key, value, 0);
     }
 
     /// `push`, with the key's `modified` stamp.
-    pub fn push_at(&mut self, record: Record, modified: u64) {
+    pub fn push_at(&mut self, key: &[u8], value: &[u8], modified: u64) {
         if let Some(last) = self.last_key() {
-            assert!(last < record.key(), "Builder::push out of order");
+            assert!(last < key, "Builder::push out of order");
         }
         let height = self.list.random_height();
         // Words from the start of the key until `finish` sets `common`.
-        let word = word_at(record.key(), self.list.common.len());
-        let (key, value) = (record.key(), record.value());
-        let len = record_len(key, value);
-        let h = self.list.records.alloc(len);
-        write_record(self.list.records.get_mut(h, len), key, value, modified);
+        let word = word_at(key, self.list.common.len());
+        let h = new_record(&mut self.list.records, key, value, modified);
         self.push_node(h, key.len(), value.len(), word, height);
     }
 
@@ -1369,7 +1323,7 @@ mod tests {
         // Loaded from a snapshot: the same.
         let mut b = Builder::new(7);
         for (k, _) in list.iter() {
-            b.push(Record::new(k, b"v"));
+            b.push(k, b"v");
         }
         let built = b.finish();
         built.check_invariants();
@@ -1442,7 +1396,7 @@ mod tests {
         let mut list = SkipList::new(5);
         for i in 0..5000u32 {
             let key = (i * 7).to_be_bytes();
-            b.push(Record::new(&key, b"val"));
+            b.push(&key, b"val");
             list.insert(&key, b"val");
         }
         let built = b.finish();

@@ -50,7 +50,7 @@ use crate::kv::hash::{
     combine_state_hash, entry_hash, mix_extra_parts, modified_hash, watch_hash, ExtraParts,
 };
 use crate::kv::session::{SectionSource, Sessions};
-use crate::kv::skiplist::{Builder, Record, SkipList};
+use crate::kv::skiplist::{Builder, SkipList};
 use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::raft::LogIndex;
 use byteorder::{BigEndian, ByteOrder};
@@ -292,8 +292,10 @@ pub fn load(seed: u64, r: &mut dyn Read) -> Result<Loaded, SnapshotError> {
     }
     let mut builder = Builder::new(seed);
     let (mut entries_hash, mut modified_sum) = (0u64, 0u64);
+    // One buffer for every record's key and value, on their way into the list's pages.
+    let mut scratch = Vec::new();
     for _ in 0..count {
-        let (e, m) = read_record(&mut input, &mut builder, version, applied)?;
+        let (e, m) = read_record(&mut input, &mut builder, &mut scratch, version, applied)?;
         entries_hash = entries_hash.wrapping_add(e);
         modified_sum = modified_sum.wrapping_add(m);
     }
@@ -415,11 +417,12 @@ impl SectionSource for CrcReader<'_> {
     }
 }
 
-/// Read one record of a `version` snapshot into `builder`; returns its entry hash and its
-/// modified hash.
+/// Read one record of a `version` snapshot into `builder` (its key and value through
+/// `scratch`); returns its entry hash and its modified hash.
 fn read_record(
     input: &mut CrcReader<'_>,
     builder: &mut Builder,
+    scratch: &mut Vec<u8>,
     version: u32,
     applied: LogIndex,
 ) -> Result<(u64, u64), SnapshotError> {
@@ -451,9 +454,11 @@ fn read_record(
             reason: "value longer than VALUE_SIZE_MAX",
         });
     }
-    let mut record = Record::zeroed(key_len, value_len);
-    input.get(record.key_value_mut())?;
-    let (key, value) = (record.key(), record.value());
+    // Both lengths were checked against their limits above, before this allocates.
+    scratch.clear();
+    scratch.resize(key_len + value_len, 0);
+    input.get(scratch)?;
+    let (key, value) = scratch.split_at(key_len);
     if builder.last_key().is_some_and(|last| last >= key) {
         return Err(SnapshotError::Corrupt {
             offset: at,
@@ -461,7 +466,7 @@ fn read_record(
         });
     }
     let hashes = (entry_hash(key, value), modified_hash(key, modified));
-    builder.push_at(record, modified);
+    builder.push_at(key, value, modified);
     Ok(hashes)
 }
 
