@@ -29,6 +29,7 @@
 //! | `tick_ms` | `10` | the timer tick, 1..=1000 ms; every timeout is a whole number of ticks |
 //! | `election_timeout_ms` | `500` | T: each node waits a fresh random time in [T, 2T) without a leader before it campaigns; ≥ 2 ticks, ≤ 600000 |
 //! | `heartbeat_interval_ms` | `50` | how often a leader heartbeats; ≥ `tick_ms` and < `election_timeout_ms / 2` |
+//! | `leader_sync_wait_ms` | `5` | a leader whose followers keep up leaves its own log writes unsynced and lets them commit on the followers' acknowledgements (`node/stored.rs`, "The leader's own sync"); an entry this old and still not committed makes it sync and sync in every turn for a while; 0 ..= 1000; `0`: the leader syncs its own log in every turn that writes, before it counts toward commit |
 //! | `snapshot_entries` | `100000` | take a snapshot once this many entries were applied since the last one (≥ 1) |
 //! | `snapshot_bytes` | `256MiB` | ... or once this many bytes of log were written since the last one (≥ 1 MiB) |
 //! | `snapshot_keep_entries` | `10000` | entries kept in the log behind a snapshot, for followers that are slightly behind |
@@ -88,6 +89,7 @@ const KEYS: &[&str] = &[
     "tick_ms",
     "election_timeout_ms",
     "heartbeat_interval_ms",
+    "leader_sync_wait_ms",
     "snapshot_entries",
     "snapshot_bytes",
     "snapshot_keep_entries",
@@ -175,6 +177,8 @@ pub struct Config {
     pub tick_ms: u64,
     pub election_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
+    /// 0: no deferred leader sync (see the table above).
+    pub leader_sync_wait_ms: u64,
     pub snapshot_entries: u64,
     pub snapshot_bytes: u64,
     pub snapshot_keep_entries: u64,
@@ -297,6 +301,7 @@ fn defaults() -> Config {
         tick_ms: 10,
         election_timeout_ms: 500,
         heartbeat_interval_ms: 50,
+        leader_sync_wait_ms: 5,
         snapshot_entries: 100_000,
         snapshot_bytes: 256 * MIB,
         snapshot_keep_entries: 10_000,
@@ -403,6 +408,7 @@ fn apply(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> 
         "tick_ms" => c.tick_ms = number(key, value, 1, 1000)?,
         "election_timeout_ms" => c.election_timeout_ms = number(key, value, 1, 600_000)?,
         "heartbeat_interval_ms" => c.heartbeat_interval_ms = number(key, value, 1, 300_000)?,
+        "leader_sync_wait_ms" => c.leader_sync_wait_ms = number(key, value, 0, 1000)?,
         "snapshot_entries" => c.snapshot_entries = number(key, value, 1, u64::MAX)?,
         "snapshot_bytes" => c.snapshot_bytes = number(key, value, MIB, u64::MAX)?,
         "snapshot_keep_entries" => c.snapshot_keep_entries = number(key, value, 0, u64::MAX)?,
@@ -833,6 +839,7 @@ node.3 = peer=127.0.0.1:7003 client=127.0.0.1:6003
         );
         assert!(c.forward_to_leader);
         assert!(c.huge_pages);
+        assert_eq!(c.leader_sync_wait_ms, 5);
         assert_eq!(c.seed, None);
         assert_eq!(
             c.member(NodeId(3)).unwrap().client,
@@ -852,6 +859,7 @@ initial_cluster_state = new
 tick_ms = 5
 election_timeout_ms = 1_000
 heartbeat_interval_ms = 100
+leader_sync_wait_ms = 0
 snapshot_entries = 7
 snapshot_bytes = 2MiB
 snapshot_keep_entries = 0
@@ -881,6 +889,7 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
         assert_eq!((c.segment_bytes, c.max_clients), (GIB, 3));
         assert!(!c.forward_to_leader);
         assert!(!c.huge_pages);
+        assert_eq!(c.leader_sync_wait_ms, 0);
         assert_eq!(c.seed, Some(u64::MAX));
         let ids: Vec<u64> = c.members.iter().map(|m| m.id.0).collect();
         assert_eq!(ids, vec![1, 2, 3], "members are sorted by id");

@@ -180,3 +180,17 @@ pub const WATCH_KEYS_MAX: usize = 1024;
 // A transaction holds at least one command of the largest size.
 const _: () = assert!(KEY_SIZE_MAX + VALUE_SIZE_MAX + 64 <= TX_SIZE_MAX);
 const _: () = assert!(TX_SIZE_MAX + 1024 <= ENTRY_SIZE_MAX);
+
+/// A leader's own log sync (`node/stored.rs`, "The leader's own sync"): after a follower was
+/// found slower than its disk three times within the window (an entry older than
+/// `leader_sync_wait_ms` not committed, which the leader's sync committed), the leader syncs
+/// in every turn for `LEADER_SYNC_DEFER_OFF`.
+pub const LEADER_SYNC_SLOW_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+pub const LEADER_SYNC_DEFER_OFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A leader syncs its unsynced writes once the oldest is this old (or 4 x
+/// `leader_sync_wait_ms`, if longer), or once this many writes (turns that wrote) or bytes of
+/// entries wait: what it fetches again from the others after a crash.
+pub const LEADER_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+pub const LEADER_UNSYNCED_WRITES_MAX: usize = 1024;
+pub const LEADER_UNSYNCED_BYTES_MAX: usize = 16 * 1024 * 1024;

@@ -147,6 +147,8 @@ struct Params {
     flip_unsynced: u64,
     /// Per mille per tick: a SIGTERM (drawn from its own stream, after the rest).
     graceful_stop: u64,
+    /// `leader_sync_wait_ms` (not drawn: from the seed).
+    leader_sync_wait_ms: u64,
     clients: u64,
     garbage: u64,
     membership: bool,
@@ -182,6 +184,7 @@ impl Params {
             damage: [0, 200, 500][damage.range(0, 3) as usize],
             flip_unsynced: [0, 200, 500][damage.range(0, 3) as usize],
             graceful_stop: 0,
+            leader_sync_wait_ms: 5,
             clients: rng.range(1, 5),
             garbage: [0, 20, 100][rng.range(0, 3) as usize],
             membership,
@@ -413,8 +416,9 @@ fn config_text(ids: &[u64], seed: u64, p: &Params) -> String {
     let mut t = format!(
         "cluster_name = sim\ndata_dir = /sim/node{{id}}\ntick_ms = {TICK_MS}\n\
          election_timeout_ms = 150\nheartbeat_interval_ms = 30\n\
-         snapshot_entries = {}\nsnapshot_keep_entries = 5\nsnapshot_chunk_bytes = 4096\nseed = {seed}\n",
-        p.snapshot_entries
+         snapshot_entries = {}\nsnapshot_keep_entries = 5\nsnapshot_chunk_bytes = 4096\nseed = {seed}\n\
+         leader_sync_wait_ms = {}\n",
+        p.snapshot_entries, p.leader_sync_wait_ms
     );
     for &i in ids {
         let (peer, client) = addrs(NodeId(i));
@@ -442,6 +446,11 @@ impl Sim {
         let mut stop_rng = Prng::new(seed ^ 0x5167_7e53);
         p.graceful_stop = [0, 1, 5][stop_rng.range(0, 3) as usize];
         p.auth = seed % 2 == 1;
+        // The leader's own sync (`node/stored.rs`): never deferred, the daemon's default
+        // (under a tick, so any follower is "slow" here), and two waits of whole ticks under
+        // which a healthy cluster's leader defers (seeds 2 and 3 mod 4). Not a draw: every
+        // other draw of a seed stays as it was.
+        p.leader_sync_wait_ms = [0, 5, 40, 200][(seed / 2 % 4) as usize];
         let world = World::new();
         world.borrow_mut().faults = support::sim_net::NetFaults {
             loss: p.loss,

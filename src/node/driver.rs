@@ -13,7 +13,9 @@
 //!    sync, so followers write in parallel with it;
 //! 2. install a snapshot received from the leader (state machine, then the log reset);
 //! 3. persist the hard state (durable on return) and append the entries;
-//! 4. sync the log once for the whole turn (group commit) — a failed sync is fatal;
+//! 4. sync the log once for the whole turn (group commit) — a failed sync is fatal; a leader
+//!    whose followers keep up leaves its own writes for later (`stored.rs`, "The leader's
+//!    own sync"; its log counts toward commit only once synced);
 //! 5. only then send `persisted_messages` (votes granted, append acks): nothing claims
 //!    durability before it is durable (seed lessons 5 and 6); they are written at once, not
 //!    after the apply below (a follower's ack is on the path of every write's latency);
@@ -29,6 +31,7 @@ use super::net::Net;
 use super::pending::Settled;
 use super::snapshot::SnapshotHeader;
 use super::storage::Disk;
+use super::stored::SyncDue;
 use super::{Node, NodeError};
 use crate::client::Value;
 use crate::kv::StateMachine;
@@ -43,6 +46,7 @@ const READY_ROUNDS_PER_TURN: usize = 4;
 
 impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
     pub(super) fn process_ready(&mut self) -> Result<(), NodeError> {
+        self.sync_log_if_due()?;
         for _ in 0..READY_ROUNDS_PER_TURN {
             if !self.raft.has_ready() {
                 break;
@@ -127,18 +131,29 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 .map_err(|e| NodeError::new(format!("saving hard state: {e}")))?;
         }
         let mut durable = true;
+        let wrote = !entries.is_empty();
         if let Some(first) = entries.first() {
             // The member table follows the log as appended (as the core's configuration does).
             self.ids.log_mut().appended(&entries);
             durable = self.append(&entries)?;
-            // 4.
-            self.stored
-                .disk_mut()
-                .sync()
-                .map_err(|e| NodeError::new(format!("log sync failed: {e}")))?;
-            self.stats.syncs += 1;
             let last = entries.last().expect("non-empty").index;
-            self.stored.synced(first.index, last, durable);
+            let bytes = entries.iter().map(|e| e.data.len()).sum();
+            self.stored
+                .written(first.index, last, bytes, durable, self.now);
+        }
+        // 4. A leader whose followers keep up may leave its own writes for later
+        // (`stored.rs`, "The leader's own sync"); nothing else is sent on their account.
+        let defer = leads
+            && durable
+            && persisted_messages.is_empty()
+            && self.stopping.is_none()
+            && self
+                .stored
+                .may_defer_sync(self.raft.others_form_quorum(), self.now);
+        if (wrote || self.stored.has_unsynced()) && !defer {
+            self.sync_log()?;
+        } else if wrote {
+            self.stored.deferred();
         }
         // 5. Not after a failed append: these acks and votes may promise what is not on disk
         // (Raft takes their loss like any lost message).
@@ -153,8 +168,48 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
             self.apply_and_serve(committed, read_states, failed_reads);
         }
         // 8.
-        self.raft
-            .advance(self.stored.durable_last(), self.applied.index());
+        self.raft.advance_written(
+            self.stored.written_last(),
+            self.stored.durable_last(),
+            self.applied.index(),
+        );
+        Ok(())
+    }
+
+    /// Step 4: one fdatasync for everything written (group commit).
+    fn sync_log(&mut self) -> Result<(), NodeError> {
+        self.stored.sync()?;
+        self.stats.syncs += 1;
+        Ok(())
+    }
+
+    /// Between `Ready`s: sync the writes a leader left unsynced once they are due, or at
+    /// once on a node that no longer leads (its acknowledgements claim durability), and tell
+    /// the core (a leader's own log may complete a majority).
+    fn sync_log_if_due(&mut self) -> Result<(), NodeError> {
+        if !self.stored.has_unsynced() {
+            return Ok(());
+        }
+        let leads = self.raft.role() == crate::raft::Role::Leader;
+        let due = !leads
+            || self.stopping.is_some()
+            || match self.stored.leader_sync_due(
+                self.raft.others_form_quorum(),
+                self.raft.commit(),
+                self.now,
+            ) {
+                SyncDue::No => false,
+                SyncDue::Now => true,
+                SyncDue::Waited(index) => {
+                    let helps = self.raft.own_sync_would_commit(index);
+                    self.stored.waited(index, helps, self.now);
+                    helps
+                }
+            };
+        if due {
+            self.sync_log()?;
+            self.raft.log_synced(self.stored.durable_last());
+        }
         Ok(())
     }
 

@@ -298,6 +298,9 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 kv("log_segments", log.segments.to_string());
                 kv("log_disk_bytes", log.bytes.to_string());
                 kv("log_syncs", self.stats.syncs.to_string());
+                let (deferred, fallbacks) = self.stored.deferral_counts();
+                kv("log_writes_sync_deferred", deferred.to_string());
+                kv("log_sync_slow_followers", fallbacks.to_string());
                 kv(
                     "snapshot_index",
                     self.stored.snapshot_meta().last.index.to_string(),

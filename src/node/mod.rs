@@ -302,9 +302,13 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         if self.conns.has_leftover() {
             return Duration::ZERO;
         }
-        match self.wheel.next_deadline() {
+        let timers = match self.wheel.next_deadline() {
             Some(at) => self.clock.until_tick(now, at),
             None => Duration::from_millis(100),
+        };
+        match self.stored.sync_wait(self.raft.commit(), now) {
+            Some(sync) => timers.min(sync),
+            None => timers,
         }
     }
 

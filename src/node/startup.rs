@@ -198,6 +198,7 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
                 have_snapshot.then(|| snapshot_meta.clone()),
                 snapshot_meta.clone(),
                 now,
+                std::time::Duration::from_millis(cfg.leader_sync_wait_ms),
             ),
             net,
             conns: Connections::new(),

@@ -31,7 +31,7 @@ pub struct RaftLog {
     /// A deque: compaction drops from the front in O(dropped), never moving what stays,
     /// except when it gives back spare capacity (`release_spare`).
     entries: VecDeque<Entry>,
-    /// The last index the driver has reported durable (through `advance`).
+    /// The last index the driver has reported durable (through `advance` or `log_synced`).
     persisted: LogIndex,
     /// The first index not yet handed to the driver to persist.
     unstable: LogIndex,
@@ -292,19 +292,33 @@ impl RaftLog {
         self.unstable <= self.last_index()
     }
 
-    /// The driver made the log durable up to `index`. Entries handed out beyond it were not
-    /// persisted (the disk was full): they are handed out again with the next `Ready`.
-    pub fn persisted_to(&mut self, index: LogIndex) {
+    /// The driver wrote the log up to `written` and made it durable up to `persisted`
+    /// (`persisted <= written`: a leader may sync its own log later, `driver.rs`, "The
+    /// leader's own sync"). Entries handed out beyond `written` were not written (the disk
+    /// was full): they are handed out again with the next `Ready`.
+    pub fn stored_to(&mut self, written: LogIndex, persisted: LogIndex) {
+        assert!(
+            persisted <= written && written <= self.last_index() && written < self.unstable,
+            "written {written} / persisted {persisted} beyond what was handed out (last {}, \
+             unstable {})",
+            self.last_index(),
+            self.unstable
+        );
+        self.persisted = persisted;
+        self.unstable = self
+            .unstable
+            .min(written.next().max(self.offset.index.next()));
+    }
+
+    /// The driver made what it had written durable up to `index`, outside a `Ready`.
+    pub fn synced_to(&mut self, index: LogIndex) {
         assert!(
             index <= self.last_index() && index < self.unstable,
-            "persisted {index} beyond what was handed out (last {}, unstable {})",
+            "synced {index} beyond what was handed out (last {}, unstable {})",
             self.last_index(),
             self.unstable
         );
         self.persisted = index;
-        self.unstable = self
-            .unstable
-            .min(index.next().max(self.offset.index.next()));
     }
 
     pub fn commit_to(&mut self, index: LogIndex) -> bool {

@@ -626,10 +626,34 @@ impl Raft {
     /// The driver executed the last `Ready`: the log is durable up to `persisted` (its durable
     /// last index) and the state machine has applied up to `applied`.
     pub fn advance(&mut self, persisted: LogIndex, applied: LogIndex) {
+        self.advance_written(persisted, persisted, applied);
+    }
+
+    /// `advance` for a driver that wrote the log up to `written` but made it durable only up
+    /// to `persisted` (a leader that syncs its own log later: `log_synced` reports it).
+    pub fn advance_written(&mut self, written: LogIndex, persisted: LogIndex, applied: LogIndex) {
         assert!(self.awaiting_advance, "advance without a ready");
         self.awaiting_advance = false;
-        self.log.persisted_to(persisted);
+        self.log.stored_to(written, persisted);
         self.log.applied_to(applied);
+        self.trust_durable_log(persisted);
+        self.compact_some();
+        self.count_own_log(persisted);
+        self.check_invariants();
+    }
+
+    /// The driver made the log it had written durable up to `persisted`, between `Ready`s.
+    /// On a leader this may commit (its own log counts once durable).
+    pub fn log_synced(&mut self, persisted: LogIndex) {
+        self.assert_not_awaiting_advance("log_synced");
+        self.log.synced_to(persisted);
+        self.trust_durable_log(persisted);
+        self.count_own_log(persisted);
+        self.check_invariants();
+    }
+
+    /// The log is durable up to `persisted`: what that tells the uncertainty rule.
+    fn trust_durable_log(&mut self, persisted: LogIndex) {
         if let Some(since) = self.uncertain.since() {
             // A durable entry of a later term came from a leader elected after the crash,
             // which held everything committed before it (`uncertain.rs` rule 3).
@@ -637,7 +661,10 @@ impl Raft {
                 self.clear_uncertain(&format!("the log holds {persisted} of term {t}"));
             }
         }
-        self.compact_some();
+    }
+
+    /// The log is durable up to `persisted`: on a leader, its own progress (which may commit).
+    fn count_own_log(&mut self, persisted: LogIndex) {
         if let RoleState::Leader(ls) = &mut self.role {
             let me = ls
                 .progress
@@ -647,7 +674,43 @@ impl Raft {
                 self.commit_and_broadcast();
             }
         }
-        self.check_invariants();
+    }
+
+    /// On a leader: whether its own log, once durable through `index`, would complete a
+    /// majority for it with the voters that acknowledged it.
+    pub fn own_sync_would_commit(&self, index: LogIndex) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let holding = self
+            .conf
+            .voters
+            .iter()
+            .filter(|&&v| v != self.id)
+            .filter(|v| ls.progress.get(v).is_some_and(|pr| pr.match_index >= index))
+            .count();
+        self.conf.is_voter(self.id) && quorum::is_majority(holding + 1, self.conf.voters.len())
+    }
+
+    /// On a leader: whether the other voters that are keeping up (pipelined appends, heard
+    /// from within the last check-quorum period) are a majority by themselves, so that
+    /// entries can commit on their acknowledgements without this node's own sync.
+    pub fn others_form_quorum(&self) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let keeping_up = self
+            .conf
+            .voters
+            .iter()
+            .filter(|&&v| v != self.id)
+            .filter(|v| {
+                ls.progress.get(v).is_some_and(|pr| {
+                    pr.state == progress::ProgressState::Replicate && pr.recent_active
+                })
+            })
+            .count();
+        quorum::is_majority(keeping_up, self.conf.voters.len())
     }
 
     /// A local snapshot at `meta` is durable; drop the log view up to `compact_to`. Returns

@@ -16,7 +16,7 @@ use kvraft::node::{Listener, Node};
 use kvraft::prng::Prng;
 use kvraft::raft::{NodeId, Role};
 
-use super::sim_disk::{DiskFaults, Image, SimDisk};
+use super::sim_disk::{DiskFaults, FaultsRef, Image, ImageRef, SimDisk};
 use super::sim_net::{SimNet, SimStream, World, WorldRef};
 
 pub type SimNode = Node<KvStore, SimDisk, SimNet>;
@@ -38,6 +38,8 @@ pub struct Story {
     pub stopped: BTreeSet<u64>,
     /// Each node's config (to restart it) and starts so far.
     cfgs: BTreeMap<u64, (Config, u64)>,
+    /// Each node's disk image and faults (what a crash leaves for the restart).
+    disks: BTreeMap<u64, (ImageRef, FaultsRef)>,
     start: Instant,
     now_ms: u64,
     rng: Prng,
@@ -51,18 +53,25 @@ impl Story {
 
     /// `new`, with node `i` seeded `seed + i` (its election timeout and incarnation follow).
     pub fn with_seed(n: u64, seed: u64) -> Story {
+        Story::with_config(n, seed, "")
+    }
+
+    /// `with_seed`, with `extra` config lines for every node.
+    pub fn with_config(n: u64, seed: u64, extra: &str) -> Story {
         let world = World::new();
         let start = Instant::now();
         let mut text = String::from(
             "cluster_name = t\ndata_dir = /t/{id}\ntick_ms = 10\nelection_timeout_ms = 150\n\
              heartbeat_interval_ms = 30\n",
         );
+        text.push_str(extra);
         for i in 1..=n {
             let (p, c) = addrs(i);
             text.push_str(&format!("node.{i} = peer={p} client={c}\n"));
         }
         let mut nodes = BTreeMap::new();
         let mut cfgs = BTreeMap::new();
+        let mut disks = BTreeMap::new();
         for i in 1..=n {
             // Distinct seeds: equal election timeouts would split every vote.
             let text = format!("{text}seed = {}\n", seed + i);
@@ -78,6 +87,7 @@ impl Story {
             let image = Rc::new(RefCell::new(Image::default()));
             let faults = Rc::new(RefCell::new(DiskFaults::default()));
             let disk = SimDisk::open(&image, &faults);
+            disks.insert(i, (image.clone(), faults.clone()));
             let net = SimNet::new(&world, NodeId(i), p);
             let make_sm = move || KvStore::new(i);
             let node = Node::start(cfg, false, make_sm, disk, net, start, start, 1);
@@ -88,6 +98,7 @@ impl Story {
             nodes,
             stopped: BTreeSet::new(),
             cfgs,
+            disks,
             start,
             now_ms: 0,
             rng: Prng::new(1),
@@ -97,15 +108,32 @@ impl Story {
     /// Node `i` stops (its connections close) and starts again on an empty disk, as after a
     /// lost disk: a new incarnation of its member.
     pub fn restart_with_empty_storage(&mut self, i: u64) {
+        self.crash(i);
+        self.disks.insert(
+            i,
+            (
+                Rc::new(RefCell::new(Image::default())),
+                Rc::new(RefCell::new(DiskFaults::default())),
+            ),
+        );
+        self.restart(i);
+    }
+
+    /// Node `i` loses power: its connections close and every log page it had not synced is
+    /// lost (the disk image holds only what was synced).
+    pub fn crash(&mut self, i: u64) {
         self.world.borrow_mut().drop_node(NodeId(i));
         self.nodes.remove(&i);
+    }
+
+    /// Node `i`, crashed, starts again on what its disk kept.
+    pub fn restart(&mut self, i: u64) {
         let now = self.start + Duration::from_millis(self.now_ms);
         let (cfg, starts) = self.cfgs.get_mut(&i).expect("a node of the story");
         *starts += 1;
         let (cfg, first_forward_id) = (cfg.clone(), *starts << 32);
-        let image = Rc::new(RefCell::new(Image::default()));
-        let faults = Rc::new(RefCell::new(DiskFaults::default()));
-        let disk = SimDisk::open(&image, &faults);
+        let (image, faults) = &self.disks[&i];
+        let disk = SimDisk::open(image, faults);
         let net = SimNet::new(&self.world, NodeId(i), addrs(i).0);
         let make_sm = move || KvStore::new(i);
         let node = Node::start(
