@@ -169,3 +169,70 @@ fn with_leader_sync_wait_ms_0_the_leader_syncs_in_the_turn_it_writes() {
     let leader = story.leader();
     every_leader_turn_syncs_what_it_writes(&mut story, leader, 10);
 }
+
+#[test]
+fn with_a_follower_stalled_the_leader_syncs_once_a_write_waited_and_its_sync_commits_it() {
+    // A long election timeout: check-quorum does not notice the silence during the story.
+    let mut story = Story::with_config(3, 0, &format!("{WAIT}election_timeout_ms = 2000\n"));
+    let leader = story.leader();
+    let mut client = story.connect(leader);
+    assert_eq!(
+        story.call(&mut client, &[b"SET", b"warm", b"v"]),
+        Value::ok()
+    );
+    // SIGSTOP: its connection stays open, so the leader still counts it as keeping up.
+    let stalled = *story.nodes.keys().find(|&&id| id != leader).unwrap();
+    story.stopped.insert(stalled);
+    story.send(&mut client, &[b"SET", b"k", b"v"]);
+    let (v, ticks) = story.reply(&mut client);
+    assert_eq!(v, Value::ok());
+    let (last, durable) = leader_log(&story, leader);
+    assert!(
+        durable >= last,
+        "acknowledged without the leader's own sync"
+    );
+    // The wait (4 ticks) and a tick for the acknowledgement, not the 16-tick interval.
+    assert!(ticks <= 7, "the write took {ticks} ticks");
+    let info = story.call(&mut client, &[b"INFO"]);
+    let Value::Bulk(text) = info else {
+        panic!("INFO answered {info:?}")
+    };
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("log_sync_slow_followers:1\r\n"),
+        "INFO counts the wait that the leader's sync ended: {text}"
+    );
+}
+
+#[test]
+fn a_write_that_waited_with_no_follower_holding_it_commits_on_the_first_acknowledgement() {
+    let mut story = Story::with_config(3, 0, &format!("{WAIT}election_timeout_ms = 2000\n"));
+    let leader = story.leader();
+    let mut client = story.connect(leader);
+    assert_eq!(
+        story.call(&mut client, &[b"SET", b"warm", b"v"]),
+        Value::ok()
+    );
+    let followers: Vec<u64> = story
+        .nodes
+        .keys()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    story.stopped.extend(followers.iter().copied());
+    story.send(&mut client, &[b"SET", b"k", b"v"]);
+    // Past the wait (4 ticks): the leader's sync alone would commit nothing.
+    assert_eq!(
+        story.reply_within(&mut client, 6),
+        None,
+        "committed with no follower"
+    );
+    story.stopped.remove(&followers[0]);
+    let v = story.reply_within(&mut client, 5);
+    // At the first acknowledgement, not at the end of the interval (16 ticks after the write).
+    assert_eq!(
+        v,
+        Some(Value::ok()),
+        "answered within 5 ticks of a follower's return"
+    );
+}

@@ -30,7 +30,8 @@
 //!   and its own sync would commit it (a follower holds it, another is slow); the third time
 //!   within `LEADER_SYNC_SLOW_WINDOW` a follower is slower than its own disk for more than a
 //!   moment, and it syncs in every turn for `LEADER_SYNC_DEFER_OFF`. (When no follower holds
-//!   it yet, its sync would commit nothing: it waits on.) Measured (`redis-benchmark -c 64
+//!   it yet, its sync would commit nothing: it waits on, and syncs in the turn that brings
+//!   the first follower's acknowledgement.) Measured (`redis-benchmark -c 64
 //!   -t set` on `make cluster`, same run): syncing in every turn for 100 ms after each such
 //!   wait, 26.9k and 41.5k SET/s with 2,677 and 657 leader syncs; after the third in a
 //!   window only, 37.0k and 41.1k with 281 and 256 (one loaded shared disk: its followers
@@ -272,10 +273,19 @@ impl<D: Disk> Stored<D> {
     /// When the writes waiting for a sync must be synced, given the commit index (see the
     /// module header), and the last index of the write that waited for commit too long, if
     /// that is the reason. `None`: nothing waits.
-    fn sync_deadline(&self, commit: LogIndex) -> Option<(Instant, Option<LogIndex>)> {
+    /// `for_poll`: leave out the writes that waited already and the leader's sync would not
+    /// have committed (the next acknowledgement wakes the loop for them, not a timer).
+    fn sync_deadline(
+        &self,
+        commit: LogIndex,
+        for_poll: bool,
+    ) -> Option<(Instant, Option<LogIndex>)> {
         let &(_, oldest, _) = self.unsynced.front()?;
         let interval = oldest + crate::limits::LEADER_SYNC_INTERVAL.max(4 * self.sync_wait);
-        let settled = commit.max(self.waited_through);
+        let settled = match for_poll {
+            true => commit.max(self.waited_through),
+            false => commit,
+        };
         let waiting = self.unsynced.iter().find(|&&(i, _, _)| i > settled);
         match waiting {
             Some(&(i, at, _)) if at + self.sync_wait < interval => {
@@ -287,7 +297,7 @@ impl<D: Disk> Stored<D> {
 
     /// How long until `sync_deadline` (the shell's poll timeout includes it).
     pub(super) fn sync_wait(&self, commit: LogIndex, now: Instant) -> Option<Duration> {
-        let (at, _) = self.sync_deadline(commit)?;
+        let (at, _) = self.sync_deadline(commit, true)?;
         Some(at.saturating_duration_since(now))
     }
 
@@ -298,7 +308,7 @@ impl<D: Disk> Stored<D> {
         commit: LogIndex,
         now: Instant,
     ) -> SyncDue {
-        let Some((at, waited)) = self.sync_deadline(commit) else {
+        let Some((at, waited)) = self.sync_deadline(commit, false) else {
             return SyncDue::No;
         };
         if !others_form_quorum || now < self.defer_off_until {
@@ -315,7 +325,8 @@ impl<D: Disk> Stored<D> {
     /// own sync completes a majority for it (`helps`: a follower is slower than this disk),
     /// the caller syncs now, and at the third time within `LEADER_SYNC_SLOW_WINDOW` the
     /// leader syncs in every turn for `LEADER_SYNC_DEFER_OFF`; if not (no follower has it
-    /// yet: its sync would not commit it), it waits on.
+    /// yet: its sync would not commit it), it waits on, and asks again in each turn until a
+    /// follower's acknowledgement makes its sync worth it (or the interval ends).
     pub(super) fn waited(&mut self, index: LogIndex, helps: bool, now: Instant) {
         match helps {
             true => {

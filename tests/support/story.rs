@@ -56,14 +56,27 @@ impl Story {
         Story::with_config(n, seed, "")
     }
 
-    /// `with_seed`, with `extra` config lines for every node.
+    /// `with_seed`, with `extra` config lines for every node (each replaces the story's
+    /// setting of its key).
     pub fn with_config(n: u64, seed: u64, extra: &str) -> Story {
         let world = World::new();
         let start = Instant::now();
-        let mut text = String::from(
-            "cluster_name = t\ndata_dir = /t/{id}\ntick_ms = 10\nelection_timeout_ms = 150\n\
-             heartbeat_interval_ms = 30\n",
-        );
+        // The story's settings, each unless `extra` sets it.
+        let base = [
+            "cluster_name = t",
+            "data_dir = /t/{id}",
+            "tick_ms = 10",
+            "election_timeout_ms = 150",
+            "heartbeat_interval_ms = 30",
+        ];
+        let mut text = String::new();
+        for line in base {
+            let key = line.split(' ').next().expect("a key");
+            if !extra.lines().any(|l| l.split(' ').next() == Some(key)) {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
         text.push_str(extra);
         for i in 1..=n {
             let (p, c) = addrs(i);
