@@ -679,38 +679,29 @@ impl Raft {
     /// On a leader: whether its own log, once durable through `index`, would complete a
     /// majority for it with the voters that acknowledged it.
     pub fn own_sync_would_commit(&self, index: LogIndex) -> bool {
-        let RoleState::Leader(ls) = &self.role else {
-            return false;
-        };
-        let holding = self
-            .conf
-            .voters
-            .iter()
-            .filter(|&&v| v != self.id)
-            .filter(|v| ls.progress.get(v).is_some_and(|pr| pr.match_index >= index))
-            .count();
-        self.conf.is_voter(self.id) && quorum::is_majority(holding + 1, self.conf.voters.len())
+        let holding = self.other_voters_where(|pr| pr.match_index >= index);
+        holding.is_some_and(|n| {
+            self.conf.is_voter(self.id) && quorum::is_majority(n + 1, self.conf.voters.len())
+        })
     }
 
     /// On a leader: whether the other voters that are keeping up (pipelined appends, heard
     /// from within the last check-quorum period) are a majority by themselves, so that
     /// entries can commit on their acknowledgements without this node's own sync.
     pub fn others_form_quorum(&self) -> bool {
+        let keeping_up = self.other_voters_where(|pr| {
+            pr.state == progress::ProgressState::Replicate && pr.recent_active
+        });
+        keeping_up.is_some_and(|n| quorum::is_majority(n, self.conf.voters.len()))
+    }
+
+    /// On a leader: how many voters other than itself satisfy `f`. `None` on a non-leader.
+    fn other_voters_where(&self, f: impl Fn(&Progress) -> bool) -> Option<usize> {
         let RoleState::Leader(ls) = &self.role else {
-            return false;
+            return None;
         };
-        let keeping_up = self
-            .conf
-            .voters
-            .iter()
-            .filter(|&&v| v != self.id)
-            .filter(|v| {
-                ls.progress.get(v).is_some_and(|pr| {
-                    pr.state == progress::ProgressState::Replicate && pr.recent_active
-                })
-            })
-            .count();
-        quorum::is_majority(keeping_up, self.conf.voters.len())
+        let n = self.conf.voters.iter().filter(|&&v| v != self.id);
+        Some(n.filter(|v| ls.progress.get(v).is_some_and(&f)).count())
     }
 
     /// A local snapshot at `meta` is durable; drop the log view up to `compact_to`. Returns
