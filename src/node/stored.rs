@@ -241,8 +241,11 @@ impl<D: Disk> Stored<D> {
         };
         // An append over durable entries (a follower's conflicting suffix) replaces them.
         self.durable_last = self.durable_last.min(first.prev());
-        self.unsynced.retain(|&(i, _, _)| i < first);
-        self.unsynced_bytes = self.unsynced.iter().map(|&(_, _, b)| b).sum();
+        if self.unsynced.back().is_some_and(|&(i, _, _)| i >= first) {
+            // Only a non-leader overwrites (and it syncs in the same turn): rare, so recount.
+            self.unsynced.retain(|&(i, _, _)| i < first);
+            self.unsynced_bytes = self.unsynced.iter().map(|&(_, _, b)| b).sum();
+        }
         if self.written_last > self.durable_last {
             self.unsynced.push_back((self.written_last, now, bytes));
             self.unsynced_bytes += bytes;
@@ -286,7 +289,10 @@ impl<D: Disk> Stored<D> {
             true => commit.max(self.waited_through),
             false => commit,
         };
-        let waiting = self.unsynced.iter().find(|&&(i, _, _)| i > settled);
+        // In index order (invariant 4): the first write not yet settled.
+        let waiting = self
+            .unsynced
+            .get(self.unsynced.partition_point(|&(i, _, _)| i <= settled));
         match waiting {
             Some(&(i, at, _)) if at + self.sync_wait < interval => {
                 Some((at + self.sync_wait, Some(i)))
