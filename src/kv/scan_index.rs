@@ -73,6 +73,43 @@ fn unpack(q: &Packed, lo: &impl Fn(NodeId) -> u32) -> (u64, NodeId) {
     ((u64::from(q.hi) << 32) | u64::from(lo(q.id)), q.id)
 }
 
+/// Pairs in a 64-byte cache line: `lower_bound`'s step.
+const LINE_PAIRS: usize = 64 / std::mem::size_of::<Packed>();
+
+/// The first position in `block` (sorted, not empty) whose high half is `>= hi`. Guessed by
+/// interpolating between the block's ends (the hashes are uniform, so the guess is off by
+/// about the square root of the block's length), then bracketed a cache line at a time
+/// toward the answer, then found by a binary search inside the bracket.
+fn lower_bound(block: &[Packed], hi: u32) -> usize {
+    let n = block.len();
+    let (first, last) = (block[0].hi, block[n - 1].hi);
+    if hi <= first {
+        return 0;
+    }
+    if hi > last {
+        return n;
+    }
+    // Here first < hi <= last. Invariant of the bracket: block[lo].hi < hi <= block[up].hi.
+    let guess = (u64::from(hi - first) * (n as u64 - 1) / u64::from(last - first)) as usize;
+    let (mut lo, mut up);
+    if block[guess].hi < hi {
+        lo = guess;
+        up = (guess + LINE_PAIRS).min(n - 1);
+        while block[up].hi < hi {
+            lo = up;
+            up = (up + LINE_PAIRS).min(n - 1);
+        }
+    } else {
+        up = guess;
+        lo = guess.saturating_sub(LINE_PAIRS);
+        while block[lo].hi >= hi {
+            up = lo;
+            lo = lo.saturating_sub(LINE_PAIRS);
+        }
+    }
+    lo + 1 + block[lo + 1..up].partition_point(|q| q.hi < hi)
+}
+
 /// The ordered set of `(scan hash, NodeId)` pairs. See the module invariants.
 #[derive(Default)]
 pub struct ScanIndex {
@@ -203,6 +240,31 @@ impl ScanIndex {
         block.extend_from_slice(&next);
     }
 
+    /// The id of the first pair whose hash has the high half of `hash` and for which `is`
+    /// holds: a point lookup by key, the caller's `is` checking the key a candidate's node
+    /// holds (pairs share a high half about n / 2^32 of the time). The block comes from the
+    /// dense `firsts`; inside it, `lower_bound` interpolates (scan hashes are uniform), so a
+    /// lookup touches about two cache lines of one block where the skiplist's search touches
+    /// one or two per level.
+    pub fn find(&self, hash: u64, mut is: impl FnMut(NodeId) -> bool) -> Option<NodeId> {
+        let hi = (hash >> 32) as u32;
+        // Pairs with this high half may start in the block before the first whose first
+        // pair has it.
+        let mut b = self.firsts.partition_point(|f| f.hi < hi).saturating_sub(1);
+        while let Some(block) = self.blocks.get(b) {
+            for q in &block[lower_bound(block, hi)..] {
+                if q.hi != hi {
+                    return None;
+                }
+                if is(q.id) {
+                    return Some(q.id);
+                }
+            }
+            b += 1;
+        }
+        None
+    }
+
     /// Every pair in order.
     pub fn iter<'a>(
         &'a self,
@@ -330,6 +392,15 @@ mod tests {
                         .from_hash(c, lo)
                         .eq(model.range((c, id(0))..).copied()));
                 }
+                // A point lookup finds every stored pair among those sharing its high half
+                // (clustered high halves put them in several blocks), and nothing else.
+                for &(h, n) in &model {
+                    assert_eq!(index.find(h, |i| i == n), Some(n), "find ({h}, {n:?})");
+                    assert_eq!(index.find(h, |_| false), None);
+                }
+                let absent = p.next_u64() | 1 << 63;
+                let seen = |i: NodeId| hash_of[&i] >> 32 == absent >> 32;
+                assert_eq!(index.find(absent, seen), None);
             }
             assert_eq!(index.len(), model.len());
         }
@@ -343,6 +414,32 @@ mod tests {
         let lo = |_: NodeId| -> u32 { unreachable!("nothing left to ask about") };
         index.check_invariants(lo);
         assert!(index.is_empty() && index.blocks.is_empty());
+    }
+
+    /// `lower_bound` against a plain binary search, on sorted blocks of every length up to
+    /// `BLOCK_MAX` whose high halves are uniform, clustered or mostly equal, for values below,
+    /// inside, between and above them.
+    #[test]
+    fn lower_bound_matches_a_binary_search() {
+        let mut p = Prng::new(11);
+        for round in 0..3000 {
+            let n = p.range(1, BLOCK_MAX as u64 + 1) as usize;
+            let spread = [u64::from(u32::MAX), 1000, 3][round % 3];
+            let mut block: Vec<Packed> = (0..n)
+                .map(|i| Packed {
+                    hi: p.range(0, spread + 1) as u32,
+                    id: id(i as u32 + 1),
+                })
+                .collect();
+            block.sort_unstable_by_key(|q| q.hi);
+            let mut probes: Vec<u32> = vec![0, u32::MAX, block[0].hi, block[n - 1].hi];
+            probes.extend((0..8).map(|_| block[p.range(0, n as u64) as usize].hi));
+            probes.extend((0..8).map(|_| p.range(0, spread + 2) as u32));
+            for hi in probes {
+                let want = block.partition_point(|q| q.hi < hi);
+                assert_eq!(lower_bound(&block, hi), want, "n {n}, hi {hi}");
+            }
+        }
     }
 
     #[test]

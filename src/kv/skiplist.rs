@@ -581,28 +581,15 @@ impl SkipList {
         modified: u64,
         old: impl FnOnce(&[u8], &[u8], u64) -> R,
     ) -> (Option<R>, NodeId) {
-        let len = record_len(key, value);
         self.make_common(key);
         let probe = self.probe(key);
         let mut prev = [HEAD; HEIGHT_MAX]; // HEAD == HEAD_SPAN: right for unused levels
         let at = self.search(key, probe, Some(&mut prev));
         if self.is_key(at, key, probe) {
-            let n = &self.nodes[at as usize];
-            let (h, old_len) = (n.rec, n.rec_len());
-            let (k, v, m) = split_record(self.records.get(h, old_len), key.len());
-            let r = old(k, v, m);
-            let h = if Records::same_slot(old_len, len) {
-                h
-            } else {
-                self.records.free(h, old_len);
-                self.records.alloc(len)
-            };
-            write_record(self.records.get_mut(h, len), key, value, modified);
-            let n = &mut self.nodes[at as usize];
-            n.rec = h;
-            n.value_len = value.len() as u32;
-            self.data_bytes = self.data_bytes - old_len + len;
-            return (Some(r), NodeId(at));
+            return (
+                Some(self.replace_at(NodeId(at), key, value, modified, old)),
+                NodeId(at),
+            );
         }
         let height = self.random_height();
         self.level = self.level.max(height);
@@ -619,6 +606,53 @@ impl SkipList {
         }
         self.len += 1;
         (None, NodeId(x))
+    }
+
+    /// Whether the live node `id` holds exactly `key`, for a caller that found `id` by other
+    /// means (the store's hash-ordered index): the inline word and the length decide, and the
+    /// record is read only for a key longer than the common prefix plus 8 bytes.
+    pub fn holds(&self, id: NodeId, key: &[u8]) -> bool {
+        debug_assert!(self.is_live(id), "node {} is not live", id.0);
+        self.is_key(id.0, key, self.probe(key))
+    }
+
+    /// The value of the live node `id` and the stamp of its last insert.
+    pub fn entry_at(&self, id: NodeId) -> (&[u8], u64) {
+        debug_assert!(self.is_live(id), "node {} is not live", id.0);
+        let n = &self.nodes[id.0 as usize];
+        let (_, value, modified) = split_record(self.record(n), n.key_len());
+        (value, modified)
+    }
+
+    /// Store `value`, stamped `modified`, in the live node `id`, which holds `key` (`holds`):
+    /// `insert_with` without the search. `old` is shown the entry it replaces before its bytes
+    /// go; its answer is returned. The record's slot is reused when the new one rounds to it.
+    pub fn replace_at<R>(
+        &mut self,
+        id: NodeId,
+        key: &[u8],
+        value: &[u8],
+        modified: u64,
+        old: impl FnOnce(&[u8], &[u8], u64) -> R,
+    ) -> R {
+        debug_assert!(self.holds(id, key), "node {} does not hold the key", id.0);
+        let len = record_len(key, value);
+        let n = &self.nodes[id.0 as usize];
+        let (h, old_len) = (n.rec, n.rec_len());
+        let (k, v, m) = split_record(self.records.get(h, old_len), key.len());
+        let r = old(k, v, m);
+        let h = if Records::same_slot(old_len, len) {
+            h
+        } else {
+            self.records.free(h, old_len);
+            self.records.alloc(len)
+        };
+        write_record(self.records.get_mut(h, len), key, value, modified);
+        let n = &mut self.nodes[id.0 as usize];
+        n.rec = h;
+        n.value_len = value.len() as u32;
+        self.data_bytes = self.data_bytes - old_len + len;
+        r
     }
 
     /// Remove `key`, returning its entry.

@@ -21,6 +21,16 @@
 //! the hash: `scan_lo` recomputes the low half from the key; no second copy of the key).
 //! `compact` renumbers the nodes, and the store rebuilds the index after it.
 //!
+//! # Point lookups
+//! A key's value is found through the same index, not by the skiplist's search: its scan hash
+//! picks one block of `scan_index` (a binary search over the blocks' first pairs, a few KiB
+//! that stay in cache), an interpolation finds its pair there (about two cache lines: the
+//! hashes are uniform), and the node the pair names is checked to hold the key (its inline
+//! word and length, usually without reading the record). The skiplist's search is a cache
+//! miss or two per level; under compare.py's random SETs over 100k keys it was a fifth of
+//! every node's CPU (issue 16, `perf record` on the leader and a follower). It remains for
+//! inserting a new key (which needs its neighbours), for removals and for ordered walks.
+//!
 //! # Modification indexes (WATCH)
 //! Every key carries the index of the entry that last wrote it (`SkipList`'s `modified`
 //! stamp), and the store keeps `last_deletion`, the index of the last entry that removed a
@@ -167,7 +177,7 @@ impl KvStore {
 
     /// The value under `key` (for tests and the node's diagnostics).
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.list.get(key)
+        self.lookup(key)
     }
 
     /// Assert the skiplist's and the hash's invariants. O(n).
@@ -197,7 +207,7 @@ impl KvStore {
         self.expiries.check_invariants();
         for (k, at) in self.expiries.iter() {
             assert!(
-                self.list.get(k).is_some(),
+                self.lookup(k).is_some(),
                 "expiry {at} for {k:?}, not stored"
             );
         }
@@ -218,7 +228,7 @@ impl KvStore {
 
     #[cfg(test)]
     pub(crate) fn test_set_expiry(&mut self, key: &[u8], at_ms: u64) {
-        assert!(self.list.get(key).is_some());
+        assert!(self.lookup(key).is_some());
         self.expiries.set(key, at_ms);
         self.stamp_ms = self.stamp_ms.max(at_ms / 2);
     }
@@ -243,25 +253,37 @@ impl KvStore {
         self.sessions = loaded.sessions;
     }
 
+    /// The node that holds `key`, found through the scan index (see "Point lookups").
+    fn locate(&self, key: &[u8], hash: u64) -> Option<NodeId> {
+        let list = &self.list;
+        self.scan_index.find(hash, |id| list.holds(id, key))
+    }
+
+    /// The value under `key` and the stamp of its last write.
+    fn lookup_modified(&self, key: &[u8]) -> Option<(&[u8], u64)> {
+        self.locate(key, scan_hash(key))
+            .map(|id| self.list.entry_at(id))
+    }
+
+    /// The value under `key`.
+    fn lookup(&self, key: &[u8]) -> Option<&[u8]> {
+        self.lookup_modified(key).map(|(v, _)| v)
+    }
+
     fn put(&mut self, key: &[u8], value: &[u8]) {
-        let (old, id) = self
-            .list
-            .insert_with(key, value, self.applied.0, |k, v, m| {
-                (entry_hash(k, v), modified_hash(k, m))
-            });
+        let hashes = |k: &[u8], v: &[u8], m: u64| (entry_hash(k, v), modified_hash(k, m));
+        let scan = scan_hash(key);
+        let stamp = self.applied.0;
         self.entries_hash = self.entries_hash.wrapping_add(entry_hash(key, value));
-        self.modified_sum = self
-            .modified_sum
-            .wrapping_add(modified_hash(key, self.applied.0));
-        match old {
-            Some((entry, modified)) => {
-                self.entries_hash = self.entries_hash.wrapping_sub(entry);
-                self.modified_sum = self.modified_sum.wrapping_sub(modified);
-            }
-            None => {
-                self.scan_index
-                    .insert(scan_hash(key), id, &scan_lo(&self.list));
-            }
+        self.modified_sum = self.modified_sum.wrapping_add(modified_hash(key, stamp));
+        if let Some(id) = self.locate(key, scan) {
+            let (entry, modified) = self.list.replace_at(id, key, value, stamp, hashes);
+            self.entries_hash = self.entries_hash.wrapping_sub(entry);
+            self.modified_sum = self.modified_sum.wrapping_sub(modified);
+        } else {
+            let (old, id) = self.list.insert_with(key, value, stamp, hashes);
+            assert!(old.is_none(), "the scan index missed a stored key");
+            self.scan_index.insert(scan, id, &scan_lo(&self.list));
         }
     }
 
@@ -330,7 +352,7 @@ impl KvStore {
                 self.apply_set(flags, key, value, Ttl::Persist, SetName::Set)
             }
             WriteCmd::SetNx { key, value } => {
-                if self.list.get(key).is_some() {
+                if self.lookup(key).is_some() {
                     return Value::Integer(0);
                 }
                 self.put(key, value);
@@ -349,7 +371,7 @@ impl KvStore {
             }
             WriteCmd::IncrBy { key, delta } => self.apply_incrby(key, delta),
             WriteCmd::Append { key, value } => {
-                let old = self.list.get(key).unwrap_or_default();
+                let old = self.lookup(key).unwrap_or_default();
                 let new_len = old.len() + value.len();
                 if new_len > VALUE_SIZE_MAX {
                     return command::string_too_large();
@@ -361,7 +383,7 @@ impl KvStore {
                 Value::Integer(new_len as i64)
             }
             WriteCmd::Cas { key, expected, new } => {
-                if self.list.get(key) == Some(expected) {
+                if self.lookup(key) == Some(expected) {
                     // A new value, like SET: the TTL goes.
                     self.put(key, new);
                     self.expiries.remove(key);
@@ -377,7 +399,7 @@ impl KvStore {
     /// The writes added for Redis compatibility, with Redis 7's replies.
     fn apply_write_more(&mut self, cmd: WriteCmd<'_>) -> Value {
         match cmd {
-            WriteCmd::GetDel { key } => match self.list.get(key).map(<[u8]>::to_vec) {
+            WriteCmd::GetDel { key } => match self.lookup(key).map(<[u8]>::to_vec) {
                 Some(v) => {
                     self.delete(key);
                     Value::Bulk(v)
@@ -385,7 +407,7 @@ impl KvStore {
                 None => Value::Nil,
             },
             WriteCmd::MSetNx { pairs } => {
-                if pairs.iter().any(|(k, _)| self.list.get(k).is_some()) {
+                if pairs.iter().any(|(k, _)| self.lookup(k).is_some()) {
                     return Value::Integer(0);
                 }
                 for (k, v) in pairs {
@@ -395,7 +417,7 @@ impl KvStore {
             }
             WriteCmd::SetRange { key, offset, value } => self.apply_setrange(key, offset, value),
             WriteCmd::IncrByFloat { key, incr } => {
-                match crate::kv::float::incr_by_float(self.list.get(key), incr) {
+                match crate::kv::float::incr_by_float(self.lookup(key), incr) {
                     Ok(text) => {
                         self.put(key, text.as_bytes());
                         Value::Bulk(text.into_bytes())
@@ -404,13 +426,13 @@ impl KvStore {
                 }
             }
             WriteCmd::Rename { from, to, nx } => {
-                let Some(v) = self.list.get(from).map(<[u8]>::to_vec) else {
+                let Some(v) = self.lookup(from).map(<[u8]>::to_vec) else {
                     return Value::error("ERR no such key");
                 };
                 if from == to {
                     return if nx { Value::Integer(0) } else { Value::ok() };
                 }
-                if nx && self.list.get(to).is_some() {
+                if nx && self.lookup(to).is_some() {
                     return Value::Integer(0);
                 }
                 // The TTL moves with the value; the destination's own TTL goes.
@@ -428,10 +450,10 @@ impl KvStore {
                 if from == to {
                     return Value::error("ERR source and destination objects are the same");
                 }
-                let Some(v) = self.list.get(from).map(<[u8]>::to_vec) else {
+                let Some(v) = self.lookup(from).map(<[u8]>::to_vec) else {
                     return Value::Integer(0);
                 };
-                if !replace && self.list.get(to).is_some() {
+                if !replace && self.lookup(to).is_some() {
                     return Value::Integer(0);
                 }
                 // The copy has the source's TTL (or none), as in Redis.
@@ -480,7 +502,7 @@ impl KvStore {
     /// A stored key whose TTL has passed counts as changed: it may have expired since
     /// (conservative; once reclaimed, the deletion index decides).
     fn changed_since(&self, key: &[u8], seen: LogIndex) -> bool {
-        match self.list.get_modified(key) {
+        match self.lookup_modified(key) {
             Some((_, modified)) => modified > seen.0 || self.expiries.expired(key, self.stamp_ms),
             None => self.last_deletion > seen,
         }
@@ -558,7 +580,7 @@ impl KvStore {
     /// `SETRANGE`, in Redis's order of checks: an empty value changes nothing (and creates
     /// no key); otherwise the result must fit `VALUE_SIZE_MAX`; the gap is zero-filled.
     fn apply_setrange(&mut self, key: &[u8], offset: u64, value: &[u8]) -> Value {
-        let old = self.list.get(key);
+        let old = self.lookup(key);
         if value.is_empty() {
             return Value::Integer(old.map_or(0, <[u8]>::len) as i64);
         }
@@ -589,7 +611,7 @@ impl KvStore {
         let mut allowed = true;
         let mut old = None;
         if flags & (SET_NX | SET_XX | SET_GET) != 0 {
-            let current = self.list.get(key);
+            let current = self.lookup(key);
             let exists = current.is_some();
             allowed = !(flags & SET_NX != 0 && exists || flags & SET_XX != 0 && !exists);
             old = (flags & SET_GET != 0).then(|| current.map(<[u8]>::to_vec));
@@ -652,7 +674,7 @@ impl KvStore {
                 key,
             } => self.apply_expire(name, conditions, when_ms, key),
             TtlWrite::Persist { key } => {
-                let had = self.list.get(key).is_some() && self.expiries.remove(key).is_some();
+                let had = self.lookup(key).is_some() && self.expiries.remove(key).is_some();
                 if had {
                     self.touch(key);
                 }
@@ -687,7 +709,7 @@ impl KvStore {
         } else {
             when
         };
-        if self.list.get(key).is_none() {
+        if self.lookup(key).is_none() {
             return Value::Integer(0);
         }
         let current = self.expiries.get(key).map(|at| at as i64);
@@ -720,7 +742,7 @@ impl KvStore {
             Ok(at) => at,
             Err(()) => return invalid_expire_time("getex"),
         };
-        let Some(value) = self.list.get(key).map(<[u8]>::to_vec) else {
+        let Some(value) = self.lookup(key).map(<[u8]>::to_vec) else {
             return Value::Nil;
         };
         match (ttl, at) {
@@ -754,7 +776,7 @@ impl KvStore {
     }
 
     fn apply_incrby(&mut self, key: &[u8], delta: i64) -> Value {
-        let current = match self.list.get(key) {
+        let current = match self.lookup(key) {
             None => 0,
             Some(v) => match command::parse_i64(v) {
                 Some(n) => n,
@@ -772,7 +794,7 @@ impl KvStore {
 
     /// The value of `key` unless it is absent or its TTL has passed at `now_ms`.
     fn live(&self, key: &[u8], now_ms: u64) -> Option<&[u8]> {
-        let v = self.list.get(key)?;
+        let v = self.lookup(key)?;
         (!self.expiries.expired(key, now_ms)).then_some(v)
     }
 
