@@ -55,7 +55,7 @@ use crate::limits::{KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use crate::raft::LogIndex;
 use byteorder::{BigEndian, ByteOrder};
 use std::fmt;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
 pub const MAGIC: [u8; 8] = *b"KVRSNAP\0";
 pub const VERSION: u32 = 2;
@@ -126,16 +126,38 @@ impl fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
-/// A writer that keeps the CRC32C of everything written through it.
+/// A buffered writer that keeps the CRC32C of everything written through it. The CRC is taken
+/// over each full buffer, not over each record's pieces: the crc32c crate interleaves three
+/// streams of the CPU's CRC instruction only for long inputs, and record-sized pieces took the
+/// serial path (3 cycles per 8 bytes), a visible share of the snapshot child's CPU, which
+/// competes with the event loops (issue 16).
 struct CrcWriter<'a> {
-    out: BufWriter<&'a mut dyn Write>,
+    out: &'a mut dyn Write,
+    /// Bytes not yet checksummed nor written. Invariant: `len() <= BUFFER_SIZE`.
+    buf: Vec<u8>,
+    /// The CRC of everything written to `out` so far.
     crc: u32,
 }
 
 impl CrcWriter<'_> {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.crc = crc32c::crc32c_append(self.crc, bytes);
-        self.out.write_all(bytes)
+        if self.buf.len() + bytes.len() > BUFFER_SIZE {
+            self.drain()?;
+        }
+        if bytes.len() >= BUFFER_SIZE {
+            self.crc = crc32c::crc32c_append(self.crc, bytes);
+            return self.out.write_all(bytes);
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Checksum and write what is buffered.
+    fn drain(&mut self) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
     }
 }
 
@@ -153,7 +175,8 @@ pub struct State<'a> {
 /// `state_hash`.
 pub fn write(state: &State<'_>, state_hash: u64, w: &mut dyn Write) -> io::Result<u64> {
     let mut out = CrcWriter {
-        out: BufWriter::with_capacity(BUFFER_SIZE, w),
+        out: w,
+        buf: Vec::with_capacity(BUFFER_SIZE),
         crc: 0,
     };
     let list = state.list;
@@ -189,6 +212,7 @@ pub fn write(state: &State<'_>, state_hash: u64, w: &mut dyn Write) -> io::Resul
     state.sessions.write_section(&mut |b| out.put(b))?;
     let hash = state_hash;
     out.put(&hash.to_be_bytes())?;
+    out.drain()?;
     let crc = out.crc;
     out.out.write_all(&crc.to_be_bytes())?;
     out.out.flush()?;
