@@ -546,6 +546,63 @@ mod tests {
         }
     }
 
+    /// A reader that returns at most `step` bytes per read, so that records and the trailer
+    /// straddle the reader's buffer refills at every kind of boundary.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_snapshot_read_in_pieces_of_any_size_loads_and_its_corruption_is_found() {
+        let mut kv = store_with(3000, 8);
+        // The greatest key (longer than any of store_with's), with a value over three
+        // buffers: the bytes before the trailer are its value.
+        let big = vec![b"SET".to_vec(), vec![0xff; 30], vec![7; 3 * BUFFER_SIZE]];
+        let Some(Request::Write(e)) = kv.parse(&big) else {
+            panic!("SET did not parse")
+        };
+        kv.apply(LogIndex(3001), &e);
+        let (buf, h) = snapshot_of(&kv);
+        for step in [
+            1,
+            7,
+            4096,
+            BUFFER_SIZE - 1,
+            BUFFER_SIZE,
+            BUFFER_SIZE + 3,
+            usize::MAX,
+        ] {
+            let mut loaded = KvStore::new(2);
+            let mut r = Trickle { data: &buf, step };
+            assert_eq!(
+                loaded.load_snapshot(&mut r).expect("loads"),
+                h,
+                "step {step}"
+            );
+            assert_same(&kv, &loaded);
+            // A flipped byte inside the big value is found by the CRC (checked before the
+            // state hash).
+            let mut bad = buf.clone();
+            bad[buf.len() - BUFFER_SIZE] ^= 0x10;
+            let mut r = Trickle { data: &bad, step };
+            let r = loaded.load_snapshot(&mut r);
+            assert!(
+                matches!(r, Err(SnapshotError::Checksum { .. })),
+                "step {step}: {r:?}"
+            );
+        }
+    }
+
     #[test]
     fn every_truncation_is_rejected_and_leaves_the_store_untouched() {
         let (buf, _) = snapshot_of(&store_with(40, 3));
