@@ -13,7 +13,7 @@ ID     ?= 1
 BIN    := target/release
 SEEDS  ?= 1000
 
-.PHONY: all build test test-clients sim soak run cluster stop status bench bench-etcd compare fmt lint clean setup
+.PHONY: all build test test-clients sim soak run cluster stop status bench bench-etcd compare ceiling fmt lint clean setup
 
 all: build
 
@@ -77,6 +77,11 @@ bench-etcd: build
 # ARGS passes compare.py options, default --clients 1 64 256 --ops put get).
 compare: build
 	@tools/compare.sh $(ARGS)
+
+# The ceiling of this machine and load generator: kvraft against a redis-server without
+# persistence, alternating (tools/ceiling.sh; ARGS: ROUNDS CLIENTS OPS..., default 2 64 get put).
+ceiling: build
+	@tools/ceiling.sh $(ARGS)
 
 fmt:
 	$(CARGO) fmt --all
