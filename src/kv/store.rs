@@ -1313,6 +1313,51 @@ mod tests {
         (String::from_utf8_lossy(next).parse().unwrap(), keys)
     }
 
+    /// Point lookups go through the SCAN index ("Point lookups"): random SETs (values whose
+    /// records keep their slot and ones that move), DELs, GETs and compactions against a
+    /// `BTreeMap`, over short keys and keys past the common prefix plus 8 bytes (whose check
+    /// reads the record), with the list's common prefix shrinking on the way.
+    #[test]
+    fn gets_and_overwrites_found_through_the_scan_index_match_a_model() {
+        let mut p = crate::prng::Prng::new(33);
+        let kv = &mut KvStore::new(7);
+        let mut model = std::collections::BTreeMap::new();
+        for step in 0..30_000u32 {
+            let n = p.range(0, 700);
+            let key = match p.range(0, 4) {
+                0 => format!("user:{n}").into_bytes(),
+                1 => format!("user:{n:0>40}").into_bytes(),
+                2 => format!("u{n}").into_bytes(),
+                _ => format!("k{n:015}").into_bytes(),
+            };
+            match p.range(0, 10) {
+                0..=4 => {
+                    let mut value = vec![0u8; p.range(0, 300) as usize];
+                    p.fill(&mut value);
+                    assert_eq!(run(kv, &[b"SET", &key, &value]), Value::ok());
+                    model.insert(key, value);
+                }
+                5 => {
+                    let want = i64::from(model.remove(&key).is_some());
+                    assert_eq!(run(kv, &[b"DEL", &key]), Value::Integer(want));
+                }
+                _ => {
+                    let want = model.get(&key).map_or(Value::Nil, |v| bulk(v));
+                    assert_eq!(run(kv, &[b"GET", &key]), want, "step {step}");
+                }
+            }
+            if step % 5000 == 4999 {
+                kv.compact();
+                kv.check_invariants();
+            }
+        }
+        kv.check_invariants();
+        for (key, value) in &model {
+            assert_eq!(kv.get(key), Some(&value[..]));
+        }
+        assert_eq!(kv.len(), model.len());
+    }
+
     #[test]
     fn scan_returns_every_key_present_throughout_despite_concurrent_writes_and_compaction() {
         let mut p = crate::prng::Prng::new(21);
