@@ -246,7 +246,9 @@ fn child_main<S: StateMachine + ?Sized>(
             // must not spend. A failure only leaves a file for the next snapshot to remove.
             // Gently (`remove_gently`): one unlink of a large file stalls every log sync on
             // the disk for as long as the file system takes to free (and trim) its blocks.
-            let _ = remove_older_gently(dir, header.meta.last);
+            // The newest of them is kept to be written over by the next snapshot ("Recycling:
+            // the spare" in files.rs).
+            let _ = retire_older(dir, header.meta.last);
             let _ = remove_gently(cleanup, Readers::None);
             let mut msg = [0u8; CHILD_OK_SIZE];
             msg[0] = CHILD_OK;

@@ -18,7 +18,8 @@ pub fn write_snapshot_file<S: StateMachine + ?Sized>(
     let last = header.meta.last;
     let tmp = tmp_path(dir, last, TMP_SUFFIX);
     let path = dir.join(snapshot_file_name(last));
-    let result = write_tmp(&tmp, header, sm).and_then(|(size_bytes, state_hash)| {
+    let spare = take_spare(dir, &tmp);
+    let result = write_tmp(&tmp, spare, header, sm).and_then(|(size_bytes, state_hash)| {
         fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
         Ok(SnapshotWritten {
@@ -33,21 +34,93 @@ pub fn write_snapshot_file<S: StateMachine + ?Sized>(
     result
 }
 
+/// Writes the snapshot into `tmp`: over the spare's blocks when `spare` is that file (already
+/// renamed to `tmp`), else into a new file.
 fn write_tmp<S: StateMachine + ?Sized>(
     tmp: &Path,
+    spare: Option<File>,
     header: &SnapshotHeader,
     sm: &S,
 ) -> io::Result<(u64, u64)> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)?;
+    let file = match spare {
+        Some(file) => file,
+        None => OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)?,
+    };
     let mut w = BufWriter::with_capacity(IO_BUFFER_SIZE, CrcWriter::new(WritebackFile::new(file)));
     let (size, state_hash) = write_body(&mut w, header, sm)?;
     let file = w.into_inner().map_err(|e| e.into_error())?.inner.file;
+    // A spare may have been longer.
+    file.set_len(size)?;
     file.sync_all()?;
     Ok((size, state_hash))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recycling: the spare.
+//
+// Freeing a large file's blocks stalls every log sync on the disk while the file system frees
+// (and, mounted with `discard`, trims) them, and allocating a new file's blocks as it is
+// written costs journal work beside those syncs. Measured (a 4 KiB pwrite+fdatasync loop
+// beside a 288 MB snapshot written as the child writes it, 2-core VM, ext4 with `discard`,
+// two rounds): while the old snapshot was removed in 16 MiB steps the loop's p99 was 5.25 and
+// 4.18 ms (p50 0.11), while a new file was written 0.63 and 0.67 ms, while the old file was
+// overwritten in place 0.43 and 0.52 ms (quiet: 0.14-0.21 ms). So a superseded snapshot is
+// not removed but kept as the spare (`SPARE_NAME`), and the next snapshot is written over its
+// blocks: nothing is freed or allocated (but for a difference in size), at the price of a
+// second snapshot's worth of disk between snapshots, which a snapshot being written took
+// anyway. A spare that someone still reads (a transfer's shared `flock`) is neither taken nor
+// made; a transfer that opened the file just before it became the spare finds another header
+// in it and fails (the follower asks again). Start-up removes the spare with the other
+// `snapshot-*.tmp` files.
+
+/// The spare's name: a `snapshot-*.tmp` name, which `list_snapshots` never lists.
+pub const SPARE_NAME: &str = "snapshot-spare.tmp";
+
+/// The spare, opened for writing, locked against readers and renamed to `tmp`; `None` when
+/// there is none, someone reads it, or it cannot be taken (then the caller writes a new file).
+fn take_spare(dir: &Path, tmp: &Path) -> Option<File> {
+    let path = dir.join(SPARE_NAME);
+    let file = OpenOptions::new().write(true).open(&path).ok()?;
+    if !sys::try_lock(file.as_raw_fd(), sys::FileLock::Exclusive).unwrap_or(false) {
+        return None;
+    }
+    fs::rename(&path, tmp).ok()?;
+    Some(file)
+}
+
+/// After the snapshot `keep` is in place: the newest older snapshot becomes the spare (unless
+/// there is one already, or someone reads it), and the other older ones are removed gently
+/// (`remove_gently`). Runs in the fork child. Returns how many files it removed.
+pub fn retire_older(dir: &Path, keep: EntryId) -> io::Result<usize> {
+    let mut older: Vec<PathBuf> = list_snapshots(dir)?
+        .into_iter()
+        .filter(|(id, _)| (id.index, id.term) < (keep.index, keep.term))
+        .map(|(_, path)| path)
+        .collect();
+    // list_snapshots lists the newest first.
+    if !older.is_empty() && !dir.join(SPARE_NAME).exists() && make_spare(dir, &older[0])? {
+        older.remove(0);
+    }
+    remove_gently(&older, Readers::Locked)
+}
+
+/// Renames the snapshot at `path` to the spare if nobody reads it; whether it did.
+fn make_spare(dir: &Path, path: &Path) -> io::Result<bool> {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !sys::try_lock(file.as_raw_fd(), sys::FileLock::Exclusive).unwrap_or(false) {
+        return Ok(false);
+    }
+    fs::rename(path, dir.join(SPARE_NAME))?;
+    sync_dir(dir)?;
+    Ok(true)
 }
 
 /// Header, body and trailer, through the CRC: (bytes written, state hash). The buffer sits
