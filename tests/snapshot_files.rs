@@ -662,28 +662,53 @@ fn removing_gently_unlinks_every_name_and_frees_files_nobody_reads() {
     assert_eq!(remove_gently(&paths, Readers::None).unwrap(), 0);
 }
 
+/// After a new snapshot: an older one being streamed is only unlinked (never made the spare,
+/// never truncated: the sender reads every byte); one nobody reads becomes the spare, and the
+/// next snapshot is written over its blocks.
 #[test]
-fn an_old_snapshot_being_streamed_is_unlinked_but_keeps_every_byte() {
+fn an_old_snapshot_being_streamed_is_unlinked_and_one_nobody_reads_is_written_over() {
+    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join(SPARE_NAME);
     let old = write(dir.path(), &header(2, 100), &TestSm::random(5, 3000));
     let bytes = fs::read(&old.path).unwrap();
     let mut tx = SnapshotSender::new(old.path.clone(), header(2, 100).meta, 4096, 1).unwrap();
     let newer = write(dir.path(), &header(2, 200), &TestSm::random(6, 10));
     assert_eq!(
-        remove_older_gently(dir.path(), header(2, 200).meta.last).unwrap(),
+        retire_older(dir.path(), header(2, 200).meta.last).unwrap(),
         1
     );
     assert!(!old.path.exists(), "the old name is gone");
+    assert!(
+        !spare.exists(),
+        "a snapshot being read is not kept to be written over"
+    );
     assert!(newer.path.exists());
     // The sender's locked file kept its contents: it streams the whole old snapshot.
     assert_eq!(tx.read_at(0, bytes.len()).unwrap(), bytes);
     drop(tx);
+    let inode = |p: &Path| fs::metadata(p).unwrap().ino();
+    let newer_inode = inode(&newer.path);
     write(dir.path(), &header(3, 300), &TestSm::random(7, 10));
     assert_eq!(
-        remove_older_gently(dir.path(), header(3, 300).meta.last).unwrap(),
-        1
+        retire_older(dir.path(), header(3, 300).meta.last).unwrap(),
+        0
+    );
+    assert_eq!(
+        inode(&spare),
+        newer_inode,
+        "the unread older snapshot became the spare"
     );
     assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);
+    let next = write(dir.path(), &header(4, 400), &TestSm::random(8, 10));
+    assert_eq!(
+        inode(&next.path),
+        newer_inode,
+        "written over the spare's blocks"
+    );
+    let mut loaded = TestSm::default();
+    load_snapshot_file(&next.path, &mut loaded).expect("the recycled file loads");
+    assert_eq!(loaded, TestSm::random(8, 10));
 }
 
 #[test]

@@ -96,12 +96,7 @@ fn take_spare(dir: &Path, tmp: &Path) -> Option<File> {
 /// there is one already, or someone reads it), and the other older ones are removed gently
 /// (`remove_gently`). Runs in the fork child. Returns how many files it removed.
 pub fn retire_older(dir: &Path, keep: EntryId) -> io::Result<usize> {
-    let mut older: Vec<PathBuf> = list_snapshots(dir)?
-        .into_iter()
-        .filter(|(id, _)| (id.index, id.term) < (keep.index, keep.term))
-        .map(|(_, path)| path)
-        .collect();
-    // list_snapshots lists the newest first.
+    let mut older = older_than(dir, keep)?;
     if !older.is_empty() && !dir.join(SPARE_NAME).exists() && make_spare(dir, &older[0])? {
         older.remove(0);
     }
@@ -574,29 +569,24 @@ pub fn load_newest<S: StateMachine>(
     }
 }
 
-/// [`remove_older_than`] for the fork child: through [`remove_gently`], so a large old snapshot
-/// does not stall the disk when it goes (snapshots being read are only unlinked).
-pub fn remove_older_gently(dir: &Path, keep: EntryId) -> io::Result<usize> {
-    let older: Vec<PathBuf> = list_snapshots(dir)?
+/// The snapshot files older than `keep` (lower index, or same index and lower term), newest
+/// first.
+fn older_than(dir: &Path, keep: EntryId) -> io::Result<Vec<PathBuf>> {
+    Ok(list_snapshots(dir)?
         .into_iter()
         .filter(|(id, _)| (id.index, id.term) < (keep.index, keep.term))
         .map(|(_, path)| path)
-        .collect();
-    remove_gently(&older, Readers::Locked)
+        .collect())
 }
 
-/// Removes every snapshot file older than `keep` (lower index, or same index and lower term).
-/// Returns how many it removed.
+/// Removes every snapshot file older than `keep` at once. Returns how many it removed.
 pub fn remove_older_than(dir: &Path, keep: EntryId) -> io::Result<usize> {
-    let mut removed = 0;
-    for (id, path) in list_snapshots(dir)? {
-        if (id.index, id.term) < (keep.index, keep.term) {
-            fs::remove_file(&path)?;
-            removed += 1;
-        }
+    let older = older_than(dir, keep)?;
+    for path in &older {
+        fs::remove_file(path)?;
     }
-    if removed > 0 {
+    if !older.is_empty() {
         sync_dir(dir)?;
     }
-    Ok(removed)
+    Ok(older.len())
 }
