@@ -12,22 +12,29 @@
 //! and the p99 of the busy requests by the node whose child was writing as they ended.
 //!
 //! What the snapshot rows measure, found for issue 16 (2026-12-03, 2-core VM, one disk shared
-//! by the three nodes): most of the tail comes from the fork and what follows it, not from the
-//! child's work. With the child's work swapped out at run time in alternating rounds of one
-//! run (an experiment build, not kept: 24 rounds of 2.5 s windows), a child that only slept
-//! for 500 ms (fork, copy-on-write, exit) gave a p99 2.99x the quiet one, a child writing to
-//! the page cache without writeback 2.55x, the real child 2.26x, a child encoding into a sink
-//! 1.78x (throughput 0.71x / 0.67x / 0.61x / 0.74x); another run of the sleeping child alone
-//! gave 1.52x. `perf sched` with the sleeping child: the leader, which in quiet windows spent
-//! 30 ms of 2 s blocked in fdatasync (its followers' syncs commit its writes), spent 623 ms
-//! in busy ones: a forking follower stops answering for the fork's 2-8 ms and then runs
-//! slower, the leader waits `leader_sync_wait_ms` for it, syncs, and after the third such
-//! wait syncs in every turn for a second (`node/stored.rs`); the followers' syncs took 0.15
-//! instead of 0.11 ms, three syncers on one disk instead of two. Slow turns (over 2 ms) were
-//! off the CPU (134 ms of wall time, 9 ms of CPU, few page faults), not copy-on-write work.
-//! A run with `leader_sync_wait_ms = 0` (the leader syncs in every turn, quiet or busy) gave
-//! 2.26x and 1.74x against 2.11x and 1.78x for the default in the same hour: on one shared
-//! disk, a snapshot slows every node's sync, whichever node takes it.
+//! by the three nodes): mostly the forks, not the children's work. An experiment build (not
+//! kept) swapped the child's work at run time, alternating in one run, 2.5 s windows:
+//! - a control with no snapshots at all in the "busy" windows: 1.12x-1.18x (the method's
+//!   own noise; single rounds ranged 0.59x-1.67x), and one that polls INFO as below but
+//!   asks for no snapshot: 0.97x;
+//! - 12 rounds each: the real child 2.33x, a child that only sleeps 500 ms 2.23x;
+//! - 9 rounds each: a child that sleeps 50 ms (a fork every ~100 ms) 2.57x, 500 ms 1.33x,
+//!   2 s 1.14x (throughput 0.77x / 0.89x / 0.95x): the tail follows the fork rate, not how
+//!   long a child lives or what it does (a child writing to the page cache without writeback,
+//!   or encoding into a sink, did not do better than the real one).
+//!
+//! Each fork costs its node the fork itself (1-5 ms here) and then a copy-on-write fault on
+//! the first write to every page it shares with the child: ~3.5 us each in this VM (a
+//! 400 MB test: 2.8-3.9 us per page; transparent huge pages make only the first fork cheap,
+//! the copy-on-write splits them). With 50 ms children the leader took 33.5k faults in 3 s
+//! (perf, minor-faults: 64 % in `SkipList::replace_at`, an overwrite updating its key's node,
+//! 26 % in memmove), some thousands per fork of its own if it forked every third of
+//! ~100 ms cycles (an estimate): ~10 ms of stall per fork. The bench asks for snapshots back to back,
+//! 2-2.5 forks a second across the cluster; a cluster under this load with the default
+//! `snapshot_entries` forks about once a second. Also seen (`perf sched`): after a follower's
+//! fork the leader stops deferring its own syncs for a second (`node/stored.rs`), and the
+//! followers' syncs slow from 0.11 to 0.15 ms with three syncers on one disk; a run with
+//! `leader_sync_wait_ms = 0` gave 2.26x and 1.74x against 2.11x and 1.78x for the default.
 //!
 //!     cargo bench --bench cluster            (make bench runs it)
 //!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_TLS_CLIENTS="1 64" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
