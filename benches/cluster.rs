@@ -27,8 +27,8 @@
 //! the first write to every page it shares with the child: ~3.5 us each in this VM (a
 //! 400 MB test: 2.8-3.9 us per page; transparent huge pages make only the first fork cheap,
 //! the copy-on-write splits them). With 50 ms children the leader took 33.5k faults in 3 s
-//! (perf, minor-faults: 64 % in `SkipList::replace_at`, an overwrite updating its key's node,
-//! 26 % in memmove), some thousands per fork of its own if it forked every third of
+//! (perf, minor-faults: 64 % in `SkipList::replace_at`, 26 % in memmove: overwrites writing
+//! their records in place, and their skiplist nodes), some thousands per fork of its own if it forked every third of
 //! ~100 ms cycles (an estimate): ~10 ms of stall per fork. The bench asks for snapshots back to back,
 //! 2-2.5 forks a second across the cluster; a cluster under this load with the default
 //! `snapshot_entries` forks about once a second. Also seen (`perf sched`): after a follower's

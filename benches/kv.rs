@@ -9,7 +9,10 @@
 //! A second table uses compare.py's key shape (`k` + 15 zero-padded digits, as the loadgen's
 //! `make_key`: keys share a long prefix, which defeats a comparison on the first 8 bytes) at
 //! 100k and 1M keys (KV_BENCH_SHARED_N, comma-separated, changes them), inserted and read in
-//! random order. KV_BENCH_SHARED_ONLY=1 runs only that table.
+//! random order. KV_BENCH_SHARED_ONLY=1 runs only that table. Its last line: the store's
+//! overwrites again while a forked child (which only sleeps) shares the memory, as a snapshot
+//! child does, with the page faults per overwrite (copy-on-write: the first store into each
+//! shared page faults and copies it).
 //!
 //! NB: the only unsafe code here is the counting allocator, which forwards to `System`.
 #![allow(unsafe_code)]
@@ -433,6 +436,13 @@ fn shared_prefix_rows(n: usize) {
             black_box(kv.get(&ks[i]));
         }
     });
+    // The same overwrites again while a forked child shares the store's memory, as a snapshot
+    // child does: each first store into a shared page takes a copy-on-write fault.
+    let (cow_faults, cow_secs) = overwrites_beside_a_child(|| {
+        for (at, e) in fresh.iter().enumerate() {
+            black_box(kv.apply(LogIndex((2 * n + at) as u64 + 1), e));
+        }
+    });
     drop(kv);
     println!("kv bench: {n} compare.py-shaped keys (k + 15 digits), {VALUE_SIZE}-byte values, random order");
     println!(
@@ -454,6 +464,43 @@ fn shared_prefix_rows(n: usize) {
             s / b
         );
     }
+    println!(
+        "store SET overwrite beside a forked child (copy-on-write): {:.0} op/s, {:.3} page \
+         faults per overwrite",
+        n as f64 / cow_secs,
+        cow_faults as f64 / n as f64
+    );
+}
+
+/// Runs `f` while a forked child (which only waits to be killed) shares this process's memory,
+/// and returns the minor page faults `f` took (its thread's) and its seconds.
+fn overwrites_beside_a_child(f: impl FnOnce()) -> (u64, f64) {
+    let faults = || {
+        // SAFETY: getrusage writes one rusage into the zeroed struct we own.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+        ru.ru_minflt as u64
+    };
+    // SAFETY: the child only sleeps and exits without running any of this process's code.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        // SAFETY: sleep and _exit are async-signal-safe.
+        unsafe {
+            libc::sleep(600);
+            libc::_exit(0);
+        }
+    }
+    let before = faults();
+    let secs = time(f);
+    let taken = faults() - before;
+    // SAFETY: our own child: kill and reap it.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    (taken, secs)
 }
 
 /// The snapshot format written from and read into a BTreeMap by hand, for comparison.
