@@ -23,18 +23,19 @@
 //!   long a child lives or what it does (a child writing to the page cache without writeback,
 //!   or encoding into a sink, did not do better than the real one).
 //!
-//! Each fork costs its node the fork itself (1-5 ms here) and then a copy-on-write fault on
-//! the first write to every page it shares with the child: ~3.5 us each in this VM (a
-//! 400 MB test: 2.8-3.9 us per page; transparent huge pages make only the first fork cheap,
-//! the copy-on-write splits them). With 50 ms children the leader took 33.5k faults in 3 s
-//! (perf, minor-faults: 64 % in `SkipList::replace_at`, 26 % in memmove: overwrites writing
-//! their records in place, and their skiplist nodes), some thousands per fork of its own if it forked every third of
-//! ~100 ms cycles (an estimate): ~10 ms of stall per fork. The bench asks for snapshots back to back,
-//! 2-2.5 forks a second across the cluster; a cluster under this load with the default
-//! `snapshot_entries` forks about once a second. Also seen (`perf sched`): after a follower's
-//! fork the leader stops deferring its own syncs for a second (`node/stored.rs`), and the
-//! followers' syncs slow from 0.11 to 0.15 ms with three syncers on one disk; a run with
-//! `leader_sync_wait_ms = 0` gave 2.26x and 1.74x against 2.11x and 1.78x for the default.
+//! Each fork costs its node the fork itself (1-5 ms here) and then a copy-on-write fault on the
+//! first write to every page it shares with the child: ~3.5 us each in this VM (a 400 MB test:
+//! 2.8-3.9 us per page; transparent huge pages make only the first fork cheap, the copy-on-write
+//! splits them). With 50 ms children the leader took 33.5k faults in 3 s (perf, minor-faults: 64 %
+//! in `SkipList::replace_at`, 26 % in memmove: overwrites writing their records in place, and their
+//! skiplist nodes), some thousands per fork of its own if it forked every third of ~100 ms cycles
+//! (an estimate): ~10 ms of stall per fork. The bench asks for snapshots back to back, 2-2.5 forks
+//! a second across the cluster; a cluster under this load with the default `snapshot_entries`
+//! (100,000 entries per member at 30-38k SET/s) would fork about once a second. Also seen (`perf
+//! sched`): after a follower's fork the leader stops deferring its own syncs for a second
+//! (`node/stored.rs`), and the followers' syncs slow from 0.11 to 0.15 ms with three syncers on one
+//! disk; a run with `leader_sync_wait_ms = 0` gave 2.26x and 1.74x against 2.11x and 1.78x for the
+//! default.
 //!
 //!     cargo bench --bench cluster            (make bench runs it)
 //!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_TLS_CLIENTS="1 64" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
