@@ -14,12 +14,14 @@
 //! child does, with the page faults per overwrite (copy-on-write: the first store into each
 //! shared page faults and copies it).
 //!
-//! NB: the only unsafe code here is the counting allocator, which forwards to `System`.
+//! NB: the only unsafe code here is the counting allocator, which forwards to `System`, and
+//! one getrusage.
 #![allow(unsafe_code)]
 
 use kvraft::kv::skiplist::SkipList;
 use kvraft::kv::snapshot::{HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE};
 use kvraft::kv::{KvStore, Request, StateMachine};
+use kvraft::node::sys;
 use kvraft::prng::Prng;
 use kvraft::raft::LogIndex;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -473,7 +475,8 @@ fn shared_prefix_rows(n: usize) {
 }
 
 /// Runs `f` while a forked child (which only waits to be killed) shares this process's memory,
-/// and returns the minor page faults `f` took (its thread's) and its seconds.
+/// and returns the minor page faults `f` took (its thread's) and its seconds. The child comes
+/// from the daemon's own `fork_child`, so it dies with the bench if the bench dies first.
 fn overwrites_beside_a_child(f: impl FnOnce()) -> (u64, f64) {
     let faults = || {
         // SAFETY: getrusage writes one rusage into the zeroed struct we own.
@@ -482,24 +485,16 @@ fn overwrites_beside_a_child(f: impl FnOnce()) -> (u64, f64) {
         unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
         ru.ru_minflt as u64
     };
-    // SAFETY: the child only sleeps and exits without running any of this process's code.
-    let child = unsafe { libc::fork() };
-    assert!(child >= 0, "fork failed");
-    if child == 0 {
-        // SAFETY: sleep and _exit are async-signal-safe.
-        unsafe {
-            libc::sleep(600);
-            libc::_exit(0);
-        }
-    }
+    let child = sys::fork_child(&[], || {
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        0
+    })
+    .expect("fork");
     let before = faults();
     let secs = time(f);
     let taken = faults() - before;
-    // SAFETY: our own child: kill and reap it.
-    unsafe {
-        libc::kill(child, libc::SIGKILL);
-        libc::waitpid(child, std::ptr::null_mut(), 0);
-    }
+    sys::kill(child, libc::SIGKILL).expect("kill the child");
+    sys::wait_child(child, sys::Wait::Block).expect("reap the child");
     (taken, secs)
 }
 

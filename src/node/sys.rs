@@ -95,19 +95,18 @@ pub fn fork_child(keep: &[RawFd], child: impl FnOnce() -> i32) -> io::Result<Pid
     exit_now(code)
 }
 
-/// Makes the calling (child) process yield to everything else: nice 19 for the CPU, and the
-/// lowest best-effort I/O priority. Not the idle I/O class: under a steady stream of log syncs
-/// the disk is never idle, an idle-class snapshot would starve, and the log it should compact
-/// would grow without bound. Not the `SCHED_IDLE` CPU policy either: tried twice for issue 16
-/// (the cluster bench's snapshot rows, alternating builds on the shared 2-core machine): the
-/// first time it took snapshots longer and the p99 ratio was no better; the second (9fbb2b7,
-/// three pooled rounds, two runs each) gave p99 2.40x / 2.65x against 2.89x / 2.98x and
-/// throughput 0.72x / 0.71x against 0.56x / 0.58x during snapshots, but its weight is a fifth
-/// of nice 19's, and a child already starves on a loaded machine (the log then grows until it
-/// finishes). Pacing the child's writes to 100 MB/s gave 2.24x / 2.16x with snapshots 4x
-/// longer: not kept either. A kernel that refuses a setting leaves
-/// that default; the returned [`Background`] says which were refused, for the caller to
-/// report (a fork child cannot log).
+/// Makes the calling (child) process yield to everything else: nice 19 for the CPU, and the lowest
+/// best-effort I/O priority. Not the idle I/O class: under a steady stream of log syncs the disk is
+/// never idle, an idle-class snapshot would starve, and the log it should compact would grow
+/// without bound. Not the `SCHED_IDLE` CPU policy either: tried twice for issue 16 (the cluster
+/// bench's snapshot rows, alternating builds on the shared 2-core machine): the first time it took
+/// snapshots longer and the p99 ratio was no better; the second (9fbb2b7, three pooled rounds, two
+/// runs each) gave p99 2.40x / 2.65x against 2.89x / 2.98x and throughput 0.72x / 0.71x against
+/// 0.56x / 0.58x during snapshots, but its weight is a fifth of nice 19's, and a child already
+/// starves on a loaded machine (the log then grows until it finishes). Pacing the child's writes to
+/// 100 MB/s gave 2.24x / 2.16x with snapshots 4x longer: not kept either. A kernel that refuses a
+/// setting leaves that default; the returned [`Background`] says which were refused, for the caller
+/// to report (a fork child cannot log).
 pub fn become_background() -> Background {
     let mut refused = 0;
     // SAFETY: setpriority only reads its integer arguments.
