@@ -475,7 +475,10 @@ fn main() {
     for round in 1..=rounds {
         wait_no_snapshot_running(&c);
         let q = load(&c, "set", 64, window);
-        let (b, e) = load_during_snapshots(&c, &targets, mode == "staggered", window);
+        // The rotation goes on where the last window left it: with snapshots longer than a
+        // window, restarting it each round would leave the last nodes never snapshotting.
+        let first = events.len() as u64;
+        let (b, e) = load_during_snapshots(&c, &targets, mode == "staggered", first, window);
         let ratio = b.pct(0.99) / q.pct(0.99).max(1e-9);
         println!(
             "  round {round}: p99 quiet {:.2} ms, busy {:.2} ms ({ratio:.2}x); SET/s {:.0} / {:.0}",
@@ -544,12 +547,13 @@ impl SnapshotEvent {
 }
 
 /// `load` of SETs at 64 connections while snapshots run on `targets`: back to back in
-/// rotation (`staggered`), else on all of them at once every 100 ms. Also returns the
-/// snapshots asked for.
+/// rotation (`staggered`, starting at the `first`th node of the rotation), else on all of them
+/// at once every 100 ms. Also returns the snapshots asked for.
 fn load_during_snapshots(
     c: &Cluster,
     targets: &[usize],
     staggered: bool,
+    first: u64,
     secs: f64,
 ) -> (Result, Vec<SnapshotEvent>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -557,7 +561,7 @@ fn load_during_snapshots(
         let (stop, addrs, targets) = (stop.clone(), c.clients.clone(), targets.to_vec());
         std::thread::spawn(move || {
             let mut events = Vec::new();
-            let mut n = 0u64;
+            let mut n = first;
             let ask = |node: usize| {
                 let sent = since_epoch_us(Instant::now());
                 if let Ok(mut conn) = connect(addrs[node]) {
