@@ -40,7 +40,7 @@ fn main() {
             extra: Vec::new(),
         };
         let t = Instant::now();
-        let w = write_snapshot_file(dir.path(), &header, &sm).unwrap();
+        let w = write_snapshot_file(dir.path(), &header, &sm, WriteRate::Unlimited).unwrap();
         let write = t.elapsed();
         let t = Instant::now();
         load_snapshot_file(&w.path, &mut TestSm::default()).unwrap();
@@ -50,7 +50,7 @@ fn main() {
         let verify = t.elapsed();
         std::fs::remove_file(&w.path).unwrap();
 
-        let mut snap = Snapshotter::new();
+        let mut snap = Snapshotter::new(WriteRate::Unlimited);
         let t = Instant::now();
         let (fd, fork) = snap.start(dir.path(), header.clone(), &sm, t, &[]).unwrap();
         assert!(sys::wait_readable(fd, Duration::from_secs(600)).unwrap());

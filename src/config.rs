@@ -32,6 +32,7 @@
 //! | `leader_sync_wait_ms` | `5` | a leader whose followers keep up leaves its own log writes unsynced and lets them commit on the followers' acknowledgements (`node/stored.rs`, "The leader's own sync"); an entry this old and still not committed makes it sync and sync in every turn for a while; 0 ..= 1000; `0`: the leader syncs its own log in every turn that writes, before it counts toward commit |
 //! | `snapshot_entries` | `100000` | take a snapshot once this many entries were applied since the last one (≥ 1) |
 //! | `snapshot_bytes` | `256MiB` | ... or once this many bytes of log were written since the last one (≥ 1 MiB) |
+//! | `snapshot_write_rate` | `128MiB` | bytes per second a snapshot is written at, at most: a snapshot child writing as fast as the disk goes slows every log sync on that disk (README, Snapshots); `0`: unpaced; else ≥ 1 MiB |
 //! | `snapshot_keep_entries` | `10000` | entries kept in the log behind a snapshot, for followers that are slightly behind |
 //! | `snapshot_chunk_bytes` | `1MiB` | bytes of snapshot per InstallSnapshot message; 4 KiB ..= `limits::SNAPSHOT_CHUNK_SIZE_MAX` |
 //! | `segment_bytes` | `64MiB` | size of one log segment file; > `limits::ENTRY_SIZE_MAX` + 1 MiB, ≤ 1 GiB |
@@ -92,6 +93,7 @@ const KEYS: &[&str] = &[
     "leader_sync_wait_ms",
     "snapshot_entries",
     "snapshot_bytes",
+    "snapshot_write_rate",
     "snapshot_keep_entries",
     "snapshot_chunk_bytes",
     "segment_bytes",
@@ -181,6 +183,8 @@ pub struct Config {
     pub leader_sync_wait_ms: u64,
     pub snapshot_entries: u64,
     pub snapshot_bytes: u64,
+    /// Bytes per second; 0: unpaced.
+    pub snapshot_write_rate: u64,
     pub snapshot_keep_entries: u64,
     pub snapshot_chunk_bytes: u64,
     pub segment_bytes: u64,
@@ -304,6 +308,7 @@ fn defaults() -> Config {
         leader_sync_wait_ms: 5,
         snapshot_entries: 100_000,
         snapshot_bytes: 256 * MIB,
+        snapshot_write_rate: 128 * MIB,
         snapshot_keep_entries: 10_000,
         snapshot_chunk_bytes: MIB,
         segment_bytes: 64 * MIB,
@@ -411,6 +416,14 @@ fn apply(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> 
         "leader_sync_wait_ms" => c.leader_sync_wait_ms = number(key, value, 0, 1000)?,
         "snapshot_entries" => c.snapshot_entries = number(key, value, 1, u64::MAX)?,
         "snapshot_bytes" => c.snapshot_bytes = number(key, value, MIB, u64::MAX)?,
+        "snapshot_write_rate" => {
+            c.snapshot_write_rate = number(key, value, 0, u64::MAX)?;
+            if (1..MIB).contains(&c.snapshot_write_rate) {
+                return Err(format!(
+                    "`{key}` expects 0 (unpaced) or at least 1MiB (bytes per second), got `{value}`"
+                ));
+            }
+        }
         "snapshot_keep_entries" => c.snapshot_keep_entries = number(key, value, 0, u64::MAX)?,
         "snapshot_chunk_bytes" => {
             c.snapshot_chunk_bytes = number(key, value, 4 * KIB, SNAPSHOT_CHUNK_SIZE_MAX as u64)?
@@ -534,16 +547,21 @@ fn cluster_name(value: &str) -> Result<String, String> {
 }
 
 /// A number in `[min, max]`, with `_` separators and, for `*_bytes` keys, a KiB/MiB/GiB suffix.
+/// Whether a key's value is a size (bytes, or bytes per second): it may carry a unit.
+fn takes_units(key: &str) -> bool {
+    key.ends_with("_bytes") || key == "snapshot_write_rate"
+}
+
 fn number(key: &str, value: &str, min: u64, max: u64) -> Result<u64, String> {
     let expected = || {
-        let suffix = if key.ends_with("_bytes") {
+        let suffix = if takes_units(key) {
             " (a KiB, MiB or GiB suffix is allowed)"
         } else {
             ""
         };
         format!("`{key}` expects a whole number from {min} to {max}{suffix}, got `{value}`")
     };
-    let (digits, unit) = match key.ends_with("_bytes") {
+    let (digits, unit) = match takes_units(key) {
         true => split_unit(value),
         false => (value, 1),
     };
@@ -829,6 +847,7 @@ node.3 = peer=127.0.0.1:7003 client=127.0.0.1:6003
             (10, 500, 50)
         );
         assert_eq!((c.snapshot_entries, c.snapshot_bytes), (100_000, 256 * MIB));
+        assert_eq!(c.snapshot_write_rate, 128 * MIB);
         assert_eq!(
             (c.snapshot_keep_entries, c.snapshot_chunk_bytes),
             (10_000, MIB)
@@ -862,6 +881,7 @@ heartbeat_interval_ms = 100
 leader_sync_wait_ms = 0
 snapshot_entries = 7
 snapshot_bytes = 2MiB
+snapshot_write_rate = 0
 snapshot_keep_entries = 0
 snapshot_chunk_bytes = 64KiB
 segment_bytes = 1GiB
@@ -882,6 +902,7 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
             (5, 1000, 100)
         );
         assert_eq!((c.snapshot_entries, c.snapshot_bytes), (7, 2 * MIB));
+        assert_eq!(c.snapshot_write_rate, 0);
         assert_eq!(
             (c.snapshot_keep_entries, c.snapshot_chunk_bytes),
             (0, 64 * KIB)
@@ -1045,12 +1066,25 @@ node.2 = client=127.0.0.1:6002 peer=127.0.0.1:7002
             "max_clients = 10001",
             "seed = 18446744073709551616",
             "snapshot_entries = 10MiB",
+            "snapshot_write_rate = fast",
         ];
         for case in cases {
             let e = error(&format!("{case}\n"));
             assert_eq!(e.line, Some(4), "{case}: {e}");
             assert!(e.msg.contains("expects a whole number from"), "{case}: {e}");
         }
+        // A rate too slow to mean anything is refused by name, with the spellings it takes.
+        assert_error(
+            "snapshot_write_rate = 1KiB\n",
+            Some(4),
+            "0 (unpaced) or at least 1MiB",
+        );
+        assert_eq!(
+            parse(&format!("snapshot_write_rate = 64MiB\n{MEMBERS}"))
+                .unwrap()
+                .snapshot_write_rate,
+            64 * MIB
+        );
         assert_error(
             "forward_to_leader = yes\n",
             Some(4),

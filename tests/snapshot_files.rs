@@ -27,7 +27,7 @@ fn header(term: u64, index: u64) -> SnapshotHeader {
 }
 
 fn write(dir: &Path, h: &SnapshotHeader, sm: &TestSm) -> SnapshotWritten {
-    write_snapshot_file(dir, h, sm).expect("write snapshot")
+    write_snapshot_file(dir, h, sm, WriteRate::Unlimited).expect("write snapshot")
 }
 
 #[test]

@@ -100,7 +100,7 @@ fn child_writes_the_state_at_fork_time_while_the_parent_keeps_mutating() {
     let trash = tempfile::tempdir().unwrap();
     let cleanup = vec![trash.path().join("00000000000000000001.wal.obsolete")];
     fs::write(&cleanup[0], b"old segment").unwrap();
-    let mut snap = Snapshotter::new();
+    let mut snap = Snapshotter::new(WriteRate::Unlimited);
     let (fd, fork_time) = snap
         .start(dir.path(), header(20_000), &sm, Instant::now(), &cleanup)
         .unwrap();
@@ -142,7 +142,7 @@ fn child_writes_the_state_at_fork_time_while_the_parent_keeps_mutating() {
 fn a_child_that_cannot_write_is_reported_as_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir");
-    let mut snap = Snapshotter::new();
+    let mut snap = Snapshotter::new(WriteRate::Unlimited);
     let (fd, _) = snap
         .start(
             &missing,
@@ -162,7 +162,7 @@ fn a_child_that_panics_is_reported_as_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut sm = TestSm::random(3, 10);
     sm.panic_in_write = true;
-    let mut snap = Snapshotter::new();
+    let mut snap = Snapshotter::new(WriteRate::Unlimited);
     let (fd, _) = snap
         .start(dir.path(), header(6), &sm, Instant::now(), &[])
         .unwrap();
@@ -179,7 +179,7 @@ fn an_overdue_child_is_killed_and_reaped() {
     let dir = tempfile::tempdir().unwrap();
     let mut sm = TestSm::random(4, 10);
     sm.slow = Some(Duration::from_secs(600));
-    let mut snap = Snapshotter::new();
+    let mut snap = Snapshotter::new(WriteRate::Unlimited);
     let started = Instant::now();
     let (other_read, other_write) = sys::pipe_cloexec_nonblocking().unwrap();
     let (fd, _) = snap
@@ -228,7 +228,7 @@ fn dropping_the_snapshotter_kills_and_reaps_its_child() {
     let dir = tempfile::tempdir().unwrap();
     let mut sm = TestSm::random(5, 10);
     sm.slow = Some(Duration::from_secs(600));
-    let mut snap = Snapshotter::new();
+    let mut snap = Snapshotter::new(WriteRate::Unlimited);
     snap.start(dir.path(), header(8), &sm, Instant::now(), &[])
         .unwrap();
     drop(snap);
@@ -238,7 +238,7 @@ fn dropping_the_snapshotter_kills_and_reaps_its_child() {
 fn consecutive_snapshots_each_reap_their_child() {
     let dir = tempfile::tempdir().unwrap();
     let mut sm = TestSm::random(6, 100);
-    let mut snap = Snapshotter::new();
+    let mut snap = Snapshotter::new(WriteRate::Unlimited);
     for i in 0..5u64 {
         sm.set(&i.to_be_bytes(), b"v");
         let expected = sm.state_hash();

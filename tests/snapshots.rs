@@ -395,3 +395,76 @@ fn a_snapshot_is_written_over_the_last_ones_blocks_and_the_node_restarts_from_it
     }
     assert!(!spare.exists(), "start-up removes the spare");
 }
+
+#[test]
+fn a_paced_snapshot_takes_its_bytes_over_the_rate_while_the_node_serves_and_then_loads() {
+    let _g = serial();
+    let rate: u64 = 1024 * 1024;
+    let mut opts = snapshot_opts(1_000_000_000, 100);
+    opts.extra.push(format!("snapshot_write_rate = {rate}"));
+    let mut c = Cluster::start(opts);
+    let leader = c.wait_leader(LONG);
+    let id = (1..=3).find(|&i| i != leader).unwrap();
+    // About 3 MiB of state: 3000 values of 1 KiB.
+    let mut cl = c.client(leader).unwrap();
+    let value = vec![b'v'; 1024];
+    for chunk in (0..3000u64).collect::<Vec<_>>().chunks(200) {
+        for &i in chunk {
+            cl.send(&[b"SET", format!("key-{i:06}").as_bytes(), &value])
+                .unwrap();
+        }
+        for _ in chunk {
+            assert_eq!(cl.read_reply().unwrap(), Value::ok());
+        }
+    }
+    converged(&c, &[1, 2, 3]);
+    let taken = num(&info(&c, id), "snapshots_taken");
+    let mut on_id = c.client(id).unwrap();
+    assert!(!on_id.call_str(&["SNAPSHOT"]).unwrap().is_error());
+    // The pace is the child's: the node goes on serving (a write through it commits and
+    // reads back) while its snapshot is still being written. (The node forks at its next
+    // housekeeping pass.)
+    let started = wait_for(LONG, "the snapshot to start or end", || {
+        let i = info(&c, id);
+        (num(&i, "snapshot_in_progress") == 1 || num(&i, "snapshots_taken") > taken)
+            .then(|| num(&i, "snapshot_in_progress") == 1)
+    });
+    assert!(
+        started,
+        "a 3 MiB snapshot at 1 MiB/s ended before it was seen running"
+    );
+    assert_eq!(
+        on_id.call_str(&["SET", "during", "the-snapshot"]).unwrap(),
+        Value::ok()
+    );
+    assert_eq!(
+        on_id.call_str(&["GET", "during"]).unwrap(),
+        Value::Bulk(b"the-snapshot".to_vec())
+    );
+    assert_eq!(
+        num(&info(&c, id), "snapshot_in_progress"),
+        1,
+        "a 3 MiB snapshot at 1 MiB/s was already done"
+    );
+    wait_for(LONG, "the paced snapshot", || {
+        let i = info(&c, id);
+        (num(&i, "snapshots_taken") > taken && num(&i, "snapshot_in_progress") == 0).then_some(())
+    });
+    let i = info(&c, id);
+    let (bytes, took_ms) = (num(&i, "last_snapshot_bytes"), num(&i, "last_snapshot_ms"));
+    assert!(bytes > 3_000_000, "{bytes} bytes");
+    // At most the last partial chunk and the pacer's catch-up credit (20 ms) go unpaced.
+    let floor_ms = (bytes - 512 * 1024) * 1000 / rate - 20;
+    assert!(
+        took_ms >= floor_ms,
+        "{bytes} bytes at {rate} B/s took {took_ms} ms (< {floor_ms})"
+    );
+    let before = converged(&c, &[1, 2, 3]);
+    c.kill(id);
+    c.spawn(id);
+    assert_eq!(
+        converged(&c, &[1, 2, 3]),
+        before,
+        "the state after the restart differs"
+    );
+}

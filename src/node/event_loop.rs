@@ -32,6 +32,7 @@ use super::clock::Clock;
 use super::http_port::{HttpPort, Reply, Route};
 use super::net::{MioNet, CONN_BASE};
 use super::notify::{watchdog_interval_from_env, Notifier};
+use super::snapshot::WriteRate;
 use super::storage::RealDisk;
 use super::tls::TlsConfigs;
 use super::{sys, Listener, Node, NodeError};
@@ -73,7 +74,8 @@ pub fn run(cfg: Config, join: bool) -> Result<(), NodeError> {
         }
         None => None,
     };
-    let disk = RealDisk::open(&cfg.data_dir, cfg.segment_bytes).map_err(NodeError::new)?;
+    let mut disk = RealDisk::open(&cfg.data_dir, cfg.segment_bytes).map_err(NodeError::new)?;
+    disk.set_snapshot_write_rate(WriteRate::from_config(cfg.snapshot_write_rate));
     let start = Clock::now();
     let mut node = Node::start(
         cfg,

@@ -98,6 +98,7 @@ use self::links::{MemberAddrs, Peers};
 use self::membership::Identities;
 use self::net::{Net, NetStream};
 use self::pending::Pending;
+use self::snapshot::WriteRate;
 use self::storage::Disk;
 use self::stored::Stored;
 
@@ -107,7 +108,8 @@ pub use self::event_loop::run;
 const HOUSEKEEPING_TICKS: u64 = 10;
 /// A forwarded request whose leader has not answered within this long gets an error.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-/// A snapshot child still running after this long is killed (and retried later).
+/// A snapshot child still running after this long, plus twice the time its pace gives the
+/// last snapshot's bytes (`snapshot_write_rate`), is killed (and retried later).
 const SNAPSHOT_CHILD_DEADLINE: Duration = Duration::from_secs(600);
 /// An accepted peer connection that has not said Hello within this long is closed, so idle
 /// sockets cannot hold the peer port's slots (`PEER_CONNECTIONS_MAX`) against real members;
@@ -568,12 +570,15 @@ impl<S: StateMachine, D: Disk, N: Net> Node<S, D, N> {
         self.maybe_snapshot();
         self.maybe_reclaim_expired();
         self.expire_backup_pin();
+        let paced = WriteRate::from_config(self.cfg.snapshot_write_rate)
+            .time_for(self.stats.last_snapshot_bytes.saturating_mul(2));
+        let deadline = SNAPSHOT_CHILD_DEADLINE.saturating_add(paced);
         if self
             .stored
             .disk_mut()
-            .snapshot_kill_if_overdue(self.now, SNAPSHOT_CHILD_DEADLINE)
+            .snapshot_kill_if_overdue(self.now, deadline)
         {
-            error!("snapshot child ran past {SNAPSHOT_CHILD_DEADLINE:?}; killed it");
+            error!("snapshot child ran past {deadline:?}; killed it");
             self.stats.snapshot_failures += 1;
         }
         self.schedule(self.now_tick + HOUSEKEEPING_TICKS, TimerId::Housekeeping);

@@ -152,7 +152,8 @@ fn build(
         },
         extra: MemberTable::default().encode(),
     };
-    snapshot::write_snapshot_file(tmp, &header, &sm)
+    // Offline (the node is not running): as fast as the disk goes.
+    snapshot::write_snapshot_file(tmp, &header, &sm, snapshot::WriteRate::Unlimited)
         .map_err(|e| NodeError::new(format!("writing the snapshot: {e}")))?;
     Ok((last, sm.len(), sm.state_hash()))
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::snapshot::{
     self, DirStore, PartialStore, SnapshotDone, SnapshotFileError, SnapshotHeader,
-    SnapshotReceiver, SnapshotSender, Snapshotter,
+    SnapshotReceiver, SnapshotSender, Snapshotter, WriteRate,
 };
 use crate::kv::StateMachine;
 use crate::metrics::{Histogram, DISK_SECONDS_BUCKETS};
@@ -201,9 +201,14 @@ impl RealDisk {
             hard_state_store,
             hard_state,
             uncertain_tail,
-            snapshotter: Snapshotter::new(),
+            snapshotter: Snapshotter::new(WriteRate::Unlimited),
             fsync_seconds: Histogram::new(DISK_SECONDS_BUCKETS),
         })
+    }
+
+    /// How fast its snapshot children write (`snapshot_write_rate`; unlimited until set).
+    pub fn set_snapshot_write_rate(&mut self, rate: WriteRate) {
+        self.snapshotter = Snapshotter::new(rate);
     }
 
     fn snapshot_path(&self, last: EntryId) -> PathBuf {

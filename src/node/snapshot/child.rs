@@ -114,14 +114,15 @@ impl Child {
 }
 
 /// Takes snapshots in a forked child, at most one at a time (invariant 4).
-#[derive(Default)]
 pub struct Snapshotter {
     child: Option<Child>,
+    /// How fast a child writes ("Pacing" in files.rs).
+    rate: WriteRate,
 }
 
 impl Snapshotter {
-    pub fn new() -> Self {
-        Snapshotter { child: None }
+    pub fn new(rate: WriteRate) -> Self {
+        Snapshotter { child: None, rate }
     }
 
     pub fn is_running(&self) -> bool {
@@ -160,8 +161,9 @@ impl Snapshotter {
         let mut status = File::from(write);
         let header_ref = &header;
         let keep = [status.as_raw_fd()];
+        let rate = self.rate;
         let pid = sys::fork_child(&keep, move || {
-            child_main(dir, header_ref, sm, cleanup, &mut status)
+            child_main(dir, header_ref, sm, rate, cleanup, &mut status)
         })?;
         let fork_time = fork_started.elapsed();
         let pipe = File::from(read);
@@ -235,11 +237,12 @@ fn child_main<S: StateMachine + ?Sized>(
     dir: &Path,
     header: &SnapshotHeader,
     sm: &S,
+    rate: WriteRate,
     cleanup: &[PathBuf],
     status: &mut File,
 ) -> i32 {
     let background = sys::become_background();
-    match write_snapshot_file(dir, header, sm) {
+    match write_snapshot_file(dir, header, sm, rate) {
         Ok(w) => {
             // The older files go here, not in the parent: unlinking hundreds of MiB can take
             // tens of ms (more on a filesystem mounted with `discard`), which the event loop
