@@ -11,9 +11,19 @@
 //! was writing, or neither, with the busy p99 that leaving out the fork-overlapped ones gives,
 //! and the p99 of the busy requests by the node whose child was writing as they ended.
 //!
-//! What the snapshot rows measure, found for issue 16 (2026-12-03, 2-core VM, one disk shared
-//! by the three nodes): mostly the forks, not the children's work. An experiment build (not
-//! kept) swapped the child's work at run time, alternating in one run, 2.5 s windows:
+//! What the snapshot rows measure, found for issue 16 (2-core VM, one disk shared by the three
+//! nodes). 2026-12-04: two costs, both set by how fast a child writes. Every log `fdatasync` on
+//! the shared disk also flushes what the child wrote since the one before (a follower's sync
+//! p99 beside a redis-benchmark load, `perf` syscall tracepoints: 0.7 ms quiet, 2.7 ms beside
+//! an unpaced child, 1.25 ms beside one paced to 128 MiB/s, 1.5 ms beside a child that only
+//! sleeps); and the sooner a child ends the sooner the next one forks. Snapshots are now paced
+//! (`snapshot_write_rate`, default 128 MiB/s): alternating runs of this bench, default 1.37x and
+//! 1.27x (throughput 0.85x / 0.86x, 2.3 s a snapshot), `snapshot_write_rate = 0` 1.72x and 1.70x
+//! (0.75x / 0.78x, 0.3-0.5 s). Snapshots of the leader alone (BENCH_SNAPSHOT_MODE=leader,
+//! unpaced): 1.23x; of both followers at once: 2.14x.
+//!
+//! 2026-12-03: mostly the forks, not the children's work. An experiment build (not kept)
+//! swapped the child's work at run time, alternating in one run, 2.5 s windows:
 //! - a control with no snapshots at all in the "busy" windows: 1.12x-1.18x (the method's
 //!   own noise; single rounds ranged 0.59x-1.67x), and one that polls INFO as below but
 //!   asks for no snapshot: 0.97x;
@@ -35,7 +45,7 @@
 //! sched`): after a follower's fork the leader stops deferring its own syncs for a second
 //! (`node/stored.rs`), and the followers' syncs slow from 0.11 to 0.15 ms with three syncers on one
 //! disk; a run with `leader_sync_wait_ms = 0` gave 2.26x and 1.74x against 2.11x and 1.78x for the
-//! default.
+//! default (again 2026-12-04, unpaced: 1.64x / 1.66x against 1.66x / 1.61x).
 //!
 //!     cargo bench --bench cluster            (make bench runs it)
 //!     BENCH_SECS=10 BENCH_CLIENTS="1 8 64 256" BENCH_TLS_CLIENTS="1 64" BENCH_SNAPSHOT_KEYS=1000000 cargo bench --bench cluster
@@ -43,7 +53,8 @@
 //!     BENCH_SNAPSHOT_ROUNDS=5 BENCH_SNAPSHOT_SECS=15 ...   (the snapshot rows: 5 alternating
 //!                                   quiet/busy rounds of 3 s windows, pooled; the defaults)
 //!     BENCH_SNAPSHOT_CONF="leader_sync_wait_ms = 0" ...   (config lines for the snapshot
-//!                                   rows' cluster, `;` between lines)
+//!                                   rows' cluster, `;` between lines; "snapshot_write_rate = 0":
+//!                                   unpaced children)
 //!
 //! Prints a table; numbers are only comparable within one run on one machine.
 
