@@ -73,6 +73,19 @@ fn converged(c: &Cluster, ids: &[u64]) -> String {
     })
 }
 
+/// Kill -9 node `id` and start it again: it must come back to the state it had (from its
+/// snapshot and log), the same as the others'.
+fn restart_and_compare(c: &mut Cluster, id: u64) {
+    let before = converged(c, &[1, 2, 3]);
+    c.kill(id);
+    c.spawn(id);
+    assert_eq!(
+        converged(c, &[1, 2, 3]),
+        before,
+        "the state after the restart differs"
+    );
+}
+
 fn children_of(pid: u32) -> usize {
     let path = format!("/proc/{pid}/task/{pid}/children");
     std::fs::read_to_string(path)
@@ -376,14 +389,7 @@ fn a_snapshot_is_written_over_the_last_ones_blocks_and_the_node_restarts_from_it
         second,
         "the second snapshot is the spare now"
     );
-    let before = converged(&c, &[1, 2, 3]);
-    c.kill(id);
-    c.spawn(id);
-    assert_eq!(
-        converged(&c, &[1, 2, 3]),
-        before,
-        "the state after the restart differs"
-    );
+    restart_and_compare(&mut c, id);
     // Reads on the restarted follower, once it knows the leader again.
     for (key, want) in [
         ("key-003999", Value::Bulk(b"val-3999".to_vec())),
@@ -459,12 +465,5 @@ fn a_paced_snapshot_takes_its_bytes_over_the_rate_while_the_node_serves_and_then
         took_ms >= floor_ms,
         "{bytes} bytes at {rate} B/s took {took_ms} ms (< {floor_ms})"
     );
-    let before = converged(&c, &[1, 2, 3]);
-    c.kill(id);
-    c.spawn(id);
-    assert_eq!(
-        converged(&c, &[1, 2, 3]),
-        before,
-        "the state after the restart differs"
-    );
+    restart_and_compare(&mut c, id);
 }
