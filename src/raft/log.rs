@@ -310,15 +310,17 @@ impl RaftLog {
             .min(written.next().max(self.offset.index.next()));
     }
 
-    /// The driver made what it had written durable up to `index`, outside a `Ready`.
-    pub fn synced_to(&mut self, index: LogIndex) {
-        assert!(
-            index <= self.last_index() && index < self.unstable,
-            "synced {index} beyond what was handed out (last {}, unstable {})",
-            self.last_index(),
-            self.unstable
-        );
-        self.persisted = index;
+    /// The driver made what it had written durable up to `index`, outside a `Ready`; returns
+    /// how much of this log that makes durable. What the driver synced can end in entries this
+    /// log has replaced since it handed them out: a leader leaves its own writes unsynced, a
+    /// newer leader's append overwrites them here (handing the new ones out again from
+    /// `unstable`), and the driver syncs its stale tail before it writes the new one
+    /// (simulator seed 4610: "synced 74 beyond what was handed out"). Only the entries before
+    /// `unstable` are the ones the driver holds, so only they count.
+    pub fn synced_to(&mut self, index: LogIndex) -> LogIndex {
+        let durable = index.min(self.unstable.prev());
+        self.persisted = durable;
+        durable
     }
 
     pub fn commit_to(&mut self, index: LogIndex) -> bool {
@@ -486,6 +488,34 @@ mod tests {
         assert_eq!(terms(&log), vec![1, 1, 3]);
         assert_eq!(log.persisted(), LogIndex(2));
         assert_eq!(log.take_unstable(), vec![e(3, 3)]);
+    }
+
+    #[test]
+    fn a_sync_of_entries_replaced_since_they_were_handed_out_counts_only_what_precedes_them() {
+        // A leader wrote 1..=4 and left them unsynced (persisted 2).
+        let mut log = RaftLog::new(id(0, 0), vec![e(1, 1), e(1, 2), e(2, 3), e(2, 4)]);
+        let _ = log.take_unstable();
+        log.stored_to(LogIndex(4), LogIndex(2));
+        // A newer leader's append replaces 4; the driver has not written the new 4 yet when
+        // it syncs what it holds, its old 3 and 4.
+        assert_eq!(
+            log.append_after(id(2, 3), &[e(3, 4)]),
+            Ok(Some(LogIndex(4)))
+        );
+        assert_eq!(log.synced_to(LogIndex(4)), LogIndex(3));
+        assert_eq!(log.persisted(), LogIndex(3));
+        // The same when the replacement is shorter than what the driver holds.
+        assert_eq!(
+            log.append_after(id(1, 2), &[e(4, 3)]),
+            Ok(Some(LogIndex(3)))
+        );
+        assert_eq!(log.synced_to(LogIndex(4)), LogIndex(2));
+        assert_eq!(log.persisted(), LogIndex(2));
+        // Once handed out and written, the new entries count.
+        assert_eq!(log.take_unstable(), vec![e(4, 3)]);
+        log.stored_to(LogIndex(3), LogIndex(2));
+        assert_eq!(log.synced_to(LogIndex(3)), LogIndex(3));
+        log.check();
     }
 
     #[test]

@@ -642,11 +642,13 @@ impl Raft {
         self.check_invariants();
     }
 
-    /// The driver made the log it had written durable up to `persisted`, between `Ready`s.
+    /// The driver made the log it had written durable up to `synced`, between `Ready`s.
     /// On a leader this may commit (its own log counts once durable).
-    pub fn log_synced(&mut self, persisted: LogIndex) {
+    pub fn log_synced(&mut self, synced: LogIndex) {
         self.assert_not_awaiting_advance("log_synced");
-        self.log.synced_to(persisted);
+        // Not `synced` itself: its end may be entries this log has replaced (`synced_to`),
+        // which must neither count as our acknowledgement nor clear an uncertain tail.
+        let persisted = self.log.synced_to(synced);
         self.trust_durable_log(persisted);
         self.count_own_log(persisted);
         self.check_invariants();
