@@ -79,7 +79,8 @@
 //! elections). Slow syncs cost elections (7,929 without them) and acknowledged writes
 //! (81,722 without them). A seed runs the same every time (the node iterates no hash map).
 //!
-//! `SIM_SEED=n` replays one seed; `SIM_SEEDS=n` runs seeds 0..n (default `DEFAULT_SEEDS`).
+//! `SIM_SEED=n` replays one seed; `SIM_SEEDS=n` runs seeds 0..n (default `DEFAULT_SEEDS`), and
+//! the `REGRESSION_SEEDS` past n.
 //! `make sim SEED=n` / `make sim SEEDS=n`.
 
 mod support;
@@ -111,6 +112,9 @@ const ADMIN_SETTLE_MS: u64 = 3_000;
 /// Ticks after healing within which a leader must be elected and a write acknowledged.
 const HEAL_BOUND_TICKS: u64 = 1500;
 const DEFAULT_SEEDS: u64 = 300;
+/// Seeds past the default range that once failed, run with every range: a sync of log entries
+/// replaced since they were handed out ("synced N beyond what was handed out", `RaftLog::synced_to`).
+const REGRESSION_SEEDS: &[u64] = &[4610, 7186, 9605, 11906, 12066, 14634, 15106, 16339];
 /// Requests a simulated client keeps in its pipeline.
 const CLIENT_PIPELINE_MAX: usize = 3;
 const TRACE_EVENTS_MAX: usize = 400;
@@ -1616,7 +1620,8 @@ fn simulated_clusters_of_real_nodes_keep_every_safety_property_and_recover_after
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(DEFAULT_SEEDS);
-            (0..n).collect()
+            let beyond = REGRESSION_SEEDS.iter().copied().filter(|&s| s >= n);
+            (0..n).chain(beyond).collect()
         }
     };
     let t0 = Instant::now();
