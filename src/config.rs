@@ -546,12 +546,13 @@ fn cluster_name(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
-/// A number in `[min, max]`, with `_` separators and, for `*_bytes` keys, a KiB/MiB/GiB suffix.
 /// Whether a key's value is a size (bytes, or bytes per second): it may carry a unit.
 fn takes_units(key: &str) -> bool {
     key.ends_with("_bytes") || key == "snapshot_write_rate"
 }
 
+/// A number in `[min, max]`, with `_` separators and, for sizes (`takes_units`), a KiB/MiB/GiB
+/// suffix.
 fn number(key: &str, value: &str, min: u64, max: u64) -> Result<u64, String> {
     let expected = || {
         let suffix = if takes_units(key) {

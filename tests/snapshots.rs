@@ -28,16 +28,23 @@ fn snapshot_opts(entries: u64, keep: u64) -> Options {
 /// Write `keys` with values `val-<i>` through `via`, pipelining `batch` commands at a time;
 /// every reply must be OK.
 fn pipelined_sets(c: &Cluster, via: u64, keys: std::ops::Range<u64>, batch: usize) {
+    pipelined_sets_of(c, via, keys, batch, |i| format!("val-{i}").into_bytes());
+}
+
+/// `pipelined_sets` with the value `value(i)` for key `i`.
+fn pipelined_sets_of(
+    c: &Cluster,
+    via: u64,
+    keys: std::ops::Range<u64>,
+    batch: usize,
+    value: impl Fn(u64) -> Vec<u8>,
+) {
     let mut cl = wait_for(LONG, "a client connection", || c.client(via).ok());
     let keys: Vec<u64> = keys.collect();
     for chunk in keys.chunks(batch) {
         for &i in chunk {
-            cl.send(&[
-                b"SET",
-                format!("key-{i:06}").as_bytes(),
-                format!("val-{i}").as_bytes(),
-            ])
-            .unwrap();
+            cl.send(&[b"SET", format!("key-{i:06}").as_bytes(), &value(i)])
+                .unwrap();
         }
         for &i in chunk {
             let r = cl.read_reply().unwrap();
@@ -412,17 +419,7 @@ fn a_paced_snapshot_takes_its_bytes_over_the_rate_while_the_node_serves_and_then
     let leader = c.wait_leader(LONG);
     let id = (1..=3).find(|&i| i != leader).unwrap();
     // About 3 MiB of state: 3000 values of 1 KiB.
-    let mut cl = c.client(leader).unwrap();
-    let value = vec![b'v'; 1024];
-    for chunk in (0..3000u64).collect::<Vec<_>>().chunks(200) {
-        for &i in chunk {
-            cl.send(&[b"SET", format!("key-{i:06}").as_bytes(), &value])
-                .unwrap();
-        }
-        for _ in chunk {
-            assert_eq!(cl.read_reply().unwrap(), Value::ok());
-        }
-    }
+    pipelined_sets_of(&c, leader, 0..3000, 200, |_| vec![b'v'; 1024]);
     converged(&c, &[1, 2, 3]);
     let taken = num(&info(&c, id), "snapshots_taken");
     let mut on_id = c.client(id).unwrap();

@@ -208,7 +208,7 @@ impl RealDisk {
 
     /// How fast its snapshot children write (`snapshot_write_rate`; unlimited until set).
     pub fn set_snapshot_write_rate(&mut self, rate: WriteRate) {
-        self.snapshotter = Snapshotter::new(rate);
+        self.snapshotter.set_rate(rate);
     }
 
     fn snapshot_path(&self, last: EntryId) -> PathBuf {

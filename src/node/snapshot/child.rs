@@ -125,6 +125,11 @@ impl Snapshotter {
         Snapshotter { child: None, rate }
     }
 
+    /// The pace of the children started from now on (one running keeps its own).
+    pub fn set_rate(&mut self, rate: WriteRate) {
+        self.rate = rate;
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
